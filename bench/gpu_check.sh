@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU check in one call (DESIGN §7): the GPU tests, compute-sanitizer on a
+# small case, and a benchmark, with logs, JUnit XML and JSON under OUTDIR.
+#
+#   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--no-sanitizer]
+#
+# Runs from the repo root with PYTHONPATH=. (nothing is installed). pytest is
+# not stopped at the first failure, so one failure hides nothing. The last
+# lines printed are a short summary table.
+set -uo pipefail
+out=${1:?usage: bench/gpu_check.sh OUTDIR [--tests ARGS] [--bench ARGS] [--no-sanitizer]}
+shift
+tests_args="tests/gpu"
+bench_args="--quick"
+sanitize=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tests) tests_args=$2; shift 2 ;;
+    --bench) bench_args=$2; shift 2 ;;
+    --no-sanitizer) sanitize=0; shift ;;
+    *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+export CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-$out/cache}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1
+python3 -m cuflash info > "$out/info.txt" 2>&1
+
+# shellcheck disable=SC2086
+python3 -m pytest $tests_args -q -rfE -p no:cacheprovider --junitxml="$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+san_rc=0
+if [ "$sanitize" = 1 ]; then
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 bench/sanitize_case.py > "$out/sanitizer-$tool.log" 2>&1
+    rc=$?; [ $rc -ne 0 ] && san_rc=$rc
+    echo "sanitizer $tool: rc=$rc ($(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries)"
+  done
+fi
+
+bench_rc=0
+if [ -n "$bench_args" ]; then
+  # shellcheck disable=SC2086
+  python3 -m cuflash bench $bench_args --json "$out/bench.json" --csv "$out/bench.csv" 2>&1 | tee "$out/bench.log"
+  bench_rc=${PIPESTATUS[0]}
+fi
+
+echo "== summary"
+cat "$out/gpu.txt"
+tail -n 1 "$out/gpu-tests.log"
+echo "tests rc=$tests_rc sanitizer rc=$san_rc bench rc=$bench_rc"
+[ $tests_rc -eq 0 ] && [ $san_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -1,0 +1,117 @@
+"""Forward tile tuner: time candidate FwdTiles per head dim beside torch SDPA's flash backend.
+
+Run on a GPU machine from the repo root:
+    PYTHONPATH=. python bench/tune_fwd.py --headdim 64,128,256 --seqlen 2k,8k
+Each candidate is checked against SDPA's output first, then timed with CUDA
+events (warm-up, L2 flushed before every repetition, median). The chosen
+tiles go into cuflash/specs.py FWD_TILES; the reasoning into bench/NOTES.md.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+
+import cupy as cp
+import torch
+
+from cuflash import api, launch, testing
+from cuflash.specs import FWD_TILES, FwdSpec, FwdTiles, head_dim_bucket
+
+CANDIDATES = [
+    FwdTiles(128, 32, 4),
+    FwdTiles(128, 64, 4),
+    FwdTiles(128, 128, 4),
+    FwdTiles(64, 64, 4),
+    FwdTiles(128, 64, 8),
+    FwdTiles(128, 32, 8),
+    FwdTiles(128, 128, 8),
+    FwdTiles(64, 128, 4),
+    FwdTiles(64, 32, 4),
+]
+
+
+def parse_list(text, conv=int):
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        out.append(conv(part[:-1]) * 1024 if part.endswith("k") else conv(part))
+    return out
+
+
+def median_ms(fn, flush, warmup=3, rep=15):
+    for _ in range(warmup):
+        fn()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(rep):
+        flush()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--headdim", default="64,128,256")
+    ap.add_argument("--seqlen", default="2k,8k")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
+    ap.add_argument("--total-tokens", type=int, default=16384)
+    ap.add_argument("--hidden", type=int, default=2048)
+    args = ap.parse_args()
+
+    flush_buf = cp.empty(512 * 1024 * 1024 // 4, dtype=cp.float32)
+
+    def flush():
+        flush_buf.fill(0)
+
+    causals = {"true": [True], "false": [False], "both": [False, True]}[args.causal]
+    print(f"{'d':>4} {'seqlen':>6} {'causal':>6} {'tiles':>14} {'smem':>7} {'ms':>8} {'TFLOP/s':>8} {'sdpa':>8} {'ratio':>6}")
+    for d, s, causal in itertools.product(parse_list(args.headdim), parse_list(args.seqlen), causals):
+        batch, nheads = args.total_tokens // s, args.hidden // d
+        q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
+        flops = 4 * batch * nheads * s * s * d / (2 if causal else 1)
+        tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2) for x in (q, k, v))
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+
+            def peer():
+                torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+
+            peer_ms = median_ms(peer, flush)
+        out = cp.empty_like(q)
+        scale = 1 / math.sqrt(d)
+        name = testing.dtype_name(q.dtype)
+        for tiles in CANDIDATES:
+            D = head_dim_bucket(d)
+            try:
+                spec = FwdSpec(name, D, causal, tiles)
+            except ValueError:
+                continue
+            if launch.fwd_smem_bytes(spec) > 227 * 1024:
+                continue
+            try:
+                api._launch_fwd(q, k, v, out, None, scale, spec)
+                cp.cuda.Device().synchronize()
+            except Exception as e:  # a candidate that does not compile or launch is reported, not fatal
+                print(f"{d:>4} {s:>6} {causal!s:>6} {str((tiles.block_m, tiles.block_n, tiles.warps)):>14} failed: {e}")
+                continue
+            err = (torch.from_dlpack(out).transpose(1, 2).float() - ref.float()).abs().max().item()
+            ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, scale, spec), flush)
+            mark = " *" if FWD_TILES[D] == tiles else ""
+            t = (tiles.block_m, tiles.block_n, tiles.warps)
+            print(
+                f"{d:>4} {s:>6} {causal!s:>6} {str(t):>14} {launch.fwd_smem_bytes(spec):>7} {ms:8.3f} "
+                f"{flops / ms / 1e9:8.1f} {flops / peer_ms / 1e9:8.1f} {peer_ms / ms:6.2f}  err={err:.3g}{mark}",
+                flush=True,
+            )
+        del q, k, v, tq, tk, tv, ref, out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Public entry points on CuPy arrays: validate, allocate, dispatch, launch.
+
+Every check runs before any kernel is launched and raises an error that names
+the offending argument. Kernels run on the current CuPy stream of q's device.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from . import launch, params, support
+from .specs import FwdSpec
+
+LOG2E = 1.4426950408889634
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_names() -> dict:
+    import ml_dtypes
+
+    return {np.dtype(np.float16): "fp16", np.dtype(ml_dtypes.bfloat16): "bf16"}
+
+
+def dtype_name(dtype) -> str | None:
+    """'fp16' / 'bf16' for a supported array dtype, else None."""
+    return _dtype_names().get(np.dtype(dtype))
+
+
+def _as_gpu_array(x, name: str):
+    """A CuPy array for x; objects with __dlpack__ (torch, JAX) are wrapped without a copy."""
+    cp = _cupy()
+    if isinstance(x, cp.ndarray):
+        return x
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"{name} is a NumPy array on the host; cuflash needs GPU arrays: pass cupy.asarray({name})")
+    if hasattr(x, "__dlpack__"):
+        try:
+            return cp.from_dlpack(x)
+        except Exception as e:  # a host tensor, or a dtype DLPack cannot carry
+            raise TypeError(f"{name} could not be taken as a GPU array through DLPack: {e}") from None
+    raise TypeError(f"{name} must be a CuPy array (or a GPU tensor with __dlpack__), got {type(x).__name__}")
+
+
+@functools.lru_cache(maxsize=None)
+def _check_device(device_id: int) -> None:
+    cp = _cupy()
+    cc = cp.cuda.Device(device_id).compute_capability  # e.g. "90"
+    major, minor = int(cc[:-1]), int(cc[-1])
+    if (major, minor) < support.MIN_COMPUTE_CAPABILITY:
+        need = "%d.%d" % support.MIN_COMPUTE_CAPABILITY
+        raise RuntimeError(
+            f"GPU {device_id} has compute capability {major}.{minor}; cuflash needs {need} or newer (Ampere, Hopper, ...)"
+        )
+
+
+def _check_layout(x, name: str) -> None:
+    """Last dim contiguous; 16-byte aligned rows, as the kernels' 16-byte copies need."""
+    item = x.itemsize
+    if x.size == 0:  # nothing is read or written; CuPy reports stride 0 for empty arrays
+        return
+    if x.strides[-1] != item:
+        raise ValueError(f"{name} must be contiguous in its last dimension (stride {x.strides[-1] // item}, need 1)")
+    if any(s % (8 * item) for s in x.strides[:-1]) or x.data.ptr % 16:
+        raise ValueError(
+            f"{name} must start on a 16-byte boundary with strides that are multiples of 8 elements "
+            f"(strides {tuple(s // item for s in x.strides)}); pass cupy.ascontiguousarray({name})"
+        )
+
+
+def _check_not_implemented(**options) -> None:
+    for key, default in support.NOT_YET_IMPLEMENTED.items():
+        value = options[key]
+        if value is None and default is None:
+            continue
+        if value is not None and default is not None and tuple(np.atleast_1d(value)) == tuple(np.atleast_1d(default)):
+            continue
+        raise NotImplementedError(f"{key}={value!r} is not implemented yet in cuflash")
+
+
+def _softmax_scale(softmax_scale, head_dim: int) -> float:
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    s = float(softmax_scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"softmax_scale must be a finite positive number, got {softmax_scale!r}")
+    return s
+
+
+def _validate_qkv(q, k, v):
+    q, k, v = (_as_gpu_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        if x.ndim != 4:
+            raise ValueError(f"{n} must have 4 dims (batch, seqlen, nheads, headdim), got shape {x.shape}")
+    name = dtype_name(q.dtype)
+    if name is None:
+        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16")
+    for x, n in ((k, "k"), (v, "v")):
+        if x.dtype != q.dtype:
+            raise TypeError(f"{n} has dtype {x.dtype} but q has {q.dtype}; q, k and v must share one dtype")
+    batch, seqlen_q, nheads, head_dim = q.shape
+    _, seqlen_k, nheads_kv, _ = k.shape
+    if k.shape[0] != batch or v.shape[0] != batch:
+        raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape}")
+    if k.shape[3] != head_dim or v.shape[3] != head_dim:
+        raise ValueError(f"head dims differ: q {q.shape}, k {k.shape}, v {v.shape}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k: k {k.shape}, v {v.shape}")
+    if nheads_kv == 0 or nheads % nheads_kv:
+        raise ValueError(f"nheads of q ({nheads}) must be a multiple of nheads of k/v ({nheads_kv})")
+    if head_dim % support.HEAD_DIM_MULTIPLE or not 0 < head_dim <= support.HEAD_DIM_MAX:
+        raise ValueError(
+            f"head dim (last dim of q) must be a multiple of {support.HEAD_DIM_MULTIPLE} "
+            f"in [{support.HEAD_DIM_MULTIPLE}, {support.HEAD_DIM_MAX}], got {head_dim}"
+        )
+    if batch > launch.MAX_GRID_YZ or nheads > launch.MAX_GRID_YZ:
+        raise ValueError(f"batch and nheads must be at most {launch.MAX_GRID_YZ}, got {batch} and {nheads}")
+    for x, n in ((k, "k"), (v, "v")):
+        if x.device.id != q.device.id:
+            raise ValueError(f"{n} is on GPU {x.device.id} but q is on GPU {q.device.id}")
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        _check_layout(x, n)
+    _check_device(q.device.id)
+    return q, k, v, name
+
+
+@functools.lru_cache(maxsize=None)
+def _fwd_kernel(spec: FwdSpec, device_id: int):
+    from .compile.cache import get_function
+
+    fn = get_function(spec, device_id)
+    smem = launch.fwd_smem_bytes(spec)
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn, smem
+
+
+def _check_out(out, q):
+    out = _as_gpu_array(out, "out")
+    if out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(f"out must have q's shape {q.shape} and dtype {q.dtype}, got {out.shape} {out.dtype}")
+    if out.device.id != q.device.id:
+        raise ValueError(f"out is on GPU {out.device.id} but q is on GPU {q.device.id}")
+    _check_layout(out, "out")
+    return out
+
+
+def _strides(x) -> tuple[int, int, int]:
+    """(batch, row, head) strides in elements of a (batch, seqlen, heads, dim) array."""
+    item = x.itemsize
+    return x.strides[0] // item, x.strides[1] // item, x.strides[2] // item
+
+
+def _launch_fwd(q, k, v, out, lse, scale: float, spec: FwdSpec) -> None:
+    """Launch kernels_cu/fwd.cu for validated arrays (the benchmark's tuner passes its own spec)."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    fn, smem = _fwd_kernel(spec, q.device.id)
+    p = params.pack(
+        params.FWD_PARAMS,
+        (
+            q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, 0 if lse is None else lse.data.ptr,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            batch, nheads, k.shape[2], seqlen_q, k.shape[1], head_dim,
+            scale * LOG2E, 0,
+        ),
+    )
+    fn(launch.fwd_grid(spec, batch, nheads, seqlen_q), launch.fwd_block(spec), (p,), shared_mem=smem)
+
+
+def attention(
+    q,
+    k,
+    v,
+    *,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    bias=None,
+    dropout_p=0.0,
+    seed=None,
+    return_lse=False,
+    out=None,
+):
+    """Exact attention softmax(q k^T * softmax_scale) v, FlashAttention style.
+
+    q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim),
+    fp16 or bf16 CuPy arrays (or GPU tensors with __dlpack__), last dim contiguous;
+    nheads % nheads_kv == 0 (GQA/MQA); headdim a multiple of 8 up to 256.
+    causal masks are aligned to the bottom-right corner (query i sees key j iff
+    j <= i + seqlen_k - seqlen_q); a query that sees no key gets output 0 and lse -inf.
+
+    Returns out (batch, seqlen_q, nheads, headdim) in q's dtype, and with
+    return_lse=True also lse (batch, nheads, seqlen_q) float32, natural log.
+    out: optional preallocated output (that shape and dtype, on q's device,
+    last dim contiguous), written in place and returned.
+    """
+    _check_not_implemented(
+        window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias, dropout_p=dropout_p
+    )
+    q, k, v, name = _validate_qkv(q, k, v)
+    batch, seqlen_q, nheads, head_dim = q.shape
+    scale = _softmax_scale(softmax_scale, head_dim)
+
+    cp = _cupy()
+    with q.device:
+        out = _check_out(out, q) if out is not None else cp.empty(q.shape, dtype=q.dtype)
+        lse = cp.empty((batch, nheads, seqlen_q), dtype=np.float32) if return_lse else None
+        if out.size:
+            _launch_fwd(q, k, v, out, lse, scale, FwdSpec.for_problem(name, head_dim, causal))
+    return (out, lse) if return_lse else out

@@ -1,0 +1,230 @@
+"""What a benchmark run measures: the points of a sweep, the modes, and the work formulas.
+
+Pure Python (no CuPy, torch or JAX), so the CPU tests cover all of it.
+
+A *point* is one problem shape plus one mode.  A *mode* says what is timed
+(forward, backward, both; later decode) and how its work is counted: FLOPs for
+the compute-bound modes (judged against the matmul ceiling), bytes for a
+bandwidth-bound mode such as decode (judged against the copy ceiling).  How
+each library builds its inputs and what it calls for a mode lives beside that
+library (``runner.py`` for cuflash, ``peers.py`` for the others), keyed by the
+mode's name.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+#: Element sizes of the benchmarked dtypes (names as in cuflash.specs.DTYPES).
+DTYPE_BYTES = {"fp16": 2, "bf16": 2}
+_DTYPE_ALIASES = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    unit: str            # "flop" (rate in TFLOP/s) or "byte" (rate in TB/s)
+    flop_factor: float   # work as a multiple of the forward FLOPs (flop modes)
+    ceiling: str         # which measured ceiling the rate is compared with: "matmul" or "copy"
+    description: str
+
+
+#: Backward is 2.5x the forward FLOPs (two matmuls forward, five backward), as
+#: flash-attn reports it; fwd+bwd is the sum.
+MODES = {
+    "fwd": Mode("fwd", "flop", 1.0, "matmul", "forward (out and lse)"),
+    "bwd": Mode("bwd", "flop", 2.5, "matmul", "backward alone (after one forward)"),
+    "fwd+bwd": Mode("fwd+bwd", "flop", 3.5, "matmul", "forward then backward"),
+}
+
+RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One benchmark problem: q (batch, seqlen_q, nheads, headdim), k/v (batch, seqlen_k, nheads_kv, headdim)."""
+
+    dtype: str
+    headdim: int
+    seqlen_q: int
+    seqlen_k: int
+    batch: int
+    nheads: int
+    nheads_kv: int
+    causal: bool
+    mode: str
+
+    @property
+    def label(self) -> str:
+        s = f"s{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else f"s{self.seqlen_q}x{self.seqlen_k}"
+        gqa = f" h{self.nheads}/{self.nheads_kv}" if self.nheads_kv != self.nheads else ""
+        return f"{self.dtype} d{self.headdim} {s} b{self.batch}{gqa} {'causal' if self.causal else 'full'} {self.mode}"
+
+    def shape_key(self) -> tuple:
+        """Everything but the mode: points with the same key share inputs."""
+        d = asdict(self)
+        d.pop("mode")
+        return tuple(d.values())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Sweep:
+    """The grid a run expands to (every combination, in this nesting order)."""
+
+    dtypes: list
+    headdims: list
+    seqlens: list
+    causals: list
+    modes: list
+    batch: int | None = None          # fixed batch, or
+    total_tokens: int = 16384         # batch = total_tokens // seqlen (at least 1)
+    nheads: int | None = None         # fixed nheads, or
+    hidden: int = 2048                # nheads = hidden // headdim
+    nheads_kv: int | None = None      # default: nheads (no GQA)
+
+    def points(self) -> list[Point]:
+        pts = []
+        for dtype, d, s, causal, mode in itertools.product(
+                self.dtypes, self.headdims, self.seqlens, self.causals, self.modes):
+            batch = self.batch if self.batch is not None else max(1, self.total_tokens // s)
+            if self.nheads is not None:
+                nheads = self.nheads
+            else:
+                nheads = self.hidden // d
+                if nheads < 1 or self.hidden % d:
+                    raise ValueError(f"--hidden {self.hidden} is not a multiple of head dim {d}; "
+                                     f"pick a hidden size divisible by every --headdim, or give --nheads")
+            nheads_kv = self.nheads_kv if self.nheads_kv is not None else nheads
+            if nheads_kv < 1 or nheads % nheads_kv:
+                raise ValueError(f"--nheads-kv {nheads_kv} does not divide nheads {nheads} (head dim {d}); "
+                                 f"pick a divisor of every nheads in the sweep")
+            pts.append(Point(dtype, d, s, s, batch, nheads, nheads_kv, causal, mode))
+        return pts
+
+
+#: The anchors' sweep (../shared/anchors/README.md): bf16 and fp16, head dims 64/128/256,
+#: seqlen 512..16k, causal and not, 16k tokens, hidden 2048, forward and backward.
+PRESETS = {
+    "standard": dict(dtypes=["bf16", "fp16"], headdims=[64, 128, 256],
+                     seqlens=[512, 1024, 2048, 4096, 8192, 16384], causals=[False, True],
+                     modes=["fwd", "bwd"], total_tokens=16384, hidden=2048),
+}
+
+#: A handful of points for a smoke run.
+QUICK = dict(dtypes=["bf16"], headdims=[64, 128], seqlens=[1024, 4096], causals=[False, True],
+             modes=["fwd", "bwd"], total_tokens=16384, hidden=2048)
+
+#: Used for whatever neither the command line nor a preset sets.
+DEFAULTS = dict(dtypes=["bf16"], headdims=[128], seqlens=[1024, 2048, 4096, 8192], causals=[False],
+                modes=["fwd"], total_tokens=16384, hidden=2048)
+
+
+# --------------------------------------------------------------------------
+# Parsing helpers for the command line
+# --------------------------------------------------------------------------
+
+def parse_size(text: str) -> int:
+    """'512' -> 512, '8k' / '8K' -> 8192 (k = 1024), '1m' -> 1048576."""
+    t = text.strip().lower()
+    mult = 1
+    if t.endswith("k"):
+        t, mult = t[:-1], 1024
+    elif t.endswith("m"):
+        t, mult = t[:-1], 1024 * 1024
+    try:
+        value = int(t) * mult
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use an integer, optionally with k = 1024, e.g. 512 or 8k)") from None
+    if value < 1:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return value
+
+
+def parse_list(text: str, item=str) -> list:
+    """Comma-separated list; empty items are ignored; duplicates dropped, order kept."""
+    out = []
+    for part in text.split(","):
+        if part.strip():
+            value = item(part.strip())
+            if value not in out:
+                out.append(value)
+    if not out:
+        raise ValueError(f"empty list: {text!r}")
+    return out
+
+
+def parse_dtype(text: str) -> str:
+    name = _DTYPE_ALIASES.get(text.strip().lower())
+    if name is None:
+        raise ValueError(f"unknown dtype {text!r}; use bf16 or fp16")
+    return name
+
+
+def parse_mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError(f"unknown mode {text!r}; choose from {', '.join(MODES)}")
+    return text
+
+
+def parse_causal(text: str) -> list[bool]:
+    t = text.strip().lower()
+    choices = {"true": [True], "1": [True], "yes": [True], "false": [False], "0": [False], "no": [False],
+               "both": [False, True]}
+    if t not in choices:
+        raise ValueError(f"--causal takes true, false or both, got {text!r}")
+    return choices[t]
+
+
+# --------------------------------------------------------------------------
+# Work formulas
+# --------------------------------------------------------------------------
+
+def visible_pairs(seqlen_q: int, seqlen_k: int, causal: bool) -> int:
+    """Exact number of (query, key) pairs attended (bottom-right aligned causal mask)."""
+    from cuflash.reference import count_visible_pairs
+    return count_visible_pairs(seqlen_q, seqlen_k, causal, (-1, -1))
+
+
+FLOP_FORMULA = ("forward = 4 * batch * nheads * visible_pairs * headdim, visible_pairs counted exactly "
+                "(seqlen_q * seqlen_k without a mask; s * (s + 1) / 2 for causal with seqlen_q = seqlen_k = s); "
+                "bwd = 2.5 * forward; fwd+bwd = 3.5 * forward")
+ANCHOR_FLOP_FORMULA = "4 * batch * nheads * seqlen_q * seqlen_k * headdim, halved when causal (the anchors' count)"
+
+
+def forward_flops(p: Point) -> int:
+    return 4 * p.batch * p.nheads * visible_pairs(p.seqlen_q, p.seqlen_k, p.causal) * p.headdim
+
+
+def anchor_forward_flops(p: Point) -> float:
+    full = 4 * p.batch * p.nheads * p.seqlen_q * p.seqlen_k * p.headdim
+    return full / 2 if p.causal else float(full)
+
+
+def io_bytes(p: Point) -> int:
+    """Least bytes a forward must move: read q, k, v and write out once."""
+    e = DTYPE_BYTES[p.dtype]
+    return e * p.headdim * (2 * p.batch * p.seqlen_q * p.nheads + 2 * p.batch * p.seqlen_k * p.nheads_kv)
+
+
+def work(p: Point) -> dict:
+    """The work of a point, in the mode's unit, with the formula that gave it."""
+    mode = MODES[p.mode]
+    if mode.unit == "flop":
+        return {
+            "unit": "flop",
+            "amount": mode.flop_factor * forward_flops(p),
+            "formula": FLOP_FORMULA,
+            "visible_pairs": visible_pairs(p.seqlen_q, p.seqlen_k, p.causal),
+            "anchor_amount": mode.flop_factor * anchor_forward_flops(p),
+            "anchor_formula": ANCHOR_FLOP_FORMULA,
+            "io_bytes": io_bytes(p),
+        }
+    raise NotImplementedError(f"mode {p.mode!r} counts {mode.unit}s; add its byte formula here")
+
+
+def rate(amount: float, ms: float) -> float:
+    """Work per second in units of 1e12: TFLOP/s for flops, TB/s for bytes."""
+    return amount / (ms * 1e-3) / 1e12

@@ -1,0 +1,326 @@
+"""Peers: other attention implementations timed on the same points as cuflash.
+
+Each peer is found at run time; one that is not installed (or has no GPU) is
+skipped with a one-line note.  A peer that raises for a point gives "-" in
+that cell, with the reason kept in the JSON; it never stops the sweep.
+
+Every peer makes its own inputs, in its own framework, in the layout a user
+of that framework would have: (batch, seqlen, nheads, headdim) tensors, which
+torch SDPA and FlexAttention (that want (batch, nheads, seqlen, headdim)) get
+as transposed views.  Values do not affect the speed.
+
+What is timed per mode (same as for cuflash):
+  fwd      the forward call;
+  bwd      the backward alone: one forward with requires_grad outside the
+           timed region, then ``torch.autograd.grad(out, (q, k, v), dout,
+           retain_graph=True)`` (JAX: the pullback returned by ``jax.vjp``);
+  fwd+bwd  a forward and its backward.
+
+Causal masks: cuflash aligns them bottom-right; torch SDPA's ``is_causal`` and
+JAX's ``is_causal`` align top-left.  They agree when seqlen_q == seqlen_k (all
+the sweeps here); other shapes raise, giving "-".
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+from . import timing
+
+#: Peer names, in table order (the anchors' names).
+PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn")
+
+#: Calls per host-clock sample for JAX (see timing.time_host).
+JAX_CALLS_PER_SAMPLE = 5
+
+#: Where the torch peers put their tensors.
+TORCH_DEVICE = "cuda"
+
+
+class Peer:
+    name = ""
+    clock = "cuda-events"    # or "host-clock" (timing.time_host)
+    uses_torch = False
+
+    def unavailable(self) -> str | None:
+        """None when the peer can run here, else why not (one line)."""
+        raise NotImplementedError
+
+    def measure(self, p, *, warmup: int, rep: int) -> dict:
+        """Time point ``p``: {"first_call_ms": ..., "samples_ms": [...]}; raises when the peer cannot run it."""
+        raise NotImplementedError
+
+
+def _same_lengths_for_causal(p):
+    if p.causal and p.seqlen_q != p.seqlen_k:
+        raise ValueError("top-left causal mask differs from cuflash's bottom-right one when seqlen_q != seqlen_k")
+
+
+# --------------------------------------------------------------------------
+# torch
+# --------------------------------------------------------------------------
+
+class _TorchPeer(Peer):
+    """Inputs, mode callables and timing shared by the torch peers."""
+
+    uses_torch = True
+
+    def __init__(self, timers):
+        self._timers = timers
+
+    def unavailable(self):
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        return self._unavailable_extra()
+
+    def _unavailable_extra(self):
+        return None
+
+    def _attention(self, p):
+        """f(q, k, v) -> out on (batch, seqlen, nheads, headdim) tensors."""
+        raise NotImplementedError
+
+    def measure(self, p, *, warmup, rep):
+        import torch
+        _same_lengths_for_causal(p)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[p.dtype]
+        grad = p.mode != "fwd"
+
+        def rand(seqlen, heads):
+            return torch.randn(p.batch, seqlen, heads, p.headdim, device=TORCH_DEVICE, dtype=dtype,
+                               requires_grad=grad)
+
+        try:
+            q, k, v = rand(p.seqlen_q, p.nheads), rand(p.seqlen_k, p.nheads_kv), rand(p.seqlen_k, p.nheads_kv)
+            with self._context():
+                attn = self._attention(p)
+                fn = _torch_mode_fn(torch, p.mode, attn, q, k, v)
+                timer = self._timers.torch()
+                first_ms, _ = timing.first_call_ms(fn, timer.synchronize)
+                samples = timer.time(fn, warmup=warmup, rep=rep)
+            return {"first_call_ms": first_ms, "samples_ms": samples}
+        finally:
+            # Drop this frame's tensors before emptying torch's cache, so the memory
+            # goes back to the GPU for cuflash and the other peers.
+            q = k = v = fn = attn = None  # noqa: F841
+            torch.cuda.empty_cache()
+
+    def _context(self):
+        return contextlib.nullcontext()
+
+
+def _torch_mode_fn(torch, mode, attn, q, k, v):
+    if mode == "fwd":
+        return lambda: attn(q, k, v)
+    dout = torch.randn_like(q)
+    if mode == "bwd":
+        out = attn(q, k, v)
+        return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+    if mode == "fwd+bwd":
+        return lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), dout)
+    raise NotImplementedError(f"mode {mode!r} is not implemented for torch peers")
+
+
+class SdpaPeer(_TorchPeer):
+    """``torch.nn.functional.scaled_dot_product_attention`` restricted to one backend."""
+
+    BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
+                "sdpa-eff": "EFFICIENT_ATTENTION"}
+
+    def __init__(self, name, timers):
+        super().__init__(timers)
+        self.name = name
+
+    def _unavailable_extra(self):
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: F401  (torch >= 2.3)
+        except ImportError:
+            return "this torch has no torch.nn.attention.sdpa_kernel (needs torch >= 2.3)"
+        if not hasattr(SDPBackend, self.BACKENDS[self.name]):
+            return f"this torch has no SDPBackend.{self.BACKENDS[self.name]}"
+        return None
+
+    def _context(self):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(getattr(SDPBackend, self.BACKENDS[self.name]))
+
+    def _attention(self, p):
+        import torch.nn.functional as F
+        gqa = {"enable_gqa": True} if p.nheads_kv != p.nheads else {}
+
+        def attn(q, k, v):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=p.causal, **gqa)
+            return out.transpose(1, 2)
+        return attn
+
+
+class FlexPeer(_TorchPeer):
+    """FlexAttention compiled with ``torch.compile(dynamic=False)``: one compile per shape (and per grad mode)."""
+
+    name = "flex"
+
+    def __init__(self, timers):
+        super().__init__(timers)
+        self._compiled = None
+
+    def _unavailable_extra(self):
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+        except ImportError:
+            return "this torch has no torch.nn.attention.flex_attention (needs torch >= 2.5)"
+        return None
+
+    def _flex(self):
+        if self._compiled is None:
+            import torch
+            import torch._dynamo
+            import torch._functorch.config
+            from torch.nn.attention.flex_attention import flex_attention
+            # A sweep compiles one graph per shape: lift dynamo's recompile limits
+            # (their names changed across versions) so it never falls back to eager.
+            for name, value in (("cache_size_limit", 1024), ("recompile_limit", 1024),
+                                ("accumulated_cache_size_limit", 4096), ("accumulated_recompile_limit", 4096)):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), value))
+            # The timed backward uses retain_graph=True, which compiled graphs with
+            # donated buffers refuse.
+            if hasattr(torch._functorch.config, "donated_buffer"):
+                torch._functorch.config.donated_buffer = False
+            self._compiled = torch.compile(flex_attention, dynamic=False)
+        return self._compiled
+
+    def _attention(self, p):
+        from torch.nn.attention.flex_attention import create_block_mask
+        flex = self._flex()
+        block_mask = None
+        if p.causal:
+            offset = p.seqlen_k - p.seqlen_q   # bottom-right aligned, as cuflash
+
+            def causal(b, h, q_idx, kv_idx):
+                return q_idx + offset >= kv_idx
+            block_mask = create_block_mask(causal, None, None, p.seqlen_q, p.seqlen_k, device=TORCH_DEVICE)
+        gqa = p.nheads_kv != p.nheads
+
+        def attn(q, k, v):
+            out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+                       enable_gqa=gqa)
+            return out.transpose(1, 2)
+        return attn
+
+
+# --------------------------------------------------------------------------
+# JAX
+# --------------------------------------------------------------------------
+
+class JaxCudnnPeer(Peer):
+    """``jax.nn.dot_product_attention(..., implementation="cudnn")`` under ``jax.jit``, layout (B, S, H, D).
+
+    Timed with a host clock (timing.time_host): the L2 is flushed with CuPy and
+    the device synchronised before each sample of JAX_CALLS_PER_SAMPLE calls.
+    """
+
+    name = "jax-cudnn"
+    clock = "host-clock"
+
+    def __init__(self, timers):
+        self._timers = timers
+
+    def unavailable(self):
+        # Without this JAX reserves 75% of GPU memory when it starts.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        try:
+            import jax
+        except ImportError:
+            return "jax is not installed"
+        try:
+            jax.devices("gpu")
+        except RuntimeError as e:
+            return f"JAX has no GPU backend ({timing.one_line(e)}); install jax[cuda12] or jax[cuda13]"
+        if not hasattr(jax.nn, "dot_product_attention"):
+            return "this JAX has no jax.nn.dot_product_attention (needs jax >= 0.4.31)"
+        return None
+
+    def measure(self, p, *, warmup, rep):
+        import jax
+        import jax.numpy as jnp
+        _same_lengths_for_causal(p)
+        dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16}[p.dtype]
+        kq, kk, kv, kd = jax.random.split(jax.random.PRNGKey(0), 4)
+        q = jax.random.normal(kq, (p.batch, p.seqlen_q, p.nheads, p.headdim), dtype)
+        k = jax.random.normal(kk, (p.batch, p.seqlen_k, p.nheads_kv, p.headdim), dtype)
+        v = jax.random.normal(kv, (p.batch, p.seqlen_k, p.nheads_kv, p.headdim), dtype)
+        dout = jax.random.normal(kd, q.shape, dtype)
+        attn = functools.partial(jax.nn.dot_product_attention, is_causal=p.causal, implementation="cudnn")
+
+        if p.mode == "fwd":
+            f = jax.jit(attn)
+            fn = lambda: f(q, k, v)  # noqa: E731
+        elif p.mode == "bwd":
+            # The pullback of jax.vjp is a pytree (jax.tree_util.Partial holding
+            # the residuals), so it can be passed to a jitted function.
+            _, pullback = jax.jit(lambda q, k, v: jax.vjp(attn, q, k, v))(q, k, v)
+            f = jax.jit(lambda pb, do: pb(do))
+            fn = lambda: f(pullback, dout)  # noqa: E731
+        elif p.mode == "fwd+bwd":
+            f = jax.jit(lambda q, k, v, do: jax.vjp(attn, q, k, v)[1](do))
+            fn = lambda: f(q, k, v, dout)  # noqa: E731
+        else:
+            raise NotImplementedError(f"mode {p.mode!r} is not implemented for {self.name}")
+
+        cupy_t = self._timers.cupy
+        first_ms, _ = timing.first_call_ms(lambda: jax.block_until_ready(fn()), cupy_t.synchronize)
+
+        def flush():
+            cupy_t.flush()
+            cupy_t.synchronize()   # the whole device: JAX's streams too
+        samples = timing.time_host(fn, warmup=warmup, rep=rep, flush=flush, block=jax.block_until_ready,
+                                   calls=JAX_CALLS_PER_SAMPLE)
+        return {"first_call_ms": first_ms, "samples_ms": samples}
+
+
+_FACTORIES = {
+    "sdpa-flash": lambda t: SdpaPeer("sdpa-flash", t),
+    "sdpa-cudnn": lambda t: SdpaPeer("sdpa-cudnn", t),
+    "sdpa-eff": lambda t: SdpaPeer("sdpa-eff", t),
+    "flex": FlexPeer,
+    "jax-cudnn": JaxCudnnPeer,
+}
+
+
+def parse_peers(text: str) -> list[str]:
+    """'auto' -> every peer; 'none' -> []; else a comma-separated list of PEER_NAMES."""
+    t = text.strip().lower()
+    if t == "auto":
+        return list(PEER_NAMES)
+    if t in ("none", ""):
+        return []
+    names = []
+    for part in t.split(","):
+        part = part.strip()
+        if part not in PEER_NAMES:
+            raise ValueError(f"unknown peer {part!r}; choose from auto, none, {', '.join(PEER_NAMES)}")
+        if part not in names:
+            names.append(part)
+    return names
+
+
+def make_peers(names, timers) -> tuple[list[Peer], list[str]]:
+    """The peers of ``names`` that can run here, and a note for each that cannot."""
+    peers, notes = [], []
+    for name in names:
+        peer = _FACTORIES[name](timers)
+        try:
+            reason = peer.unavailable()
+        except Exception as e:  # a broken install must not stop the run
+            reason = timing.one_line(e)
+        if reason:
+            notes.append(f"peer {name} skipped: {reason}")
+        else:
+            peers.append(peer)
+    return peers, notes

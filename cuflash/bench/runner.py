@@ -1,0 +1,306 @@
+"""The sweep: for each point, time cuflash and every peer, check cuflash, and collect one row.
+
+A row is a JSON-ready dict (the schema is in report.py).  Nothing here aborts
+the sweep for one point: an exception becomes "-" with its reason in the row.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import platform
+import shlex
+import sys
+
+from . import configs, peers as peers_mod, timing
+
+CEILING_KEYS = {"matmul": "matmul_tflops", "copy": "copy_tbps"}
+
+
+class CuflashBench:
+    """cuflash's side of a point: inputs, the callable per mode, timing and the correctness check."""
+
+    name = "cuflash"
+    clock = "cuda-events"
+
+    def __init__(self, timers: timing.Timers, xp=None, lib=None):
+        """``xp`` (default cupy) and ``lib`` (default cuflash) are parameters only so the CPU
+        tests can run this class on NumPy with a stand-in for cuflash."""
+        if xp is None:
+            import cupy as xp
+        if lib is None:
+            import cuflash as lib
+        self.xp = xp
+        self.cuflash = lib
+        self.timers = timers
+        self.has_backward = hasattr(lib, "attention_backward")
+        self._key = None
+        self._inputs = None
+
+    def unavailable_for(self, p) -> str | None:
+        if p.mode in ("bwd", "fwd+bwd") and not self.has_backward:
+            return "backward not available (cuflash.attention_backward is missing)"
+        return None
+
+    def inputs(self, p):
+        """q, k, v, dout on the GPU; kept while consecutive points share a shape (modes are innermost)."""
+        key = p.shape_key()
+        if key != self._key:
+            from cuflash.testing import random_like, random_qkv
+            self._key = self._inputs = None    # free the previous shape's arrays first
+            q, k, v = random_qkv(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_kv, p.headdim, p.dtype,
+                                 seed=0, xp=self.xp)
+            self._inputs = (q, k, v, random_like(q, seed=1))
+            self._key = key
+        return self._inputs
+
+    def trim(self):
+        """Return CuPy's cached free blocks to the GPU (for the peers); live arrays stay."""
+        pool = getattr(self.xp, "get_default_memory_pool", None)
+        if pool is not None:
+            pool().free_all_blocks()
+
+    def release(self):
+        self._key = self._inputs = None
+        self.trim()
+
+    def _callable(self, p, q, k, v, dout):
+        attention, causal = self.cuflash.attention, p.causal
+        if p.mode == "fwd":
+            return lambda: attention(q, k, v, causal=causal)
+        backward = self.cuflash.attention_backward
+        if p.mode == "bwd":
+            out, lse = attention(q, k, v, causal=causal, return_lse=True)
+            return lambda: backward(dout, q, k, v, out, lse, causal=causal)
+        if p.mode == "fwd+bwd":
+            def fwd_bwd():
+                o, lse_ = attention(q, k, v, causal=causal, return_lse=True)
+                return backward(dout, q, k, v, o, lse_, causal=causal)
+            return fwd_bwd
+        raise NotImplementedError(f"mode {p.mode!r} is not implemented for cuflash")
+
+    def measure(self, p, *, warmup, rep):
+        """{"first_call_ms", "samples_ms"} and the first call's result (for the check)."""
+        q, k, v, dout = self.inputs(p)
+        fn = self._callable(p, q, k, v, dout)
+        timer = self.timers.cupy
+        first_ms, result = timing.first_call_ms(fn, timer.synchronize)
+        samples = timer.time(fn, warmup=warmup, rep=rep)
+        return {"first_call_ms": first_ms, "samples_ms": samples}, result
+
+    def check(self, p, result) -> dict:
+        """Compare a slice of the result with cuflash.reference in float64 and in the input dtype.
+
+        The slice: batch 0, the whole sequence, the first two query heads (the
+        first whole GQA group when there is one, so dk and dv sum over every
+        query head that reads their kv head).
+        """
+        from cuflash import reference
+        from cuflash.testing import check_accuracy
+        xp = self.xp
+        q, k, v, dout = self.inputs(p)
+        group = p.nheads // p.nheads_kv
+        nkv = 1 if group > 1 else min(2, p.nheads_kv)
+        nq = nkv * group
+
+        def cut(x, n):
+            """Contiguous copy of batch 0, heads [0, n); 16-bit floats are copied as raw bits
+            (CuPy may have no bf16 copy kernel)."""
+            if x.dtype.itemsize == 2:
+                return xp.ascontiguousarray(x.view(xp.uint16)[:1, :, :n]).view(x.dtype)
+            return xp.ascontiguousarray(x[:1, :, :n])
+
+        qs, ks, vs = cut(q, nq), cut(k, nkv), cut(v, nkv)
+        if p.mode == "fwd":
+            kind, got = "fwd", {"out": cut(result, nq)}
+            refs = [reference.attention_forward(qs, ks, vs, causal=p.causal, precision=prec)[:1]
+                    for prec in ("float64", "lowp")]
+        else:
+            kind = "bwd"
+            dq, dk, dv = result[:3]
+            got = {"dq": cut(dq, nq), "dk": cut(dk, nkv), "dv": cut(dv, nkv)}
+            refs = [reference.attention_backward(cut(dout, nq), qs, ks, vs, causal=p.causal, precision=prec)[:3]
+                    for prec in ("float64", "lowp")]
+        verdict = {"status": "pass", "kind": kind, "message": None, "tensors": {},
+                   "slice": f"batch 0, query heads 0-{nq - 1}, kv heads 0-{nkv - 1}, full sequence"}
+        try:
+            for (name, out), ref64, ref_lowp in zip(got.items(), *refs):
+                verdict["tensors"][name] = check_accuracy(name, out, ref64, ref_lowp, p.dtype, kind=kind)
+        except AssertionError as e:
+            verdict.update(status="fail", message=timing.one_line(e, 500))
+        return verdict
+
+
+# --------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------
+
+def _entry(measured: dict, work: dict, ceilings: dict, mode, clock: str) -> dict:
+    stats = timing.summarize(measured["samples_ms"])
+    rate = configs.rate(work["amount"], stats["ms"])
+    ceiling = ceilings.get(CEILING_KEYS[mode.ceiling])
+    return {"status": "ok", "reason": None, "timing": clock, **stats,
+            "first_call_ms": measured.get("first_call_ms"),
+            "rate": rate, "pct_ceiling": 100.0 * rate / ceiling if ceiling else None}
+
+
+def _not_run(status: str, reason: str) -> dict:
+    return {"status": status, "reason": reason, "rate": None, "ms": None}
+
+
+def _progress_tail(row, peer_names) -> str:
+    unit = configs.RATE_UNITS[row["work"]["unit"]]
+    res = row["results"]["cuflash"]
+    if res["status"] == "ok":
+        parts = [f"cuflash {res['ms']:.3f} ms {res['rate']:.1f} {unit}"]
+        if res["pct_ceiling"] is not None:
+            parts[0] += f" ({res['pct_ceiling']:.0f}%)"
+    else:
+        parts = [f"cuflash - ({res['reason']})"]
+    parts[0] += f" check {row['check']['status']}"
+    for name in peer_names:
+        r = row["results"][name]
+        parts.append(f"{name} {r['rate']:.1f}" if r["status"] == "ok" else f"{name} -")
+    return " | ".join(parts)
+
+
+def log(line: str, end: str = "\n") -> None:
+    """Notes and progress go to stderr, so stdout holds only the table."""
+    print(line, end=end, file=sys.stderr, flush=True)
+
+
+def run_sweep(points, *, peer_names, warmup, rep, check, progress=True) -> dict:
+    """Measure every point; return {"meta": ..., "rows": [...]} (schema in report.py)."""
+    env = environment()   # first: a kernel fault later would break every CUDA call
+    timers = timing.Timers(timing.flush_bytes())
+    ours = CuflashBench(timers)
+    peers, notes = peers_mod.make_peers(peer_names, timers)
+    if not ours.has_backward and any(p.mode != "fwd" for p in points):
+        notes.append("cuflash: backward not available (cuflash.attention_backward is missing); "
+                     "bwd and fwd+bwd rows time the peers only")
+    for note in notes:
+        log(note)
+
+    log("measuring ceilings (bf16 matmul 8192^3, device copy) ...")
+    ceilings = timing.measure_ceilings(timers, use_torch=any(x.uses_torch for x in peers))
+    log(f"ceilings: matmul {ceilings['matmul_tflops'] or 0:.0f} TFLOP/s ({ceilings['matmul_source']}), "
+        f"copy {ceilings['copy_tbps']:.2f} TB/s")
+
+    names = [x.name for x in peers]
+    rows = []
+    interrupted = False
+    for i, p in enumerate(points, 1):
+        if progress:
+            log(f"[{i}/{len(points)}] {p.label} ...", end=" ")
+        try:
+            rows.append(_measure_point(p, ours, peers, ceilings, warmup=warmup, rep=rep, check=check))
+        except KeyboardInterrupt:
+            interrupted = True
+            notes.append(f"interrupted by the user at point {i} of {len(points)}; rows after it are missing")
+            log("\n" + notes[-1])
+            break
+        ours.trim()   # the check's temporaries
+        if progress:
+            log(_progress_tail(rows[-1], names))
+    ours.release()
+
+    meta = {
+        "tool": "cuflash bench",
+        "schema_version": 1,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(sys.argv),
+        "environment": env,
+        "settings": {"warmup": warmup, "rep": rep, "check": check, "l2_flush_bytes": timers.flush_bytes,
+                     "jax_calls_per_sample": peers_mod.JAX_CALLS_PER_SAMPLE,
+                     "peers_requested": list(peer_names)},
+        "peers": names,
+        "timing": {"cuflash": ours.clock, **{x.name: x.clock for x in peers},
+                   "note": timing.__doc__.strip()},
+        "ceilings": ceilings,
+        "flop_formula": configs.FLOP_FORMULA,
+        "anchor_flop_formula": configs.ANCHOR_FLOP_FORMULA,
+        "rate_note": "rates use the exact FLOP count (work.amount); the anchors (../shared/anchors) "
+                     "halve s^2 for causal, which gives (s + 1) / s times fewer FLOPs than the exact count: "
+                     "work.anchor_amount keeps that count",
+        "ratio_definition": "cuflash rate / peer rate on the same point (> 1: cuflash is faster)",
+        "notes": notes,
+        "interrupted": interrupted,
+    }
+    return {"meta": meta, "rows": rows}
+
+
+def _measure_point(p, ours, peers, ceilings, *, warmup, rep, check) -> dict:
+    mode = configs.MODES[p.mode]
+    work = configs.work(p)
+    row = {**p.as_dict(), "label": p.label, "work": work, "rate_unit": configs.RATE_UNITS[mode.unit],
+           "results": {}, "ratios": {}, "check": {"status": "skipped", "message": None}}
+
+    reason = ours.unavailable_for(p)
+    if reason:
+        row["results"]["cuflash"] = _not_run("skipped", reason)
+        row["check"]["message"] = reason
+    else:
+        try:
+            measured, result = ours.measure(p, warmup=warmup, rep=rep)
+            row["results"]["cuflash"] = _entry(measured, work, ceilings, mode, ours.clock)
+            if check:
+                try:
+                    row["check"] = ours.check(p, result)
+                except Exception as e:   # the reference or the check itself broke: count it as a failure
+                    row["check"] = {"status": "error", "message": timing.one_line(e, 500)}
+            else:
+                row["check"]["message"] = "--no-check"
+            del result
+        except Exception as e:
+            row["results"]["cuflash"] = _not_run("error", timing.one_line(e))
+            row["check"]["message"] = "cuflash did not run"
+
+    for peer in peers:
+        try:
+            measured = peer.measure(p, warmup=warmup, rep=rep)
+            row["results"][peer.name] = _entry(measured, work, ceilings, mode, peer.clock)
+        except Exception as e:
+            row["results"][peer.name] = _not_run("error", timing.one_line(e))
+
+    ours_rate = row["results"]["cuflash"]["rate"]
+    for peer in peers:
+        peer_rate = row["results"][peer.name]["rate"]
+        row["ratios"][peer.name] = ours_rate / peer_rate if ours_rate and peer_rate else None
+    return row
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    """GPU, driver and library versions (never imports torch or JAX; reports them if installed)."""
+    import cupy
+    rt = cupy.cuda.runtime
+    props = rt.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"]
+    env = {
+        "gpu": name.decode() if isinstance(name, bytes) else str(name),
+        "compute_capability": f"{props['major']}.{props['minor']}",
+        "gpu_memory_bytes": int(props["totalGlobalMem"]),
+        "driver_version": rt.driverGetVersion(),
+        "cuda_runtime_version": rt.runtimeGetVersion(),
+        "nvrtc_version": ".".join(str(x) for x in cupy.cuda.nvrtc.getVersion()),
+        "cupy": cupy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import cuflash
+        env["cuflash"] = getattr(cuflash, "__version__", None)
+    except Exception:
+        env["cuflash"] = None
+    for dist in ("numpy", "torch", "triton", "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin"):
+        env[dist] = _version(dist)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch_cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    return env

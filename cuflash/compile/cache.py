@@ -1,0 +1,332 @@
+"""Compiled kernels: an in-memory cache per (spec, device) over an on-disk cubin cache.
+
+``get_function(spec)`` is the runtime entry: a dict lookup when the kernel is
+already loaded; otherwise the cubin is read from the disk cache, or compiled
+with NVRTC (nvrtc.py) and written there, then loaded into the device's context.
+
+Disk cache files are named ``<spec name>.<arch>.<key>.cubin`` under
+``env.cache_dir()``, where ``key`` is a sha256 of the rendered source (all
+headers inlined), the compile options, the arch and the NVRTC version. A
+``.json`` file beside each cubin keeps its ptxas statistics for
+``cuflash compile``. Files are written to a temporary name and renamed into
+place, so concurrent processes never read a partial file.
+
+``compile_to_cache`` and ``compile_many`` build cubins without a GPU (the
+``cuflash compile`` command and tests/compile).
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import env, nvrtc, source
+
+logger = logging.getLogger("cuflash.compile")
+
+#: Bump when the cache layout or the meaning of a key changes.
+CACHE_FORMAT = "cuflash-cubin-1"
+
+_functions: dict = {}  # (spec, device_id) -> cupy.RawKernel
+_counters = {"compiles": 0, "disk_hits": 0, "memory_hits": 0}
+_load_lock = threading.Lock()  # held while a kernel is compiled or loaded
+_private_dir: Path | None = None  # cubins of this process when the disk cache is off
+
+
+# ---------------------------------------------------------------- arch names
+
+
+def parse_arch(arch: str) -> tuple[int, int]:
+    """Compute capability named by an arch: 'sm_80' -> (8, 0), 'sm_90a' -> (9, 0), 'sm_120' -> (12, 0)."""
+    match = re.fullmatch(r"(?:sm_|compute_)?(\d{2,3})[af]?", arch.strip())
+    if match is None:
+        raise ValueError(f"bad arch {arch!r}; write it like sm_80, sm_86, sm_90 or sm_90a")
+    digits = match.group(1)
+    return int(digits[:-1]), int(digits[-1])
+
+
+def target_arch(spec, compute_capability: tuple[int, int]) -> str:
+    """The arch a spec is compiled for on a GPU of this compute capability:
+    ``sm_<major><minor>`` plus the spec's optional ``arch_suffix`` ("a" for
+    kernels that use sm_90a-only instructions such as wgmma)."""
+    major, minor = compute_capability
+    return f"sm_{major}{minor}{getattr(spec, 'arch_suffix', '')}"
+
+
+def device_compute_capability(device_id: int) -> tuple[int, int]:
+    import cupy
+
+    cc = cupy.cuda.Device(device_id).compute_capability  # e.g. "90"
+    return int(cc[:-1]), int(cc[-1])
+
+
+# ---------------------------------------------------------------- keys and files
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything needed to compile one spec for one arch, and where its cubin lives."""
+
+    spec: object
+    arch: str
+    source: str
+    options: tuple[str, ...]
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return env.cache_dir() / f"{self.spec.name}.{self.arch}.{self.key[:32]}.cubin"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+
+def prepare(spec, arch: str) -> Prepared:
+    """Render the spec's source and compute its cache key for ``arch`` (a target arch)."""
+    text = source.render(spec)
+    extra = tuple(getattr(spec, "nvrtc_options", ()))
+    options = nvrtc.compile_options(arch, extra)
+    major, minor = nvrtc.nvrtc_version()
+    digest = hashlib.sha256()
+    for part in (CACHE_FORMAT, arch, f"nvrtc {major}.{minor}", *options, text):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return Prepared(spec, arch, text, options, digest.hexdigest())
+
+
+def _compile(prepared: Prepared) -> nvrtc.CompileResult:
+    spec = prepared.spec
+    extra = tuple(getattr(spec, "nvrtc_options", ()))
+    result = nvrtc.compile_cubin(prepared.source, spec.name, prepared.arch, extra, entry=spec.entry)
+    _counters["compiles"] += 1
+    logger.info("compiled %s for %s in %.2f s", spec.name, prepared.arch, result.seconds)
+    if result.spills and not getattr(spec, "allow_spills", True):
+        logger.warning(
+            "%s for %s spills registers (%d bytes stored, %d loaded); it will run slowly",
+            spec.name, prepared.arch, result.spill_stores, result.spill_loads,
+        )
+    return result
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _store(prepared: Prepared, result: nvrtc.CompileResult) -> bool:
+    """Write the cubin and its statistics to the disk cache; False (with a
+    warning) when the cache folder is not writable."""
+    try:
+        prepared.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(prepared.path, result.cubin)
+        meta = {k: v for k, v in asdict(result).items() if k not in ("cubin", "log", "cached")}
+        _write_atomic(prepared.meta_path, json.dumps(meta, indent=1).encode())
+        return True
+    except OSError as exc:
+        logger.warning(
+            "cannot write the kernel cache (%s); kernels will be compiled again in every process. "
+            "Set CUFLASH_CACHE_DIR to a writable folder.", exc,
+        )
+        return False
+
+
+def _stored_result(prepared: Prepared) -> nvrtc.CompileResult | None:
+    """The statistics of a cubin already in the disk cache, or None."""
+    try:
+        meta = json.loads(prepared.meta_path.read_text())
+        if not prepared.path.is_file():
+            return None
+        return nvrtc.CompileResult(cubin=b"", log="", cached=True, **meta)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------- runtime path
+
+
+def get_function(spec, device_id: int | None = None):
+    """The loaded kernel ``spec.entry`` of ``spec`` for a GPU (default: the
+    current device), as a ``cupy.RawKernel``: call it with
+    ``(grid, block, args, shared_mem=...)``; its
+    ``max_dynamic_shared_size_bytes`` can be set.
+
+    Compiles on first use (logged at INFO with the time), reading and writing
+    the disk cache unless CUFLASH_DISABLE_DISK_CACHE=1.
+    """
+    if device_id is None:
+        from cupy.cuda import runtime
+
+        device_id = runtime.getDevice()
+    fn = _functions.get((spec, device_id))
+    if fn is not None:
+        _counters["memory_hits"] += 1
+        return fn
+    return _load(spec, device_id)
+
+
+def _load(spec, device_id: int):
+    with _load_lock:  # one thread compiles a given kernel; the others then find it
+        fn = _functions.get((spec, device_id))
+        if fn is not None:
+            _counters["memory_hits"] += 1
+            return fn
+        arch = target_arch(spec, device_compute_capability(device_id))
+        prepared = prepare(spec, arch)
+        fn = None
+        if env.disk_cache_enabled() and prepared.path.is_file():
+            fn = _load_cached(prepared, device_id)
+        if fn is None:
+            result = _compile(prepared)
+            if env.disk_cache_enabled() and _store(prepared, result):
+                path = prepared.path
+            else:
+                path = _private_dir_path() / prepared.path.name
+                path.write_bytes(result.cubin)
+            fn = _load_module(path, spec.entry, device_id)
+        _functions[(spec, device_id)] = fn
+        return fn
+
+
+def _load_module(path: Path, entry: str, device_id: int):
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(path=str(path)).get_function(entry)  # loads the module now
+
+
+def _load_cached(prepared: Prepared, device_id: int):
+    """The kernel from the disk cache, or None (and the file removed) when it does not load."""
+    import cupy
+
+    try:
+        fn = _load_module(prepared.path, prepared.spec.entry, device_id)
+    except cupy.cuda.driver.CUDADriverError as exc:
+        logger.warning("cached %s does not load (%s); compiling it again", prepared.path, exc)
+        try:
+            prepared.path.unlink()
+        except OSError:
+            pass
+        return None
+    _counters["disk_hits"] += 1
+    logger.debug("loaded %s for %s from %s", prepared.spec.name, prepared.arch, prepared.path)
+    return fn
+
+
+def _private_dir_path() -> Path:
+    """A folder of this process for cubins that must not go to the disk cache
+    (CuPy loads modules from files); removed at exit."""
+    global _private_dir
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="cuflash-"))
+        atexit.register(shutil.rmtree, _private_dir, True)
+    return _private_dir
+
+
+def stats() -> dict[str, int]:
+    """Counters since the process started (or clear_memory_cache):
+    compiles, disk_hits, memory_hits."""
+    return dict(_counters)
+
+
+def clear_memory_cache() -> None:
+    """Forget loaded kernels and reset the counters (tests use this to force the disk path)."""
+    with _load_lock:
+        _functions.clear()
+        for name in _counters:
+            _counters[name] = 0
+
+
+# ---------------------------------------------------------------- ahead of time (no GPU)
+
+
+def compile_to_cache(spec, arch: str, *, force: bool = False) -> nvrtc.CompileResult:
+    """Build ``spec`` for GPUs of ``arch`` (e.g. "sm_80", "sm_90a") without a GPU
+    and store the cubin in the disk cache, where ``get_function`` finds it.
+
+    ``arch`` names the GPU; the spec is compiled for ``target_arch`` of it,
+    exactly as the runtime would (a portable kernel on an sm_90a GPU is built
+    for sm_90). When the cubin is already cached and ``force`` is False, the
+    stored statistics are returned (``result.cached`` is True) and nothing is
+    compiled. Raises CompileError or SourceError.
+    """
+    prepared = prepare(spec, target_arch(spec, parse_arch(arch)))
+    if not force and env.disk_cache_enabled():
+        stored = _stored_result(prepared)
+        if stored is not None:
+            return stored
+    result = _compile(prepared)
+    if env.disk_cache_enabled():
+        _store(prepared, result)
+    return result
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One (spec, arch) of compile_many: a result (without cubin) or an error message."""
+
+    spec: object
+    arch: str  # as requested
+    result: nvrtc.CompileResult | None
+    error: str | None
+
+    @property
+    def spills_forbidden(self) -> bool:
+        return self.result is not None and self.result.spills and not getattr(self.spec, "allow_spills", True)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.spills_forbidden
+
+
+def _job(spec, arch: str, force: bool) -> Outcome:
+    try:
+        result = compile_to_cache(spec, arch, force=force)
+        return Outcome(spec, arch, result.without_cubin(), None)
+    except Exception as exc:  # reported with the others, so one bad kernel does not hide the rest
+        return Outcome(spec, arch, None, f"{type(exc).__name__}: {exc}")
+
+
+def compile_many(specs: Iterable, archs: Iterable[str], *, jobs: int | None = None, force: bool = False) -> Iterator[Outcome]:
+    """compile_to_cache for every (spec, arch), in ``jobs`` processes (default:
+    one per CPU); yields an Outcome as each finishes. Errors are returned in
+    the Outcome, not raised, so one bad kernel does not hide the others."""
+    tasks = [(spec, arch) for spec in specs for arch in archs]
+    jobs = max(1, min(jobs or cpu_count(), len(tasks) or 1))
+    if jobs == 1:
+        for spec, arch in tasks:
+            yield _job(spec, arch, force)
+        return
+    import multiprocessing
+
+    # spawn: the parent may hold a CUDA context, which a forked child must not inherit.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_job, spec, arch, force) for spec, arch in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

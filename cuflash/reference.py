@@ -1,0 +1,534 @@
+"""Reference attention, forward and backward: the one oracle for every test.
+
+Everything here is *array-module generic*: pass NumPy arrays and the work is
+done by NumPy, pass CuPy arrays and it is done by CuPy on the GPU (so the
+benchmark can check a large problem in float64 without a trip to the host).
+Only operations common to both modules are used, and CuPy is never imported
+by this module: if a CuPy array exists, CuPy is already in ``sys.modules``.
+
+Layout (flash-attn's)::
+
+    q     (batch, seqlen_q, nheads,    headdim)
+    k     (batch, seqlen_k, nheads_kv, headdim)
+    v     (batch, seqlen_k, nheads_kv, headdim_v)      headdim_v is normally headdim
+    out   (batch, seqlen_q, nheads,    headdim_v)
+    lse   (batch, nheads, seqlen_q)                     natural log
+
+``nheads % nheads_kv == 0`` and query head ``h`` reads kv head
+``h // (nheads // nheads_kv)`` (grouped-query attention).
+
+Semantics, in this order (DESIGN.md section 3)::
+
+    s  = (q . k) * softmax_scale                      default scale 1/sqrt(headdim)
+    s  = softcap * tanh(s / softcap)                  when softcap > 0
+    s += -slope[b, h] * |i + seqlen_k - seqlen_q - j|  when alibi_slopes is given
+    s += bias[b, h, i, j]                             when bias is given (broadcast)
+    s  = -inf where key j is not visible from query i (causal / sliding window)
+    P  = softmax(s) over keys;  lse = log(sum(exp(s)))
+    Pd = P * keep_mask / (1 - dropout_p)              when a dropout mask is given
+    out = Pd @ v
+
+A fully masked row has ``out = 0``, ``lse = -inf`` and zero gradients (never NaN).
+
+Precision
+---------
+``precision="float64"`` upcasts every input to float64: this is the oracle.
+Results are float64.
+
+``precision="lowp"`` is "the same computation done plainly in the input
+dtype", the way a straightforward fp16/bf16 PyTorch implementation does it.
+It only serves to measure how much error the input dtype itself causes (the
+accuracy rule in :mod:`cuflash.testing`).  Conventions:
+
+* inputs are kept in their dtype (q, k, v, dout and bias are rounded to the
+  dtype of q, which they should already have);
+* each matmul accumulates in float32 and its result is rounded to the input
+  dtype: scores (after scale, softcap, ALiBi and bias, applied in float32 to
+  the float32 product), P @ V, dO @ V^T, dS @ K (dq);
+* softmax (and lse) is computed in float32 from the rounded scores; P is
+  rounded to the input dtype before P @ V (and after dropout scaling again);
+* dS = P * (dP - rowsum(P * dP)) is computed in float32 and rounded (also after
+  the softcap chain rule); dk, dv (a sum over query rows and over the query
+  heads of a GQA group) and dbias are accumulated in float32 and rounded once;
+* **results are returned as float32 arrays whose values are exactly
+  representable in the input dtype** (``round_to`` was applied), which keeps
+  bf16 out of CuPy arithmetic entirely.  lse is float32 (as flash-attn's).
+  For float32 inputs lowp is plain float32 arithmetic; for float64 inputs it
+  is float64 arithmetic.
+
+Memory is bounded: the work is done in chunks of (one batch, a range of heads,
+a range of query rows) of at most ``_CHUNK_ELEMENTS`` score elements each, so
+seqlens of many thousands are fine.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy
+
+__all__ = [
+    "array_module",
+    "round_to",
+    "visible_mask",
+    "count_visible_pairs",
+    "attention_forward",
+    "attention_backward",
+]
+
+# Upper bound on the number of score elements (heads x rows x keys) handled at
+# once; every temporary of a chunk has at most this many elements.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+# --------------------------------------------------------------------------
+# Array-module and dtype helpers
+# --------------------------------------------------------------------------
+
+def array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
+
+    CuPy is not imported here: a CuPy array can only exist once CuPy has been
+    imported, so looking in ``sys.modules`` is enough and keeps this module
+    importable (and fast) with NumPy alone.
+    """
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return numpy
+    for a in arrays:
+        if a is not None and cupy.get_array_module(a) is cupy:
+            return cupy
+    return numpy
+
+
+def _is_bf16(dtype):
+    return numpy.dtype(dtype).name == "bfloat16"
+
+
+def _storage_dtype(dtype):
+    """Normalise a dtype accepted by lowp; raise for anything else."""
+    dt = numpy.dtype(dtype)
+    if _is_bf16(dt) or dt in (numpy.dtype(numpy.float16), numpy.dtype(numpy.float32),
+                              numpy.dtype(numpy.float64)):
+        return dt
+    raise ValueError(f"unsupported floating dtype {dt!r} (float16, bfloat16, float32, float64)")
+
+
+def _upcast(x, dtype, xp):
+    """Return ``x`` converted exactly to float32 or float64 (``dtype``).
+
+    bfloat16 is widened through its bit pattern (bf16 bits are the upper 16
+    bits of a float32), so no bf16 arithmetic support is needed in NumPy or
+    CuPy.
+    """
+    x = xp.asarray(x)
+    if _is_bf16(x.dtype):
+        bits = x.view(xp.uint16).astype(xp.uint32) << xp.uint32(16)
+        return bits.view(xp.float32).astype(dtype)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"expected a real floating array, got dtype {x.dtype}")
+    return x.astype(dtype)
+
+
+def round_to(x, dtype):
+    """Round float32 values to the nearest value of ``dtype`` (ties to even).
+
+    Args:
+        x: float32 array (NumPy or CuPy), any shape.  float64 input is first
+           converted to float32 (bf16 path) or rounded directly (fp16 path).
+        dtype: float16, bfloat16 (``ml_dtypes.bfloat16``), float32 or float64.
+
+    Returns:
+        An array of the same shape whose values are exactly representable in
+        ``dtype``, held as float32 (or float64 for ``dtype=float64``).
+
+    bfloat16 rounding is done on the float32 bit pattern with unsigned integer
+    operations, so it works the same in NumPy and CuPy: add ``0x7FFF`` plus the
+    lowest kept bit (round half to even), then clear the low 16 bits.  Overflow
+    carries into the exponent and gives inf, as a real conversion does.
+    """
+    xp = array_module(x)
+    dt = _storage_dtype(dtype)
+    if dt == numpy.float64:
+        return x.astype(xp.float64)
+    if dt == numpy.float32:
+        return x.astype(xp.float32)
+    if dt == numpy.float16:
+        return x.astype(xp.float16).astype(xp.float32)
+    # bfloat16
+    x32 = x.astype(xp.float32)  # astype copies: a fresh contiguous array we may view
+    bits = x32.view(xp.uint32)
+    lsb = (bits >> xp.uint32(16)) & xp.uint32(1)
+    rounded = ((bits + (xp.uint32(0x7FFF) + lsb)) & xp.uint32(0xFFFF0000)).view(xp.float32)
+    # NaN: the integer trick could turn a NaN payload into inf (or wrap the
+    # sign), so NaN inputs are passed through unchanged.
+    return xp.where(xp.isnan(x32), x32, rounded)
+
+
+# --------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------
+
+def _window(causal, window_size):
+    """Return (left, right) with -1 meaning unbounded; causal forces right = 0."""
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"window_size must be a pair of ints, got {window_size!r}") from None
+    left = -1 if left < 0 else left
+    right = -1 if right < 0 else right
+    if causal:
+        right = 0
+    return left, right
+
+
+def _relative_positions(r0, r1, seqlen_q, seqlen_k, xp):
+    """(r1 - r0, seqlen_k) int64 array ``j - (i + seqlen_k - seqlen_q)`` for rows i in [r0, r1).
+
+    Zero on the bottom-right-aligned diagonal, negative for keys in the past.
+    """
+    i = xp.arange(r0, r1, dtype=xp.int64)[:, None]
+    j = xp.arange(seqlen_k, dtype=xp.int64)[None, :]
+    return j - (i + (seqlen_k - seqlen_q))
+
+
+def _visible_from_rel(rel, left, right):
+    """Bool array of rel's shape, or None when every key is visible."""
+    vis = None
+    if left >= 0:
+        vis = rel >= -left
+    if right >= 0:
+        r = rel <= right
+        vis = r if vis is None else (vis & r)
+    return vis
+
+
+def visible_mask(seqlen_q, seqlen_k, causal=False, window_size=(-1, -1), xp=numpy):
+    """Bool array (seqlen_q, seqlen_k): True where query i sees key j.
+
+    Bottom-right aligned: i sees j iff
+    ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right``,
+    where a negative left/right is unbounded and ``causal`` means right = 0
+    (left as given).
+    """
+    left, right = _window(causal, window_size)
+    rel = _relative_positions(0, seqlen_q, seqlen_q, seqlen_k, xp)
+    vis = _visible_from_rel(rel, left, right)
+    if vis is None:
+        return xp.ones((seqlen_q, seqlen_k), dtype=bool)
+    return vis
+
+
+def count_visible_pairs(seqlen_q, seqlen_k, causal=False, window_size=(-1, -1)):
+    """Exact number of visible (query, key) pairs, as a Python int.
+
+    O(seqlen_q) time and memory (no seqlen_q x seqlen_k matrix); used for FLOP
+    counts.  Same rule as :func:`visible_mask`.
+    """
+    left, right = _window(causal, window_size)
+    if seqlen_q <= 0 or seqlen_k <= 0:
+        return 0
+    diag = numpy.arange(seqlen_q, dtype=numpy.int64) + (seqlen_k - seqlen_q)
+    lo = numpy.maximum(diag - left, 0) if left >= 0 else numpy.zeros_like(diag)
+    hi = numpy.minimum(diag + right, seqlen_k - 1) if right >= 0 else numpy.full_like(diag, seqlen_k - 1)
+    return int(numpy.maximum(hi - lo + 1, 0).sum())
+
+
+# --------------------------------------------------------------------------
+# Argument checking and set-up shared by forward and backward
+# --------------------------------------------------------------------------
+
+class _Problem:
+    """Validated inputs, converted to the compute dtype, plus the options."""
+
+    def __init__(self, q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                 bias, dropout_p, dropout_mask, precision, dout=None):
+        xp = array_module(q, k, v, dout, bias, alibi_slopes, dropout_mask)
+        self.xp = xp
+        q, k, v = xp.asarray(q), xp.asarray(k), xp.asarray(v)
+        if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+            raise ValueError("q, k, v must be 4-D (batch, seqlen, nheads, headdim); "
+                             f"got {q.shape}, {k.shape}, {v.shape}")
+        b, sq, h, d = q.shape
+        bk, sk, hkv, dk = k.shape
+        if bk != b or v.shape[:3] != k.shape[:3] or dk != d:
+            raise ValueError(f"incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
+        if hkv == 0 or h % hkv != 0:
+            raise ValueError(f"nheads ({h}) must be a multiple of nheads_kv ({hkv})")
+        self.batch, self.seqlen_q, self.nheads, self.headdim = b, sq, h, d
+        self.seqlen_k, self.nheads_kv, self.headdim_v = sk, hkv, v.shape[3]
+        self.group = h // hkv
+
+        # Precision: compute dtype (cdt) and the rounding applied after each step.
+        if precision == "float64":
+            self.cdt = xp.float64
+            self.store = None
+        elif precision == "lowp":
+            store = _storage_dtype(q.dtype)
+            for name, x in (("k", k), ("v", v), ("dout", dout)):
+                if x is not None and numpy.dtype(x.dtype) != store:
+                    raise ValueError(f"lowp needs one dtype: q is {store}, {name} is {x.dtype}")
+            self.cdt = xp.float64 if store == numpy.float64 else xp.float32
+            self.store = None if store in (numpy.float32, numpy.float64) else store
+        else:
+            raise ValueError(f"precision must be 'float64' or 'lowp', got {precision!r}")
+
+        self.q = self.rnd(_upcast(q, self.cdt, xp))
+        self.k = self.rnd(_upcast(k, self.cdt, xp))
+        self.v = self.rnd(_upcast(v, self.cdt, xp))
+        self.dout = None
+        if dout is not None:
+            dout = xp.asarray(dout)
+            if dout.shape != (b, sq, h, self.headdim_v):
+                raise ValueError(f"dout shape {dout.shape} != out shape {(b, sq, h, self.headdim_v)}")
+            self.dout = self.rnd(_upcast(dout, self.cdt, xp))
+
+        self.scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(d)
+        self.left, self.right = _window(causal, window_size)
+        self.softcap = float(softcap)
+        if self.softcap < 0:
+            raise ValueError("softcap must be >= 0")
+
+        # ALiBi slopes: kept in the compute dtype (flash-attn takes float32
+        # slopes, so lowp does not round them to the input dtype).
+        self.alibi = None
+        if alibi_slopes is not None:
+            a = _upcast(alibi_slopes, self.cdt, xp)
+            if a.shape == (h,):
+                a = xp.broadcast_to(a[None, :], (b, h))
+            elif a.shape != (b, h):
+                raise ValueError(f"alibi_slopes must have shape ({h},) or ({b}, {h}), got {a.shape}")
+            self.alibi = a
+
+        # Bias: a 4-D view with each dim either 1 or full.
+        self.bias_shape = None
+        self.bias4 = None
+        if bias is not None:
+            bias = xp.asarray(bias)
+            self.bias_shape = tuple(bias.shape)
+            self.bias4 = self.rnd(_upcast(self._as4d(bias, "bias"), self.cdt, xp))
+
+        # Dropout.
+        self.dropout_p = float(dropout_p)
+        if not 0.0 <= self.dropout_p < 1.0:
+            raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+        self.mask4 = None
+        if dropout_mask is not None:
+            m = xp.asarray(dropout_mask)
+            if m.dtype != bool:
+                m = m != 0
+            self.mask4 = self._as4d(m, "dropout_mask")
+        elif self.dropout_p > 0:
+            raise ValueError("dropout_p > 0 needs dropout_mask (bool keep-mask of shape "
+                             "(batch, nheads, seqlen_q, seqlen_k)); the reference does not draw one")
+        self.drop_scale = 1.0 / (1.0 - self.dropout_p)
+
+    def _as4d(self, x, name):
+        """View x as 4-D, each dim 1 or equal to (batch, nheads, seqlen_q, seqlen_k)."""
+        full = (self.batch, self.nheads, self.seqlen_q, self.seqlen_k)
+        if x.ndim > 4:
+            raise ValueError(f"{name} has more than 4 dims: {x.shape}")
+        x4 = x.reshape((1,) * (4 - x.ndim) + tuple(x.shape))
+        for n, f in zip(x4.shape, full):
+            if n not in (1, f):
+                raise ValueError(f"{name} shape {x.shape} does not broadcast to {full}")
+        return x4
+
+    def rnd(self, x):
+        """Round to the storage dtype in lowp mode; identity otherwise."""
+        if self.store is None:
+            return x
+        return round_to(x, self.store)
+
+    def chunks(self):
+        """Yield (b, h0, h1, r0, r1): chunks of at most _CHUNK_ELEMENTS scores."""
+        sq, sk, h = self.seqlen_q, max(self.seqlen_k, 1), self.nheads
+        limit = _CHUNK_ELEMENTS
+        if h * sq * sk <= limit:
+            hc, rc = h, sq
+        elif sq * sk <= limit:
+            hc, rc = limit // (sq * sk), sq
+        else:
+            hc, rc = 1, max(1, limit // sk)
+        for b in range(self.batch):
+            for h0 in range(0, h, hc):
+                for r0 in range(0, sq, rc):
+                    yield b, h0, min(h0 + hc, h), r0, min(r0 + rc, sq)
+
+    @staticmethod
+    def slice4(x4, b, h0, h1, r0, r1):
+        """Chunk of a 4-D broadcastable array: (hc|1, rc|1, seqlen_k|1)."""
+        bi = b if x4.shape[0] > 1 else 0
+        hs = slice(h0, h1) if x4.shape[1] > 1 else slice(0, 1)
+        rs = slice(r0, r1) if x4.shape[2] > 1 else slice(0, 1)
+        return x4[bi, hs, rs, :]
+
+    def kv_heads(self, x, b, h0, h1):
+        """(h1 - h0, seqlen_k, hd): k or v of batch b repeated for query heads [h0, h1)."""
+        g = self.group
+        kv0, kv1 = h0 // g, (h1 - 1) // g + 1
+        rep = self.xp.repeat(x[b, :, kv0:kv1], g, axis=1)  # (seqlen_k, (kv1 - kv0) * g, hd)
+        return rep[:, h0 - kv0 * g:h1 - kv0 * g].transpose(1, 0, 2)
+
+    def forward_chunk(self, b, h0, h1, r0, r1):
+        """Forward for one chunk; returns a dict of (hc, rc, ...) arrays."""
+        xp = self.xp
+        qb = self.q[b, r0:r1, h0:h1].transpose(1, 0, 2)        # (hc, rc, d)
+        kb = self.kv_heads(self.k, b, h0, h1)                   # (hc, sk, d)
+        vb = self.kv_heads(self.v, b, h0, h1)                   # (hc, sk, dv)
+
+        s = xp.matmul(qb, kb.transpose(0, 2, 1)) * self.scale   # (hc, rc, sk), fp32 accumulate in lowp
+        tanh = None
+        if self.softcap > 0:
+            tanh = xp.tanh(s / self.softcap)
+            s = self.softcap * tanh
+        rel = _relative_positions(r0, r1, self.seqlen_q, self.seqlen_k, xp)  # (rc, sk)
+        if self.alibi is not None:
+            slopes = self.alibi[b, h0:h1][:, None, None]
+            s = s - slopes * xp.abs(rel).astype(self.cdt)[None]
+        if self.bias4 is not None:
+            s = s + self.slice4(self.bias4, b, h0, h1, r0, r1)
+        s = self.rnd(s)
+        vis = _visible_from_rel(rel, self.left, self.right)
+        if vis is not None:
+            s = xp.where(vis[None], s, -xp.inf)
+
+        # Softmax with the row max subtracted (stable for large scores).
+        m = s.max(axis=-1, keepdims=True)
+        # A fully masked row has max -inf; subtracting it would give
+        # -inf - (-inf) = NaN, so use 0 there (exp(-inf - 0) = 0).
+        m_safe = xp.where(m == -xp.inf, 0.0, m).astype(self.cdt)
+        e = xp.exp(s - m_safe)
+        l = e.sum(axis=-1, keepdims=True)
+        # A fully masked row sums to 0: divide by 1 instead (P = 0 there) and
+        # report lse = -inf without evaluating log(0).
+        nonempty = l > 0
+        l_safe = xp.where(nonempty, l, 1.0).astype(self.cdt)
+        p = e / l_safe
+        lse = xp.where(nonempty, m_safe + xp.log(l_safe), -xp.inf)[..., 0].astype(self.cdt)
+        p = self.rnd(p)
+        if self.mask4 is not None:
+            keep = self.slice4(self.mask4, b, h0, h1, r0, r1)
+            pd = self.rnd(xp.where(keep, p * self.drop_scale, 0.0).astype(self.cdt))
+        else:
+            pd = p
+        out = self.rnd(xp.matmul(pd, vb))                        # (hc, rc, dv)
+        return dict(qb=qb, kb=kb, vb=vb, tanh=tanh, p=p, pd=pd, out=out, lse=lse)
+
+
+def _empty_keys_forward(pr):
+    """seqlen_k == 0: every row is fully masked (out 0, lse -inf)."""
+    xp = pr.xp
+    out = xp.zeros((pr.batch, pr.seqlen_q, pr.nheads, pr.headdim_v), dtype=pr.cdt)
+    lse = xp.full((pr.batch, pr.nheads, pr.seqlen_q), -xp.inf, dtype=pr.cdt)
+    return out, lse
+
+
+# --------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------
+
+def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                      alibi_slopes=None, bias=None, dropout_p=0.0, dropout_mask=None, precision="float64"):
+    """Reference attention forward.
+
+    Args:
+        q: (batch, seqlen_q, nheads, headdim); k: (batch, seqlen_k, nheads_kv, headdim);
+           v: (batch, seqlen_k, nheads_kv, headdim_v).  NumPy or CuPy; any float dtype
+           (bf16 as ``ml_dtypes.bfloat16``).
+        softmax_scale: defaults to 1/sqrt(headdim).
+        causal, window_size: bottom-right aligned masks, see :func:`visible_mask`.
+        softcap: > 0 applies ``softcap * tanh(s / softcap)`` to the scaled scores.
+        alibi_slopes: (nheads,) or (batch, nheads).
+        bias: broadcastable to (batch, nheads, seqlen_q, seqlen_k), added to the scores.
+        dropout_p: dropout probability; when > 0, ``dropout_mask`` is required.
+        dropout_mask: bool keep-mask broadcastable to (batch, nheads, seqlen_q, seqlen_k);
+           kept probabilities are scaled by 1/(1 - dropout_p).
+        precision: "float64" (oracle) or "lowp" (see the module docstring).
+
+    Returns:
+        out: (batch, seqlen_q, nheads, headdim_v); lse: (batch, nheads, seqlen_q),
+        natural log of the sum of exp of the masked scores (before dropout).
+        float64 for "float64"; float32 for "lowp" (values representable in the
+        input dtype for out).
+    """
+    pr = _Problem(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias,
+                  dropout_p, dropout_mask, precision)
+    if pr.seqlen_k == 0:
+        return _empty_keys_forward(pr)
+    xp = pr.xp
+    out = xp.zeros((pr.batch, pr.seqlen_q, pr.nheads, pr.headdim_v), dtype=pr.cdt)
+    lse = xp.zeros((pr.batch, pr.nheads, pr.seqlen_q), dtype=pr.cdt)
+    for b, h0, h1, r0, r1 in pr.chunks():
+        f = pr.forward_chunk(b, h0, h1, r0, r1)
+        out[b, r0:r1, h0:h1] = f["out"].transpose(1, 0, 2)
+        lse[b, h0:h1, r0:r1] = f["lse"]
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                       alibi_slopes=None, bias=None, dropout_p=0.0, dropout_mask=None, precision="float64"):
+    """Reference attention backward: the exact gradient of ``sum(out * dout)``.
+
+    Args:
+        dout: (batch, seqlen_q, nheads, headdim_v), the gradient of the output.
+        q, k, v and options: as :func:`attention_forward` (the forward is recomputed).
+
+    Returns:
+        (dq, dk, dv, dbias): dq like q, dk like k, dv like v (summed over the
+        query heads of each GQA group); dbias with bias's shape (summed over
+        its broadcast dims), or None when bias is None.  Differentiates through
+        softcap's tanh and the dropout mask; ALiBi has no gradient.  Rows that
+        are fully masked get zero gradients.  float64 for "float64"; float32
+        with values representable in the input dtype for "lowp".
+    """
+    pr = _Problem(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias,
+                  dropout_p, dropout_mask, precision, dout=dout)
+    xp = pr.xp
+    dq = xp.zeros((pr.batch, pr.seqlen_q, pr.nheads, pr.headdim), dtype=pr.cdt)
+    dk = xp.zeros((pr.batch, pr.seqlen_k, pr.nheads_kv, pr.headdim), dtype=pr.cdt)
+    dv = xp.zeros((pr.batch, pr.seqlen_k, pr.nheads_kv, pr.headdim_v), dtype=pr.cdt)
+    dbias4 = None if pr.bias4 is None else xp.zeros(pr.bias4.shape, dtype=pr.cdt)
+    g = pr.group
+
+    for b, h0, h1, r0, r1 in (pr.chunks() if pr.seqlen_k > 0 else ()):
+        f = pr.forward_chunk(b, h0, h1, r0, r1)
+        p, pd = f["p"], f["pd"]
+        dob = pr.dout[b, r0:r1, h0:h1].transpose(1, 0, 2)               # (hc, rc, dv)
+
+        dv_c = xp.matmul(pd.transpose(0, 2, 1), dob)                     # (hc, sk, dv)
+        dp = pr.rnd(xp.matmul(dob, f["vb"].transpose(0, 2, 1)))          # (hc, rc, sk): d(out)/d(Pd)
+        if pr.mask4 is not None:
+            keep = pr.slice4(pr.mask4, b, h0, h1, r0, r1)
+            dp = xp.where(keep, dp * pr.drop_scale, 0.0).astype(pr.cdt)  # d/dP
+        # Softmax backward.  Masked keys have P = 0 so dS = 0 there; a fully
+        # masked row has P = 0 everywhere, hence zero gradients.
+        delta = (p * dp).sum(axis=-1, keepdims=True)
+        ds = pr.rnd(p * (dp - delta))                                    # d/d(score after bias)
+        if dbias4 is not None:
+            red = ds
+            for axis, n in ((0, dbias4.shape[1]), (1, dbias4.shape[2]), (2, dbias4.shape[3])):
+                if n == 1:
+                    red = red.sum(axis=axis, keepdims=True)
+            bi = b if dbias4.shape[0] > 1 else 0
+            hs = slice(h0, h1) if dbias4.shape[1] > 1 else slice(0, 1)
+            rs = slice(r0, r1) if dbias4.shape[2] > 1 else slice(0, 1)
+            dbias4[bi, hs, rs, :] += red
+        if f["tanh"] is not None:
+            ds = pr.rnd(ds * (1.0 - f["tanh"] * f["tanh"]))               # through softcap * tanh(s / softcap)
+        dq_c = pr.rnd(xp.matmul(ds, f["kb"]) * pr.scale)                 # (hc, rc, d), complete for these rows
+        dk_c = xp.matmul(ds.transpose(0, 2, 1), f["qb"]) * pr.scale       # (hc, sk, d), partial
+        dq[b, r0:r1, h0:h1] = dq_c.transpose(1, 0, 2)
+
+        # GQA: add the contribution of each query head to its kv head.
+        for kh in range(h0 // g, (h1 - 1) // g + 1):
+            lo, hi = max(h0, kh * g) - h0, min(h1, (kh + 1) * g) - h0
+            dk[b, :, kh] += dk_c[lo:hi].sum(axis=0)
+            dv[b, :, kh] += dv_c[lo:hi].sum(axis=0)
+
+    dk, dv = pr.rnd(dk), pr.rnd(dv)
+    dbias = None
+    if dbias4 is not None:
+        dbias = pr.rnd(dbias4).reshape(pr.bias_shape)
+    return dq, dk, dv, dbias

@@ -1,0 +1,278 @@
+"""Kernel specialisations: one frozen dataclass names one compiled kernel.
+
+A spec is everything that is a compile-time constant of a kernel (dtype, padded
+head dim, tile shape, causal flag). Its ``name`` is readable and unique, and
+``defines()`` turns it into the ``#define`` lines that are prepended to the
+kernel's source file. Everything that varies per call (sequence lengths,
+strides, the exact head dim, the scale) goes into the params struct instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Head dims are padded up to a multiple of this for the compile-time tile
+#: width; the exact head dim is a run-time parameter (extra columns are
+#: zero-filled on load and never stored).
+HEAD_DIM_BUCKET = 32
+
+#: dtype name -> (C macro value, element bytes)
+DTYPES = {"fp16": 0, "bf16": 1}
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    """Compile-time head dim D for an actual head dim d (d <= D, D % 32 == 0)."""
+    return -(-head_dim // HEAD_DIM_BUCKET) * HEAD_DIM_BUCKET
+
+
+@dataclass(frozen=True)
+class FwdTiles:
+    """Tile shape of the forward kernel.
+
+    block_m: rows of Q per CTA (Br); block_n: rows of K/V per main-loop step
+    (Bc); warps: warps per CTA, each owning block_m / warps query rows.
+    """
+
+    block_m: int
+    block_n: int
+    warps: int
+
+    @property
+    def rows_per_warp(self) -> int:
+        return self.block_m // self.warps
+
+
+# Tile shape per compile-time head dim D (see bench/NOTES.md for how each was
+# chosen). Each entry compiles without spills for sm_80 and sm_90a
+# (tests/compile); rows_per_warp is 16 or 32.
+FWD_TILES = {
+    32: FwdTiles(128, 64, 4),
+    64: FwdTiles(128, 64, 4),
+    96: FwdTiles(128, 64, 4),
+    128: FwdTiles(128, 64, 4),
+    160: FwdTiles(64, 64, 4),
+    192: FwdTiles(64, 64, 4),
+    224: FwdTiles(64, 32, 4),
+    256: FwdTiles(64, 64, 4),
+}
+
+
+@dataclass(frozen=True)
+class FwdSpec:
+    """The portable (mma.sync) forward kernel in kernels_cu/fwd.cu."""
+
+    dtype: str  # "fp16" | "bf16"
+    head_dim: int  # compile-time D, a multiple of HEAD_DIM_BUCKET, <= 256
+    causal: bool
+    tiles: FwdTiles
+
+    source = "fwd.cu"
+    entry = "cuflash_fwd"
+    #: The compile test fails if ptxas reports any spill for this kernel.
+    allow_spills = False
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.head_dim % HEAD_DIM_BUCKET or not 0 < self.head_dim <= 256:
+            raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {self.head_dim}")
+        t = self.tiles
+        if t.rows_per_warp not in (16, 32) or t.block_m != t.rows_per_warp * t.warps:
+            raise ValueError(f"block_m / warps must be 16 or 32, got {t}")
+        if t.block_n % 16:
+            raise ValueError(f"block_n must be a multiple of 16, got {t.block_n}")
+
+    @classmethod
+    def for_problem(cls, dtype: str, head_dim: int, causal: bool) -> "FwdSpec":
+        d = head_dim_bucket(head_dim)
+        return cls(dtype, d, bool(causal), FWD_TILES[d])
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.tiles.warps
+
+    @property
+    def name(self) -> str:
+        t = self.tiles
+        mask = "causal" if self.causal else "full"
+        return f"fwd_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}w{t.warps}"
+
+    def defines(self) -> dict[str, int]:
+        t = self.tiles
+        return {
+            "CUFLASH_DTYPE": DTYPES[self.dtype],
+            "CUFLASH_HEAD_DIM": self.head_dim,
+            "CUFLASH_BLOCK_M": t.block_m,
+            "CUFLASH_BLOCK_N": t.block_n,
+            "CUFLASH_WARPS": t.warps,
+            "CUFLASH_CAUSAL": int(self.causal),
+        }
+
+
+# ---------------------------------------------------------------- backward
+
+
+@dataclass(frozen=True)
+class BwdTiles:
+    """Tile shape and warp layouts of the backward kernel (kernels_cu/bwd.cu).
+
+    block_m: query rows per step (Br); block_n: keys per CTA (Bc); warps per CTA.
+    Each of the three products has its own warp grid:
+      sdp_warps_n: warps along keys for S^T = K Q^T and dP^T = V dO^T (Bc x Br);
+                   the other warps / sdp_warps_n split the Br queries.
+      dkv_warps_n: warps along keys for dK and dV (Bc x D); the rest split D.
+      dq_warps_m:  warps along queries for dQ (Br x D); the rest split D.
+    Every warp tile must be a multiple of 16 in both dims. When sdp_warps_n ==
+    dkv_warps_n == warps, each warp owns whole rows of P^T and dS^T and feeds
+    them to dV/dK from registers (p_in_regs).
+    """
+
+    block_m: int
+    block_n: int
+    warps: int
+    sdp_warps_n: int
+    dkv_warps_n: int
+    dq_warps_m: int
+
+    @property
+    def p_in_regs(self) -> bool:
+        return self.sdp_warps_n == self.warps and self.dkv_warps_n == self.warps
+
+    def check(self, head_dim: int) -> None:
+        """ValueError unless every warp tile is whole and a multiple of 16 for compile-time D = head_dim."""
+        w = self.warps
+        grids = {"sdp_warps_n": self.sdp_warps_n, "dkv_warps_n": self.dkv_warps_n, "dq_warps_m": self.dq_warps_m}
+        for name, n in grids.items():
+            if n <= 0 or w % n:
+                raise ValueError(f"{name}={n} must divide warps={w}")
+        tiles = {
+            "S^T keys": (self.block_n, self.sdp_warps_n),
+            "S^T queries": (self.block_m, w // self.sdp_warps_n),
+            "dK/dV keys": (self.block_n, self.dkv_warps_n),
+            "dK/dV dims": (head_dim, w // self.dkv_warps_n),
+            "dQ queries": (self.block_m, self.dq_warps_m),
+            "dQ dims": (head_dim, w // self.dq_warps_m),
+        }
+        for name, (extent, parts) in tiles.items():
+            if extent % parts or (extent // parts) % 16:
+                raise ValueError(f"{name}: {extent} split {parts} ways is not a multiple of 16 ({self})")
+
+
+# Tile shape per compile-time head dim D, starting from FlashAttention-2's
+# sm80 choices (d<=64: 128x128, d96/128: 64x128, d>128: 64x64; 8 warps).
+# Each entry compiles without spills for sm_80 and sm_90a (tests/compile);
+# the registers per spec are listed in bench/NOTES.md.
+BWD_TILES = {
+    32: BwdTiles(128, 128, 8, 4, 4, 4),
+    64: BwdTiles(128, 128, 8, 4, 4, 4),
+    96: BwdTiles(64, 128, 8, 4, 4, 4),
+    128: BwdTiles(64, 128, 8, 4, 4, 2),
+    160: BwdTiles(64, 64, 8, 4, 4, 4),
+    192: BwdTiles(64, 64, 8, 4, 2, 2),
+    224: BwdTiles(64, 64, 8, 4, 2, 2),
+    256: BwdTiles(64, 64, 8, 4, 2, 2),
+}
+
+
+def _check_dtype_and_head_dim(dtype: str, head_dim: int) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if head_dim % HEAD_DIM_BUCKET or not 0 < head_dim <= 256:
+        raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {head_dim}")
+
+
+@dataclass(frozen=True)
+class BwdSpec:
+    """The portable (mma.sync) backward kernel in kernels_cu/bwd.cu."""
+
+    dtype: str  # "fp16" | "bf16"
+    head_dim: int  # compile-time D, a multiple of HEAD_DIM_BUCKET, <= 256
+    causal: bool
+    deterministic: bool  # dQ added in key-block order (bitwise reproducible)
+    tiles: BwdTiles
+
+    source = "bwd.cu"
+    entry = "cuflash_bwd"
+    allow_spills = False
+
+    def __post_init__(self):
+        _check_dtype_and_head_dim(self.dtype, self.head_dim)
+        self.tiles.check(self.head_dim)
+
+    @classmethod
+    def for_problem(cls, dtype: str, head_dim: int, causal: bool, deterministic: bool) -> "BwdSpec":
+        d = head_dim_bucket(head_dim)
+        return cls(dtype, d, bool(causal), bool(deterministic), BWD_TILES[d])
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.tiles.warps
+
+    @property
+    def name(self) -> str:
+        t = self.tiles
+        mask = "causal" if self.causal else "full"
+        det = "_det" if self.deterministic else ""
+        return (f"bwd_{self.dtype}_d{self.head_dim}_{mask}{det}_m{t.block_m}n{t.block_n}w{t.warps}"
+                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}")
+
+    def defines(self) -> dict[str, int]:
+        t = self.tiles
+        return {
+            "CUFLASH_DTYPE": DTYPES[self.dtype],
+            "CUFLASH_HEAD_DIM": self.head_dim,
+            "CUFLASH_BLOCK_M": t.block_m,
+            "CUFLASH_BLOCK_N": t.block_n,
+            "CUFLASH_WARPS": t.warps,
+            "CUFLASH_SDP_WARPS_N": t.sdp_warps_n,
+            "CUFLASH_DKV_WARPS_N": t.dkv_warps_n,
+            "CUFLASH_DQ_WARPS_M": t.dq_warps_m,
+            "CUFLASH_CAUSAL": int(self.causal),
+            "CUFLASH_DETERMINISTIC": int(self.deterministic),
+        }
+
+
+@dataclass(frozen=True)
+class BwdPrepareSpec:
+    """kernels_cu/bwd_prepare.cu: delta = rowsum(dO * O), lse in the exp2 domain, zeroed dQ accumulator."""
+
+    dtype: str
+
+    source = "bwd_prepare.cu"
+    entry = "cuflash_bwd_prepare"
+    allow_spills = False
+    threads = 256
+    rows_per_cta = 64  # PREP_ROWS in the kernel
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def name(self) -> str:
+        return f"bwd_prepare_{self.dtype}"
+
+    def defines(self) -> dict[str, int]:
+        return {"CUFLASH_DTYPE": DTYPES[self.dtype]}
+
+
+@dataclass(frozen=True)
+class BwdConvertSpec:
+    """kernels_cu/bwd_convert.cu: fp32 accumulators (summed over a GQA group) -> the input dtype."""
+
+    dtype: str
+
+    source = "bwd_convert.cu"
+    entry = "cuflash_bwd_convert"
+    allow_spills = False
+    threads = 256
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def name(self) -> str:
+        return f"bwd_convert_{self.dtype}"
+
+    def defines(self) -> dict[str, int]:
+        return {"CUFLASH_DTYPE": DTYPES[self.dtype]}

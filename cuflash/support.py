@@ -1,0 +1,42 @@
+"""What cuflash supports, declared once as data.
+
+The validation in api.py and the test grids in tests/ both read these tables,
+so a capability is added in one place.
+"""
+from __future__ import annotations
+
+from .specs import DTYPES, FWD_TILES, FwdSpec
+
+#: Input dtypes by name (numpy dtypes resolved in api.py).
+SUPPORTED_DTYPES = tuple(DTYPES)
+#: Head dims: multiples of HEAD_DIM_MULTIPLE up to HEAD_DIM_MAX (16-byte rows).
+HEAD_DIM_MULTIPLE = 8
+HEAD_DIM_MAX = 256
+#: Oldest GPU: compute capability 8.0 (mma.sync m16n8k16 with bf16, cp.async, ldmatrix).
+MIN_COMPUTE_CAPABILITY = (8, 0)
+#: Archs `cuflash compile` and the compile tests build for by default.
+COMPILE_ARCHS = ("sm_80", "sm_90a")
+
+#: Options of cuflash.attention and when they land; a non-default value of one
+#: that is not implemented yet raises NotImplementedError naming it.
+NOT_YET_IMPLEMENTED = {
+    "window_size": (-1, -1),
+    "softcap": 0.0,
+    "alibi_slopes": None,
+    "bias": None,
+    "dropout_p": 0.0,
+}
+
+
+def supported_head_dims() -> list[int]:
+    return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
+
+
+def declared_specs() -> list[FwdSpec]:
+    """Every kernel specialisation cuflash may launch (what `cuflash compile` builds)."""
+    return [
+        FwdSpec(dtype, d, causal, FWD_TILES[d])
+        for dtype in SUPPORTED_DTYPES
+        for d in sorted(FWD_TILES)
+        for causal in (False, True)
+    ]

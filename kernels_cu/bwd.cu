@@ -1,0 +1,357 @@
+// bwd.cu: exact attention backward, the portable path (sm_80+: cp.async,
+// ldmatrix, mma.sync m16n8k16 with fp32 accumulators). FlashAttention-2
+// (Dao 2023), Algorithm 2, with P recomputed from the forward's lse.
+//
+// For one (batch b, query head h, kv head h_kv = h / (nheads / nheads_kv)) and
+// a block of Bc keys j, with Q, dO: (Sq, d) rows of q, dout[b, :, h, :] and
+// K_j, V_j: (Bc, d) rows of k, v[b, :, h_kv, :], the CTA computes
+//   dV_j = sum_i P_ij^T dO_i                      (Bc, d)
+//   dK_j = scale * sum_i dS_ij^T Q_i              (Bc, d)
+// and adds to dQ_i (fp32, global) for every query block i:
+//   dQ_i += scale * dS_ij K_j                     (Br, d)
+// where, for query block i (Br rows) and this key block:
+//   S_ij  = Q_i K_j^T                             (Br, Bc), masked (mask.cuh)
+//   P_ij  = exp(S_ij * scale - L_i) = exp2(S_ij * scale * log2(e) - L_i * log2(e))
+//   dP_ij = dO_i V_j^T                            (Br, Bc)
+//   dS_ij = P_ij ∘ (dP_ij - D_i)                  D_i = rowsum(dO_i ∘ O_i), bwd_prepare.cu
+// L_i (natural-log lse) and D_i come from bwd_prepare.cu, which stores
+// L_i * log2(e) (+inf for rows that see no key, so their P row is exactly 0).
+// Every product is held transposed, keys as rows: S^T = K Q^T (Bc, Br), so
+// that dV = P^T dO and dK = dS^T Q need no transpose of P^T / dS^T.
+//
+// Steps: one CTA per (key block, head, batch); WARPS warps.
+//   1. cp.async K_j, V_j (once) and Q, dO, L, D of the first query block that sees a key of j.
+//   2. For each query block i from that one to the last (causal: blocks that see
+//      nothing are skipped; only blocks crossing the diagonal or seqlen_k are masked):
+//        wait for block i; start loading block i+1 into the other buffer (double buffering);
+//        S^T = K Q^T, dP^T = V dO^T (warps tile keys x queries: SDP_WARPS_N along keys);
+//        P^T = exp2(S^T * scale_log2 - L2), dS^T = P^T ∘ (dP^T - D);
+//        dS^T (and P^T unless P stays in registers) -> shared memory, 16-bit;
+//        dV += P^T dO, dK += dS^T Q (warps tile keys x d: DKV_WARPS_N along keys);
+//        dQ_i += scale * dS K (warps tile queries x d: DQ_WARPS_M along queries):
+//        fp32 reductions into dq_accum; with CUFLASH_DETERMINISTIC the CTAs of one
+//        (head, batch) add to query block i in key-block order (atomic.cuh turns).
+//   3. dK *= scale; write dK, dV: to dk/dv in the input dtype (staged through
+//      shared memory for 16-byte stores), or fp32 per query head into
+//      dk_accum/dv_accum under GQA (bwd_convert.cu sums the group).
+// When P_IN_REGS (every warp owns whole key rows of S^T and of dK/dV: both
+// SDP_WARPS_N and DKV_WARPS_N equal WARPS) P^T and dS^T feed dV and dK straight
+// from registers (mma_rs) and only dS^T goes through shared memory, for dQ.
+//
+// Compile-time constants (rendered from cuflash/specs.py BwdSpec):
+//   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32; the actual
+//   d <= D is a run-time value, columns >= d are zero-filled and never stored),
+//   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
+//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC.
+// Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
+// that are multiples of 8 elements (cuflash/api.py); softmax_scale > 0;
+// lse_log2 / delta padded to m_blocks * Br rows (bwd_prepare.cu).
+// Shared memory: 16 Br + 2 (2 Bc + 4 Br) (D + 8) + 2 Bc (Br + 8) (x2 without
+// P_IN_REGS) bytes (cuflash/launch.py bwd_smem_bytes).
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+#include "common/copy.cuh"
+#include "common/mma.cuh"
+#include "common/mask.cuh"
+#include "common/atomic.cuh"
+
+constexpr int D = CUFLASH_HEAD_DIM;
+constexpr int BM = CUFLASH_BLOCK_M;  // Br: query rows per step
+constexpr int BN = CUFLASH_BLOCK_N;  // Bc: keys per CTA
+constexpr int WARPS = CUFLASH_WARPS;
+constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
+constexpr int THREADS = WARPS * 32;
+
+// S^T and dP^T (Bc x Br): SDP_WN warps along keys x (WARPS / SDP_WN) along queries.
+constexpr int SDP_WN = CUFLASH_SDP_WARPS_N;
+constexpr int S_KEYS = BN / SDP_WN, S_QUERIES = BM / (WARPS / SDP_WN);
+constexpr int S_MT = S_KEYS / 16, S_NT = S_QUERIES / 8;
+// dK and dV (Bc x D): DKV_WN warps along keys x (WARPS / DKV_WN) along d.
+constexpr int DKV_WN = CUFLASH_DKV_WARPS_N;
+constexpr int KV_KEYS = BN / DKV_WN, KV_DIMS = D / (WARPS / DKV_WN);
+constexpr int KV_MT = KV_KEYS / 16, KV_NT = KV_DIMS / 8;
+// dQ (Br x D): DQ_WM warps along queries x (WARPS / DQ_WM) along d.
+constexpr int DQ_WM = CUFLASH_DQ_WARPS_M;
+constexpr int DQ_ROWS = BM / DQ_WM, DQ_DIMS = D / (WARPS / DQ_WM);
+constexpr int DQ_MT = DQ_ROWS / 16, DQ_NT = DQ_DIMS / 8;
+
+// P^T and dS^T stay in registers for dV and dK when each warp owns whole key
+// rows of both S^T and dK/dV (a preprocessor switch: the two paths use
+// operands of different shapes).
+#if CUFLASH_SDP_WARPS_N == CUFLASH_WARPS && CUFLASH_DKV_WARPS_N == CUFLASH_WARPS
+#define CUFLASH_P_IN_REGS 1
+#else
+#define CUFLASH_P_IN_REGS 0
+#endif
+constexpr bool P_IN_REGS = CUFLASH_P_IN_REGS;
+constexpr int PITCH = D + 8;     // rows of K, V, Q, dO in shared memory (copy.cuh)
+constexpr int PITCH_T = BM + 8;  // rows of P^T, dS^T: (Br + 8) * 2 bytes is an odd number of 16-byte chunks
+
+static_assert(D % 32 == 0 && BM % 16 == 0 && BN % 16 == 0, "tile shape");
+static_assert(WARPS % SDP_WN == 0 && WARPS % DKV_WN == 0 && WARPS % DQ_WM == 0, "warp grids");
+static_assert(S_KEYS % 16 == 0 && S_QUERIES % 16 == 0, "S^T warp tile: m16 keys, pairs of n8 queries");
+static_assert(KV_KEYS % 16 == 0 && KV_DIMS % 16 == 0, "dK/dV warp tile: m16 keys, pairs of n8 dims");
+static_assert(DQ_ROWS % 16 == 0 && DQ_DIMS % 16 == 0, "dQ warp tile: m16 queries, pairs of n8 dims");
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdParams p) {
+    extern __shared__ __align__(16) u16 smem[];
+    float* sLse2 = reinterpret_cast<float*>(smem);  // [2][Br]  L_i * log2(e) of the two query buffers
+    float* sDelta = sLse2 + 2 * BM;                 // [2][Br]  D_i
+    u16* sK = reinterpret_cast<u16*>(sDelta + 2 * BM);  // [Bc][PITCH]
+    u16* sV = sK + BN * PITCH;                          // [Bc][PITCH]
+    u16* sQ = sV + BN * PITCH;                          // [2][Br][PITCH]
+    u16* sdO = sQ + 2 * BM * PITCH;                     // [2][Br][PITCH]
+    u16* sPt = sdO + 2 * BM * PITCH;                    // [Bc][PITCH_T] P^T (absent when P_IN_REGS)
+    u16* sdSt = sPt + (P_IN_REGS ? 0 : BN * PITCH_T);   // [Bc][PITCH_T] dS^T
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int h_kv = h / (p.nheads / p.nheads_kv);
+    const int key0 = n_block * BN;
+
+    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
+    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
+    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
+    const i64 bh = (i64)b * p.nheads + h;
+    const float* lse2 = p.lse_log2 + bh * p.seqlen_q_rounded;
+    const float* delta = p.delta + bh * p.seqlen_q_rounded;
+    float* dq_accum = p.dq_accum + b * p.dqa_batch_stride + h * p.dqa_head_stride;
+
+    // Query blocks [m_begin, m_blocks) hold every query that sees a key of this
+    // block. Causal: query i sees key j iff j <= i + seqlen_k - seqlen_q, so the
+    // first query that sees key0 (and every later key) is key0 - (seqlen_k - seqlen_q).
+    // The last query (seqlen_q - 1) sees every key, so the range always runs to the end.
+    int m_begin = 0;
+    if (CAUSAL) m_begin = max(key0 - (p.seqlen_k - p.seqlen_q), 0) / BM;
+    const int m_end = p.m_blocks;
+
+    // Warp tile origins within the block.
+    const int s_key0 = (warp % SDP_WN) * S_KEYS, s_q0 = (warp / SDP_WN) * S_QUERIES;
+    const int kv_key0 = (warp % DKV_WN) * KV_KEYS, kv_d0 = (warp / DKV_WN) * KV_DIMS;
+    const int dq_q0 = (warp % DQ_WM) * DQ_ROWS, dq_d0 = (warp / DQ_WM) * DQ_DIMS;
+
+    const u32 sLse2_addr = smem_addr(sLse2), sDelta_addr = smem_addr(sDelta);
+    const u32 sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
+    const u32 sQ_addr = smem_addr(sQ), sdO_addr = smem_addr(sdO);
+    const u32 sPt_addr = smem_addr(sPt), sdSt_addr = smem_addr(sdSt);
+
+    // This lane's ldmatrix addresses (mma.cuh), at the warp's tile origins:
+    //   S^T = K Q^T:   A = K [key][d],  B = Q^T from Q [query][d] (stored [n][k])
+    const u32 s_a = ldsm_offset_a<PITCH>(lane) + (u32)(s_key0 * PITCH * 2);
+    const u32 s_b = ldsm_offset_b<PITCH>(lane) + (u32)(s_q0 * PITCH * 2);
+    //   dV = P^T dO:   A = P^T [key][query], B = dO [query][d] (stored [k][n], .trans)
+    const u32 kv_a = ldsm_offset_a<PITCH_T>(lane) + (u32)(kv_key0 * PITCH_T * 2);
+    const u32 kv_b = ldsm_offset_b_t<PITCH>(lane) + (u32)(kv_d0 * 2);
+    //   dQ = dS K:     A = dS from dS^T [key][query] (stored [k][m], .trans), B = K [key][d] (.trans)
+    const u32 dq_a = sdSt_addr + ldsm_offset_a_t<PITCH_T>(lane) + (u32)(dq_q0 * 2);
+    const u32 dq_b = sK_addr + ldsm_offset_b_t<PITCH>(lane) + (u32)(dq_d0 * 2);
+
+    // Q_i, dO_i, L_i, D_i of query block m into buffer `buf` (rows >= seqlen_q
+    // zero-filled; L and D are padded by bwd_prepare, so they are read whole).
+    auto load_query_block = [&](int m, int buf) {
+        load_tile_async<BM, D, THREADS>(sQ_addr + (u32)(buf * BM * PITCH * 2), q, p.q_row_stride, m * BM, p.seqlen_q,
+                                        p.head_dim, tid);
+        load_tile_async<BM, D, THREADS>(sdO_addr + (u32)(buf * BM * PITCH * 2), dout, p.do_row_stride, m * BM,
+                                        p.seqlen_q, p.head_dim, tid);
+        copy_contiguous_async<BM * 4, THREADS>(sLse2_addr + (u32)(buf * BM * 4), lse2 + (i64)m * BM, tid);
+        copy_contiguous_async<BM * 4, THREADS>(sDelta_addr + (u32)(buf * BM * 4), delta + (i64)m * BM, tid);
+    };
+
+    float acc_dk[KV_MT][KV_NT][4], acc_dv[KV_MT][KV_NT][4];
+    zero_acc(acc_dk);
+    zero_acc(acc_dv);
+
+    // A CTA whose keys no query sees (causal, seqlen_q < seqlen_k... or
+    // seqlen_q = 0) skips the loop and writes dK = dV = 0.
+    if (m_begin < m_end) {
+        // 1. K_j, V_j and the first query block, one cp.async group.
+        load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, key0, p.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, key0, p.seqlen_k, p.head_dim, tid);
+        load_query_block(m_begin, 0);
+        cp_async_commit();
+    }
+
+    for (int m = m_begin; m < m_end; ++m) {
+        const int buf = (m - m_begin) & 1;
+        const int row0 = m * BM;
+        // Block m (and, the first time, K and V) has landed for this thread; the
+        // barrier makes every thread's copies visible, and guarantees that all
+        // warps are done with step m-1: its buffer (buf ^ 1) and sPt/sdSt may be
+        // overwritten from here on.
+        cp_async_wait<0>();
+        __syncthreads();
+        if (m + 1 < m_end) {
+            load_query_block(m + 1, buf ^ 1);
+            cp_async_commit();
+        }
+        const u32 sQ_buf = sQ_addr + (u32)(buf * BM * PITCH * 2);
+        const u32 sdO_buf = sdO_addr + (u32)(buf * BM * PITCH * 2);
+
+        // S^T = K Q^T and dP^T = V dO^T: (S_KEYS x S_QUERIES) per warp, reduced over D.
+        float acc_s[S_MT][S_NT][4], acc_dp[S_MT][S_NT][4];
+        zero_acc(acc_s);
+        zero_acc(acc_dp);
+        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false>(acc_s, sK_addr + s_a, sQ_buf + s_b);
+        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
+
+        // Only blocks that cross seqlen_k or the causal diagonal need the mask.
+        bool need_mask = key0 + BN > p.seqlen_k;
+        if (CAUSAL) need_mask = need_mask || key0 + BN - 1 > row0 + p.seqlen_k - p.seqlen_q;
+        if (need_mask) mask_scores_t<CAUSAL>(acc_s, key0 + s_key0, row0 + s_q0, lane, p.seqlen_q, p.seqlen_k);
+
+        // P^T = exp2(S^T * scale_log2 - L2) and dS^T = P^T ∘ (dP^T - D), in place.
+        // Element (mt, nt, 2h+j): key s_key0 + mt*16 + h*8 + g, query s_q0 + nt*8 + 2t + j.
+        // No NaN can arise: L2 is finite or +inf (never -inf, bwd_prepare), so
+        // fmaf(S, c, -L2) is finite or -inf (masked S = -inf, or L2 = +inf for a
+        // row that sees no key / a padding row), and exp2(-inf) = 0 makes P and
+        // then dS exactly 0 there (dP and D are finite).
+#pragma unroll
+        for (int nt = 0; nt < S_NT; ++nt) {
+            const int col = buf * BM + s_q0 + nt * 8 + 2 * t;
+            const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
+            const float2 dd = *reinterpret_cast<const float2*>(sDelta + col);
+#pragma unroll
+            for (int mt = 0; mt < S_MT; ++mt)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    float p0 = fast_exp2(fmaf(acc_s[mt][nt][2 * hh], p.scale_log2, -l2.x));
+                    float p1 = fast_exp2(fmaf(acc_s[mt][nt][2 * hh + 1], p.scale_log2, -l2.y));
+                    acc_s[mt][nt][2 * hh] = p0;
+                    acc_s[mt][nt][2 * hh + 1] = p1;
+                    acc_dp[mt][nt][2 * hh] = p0 * (acc_dp[mt][nt][2 * hh] - dd.x);
+                    acc_dp[mt][nt][2 * hh + 1] = p1 * (acc_dp[mt][nt][2 * hh + 1] - dd.y);
+                }
+        }
+
+        // dS^T (and P^T) -> shared memory as 16-bit [key][query]; a lane's two
+        // adjacent queries make one 32-bit store (rows (Br+8)*2 bytes apart: the
+        // 8 rows g of a store land on distinct banks).
+#pragma unroll
+        for (int mt = 0; mt < S_MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int row = s_key0 + mt * 16 + hh * 8 + g;
+#pragma unroll
+                for (int nt = 0; nt < S_NT; ++nt) {
+                    const int col = s_q0 + nt * 8 + 2 * t;
+                    *reinterpret_cast<u32*>(sdSt + row * PITCH_T + col) =
+                        pack_float2(acc_dp[mt][nt][2 * hh], acc_dp[mt][nt][2 * hh + 1]);
+#if !CUFLASH_P_IN_REGS
+                    *reinterpret_cast<u32*>(sPt + row * PITCH_T + col) =
+                        pack_float2(acc_s[mt][nt][2 * hh], acc_s[mt][nt][2 * hh + 1]);
+#endif
+                }
+            }
+
+        // dV += P^T dO_i and dK += dS^T Q_i: (KV_KEYS x KV_DIMS) per warp, reduced over Br.
+#if CUFLASH_P_IN_REGS
+        // This warp's S^T rows are exactly its dK/dV rows, over all Br queries.
+        mma_rs<KV_MT, KV_NT, BM / 16, PITCH, true>(acc_dv, acc_s, sdO_buf + kv_b);
+        mma_rs<KV_MT, KV_NT, BM / 16, PITCH, true>(acc_dk, acc_dp, sQ_buf + kv_b);
+        // dS^T of every warp is in shared memory before dQ reads it.
+        __syncthreads();
+#else
+        // P^T and dS^T of every warp are in shared memory before dV and dK read them.
+        __syncthreads();
+        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true>(acc_dv, sPt_addr + kv_a, sdO_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true>(acc_dk, sdSt_addr + kv_a, sQ_buf + kv_b);
+#endif
+
+        // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys.
+        float acc_dq[DQ_MT][DQ_NT][4];
+        zero_acc(acc_dq);
+        mma_ss<DQ_MT, DQ_NT, BN / 16, PITCH_T, true, PITCH, true>(acc_dq, dq_a, dq_b);
+
+        // Deterministic: the CTAs of this (head, batch) that see query block m are
+        // key blocks 0 .. N-1 (m_begin grows with the key block), so this CTA is
+        // the n_block-th to add and waits until n_block CTAs have added. Cannot
+        // deadlock: it waits only for CTAs of lower blockIdx.x in the same (head,
+        // batch), i.e. of lower linear block index, which the hardware dispatched
+        // before this one (so they are resident or finished), and each of them
+        // waits only for still lower ones; the lowest waits for none.
+        int* turn = DETERMINISTIC ? p.dq_semaphore + bh * p.m_blocks + m : nullptr;
+        if (DETERMINISTIC) turn_wait(turn, n_block);
+#pragma unroll
+        for (int mt = 0; mt < DQ_MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int row = row0 + dq_q0 + mt * 16 + hh * 8 + g;
+                if (row >= p.seqlen_q) continue;
+                float* dst = dq_accum + (i64)row * p.dqa_row_stride;
+#pragma unroll
+                for (int nt = 0; nt < DQ_NT; ++nt) {
+                    const int col = dq_d0 + nt * 8 + 2 * t;
+                    if (col < p.head_dim)
+                        red_add_f32x2(dst + col, acc_dq[mt][nt][2 * hh] * p.scale, acc_dq[mt][nt][2 * hh + 1] * p.scale);
+                }
+            }
+        if (DETERMINISTIC) turn_pass(turn);
+    }
+
+    // 3. Epilogue. Every warp is past its last read of sK/sV (the final S^T,
+    // dP^T and dQ products) before they are reused to stage dK and dV.
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < KV_MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < KV_NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_dk[mt][nt][e] *= p.scale;
+
+    if (p.dk_accum == nullptr) {
+        // dK -> sK, dV -> sV as 16-bit [key][d], then 16-byte stores of whole rows.
+#pragma unroll
+        for (int mt = 0; mt < KV_MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int row = kv_key0 + mt * 16 + hh * 8 + g;
+#pragma unroll
+                for (int nt = 0; nt < KV_NT; ++nt) {
+                    const int col = kv_d0 + nt * 8 + 2 * t;
+                    *reinterpret_cast<u32*>(sK + row * PITCH + col) =
+                        pack_float2(acc_dk[mt][nt][2 * hh], acc_dk[mt][nt][2 * hh + 1]);
+                    *reinterpret_cast<u32*>(sV + row * PITCH + col) =
+                        pack_float2(acc_dv[mt][nt][2 * hh], acc_dv[mt][nt][2 * hh + 1]);
+                }
+            }
+        // The 16-byte reads below cover rows and columns other warps wrote.
+        __syncthreads();
+        u16* dk = static_cast<u16*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
+        u16* dv = static_cast<u16*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
+        for (int c = tid; c < BN * (D / 8); c += THREADS) {
+            const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+            const int key = key0 + r;
+            if (key < p.seqlen_k && col < p.head_dim) {
+                *reinterpret_cast<uint4*>(dk + (i64)key * p.dk_row_stride + col) =
+                    *reinterpret_cast<const uint4*>(sK + r * PITCH + col);
+                *reinterpret_cast<uint4*>(dv + (i64)key * p.dv_row_stride + col) =
+                    *reinterpret_cast<const uint4*>(sV + r * PITCH + col);
+            }
+        }
+    } else {
+        // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
+        float* dka = p.dk_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
+        float* dva = p.dv_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
+#pragma unroll
+        for (int mt = 0; mt < KV_MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int key = key0 + kv_key0 + mt * 16 + hh * 8 + g;
+                if (key >= p.seqlen_k) continue;
+#pragma unroll
+                for (int nt = 0; nt < KV_NT; ++nt) {
+                    const int col = kv_d0 + nt * 8 + 2 * t;
+                    if (col < p.head_dim) {
+                        *reinterpret_cast<float2*>(dka + (i64)key * p.dka_row_stride + col) =
+                            make_float2(acc_dk[mt][nt][2 * hh], acc_dk[mt][nt][2 * hh + 1]);
+                        *reinterpret_cast<float2*>(dva + (i64)key * p.dka_row_stride + col) =
+                            make_float2(acc_dv[mt][nt][2 * hh], acc_dv[mt][nt][2 * hh + 1]);
+                    }
+                }
+            }
+    }
+}

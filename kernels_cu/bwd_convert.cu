@@ -1,0 +1,48 @@
+// bwd_convert.cu: the backward's fp32 accumulators -> gradients in the input dtype.
+//
+//   dst[b, s, h, c] = sum_{j = 0 .. group-1} src[b, s, h * group + j, c]     (fp32, then rounded once)
+//
+// for c < head_dim. Used for
+//   dQ:     src = dq_accum (batch, seqlen_q, nheads, D), group = 1 (a plain conversion);
+//   dK, dV: src = dk_accum / dv_accum (batch, seqlen_k, nheads, head_dim), one
+//           slice per query head, group = nheads / nheads_kv: the GQA sum over
+//           the query heads that share a kv head.
+// The sum runs in the fixed order j = 0, 1, ..., so the result is bitwise
+// reproducible. Nothing else is applied (the backward kernel already scaled).
+//
+// Steps: one thread per 8 consecutive columns of one (row, head): two 16-byte
+// fp32 loads per term, one 16-byte store. Grid (ceil(seqlen * nheads *
+// head_dim / 8 / THREADS), batch).
+//
+// Compile-time constants: CUFLASH_DTYPE. Constraints: head_dim % 8 == 0; src
+// rows 16-byte aligned; dst 16-byte aligned with strides that are multiples
+// of 8 elements (checked in cuflash/api.py).
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+
+constexpr int THREADS = 256;
+
+extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_convert(const BwdConvertParams p) {
+    const int b = blockIdx.y;
+    const int chunks_per_head = p.head_dim / 8;
+    const i64 chunk = (i64)blockIdx.x * THREADS + threadIdx.x;
+    if (chunk >= (i64)p.seqlen * p.nheads * chunks_per_head) return;
+    const int c = (int)(chunk % chunks_per_head) * 8;
+    const i64 rh = chunk / chunks_per_head;  // row * nheads + head
+    const int h = (int)(rh % p.nheads);
+    const i64 s = rh / p.nheads;
+
+    const float* src = p.src + b * p.src_batch_stride + s * p.src_row_stride + (i64)h * p.group * p.src_head_stride + c;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < p.group; ++j) {
+        float4 lo = *reinterpret_cast<const float4*>(src + j * p.src_head_stride);
+        float4 hi = *reinterpret_cast<const float4*>(src + j * p.src_head_stride + 4);
+        acc[0] += lo.x, acc[1] += lo.y, acc[2] += lo.z, acc[3] += lo.w;
+        acc[4] += hi.x, acc[5] += hi.y, acc[6] += hi.z, acc[7] += hi.w;
+    }
+    u16* dst = static_cast<u16*>(p.dst) + b * p.dst_batch_stride + s * p.dst_row_stride + h * p.dst_head_stride + c;
+    *reinterpret_cast<uint4*>(dst) =
+        make_uint4(pack_float2(acc[0], acc[1]), pack_float2(acc[2], acc[3]), pack_float2(acc[4], acc[5]),
+                   pack_float2(acc[6], acc[7]));
+}

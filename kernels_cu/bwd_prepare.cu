@@ -1,0 +1,94 @@
+// bwd_prepare.cu: the backward's preprocessing (FlashAttention-2, Dao 2023,
+// Alg. 2 line 4 and the D_i of eq. in Sec. 3.2), one pass over O and dO.
+//
+// For every (batch b, head h) and query row i < seqlen_q:
+//   delta[b, h, i]    = D_i = rowsum(dO_i ∘ O_i) = sum_c dO[b, i, h, c] * O[b, i, h, c]   (fp32)
+//   lse_log2[b, h, i] = L_i * log2(e), or +inf when L_i = -inf
+//   dq_accum[b, i, h, 0:D] = 0
+// and for the padding rows seqlen_q <= i < seqlen_q_rounded (so the backward
+// reads whole Br-row blocks without a bounds check):
+//   delta = 0, lse_log2 = +inf.
+// With a semaphore buffer (deterministic backward) its counters are zeroed too.
+//
+// Why +inf: the backward recomputes P_ij = exp2(S_ij * scale * log2(e) - lse_log2_i).
+// A row that sees no key has L_i = -inf (the forward's convention) and all its
+// S_ij are masked; exp2(x - (-inf)) would be exp2(+inf) = inf, or NaN for a
+// masked x = -inf. With +inf every P_ij of the row is exp2(-inf) = 0, so its
+// dS row is 0 and it adds nothing to dK, dV or dQ (its dQ row stays 0).
+// Padding rows (zero-filled Q and dO) get P = 0 and dS = 0 the same way.
+//
+// Steps: one CTA per (block of PREP_ROWS rows, head, batch), 256 threads; each
+// row is read by 8 lanes, each loading 16-byte chunks (8 elements) of dO and O
+// at a stride of 8 chunks, then the 8 partial sums are added with shuffles.
+//
+// Compile-time constants: CUFLASH_DTYPE only (the head dim is a run-time value).
+// Constraints: head_dim % 8 == 0; o and dout 16-byte aligned with strides that
+// are multiples of 8 elements; dq_accum rows 16-byte aligned, dq_accum_cols % 4 == 0.
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+
+constexpr int THREADS = 256;
+constexpr int LANES_PER_ROW = 8;
+constexpr int ROWS_PER_PASS = THREADS / LANES_PER_ROW;  // 32
+constexpr int PREP_ROWS = 64;                           // rows per CTA (cuflash/launch.py)
+static_assert(PREP_ROWS % ROWS_PER_PASS == 0, "whole passes");
+
+extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const BwdPrepareParams p) {
+    const int tid = threadIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int row_begin = blockIdx.x * PREP_ROWS;
+    const int sub = tid % LANES_PER_ROW;  // this lane's share of a row
+    const float log2e = 1.4426950408889634f;
+
+    const u16* o = static_cast<const u16*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
+    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
+    const i64 bh = (i64)b * p.nheads + h;
+
+    for (int r = tid / LANES_PER_ROW; r < PREP_ROWS; r += ROWS_PER_PASS) {
+        const int row = row_begin + r;
+        float dot = 0.f;
+        if (row < p.seqlen_q) {
+            const u16* o_row = o + (i64)row * p.o_row_stride;
+            const u16* do_row = dout + (i64)row * p.do_row_stride;
+            for (int c = sub * 8; c < p.head_dim; c += LANES_PER_ROW * 8) {
+                uint4 ov = *reinterpret_cast<const uint4*>(o_row + c);
+                uint4 dv = *reinterpret_cast<const uint4*>(do_row + c);
+                const u32 ow[4] = {ov.x, ov.y, ov.z, ov.w};
+                const u32 dw[4] = {dv.x, dv.y, dv.z, dv.w};
+#pragma unroll
+                for (int w = 0; w < 4; ++w) {
+                    float2 a = unpack_float2(ow[w]), d = unpack_float2(dw[w]);
+                    dot = fmaf(a.x, d.x, dot);
+                    dot = fmaf(a.y, d.y, dot);
+                }
+            }
+            // Zero this row's dQ accumulator: 8 lanes x 4 floats per step.
+            float* dqa = p.dq_accum + b * p.dqa_batch_stride + (i64)row * p.dqa_row_stride + h * p.dqa_head_stride;
+            for (int c = sub * 4; c < p.dq_accum_cols; c += LANES_PER_ROW * 4)
+                *reinterpret_cast<float4*>(dqa + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        // Sum over the 8 lanes of this row (aligned groups of 8 in the warp);
+        // every lane of the warp takes part, whatever its row.
+        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+        if (sub == 0 && row < p.seqlen_q_rounded) {
+            float lse2 = INFINITY;  // padding row: P = 0 (see the top of the file)
+            if (row < p.seqlen_q) {
+                float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + (i64)row * p.lse_row_stride];
+                // A row that sees no key (lse = -inf): +inf makes its P exactly 0, not inf/NaN.
+                lse2 = lse == -INFINITY ? INFINITY : lse * log2e;
+            }
+            p.delta[bh * p.seqlen_q_rounded + row] = dot;
+            p.lse_log2[bh * p.seqlen_q_rounded + row] = lse2;
+        }
+    }
+
+    if (p.dq_semaphore != nullptr) {
+        // Counters of the backward's query blocks whose first row lies in this CTA's rows.
+        const int m_first = (row_begin + p.block_m - 1) / p.block_m;
+        for (int m = m_first + tid; m < p.m_blocks && m * p.block_m < row_begin + PREP_ROWS; m += THREADS)
+            p.dq_semaphore[bh * p.m_blocks + m] = 0;
+    }
+}

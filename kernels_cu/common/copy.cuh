@@ -1,0 +1,82 @@
+// copy.cuh: global -> shared copies with cp.async (sm_80+), and shared
+// addresses for ldmatrix.
+//
+// Tiles live in shared memory as rows of ROW_PITCH = D + 8 elements: the 16
+// padding bytes shift consecutive rows by 4 banks, so the 8 row addresses of
+// one ldmatrix 8x8 matrix land on 8 distinct 16-byte bank groups for every D
+// that is a multiple of 32 (no conflicts, no swizzle arithmetic).
+#pragma once
+#include "platform.cuh"
+
+CUFLASH_DEVICE u32 smem_addr(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+// Copy 16 bytes global -> shared asynchronously. When `pred` is false no
+// global byte is read and the 16 shared bytes are zero-filled (src-size 0):
+// out-of-range rows and head-dim padding columns become exact zeros, so they
+// add nothing to Q·K^T and P·V and can never inject NaN.
+CUFLASH_DEVICE void cp_async_16(u32 dst, const void* src, bool pred) {
+    int src_bytes = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+
+CUFLASH_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Wait until at most N committed groups of this thread are still in flight.
+template <int N>
+CUFLASH_DEVICE void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Load a ROWS x D tile (rows [row0, row0 + ROWS) of a (seqlen, ..., d) tensor
+// whose rows are `row_stride` elements apart) into shared memory with pitch
+// D + 8. Rows >= seqlen and columns >= head_dim are zero-filled.
+template <int ROWS, int D, int THREADS>
+CUFLASH_DEVICE void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, int row0, int seqlen,
+                                    int head_dim, int tid) {
+    constexpr int CHUNKS_PER_ROW = D / 8;  // 16-byte chunks
+    if constexpr (THREADS % CHUNKS_PER_ROW == 0) {
+        // Each thread copies one fixed column chunk of every ROW_STEP-th row,
+        // so its addresses are one base pointer plus constant multiples of the
+        // row stride: no per-chunk 64-bit address stays live across the main loop.
+        constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
+        const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
+        const bool col_ok = col < head_dim;
+        const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
+        const u32 dst = smem + (u32)(r * (D + 8) + col) * 2u;
+#pragma unroll
+        for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
+            if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
+            bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
+            // A predicated-off copy reads nothing, but still gets a valid address.
+            cp_async_16(dst + (u32)(i * ROW_STEP * (D + 8) * 2), ok ? src + i * ROW_STEP * row_stride : gmem, ok);
+        }
+    } else {
+        // Head dims that are not a power of two (96, 160, ...): chunks dealt round-robin.
+        constexpr int CHUNKS = ROWS * CHUNKS_PER_ROW;
+#pragma unroll
+        for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
+            int c = tid + i * THREADS;
+            if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;  // ragged last round (dead when even)
+            int r = c / CHUNKS_PER_ROW, col = (c % CHUNKS_PER_ROW) * 8;
+            bool ok = (row0 + r < seqlen) && (col < head_dim);
+            const u16* src = ok ? gmem + (i64)(row0 + r) * row_stride + col : gmem;
+            cp_async_16(smem + (u32)(r * (D + 8) + col) * 2u, src, ok);
+        }
+    }
+}
+
+// Copy BYTES contiguous bytes (a multiple of 16; both addresses 16-byte
+// aligned) global -> shared asynchronously, every byte in range (no predicate).
+template <int BYTES, int THREADS>
+CUFLASH_DEVICE void copy_contiguous_async(u32 smem, const void* gmem, int tid) {
+    static_assert(BYTES % 16 == 0, "16-byte chunks");
+    constexpr int CHUNKS = BYTES / 16;
+#pragma unroll
+    for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
+        int c = tid + i * THREADS;
+        if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
+        cp_async_16(smem + (u32)c * 16u, static_cast<const char*>(gmem) + c * 16, true);
+    }
+}

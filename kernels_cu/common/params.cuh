@@ -1,0 +1,88 @@
+// params.cuh: the kernel parameter structs, passed by value.
+//
+// Each struct is mirrored field by field by a NumPy structured dtype in
+// cuflash/params.py (align=True, i.e. C layout). tests/compile checks that
+// every offset and the size agree by compiling static_asserts generated from
+// the Python side. Strides are in elements; all offsets are computed in
+// 64-bit so tensors above 2^31 elements are addressed correctly.
+#pragma once
+#include "platform.cuh"
+
+struct FwdParams {
+    const void* q;   // (batch, seqlen_q, nheads, head_dim), last dim contiguous
+    const void* k;   // (batch, seqlen_k, nheads_kv, head_dim)
+    const void* v;   // (batch, seqlen_k, nheads_kv, head_dim)
+    void* o;         // (batch, seqlen_q, nheads, head_dim)
+    float* lse;      // (batch, nheads, seqlen_q) contiguous, or null when not asked for
+    i64 q_batch_stride, q_row_stride, q_head_stride;
+    i64 k_batch_stride, k_row_stride, k_head_stride;
+    i64 v_batch_stride, v_row_stride, v_head_stride;
+    i64 o_batch_stride, o_row_stride, o_head_stride;
+    int batch, nheads, nheads_kv;
+    int seqlen_q, seqlen_k;
+    int head_dim;        // the actual head dim d <= CUFLASH_HEAD_DIM, a multiple of 8
+    float scale_log2;    // softmax_scale * log2(e): scores go to the exp2 domain with one FFMA
+    int pad_;            // keeps sizeof a multiple of 8 on both sides
+};
+
+// kernels_cu/bwd_prepare.cu: delta, lse in the exp2 domain, zeroed dQ accumulator.
+struct BwdPrepareParams {
+    const void* o;       // (batch, seqlen_q, nheads, head_dim): the forward's output
+    const void* dout;    // (batch, seqlen_q, nheads, head_dim): gradient of the output
+    const float* lse;    // (batch, nheads, seqlen_q): the forward's lse, natural log, any strides
+    float* lse_log2;     // (batch, nheads, seqlen_q_rounded) contiguous: lse * log2(e); +inf where lse = -inf and for padding rows
+    float* delta;        // (batch, nheads, seqlen_q_rounded) contiguous: rowsum(dO * O); 0 for padding rows
+    float* dq_accum;     // (batch, seqlen_q, nheads, dq_accum_cols) fp32, zeroed here
+    int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed here, or null (not deterministic)
+    i64 o_batch_stride, o_row_stride, o_head_stride;
+    i64 do_batch_stride, do_row_stride, do_head_stride;
+    i64 lse_batch_stride, lse_head_stride, lse_row_stride;
+    i64 dqa_batch_stride, dqa_row_stride, dqa_head_stride;
+    int batch, nheads;
+    int seqlen_q, seqlen_q_rounded;  // rounded = m_blocks * block_m of the backward kernel
+    int head_dim;
+    int dq_accum_cols;   // columns of dq_accum to zero (the backward's compile-time D)
+    int block_m;         // Br of the backward kernel: the rows one semaphore guards
+    int m_blocks;        // seqlen_q_rounded / block_m
+};
+
+// kernels_cu/bwd.cu: one CTA per (key block, query head, batch).
+struct BwdParams {
+    const void* q;       // (batch, seqlen_q, nheads, head_dim)
+    const void* k;       // (batch, seqlen_k, nheads_kv, head_dim)
+    const void* v;       // (batch, seqlen_k, nheads_kv, head_dim)
+    const void* dout;    // (batch, seqlen_q, nheads, head_dim)
+    const float* lse_log2;  // from bwd_prepare, (batch, nheads, seqlen_q_rounded)
+    const float* delta;     // from bwd_prepare, (batch, nheads, seqlen_q_rounded)
+    float* dq_accum;     // (batch, seqlen_q, nheads, D) fp32, zeroed; receives scale * dS K
+    void* dk;            // (batch, seqlen_k, nheads_kv, head_dim) outputs, written when dk_accum is null
+    void* dv;
+    float* dk_accum;     // (batch, seqlen_k, nheads, head_dim) fp32 per query head (GQA), or null
+    float* dv_accum;     //   same layout as dk_accum; the group sum is bwd_convert's
+    int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed turn counters (deterministic only)
+    i64 q_batch_stride, q_row_stride, q_head_stride;
+    i64 k_batch_stride, k_row_stride, k_head_stride;
+    i64 v_batch_stride, v_row_stride, v_head_stride;
+    i64 do_batch_stride, do_row_stride, do_head_stride;
+    i64 dqa_batch_stride, dqa_row_stride, dqa_head_stride;
+    i64 dk_batch_stride, dk_row_stride, dk_head_stride;
+    i64 dv_batch_stride, dv_row_stride, dv_head_stride;
+    i64 dka_batch_stride, dka_row_stride, dka_head_stride;  // of dk_accum and dv_accum
+    int batch, nheads, nheads_kv;
+    int seqlen_q, seqlen_k;
+    int seqlen_q_rounded, m_blocks;  // m_blocks * Br
+    int head_dim;
+    float scale;         // softmax_scale
+    float scale_log2;    // softmax_scale * log2(e)
+};
+
+// kernels_cu/bwd_convert.cu: dst[b, s, h, :] = sum_{j < group} src[b, s, h * group + j, :].
+struct BwdConvertParams {
+    const float* src;    // fp32 accumulator, (batch, seqlen, nheads * group, >= head_dim)
+    void* dst;           // (batch, seqlen, nheads, head_dim) in the input dtype
+    i64 src_batch_stride, src_row_stride, src_head_stride;
+    i64 dst_batch_stride, dst_row_stride, dst_head_stride;
+    int batch, seqlen, nheads, group;
+    int head_dim;
+    int pad_;            // keeps sizeof a multiple of 8 on both sides
+};

@@ -1,0 +1,22 @@
+// platform.cuh: what every kernel source includes first.
+//
+// cuflash kernels are compiled by NVRTC, which has no host headers. The
+// kernels therefore use only built-in types and inline PTX: no <cstdint>, no
+// cuda_fp16.h / cuda_bf16.h (fp16/bf16 values travel as 16-bit integers and
+// are converted with PTX `cvt`, see numeric.cuh). A host compiler (nvcc, for
+// experiments in kernels_cu/dev) sees the same definitions.
+#pragma once
+
+#define CUFLASH_DEVICE __device__ __forceinline__
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef long long i64;
+
+// Element types selected by CUFLASH_DTYPE (rendered from the Python spec).
+#define CUFLASH_FP16 0
+#define CUFLASH_BF16 1
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif

@@ -1,0 +1,251 @@
+// fwd.cu: exact attention forward, the portable path (sm_80+: cp.async,
+// ldmatrix, mma.sync m16n8k16 with fp32 accumulators).
+//
+// Computes, for one (batch b, query head h) and a block of Br query rows,
+//   S = Q K^T            Q: (Br, d) rows of q[b, :, h, :], K: (Sk, d) of k[b, :, h_kv, :]
+//   P = softmax(S * softmax_scale) over keys, masked (mask.cuh)
+//   O = P V              V: (Sk, d), O: (Br, d) -> o[b, :, h, :]
+//   lse = log(sum_j exp(S_ij * softmax_scale))   -> lse[b, h, :] (natural log)
+// with h_kv = h / (nheads / nheads_kv) (GQA/MQA) and FlashAttention-2's
+// one-pass online softmax (softmax.cuh): S and P never leave registers.
+//
+// Steps (one CTA per (query block, head, batch); WARPS warps, each owning
+// ROWS_PER_WARP = Br / WARPS consecutive query rows):
+//   1. cp.async Q (Br x D) and the last visible K block (Bc x D) into shared memory.
+//   2. For key blocks n = last .. 0 (descending, so the blocks that need a mask come first):
+//        wait K[n]; start loading V[n];  S = Q K[n]^T (ldmatrix + mma.sync);
+//        mask (only blocks that touch seqlen_k or the causal diagonal);
+//        online softmax: P, rescale O;
+//        wait V[n]; start loading K[n-1]; O += P V[n] (V via ldmatrix.trans).
+//      The copy of one operand overlaps the matrix product of the other.
+//   3. O /= l, stage O through this warp's rows of the Q buffer, store with
+//      16-byte writes; write lse.
+//
+// Compile-time constants (rendered from cuflash/specs.py FwdSpec):
+//   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32, the
+//   actual d <= D is a run-time value; columns >= d are zero-filled and never
+//   stored), CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_CAUSAL.
+// Constraints: d % 8 == 0; q, k, v, o 16-byte aligned with strides that are
+// multiples of 8 elements (checked in cuflash/api.py); softmax_scale > 0.
+// Shared memory: (Br + 2 Bc) * (D + 8) * 2 bytes (cuflash/launch.py).
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+#include "common/copy.cuh"
+#include "common/mma.cuh"
+#include "common/softmax.cuh"
+#include "common/mask.cuh"
+
+constexpr int D = CUFLASH_HEAD_DIM;
+constexpr int BM = CUFLASH_BLOCK_M;
+constexpr int BN = CUFLASH_BLOCK_N;
+constexpr int WARPS = CUFLASH_WARPS;
+constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr int THREADS = WARPS * 32;
+constexpr int ROWS_PER_WARP = BM / WARPS;
+constexpr int MT = ROWS_PER_WARP / 16;  // m16 tiles per warp
+constexpr int NT = BN / 8;              // n8 tiles of S per warp
+constexpr int DT = D / 8;               // n8 tiles of O per warp
+constexpr int PITCH = D + 8;            // shared-memory row pitch in elements (copy.cuh)
+static_assert(ROWS_PER_WARP % 16 == 0 && BN % 16 == 0 && D % 32 == 0, "tile shape");
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdParams p) {
+    extern __shared__ __align__(16) u16 smem[];
+    u16* sQ = smem;                 // (BM, PITCH)
+    u16* sK = sQ + BM * PITCH;      // (BN, PITCH)
+    u16* sV = sK + BN * PITCH;      // (BN, PITCH)
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    // Heaviest query blocks first: under a causal mask the last blocks see the most keys.
+    const int m_block = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int h_kv = h / (p.nheads / p.nheads_kv);
+    const int row0 = m_block * BM;
+
+    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
+    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
+    u16* o = static_cast<u16*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
+
+    // Key blocks [0, n_end) hold every key some row of this block may see.
+    int n_end = (p.seqlen_k + BN - 1) / BN;
+    if (CAUSAL) {
+        // The block's last real row sees keys up to last_row + seqlen_k - seqlen_q.
+        int last_key = min(row0 + BM, p.seqlen_q) - 1 + p.seqlen_k - p.seqlen_q;
+        n_end = min(n_end, last_key < 0 ? 0 : last_key / BN + 1);
+    }
+
+    const int warp_row0 = warp * ROWS_PER_WARP;  // first row of this warp within the block
+    const int g = lane / 4, t = lane % 4;
+
+    if (n_end == 0) {
+        // No row of this block sees any key: output 0 and lse = -inf.
+        for (int c = tid; c < BM * (D / 8); c += THREADS) {
+            int r = c / (D / 8), col = (c % (D / 8)) * 8;
+            if (row0 + r < p.seqlen_q && col < p.head_dim)
+                *reinterpret_cast<uint4*>(o + (i64)(row0 + r) * p.o_row_stride + col) = make_uint4(0, 0, 0, 0);
+        }
+        if (p.lse != nullptr)
+            for (int r = tid; r < BM; r += THREADS)
+                if (row0 + r < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row0 + r] = -INFINITY;
+        return;
+    }
+
+    const u32 sQ_addr = smem_addr(sQ), sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
+
+    // 1. Q and the first (highest) K block, one cp.async group.
+    load_tile_async<BM, D, THREADS>(sQ_addr, q, p.q_row_stride, row0, p.seqlen_q, p.head_dim, tid);
+    load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n_end - 1) * BN, p.seqlen_k, p.head_dim, tid);
+    cp_async_commit();
+
+    float acc_o[MT][DT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+
+    OnlineSoftmax<MT> softmax;
+    softmax.init();
+
+    // ldmatrix lane addresses (mma.cuh layouts), as byte offsets within a tile:
+    //   Q (A operand, x4 = one 16x16 k-step): row l % 16, column half l / 16
+    const u32 q_lane = ((warp_row0 + lane % 16) * PITCH + (lane / 16) * 8) * 2;
+    //   K (B operand of S, x4 = two n8 tiles x one k-step): key l % 8 + (l / 16) * 8, column half (l / 8) % 2
+    const u32 k_lane = ((lane % 8 + (lane / 16) * 8) * PITCH + ((lane / 8) % 2) * 8) * 2;
+    //   V (B operand of O, transposed x4 = one k-step of keys x two n8 tiles of d):
+    //   key l % 8 + ((l / 8) % 2) * 8, column half l / 16
+    const u32 v_lane = ((lane % 8 + ((lane / 8) % 2) * 8) * PITCH + (lane / 16) * 8) * 2;
+
+    // Blocks at or above this index touch the causal diagonal or seqlen_k and need the mask.
+    int first_masked = p.seqlen_k / BN;  // the ragged last block, if any
+    if (CAUSAL) {
+        // First key that the first row of the block cannot see.
+        int first_hidden = row0 + 1 + p.seqlen_k - p.seqlen_q;
+        first_masked = min(first_masked, first_hidden < 0 ? 0 : first_hidden / BN);
+    }
+
+    for (int n = n_end - 1; n >= 0; --n) {
+        // K[n] (and Q) have landed for this thread; the barrier makes every
+        // thread's copies visible and also guarantees all warps finished
+        // reading V[n+1] in the previous step, so V[n] may overwrite it.
+        cp_async_wait<0>();
+        __syncthreads();
+        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, n * BN, p.seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+
+        // S = Q K[n]^T: (ROWS_PER_WARP x BN) per warp.
+        float acc_s[MT][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            u32 a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], sQ_addr + q_lane + (mt * 16 * PITCH + ks * 16) * 2);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                u32 bk[4];
+                ldmatrix_x4(bk, sK_addr + k_lane + (np * 16 * PITCH + ks * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816(acc_s[mt][2 * np], a[mt], bk[0], bk[1]);
+                    mma_16816(acc_s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                }
+            }
+        }
+
+        if (n >= first_masked)
+            mask_scores<CAUSAL>(acc_s, row0 + warp_row0, n * BN, lane, p.seqlen_q, p.seqlen_k);
+
+        float corr[MT][2];
+        softmax.update(acc_s, p.scale_log2, corr);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                acc_o[mt][dt][0] *= corr[mt][0];
+                acc_o[mt][dt][1] *= corr[mt][0];
+                acc_o[mt][dt][2] *= corr[mt][1];
+                acc_o[mt][dt][3] *= corr[mt][1];
+            }
+
+        // P in 16 bits as A fragments of P V (mma.cuh): the C fragments of n8
+        // tiles 2kk and 2kk+1 form k-step kk. Packing now frees acc_s early.
+        u32 pa[MT][BN / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                pa[mt][kk][0] = pack_float2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+                pa[mt][kk][1] = pack_float2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+                pa[mt][kk][2] = pack_float2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+                pa[mt][kk][3] = pack_float2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+            }
+
+        // V[n] has landed; the barrier also guarantees all warps finished
+        // reading K[n], so K[n-1] may overwrite it.
+        cp_async_wait<0>();
+        __syncthreads();
+        if (n > 0) {
+            load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n - 1) * BN, p.seqlen_k, p.head_dim, tid);
+            cp_async_commit();
+        }
+
+        // O += P V[n], 16 keys per k-step.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+            for (int dp = 0; dp < DT / 2; ++dp) {
+                u32 bv[4];
+                ldmatrix_x4_trans(bv, sV_addr + v_lane + (kk * 16 * PITCH + dp * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816(acc_o[mt][2 * dp], pa[mt][kk], bv[0], bv[1]);
+                    mma_16816(acc_o[mt][2 * dp + 1], pa[mt][kk], bv[2], bv[3]);
+                }
+            }
+    }
+
+    // 3. Epilogue.
+    float inv_l[MT][2], lse[MT][2];
+    softmax.finalize(p.scale_log2, inv_l, lse);
+
+    // This warp's rows of sQ are read only by this warp; wait until all its
+    // lanes are past their last ldmatrix of Q before overwriting them with O.
+    __syncwarp();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2) {
+            u16* row = sQ + (warp_row0 + mt * 16 + h2 * 8 + g) * PITCH + 2 * t;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt)
+                *reinterpret_cast<u32*>(row + dt * 8) =
+                    pack_float2(acc_o[mt][dt][2 * h2] * inv_l[mt][h2], acc_o[mt][dt][2 * h2 + 1] * inv_l[mt][h2]);
+        }
+    // The 16-byte stores below read rows other lanes of this warp wrote.
+    __syncwarp();
+    for (int c = lane; c < ROWS_PER_WARP * (D / 8); c += 32) {
+        int r = c / (D / 8), col = (c % (D / 8)) * 8;
+        int row = row0 + warp_row0 + r;
+        if (row < p.seqlen_q && col < p.head_dim)
+            *reinterpret_cast<uint4*>(o + (i64)row * p.o_row_stride + col) =
+                *reinterpret_cast<const uint4*>(sQ + (warp_row0 + r) * PITCH + col);
+    }
+
+    if (p.lse != nullptr && t == 0) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) {
+                int row = row0 + warp_row0 + mt * 16 + h2 * 8 + g;
+                if (row < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row] = lse[mt][h2];
+            }
+    }
+}

@@ -1,0 +1,169 @@
+"""Every declared kernel compiles with NVRTC for sm_80 and sm_90a, no GPU needed.
+
+The real specs go through cuflash.compile.cache.compile_many, the code path of
+`cuflash compile`, once per session (in parallel processes) into a private
+cache folder; each (spec, arch) is then one test. The compile machinery itself
+is tested on toy kernels (tests/conftest.py), independent of the real ones.
+"""
+from __future__ import annotations
+
+import pytest
+
+from cuflash import support
+from cuflash.compile import cache, nvrtc
+from cuflash.compile.nvrtc import CompileError
+
+SPECS = support.declared_specs()
+ARCHS = ("sm_80", "sm_90a")
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """(spec name, requested arch) -> Outcome for every declared spec and arch, compiled for real (force)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUFLASH_CACHE_DIR", str(tmp_path_factory.mktemp("cubins")))
+        mp.delenv("CUFLASH_DISABLE_DISK_CACHE", raising=False)
+        results = cache.compile_many(SPECS, ARCHS, force=True)
+        return {(o.spec.name, o.arch): o for o in results}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_declared_spec_compiles(outcomes, spec, arch):
+    outcome = outcomes[(spec.name, arch)]
+    assert outcome.error is None, outcome.error
+    result = outcome.result
+    assert not result.cached
+    assert 0 < result.registers <= 255
+    assert not outcome.spills_forbidden, (
+        f"{spec.name} for {result.arch} spills ({result.spill_stores} bytes stored, "
+        f"{result.spill_loads} loaded) but allow_spills is False"
+    )
+    assert result.arch == cache.target_arch(spec, cache.parse_arch(arch))
+
+
+def test_declared_specs_have_unique_names():
+    names = [s.name for s in SPECS]
+    assert len(names) == len(set(names))
+
+
+# ---------------------------------------------------------------- the machinery, on toy kernels
+
+
+def test_compile_many_in_processes_fills_the_cache(toy_kernels, toy_spec):
+    from cuflash.specs import FwdSpec
+
+    specs = [toy_spec, FwdSpec.for_problem("fp16", 128, True)]
+    first = list(cache.compile_many(specs, ARCHS, jobs=2))
+    assert len(first) == 4
+    assert all(o.ok and not o.result.cached and o.result.registers > 0 for o in first), first
+    cubins = sorted(p.name for p in toy_kernels.cache.glob("*.cubin"))
+    assert len(cubins) == 4
+    assert any(name.startswith(f"{toy_spec.name}.sm_80.") for name in cubins)
+    assert any(name.startswith(f"{toy_spec.name}.sm_90.") for name in cubins)  # portable kernel on an sm_90a GPU
+    second = list(cache.compile_many(specs, ARCHS, jobs=1))
+    assert all(o.ok and o.result.cached for o in second)
+    by_key = {(o.spec.name, o.arch): o.result.registers for o in first}
+    assert {(o.spec.name, o.arch): o.result.registers for o in second} == by_key
+
+
+def test_the_cubin_is_a_cuda_elf_for_the_arch(toy_kernels, toy_spec):
+    result = cache.compile_to_cache(toy_spec, "sm_80")
+    data = (toy_kernels.cache / f"{toy_spec.name}.sm_80.{cache.prepare(toy_spec, 'sm_80').key[:32]}.cubin").read_bytes()
+    assert data[:4] == b"\x7fELF"
+    assert result.registers > 0 and not result.spills
+
+
+def test_compile_error_names_the_spec_and_the_header_line(toy_kernels, toy_spec):
+    toy_kernels.write(header=toy_kernels.HEADER + "this is not C++;\n")
+    outcome = next(cache.compile_many([toy_spec], ["sm_80"], jobs=1))
+    assert not outcome.ok
+    assert toy_spec.name in outcome.error
+    assert 'common/toy.cuh(4)' in outcome.error  # the real file and line, thanks to #line
+    with pytest.raises(CompileError) as info:
+        cache.compile_to_cache(toy_spec, "sm_80")
+    assert "common/toy.cuh(4)" in info.value.log
+
+
+def test_spills_are_reported_and_fail_a_spec_that_forbids_them(toy_kernels, toy_spec):
+    toy_kernels.write(fwd=toy_kernels.SPILLING_FWD)
+    assert toy_spec.allow_spills is False
+    outcome = next(cache.compile_many([toy_spec], ["sm_80"], jobs=1))
+    assert outcome.error is None
+    assert outcome.result.spill_stores > 0 and outcome.result.spill_loads > 0
+    assert outcome.result.registers <= 32
+    assert outcome.spills_forbidden and not outcome.ok
+
+
+def test_missing_entry_is_a_compile_error(toy_kernels, toy_spec):
+    toy_kernels.write(fwd=toy_kernels.FWD.replace("cuflash_fwd", "some_other_name"))
+    with pytest.raises(CompileError, match="no kernel 'cuflash_fwd'.*some_other_name"):
+        cache.compile_to_cache(toy_spec, "sm_80")
+
+
+def test_key_covers_headers_options_and_arch(toy_kernels, toy_spec, monkeypatch):
+    base = cache.prepare(toy_spec, "sm_80").key
+    assert cache.prepare(toy_spec, "sm_80").key == base
+    assert cache.prepare(toy_spec, "sm_90").key != base
+    monkeypatch.setenv("CUFLASH_NVRTC_OPTIONS", "-lineinfo")
+    assert cache.prepare(toy_spec, "sm_80").key != base
+    monkeypatch.delenv("CUFLASH_NVRTC_OPTIONS")
+    toy_kernels.write(values=toy_kernels.VALUES + "// a comment changes the key too\n")
+    assert cache.prepare(toy_spec, "sm_80").key != base
+
+
+def test_header_change_recompiles(toy_kernels, toy_spec):
+    assert not cache.compile_to_cache(toy_spec, "sm_80").cached
+    assert cache.compile_to_cache(toy_spec, "sm_80").cached
+    toy_kernels.write(values=toy_kernels.VALUES.replace("2.0f", "4.0f"))
+    assert not cache.compile_to_cache(toy_spec, "sm_80").cached
+
+
+def test_disabled_disk_cache_writes_nothing(toy_kernels, toy_spec, monkeypatch):
+    monkeypatch.setenv("CUFLASH_DISABLE_DISK_CACHE", "1")
+    assert not cache.compile_to_cache(toy_spec, "sm_80").cached
+    assert not cache.compile_to_cache(toy_spec, "sm_80").cached
+    assert not toy_kernels.cache.exists() or not any(toy_kernels.cache.iterdir())
+
+
+def test_arch_names():
+    assert cache.parse_arch("sm_80") == (8, 0)
+    assert cache.parse_arch("sm_86") == (8, 6)
+    assert cache.parse_arch("sm_90a") == (9, 0)
+    assert cache.parse_arch("sm_100a") == (10, 0)
+    assert cache.parse_arch("sm_120") == (12, 0)
+    with pytest.raises(ValueError, match="sm_90a"):
+        cache.parse_arch("hopper")
+
+    class Hopper:
+        arch_suffix = "a"
+
+    assert cache.target_arch(object(), (9, 0)) == "sm_90"
+    assert cache.target_arch(Hopper(), (9, 0)) == "sm_90a"
+
+
+def test_nvrtc_refuses_an_unknown_arch():
+    with pytest.raises(CompileError, match="sm_1"):
+        nvrtc.compile_cubin('extern "C" __global__ void k() {}', "k", "sm_11")
+
+
+def test_ptxas_report_parsing():
+    log = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'k2' for 'sm_80'
+ptxas info    : Function properties for k2
+ptxas         .     17352 bytes stack frame, 36472 bytes spill stores, 61436 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 17352 bytes cumulative stack size, 364 bytes cmem[0]
+ptxas info    : Compiling entry function 'k1' for 'sm_80'
+ptxas info    : Function properties for k1
+ptxas         .     256 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 72 registers, used 1 barriers, 1024 bytes smem, 364 bytes cmem[0]
+ptxas info    : Function properties for _Z6helperPfi
+ptxas         .     8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+"""
+    k1 = nvrtc.parse_ptxas(log, "k1")
+    assert k1 == dict(registers=72, shared_bytes=1024, stack_frame=264, spill_stores=4, spill_loads=4)
+    k2 = nvrtc.parse_ptxas(log, "k2")
+    assert (k2["registers"], k2["spill_stores"], k2["spill_loads"]) == (32, 36476, 61440)
+    with pytest.raises(CompileError, match="k1, k2"):
+        nvrtc.parse_ptxas(log, "k3")

@@ -1,0 +1,26 @@
+"""Argument checks that need no GPU: host arrays and unsupported options are refused up front."""
+import numpy as np
+import pytest
+
+import cuflash
+
+
+def test_numpy_input_is_refused_with_a_hint():
+    q = np.ones((1, 4, 2, 64), np.float16)
+    with pytest.raises(TypeError, match=r"q is a NumPy array.*cupy.asarray\(q\)"):
+        cuflash.attention(q, q, q)
+
+
+def test_other_objects_are_refused():
+    with pytest.raises(TypeError, match="q must be a CuPy array"):
+        cuflash.attention([[1.0]], None, None)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("window_size", (4, 0)), ("softcap", 30.0), ("alibi_slopes", [0.5]), ("bias", 1.0), ("dropout_p", 0.1)],
+)
+def test_unimplemented_options_are_named(option, value):
+    q = np.ones((1, 4, 2, 64), np.float16)
+    with pytest.raises(NotImplementedError, match=option):
+        cuflash.attention(q, q, q, **{option: value})

@@ -1,0 +1,137 @@
+"""Forward kernel against the float64 reference (DESIGN §5), on the GPU.
+
+Every case draws fresh random inputs, poisons the output with NaN before the
+launch, and applies the accuracy rule to out and lse:
+    max|x - ref64| <= 2 * max|ref_lowp - ref64| + floor.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cuflash
+from cuflash import reference, support, testing
+
+cp = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+
+
+def run_and_check(q, k, v, *, causal, softmax_scale=None, label=""):
+    """cuflash forward on (poisoned) fresh buffers, checked against both references."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    out = testing.poison(cp.empty(q.shape, dtype=q.dtype))
+    out, lse = cuflash.attention(q, k, v, causal=causal, softmax_scale=softmax_scale, return_lse=True, out=out)
+    assert lse.shape == (batch, nheads, seqlen_q) and lse.dtype == np.float32
+    qh, kh, vh = (testing.to_numpy(x) for x in (q, k, v))
+    opts = dict(causal=causal, softmax_scale=softmax_scale)
+    ref64, lse64 = reference.attention_forward(qh, kh, vh, precision="float64", **opts)
+    reflp, lselp = reference.attention_forward(qh, kh, vh, precision="lowp", **opts)
+    dt = testing.dtype_name(q.dtype)
+    testing.check_accuracy(f"out {label}", out, ref64, reflp, dt, kind="fwd")
+    testing.check_accuracy(f"lse {label}", lse, lse64, lselp, dt, kind="fwd")
+    return out, lse
+
+
+DTYPES = list(support.SUPPORTED_DTYPES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", support.supported_head_dims())
+def test_every_head_dim(dtype, causal, head_dim):
+    q, k, v = testing.random_qkv(2, 113, 203, 3, 3, head_dim, dtype, xp=cp)
+    run_and_check(q, k, v, causal=causal, label=f"d={head_dim}")
+
+
+SEQLENS = [(1, 1), (1, 239), (239, 1), (113, 203), (203, 113), (128, 128), (64, 1000), (1000, 64), (4097, 1), (777, 777)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [40, 64, 72, 128, 200, 256])
+@pytest.mark.parametrize("seqlens", SEQLENS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_shapes(dtype, causal, head_dim, seqlens):
+    seqlen_q, seqlen_k = seqlens
+    q, k, v = testing.random_qkv(1, seqlen_q, seqlen_k, 2, 2, head_dim, dtype, xp=cp)
+    run_and_check(q, k, v, causal=causal, label=f"{seqlens} d={head_dim}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("nheads_kv", [8, 2, 1], ids=lambda n: f"ratio{8 // n}")
+def test_gqa(dtype, causal, nheads_kv):
+    q, k, v = testing.random_qkv(3, 300, 333, 8, nheads_kv, 128, dtype, xp=cp)
+    run_and_check(q, k, v, causal=causal, label=f"gqa {8 // nheads_kv}")
+
+
+@pytest.mark.parametrize("batch", [1, 37])
+def test_batch(batch):
+    q, k, v = testing.random_qkv(batch, 65, 130, 2, 1, 64, "bf16", xp=cp)
+    run_and_check(q, k, v, causal=True, label=f"batch {batch}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_strided_inputs(causal):
+    q, k, v = testing.random_qkv(2, 150, 190, 4, 2, 96, "fp16", xp=cp)
+    qs, ks, vs = (testing.strided_view(x) for x in (q, k, v))
+    assert not qs.flags.c_contiguous
+    run_and_check(qs, ks, vs, causal=causal, label="strided")
+
+
+def test_softmax_scale():
+    q, k, v = testing.random_qkv(1, 100, 120, 2, 2, 64, "bf16", xp=cp)
+    run_and_check(q, k, v, causal=False, softmax_scale=0.37, label="scale")
+
+
+def test_large_scores_stay_finite():
+    # Scores of order 1e3: the max-subtracted exp2 must not overflow.
+    q, k, v = testing.random_qkv(1, 200, 200, 2, 2, 128, "bf16", xp=cp)
+    run_and_check(q * 8, k * 8, v, causal=True, softmax_scale=1.0, label="large scores")
+
+
+def test_fully_masked_rows():
+    # causal with seqlen_q > seqlen_k: the first seqlen_q - seqlen_k queries see no key.
+    q, k, v = testing.random_qkv(1, 300, 50, 2, 2, 64, "fp16", xp=cp)
+    out, lse = run_and_check(q, k, v, causal=True, label="fully masked")
+    hidden = 300 - 50
+    assert float(cp.abs(out[:, :hidden].astype(cp.float32)).max()) == 0.0
+    assert bool(cp.all(cp.isneginf(lse[:, :, :hidden])))
+    assert not bool(cp.isnan(out.astype(cp.float32)).any())
+
+
+def test_repeat_is_bitwise_equal():
+    q, k, v = testing.random_qkv(2, 513, 700, 4, 2, 128, "bf16", xp=cp)
+    a, la = cuflash.attention(q, k, v, causal=True, return_lse=True)
+    b, lb = cuflash.attention(q, k, v, causal=True, return_lse=True)
+    assert bool(cp.all(a.view(cp.uint16) == b.view(cp.uint16)))
+    assert bool(cp.all((la == lb) | (cp.isneginf(la) & cp.isneginf(lb))))
+
+
+def test_empty_sequences():
+    q, k, v = testing.random_qkv(2, 0, 16, 2, 2, 64, "bf16", xp=cp)
+    out, lse = cuflash.attention(q, k, v, return_lse=True)
+    assert out.shape == (2, 0, 2, 64) and lse.shape == (2, 2, 0)
+    q, k, v = testing.random_qkv(2, 16, 0, 2, 2, 64, "bf16", xp=cp)
+    out = testing.poison(cp.empty(q.shape, q.dtype))
+    out, lse = cuflash.attention(q, k, v, return_lse=True, out=out)
+    assert float(cp.abs(out.astype(cp.float32)).max()) == 0.0
+    assert bool(cp.all(cp.isneginf(lse)))
+
+
+def test_64bit_offsets():
+    # q and out exceed 2^31 elements: batch offsets overflow 32-bit arithmetic.
+    batch, seqlen_q, seqlen_k, d = 65535, 256, 16, 128
+    assert batch * seqlen_q * d > 2**31
+    q = cp.empty((batch, seqlen_q, 1, d), dtype=testing.resolve_dtype("bf16"))
+    testing.poison(q)
+    tail = 3  # only the last batch entries are filled and checked; the rest stays NaN and unread by them
+    qt, k, v = testing.random_qkv(tail, seqlen_q, seqlen_k, 1, 1, d, "bf16", xp=cp)
+    q[-tail:] = qt
+    k = cp.concatenate([cp.zeros((batch - tail, seqlen_k, 1, d), k.dtype), k])
+    v = cp.concatenate([cp.zeros((batch - tail, seqlen_k, 1, d), v.dtype), v])
+    out = cuflash.attention(q, k, v)
+    got = out[-tail:]
+    del out, q
+    run_ref = reference.attention_forward(*(testing.to_numpy(x) for x in (qt, k[-tail:], v[-tail:])))
+    lowp = reference.attention_forward(*(testing.to_numpy(x) for x in (qt, k[-tail:], v[-tail:])), precision="lowp")
+    testing.check_accuracy("out 64-bit", got, run_ref[0], lowp[0], "bf16", kind="fwd")
