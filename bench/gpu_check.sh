@@ -24,10 +24,9 @@ done
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
-export CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-$out/cache}
+export CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-/tmp/cuflash-gpu-check-cache}
 
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1
-python3 -m cuflash info > "$out/info.txt" 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; python3 -m cuflash info; } > "$out/info.txt" 2>&1
 
 # shellcheck disable=SC2086
 python3 -m pytest $tests_args -q -rfE -p no:cacheprovider --junitxml="$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log"
@@ -38,19 +37,19 @@ if [ "$sanitize" = 1 ]; then
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 9 python3 bench/sanitize_case.py > "$out/sanitizer-$tool.log" 2>&1
     rc=$?; [ $rc -ne 0 ] && san_rc=$rc
-    echo "sanitizer $tool: rc=$rc ($(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries)"
+    echo "sanitizer $tool: rc=$rc; $(grep -E "(ERROR|RACECHECK) SUMMARY" "$out/sanitizer-$tool.log" | tail -n 1)"
   done
 fi
 
 bench_rc=0
 if [ -n "$bench_args" ]; then
   # shellcheck disable=SC2086
-  python3 -m cuflash bench $bench_args --json "$out/bench.json" --csv "$out/bench.csv" 2>&1 | tee "$out/bench.log"
+  python3 -m cuflash bench $bench_args --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
   bench_rc=${PIPESTATUS[0]}
 fi
 
 echo "== summary"
-cat "$out/gpu.txt"
+head -n 2 "$out/info.txt"
 tail -n 1 "$out/gpu-tests.log"
 echo "tests rc=$tests_rc sanitizer rc=$san_rc bench rc=$bench_rc"
 [ $tests_rc -eq 0 ] && [ $san_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -1,6 +1,6 @@
 """cuflash: exact attention (FlashAttention-2) as CUDA C++ compiled at run time by NVRTC through CuPy."""
-from .api import attention
+from .api import attention, attention_backward
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "__version__"]
+__all__ = ["attention", "attention_backward", "__version__"]

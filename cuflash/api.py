@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import launch, params, support
-from .specs import FwdSpec
+from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSpec, FwdSpec
 
 LOG2E = 1.4426950408889634
 
@@ -142,14 +142,21 @@ def _fwd_kernel(spec: FwdSpec, device_id: int):
     return fn, smem
 
 
+def _check_like(x, like, name: str, like_name: str):
+    """x as a GPU array with like's shape and dtype, on like's device, last dim contiguous, 16-byte rows."""
+    x = _as_gpu_array(x, name)
+    if x.shape != like.shape or x.dtype != like.dtype:
+        raise ValueError(
+            f"{name} must have {like_name}'s shape {like.shape} and dtype {like.dtype}, got {x.shape} {x.dtype}"
+        )
+    if x.device.id != like.device.id:
+        raise ValueError(f"{name} is on GPU {x.device.id} but {like_name} is on GPU {like.device.id}")
+    _check_layout(x, name)
+    return x
+
+
 def _check_out(out, q):
-    out = _as_gpu_array(out, "out")
-    if out.shape != q.shape or out.dtype != q.dtype:
-        raise ValueError(f"out must have q's shape {q.shape} and dtype {q.dtype}, got {out.shape} {out.dtype}")
-    if out.device.id != q.device.id:
-        raise ValueError(f"out is on GPU {out.device.id} but q is on GPU {q.device.id}")
-    _check_layout(out, "out")
-    return out
+    return _check_like(out, q, "out", "q")
 
 
 def _strides(x) -> tuple[int, int, int]:
@@ -217,3 +224,172 @@ def attention(
         if out.size:
             _launch_fwd(q, k, v, out, lse, scale, FwdSpec.for_problem(name, head_dim, causal))
     return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------- backward
+
+
+def _check_lse(lse, q):
+    """lse as returned by attention(..., return_lse=True): (batch, nheads, seqlen_q) float32, any strides."""
+    lse = _as_gpu_array(lse, "lse")
+    batch, seqlen_q, nheads, _ = q.shape
+    if lse.shape != (batch, nheads, seqlen_q) or lse.dtype != np.float32:
+        raise ValueError(
+            f"lse must have shape (batch, nheads, seqlen_q) = {(batch, nheads, seqlen_q)} and dtype float32 "
+            f"(attention(..., return_lse=True) returns it), got {lse.shape} {lse.dtype}"
+        )
+    if lse.device.id != q.device.id:
+        raise ValueError(f"lse is on GPU {lse.device.id} but q is on GPU {q.device.id}")
+    return lse
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(spec, device_id: int, smem: int = 0):
+    """The loaded kernel of a spec, allowed `smem` bytes of dynamic shared memory."""
+    from .compile.cache import get_function
+
+    fn = get_function(spec, device_id)
+    if smem > 48 * 1024:
+        cp = _cupy()
+        limit = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
+        if smem > limit:
+            raise RuntimeError(
+                f"kernel {spec.name} needs {smem} bytes of shared memory per block; GPU {device_id} allows {limit}"
+            )
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
+def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec: BwdSpec) -> None:
+    """The backward for validated arrays: prepare, main kernel, conversions (the tuner passes its own spec).
+
+    Scratch (fp32, freed when this returns; nothing grows with seqlen_q * seqlen_k):
+      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
+      under GQA dk_accum, dv_accum (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed
+      over each group by the convert kernel in a fixed order; deterministic: int32 turn counters
+      (batch, nheads, seqlen_q / Br).
+    """
+    cp = _cupy()
+    batch, seqlen_q, nheads, head_dim = q.shape
+    _, seqlen_k, nheads_kv, _ = k.shape
+    group = nheads // nheads_kv
+    device = q.device.id
+    name = spec.dtype
+    m_blocks = launch.bwd_m_blocks(spec, seqlen_q)
+    rounded = m_blocks * spec.tiles.block_m
+    f32 = np.float32
+
+    lse_log2 = cp.empty((batch, nheads, rounded), dtype=f32)
+    delta = cp.empty((batch, nheads, rounded), dtype=f32)
+    dq_accum = cp.empty((batch, seqlen_q, nheads, spec.head_dim), dtype=f32)
+    semaphore = cp.empty((batch, nheads, m_blocks), dtype=np.int32) if spec.deterministic else None
+
+    if rounded:
+        prep = BwdPrepareSpec(name)
+        p = params.pack(
+            params.BWD_PREPARE_PARAMS,
+            (
+                out.data.ptr, dout.data.ptr, lse.data.ptr, lse_log2.data.ptr, delta.data.ptr, dq_accum.data.ptr,
+                0 if semaphore is None else semaphore.data.ptr,
+                *_strides(out), *_strides(dout), *(s // lse.itemsize for s in lse.strides), *_strides(dq_accum),
+                batch, nheads, seqlen_q, rounded, head_dim, spec.head_dim, spec.tiles.block_m, m_blocks,
+            ),
+        )
+        _kernel(prep, device)(launch.bwd_prepare_grid(prep, batch, nheads, rounded), (prep.threads, 1, 1), (p,))
+
+    if seqlen_k:
+        dk_accum = dv_accum = None
+        if group > 1:
+            dk_accum = cp.empty((batch, seqlen_k, nheads, head_dim), dtype=f32)
+            dv_accum = cp.empty((batch, seqlen_k, nheads, head_dim), dtype=f32)
+        smem = launch.bwd_smem_bytes(spec)
+        p = params.pack(
+            params.BWD_PARAMS,
+            (
+                q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr, lse_log2.data.ptr, delta.data.ptr,
+                dq_accum.data.ptr, dk.data.ptr, dv.data.ptr,
+                0 if dk_accum is None else dk_accum.data.ptr, 0 if dv_accum is None else dv_accum.data.ptr,
+                0 if semaphore is None else semaphore.data.ptr,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq_accum),
+                *_strides(dk), *_strides(dv), *(_strides(dk_accum) if dk_accum is not None else (0, 0, 0)),
+                batch, nheads, nheads_kv, seqlen_q, seqlen_k, rounded, m_blocks, head_dim,
+                scale, scale * LOG2E,
+            ),
+        )
+        _kernel(spec, device, smem)(
+            launch.bwd_grid(spec, batch, nheads, seqlen_k), launch.bwd_block(spec), (p,), shared_mem=smem
+        )
+        if group > 1:
+            for acc, grad in ((dk_accum, dk), (dv_accum, dv)):
+                _launch_convert(acc, grad, group, name, device)
+
+    if seqlen_q:
+        _launch_convert(dq_accum, dq, 1, name, device)
+
+
+def _launch_convert(src, dst, group: int, name: str, device: int) -> None:
+    """dst[b, s, h, :d] = sum_j src[b, s, h * group + j, :d] (kernels_cu/bwd_convert.cu)."""
+    batch, seqlen, nheads, head_dim = dst.shape
+    spec = BwdConvertSpec(name)
+    p = params.pack(
+        params.BWD_CONVERT_PARAMS,
+        (src.data.ptr, dst.data.ptr, *_strides(src), *_strides(dst), batch, seqlen, nheads, group, head_dim, 0),
+    )
+    _kernel(spec, device)(launch.bwd_convert_grid(spec, batch, seqlen, nheads, head_dim), (spec.threads, 1, 1), (p,))
+
+
+def attention_backward(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    *,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    bias=None,
+    dropout_p=0.0,
+    seed=None,
+    deterministic=False,
+    dq=None,
+    dk=None,
+    dv=None,
+):
+    """Gradients of attention(q, k, v, ...) with respect to q, k and v, FlashAttention-2 style.
+
+    dout: gradient of the output, shaped and typed like q. out, lse: the forward's
+    output and its lse (attention(..., return_lse=True)), from the same q, k, v and
+    options. q, k, v and the options (softmax_scale, causal, ...) as for attention().
+    deterministic=True makes dq, dk and dv bitwise reproducible across runs (dQ is
+    accumulated in a fixed order), at some cost in speed.
+
+    Returns (dq, dk, dv) like q, k, v in their dtype; under GQA/MQA dk and dv are
+    summed over the query heads that share a kv head. Queries that see no key
+    contribute nothing (their dq rows are 0). dq, dk, dv: optional preallocated
+    outputs (shape and dtype of q, k, v, on q's device, last dim contiguous, not
+    overlapping any input), written in place and returned.
+    """
+    _check_not_implemented(
+        window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias, dropout_p=dropout_p
+    )
+    q, k, v, name = _validate_qkv(q, k, v)
+    dout = _check_like(dout, q, "dout", "q")
+    out = _check_like(out, q, "out", "q")
+    lse = _check_lse(lse, q)
+    batch, seqlen_q, nheads, head_dim = q.shape
+    scale = _softmax_scale(softmax_scale, head_dim)
+
+    cp = _cupy()
+    with q.device:
+        dq = _check_like(dq, q, "dq", "q") if dq is not None else cp.empty(q.shape, dtype=q.dtype)
+        dk = _check_like(dk, k, "dk", "k") if dk is not None else cp.empty(k.shape, dtype=k.dtype)
+        dv = _check_like(dv, v, "dv", "v") if dv is not None else cp.empty(v.shape, dtype=v.dtype)
+        if batch and nheads:
+            spec = BwdSpec.for_problem(name, head_dim, causal, deterministic)
+            _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale, spec)
+    return dq, dk, dv
+

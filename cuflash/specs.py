@@ -121,6 +121,11 @@ class BwdTiles:
                    the other warps / sdp_warps_n split the Br queries.
       dkv_warps_n: warps along keys for dK and dV (Bc x D); the rest split D.
       dq_warps_m:  warps along queries for dQ (Br x D); the rest split D.
+    dq_pass_dims: a warp computes its dQ tile in passes of this many columns
+      (0: one pass), which bounds the live accumulator registers at large D.
+    k_unroll: k16 steps per unrolled loop body of the products read from shared
+      memory (0: fully unrolled). Full unrolling lets ptxas hoist ldmatrix
+      loads far ahead, which exhausts the 255 registers at some shapes.
     Every warp tile must be a multiple of 16 in both dims. When sdp_warps_n ==
     dkv_warps_n == warps, each warp owns whole rows of P^T and dS^T and feeds
     them to dV/dK from registers (p_in_regs).
@@ -132,6 +137,8 @@ class BwdTiles:
     sdp_warps_n: int
     dkv_warps_n: int
     dq_warps_m: int
+    dq_pass_dims: int = 0
+    k_unroll: int = 2
 
     @property
     def p_in_regs(self) -> bool:
@@ -155,6 +162,15 @@ class BwdTiles:
         for name, (extent, parts) in tiles.items():
             if extent % parts or (extent // parts) % 16:
                 raise ValueError(f"{name}: {extent} split {parts} ways is not a multiple of 16 ({self})")
+        if self.k_unroll < 0:
+            raise ValueError(f"k_unroll must be >= 0 (0: full), got {self.k_unroll}")
+        dims = self.dq_dims(head_dim)
+        if self.dq_pass_dims and (self.dq_pass_dims % 16 or dims % self.dq_pass_dims):
+            raise ValueError(f"dq_pass_dims={self.dq_pass_dims} must be a multiple of 16 dividing {dims} ({self})")
+
+    def dq_dims(self, head_dim: int) -> int:
+        """Columns of dQ per warp."""
+        return head_dim // (self.warps // self.dq_warps_m)
 
 
 # Tile shape per compile-time head dim D, starting from FlashAttention-2's
@@ -212,8 +228,9 @@ class BwdSpec:
         t = self.tiles
         mask = "causal" if self.causal else "full"
         det = "_det" if self.deterministic else ""
+        passes = f"p{t.dq_pass_dims}" if t.dq_pass_dims else ""
         return (f"bwd_{self.dtype}_d{self.head_dim}_{mask}{det}_m{t.block_m}n{t.block_n}w{t.warps}"
-                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}")
+                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}{passes}u{t.k_unroll}")
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -226,6 +243,8 @@ class BwdSpec:
             "CUFLASH_SDP_WARPS_N": t.sdp_warps_n,
             "CUFLASH_DKV_WARPS_N": t.dkv_warps_n,
             "CUFLASH_DQ_WARPS_M": t.dq_warps_m,
+            "CUFLASH_DQ_PASS_DIMS": t.dq_pass_dims or t.dq_dims(self.head_dim),
+            "CUFLASH_K_UNROLL": t.k_unroll,
             "CUFLASH_CAUSAL": int(self.causal),
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
         }

@@ -5,7 +5,7 @@ so a capability is added in one place.
 """
 from __future__ import annotations
 
-from .specs import DTYPES, FWD_TILES, FwdSpec
+from .specs import BWD_TILES, DTYPES, FWD_TILES, BwdConvertSpec, BwdPrepareSpec, BwdSpec, FwdSpec
 
 #: Input dtypes by name (numpy dtypes resolved in api.py).
 SUPPORTED_DTYPES = tuple(DTYPES)
@@ -32,11 +32,21 @@ def supported_head_dims() -> list[int]:
     return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
 
 
-def declared_specs() -> list[FwdSpec]:
-    """Every kernel specialisation cuflash may launch (what `cuflash compile` builds)."""
-    return [
+def declared_specs() -> list:
+    """Every kernel specialisation cuflash may launch (what `cuflash compile` builds):
+    the forward, then the backward (its main kernel, prepare and convert)."""
+    fwd = [
         FwdSpec(dtype, d, causal, FWD_TILES[d])
         for dtype in SUPPORTED_DTYPES
         for d in sorted(FWD_TILES)
         for causal in (False, True)
     ]
+    bwd = [
+        BwdSpec(dtype, d, causal, deterministic, BWD_TILES[d])
+        for dtype in SUPPORTED_DTYPES
+        for d in sorted(BWD_TILES)
+        for causal in (False, True)
+        for deterministic in (False, True)
+    ]
+    helpers = [spec for dtype in SUPPORTED_DTYPES for spec in (BwdPrepareSpec(dtype), BwdConvertSpec(dtype))]
+    return fwd + bwd + helpers

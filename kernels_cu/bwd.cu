@@ -60,6 +60,9 @@ constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;  // Br: query rows per step
 constexpr int BN = CUFLASH_BLOCK_N;  // Bc: keys per CTA
 constexpr int WARPS = CUFLASH_WARPS;
+// k16 steps per unrolled loop body of each product from shared memory (mma.cuh
+// mma_ss; 0 = fully unrolled).
+constexpr int K_UNROLL = CUFLASH_K_UNROLL > 0 ? CUFLASH_K_UNROLL : 1024;
 constexpr bool CAUSAL = CUFLASH_CAUSAL;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
 constexpr int THREADS = WARPS * 32;
@@ -76,6 +79,7 @@ constexpr int KV_MT = KV_KEYS / 16, KV_NT = KV_DIMS / 8;
 constexpr int DQ_WM = CUFLASH_DQ_WARPS_M;
 constexpr int DQ_ROWS = BM / DQ_WM, DQ_DIMS = D / (WARPS / DQ_WM);
 constexpr int DQ_MT = DQ_ROWS / 16, DQ_NT = DQ_DIMS / 8;
+constexpr int DQ_PASS_NT = CUFLASH_DQ_PASS_DIMS / 8, DQ_PASSES = DQ_NT / DQ_PASS_NT;
 
 // P^T and dS^T stay in registers for dV and dK when each warp owns whole key
 // rows of both S^T and dK/dV (a preprocessor switch: the two paths use
@@ -94,6 +98,7 @@ static_assert(WARPS % SDP_WN == 0 && WARPS % DKV_WN == 0 && WARPS % DQ_WM == 0, 
 static_assert(S_KEYS % 16 == 0 && S_QUERIES % 16 == 0, "S^T warp tile: m16 keys, pairs of n8 queries");
 static_assert(KV_KEYS % 16 == 0 && KV_DIMS % 16 == 0, "dK/dV warp tile: m16 keys, pairs of n8 dims");
 static_assert(DQ_ROWS % 16 == 0 && DQ_DIMS % 16 == 0, "dQ warp tile: m16 queries, pairs of n8 dims");
+static_assert(DQ_PASS_NT % 2 == 0 && DQ_NT % DQ_PASS_NT == 0, "dQ passes: whole pairs of n8 tiles");
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdParams p) {
     extern __shared__ __align__(16) u16 smem[];
@@ -165,8 +170,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     zero_acc(acc_dk);
     zero_acc(acc_dv);
 
-    // A CTA whose keys no query sees (causal, seqlen_q < seqlen_k... or
-    // seqlen_q = 0) skips the loop and writes dK = dV = 0.
+    // Without queries (seqlen_q = 0) the loop is empty and dK = dV = 0 are
+    // written. (Under the causal mask every key is seen by the last query.)
     if (m_begin < m_end) {
         // 1. K_j, V_j and the first query block, one cp.async group.
         load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, key0, p.seqlen_k, p.head_dim, tid);
@@ -195,8 +200,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         float acc_s[S_MT][S_NT][4], acc_dp[S_MT][S_NT][4];
         zero_acc(acc_s);
         zero_acc(acc_dp);
-        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false>(acc_s, sK_addr + s_a, sQ_buf + s_b);
-        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
+        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
+        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
 
         // Only blocks that cross seqlen_k or the causal diagonal need the mask.
         bool need_mask = key0 + BN > p.seqlen_k;
@@ -257,15 +262,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 #else
         // P^T and dS^T of every warp are in shared memory before dV and dK read them.
         __syncthreads();
-        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true>(acc_dv, sPt_addr + kv_a, sdO_buf + kv_b);
-        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true>(acc_dk, sdSt_addr + kv_a, sQ_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dv, sPt_addr + kv_a, sdO_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dk, sdSt_addr + kv_a, sQ_buf + kv_b);
 #endif
 
-        // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys.
-        float acc_dq[DQ_MT][DQ_NT][4];
-        zero_acc(acc_dq);
-        mma_ss<DQ_MT, DQ_NT, BN / 16, PITCH_T, true, PITCH, true>(acc_dq, dq_a, dq_b);
-
+        // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys,
+        // in DQ_PASSES passes of DQ_PASS_NT n8 tiles (bounds the live accumulators).
+        //
         // Deterministic: the CTAs of this (head, batch) that see query block m are
         // key blocks 0 .. N-1 (m_begin grows with the key block), so this CTA is
         // the n_block-th to add and waits until n_block CTAs have added. Cannot
@@ -274,21 +277,27 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // before this one (so they are resident or finished), and each of them
         // waits only for still lower ones; the lowest waits for none.
         int* turn = DETERMINISTIC ? p.dq_semaphore + bh * p.m_blocks + m : nullptr;
-        if (DETERMINISTIC) turn_wait(turn, n_block);
 #pragma unroll
-        for (int mt = 0; mt < DQ_MT; ++mt)
+        for (int pass = 0; pass < DQ_PASSES; ++pass) {
+            float acc_dq[DQ_MT][DQ_PASS_NT][4];
+            zero_acc(acc_dq);
+            mma_ss<DQ_MT, DQ_PASS_NT, BN / 16, PITCH_T, true, PITCH, true, K_UNROLL>(acc_dq, dq_a,
+                                                                          dq_b + (u32)(pass * DQ_PASS_NT * 8 * 2));
+            if (DETERMINISTIC && pass == 0) turn_wait(turn, n_block);
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int row = row0 + dq_q0 + mt * 16 + hh * 8 + g;
-                if (row >= p.seqlen_q) continue;
-                float* dst = dq_accum + (i64)row * p.dqa_row_stride;
+            for (int mt = 0; mt < DQ_MT; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < DQ_NT; ++nt) {
-                    const int col = dq_d0 + nt * 8 + 2 * t;
-                    if (col < p.head_dim)
-                        red_add_f32x2(dst + col, acc_dq[mt][nt][2 * hh] * p.scale, acc_dq[mt][nt][2 * hh + 1] * p.scale);
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int row = row0 + dq_q0 + mt * 16 + hh * 8 + g;
+                    if (row >= p.seqlen_q) continue;
+                    float* dst = dq_accum + (i64)row * p.dqa_row_stride + dq_d0 + pass * DQ_PASS_NT * 8 + 2 * t;
+#pragma unroll
+                    for (int nt = 0; nt < DQ_PASS_NT; ++nt)
+                        if (dq_d0 + (pass * DQ_PASS_NT + nt) * 8 < p.head_dim)  // d % 8 == 0: whole n8 tiles
+                            red_add_f32x2(dst + nt * 8, acc_dq[mt][nt][2 * hh] * p.scale,
+                                          acc_dq[mt][nt][2 * hh + 1] * p.scale);
                 }
-            }
+        }
         if (DETERMINISTIC) turn_pass(turn);
     }
 

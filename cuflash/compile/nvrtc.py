@@ -48,6 +48,11 @@ class CompileResult:
     def spills(self) -> bool:
         return self.spill_stores > 0 or self.spill_loads > 0
 
+    @property
+    def reported(self) -> bool:
+        """False when NVRTC's log carried no ptxas report (figures are -1)."""
+        return self.registers >= 0
+
     def without_cubin(self) -> "CompileResult":
         return replace(self, cubin=b"")
 
@@ -153,7 +158,12 @@ def compile_cubin(source: str, name: str, arch: str, extra_options=(), entry: st
     try:
         stats = parse_ptxas(log, entry)
     except CompileError as exc:
-        raise CompileError(f"{name} for {arch}: {exc}", log) from None
+        # Seen with NVRTC 13.0 on an H200: for some kernels the log holds no
+        # ptxas report at all. The cubin's symbol table still tells whether
+        # the entry exists; the resource figures are then unknown (-1).
+        if entry is None or entry.encode() not in cubin:
+            raise CompileError(f"{name} for {arch}: {exc}", log) from None
+        stats = dict(registers=-1, spill_stores=-1, spill_loads=-1, shared_bytes=-1, stack_frame=-1)
     return CompileResult(name=name, arch=arch, cubin=cubin, log=log, seconds=seconds, **stats)
 
 

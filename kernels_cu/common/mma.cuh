@@ -84,10 +84,13 @@ CUFLASH_DEVICE u32 ldsm_offset_b_t(int lane) {
 // acc[MT][NT][4] += A (MT*16 x KSTEPS*16) * B (KSTEPS*16 x NT*8), both read
 // from shared memory. a, b: shared addresses of the tile origins including
 // this lane's ldsm_offset_* (A_T / B_T: operand stored transposed).
-template <int MT, int NT, int KSTEPS, int PITCH_A, bool A_T, int PITCH_B, bool B_T>
+// UNROLL: k16 steps per unrolled loop body (default all). A fully unrolled
+// loop lets the scheduler hoist the ldmatrix of many steps ahead, which can
+// exhaust registers in kernels that also hold large accumulators.
+template <int MT, int NT, int KSTEPS, int PITCH_A, bool A_T, int PITCH_B, bool B_T, int UNROLL = KSTEPS>
 CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, u32 b) {
     static_assert(NT % 2 == 0, "B is loaded two n8 tiles at a time");
-#pragma unroll
+#pragma unroll(UNROLL)
     for (int ks = 0; ks < KSTEPS; ++ks) {
         u32 af[MT][4];
 #pragma unroll
