@@ -32,51 +32,28 @@ CUFLASH_DEVICE void cp_async_wait() {
 // Load a ROWS x D tile (rows [row0, row0 + ROWS) of a (seqlen, ..., d) tensor
 // whose rows are `row_stride` elements apart) into shared memory with pitch
 // D + 8. Rows >= seqlen and columns >= head_dim are zero-filled.
+//
+// Each thread copies one fixed 16-byte column chunk of every ROW_STEP-th row,
+// so its addresses are one base pointer plus constant multiples of the row
+// stride: no per-chunk 64-bit address stays live across the main loop. When
+// THREADS is not a multiple of the D / 8 chunks of a row (D = 96, 160, ...),
+// the last THREADS % (D / 8) threads copy nothing.
 template <int ROWS, int D, int THREADS>
 CUFLASH_DEVICE void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, int row0, int seqlen,
                                     int head_dim, int tid) {
-    constexpr int CHUNKS_PER_ROW = D / 8;  // 16-byte chunks
-    if constexpr (THREADS % CHUNKS_PER_ROW == 0) {
-        // Each thread copies one fixed column chunk of every ROW_STEP-th row,
-        // so its addresses are one base pointer plus constant multiples of the
-        // row stride: no per-chunk 64-bit address stays live across the main loop.
-        constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
-        const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
-        const bool col_ok = col < head_dim;
-        const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
-        const u32 dst = smem + (u32)(r * (D + 8) + col) * 2u;
+    constexpr int CHUNKS_PER_ROW = D / 8;
+    constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
+    static_assert(ROW_STEP > 0, "a row needs at most THREADS chunks");
+    if (THREADS % CHUNKS_PER_ROW != 0 && tid >= ROW_STEP * CHUNKS_PER_ROW) return;
+    const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
+    const bool col_ok = col < head_dim;
+    const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
+    const u32 dst = smem + (u32)(r * (D + 8) + col) * 2u;
 #pragma unroll
-        for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
-            if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
-            bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
-            // A predicated-off copy reads nothing, but still gets a valid address.
-            cp_async_16(dst + (u32)(i * ROW_STEP * (D + 8) * 2), ok ? src + i * ROW_STEP * row_stride : gmem, ok);
-        }
-    } else {
-        // Head dims that are not a power of two (96, 160, ...): chunks dealt round-robin.
-        constexpr int CHUNKS = ROWS * CHUNKS_PER_ROW;
-#pragma unroll
-        for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
-            int c = tid + i * THREADS;
-            if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;  // ragged last round (dead when even)
-            int r = c / CHUNKS_PER_ROW, col = (c % CHUNKS_PER_ROW) * 8;
-            bool ok = (row0 + r < seqlen) && (col < head_dim);
-            const u16* src = ok ? gmem + (i64)(row0 + r) * row_stride + col : gmem;
-            cp_async_16(smem + (u32)(r * (D + 8) + col) * 2u, src, ok);
-        }
-    }
-}
-
-// Copy BYTES contiguous bytes (a multiple of 16; both addresses 16-byte
-// aligned) global -> shared asynchronously, every byte in range (no predicate).
-template <int BYTES, int THREADS>
-CUFLASH_DEVICE void copy_contiguous_async(u32 smem, const void* gmem, int tid) {
-    static_assert(BYTES % 16 == 0, "16-byte chunks");
-    constexpr int CHUNKS = BYTES / 16;
-#pragma unroll
-    for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
-        int c = tid + i * THREADS;
-        if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-        cp_async_16(smem + (u32)c * 16u, static_cast<const char*>(gmem) + c * 16, true);
+    for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
+        if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
+        bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
+        // A predicated-off copy reads nothing, but still gets a valid address.
+        cp_async_16(dst + (u32)(i * ROW_STEP * (D + 8) * 2), ok ? src + i * ROW_STEP * row_stride : gmem, ok);
     }
 }
