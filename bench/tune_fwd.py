@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
     ap.add_argument("--total-tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--current", action="store_true", help="time only the tiles in FWD_TILES")
     args = ap.parse_args()
 
     flush_buf = cp.empty(512 * 1024 * 1024 // 4, dtype=cp.float32)
@@ -87,8 +88,8 @@ def main():
         out = cp.empty_like(q)
         scale = 1 / math.sqrt(d)
         name = testing.dtype_name(q.dtype)
-        for tiles in CANDIDATES:
-            D = head_dim_bucket(d)
+        D = head_dim_bucket(d)
+        for tiles in [FWD_TILES[D]] if args.current else CANDIDATES:
             try:
                 spec = FwdSpec(name, D, causal, tiles)
             except ValueError:
