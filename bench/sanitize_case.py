@@ -1,4 +1,4 @@
-"""A small causal GQA case with ragged shapes for compute-sanitizer (bench/gpu_check.sh).
+"""Small causal GQA cases with ragged shapes for compute-sanitizer (bench/gpu_check.sh).
 
 Every kernel cuflash has runs once here; the sanitizer reports any
 out-of-bounds access or shared-memory race.
@@ -13,5 +13,19 @@ for dtype in ("fp16", "bf16"):
         q, k, v = testing.random_qkv(2, 77, 131, 4, 2, d, dtype, xp=cp)
         for causal in (False, True):
             cuflash.attention(q, k, v, causal=causal, return_lse=True)
+
+# Backward (prepare, main kernel, convert): causal GQA with ragged shapes, both
+# seqlen_q < seqlen_k and seqlen_q > seqlen_k (fully masked rows), deterministic
+# and not, plus a head dim per tile shape and a ratio-1 case (dk/dv written directly).
+for dtype in ("fp16", "bf16"):
+    for d, (seqlen_q, seqlen_k), nheads_kv in (
+        (40, (77, 131), 2), (128, (131, 77), 2), (256, (77, 131), 1), (64, (150, 150), 4), (96, (65, 200), 4),
+    ):
+        q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, nheads_kv, d, dtype, xp=cp)
+        dout = testing.random_like(q)
+        for causal in (False, True):
+            out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True)
+            for deterministic in (False, True):
+                cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic)
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")

@@ -49,9 +49,9 @@ FWD_TILES = {
     64: FwdTiles(128, 64, 4),
     96: FwdTiles(128, 64, 4),
     128: FwdTiles(128, 64, 4),
-    160: FwdTiles(64, 64, 4),
-    192: FwdTiles(64, 64, 4),
-    224: FwdTiles(64, 32, 4),
+    160: FwdTiles(128, 128, 8),
+    192: FwdTiles(128, 128, 8),
+    224: FwdTiles(64, 64, 4),
     256: FwdTiles(64, 64, 4),
 }
 
@@ -138,7 +138,7 @@ class BwdTiles:
     dkv_warps_n: int
     dq_warps_m: int
     dq_pass_dims: int = 0
-    k_unroll: int = 2
+    k_unroll: int = 0
 
     @property
     def p_in_regs(self) -> bool:
@@ -173,19 +173,23 @@ class BwdTiles:
         return head_dim // (self.warps // self.dq_warps_m)
 
 
-# Tile shape per compile-time head dim D, starting from FlashAttention-2's
-# sm80 choices (d<=64: 128x128, d96/128: 64x128, d>128: 64x64; 8 warps).
-# Each entry compiles without spills for sm_80 and sm_90a (tests/compile);
-# the registers per spec are listed in bench/NOTES.md.
+# Tile shape per compile-time head dim D: FlashAttention-2's sm80 choices
+# (d<=64: 128x128, d96/128: 64x128, d>128: 64x64; 8 warps; its per-product warp
+# layouts). Each entry compiles without spills for sm_80 and sm_90a in every
+# variant (fp16/bf16, causal or not, deterministic or not; tests/compile): 233-255
+# registers. D = 224 and 256 unroll the k loops by 2 (full unrolling spills
+# there). Shared memory 130-217 KB (launch.bwd_smem_bytes): fits Hopper's 227 KB;
+# an A100 (163 KB) cannot run D = 64, 128 and >= 192 with these tiles.
+# bench/tune_bwd.py times the alternatives against SDPA's flash backward.
 BWD_TILES = {
     32: BwdTiles(128, 128, 8, 4, 4, 4),
     64: BwdTiles(128, 128, 8, 4, 4, 4),
     96: BwdTiles(64, 128, 8, 4, 4, 4),
     128: BwdTiles(64, 128, 8, 4, 4, 2),
-    160: BwdTiles(64, 64, 8, 4, 4, 4),
-    192: BwdTiles(64, 64, 8, 4, 2, 2),
-    224: BwdTiles(64, 64, 8, 4, 2, 2),
-    256: BwdTiles(64, 64, 8, 4, 2, 2),
+    160: BwdTiles(64, 64, 8, 2, 4, 4),
+    192: BwdTiles(64, 64, 8, 2, 2, 2),
+    224: BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2),
+    256: BwdTiles(64, 64, 8, 2, 2, 2, k_unroll=2),
 }
 
 

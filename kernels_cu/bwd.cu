@@ -21,16 +21,18 @@
 //
 // Steps: one CTA per (key block, head, batch); WARPS warps.
 //   1. cp.async K_j, V_j (once) and Q, dO, L, D of the first query block that sees a key of j.
-//   2. For each query block i from that one to the last (causal: blocks that see
-//      nothing are skipped; only blocks crossing the diagonal or seqlen_k are masked):
+//   2. For each query block i from that one to the last (causal: the blocks above
+//      it see no key of j and are skipped; only blocks crossing the diagonal or
+//      seqlen_k are masked):
 //        wait for block i; start loading block i+1 into the other buffer (double buffering);
 //        S^T = K Q^T, dP^T = V dO^T (warps tile keys x queries: SDP_WARPS_N along keys);
 //        P^T = exp2(S^T * scale_log2 - L2), dS^T = P^T ∘ (dP^T - D);
 //        dS^T (and P^T unless P stays in registers) -> shared memory, 16-bit;
 //        dV += P^T dO, dK += dS^T Q (warps tile keys x d: DKV_WARPS_N along keys);
-//        dQ_i += scale * dS K (warps tile queries x d: DQ_WARPS_M along queries):
-//        fp32 reductions into dq_accum; with CUFLASH_DETERMINISTIC the CTAs of one
-//        (head, batch) add to query block i in key-block order (atomic.cuh turns).
+//        dQ_i += scale * dS K (warps tile queries x d: DQ_WARPS_M along queries, in
+//        passes of DQ_PASS_DIMS columns): fp32 reductions into dq_accum; with
+//        CUFLASH_DETERMINISTIC the CTAs of one (head, batch) add to query block i
+//        in key-block order (atomic.cuh turns), so the sums are reproducible.
 //   3. dK *= scale; write dK, dV: to dk/dv in the input dtype (staged through
 //      shared memory for 16-byte stores), or fp32 per query head into
 //      dk_accum/dv_accum under GQA (bwd_convert.cu sums the group).
@@ -42,7 +44,10 @@
 //   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32; the actual
 //   d <= D is a run-time value, columns >= d are zero-filled and never stored),
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
-//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC.
+//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
+//   CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC.
+// Memory per CTA: nothing of size seqlen_q x seqlen_k exists anywhere; S, P, dP
+// and dS live only as (Bc x Br) tiles in registers and shared memory.
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
 // that are multiples of 8 elements (cuflash/api.py); softmax_scale > 0;
 // lse_log2 / delta padded to m_blocks * Br rows (bwd_prepare.cu).
@@ -93,7 +98,7 @@ constexpr bool P_IN_REGS = CUFLASH_P_IN_REGS;
 constexpr int PITCH = D + 8;     // rows of K, V, Q, dO in shared memory (copy.cuh)
 constexpr int PITCH_T = BM + 8;  // rows of P^T, dS^T: (Br + 8) * 2 bytes is an odd number of 16-byte chunks
 
-static_assert(D % 32 == 0 && BM % 16 == 0 && BN % 16 == 0, "tile shape");
+static_assert(D % 32 == 0 && BM % 16 == 0 && BN % 16 == 0 && BM <= 4 * THREADS, "tile shape");
 static_assert(WARPS % SDP_WN == 0 && WARPS % DKV_WN == 0 && WARPS % DQ_WM == 0, "warp grids");
 static_assert(S_KEYS % 16 == 0 && S_QUERIES % 16 == 0, "S^T warp tile: m16 keys, pairs of n8 queries");
 static_assert(KV_KEYS % 16 == 0 && KV_DIMS % 16 == 0, "dK/dV warp tile: m16 keys, pairs of n8 dims");
@@ -162,8 +167,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
                                         p.head_dim, tid);
         load_tile_async<BM, D, THREADS>(sdO_addr + (u32)(buf * BM * PITCH * 2), dout, p.do_row_stride, m * BM,
                                         p.seqlen_q, p.head_dim, tid);
-        copy_contiguous_async<BM * 4, THREADS>(sLse2_addr + (u32)(buf * BM * 4), lse2 + (i64)m * BM, tid);
-        copy_contiguous_async<BM * 4, THREADS>(sDelta_addr + (u32)(buf * BM * 4), delta + (i64)m * BM, tid);
+        // Br floats each = Br / 4 16-byte chunks (Br <= 4 * THREADS).
+        if (tid < BM / 4) {
+            cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
+            cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), delta + (i64)m * BM + tid * 4, true);
+        }
     };
 
     float acc_dk[KV_MT][KV_NT][4], acc_dv[KV_MT][KV_NT][4];

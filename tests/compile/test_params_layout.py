@@ -41,9 +41,21 @@ def cuda_layout(struct: str, fields: list[str], arch: str) -> tuple[dict[str, in
     offsets, sizes = {}, set()
     for f in fields:
         sizes.update(int(s) for s in re.findall(rf"\.b8 get_{f}_param_0\[(\d+)\]", ptx))
-        loads = re.findall(rf"ld\.param\.\w+\s+%\w+, \[get_{f}_param_0(?:\+(\d+))?\]", ptx)
+        # A scalar load `ld.param.u32 %r1, [p+OFF]`, or (small structs) a vector load
+        # `ld.param.v2.u32 {%r1, %r2}, [p+OFF]` of which the kernel uses one register.
+        loads = re.findall(
+            rf"ld\.param\.(?:v\d\.)?[a-z](\d+)\s+(%\w+|\{{[^}}]*\}}), \[get_{f}_param_0(?:\+(\d+))?\]", ptx
+        )
         assert len(loads) == 1, f"expected one load of {struct}.{f} in the PTX, found {loads}"
-        offsets[f] = int(loads[0] or 0)
+        bits, regs, base = loads[0]
+        offset = int(base or 0)
+        if regs.startswith("{"):
+            names = [r.strip() for r in regs.strip("{}").split(",")]
+            body = ptx.split(f".entry get_{f}(", 1)[1].split("ret;", 1)[0]
+            used = [i for i, r in enumerate(names) if re.search(rf"{re.escape(r)}(?!\d)", body.split(regs, 1)[1])]
+            assert len(used) == 1, f"cannot tell which lane of {regs} is {struct}.{f}"
+            offset += used[0] * int(bits) // 8
+        offsets[f] = offset
     return offsets, sizes
 
 

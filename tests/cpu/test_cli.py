@@ -80,7 +80,7 @@ def _gpu_count() -> int:
 
 def test_compile_only_fills_the_cache(toy_kernels):
     variables = dict(CUFLASH_KERNELS_DIR=str(toy_kernels.root), CUFLASH_CACHE_DIR=str(toy_kernels.cache))
-    out = cuflash("compile", "--only", "_d64_full", "--arch", "sm_80,sm_90a", "-j", "2", **variables)
+    out = cuflash("compile", "--only", "fwd_fp16_d64_full", "--only", "fwd_bf16_d64_full", "--arch", "sm_80,sm_90a", "-j", "2", **variables)
     assert out.returncode == 0, out.stderr
     names = ["fwd_fp16_d64_full_m", "fwd_bf16_d64_full_m"]
     table = out.stdout.splitlines()
@@ -94,14 +94,14 @@ def test_compile_only_fills_the_cache(toy_kernels):
     assert "[4/4]" in out.stderr and "4/4 ok" in out.stderr
     assert len(list(toy_kernels.cache.glob("*.cubin"))) == 4
 
-    again = cuflash("compile", "--only", "_d64_full", "--arch", "sm_80,sm_90a", **variables)
+    again = cuflash("compile", "--only", "fwd_fp16_d64_full", "--only", "fwd_bf16_d64_full", "--arch", "sm_80,sm_90a", **variables)
     assert again.returncode == 0, again.stderr
     assert [line.split()[-1] for line in again.stdout.splitlines()[2:]] == ["cached"] * 4
 
 
 def test_compile_error_fails_with_the_log(toy_kernels):
     toy_kernels.write(header=toy_kernels.HEADER + "not C++\n")
-    out = cuflash("compile", "--only", "bf16_d64_full", "--arch", "sm_80",
+    out = cuflash("compile", "--only", "fwd_bf16_d64_full", "--arch", "sm_80",
                   CUFLASH_KERNELS_DIR=str(toy_kernels.root), CUFLASH_CACHE_DIR=str(toy_kernels.cache))
     assert out.returncode == 1
     assert "ERROR" in out.stdout
@@ -110,7 +110,7 @@ def test_compile_error_fails_with_the_log(toy_kernels):
 
 def test_compile_fails_on_forbidden_spills(toy_kernels):
     toy_kernels.write(fwd=toy_kernels.SPILLING_FWD)
-    out = cuflash("compile", "--only", "bf16_d64_full", "--arch", "sm_80",
+    out = cuflash("compile", "--only", "fwd_bf16_d64_full", "--arch", "sm_80",
                   CUFLASH_KERNELS_DIR=str(toy_kernels.root), CUFLASH_CACHE_DIR=str(toy_kernels.cache))
     assert out.returncode == 1
     assert "SPILLS" in out.stdout and "allow_spills=False" in out.stderr

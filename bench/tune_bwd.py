@@ -1,0 +1,156 @@
+"""Backward tile tuner: time candidate BwdTiles per head dim beside torch SDPA's flash backward.
+
+Run on a GPU machine from the repo root:
+    PYTHONPATH=. python bench/tune_bwd.py --headdim 64,128,256 --seqlen 2k,8k
+Each candidate's dq, dk, dv are checked against SDPA's gradients first, then the
+backward alone (prepare + main kernel + conversions, after one forward) is timed
+with CUDA events (warm-up, L2 flushed before every repetition, median).
+The deterministic variant of the chosen tiles is timed too (column `det/nondet`):
+that is the measured cost of deterministic=True. Candidates that need more
+shared memory than the GPU allows, or that do not compile, are reported and
+skipped. The chosen tiles go into cuflash/specs.py BWD_TILES.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+
+import cupy as cp
+import torch
+
+from cuflash import api, launch, testing
+from cuflash.specs import BWD_TILES, BwdSpec, BwdTiles, head_dim_bucket
+
+#: (block_m, block_n, warps, sdp_warps_n, dkv_warps_n, dq_warps_m, dq_pass_dims=0, k_unroll=0);
+#: candidates invalid for a head dim are skipped.
+CANDIDATES = [
+    BwdTiles(128, 128, 8, 4, 4, 4),
+    BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
+    BwdTiles(64, 128, 8, 4, 4, 2),
+    BwdTiles(64, 128, 8, 4, 4, 2, k_unroll=2),
+    BwdTiles(64, 128, 8, 4, 4, 4),
+    BwdTiles(64, 128, 8, 2, 4, 2),
+    BwdTiles(128, 64, 8, 2, 2, 4),
+    BwdTiles(64, 64, 8, 2, 4, 4),
+    BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2),
+    BwdTiles(64, 64, 8, 2, 2, 2),
+    BwdTiles(64, 64, 8, 2, 2, 2, k_unroll=2),
+    BwdTiles(64, 64, 8, 4, 4, 2),
+    BwdTiles(64, 64, 4, 4, 4, 2),
+    BwdTiles(64, 128, 8, 8, 8, 2),  # P^T and dS^T in registers for dV, dK
+]
+
+
+def parse_list(text, conv=int):
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        out.append(conv(part[:-1]) * 1024 if part.endswith("k") else conv(part))
+    return out
+
+
+def median_ms(fn, flush, warmup=3, rep=15):
+    for _ in range(warmup):
+        fn()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(rep):
+        flush()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def describe(t: BwdTiles) -> str:
+    extra = f"/p{t.dq_pass_dims}" if t.dq_pass_dims else ""
+    return f"{t.block_m}x{t.block_n}w{t.warps}s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}u{t.k_unroll}{extra}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--headdim", default="64,128,256")
+    ap.add_argument("--seqlen", default="2k,8k")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
+    ap.add_argument("--total-tokens", type=int, default=16384)
+    ap.add_argument("--hidden", type=int, default=2048)
+    args = ap.parse_args()
+
+    flush_buf = cp.empty(512 * 1024 * 1024 // 4, dtype=cp.float32)
+    smem_limit = cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+
+    def flush():
+        flush_buf.fill(0)
+
+    causals = {"true": [True], "false": [False], "both": [False, True]}[args.causal]
+    print(f"{'d':>4} {'seqlen':>6} {'causal':>6} {'tiles':>24} {'smem':>7} {'ms':>8} {'TFLOP/s':>8} "
+          f"{'sdpa':>8} {'ratio':>6}")
+    for d, s, causal in itertools.product(parse_list(args.headdim), parse_list(args.seqlen), causals):
+        batch, nheads = max(1, args.total_tokens // s), max(1, args.hidden // d)
+        q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
+        dout = testing.random_like(q)
+        # backward = 2.5 x forward FLOPs (DESIGN §4)
+        flops = 2.5 * 4 * batch * nheads * s * s * d / (2 if causal else 1)
+        out, lse = api.attention(q, k, v, causal=causal, return_lse=True)
+
+        tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
+        tdo = torch.from_dlpack(dout).transpose(1, 2)
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+            ref = torch.autograd.grad(tout, (tq, tk, tv), tdo, retain_graph=True)
+
+            def peer():
+                torch.autograd.grad(tout, (tq, tk, tv), tdo, retain_graph=True)
+
+            peer_ms = median_ms(peer, flush)
+
+        grads = (cp.empty_like(q), cp.empty_like(k), cp.empty_like(v))
+        scale = 1 / math.sqrt(d)
+        name = testing.dtype_name(q.dtype)
+        D = head_dim_bucket(d)
+        timed = {}
+        for tiles, deterministic in [(t, False) for t in CANDIDATES] + [(BWD_TILES[D], True)]:
+            try:
+                spec = BwdSpec(name, D, causal, deterministic, tiles)
+            except ValueError:
+                continue
+            smem = launch.bwd_smem_bytes(spec)
+            label = describe(tiles) + (" det" if deterministic else "")
+            if smem > smem_limit:
+                print(f"{d:>4} {s:>6} {causal!s:>6} {label:>24} {smem:>7} needs more shared memory than {smem_limit}")
+                continue
+
+            def run():
+                api._launch_bwd(dout, q, k, v, out, lse, *grads, scale, spec)
+
+            try:
+                run()
+                cp.cuda.Device().synchronize()
+            except Exception as e:  # a candidate that does not compile or launch is reported, not fatal
+                print(f"{d:>4} {s:>6} {causal!s:>6} {label:>24} failed: {e}")
+                continue
+            err = max(
+                (torch.from_dlpack(g).transpose(1, 2).float() - r.float()).abs().max().item()
+                for g, r in zip(grads, ref)
+            )
+            ms = median_ms(run, flush)
+            timed[(tiles, deterministic)] = ms
+            mark = " *" if BWD_TILES[D] == tiles and not deterministic else ""
+            print(
+                f"{d:>4} {s:>6} {causal!s:>6} {label:>24} {smem:>7} {ms:8.3f} {flops / ms / 1e9:8.1f} "
+                f"{flops / peer_ms / 1e9:8.1f} {peer_ms / ms:6.2f}  err={err:.3g}{mark}",
+                flush=True,
+            )
+        base, det = timed.get((BWD_TILES[D], False)), timed.get((BWD_TILES[D], True))
+        if base and det:
+            print(f"{d:>4} {s:>6} {causal!s:>6} det/nondet = {det / base:.3f}", flush=True)
+        del q, k, v, dout, out, lse, tq, tk, tv, tdo, tout, ref, grads
+
+
+if __name__ == "__main__":
+    main()

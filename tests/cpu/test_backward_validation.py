@@ -1,0 +1,27 @@
+"""attention_backward refuses host arrays and unimplemented options before any GPU work."""
+import numpy as np
+import pytest
+
+import cuflash
+
+
+def arrays():
+    q = np.ones((1, 4, 2, 64), np.float16)
+    lse = np.zeros((1, 2, 4), np.float32)
+    return q, lse
+
+
+def test_numpy_input_is_refused_with_a_hint():
+    q, lse = arrays()
+    with pytest.raises(TypeError, match=r"q is a NumPy array.*cupy.asarray\(q\)"):
+        cuflash.attention_backward(q, q, q, q, q, lse)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("window_size", (4, 0)), ("softcap", 30.0), ("alibi_slopes", [0.5]), ("bias", 1.0), ("dropout_p", 0.1)],
+)
+def test_unimplemented_options_are_named(option, value):
+    q, lse = arrays()
+    with pytest.raises(NotImplementedError, match=option):
+        cuflash.attention_backward(q, q, q, q, q, lse, **{option: value})
