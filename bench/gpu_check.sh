@@ -35,7 +35,7 @@ tests_rc=${PIPESTATUS[0]}
 san_rc=0
 if [ "$sanitize" = 1 ]; then
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 bench/sanitize_case.py > "$out/sanitizer-$tool.log" 2>&1
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 bench/sanitize_case.py > "$out/sanitizer-$tool.log" 2>&1
     rc=$?; [ $rc -ne 0 ] && san_rc=$rc
     echo "sanitizer $tool: rc=$rc; $(grep -E "(ERROR|RACECHECK) SUMMARY" "$out/sanitizer-$tool.log" | tail -n 1)"
   done

@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 
 import cupy as cp
 import torch
 
+from cuflash.bench.configs import parse_list, parse_size
+from cuflash.bench.timing import cupy_timer, flush_bytes
 from cuflash import api, launch, testing
 from cuflash.specs import BWD_TILES, BwdSpec, BwdTiles, head_dim_bucket
 
@@ -42,28 +45,15 @@ CANDIDATES = [
 ]
 
 
-def parse_list(text, conv=int):
-    out = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        out.append(conv(part[:-1]) * 1024 if part.endswith("k") else conv(part))
-    return out
+_TIMER = None
 
 
-def median_ms(fn, flush, warmup=3, rep=15):
-    for _ in range(warmup):
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(rep):
-        flush()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    times.sort()
-    return times[len(times) // 2]
+def median_ms(fn) -> float:
+    """Median of 15 CUDA-event timings after 3 warm-ups, L2 flushed before each (cuflash bench's timer)."""
+    global _TIMER
+    if _TIMER is None:
+        _TIMER = cupy_timer(flush_bytes())
+    return statistics.median(_TIMER.time(fn, warmup=3, rep=15))
 
 
 def describe(t: BwdTiles) -> str:
@@ -79,18 +69,15 @@ def main():
     ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
     ap.add_argument("--total-tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--current", action="store_true", help="time only BWD_TILES (and its deterministic mode)")
     args = ap.parse_args()
 
-    flush_buf = cp.empty(512 * 1024 * 1024 // 4, dtype=cp.float32)
     smem_limit = cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
-
-    def flush():
-        flush_buf.fill(0)
 
     causals = {"true": [True], "false": [False], "both": [False, True]}[args.causal]
     print(f"{'d':>4} {'seqlen':>6} {'causal':>6} {'tiles':>24} {'smem':>7} {'ms':>8} {'TFLOP/s':>8} "
           f"{'sdpa':>8} {'ratio':>6}")
-    for d, s, causal in itertools.product(parse_list(args.headdim), parse_list(args.seqlen), causals):
+    for d, s, causal in itertools.product(parse_list(args.headdim, int), parse_list(args.seqlen, parse_size), causals):
         batch, nheads = max(1, args.total_tokens // s), max(1, args.hidden // d)
         q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
         dout = testing.random_like(q)
@@ -107,14 +94,15 @@ def main():
             def peer():
                 torch.autograd.grad(tout, (tq, tk, tv), tdo, retain_graph=True)
 
-            peer_ms = median_ms(peer, flush)
+            peer_ms = median_ms(peer)
 
         grads = (cp.empty_like(q), cp.empty_like(k), cp.empty_like(v))
         scale = 1 / math.sqrt(d)
         name = testing.dtype_name(q.dtype)
         D = head_dim_bucket(d)
         timed = {}
-        for tiles, deterministic in [(t, False) for t in CANDIDATES] + [(BWD_TILES[D], True)]:
+        candidates = [BWD_TILES[D]] if args.current else CANDIDATES
+        for tiles, deterministic in [(t, False) for t in candidates] + [(BWD_TILES[D], True)]:
             try:
                 spec = BwdSpec(name, D, causal, deterministic, tiles)
             except ValueError:
@@ -138,7 +126,7 @@ def main():
                 (torch.from_dlpack(g).transpose(1, 2).float() - r.float()).abs().max().item()
                 for g, r in zip(grads, ref)
             )
-            ms = median_ms(run, flush)
+            ms = median_ms(run)
             timed[(tiles, deterministic)] = ms
             mark = " *" if BWD_TILES[D] == tiles and not deterministic else ""
             print(

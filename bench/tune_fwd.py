@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 
 import cupy as cp
 import torch
 
+from cuflash.bench.configs import parse_list, parse_size
+from cuflash.bench.timing import cupy_timer, flush_bytes
 from cuflash import api, launch, testing
 from cuflash.specs import FWD_TILES, FwdSpec, FwdTiles, head_dim_bucket
 
@@ -31,28 +34,15 @@ CANDIDATES = [
 ]
 
 
-def parse_list(text, conv=int):
-    out = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        out.append(conv(part[:-1]) * 1024 if part.endswith("k") else conv(part))
-    return out
+_TIMER = None
 
 
-def median_ms(fn, flush, warmup=3, rep=15):
-    for _ in range(warmup):
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(rep):
-        flush()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    times.sort()
-    return times[len(times) // 2]
+def median_ms(fn) -> float:
+    """Median of 15 CUDA-event timings after 3 warm-ups, L2 flushed before each (cuflash bench's timer)."""
+    global _TIMER
+    if _TIMER is None:
+        _TIMER = cupy_timer(flush_bytes())
+    return statistics.median(_TIMER.time(fn, warmup=3, rep=15))
 
 
 def main():
@@ -66,14 +56,10 @@ def main():
     ap.add_argument("--current", action="store_true", help="time only the tiles in FWD_TILES")
     args = ap.parse_args()
 
-    flush_buf = cp.empty(512 * 1024 * 1024 // 4, dtype=cp.float32)
-
-    def flush():
-        flush_buf.fill(0)
 
     causals = {"true": [True], "false": [False], "both": [False, True]}[args.causal]
     print(f"{'d':>4} {'seqlen':>6} {'causal':>6} {'tiles':>14} {'smem':>7} {'ms':>8} {'TFLOP/s':>8} {'sdpa':>8} {'ratio':>6}")
-    for d, s, causal in itertools.product(parse_list(args.headdim), parse_list(args.seqlen), causals):
+    for d, s, causal in itertools.product(parse_list(args.headdim, int), parse_list(args.seqlen, parse_size), causals):
         batch, nheads = args.total_tokens // s, args.hidden // d
         q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
         flops = 4 * batch * nheads * s * s * d / (2 if causal else 1)
@@ -84,7 +70,7 @@ def main():
             def peer():
                 torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
 
-            peer_ms = median_ms(peer, flush)
+            peer_ms = median_ms(peer)
         out = cp.empty_like(q)
         scale = 1 / math.sqrt(d)
         name = testing.dtype_name(q.dtype)
@@ -103,7 +89,7 @@ def main():
                 print(f"{d:>4} {s:>6} {causal!s:>6} {str((tiles.block_m, tiles.block_n, tiles.warps)):>14} failed: {e}")
                 continue
             err = (torch.from_dlpack(out).transpose(1, 2).float() - ref.float()).abs().max().item()
-            ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, scale, spec), flush)
+            ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, scale, spec))
             mark = " *" if FWD_TILES[D] == tiles else ""
             t = (tiles.block_m, tiles.block_n, tiles.warps)
             print(

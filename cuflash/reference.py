@@ -344,6 +344,8 @@ class _Problem:
     def chunks(self):
         """Yield (b, h0, h1, r0, r1): chunks of at most _CHUNK_ELEMENTS scores."""
         sq, sk, h = self.seqlen_q, max(self.seqlen_k, 1), self.nheads
+        if sq == 0 or h == 0:  # nothing to compute (and a chunk size of 0 would be a range step of 0)
+            return
         limit = _CHUNK_ELEMENTS
         if h * sq * sk <= limit:
             hc, rc = h, sq

@@ -543,3 +543,13 @@ def test_lowp_fully_masked_rows_no_nan():
 def test_array_module_is_numpy_for_numpy():
     assert ref.array_module(np.zeros(2)) is np
     assert ref.array_module(None, np.zeros(2)) is np
+
+
+def test_empty_query_sequence():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 0, 2, 8))
+    k = rng.standard_normal((2, 5, 2, 8))
+    out, lse = attention_forward(q, k, k)
+    assert out.shape == (2, 0, 2, 8) and lse.shape == (2, 2, 0)
+    dq, dk, dv, _ = attention_backward(np.zeros_like(q), q, k, k)
+    assert dq.shape == q.shape and not dk.any() and not dv.any()
