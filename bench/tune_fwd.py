@@ -31,7 +31,23 @@ CANDIDATES = [
     FwdTiles(128, 128, 8),
     FwdTiles(64, 128, 4),
     FwdTiles(64, 32, 4),
+    FwdTiles(128, 64, 4, q_in_regs=True),
+    FwdTiles(64, 64, 4, q_in_regs=True),
+    FwdTiles(64, 128, 4, q_in_regs=True),
+    FwdTiles(128, 64, 8, q_in_regs=True),
+    FwdTiles(128, 128, 8, q_in_regs=True),
 ]
+
+
+def parse_tiles(text: str) -> list[FwdTiles]:
+    """'128x64x4,64x64x4q' -> FwdTiles (a trailing q keeps Q in registers)."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        q = item.endswith("q")
+        bm, bn, w = (int(x) for x in item.rstrip("q").split("x"))
+        out.append(FwdTiles(bm, bn, w, q_in_regs=q))
+    return out
 
 
 _TIMER = None
@@ -54,6 +70,7 @@ def main():
     ap.add_argument("--total-tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--current", action="store_true", help="time only the tiles in FWD_TILES")
+    ap.add_argument("--tiles", help="time these tiles (plus the current ones), e.g. 128x64x4,64x64x4q")
     args = ap.parse_args()
 
 
@@ -75,7 +92,11 @@ def main():
         scale = 1 / math.sqrt(d)
         name = testing.dtype_name(q.dtype)
         D = head_dim_bucket(d)
-        for tiles in [FWD_TILES[D]] if args.current else CANDIDATES:
+        if args.tiles:
+            candidates = [FWD_TILES[D]] + [t for t in parse_tiles(args.tiles) if t != FWD_TILES[D]]
+        else:
+            candidates = [FWD_TILES[D]] if args.current else CANDIDATES
+        for tiles in candidates:
             try:
                 spec = FwdSpec(name, D, causal, tiles)
             except ValueError:
@@ -86,14 +107,14 @@ def main():
                 api._launch_fwd(q, k, v, out, None, scale, spec)
                 cp.cuda.Device().synchronize()
             except Exception as e:  # a candidate that does not compile or launch is reported, not fatal
-                print(f"{d:>4} {s:>6} {causal!s:>6} {str((tiles.block_m, tiles.block_n, tiles.warps)):>14} failed: {e}")
+                print(f"{d:>4} {s:>6} {causal!s:>6} {str(tiles):>14} failed: {e}")
                 continue
             err = (torch.from_dlpack(out).transpose(1, 2).float() - ref.float()).abs().max().item()
             ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, scale, spec))
             mark = " *" if FWD_TILES[D] == tiles else ""
-            t = (tiles.block_m, tiles.block_n, tiles.warps)
+            t = f"{tiles.block_m}x{tiles.block_n}x{tiles.warps}{'q' if tiles.q_in_regs else ''}"
             print(
-                f"{d:>4} {s:>6} {causal!s:>6} {str(t):>14} {launch.fwd_smem_bytes(spec):>7} {ms:8.3f} "
+                f"{d:>4} {s:>6} {causal!s:>6} {t:>14} {launch.fwd_smem_bytes(spec):>7} {ms:8.3f} "
                 f"{flops / ms / 1e9:8.1f} {flops / peer_ms / 1e9:8.1f} {peer_ms / ms:6.2f}  err={err:.3g}{mark}",
                 flush=True,
             )

@@ -35,6 +35,7 @@ class FwdTiles:
     block_m: int
     block_n: int
     warps: int
+    q_in_regs: bool = False  # keep Q's mma fragments in registers across key blocks
 
     @property
     def rows_per_warp(self) -> int:
@@ -45,8 +46,8 @@ class FwdTiles:
 # chosen). Each entry compiles without spills for sm_80 and sm_90a
 # (tests/compile); rows_per_warp is 16 or 32.
 FWD_TILES = {
-    32: FwdTiles(128, 64, 4),
-    64: FwdTiles(128, 64, 4),
+    32: FwdTiles(128, 64, 4, q_in_regs=True),
+    64: FwdTiles(128, 64, 4, q_in_regs=True),
     96: FwdTiles(128, 64, 4),
     128: FwdTiles(128, 64, 4),
     160: FwdTiles(128, 128, 8),
@@ -94,7 +95,8 @@ class FwdSpec:
     def name(self) -> str:
         t = self.tiles
         mask = "causal" if self.causal else "full"
-        return f"fwd_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}w{t.warps}"
+        q = "q" if t.q_in_regs else ""
+        return f"fwd_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}w{t.warps}{q}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -105,6 +107,7 @@ class FwdSpec:
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_WARPS": t.warps,
             "CUFLASH_CAUSAL": int(self.causal),
+            "CUFLASH_Q_IN_REGS": int(t.q_in_regs),
         }
 
 
