@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import statistics
 
 import cupy as cp
 import torch
 
 from cuflash.bench.configs import parse_list, parse_size
-from cuflash.bench.timing import cupy_timer, flush_bytes
+from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
 from cuflash.specs import BWD_TILES, BwdSpec, BwdTiles, head_dim_bucket
 
@@ -43,17 +42,6 @@ CANDIDATES = [
     BwdTiles(64, 64, 4, 4, 4, 2),
     BwdTiles(64, 128, 8, 8, 8, 2),  # P^T and dS^T in registers for dV, dK
 ]
-
-
-_TIMER = None
-
-
-def median_ms(fn) -> float:
-    """Median of 15 CUDA-event timings after 3 warm-ups, L2 flushed before each (cuflash bench's timer)."""
-    global _TIMER
-    if _TIMER is None:
-        _TIMER = cupy_timer(flush_bytes())
-    return statistics.median(_TIMER.time(fn, warmup=3, rep=15))
 
 
 def describe(t: BwdTiles) -> str:

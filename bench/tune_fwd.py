@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import statistics
 
 import cupy as cp
 import torch
 
 from cuflash.bench.configs import parse_list, parse_size
-from cuflash.bench.timing import cupy_timer, flush_bytes
+from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
 from cuflash.specs import FWD_TILES, FwdSpec, FwdTiles, head_dim_bucket
 
@@ -48,17 +47,6 @@ def parse_tiles(text: str) -> list[FwdTiles]:
         bm, bn, w = (int(x) for x in item.rstrip("q").split("x"))
         out.append(FwdTiles(bm, bn, w, q_in_regs=q))
     return out
-
-
-_TIMER = None
-
-
-def median_ms(fn) -> float:
-    """Median of 15 CUDA-event timings after 3 warm-ups, L2 flushed before each (cuflash bench's timer)."""
-    global _TIMER
-    if _TIMER is None:
-        _TIMER = cupy_timer(flush_bytes())
-    return statistics.median(_TIMER.time(fn, warmup=3, rep=15))
 
 
 def main():

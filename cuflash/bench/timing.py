@@ -13,6 +13,8 @@ issued back to back and the clock stops when the last result is ready
 """
 from __future__ import annotations
 
+import statistics
+
 import time
 
 import numpy
@@ -106,6 +108,18 @@ def torch_timer(nbytes: int) -> EventTimer:
                       elapsed_ms=lambda s, e: s.elapsed_time(e),
                       synchronize=torch.cuda.synchronize,
                       flush=buf.zero_)
+
+
+_SCRIPT_TIMER = None
+
+
+def median_ms(fn, *, warmup: int = 3, rep: int = 15) -> float:
+    """Median CUDA-event time of fn() on CuPy's current stream, L2 flushed before each
+    repetition: one call for scripts (bench/tune_*.py) that time many variants."""
+    global _SCRIPT_TIMER
+    if _SCRIPT_TIMER is None:
+        _SCRIPT_TIMER = cupy_timer(flush_bytes())
+    return statistics.median(_SCRIPT_TIMER.time(fn, warmup=warmup, rep=rep))
 
 
 class Timers:
