@@ -14,7 +14,6 @@ issued back to back and the clock stops when the last result is ready
 from __future__ import annotations
 
 import statistics
-
 import time
 
 import numpy
