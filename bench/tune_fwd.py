@@ -1,10 +1,12 @@
-"""Forward tile tuner: time candidate FwdTiles per head dim beside torch SDPA's flash backend.
+"""Forward tile tuner: time candidate tiles per head dim beside torch SDPA's flash backend.
 
 Run on a GPU machine from the repo root:
     PYTHONPATH=. python bench/tune_fwd.py --headdim 64,128,256 --seqlen 2k,8k
+    PYTHONPATH=. python bench/tune_fwd.py --kernel sm90 --tiles 128x128,128x64
 Each candidate is checked against SDPA's output first, then timed with CUDA
 events (warm-up, L2 flushed before every repetition, median). The chosen
-tiles go into cuflash/specs.py FWD_TILES; the reasoning into bench/NOTES.md.
+tiles go into cuflash/specs.py FWD_TILES (portable, fwd.cu) or FWD_SM90_TILES
+(Hopper, fwd_sm90.cu); the reasoning into bench/NOTES.md.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from cuflash.bench.configs import parse_list, parse_size
 from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
-from cuflash.specs import FWD_TILES, FwdSpec, FwdTiles, head_dim_bucket
+from cuflash.specs import FWD_SM90_TILES, FWD_TILES, FwdSm90Spec, FwdSm90Tiles, FwdSpec, FwdTiles, head_dim_bucket
 
 CANDIDATES = [
     FwdTiles(128, 32, 4),
@@ -38,15 +40,35 @@ CANDIDATES = [
 ]
 
 
-def parse_tiles(text: str) -> list[FwdTiles]:
-    """'128x64x4,64x64x4q' -> FwdTiles (a trailing q keeps Q in registers)."""
+SM90_CANDIDATES = [FwdSm90Tiles(128, 128), FwdSm90Tiles(128, 64), FwdSm90Tiles(128, 192), FwdSm90Tiles(192, 64)]
+
+#: kernel -> (spec class, current tiles per D, default candidates)
+KERNELS = {
+    "portable": (FwdSpec, FWD_TILES, CANDIDATES),
+    "sm90": (FwdSm90Spec, FWD_SM90_TILES, SM90_CANDIDATES),
+}
+
+
+def parse_tiles(text: str, kernel: str) -> list:
+    """portable: '128x64x4,64x64x4q' -> FwdTiles (a trailing q keeps Q in registers);
+    sm90: '128x128,128x64' -> FwdSm90Tiles."""
     out = []
     for item in text.split(","):
         item = item.strip()
+        if kernel == "sm90":
+            bm, bn = (int(x) for x in item.split("x"))
+            out.append(FwdSm90Tiles(bm, bn))
+            continue
         q = item.endswith("q")
         bm, bn, w = (int(x) for x in item.rstrip("q").split("x"))
         out.append(FwdTiles(bm, bn, w, q_in_regs=q))
     return out
+
+
+def tiles_label(tiles) -> str:
+    if isinstance(tiles, FwdSm90Tiles):
+        return f"{tiles.block_m}x{tiles.block_n}"
+    return f"{tiles.block_m}x{tiles.block_n}x{tiles.warps}{'q' if tiles.q_in_regs else ''}"
 
 
 def main():
@@ -57,7 +79,8 @@ def main():
     ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
     ap.add_argument("--total-tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--current", action="store_true", help="time only the tiles in FWD_TILES")
+    ap.add_argument("--kernel", default="portable", choices=sorted(KERNELS))
+    ap.add_argument("--current", action="store_true", help="time only the current tiles of the kernel")
     ap.add_argument("--tiles", help="time these tiles (plus the current ones), e.g. 128x64x4,64x64x4q")
     args = ap.parse_args()
 
@@ -80,13 +103,14 @@ def main():
         scale = 1 / math.sqrt(d)
         name = testing.dtype_name(q.dtype)
         D = head_dim_bucket(d)
+        spec_cls, current, default = KERNELS[args.kernel]
         if args.tiles:
-            candidates = [FWD_TILES[D]] + [t for t in parse_tiles(args.tiles) if t != FWD_TILES[D]]
+            candidates = [current[D]] + [t for t in parse_tiles(args.tiles, args.kernel) if t != current[D]]
         else:
-            candidates = [FWD_TILES[D]] if args.current else CANDIDATES
+            candidates = [current[D]] if args.current else default
         for tiles in candidates:
             try:
-                spec = FwdSpec(name, D, causal, tiles)
+                spec = spec_cls(name, D, causal, tiles)
             except ValueError:
                 continue
             if launch.fwd_smem_bytes(spec) > 227 * 1024:
@@ -95,12 +119,12 @@ def main():
                 api._launch_fwd(q, k, v, out, None, scale, spec)
                 cp.cuda.Device().synchronize()
             except Exception as e:  # a candidate that does not compile or launch is reported, not fatal
-                print(f"{d:>4} {s:>6} {causal!s:>6} {str(tiles):>14} failed: {e}")
+                print(f"{d:>4} {s:>6} {causal!s:>6} {tiles_label(tiles):>14} failed: {e}")
                 continue
             err = (torch.from_dlpack(out).transpose(1, 2).float() - ref.float()).abs().max().item()
             ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, scale, spec))
-            mark = " *" if FWD_TILES[D] == tiles else ""
-            t = f"{tiles.block_m}x{tiles.block_n}x{tiles.warps}{'q' if tiles.q_in_regs else ''}"
+            mark = " *" if current[D] == tiles else ""
+            t = tiles_label(tiles)
             print(
                 f"{d:>4} {s:>6} {causal!s:>6} {t:>14} {launch.fwd_smem_bytes(spec):>7} {ms:8.3f} "
                 f"{flops / ms / 1e9:8.1f} {flops / peer_ms / 1e9:8.1f} {peer_ms / ms:6.2f}  err={err:.3g}{mark}",

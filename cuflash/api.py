@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import launch, params, support
-from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSpec, FwdSpec
+from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSpec
 
 LOG2E = 1.4426950408889634
 
@@ -131,17 +131,6 @@ def _validate_qkv(q, k, v):
     return q, k, v, name
 
 
-@functools.lru_cache(maxsize=None)
-def _fwd_kernel(spec: FwdSpec, device_id: int):
-    from .compile.cache import get_function
-
-    fn = get_function(spec, device_id)
-    smem = launch.fwd_smem_bytes(spec)
-    if smem > 48 * 1024:
-        fn.max_dynamic_shared_size_bytes = smem
-    return fn, smem
-
-
 def _check_like(x, like, name: str, like_name: str):
     """x as a GPU array with like's shape and dtype, on like's device, last dim contiguous, 16-byte rows."""
     x = _as_gpu_array(x, name)
@@ -165,10 +154,19 @@ def _strides(x) -> tuple[int, int, int]:
     return x.strides[0] // item, x.strides[1] // item, x.strides[2] // item
 
 
-def _launch_fwd(q, k, v, out, lse, scale: float, spec: FwdSpec) -> None:
-    """Launch kernels_cu/fwd.cu for validated arrays (the benchmark's tuner passes its own spec)."""
+def _fwd_spec(dtype: str, head_dim: int, causal: bool, device_id: int):
+    from .compile import cache, env
+
+    cc = cache.device_compute_capability(device_id)
+    return support.fwd_spec(dtype, head_dim, causal, cc, sm90=env.sm90_enabled())
+
+
+def _launch_fwd(q, k, v, out, lse, scale: float, spec) -> None:
+    """Launch the forward (a FwdSpec or FwdSm90Spec: both read FwdParams) for
+    validated arrays (the benchmark's tuner passes its own spec)."""
     batch, seqlen_q, nheads, head_dim = q.shape
-    fn, smem = _fwd_kernel(spec, q.device.id)
+    smem = launch.fwd_smem_bytes(spec)
+    fn = _kernel(spec, q.device.id, smem)
     p = params.pack(
         params.FWD_PARAMS,
         (
@@ -222,7 +220,7 @@ def attention(
         out = _check_out(out, q) if out is not None else cp.empty(q.shape, dtype=q.dtype)
         lse = cp.empty((batch, nheads, seqlen_q), dtype=np.float32) if return_lse else None
         if out.size:
-            _launch_fwd(q, k, v, out, lse, scale, FwdSpec.for_problem(name, head_dim, causal))
+            _launch_fwd(q, k, v, out, lse, scale, _fwd_spec(name, head_dim, causal, q.device.id))
     return (out, lse) if return_lse else out
 
 

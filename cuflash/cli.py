@@ -143,10 +143,11 @@ def cmd_compile(args) -> int:
         for spec in specs:
             print(spec.name)
         return 0
-    total = len(specs) * len(archs)
-    jobs = max(1, min(args.jobs or cache.cpu_count(), total))
+    pairs = [(s, a) for s in specs for a in archs if cache.builds_for(s, a)]
+    total = len(pairs)
+    jobs = max(1, min(args.jobs or cache.cpu_count(), total or 1))
     where = env.cache_dir() if env.disk_cache_enabled() else "nowhere (CUFLASH_DISABLE_DISK_CACHE=1)"
-    print(f"compiling {len(specs)} specs x {len(archs)} archs ({','.join(archs)}) = {total} kernels "
+    print(f"compiling {len(specs)} specs for {','.join(archs)} = {total} kernels "
           f"with {jobs} processes; cubins go to {where}", file=sys.stderr)
     start = time.perf_counter()
     outcomes = []
@@ -155,7 +156,7 @@ def cmd_compile(args) -> int:
         outcomes.append(outcome)
         progress.update(f"{_status(outcome):<6} {outcome.spec.name} {outcome.arch}", important=not outcome.ok)
     progress.close()
-    order = {(s.name, a): i for i, (s, a) in enumerate((s, a) for s in specs for a in archs)}
+    order = {(s.name, a): i for i, (s, a) in enumerate(pairs)}
     outcomes.sort(key=lambda o: order[(o.spec.name, o.arch)])
     print(_table(outcomes))
     failed = [o for o in outcomes if not o.ok]

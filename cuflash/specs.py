@@ -111,6 +111,85 @@ class FwdSpec:
         }
 
 
+@dataclass(frozen=True)
+class FwdSm90Tiles:
+    """Tile shape of the Hopper forward: block_m query rows per CTA (64 per
+    warpgroup), block_n keys per main-loop step."""
+
+    block_m: int
+    block_n: int
+
+    @property
+    def warpgroups(self) -> int:
+        return self.block_m // 64
+
+
+# Tile shape per compile-time head dim D of kernels_cu/fwd_sm90.cu (bench/NOTES.md).
+FWD_SM90_TILES = {
+    32: FwdSm90Tiles(128, 128),
+    64: FwdSm90Tiles(128, 128),
+    96: FwdSm90Tiles(128, 128),
+    128: FwdSm90Tiles(128, 128),
+    160: FwdSm90Tiles(128, 64),
+    192: FwdSm90Tiles(128, 64),
+    224: FwdSm90Tiles(128, 64),
+    256: FwdSm90Tiles(128, 64),
+}
+
+
+@dataclass(frozen=True)
+class FwdSm90Spec:
+    """The Hopper (sm_90a, wgmma) forward kernel in kernels_cu/fwd_sm90.cu."""
+
+    dtype: str
+    head_dim: int
+    causal: bool
+    tiles: FwdSm90Tiles
+
+    source = "fwd_sm90.cu"
+    entry = "cuflash_fwd_sm90"
+    allow_spills = False
+    #: wgmma exists only in sm_90a code, which runs only on compute capability 9.0.
+    arch_suffix = "a"
+    compute_capabilities = ((9, 0),)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.head_dim % HEAD_DIM_BUCKET or not 0 < self.head_dim <= 256:
+            raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {self.head_dim}")
+        t = self.tiles
+        if t.block_m % 64 or not 64 <= t.block_m <= 256:
+            raise ValueError(f"block_m must be 64, 128, 192 or 256, got {t}")
+        if t.block_n % 32 or not 32 <= t.block_n <= 256:
+            raise ValueError(f"block_n must be a multiple of 32 in [32, 256], got {t}")
+
+    @classmethod
+    def for_problem(cls, dtype: str, head_dim: int, causal: bool) -> "FwdSm90Spec":
+        d = head_dim_bucket(head_dim)
+        return cls(dtype, d, bool(causal), FWD_SM90_TILES[d])
+
+    @property
+    def threads(self) -> int:
+        return 128 * self.tiles.warpgroups
+
+    @property
+    def name(self) -> str:
+        t = self.tiles
+        mask = "causal" if self.causal else "full"
+        return f"fwd90_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}"
+
+    def defines(self) -> dict[str, int]:
+        t = self.tiles
+        return {
+            "CUFLASH_DTYPE": DTYPES[self.dtype],
+            "CUFLASH_HEAD_DIM": self.head_dim,
+            "CUFLASH_BLOCK_M": t.block_m,
+            "CUFLASH_BLOCK_N": t.block_n,
+            "CUFLASH_CAUSAL": int(self.causal),
+        }
+
+
 # ---------------------------------------------------------------- backward
 
 

@@ -5,7 +5,17 @@ so a capability is added in one place.
 """
 from __future__ import annotations
 
-from .specs import BWD_TILES, DTYPES, FWD_TILES, BwdConvertSpec, BwdPrepareSpec, BwdSpec, FwdSpec
+from .specs import (
+    BWD_TILES,
+    DTYPES,
+    FWD_SM90_TILES,
+    FWD_TILES,
+    BwdConvertSpec,
+    BwdPrepareSpec,
+    BwdSpec,
+    FwdSm90Spec,
+    FwdSpec,
+)
 
 #: Input dtypes by name (numpy dtypes resolved in api.py).
 SUPPORTED_DTYPES = tuple(DTYPES)
@@ -32,13 +42,29 @@ def supported_head_dims() -> list[int]:
     return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
 
 
+def fwd_spec(dtype: str, head_dim: int, causal: bool, compute_capability: tuple[int, int], sm90: bool = True):
+    """The forward kernel for a problem on a GPU: the Hopper (wgmma) kernel on
+    compute capability 9.0 unless ``sm90`` is False, else the portable one."""
+    if sm90 and tuple(compute_capability) in FwdSm90Spec.compute_capabilities:
+        return FwdSm90Spec.for_problem(dtype, head_dim, causal)
+    return FwdSpec.for_problem(dtype, head_dim, causal)
+
+
 def declared_specs() -> list:
     """Every kernel specialisation cuflash may launch (what `cuflash compile` builds):
-    the forward, then the backward (its main kernel, prepare and convert)."""
+    the forward (portable, then Hopper), then the backward (its main kernel,
+    prepare and convert). A spec with ``compute_capabilities`` is built only
+    for those GPUs (cuflash.compile.cache.builds_for)."""
     fwd = [
         FwdSpec(dtype, d, causal, FWD_TILES[d])
         for dtype in SUPPORTED_DTYPES
         for d in sorted(FWD_TILES)
+        for causal in (False, True)
+    ]
+    fwd += [
+        FwdSm90Spec(dtype, d, causal, FWD_SM90_TILES[d])
+        for dtype in SUPPORTED_DTYPES
+        for d in sorted(FWD_SM90_TILES)
         for causal in (False, True)
     ]
     bwd = [

@@ -63,6 +63,13 @@ def target_arch(spec, compute_capability: tuple[int, int]) -> str:
     return f"sm_{major}{minor}{getattr(spec, 'arch_suffix', '')}"
 
 
+def builds_for(spec, arch: str) -> bool:
+    """Whether ``spec`` exists for GPUs of ``arch``: specs that declare
+    ``compute_capabilities`` (sm_90a-only kernels) run on those GPUs only."""
+    only = getattr(spec, "compute_capabilities", None)
+    return only is None or parse_arch(arch) in only
+
+
 def device_compute_capability(device_id: int) -> tuple[int, int]:
     import cupy
 
@@ -307,10 +314,11 @@ def _job(spec, arch: str, force: bool) -> Outcome:
 
 
 def compile_many(specs: Iterable, archs: Iterable[str], *, jobs: int | None = None, force: bool = False) -> Iterator[Outcome]:
-    """compile_to_cache for every (spec, arch), in ``jobs`` processes (default:
-    one per CPU); yields an Outcome as each finishes. Errors are returned in
-    the Outcome, not raised, so one bad kernel does not hide the others."""
-    tasks = [(spec, arch) for spec in specs for arch in archs]
+    """compile_to_cache for every (spec, arch) where the spec builds_for the
+    arch, in ``jobs`` processes (default: one per CPU); yields an Outcome as
+    each finishes. Errors are returned in the Outcome, not raised, so one bad
+    kernel does not hide the others."""
+    tasks = [(spec, arch) for spec in specs for arch in archs if builds_for(spec, arch)]
     jobs = max(1, min(jobs or cpu_count(), len(tasks) or 1))
     if jobs == 1:
         for spec, arch in tasks:

@@ -34,6 +34,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "`1` = never read or write the disk cache: every process compiles the kernels it uses.",
     ),
     EnvVar(
+        "CUFLASH_DISABLE_SM90",
+        "`0`",
+        "`1` = run the portable (mma.sync) kernels on Hopper too, instead of the sm_90a (wgmma) ones.",
+    ),
+    EnvVar(
         "CUFLASH_KERNELS_DIR",
         "the `kernels_cu/` of the checkout or of the installed package",
         "Folder of the CUDA sources to compile (for kernel development).",
@@ -85,6 +90,11 @@ def cache_dir() -> Path:
 
 def disk_cache_enabled() -> bool:
     return not _flag("CUFLASH_DISABLE_DISK_CACHE")
+
+
+def sm90_enabled() -> bool:
+    """Whether Hopper GPUs run the sm_90a kernels where cuflash has them."""
+    return not _flag("CUFLASH_DISABLE_SM90")
 
 
 def nvrtc_extra_options() -> tuple[str, ...]:

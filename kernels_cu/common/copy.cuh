@@ -57,3 +57,51 @@ CUFLASH_DEVICE void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, i
         cp_async_16(dst + (u32)(i * ROW_STEP * (D + 8) * 2), ok ? src + i * ROW_STEP * row_stride : gmem, ok);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Swizzled tiles (the operand layout of Hopper's wgmma, see wgmma.cuh).
+//
+// A ROWS x D tile is stored as D / AW column blocks of ROWS x AW elements:
+// AW = 64 (128-byte rows, the hardware's 128B swizzle) when D % 64 == 0, else
+// AW = 32 (64-byte rows, 64B swizzle). Inside a column block the 16-byte chunk
+// c of row r sits at chunk position c ^ (r % 8) (128B) or c ^ ((r / 2) % 4)
+// (64B), i.e. address bits [4, 7) (resp. [4, 6)) are XORed with bits [7, 10)
+// (resp. [7, 9)). The pattern is a function of the shared address, so the
+// tile and each column block start on a 1024-byte boundary (ROWS % 8 == 0).
+// The 8 rows of one 16-byte column land on 8 distinct bank groups, so the
+// row-wise copies and the epilogue's stores are conflict-free as well.
+template <int D>
+struct SwizzleFor {
+    static constexpr int AW = (D % 64 == 0) ? 64 : 32;
+    static constexpr int ROW_BYTES = AW * 2;
+    static constexpr u64 MODE = (AW == 64) ? 1 : 2;  // descriptor code: 1 = SWIZZLE_128B, 2 = SWIZZLE_64B
+    static constexpr u32 MASK = (AW == 64) ? 7 : 3;  // row bits XORed into the chunk index
+};
+
+// Byte offset of columns [col, col + 8) of row r (col % 8 == 0) in a ROWS x D swizzled tile.
+template <int ROWS, int D>
+CUFLASH_DEVICE u32 swizzled_offset(int r, int col) {
+    using S = SwizzleFor<D>;
+    u32 linear = (u32)(((col / S::AW) * ROWS + r) * S::ROW_BYTES + (col % S::AW) * 2);
+    return linear ^ (((linear >> 7) & S::MASK) << 4);
+}
+
+// As load_tile_async, into a swizzled ROWS x D tile.
+template <int ROWS, int D, int THREADS>
+CUFLASH_DEVICE void load_tile_swizzled(u32 smem, const u16* gmem, i64 row_stride, int row0, int seqlen,
+                                       int head_dim, int tid) {
+    constexpr int CHUNKS_PER_ROW = D / 8;
+    constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
+    static_assert(ROW_STEP > 0 && ROWS % 8 == 0, "a row needs at most THREADS chunks; 8-row atoms");
+    if (THREADS % CHUNKS_PER_ROW != 0 && tid >= ROW_STEP * CHUNKS_PER_ROW) return;
+    const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
+    const bool col_ok = col < head_dim;
+    const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
+#pragma unroll
+    for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
+        if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
+        bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
+        cp_async_16(smem + swizzled_offset<ROWS, D>(r + i * ROW_STEP, col), ok ? src + i * ROW_STEP * row_stride : gmem,
+                    ok);
+    }
+}

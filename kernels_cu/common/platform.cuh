@@ -12,6 +12,7 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 typedef long long i64;
+typedef unsigned long long u64;
 
 // Element types selected by CUFLASH_DTYPE (rendered from the Python spec).
 #define CUFLASH_FP16 0

@@ -3,6 +3,8 @@
 Every case draws fresh random inputs, poisons the output with NaN before the
 launch, and applies the accuracy rule to out and lse:
     max|x - ref64| <= 2 * max|ref_lowp - ref64| + floor.
+Every test runs once per forward kernel the GPU has: the portable one
+(CUFLASH_DISABLE_SM90=1) and, on compute capability 9.0, the Hopper one.
 """
 from __future__ import annotations
 
@@ -14,6 +16,21 @@ from cuflash import reference, support, testing
 
 cp = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True, params=["sm90", "portable"])
+def fwd_kernel(request, monkeypatch):
+    """Select the forward kernel through CUFLASH_DISABLE_SM90; skip sm90 where the GPU lacks it."""
+    if request.param == "sm90":
+        from cuflash.compile import cache
+        from cuflash.specs import FwdSm90Spec
+
+        if cache.device_compute_capability(cp.cuda.Device().id) not in FwdSm90Spec.compute_capabilities:
+            pytest.skip("the Hopper forward needs compute capability 9.0")
+        monkeypatch.setenv("CUFLASH_DISABLE_SM90", "0")
+    else:
+        monkeypatch.setenv("CUFLASH_DISABLE_SM90", "1")
+    return request.param
 
 
 def run_and_check(q, k, v, *, causal, softmax_scale=None, label=""):
@@ -135,3 +152,11 @@ def test_64bit_offsets():
     run_ref = reference.attention_forward(*(testing.to_numpy(x) for x in (qt, k[-tail:], v[-tail:])))
     lowp = reference.attention_forward(*(testing.to_numpy(x) for x in (qt, k[-tail:], v[-tail:])), precision="lowp")
     testing.check_accuracy("out 64-bit", got, run_ref[0], lowp[0], "bf16", kind="fwd")
+
+
+def test_hopper_gets_the_sm90_kernel(fwd_kernel):
+    from cuflash import api
+    from cuflash.specs import FwdSm90Spec, FwdSpec
+
+    spec = api._fwd_spec("bf16", 128, False, cp.cuda.Device().id)
+    assert isinstance(spec, FwdSm90Spec if fwd_kernel == "sm90" else FwdSpec), spec.name

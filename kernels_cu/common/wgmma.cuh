@@ -1,0 +1,138 @@
+// wgmma.cuh: Hopper warpgroup matrix products (sm_90a only: wgmma.mma_async),
+// and their shared-memory matrix descriptors.
+//
+// One wgmma computes D (64 x N, fp32) += A (64 x 16) * B (16 x N) for the 128
+// threads of a warpgroup (4 consecutive warps). Warp w of the group owns rows
+// 16w..16w+15 of D, and within the warp the fragment is the mma.sync C layout
+// of mma.cuh repeated over N/8 column tiles: d[j][0..3] of lane 4g+t holds
+// D[16w+g][8j+2t..8j+2t+1] and D[16w+g+8][8j+2t..8j+2t+1]. A, when it comes
+// from registers, has the mma.sync A layout (per warp a 16x16 k-step), so a
+// score tile S turns into the A operand of P V exactly as in fwd.cu.
+//
+// The shared-memory operands use the swizzled tiles of copy.cuh (SwizzleFor).
+#pragma once
+#include "platform.cuh"
+#include "copy.cuh"
+
+// Matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address,
+// leading and stride byte offsets (all >> 4), layout (swizzle) in bits 62-63.
+//   K-major operand (Q, K: the reduction dim is contiguous): SBO = 8 rows of
+//     the atom; LBO unused by swizzled layouts (1 by convention).
+//   MN-major operand (V in P V: N = d is contiguous): LBO = distance to the
+//     next column block (the next AW columns of N), SBO = 8 rows (keys).
+CUFLASH_DEVICE u64 make_smem_desc(u32 addr, u32 lbo_bytes, u32 sbo_bytes, u64 mode) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)((lbo_bytes & 0x3FFFF) >> 4) << 16) |
+           ((u64)((sbo_bytes & 0x3FFFF) >> 4) << 32) | (mode << 62);
+}
+
+// Order register and shared-memory accesses of this thread before the next
+// wgmma (required before the first wgmma after registers were written).
+CUFLASH_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+CUFLASH_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Wait until at most N committed wgmma groups of this warpgroup are pending.
+template <int N>
+CUFLASH_DEVICE void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Writes to shared memory through the generic proxy (st.shared, cp.async)
+// become visible to wgmma (the async proxy) only after this fence, executed
+// by the writing thread before the barrier that publishes them.
+CUFLASH_DEVICE void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Pin accumulator registers: the compiler may not move reads or writes of
+// them across this point (wgmma writes them asynchronously between issue and
+// wait, invisible to the compiler).
+template <int NT>
+CUFLASH_DEVICE void fence_regs(float (&d)[NT][4]) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+}
+
+#if CUFLASH_DTYPE == CUFLASH_BF16
+#define CUFLASH_WG_AB "bf16.bf16"
+#else
+#define CUFLASH_WG_AB "f16.f16"
+#endif
+
+// Accumulator operand lists: registers %0.. of 8 n8-tiles (16 floats) each,
+// and the matching "+f" operands of tiles 4c..4c+3.
+#define CUFLASH_WG_R0 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define CUFLASH_WG_R1 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define CUFLASH_WG_R2 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+#define CUFLASH_WG_R3 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define CUFLASH_WG_R4 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"
+#define CUFLASH_WG_R5 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+#define CUFLASH_WG_R6 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
+#define CUFLASH_WG_R7 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define CUFLASH_WG_T(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define CUFLASH_WG_Q(d, c) \
+    CUFLASH_WG_T(d, 4 * c), CUFLASH_WG_T(d, 4 * c + 1), CUFLASH_WG_T(d, 4 * c + 2), CUFLASH_WG_T(d, 4 * c + 3)
+
+#define CUFLASH_WG_REGS_32 CUFLASH_WG_R0
+#define CUFLASH_WG_REGS_64 CUFLASH_WG_REGS_32 ", " CUFLASH_WG_R1
+#define CUFLASH_WG_REGS_96 CUFLASH_WG_REGS_64 ", " CUFLASH_WG_R2
+#define CUFLASH_WG_REGS_128 CUFLASH_WG_REGS_96 ", " CUFLASH_WG_R3
+#define CUFLASH_WG_REGS_160 CUFLASH_WG_REGS_128 ", " CUFLASH_WG_R4
+#define CUFLASH_WG_REGS_192 CUFLASH_WG_REGS_160 ", " CUFLASH_WG_R5
+#define CUFLASH_WG_REGS_224 CUFLASH_WG_REGS_192 ", " CUFLASH_WG_R6
+#define CUFLASH_WG_REGS_256 CUFLASH_WG_REGS_224 ", " CUFLASH_WG_R7
+#define CUFLASH_WG_OPS_32(d) CUFLASH_WG_Q(d, 0)
+#define CUFLASH_WG_OPS_64(d) CUFLASH_WG_OPS_32(d), CUFLASH_WG_Q(d, 1)
+#define CUFLASH_WG_OPS_96(d) CUFLASH_WG_OPS_64(d), CUFLASH_WG_Q(d, 2)
+#define CUFLASH_WG_OPS_128(d) CUFLASH_WG_OPS_96(d), CUFLASH_WG_Q(d, 3)
+#define CUFLASH_WG_OPS_160(d) CUFLASH_WG_OPS_128(d), CUFLASH_WG_Q(d, 4)
+#define CUFLASH_WG_OPS_192(d) CUFLASH_WG_OPS_160(d), CUFLASH_WG_Q(d, 5)
+#define CUFLASH_WG_OPS_224(d) CUFLASH_WG_OPS_192(d), CUFLASH_WG_Q(d, 6)
+#define CUFLASH_WG_OPS_256(d) CUFLASH_WG_OPS_224(d), CUFLASH_WG_Q(d, 7)
+
+// A and B from shared memory. The operands after the N/2 accumulators are
+// %K0 desc_a, %K1 desc_b, %K2 scale_d (0: D = A B, 1: D += A B), %K3 trans_b.
+#define CUFLASH_WGMMA_SS(N, K0, K1, K2, K3)                                                               \
+    asm volatile(                                                                                        \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %" K2 ", 0;\n"                                                 \
+        "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." CUFLASH_WG_AB " {" CUFLASH_WG_REGS_##N "}, %" K0 \
+        ", %" K1 ", p, 1, 1, 0, %" K3 ";\n}\n"                                                           \
+        : CUFLASH_WG_OPS_##N(d)                                                                          \
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_B))
+
+// A from registers (a[4], the mma.sync A fragment), B from shared memory:
+// %K0..%K0+3 a, then desc_b, scale_d, trans_b.
+#define CUFLASH_WGMMA_RS(N, A0, A1, A2, A3, KB, KS, KT)                                                    \
+    asm volatile(                                                                                          \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %" KS ", 0;\n"                                                   \
+        "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." CUFLASH_WG_AB " {" CUFLASH_WG_REGS_##N "}, {%" A0 \
+        ", %" A1 ", %" A2 ", %" A3 "}, %" KB ", p, 1, 1, %" KT ";\n}\n"                                     \
+        : CUFLASH_WG_OPS_##N(d)                                                                            \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B))
+
+// d (64 x N per warpgroup, as d[N/8][4]) = or += A B, both from shared memory.
+// TRANS_B = 0: B stored N x K (K contiguous); 1: stored K x N (N contiguous).
+template <int N, int TRANS_B>
+CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int scale_d) {
+    static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
+    if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19");
+    else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35");
+    else if constexpr (N == 96) CUFLASH_WGMMA_SS(96, "48", "49", "50", "51");
+    else if constexpr (N == 128) CUFLASH_WGMMA_SS(128, "64", "65", "66", "67");
+    else if constexpr (N == 160) CUFLASH_WGMMA_SS(160, "80", "81", "82", "83");
+    else if constexpr (N == 192) CUFLASH_WGMMA_SS(192, "96", "97", "98", "99");
+    else if constexpr (N == 224) CUFLASH_WGMMA_SS(224, "112", "113", "114", "115");
+    else CUFLASH_WGMMA_SS(256, "128", "129", "130", "131");
+}
+
+// d (64 x N) = or += A B with A (64 x 16) in registers, B from shared memory.
+template <int N, int TRANS_B>
+CUFLASH_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, int scale_d) {
+    static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
+    if constexpr (N == 32) CUFLASH_WGMMA_RS(32, "16", "17", "18", "19", "20", "21", "22");
+    else if constexpr (N == 64) CUFLASH_WGMMA_RS(64, "32", "33", "34", "35", "36", "37", "38");
+    else if constexpr (N == 96) CUFLASH_WGMMA_RS(96, "48", "49", "50", "51", "52", "53", "54");
+    else if constexpr (N == 128) CUFLASH_WGMMA_RS(128, "64", "65", "66", "67", "68", "69", "70");
+    else if constexpr (N == 160) CUFLASH_WGMMA_RS(160, "80", "81", "82", "83", "84", "85", "86");
+    else if constexpr (N == 192) CUFLASH_WGMMA_RS(192, "96", "97", "98", "99", "100", "101", "102");
+    else if constexpr (N == 224) CUFLASH_WGMMA_RS(224, "112", "113", "114", "115", "116", "117", "118");
+    else CUFLASH_WGMMA_RS(256, "128", "129", "130", "131", "132", "133", "134");
+}

@@ -1,0 +1,232 @@
+// fwd_sm90.cu: exact attention forward, the Hopper path (sm_90a: wgmma with
+// operands in shared memory, cp.async loads, fp32 accumulators).
+//
+// Computes the same as fwd.cu, for one (batch b, query head h) and a block of
+// Br query rows:
+//   S = Q K^T, P = softmax(S * softmax_scale) (masked, mask.cuh), O = P V,
+//   lse = log(sum_j exp(S_ij * softmax_scale))  (natural log)
+// with FlashAttention-2's online softmax (softmax.cuh); S and P never leave
+// registers.
+//
+// Steps (one CTA per (query block, head, batch); WGS warpgroups of 128
+// threads, warpgroup w owning query rows 64w..64w+63 of the block):
+//   1. cp.async Q (Br x D) and the last visible K, V blocks (Bc x D each) into
+//      swizzled shared memory (copy.cuh), stage 0.
+//   2. For key blocks n = last .. 0 (descending, so the blocks that need a mask
+//      come first), with K/V double-buffered in stages n % 2:
+//        wait for K[n], V[n]; start loading K[n-1], V[n-1] into the other stage;
+//        S = Q K[n]^T      one wgmma m64 n=Bc k16 per 16 columns of d;
+//        mask (only blocks that touch seqlen_k or the causal diagonal);
+//        online softmax: P (packed to 16 bits in registers), rescale O;
+//        O += P V[n]       one wgmma m64 n=D k16 per 16 keys, A = P from registers,
+//                          B = V read transposed (N = d contiguous).
+//      The copies of block n-1 overlap all the work on block n; the two
+//      warpgroups interleave their softmax with each other's products.
+//   3. O /= l, stage O through this warpgroup's rows of the Q buffer, store
+//      with 16-byte writes; write lse.
+//
+// Compile-time constants (cuflash/specs.py FwdSm90Spec): CUFLASH_DTYPE,
+// CUFLASH_HEAD_DIM D (multiple of 32; the actual d <= D is a run-time value,
+// columns >= d are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per
+// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CAUSAL.
+// Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
+// Shared memory: (Br + 4 Bc) * D * 2 bytes plus 1 KB of alignment slack (cuflash/launch.py).
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+#include "common/copy.cuh"
+#include "common/wgmma.cuh"
+#include "common/softmax.cuh"
+#include "common/mask.cuh"
+
+constexpr int D = CUFLASH_HEAD_DIM;
+constexpr int BM = CUFLASH_BLOCK_M;
+constexpr int BN = CUFLASH_BLOCK_N;
+constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr int WGS = BM / 64;
+constexpr int THREADS = WGS * 128;
+constexpr int NT = BN / 8;  // n8 tiles of S per warp
+constexpr int DT = D / 8;   // n8 tiles of O per warp
+using Swz = SwizzleFor<D>;
+constexpr int AW = Swz::AW;
+static_assert(BM % 64 == 0 && BN % 32 == 0 && D % 32 == 0, "tile shape");
+
+constexpr u32 Q_BYTES = BM * D * 2;
+constexpr u32 KV_BYTES = BN * D * 2;
+static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "swizzled tiles start on 1024-byte boundaries");
+
+// Descriptor of a K-major operand tile (ROWS x D, swizzled) at k-step ks (16 columns of d).
+template <int ROWS>
+CUFLASH_DEVICE u64 desc_k_major(u32 tile, int row0, int ks) {
+    int col = ks * 16;
+    u32 addr = tile + (u32)(((col / AW) * ROWS + row0) * Swz::ROW_BYTES + (col % AW) * 2);
+    return make_smem_desc(addr, 16, 8 * Swz::ROW_BYTES, Swz::MODE);
+}
+
+// Descriptor of V (BN keys x D, swizzled) as the MN-major B operand of P V at
+// k-step kk (keys 16kk..16kk+15): column blocks are BN rows apart.
+CUFLASH_DEVICE u64 desc_v(u32 tile, int kk) {
+    u32 addr = tile + (u32)(kk * 16 * Swz::ROW_BYTES);
+    return make_smem_desc(addr, BN * Swz::ROW_BYTES, 8 * Swz::ROW_BYTES, Swz::MODE);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const FwdParams p) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
+    const u32 smem_base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
+    const u32 sQ = smem_base;               // (BM, D)
+    const u32 sK0 = sQ + Q_BYTES;           // stage s: K at sK0 + s * 2 * KV_BYTES, V right after it
+    const u32 STAGE = 2 * KV_BYTES;
+
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
+    // Heaviest query blocks first: under a causal mask the last blocks see the most keys.
+    const int m_block = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int h_kv = h / (p.nheads / p.nheads_kv);
+    const int row0 = m_block * BM;
+
+    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
+    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
+    u16* o = static_cast<u16*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
+
+    // Key blocks [0, n_end) hold every key some row of this block may see.
+    int n_end = (p.seqlen_k + BN - 1) / BN;
+    if (CAUSAL) {
+        int last_key = min(row0 + BM, p.seqlen_q) - 1 + p.seqlen_k - p.seqlen_q;
+        n_end = min(n_end, last_key < 0 ? 0 : last_key / BN + 1);
+    }
+
+    if (n_end == 0) {
+        // No row of this block sees any key: output 0 and lse = -inf.
+        for (int c = tid; c < BM * (D / 8); c += THREADS) {
+            int r = c / (D / 8), col = (c % (D / 8)) * 8;
+            if (row0 + r < p.seqlen_q && col < p.head_dim)
+                *reinterpret_cast<uint4*>(o + (i64)(row0 + r) * p.o_row_stride + col) = make_uint4(0, 0, 0, 0);
+        }
+        if (p.lse != nullptr)
+            for (int r = tid; r < BM; r += THREADS)
+                if (row0 + r < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row0 + r] = -INFINITY;
+        return;
+    }
+
+    // 1. Q and the first (highest) K, V blocks into stage 0, one cp.async group.
+    load_tile_swizzled<BM, D, THREADS>(sQ, q, p.q_row_stride, row0, p.seqlen_q, p.head_dim, tid);
+    load_tile_swizzled<BN, D, THREADS>(sK0, k, p.k_row_stride, (n_end - 1) * BN, p.seqlen_k, p.head_dim, tid);
+    load_tile_swizzled<BN, D, THREADS>(sK0 + KV_BYTES, v, p.v_row_stride, (n_end - 1) * BN, p.seqlen_k, p.head_dim,
+                                       tid);
+    cp_async_commit();
+
+    float acc_o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_o[dt][e] = 0.f;
+
+    OnlineSoftmax<1> softmax;
+    softmax.init();
+
+    // Blocks at or above this index touch the causal diagonal or seqlen_k and need the mask.
+    int first_masked = p.seqlen_k / BN;
+    if (CAUSAL) {
+        int first_hidden = row0 + 1 + p.seqlen_k - p.seqlen_q;
+        first_masked = min(first_masked, first_hidden < 0 ? 0 : first_hidden / BN);
+    }
+    const int warp_row0 = wg * 64 + warp_in_wg * 16;  // first row of this warp within the block
+
+    for (int n = n_end - 1, stage = 0; n >= 0; --n, stage ^= 1) {
+        const u32 sK = sK0 + stage * STAGE, sV = sK + KV_BYTES;
+        // K[n], V[n] (and Q) have landed for this thread; the proxy fence makes
+        // them visible to wgmma, and the barrier publishes every thread's copies.
+        // The barrier also guarantees both warpgroups finished the products of
+        // block n+1, which read the other stage that the next copies overwrite.
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (n > 0) {
+            const u32 nK = sK0 + (stage ^ 1) * STAGE;
+            load_tile_swizzled<BN, D, THREADS>(nK, k, p.k_row_stride, (n - 1) * BN, p.seqlen_k, p.head_dim, tid);
+            load_tile_swizzled<BN, D, THREADS>(nK + KV_BYTES, v, p.v_row_stride, (n - 1) * BN, p.seqlen_k,
+                                               p.head_dim, tid);
+            cp_async_commit();
+        }
+
+        // S = Q K[n]^T: (64 x BN) per warpgroup; the first k-step overwrites acc_s.
+        float acc_s[1][NT][4];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks)
+            wgmma_ss<BN, 0>(acc_s[0], desc_k_major<BM>(sQ, wg * 64, ks), desc_k_major<BN>(sK, 0, ks), ks > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_s[0]);
+
+        if (n >= first_masked)
+            mask_scores<CAUSAL>(acc_s, row0 + warp_row0, n * BN, lane, p.seqlen_q, p.seqlen_k);
+
+        float corr[1][2];
+        softmax.update(acc_s, p.scale_log2, corr);
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            acc_o[dt][0] *= corr[0][0];
+            acc_o[dt][1] *= corr[0][0];
+            acc_o[dt][2] *= corr[0][1];
+            acc_o[dt][3] *= corr[0][1];
+        }
+
+        // P in 16 bits as A fragments of P V: n8 tiles 2kk and 2kk+1 form k-step kk.
+        u32 pa[BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            pa[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
+            pa[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
+            pa[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
+            pa[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
+        }
+
+        // O += P V[n], 16 keys per k-step.
+        fence_regs(acc_o);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1>(acc_o, pa[kk], desc_v(sV, kk), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_o);
+    }
+
+    // 3. Epilogue.
+    float inv_l[1][2], lse[1][2];
+    softmax.finalize(p.scale_log2, inv_l, lse);
+
+    // This warpgroup's 64 rows of sQ were read only by its own wgmmas, all
+    // complete (waited above) in every warp once all 128 threads pass here.
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+        int r = warp_row0 + h2 * 8 + g;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<u32*>(smem + swizzled_offset<BM, D>(r, dt * 8) + 4 * t) =
+                pack_float2(acc_o[dt][2 * h2] * inv_l[0][h2], acc_o[dt][2 * h2 + 1] * inv_l[0][h2]);
+    }
+    // The 16-byte stores below read rows that other lanes of this warp wrote.
+    __syncwarp();
+    for (int c = lane; c < 16 * (D / 8); c += 32) {
+        int r = warp_row0 + c / (D / 8), col = (c % (D / 8)) * 8;
+        int row = row0 + r;
+        if (row < p.seqlen_q && col < p.head_dim)
+            *reinterpret_cast<uint4*>(o + (i64)row * p.o_row_stride + col) =
+                *reinterpret_cast<const uint4*>(smem + swizzled_offset<BM, D>(r, col));
+    }
+
+    if (p.lse != nullptr && t == 0) {
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2) {
+            int row = row0 + warp_row0 + h2 * 8 + g;
+            if (row < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row] = lse[0][h2];
+        }
+    }
+}
