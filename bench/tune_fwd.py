@@ -51,13 +51,14 @@ KERNELS = {
 
 def parse_tiles(text: str, kernel: str) -> list:
     """portable: '128x64x4,64x64x4q' -> FwdTiles (a trailing q keeps Q in registers);
-    sm90: '128x128,128x64' -> FwdSm90Tiles."""
+    sm90: '128x128,128x64c2' -> FwdSm90Tiles (cN: N CTAs per SM)."""
     out = []
     for item in text.split(","):
         item = item.strip()
-        if kernel == "sm90":
-            bm, bn = (int(x) for x in item.split("x"))
-            out.append(FwdSm90Tiles(bm, bn))
+        if kernel == "sm90":  # BMxBN, or BMxBNcC for C CTAs per SM
+            shape, _, ctas = item.partition("c")
+            bm, bn = (int(x) for x in shape.split("x"))
+            out.append(FwdSm90Tiles(bm, bn, int(ctas or 1)))
             continue
         q = item.endswith("q")
         bm, bn, w = (int(x) for x in item.rstrip("q").split("x"))
@@ -67,7 +68,7 @@ def parse_tiles(text: str, kernel: str) -> list:
 
 def tiles_label(tiles) -> str:
     if isinstance(tiles, FwdSm90Tiles):
-        return f"{tiles.block_m}x{tiles.block_n}"
+        return f"{tiles.block_m}x{tiles.block_n}" + (f"c{tiles.ctas_per_sm}" if tiles.ctas_per_sm > 1 else "")
     return f"{tiles.block_m}x{tiles.block_n}x{tiles.warps}{'q' if tiles.q_in_regs else ''}"
 
 

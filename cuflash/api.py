@@ -154,11 +154,11 @@ def _strides(x) -> tuple[int, int, int]:
     return x.strides[0] // item, x.strides[1] // item, x.strides[2] // item
 
 
-def _fwd_spec(dtype: str, head_dim: int, causal: bool, device_id: int):
+def _fwd_spec(dtype: str, head_dim: int, causal: bool, seqlen_q: int, device_id: int):
     from .compile import cache, env
 
     cc = cache.device_compute_capability(device_id)
-    return support.fwd_spec(dtype, head_dim, causal, cc, sm90=env.sm90_enabled())
+    return support.fwd_spec(dtype, head_dim, causal, seqlen_q, cc, sm90=env.sm90_enabled())
 
 
 def _launch_fwd(q, k, v, out, lse, scale: float, spec) -> None:
@@ -220,7 +220,7 @@ def attention(
         out = _check_out(out, q) if out is not None else cp.empty(q.shape, dtype=q.dtype)
         lse = cp.empty((batch, nheads, seqlen_q), dtype=np.float32) if return_lse else None
         if out.size:
-            _launch_fwd(q, k, v, out, lse, scale, _fwd_spec(name, head_dim, causal, q.device.id))
+            _launch_fwd(q, k, v, out, lse, scale, _fwd_spec(name, head_dim, causal, seqlen_q, q.device.id))
     return (out, lse) if return_lse else out
 
 

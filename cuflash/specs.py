@@ -114,26 +114,36 @@ class FwdSpec:
 @dataclass(frozen=True)
 class FwdSm90Tiles:
     """Tile shape of the Hopper forward: block_m query rows per CTA (64 per
-    warpgroup), block_n keys per main-loop step."""
+    warpgroup), block_n keys per main-loop step; ctas_per_sm > 1 caps the
+    registers (65536 / (threads * ctas_per_sm)) so that many CTAs fit on an SM."""
 
     block_m: int
     block_n: int
+    ctas_per_sm: int = 1
 
     @property
     def warpgroups(self) -> int:
         return self.block_m // 64
 
 
-# Tile shape per compile-time head dim D of kernels_cu/fwd_sm90.cu (bench/NOTES.md).
+# Tile shape per compile-time head dim D of kernels_cu/fwd_sm90.cu
+# (bench/NOTES.md). Three warpgroups (block_m 192) win once there are enough
+# query blocks to fill the GPU: from FWD_SM90_LONG_SEQLEN_Q query rows,
+# FWD_SM90_LONG_TILES replaces FWD_SM90_TILES where it has an entry.
 FWD_SM90_TILES = {
-    32: FwdSm90Tiles(128, 128),
-    64: FwdSm90Tiles(128, 128),
+    32: FwdSm90Tiles(128, 64),
+    64: FwdSm90Tiles(128, 64),
     96: FwdSm90Tiles(128, 128),
     128: FwdSm90Tiles(128, 128),
     160: FwdSm90Tiles(128, 64),
     192: FwdSm90Tiles(128, 64),
     224: FwdSm90Tiles(128, 64),
     256: FwdSm90Tiles(128, 64),
+}
+FWD_SM90_LONG_SEQLEN_Q = 2048
+FWD_SM90_LONG_TILES = {
+    96: FwdSm90Tiles(192, 64),
+    128: FwdSm90Tiles(192, 64),
 }
 
 
@@ -163,11 +173,16 @@ class FwdSm90Spec:
             raise ValueError(f"block_m must be 64, 128, 192 or 256, got {t}")
         if t.block_n % 32 or not 32 <= t.block_n <= 256:
             raise ValueError(f"block_n must be a multiple of 32 in [32, 256], got {t}")
+        if t.ctas_per_sm not in (1, 2, 3, 4):
+            raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, causal: bool) -> "FwdSm90Spec":
+    def for_problem(cls, dtype: str, head_dim: int, causal: bool, seqlen_q: int = 0) -> "FwdSm90Spec":
         d = head_dim_bucket(head_dim)
-        return cls(dtype, d, bool(causal), FWD_SM90_TILES[d])
+        tiles = FWD_SM90_TILES[d]
+        if seqlen_q >= FWD_SM90_LONG_SEQLEN_Q:
+            tiles = FWD_SM90_LONG_TILES.get(d, tiles)
+        return cls(dtype, d, bool(causal), tiles)
 
     @property
     def threads(self) -> int:
@@ -177,7 +192,8 @@ class FwdSm90Spec:
     def name(self) -> str:
         t = self.tiles
         mask = "causal" if self.causal else "full"
-        return f"fwd90_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}"
+        occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
+        return f"fwd90_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}{occupancy}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -187,6 +203,7 @@ class FwdSm90Spec:
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_CAUSAL": int(self.causal),
+            "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
         }
 
 

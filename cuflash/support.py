@@ -8,6 +8,7 @@ from __future__ import annotations
 from .specs import (
     BWD_TILES,
     DTYPES,
+    FWD_SM90_LONG_TILES,
     FWD_SM90_TILES,
     FWD_TILES,
     BwdConvertSpec,
@@ -42,11 +43,13 @@ def supported_head_dims() -> list[int]:
     return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
 
 
-def fwd_spec(dtype: str, head_dim: int, causal: bool, compute_capability: tuple[int, int], sm90: bool = True):
+def fwd_spec(
+    dtype: str, head_dim: int, causal: bool, seqlen_q: int, compute_capability: tuple[int, int], sm90: bool = True
+):
     """The forward kernel for a problem on a GPU: the Hopper (wgmma) kernel on
     compute capability 9.0 unless ``sm90`` is False, else the portable one."""
     if sm90 and tuple(compute_capability) in FwdSm90Spec.compute_capabilities:
-        return FwdSm90Spec.for_problem(dtype, head_dim, causal)
+        return FwdSm90Spec.for_problem(dtype, head_dim, causal, seqlen_q)
     return FwdSpec.for_problem(dtype, head_dim, causal)
 
 
@@ -62,9 +65,10 @@ def declared_specs() -> list:
         for causal in (False, True)
     ]
     fwd += [
-        FwdSm90Spec(dtype, d, causal, FWD_SM90_TILES[d])
+        FwdSm90Spec(dtype, d, causal, tiles[d])
+        for tiles in (FWD_SM90_TILES, FWD_SM90_LONG_TILES)
         for dtype in SUPPORTED_DTYPES
-        for d in sorted(FWD_SM90_TILES)
+        for d in sorted(tiles)
         for causal in (False, True)
     ]
     bwd = [

@@ -11,24 +11,27 @@
 // Steps (one CTA per (query block, head, batch); WGS warpgroups of 128
 // threads, warpgroup w owning query rows 64w..64w+63 of the block):
 //   1. cp.async Q (Br x D) and the last visible K, V blocks (Bc x D each) into
-//      swizzled shared memory (copy.cuh), stage 0.
+//      swizzled shared memory (copy.cuh); K[j] and V[j] live in slot j % 2.
+//      S[last] = Q K[last]^T and its softmax.
 //   2. For key blocks n = last .. 0 (descending, so the blocks that need a mask
-//      come first), with K/V double-buffered in stages n % 2:
-//        wait for K[n], V[n]; start loading K[n-1], V[n-1] into the other stage;
-//        S = Q K[n]^T      one wgmma m64 n=Bc k16 per 16 columns of d;
-//        mask (only blocks that touch seqlen_k or the causal diagonal);
-//        online softmax: P (packed to 16 bits in registers), rescale O;
-//        O += P V[n]       one wgmma m64 n=D k16 per 16 keys, A = P from registers,
-//                          B = V read transposed (N = d contiguous).
-//      The copies of block n-1 overlap all the work on block n; the two
-//      warpgroups interleave their softmax with each other's products.
+//      come first):
+//        wait for K[n-1], V[n]; start copying K[n-2], V[n-1] into the free slots;
+//        issue S[n-1] = Q K[n-1]^T  one wgmma m64 n=Bc k16 per 16 columns of d;
+//        issue O += P[n] V[n]       one wgmma m64 n=D k16 per 16 keys, A = P
+//                                   from registers, B = V read transposed;
+//        wait for S[n-1]; mask (only blocks that touch seqlen_k or the causal
+//        diagonal), online softmax -> P[n-1], correction factor;
+//        wait for P[n] V[n]; rescale O; pack P[n-1] to 16 bits.
+//      The softmax of block n-1 runs while the tensor cores compute P[n] V[n]
+//      (FlashAttention-3's intra-warpgroup overlap), and the copies of the next
+//      blocks overlap a whole step.
 //   3. O /= l, stage O through this warpgroup's rows of the Q buffer, store
 //      with 16-byte writes; write lse.
 //
 // Compile-time constants (cuflash/specs.py FwdSm90Spec): CUFLASH_DTYPE,
 // CUFLASH_HEAD_DIM D (multiple of 32; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per
-// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CAUSAL.
+// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CAUSAL, CUFLASH_CTAS_PER_SM.
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
 // Shared memory: (Br + 4 Bc) * D * 2 bytes plus 1 KB of alignment slack (cuflash/launch.py).
 #include "common/platform.cuh"
@@ -43,6 +46,7 @@ constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
 constexpr int BN = CUFLASH_BLOCK_N;
 constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr int CTAS_PER_SM = CUFLASH_CTAS_PER_SM;  // occupancy target: caps registers per thread
 constexpr int WGS = BM / 64;
 constexpr int THREADS = WGS * 128;
 constexpr int NT = BN / 8;  // n8 tiles of S per warp
@@ -70,14 +74,13 @@ CUFLASH_DEVICE u64 desc_v(u32 tile, int kk) {
     return make_smem_desc(addr, BN * Swz::ROW_BYTES, 8 * Swz::ROW_BYTES, Swz::MODE);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const FwdParams p) {
+extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_sm90(const FwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
     const u32 smem_base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
     const u32 sQ = smem_base;               // (BM, D)
-    const u32 sK0 = sQ + Q_BYTES;           // stage s: K at sK0 + s * 2 * KV_BYTES, V right after it
-    const u32 STAGE = 2 * KV_BYTES;
+    const u32 sK0 = sQ + Q_BYTES;           // two slots of (K (BN, D), V (BN, D))
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
@@ -112,11 +115,31 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         return;
     }
 
-    // 1. Q and the first (highest) K, V blocks into stage 0, one cp.async group.
+    // Blocks at or above this index touch the causal diagonal or seqlen_k and need the mask.
+    int first_masked = p.seqlen_k / BN;
+    if (CAUSAL) {
+        int first_hidden = row0 + 1 + p.seqlen_k - p.seqlen_q;
+        first_masked = min(first_masked, first_hidden < 0 ? 0 : first_hidden / BN);
+    }
+    const int warp_row0 = wg * 64 + warp_in_wg * 16;  // first row of this warp within the block
+    const int last = n_end - 1;
+
+    // Slot of key block j: K[j] in sK(j % 2), V[j] in sV(j % 2).
+    auto sK = [&](int j) { return sK0 + (u32)(j & 1) * 2 * KV_BYTES; };
+    auto sV = [&](int j) { return sK0 + (u32)(j & 1) * 2 * KV_BYTES + KV_BYTES; };
+    auto load_k = [&](int j) {
+        load_tile_swizzled<BN, D, THREADS>(sK(j), k, p.k_row_stride, j * BN, p.seqlen_k, p.head_dim, tid);
+    };
+    auto load_v = [&](int j) {
+        load_tile_swizzled<BN, D, THREADS>(sV(j), v, p.v_row_stride, j * BN, p.seqlen_k, p.head_dim, tid);
+    };
+
+    // 1. Group 1: Q and K[last]; group 2: V[last] and K[last-1].
     load_tile_swizzled<BM, D, THREADS>(sQ, q, p.q_row_stride, row0, p.seqlen_q, p.head_dim, tid);
-    load_tile_swizzled<BN, D, THREADS>(sK0, k, p.k_row_stride, (n_end - 1) * BN, p.seqlen_k, p.head_dim, tid);
-    load_tile_swizzled<BN, D, THREADS>(sK0 + KV_BYTES, v, p.v_row_stride, (n_end - 1) * BN, p.seqlen_k, p.head_dim,
-                                       tid);
+    load_k(last);
+    cp_async_commit();
+    load_v(last);
+    if (last > 0) load_k(last - 1);
     cp_async_commit();
 
     float acc_o[DT][4];
@@ -127,57 +150,27 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
 
     OnlineSoftmax<1> softmax;
     softmax.init();
+    float acc_s[1][NT][4];
+    u32 pa[BN / 16][4];  // P of the block whose P V is issued next, as A fragments
 
-    // Blocks at or above this index touch the causal diagonal or seqlen_k and need the mask.
-    int first_masked = p.seqlen_k / BN;
-    if (CAUSAL) {
-        int first_hidden = row0 + 1 + p.seqlen_k - p.seqlen_q;
-        first_masked = min(first_masked, first_hidden < 0 ? 0 : first_hidden / BN);
-    }
-    const int warp_row0 = wg * 64 + warp_in_wg * 16;  // first row of this warp within the block
-
-    for (int n = n_end - 1, stage = 0; n >= 0; --n, stage ^= 1) {
-        const u32 sK = sK0 + stage * STAGE, sV = sK + KV_BYTES;
-        // K[n], V[n] (and Q) have landed for this thread; the proxy fence makes
-        // them visible to wgmma, and the barrier publishes every thread's copies.
-        // The barrier also guarantees both warpgroups finished the products of
-        // block n+1, which read the other stage that the next copies overwrite.
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
-        if (n > 0) {
-            const u32 nK = sK0 + (stage ^ 1) * STAGE;
-            load_tile_swizzled<BN, D, THREADS>(nK, k, p.k_row_stride, (n - 1) * BN, p.seqlen_k, p.head_dim, tid);
-            load_tile_swizzled<BN, D, THREADS>(nK + KV_BYTES, v, p.v_row_stride, (n - 1) * BN, p.seqlen_k,
-                                               p.head_dim, tid);
-            cp_async_commit();
-        }
-
-        // S = Q K[n]^T: (64 x BN) per warpgroup; the first k-step overwrites acc_s.
-        float acc_s[1][NT][4];
+    // S = Q K[j]^T (64 x BN per warpgroup) is issued; the first k-step overwrites acc_s
+    // (so the compiler knows its old value is dead).
+    auto issue_s = [&](int j) {
         wgmma_fence();
+        wgmma_ss<BN, 0, false>(acc_s[0], desc_k_major<BM>(sQ, wg * 64, 0), desc_k_major<BN>(sK(j), 0, 0));
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks)
-            wgmma_ss<BN, 0>(acc_s[0], desc_k_major<BM>(sQ, wg * 64, ks), desc_k_major<BN>(sK, 0, ks), ks > 0);
+        for (int ks = 1; ks < D / 16; ++ks)
+            wgmma_ss<BN, 0, true>(acc_s[0], desc_k_major<BM>(sQ, wg * 64, ks), desc_k_major<BN>(sK(j), 0, ks));
         wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(acc_s[0]);
-
-        if (n >= first_masked)
-            mask_scores<CAUSAL>(acc_s, row0 + warp_row0, n * BN, lane, p.seqlen_q, p.seqlen_k);
-
-        float corr[1][2];
+    };
+    // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
+    // and corr the factor that rescales O.
+    auto softmax_s = [&](int j, float (&corr)[1][2]) {
+        if (j >= first_masked) mask_scores<CAUSAL>(acc_s, row0 + warp_row0, j * BN, lane, p.seqlen_q, p.seqlen_k);
         softmax.update(acc_s, p.scale_log2, corr);
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            acc_o[dt][0] *= corr[0][0];
-            acc_o[dt][1] *= corr[0][0];
-            acc_o[dt][2] *= corr[0][1];
-            acc_o[dt][3] *= corr[0][1];
-        }
-
-        // P in 16 bits as A fragments of P V: n8 tiles 2kk and 2kk+1 form k-step kk.
-        u32 pa[BN / 16][4];
+    };
+    // P (16 bits) as the A fragments of P V: n8 tiles 2kk and 2kk+1 of S form k-step kk.
+    auto pack_p = [&]() {
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             pa[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
@@ -185,16 +178,72 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             pa[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
             pa[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
         }
+    };
 
-        // O += P V[n], 16 keys per k-step.
+    // S[last] and its softmax before the loop (O is still 0: no rescale).
+    cp_async_wait<1>();
+    fence_proxy_async();  // Q, K[last] -> visible to wgmma ...
+    __syncthreads();      // ... for every thread's copies
+    {
+        issue_s(last);
+        wgmma_wait<0>();
+        fence_regs(acc_s[0]);
+        float corr[1][2];
+        softmax_s(last, corr);
+        pack_p();
+    }
+
+    // Copies are waited for (this thread), made visible to wgmma (proxy fence)
+    // and published (barrier). The barrier also guarantees that every
+    // warpgroup finished the products that read the slots the next copies
+    // overwrite.
+    auto sync_copies = [&]() {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+    };
+    // O += P[j] V[j], 16 keys per k-step.
+    auto issue_pv = [&](int j) {
         fence_regs(acc_o);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1>(acc_o, pa[kk], desc_v(sV, kk), 1);
+        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(acc_o, pa[kk], desc_v(sV(j), kk));
         wgmma_commit();
+    };
+
+    // 2. Step n: O += P[n] V[n] runs on the tensor cores while the softmax of
+    // S[n-1] = Q K[n-1]^T (issued just before it) runs on the other units.
+    // Every step issues both products, so the compiler can tell which one
+    // each wait retires (a conditional commit would make it serialize them).
+    for (int n = last; n >= 1; --n) {
+        sync_copies();  // K[n-1], V[n] landed; S[n] (read K[n]) and P[n+1] V[n+1] done
+        if (n >= 2) load_k(n - 2);
+        load_v(n - 1);
+        cp_async_commit();
+
+        issue_s(n - 1);
+        issue_pv(n);
+        wgmma_wait<1>();  // S[n-1] is complete; P[n] V[n] may still run
+        fence_regs(acc_s[0]);
+        float corr[1][2];
+        softmax_s(n - 1, corr);
         wgmma_wait<0>();
+        // pa was an operand of the product that just completed: only now may it change.
         fence_regs(acc_o);
+        fence_regs(pa);
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            acc_o[dt][0] *= corr[0][0];
+            acc_o[dt][1] *= corr[0][0];
+            acc_o[dt][2] *= corr[0][1];
+            acc_o[dt][3] *= corr[0][1];
+        }
+        pack_p();
     }
+    sync_copies();  // V[0] landed
+    issue_pv(0);
+    wgmma_wait<0>();
+    fence_regs(acc_o);
 
     // 3. Epilogue.
     float inv_l[1][2], lse[1][2];

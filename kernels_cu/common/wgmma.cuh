@@ -51,6 +51,16 @@ CUFLASH_DEVICE void fence_regs(float (&d)[NT][4]) {
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
 }
 
+// The same for A fragments in registers: an in-flight wgmma reads them, so
+// they must stay allocated (and unchanged) until its wait.
+template <int KT>
+CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
+#pragma unroll
+    for (int j = 0; j < KT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
+}
+
 #if CUFLASH_DTYPE == CUFLASH_BF16
 #define CUFLASH_WG_AB "bf16.bf16"
 #else
@@ -67,7 +77,7 @@ CUFLASH_DEVICE void fence_regs(float (&d)[NT][4]) {
 #define CUFLASH_WG_R5 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
 #define CUFLASH_WG_R6 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
 #define CUFLASH_WG_R7 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-#define CUFLASH_WG_T(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define CUFLASH_WG_T(d, j) CUFLASH_WG_C(d[j][0]), CUFLASH_WG_C(d[j][1]), CUFLASH_WG_C(d[j][2]), CUFLASH_WG_C(d[j][3])
 #define CUFLASH_WG_Q(d, c) \
     CUFLASH_WG_T(d, 4 * c), CUFLASH_WG_T(d, 4 * c + 1), CUFLASH_WG_T(d, 4 * c + 2), CUFLASH_WG_T(d, 4 * c + 3)
 
@@ -87,6 +97,12 @@ CUFLASH_DEVICE void fence_regs(float (&d)[NT][4]) {
 #define CUFLASH_WG_OPS_192(d) CUFLASH_WG_OPS_160(d), CUFLASH_WG_Q(d, 5)
 #define CUFLASH_WG_OPS_224(d) CUFLASH_WG_OPS_192(d), CUFLASH_WG_Q(d, 6)
 #define CUFLASH_WG_OPS_256(d) CUFLASH_WG_OPS_224(d), CUFLASH_WG_Q(d, 7)
+
+// CUFLASH_WG_C(x) is the constraint of accumulator x: "+f" (read and
+// written) where D += A B, "=f" (written only) where D = A B, so the old
+// value is dead and its registers free for other values.
+#define CUFLASH_WG_INOUT(x) "+f"(x)
+#define CUFLASH_WG_OUT(x) "=f"(x)
 
 // A and B from shared memory. The operands after the N/2 accumulators are
 // %K0 desc_a, %K1 desc_b, %K2 scale_d (0: D = A B, 1: D += A B), %K3 trans_b.
@@ -108,31 +124,56 @@ CUFLASH_DEVICE void fence_regs(float (&d)[NT][4]) {
         : CUFLASH_WG_OPS_##N(d)                                                                            \
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B))
 
-// d (64 x N per warpgroup, as d[N/8][4]) = or += A B, both from shared memory.
-// TRANS_B = 0: B stored N x K (K contiguous); 1: stored K x N (N contiguous).
-template <int N, int TRANS_B>
-CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int scale_d) {
-    static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
-    if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19");
-    else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35");
-    else if constexpr (N == 96) CUFLASH_WGMMA_SS(96, "48", "49", "50", "51");
-    else if constexpr (N == 128) CUFLASH_WGMMA_SS(128, "64", "65", "66", "67");
-    else if constexpr (N == 160) CUFLASH_WGMMA_SS(160, "80", "81", "82", "83");
-    else if constexpr (N == 192) CUFLASH_WGMMA_SS(192, "96", "97", "98", "99");
-    else if constexpr (N == 224) CUFLASH_WGMMA_SS(224, "112", "113", "114", "115");
+#define CUFLASH_WGMMA_SS_BY_N                                                      \
+    if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19");           \
+    else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35");      \
+    else if constexpr (N == 96) CUFLASH_WGMMA_SS(96, "48", "49", "50", "51");      \
+    else if constexpr (N == 128) CUFLASH_WGMMA_SS(128, "64", "65", "66", "67");    \
+    else if constexpr (N == 160) CUFLASH_WGMMA_SS(160, "80", "81", "82", "83");    \
+    else if constexpr (N == 192) CUFLASH_WGMMA_SS(192, "96", "97", "98", "99");    \
+    else if constexpr (N == 224) CUFLASH_WGMMA_SS(224, "112", "113", "114", "115"); \
     else CUFLASH_WGMMA_SS(256, "128", "129", "130", "131");
+
+#define CUFLASH_WGMMA_RS_BY_N                                                                   \
+    if constexpr (N == 32) CUFLASH_WGMMA_RS(32, "16", "17", "18", "19", "20", "21", "22");      \
+    else if constexpr (N == 64) CUFLASH_WGMMA_RS(64, "32", "33", "34", "35", "36", "37", "38"); \
+    else if constexpr (N == 96) CUFLASH_WGMMA_RS(96, "48", "49", "50", "51", "52", "53", "54"); \
+    else if constexpr (N == 128) CUFLASH_WGMMA_RS(128, "64", "65", "66", "67", "68", "69", "70");        \
+    else if constexpr (N == 160) CUFLASH_WGMMA_RS(160, "80", "81", "82", "83", "84", "85", "86");        \
+    else if constexpr (N == 192) CUFLASH_WGMMA_RS(192, "96", "97", "98", "99", "100", "101", "102");     \
+    else if constexpr (N == 224) CUFLASH_WGMMA_RS(224, "112", "113", "114", "115", "116", "117", "118"); \
+    else CUFLASH_WGMMA_RS(256, "128", "129", "130", "131", "132", "133", "134");
+
+// d (64 x N per warpgroup, as d[N/8][4]) += A B (ACCUM) or = A B (!ACCUM: the
+// old d is not read), A and B from shared memory. TRANS_B = 0: B stored N x K
+// (K contiguous); 1: stored K x N (N contiguous).
+template <int N, int TRANS_B, bool ACCUM>
+CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b) {
+    static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
+    const int scale_d = ACCUM;
+    if constexpr (ACCUM) {
+#define CUFLASH_WG_C CUFLASH_WG_INOUT
+        CUFLASH_WGMMA_SS_BY_N
+#undef CUFLASH_WG_C
+    } else {
+#define CUFLASH_WG_C CUFLASH_WG_OUT
+        CUFLASH_WGMMA_SS_BY_N
+#undef CUFLASH_WG_C
+    }
 }
 
-// d (64 x N) = or += A B with A (64 x 16) in registers, B from shared memory.
-template <int N, int TRANS_B>
-CUFLASH_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, int scale_d) {
+// As wgmma_ss with A (64 x 16) in registers (the mma.sync A fragment).
+template <int N, int TRANS_B, bool ACCUM>
+CUFLASH_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b) {
     static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
-    if constexpr (N == 32) CUFLASH_WGMMA_RS(32, "16", "17", "18", "19", "20", "21", "22");
-    else if constexpr (N == 64) CUFLASH_WGMMA_RS(64, "32", "33", "34", "35", "36", "37", "38");
-    else if constexpr (N == 96) CUFLASH_WGMMA_RS(96, "48", "49", "50", "51", "52", "53", "54");
-    else if constexpr (N == 128) CUFLASH_WGMMA_RS(128, "64", "65", "66", "67", "68", "69", "70");
-    else if constexpr (N == 160) CUFLASH_WGMMA_RS(160, "80", "81", "82", "83", "84", "85", "86");
-    else if constexpr (N == 192) CUFLASH_WGMMA_RS(192, "96", "97", "98", "99", "100", "101", "102");
-    else if constexpr (N == 224) CUFLASH_WGMMA_RS(224, "112", "113", "114", "115", "116", "117", "118");
-    else CUFLASH_WGMMA_RS(256, "128", "129", "130", "131", "132", "133", "134");
+    const int scale_d = ACCUM;
+    if constexpr (ACCUM) {
+#define CUFLASH_WG_C CUFLASH_WG_INOUT
+        CUFLASH_WGMMA_RS_BY_N
+#undef CUFLASH_WG_C
+    } else {
+#define CUFLASH_WG_C CUFLASH_WG_OUT
+        CUFLASH_WGMMA_RS_BY_N
+#undef CUFLASH_WG_C
+    }
 }

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cuflash
-from cuflash import reference, support, testing
+from cuflash import reference, specs, support, testing
 
 cp = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu
@@ -158,5 +158,6 @@ def test_hopper_gets_the_sm90_kernel(fwd_kernel):
     from cuflash import api
     from cuflash.specs import FwdSm90Spec, FwdSpec
 
-    spec = api._fwd_spec("bf16", 128, False, cp.cuda.Device().id)
-    assert isinstance(spec, FwdSm90Spec if fwd_kernel == "sm90" else FwdSpec), spec.name
+    for seqlen_q in (512, 4096):
+        spec = api._fwd_spec("bf16", 128, False, seqlen_q, cp.cuda.Device().id)
+        assert isinstance(spec, FwdSm90Spec if fwd_kernel == "sm90" else FwdSpec), spec.name
