@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import launch, params, support
-from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSpec
+from .specs import BwdConvertSpec, BwdPrepareSpec
 
 LOG2E = 1.4426950408889634
 
@@ -161,6 +161,13 @@ def _fwd_spec(dtype: str, head_dim: int, causal: bool, seqlen_q: int, device_id:
     return support.fwd_spec(dtype, head_dim, causal, seqlen_q, cc, sm90=env.sm90_enabled())
 
 
+def _bwd_spec(dtype: str, head_dim: int, causal: bool, deterministic: bool, device_id: int):
+    from .compile import cache, env
+
+    cc = cache.device_compute_capability(device_id)
+    return support.bwd_spec(dtype, head_dim, causal, deterministic, cc, sm90=env.sm90_enabled())
+
+
 def _launch_fwd(q, k, v, out, lse, scale: float, spec) -> None:
     """Launch the forward (a FwdSpec or FwdSm90Spec: both read FwdParams) for
     validated arrays (the benchmark's tuner passes its own spec)."""
@@ -258,7 +265,7 @@ def _kernel(spec, device_id: int, smem: int = 0):
     return fn
 
 
-def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec: BwdSpec) -> None:
+def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec) -> None:
     """The backward for validated arrays: prepare, main kernel, conversions (the tuner passes its own spec).
 
     Scratch (fp32, freed when this returns; nothing grows with seqlen_q * seqlen_k):
@@ -387,7 +394,7 @@ def attention_backward(
         dk = _check_like(dk, k, "dk", "k") if dk is not None else cp.empty(k.shape, dtype=k.dtype)
         dv = _check_like(dv, v, "dv", "v") if dv is not None else cp.empty(v.shape, dtype=v.dtype)
         if batch and nheads:
-            spec = BwdSpec.for_problem(name, head_dim, causal, deterministic)
+            spec = _bwd_spec(name, head_dim, causal, deterministic, q.device.id)
             _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale, spec)
     return dq, dk, dv
 

@@ -1,7 +1,7 @@
 """Launch geometry per kernel family, derived from the spec's tile constants."""
 from __future__ import annotations
 
-from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSpec, FwdSm90Spec, FwdSpec
+from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, FwdSm90Spec, FwdSpec
 
 #: CUDA limit on gridDim.y and gridDim.z.
 MAX_GRID_YZ = 65535
@@ -32,22 +32,29 @@ def fwd_block(spec: FwdSpec | FwdSm90Spec) -> tuple[int, int, int]:
 # ---------------------------------------------------------------- backward
 
 
-def bwd_smem_bytes(spec: BwdSpec) -> int:
-    """Dynamic shared memory of kernels_cu/bwd.cu: L2 and D (fp32, two buffers of Br),
-    K and V (Bc rows), Q and dO (two buffers of Br rows each), pitch D + 8; dS^T
-    (Bc rows, pitch Br + 8) and P^T unless it stays in registers (16-bit)."""
+def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
+    """Dynamic shared memory of the backward's main kernel.
+
+    kernels_cu/bwd.cu: L2 and D (fp32, two buffers of Br), K and V (Bc rows), Q
+    and dO (two buffers of Br rows each), pitch D + 8; dS^T (Bc rows, pitch Br + 8)
+    and P^T unless it stays in registers (16-bit).
+    kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
+    rows of D; dS^T (Bc x Br); L2 and D (two buffers of Br); 1 KB alignment slack.
+    """
     t = spec.tiles
+    if isinstance(spec, BwdSm90Spec):
+        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + 2 * t.block_n * t.block_m + 16 * t.block_m + 1024
     pitch, pitch_t = spec.head_dim + 8, t.block_m + 8
     transposed = 1 if t.p_in_regs else 2
     return 4 * 4 * t.block_m + 2 * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * 2 * t.block_n * pitch_t
 
 
-def bwd_m_blocks(spec: BwdSpec, seqlen_q: int) -> int:
+def bwd_m_blocks(spec: BwdSpec | BwdSm90Spec, seqlen_q: int) -> int:
     """Query blocks of Br rows; lse_log2 and delta are padded to m_blocks * Br rows."""
     return -(-seqlen_q // spec.tiles.block_m)
 
 
-def bwd_grid(spec: BwdSpec, batch: int, nheads: int, seqlen_k: int) -> tuple[int, int, int]:
+def bwd_grid(spec: BwdSpec | BwdSm90Spec, batch: int, nheads: int, seqlen_k: int) -> tuple[int, int, int]:
     """One CTA per (key block, query head, batch). blockIdx.x (the key block) is
     fastest: the deterministic mode relies on CTAs of one (head, batch) being
     dispatched in key-block order, and under a causal mask the low key blocks
@@ -55,7 +62,7 @@ def bwd_grid(spec: BwdSpec, batch: int, nheads: int, seqlen_k: int) -> tuple[int
     return (-(-seqlen_k // spec.tiles.block_n), nheads, batch)
 
 
-def bwd_block(spec: BwdSpec) -> tuple[int, int, int]:
+def bwd_block(spec: BwdSpec | BwdSm90Spec) -> tuple[int, int, int]:
     return (spec.threads, 1, 1)
 
 

@@ -354,6 +354,61 @@ class BwdSpec:
 
 
 @dataclass(frozen=True)
+class BwdSm90Tiles:
+    """The fixed tile shape of kernels_cu/bwd_sm90.cu: block_m queries per
+    step, block_n keys per CTA (64 per warpgroup)."""
+
+    block_m: int = 64
+    block_n: int = 128
+    warps: int = 8
+
+
+#: Compile-time head dims the Hopper backward has (its registers hold dK and dV
+#: for 64 keys x D per warpgroup); other head dims use the portable backward.
+BWD_SM90_HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class BwdSm90Spec:
+    """The Hopper (sm_90a, wgmma) backward kernel in kernels_cu/bwd_sm90.cu."""
+
+    dtype: str
+    head_dim: int  # 64 or 128
+    causal: bool
+    deterministic: bool
+    tiles: BwdSm90Tiles = BwdSm90Tiles()
+
+    source = "bwd_sm90.cu"
+    entry = "cuflash_bwd_sm90"
+    allow_spills = False
+    arch_suffix = "a"
+    compute_capabilities = ((9, 0),)
+
+    def __post_init__(self):
+        _check_dtype_and_head_dim(self.dtype, self.head_dim)
+        if self.head_dim not in BWD_SM90_HEAD_DIMS:
+            raise ValueError(f"the Hopper backward has head dims {BWD_SM90_HEAD_DIMS}, got {self.head_dim}")
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.tiles.warps
+
+    @property
+    def name(self) -> str:
+        mask = "causal" if self.causal else "full"
+        det = "_det" if self.deterministic else ""
+        return f"bwd90_{self.dtype}_d{self.head_dim}_{mask}{det}"
+
+    def defines(self) -> dict[str, int]:
+        return {
+            "CUFLASH_DTYPE": DTYPES[self.dtype],
+            "CUFLASH_HEAD_DIM": self.head_dim,
+            "CUFLASH_CAUSAL": int(self.causal),
+            "CUFLASH_DETERMINISTIC": int(self.deterministic),
+        }
+
+
+@dataclass(frozen=True)
 class BwdPrepareSpec:
     """kernels_cu/bwd_prepare.cu: delta = rowsum(dO * O), lse in the exp2 domain, zeroed dQ accumulator."""
 

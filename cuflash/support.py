@@ -6,6 +6,7 @@ so a capability is added in one place.
 from __future__ import annotations
 
 from .specs import (
+    BWD_SM90_HEAD_DIMS,
     BWD_TILES,
     DTYPES,
     FWD_SM90_LONG_TILES,
@@ -13,9 +14,11 @@ from .specs import (
     FWD_TILES,
     BwdConvertSpec,
     BwdPrepareSpec,
+    BwdSm90Spec,
     BwdSpec,
     FwdSm90Spec,
     FwdSpec,
+    head_dim_bucket,
 )
 
 #: Input dtypes by name (numpy dtypes resolved in api.py).
@@ -53,10 +56,27 @@ def fwd_spec(
     return FwdSpec.for_problem(dtype, head_dim, causal)
 
 
+def bwd_spec(
+    dtype: str,
+    head_dim: int,
+    causal: bool,
+    deterministic: bool,
+    compute_capability: tuple[int, int],
+    sm90: bool = True,
+):
+    """The backward's main kernel for a problem on a GPU: the Hopper (wgmma)
+    kernel on compute capability 9.0 for the head dims it has, unless ``sm90``
+    is False; else the portable one."""
+    d = head_dim_bucket(head_dim)
+    if sm90 and tuple(compute_capability) in BwdSm90Spec.compute_capabilities and d in BWD_SM90_HEAD_DIMS:
+        return BwdSm90Spec(dtype, d, bool(causal), bool(deterministic))
+    return BwdSpec.for_problem(dtype, head_dim, causal, deterministic)
+
+
 def declared_specs() -> list:
     """Every kernel specialisation cuflash may launch (what `cuflash compile` builds):
     the forward (portable, then Hopper), then the backward (its main kernel,
-    prepare and convert). A spec with ``compute_capabilities`` is built only
+    portable then Hopper, prepare and convert). A spec with ``compute_capabilities`` is built only
     for those GPUs (cuflash.compile.cache.builds_for)."""
     fwd = [
         FwdSpec(dtype, d, causal, FWD_TILES[d])
@@ -75,6 +95,13 @@ def declared_specs() -> list:
         BwdSpec(dtype, d, causal, deterministic, BWD_TILES[d])
         for dtype in SUPPORTED_DTYPES
         for d in sorted(BWD_TILES)
+        for causal in (False, True)
+        for deterministic in (False, True)
+    ]
+    bwd += [
+        BwdSm90Spec(dtype, d, causal, deterministic)
+        for dtype in SUPPORTED_DTYPES
+        for d in BWD_SM90_HEAD_DIMS
         for causal in (False, True)
         for deterministic in (False, True)
     ]

@@ -51,28 +51,11 @@ constexpr int WGS = BM / 64;
 constexpr int THREADS = WGS * 128;
 constexpr int NT = BN / 8;  // n8 tiles of S per warp
 constexpr int DT = D / 8;   // n8 tiles of O per warp
-using Swz = SwizzleFor<D>;
-constexpr int AW = Swz::AW;
 static_assert(BM % 64 == 0 && BN % 32 == 0 && D % 32 == 0, "tile shape");
 
 constexpr u32 Q_BYTES = BM * D * 2;
 constexpr u32 KV_BYTES = BN * D * 2;
 static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "swizzled tiles start on 1024-byte boundaries");
-
-// Descriptor of a K-major operand tile (ROWS x D, swizzled) at k-step ks (16 columns of d).
-template <int ROWS>
-CUFLASH_DEVICE u64 desc_k_major(u32 tile, int row0, int ks) {
-    int col = ks * 16;
-    u32 addr = tile + (u32)(((col / AW) * ROWS + row0) * Swz::ROW_BYTES + (col % AW) * 2);
-    return make_smem_desc(addr, 16, 8 * Swz::ROW_BYTES, Swz::MODE);
-}
-
-// Descriptor of V (BN keys x D, swizzled) as the MN-major B operand of P V at
-// k-step kk (keys 16kk..16kk+15): column blocks are BN rows apart.
-CUFLASH_DEVICE u64 desc_v(u32 tile, int kk) {
-    u32 addr = tile + (u32)(kk * 16 * Swz::ROW_BYTES);
-    return make_smem_desc(addr, BN * Swz::ROW_BYTES, 8 * Swz::ROW_BYTES, Swz::MODE);
-}
 
 extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_sm90(const FwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -157,10 +140,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // (so the compiler knows its old value is dead).
     auto issue_s = [&](int j) {
         wgmma_fence();
-        wgmma_ss<BN, 0, false>(acc_s[0], desc_k_major<BM>(sQ, wg * 64, 0), desc_k_major<BN>(sK(j), 0, 0));
+        wgmma_ss<BN, 0, 0, false>(acc_s[0], desc_k_major<BM, D>(sQ, wg * 64, 0), desc_k_major<BN, D>(sK(j), 0, 0));
 #pragma unroll
         for (int ks = 1; ks < D / 16; ++ks)
-            wgmma_ss<BN, 0, true>(acc_s[0], desc_k_major<BM>(sQ, wg * 64, ks), desc_k_major<BN>(sK(j), 0, ks));
+            wgmma_ss<BN, 0, 0, true>(acc_s[0], desc_k_major<BM, D>(sQ, wg * 64, ks), desc_k_major<BN, D>(sK(j), 0, ks));
         wgmma_commit();
     };
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
@@ -207,7 +190,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         fence_regs(acc_o);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(acc_o, pa[kk], desc_v(sV(j), kk));
+        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(acc_o, pa[kk], desc_mn_major<BN, D>(sV(j), kk * 16));
         wgmma_commit();
     };
 

@@ -62,32 +62,33 @@ CUFLASH_DEVICE void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, i
 // Swizzled tiles (the operand layout of Hopper's wgmma, see wgmma.cuh).
 //
 // A ROWS x D tile is stored as D / AW column blocks of ROWS x AW elements:
-// AW = 64 (128-byte rows, the hardware's 128B swizzle) when D % 64 == 0, else
-// AW = 32 (64-byte rows, 64B swizzle). Inside a column block the 16-byte chunk
+// AW = 64 (128-byte rows, the hardware's 128B swizzle) or AW = 32 (64-byte
+// rows, 64B swizzle); by default 64 when D % 64 == 0, else 32. Inside a column block the 16-byte chunk
 // c of row r sits at chunk position c ^ (r % 8) (128B) or c ^ ((r / 2) % 4)
 // (64B), i.e. address bits [4, 7) (resp. [4, 6)) are XORed with bits [7, 10)
 // (resp. [7, 9)). The pattern is a function of the shared address, so the
 // tile and each column block start on a 1024-byte boundary (ROWS % 8 == 0).
 // The 8 rows of one 16-byte column land on 8 distinct bank groups, so the
 // row-wise copies and the epilogue's stores are conflict-free as well.
-template <int D>
+template <int D, int AW_ = (D % 64 == 0) ? 64 : 32>
 struct SwizzleFor {
-    static constexpr int AW = (D % 64 == 0) ? 64 : 32;
+    static_assert((AW_ == 64 || AW_ == 32) && D % AW_ == 0, "swizzle atom of 64 or 32 elements");
+    static constexpr int AW = AW_;
     static constexpr int ROW_BYTES = AW * 2;
     static constexpr u64 MODE = (AW == 64) ? 1 : 2;  // descriptor code: 1 = SWIZZLE_128B, 2 = SWIZZLE_64B
     static constexpr u32 MASK = (AW == 64) ? 7 : 3;  // row bits XORed into the chunk index
 };
 
 // Byte offset of columns [col, col + 8) of row r (col % 8 == 0) in a ROWS x D swizzled tile.
-template <int ROWS, int D>
+template <int ROWS, int D, int AW = SwizzleFor<D>::AW>
 CUFLASH_DEVICE u32 swizzled_offset(int r, int col) {
-    using S = SwizzleFor<D>;
+    using S = SwizzleFor<D, AW>;
     u32 linear = (u32)(((col / S::AW) * ROWS + r) * S::ROW_BYTES + (col % S::AW) * 2);
     return linear ^ (((linear >> 7) & S::MASK) << 4);
 }
 
 // As load_tile_async, into a swizzled ROWS x D tile.
-template <int ROWS, int D, int THREADS>
+template <int ROWS, int D, int THREADS, int AW = SwizzleFor<D>::AW>
 CUFLASH_DEVICE void load_tile_swizzled(u32 smem, const u16* gmem, i64 row_stride, int row0, int seqlen,
                                        int head_dim, int tid) {
     constexpr int CHUNKS_PER_ROW = D / 8;
@@ -101,7 +102,7 @@ CUFLASH_DEVICE void load_tile_swizzled(u32 smem, const u16* gmem, i64 row_stride
     for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
         if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
         bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
-        cp_async_16(smem + swizzled_offset<ROWS, D>(r + i * ROW_STEP, col), ok ? src + i * ROW_STEP * row_stride : gmem,
+        cp_async_16(smem + swizzled_offset<ROWS, D, AW>(r + i * ROW_STEP, col), ok ? src + i * ROW_STEP * row_stride : gmem,
                     ok);
     }
 }

@@ -25,6 +25,35 @@ CUFLASH_DEVICE u64 make_smem_desc(u32 addr, u32 lbo_bytes, u32 sbo_bytes, u64 mo
            ((u64)((sbo_bytes & 0x3FFFF) >> 4) << 32) | (mode << 62);
 }
 
+// Descriptor of a K-major operand (the reduction dim is contiguous) in a
+// swizzled ROWS x D tile (copy.cuh): rows row0.. (a multiple of 8), k-step ks
+// (16 columns).
+template <int ROWS, int D, int AW = SwizzleFor<D>::AW>
+CUFLASH_DEVICE u64 desc_k_major(u32 tile, int row0, int ks) {
+    using S = SwizzleFor<D, AW>;
+    const int col = ks * 16;
+    const u32 addr = tile + (u32)(((col / AW) * ROWS + row0) * S::ROW_BYTES + (col % AW) * 2);
+    return make_smem_desc(addr, 16, 8 * S::ROW_BYTES, S::MODE);
+}
+
+// Descriptor of an MN-major operand (M or N contiguous) whose reduction dim
+// runs down the rows of a swizzled ROWS x D tile: rows k_row0.. (k-step of 16
+// rows), M/N columns from col0 (a multiple of AW) on.
+template <int ROWS, int D, int AW = SwizzleFor<D>::AW>
+CUFLASH_DEVICE u64 desc_mn_major(u32 tile, int k_row0, int col0 = 0) {
+    using S = SwizzleFor<D, AW>;
+    const u32 addr = tile + (u32)(((col0 / AW) * ROWS + k_row0) * S::ROW_BYTES);
+    return make_smem_desc(addr, ROWS * S::ROW_BYTES, 8 * S::ROW_BYTES, S::MODE);
+}
+
+// x, unknown to the compiler from here on. Descriptors derived from a
+// laundered tile address inside a loop are computed where they are used,
+// instead of being hoisted out of the loop and held in (two) registers each.
+CUFLASH_DEVICE u32 opaque(u32 x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
 // Order register and shared-memory accesses of this thread before the next
 // wgmma (required before the first wgmma after registers were written).
 CUFLASH_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -105,14 +134,14 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 #define CUFLASH_WG_OUT(x) "=f"(x)
 
 // A and B from shared memory. The operands after the N/2 accumulators are
-// %K0 desc_a, %K1 desc_b, %K2 scale_d (0: D = A B, 1: D += A B), %K3 trans_b.
-#define CUFLASH_WGMMA_SS(N, K0, K1, K2, K3)                                                               \
+// %K0 desc_a, %K1 desc_b, %K2 scale_d (0: D = A B, 1: D += A B), %K3 trans_a, %K4 trans_b.
+#define CUFLASH_WGMMA_SS(N, K0, K1, K2, K3, K4)                                                           \
     asm volatile(                                                                                        \
         "{\n.reg .pred p;\nsetp.ne.b32 p, %" K2 ", 0;\n"                                                 \
         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." CUFLASH_WG_AB " {" CUFLASH_WG_REGS_##N "}, %" K0 \
-        ", %" K1 ", p, 1, 1, 0, %" K3 ";\n}\n"                                                           \
+        ", %" K1 ", p, 1, 1, %" K3 ", %" K4 ";\n}\n"                                                      \
         : CUFLASH_WG_OPS_##N(d)                                                                          \
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_B))
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B))
 
 // A from registers (a[4], the mma.sync A fragment), B from shared memory:
 // %K0..%K0+3 a, then desc_b, scale_d, trans_b.
@@ -125,14 +154,14 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B))
 
 #define CUFLASH_WGMMA_SS_BY_N                                                      \
-    if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19");           \
-    else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35");      \
-    else if constexpr (N == 96) CUFLASH_WGMMA_SS(96, "48", "49", "50", "51");      \
-    else if constexpr (N == 128) CUFLASH_WGMMA_SS(128, "64", "65", "66", "67");    \
-    else if constexpr (N == 160) CUFLASH_WGMMA_SS(160, "80", "81", "82", "83");    \
-    else if constexpr (N == 192) CUFLASH_WGMMA_SS(192, "96", "97", "98", "99");    \
-    else if constexpr (N == 224) CUFLASH_WGMMA_SS(224, "112", "113", "114", "115"); \
-    else CUFLASH_WGMMA_SS(256, "128", "129", "130", "131");
+    if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19", "20");                \
+    else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35", "36");           \
+    else if constexpr (N == 96) CUFLASH_WGMMA_SS(96, "48", "49", "50", "51", "52");           \
+    else if constexpr (N == 128) CUFLASH_WGMMA_SS(128, "64", "65", "66", "67", "68");         \
+    else if constexpr (N == 160) CUFLASH_WGMMA_SS(160, "80", "81", "82", "83", "84");         \
+    else if constexpr (N == 192) CUFLASH_WGMMA_SS(192, "96", "97", "98", "99", "100");        \
+    else if constexpr (N == 224) CUFLASH_WGMMA_SS(224, "112", "113", "114", "115", "116");    \
+    else CUFLASH_WGMMA_SS(256, "128", "129", "130", "131", "132");
 
 #define CUFLASH_WGMMA_RS_BY_N                                                                   \
     if constexpr (N == 32) CUFLASH_WGMMA_RS(32, "16", "17", "18", "19", "20", "21", "22");      \
@@ -145,9 +174,10 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
     else CUFLASH_WGMMA_RS(256, "128", "129", "130", "131", "132", "133", "134");
 
 // d (64 x N per warpgroup, as d[N/8][4]) += A B (ACCUM) or = A B (!ACCUM: the
-// old d is not read), A and B from shared memory. TRANS_B = 0: B stored N x K
-// (K contiguous); 1: stored K x N (N contiguous).
-template <int N, int TRANS_B, bool ACCUM>
+// old d is not read), A and B from shared memory. TRANS_A = 0: A stored M x K
+// (K contiguous, K-major), 1: K x M (M contiguous); TRANS_B = 0: B stored N x K
+// (K-major), 1: K x N (N contiguous).
+template <int N, int TRANS_A, int TRANS_B, bool ACCUM>
 CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b) {
     static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
     const int scale_d = ACCUM;
@@ -162,7 +192,7 @@ CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b) {
     }
 }
 
-// As wgmma_ss with A (64 x 16) in registers (the mma.sync A fragment).
+// As wgmma_ss with A (64 x 16) in registers (the mma.sync A fragment, K-major).
 template <int N, int TRANS_B, bool ACCUM>
 CUFLASH_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b) {
     static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");

@@ -15,7 +15,7 @@ import cuflash
 from cuflash import reference, support, testing
 
 cp = pytest.importorskip("cupy")
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("kernel_path")]
 
 DTYPES = list(support.SUPPORTED_DTYPES)
 
@@ -206,3 +206,13 @@ def test_64bit_offsets():
     dot = dout[-tail:].copy()
     del q, dout, out, lse, dq, dk, dv
     check(got, qt, kt, vt, dot, causal=False, label="64-bit")
+
+
+def test_hopper_gets_the_sm90_backward(kernel_path):
+    from cuflash import api
+    from cuflash.specs import BwdSm90Spec, BwdSpec
+
+    for head_dim, sm90 in ((64, True), (128, True), (256, False)):
+        spec = api._bwd_spec("bf16", head_dim, False, False, cp.cuda.Device().id)
+        want = BwdSm90Spec if kernel_path == "sm90" and sm90 else BwdSpec
+        assert isinstance(spec, want), spec.name

@@ -15,22 +15,7 @@ import cuflash
 from cuflash import reference, specs, support, testing
 
 cp = pytest.importorskip("cupy")
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True, params=["sm90", "portable"])
-def fwd_kernel(request, monkeypatch):
-    """Select the forward kernel through CUFLASH_DISABLE_SM90; skip sm90 where the GPU lacks it."""
-    if request.param == "sm90":
-        from cuflash.compile import cache
-        from cuflash.specs import FwdSm90Spec
-
-        if cache.device_compute_capability(cp.cuda.Device().id) not in FwdSm90Spec.compute_capabilities:
-            pytest.skip("the Hopper forward needs compute capability 9.0")
-        monkeypatch.setenv("CUFLASH_DISABLE_SM90", "0")
-    else:
-        monkeypatch.setenv("CUFLASH_DISABLE_SM90", "1")
-    return request.param
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("kernel_path")]
 
 
 def run_and_check(q, k, v, *, causal, softmax_scale=None, label=""):
@@ -154,10 +139,10 @@ def test_64bit_offsets():
     testing.check_accuracy("out 64-bit", got, run_ref[0], lowp[0], "bf16", kind="fwd")
 
 
-def test_hopper_gets_the_sm90_kernel(fwd_kernel):
+def test_hopper_gets_the_sm90_kernel(kernel_path):
     from cuflash import api
     from cuflash.specs import FwdSm90Spec, FwdSpec
 
     for seqlen_q in (512, 4096):
         spec = api._fwd_spec("bf16", 128, False, seqlen_q, cp.cuda.Device().id)
-        assert isinstance(spec, FwdSm90Spec if fwd_kernel == "sm90" else FwdSpec), spec.name
+        assert isinstance(spec, FwdSm90Spec if kernel_path == "sm90" else FwdSpec), spec.name

@@ -1,0 +1,321 @@
+// bwd_sm90.cu: exact attention backward, the Hopper path (sm_90a: wgmma with
+// operands in swizzled shared memory, cp.async loads, fp32 accumulators).
+//
+// Computes what bwd.cu computes (FlashAttention-2, Algorithm 2, P recomputed
+// from the forward's lse), with the same parameters, preprocess (bwd_prepare.cu)
+// and conversions (bwd_convert.cu). For one (batch b, query head h, kv head
+// h_kv) and a block of Bc keys, with Q, dO: (Sq, d), K_j, V_j: (Bc, d):
+//   dV_j = sum_i P_ij^T dO_i,  dK_j = scale * sum_i dS_ij^T Q_i,  dQ_i += scale * dS_ij K_j
+// where S_ij = Q_i K_j^T (masked), P_ij = exp2(S_ij * scale * log2(e) - L2_i),
+// dP_ij = dO_i V_j^T, dS_ij = P_ij ∘ (dP_ij - D_i) (L2_i = lse_i * log2(e) and
+// D_i = rowsum(dO_i ∘ O_i) from bwd_prepare.cu).
+//
+// Steps: one CTA per (key block, head, batch); two warpgroups, warpgroup w
+// owning keys 64w..64w+63 of the block (Bc = 128), Br = 64 queries per step.
+//   1. cp.async K_j, V_j (once) and Q, dO, L2, D of the first query block that
+//      sees a key of j, into swizzled shared memory (copy.cuh).
+//   2. For each query block i (causal: from the first that sees key j; only
+//      blocks crossing the diagonal or seqlen_k are masked), Q/dO double-buffered:
+//        wait for block i; start copying block i+1 into the other buffer;
+//        S^T = K Q^T, dP^T = V dO^T     per warpgroup 64 keys x Br, A and B K-major;
+//        P^T = exp2(S^T * scale_log2 - L2), dS^T = P^T ∘ (dP^T - D) in registers;
+//        dS^T -> shared memory (16-bit, [key][query], swizzled);
+//        dV += P^T dO, dK += dS^T Q      A from registers, B = dO / Q read transposed;
+//        dQ_i (Br x D/2, columns w*D/2..) = dS K over all Bc keys: A = dS read
+//        transposed from dS^T, B = K read transposed; fp32 reductions into
+//        dq_accum (CUFLASH_DETERMINISTIC: in key-block order, atomic.cuh turns).
+//   3. dK *= scale; write dK, dV (16-bit, staged through shared memory) or, under
+//      GQA, fp32 per query head into dk_accum/dv_accum (bwd_convert.cu sums).
+// Every product is held transposed (keys as the M dimension of wgmma), so dV
+// and dK take P^T and dS^T straight from registers.
+//
+// Compile-time constants (cuflash/specs.py BwdSm90Spec): CUFLASH_DTYPE,
+// CUFLASH_HEAD_DIM D (64 or 128; the actual d <= D is a run-time value,
+// columns >= d are zero-filled and never stored), CUFLASH_CAUSAL,
+// CUFLASH_DETERMINISTIC. Br = 64, Bc = 128, 256 threads.
+// Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
+// (Bc x Br) tiles. Constraints: as bwd.cu.
+// Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T)
+// 16-bit elements, 16 Br bytes (L2, D) and 1 KB alignment slack (launch.py).
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+#include "common/copy.cuh"
+#include "common/wgmma.cuh"
+#include "common/mask.cuh"
+#include "common/atomic.cuh"
+
+constexpr int D = CUFLASH_HEAD_DIM;
+constexpr int BM = 64;   // Br: queries per step
+constexpr int BN = 128;  // Bc: keys per CTA, 64 per warpgroup
+constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
+constexpr int THREADS = 256;
+constexpr int DQ_COLS = D / 2;  // dQ columns per warpgroup
+// K, V, Q, dO tiles use swizzle atoms of DQ_COLS or 64 columns, so that each
+// warpgroup's half of K starts on an atom (a whole column block).
+constexpr int AW = DQ_COLS % 64 == 0 ? 64 : 32;
+constexpr int NT = BM / 8;  // n8 tiles of S^T per warp (queries)
+constexpr int DT = D / 8;   // n8 tiles of dK, dV per warp
+static_assert(D == 64 || D == 128, "head dim bucket of this kernel");
+
+constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
+static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
+    const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
+    const u32 sK = base;                  // (BN, D)
+    const u32 sV = sK + KV_BYTES;         // (BN, D)
+    const u32 sQ = sV + KV_BYTES;         // [2] (BM, D)
+    const u32 sdO = sQ + 2 * QD_BYTES;    // [2] (BM, D)
+    const u32 sdSt = sdO + 2 * QD_BYTES;  // (BN keys, BM queries), queries contiguous
+    float* sLse2 = reinterpret_cast<float*>(smem + (sdSt + DST_BYTES - base));  // [2][BM]
+    float* sDelta = sLse2 + 2 * BM;                                             // [2][BM]
+    const u32 sLse2_addr = smem_addr(sLse2), sDelta_addr = smem_addr(sDelta);
+
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
+    const int g = lane / 4, t = lane % 4;
+    const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int h_kv = h / (p.nheads / p.nheads_kv);
+    const int key0 = n_block * BN;
+    const int warp_key0 = wg * 64 + warp_in_wg * 16;  // first key of this warp within the block
+
+    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
+    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
+    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
+    const i64 bh = (i64)b * p.nheads + h;
+    const float* lse2 = p.lse_log2 + bh * p.seqlen_q_rounded;
+    const float* delta = p.delta + bh * p.seqlen_q_rounded;
+    float* dq_accum = p.dq_accum + b * p.dqa_batch_stride + h * p.dqa_head_stride;
+
+    // Query blocks [m_begin, m_blocks) hold every query that sees a key of this
+    // block (causal: the first query that sees key0 is key0 - (seqlen_k - seqlen_q)).
+    int m_begin = 0;
+    if (CAUSAL) m_begin = max(key0 - (p.seqlen_k - p.seqlen_q), 0) / BM;
+    const int m_end = p.m_blocks;
+
+    auto load_query_block = [&](int m, int buf) {
+        load_tile_swizzled<BM, D, THREADS, AW>(sQ + buf * QD_BYTES, q, p.q_row_stride, m * BM, p.seqlen_q,
+                                               p.head_dim, tid);
+        load_tile_swizzled<BM, D, THREADS, AW>(sdO + buf * QD_BYTES, dout, p.do_row_stride, m * BM, p.seqlen_q,
+                                               p.head_dim, tid);
+        // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
+        if (tid < BM / 4) {
+            cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
+            cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), delta + (i64)m * BM + tid * 4, true);
+        }
+    };
+
+    float acc_dk[DT][4], acc_dv[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dk[dt][e] = acc_dv[dt][e] = 0.f;
+
+    // Without queries (seqlen_q = 0) the loop is empty and dK = dV = 0 are written.
+    if (m_begin < m_end) {
+        load_tile_swizzled<BN, D, THREADS, AW>(sK, k, p.k_row_stride, key0, p.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS, AW>(sV, v, p.v_row_stride, key0, p.seqlen_k, p.head_dim, tid);
+        load_query_block(m_begin, 0);
+        cp_async_commit();
+    }
+
+    for (int m = m_begin; m < m_end; ++m) {
+        const int buf = (m - m_begin) & 1;
+        const int row0 = m * BM;
+        // Block m (and the first time K, V) has landed for this thread; the fence
+        // makes it visible to wgmma and the barrier publishes every thread's
+        // copies. The barrier also guarantees that every warpgroup finished step
+        // m-1 (its products read buffer buf ^ 1 and sdSt), so both may be
+        // overwritten from here on.
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (m + 1 < m_end) {
+            load_query_block(m + 1, buf ^ 1);
+            cp_async_commit();
+        }
+        const u32 q_buf = sQ + buf * QD_BYTES, do_buf = sdO + buf * QD_BYTES;
+        // Tile addresses for this step's descriptors (wgmma.cuh opaque).
+        const u32 sK_ = opaque(sK), sV_ = opaque(sV), sdSt_ = opaque(sdSt);
+
+        // S^T = K Q^T and dP^T = V dO^T: (64 keys x BM queries) per warpgroup.
+        float acc_s[1][NT][4], acc_dp[1][NT][4];
+        wgmma_fence();
+        wgmma_ss<BM, 0, 0, false>(acc_s[0], desc_k_major<BN, D, AW>(sK_, wg * 64, 0), desc_k_major<BM, D, AW>(q_buf, 0, 0));
+#pragma unroll
+        for (int ks = 1; ks < D / 16; ++ks)
+            wgmma_ss<BM, 0, 0, true>(acc_s[0], desc_k_major<BN, D, AW>(sK_, wg * 64, ks),
+                                     desc_k_major<BM, D, AW>(q_buf, 0, ks));
+        wgmma_ss<BM, 0, 0, false>(acc_dp[0], desc_k_major<BN, D, AW>(sV_, wg * 64, 0),
+                                  desc_k_major<BM, D, AW>(do_buf, 0, 0));
+#pragma unroll
+        for (int ks = 1; ks < D / 16; ++ks)
+            wgmma_ss<BM, 0, 0, true>(acc_dp[0], desc_k_major<BN, D, AW>(sV_, wg * 64, ks),
+                                     desc_k_major<BM, D, AW>(do_buf, 0, ks));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_s[0]);
+        fence_regs(acc_dp[0]);
+
+        bool need_mask = key0 + BN > p.seqlen_k;
+        if (CAUSAL) need_mask = need_mask || key0 + BN - 1 > row0 + p.seqlen_k - p.seqlen_q;
+        if (need_mask) mask_scores_t<CAUSAL>(acc_s, key0 + warp_key0, row0, lane, p.seqlen_q, p.seqlen_k);
+
+        // P^T = exp2(S^T * scale_log2 - L2) and dS^T = P^T ∘ (dP^T - D). Element
+        // (nt, 2hh+j): key warp_key0 + hh*8 + g, query nt*8 + 2t + j. No NaN:
+        // L2 is finite or +inf (never -inf, bwd_prepare), so the exponent is
+        // finite or -inf and P (then dS) is exactly 0 where masked or empty.
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int col = buf * BM + nt * 8 + 2 * t;
+            const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
+            const float2 dd = *reinterpret_cast<const float2*>(sDelta + col);
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                float p0 = fast_exp2(fmaf(acc_s[0][nt][2 * hh], p.scale_log2, -l2.x));
+                float p1 = fast_exp2(fmaf(acc_s[0][nt][2 * hh + 1], p.scale_log2, -l2.y));
+                acc_s[0][nt][2 * hh] = p0;
+                acc_s[0][nt][2 * hh + 1] = p1;
+                acc_dp[0][nt][2 * hh] = p0 * (acc_dp[0][nt][2 * hh] - dd.x);
+                acc_dp[0][nt][2 * hh + 1] = p1 * (acc_dp[0][nt][2 * hh + 1] - dd.y);
+            }
+        }
+
+        // P^T and dS^T as A fragments (k-step kk = queries 16kk..16kk+15 = n8
+        // tiles 2kk, 2kk+1), and dS^T into shared memory for dQ.
+        u32 pt[BM / 16][4], dst[BM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            pt[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
+            pt[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
+            pt[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
+            pt[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
+            dst[kk][0] = pack_float2(acc_dp[0][2 * kk][0], acc_dp[0][2 * kk][1]);
+            dst[kk][1] = pack_float2(acc_dp[0][2 * kk][2], acc_dp[0][2 * kk][3]);
+            dst[kk][2] = pack_float2(acc_dp[0][2 * kk + 1][0], acc_dp[0][2 * kk + 1][1]);
+            dst[kk][3] = pack_float2(acc_dp[0][2 * kk + 1][2], acc_dp[0][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int key = warp_key0 + hh * 8 + g;
+                *reinterpret_cast<u32*>(smem + (sdSt - base) + swizzled_offset<BN, BM>(key, nt * 8) + 4 * t) =
+                    dst[nt / 2][(nt % 2) * 2 + hh];
+            }
+
+        // dV += P^T dO, dK += dS^T Q: (64 keys x D) per warpgroup, over BM queries.
+        fence_regs(acc_dv);
+        fence_regs(acc_dk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) wgmma_rs<D, 1, true>(acc_dv, pt[kk], desc_mn_major<BM, D, AW>(do_buf, kk * 16));
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) wgmma_rs<D, 1, true>(acc_dk, dst[kk], desc_mn_major<BM, D, AW>(q_buf, kk * 16));
+        wgmma_commit();
+
+        // dS^T of both warpgroups is in shared memory (and visible to wgmma)
+        // before dQ reads it.
+        fence_proxy_async();
+        __syncthreads();
+
+        // dQ_i[:, wg*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS,
+        // read transposed from dS^T), N = DQ_COLS (B = K read transposed).
+        float acc_dq[DQ_COLS / 8][4];
+        wgmma_ss<DQ_COLS, 1, 1, false>(acc_dq, desc_mn_major<BN, BM>(sdSt_, 0),
+                                       desc_mn_major<BN, D, AW>(sK_, 0, wg * DQ_COLS));
+#pragma unroll
+        for (int kk = 1; kk < BN / 16; ++kk)
+            wgmma_ss<DQ_COLS, 1, 1, true>(acc_dq, desc_mn_major<BN, BM>(sdSt_, kk * 16),
+                                          desc_mn_major<BN, D, AW>(sK_, kk * 16, wg * DQ_COLS));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_dq);
+        fence_regs(acc_dv);
+        fence_regs(acc_dk);
+        fence_regs(pt);
+        fence_regs(dst);
+
+        // Deterministic: the CTAs of this (head, batch) that see query block m
+        // are key blocks 0 .. N-1, so this CTA adds n_block-th (bwd.cu explains
+        // why the turns cannot deadlock). Warp w_in_wg of warpgroup wg adds rows
+        // 16 w_in_wg + g (+8), columns wg*DQ_COLS + 8j + 2t.
+        int* turn = DETERMINISTIC ? p.dq_semaphore + bh * p.m_blocks + m : nullptr;
+        if (DETERMINISTIC) turn_wait(turn, n_block);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int row = row0 + warp_in_wg * 16 + hh * 8 + g;
+            if (row >= p.seqlen_q) continue;
+            float* dst_row = dq_accum + (i64)row * p.dqa_row_stride + wg * DQ_COLS + 2 * t;
+#pragma unroll
+            for (int j = 0; j < DQ_COLS / 8; ++j)
+                if (wg * DQ_COLS + j * 8 < p.head_dim)  // d % 8 == 0: whole n8 tiles
+                    red_add_f32x2(dst_row + j * 8, acc_dq[j][2 * hh] * p.scale, acc_dq[j][2 * hh + 1] * p.scale);
+        }
+        if (DETERMINISTIC) turn_pass(turn);
+    }
+
+    // 3. Epilogue. Every warpgroup is past its last product reading sK/sV
+    // before they are reused to stage dK and dV.
+    __syncthreads();
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dk[dt][e] *= p.scale;
+
+    if (p.dk_accum == nullptr) {
+        // dK -> sK, dV -> sV as 16-bit swizzled [key][d], then 16-byte stores of whole rows.
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int row = warp_key0 + hh * 8 + g;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                const u32 off = swizzled_offset<BN, D, AW>(row, dt * 8) + 4 * t;
+                *reinterpret_cast<u32*>(smem + (sK - base) + off) =
+                    pack_float2(acc_dk[dt][2 * hh], acc_dk[dt][2 * hh + 1]);
+                *reinterpret_cast<u32*>(smem + (sV - base) + off) =
+                    pack_float2(acc_dv[dt][2 * hh], acc_dv[dt][2 * hh + 1]);
+            }
+        }
+        // The 16-byte reads below cover rows other warps wrote.
+        __syncthreads();
+        u16* dk = static_cast<u16*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
+        u16* dv = static_cast<u16*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
+        for (int c = tid; c < BN * (D / 8); c += THREADS) {
+            const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+            const int key = key0 + r;
+            if (key < p.seqlen_k && col < p.head_dim) {
+                const u32 off = swizzled_offset<BN, D, AW>(r, col);
+                *reinterpret_cast<uint4*>(dk + (i64)key * p.dk_row_stride + col) =
+                    *reinterpret_cast<const uint4*>(smem + (sK - base) + off);
+                *reinterpret_cast<uint4*>(dv + (i64)key * p.dv_row_stride + col) =
+                    *reinterpret_cast<const uint4*>(smem + (sV - base) + off);
+            }
+        }
+    } else {
+        // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
+        float* dka = p.dk_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
+        float* dva = p.dv_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int key = key0 + warp_key0 + hh * 8 + g;
+            if (key >= p.seqlen_k) continue;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                const int col = dt * 8 + 2 * t;
+                if (col < p.head_dim) {
+                    *reinterpret_cast<float2*>(dka + (i64)key * p.dka_row_stride + col) =
+                        make_float2(acc_dk[dt][2 * hh], acc_dk[dt][2 * hh + 1]);
+                    *reinterpret_cast<float2*>(dva + (i64)key * p.dka_row_stride + col) =
+                        make_float2(acc_dv[dt][2 * hh], acc_dv[dt][2 * hh + 1]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+"""Fixtures of the GPU tests."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(params=["sm90", "portable"])
+def kernel_path(request, monkeypatch):
+    """Run a test once per kernel family the GPU has: the portable kernels
+    (CUFLASH_DISABLE_SM90=1) and, on compute capability 9.0, the Hopper ones.
+    Modules opt in with ``pytestmark = [..., pytest.mark.usefixtures("kernel_path")]``."""
+    cp = pytest.importorskip("cupy")
+    if request.param == "sm90":
+        from cuflash.compile import cache
+
+        if cache.device_compute_capability(cp.cuda.Device().id) != (9, 0):
+            pytest.skip("the Hopper kernels need compute capability 9.0")
+        monkeypatch.setenv("CUFLASH_DISABLE_SM90", "0")
+    else:
+        monkeypatch.setenv("CUFLASH_DISABLE_SM90", "1")
+    return request.param
