@@ -39,11 +39,13 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     and dO (two buffers of Br rows each), pitch D + 8; dS^T (Bc rows, pitch Br + 8)
     and P^T unless it stays in registers (16-bit).
     kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
-    rows of D; dS^T (Bc x Br); L2 and D (two buffers of Br); 1 KB alignment slack.
+    rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
+    buffers of Br); 1 KB alignment slack.
     """
     t = spec.tiles
     if isinstance(spec, BwdSm90Spec):
-        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + 2 * t.block_n * t.block_m + 16 * t.block_m + 1024
+        exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
+        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + 1024
     pitch, pitch_t = spec.head_dim + 8, t.block_m + 8
     transposed = 1 if t.p_in_regs else 2
     return 4 * 4 * t.block_m + 2 * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * 2 * t.block_n * pitch_t

@@ -355,17 +355,23 @@ class BwdSpec:
 
 @dataclass(frozen=True)
 class BwdSm90Tiles:
-    """The fixed tile shape of kernels_cu/bwd_sm90.cu: block_m queries per
-    step, block_n keys per CTA (64 per warpgroup)."""
+    """Tile shape of kernels_cu/bwd_sm90.cu: block_m queries per step, block_n
+    keys per CTA (64 per warpgroup; 64 shared by both warpgroups when
+    split_d, where they split the columns of dK and dV instead)."""
 
-    block_m: int = 64
-    block_n: int = 128
+    block_m: int
+    block_n: int
     warps: int = 8
 
+    @property
+    def split_d(self) -> bool:
+        return self.block_n == 64
 
-#: Compile-time head dims the Hopper backward has (its registers hold dK and dV
-#: for 64 keys x D per warpgroup); other head dims use the portable backward.
-BWD_SM90_HEAD_DIMS = (64, 128)
+
+#: Compile-time head dims the Hopper backward has (d <= 128: each warpgroup
+#: holds dK and dV of 64 keys x D; d = 256: half the columns); other head
+#: dims use the portable backward.
+BWD_SM90_HEAD_DIMS = (64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -376,7 +382,6 @@ class BwdSm90Spec:
     head_dim: int  # 64 or 128
     causal: bool
     deterministic: bool
-    tiles: BwdSm90Tiles = BwdSm90Tiles()
 
     source = "bwd_sm90.cu"
     entry = "cuflash_bwd_sm90"
@@ -388,6 +393,10 @@ class BwdSm90Spec:
         _check_dtype_and_head_dim(self.dtype, self.head_dim)
         if self.head_dim not in BWD_SM90_HEAD_DIMS:
             raise ValueError(f"the Hopper backward has head dims {BWD_SM90_HEAD_DIMS}, got {self.head_dim}")
+
+    @property
+    def tiles(self) -> BwdSm90Tiles:
+        return BwdSm90Tiles(64, 64 if self.head_dim > 128 else 128)
 
     @property
     def threads(self) -> int:
@@ -403,6 +412,7 @@ class BwdSm90Spec:
         return {
             "CUFLASH_DTYPE": DTYPES[self.dtype],
             "CUFLASH_HEAD_DIM": self.head_dim,
+            "CUFLASH_BLOCK_N": self.tiles.block_n,
             "CUFLASH_CAUSAL": int(self.causal),
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
         }

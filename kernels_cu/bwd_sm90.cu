@@ -12,6 +12,8 @@
 //
 // Steps: one CTA per (key block, head, batch); two warpgroups, warpgroup w
 // owning keys 64w..64w+63 of the block (Bc = 128), Br = 64 queries per step.
+// (SPLIT_D, d = 256: Bc = 64 keys shared by both warpgroups, which own columns
+// wg*D/2.. of dK and dV; see "SPLIT_D" below for how step 2 differs.)
 //   1. cp.async K_j, V_j (once) and Q, dO, L2, D of the first query block that
 //      sees a key of j, into swizzled shared memory (copy.cuh).
 //   2. For each query block i (causal: from the first that sees key j; only
@@ -20,23 +22,26 @@
 //        S^T = K Q^T, dP^T = V dO^T     per warpgroup 64 keys x Br, A and B K-major;
 //        P^T = exp2(S^T * scale_log2 - L2), dS^T = P^T ∘ (dP^T - D) in registers;
 //        dS^T -> shared memory (16-bit, [key][query], swizzled);
-//        dV += P^T dO, dK += dS^T Q      A from registers, B = dO / Q read transposed;
+//        dV += P^T dO, dK += dS^T Q      A = P^T from registers, dS^T from shared
+//                                        memory; B = dO / Q read transposed;
 //        dQ_i (Br x D/2, columns w*D/2..) = dS K over all Bc keys: A = dS read
 //        transposed from dS^T, B = K read transposed; fp32 reductions into
 //        dq_accum (CUFLASH_DETERMINISTIC: in key-block order, atomic.cuh turns).
 //   3. dK *= scale; write dK, dV (16-bit, staged through shared memory) or, under
 //      GQA, fp32 per query head into dk_accum/dv_accum (bwd_convert.cu sums).
 // Every product is held transposed (keys as the M dimension of wgmma), so dV
-// and dK take P^T and dS^T straight from registers.
+// takes P^T straight from registers (dS^T goes through shared memory anyway,
+// for dQ; reading it there for dK too keeps d = 128 within the registers).
 //
 // Compile-time constants (cuflash/specs.py BwdSm90Spec): CUFLASH_DTYPE,
 // CUFLASH_HEAD_DIM D (64 or 128; the actual d <= D is a run-time value,
-// columns >= d are zero-filled and never stored), CUFLASH_CAUSAL,
-// CUFLASH_DETERMINISTIC. Br = 64, Bc = 128, 256 threads.
+// columns >= d are zero-filled and never stored), CUFLASH_BLOCK_N Bc (128, or
+// 64 for SPLIT_D), CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC. Br = 64, 256 threads.
 // Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
 // (Bc x Br) tiles. Constraints: as bwd.cu.
-// Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T)
-// 16-bit elements, 16 Br bytes (L2, D) and 1 KB alignment slack (launch.py).
+// Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T;
+// twice under SPLIT_D, for P^T) 16-bit elements, 16 Br bytes (L2, D) and 1 KB
+// alignment slack (launch.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -46,20 +51,34 @@
 #include "common/atomic.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
-constexpr int BM = 64;   // Br: queries per step
-constexpr int BN = 128;  // Bc: keys per CTA, 64 per warpgroup
+constexpr int BM = 64;                 // Br: queries per step
+constexpr int BN = CUFLASH_BLOCK_N;    // Bc: keys per CTA
 constexpr bool CAUSAL = CUFLASH_CAUSAL;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
 constexpr int THREADS = 256;
-constexpr int DQ_COLS = D / 2;  // dQ columns per warpgroup
+// SPLIT_D (D = 256): dK and dV of 64 keys x D do not fit one warpgroup's
+// registers, so both warpgroups own the same Bc = 64 keys and split the
+// columns of dK, dV (and dQ) in halves. In step 2 warpgroup 0 computes S^T and
+// warpgroup 1 dP^T; dP^T goes to warpgroup 0 through shared memory (fp32),
+// which forms P^T and dS^T and stores both (16-bit); then each warpgroup
+// takes both from shared memory for its halves of dV and dK. Otherwise (D <= 128) each
+// warpgroup owns 64 of Bc = 128 keys and all D columns of their dK, dV.
+constexpr bool SPLIT_D = D > 128;
+constexpr int KV_COLS = SPLIT_D ? D / 2 : D;  // dK, dV columns per warpgroup
+constexpr int DQ_COLS = D / 2;                // dQ columns per warpgroup
 // K, V, Q, dO tiles use swizzle atoms of DQ_COLS or 64 columns, so that each
-// warpgroup's half of K starts on an atom (a whole column block).
+// warpgroup's half of a tile starts on an atom (a whole column block).
 constexpr int AW = DQ_COLS % 64 == 0 ? 64 : 32;
-constexpr int NT = BM / 8;  // n8 tiles of S^T per warp (queries)
-constexpr int DT = D / 8;   // n8 tiles of dK, dV per warp
-static_assert(D == 64 || D == 128, "head dim bucket of this kernel");
+constexpr int NT = BM / 8;        // n8 tiles of S^T per warp (queries)
+constexpr int DT = KV_COLS / 8;   // n8 tiles of dK, dV per warp
+static_assert(D == 64 || D == 128 || D == 256, "head dim bucket of this kernel");
+static_assert(BN == (SPLIT_D ? 64 : 128), "keys per CTA: 64 per warpgroup, or 64 shared (SPLIT_D)");
 
 constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
+// The exchange region: dS^T (16-bit); under SPLIT_D also P^T (16-bit), which
+// alias the fp32 dP^T that warpgroup 1 hands to warpgroup 0 earlier in a step.
+constexpr u32 XCHG_BYTES = SPLIT_D ? 2 * DST_BYTES : DST_BYTES;
+static_assert(!SPLIT_D || 2 * DST_BYTES == BN * BM * 4, "fp32 dP^T fills the exchange region");
 static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
@@ -72,7 +91,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const u32 sQ = sV + KV_BYTES;         // [2] (BM, D)
     const u32 sdO = sQ + 2 * QD_BYTES;    // [2] (BM, D)
     const u32 sdSt = sdO + 2 * QD_BYTES;  // (BN keys, BM queries), queries contiguous
-    float* sLse2 = reinterpret_cast<float*>(smem + (sdSt + DST_BYTES - base));  // [2][BM]
+    const u32 sPt = sdSt + DST_BYTES;     // SPLIT_D: P^T, as dS^T
+    float* sdPt = reinterpret_cast<float*>(smem + (sdSt - base));  // SPLIT_D: fp32 dP^T [32 regs][128 threads]
+    float* sLse2 = reinterpret_cast<float*>(smem + (sdSt + XCHG_BYTES - base));  // [2][BM]
     float* sDelta = sLse2 + 2 * BM;                                             // [2][BM]
     const u32 sLse2_addr = smem_addr(sLse2), sDelta_addr = smem_addr(sDelta);
 
@@ -82,7 +103,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int h_kv = h / (p.nheads / p.nheads_kv);
     const int key0 = n_block * BN;
-    const int warp_key0 = wg * 64 + warp_in_wg * 16;  // first key of this warp within the block
+    const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
+    const int kv_col0 = SPLIT_D ? wg * KV_COLS : 0;                    // first dK/dV column of this warpgroup
 
     const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
     const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
@@ -144,103 +166,174 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // Tile addresses for this step's descriptors (wgmma.cuh opaque).
         const u32 sK_ = opaque(sK), sV_ = opaque(sV), sdSt_ = opaque(sdSt);
 
-        // S^T = K Q^T and dP^T = V dO^T: (64 keys x BM queries) per warpgroup.
-        float acc_s[1][NT][4], acc_dp[1][NT][4];
-        wgmma_fence();
-        wgmma_ss<BM, 0, 0, false>(acc_s[0], desc_k_major<BN, D, AW>(sK_, wg * 64, 0), desc_k_major<BM, D, AW>(q_buf, 0, 0));
-#pragma unroll
-        for (int ks = 1; ks < D / 16; ++ks)
-            wgmma_ss<BM, 0, 0, true>(acc_s[0], desc_k_major<BN, D, AW>(sK_, wg * 64, ks),
-                                     desc_k_major<BM, D, AW>(q_buf, 0, ks));
-        wgmma_ss<BM, 0, 0, false>(acc_dp[0], desc_k_major<BN, D, AW>(sV_, wg * 64, 0),
-                                  desc_k_major<BM, D, AW>(do_buf, 0, 0));
-#pragma unroll
-        for (int ks = 1; ks < D / 16; ++ks)
-            wgmma_ss<BM, 0, 0, true>(acc_dp[0], desc_k_major<BN, D, AW>(sV_, wg * 64, ks),
-                                     desc_k_major<BM, D, AW>(do_buf, 0, ks));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(acc_s[0]);
-        fence_regs(acc_dp[0]);
-
+        const u32 sPt_ = opaque(sPt);
         bool need_mask = key0 + BN > p.seqlen_k;
         if (CAUSAL) need_mask = need_mask || key0 + BN - 1 > row0 + p.seqlen_k - p.seqlen_q;
-        if (need_mask) mask_scores_t<CAUSAL>(acc_s, key0 + warp_key0, row0, lane, p.seqlen_q, p.seqlen_k);
 
-        // P^T = exp2(S^T * scale_log2 - L2) and dS^T = P^T ∘ (dP^T - D). Element
-        // (nt, 2hh+j): key warp_key0 + hh*8 + g, query nt*8 + 2t + j. No NaN:
-        // L2 is finite or +inf (never -inf, bwd_prepare), so the exponent is
-        // finite or -inf and P (then dS) is exactly 0 where masked or empty.
+        // x = op(A) B over D for a (64 keys x BM queries) tile: A = K or V rows
+        // key_row0.., B = Q or dO (both K-major).
+        auto keys_by_queries = [&](float (&x)[1][NT][4], u32 a_tile, u32 b_tile, int key_row0) {
+            wgmma_ss<BM, 0, 0, false>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, 0),
+                                      desc_k_major<BM, D, AW>(b_tile, 0, 0));
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const int col = buf * BM + nt * 8 + 2 * t;
-            const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
-            const float2 dd = *reinterpret_cast<const float2*>(sDelta + col);
+            for (int ks = 1; ks < D / 16; ++ks)
+                wgmma_ss<BM, 0, 0, true>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, ks),
+                                         desc_k_major<BM, D, AW>(b_tile, 0, ks));
+        };
+        // P^T = exp2(S^T * scale_log2 - L2) and dS^T = P^T ∘ (dP^T - D), in place
+        // (s becomes P^T, dp becomes dS^T). Element (nt, 2hh+j): key warp_key0 +
+        // hh*8 + g, query nt*8 + 2t + j. No NaN: L2 is finite or +inf (never
+        // -inf, bwd_prepare), so the exponent is finite or -inf and P (then dS)
+        // is exactly 0 where masked or empty.
+        auto p_and_ds = [&](float (&s)[1][NT][4], float (&dp)[1][NT][4]) {
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                float p0 = fast_exp2(fmaf(acc_s[0][nt][2 * hh], p.scale_log2, -l2.x));
-                float p1 = fast_exp2(fmaf(acc_s[0][nt][2 * hh + 1], p.scale_log2, -l2.y));
-                acc_s[0][nt][2 * hh] = p0;
-                acc_s[0][nt][2 * hh + 1] = p1;
-                acc_dp[0][nt][2 * hh] = p0 * (acc_dp[0][nt][2 * hh] - dd.x);
-                acc_dp[0][nt][2 * hh + 1] = p1 * (acc_dp[0][nt][2 * hh + 1] - dd.y);
+            for (int nt = 0; nt < NT; ++nt) {
+                const int col = buf * BM + nt * 8 + 2 * t;
+                const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
+                const float2 dd = *reinterpret_cast<const float2*>(sDelta + col);
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    float p0 = fast_exp2(fmaf(s[0][nt][2 * hh], p.scale_log2, -l2.x));
+                    float p1 = fast_exp2(fmaf(s[0][nt][2 * hh + 1], p.scale_log2, -l2.y));
+                    s[0][nt][2 * hh] = p0;
+                    s[0][nt][2 * hh + 1] = p1;
+                    dp[0][nt][2 * hh] = p0 * (dp[0][nt][2 * hh] - dd.x);
+                    dp[0][nt][2 * hh + 1] = p1 * (dp[0][nt][2 * hh + 1] - dd.y);
+                }
             }
-        }
-
-        // P^T and dS^T as A fragments (k-step kk = queries 16kk..16kk+15 = n8
-        // tiles 2kk, 2kk+1), and dS^T into shared memory for dQ.
-        u32 pt[BM / 16][4], dst[BM / 16][4];
+        };
+        // A (64 keys x BM queries) tile of this warp's rows -> shared memory,
+        // 16-bit, swizzled [key][query].
+        auto store_keys_by_queries = [&](u32 tile, const float (&x)[1][NT][4]) {
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) {
-            pt[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-            pt[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-            pt[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-            pt[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-            dst[kk][0] = pack_float2(acc_dp[0][2 * kk][0], acc_dp[0][2 * kk][1]);
-            dst[kk][1] = pack_float2(acc_dp[0][2 * kk][2], acc_dp[0][2 * kk][3]);
-            dst[kk][2] = pack_float2(acc_dp[0][2 * kk + 1][0], acc_dp[0][2 * kk + 1][1]);
-            dst[kk][3] = pack_float2(acc_dp[0][2 * kk + 1][2], acc_dp[0][2 * kk + 1][3]);
-        }
+            for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int key = warp_key0 + hh * 8 + g;
-                *reinterpret_cast<u32*>(smem + (sdSt - base) + swizzled_offset<BN, BM>(key, nt * 8) + 4 * t) =
-                    dst[nt / 2][(nt % 2) * 2 + hh];
-            }
-
-        // dV += P^T dO, dK += dS^T Q: (64 keys x D) per warpgroup, over BM queries.
-        fence_regs(acc_dv);
-        fence_regs(acc_dk);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) wgmma_rs<D, 1, true>(acc_dv, pt[kk], desc_mn_major<BM, D, AW>(do_buf, kk * 16));
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) wgmma_rs<D, 1, true>(acc_dk, dst[kk], desc_mn_major<BM, D, AW>(q_buf, kk * 16));
-        wgmma_commit();
-
-        // dS^T of both warpgroups is in shared memory (and visible to wgmma)
-        // before dQ reads it.
-        fence_proxy_async();
-        __syncthreads();
-
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int key = warp_key0 + hh * 8 + g;
+                    *reinterpret_cast<u32*>(smem + (tile - base) + swizzled_offset<BN, BM>(key, nt * 8) + 4 * t) =
+                        pack_float2(x[0][nt][2 * hh], x[0][nt][2 * hh + 1]);
+                }
+        };
         // dQ_i[:, wg*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS,
         // read transposed from dS^T), N = DQ_COLS (B = K read transposed).
         float acc_dq[DQ_COLS / 8][4];
-        wgmma_ss<DQ_COLS, 1, 1, false>(acc_dq, desc_mn_major<BN, BM>(sdSt_, 0),
-                                       desc_mn_major<BN, D, AW>(sK_, 0, wg * DQ_COLS));
+        auto issue_dq = [&]() {
+            wgmma_ss<DQ_COLS, 1, 1, false>(acc_dq, desc_mn_major<BN, BM>(sdSt_, 0),
+                                           desc_mn_major<BN, D, AW>(sK_, 0, wg * DQ_COLS));
 #pragma unroll
-        for (int kk = 1; kk < BN / 16; ++kk)
-            wgmma_ss<DQ_COLS, 1, 1, true>(acc_dq, desc_mn_major<BN, BM>(sdSt_, kk * 16),
-                                          desc_mn_major<BN, D, AW>(sK_, kk * 16, wg * DQ_COLS));
-        wgmma_commit();
-        wgmma_wait<0>();
+            for (int kk = 1; kk < BN / 16; ++kk)
+                wgmma_ss<DQ_COLS, 1, 1, true>(acc_dq, desc_mn_major<BN, BM>(sdSt_, kk * 16),
+                                              desc_mn_major<BN, D, AW>(sK_, kk * 16, wg * DQ_COLS));
+            wgmma_commit();
+        };
+
+        if constexpr (!SPLIT_D) {
+            // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x BM queries.
+            float acc_s[1][NT][4], acc_dp[1][NT][4];
+            wgmma_fence();
+            keys_by_queries(acc_s, sK_, q_buf, wg * 64);
+            keys_by_queries(acc_dp, sV_, do_buf, wg * 64);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(acc_s[0]);
+            fence_regs(acc_dp[0]);
+            if (need_mask) mask_scores_t<CAUSAL>(acc_s, key0 + warp_key0, row0, lane, p.seqlen_q, p.seqlen_k);
+            p_and_ds(acc_s, acc_dp);
+
+            // P^T as A fragments (k-step kk = queries 16kk..16kk+15 = n8 tiles
+            // 2kk, 2kk+1); dS^T into shared memory, where dK and dQ read it.
+            u32 pt[BM / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; ++kk) {
+                pt[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
+                pt[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
+                pt[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
+                pt[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
+            }
+            store_keys_by_queries(sdSt, acc_dp);
+
+            // dV += P^T dO: (64 keys x D) per warpgroup, over BM queries; B = dO read transposed.
+            fence_regs(acc_dv);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; ++kk)
+                wgmma_rs<KV_COLS, 1, true>(acc_dv, pt[kk], desc_mn_major<BM, D, AW>(do_buf, kk * 16));
+            wgmma_commit();
+
+            // dS^T of both warpgroups is in shared memory (and visible to wgmma)
+            // before dK and dQ read it.
+            fence_proxy_async();
+            __syncthreads();
+
+            // dK += dS^T Q: A = this warpgroup's 64 rows of dS^T (K-major: queries
+            // contiguous), B = Q read transposed.
+            fence_regs(acc_dk);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; ++kk)
+                wgmma_ss<KV_COLS, 0, 1, true>(acc_dk, desc_k_major<BN, BM>(sdSt_, wg * 64, kk),
+                                        desc_mn_major<BM, D, AW>(q_buf, kk * 16));
+            wgmma_commit();
+            issue_dq();
+            wgmma_wait<0>();
+            fence_regs(pt);  // operands of the dV product: alive until it completed
+        } else {
+            // S^T = K Q^T (warpgroup 0) or dP^T = V dO^T (warpgroup 1), 64 keys x BM queries.
+            float acc_x[1][NT][4];
+            wgmma_fence();
+            keys_by_queries(acc_x, wg == 0 ? sK_ : sV_, wg == 0 ? q_buf : do_buf, 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(acc_x[0]);
+            // dP^T to warpgroup 0 in fp32: thread tw of warpgroup 1 holds the
+            // elements that thread tw of warpgroup 0 needs.
+            const int tw = tid % 128;
+            if (wg == 1) {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) sdPt[(nt * 4 + e) * 128 + tw] = acc_x[0][nt][e];
+            }
+            // dP^T is in shared memory before warpgroup 0 reads it.
+            __syncthreads();
+            if (wg == 0) {
+                float acc_dp[1][NT][4];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc_dp[0][nt][e] = sdPt[(nt * 4 + e) * 128 + tw];
+                if (need_mask) mask_scores_t<CAUSAL>(acc_x, key0 + warp_key0, row0, lane, p.seqlen_q, p.seqlen_k);
+                p_and_ds(acc_x, acc_dp);
+                // Every thread of warpgroup 0 has read dP^T before P^T and dS^T overwrite it.
+                asm volatile("bar.sync 1, 128;\n" ::: "memory");
+                store_keys_by_queries(sPt, acc_x);
+                store_keys_by_queries(sdSt, acc_dp);
+            }
+            // P^T and dS^T are in shared memory (and visible to wgmma) before
+            // either warpgroup's products read them.
+            fence_proxy_async();
+            __syncthreads();
+
+            // dV[:, kv_col0..] += P^T dO and dK[:, kv_col0..] += dS^T Q over BM
+            // queries: A from shared memory (K-major), B = dO / Q read transposed.
+            fence_regs(acc_dv);
+            fence_regs(acc_dk);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; ++kk)
+                wgmma_ss<KV_COLS, 0, 1, true>(acc_dv, desc_k_major<BN, BM>(sPt_, 0, kk),
+                                              desc_mn_major<BM, D, AW>(do_buf, kk * 16, kv_col0));
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; ++kk)
+                wgmma_ss<KV_COLS, 0, 1, true>(acc_dk, desc_k_major<BN, BM>(sdSt_, 0, kk),
+                                              desc_mn_major<BM, D, AW>(q_buf, kk * 16, kv_col0));
+            wgmma_commit();
+            issue_dq();
+            wgmma_wait<0>();
+        }
         fence_regs(acc_dq);
         fence_regs(acc_dv);
         fence_regs(acc_dk);
-        fence_regs(pt);
-        fence_regs(dst);
 
         // Deterministic: the CTAs of this (head, batch) that see query block m
         // are key blocks 0 .. N-1, so this CTA adds n_block-th (bwd.cu explains
@@ -276,7 +369,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             const int row = warp_key0 + hh * 8 + g;
 #pragma unroll
             for (int dt = 0; dt < DT; ++dt) {
-                const u32 off = swizzled_offset<BN, D, AW>(row, dt * 8) + 4 * t;
+                const u32 off = swizzled_offset<BN, D, AW>(row, kv_col0 + dt * 8) + 4 * t;
                 *reinterpret_cast<u32*>(smem + (sK - base) + off) =
                     pack_float2(acc_dk[dt][2 * hh], acc_dk[dt][2 * hh + 1]);
                 *reinterpret_cast<u32*>(smem + (sV - base) + off) =
@@ -308,7 +401,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             if (key >= p.seqlen_k) continue;
 #pragma unroll
             for (int dt = 0; dt < DT; ++dt) {
-                const int col = dt * 8 + 2 * t;
+                const int col = kv_col0 + dt * 8 + 2 * t;
                 if (col < p.head_dim) {
                     *reinterpret_cast<float2*>(dka + (i64)key * p.dka_row_stride + col) =
                         make_float2(acc_dk[dt][2 * hh], acc_dk[dt][2 * hh + 1]);
