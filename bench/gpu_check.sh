@@ -34,10 +34,15 @@ tests_rc=${PIPESTATUS[0]}
 
 san_rc=0
 if [ "$sanitize" = 1 ]; then
-  for tool in memcheck racecheck; do
-    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 bench/sanitize_case.py > "$out/sanitizer-$tool.log" 2>&1
-    rc=$?; [ $rc -ne 0 ] && san_rc=$rc
-    echo "sanitizer $tool: rc=$rc; $(grep -E "(ERROR|RACECHECK) SUMMARY" "$out/sanitizer-$tool.log" | tail -n 1)"
+  # Once with the kernels the GPU picks (sm_90a ones on Hopper), once with the portable ones.
+  for disable_sm90 in 0 1; do
+    for tool in memcheck racecheck; do
+      log="$out/sanitizer-$tool-nosm90=$disable_sm90.log"
+      CUFLASH_DISABLE_SM90=$disable_sm90 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        python3 bench/sanitize_case.py > "$log" 2>&1
+      rc=$?; [ $rc -ne 0 ] && san_rc=$rc
+      echo "sanitizer $tool (CUFLASH_DISABLE_SM90=$disable_sm90): rc=$rc; $(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -n 1)"
+    done
   done
 fi
 

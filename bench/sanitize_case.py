@@ -9,10 +9,14 @@ import cuflash
 from cuflash import testing
 
 for dtype in ("fp16", "bf16"):
-    for d in (40, 128, 256):
+    for d in (40, 96, 128, 256):
         q, k, v = testing.random_qkv(2, 77, 131, 4, 2, d, dtype, xp=cp)
         for causal in (False, True):
             cuflash.attention(q, k, v, causal=causal, return_lse=True)
+# Long queries: the Hopper forward's three-warpgroup tiles (specs.FWD_SM90_LONG_TILES).
+q, k, v = testing.random_qkv(1, 2100, 131, 2, 1, 128, "bf16", xp=cp)
+for causal in (False, True):
+    cuflash.attention(q, k, v, causal=causal, return_lse=True)
 
 # Backward (prepare, main kernel, convert): causal GQA with ragged shapes, both
 # seqlen_q < seqlen_k and seqlen_q > seqlen_k (fully masked rows), deterministic

@@ -133,7 +133,7 @@ class FwdSm90Tiles:
 FWD_SM90_TILES = {
     32: FwdSm90Tiles(128, 64),
     64: FwdSm90Tiles(128, 64),
-    96: FwdSm90Tiles(128, 128),
+    96: FwdSm90Tiles(128, 64, ctas_per_sm=2),
     128: FwdSm90Tiles(128, 128),
     160: FwdSm90Tiles(128, 64),
     192: FwdSm90Tiles(128, 64),
@@ -142,7 +142,6 @@ FWD_SM90_TILES = {
 }
 FWD_SM90_LONG_SEQLEN_Q = 2048
 FWD_SM90_LONG_TILES = {
-    96: FwdSm90Tiles(192, 64),
     128: FwdSm90Tiles(192, 64),
 }
 

@@ -139,11 +139,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // S = Q K[j]^T (64 x BN per warpgroup) is issued; the first k-step overwrites acc_s
     // (so the compiler knows its old value is dead).
     auto issue_s = [&](int j) {
+        const u32 q_tile = opaque(sQ);  // descriptors computed here, not held across the loop (wgmma.cuh)
         wgmma_fence();
-        wgmma_ss<BN, 0, 0, false>(acc_s[0], desc_k_major<BM, D>(sQ, wg * 64, 0), desc_k_major<BN, D>(sK(j), 0, 0));
+        wgmma_ss<BN, 0, 0, false>(acc_s[0], desc_k_major<BM, D>(q_tile, wg * 64, 0), desc_k_major<BN, D>(sK(j), 0, 0));
 #pragma unroll
         for (int ks = 1; ks < D / 16; ++ks)
-            wgmma_ss<BN, 0, 0, true>(acc_s[0], desc_k_major<BM, D>(sQ, wg * 64, ks), desc_k_major<BN, D>(sK(j), 0, ks));
+            wgmma_ss<BN, 0, 0, true>(acc_s[0], desc_k_major<BM, D>(q_tile, wg * 64, ks),
+                                     desc_k_major<BN, D>(sK(j), 0, ks));
         wgmma_commit();
     };
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
