@@ -37,7 +37,7 @@ if [ "$sanitize" = 1 ]; then
   # Once with the kernels the GPU picks (sm_90a ones on Hopper), once with the portable ones.
   for disable_sm90 in 0 1; do
     for tool in memcheck racecheck; do
-      log="$out/sanitizer-$tool-nosm90=$disable_sm90.log"
+      log="$out/sanitizer-$tool-$([ $disable_sm90 = 1 ] && echo portable || echo default).log"
       CUFLASH_DISABLE_SM90=$disable_sm90 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
         python3 bench/sanitize_case.py > "$log" 2>&1
       rc=$?; [ $rc -ne 0 ] && san_rc=$rc
