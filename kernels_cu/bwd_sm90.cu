@@ -34,7 +34,7 @@
 // for dQ; reading it there for dK too keeps d = 128 within the registers).
 //
 // Compile-time constants (cuflash/specs.py BwdSm90Spec): CUFLASH_DTYPE,
-// CUFLASH_HEAD_DIM D (64 or 128; the actual d <= D is a run-time value,
+// CUFLASH_HEAD_DIM D (64, 128 or 256; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_N Bc (128, or
 // 64 for SPLIT_D), CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC. Br = 64, 256 threads.
 // Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
