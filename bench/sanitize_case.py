@@ -31,5 +31,19 @@ for dtype in ("fp16", "bf16"):
             out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True)
             for deterministic in (False, True):
                 cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic)
+
+# Variants (DESIGN 4a): a sliding window + softcap + ALiBi + learnable sink, forward and
+# backward (with dlse), at a head dim per Hopper backward bucket and a ragged one.
+for d, (seqlen_q, seqlen_k) in ((64, (77, 300)), (128, (300, 131)), (256, (150, 150)), (96, (131, 77))):
+    q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, 2, d, "bf16", xp=cp)
+    dout = testing.random_like(q)
+    opts = dict(window_size=(40, 8), softcap=20.0, alibi_slopes=cp.linspace(0.05, 0.4, 4, dtype=cp.float32),
+                learnable_sink=cp.linspace(-1.0, 2.0, 4, dtype=cp.float32))
+    for causal in (False, True):
+        out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True, **opts)
+        dlse = testing.random_like(lse)
+        for deterministic in (False, True):
+            cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic,
+                                       dlse=dlse, **opts)
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")

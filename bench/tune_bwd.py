@@ -22,7 +22,7 @@ import torch
 from cuflash.bench.configs import parse_list, parse_size
 from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
-from cuflash.specs import BWD_TILES, BwdSpec, BwdTiles, head_dim_bucket
+from cuflash.specs import BWD_TILES, BwdSpec, BwdTiles, Features, head_dim_bucket
 
 #: (block_m, block_n, warps, sdp_warps_n, dkv_warps_n, dq_warps_m, dq_pass_dims=0, k_unroll=0);
 #: candidates invalid for a head dim are skipped.
@@ -92,7 +92,7 @@ def main():
         candidates = [BWD_TILES[D]] if args.current else CANDIDATES
         for tiles, deterministic in [(t, False) for t in candidates] + [(BWD_TILES[D], True)]:
             try:
-                spec = BwdSpec(name, D, causal, deterministic, tiles)
+                spec = BwdSpec(name, D, Features('causal' if causal else 'none'), deterministic, tiles)
             except ValueError:
                 continue
             smem = launch.bwd_smem_bytes(spec)
@@ -102,7 +102,7 @@ def main():
                 continue
 
             def run():
-                api._launch_bwd(dout, q, k, v, out, lse, *grads, scale, spec)
+                api._launch_bwd(dout, q, k, v, out, lse, *grads, api.Options(scale), spec)
 
             try:
                 run()

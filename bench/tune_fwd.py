@@ -20,7 +20,7 @@ import torch
 from cuflash.bench.configs import parse_list, parse_size
 from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
-from cuflash.specs import FWD_SM90_TILES, FWD_TILES, FwdSm90Spec, FwdSm90Tiles, FwdSpec, FwdTiles, head_dim_bucket
+from cuflash.specs import FWD_SM90_TILES, FWD_TILES, Features, FwdSm90Spec, FwdSm90Tiles, FwdSpec, FwdTiles, head_dim_bucket
 
 CANDIDATES = [
     FwdTiles(128, 32, 4),
@@ -111,19 +111,19 @@ def main():
             candidates = [current[D]] if args.current else default
         for tiles in candidates:
             try:
-                spec = spec_cls(name, D, causal, tiles)
+                spec = spec_cls(name, D, Features('causal' if causal else 'none'), tiles)
             except ValueError:
                 continue
             if launch.fwd_smem_bytes(spec) > 227 * 1024:
                 continue
             try:
-                api._launch_fwd(q, k, v, out, None, scale, spec)
+                api._launch_fwd(q, k, v, out, None, api.Options(scale), spec)
                 cp.cuda.Device().synchronize()
             except Exception as e:  # a candidate that does not compile or launch is reported, not fatal
                 print(f"{d:>4} {s:>6} {causal!s:>6} {tiles_label(tiles):>14} failed: {e}")
                 continue
             err = (torch.from_dlpack(out).transpose(1, 2).float() - ref.float()).abs().max().item()
-            ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, scale, spec))
+            ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, api.Options(scale), spec))
             mark = " *" if current[D] == tiles else ""
             t = tiles_label(tiles)
             print(

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import launch, params, support
-from .specs import BwdConvertSpec, BwdPrepareSpec
+from .specs import PLAIN, BwdConvertSpec, BwdPrepareSpec, Features
 
 LOG2E = 1.4426950408889634
+#: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
+UNBOUNDED = 1 << 30
 
 
 def _cupy():
@@ -154,34 +158,140 @@ def _strides(x) -> tuple[int, int, int]:
     return x.strides[0] // item, x.strides[1] // item, x.strides[2] // item
 
 
-def _fwd_spec(dtype: str, head_dim: int, causal: bool, seqlen_q: int, device_id: int):
+def _fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device_id: int):
     from .compile import cache, env
 
     cc = cache.device_compute_capability(device_id)
-    return support.fwd_spec(dtype, head_dim, causal, seqlen_q, cc, sm90=env.sm90_enabled())
+    return support.fwd_spec(dtype, head_dim, features, seqlen_q, cc, sm90=env.sm90_enabled())
 
 
-def _bwd_spec(dtype: str, head_dim: int, causal: bool, deterministic: bool, device_id: int):
+def _bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device_id: int):
     from .compile import cache, env
 
     cc = cache.device_compute_capability(device_id)
-    return support.bwd_spec(dtype, head_dim, causal, deterministic, cc, sm90=env.sm90_enabled())
+    return support.bwd_spec(dtype, head_dim, features, deterministic, cc, sm90=env.sm90_enabled())
 
 
-def _launch_fwd(q, k, v, out, lse, scale: float, spec) -> None:
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Options:
+    """The validated attention options of one call: the compile-time features
+    and the run-time values that go into the params head (params.cuh
+    CUFLASH_ATTENTION_FIELDS)."""
+
+    scale: float
+    features: Features = PLAIN
+    window: tuple = (-1, -1)  # (left, right), -1 unbounded; read under the local mask only
+    softcap: float = 0.0
+    alibi_slopes: object = None  # validated CuPy float32 (nheads,) or (batch, nheads)
+    learnable_sink: object = None  # validated CuPy float32 (nheads,)
+
+    def fields(self) -> dict:
+        """The params head's run-time feature fields, by name."""
+        left, right = (UNBOUNDED if w < 0 else w for w in self.window)
+        f = {"scale": self.scale, "scale_log2": self.scale * LOG2E, "window_left": left, "window_right": right}
+        if self.softcap > 0:
+            f["softcap_in"], f["softcap_out"] = self.scale / self.softcap, self.softcap / self.scale
+        if self.alibi_slopes is not None:
+            a = self.alibi_slopes
+            f["alibi_slopes"] = a.data.ptr
+            f["alibi_batch_stride"] = a.strides[0] // 4 if a.ndim == 2 else 0
+        if self.learnable_sink is not None:
+            f["sink"] = self.learnable_sink.data.ptr
+        return f
+
+
+def _window(window_size, causal: bool) -> tuple[int, int]:
+    """(left, right) from flash-attn's window_size, with causal forcing right = 0."""
+    try:
+        entries = tuple(window_size)
+    except TypeError:
+        raise TypeError(f"window_size must be a pair (left, right) of ints >= -1, got {window_size!r}") from None
+    if len(entries) != 2:
+        raise ValueError(f"window_size must be a pair (left, right) of ints >= -1, got {window_size!r}")
+    for x in entries:
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"window_size entries must be ints >= -1 (-1: unbounded), got {window_size!r}")
+        if x < -1:
+            raise ValueError(f"window_size entries must be >= -1 (-1: unbounded), got {window_size!r}")
+    left, right = int(entries[0]), int(entries[1])
+    return (left, 0) if causal else (left, right)
+
+
+def _mask_kind(causal: bool, left: int, right: int) -> str:
+    if left == -1 and right == -1:
+        return "none"
+    if left == -1 and right == 0:
+        return "causal"
+    return "local"
+
+
+def _check_f32_vector(x, name: str, q, shapes: tuple, shape_text: str):
+    """A float32 GPU array on q's device, of one of `shapes`, contiguous in its last dim."""
+    x = _as_gpu_array(x, name)
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {x.dtype}")
+    if x.shape not in shapes:
+        raise ValueError(f"{name} must have shape {shape_text}, got {x.shape}")
+    if x.device.id != q.device.id:
+        raise ValueError(f"{name} is on GPU {x.device.id} but q is on GPU {q.device.id}")
+    if x.size and x.strides[-1] != 4:
+        raise ValueError(f"{name} must be contiguous in its last dimension: pass cupy.ascontiguousarray({name})")
+    return x
+
+
+def _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learnable_sink) -> Options:
+    """Validate every attention option (each error names its argument) into Options."""
+    batch, _, nheads, head_dim = q.shape
+    scale = _softmax_scale(softmax_scale, head_dim)
+    left, right = _window(window_size, bool(causal))
+    try:
+        cap = float(softcap)
+    except (TypeError, ValueError):
+        raise TypeError(f"softcap must be a number >= 0 (0: off), got {softcap!r}") from None
+    if not (math.isfinite(cap) and cap >= 0):
+        raise ValueError(f"softcap must be a finite number >= 0 (0: off), got {softcap!r}")
+    if alibi_slopes is not None:
+        alibi_slopes = _check_f32_vector(alibi_slopes, "alibi_slopes", q, ((nheads,), (batch, nheads)),
+                                         f"(nheads,) = ({nheads},) or (batch, nheads) = ({batch}, {nheads})")
+    if learnable_sink is not None:
+        learnable_sink = _check_f32_vector(learnable_sink, "learnable_sink", q, ((nheads,),),
+                                           f"(nheads,) = ({nheads},)")
+    features = Features(_mask_kind(bool(causal), left, right), softcap=cap > 0, alibi=alibi_slopes is not None,
+                        sink=learnable_sink is not None)
+    return Options(scale, features, (left, right), cap, alibi_slopes, learnable_sink)
+
+
+def _strides_named(prefix: str, x) -> dict:
+    """{prefix_batch_stride, prefix_row_stride, prefix_head_stride} of a (batch, seqlen, heads, dim) array."""
+    b, r, h = _strides(x)
+    return {f"{prefix}_batch_stride": b, f"{prefix}_row_stride": r, f"{prefix}_head_stride": h}
+
+
+def _attention_fields(q, k, v, opts: Options) -> dict:
+    """The params head (CUFLASH_ATTENTION_FIELDS) of validated q, k, v and options."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    return {
+        "q": q.data.ptr, "k": k.data.ptr, "v": v.data.ptr,
+        **_strides_named("q", q), **_strides_named("k", k), **_strides_named("v", v),
+        "batch": batch, "nheads": nheads, "nheads_kv": k.shape[2],
+        "seqlen_q": seqlen_q, "seqlen_k": k.shape[1], "head_dim": head_dim,
+        **opts.fields(),
+    }
+
+
+def _launch_fwd(q, k, v, out, lse, opts: Options, spec) -> None:
     """Launch the forward (a FwdSpec or FwdSm90Spec: both read FwdParams) for
     validated arrays (the benchmark's tuner passes its own spec)."""
-    batch, seqlen_q, nheads, head_dim = q.shape
+    batch, seqlen_q, nheads, _ = q.shape
     smem = launch.fwd_smem_bytes(spec)
     fn = _kernel(spec, q.device.id, smem)
-    p = params.pack(
+    p = params.pack_named(
         params.FWD_PARAMS,
-        (
-            q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, 0 if lse is None else lse.data.ptr,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            batch, nheads, k.shape[2], seqlen_q, k.shape[1], head_dim,
-            scale * LOG2E, 0,
-        ),
+        {**_attention_fields(q, k, v, opts), "o": out.data.ptr, "lse": 0 if lse is None else lse.data.ptr,
+         **_strides_named("o", out)},
     )
     fn(launch.fwd_grid(spec, batch, nheads, seqlen_q), launch.fwd_block(spec), (p,), shared_mem=smem)
 
@@ -197,6 +307,7 @@ def attention(
     softcap=0.0,
     alibi_slopes=None,
     bias=None,
+    learnable_sink=None,
     dropout_p=0.0,
     seed=None,
     return_lse=False,
@@ -207,44 +318,49 @@ def attention(
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim),
     fp16 or bf16 CuPy arrays (or GPU tensors with __dlpack__), last dim contiguous;
     nheads % nheads_kv == 0 (GQA/MQA); headdim a multiple of 8 up to 256.
-    causal masks are aligned to the bottom-right corner (query i sees key j iff
-    j <= i + seqlen_k - seqlen_q); a query that sees no key gets output 0 and lse -inf.
+    causal and window_size=(left, right) masks are aligned to the bottom-right
+    corner: query i sees key j iff i + seqlen_k - seqlen_q - left <= j <=
+    i + seqlen_k - seqlen_q + right (-1: unbounded; causal=True sets right = 0).
+    softcap > 0 caps the scaled scores: s = softcap * tanh(s / softcap).
+    alibi_slopes: float32 (nheads,) or (batch, nheads); adds
+    -slope * |i + seqlen_k - seqlen_q - j| to the scores.
+    learnable_sink: float32 (nheads,), one logit per head that joins every row's
+    softmax denominator but has no value.
+    A query that sees no key gets output 0 and lse -inf (with a sink: lse = sink).
 
     Returns out (batch, seqlen_q, nheads, headdim) in q's dtype, and with
     return_lse=True also lse (batch, nheads, seqlen_q) float32, natural log.
     out: optional preallocated output (that shape and dtype, on q's device,
     last dim contiguous), written in place and returned.
     """
-    _check_not_implemented(
-        window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias, dropout_p=dropout_p
-    )
+    _check_not_implemented(bias=bias, dropout_p=dropout_p)
     q, k, v, name = _validate_qkv(q, k, v)
     batch, seqlen_q, nheads, head_dim = q.shape
-    scale = _softmax_scale(softmax_scale, head_dim)
+    opts = _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learnable_sink)
 
     cp = _cupy()
     with q.device:
         out = _check_out(out, q) if out is not None else cp.empty(q.shape, dtype=q.dtype)
         lse = cp.empty((batch, nheads, seqlen_q), dtype=np.float32) if return_lse else None
         if out.size:
-            _launch_fwd(q, k, v, out, lse, scale, _fwd_spec(name, head_dim, causal, seqlen_q, q.device.id))
+            _launch_fwd(q, k, v, out, lse, opts, _fwd_spec(name, head_dim, opts.features, seqlen_q, q.device.id))
     return (out, lse) if return_lse else out
 
 
 # ---------------------------------------------------------------- backward
 
 
-def _check_lse(lse, q):
-    """lse as returned by attention(..., return_lse=True): (batch, nheads, seqlen_q) float32, any strides."""
-    lse = _as_gpu_array(lse, "lse")
+def _check_lse(lse, q, name: str = "lse"):
+    """lse (or dlse) as returned by attention(..., return_lse=True): (batch, nheads, seqlen_q) float32, any strides."""
+    lse = _as_gpu_array(lse, name)
     batch, seqlen_q, nheads, _ = q.shape
     if lse.shape != (batch, nheads, seqlen_q) or lse.dtype != np.float32:
         raise ValueError(
-            f"lse must have shape (batch, nheads, seqlen_q) = {(batch, nheads, seqlen_q)} and dtype float32 "
-            f"(attention(..., return_lse=True) returns it), got {lse.shape} {lse.dtype}"
+            f"{name} must have shape (batch, nheads, seqlen_q) = {(batch, nheads, seqlen_q)} and dtype float32 "
+            f"(like the lse attention(..., return_lse=True) returns), got {lse.shape} {lse.dtype}"
         )
     if lse.device.id != q.device.id:
-        raise ValueError(f"lse is on GPU {lse.device.id} but q is on GPU {q.device.id}")
+        raise ValueError(f"{name} is on GPU {lse.device.id} but q is on GPU {q.device.id}")
     return lse
 
 
@@ -265,8 +381,9 @@ def _kernel(spec, device_id: int, smem: int = 0):
     return fn
 
 
-def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec) -> None:
+def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts: Options, spec, dlse=None):
     """The backward for validated arrays: prepare, main kernel, conversions (the tuner passes its own spec).
+    Returns dsink (float32 (nheads,)) when opts has a learnable sink, else None.
 
     Scratch (fp32, freed when this returns; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
@@ -291,14 +408,21 @@ def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec) -> None
 
     if rounded:
         prep = BwdPrepareSpec(name)
-        p = params.pack(
+        stat_strides = ("batch_stride", "head_stride", "row_stride")
+        p = params.pack_named(
             params.BWD_PREPARE_PARAMS,
-            (
-                out.data.ptr, dout.data.ptr, lse.data.ptr, lse_log2.data.ptr, delta.data.ptr, dq_accum.data.ptr,
-                0 if semaphore is None else semaphore.data.ptr,
-                *_strides(out), *_strides(dout), *(s // lse.itemsize for s in lse.strides), *_strides(dq_accum),
-                batch, nheads, seqlen_q, rounded, head_dim, spec.head_dim, spec.tiles.block_m, m_blocks,
-            ),
+            {
+                "o": out.data.ptr, "dout": dout.data.ptr, "lse": lse.data.ptr, "lse_log2": lse_log2.data.ptr,
+                "delta": delta.data.ptr, "dq_accum": dq_accum.data.ptr,
+                "dq_semaphore": 0 if semaphore is None else semaphore.data.ptr,
+                **_strides_named("o", out), **_strides_named("do", dout), **_strides_named("dqa", dq_accum),
+                **{f"lse_{n}": st // 4 for n, st in zip(stat_strides, lse.strides)},
+                **({} if dlse is None else
+                   {"dlse": dlse.data.ptr, **{f"dlse_{n}": st // 4 for n, st in zip(stat_strides, dlse.strides)}}),
+                "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q, "seqlen_q_rounded": rounded,
+                "head_dim": head_dim, "dq_accum_cols": spec.head_dim, "block_m": spec.tiles.block_m,
+                "m_blocks": m_blocks,
+            },
         )
         _kernel(prep, device)(launch.bwd_prepare_grid(prep, batch, nheads, rounded), (prep.threads, 1, 1), (p,))
 
@@ -308,18 +432,19 @@ def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec) -> None
             dk_accum = cp.empty((batch, seqlen_k, nheads, head_dim), dtype=f32)
             dv_accum = cp.empty((batch, seqlen_k, nheads, head_dim), dtype=f32)
         smem = launch.bwd_smem_bytes(spec)
-        p = params.pack(
+        p = params.pack_named(
             params.BWD_PARAMS,
-            (
-                q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr, lse_log2.data.ptr, delta.data.ptr,
-                dq_accum.data.ptr, dk.data.ptr, dv.data.ptr,
-                0 if dk_accum is None else dk_accum.data.ptr, 0 if dv_accum is None else dv_accum.data.ptr,
-                0 if semaphore is None else semaphore.data.ptr,
-                *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq_accum),
-                *_strides(dk), *_strides(dv), *(_strides(dk_accum) if dk_accum is not None else (0, 0, 0)),
-                batch, nheads, nheads_kv, seqlen_q, seqlen_k, rounded, m_blocks, head_dim,
-                scale, scale * LOG2E,
-            ),
+            {
+                **_attention_fields(q, k, v, opts),
+                "dout": dout.data.ptr, "lse_log2": lse_log2.data.ptr, "delta": delta.data.ptr,
+                "dq_accum": dq_accum.data.ptr, "dk": dk.data.ptr, "dv": dv.data.ptr,
+                "dq_semaphore": 0 if semaphore is None else semaphore.data.ptr,
+                **_strides_named("do", dout), **_strides_named("dqa", dq_accum),
+                **_strides_named("dk", dk), **_strides_named("dv", dv),
+                **({} if dk_accum is None else
+                   {"dk_accum": dk_accum.data.ptr, "dv_accum": dv_accum.data.ptr, **_strides_named("dka", dk_accum)}),
+                "seqlen_q_rounded": rounded, "m_blocks": m_blocks,
+            },
         )
         _kernel(spec, device, smem)(
             launch.bwd_grid(spec, batch, nheads, seqlen_k), launch.bwd_block(spec), (p,), shared_mem=smem
@@ -330,6 +455,12 @@ def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale: float, spec) -> None
 
     if seqlen_q:
         _launch_convert(dq_accum, dq, 1, name, device)
+    if opts.learnable_sink is None:
+        return None
+    # dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), in
+    # float32 from the forward's lse and the prepared delta (which holds - dlse).
+    sink = opts.learnable_sink[None, :, None]
+    return -(cp.exp(sink - lse) * delta[:, :, :seqlen_q]).sum(axis=(0, 2), dtype=f32)
 
 
 def _launch_convert(src, dst, group: int, name: str, device: int) -> None:
@@ -357,8 +488,10 @@ def attention_backward(
     softcap=0.0,
     alibi_slopes=None,
     bias=None,
+    learnable_sink=None,
     dropout_p=0.0,
     seed=None,
+    dlse=None,
     deterministic=False,
     dq=None,
     dk=None,
@@ -369,32 +502,37 @@ def attention_backward(
     dout: gradient of the output, shaped and typed like q. out, lse: the forward's
     output and its lse (attention(..., return_lse=True)), from the same q, k, v and
     options. q, k, v and the options (softmax_scale, causal, ...) as for attention().
-    deterministic=True makes dq, dk and dv bitwise reproducible across runs (dQ is
-    accumulated in a fixed order), at some cost in speed.
+    deterministic=True makes dq, dk, dv (and dsink) bitwise reproducible across runs
+    (dQ is accumulated in a fixed order), at some cost in speed.
+    dlse: optional float32 (batch, nheads, seqlen_q), the gradient of a loss that also
+    reads lse (it adds dlse * P to dS, i.e. -dlse to delta).
 
-    Returns (dq, dk, dv) like q, k, v in their dtype; under GQA/MQA dk and dv are
-    summed over the query heads that share a kv head. Queries that see no key
+    Returns (dq, dk, dv) like q, k, v in their dtype, and with learnable_sink also
+    dsink, float32 (nheads,): -sum over batch and rows of exp(sink - lse) * (rowsum(dout * out) - dlse).
+    Under GQA/MQA dk and dv are summed over the query heads that share a kv head. Queries that see no key
     contribute nothing (their dq rows are 0). dq, dk, dv: optional preallocated
     outputs (shape and dtype of q, k, v, on q's device, last dim contiguous, not
     overlapping any input), written in place and returned.
     """
-    _check_not_implemented(
-        window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias, dropout_p=dropout_p
-    )
+    _check_not_implemented(bias=bias, dropout_p=dropout_p)
     q, k, v, name = _validate_qkv(q, k, v)
     dout = _check_like(dout, q, "dout", "q")
     out = _check_like(out, q, "out", "q")
     lse = _check_lse(lse, q)
+    if dlse is not None:
+        dlse = _check_lse(dlse, q, "dlse")
     batch, seqlen_q, nheads, head_dim = q.shape
-    scale = _softmax_scale(softmax_scale, head_dim)
+    opts = _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learnable_sink)
 
     cp = _cupy()
     with q.device:
         dq = _check_like(dq, q, "dq", "q") if dq is not None else cp.empty(q.shape, dtype=q.dtype)
         dk = _check_like(dk, k, "dk", "k") if dk is not None else cp.empty(k.shape, dtype=k.dtype)
         dv = _check_like(dv, v, "dv", "v") if dv is not None else cp.empty(v.shape, dtype=v.dtype)
+        dsink = None
         if batch and nheads:
-            spec = _bwd_spec(name, head_dim, causal, deterministic, q.device.id)
-            _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, scale, spec)
-    return dq, dk, dv
-
+            spec = _bwd_spec(name, head_dim, opts.features, deterministic, q.device.id)
+            dsink = _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts, spec, dlse)
+        if learnable_sink is None:
+            return dq, dk, dv
+        return dq, dk, dv, dsink if dsink is not None else cp.zeros((nheads,), dtype=np.float32)

@@ -59,6 +59,12 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument("--only", action="append", metavar="SUBSTRING",
                    help="only specs whose name contains SUBSTRING (repeatable: any match)")
+    p.add_argument(
+        "--features", action="append", metavar="LIST",
+        help="compile the kernels of this feature set instead of the default plain and causal ones: a comma "
+        "list of causal | window | softcap | alibi | sink, e.g. --features window,softcap (repeatable: one set "
+        "each; an empty string is the plain set)",
+    )
     p.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="compile even when the cubin is already cached")
     p.add_argument("--list", action="store_true", help="list the selected specs and exit")
@@ -121,7 +127,17 @@ def cmd_compile(args) -> int:
     from .compile import cache
 
     support = _support()
-    specs = support.declared_specs()
+    if args.features is not None:
+        from .specs import Features
+
+        try:
+            feature_sets = [Features.parse(text) for text in args.features]
+        except ValueError as e:
+            print(f"--features: {e}", file=sys.stderr)
+            return 2
+        specs = support.declared_specs(feature_sets)
+    else:
+        specs = support.declared_specs()
     if args.only:
         specs = [s for s in specs if any(sub in s.name for sub in args.only)]
         if not specs:

@@ -13,18 +13,26 @@ _I64 = np.int64
 _I32 = np.int32
 _F32 = np.float32
 
+#: The head shared by FwdParams and BwdParams (CUFLASH_ATTENTION_FIELDS in params.cuh).
+ATTENTION_FIELDS = [
+    ("q", _PTR), ("k", _PTR), ("v", _PTR), ("alibi_slopes", _PTR), ("sink", _PTR),
+    ("q_batch_stride", _I64), ("q_row_stride", _I64), ("q_head_stride", _I64),
+    ("k_batch_stride", _I64), ("k_row_stride", _I64), ("k_head_stride", _I64),
+    ("v_batch_stride", _I64), ("v_row_stride", _I64), ("v_head_stride", _I64),
+    ("alibi_batch_stride", _I64),
+    ("batch", _I32), ("nheads", _I32), ("nheads_kv", _I32),
+    ("seqlen_q", _I32), ("seqlen_k", _I32),
+    ("head_dim", _I32),
+    ("scale", _F32), ("scale_log2", _F32),
+    ("window_left", _I32), ("window_right", _I32),
+    ("softcap_in", _F32), ("softcap_out", _F32),
+]
+
 FWD_PARAMS = np.dtype(
-    [
-        ("q", _PTR), ("k", _PTR), ("v", _PTR), ("o", _PTR), ("lse", _PTR),
-        ("q_batch_stride", _I64), ("q_row_stride", _I64), ("q_head_stride", _I64),
-        ("k_batch_stride", _I64), ("k_row_stride", _I64), ("k_head_stride", _I64),
-        ("v_batch_stride", _I64), ("v_row_stride", _I64), ("v_head_stride", _I64),
+    ATTENTION_FIELDS
+    + [
+        ("o", _PTR), ("lse", _PTR),
         ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
-        ("batch", _I32), ("nheads", _I32), ("nheads_kv", _I32),
-        ("seqlen_q", _I32), ("seqlen_k", _I32),
-        ("head_dim", _I32),
-        ("scale_log2", _F32),
-        ("pad_", _I32),
     ],
     align=True,
 )
@@ -32,11 +40,12 @@ FWD_PARAMS = np.dtype(
 BWD_PREPARE_PARAMS = np.dtype(
     [
         ("o", _PTR), ("dout", _PTR), ("lse", _PTR),
-        ("lse_log2", _PTR), ("delta", _PTR), ("dq_accum", _PTR), ("dq_semaphore", _PTR),
+        ("lse_log2", _PTR), ("delta", _PTR), ("dq_accum", _PTR), ("dq_semaphore", _PTR), ("dlse", _PTR),
         ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
         ("do_batch_stride", _I64), ("do_row_stride", _I64), ("do_head_stride", _I64),
         ("lse_batch_stride", _I64), ("lse_head_stride", _I64), ("lse_row_stride", _I64),
         ("dqa_batch_stride", _I64), ("dqa_row_stride", _I64), ("dqa_head_stride", _I64),
+        ("dlse_batch_stride", _I64), ("dlse_head_stride", _I64), ("dlse_row_stride", _I64),
         ("batch", _I32), ("nheads", _I32),
         ("seqlen_q", _I32), ("seqlen_q_rounded", _I32),
         ("head_dim", _I32),
@@ -48,24 +57,16 @@ BWD_PREPARE_PARAMS = np.dtype(
 )
 
 BWD_PARAMS = np.dtype(
-    [
-        ("q", _PTR), ("k", _PTR), ("v", _PTR), ("dout", _PTR),
-        ("lse_log2", _PTR), ("delta", _PTR), ("dq_accum", _PTR),
+    ATTENTION_FIELDS
+    + [
+        ("dout", _PTR), ("lse_log2", _PTR), ("delta", _PTR), ("dq_accum", _PTR),
         ("dk", _PTR), ("dv", _PTR), ("dk_accum", _PTR), ("dv_accum", _PTR), ("dq_semaphore", _PTR),
-        ("q_batch_stride", _I64), ("q_row_stride", _I64), ("q_head_stride", _I64),
-        ("k_batch_stride", _I64), ("k_row_stride", _I64), ("k_head_stride", _I64),
-        ("v_batch_stride", _I64), ("v_row_stride", _I64), ("v_head_stride", _I64),
         ("do_batch_stride", _I64), ("do_row_stride", _I64), ("do_head_stride", _I64),
         ("dqa_batch_stride", _I64), ("dqa_row_stride", _I64), ("dqa_head_stride", _I64),
         ("dk_batch_stride", _I64), ("dk_row_stride", _I64), ("dk_head_stride", _I64),
         ("dv_batch_stride", _I64), ("dv_row_stride", _I64), ("dv_head_stride", _I64),
         ("dka_batch_stride", _I64), ("dka_row_stride", _I64), ("dka_head_stride", _I64),
-        ("batch", _I32), ("nheads", _I32), ("nheads_kv", _I32),
-        ("seqlen_q", _I32), ("seqlen_k", _I32),
         ("seqlen_q_rounded", _I32), ("m_blocks", _I32),
-        ("head_dim", _I32),
-        ("scale", _F32),
-        ("scale_log2", _F32),
     ],
     align=True,
 )
@@ -94,3 +95,13 @@ STRUCTS = {
 def pack(dtype: np.dtype, values: tuple) -> np.void:
     """One struct value from a tuple in field order (the fast path: one NumPy call)."""
     return np.array(values, dtype=dtype)[()]
+
+
+def pack_named(dtype: np.dtype, fields: dict) -> np.void:
+    """One struct value from {field name: value}; fields left out are 0 (null pointers,
+    zero strides). A name the struct does not have is an error, so a typo cannot
+    silently leave a field at 0."""
+    unknown = fields.keys() - set(dtype.names)
+    if unknown:
+        raise KeyError(f"{sorted(unknown)} are not fields of this params struct")
+    return pack(dtype, tuple(fields.get(name, 0) for name in dtype.names))

@@ -24,11 +24,28 @@ Semantics, in this order (DESIGN.md section 3)::
     s += -slope[b, h] * |i + seqlen_k - seqlen_q - j|  when alibi_slopes is given
     s += bias[b, h, i, j]                             when bias is given (broadcast)
     s  = -inf where key j is not visible from query i (causal / sliding window)
-    P  = softmax(s) over keys;  lse = log(sum(exp(s)))
+    lse = log(sum_j exp(s_j))                         without a learnable sink
+    lse = log(exp(sink[h]) + sum_j exp(s_j))          with learnable_sink (nheads,)
+    P  = exp(s - lse)                                 (softmax over keys; the sink
+                                                       joins the denominator only)
     Pd = P * keep_mask / (1 - dropout_p)              when a dropout mask is given
     out = Pd @ v
 
-A fully masked row has ``out = 0``, ``lse = -inf`` and zero gradients (never NaN).
+A fully masked row has ``out = 0``, ``lse = -inf`` and zero gradients (never
+NaN); with a learnable sink it has ``out = 0`` and ``lse = sink[h]``.
+
+Backward (:func:`attention_backward`), per row, with dP = dO @ v^T (times the
+dropout keep-mask and 1/(1 - dropout_p))::
+
+    delta = rowsum(P * dP) - dlse                     (= rowsum(dO * O) - dlse;
+                                                       dlse is 0 when not given)
+    dS    = P * (dP - delta)                          gradient w.r.t. s (then through
+                                                       softcap's tanh for dq, dk)
+    dsink[h] = -sum_{batch, rows} exp(sink[h] - lse) * delta
+
+``dlse`` (batch, nheads, seqlen_q) is the gradient of a loss that also reads
+lse.  ``attention_backward`` returns ``(dq, dk, dv, dbias)``, and
+``(dq, dk, dv, dbias, dsink)`` when a learnable sink is given.
 
 Precision
 ---------
@@ -50,6 +67,8 @@ accuracy rule in :mod:`cuflash.testing`).  Conventions:
 * dS = P * (dP - rowsum(P * dP)) is computed in float32 and rounded (also after
   the softcap chain rule); dk, dv (a sum over query rows and over the query
   heads of a GQA group) and dbias are accumulated in float32 and rounded once;
+* the learnable sink, like the ALiBi slopes, stays in the compute dtype
+  (float32) and is not rounded; so do dlse and dsink (float32, not rounded);
 * **results are returned as float32 arrays whose values are exactly
   representable in the input dtype** (``round_to`` was applied), which keeps
   bf16 out of CuPy arithmetic entirely.  lse is float32 (as flash-attn's).
@@ -243,8 +262,8 @@ class _Problem:
     """Validated inputs, converted to the compute dtype, plus the options."""
 
     def __init__(self, q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                 bias, dropout_p, dropout_mask, precision, dout=None):
-        xp = array_module(q, k, v, dout, bias, alibi_slopes, dropout_mask)
+                 bias, dropout_p, dropout_mask, precision, dout=None, learnable_sink=None, dlse=None):
+        xp = array_module(q, k, v, dout, bias, alibi_slopes, dropout_mask, learnable_sink, dlse)
         self.xp = xp
         q, k, v = xp.asarray(q), xp.asarray(k), xp.asarray(v)
         if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -300,6 +319,23 @@ class _Problem:
             elif a.shape != (b, h):
                 raise ValueError(f"alibi_slopes must have shape ({h},) or ({b}, {h}), got {a.shape}")
             self.alibi = a
+
+        # Learnable sink: one logit per query head, kept in the compute dtype
+        # (float32 in lowp, like the ALiBi slopes).
+        self.sink = None
+        if learnable_sink is not None:
+            sink = _upcast(learnable_sink, self.cdt, xp)
+            if sink.shape != (h,):
+                raise ValueError(f"learnable_sink must have shape ({h},), got {sink.shape}")
+            self.sink = sink
+
+        # dlse: gradient of the loss w.r.t. lse (backward only), compute dtype.
+        self.dlse = None
+        if dlse is not None:
+            d_lse = _upcast(dlse, self.cdt, xp)
+            if d_lse.shape != (b, h, sq):
+                raise ValueError(f"dlse must have shape {(b, h, sq)} (like lse), got {d_lse.shape}")
+            self.dlse = d_lse
 
         # Bias: a 4-D view with each dim either 1 or full.
         self.bias_shape = None
@@ -396,15 +432,23 @@ class _Problem:
         if vis is not None:
             s = xp.where(vis[None], s, -xp.inf)
 
-        # Softmax with the row max subtracted (stable for large scores).
+        # Softmax with the row max subtracted (stable for large scores).  A
+        # learnable sink joins the max (offset max(m, sink)) and the
+        # denominator, but not the numerators.
         m = s.max(axis=-1, keepdims=True)
+        sink = None
+        if self.sink is not None:
+            sink = self.sink[h0:h1][:, None, None]                # (hc, 1, 1)
+            m = xp.maximum(m, sink)
         # A fully masked row has max -inf; subtracting it would give
         # -inf - (-inf) = NaN, so use 0 there (exp(-inf - 0) = 0).
         m_safe = xp.where(m == -xp.inf, 0.0, m).astype(self.cdt)
         e = xp.exp(s - m_safe)
         l = e.sum(axis=-1, keepdims=True)
-        # A fully masked row sums to 0: divide by 1 instead (P = 0 there) and
-        # report lse = -inf without evaluating log(0).
+        if sink is not None:
+            l = l + xp.exp(sink - m_safe)
+        # A fully masked row (without a sink) sums to 0: divide by 1 instead
+        # (P = 0 there) and report lse = -inf without evaluating log(0).
         nonempty = l > 0
         l_safe = xp.where(nonempty, l, 1.0).astype(self.cdt)
         p = e / l_safe
@@ -420,10 +464,13 @@ class _Problem:
 
 
 def _empty_keys_forward(pr):
-    """seqlen_k == 0: every row is fully masked (out 0, lse -inf)."""
+    """seqlen_k == 0: every row is fully masked (out 0, lse -inf, or lse = sink)."""
     xp = pr.xp
     out = xp.zeros((pr.batch, pr.seqlen_q, pr.nheads, pr.headdim_v), dtype=pr.cdt)
-    lse = xp.full((pr.batch, pr.nheads, pr.seqlen_q), -xp.inf, dtype=pr.cdt)
+    if pr.sink is not None:
+        lse = xp.broadcast_to(pr.sink[None, :, None], (pr.batch, pr.nheads, pr.seqlen_q)).astype(pr.cdt)
+    else:
+        lse = xp.full((pr.batch, pr.nheads, pr.seqlen_q), -xp.inf, dtype=pr.cdt)
     return out, lse
 
 
@@ -432,7 +479,8 @@ def _empty_keys_forward(pr):
 # --------------------------------------------------------------------------
 
 def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                      alibi_slopes=None, bias=None, dropout_p=0.0, dropout_mask=None, precision="float64"):
+                      alibi_slopes=None, bias=None, learnable_sink=None, dropout_p=0.0, dropout_mask=None,
+                      precision="float64"):
     """Reference attention forward.
 
     Args:
@@ -444,6 +492,12 @@ def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=
         softcap: > 0 applies ``softcap * tanh(s / softcap)`` to the scaled scores.
         alibi_slopes: (nheads,) or (batch, nheads).
         bias: broadcastable to (batch, nheads, seqlen_q, seqlen_k), added to the scores.
+        learnable_sink: (nheads,) float array (normally float32), or None.  One
+           logit per query head that joins every row's softmax denominator but
+           has no value: ``lse = log(exp(sink[h]) + sum_j exp(s_j))``,
+           ``out = sum_j exp(s_j - lse) v_j``.  A row that sees no key gets
+           out = 0 and lse = sink[h].  Kept in the compute dtype (not rounded
+           in "lowp").
         dropout_p: dropout probability; when > 0, ``dropout_mask`` is required.
         dropout_mask: bool keep-mask broadcastable to (batch, nheads, seqlen_q, seqlen_k);
            kept probabilities are scaled by 1/(1 - dropout_p).
@@ -451,12 +505,12 @@ def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=
 
     Returns:
         out: (batch, seqlen_q, nheads, headdim_v); lse: (batch, nheads, seqlen_q),
-        natural log of the sum of exp of the masked scores (before dropout).
-        float64 for "float64"; float32 for "lowp" (values representable in the
-        input dtype for out).
+        natural log of the sum of exp of the masked scores (before dropout),
+        plus exp(sink) with a learnable sink.  float64 for "float64"; float32
+        for "lowp" (values representable in the input dtype for out).
     """
     pr = _Problem(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias,
-                  dropout_p, dropout_mask, precision)
+                  dropout_p, dropout_mask, precision, learnable_sink=learnable_sink)
     if pr.seqlen_k == 0:
         return _empty_keys_forward(pr)
     xp = pr.xp
@@ -470,29 +524,47 @@ def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=
 
 
 def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                       alibi_slopes=None, bias=None, dropout_p=0.0, dropout_mask=None, precision="float64"):
-    """Reference attention backward: the exact gradient of ``sum(out * dout)``.
+                       alibi_slopes=None, bias=None, learnable_sink=None, dropout_p=0.0, dropout_mask=None,
+                       dlse=None, precision="float64"):
+    """Reference attention backward: the exact gradient of ``sum(out * dout) + sum(lse * dlse)``.
 
     Args:
         dout: (batch, seqlen_q, nheads, headdim_v), the gradient of the output.
-        q, k, v and options: as :func:`attention_forward` (the forward is recomputed).
+        q, k, v and options: as :func:`attention_forward` (the forward is recomputed),
+           including ``learnable_sink``.
+        dlse: (batch, nheads, seqlen_q) or None: the gradient of the loss with
+           respect to lse (a loss that reads lse as well as out).  It subtracts
+           from each row's ``delta = rowsum(P * dP)`` (= rowsum(dO * O)), so
+           ``dS = P * (dP - delta + dlse)``.  Rows with lse = -inf (no key, no
+           sink) have P = 0 and contribute nothing.  Kept in the compute dtype.
 
     Returns:
-        (dq, dk, dv, dbias): dq like q, dk like k, dv like v (summed over the
-        query heads of each GQA group); dbias with bias's shape (summed over
-        its broadcast dims), or None when bias is None.  Differentiates through
-        softcap's tanh and the dropout mask; ALiBi has no gradient.  Rows that
-        are fully masked get zero gradients.  float64 for "float64"; float32
-        with values representable in the input dtype for "lowp".
+        ``(dq, dk, dv, dbias)`` when ``learnable_sink`` is None, else
+        ``(dq, dk, dv, dbias, dsink)``: dq like q, dk like k, dv like v (summed
+        over the query heads of each GQA group); dbias with bias's shape
+        (summed over its broadcast dims), or None when bias is None; dsink of
+        shape (nheads,), ``dsink[h] = -sum_{batch, rows} exp(sink[h] - lse) *
+        (delta - dlse)``, in the compute dtype (float64 for "float64", float32
+        for "lowp" from fp16/bf16/fp32 inputs; not rounded).  Differentiates
+        through softcap's tanh and the dropout mask; ALiBi has no gradient.
+        Rows that are fully masked get zero dq (and contribute nothing to dk,
+        dv, dbias).  dq, dk, dv, dbias: float64 for "float64"; float32 with
+        values representable in the input dtype for "lowp".
     """
     pr = _Problem(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias,
-                  dropout_p, dropout_mask, precision, dout=dout)
+                  dropout_p, dropout_mask, precision, dout=dout, learnable_sink=learnable_sink, dlse=dlse)
     xp = pr.xp
     dq = xp.zeros((pr.batch, pr.seqlen_q, pr.nheads, pr.headdim), dtype=pr.cdt)
     dk = xp.zeros((pr.batch, pr.seqlen_k, pr.nheads_kv, pr.headdim), dtype=pr.cdt)
     dv = xp.zeros((pr.batch, pr.seqlen_k, pr.nheads_kv, pr.headdim_v), dtype=pr.cdt)
     dbias4 = None if pr.bias4 is None else xp.zeros(pr.bias4.shape, dtype=pr.cdt)
+    dsink = None if pr.sink is None else xp.zeros((pr.nheads,), dtype=pr.cdt)
     g = pr.group
+
+    if pr.seqlen_k == 0 and dsink is not None and pr.dlse is not None:
+        # No keys: P = 0, delta = 0, lse = sink, so exp(sink - lse) = 1 and
+        # dsink[h] = sum over batch and rows of dlse.
+        dsink += pr.dlse.sum(axis=(0, 2))
 
     for b, h0, h1, r0, r1 in (pr.chunks() if pr.seqlen_k > 0 else ()):
         f = pr.forward_chunk(b, h0, h1, r0, r1)
@@ -506,7 +578,18 @@ def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, windo
             dp = xp.where(keep, dp * pr.drop_scale, 0.0).astype(pr.cdt)  # d/dP
         # Softmax backward.  Masked keys have P = 0 so dS = 0 there; a fully
         # masked row has P = 0 everywhere, hence zero gradients.
-        delta = (p * dp).sum(axis=-1, keepdims=True)
+        delta = (p * dp).sum(axis=-1, keepdims=True)                     # (hc, rc, 1)
+        if pr.dlse is not None:
+            # d(lse)/d(s_j) = P_j: the lse term adds dlse * P_j to dS_j.
+            delta = delta - pr.dlse[b, h0:h1, r0:r1][..., None]
+        if dsink is not None:
+            # d(out)/d(sink) = -P_sink * out and d(lse)/d(sink) = P_sink,
+            # with P_sink = exp(sink - lse).  lse >= sink, so lse = -inf only
+            # for a sink of -inf (same as no sink): P_sink = 0 there, not NaN.
+            lse_c = f["lse"]
+            lse_c = xp.where(lse_c == -xp.inf, 0.0, lse_c).astype(pr.cdt)
+            p_sink = xp.exp(pr.sink[h0:h1][:, None] - lse_c)              # (hc, rc)
+            dsink[h0:h1] -= (p_sink * delta[..., 0]).sum(axis=1)
         ds = pr.rnd(p * (dp - delta))                                    # d/d(score after bias)
         if dbias4 is not None:
             red = ds
@@ -533,4 +616,6 @@ def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, windo
     dbias = None
     if dbias4 is not None:
         dbias = pr.rnd(dbias4).reshape(pr.bias_shape)
+    if dsink is not None:
+        return dq, dk, dv, dbias, dsink
     return dq, dk, dv, dbias

@@ -1,14 +1,16 @@
 """Kernel specialisations: one frozen dataclass names one compiled kernel.
 
 A spec is everything that is a compile-time constant of a kernel (dtype, padded
-head dim, tile shape, causal flag). Its ``name`` is readable and unique, and
-``defines()`` turns it into the ``#define`` lines that are prepended to the
-kernel's source file. Everything that varies per call (sequence lengths,
-strides, the exact head dim, the scale) goes into the params struct instead.
+head dim, tile shape, and the features: mask kind and score modifiers). Its
+``name`` is readable and unique, and ``defines()`` turns it into the
+``#define`` lines that are prepended to the kernel's source file. Everything
+that varies per call (sequence lengths, strides, the exact head dim, the scale,
+window sizes, softcap value, slopes and sink pointers) goes into the params
+struct instead (DESIGN 4b).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Head dims are padded up to a multiple of this for the compile-time tile
 #: width; the exact head dim is a run-time parameter (extra columns are
@@ -22,6 +24,121 @@ DTYPES = {"fp16": 0, "bf16": 1}
 def head_dim_bucket(head_dim: int) -> int:
     """Compile-time head dim D for an actual head dim d (d <= D, D % 32 == 0)."""
     return -(-head_dim // HEAD_DIM_BUCKET) * HEAD_DIM_BUCKET
+
+
+#: Mask kinds (kernels_cu/common/mask.cuh CUFLASH_MASK_*): "none" sees every
+#: key, "causal" is a window (unbounded, 0), "local" a sliding window whose
+#: sizes are run-time values.
+MASKS = {"none": 0, "causal": 1, "local": 2}
+#: The score modifiers and the sink: compile-time switches whose values are run-time.
+MODIFIERS = ("softcap", "alibi", "sink")
+
+
+@dataclass(frozen=True)
+class Features:
+    """The compile-time feature switches of an attention kernel (DESIGN 4b).
+
+    mask: "none" | "causal" | "local"; softcap, alibi: score modifiers
+    (kernels_cu/common/score_mod.cuh); sink: a learnable sink logit in the
+    forward's softmax (the backward needs no switch for it: its P comes from
+    the sink-inclusive lse, and dsink from lse and delta)."""
+
+    mask: str = "none"
+    softcap: bool = False
+    alibi: bool = False
+    sink: bool = False
+
+    def __post_init__(self):
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Features":
+        """Features from a comma list such as "window,softcap" (`cuflash compile --features`):
+        causal | window (or local) | softcap | alibi | sink; empty = plain."""
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        known = {"causal", "window", "local", *MODIFIERS}
+        unknown = [w for w in words if w not in known]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(known)}")
+        if "causal" in words and ({"window", "local"} & set(words)):
+            raise ValueError("causal and window are two mask kinds; a window with right = 0 is causal + window")
+        mask = "local" if {"window", "local"} & set(words) else "causal" if "causal" in words else "none"
+        return cls(mask, *(m in words for m in MODIFIERS))
+
+    @property
+    def causal(self) -> bool:
+        return self.mask == "causal"
+
+    @property
+    def tag(self) -> str:
+        """Readable part of a kernel name: full | causal | local, then each modifier."""
+        mask = "full" if self.mask == "none" else self.mask
+        return "_".join([mask] + [m for m in MODIFIERS if getattr(self, m)])
+
+    def for_backward(self) -> "Features":
+        """The switches the backward's main kernel compiles with (no sink switch)."""
+        return replace(self, sink=False)
+
+    def defines(self) -> dict[str, int]:
+        return {
+            "CUFLASH_MASK": MASKS[self.mask],
+            "CUFLASH_SOFTCAP": int(self.softcap),
+            "CUFLASH_ALIBI": int(self.alibi),
+            "CUFLASH_SINK": int(self.sink),
+        }
+
+
+PLAIN = Features()
+CAUSAL = Features("causal")
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def _check_dtype_and_head_dim(dtype: str, head_dim: int) -> None:
+    _check_dtype(dtype)
+    if head_dim % HEAD_DIM_BUCKET or not 0 < head_dim <= 256:
+        raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {head_dim}")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What every spec has: a dtype, a source file and entry point, a readable
+    name and the defines rendered into the source (cuflash/compile/source.py)."""
+
+    dtype: str  # "fp16" | "bf16"
+
+    source = ""
+    entry = ""
+    #: The compile test fails if ptxas reports any spill for this kernel.
+    allow_spills = False
+
+    def __post_init__(self):
+        _check_dtype(self.dtype)
+
+    def defines(self) -> dict[str, int]:
+        return {"CUFLASH_DTYPE": DTYPES[self.dtype]}
+
+
+@dataclass(frozen=True)
+class AttentionSpec(KernelSpec):
+    """A main attention kernel: a compile-time head dim D and its features."""
+
+    head_dim: int  # compile-time D, a multiple of HEAD_DIM_BUCKET, <= 256
+    features: Features
+
+    def __post_init__(self):
+        _check_dtype_and_head_dim(self.dtype, self.head_dim)
+
+    @property
+    def causal(self) -> bool:
+        return self.features.causal
+
+    def defines(self) -> dict[str, int]:
+        return {**super().defines(), "CUFLASH_HEAD_DIM": self.head_dim, **self.features.defines()}
 
 
 @dataclass(frozen=True)
@@ -58,24 +175,16 @@ FWD_TILES = {
 
 
 @dataclass(frozen=True)
-class FwdSpec:
+class FwdSpec(AttentionSpec):
     """The portable (mma.sync) forward kernel in kernels_cu/fwd.cu."""
 
-    dtype: str  # "fp16" | "bf16"
-    head_dim: int  # compile-time D, a multiple of HEAD_DIM_BUCKET, <= 256
-    causal: bool
     tiles: FwdTiles
 
     source = "fwd.cu"
     entry = "cuflash_fwd"
-    #: The compile test fails if ptxas reports any spill for this kernel.
-    allow_spills = False
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.head_dim % HEAD_DIM_BUCKET or not 0 < self.head_dim <= 256:
-            raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {self.head_dim}")
+        super().__post_init__()
         t = self.tiles
         if t.rows_per_warp not in (16, 32) or t.block_m != t.rows_per_warp * t.warps:
             raise ValueError(f"block_m / warps must be 16 or 32, got {t}")
@@ -83,9 +192,9 @@ class FwdSpec:
             raise ValueError(f"block_n must be a multiple of 16, got {t.block_n}")
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, causal: bool) -> "FwdSpec":
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN) -> "FwdSpec":
         d = head_dim_bucket(head_dim)
-        return cls(dtype, d, bool(causal), FWD_TILES[d])
+        return cls(dtype, d, features, FWD_TILES[d])
 
     @property
     def threads(self) -> int:
@@ -94,19 +203,16 @@ class FwdSpec:
     @property
     def name(self) -> str:
         t = self.tiles
-        mask = "causal" if self.causal else "full"
         q = "q" if t.q_in_regs else ""
-        return f"fwd_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}w{t.warps}{q}"
+        return f"fwd_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}w{t.warps}{q}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
         return {
-            "CUFLASH_DTYPE": DTYPES[self.dtype],
-            "CUFLASH_HEAD_DIM": self.head_dim,
+            **super().defines(),
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_WARPS": t.warps,
-            "CUFLASH_CAUSAL": int(self.causal),
             "CUFLASH_Q_IN_REGS": int(t.q_in_regs),
         }
 
@@ -147,26 +253,19 @@ FWD_SM90_LONG_TILES = {
 
 
 @dataclass(frozen=True)
-class FwdSm90Spec:
+class FwdSm90Spec(AttentionSpec):
     """The Hopper (sm_90a, wgmma) forward kernel in kernels_cu/fwd_sm90.cu."""
 
-    dtype: str
-    head_dim: int
-    causal: bool
     tiles: FwdSm90Tiles
 
     source = "fwd_sm90.cu"
     entry = "cuflash_fwd_sm90"
-    allow_spills = False
     #: wgmma exists only in sm_90a code, which runs only on compute capability 9.0.
     arch_suffix = "a"
     compute_capabilities = ((9, 0),)
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.head_dim % HEAD_DIM_BUCKET or not 0 < self.head_dim <= 256:
-            raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {self.head_dim}")
+        super().__post_init__()
         t = self.tiles
         if t.block_m % 64 or not 64 <= t.block_m <= 256:
             raise ValueError(f"block_m must be 64, 128, 192 or 256, got {t}")
@@ -176,12 +275,12 @@ class FwdSm90Spec:
             raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, causal: bool, seqlen_q: int = 0) -> "FwdSm90Spec":
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, seqlen_q: int = 0) -> "FwdSm90Spec":
         d = head_dim_bucket(head_dim)
         tiles = FWD_SM90_TILES[d]
         if seqlen_q >= FWD_SM90_LONG_SEQLEN_Q:
             tiles = FWD_SM90_LONG_TILES.get(d, tiles)
-        return cls(dtype, d, bool(causal), tiles)
+        return cls(dtype, d, features, tiles)
 
     @property
     def threads(self) -> int:
@@ -190,18 +289,15 @@ class FwdSm90Spec:
     @property
     def name(self) -> str:
         t = self.tiles
-        mask = "causal" if self.causal else "full"
         occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
-        return f"fwd90_{self.dtype}_d{self.head_dim}_{mask}_m{t.block_m}n{t.block_n}{occupancy}"
+        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
         return {
-            "CUFLASH_DTYPE": DTYPES[self.dtype],
-            "CUFLASH_HEAD_DIM": self.head_dim,
+            **super().defines(),
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
-            "CUFLASH_CAUSAL": int(self.causal),
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
         }
 
@@ -291,35 +387,26 @@ BWD_TILES = {
 }
 
 
-def _check_dtype_and_head_dim(dtype: str, head_dim: int) -> None:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if head_dim % HEAD_DIM_BUCKET or not 0 < head_dim <= 256:
-        raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_BUCKET} in (0, 256], got {head_dim}")
-
-
 @dataclass(frozen=True)
-class BwdSpec:
+class BwdSpec(AttentionSpec):
     """The portable (mma.sync) backward kernel in kernels_cu/bwd.cu."""
 
-    dtype: str  # "fp16" | "bf16"
-    head_dim: int  # compile-time D, a multiple of HEAD_DIM_BUCKET, <= 256
-    causal: bool
     deterministic: bool  # dQ added in key-block order (bitwise reproducible)
     tiles: BwdTiles
 
     source = "bwd.cu"
     entry = "cuflash_bwd"
-    allow_spills = False
 
     def __post_init__(self):
-        _check_dtype_and_head_dim(self.dtype, self.head_dim)
+        super().__post_init__()
+        if self.features.sink:
+            raise ValueError("the backward kernels compile without the sink switch (Features.for_backward)")
         self.tiles.check(self.head_dim)
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, causal: bool, deterministic: bool) -> "BwdSpec":
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, deterministic: bool = False) -> "BwdSpec":
         d = head_dim_bucket(head_dim)
-        return cls(dtype, d, bool(causal), bool(deterministic), BWD_TILES[d])
+        return cls(dtype, d, features.for_backward(), bool(deterministic), BWD_TILES[d])
 
     @property
     def threads(self) -> int:
@@ -328,17 +415,15 @@ class BwdSpec:
     @property
     def name(self) -> str:
         t = self.tiles
-        mask = "causal" if self.causal else "full"
         det = "_det" if self.deterministic else ""
         passes = f"p{t.dq_pass_dims}" if t.dq_pass_dims else ""
-        return (f"bwd_{self.dtype}_d{self.head_dim}_{mask}{det}_m{t.block_m}n{t.block_n}w{t.warps}"
+        return (f"bwd_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}_m{t.block_m}n{t.block_n}w{t.warps}"
                 f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}{passes}u{t.k_unroll}")
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
         return {
-            "CUFLASH_DTYPE": DTYPES[self.dtype],
-            "CUFLASH_HEAD_DIM": self.head_dim,
+            **super().defines(),
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_WARPS": t.warps,
@@ -347,7 +432,6 @@ class BwdSpec:
             "CUFLASH_DQ_WARPS_M": t.dq_warps_m,
             "CUFLASH_DQ_PASS_DIMS": t.dq_pass_dims or t.dq_dims(self.head_dim),
             "CUFLASH_K_UNROLL": t.k_unroll,
-            "CUFLASH_CAUSAL": int(self.causal),
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
         }
 
@@ -374,24 +458,22 @@ BWD_SM90_HEAD_DIMS = (64, 128, 256)
 
 
 @dataclass(frozen=True)
-class BwdSm90Spec:
+class BwdSm90Spec(AttentionSpec):
     """The Hopper (sm_90a, wgmma) backward kernel in kernels_cu/bwd_sm90.cu."""
 
-    dtype: str
-    head_dim: int  # 64 or 128
-    causal: bool
     deterministic: bool
 
     source = "bwd_sm90.cu"
     entry = "cuflash_bwd_sm90"
-    allow_spills = False
     arch_suffix = "a"
     compute_capabilities = ((9, 0),)
 
     def __post_init__(self):
-        _check_dtype_and_head_dim(self.dtype, self.head_dim)
+        super().__post_init__()
         if self.head_dim not in BWD_SM90_HEAD_DIMS:
             raise ValueError(f"the Hopper backward has head dims {BWD_SM90_HEAD_DIMS}, got {self.head_dim}")
+        if self.features.sink:
+            raise ValueError("the backward kernels compile without the sink switch (Features.for_backward)")
 
     @property
     def tiles(self) -> BwdSm90Tiles:
@@ -403,62 +485,39 @@ class BwdSm90Spec:
 
     @property
     def name(self) -> str:
-        mask = "causal" if self.causal else "full"
         det = "_det" if self.deterministic else ""
-        return f"bwd90_{self.dtype}_d{self.head_dim}_{mask}{det}"
+        return f"bwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}"
 
     def defines(self) -> dict[str, int]:
         return {
-            "CUFLASH_DTYPE": DTYPES[self.dtype],
-            "CUFLASH_HEAD_DIM": self.head_dim,
+            **super().defines(),
             "CUFLASH_BLOCK_N": self.tiles.block_n,
-            "CUFLASH_CAUSAL": int(self.causal),
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
         }
 
 
 @dataclass(frozen=True)
-class BwdPrepareSpec:
-    """kernels_cu/bwd_prepare.cu: delta = rowsum(dO * O), lse in the exp2 domain, zeroed dQ accumulator."""
-
-    dtype: str
+class BwdPrepareSpec(KernelSpec):
+    """kernels_cu/bwd_prepare.cu: delta = rowsum(dO * O) (- dlse), lse in the exp2 domain, zeroed dQ accumulator."""
 
     source = "bwd_prepare.cu"
     entry = "cuflash_bwd_prepare"
-    allow_spills = False
     threads = 256
     rows_per_cta = 64  # PREP_ROWS in the kernel
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     @property
     def name(self) -> str:
         return f"bwd_prepare_{self.dtype}"
 
-    def defines(self) -> dict[str, int]:
-        return {"CUFLASH_DTYPE": DTYPES[self.dtype]}
-
 
 @dataclass(frozen=True)
-class BwdConvertSpec:
+class BwdConvertSpec(KernelSpec):
     """kernels_cu/bwd_convert.cu: fp32 accumulators (summed over a GQA group) -> the input dtype."""
-
-    dtype: str
 
     source = "bwd_convert.cu"
     entry = "cuflash_bwd_convert"
-    allow_spills = False
     threads = 256
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     @property
     def name(self) -> str:
         return f"bwd_convert_{self.dtype}"
-
-    def defines(self) -> dict[str, int]:
-        return {"CUFLASH_DTYPE": DTYPES[self.dtype]}

@@ -5,17 +5,24 @@ so a capability is added in one place.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .specs import (
     BWD_SM90_HEAD_DIMS,
     BWD_TILES,
+    CAUSAL,
     DTYPES,
     FWD_SM90_LONG_TILES,
     FWD_SM90_TILES,
     FWD_TILES,
+    MASKS,
+    MODIFIERS,
+    PLAIN,
     BwdConvertSpec,
     BwdPrepareSpec,
     BwdSm90Spec,
     BwdSpec,
+    Features,
     FwdSm90Spec,
     FwdSpec,
     head_dim_bucket,
@@ -31,79 +38,158 @@ MIN_COMPUTE_CAPABILITY = (8, 0)
 #: Archs `cuflash compile` and the compile tests build for by default.
 COMPILE_ARCHS = ("sm_80", "sm_90a")
 
-#: Options of cuflash.attention and when they land; a non-default value of one
-#: that is not implemented yet raises NotImplementedError naming it.
+#: Options of cuflash.attention not implemented yet; a non-default value of one
+#: raises NotImplementedError naming it.
 NOT_YET_IMPLEMENTED = {
-    "window_size": (-1, -1),
-    "softcap": 0.0,
-    "alibi_slopes": None,
     "bias": None,
     "dropout_p": 0.0,
 }
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kernel family: its spec class, where it runs and what it can do."""
+
+    name: str
+    spec: type
+    direction: str  # "fwd" | "bwd"
+    compute_capabilities: tuple | None  # None: every GPU from MIN_COMPUTE_CAPABILITY
+    head_dims: tuple  # compile-time head dims it has
+    masks: tuple = tuple(MASKS)
+    modifiers: tuple = MODIFIERS
+    deterministic: bool = False  # has a bitwise reproducible mode
+    notes: dict = field(default_factory=dict)
+
+
+#: The capability table (DESIGN 4b): validation, kernel selection, `cuflash
+#: compile` and the test grids all read it. Listed best first: select() takes
+#: the first family of a direction that runs on the GPU and supports the problem.
+FAMILIES = (
+    Family("fwd_sm90", FwdSm90Spec, "fwd", ((9, 0),), tuple(sorted(FWD_SM90_TILES))),
+    Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES))),
+    Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True),
+    Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True),
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What kernel selection needs to know of a call (hashable: selection is memoised)."""
+
+    direction: str  # "fwd" | "bwd"
+    dtype: str
+    head_dim: int  # the actual head dim d
+    features: Features = PLAIN
+    compute_capability: tuple = (9, 0)
+    seqlen_q: int = 0  # the Hopper forward picks its tiles by it
+    deterministic: bool = False
+    sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
+
+
+def family_reasons(family: Family, problem: Problem) -> list[str]:
+    """Why `family` cannot run `problem` (empty: it can)."""
+    reasons = []
+    if family.direction != problem.direction:
+        reasons.append(f"{family.name} is a {family.direction} kernel")
+    if family.compute_capabilities is not None:
+        if tuple(problem.compute_capability) not in family.compute_capabilities:
+            reasons.append(f"{family.name} runs on compute capability {family.compute_capabilities}")
+        elif not problem.sm90:
+            reasons.append(f"{family.name} is disabled (CUFLASH_DISABLE_SM90=1)")
+    if problem.dtype not in SUPPORTED_DTYPES:
+        reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
+    if head_dim_bucket(problem.head_dim) not in family.head_dims:
+        reasons.append(f"{family.name} has head dims {family.head_dims}, not {problem.head_dim}")
+    f = problem.features
+    if f.mask not in family.masks:
+        reasons.append(f"{family.name} has no {f.mask} mask")
+    reasons += [f"{family.name} has no {m}" for m in MODIFIERS if getattr(f, m) and m not in family.modifiers]
+    if problem.deterministic and not family.deterministic:
+        reasons.append(f"{family.name} has no deterministic mode")
+    return reasons
+
+
+def not_supported_reasons(problem: Problem) -> list[str]:
+    """Why no family can run `problem` (empty: one can): each family's reasons."""
+    per_family = [family_reasons(f, problem) for f in FAMILIES if f.direction == problem.direction]
+    if any(not r for r in per_family):
+        return []
+    return [r for rs in per_family for r in rs]
+
+
+def select(problem: Problem):
+    """The spec of the best family that runs `problem`: the Hopper kernels on
+    compute capability 9.0 where they have the head dim and features, else the
+    portable ones. ValueError (with every reason) when none can."""
+    for family in FAMILIES:
+        if family.direction == problem.direction and not family_reasons(family, problem):
+            return _spec_for(family, problem)
+    raise ValueError("no cuflash kernel for this problem: " + "; ".join(not_supported_reasons(problem)))
+
+
+def _spec_for(family: Family, problem: Problem):
+    d = head_dim_bucket(problem.head_dim)
+    f = problem.features
+    if family.spec is FwdSm90Spec:
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.seqlen_q)
+    if family.spec is FwdSpec:
+        return FwdSpec.for_problem(problem.dtype, d, f)
+    if family.spec is BwdSm90Spec:
+        return BwdSm90Spec(problem.dtype, d, f.for_backward(), bool(problem.deterministic))
+    return BwdSpec.for_problem(problem.dtype, d, f, problem.deterministic)
 
 
 def supported_head_dims() -> list[int]:
     return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
 
 
-def fwd_spec(
-    dtype: str, head_dim: int, causal: bool, seqlen_q: int, compute_capability: tuple[int, int], sm90: bool = True
-):
-    """The forward kernel for a problem on a GPU: the Hopper (wgmma) kernel on
-    compute capability 9.0 unless ``sm90`` is False, else the portable one."""
-    if sm90 and tuple(compute_capability) in FwdSm90Spec.compute_capabilities:
-        return FwdSm90Spec.for_problem(dtype, head_dim, causal, seqlen_q)
-    return FwdSpec.for_problem(dtype, head_dim, causal)
+def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compute_capability, sm90: bool = True):
+    """The forward kernel for a problem on a GPU (select() for direction "fwd")."""
+    return select(Problem("fwd", dtype, head_dim, features, tuple(compute_capability), seqlen_q, sm90=sm90))
 
 
-def bwd_spec(
-    dtype: str,
-    head_dim: int,
-    causal: bool,
-    deterministic: bool,
-    compute_capability: tuple[int, int],
-    sm90: bool = True,
-):
-    """The backward's main kernel for a problem on a GPU: the Hopper (wgmma)
-    kernel on compute capability 9.0 for the head dims it has, unless ``sm90``
-    is False; else the portable one."""
-    d = head_dim_bucket(head_dim)
-    if sm90 and tuple(compute_capability) in BwdSm90Spec.compute_capabilities and d in BWD_SM90_HEAD_DIMS:
-        return BwdSm90Spec(dtype, d, bool(causal), bool(deterministic))
-    return BwdSpec.for_problem(dtype, head_dim, causal, deterministic)
+def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, compute_capability, sm90: bool = True):
+    """The backward's main kernel for a problem on a GPU (select() for direction "bwd")."""
+    return select(
+        Problem("bwd", dtype, head_dim, features.for_backward(), tuple(compute_capability),
+                deterministic=bool(deterministic), sm90=sm90)
+    )
 
 
-def declared_specs() -> list:
-    """Every kernel specialisation cuflash may launch (what `cuflash compile` builds):
-    the forward (portable, then Hopper), then the backward (its main kernel,
-    portable then Hopper, prepare and convert). A spec with ``compute_capabilities`` is built only
-    for those GPUs (cuflash.compile.cache.builds_for)."""
-    fwd = [
-        FwdSpec(dtype, d, causal, FWD_TILES[d])
-        for dtype in SUPPORTED_DTYPES
-        for d in sorted(FWD_TILES)
-        for causal in (False, True)
-    ]
-    fwd += [
-        FwdSm90Spec(dtype, d, causal, tiles[d])
-        for tiles in (FWD_SM90_TILES, FWD_SM90_LONG_TILES)
-        for dtype in SUPPORTED_DTYPES
-        for d in sorted(tiles)
-        for causal in (False, True)
-    ]
-    bwd = [
-        BwdSpec(dtype, d, causal, deterministic, BWD_TILES[d])
-        for dtype in SUPPORTED_DTYPES
-        for d in sorted(BWD_TILES)
-        for causal in (False, True)
-        for deterministic in (False, True)
-    ]
-    bwd += [
-        BwdSm90Spec(dtype, d, causal, deterministic)
-        for dtype in SUPPORTED_DTYPES
-        for d in BWD_SM90_HEAD_DIMS
-        for causal in (False, True)
-        for deterministic in (False, True)
-    ]
+def family_specs(family: Family, features: Features) -> list:
+    """Every spec of a family for one feature set: each dtype and head dim
+    (and for the Hopper forward each tile table; for the backward both modes)."""
+    out = []
+    for dtype in SUPPORTED_DTYPES:
+        for d in family.head_dims:
+            if family.spec is FwdSpec:
+                out.append(FwdSpec(dtype, d, features, FWD_TILES[d]))
+            elif family.spec is FwdSm90Spec:
+                out += [FwdSm90Spec(dtype, d, features, t[d]) for t in (FWD_SM90_TILES, FWD_SM90_LONG_TILES) if d in t]
+            else:
+                for det in (False, True):
+                    out.append(_spec_for(family, Problem("bwd", dtype, d, features, deterministic=det)))
+    return out
+
+
+#: Feature sets `cuflash compile` builds by default: the plain mask kinds,
+#: which is today's set. Others compile on first use or with --features.
+DEFAULT_FEATURE_SETS = (PLAIN, CAUSAL)
+
+
+def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
+    """Every kernel specialisation `cuflash compile` builds for these feature
+    sets: the forward (Hopper, then portable), then the backward (Hopper, then
+    portable; the backward ignores the sink switch), then its prepare and
+    convert kernels. A spec with ``compute_capabilities`` is built only for
+    those GPUs (cuflash.compile.cache.builds_for)."""
+    specs, seen = [], set()
+    for family in FAMILIES:
+        for features in feature_sets:
+            f = features if family.direction == "fwd" else features.for_backward()
+            for spec in family_specs(family, f):
+                if spec.name not in seen:
+                    seen.add(spec.name)
+                    specs.append(spec)
     helpers = [spec for dtype in SUPPORTED_DTYPES for spec in (BwdPrepareSpec(dtype), BwdConvertSpec(dtype))]
-    return fwd + bwd + helpers
+    return specs + helpers

@@ -10,10 +10,12 @@
 // and adds to dQ_i (fp32, global) for every query block i:
 //   dQ_i += scale * dS_ij K_j                     (Br, d)
 // where, for query block i (Br rows) and this key block:
-//   S_ij  = Q_i K_j^T                             (Br, Bc), masked (mask.cuh)
+//   S_ij  = mod(Q_i K_j^T)                        (Br, Bc), softcap / ALiBi (score_mod.cuh), masked (mask.cuh)
 //   P_ij  = exp(S_ij * scale - L_i) = exp2(S_ij * scale * log2(e) - L_i * log2(e))
 //   dP_ij = dO_i V_j^T                            (Br, Bc)
-//   dS_ij = P_ij ∘ (dP_ij - D_i)                  D_i = rowsum(dO_i ∘ O_i), bwd_prepare.cu
+//   dS_ij = P_ij ∘ (dP_ij - D_i) ∘ mod'           D_i = rowsum(dO_i ∘ O_i) (- dlse_i), bwd_prepare.cu
+// (a learnable sink needs nothing here: L_i includes it, and dsink is summed
+// from L and D on the host side).
 // L_i (natural-log lse) and D_i come from bwd_prepare.cu, which stores
 // L_i * log2(e) (+inf for rows that see no key, so their P row is exactly 0).
 // Every product is held transposed, keys as rows: S^T = K Q^T (Bc, Br), so
@@ -21,18 +23,20 @@
 //
 // Steps: one CTA per (key block, head, batch); WARPS warps.
 //   1. cp.async K_j, V_j (once) and Q, dO, L, D of the first query block that sees a key of j.
-//   2. For each query block i from that one to the last (causal: the blocks above
-//      it see no key of j and are skipped; only blocks crossing the diagonal or
-//      seqlen_k are masked):
+//   2. For each query block i that sees a key of j (mask.cuh query_blocks: under
+//      a causal mask or a window the others are skipped; only blocks crossing
+//      an edge of the band or seqlen_k are masked):
 //        wait for block i; start loading block i+1 into the other buffer (double buffering);
 //        S^T = K Q^T, dP^T = V dO^T (warps tile keys x queries: SDP_WARPS_N along keys);
-//        P^T = exp2(S^T * scale_log2 - L2), dS^T = P^T ∘ (dP^T - D);
+//        score modifier, mask; P^T = exp2(S^T * scale_log2 - L2),
+//        dS^T = P^T ∘ (dP^T - D) ∘ mod' (softmax.cuh softmax_backward_t);
 //        dS^T (and P^T unless P stays in registers) -> shared memory, 16-bit;
 //        dV += P^T dO, dK += dS^T Q (warps tile keys x d: DKV_WARPS_N along keys);
 //        dQ_i += scale * dS K (warps tile queries x d: DQ_WARPS_M along queries, in
 //        passes of DQ_PASS_DIMS columns): fp32 reductions into dq_accum; with
 //        CUFLASH_DETERMINISTIC the CTAs of one (head, batch) add to query block i
 //        in key-block order (atomic.cuh turns), so the sums are reproducible.
+//        (epilogue.cuh write_f32_tile)
 //   3. dK *= scale; write dK, dV: to dk/dv in the input dtype (staged through
 //      shared memory for 16-byte stores), or fp32 per query head into
 //      dk_accum/dv_accum under GQA (bwd_convert.cu sums the group).
@@ -45,7 +49,7 @@
 //   d <= D is a run-time value, columns >= d are zero-filled and never stored),
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
 //   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
-//   CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC.
+//   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI.
 // Memory per CTA: nothing of size seqlen_q x seqlen_k exists anywhere; S, P, dP
 // and dS live only as (Bc x Br) tiles in registers and shared memory.
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
@@ -58,8 +62,11 @@
 #include "common/numeric.cuh"
 #include "common/copy.cuh"
 #include "common/mma.cuh"
+#include "common/seqinfo.cuh"
 #include "common/mask.cuh"
-#include "common/atomic.cuh"
+#include "common/score_mod.cuh"
+#include "common/softmax.cuh"
+#include "common/epilogue.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;  // Br: query rows per step
@@ -68,7 +75,6 @@ constexpr int WARPS = CUFLASH_WARPS;
 // k16 steps per unrolled loop body of each product from shared memory (mma.cuh
 // mma_ss; 0 = fully unrolled).
 constexpr int K_UNROLL = CUFLASH_K_UNROLL > 0 ? CUFLASH_K_UNROLL : 1024;
-constexpr bool CAUSAL = CUFLASH_CAUSAL;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
 constexpr int THREADS = WARPS * 32;
 
@@ -118,26 +124,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int h_kv = h / (p.nheads / p.nheads_kv);
+    const int n_block = blockIdx.x;
     const int key0 = n_block * BN;
+    const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    const Visibility vis(p, si.seqlen_q, si.seqlen_k);
+    const ScoreMod mod(p, si.b, si.h, si.seqlen_q, si.seqlen_k);
 
-    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
-    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
-    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
-    const i64 bh = (i64)b * p.nheads + h;
-    const float* lse2 = p.lse_log2 + bh * p.seqlen_q_rounded;
-    const float* delta = p.delta + bh * p.seqlen_q_rounded;
-    float* dq_accum = p.dq_accum + b * p.dqa_batch_stride + h * p.dqa_head_stride;
+    const u16* q = si.query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
+    const u16* k = si.key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
+    const u16* v = si.key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    const u16* dout = si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride, p.do_head_stride);
+    const float* lse2 = p.lse_log2 + si.row_stat(p.nheads, p.seqlen_q_rounded);
+    const float* delta = p.delta + si.row_stat(p.nheads, p.seqlen_q_rounded);
+    float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_head_stride);
 
-    // Query blocks [m_begin, m_blocks) hold every query that sees a key of this
-    // block. Causal: query i sees key j iff j <= i + seqlen_k - seqlen_q, so the
-    // first query that sees key0 (and every later key) is key0 - (seqlen_k - seqlen_q).
-    // The last query (seqlen_q - 1) sees every key, so the range always runs to the end.
-    int m_begin = 0;
-    if (CAUSAL) m_begin = max(key0 - (p.seqlen_k - p.seqlen_q), 0) / BM;
-    const int m_end = p.m_blocks;
+    // Query blocks [m_begin, m_end) hold every query that sees a key of this block.
+    const int2 query_blocks = vis.query_blocks<BM>(key0, BN);
+    const int m_begin = query_blocks.x, m_end = query_blocks.y;
 
     // Warp tile origins within the block.
     const int s_key0 = (warp % SDP_WN) * S_KEYS, s_q0 = (warp / SDP_WN) * S_QUERIES;
@@ -163,10 +166,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // Q_i, dO_i, L_i, D_i of query block m into buffer `buf` (rows >= seqlen_q
     // zero-filled; L and D are padded by bwd_prepare, so they are read whole).
     auto load_query_block = [&](int m, int buf) {
-        load_tile_async<BM, D, THREADS>(sQ_addr + (u32)(buf * BM * PITCH * 2), q, p.q_row_stride, m * BM, p.seqlen_q,
-                                        p.head_dim, tid);
+        load_tile_async<BM, D, THREADS>(sQ_addr + (u32)(buf * BM * PITCH * 2), q, p.q_row_stride, m * BM,
+                                        si.seqlen_q, p.head_dim, tid);
         load_tile_async<BM, D, THREADS>(sdO_addr + (u32)(buf * BM * PITCH * 2), dout, p.do_row_stride, m * BM,
-                                        p.seqlen_q, p.head_dim, tid);
+                                        si.seqlen_q, p.head_dim, tid);
         // Br floats each = Br / 4 16-byte chunks (Br <= 4 * THREADS).
         if (tid < BM / 4) {
             cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
@@ -178,12 +181,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     zero_acc(acc_dk);
     zero_acc(acc_dv);
 
-    // Without queries (seqlen_q = 0) the loop is empty and dK = dV = 0 are
-    // written. (Under the causal mask every key is seen by the last query.)
+    // When no query sees a key of this block (seqlen_q = 0, or a window that
+    // misses it) the loop is empty and dK = dV = 0 are written.
     if (m_begin < m_end) {
         // 1. K_j, V_j and the first query block, one cp.async group.
-        load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, key0, p.seqlen_k, p.head_dim, tid);
-        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, key0, p.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
         load_query_block(m_begin, 0);
         cp_async_commit();
     }
@@ -211,34 +214,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
         mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
 
-        // Only blocks that cross seqlen_k or the causal diagonal need the mask.
-        bool need_mask = key0 + BN > p.seqlen_k;
-        if (CAUSAL) need_mask = need_mask || key0 + BN - 1 > row0 + p.seqlen_k - p.seqlen_q;
-        if (need_mask) mask_scores_t<CAUSAL>(acc_s, key0 + s_key0, row0 + s_q0, lane, p.seqlen_q, p.seqlen_k);
-
-        // P^T = exp2(S^T * scale_log2 - L2) and dS^T = P^T ∘ (dP^T - D), in place.
-        // Element (mt, nt, 2h+j): key s_key0 + mt*16 + h*8 + g, query s_q0 + nt*8 + 2t + j.
-        // No NaN can arise: L2 is finite or +inf (never -inf, bwd_prepare), so
-        // fmaf(S, c, -L2) is finite or -inf (masked S = -inf, or L2 = +inf for a
-        // row that sees no key / a padding row), and exp2(-inf) = 0 makes P and
-        // then dS exactly 0 there (dP and D are finite).
-#pragma unroll
-        for (int nt = 0; nt < S_NT; ++nt) {
-            const int col = buf * BM + s_q0 + nt * 8 + 2 * t;
-            const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
-            const float2 dd = *reinterpret_cast<const float2*>(sDelta + col);
-#pragma unroll
-            for (int mt = 0; mt < S_MT; ++mt)
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    float p0 = fast_exp2(fmaf(acc_s[mt][nt][2 * hh], p.scale_log2, -l2.x));
-                    float p1 = fast_exp2(fmaf(acc_s[mt][nt][2 * hh + 1], p.scale_log2, -l2.y));
-                    acc_s[mt][nt][2 * hh] = p0;
-                    acc_s[mt][nt][2 * hh + 1] = p1;
-                    acc_dp[mt][nt][2 * hh] = p0 * (acc_dp[mt][nt][2 * hh] - dd.x);
-                    acc_dp[mt][nt][2 * hh + 1] = p1 * (acc_dp[mt][nt][2 * hh + 1] - dd.y);
-                }
-        }
+        // Score modifier, then the mask (only blocks that cross seqlen_k or an
+        // edge of the band need it), then P^T and dS^T in place.
+        if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
+        if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
+        softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0, p.scale_log2, mod,
+                           key0 + s_key0, row0 + s_q0, lane);
 
         // dS^T (and P^T) -> shared memory as 16-bit [key][query]; a lane's two
         // adjacent queries make one 32-bit store (rows (Br+8)*2 bytes apart: the
@@ -278,97 +259,57 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // in DQ_PASSES passes of DQ_PASS_NT n8 tiles (bounds the live accumulators).
         //
         // Deterministic: the CTAs of this (head, batch) that see query block m are
-        // key blocks 0 .. N-1 (m_begin grows with the key block), so this CTA is
-        // the n_block-th to add and waits until n_block CTAs have added. Cannot
-        // deadlock: it waits only for CTAs of lower blockIdx.x in the same (head,
-        // batch), i.e. of lower linear block index, which the hardware dispatched
-        // before this one (so they are resident or finished), and each of them
-        // waits only for still lower ones; the lowest waits for none.
-        int* turn = DETERMINISTIC ? p.dq_semaphore + bh * p.m_blocks + m : nullptr;
+        // the key blocks of its range (mask.cuh key_blocks, the same pairs as
+        // query_blocks above), so this CTA adds as number n_block - first and
+        // waits until that many have added. Cannot deadlock: it waits only for
+        // CTAs of lower blockIdx.x in the same (head, batch), i.e. of lower
+        // linear block index, which the hardware dispatched before this one (so
+        // they are resident or finished), and each of them waits only for
+        // still lower ones; the first of the range waits for none.
+        int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
+        const int my_turn = DETERMINISTIC ? n_block - vis.key_blocks<BN>(row0, BM).x : 0;
 #pragma unroll
         for (int pass = 0; pass < DQ_PASSES; ++pass) {
             float acc_dq[DQ_MT][DQ_PASS_NT][4];
             zero_acc(acc_dq);
             mma_ss<DQ_MT, DQ_PASS_NT, BN / 16, PITCH_T, true, PITCH, true, K_UNROLL>(acc_dq, dq_a,
                                                                           dq_b + (u32)(pass * DQ_PASS_NT * 8 * 2));
-            if (DETERMINISTIC && pass == 0) turn_wait(turn, n_block);
-#pragma unroll
-            for (int mt = 0; mt < DQ_MT; ++mt)
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int row = row0 + dq_q0 + mt * 16 + hh * 8 + g;
-                    if (row >= p.seqlen_q) continue;
-                    float* dst = dq_accum + (i64)row * p.dqa_row_stride + dq_d0 + pass * DQ_PASS_NT * 8 + 2 * t;
-#pragma unroll
-                    for (int nt = 0; nt < DQ_PASS_NT; ++nt)
-                        if (dq_d0 + (pass * DQ_PASS_NT + nt) * 8 < p.head_dim)  // d % 8 == 0: whole n8 tiles
-                            red_add_f32x2(dst + nt * 8, acc_dq[mt][nt][2 * hh] * p.scale,
-                                          acc_dq[mt][nt][2 * hh + 1] * p.scale);
-                }
+            if (DETERMINISTIC && pass == 0) turn_wait(turn, my_turn);
+            write_f32_tile<true>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
+                                 dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
         }
         if (DETERMINISTIC) turn_pass(turn);
     }
 
-    // 3. Epilogue. Every warp is past its last read of sK/sV (the final S^T,
-    // dP^T and dQ products) before they are reused to stage dK and dV.
+    // 3. Epilogue: dK = scale * acc_dk, dV = acc_dv. Every warp is past its
+    // last read of sK/sV (the final S^T, dP^T and dQ products) before they are
+    // reused to stage dK and dV.
     __syncthreads();
+    float dk_scale[KV_MT][2], dv_scale[KV_MT][2];
 #pragma unroll
     for (int mt = 0; mt < KV_MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < KV_NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_dk[mt][nt][e] *= p.scale;
+        for (int hh = 0; hh < 2; ++hh) dk_scale[mt][hh] = p.scale, dv_scale[mt][hh] = 1.f;
 
     if (p.dk_accum == nullptr) {
         // dK -> sK, dV -> sV as 16-bit [key][d], then 16-byte stores of whole rows.
-#pragma unroll
-        for (int mt = 0; mt < KV_MT; ++mt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int row = kv_key0 + mt * 16 + hh * 8 + g;
-#pragma unroll
-                for (int nt = 0; nt < KV_NT; ++nt) {
-                    const int col = kv_d0 + nt * 8 + 2 * t;
-                    *reinterpret_cast<u32*>(sK + row * PITCH + col) =
-                        pack_float2(acc_dk[mt][nt][2 * hh], acc_dk[mt][nt][2 * hh + 1]);
-                    *reinterpret_cast<u32*>(sV + row * PITCH + col) =
-                        pack_float2(acc_dv[mt][nt][2 * hh], acc_dv[mt][nt][2 * hh + 1]);
-                }
-            }
+        auto pitched = [](int r, int col) { return (r * PITCH + col) * 2; };
+        unsigned char* sK_bytes = reinterpret_cast<unsigned char*>(sK);
+        unsigned char* sV_bytes = reinterpret_cast<unsigned char*>(sV);
+        stage_tile(sK_bytes, pitched, acc_dk, dk_scale, kv_key0, kv_d0, lane);
+        stage_tile(sV_bytes, pitched, acc_dv, dv_scale, kv_key0, kv_d0, lane);
         // The 16-byte reads below cover rows and columns other warps wrote.
         __syncthreads();
-        u16* dk = static_cast<u16*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
-        u16* dv = static_cast<u16*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
-        for (int c = tid; c < BN * (D / 8); c += THREADS) {
-            const int r = c / (D / 8), col = (c % (D / 8)) * 8;
-            const int key = key0 + r;
-            if (key < p.seqlen_k && col < p.head_dim) {
-                *reinterpret_cast<uint4*>(dk + (i64)key * p.dk_row_stride + col) =
-                    *reinterpret_cast<const uint4*>(sK + r * PITCH + col);
-                *reinterpret_cast<uint4*>(dv + (i64)key * p.dv_row_stride + col) =
-                    *reinterpret_cast<const uint4*>(sV + r * PITCH + col);
-            }
-        }
+        u16* dk = si.key_rows(static_cast<u16*>(p.dk), p.dk_batch_stride, p.dk_head_stride);
+        u16* dv = si.key_rows(static_cast<u16*>(p.dv), p.dv_batch_stride, p.dv_head_stride);
+        store_staged_rows<BN, D>(dk, p.dk_row_stride, sK_bytes, pitched, key0, si.seqlen_k, p.head_dim, tid, THREADS);
+        store_staged_rows<BN, D>(dv, p.dv_row_stride, sV_bytes, pitched, key0, si.seqlen_k, p.head_dim, tid, THREADS);
     } else {
         // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
-        float* dka = p.dk_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
-        float* dva = p.dv_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
-#pragma unroll
-        for (int mt = 0; mt < KV_MT; ++mt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int key = key0 + kv_key0 + mt * 16 + hh * 8 + g;
-                if (key >= p.seqlen_k) continue;
-#pragma unroll
-                for (int nt = 0; nt < KV_NT; ++nt) {
-                    const int col = kv_d0 + nt * 8 + 2 * t;
-                    if (col < p.head_dim) {
-                        *reinterpret_cast<float2*>(dka + (i64)key * p.dka_row_stride + col) =
-                            make_float2(acc_dk[mt][nt][2 * hh], acc_dk[mt][nt][2 * hh + 1]);
-                        *reinterpret_cast<float2*>(dva + (i64)key * p.dka_row_stride + col) =
-                            make_float2(acc_dv[mt][nt][2 * hh], acc_dv[mt][nt][2 * hh + 1]);
-                    }
-                }
-            }
+        float* dka = si.query_rows(p.dk_accum, p.dka_batch_stride, p.dka_head_stride);
+        float* dva = si.query_rows(p.dv_accum, p.dka_batch_stride, p.dka_head_stride);
+        write_f32_tile<false>(dka, p.dka_row_stride, acc_dk, p.scale, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim,
+                              lane);
+        write_f32_tile<false>(dva, p.dka_row_stride, acc_dv, 1.f, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim, lane);
     }
 }

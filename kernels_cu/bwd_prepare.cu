@@ -3,6 +3,7 @@
 //
 // For every (batch b, head h) and query row i < seqlen_q:
 //   delta[b, h, i]    = D_i = rowsum(dO_i ∘ O_i) = sum_c dO[b, i, h, c] * O[b, i, h, c]   (fp32)
+//                       minus dlse[b, h, i] when the caller passes dlse (a loss that reads lse)
 //   lse_log2[b, h, i] = L_i * log2(e), or +inf when L_i = -inf
 //   dq_accum[b, i, h, 0:D] = 0
 // and for the padding rows seqlen_q <= i < seqlen_q_rounded (so the backward
@@ -79,6 +80,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
                 float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + (i64)row * p.lse_row_stride];
                 // A row that sees no key (lse = -inf): +inf makes its P exactly 0, not inf/NaN.
                 lse2 = lse == -INFINITY ? INFINITY : lse * log2e;
+                // A loss that also reads lse adds dlse_i * P_ij to dS_ij: D_i - dlse_i
+                // in place of D_i (DESIGN 3).
+                if (p.dlse != nullptr)
+                    dot -= p.dlse[b * p.dlse_batch_stride + h * p.dlse_head_stride + (i64)row * p.dlse_row_stride];
             }
             p.delta[bh * p.seqlen_q_rounded + row] = dot;
             p.lse_log2[bh * p.seqlen_q_rounded + row] = lse2;

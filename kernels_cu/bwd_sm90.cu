@@ -6,9 +6,10 @@
 // and conversions (bwd_convert.cu). For one (batch b, query head h, kv head
 // h_kv) and a block of Bc keys, with Q, dO: (Sq, d), K_j, V_j: (Bc, d):
 //   dV_j = sum_i P_ij^T dO_i,  dK_j = scale * sum_i dS_ij^T Q_i,  dQ_i += scale * dS_ij K_j
-// where S_ij = Q_i K_j^T (masked), P_ij = exp2(S_ij * scale * log2(e) - L2_i),
-// dP_ij = dO_i V_j^T, dS_ij = P_ij ∘ (dP_ij - D_i) (L2_i = lse_i * log2(e) and
-// D_i = rowsum(dO_i ∘ O_i) from bwd_prepare.cu).
+// where S_ij = mod(Q_i K_j^T) (score_mod.cuh; masked, mask.cuh),
+// P_ij = exp2(S_ij * scale * log2(e) - L2_i), dP_ij = dO_i V_j^T,
+// dS_ij = P_ij ∘ (dP_ij - D_i) ∘ mod' (L2_i = lse_i * log2(e) and
+// D_i = rowsum(dO_i ∘ O_i) (- dlse_i) from bwd_prepare.cu).
 //
 // Steps: one CTA per (key block, head, batch); two warpgroups, warpgroup w
 // owning keys 64w..64w+63 of the block (Bc = 128), Br = 64 queries per step.
@@ -16,11 +17,13 @@
 // wg*D/2.. of dK and dV; see "SPLIT_D" below for how step 2 differs.)
 //   1. cp.async K_j, V_j (once) and Q, dO, L2, D of the first query block that
 //      sees a key of j, into swizzled shared memory (copy.cuh).
-//   2. For each query block i (causal: from the first that sees key j; only
-//      blocks crossing the diagonal or seqlen_k are masked), Q/dO double-buffered:
+//   2. For each query block i that sees a key of j (mask.cuh query_blocks; only
+//      blocks crossing an edge of the band or seqlen_k are masked), Q/dO
+//      double-buffered:
 //        wait for block i; start copying block i+1 into the other buffer;
 //        S^T = K Q^T, dP^T = V dO^T     per warpgroup 64 keys x Br, A and B K-major;
-//        P^T = exp2(S^T * scale_log2 - L2), dS^T = P^T ∘ (dP^T - D) in registers;
+//        score modifier, mask; P^T = exp2(S^T * scale_log2 - L2),
+//        dS^T = P^T ∘ (dP^T - D) ∘ mod' in registers (softmax.cuh);
 //        dS^T -> shared memory (16-bit, [key][query], swizzled);
 //        dV += P^T dO, dK += dS^T Q      A = P^T from registers, dS^T from shared
 //                                        memory; B = dO / Q read transposed;
@@ -36,7 +39,8 @@
 // Compile-time constants (cuflash/specs.py BwdSm90Spec): CUFLASH_DTYPE,
 // CUFLASH_HEAD_DIM D (64, 128 or 256; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_N Bc (128, or
-// 64 for SPLIT_D), CUFLASH_CAUSAL, CUFLASH_DETERMINISTIC. Br = 64, 256 threads.
+// 64 for SPLIT_D), CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK,
+// CUFLASH_SOFTCAP, CUFLASH_ALIBI. Br = 64, 256 threads.
 // Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
 // (Bc x Br) tiles. Constraints: as bwd.cu.
 // Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T;
@@ -47,13 +51,15 @@
 #include "common/numeric.cuh"
 #include "common/copy.cuh"
 #include "common/wgmma.cuh"
+#include "common/seqinfo.cuh"
 #include "common/mask.cuh"
-#include "common/atomic.cuh"
+#include "common/score_mod.cuh"
+#include "common/softmax.cuh"
+#include "common/epilogue.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = 64;                 // Br: queries per step
 constexpr int BN = CUFLASH_BLOCK_N;    // Bc: keys per CTA
-constexpr bool CAUSAL = CUFLASH_CAUSAL;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
 constexpr int THREADS = 256;
 // SPLIT_D (D = 256): dK and dV of 64 keys x D do not fit one warpgroup's
@@ -100,31 +106,30 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
     const int g = lane / 4, t = lane % 4;
-    const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int h_kv = h / (p.nheads / p.nheads_kv);
+    const int n_block = blockIdx.x;
     const int key0 = n_block * BN;
     const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
     const int kv_col0 = SPLIT_D ? wg * KV_COLS : 0;                    // first dK/dV column of this warpgroup
+    const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    const Visibility vis(p, si.seqlen_q, si.seqlen_k);
+    const ScoreMod mod(p, si.b, si.h, si.seqlen_q, si.seqlen_k);
 
-    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
-    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
-    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
-    const i64 bh = (i64)b * p.nheads + h;
-    const float* lse2 = p.lse_log2 + bh * p.seqlen_q_rounded;
-    const float* delta = p.delta + bh * p.seqlen_q_rounded;
-    float* dq_accum = p.dq_accum + b * p.dqa_batch_stride + h * p.dqa_head_stride;
+    const u16* q = si.query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
+    const u16* k = si.key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
+    const u16* v = si.key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    const u16* dout = si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride, p.do_head_stride);
+    const float* lse2 = p.lse_log2 + si.row_stat(p.nheads, p.seqlen_q_rounded);
+    const float* delta = p.delta + si.row_stat(p.nheads, p.seqlen_q_rounded);
+    float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_head_stride);
 
-    // Query blocks [m_begin, m_blocks) hold every query that sees a key of this
-    // block (causal: the first query that sees key0 is key0 - (seqlen_k - seqlen_q)).
-    int m_begin = 0;
-    if (CAUSAL) m_begin = max(key0 - (p.seqlen_k - p.seqlen_q), 0) / BM;
-    const int m_end = p.m_blocks;
+    // Query blocks [m_begin, m_end) hold every query that sees a key of this block.
+    const int2 query_blocks = vis.query_blocks<BM>(key0, BN);
+    const int m_begin = query_blocks.x, m_end = query_blocks.y;
 
     auto load_query_block = [&](int m, int buf) {
-        load_tile_swizzled<BM, D, THREADS, AW>(sQ + buf * QD_BYTES, q, p.q_row_stride, m * BM, p.seqlen_q,
+        load_tile_swizzled<BM, D, THREADS, AW>(sQ + buf * QD_BYTES, q, p.q_row_stride, m * BM, si.seqlen_q,
                                                p.head_dim, tid);
-        load_tile_swizzled<BM, D, THREADS, AW>(sdO + buf * QD_BYTES, dout, p.do_row_stride, m * BM, p.seqlen_q,
+        load_tile_swizzled<BM, D, THREADS, AW>(sdO + buf * QD_BYTES, dout, p.do_row_stride, m * BM, si.seqlen_q,
                                                p.head_dim, tid);
         // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
         if (tid < BM / 4) {
@@ -139,10 +144,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc_dk[dt][e] = acc_dv[dt][e] = 0.f;
 
-    // Without queries (seqlen_q = 0) the loop is empty and dK = dV = 0 are written.
+    // When no query sees a key of this block (seqlen_q = 0, or a window that
+    // misses it) the loop is empty and dK = dV = 0 are written.
     if (m_begin < m_end) {
-        load_tile_swizzled<BN, D, THREADS, AW>(sK, k, p.k_row_stride, key0, p.seqlen_k, p.head_dim, tid);
-        load_tile_swizzled<BN, D, THREADS, AW>(sV, v, p.v_row_stride, key0, p.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS, AW>(sK, k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS, AW>(sV, v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
         load_query_block(m_begin, 0);
         cp_async_commit();
     }
@@ -167,8 +173,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         const u32 sK_ = opaque(sK), sV_ = opaque(sV), sdSt_ = opaque(sdSt);
 
         const u32 sPt_ = opaque(sPt);
-        bool need_mask = key0 + BN > p.seqlen_k;
-        if (CAUSAL) need_mask = need_mask || key0 + BN - 1 > row0 + p.seqlen_k - p.seqlen_q;
+        const bool need_mask = vis.needs_mask(row0, BM, key0, BN);
 
         // x = op(A) B over D for a (64 keys x BM queries) tile: A = K or V rows
         // key_row0.., B = Q or dO (both K-major).
@@ -180,27 +185,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                 wgmma_ss<BM, 0, 0, true>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, ks),
                                          desc_k_major<BM, D, AW>(b_tile, 0, ks));
         };
-        // P^T = exp2(S^T * scale_log2 - L2) and dS^T = P^T ∘ (dP^T - D), in place
-        // (s becomes P^T, dp becomes dS^T). Element (nt, 2hh+j): key warp_key0 +
-        // hh*8 + g, query nt*8 + 2t + j. No NaN: L2 is finite or +inf (never
-        // -inf, bwd_prepare), so the exponent is finite or -inf and P (then dS)
-        // is exactly 0 where masked or empty.
+        // Score modifier, mask (boundary blocks), then P^T and dS^T in place (s
+        // becomes P^T, dp becomes dS^T; softmax.cuh). Element (nt, 2hh+j): key
+        // warp_key0 + hh*8 + g, query nt*8 + 2t + j.
         auto p_and_ds = [&](float (&s)[1][NT][4], float (&dp)[1][NT][4]) {
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int col = buf * BM + nt * 8 + 2 * t;
-                const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
-                const float2 dd = *reinterpret_cast<const float2*>(sDelta + col);
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    float p0 = fast_exp2(fmaf(s[0][nt][2 * hh], p.scale_log2, -l2.x));
-                    float p1 = fast_exp2(fmaf(s[0][nt][2 * hh + 1], p.scale_log2, -l2.y));
-                    s[0][nt][2 * hh] = p0;
-                    s[0][nt][2 * hh + 1] = p1;
-                    dp[0][nt][2 * hh] = p0 * (dp[0][nt][2 * hh] - dd.x);
-                    dp[0][nt][2 * hh + 1] = p1 * (dp[0][nt][2 * hh + 1] - dd.y);
-                }
-            }
+            if (ScoreMod::ACTIVE) mod.apply<true>(s, key0 + warp_key0, row0, lane);
+            if (need_mask) vis.apply<true>(s, key0 + warp_key0, row0, lane);
+            softmax_backward_t(s, dp, sLse2 + buf * BM, sDelta + buf * BM, p.scale_log2, mod, key0 + warp_key0, row0,
+                               lane);
         };
         // A (64 keys x BM queries) tile of this warp's rows -> shared memory,
         // 16-bit, swizzled [key][query].
@@ -237,7 +229,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             wgmma_wait<0>();
             fence_regs(acc_s[0]);
             fence_regs(acc_dp[0]);
-            if (need_mask) mask_scores_t<CAUSAL>(acc_s, key0 + warp_key0, row0, lane, p.seqlen_q, p.seqlen_k);
             p_and_ds(acc_s, acc_dp);
 
             // P^T as A fragments (k-step kk = queries 16kk..16kk+15 = n8 tiles
@@ -302,7 +293,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                 for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) acc_dp[0][nt][e] = sdPt[(nt * 4 + e) * 128 + tw];
-                if (need_mask) mask_scores_t<CAUSAL>(acc_x, key0 + warp_key0, row0, lane, p.seqlen_q, p.seqlen_k);
                 p_and_ds(acc_x, acc_dp);
                 // Every thread of warpgroup 0 has read dP^T before P^T and dS^T overwrite it.
                 asm volatile("bar.sync 1, 128;\n" ::: "memory");
@@ -336,79 +326,42 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         fence_regs(acc_dk);
 
         // Deterministic: the CTAs of this (head, batch) that see query block m
-        // are key blocks 0 .. N-1, so this CTA adds n_block-th (bwd.cu explains
-        // why the turns cannot deadlock). Warp w_in_wg of warpgroup wg adds rows
-        // 16 w_in_wg + g (+8), columns wg*DQ_COLS + 8j + 2t.
-        int* turn = DETERMINISTIC ? p.dq_semaphore + bh * p.m_blocks + m : nullptr;
-        if (DETERMINISTIC) turn_wait(turn, n_block);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int row = row0 + warp_in_wg * 16 + hh * 8 + g;
-            if (row >= p.seqlen_q) continue;
-            float* dst_row = dq_accum + (i64)row * p.dqa_row_stride + wg * DQ_COLS + 2 * t;
-#pragma unroll
-            for (int j = 0; j < DQ_COLS / 8; ++j)
-                if (wg * DQ_COLS + j * 8 < p.head_dim)  // d % 8 == 0: whole n8 tiles
-                    red_add_f32x2(dst_row + j * 8, acc_dq[j][2 * hh] * p.scale, acc_dq[j][2 * hh + 1] * p.scale);
-        }
+        // are the key blocks of its range, so this CTA adds as number
+        // n_block - first (bwd.cu explains why the turns cannot deadlock). Warp
+        // w_in_wg of warpgroup wg adds rows 16 w_in_wg + g (+8), columns
+        // wg*DQ_COLS + 8j + 2t.
+        int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
+        if (DETERMINISTIC) turn_wait(turn, n_block - vis.key_blocks<BN>(row0, BM).x);
+        write_f32_tile<true>(dq_accum, p.dqa_row_stride, as_tile(acc_dq), p.scale, row0 + warp_in_wg * 16,
+                             wg * DQ_COLS, si.seqlen_q, p.head_dim, lane);
         if (DETERMINISTIC) turn_pass(turn);
     }
 
-    // 3. Epilogue. Every warpgroup is past its last product reading sK/sV
-    // before they are reused to stage dK and dV.
+    // 3. Epilogue: dK = scale * acc_dk, dV = acc_dv. Every warpgroup is past
+    // its last product reading sK/sV before they are reused to stage dK and dV.
     __syncthreads();
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_dk[dt][e] *= p.scale;
+    const float dk_scale[1][2] = {{p.scale, p.scale}}, dv_scale[1][2] = {{1.f, 1.f}};
 
     if (p.dk_accum == nullptr) {
         // dK -> sK, dV -> sV as 16-bit swizzled [key][d], then 16-byte stores of whole rows.
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int row = warp_key0 + hh * 8 + g;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                const u32 off = swizzled_offset<BN, D, AW>(row, kv_col0 + dt * 8) + 4 * t;
-                *reinterpret_cast<u32*>(smem + (sK - base) + off) =
-                    pack_float2(acc_dk[dt][2 * hh], acc_dk[dt][2 * hh + 1]);
-                *reinterpret_cast<u32*>(smem + (sV - base) + off) =
-                    pack_float2(acc_dv[dt][2 * hh], acc_dv[dt][2 * hh + 1]);
-            }
-        }
+        auto swizzled = [](int r, int col) { return swizzled_offset<BN, D, AW>(r, col); };
+        unsigned char* sK_bytes = smem + (sK - base);
+        unsigned char* sV_bytes = smem + (sV - base);
+        stage_tile(sK_bytes, swizzled, as_tile(acc_dk), dk_scale, warp_key0, kv_col0, lane);
+        stage_tile(sV_bytes, swizzled, as_tile(acc_dv), dv_scale, warp_key0, kv_col0, lane);
         // The 16-byte reads below cover rows other warps wrote.
         __syncthreads();
-        u16* dk = static_cast<u16*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
-        u16* dv = static_cast<u16*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
-        for (int c = tid; c < BN * (D / 8); c += THREADS) {
-            const int r = c / (D / 8), col = (c % (D / 8)) * 8;
-            const int key = key0 + r;
-            if (key < p.seqlen_k && col < p.head_dim) {
-                const u32 off = swizzled_offset<BN, D, AW>(r, col);
-                *reinterpret_cast<uint4*>(dk + (i64)key * p.dk_row_stride + col) =
-                    *reinterpret_cast<const uint4*>(smem + (sK - base) + off);
-                *reinterpret_cast<uint4*>(dv + (i64)key * p.dv_row_stride + col) =
-                    *reinterpret_cast<const uint4*>(smem + (sV - base) + off);
-            }
-        }
+        u16* dk = si.key_rows(static_cast<u16*>(p.dk), p.dk_batch_stride, p.dk_head_stride);
+        u16* dv = si.key_rows(static_cast<u16*>(p.dv), p.dv_batch_stride, p.dv_head_stride);
+        store_staged_rows<BN, D>(dk, p.dk_row_stride, sK_bytes, swizzled, key0, si.seqlen_k, p.head_dim, tid, THREADS);
+        store_staged_rows<BN, D>(dv, p.dv_row_stride, sV_bytes, swizzled, key0, si.seqlen_k, p.head_dim, tid, THREADS);
     } else {
         // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
-        float* dka = p.dk_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
-        float* dva = p.dv_accum + b * p.dka_batch_stride + h * p.dka_head_stride;
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int key = key0 + warp_key0 + hh * 8 + g;
-            if (key >= p.seqlen_k) continue;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                const int col = kv_col0 + dt * 8 + 2 * t;
-                if (col < p.head_dim) {
-                    *reinterpret_cast<float2*>(dka + (i64)key * p.dka_row_stride + col) =
-                        make_float2(acc_dk[dt][2 * hh], acc_dk[dt][2 * hh + 1]);
-                    *reinterpret_cast<float2*>(dva + (i64)key * p.dka_row_stride + col) =
-                        make_float2(acc_dv[dt][2 * hh], acc_dv[dt][2 * hh + 1]);
-                }
-            }
-        }
+        float* dka = si.query_rows(p.dk_accum, p.dka_batch_stride, p.dka_head_stride);
+        float* dva = si.query_rows(p.dv_accum, p.dka_batch_stride, p.dka_head_stride);
+        write_f32_tile<false>(dka, p.dka_row_stride, as_tile(acc_dk), p.scale, key0 + warp_key0, kv_col0, si.seqlen_k,
+                              p.head_dim, lane);
+        write_f32_tile<false>(dva, p.dka_row_stride, as_tile(acc_dv), 1.f, key0 + warp_key0, kv_col0, si.seqlen_k,
+                              p.head_dim, lane);
     }
 }

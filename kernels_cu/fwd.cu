@@ -3,28 +3,34 @@
 //
 // Computes, for one (batch b, query head h) and a block of Br query rows,
 //   S = Q K^T            Q: (Br, d) rows of q[b, :, h, :], K: (Sk, d) of k[b, :, h_kv, :]
-//   P = softmax(S * softmax_scale) over keys, masked (mask.cuh)
+//   S = mod(S)           softcap, ALiBi (score_mod.cuh), when compiled in
+//   P = softmax(S * softmax_scale) over keys, masked (mask.cuh: causal or a
+//                        sliding window), with the learnable sink in the denominator
 //   O = P V              V: (Sk, d), O: (Br, d) -> o[b, :, h, :]
-//   lse = log(sum_j exp(S_ij * softmax_scale))   -> lse[b, h, :] (natural log)
-// with h_kv = h / (nheads / nheads_kv) (GQA/MQA) and FlashAttention-2's
-// one-pass online softmax (softmax.cuh): S and P never leave registers.
+//   lse = log(exp(sink) + sum_j exp(S_ij * softmax_scale))   -> lse[b, h, :] (natural log)
+// with h_kv = h / (nheads / nheads_kv) (GQA/MQA, seqinfo.cuh) and
+// FlashAttention-2's one-pass online softmax (softmax.cuh): S and P never
+// leave registers.
 //
 // Steps (one CTA per (query block, head, batch); WARPS warps, each owning
 // ROWS_PER_WARP = Br / WARPS consecutive query rows):
 //   1. cp.async Q (Br x D) and the last visible K block (Bc x D) into shared memory.
-//   2. For key blocks n = last .. 0 (descending, so the blocks that need a mask come first):
+//   2. For the key blocks n = last .. first that the mask leaves visible
+//      (descending, so the causal diagonal's masked blocks come first; blocks
+//      outside a sliding window's band are never visited):
 //        wait K[n]; start loading V[n];  S = Q K[n]^T (ldmatrix + mma.sync);
-//        mask (only blocks that touch seqlen_k or the causal diagonal);
+//        score modifier; mask (only blocks that cross seqlen_k or an edge of the band);
 //        online softmax: P, rescale O;
 //        wait V[n]; start loading K[n-1]; O += P V[n] (V via ldmatrix.trans).
 //      The copy of one operand overlaps the matrix product of the other.
-//   3. O /= l, stage O through this warp's rows of the Q buffer, store with
-//      16-byte writes; write lse.
+//   3. O /= l (l with the sink), stage O through this warp's rows of the Q
+//      buffer, store with 16-byte writes (epilogue.cuh); write lse.
 //
 // Compile-time constants (rendered from cuflash/specs.py FwdSpec):
 //   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32, the
 //   actual d <= D is a run-time value; columns >= d are zero-filled and never
-//   stored), CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_CAUSAL.
+//   stored), CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, and the
+//   features: CUFLASH_MASK (mask.cuh), CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK.
 // Constraints: d % 8 == 0; q, k, v, o 16-byte aligned with strides that are
 // multiples of 8 elements (checked in cuflash/api.py); softmax_scale > 0.
 // Shared memory: (Br + 2 Bc) * (D + 8) * 2 bytes (cuflash/launch.py).
@@ -34,13 +40,16 @@
 #include "common/copy.cuh"
 #include "common/mma.cuh"
 #include "common/softmax.cuh"
+#include "common/seqinfo.cuh"
 #include "common/mask.cuh"
+#include "common/score_mod.cuh"
+#include "common/epilogue.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
 constexpr int BN = CUFLASH_BLOCK_N;
 constexpr int WARPS = CUFLASH_WARPS;
-constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr bool SINK = CUFLASH_SINK;
 constexpr int THREADS = WARPS * 32;
 constexpr int ROWS_PER_WARP = BM / WARPS;
 constexpr int MT = ROWS_PER_WARP / 16;  // m16 tiles per warp
@@ -62,44 +71,36 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     // Heaviest query blocks first: under a causal mask the last blocks see the most keys.
     const int m_block = gridDim.x - 1 - blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int h_kv = h / (p.nheads / p.nheads_kv);
     const int row0 = m_block * BM;
+    const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    const Visibility vis(p, si.seqlen_q, si.seqlen_k);
+    const ScoreMod mod(p, si.b, si.h, si.seqlen_q, si.seqlen_k);
 
-    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
-    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
-    u16* o = static_cast<u16*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
+    const u16* q = si.query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
+    const u16* k = si.key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
+    const u16* v = si.key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_head_stride);
+    float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.row_stat(p.nheads, p.seqlen_q);
 
-    // Key blocks [0, n_end) hold every key some row of this block may see.
-    int n_end = (p.seqlen_k + BN - 1) / BN;
-    if (CAUSAL) {
-        // The block's last real row sees keys up to last_row + seqlen_k - seqlen_q.
-        int last_key = min(row0 + BM, p.seqlen_q) - 1 + p.seqlen_k - p.seqlen_q;
-        n_end = min(n_end, last_key < 0 ? 0 : last_key / BN + 1);
-    }
+    // Key blocks [n_begin, n_end) hold every key some row of this block may see.
+    const int2 key_blocks = vis.key_blocks<BN>(row0, BM);
+    const int n_begin = key_blocks.x, n_end = key_blocks.y;
+    const int2 masked = vis.masked_key_blocks<BN>(row0, BM);  // blocks that need the element mask
 
     const int warp_row0 = warp * ROWS_PER_WARP;  // first row of this warp within the block
-    const int g = lane / 4, t = lane % 4;
 
-    if (n_end == 0) {
-        // No row of this block sees any key: output 0 and lse = -inf.
-        for (int c = tid; c < BM * (D / 8); c += THREADS) {
-            int r = c / (D / 8), col = (c % (D / 8)) * 8;
-            if (row0 + r < p.seqlen_q && col < p.head_dim)
-                *reinterpret_cast<uint4*>(o + (i64)(row0 + r) * p.o_row_stride + col) = make_uint4(0, 0, 0, 0);
-        }
-        if (p.lse != nullptr)
-            for (int r = tid; r < BM; r += THREADS)
-                if (row0 + r < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row0 + r] = -INFINITY;
+    if (n_begin >= n_end) {
+        // No row of this block sees any key: output 0 and lse = -inf (or the sink).
+        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, SINK ? p.sink[si.h] : -INFINITY, row0,
+                                         si.seqlen_q, p.head_dim, tid);
         return;
     }
 
     const u32 sQ_addr = smem_addr(sQ), sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
 
     // 1. Q and the first (highest) K block, one cp.async group.
-    load_tile_async<BM, D, THREADS>(sQ_addr, q, p.q_row_stride, row0, p.seqlen_q, p.head_dim, tid);
-    load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n_end - 1) * BN, p.seqlen_k, p.head_dim, tid);
+    load_tile_async<BM, D, THREADS>(sQ_addr, q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, tid);
+    load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n_end - 1) * BN, si.seqlen_k, p.head_dim, tid);
     cp_async_commit();
 
     float acc_o[MT][DT][4];
@@ -122,23 +123,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     //   key l % 8 + ((l / 8) % 2) * 8, column half l / 16
     const u32 v_lane = ((lane % 8 + ((lane / 8) % 2) * 8) * PITCH + (lane / 16) * 8) * 2;
 
-    // Blocks at or above this index touch the causal diagonal or seqlen_k and need the mask.
-    int first_masked = p.seqlen_k / BN;  // the ragged last block, if any
-    if (CAUSAL) {
-        // First key that the first row of the block cannot see.
-        int first_hidden = row0 + 1 + p.seqlen_k - p.seqlen_q;
-        first_masked = min(first_masked, first_hidden < 0 ? 0 : first_hidden / BN);
-    }
-
     u32 qa[Q_IN_REGS ? MT : 1][Q_IN_REGS ? D / 16 : 1][4];
 
-    for (int n = n_end - 1; n >= 0; --n) {
+    for (int n = n_end - 1; n >= n_begin; --n) {
         // K[n] (and Q) have landed for this thread; the barrier makes every
         // thread's copies visible and also guarantees all warps finished
         // reading V[n+1] in the previous step, so V[n] may overwrite it.
         cp_async_wait<0>();
         __syncthreads();
-        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, n * BN, p.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, n * BN, si.seqlen_k, p.head_dim, tid);
         cp_async_commit();
 
         if (Q_IN_REGS && n == n_end - 1) {
@@ -181,8 +174,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
             }
         }
 
-        if (n >= first_masked)
-            mask_scores<CAUSAL>(acc_s, row0 + warp_row0, n * BN, lane, p.seqlen_q, p.seqlen_k);
+        if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, n * BN, lane);
+        if (n <= masked.x || n >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, n * BN, lane);
 
         float corr[MT][2];
         softmax.update(acc_s, p.scale_log2, corr);
@@ -213,8 +206,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         // reading K[n], so K[n-1] may overwrite it.
         cp_async_wait<0>();
         __syncthreads();
-        if (n > 0) {
-            load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n - 1) * BN, p.seqlen_k, p.head_dim, tid);
+        if (n > n_begin) {
+            load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n - 1) * BN, si.seqlen_k, p.head_dim, tid);
             cp_async_commit();
         }
 
@@ -235,38 +228,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
     // 3. Epilogue.
     float inv_l[MT][2], lse[MT][2];
-    softmax.finalize(p.scale_log2, inv_l, lse);
+    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, SINK ? p.sink[si.h] * 1.4426950408889634f : 0.f);
 
     // This warp's rows of sQ are read only by this warp; wait until all its
     // lanes are past their last ldmatrix of Q before overwriting them with O.
     __syncwarp();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2) {
-            u16* row = sQ + (warp_row0 + mt * 16 + h2 * 8 + g) * PITCH + 2 * t;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt)
-                *reinterpret_cast<u32*>(row + dt * 8) =
-                    pack_float2(acc_o[mt][dt][2 * h2] * inv_l[mt][h2], acc_o[mt][dt][2 * h2 + 1] * inv_l[mt][h2]);
-        }
+    unsigned char* sO = reinterpret_cast<unsigned char*>(sQ + warp_row0 * PITCH);  // this warp's rows
+    auto pitched = [](int r, int col) { return (r * PITCH + col) * 2; };
+    stage_tile(sO, pitched, acc_o, inv_l, 0, 0, lane);
     // The 16-byte stores below read rows other lanes of this warp wrote.
     __syncwarp();
-    for (int c = lane; c < ROWS_PER_WARP * (D / 8); c += 32) {
-        int r = c / (D / 8), col = (c % (D / 8)) * 8;
-        int row = row0 + warp_row0 + r;
-        if (row < p.seqlen_q && col < p.head_dim)
-            *reinterpret_cast<uint4*>(o + (i64)row * p.o_row_stride + col) =
-                *reinterpret_cast<const uint4*>(sQ + (warp_row0 + r) * PITCH + col);
-    }
-
-    if (p.lse != nullptr && t == 0) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int h2 = 0; h2 < 2; ++h2) {
-                int row = row0 + warp_row0 + mt * 16 + h2 * 8 + g;
-                if (row < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row] = lse[mt][h2];
-            }
-    }
+    store_staged_rows<ROWS_PER_WARP, D>(o, p.o_row_stride, sO, pitched, row0 + warp_row0, si.seqlen_q, p.head_dim,
+                                        lane, 32);
+    store_lse(lse_rows, lse, row0 + warp_row0, si.seqlen_q, lane);
 }

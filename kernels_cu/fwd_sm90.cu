@@ -3,8 +3,9 @@
 //
 // Computes the same as fwd.cu, for one (batch b, query head h) and a block of
 // Br query rows:
-//   S = Q K^T, P = softmax(S * softmax_scale) (masked, mask.cuh), O = P V,
-//   lse = log(sum_j exp(S_ij * softmax_scale))  (natural log)
+//   S = mod(Q K^T) (score_mod.cuh), P = softmax(S * softmax_scale) (masked,
+//   mask.cuh; the learnable sink in the denominator), O = P V,
+//   lse = log(exp(sink) + sum_j exp(S_ij * softmax_scale))  (natural log)
 // with FlashAttention-2's online softmax (softmax.cuh); S and P never leave
 // registers.
 //
@@ -13,25 +14,26 @@
 //   1. cp.async Q (Br x D) and the last visible K, V blocks (Bc x D each) into
 //      swizzled shared memory (copy.cuh); K[j] and V[j] live in slot j % 2.
 //      S[last] = Q K[last]^T and its softmax.
-//   2. For key blocks n = last .. 0 (descending, so the blocks that need a mask
-//      come first):
+//   2. For the visible key blocks n = last .. first (descending, so the causal
+//      diagonal's masked blocks come first; a sliding window's band only):
 //        wait for K[n-1], V[n]; start copying K[n-2], V[n-1] into the free slots;
 //        issue S[n-1] = Q K[n-1]^T  one wgmma m64 n=Bc k16 per 16 columns of d;
 //        issue O += P[n] V[n]       one wgmma m64 n=D k16 per 16 keys, A = P
 //                                   from registers, B = V read transposed;
-//        wait for S[n-1]; mask (only blocks that touch seqlen_k or the causal
-//        diagonal), online softmax -> P[n-1], correction factor;
+//        wait for S[n-1]; score modifier; mask (only blocks that cross
+//        seqlen_k or an edge of the band), online softmax -> P[n-1], correction factor;
 //        wait for P[n] V[n]; rescale O; pack P[n-1] to 16 bits.
 //      The softmax of block n-1 runs while the tensor cores compute P[n] V[n]
 //      (FlashAttention-3's intra-warpgroup overlap), and the copies of the next
 //      blocks overlap a whole step.
-//   3. O /= l, stage O through this warpgroup's rows of the Q buffer, store
-//      with 16-byte writes; write lse.
+//   3. O /= l (l with the sink), stage O through this warpgroup's rows of the
+//      Q buffer, store with 16-byte writes (epilogue.cuh); write lse.
 //
 // Compile-time constants (cuflash/specs.py FwdSm90Spec): CUFLASH_DTYPE,
 // CUFLASH_HEAD_DIM D (multiple of 32; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per
-// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CAUSAL, CUFLASH_CTAS_PER_SM.
+// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CTAS_PER_SM, and the
+// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK.
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
 // Shared memory: (Br + 4 Bc) * D * 2 bytes plus 1 KB of alignment slack (cuflash/launch.py).
 #include "common/platform.cuh"
@@ -40,12 +42,15 @@
 #include "common/copy.cuh"
 #include "common/wgmma.cuh"
 #include "common/softmax.cuh"
+#include "common/seqinfo.cuh"
 #include "common/mask.cuh"
+#include "common/score_mod.cuh"
+#include "common/epilogue.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
 constexpr int BN = CUFLASH_BLOCK_N;
-constexpr bool CAUSAL = CUFLASH_CAUSAL;
+constexpr bool SINK = CUFLASH_SINK;
 constexpr int CTAS_PER_SM = CUFLASH_CTAS_PER_SM;  // occupancy target: caps registers per thread
 constexpr int WGS = BM / 64;
 constexpr int THREADS = WGS * 128;
@@ -69,60 +74,46 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
     // Heaviest query blocks first: under a causal mask the last blocks see the most keys.
     const int m_block = gridDim.x - 1 - blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int h_kv = h / (p.nheads / p.nheads_kv);
     const int row0 = m_block * BM;
+    const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    const Visibility vis(p, si.seqlen_q, si.seqlen_k);
+    const ScoreMod mod(p, si.b, si.h, si.seqlen_q, si.seqlen_k);
 
-    const u16* q = static_cast<const u16*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
-    const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
-    u16* o = static_cast<u16*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
+    const u16* q = si.query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
+    const u16* k = si.key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
+    const u16* v = si.key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_head_stride);
+    float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.row_stat(p.nheads, p.seqlen_q);
 
-    // Key blocks [0, n_end) hold every key some row of this block may see.
-    int n_end = (p.seqlen_k + BN - 1) / BN;
-    if (CAUSAL) {
-        int last_key = min(row0 + BM, p.seqlen_q) - 1 + p.seqlen_k - p.seqlen_q;
-        n_end = min(n_end, last_key < 0 ? 0 : last_key / BN + 1);
-    }
+    // Key blocks [first, last] hold every key some row of this block may see.
+    const int2 key_blocks = vis.key_blocks<BN>(row0, BM);
+    const int first = key_blocks.x, last = key_blocks.y - 1;
+    const int2 masked = vis.masked_key_blocks<BN>(row0, BM);  // blocks that need the element mask
 
-    if (n_end == 0) {
-        // No row of this block sees any key: output 0 and lse = -inf.
-        for (int c = tid; c < BM * (D / 8); c += THREADS) {
-            int r = c / (D / 8), col = (c % (D / 8)) * 8;
-            if (row0 + r < p.seqlen_q && col < p.head_dim)
-                *reinterpret_cast<uint4*>(o + (i64)(row0 + r) * p.o_row_stride + col) = make_uint4(0, 0, 0, 0);
-        }
-        if (p.lse != nullptr)
-            for (int r = tid; r < BM; r += THREADS)
-                if (row0 + r < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row0 + r] = -INFINITY;
+    if (first > last) {
+        // No row of this block sees any key: output 0 and lse = -inf (or the sink).
+        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, SINK ? p.sink[si.h] : -INFINITY, row0,
+                                         si.seqlen_q, p.head_dim, tid);
         return;
     }
-
-    // Blocks at or above this index touch the causal diagonal or seqlen_k and need the mask.
-    int first_masked = p.seqlen_k / BN;
-    if (CAUSAL) {
-        int first_hidden = row0 + 1 + p.seqlen_k - p.seqlen_q;
-        first_masked = min(first_masked, first_hidden < 0 ? 0 : first_hidden / BN);
-    }
     const int warp_row0 = wg * 64 + warp_in_wg * 16;  // first row of this warp within the block
-    const int last = n_end - 1;
 
     // Slot of key block j: K[j] in sK(j % 2), V[j] in sV(j % 2).
     auto sK = [&](int j) { return sK0 + (u32)(j & 1) * 2 * KV_BYTES; };
     auto sV = [&](int j) { return sK0 + (u32)(j & 1) * 2 * KV_BYTES + KV_BYTES; };
     auto load_k = [&](int j) {
-        load_tile_swizzled<BN, D, THREADS>(sK(j), k, p.k_row_stride, j * BN, p.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS>(sK(j), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
     };
     auto load_v = [&](int j) {
-        load_tile_swizzled<BN, D, THREADS>(sV(j), v, p.v_row_stride, j * BN, p.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS>(sV(j), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
     };
 
     // 1. Group 1: Q and K[last]; group 2: V[last] and K[last-1].
-    load_tile_swizzled<BM, D, THREADS>(sQ, q, p.q_row_stride, row0, p.seqlen_q, p.head_dim, tid);
+    load_tile_swizzled<BM, D, THREADS>(sQ, q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, tid);
     load_k(last);
     cp_async_commit();
     load_v(last);
-    if (last > 0) load_k(last - 1);
+    if (last > first) load_k(last - 1);
     cp_async_commit();
 
     float acc_o[DT][4];
@@ -151,7 +142,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
     // and corr the factor that rescales O.
     auto softmax_s = [&](int j, float (&corr)[1][2]) {
-        if (j >= first_masked) mask_scores<CAUSAL>(acc_s, row0 + warp_row0, j * BN, lane, p.seqlen_q, p.seqlen_k);
+        if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
+        if (j <= masked.x || j >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         softmax.update(acc_s, p.scale_log2, corr);
     };
     // P (16 bits) as the A fragments of P V: n8 tiles 2kk and 2kk+1 of S form k-step kk.
@@ -200,9 +192,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // S[n-1] = Q K[n-1]^T (issued just before it) runs on the other units.
     // Every step issues both products, so the compiler can tell which one
     // each wait retires (a conditional commit would make it serialize them).
-    for (int n = last; n >= 1; --n) {
+    for (int n = last; n > first; --n) {
         sync_copies();  // K[n-1], V[n] landed; S[n] (read K[n]) and P[n+1] V[n+1] done
-        if (n >= 2) load_k(n - 2);
+        if (n - 2 >= first) load_k(n - 2);
         load_v(n - 1);
         cp_async_commit();
 
@@ -225,42 +217,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         }
         pack_p();
     }
-    sync_copies();  // V[0] landed
-    issue_pv(0);
+    sync_copies();  // V[first] landed
+    issue_pv(first);
     wgmma_wait<0>();
     fence_regs(acc_o);
 
     // 3. Epilogue.
     float inv_l[1][2], lse[1][2];
-    softmax.finalize(p.scale_log2, inv_l, lse);
+    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, SINK ? p.sink[si.h] * 1.4426950408889634f : 0.f);
 
     // This warpgroup's 64 rows of sQ were read only by its own wgmmas, all
     // complete (waited above) in every warp once all 128 threads pass here.
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int h2 = 0; h2 < 2; ++h2) {
-        int r = warp_row0 + h2 * 8 + g;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-            *reinterpret_cast<u32*>(smem + swizzled_offset<BM, D>(r, dt * 8) + 4 * t) =
-                pack_float2(acc_o[dt][2 * h2] * inv_l[0][h2], acc_o[dt][2 * h2 + 1] * inv_l[0][h2]);
-    }
+    auto swizzled = [](int r, int col) { return swizzled_offset<BM, D>(r, col); };
+    stage_tile(smem, swizzled, as_tile(acc_o), inv_l, warp_row0, 0, lane);
     // The 16-byte stores below read rows that other lanes of this warp wrote.
     __syncwarp();
-    for (int c = lane; c < 16 * (D / 8); c += 32) {
-        int r = warp_row0 + c / (D / 8), col = (c % (D / 8)) * 8;
-        int row = row0 + r;
-        if (row < p.seqlen_q && col < p.head_dim)
-            *reinterpret_cast<uint4*>(o + (i64)row * p.o_row_stride + col) =
-                *reinterpret_cast<const uint4*>(smem + swizzled_offset<BM, D>(r, col));
-    }
-
-    if (p.lse != nullptr && t == 0) {
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2) {
-            int row = row0 + warp_row0 + h2 * 8 + g;
-            if (row < p.seqlen_q) p.lse[((i64)b * p.nheads + h) * p.seqlen_q + row] = lse[0][h2];
-        }
-    }
+    auto warp_rows = [&](int r, int col) { return swizzled_offset<BM, D>(warp_row0 + r, col); };
+    store_staged_rows<16, D>(o, p.o_row_stride, smem, warp_rows, row0 + warp_row0, si.seqlen_q, p.head_dim, lane, 32);
+    store_lse(lse_rows, lse, row0 + warp_row0, si.seqlen_q, lane);
 }

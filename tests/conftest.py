@@ -115,4 +115,4 @@ def toy_spec():
     """A real forward spec (bf16, head dim 64, not causal); renders toy_kernels' fwd.cu."""
     from cuflash.specs import FwdSpec
 
-    return FwdSpec.for_problem("bf16", 64, False)
+    return FwdSpec.for_problem("bf16", 64)

@@ -43,6 +43,10 @@ def _non_negative_int(text):
     return 0 if text.strip() == "0" else _positive_int(text)
 
 
+def _peers_for(feature):
+    return f"Peers: {', '.join(peers.peers_supporting(feature)) or 'none'}."
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to run (explicit options override --preset/--quick)")
     x = g.add_mutually_exclusive_group()
@@ -73,6 +77,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"auto (all installed), none, or a comma list of {', '.join(peers.PEER_NAMES)} "
                         "(default auto; flex compiles once per shape and mode, seconds each)")
 
+    v = parser.add_argument_group(
+        "attention variant (applies to every point and to the correctness check; a peer that cannot "
+        "compute it is skipped with the reason)")
+    v.add_argument("--window", type=_arg(configs.parse_window), default=(-1, -1), metavar="LEFT,RIGHT",
+                   help="sliding window_size, bottom-right aligned, -1 = unbounded (causal makes RIGHT 0; "
+                        "write --window=-1,0 when LEFT is -1); FLOPs count only the visible pairs. "
+                        + _peers_for("window"))
+    v.add_argument("--softcap", type=_arg(configs.parse_softcap), default=0.0, metavar="X",
+                   help="score soft-capping X * tanh(s / X), X > 0. " + _peers_for("softcap"))
+    v.add_argument("--alibi", action="store_true",
+                   help="ALiBi with the geometric slopes 2^(-8 (h + 1) / nheads). " + _peers_for("alibi"))
+    v.add_argument("--sink", action="store_true",
+                   help="a learnable sink logit per head (random, fixed seed). " + _peers_for("sink"))
+
     t = parser.add_argument_group("timing and checking")
     t.add_argument("--warmup", type=_arg(_non_negative_int), default=10, help="warm-up calls per point (default 10)")
     t.add_argument("--rep", type=_arg(_positive_int), default=30, help="timed repetitions per point (default 30)")
@@ -99,7 +117,8 @@ def build_sweep(args) -> configs.Sweep:
     explicit = {"modes": args.mode, "dtypes": args.dtype, "headdims": args.headdim, "seqlens": args.seqlen,
                 "causals": args.causal, "total_tokens": args.total_tokens, "hidden": args.hidden}
     base.update({k: v for k, v in explicit.items() if v is not None})
-    return configs.Sweep(batch=args.batch, nheads=args.nheads, nheads_kv=args.nheads_kv, **base)
+    return configs.Sweep(batch=args.batch, nheads=args.nheads, nheads_kv=args.nheads_kv, window=args.window,
+                         softcap=args.softcap, alibi=args.alibi, sink=args.sink, **base)
 
 
 def _err(message: str) -> None:

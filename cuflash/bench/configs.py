@@ -1,8 +1,9 @@
 """What a benchmark run measures: the points of a sweep, the modes, and the work formulas.
 
-Pure Python (no CuPy, torch or JAX), so the CPU tests cover all of it.
+Pure Python and NumPy (no CuPy, torch or JAX), so the CPU tests cover all of it.
 
-A *point* is one problem shape plus one mode.  A *mode* says what is timed
+A *point* is one problem shape plus one mode (and the run's attention variant:
+sliding window, softcap, ALiBi, sink; see Point).  A *mode* says what is timed
 (forward, backward, both; later decode) and how its work is counted: FLOPs for
 the compute-bound modes (judged against the matmul ceiling), bytes for a
 bandwidth-bound mode such as decode (judged against the copy ceiling).  How
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
+
+import numpy
 
 #: Element sizes of the benchmarked dtypes (names as in cuflash.specs.DTYPES).
 DTYPE_BYTES = {"fp16": 2, "bf16": 2}
@@ -40,9 +43,19 @@ MODES = {
 RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
 
 
+#: Attention variants beyond the causal flag, in label order.  A peer lists the ones it can compute
+#: (peers.Peer.features); a point that uses another one skips that peer.
+VARIANT_FEATURES = ("window", "softcap", "alibi", "sink")
+
+
 @dataclass(frozen=True)
 class Point:
-    """One benchmark problem: q (batch, seqlen_q, nheads, headdim), k/v (batch, seqlen_k, nheads_kv, headdim)."""
+    """One benchmark problem: q (batch, seqlen_q, nheads, headdim), k/v (batch, seqlen_k, nheads_kv, headdim).
+
+    The variant (same meaning as cuflash.attention's options): ``window`` = window_size (left, right),
+    -1 unbounded, bottom-right aligned, right forced to 0 by causal; ``softcap`` > 0; ``alibi``: the
+    slopes of :func:`alibi_slopes`; ``sink``: the learnable sink logits of :func:`sink_logits`.
+    """
 
     dtype: str
     headdim: int
@@ -53,12 +66,38 @@ class Point:
     nheads_kv: int
     causal: bool
     mode: str
+    window: tuple = (-1, -1)
+    softcap: float = 0.0
+    alibi: bool = False
+    sink: bool = False
+
+    @property
+    def features(self) -> frozenset:
+        """The names (of VARIANT_FEATURES) of the variant features this point uses."""
+        on = {"window": tuple(self.window) != (-1, -1), "softcap": self.softcap > 0,
+              "alibi": self.alibi, "sink": self.sink}
+        return frozenset(name for name, used in on.items() if used)
+
+    @property
+    def mask_window(self) -> tuple:
+        """(left, right) of the visible band as cuflash applies it: -1 unbounded, right 0 when causal."""
+        left, right = self.window
+        return left, 0 if self.causal else right
+
+    @property
+    def variant(self) -> str:
+        """Short name of the variant, '' for plain attention: e.g. 'window(256,0)+softcap30+alibi+sink'."""
+        names = {"window": f"window({self.window[0]},{self.window[1]})", "softcap": f"softcap{self.softcap:g}",
+                 "alibi": "alibi", "sink": "sink"}
+        return "+".join(names[f] for f in VARIANT_FEATURES if f in self.features)
 
     @property
     def label(self) -> str:
         s = f"s{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else f"s{self.seqlen_q}x{self.seqlen_k}"
         gqa = f" h{self.nheads}/{self.nheads_kv}" if self.nheads_kv != self.nheads else ""
-        return f"{self.dtype} d{self.headdim} {s} b{self.batch}{gqa} {'causal' if self.causal else 'full'} {self.mode}"
+        variant = f" {self.variant}" if self.variant else ""
+        return (f"{self.dtype} d{self.headdim} {s} b{self.batch}{gqa} {'causal' if self.causal else 'full'}"
+                f"{variant} {self.mode}")
 
     def shape_key(self) -> tuple:
         """Everything but the mode: points with the same key share inputs."""
@@ -84,6 +123,10 @@ class Sweep:
     nheads: int | None = None         # fixed nheads, or
     hidden: int = 2048                # nheads = hidden // headdim
     nheads_kv: int | None = None      # default: nheads (no GQA)
+    window: tuple = (-1, -1)          # the variant, the same for every point (see Point)
+    softcap: float = 0.0
+    alibi: bool = False
+    sink: bool = False
 
     def points(self) -> list[Point]:
         pts = []
@@ -101,7 +144,8 @@ class Sweep:
             if nheads_kv < 1 or nheads % nheads_kv:
                 raise ValueError(f"--nheads-kv {nheads_kv} does not divide nheads {nheads} (head dim {d}); "
                                  f"pick a divisor of every nheads in the sweep")
-            pts.append(Point(dtype, d, s, s, batch, nheads, nheads_kv, causal, mode))
+            pts.append(Point(dtype, d, s, s, batch, nheads, nheads_kv, causal, mode,
+                             window=tuple(self.window), softcap=self.softcap, alibi=self.alibi, sink=self.sink))
         return pts
 
 
@@ -178,27 +222,70 @@ def parse_causal(text: str) -> list[bool]:
     return choices[t]
 
 
+def parse_window(text: str) -> tuple[int, int]:
+    """'256,0' -> (256, 0): window_size (left, right), each an integer >= -1 (-1 = unbounded)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        left, right = (int(x) for x in parts)
+    except ValueError:
+        raise ValueError(f"--window takes LEFT,RIGHT (two integers, -1 = unbounded), e.g. 256,0; got {text!r}") \
+            from None
+    if left < -1 or right < -1:
+        raise ValueError(f"--window sizes must be >= -1 (-1 = unbounded), got {text!r}")
+    return left, right
+
+
+def parse_softcap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--softcap takes a number > 0 (e.g. 30), got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise ValueError(f"--softcap must be a finite number > 0, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# Variant inputs (the same values for cuflash, its reference check and the peers)
+# --------------------------------------------------------------------------
+
+def alibi_slopes(nheads: int) -> numpy.ndarray:
+    """float32 (nheads,): the ALiBi paper's geometric slopes 2^(-8 (h + 1) / nheads), all in (0, 1]."""
+    return numpy.exp2(-8.0 * numpy.arange(1, nheads + 1) / nheads).astype(numpy.float32)
+
+
+def sink_logits(nheads: int, seed: int = 2) -> numpy.ndarray:
+    """float32 (nheads,): learnable sink logits, standard normal (the scale of the scores of normal inputs)."""
+    return numpy.random.default_rng(seed).standard_normal(nheads, dtype=numpy.float32)
+
+
 # --------------------------------------------------------------------------
 # Work formulas
 # --------------------------------------------------------------------------
 
-def visible_pairs(seqlen_q: int, seqlen_k: int, causal: bool) -> int:
-    """Exact number of (query, key) pairs attended (bottom-right aligned causal mask)."""
+def visible_pairs(seqlen_q: int, seqlen_k: int, causal: bool, window=(-1, -1)) -> int:
+    """Exact number of (query, key) pairs attended (bottom-right aligned causal mask and sliding window)."""
     from cuflash.reference import count_visible_pairs
-    return count_visible_pairs(seqlen_q, seqlen_k, causal, (-1, -1))
+    return count_visible_pairs(seqlen_q, seqlen_k, causal, tuple(window))
 
 
 FLOP_FORMULA = ("forward = 4 * batch * nheads * visible_pairs * headdim, visible_pairs counted exactly "
-                "(seqlen_q * seqlen_k without a mask; s * (s + 1) / 2 for causal with seqlen_q = seqlen_k = s); "
+                "(seqlen_q * seqlen_k without a mask; s * (s + 1) / 2 for causal with seqlen_q = seqlen_k = s; "
+                "the pairs inside the window for a sliding window); softcap, ALiBi and sinks add no FLOPs; "
                 "bwd = 2.5 * forward; fwd+bwd = 3.5 * forward")
-ANCHOR_FLOP_FORMULA = "4 * batch * nheads * seqlen_q * seqlen_k * headdim, halved when causal (the anchors' count)"
+ANCHOR_FLOP_FORMULA = ("4 * batch * nheads * seqlen_q * seqlen_k * headdim, halved when causal (the anchors' count; "
+                       "none with a sliding window)")
 
 
 def forward_flops(p: Point) -> int:
-    return 4 * p.batch * p.nheads * visible_pairs(p.seqlen_q, p.seqlen_k, p.causal) * p.headdim
+    return 4 * p.batch * p.nheads * visible_pairs(p.seqlen_q, p.seqlen_k, p.causal, p.window) * p.headdim
 
 
-def anchor_forward_flops(p: Point) -> float:
+def anchor_forward_flops(p: Point) -> float | None:
+    if "window" in p.features:
+        return None
     full = 4 * p.batch * p.nheads * p.seqlen_q * p.seqlen_k * p.headdim
     return full / 2 if p.causal else float(full)
 
@@ -213,12 +300,13 @@ def work(p: Point) -> dict:
     """The work of a point, in the mode's unit, with the formula that gave it."""
     mode = MODES[p.mode]
     if mode.unit == "flop":
+        anchor = anchor_forward_flops(p)
         return {
             "unit": "flop",
             "amount": mode.flop_factor * forward_flops(p),
             "formula": FLOP_FORMULA,
-            "visible_pairs": visible_pairs(p.seqlen_q, p.seqlen_k, p.causal),
-            "anchor_amount": mode.flop_factor * anchor_forward_flops(p),
+            "visible_pairs": visible_pairs(p.seqlen_q, p.seqlen_k, p.causal, p.window),
+            "anchor_amount": None if anchor is None else mode.flop_factor * anchor,
             "anchor_formula": ANCHOR_FLOP_FORMULA,
             "io_bytes": io_bytes(p),
         }

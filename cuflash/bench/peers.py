@@ -19,6 +19,11 @@ What is timed per mode (same as for cuflash):
 Causal masks: cuflash aligns them bottom-right; torch SDPA's ``is_causal`` and
 JAX's ``is_causal`` align top-left.  They agree when seqlen_q == seqlen_k (all
 the sweeps here); other shapes raise, giving "-".
+
+Variants (--window, --softcap, --alibi, --sink): PEER_FEATURES says which peer
+computes which; a peer is skipped ("skipped", with the reason) on a point that
+uses a feature it lacks.  Only FlexAttention does any: the sliding window as a
+block mask, softcap and ALiBi as a score_mod.  Sinks: no peer.
 """
 from __future__ import annotations
 
@@ -26,10 +31,13 @@ import contextlib
 import functools
 import os
 
-from . import timing
+from . import configs, timing
 
 #: Peer names, in table order (the anchors' names).
 PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn")
+
+#: The variant features (configs.VARIANT_FEATURES) each peer computes; plain and causal attention: all of them.
+PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi"})}
 
 #: Calls per host-clock sample for JAX (see timing.time_host).
 JAX_CALLS_PER_SAMPLE = 5
@@ -50,6 +58,16 @@ class Peer:
     def measure(self, p, *, warmup: int, rep: int) -> dict:
         """Time point ``p``: {"first_call_ms": ..., "samples_ms": [...]}; raises when the peer cannot run it."""
         raise NotImplementedError
+
+
+def peers_supporting(feature: str) -> list[str]:
+    return [name for name in PEER_NAMES if feature in PEER_FEATURES.get(name, ())]
+
+
+def unsupported_reason(name: str, p) -> str | None:
+    """None when peer ``name`` computes point ``p``'s variant, else why not (a short line)."""
+    missing = [f for f in configs.VARIANT_FEATURES if f in p.features and f not in PEER_FEATURES.get(name, ())]
+    return f"cannot compute {', '.join(missing)}" if missing else None
 
 
 def _same_lengths_for_causal(p):
@@ -198,20 +216,50 @@ class FlexPeer(_TorchPeer):
     def _attention(self, p):
         from torch.nn.attention.flex_attention import create_block_mask
         flex = self._flex()
+        mask_mod, score_mod = flex_mods(p, TORCH_DEVICE)
         block_mask = None
-        if p.causal:
-            offset = p.seqlen_k - p.seqlen_q   # bottom-right aligned, as cuflash
-
-            def causal(b, h, q_idx, kv_idx):
-                return q_idx + offset >= kv_idx
-            block_mask = create_block_mask(causal, None, None, p.seqlen_q, p.seqlen_k, device=TORCH_DEVICE)
+        if mask_mod is not None:
+            block_mask = create_block_mask(mask_mod, None, None, p.seqlen_q, p.seqlen_k, device=TORCH_DEVICE)
         gqa = p.nheads_kv != p.nheads
 
         def attn(q, k, v):
-            out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
-                       enable_gqa=gqa)
+            out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod,
+                       block_mask=block_mask, enable_gqa=gqa)
             return out.transpose(1, 2)
         return attn
+
+
+def flex_mods(p, device):
+    """FlexAttention's (mask_mod, score_mod) for point ``p``'s causal mask and variant, each None when not needed.
+
+    mask_mod: query i sees key j iff ``i + off - left <= j <= i + off + right`` with
+    ``off = seqlen_k - seqlen_q`` (bottom-right aligned, as cuflash; causal is right = 0).
+    score_mod gets the scaled score q.k * scale and applies softcap, then ALiBi
+    ``-slope[h] * |i + off - j|``, in cuflash's order.
+    """
+    import torch
+    off = p.seqlen_k - p.seqlen_q
+    left, right = p.mask_window
+    mask_mod = score_mod = None
+    if left >= 0 or right >= 0:
+        def mask_mod(b, h, q_idx, kv_idx):
+            rel = kv_idx - q_idx - off          # 0 on the bottom-right diagonal, < 0 in the past
+            if left < 0:
+                return rel <= right
+            if right < 0:
+                return rel >= -left
+            return (rel >= -left) & (rel <= right)
+
+    softcap = p.softcap
+    slopes = torch.tensor(configs.alibi_slopes(p.nheads), device=device) if p.alibi else None
+    if softcap > 0 or slopes is not None:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            if softcap > 0:
+                score = softcap * torch.tanh(score / softcap)
+            if slopes is not None:
+                score = score - slopes[h] * torch.abs(q_idx + off - kv_idx)
+            return score
+    return mask_mod, score_mod
 
 
 # --------------------------------------------------------------------------

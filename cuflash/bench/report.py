@@ -5,7 +5,9 @@ Everything works on the result of ``runner.run_sweep``::
     {"meta": {... "peers": [names], "ceilings": {...}, "environment": {...}, "command": ...},
      "rows": [row, ...]}
 
-    row = {dtype, headdim, seqlen_q, seqlen_k, batch, nheads, nheads_kv, causal, mode, label,
+    row = {dtype, headdim, seqlen_q, seqlen_k, batch, nheads, nheads_kv, causal, mode,
+           window ([left, right]), softcap, alibi, sink, label,
+           variant ('' for plain attention, else e.g. 'window(256,0)+softcap30'),
            rate_unit ("TFLOP/s" or "TB/s"),
            work: {unit, amount, formula, visible_pairs, anchor_amount, anchor_formula, io_bytes},
            results: {"cuflash" | peer: {status ("ok" | "error" | "skipped"), reason, timing,
@@ -15,10 +17,13 @@ Everything works on the result of ``runner.run_sweep``::
            check: {status ("pass" | "fail" | "error" | "skipped"), message, kind, slice, tensors}}
 
 Only status and reason are present for a result that did not run (plus rate
-and ms as None).
+and ms as None); "skipped" is a peer that cannot compute the variant (or a
+cuflash without a backward), not a failure.  Rows saved before the variant
+options existed have no window/softcap/alibi/sink/variant keys: plain.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -26,7 +31,8 @@ import math
 from . import configs
 
 ROW_KEYS = ("dtype", "headdim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_kv", "causal", "mode",
-            "label", "rate_unit", "work", "results", "ratios", "check")
+            "window", "softcap", "alibi", "sink", "label", "variant", "rate_unit", "work", "results", "ratios",
+            "check")
 RESULT_KEYS = ("status", "reason", "timing", "ms", "ms_min", "ms_max", "ms_q1", "ms_q3", "samples_ms",
                "first_call_ms", "rate", "pct_ceiling")
 META_KEYS = ("tool", "schema_version", "timestamp", "command", "environment", "settings", "peers", "timing",
@@ -83,7 +89,8 @@ def format_table(result) -> str:
     rows = result["rows"]
     units = {r["rate_unit"] for r in rows}
     unit = units.pop() if len(units) == 1 else "rate"
-    header = ["dtype", "d", "seqlen", "batch", "heads", "causal", "mode",
+    variants = any(r.get("variant") for r in rows)     # a column only when some row has a variant
+    header = ["dtype", "d", "seqlen", "batch", "heads", "causal", *(["variant"] if variants else []), "mode",
               "ms", unit, "%ceil", "1st ms", "check"]
     for name in peers:
         header += [name, "x"]
@@ -95,7 +102,7 @@ def format_table(result) -> str:
         if check in ("fail", "error"):
             check = check.upper() + " !!!"
         line = [r["dtype"], str(r["headdim"]), _seqlen(r), str(r["batch"]), heads,
-                "yes" if r["causal"] else "no", r["mode"],
+                "yes" if r["causal"] else "no", *([r.get("variant") or "-"] if variants else []), r["mode"],
                 _fmt(ours["ms"], ".3f"), _fmt(ours["rate"], ".1f"), _fmt(ours.get("pct_ceiling"), ".0f"),
                 _fmt(ours.get("first_call_ms"), ".0f"), check]
         for name in peers:
@@ -111,6 +118,10 @@ def format_table(result) -> str:
             f"copy {_fmt(ceilings.get('copy_tbps'), '.2f')} TB/s), 1st ms = first call (compile or cache load)."]
     if peers:
         foot.append(f"peers: {unit}; x = cuflash / peer (> 1: cuflash faster); '-' = did not run (reason in the JSON).")
+    skipped = collections.Counter((name, r["results"][name]["reason"]) for r in rows for name in peers
+                                  if r["results"][name]["status"] == "skipped")
+    for (name, reason), count in skipped.items():
+        foot.append(f"{name} skipped on {'every row' if count == len(rows) else f'{count} row(s)'}: {reason}")
     return "\n".join(text + [""] + foot)
 
 
@@ -151,7 +162,7 @@ def write_json(path, result) -> None:
 _CSV_RESULT_KEYS = ("status", "ms", "ms_min", "ms_max", "ms_q1", "ms_q3", "rate", "pct_ceiling", "first_call_ms",
                     "reason")
 _CSV_POINT_KEYS = ("dtype", "headdim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_kv", "causal", "mode",
-                   "rate_unit")
+                   "variant", "rate_unit")
 
 
 def csv_columns(peers) -> list[str]:
@@ -169,7 +180,7 @@ def write_csv(path, result) -> None:
         w = csv.DictWriter(f, fieldnames=csv_columns(peers))
         w.writeheader()
         for r in result["rows"]:
-            out = {k: r[k] for k in _CSV_POINT_KEYS}
+            out = {k: r.get(k, "") for k in _CSV_POINT_KEYS}
             out.update(work=r["work"]["amount"], work_anchor=r["work"].get("anchor_amount"),
                        visible_pairs=r["work"].get("visible_pairs"),
                        check=r["check"]["status"], check_message=r["check"]["message"])
@@ -184,7 +195,7 @@ def _seqlen_tick(s):
 
 
 def write_plot(path, result) -> None:
-    """Rate against seqlen: one subplot per (dtype, head dim, causal, mode), one line per library."""
+    """Rate against seqlen: one subplot per (dtype, head dim, causal, variant, mode), one line per library."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -193,18 +204,18 @@ def write_plot(path, result) -> None:
     libraries = ["cuflash"] + list(result["meta"]["peers"])
     groups = {}
     for r in result["rows"]:
-        groups.setdefault((r["dtype"], r["mode"], r["causal"], r["headdim"]), []).append(r)
+        groups.setdefault((r["dtype"], r["mode"], r["causal"], r["headdim"], r.get("variant") or ""), []).append(r)
     if not groups:
         raise ValueError("no rows to plot")
     mode_order = {m: i for i, m in enumerate(configs.MODES)}
-    keys = sorted(groups, key=lambda k: (k[0], mode_order.get(k[1], len(mode_order)), k[1], k[2], k[3]))
+    keys = sorted(groups, key=lambda k: (k[0], mode_order.get(k[1], len(mode_order)), k[1], k[2], k[3], k[4]))
     ncols = min(len({k[3] for k in keys}), 4)
     nrows = -(-len(keys) // ncols)
     fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows + 1.2), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     handles = {}
     for ax, key in zip(axes.flat, keys):
-        dtype, mode, causal, d = key
+        dtype, mode, causal, d, variant = key
         rows = sorted(groups[key], key=lambda r: r["seqlen_q"])
         for i, lib in enumerate(libraries):
             pts = [(r["seqlen_q"], r["results"][lib]["rate"]) for r in rows
@@ -218,7 +229,7 @@ def write_plot(path, result) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(seqlens, [_seqlen_tick(s) for s in seqlens])
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{dtype} d{d} {'causal' if causal else 'non-causal'} {mode}")
+        ax.set_title(f"{dtype} d{d} {'causal' if causal else 'non-causal'} {variant} {mode}".replace("  ", " "))
         ax.set_xlabel("seqlen")
         ax.set_ylabel(rows[0]["rate_unit"])
         ax.grid(True, alpha=0.3)

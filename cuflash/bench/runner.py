@@ -42,14 +42,17 @@ class CuflashBench:
         return None
 
     def inputs(self, p):
-        """q, k, v, dout on the GPU; kept while consecutive points share a shape (modes are innermost)."""
+        """q, k, v, dout on the GPU and the keyword options of the calls (:func:`variant_options`);
+        kept while consecutive points share a shape (modes are innermost)."""
         key = p.shape_key()
         if key != self._key:
             from cuflash.testing import random_like, random_qkv
             self._key = self._inputs = None    # free the previous shape's arrays first
             q, k, v = random_qkv(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_kv, p.headdim, p.dtype,
                                  seed=0, xp=self.xp)
-            self._inputs = (q, k, v, random_like(q, seed=1))
+            options = variant_options(p, alibi_slopes=self.xp.asarray(configs.alibi_slopes(p.nheads)),
+                                      learnable_sink=self.xp.asarray(configs.sink_logits(p.nheads)))
+            self._inputs = (q, k, v, random_like(q, seed=1), options)
             self._key = key
         return self._inputs
 
@@ -63,25 +66,24 @@ class CuflashBench:
         self._key = self._inputs = None
         self.trim()
 
-    def _callable(self, p, q, k, v, dout):
-        attention, causal = self.cuflash.attention, p.causal
+    def _callable(self, p, q, k, v, dout, options):
+        attention = self.cuflash.attention
         if p.mode == "fwd":
-            return lambda: attention(q, k, v, causal=causal)
+            return lambda: attention(q, k, v, **options)
         backward = self.cuflash.attention_backward
         if p.mode == "bwd":
-            out, lse = attention(q, k, v, causal=causal, return_lse=True)
-            return lambda: backward(dout, q, k, v, out, lse, causal=causal)
+            out, lse = attention(q, k, v, return_lse=True, **options)
+            return lambda: backward(dout, q, k, v, out, lse, **options)
         if p.mode == "fwd+bwd":
             def fwd_bwd():
-                o, lse_ = attention(q, k, v, causal=causal, return_lse=True)
-                return backward(dout, q, k, v, o, lse_, causal=causal)
+                o, lse_ = attention(q, k, v, return_lse=True, **options)
+                return backward(dout, q, k, v, o, lse_, **options)
             return fwd_bwd
         raise NotImplementedError(f"mode {p.mode!r} is not implemented for cuflash")
 
     def measure(self, p, *, warmup, rep):
         """{"first_call_ms", "samples_ms"} and the first call's result (for the check)."""
-        q, k, v, dout = self.inputs(p)
-        fn = self._callable(p, q, k, v, dout)
+        fn = self._callable(p, *self.inputs(p))
         timer = self.timers.cupy
         first_ms, result = timing.first_call_ms(fn, timer.synchronize)
         samples = timer.time(fn, warmup=warmup, rep=rep)
@@ -92,12 +94,14 @@ class CuflashBench:
 
         The slice: batch 0, the whole sequence, the first two query heads (the
         first whole GQA group when there is one, so dk and dv sum over every
-        query head that reads their kv head).
+        query head that reads their kv head), with the same options (the per-head
+        ALiBi slopes and sink logits of those heads).  dsink is not compared: it
+        sums over the whole batch.
         """
         from cuflash import reference
         from cuflash.testing import check_accuracy
         xp = self.xp
-        q, k, v, dout = self.inputs(p)
+        q, k, v, dout, options = self.inputs(p)
         group = p.nheads // p.nheads_kv
         nkv = 1 if group > 1 else min(2, p.nheads_kv)
         nq = nkv * group
@@ -110,24 +114,47 @@ class CuflashBench:
             return xp.ascontiguousarray(x[:1, :, :n])
 
         qs, ks, vs = cut(q, nq), cut(k, nkv), cut(v, nkv)
+        opts = {name: value[:nq] if name in PER_HEAD_OPTIONS else value for name, value in options.items()}
         if p.mode == "fwd":
             kind, got = "fwd", {"out": cut(result, nq)}
-            refs = [reference.attention_forward(qs, ks, vs, causal=p.causal, precision=prec)[:1]
+            refs = [reference.attention_forward(qs, ks, vs, precision=prec, **opts)[:1]
                     for prec in ("float64", "lowp")]
         else:
             kind = "bwd"
             dq, dk, dv = result[:3]
             got = {"dq": cut(dq, nq), "dk": cut(dk, nkv), "dv": cut(dv, nkv)}
-            refs = [reference.attention_backward(cut(dout, nq), qs, ks, vs, causal=p.causal, precision=prec)[:3]
+            refs = [reference.attention_backward(cut(dout, nq), qs, ks, vs, precision=prec, **opts)[:3]
                     for prec in ("float64", "lowp")]
         verdict = {"status": "pass", "kind": kind, "message": None, "tensors": {},
-                   "slice": f"batch 0, query heads 0-{nq - 1}, kv heads 0-{nkv - 1}, full sequence"}
+                   "slice": f"batch 0, query heads 0-{nq - 1}, kv heads 0-{nkv - 1}, full sequence"
+                            + ("; dsink not compared (it sums over the batch)" if p.sink and kind == "bwd" else "")}
         try:
             for (name, out), ref64, ref_lowp in zip(got.items(), *refs):
                 verdict["tensors"][name] = check_accuracy(name, out, ref64, ref_lowp, p.dtype, kind=kind)
         except AssertionError as e:
             verdict.update(status="fail", message=timing.one_line(e, 500))
         return verdict
+
+
+#: Options of shape (nheads,): the check slices them to its query heads.
+PER_HEAD_OPTIONS = ("alibi_slopes", "learnable_sink")
+
+
+def variant_options(p, alibi_slopes=None, learnable_sink=None) -> dict:
+    """The keyword options of cuflash.attention / attention_backward (and of the reference) for point ``p``.
+
+    Options at their default are left out, so plain runs call exactly what they always did.
+    """
+    options = {"causal": p.causal}
+    if "window" in p.features:
+        options["window_size"] = p.mask_window
+    if "softcap" in p.features:
+        options["softcap"] = p.softcap
+    if p.alibi:
+        options["alibi_slopes"] = alibi_slopes
+    if p.sink:
+        options["learnable_sink"] = learnable_sink
+    return options
 
 
 # --------------------------------------------------------------------------
@@ -159,7 +186,8 @@ def _progress_tail(row, peer_names) -> str:
     parts[0] += f" check {row['check']['status']}"
     for name in peer_names:
         r = row["results"][name]
-        parts.append(f"{name} {r['rate']:.1f}" if r["status"] == "ok" else f"{name} -")
+        parts.append(f"{name} {r['rate']:.1f}" if r["status"] == "ok"
+                     else f"{name} skipped" if r["status"] == "skipped" else f"{name} -")
     return " | ".join(parts)
 
 
@@ -231,8 +259,9 @@ def run_sweep(points, *, peer_names, warmup, rep, check, progress=True) -> dict:
 def _measure_point(p, ours, peers, ceilings, *, warmup, rep, check) -> dict:
     mode = configs.MODES[p.mode]
     work = configs.work(p)
-    row = {**p.as_dict(), "label": p.label, "work": work, "rate_unit": configs.RATE_UNITS[mode.unit],
-           "results": {}, "ratios": {}, "check": {"status": "skipped", "message": None}}
+    row = {**p.as_dict(), "label": p.label, "variant": p.variant, "work": work,
+           "rate_unit": configs.RATE_UNITS[mode.unit], "results": {}, "ratios": {},
+           "check": {"status": "skipped", "message": None}}
 
     reason = ours.unavailable_for(p)
     if reason:
@@ -255,6 +284,10 @@ def _measure_point(p, ours, peers, ceilings, *, warmup, rep, check) -> dict:
             row["check"]["message"] = "cuflash did not run"
 
     for peer in peers:
+        reason = peers_mod.unsupported_reason(peer.name, p)
+        if reason:
+            row["results"][peer.name] = _not_run("skipped", reason)
+            continue
         try:
             measured = peer.measure(p, warmup=warmup, rep=rep)
             row["results"][peer.name] = _entry(measured, work, ceilings, mode, peer.clock)

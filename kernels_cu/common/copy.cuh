@@ -79,7 +79,8 @@ struct SwizzleFor {
     static constexpr u32 MASK = (AW == 64) ? 7 : 3;  // row bits XORed into the chunk index
 };
 
-// Byte offset of columns [col, col + 8) of row r (col % 8 == 0) in a ROWS x D swizzled tile.
+// Byte offset of element (r, col) in a ROWS x D swizzled tile (the swizzle moves
+// whole 16-byte chunks, so columns col..col+7 of an aligned chunk stay adjacent).
 template <int ROWS, int D, int AW = SwizzleFor<D>::AW>
 CUFLASH_DEVICE u32 swizzled_offset(int r, int col) {
     using S = SwizzleFor<D, AW>;

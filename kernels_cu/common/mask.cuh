@@ -1,53 +1,112 @@
-// mask.cuh: set to -inf the scores of keys a query must not see.
+// mask.cuh: which keys a query sees, and the block ranges that rule implies
+// (DESIGN 3 and 4a).
 //
-// Query i (0-based, global) sees key j iff j < seqlen_k and, when causal,
-// j <= i + seqlen_k - seqlen_q (bottom-right aligned, as flash-attn 2.1+).
-// Scores are mma.sync C fragments s[MT][NT][4] (see mma.cuh): for lane 4g+t,
-// element (mt, nt, 2h+j) is query row0 + mt*16 + h*8 + g and key
-// col0 + nt*8 + 2t + j, where the caller passes row0/col0 for g = t = 0.
+// One rule, aligned to the bottom-right corner (flash-attn 2.1+): with
+// off = seqlen_k - seqlen_q, query i sees key j iff
+//     0 <= j < seqlen_k  and  i + off - left <= j <= i + off + right.
+// CUFLASH_MASK picks left and right at compile time:
+//   CUFLASH_MASK_NONE   left = right = unbounded (only j < seqlen_k masks);
+//   CUFLASH_MASK_CAUSAL left unbounded, right = 0;
+//   CUFLASH_MASK_LOCAL  p.window_left / p.window_right (the host passes an
+//                       unbounded side, -1 in the API, as UNBOUNDED).
+// "Unbounded" is UNBOUNDED (2^30): i + off +- 2^30 cannot overflow for
+// sequences below 2^30 rows, and no key index reaches it. Taking the window
+// straight from the params lets the compiler re-read it from the constant
+// bank instead of holding it in registers through the main loop.
+//
+// The block ranges follow from the rule: key blocks that a query block needs
+// (forward), query blocks that see a key block (backward), and whether a
+// block pair needs the element mask at all. A block pair is in one range iff
+// it is in the other: both are the pairs that hold some visible (i, j), so
+// the forward, the backward and the deterministic dQ turns agree.
 #pragma once
 #include "platform.cuh"
+#include "fragment.cuh"
 
-template <bool CAUSAL, int MT, int NT>
-CUFLASH_DEVICE void mask_scores(float (&s)[MT][NT][4], int row0, int col0, int lane, int seqlen_q,
-                                int seqlen_k) {
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int row = row0 + mt * 16 + h * 8 + g;
-            // First key this row may not see.
-            int limit = CAUSAL ? min(seqlen_k, row + 1 + seqlen_k - seqlen_q) : seqlen_k;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-                    if (col0 + nt * 8 + 2 * t + j >= limit) s[mt][nt][2 * h + j] = -INFINITY;
-        }
-}
+#define CUFLASH_MASK_NONE 0
+#define CUFLASH_MASK_CAUSAL 1
+#define CUFLASH_MASK_LOCAL 2
 
-// The same rule on a transposed score tile S^T (keys as rows, queries as
-// columns), as the backward computes it: element (mt, nt, 2h+j) of lane 4g+t
-// is key key0 + mt*16 + h*8 + g and query query0 + nt*8 + 2t + j. Key j is
-// visible from query i iff j < seqlen_k and, when causal,
-// i >= j - (seqlen_k - seqlen_q) (the first query that sees key j).
-// Queries >= seqlen_q are not masked here: the caller gives them P = 0.
-template <bool CAUSAL, int MT, int NT>
-CUFLASH_DEVICE void mask_scores_t(float (&s)[MT][NT][4], int key0, int query0, int lane, int seqlen_q,
-                                  int seqlen_k) {
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int key = key0 + mt * 16 + h * 8 + g;
-            // First query that may see this key; past seqlen_k no query does.
-            int first = key >= seqlen_k ? 0x7fffffff : (CAUSAL ? key - (seqlen_k - seqlen_q) : -0x7fffffff);
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-                    if (query0 + nt * 8 + 2 * t + j < first) s[mt][nt][2 * h + j] = -INFINITY;
-        }
-}
+constexpr int UNBOUNDED = 1 << 30;
+
+// Integer division rounding down / up, for numerators of either sign (b > 0).
+CUFLASH_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+CUFLASH_DEVICE int ceil_div(int a, int b) { return -floor_div(-a, b); }
+
+struct Visibility {
+    int seqlen_q, seqlen_k;
+    int off;          // seqlen_k - seqlen_q: the diagonal of the bottom-right alignment
+    int left, right;  // window sizes, UNBOUNDED where there is no limit
+
+    template <class Params>
+    CUFLASH_DEVICE Visibility(const Params& p, int seqlen_q_, int seqlen_k_)
+        : seqlen_q(seqlen_q_), seqlen_k(seqlen_k_), off(seqlen_k_ - seqlen_q_) {
+#if CUFLASH_MASK == CUFLASH_MASK_LOCAL
+        left = p.window_left;
+        right = p.window_right;
+#elif CUFLASH_MASK == CUFLASH_MASK_CAUSAL
+        left = UNBOUNDED;
+        right = 0;
+#else
+        left = right = UNBOUNDED;
+#endif
+    }
+
+    CUFLASH_DEVICE bool visible(int i, int j) const {
+        const int d = j - i - off;  // signed distance from the diagonal
+        return j < seqlen_k && d >= -left && d <= right;
+    }
+
+    // Key blocks [x, y) of BN keys that hold every key some query in
+    // [row0, row0 + rows) sees (rows past seqlen_q do not count); x >= y when none.
+    template <int BN>
+    CUFLASH_DEVICE int2 key_blocks(int row0, int rows) const {
+        const int last_row = min(row0 + rows, seqlen_q) - 1;
+        const int j_min = max(0, row0 + off - left);
+        const int j_max = min(seqlen_k - 1, last_row + off + right);
+        if (j_max < j_min) return make_int2(0, 0);
+        return make_int2(j_min / BN, j_max / BN + 1);
+    }
+
+    // Query blocks [x, y) of BM rows holding every query that sees a key in
+    // [key0, key0 + keys) (keys past seqlen_k do not count); x >= y when none.
+    template <int BM>
+    CUFLASH_DEVICE int2 query_blocks(int key0, int keys) const {
+        const int last_key = min(key0 + keys, seqlen_k) - 1;
+        const int i_min = max(0, key0 - off - right);
+        const int i_max = min(seqlen_q - 1, last_key - off + left);
+        if (i_max < i_min) return make_int2(0, 0);
+        return make_int2(i_min / BM, i_max / BM + 1);
+    }
+
+    // needs_mask for every key block of BN keys at once, for the forward's
+    // loop: key block n of rows [row0, row0 + rows) needs the element mask iff
+    // n <= x (the last row cannot see its first key) or n >= y (it crosses
+    // seqlen_k, or the first row cannot see its last key). Two integers live
+    // through the loop instead of the rule's five.
+    template <int BN>
+    CUFLASH_DEVICE int2 masked_key_blocks(int row0, int rows) const {
+        const int first_visible_of_last_row = row0 + rows - 1 + off - left;
+        const int first_hidden_of_first_row = row0 + off + right + 1;
+        return make_int2(ceil_div(first_visible_of_last_row, BN) - 1,
+                         min(seqlen_k / BN, floor_div(first_hidden_of_first_row, BN)));
+    }
+
+    // Whether some pair of rows [row0, row0 + rows) x keys [key0, key0 + keys)
+    // is hidden: the block crosses seqlen_k, or the first row cannot see the
+    // last key (right edge), or the last row cannot see the first key (left edge).
+    CUFLASH_DEVICE bool needs_mask(int row0, int rows, int key0, int keys) const {
+        return key0 + keys > seqlen_k || key0 + keys - 1 - row0 - off > right ||
+               key0 - (row0 + rows - 1) - off < -left;
+    }
+
+    // Hidden scores of a tile (fragment.cuh layout) set to -inf. Queries past
+    // seqlen_q are left alone: the forward never stores them and the backward
+    // gives them P = 0 through their lse.
+    template <bool KEYS_AS_ROWS, int MT, int NT>
+    CUFLASH_DEVICE void apply(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
+        for_each_score<KEYS_AS_ROWS>(s, row0, col0, lane, [&](float& x, int i, int j) {
+            if (!visible(i, j)) x = -INFINITY;
+        });
+    }
+};

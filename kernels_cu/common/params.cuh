@@ -1,28 +1,47 @@
 // params.cuh: the kernel parameter structs, passed by value.
 //
 // Each struct is mirrored field by field by a NumPy structured dtype in
-// cuflash/params.py (align=True, i.e. C layout). tests/compile checks that
-// every offset and the size agree by compiling static_asserts generated from
-// the Python side. Strides are in elements; all offsets are computed in
-// 64-bit so tensors above 2^31 elements are addressed correctly.
+// cuflash/params.py (align=True, i.e. C layout), packed by field name with
+// zero defaults. tests/compile checks that every offset and the size agree by
+// compiling loads of each field generated from the Python side. Strides are in
+// elements; all offsets are computed in 64-bit so tensors above 2^31 elements
+// are addressed correctly.
 #pragma once
 #include "platform.cuh"
 
+// The head that the forward and the backward share (DESIGN 4b): the inputs,
+// the problem's sizes and every run-time value of a feature. A field added
+// here is added once more in cuflash/params.py (ATTENTION_FIELDS), nowhere else.
+//   window_left/right: the sliding window (mask.cuh), read only when CUFLASH_MASK
+//     is local; an unbounded side is UNBOUNDED = 2^30 (the API's -1).
+//   softcap_in = softmax_scale / softcap, softcap_out = softcap / softmax_scale
+//     (score_mod.cuh works on raw scores q.k).
+//   alibi_slopes: float32 slope of (b, h) at b * alibi_batch_stride + h (stride
+//     0 for slopes shared by the batch); read only under CUFLASH_ALIBI.
+//   sink: float32 (nheads,) learnable sink logits; read only under CUFLASH_SINK.
+#define CUFLASH_ATTENTION_FIELDS                                \
+    const void* q; /* (batch, seqlen_q, nheads, head_dim) */    \
+    const void* k; /* (batch, seqlen_k, nheads_kv, head_dim) */ \
+    const void* v; /* (batch, seqlen_k, nheads_kv, head_dim) */ \
+    const float* alibi_slopes;                                  \
+    const float* sink;                                          \
+    i64 q_batch_stride, q_row_stride, q_head_stride;            \
+    i64 k_batch_stride, k_row_stride, k_head_stride;            \
+    i64 v_batch_stride, v_row_stride, v_head_stride;            \
+    i64 alibi_batch_stride;                                     \
+    int batch, nheads, nheads_kv;                               \
+    int seqlen_q, seqlen_k;                                     \
+    int head_dim; /* actual d <= CUFLASH_HEAD_DIM, % 8 == 0 */  \
+    float scale;      /* softmax_scale */                       \
+    float scale_log2; /* softmax_scale * log2(e) */             \
+    int window_left, window_right;                              \
+    float softcap_in, softcap_out;
+
 struct FwdParams {
-    const void* q;   // (batch, seqlen_q, nheads, head_dim), last dim contiguous
-    const void* k;   // (batch, seqlen_k, nheads_kv, head_dim)
-    const void* v;   // (batch, seqlen_k, nheads_kv, head_dim)
+    CUFLASH_ATTENTION_FIELDS
     void* o;         // (batch, seqlen_q, nheads, head_dim)
     float* lse;      // (batch, nheads, seqlen_q) contiguous, or null when not asked for
-    i64 q_batch_stride, q_row_stride, q_head_stride;
-    i64 k_batch_stride, k_row_stride, k_head_stride;
-    i64 v_batch_stride, v_row_stride, v_head_stride;
     i64 o_batch_stride, o_row_stride, o_head_stride;
-    int batch, nheads, nheads_kv;
-    int seqlen_q, seqlen_k;
-    int head_dim;        // the actual head dim d <= CUFLASH_HEAD_DIM, a multiple of 8
-    float scale_log2;    // softmax_scale * log2(e): scores go to the exp2 domain with one FFMA
-    int pad_;            // keeps sizeof a multiple of 8 on both sides
 };
 
 // kernels_cu/bwd_prepare.cu: delta, lse in the exp2 domain, zeroed dQ accumulator.
@@ -34,10 +53,12 @@ struct BwdPrepareParams {
     float* delta;        // (batch, nheads, seqlen_q_rounded) contiguous: rowsum(dO * O); 0 for padding rows
     float* dq_accum;     // (batch, seqlen_q, nheads, dq_accum_cols) fp32, zeroed here
     int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed here, or null (not deterministic)
+    const float* dlse;   // (batch, nheads, seqlen_q), any strides, or null: delta -= dlse
     i64 o_batch_stride, o_row_stride, o_head_stride;
     i64 do_batch_stride, do_row_stride, do_head_stride;
     i64 lse_batch_stride, lse_head_stride, lse_row_stride;
     i64 dqa_batch_stride, dqa_row_stride, dqa_head_stride;
+    i64 dlse_batch_stride, dlse_head_stride, dlse_row_stride;
     int batch, nheads;
     int seqlen_q, seqlen_q_rounded;  // rounded = m_blocks * block_m of the backward kernel
     int head_dim;
@@ -48,9 +69,7 @@ struct BwdPrepareParams {
 
 // kernels_cu/bwd.cu: one CTA per (key block, query head, batch).
 struct BwdParams {
-    const void* q;       // (batch, seqlen_q, nheads, head_dim)
-    const void* k;       // (batch, seqlen_k, nheads_kv, head_dim)
-    const void* v;       // (batch, seqlen_k, nheads_kv, head_dim)
+    CUFLASH_ATTENTION_FIELDS
     const void* dout;    // (batch, seqlen_q, nheads, head_dim)
     const float* lse_log2;  // from bwd_prepare, (batch, nheads, seqlen_q_rounded)
     const float* delta;     // from bwd_prepare, (batch, nheads, seqlen_q_rounded)
@@ -60,20 +79,12 @@ struct BwdParams {
     float* dk_accum;     // (batch, seqlen_k, nheads, head_dim) fp32 per query head (GQA), or null
     float* dv_accum;     //   same layout as dk_accum; the group sum is bwd_convert's
     int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed turn counters (deterministic only)
-    i64 q_batch_stride, q_row_stride, q_head_stride;
-    i64 k_batch_stride, k_row_stride, k_head_stride;
-    i64 v_batch_stride, v_row_stride, v_head_stride;
     i64 do_batch_stride, do_row_stride, do_head_stride;
     i64 dqa_batch_stride, dqa_row_stride, dqa_head_stride;
     i64 dk_batch_stride, dk_row_stride, dk_head_stride;
     i64 dv_batch_stride, dv_row_stride, dv_head_stride;
     i64 dka_batch_stride, dka_row_stride, dka_head_stride;  // of dk_accum and dv_accum
-    int batch, nheads, nheads_kv;
-    int seqlen_q, seqlen_k;
     int seqlen_q_rounded, m_blocks;  // m_blocks * Br
-    int head_dim;
-    float scale;         // softmax_scale
-    float scale_log2;    // softmax_scale * log2(e)
 };
 
 // kernels_cu/bwd_convert.cu: dst[b, s, h, :] = sum_{j < group} src[b, s, h * group + j, :].

@@ -12,6 +12,7 @@
 // Python layer rejects softmax_scale <= 0.
 #pragma once
 #include "numeric.cuh"
+#include "score_mod.cuh"
 
 CUFLASH_DEVICE float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -73,7 +74,14 @@ struct OnlineSoftmax {
     // Row sums across the quad; inv_l = 1/l and lse = ln(sum_j exp(s_j*scale)).
     // A row that saw no visible key has l = 0: inv_l = 0 makes its output 0
     // (not NaN) and its lse is -inf, as the API promises.
-    CUFLASH_DEVICE void finalize(float c, float (&inv_l)[MT][2], float (&lse)[MT][2]) {
+    // With a learnable sink (SINK; sink2 = its logit * log2(e)) the sink joins
+    // each denominator but has no value (DESIGN 3):
+    //   lse = ln(exp(sink) + sum_j exp(s_j*scale)), out = sum_j exp(s_j*scale - lse) v_j.
+    // The sum is taken at offset M = max(m*c, sink2), so neither a large sink
+    // nor large scores overflow; O was accumulated at offset m*c, hence
+    // inv_l = exp2(m*c - M) / total. A row that saw no key gets out 0, lse = sink.
+    template <bool SINK = false>
+    CUFLASH_DEVICE void finalize(float c, float (&inv_l)[MT][2], float (&lse)[MT][2], float sink2 = 0.f) {
         const float ln2 = 0.69314718055994531f;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -81,8 +89,61 @@ struct OnlineSoftmax {
             for (int h = 0; h < 2; ++h) {
                 float total = quad_sum(l[mt][h]);
                 bool empty = total == 0.f;
-                inv_l[mt][h] = empty ? 0.f : 1.f / total;
-                lse[mt][h] = empty ? -INFINITY : (m[mt][h] * c + fast_log2(total)) * ln2;
+                if constexpr (SINK) {
+                    // m = -inf only when empty: use sink2 as the offset then (no -inf - -inf).
+                    const float mc = empty ? sink2 : m[mt][h] * c;
+                    // A sink of -inf on a row with no key: offset 0, so total = 0 and lse = -inf (no NaN).
+                    const float top = fmaxf(mc, sink2) == -INFINITY ? 0.f : fmaxf(mc, sink2);
+                    const float rescale = fast_exp2(mc - top);
+                    total = total * rescale + fast_exp2(sink2 - top);
+                    inv_l[mt][h] = empty ? 0.f : rescale / total;
+                    lse[mt][h] = (top + fast_log2(total)) * ln2;
+                } else {
+                    inv_l[mt][h] = empty ? 0.f : 1.f / total;
+                    lse[mt][h] = empty ? -INFINITY : (m[mt][h] * c + fast_log2(total)) * ln2;
+                }
             }
     }
 };
+
+// The backward's recompute of P and dS (FlashAttention-2, Alg. 2) on a
+// transposed tile, keys as rows (fragment.cuh layout): s holds S^T (raw
+// scores, already modified and masked) and becomes P^T = exp2(s * c - L2);
+// dp holds dP^T = V dO^T and becomes dS^T = P^T ∘ (dP^T - D) ∘ mod'(s), the
+// derivative w.r.t. the raw score (score_mod.cuh; 1 without softcap).
+// lse2 and delta point at the tile's first query column in shared memory.
+// No NaN can arise: L2 is finite or +inf (never -inf, bwd_prepare), so the
+// exponent is finite or -inf (masked S = -inf, or L2 = +inf for a row that
+// sees no key / a padding row), and exp2(-inf) = 0 makes P and then dS
+// exactly 0 there (dP, D and mod' are finite).
+template <int MT, int NT>
+CUFLASH_DEVICE void softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
+                                       const float* delta, float c, const ScoreMod& mod, int key0, int query0,
+                                       int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + 2 * t);
+        const float2 dd = *reinterpret_cast<const float2*>(delta + nt * 8 + 2 * t);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int key = key0 + mt * 16 + h * 8 + g, query = query0 + nt * 8 + 2 * t;
+                float& s0 = s[mt][nt][2 * h];
+                float& s1 = s[mt][nt][2 * h + 1];
+                const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
+                const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
+                float ds0 = p0 * (dp[mt][nt][2 * h] - dd.x);
+                float ds1 = p1 * (dp[mt][nt][2 * h + 1] - dd.y);
+                if (SOFTCAP) {
+                    ds0 *= mod.grad(s0, query, key);
+                    ds1 *= mod.grad(s1, query + 1, key);
+                }
+                s0 = p0;
+                s1 = p1;
+                dp[mt][nt][2 * h] = ds0;
+                dp[mt][nt][2 * h + 1] = ds1;
+            }
+    }
+}

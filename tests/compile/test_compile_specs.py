@@ -60,9 +60,9 @@ def test_declared_specs_have_unique_names():
 
 
 def test_compile_many_in_processes_fills_the_cache(toy_kernels, toy_spec):
-    from cuflash.specs import FwdSpec
+    from cuflash.specs import CAUSAL, FwdSpec
 
-    specs = [toy_spec, FwdSpec.for_problem("fp16", 128, True)]
+    specs = [toy_spec, FwdSpec.for_problem("fp16", 128, CAUSAL)]
     first = list(cache.compile_many(specs, ARCHS, jobs=2))
     assert len(first) == 4
     assert all(o.ok and not o.result.cached and o.result.registers > 0 for o in first), first

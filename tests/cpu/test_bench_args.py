@@ -138,3 +138,75 @@ def test_peers_option():
 def test_label():
     p = configs.Point("bf16", 128, 8192, 8192, 2, 16, 4, True, "fwd")
     assert p.label == "bf16 d128 s8192 b2 h16/4 causal fwd"
+
+
+def test_variant_defaults_to_plain():
+    args = parse()
+    assert (args.window, args.softcap, args.alibi, args.sink) == ((-1, -1), 0.0, False, False)
+    for p in points():
+        assert p.features == frozenset() and p.variant == "" and "window" not in p.label
+
+
+def test_variant_options_reach_every_point():
+    pts = points("--seqlen", "8k,16k", "--causal", "both", "--mode", "fwd,bwd", "--window", "256,0",
+                 "--softcap", "30", "--alibi", "--sink")
+    assert len(pts) == 8
+    for p in pts:
+        assert (p.window, p.softcap, p.alibi, p.sink) == ((256, 0), 30.0, True, True)
+        assert p.features == {"window", "softcap", "alibi", "sink"}
+        assert p.variant == "window(256,0)+softcap30+alibi+sink"
+        assert p.variant in p.label
+    one = points("--softcap", "2.5", "--seqlen", "1k")[0]
+    assert one.features == {"softcap"} and one.variant == "softcap2.5"
+    assert one.label == "bf16 d128 s1024 b16 full softcap2.5 fwd"
+
+
+@pytest.mark.parametrize("text, value", [("256,0", (256, 0)), (" 128 , 64 ", (128, 64)), ("-1,0", (-1, 0)),
+                                         ("0,-1", (0, -1)), ("-1,-1", (-1, -1))])
+def test_parse_window(text, value):
+    assert configs.parse_window(text) == value
+    assert parse(f"--window={text}").window == value      # '=' lets argparse take a value starting with '-'
+    if not text.startswith("-"):
+        assert parse("--window", text).window == value
+
+
+def test_unbounded_window_is_plain_and_causal_makes_right_0():
+    assert points("--window=-1,-1")[0].features == frozenset()
+    p = points("--window", "256,8", "--causal", "true")[0]
+    assert p.window == (256, 8) and p.mask_window == (256, 0)
+    assert points("--window", "256,8")[0].mask_window == (256, 8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--window", "256"], "--window takes LEFT,RIGHT"),
+    (["--window", "1,2,3"], "--window takes LEFT,RIGHT"),
+    (["--window", "a,0"], "--window takes LEFT,RIGHT"),
+    (["--window", "1.5,0"], "--window takes LEFT,RIGHT"),
+    (["--window=-2,0"], "must be >= -1"),
+    (["--window", "0,-5"], "must be >= -1"),
+    (["--softcap", "0"], "finite number > 0"),
+    (["--softcap", "-30"], "finite number > 0"),
+    (["--softcap", "inf"], "finite number > 0"),
+    (["--softcap", "nan"], "finite number > 0"),
+    (["--softcap", "big"], "--softcap takes a number"),
+])
+def test_bad_variant_values_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        parse(*argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "argument --" in err
+
+
+def test_variant_switches_take_no_value():
+    with pytest.raises(SystemExit):
+        parse("--alibi", "yes")
+
+
+def test_help_names_the_peers_of_each_variant():
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    for option in ("--window LEFT,RIGHT", "--softcap X", "--alibi", "--sink"):
+        assert option in text
+    assert text.count("Peers: flex.") == 3 and "Peers: none." in text

@@ -60,3 +60,51 @@ def test_anchor_number_is_reproduced():
     # anchors: sdpa-flash fwd, b 32, h 32, s 512, d 64, non-causal: 0.26077 ms -> 263.5 TFLOP/s
     p = point(s=512, b=32, h=32, d=64)
     assert configs.rate(configs.work(p)["amount"], 0.26076799631118774) == pytest.approx(263.527, rel=1e-4)
+
+
+def window_point(s=1024, window=(-1, -1), causal=False, sk=None, mode="fwd"):
+    return configs.Point("bf16", 128, s, s if sk is None else sk, 2, 16, 16, causal, mode, window=window)
+
+
+@pytest.mark.parametrize("sq, sk, causal, window", [
+    (64, 64, False, (8, 0)), (64, 64, False, (8, 3)), (64, 64, True, (8, 3)), (64, 64, False, (-1, 5)),
+    (64, 64, False, (0, 0)), (40, 100, False, (7, 2)), (100, 40, True, (10, -1)), (33, 17, False, (-1, -1)),
+])
+def test_window_counts_exactly_the_visible_pairs(sq, sk, causal, window):
+    from cuflash.reference import visible_mask
+    p = window_point(sq, window, causal, sk)
+    pairs = int(visible_mask(sq, sk, causal, window).sum())
+    assert configs.visible_pairs(sq, sk, causal, window) == pairs
+    assert configs.work(p)["visible_pairs"] == pairs
+    assert configs.forward_flops(p) == 4 * 2 * 16 * 128 * pairs
+
+
+def test_window_256_0_over_16k():
+    s, w = 16384, 256
+    pairs = sum(min(i, w) + 1 for i in range(s))           # row i sees keys max(0, i - 256)..i
+    assert pairs == (w + 1) * s - w * (w + 1) // 2
+    for causal in (False, True):                           # causal changes nothing with right = 0
+        p = window_point(s, (w, 0), causal, mode="bwd")
+        assert configs.work(p)["amount"] == 2.5 * 4 * 2 * 16 * 128 * pairs
+    # about 64x fewer than the full square
+    assert configs.forward_flops(window_point(s)) / configs.forward_flops(window_point(s, (w, 0))) > 60
+
+
+def test_window_has_no_anchor_count_and_other_variants_cost_no_flops():
+    w = configs.work(window_point(4096, (256, 0), mode="fwd+bwd"))
+    assert w["anchor_amount"] is None and "window" in w["formula"]
+    plain = configs.work(window_point(4096, causal=True))
+    other = configs.work(configs.Point("bf16", 128, 4096, 4096, 2, 16, 16, True, "fwd", softcap=30.0, alibi=True,
+                                       sink=True))
+    assert other["amount"] == plain["amount"] and other["anchor_amount"] == plain["anchor_amount"]
+
+
+def test_variant_inputs():
+    import numpy
+    slopes = configs.alibi_slopes(8)
+    assert slopes.dtype == numpy.float32 and slopes.shape == (8,)
+    assert slopes.tolist() == [2.0 ** -(i + 1) for i in range(8)]      # 2^(-8 (h + 1) / 8)
+    assert (configs.alibi_slopes(12) > 0).all() and configs.alibi_slopes(12)[-1] == 2.0 ** -8
+    sink = configs.sink_logits(16)
+    assert sink.dtype == numpy.float32 and sink.shape == (16,) and len(set(sink.tolist())) == 16
+    assert (configs.sink_logits(16) == sink).all()                      # fixed seed

@@ -38,7 +38,8 @@ def make_rows():
                              "message": None}
                     if check["status"] == "fail":
                         check["message"] = "AssertionError: dq: max error 1e-1 > allowed 1e-2"
-                    rows.append({**p.as_dict(), "label": p.label, "work": w, "rate_unit": "TFLOP/s",
+                    rows.append({**p.as_dict(), "label": p.label, "variant": p.variant, "work": w,
+                                 "rate_unit": "TFLOP/s",
                                  "results": results, "ratios": ratios, "check": check})
     return rows
 

@@ -6,6 +6,7 @@ host-clock "events".  Everything else (the check with the real reference and
 accuracy rule, the rows, ratios, reports and exit codes) is the real code.
 """
 import argparse
+import inspect
 import json
 import time
 import types
@@ -14,7 +15,7 @@ import numpy
 import pytest
 
 from cuflash import reference
-from cuflash.bench import cli, configs, runner, timing
+from cuflash.bench import cli, configs, peers, report, runner, timing
 
 
 class _Event:
@@ -37,18 +38,22 @@ class FakeTimers:
         return self.cupy
 
 
-def fake_cuflash(error=0.0, backward=True):
-    """attention / attention_backward computed by the reference in the input dtype, plus ``error``."""
-    lib = types.SimpleNamespace(calls=0)
+def fake_cuflash(error=0.0, backward=True, ignore=()):
+    """attention / attention_backward computed by the reference in the input dtype, plus ``error``;
+    the options named in ``ignore`` are dropped (a kernel that gets a variant wrong)."""
+    lib = types.SimpleNamespace(calls=0, options=[])
 
-    def attention(q, k, v, *, causal=False, return_lse=False):
+    def attention(q, k, v, *, return_lse=False, **options):
         lib.calls += 1
-        out, lse = reference.attention_forward(q, k, v, causal=causal, precision="lowp")
+        lib.options.append(options)
+        options = {name: value for name, value in options.items() if name not in ignore}
+        out, lse = reference.attention_forward(q, k, v, precision="lowp", **options)
         out = out + error
         return (out, lse) if return_lse else out
 
-    def attention_backward(dout, q, k, v, out, lse, *, causal=False):
-        dq, dk, dv, _ = reference.attention_backward(dout, q, k, v, causal=causal, precision="lowp")
+    def attention_backward(dout, q, k, v, out, lse, **options):
+        options = {name: value for name, value in options.items() if name not in ignore}
+        dq, dk, dv = reference.attention_backward(dout, q, k, v, precision="lowp", **options)[:3]
         return dq, dk + error, dv
 
     lib.attention = attention
@@ -76,7 +81,7 @@ CEILINGS = {"matmul_tflops": 800.0, "copy_tbps": 4.0, "matmul_source": "fake"}
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Patch the GPU-only pieces; returns a setter for the cuflash stand-in."""
-    state = {"lib": fake_cuflash(), "timers": None}
+    state = {"lib": fake_cuflash(), "timers": None, "peers": [FakePeer("fast", 1e-3), FakePeer("broken", None)]}
 
     def make_timers(nbytes):
         state["timers"] = FakeTimers()
@@ -89,15 +94,14 @@ def fake_gpu(monkeypatch):
     real = runner.CuflashBench
     monkeypatch.setattr(runner, "CuflashBench", lambda timers: real(timers, xp=numpy, lib=state["lib"]))
     monkeypatch.setattr(runner.peers_mod, "make_peers",
-                        lambda names, timers: ([FakePeer("fast", 1e-3), FakePeer("broken", None)],
-                                               ["peer gone skipped: not installed"]))
+                        lambda names, timers: (state["peers"], ["peer gone skipped: not installed"]))
     monkeypatch.setattr(cli, "_memory_problem", lambda points: None)
     return state
 
 
-def small_points(modes=("fwd", "bwd", "fwd+bwd"), nheads=4, nheads_kv=2, dtype="bf16"):
+def small_points(modes=("fwd", "bwd", "fwd+bwd"), nheads=4, nheads_kv=2, dtype="bf16", **variant):
     sweep = configs.Sweep(dtypes=[dtype], headdims=[32], seqlens=[48, 64], causals=[False, True], modes=list(modes),
-                          batch=2, nheads=nheads, nheads_kv=nheads_kv)
+                          batch=2, nheads=nheads, nheads_kv=nheads_kv, **variant)
     return sweep.points()
 
 
@@ -207,3 +211,73 @@ def test_run_exit_1_and_loud_on_failed_check(fake_gpu, capsys):
 def test_run_rejects_missing_output_folder(fake_gpu, tmp_path, capsys):
     assert cli.run(_args(*SMALL, "--json", str(tmp_path / "nope" / "r.json"))) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# Variants (--window, --softcap, --alibi, --sink)
+# --------------------------------------------------------------------------
+
+_HAS_SINK = "learnable_sink" in inspect.signature(reference.attention_forward).parameters
+VARIANTS = [dict(window=(8, 0)), dict(window=(5, 3)), dict(softcap=0.5), dict(alibi=True),
+            pytest.param(dict(sink=True), marks=pytest.mark.skipif(not _HAS_SINK, reason="reference has no sink")),
+            pytest.param(dict(window=(16, 0), softcap=30.0, alibi=True, sink=True),
+                         marks=pytest.mark.skipif(not _HAS_SINK, reason="reference has no sink"))]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_reaches_cuflash_and_the_check(fake_gpu, variant):
+    pts = small_points(**variant)
+    fake_gpu["peers"] = [FakePeer("flex", 1e-3), FakePeer("sdpa-flash", 1e-3)]
+    result = runner.run_sweep(pts, peer_names=[], warmup=0, rep=1, check=True, progress=True)
+    passed_options = fake_gpu["lib"].options
+    for p, row in zip(pts, result["rows"]):
+        assert row["check"]["status"] == "pass", row["check"]
+        assert row["variant"] == p.variant != "" and p.variant in row["label"]
+        assert row["work"]["visible_pairs"] == configs.visible_pairs(p.seqlen_q, p.seqlen_k, p.causal, p.window)
+        flex_can = not p.sink
+        assert row["results"]["flex"]["status"] == ("ok" if flex_can else "skipped")
+        assert row["results"]["sdpa-flash"] == {"status": "skipped", "rate": None, "ms": None,
+                                                "reason": peers.unsupported_reason("sdpa-flash", p)}
+        assert row["ratios"]["sdpa-flash"] is None
+    options = passed_options[0]
+    assert options.get("window_size", (-1, -1)) == variant.get("window", (-1, -1))
+    assert options.get("softcap", 0.0) == variant.get("softcap", 0.0)
+    assert ("alibi_slopes" in options) == variant.get("alibi", False)
+    assert ("learnable_sink" in options) == variant.get("sink", False)
+    if "alibi_slopes" in options:
+        assert options["alibi_slopes"].tolist() == configs.alibi_slopes(4).tolist()
+    table = report.format_table(result)
+    assert "variant" in table.splitlines()[0]
+    missing = ", ".join(sorted(variant, key=configs.VARIANT_FEATURES.index))
+    assert f"sdpa-flash skipped on every row: cannot compute {missing}" in table
+
+
+@pytest.mark.parametrize("variant, option", [(dict(window=(4, 0)), "window_size"), (dict(softcap=0.3), "softcap"),
+                                             (dict(alibi=True), "alibi_slopes")])
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_check_catches_a_kernel_that_ignores_the_variant(fake_gpu, variant, option, mode):
+    fake_gpu["lib"] = fake_cuflash(ignore=(option,))
+    pts = small_points(modes=(mode,), **variant)[:2]
+    result = runner.run_sweep(pts, peer_names=[], warmup=0, rep=1, check=True, progress=False)
+    assert {r["check"]["status"] for r in result["rows"]} == {"fail"}
+
+
+def test_plain_run_passes_only_causal(fake_gpu):
+    runner.run_sweep(small_points(modes=("fwd", "bwd")), peer_names=[], warmup=0, rep=1, check=False,
+                     progress=False)
+    assert {tuple(o) for o in fake_gpu["lib"].options} == {("causal",)}
+
+
+def test_variant_flags_end_to_end(fake_gpu, tmp_path, capsys):
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    fake_gpu["peers"] = [FakePeer("flex", 1e-3), FakePeer("sdpa-cudnn", 1e-3)]
+    assert cli.run(_args(*SMALL, "--window", "16,0", "--softcap", "30", "--alibi", "--json", str(js),
+                         "--csv", str(cs), "--no-progress")) == 0
+    out = capsys.readouterr().out
+    assert "window(16,0)+softcap30+alibi" in out
+    assert "sdpa-cudnn skipped on every row: cannot compute window, softcap, alibi" in out
+    data = json.loads(js.read_text())
+    row = data["rows"][0]
+    assert (row["window"], row["softcap"], row["alibi"], row["sink"]) == ([16, 0], 30.0, True, False)
+    assert row["results"]["flex"]["status"] == "ok" and row["results"]["sdpa-cudnn"]["status"] == "skipped"
+    assert "window(16,0)+softcap30+alibi" in cs.read_text()

@@ -63,10 +63,10 @@ def test_hash_changes_when_an_included_header_changes(toy_kernels, toy_spec):
 
 
 def test_hash_changes_with_the_spec(toy_kernels):
-    from cuflash.specs import FwdSpec
+    from cuflash.specs import Features, FwdSpec
 
-    a = render(FwdSpec.for_problem("bf16", 64, False))
-    b = render(FwdSpec.for_problem("bf16", 64, True))
+    a = render(FwdSpec.for_problem("bf16", 64, Features()))
+    b = render(FwdSpec.for_problem("bf16", 64, Features("causal")))
     assert sha(a) != sha(b)
 
 

@@ -18,10 +18,10 @@ SCRIPT = """
 import json, sys
 import cupy
 from cuflash.compile import cache
-from cuflash.specs import FwdSpec
+from cuflash.specs import Features, FwdSpec
 
 dtype, head_dim, causal, toy = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
-fn = cache.get_function(FwdSpec.for_problem(dtype, head_dim, causal))
+fn = cache.get_function(FwdSpec.for_problem(dtype, head_dim, Features("causal" if causal else "none")))
 values = None
 if toy:
     out = cupy.zeros(100, dtype=cupy.float32)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import cuflash
-from cuflash import api, support, testing
+from cuflash import api, reference, support, testing
 
 cp = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu
@@ -118,3 +118,133 @@ def test_dlpack_input_from_torch():
     ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
     got = torch.from_dlpack(out)
     assert torch.allclose(got.float(), ref.float(), atol=2e-2, rtol=0)
+
+
+# ---------------------------------------------------------------- variant options (DESIGN §3)
+# Each bad value raises the stated exception, with a message naming the argument,
+# from attention and from attention_backward; the next call, with a valid value of
+# the same argument, works (checked against the reference).
+
+BATCH, SEQLEN_Q, NHEADS = 2, 16, 4  # qkv()'s shapes
+
+
+def f32(shape, value=0.25):
+    return cp.full(shape, value, dtype=cp.float32)
+
+
+BAD_OPTIONS = [
+    # (id, argument, bad value (a factory), expected exception type(s))
+    ("window_left_below_-1", "window_size", lambda: (-2, 0), ValueError),
+    ("window_right_below_-1", "window_size", lambda: (0, -5), ValueError),
+    ("window_left_float", "window_size", lambda: (1.5, 0), (TypeError, ValueError)),
+    ("window_right_float", "window_size", lambda: (4, 1.5), (TypeError, ValueError)),
+    ("window_3_entries", "window_size", lambda: (1, 2, 3), (TypeError, ValueError)),
+    ("window_1_entry", "window_size", lambda: (16,), (TypeError, ValueError)),
+    ("softcap_negative", "softcap", lambda: -1.0, ValueError),
+    ("softcap_nan", "softcap", lambda: float("nan"), ValueError),
+    ("softcap_inf", "softcap", lambda: float("inf"), ValueError),
+    ("alibi_wrong_nheads", "alibi_slopes", lambda: f32((NHEADS + 1,)), ValueError),
+    ("alibi_wrong_batch", "alibi_slopes", lambda: f32((BATCH + 1, NHEADS)), ValueError),
+    ("alibi_3_dims", "alibi_slopes", lambda: f32((BATCH, NHEADS, 1)), ValueError),
+    ("alibi_float16", "alibi_slopes", lambda: cp.full((NHEADS,), 0.25, dtype=cp.float16), (TypeError, ValueError)),
+    ("alibi_numpy", "alibi_slopes", lambda: np.full((NHEADS,), 0.25, dtype=np.float32), TypeError),
+    ("sink_wrong_nheads", "learnable_sink", lambda: f32((NHEADS + 1,)), ValueError),
+    ("sink_per_batch", "learnable_sink", lambda: f32((BATCH, NHEADS)), ValueError),
+    ("sink_float16", "learnable_sink", lambda: cp.zeros((NHEADS,), dtype=cp.float16), (TypeError, ValueError)),
+    ("sink_float64", "learnable_sink", lambda: cp.zeros((NHEADS,), dtype=cp.float64), (TypeError, ValueError)),
+    ("sink_numpy", "learnable_sink", lambda: np.zeros((NHEADS,), dtype=np.float32), TypeError),
+]
+
+VALID_OPTIONS = {
+    "window_size": lambda: (4, 0),
+    "softcap": lambda: 30.0,
+    "alibi_slopes": lambda: f32((BATCH, NHEADS)),
+    "learnable_sink": lambda: f32((NHEADS,), 1.5),
+}
+
+
+def _host_options(opts):
+    return {key: testing.to_numpy(val) if isinstance(val, cp.ndarray) else val for key, val in opts.items()}
+
+
+def _check_forward_works(q, k, v, opts):
+    out, lse = cuflash.attention(q, k, v, return_lse=True, **opts)
+    host = [testing.to_numpy(x) for x in (q, k, v)]
+    ref64 = reference.attention_forward(*host, precision="float64", **_host_options(opts))
+    reflp = reference.attention_forward(*host, precision="lowp", **_host_options(opts))
+    dt = testing.dtype_name(q.dtype)
+    testing.check_accuracy("out after a refused call", out, ref64[0], reflp[0], dt, kind="fwd")
+    testing.check_accuracy("lse after a refused call", lse, ref64[1], reflp[1], dt, kind="fwd")
+    return out, lse
+
+
+def _check_backward_works(dout, q, k, v, out, lse, opts, dlse=None):
+    extra = {} if dlse is None else {"dlse": dlse}
+    got = cuflash.attention_backward(dout, q, k, v, out, lse, **opts, **extra)
+    host = [testing.to_numpy(x) for x in (dout, q, k, v)]
+    hopts = dict(_host_options(opts), **_host_options(extra))
+    ref64 = reference.attention_backward(*host, precision="float64", **hopts)
+    reflp = reference.attention_backward(*host, precision="lowp", **hopts)
+    dt = testing.dtype_name(q.dtype)
+    names = ("dq", "dk", "dv") + (("dsink",) if opts.get("learnable_sink") is not None else ())
+    assert len(got) == len(names)
+    refs64 = list(ref64[:3]) + list(ref64[4:])
+    refslp = list(reflp[:3]) + list(reflp[4:])
+    for name, g, r64, rlp in zip(names, got, refs64, refslp):
+        testing.check_accuracy(f"{name} after a refused call", g, r64, rlp, dt, kind="bwd")
+
+
+@pytest.mark.parametrize("entry", BAD_OPTIONS, ids=[e[0] for e in BAD_OPTIONS])
+def test_bad_variant_option_forward(entry):
+    _, arg, bad, exc = entry
+    q, k, v = qkv()
+    with pytest.raises(exc, match=arg):
+        cuflash.attention(q, k, v, **{arg: bad()})
+    _check_forward_works(q, k, v, {arg: VALID_OPTIONS[arg]()})
+
+
+@pytest.mark.parametrize("entry", BAD_OPTIONS, ids=[e[0] for e in BAD_OPTIONS])
+def test_bad_variant_option_backward(entry):
+    _, arg, bad, exc = entry
+    q, k, v = qkv()
+    good = {arg: VALID_OPTIONS[arg]()}
+    out, lse = cuflash.attention(q, k, v, return_lse=True, **good)
+    dout = testing.random_like(q)
+    with pytest.raises(exc, match=arg):
+        cuflash.attention_backward(dout, q, k, v, out, lse, **{arg: bad()})
+    _check_backward_works(dout, q, k, v, out, lse, good)
+
+
+BAD_DLSE = [
+    ("one_row_too_many", lambda: f32((BATCH, NHEADS, SEQLEN_Q + 1)), ValueError),
+    ("transposed", lambda: f32((BATCH, SEQLEN_Q, NHEADS)), ValueError),
+    ("no_batch_dim", lambda: f32((NHEADS, SEQLEN_Q)), ValueError),
+    ("float16", lambda: cp.zeros((BATCH, NHEADS, SEQLEN_Q), dtype=cp.float16), (TypeError, ValueError)),
+    ("numpy", lambda: np.zeros((BATCH, NHEADS, SEQLEN_Q), dtype=np.float32), TypeError),
+]
+
+
+@pytest.mark.parametrize("sink", [False, True], ids=["no_sink", "sink"])
+@pytest.mark.parametrize("entry", BAD_DLSE, ids=[e[0] for e in BAD_DLSE])
+def test_bad_dlse(entry, sink):
+    _, bad, exc = entry
+    q, k, v = qkv()
+    opts = {"learnable_sink": VALID_OPTIONS["learnable_sink"]()} if sink else {}
+    out, lse = cuflash.attention(q, k, v, return_lse=True, **opts)
+    dout = testing.random_like(q)
+    with pytest.raises(exc, match="dlse"):
+        cuflash.attention_backward(dout, q, k, v, out, lse, dlse=bad(), **opts)
+    dlse = cp.asarray(np.random.default_rng().standard_normal((BATCH, NHEADS, SEQLEN_Q), dtype=np.float32))
+    _check_backward_works(dout, q, k, v, out, lse, opts, dlse=dlse)
+
+
+@pytest.mark.parametrize("arg", ["alibi_slopes", "learnable_sink"])
+def test_variant_array_on_another_gpu(arg):
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    q, k, v = qkv()
+    with cp.cuda.Device(1):
+        other = cp.asarray(VALID_OPTIONS[arg]())
+    with pytest.raises(ValueError, match=arg):
+        cuflash.attention(q, k, v, **{arg: other})
+    _check_forward_works(q, k, v, {arg: VALID_OPTIONS[arg]()})

@@ -1,0 +1,100 @@
+// epilogue.cuh: how results leave a kernel (DESIGN 4a): rows that see no key,
+// lse, 16-bit tiles staged through shared memory for 16-byte stores, fp32
+// rows (GQA dK/dV per query head) and fp32 reductions (dQ).
+//
+// Accumulator tiles use the fragment.cuh layout; a lane's two adjacent
+// columns (2t, 2t+1) travel together (one u32 of 16-bit values or one float2).
+#pragma once
+#include "platform.cuh"
+#include "numeric.cuh"
+#include "atomic.cuh"
+
+// Rows [row0, row0 + ROWS) of a query block that sees no key at all:
+// out = 0 and lse = empty_lse (-inf, or the sink's logit; DESIGN 3).
+// o points at row 0 of this (b, h); lse at row 0 of its lse row, or null.
+template <int ROWS, int D, int THREADS>
+CUFLASH_DEVICE void store_empty_rows(u16* o, i64 o_row_stride, float* lse, float empty_lse, int row0, int seqlen_q,
+                                     int head_dim, int tid) {
+    for (int c = tid; c < ROWS * (D / 8); c += THREADS) {
+        const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+        if (row0 + r < seqlen_q && col < head_dim)
+            *reinterpret_cast<uint4*>(o + (i64)(row0 + r) * o_row_stride + col) = make_uint4(0, 0, 0, 0);
+    }
+    if (lse != nullptr)
+        for (int r = tid; r < ROWS; r += THREADS)
+            if (row0 + r < seqlen_q) lse[row0 + r] = empty_lse;
+}
+
+// lse of the rows a warp owns (row0 = the warp's first row, fragment layout);
+// lanes with t == 0 hold each row's value.
+template <int MT>
+CUFLASH_DEVICE void store_lse(float* lse, const float (&val)[MT][2], int row0, int seqlen_q, int lane) {
+    const int g = lane / 4, t = lane % 4;
+    if (lse == nullptr || t != 0) return;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + mt * 16 + h * 8 + g;
+            if (row < seqlen_q) lse[row] = val[mt][h];
+        }
+}
+
+// x * row_scale as 16-bit values into a shared-memory tile: the pair at
+// (row, col) goes to smem + offset(row, col) (bytes; the caller's layout:
+// pitched or swizzled). row/col are relative to the tile (row0, col0 of the
+// warp's fragment within it).
+template <int MT, int NT, class Offset>
+CUFLASH_DEVICE void stage_tile(unsigned char* smem, Offset offset, const float (&x)[MT][NT][4],
+                               const float (&row_scale)[MT][2], int row0, int col0, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + mt * 16 + h * 8 + g;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                *reinterpret_cast<u32*>(smem + offset(row, col0 + nt * 8 + 2 * t)) =
+                    pack_float2(x[mt][nt][2 * h] * row_scale[mt][h], x[mt][nt][2 * h + 1] * row_scale[mt][h]);
+        }
+}
+
+// ROWS staged rows (16-bit, read at smem + offset(r, col)) -> global rows
+// row0 + r of dst, 16 bytes per access, worker w of `workers` threads; rows at
+// or past `limit` and columns at or past head_dim are not stored.
+template <int ROWS, int D, class Offset>
+CUFLASH_DEVICE void store_staged_rows(u16* dst, i64 row_stride, const unsigned char* smem, Offset offset, int row0,
+                                      int limit, int head_dim, int worker, int workers) {
+    for (int c = worker; c < ROWS * (D / 8); c += workers) {
+        const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+        if (row0 + r < limit && col < head_dim)
+            *reinterpret_cast<uint4*>(dst + (i64)(row0 + r) * row_stride + col) =
+                *reinterpret_cast<const uint4*>(smem + offset(r, col));
+    }
+}
+
+// fp32 pairs of a tile -> global rows (row0, col0: the fragment's origin in
+// dst's rows and columns); rows >= limit and columns >= head_dim skipped
+// (d % 8 == 0: whole n8 tiles). ADD = true adds with reductions at L2
+// (dQ), scaled by `scale`; false stores (GQA dK/dV per query head).
+template <bool ADD, int MT, int NT>
+CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[MT][NT][4], float scale, int row0,
+                                   int col0, int limit, int head_dim, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + mt * 16 + h * 8 + g;
+            if (row >= limit) continue;
+            float* dst_row = dst + (i64)row * row_stride + col0 + 2 * t;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                if (col0 + nt * 8 >= head_dim) continue;
+                const float a = x[mt][nt][2 * h] * scale, b = x[mt][nt][2 * h + 1] * scale;
+                if (ADD) red_add_f32x2(dst_row + nt * 8, a, b);
+                else *reinterpret_cast<float2*>(dst_row + nt * 8) = make_float2(a, b);
+            }
+        }
+}
