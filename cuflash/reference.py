@@ -68,7 +68,9 @@ accuracy rule in :mod:`cuflash.testing`).  Conventions:
   the softcap chain rule); dk, dv (a sum over query rows and over the query
   heads of a GQA group) and dbias are accumulated in float32 and rounded once;
 * the learnable sink, like the ALiBi slopes, stays in the compute dtype
-  (float32) and is not rounded; so do dlse and dsink (float32, not rounded);
+  (float32) and is not rounded; so does dlse. The sink column's dS
+  (-exp(sink - lse) * delta per row) is rounded like every other dS entry and
+  summed over rows in float32 into dsink (float32, not rounded again);
 * **results are returned as float32 arrays whose values are exactly
   representable in the input dtype** (``round_to`` was applied), which keeps
   bf16 out of CuPy arithmetic entirely.  lse is float32 (as flash-attn's).
@@ -589,7 +591,9 @@ def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, windo
             lse_c = f["lse"]
             lse_c = xp.where(lse_c == -xp.inf, 0.0, lse_c).astype(pr.cdt)
             p_sink = xp.exp(pr.sink[h0:h1][:, None] - lse_c)              # (hc, rc)
-            dsink[h0:h1] -= (p_sink * delta[..., 0]).sum(axis=1)
+            # -P_sink * delta is the sink column's dS: rounded like every other
+            # dS entry (lowp), then summed over rows in the compute dtype.
+            dsink[h0:h1] -= pr.rnd(p_sink * delta[..., 0]).sum(axis=1)
         ds = pr.rnd(p * (dp - delta))                                    # d/d(score after bias)
         if dbias4 is not None:
             red = ds

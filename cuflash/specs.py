@@ -376,8 +376,8 @@ class BwdTiles:
 # an A100 (163 KB) cannot run D = 64, 128 and >= 192 with these tiles.
 # bench/tune_bwd.py times the alternatives against SDPA's flash backward.
 BWD_TILES = {
-    32: BwdTiles(128, 128, 8, 4, 4, 4),
-    64: BwdTiles(128, 128, 8, 4, 4, 4),
+    32: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
+    64: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
     96: BwdTiles(64, 128, 8, 4, 4, 4),
     128: BwdTiles(64, 128, 8, 4, 4, 2),
     160: BwdTiles(64, 64, 8, 2, 4, 4),

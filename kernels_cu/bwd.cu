@@ -267,14 +267,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // they are resident or finished), and each of them waits only for
         // still lower ones; the first of the range waits for none.
         int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
-        const int my_turn = DETERMINISTIC ? n_block - vis.key_blocks<BN>(row0, BM).x : 0;
 #pragma unroll
         for (int pass = 0; pass < DQ_PASSES; ++pass) {
             float acc_dq[DQ_MT][DQ_PASS_NT][4];
             zero_acc(acc_dq);
             mma_ss<DQ_MT, DQ_PASS_NT, BN / 16, PITCH_T, true, PITCH, true, K_UNROLL>(acc_dq, dq_a,
                                                                           dq_b + (u32)(pass * DQ_PASS_NT * 8 * 2));
-            if (DETERMINISTIC && pass == 0) turn_wait(turn, my_turn);
+            if (DETERMINISTIC && pass == 0) turn_wait(turn, n_block - vis.key_blocks<BN>(row0, BM).x);
             write_f32_tile<true>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
                                  dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
         }

@@ -28,6 +28,10 @@
 #define CUFLASH_MASK_LOCAL 2
 
 constexpr int UNBOUNDED = 1 << 30;
+// Which sides of the band can bind, known at compile time so that the plain
+// kernels compute no bound they do not have.
+constexpr bool LEFT_BOUNDED = CUFLASH_MASK == CUFLASH_MASK_LOCAL;
+constexpr bool RIGHT_BOUNDED = CUFLASH_MASK != CUFLASH_MASK_NONE;
 
 // Integer division rounding down / up, for numerators of either sign (b > 0).
 CUFLASH_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
@@ -62,8 +66,8 @@ struct Visibility {
     template <int BN>
     CUFLASH_DEVICE int2 key_blocks(int row0, int rows) const {
         const int last_row = min(row0 + rows, seqlen_q) - 1;
-        const int j_min = max(0, row0 + off - left);
-        const int j_max = min(seqlen_k - 1, last_row + off + right);
+        const int j_min = LEFT_BOUNDED ? max(0, row0 + off - left) : 0;
+        const int j_max = RIGHT_BOUNDED ? min(seqlen_k - 1, last_row + off + right) : seqlen_k - 1;
         if (j_max < j_min) return make_int2(0, 0);
         return make_int2(j_min / BN, j_max / BN + 1);
     }
@@ -73,14 +77,16 @@ struct Visibility {
     template <int BM>
     CUFLASH_DEVICE int2 query_blocks(int key0, int keys) const {
         const int last_key = min(key0 + keys, seqlen_k) - 1;
-        const int i_min = max(0, key0 - off - right);
-        const int i_max = min(seqlen_q - 1, last_key - off + left);
+        const int i_min = RIGHT_BOUNDED ? max(0, key0 - off - right) : 0;
+        const int i_max = LEFT_BOUNDED ? min(seqlen_q - 1, last_key - off + left) : seqlen_q - 1;
         if (i_max < i_min) return make_int2(0, 0);
         return make_int2(i_min / BM, i_max / BM + 1);
     }
 
-    // needs_mask for every key block of BN keys at once, for the forward's
-    // loop: key block n of rows [row0, row0 + rows) needs the element mask iff
+    // Which block pairs need the element mask: those where some pair (i, j) is
+    // hidden (the block crosses seqlen_k, or an edge of the band). For the
+    // forward's loop over the key blocks of BN keys for rows [row0, row0 + rows):
+    // key block n needs the element mask iff
     // n <= x (the last row cannot see its first key) or n >= y (it crosses
     // seqlen_k, or the first row cannot see its last key). Two integers live
     // through the loop instead of the rule's five.
@@ -88,16 +94,18 @@ struct Visibility {
     CUFLASH_DEVICE int2 masked_key_blocks(int row0, int rows) const {
         const int first_visible_of_last_row = row0 + rows - 1 + off - left;
         const int first_hidden_of_first_row = row0 + off + right + 1;
-        return make_int2(ceil_div(first_visible_of_last_row, BN) - 1,
-                         min(seqlen_k / BN, floor_div(first_hidden_of_first_row, BN)));
+        return make_int2(LEFT_BOUNDED ? ceil_div(first_visible_of_last_row, BN) - 1 : -1,
+                         RIGHT_BOUNDED ? min(seqlen_k / BN, floor_div(first_hidden_of_first_row, BN)) : seqlen_k / BN);
     }
 
-    // Whether some pair of rows [row0, row0 + rows) x keys [key0, key0 + keys)
-    // is hidden: the block crosses seqlen_k, or the first row cannot see the
-    // last key (right edge), or the last row cannot see the first key (left edge).
+    // The same for the backward's loop over query blocks, evaluated per block
+    // (no state held through the loop, whose registers are the tightest):
+    // rows [row0, row0 + rows) x keys [key0, key0 + keys) need the element
+    // mask iff the keys cross seqlen_k, or the first row cannot see the last
+    // key, or the last row cannot see the first key.
     CUFLASH_DEVICE bool needs_mask(int row0, int rows, int key0, int keys) const {
-        return key0 + keys > seqlen_k || key0 + keys - 1 - row0 - off > right ||
-               key0 - (row0 + rows - 1) - off < -left;
+        return key0 + keys > seqlen_k || (RIGHT_BOUNDED && key0 + keys - 1 - row0 - off > right) ||
+               (LEFT_BOUNDED && key0 - (row0 + rows - 1) - off < -left);
     }
 
     // Hidden scores of a tile (fragment.cuh layout) set to -inf. Queries past
@@ -106,7 +114,14 @@ struct Visibility {
     template <bool KEYS_AS_ROWS, int MT, int NT>
     CUFLASH_DEVICE void apply(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
         for_each_score<KEYS_AS_ROWS>(s, row0, col0, lane, [&](float& x, int i, int j) {
-            if (!visible(i, j)) x = -INFINITY;
+            // The backward tests only the sides of the band that exist (known at
+            // compile time); the forward tests both. The results are equal; the
+            // choice is ptxas's register allocation at 255 registers, measured:
+            // each other combination spills a few bytes in some plain kernel.
+            const int d = j - i - off;
+            const bool hidden = KEYS_AS_ROWS ? j >= seqlen_k || (LEFT_BOUNDED && d < -left) || (RIGHT_BOUNDED && d > right)
+                                             : !visible(i, j);
+            if (hidden) x = -INFINITY;
         });
     }
 };

@@ -1,0 +1,107 @@
+"""The feature kernels (window, softcap, alibi, sink and their combinations)
+compile with NVRTC for sm_80 and sm_90a, no GPU needed.
+
+Like test_compile_specs.py: the specs go through cache.compile_many once per
+module (in parallel processes) into a private cache folder, and each (spec,
+arch) is then one test. To keep the module to minutes, only bf16 at the
+compile-time head dims 64 and 128 is built (fp16 differs only in the element
+type); the prepare/convert helpers have no features and are left out.
+
+Some variant kernels spill a few bytes; that is recorded, not failed, here
+(test_spill_summary lists them), except that a plain or causal kernel (which
+the sink feature sets bring in: the backward drops the sink switch) must not
+spill.
+"""
+from __future__ import annotations
+
+import warnings
+from itertools import combinations
+
+import pytest
+
+from cuflash import support
+from cuflash.compile import cache
+from cuflash.specs import CAUSAL, PLAIN, AttentionSpec, Features
+
+ARCHS = ("sm_80", "sm_90a")
+DTYPE = "bf16"
+HEAD_DIMS = (64, 128)
+WORDS = ("window", "softcap", "alibi", "sink")
+FEATURE_SETS = (
+    [Features.parse(w) for w in WORDS]
+    + [Features.parse(",".join(pair)) for pair in combinations(WORDS, 2)]
+    + [Features.parse("causal,softcap,alibi,sink"), Features.parse("window,softcap,alibi,sink")]
+)
+
+
+def _specs():
+    by_name = {}
+    for spec in support.declared_specs(FEATURE_SETS):
+        if isinstance(spec, AttentionSpec) and spec.dtype == DTYPE and spec.head_dim in HEAD_DIMS:
+            by_name.setdefault(spec.name, spec)
+    return list(by_name.values())
+
+
+SPECS = _specs()
+PAIRS = [(spec, arch) for spec in SPECS for arch in ARCHS if cache.builds_for(spec, arch)]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """(spec name, requested arch) -> Outcome for every feature spec and arch, compiled for real (force)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUFLASH_CACHE_DIR", str(tmp_path_factory.mktemp("cubins")))
+        mp.delenv("CUFLASH_DISABLE_DISK_CACHE", raising=False)
+        results = cache.compile_many(SPECS, ARCHS, force=True)
+        by_key = {(o.spec.name, o.arch): o for o in results}
+    print(f"\ncompiled {len(by_key)} feature kernels ({len(SPECS)} specs x {ARCHS} where they build)")
+    return by_key
+
+
+def test_the_grid_covers_every_feature():
+    assert len({s.name for s in SPECS}) == len(SPECS)
+    features = {s.features for s in SPECS}
+    for f in FEATURE_SETS:
+        assert f in features, f.tag
+    assert {s.head_dim for s in SPECS} == set(HEAD_DIMS)
+    assert {s.dtype for s in SPECS} == {DTYPE}
+    assert {type(s).__name__ for s in SPECS} == {"FwdSpec", "FwdSm90Spec", "BwdSpec", "BwdSm90Spec"}
+    assert not any(s.features.sink for s in SPECS if s.entry.startswith("cuflash_bwd"))
+    assert PAIRS
+
+
+@pytest.mark.parametrize("spec,arch", PAIRS, ids=[f"{s.name}-{a}" for s, a in PAIRS])
+def test_feature_spec_compiles(outcomes, spec, arch):
+    outcome = outcomes[(spec.name, arch)]
+    assert outcome.error is None, outcome.error
+    result = outcome.result
+    assert not result.cached
+    assert result.reported
+    assert 0 < result.registers <= 255
+    assert result.arch == cache.target_arch(spec, cache.parse_arch(arch))
+
+
+def _is_plain_or_causal(spec) -> bool:
+    return spec.features in (PLAIN, CAUSAL)
+
+
+def test_spill_summary(outcomes):
+    """Lists the (spec, arch) pairs that spill (allowed here), and fails if a plain or causal kernel does."""
+    assert len(outcomes) == len(PAIRS), f"compiled {len(outcomes)} of {len(PAIRS)}"
+    spilling = sorted(
+        (o.spec.name, o.arch, o.result.arch, o.result.spill_stores, o.result.spill_loads)
+        for o in outcomes.values()
+        if o.result is not None and o.result.spills
+    )
+    lines = [
+        f"{name} {arch}{'' if built == arch else f' (built as {built})'}: {stores} bytes stored, {loads} loaded"
+        for name, arch, built, stores, loads in spilling
+    ]
+    summary = f"compiled {len(outcomes)} feature kernels; {len(spilling)} spill" + "".join(f"\n  {line}" for line in lines)
+    print("\n" + summary)
+    if spilling:
+        warnings.warn(summary, UserWarning, stacklevel=1)
+    by_name = {s.name: s for s in SPECS}
+    plain = [(name, arch) for name, arch, _, _, _ in spilling if _is_plain_or_causal(by_name[name])]
+    assert any(_is_plain_or_causal(s) for s in SPECS), "the sink sets bring plain backward kernels in"
+    assert not plain, f"plain/causal kernels spill: {plain}"

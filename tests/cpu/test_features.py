@@ -1,0 +1,321 @@
+"""Feature switches, kernel selection and params packing: pure Python, no CUDA."""
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from cuflash import params, support
+from cuflash.specs import (
+    CAUSAL,
+    MASKS,
+    MODIFIERS,
+    PLAIN,
+    AttentionSpec,
+    BwdSm90Spec,
+    BwdSpec,
+    Features,
+    FwdSm90Spec,
+    FwdSpec,
+)
+from cuflash.support import Problem
+
+# ---------------------------------------------------------------- Features.parse
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("causal", Features("causal")),
+        ("window", Features("local")),
+        ("local", Features("local")),
+        ("softcap", Features(softcap=True)),
+        ("alibi", Features(alibi=True)),
+        ("sink", Features(sink=True)),
+    ],
+)
+def test_parse_each_word(text, expected):
+    assert Features.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("window,softcap", Features("local", softcap=True)),
+        ("softcap,window", Features("local", softcap=True)),  # order does not matter
+        (" causal , alibi ,sink", Features("causal", alibi=True, sink=True)),
+        ("window,softcap,alibi,sink", Features("local", True, True, True)),
+        ("softcap,softcap", Features(softcap=True)),  # repeats are harmless
+    ],
+)
+def test_parse_combinations(text, expected):
+    assert Features.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " ", ",", " , ,"])
+def test_parse_empty_is_plain(text):
+    assert Features.parse(text) == PLAIN
+    assert Features.parse(text).mask == "none"
+
+
+def test_parse_unknown_word_names_it():
+    with pytest.raises(ValueError, match=r"unknown feature.*'dropout'") as info:
+        Features.parse("causal,dropout")
+    assert "softcap" in str(info.value)  # and lists what is known
+
+
+def test_parse_causal_and_window_is_refused():
+    for text in ("causal,window", "window,causal", "causal,local"):
+        with pytest.raises(ValueError, match="causal and window"):
+            Features.parse(text)
+
+
+def test_unknown_mask_is_refused():
+    with pytest.raises(ValueError, match="mask must be one of"):
+        Features("sliding")
+
+
+# ---------------------------------------------------------------- tags, backward, defines
+
+
+@pytest.mark.parametrize(
+    "features, tag",
+    [
+        (PLAIN, "full"),
+        (CAUSAL, "causal"),
+        (Features("local"), "local"),
+        (Features(softcap=True), "full_softcap"),
+        (Features("causal", alibi=True), "causal_alibi"),
+        (Features("local", softcap=True, alibi=True, sink=True), "local_softcap_alibi_sink"),
+        (Features.parse("sink,alibi,window,softcap"), "local_softcap_alibi_sink"),  # fixed modifier order
+    ],
+)
+def test_tag(features, tag):
+    assert features.tag == tag
+
+
+def test_tags_are_distinct_for_every_feature_set():
+    every = [Features(mask, *flags) for mask in MASKS for flags in _flag_combinations()]
+    assert len(every) == len(MASKS) * 2 ** len(MODIFIERS)
+    assert len({f.tag for f in every}) == len(every)
+
+
+def _flag_combinations():
+    return [tuple(bool(i >> b & 1) for b in range(len(MODIFIERS))) for i in range(2 ** len(MODIFIERS))]
+
+
+def test_causal_property():
+    assert CAUSAL.causal and not PLAIN.causal and not Features("local").causal
+
+
+def test_for_backward_drops_only_the_sink():
+    f = Features("local", softcap=True, alibi=True, sink=True)
+    b = f.for_backward()
+    assert b == Features("local", softcap=True, alibi=True, sink=False)
+    assert f.sink  # frozen: the original is unchanged
+    assert Features(sink=True).for_backward() == PLAIN
+    assert CAUSAL.for_backward() == CAUSAL
+
+
+@pytest.mark.parametrize(
+    "features, defines",
+    [
+        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0)),
+        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0)),
+        (Features.parse("window,softcap"), dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0)),
+        (Features.parse("alibi,sink"), dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1)),
+    ],
+)
+def test_defines(features, defines):
+    assert features.defines() == defines
+
+
+def test_spec_defines_carry_the_features():
+    f = Features.parse("window,alibi")
+    d = FwdSpec.for_problem("bf16", 128, f).defines()
+    assert d["CUFLASH_MASK"] == MASKS["local"] and d["CUFLASH_ALIBI"] == 1 and d["CUFLASH_SOFTCAP"] == 0
+    assert d["CUFLASH_HEAD_DIM"] == 128 and d["CUFLASH_DTYPE"] == 1
+
+
+def test_backward_specs_refuse_the_sink_switch():
+    with pytest.raises(ValueError, match="sink"):
+        BwdSm90Spec("bf16", 128, Features(sink=True), False)
+    spec = BwdSpec.for_problem("bf16", 128, Features(sink=True))
+    assert not spec.features.sink
+
+
+# ---------------------------------------------------------------- declared specs and names
+
+WORDS = ("window", "softcap", "alibi", "sink")
+FEATURE_SETS = {
+    "default": support.DEFAULT_FEATURE_SETS,
+    "singles": tuple(Features.parse(w) for w in WORDS),
+    "pairs": tuple(Features.parse(",".join(p)) for p in combinations(WORDS, 2)),
+    "everything": (PLAIN, CAUSAL, Features.parse("causal,softcap,alibi,sink"), Features.parse("window,softcap,alibi,sink")),
+}
+
+
+@pytest.mark.parametrize("key", sorted(FEATURE_SETS))
+def test_declared_spec_names_are_unique(key):
+    specs = support.declared_specs(FEATURE_SETS[key])
+    names = [s.name for s in specs]
+    assert names and len(names) == len(set(names))
+
+
+def test_names_differ_by_features():
+    a = FwdSpec.for_problem("bf16", 64, PLAIN).name
+    b = FwdSpec.for_problem("bf16", 64, Features(softcap=True)).name
+    c = FwdSpec.for_problem("bf16", 64, Features(alibi=True)).name
+    assert len({a, b, c}) == 3
+
+
+def test_plain_names_have_no_modifier_suffix():
+    specs = support.declared_specs()
+    attention = [s for s in specs if isinstance(s, AttentionSpec)]
+    assert attention
+    for spec in attention:
+        assert not any(f"_{m}" in spec.name for m in MODIFIERS), spec.name
+        assert "_local" not in spec.name, spec.name
+        assert f"_{spec.features.tag}" in spec.name and spec.features.tag in ("full", "causal")
+
+
+def test_default_declared_specs():
+    specs = support.declared_specs()
+    assert len(specs) == 160
+    features = {s.features for s in specs if isinstance(s, AttentionSpec)}
+    assert features == {PLAIN, CAUSAL}
+    assert support.declared_specs((PLAIN, CAUSAL)) == specs
+
+
+def test_feature_specs_of_the_backward_ignore_the_sink():
+    specs = support.declared_specs((Features(sink=True),))
+    fwd = [s for s in specs if isinstance(s, (FwdSpec, FwdSm90Spec))]
+    bwd = [s for s in specs if isinstance(s, (BwdSpec, BwdSm90Spec))]
+    assert fwd and all(s.features.sink for s in fwd)
+    assert bwd and all(s.features == PLAIN for s in bwd)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def test_select_hopper_forward_on_sm90():
+    spec = support.select(Problem("fwd", "bf16", 128, compute_capability=(9, 0)))
+    assert isinstance(spec, FwdSm90Spec)
+    assert spec.head_dim == 128 and spec.dtype == "bf16"
+
+
+@pytest.mark.parametrize("cc, sm90", [((8, 0), True), ((8, 6), True), ((9, 0), False)])
+def test_select_portable_forward(cc, sm90):
+    spec = support.select(Problem("fwd", "fp16", 100, compute_capability=cc, sm90=sm90))
+    assert type(spec) is FwdSpec
+    assert spec.head_dim == 128  # 100 padded to the bucket
+
+
+def test_select_keeps_the_features():
+    f = Features.parse("window,softcap,sink")
+    fwd = support.select(Problem("fwd", "bf16", 64, f, compute_capability=(9, 0)))
+    assert isinstance(fwd, FwdSm90Spec) and fwd.features == f
+    bwd = support.select(Problem("bwd", "bf16", 64, f.for_backward(), compute_capability=(9, 0)))
+    assert isinstance(bwd, BwdSm90Spec) and bwd.features == Features.parse("window,softcap")
+    assert support.bwd_spec("bf16", 64, f, False, (9, 0)).features == Features.parse("window,softcap")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_select_hopper_backward_where_it_has_the_head_dim(head_dim):
+    spec = support.select(Problem("bwd", "bf16", head_dim, compute_capability=(9, 0)))
+    assert isinstance(spec, BwdSm90Spec)
+
+
+@pytest.mark.parametrize("head_dim", [32, 80, 96, 160, 192, 224])
+def test_select_portable_backward_for_head_dims_hopper_lacks(head_dim):
+    problem = Problem("bwd", "bf16", head_dim, compute_capability=(9, 0))
+    spec = support.select(problem)
+    assert type(spec) is BwdSpec
+    hopper = next(f for f in support.FAMILIES if f.name == "bwd_sm90")
+    assert any("head dims" in r for r in support.family_reasons(hopper, problem))
+
+
+def test_select_portable_backward_on_sm80():
+    spec = support.select(Problem("bwd", "fp16", 128, compute_capability=(8, 0), deterministic=True))
+    assert type(spec) is BwdSpec and spec.deterministic
+
+
+def test_family_reasons():
+    hopper_fwd = next(f for f in support.FAMILIES if f.name == "fwd_sm90")
+    on_a100 = Problem("fwd", "bf16", 64, compute_capability=(8, 0))
+    assert any("compute capability" in r for r in support.family_reasons(hopper_fwd, on_a100))
+    disabled = Problem("fwd", "bf16", 64, compute_capability=(9, 0), sm90=False)
+    assert any("disabled" in r for r in support.family_reasons(hopper_fwd, disabled))
+    assert support.family_reasons(hopper_fwd, Problem("fwd", "bf16", 64)) == []
+    assert any("fwd kernel" in r for r in support.family_reasons(hopper_fwd, Problem("bwd", "bf16", 64)))
+
+
+def test_select_refuses_an_unsupported_dtype_with_reasons():
+    problem = Problem("fwd", "fp32", 64, compute_capability=(9, 0))
+    reasons = support.not_supported_reasons(problem)
+    assert reasons and all("fp32" in r for r in reasons)
+    assert len(reasons) == len([f for f in support.FAMILIES if f.direction == "fwd"])
+    with pytest.raises(ValueError, match=r"no cuflash kernel.*dtype fp32 is not one of"):
+        support.select(problem)
+
+
+def test_select_refuses_a_too_large_head_dim():
+    with pytest.raises(ValueError, match="head dims"):
+        support.select(Problem("bwd", "bf16", 288, compute_capability=(9, 0)))
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        Problem("fwd", "bf16", 128),
+        Problem("fwd", "fp16", 8, Features.parse("window,softcap,alibi,sink"), compute_capability=(8, 0)),
+        Problem("bwd", "bf16", 96, CAUSAL, deterministic=True),
+        Problem("bwd", "fp16", 256, Features.parse("alibi"), compute_capability=(8, 6)),
+    ],
+)
+def test_supported_problem_has_no_reasons(problem):
+    assert support.not_supported_reasons(problem) == []
+    assert support.select(problem) is not None
+
+
+# ---------------------------------------------------------------- params
+
+
+def test_pack_named_sets_named_fields_and_zeroes_the_rest():
+    value = params.pack_named(params.FWD_PARAMS, {"q": 1234, "seqlen_q": 77, "scale": 0.5, "window_left": -1})
+    assert value["q"] == 1234
+    assert value["seqlen_q"] == 77
+    assert value["scale"] == np.float32(0.5)
+    assert value["window_left"] == -1
+    named = {"q", "seqlen_q", "scale", "window_left"}
+    for name in params.FWD_PARAMS.names:
+        if name not in named:
+            assert value[name] == 0, name
+    assert value.dtype == params.FWD_PARAMS
+
+
+def test_pack_named_refuses_an_unknown_field():
+    with pytest.raises(KeyError, match="seqlenq"):
+        params.pack_named(params.FWD_PARAMS, {"q": 1, "seqlenq": 3})
+    with pytest.raises(KeyError, match="dout"):
+        params.pack_named(params.FWD_PARAMS, {"dout": 1})  # a BwdParams field
+
+
+def test_pack_named_matches_pack():
+    names = params.BWD_PARAMS.names
+    values = {name: i + 1 for i, name in enumerate(names)}
+    assert params.pack_named(params.BWD_PARAMS, values).tobytes() == params.pack(
+        params.BWD_PARAMS, tuple(values[n] for n in names)
+    ).tobytes()
+
+
+@pytest.mark.parametrize("struct", ["FwdParams", "BwdParams"])
+def test_attention_params_start_with_the_shared_head(struct):
+    dtype = params.STRUCTS[struct]
+    head = [name for name, _ in params.ATTENTION_FIELDS]
+    assert list(dtype.names[: len(head)]) == head
+    for name, kind in params.ATTENTION_FIELDS:
+        assert dtype.fields[name][0] == np.dtype(kind), name
+    fwd, bwd = params.FWD_PARAMS, params.BWD_PARAMS
+    assert all(fwd.fields[n][1] == bwd.fields[n][1] for n in head)  # same offsets in both structs
