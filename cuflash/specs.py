@@ -133,10 +133,6 @@ class AttentionSpec(KernelSpec):
     def __post_init__(self):
         _check_dtype_and_head_dim(self.dtype, self.head_dim)
 
-    @property
-    def causal(self) -> bool:
-        return self.features.causal
-
     def defines(self) -> dict[str, int]:
         return {**super().defines(), "CUFLASH_HEAD_DIM": self.head_dim, **self.features.defines()}
 

@@ -5,13 +5,15 @@ so a capability is added in one place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 from .specs import (
     BWD_SM90_HEAD_DIMS,
     BWD_TILES,
     CAUSAL,
     DTYPES,
+    FWD_SM90_LONG_SEQLEN_Q,
     FWD_SM90_LONG_TILES,
     FWD_SM90_TILES,
     FWD_TILES,
@@ -58,7 +60,6 @@ class Family:
     masks: tuple = tuple(MASKS)
     modifiers: tuple = MODIFIERS
     deterministic: bool = False  # has a bitwise reproducible mode
-    notes: dict = field(default_factory=dict)
 
 
 #: The capability table (DESIGN 4b): validation, kernel selection, `cuflash
@@ -117,10 +118,12 @@ def not_supported_reasons(problem: Problem) -> list[str]:
     return [r for rs in per_family for r in rs]
 
 
+@functools.lru_cache(maxsize=None)
 def select(problem: Problem):
     """The spec of the best family that runs `problem`: the Hopper kernels on
     compute capability 9.0 where they have the head dim and features, else the
-    portable ones. ValueError (with every reason) when none can."""
+    portable ones. ValueError (with every reason) when none can. Memoised: a
+    call pays for the selection once per distinct problem (DESIGN 4c)."""
     for family in FAMILIES:
         if family.direction == problem.direction and not family_reasons(family, problem):
             return _spec_for(family, problem)
@@ -144,7 +147,10 @@ def supported_head_dims() -> list[int]:
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compute_capability, sm90: bool = True):
-    """The forward kernel for a problem on a GPU (select() for direction "fwd")."""
+    """The forward kernel for a problem on a GPU (select() for direction "fwd").
+    seqlen_q matters only up to FWD_SM90_LONG_SEQLEN_Q (the tile choice), so it is
+    clamped there: select()'s memo then holds one entry per tile choice, not per length."""
+    seqlen_q = min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q)
     return select(Problem("fwd", dtype, head_dim, features, tuple(compute_capability), seqlen_q, sm90=sm90))
 
 

@@ -111,12 +111,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
     const int kv_col0 = SPLIT_D ? wg * KV_COLS : 0;                    // first dK/dV column of this warpgroup
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
-    const Visibility vis(p, si.seqlen_q, si.seqlen_k);
-    const ScoreMod mod(p, si.b, si.h, si.seqlen_q, si.seqlen_k);
+    const Visibility vis(p, si);
+    const ScoreMod mod(p, si);
 
-    const u16* q = si.query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
-    const u16* k = si.key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
-    const u16* v = si.key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    const u16 *q, *k, *v;
+    si.qkv_rows(p, q, k, v);
     const u16* dout = si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride, p.do_head_stride);
     const float* lse2 = p.lse_log2 + si.row_stat(p.nheads, p.seqlen_q_rounded);
     const float* delta = p.delta + si.row_stat(p.nheads, p.seqlen_q_rounded);

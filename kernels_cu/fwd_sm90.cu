@@ -76,14 +76,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     const int m_block = gridDim.x - 1 - blockIdx.x;
     const int row0 = m_block * BM;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
-    const Visibility vis(p, si.seqlen_q, si.seqlen_k);
-    const ScoreMod mod(p, si.b, si.h, si.seqlen_q, si.seqlen_k);
+    const Visibility vis(p, si);
+    const ScoreMod mod(p, si);
 
-    const u16* q = si.query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
-    const u16* k = si.key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
-    const u16* v = si.key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    const u16 *q, *k, *v;
+    si.qkv_rows(p, q, k, v);
     u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_head_stride);
     float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.row_stat(p.nheads, p.seqlen_q);
+    // The sink's logit: the lse of a row that sees no key (-inf without a sink).
+    // Read where it is used, so no register holds it through the main loop.
+    auto sink = [&]() { return SINK ? p.sink[si.h] : -INFINITY; };
 
     // Key blocks [first, last] hold every key some row of this block may see.
     const int2 key_blocks = vis.key_blocks<BN>(row0, BM);
@@ -92,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
 
     if (first > last) {
         // No row of this block sees any key: output 0 and lse = -inf (or the sink).
-        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, SINK ? p.sink[si.h] : -INFINITY, row0,
+        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, sink(), row0,
                                          si.seqlen_q, p.head_dim, tid);
         return;
     }
@@ -224,7 +226,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
 
     // 3. Epilogue.
     float inv_l[1][2], lse[1][2];
-    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, SINK ? p.sink[si.h] * 1.4426950408889634f : 0.f);
+    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink());
 
     // This warpgroup's 64 rows of sQ were read only by its own wgmmas, all
     // complete (waited above) in every warp once all 128 threads pass here.

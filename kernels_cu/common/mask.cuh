@@ -22,6 +22,7 @@
 #pragma once
 #include "platform.cuh"
 #include "fragment.cuh"
+#include "seqinfo.cuh"
 
 #define CUFLASH_MASK_NONE 0
 #define CUFLASH_MASK_CAUSAL 1
@@ -43,8 +44,8 @@ struct Visibility {
     int left, right;  // window sizes, UNBOUNDED where there is no limit
 
     template <class Params>
-    CUFLASH_DEVICE Visibility(const Params& p, int seqlen_q_, int seqlen_k_)
-        : seqlen_q(seqlen_q_), seqlen_k(seqlen_k_), off(seqlen_k_ - seqlen_q_) {
+    CUFLASH_DEVICE Visibility(const Params& p, const SeqInfo& si)
+        : seqlen_q(si.seqlen_q), seqlen_k(si.seqlen_k), off(si.seqlen_k - si.seqlen_q) {
 #if CUFLASH_MASK == CUFLASH_MASK_LOCAL
         left = p.window_left;
         right = p.window_right;

@@ -18,6 +18,7 @@
 #pragma once
 #include "platform.cuh"
 #include "fragment.cuh"
+#include "seqinfo.cuh"
 
 constexpr bool SOFTCAP = CUFLASH_SOFTCAP;
 constexpr bool ALIBI = CUFLASH_ALIBI;
@@ -36,9 +37,9 @@ struct ScoreMod {
     int off;                // seqlen_k - seqlen_q
 
     template <class Params>
-    CUFLASH_DEVICE ScoreMod(const Params& p, int b, int h, int seqlen_q, int seqlen_k)
-        : cap_in(p.softcap_in), cap_out(p.softcap_out), slope(0.f), off(seqlen_k - seqlen_q) {
-        if (ALIBI) slope = p.alibi_slopes[b * p.alibi_batch_stride + h] / p.scale;
+    CUFLASH_DEVICE ScoreMod(const Params& p, const SeqInfo& si)
+        : cap_in(p.softcap_in), cap_out(p.softcap_out), slope(0.f), off(si.seqlen_k - si.seqlen_q) {
+        if (ALIBI) slope = p.alibi_slopes[si.b * p.alibi_batch_stride + si.h] / p.scale;
     }
 
     CUFLASH_DEVICE float alibi(int i, int j) const { return slope * (float)abs(i + off - j); }

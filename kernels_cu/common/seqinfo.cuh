@@ -25,6 +25,13 @@ struct SeqInfo {
     CUFLASH_DEVICE T* key_rows(T* base, i64 batch_stride, i64 head_stride) const {
         return base + b * batch_stride + h_kv * head_stride;
     }
+    // Row 0 of q (head h) and of k, v (head h_kv): the inputs every main kernel reads.
+    template <class Params>
+    CUFLASH_DEVICE void qkv_rows(const Params& p, const u16*& q, const u16*& k, const u16*& v) const {
+        q = query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
+        k = key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
+        v = key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+    }
     // Index of query row 0 in a (batch, nheads, rows) per-row array (lse and
     // the backward's padded lse_log2 / delta).
     CUFLASH_DEVICE i64 row_stat(int nheads, int rows) const { return ((i64)b * nheads + h) * rows; }

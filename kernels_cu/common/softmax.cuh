@@ -74,15 +74,16 @@ struct OnlineSoftmax {
     // Row sums across the quad; inv_l = 1/l and lse = ln(sum_j exp(s_j*scale)).
     // A row that saw no visible key has l = 0: inv_l = 0 makes its output 0
     // (not NaN) and its lse is -inf, as the API promises.
-    // With a learnable sink (SINK; sink2 = its logit * log2(e)) the sink joins
+    // With a learnable sink (SINK; sink = its logit, natural log) the sink joins
     // each denominator but has no value (DESIGN 3):
     //   lse = ln(exp(sink) + sum_j exp(s_j*scale)), out = sum_j exp(s_j*scale - lse) v_j.
     // The sum is taken at offset M = max(m*c, sink2), so neither a large sink
     // nor large scores overflow; O was accumulated at offset m*c, hence
     // inv_l = exp2(m*c - M) / total. A row that saw no key gets out 0, lse = sink.
     template <bool SINK = false>
-    CUFLASH_DEVICE void finalize(float c, float (&inv_l)[MT][2], float (&lse)[MT][2], float sink2 = 0.f) {
+    CUFLASH_DEVICE void finalize(float c, float (&inv_l)[MT][2], float (&lse)[MT][2], float sink = 0.f) {
         const float ln2 = 0.69314718055994531f;
+        const float sink2 = sink * 1.4426950408889634f;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

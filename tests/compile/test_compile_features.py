@@ -47,13 +47,9 @@ PAIRS = [(spec, arch) for spec in SPECS for arch in ARCHS if cache.builds_for(sp
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(compile_all):
     """(spec name, requested arch) -> Outcome for every feature spec and arch, compiled for real (force)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CUFLASH_CACHE_DIR", str(tmp_path_factory.mktemp("cubins")))
-        mp.delenv("CUFLASH_DISABLE_DISK_CACHE", raising=False)
-        results = cache.compile_many(SPECS, ARCHS, force=True)
-        by_key = {(o.spec.name, o.arch): o for o in results}
+    by_key = compile_all(SPECS, ARCHS)
     print(f"\ncompiled {len(by_key)} feature kernels ({len(SPECS)} specs x {ARCHS} where they build)")
     return by_key
 

@@ -18,13 +18,9 @@ ARCHS = ("sm_80", "sm_90a")
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(compile_all):
     """(spec name, requested arch) -> Outcome for every declared spec and arch, compiled for real (force)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CUFLASH_CACHE_DIR", str(tmp_path_factory.mktemp("cubins")))
-        mp.delenv("CUFLASH_DISABLE_DISK_CACHE", raising=False)
-        results = cache.compile_many(SPECS, ARCHS, force=True)
-        return {(o.spec.name, o.arch): o for o in results}
+    return compile_all(SPECS, ARCHS)
 
 
 PAIRS = [(spec, arch) for spec in SPECS for arch in ARCHS if cache.builds_for(spec, arch)]
