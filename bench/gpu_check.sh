@@ -2,7 +2,7 @@
 # GPU check in one call (DESIGN §7): the GPU tests, compute-sanitizer on a
 # small case, and a benchmark, with logs, JUnit XML and JSON under OUTDIR.
 #
-#   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--no-sanitizer]
+#   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--no-sanitizer] [--overhead]
 #
 # Runs from the repo root with PYTHONPATH=. (nothing is installed). pytest is
 # not stopped at the first failure, so one failure hides nothing. The last
@@ -13,11 +13,13 @@ shift
 tests_args="tests/gpu"
 bench_args="--quick"
 sanitize=1
+overhead=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests) tests_args=$2; shift 2 ;;
     --bench) bench_args=$2; shift 2 ;;
     --no-sanitizer) sanitize=0; shift ;;
+    --overhead) overhead=1; shift ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +53,11 @@ if [ -n "$bench_args" ]; then
   # shellcheck disable=SC2086
   python3 -m cuflash bench $bench_args --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
   bench_rc=${PIPESTATUS[0]}
+fi
+
+if [ "$overhead" = 1 ]; then
+  # Host time per call at decode size (bench/overhead.py): CuPy, torch adapter, SDPA, JAX.
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python3 bench/overhead.py --json "$out/overhead.json" 2>&1 | tee "$out/overhead.log"
 fi
 
 echo "== summary"

@@ -102,7 +102,8 @@ def main():
                 continue
 
             def run():
-                api._launch_bwd(dout, q, k, v, out, lse, *grads, api.Options(scale), spec)
+                launch.backward(spec, *map(api.cupy_ref, (dout, q, k, v, out, lse, *grads)), api.Options(scale).fields,
+                                None, api._cupy_alloc, cp.cuda.get_current_stream().ptr)
 
             try:
                 run()

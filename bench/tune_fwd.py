@@ -117,13 +117,15 @@ def main():
             if launch.fwd_smem_bytes(spec) > 227 * 1024:
                 continue
             try:
-                api._launch_fwd(q, k, v, out, None, api.Options(scale), spec)
+                launch.forward(spec, *map(api.cupy_ref, (q, k, v, out)), None, api.Options(scale).fields,
+                               cp.cuda.get_current_stream().ptr)
                 cp.cuda.Device().synchronize()
             except Exception as e:  # a candidate that does not compile or launch is reported, not fatal
                 print(f"{d:>4} {s:>6} {causal!s:>6} {tiles_label(tiles):>14} failed: {e}")
                 continue
             err = (torch.from_dlpack(out).transpose(1, 2).float() - ref.float()).abs().max().item()
-            ms = median_ms(lambda: api._launch_fwd(q, k, v, out, None, api.Options(scale), spec))
+            ms = median_ms(lambda: launch.forward(spec, *map(api.cupy_ref, (q, k, v, out)), None, api.Options(scale).fields,
+                                                  cp.cuda.get_current_stream().ptr))
             mark = " *" if current[D] == tiles else ""
             t = tiles_label(tiles)
             print(

@@ -1,10 +1,17 @@
-"""Public entry points on CuPy arrays: validate, allocate, dispatch, launch.
+"""Public entry points on CuPy arrays, and the validation every front end shares.
 
-Every check runs before any kernel is launched and raises an error that names
-the offending argument. Kernels run on the current CuPy stream of q's device.
+The path of a call goes down the layers once (DESIGN 4c): a front end (this
+module's CuPy functions, cuflash.torch, cuflash.jax) turns its arrays into
+``Ref``s (pointer, shape, strides, dtype, device); ``validate_qkv``,
+``check_like``, ``check_lse`` and ``options`` check them, each error naming the
+offending argument, before any kernel is launched; ``run_forward`` /
+``run_backward`` pick the spec (memoised) and hand it to launch.py, which
+launches on the stream the front end names. CuPy calls run on the current CuPy
+stream of q's device.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -12,12 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import launch, params, support
-from .specs import PLAIN, BwdConvertSpec, BwdPrepareSpec, Features
+from . import launch, support
+from .compile import env
+from .launch import Ref
+from .specs import PLAIN, Features
 
 LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
 UNBOUNDED = 1 << 30
+#: Kernel dtype name of each supported input dtype (NumPy names, as in Ref.dtype).
+KERNEL_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int32": 4}
 
 
 def _cupy():
@@ -26,22 +38,18 @@ def _cupy():
     return cupy
 
 
-@functools.lru_cache(maxsize=None)
-def _dtype_names() -> dict:
-    import ml_dtypes
-
-    return {np.dtype(np.float16): "fp16", np.dtype(ml_dtypes.bfloat16): "bf16"}
-
-
 def dtype_name(dtype) -> str | None:
     """'fp16' / 'bf16' for a supported array dtype, else None."""
-    return _dtype_names().get(np.dtype(dtype))
+    return KERNEL_DTYPES.get(np.dtype(dtype).name)
+
+
+# ---------------------------------------------------------------- CuPy arrays as Refs
 
 
 def _as_gpu_array(x, name: str):
     """A CuPy array for x; objects with __dlpack__ (torch, JAX) are wrapped without a copy."""
     cp = _cupy()
-    if isinstance(x, cp.ndarray):
+    if type(x) is cp.ndarray or isinstance(x, cp.ndarray):
         return x
     if isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a NumPy array on the host; cuflash needs GPU arrays: pass cupy.asarray({name})")
@@ -53,33 +61,84 @@ def _as_gpu_array(x, name: str):
     raise TypeError(f"{name} must be a CuPy array (or a GPU tensor with __dlpack__), got {type(x).__name__}")
 
 
+#: NumPy dtype -> its name; numpy's dtype.name property costs ~10 µs per call, a dict lookup ~50 ns.
+_NUMPY_NAMES: dict = {}
+
+
+def _numpy_name(dtype) -> str:
+    name = _NUMPY_NAMES.get(dtype)
+    if name is None:
+        name = _NUMPY_NAMES[dtype] = dtype.name
+    return name
+
+
+def cupy_ref(x) -> Ref:
+    """The Ref of a CuPy array (strides in elements)."""
+    mem = x.data
+    return Ref(mem.ptr, x.shape, tuple(map(x.itemsize.__rfloordiv__, x.strides)), _numpy_name(x.dtype),
+               mem.device_id)
+
+
+def _cupy_alloc(shape, dtype):
+    a = _cupy().empty(shape, dtype=dtype)
+    return a, cupy_ref(a)
+
+
+_NO_SCOPE = contextlib.nullcontext()
+
+
+def _device_scope(device: int):
+    """Make `device` current for the call (a no-op when it already is)."""
+    cp = _cupy()
+    if cp.cuda.runtime.getDevice() == device:
+        return _NO_SCOPE
+    return cp.cuda.Device(device)
+
+
+# ---------------------------------------------------------------- validation on Refs
+
+
 @functools.lru_cache(maxsize=None)
 def _check_device(device_id: int) -> None:
-    cp = _cupy()
-    cc = cp.cuda.Device(device_id).compute_capability  # e.g. "90"
-    major, minor = int(cc[:-1]), int(cc[-1])
-    if (major, minor) < support.MIN_COMPUTE_CAPABILITY:
+    cc = _compute_capability(device_id)
+    if cc < support.MIN_COMPUTE_CAPABILITY:
         need = "%d.%d" % support.MIN_COMPUTE_CAPABILITY
         raise RuntimeError(
-            f"GPU {device_id} has compute capability {major}.{minor}; cuflash needs {need} or newer (Ampere, Hopper, ...)"
+            f"GPU {device_id} has compute capability {cc[0]}.{cc[1]}; cuflash needs {need} or newer (Ampere, Hopper, ...)"
         )
 
 
-def _check_layout(x, name: str) -> None:
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device_id: int) -> tuple[int, int]:
+    from .compile import cache
+
+    return cache.device_compute_capability(device_id)
+
+
+def _check_layout(x: Ref, name: str) -> None:
     """Last dim contiguous; 16-byte aligned rows, as the kernels' 16-byte copies need."""
-    item = x.itemsize
-    if x.size == 0:  # nothing is read or written; CuPy reports stride 0 for empty arrays
+    strides = x.strides
+    if strides[-1] == 1 and not x.ptr & 15:
+        for st in strides[:-1]:
+            if st & 7:
+                break
+        else:
+            return
+    if 0 in x.shape:  # nothing is read or written (CuPy reports stride 0 for empty arrays)
         return
-    if x.strides[-1] != item:
-        raise ValueError(f"{name} must be contiguous in its last dimension (stride {x.strides[-1] // item}, need 1)")
-    if any(s % (8 * item) for s in x.strides[:-1]) or x.data.ptr % 16:
+    if strides[-1] != 1:
         raise ValueError(
-            f"{name} must start on a 16-byte boundary with strides that are multiples of 8 elements "
-            f"(strides {tuple(s // item for s in x.strides)}); pass cupy.ascontiguousarray({name})"
+            f"{name} must be contiguous in its last dimension (stride {strides[-1]}, need 1): "
+            f"pass a contiguous copy ({name}.contiguous() in torch, cupy.ascontiguousarray({name}))"
         )
+    raise ValueError(
+        f"{name} must start on a 16-byte boundary with strides that are multiples of 8 elements "
+        f"(strides {tuple(strides)}); pass a contiguous copy ({name}.contiguous() in torch, "
+        f"cupy.ascontiguousarray({name}))"
+    )
 
 
-def _check_not_implemented(**options) -> None:
+def check_not_implemented(**options) -> None:
     for key, default in support.NOT_YET_IMPLEMENTED.items():
         value = options[key]
         if value is None and default is None:
@@ -98,25 +157,27 @@ def _softmax_scale(softmax_scale, head_dim: int) -> float:
     return s
 
 
-def _validate_qkv(q, k, v):
-    q, k, v = (_as_gpu_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-    for x, n in ((q, "q"), (k, "k"), (v, "v")):
-        if x.ndim != 4:
-            raise ValueError(f"{n} must have 4 dims (batch, seqlen, nheads, headdim), got shape {x.shape}")
-    name = dtype_name(q.dtype)
+def validate_qkv(q: Ref, k: Ref, v: Ref) -> str:
+    """Check q, k, v (shapes, dtypes, devices, layout, GPU); returns the kernel dtype name."""
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
+        for x, n in ((qs, "q"), (ks, "k"), (vs, "v")):
+            if len(x) != 4:
+                raise ValueError(f"{n} must have 4 dims (batch, seqlen, nheads, headdim), got shape {tuple(x)}")
+    name = KERNEL_DTYPES.get(q.dtype)
     if name is None:
         raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16")
-    for x, n in ((k, "k"), (v, "v")):
-        if x.dtype != q.dtype:
-            raise TypeError(f"{n} has dtype {x.dtype} but q has {q.dtype}; q, k and v must share one dtype")
-    batch, seqlen_q, nheads, head_dim = q.shape
-    _, seqlen_k, nheads_kv, _ = k.shape
-    if k.shape[0] != batch or v.shape[0] != batch:
-        raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape}")
-    if k.shape[3] != head_dim or v.shape[3] != head_dim:
-        raise ValueError(f"head dims differ: q {q.shape}, k {k.shape}, v {v.shape}")
-    if v.shape != k.shape:
-        raise ValueError(f"v must have the shape of k: k {k.shape}, v {v.shape}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        n, x = ("k", k) if k.dtype != q.dtype else ("v", v)
+        raise TypeError(f"{n} has dtype {x.dtype} but q has {q.dtype}; q, k and v must share one dtype")
+    batch, seqlen_q, nheads, head_dim = qs
+    nheads_kv = ks[2]
+    if ks[0] != batch or vs[0] != batch:
+        raise ValueError(f"batch sizes differ: q {tuple(qs)}, k {tuple(ks)}, v {tuple(vs)}")
+    if ks[3] != head_dim or vs[3] != head_dim:
+        raise ValueError(f"head dims differ: q {tuple(qs)}, k {tuple(ks)}, v {tuple(vs)}")
+    if vs != ks:
+        raise ValueError(f"v must have the shape of k: k {tuple(ks)}, v {tuple(vs)}")
     if nheads_kv == 0 or nheads % nheads_kv:
         raise ValueError(f"nheads of q ({nheads}) must be a multiple of nheads of k/v ({nheads_kv})")
     if head_dim % support.HEAD_DIM_MULTIPLE or not 0 < head_dim <= support.HEAD_DIM_MAX:
@@ -126,50 +187,40 @@ def _validate_qkv(q, k, v):
         )
     if batch > launch.MAX_GRID_YZ or nheads > launch.MAX_GRID_YZ:
         raise ValueError(f"batch and nheads must be at most {launch.MAX_GRID_YZ}, got {batch} and {nheads}")
-    for x, n in ((k, "k"), (v, "v")):
-        if x.device.id != q.device.id:
-            raise ValueError(f"{n} is on GPU {x.device.id} but q is on GPU {q.device.id}")
-    for x, n in ((q, "q"), (k, "k"), (v, "v")):
-        _check_layout(x, n)
-    _check_device(q.device.id)
-    return q, k, v, name
+    if k.device != q.device or v.device != q.device:
+        n, x = ("k", k) if k.device != q.device else ("v", v)
+        raise ValueError(f"{n} is on GPU {x.device} but q is on GPU {q.device}")
+    _check_layout(q, "q")
+    _check_layout(k, "k")
+    _check_layout(v, "v")
+    _check_device(q.device)
+    return name
 
 
-def _check_like(x, like, name: str, like_name: str):
-    """x as a GPU array with like's shape and dtype, on like's device, last dim contiguous, 16-byte rows."""
-    x = _as_gpu_array(x, name)
-    if x.shape != like.shape or x.dtype != like.dtype:
+def check_like(x: Ref, like: Ref, name: str, like_name: str) -> Ref:
+    """x has like's shape and dtype, is on like's device, last dim contiguous, 16-byte rows."""
+    if tuple(x.shape) != tuple(like.shape) or x.dtype != like.dtype:
         raise ValueError(
-            f"{name} must have {like_name}'s shape {like.shape} and dtype {like.dtype}, got {x.shape} {x.dtype}"
+            f"{name} must have {like_name}'s shape {tuple(like.shape)} and dtype {like.dtype}, "
+            f"got {tuple(x.shape)} {x.dtype}"
         )
-    if x.device.id != like.device.id:
-        raise ValueError(f"{name} is on GPU {x.device.id} but {like_name} is on GPU {like.device.id}")
+    if x.device != like.device:
+        raise ValueError(f"{name} is on GPU {x.device} but {like_name} is on GPU {like.device}")
     _check_layout(x, name)
     return x
 
 
-def _check_out(out, q):
-    return _check_like(out, q, "out", "q")
-
-
-def _strides(x) -> tuple[int, int, int]:
-    """(batch, row, head) strides in elements of a (batch, seqlen, heads, dim) array."""
-    item = x.itemsize
-    return x.strides[0] // item, x.strides[1] // item, x.strides[2] // item
-
-
-def _fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device_id: int):
-    from .compile import cache, env
-
-    cc = cache.device_compute_capability(device_id)
-    return support.fwd_spec(dtype, head_dim, features, seqlen_q, cc, sm90=env.sm90_enabled())
-
-
-def _bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device_id: int):
-    from .compile import cache, env
-
-    cc = cache.device_compute_capability(device_id)
-    return support.bwd_spec(dtype, head_dim, features, deterministic, cc, sm90=env.sm90_enabled())
+def check_lse(lse: Ref, q: Ref, name: str = "lse") -> Ref:
+    """lse (or dlse) as attention(..., return_lse=True) returns it: (batch, nheads, seqlen_q) float32, any strides."""
+    batch, seqlen_q, nheads, _ = q.shape
+    if tuple(lse.shape) != (batch, nheads, seqlen_q) or lse.dtype != "float32":
+        raise ValueError(
+            f"{name} must have shape (batch, nheads, seqlen_q) = {(batch, nheads, seqlen_q)} and dtype float32 "
+            f"(like the lse attention(..., return_lse=True) returns), got {tuple(lse.shape)} {lse.dtype}"
+        )
+    if lse.device != q.device:
+        raise ValueError(f"{name} is on GPU {lse.device} but q is on GPU {q.device}")
+    return lse
 
 
 # ---------------------------------------------------------------- options
@@ -185,21 +236,22 @@ class Options:
     features: Features = PLAIN
     window: tuple = (-1, -1)  # (left, right), -1 unbounded; read under the local mask only
     softcap: float = 0.0
-    alibi_slopes: object = None  # validated CuPy float32 (nheads,) or (batch, nheads)
-    learnable_sink: object = None  # validated CuPy float32 (nheads,)
+    alibi_slopes: Ref | None = None  # validated float32 (nheads,) or (batch, nheads)
+    learnable_sink: Ref | None = None  # validated float32 (nheads,)
 
+    @functools.cached_property
     def fields(self) -> dict:
-        """The params head's run-time feature fields, by name."""
+        """The params head's run-time feature fields, by name (computed once; do not mutate)."""
         left, right = (UNBOUNDED if w < 0 else w for w in self.window)
         f = {"scale": self.scale, "scale_log2": self.scale * LOG2E, "window_left": left, "window_right": right}
         if self.softcap > 0:
             f["softcap_in"], f["softcap_out"] = self.scale / self.softcap, self.softcap / self.scale
         if self.alibi_slopes is not None:
             a = self.alibi_slopes
-            f["alibi_slopes"] = a.data.ptr
-            f["alibi_batch_stride"] = a.strides[0] // 4 if a.ndim == 2 else 0
+            f["alibi_slopes"] = a.ptr
+            f["alibi_batch_stride"] = a.strides[0] if len(a.shape) == 2 else 0
         if self.learnable_sink is not None:
-            f["sink"] = self.learnable_sink.data.ptr
+            f["sink"] = self.learnable_sink.ptr
         return f
 
 
@@ -228,23 +280,23 @@ def _mask_kind(causal: bool, left: int, right: int) -> str:
     return "local"
 
 
-def _check_f32_vector(x, name: str, q, shapes: tuple, shape_text: str):
+def _check_f32_vector(x: Ref, name: str, q: Ref, shapes: tuple, shape_text: str) -> Ref:
     """A float32 GPU array on q's device, of one of `shapes`, contiguous in its last dim."""
-    x = _as_gpu_array(x, name)
-    if x.dtype != np.float32:
+    if x.dtype != "float32":
         raise TypeError(f"{name} must be float32, got {x.dtype}")
-    if x.shape not in shapes:
-        raise ValueError(f"{name} must have shape {shape_text}, got {x.shape}")
-    if x.device.id != q.device.id:
-        raise ValueError(f"{name} is on GPU {x.device.id} but q is on GPU {q.device.id}")
-    if x.size and x.strides[-1] != 4:
-        raise ValueError(f"{name} must be contiguous in its last dimension: pass cupy.ascontiguousarray({name})")
+    if tuple(x.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {shape_text}, got {tuple(x.shape)}")
+    if x.device != q.device:
+        raise ValueError(f"{name} is on GPU {x.device} but q is on GPU {q.device}")
+    if 0 not in x.shape and x.strides[-1] != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension: pass a contiguous copy")
     return x
 
 
-def _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learnable_sink) -> Options:
-    """Validate every attention option (each error names its argument) into Options."""
-    batch, _, nheads, head_dim = q.shape
+@functools.lru_cache(maxsize=4096)
+def _value_options(head_dim: int, softmax_scale, causal, window_size, softcap, alibi: bool, sink: bool):
+    """(scale, features, window, softcap) of the value options, memoised: a repeated call with the
+    same options pays for one dict lookup (DESIGN 4c)."""
     scale = _softmax_scale(softmax_scale, head_dim)
     left, right = _window(window_size, bool(causal))
     try:
@@ -253,47 +305,87 @@ def _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learn
         raise TypeError(f"softcap must be a number >= 0 (0: off), got {softcap!r}") from None
     if not (math.isfinite(cap) and cap >= 0):
         raise ValueError(f"softcap must be a finite number >= 0 (0: off), got {softcap!r}")
-    if alibi_slopes is not None:
+    features = Features(_mask_kind(bool(causal), left, right), softcap=cap > 0, alibi=alibi, sink=sink)
+    return scale, features, (left, right), cap
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_options(*key) -> Options:
+    return Options(*_value_options(*key))
+
+
+def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+            alibi_slopes: Ref | None = None, learnable_sink: Ref | None = None) -> Options:
+    """Validate every attention option (each error names its argument) into Options."""
+    batch, _, nheads, head_dim = q.shape
+    alibi, sink = alibi_slopes is not None, learnable_sink is not None
+    key = (head_dim, softmax_scale, causal, window_size, softcap, alibi, sink)
+    try:
+        if not (alibi or sink):
+            return _plain_options(*key)
+        values = _value_options(*key)
+    except TypeError as e:
+        if "unhashable" not in str(e):
+            raise
+        values = _value_options.__wrapped__(*key)  # a list window_size or an array scale: not memoised
+        if not (alibi or sink):
+            return Options(*values)
+    if alibi:
         alibi_slopes = _check_f32_vector(alibi_slopes, "alibi_slopes", q, ((nheads,), (batch, nheads)),
                                          f"(nheads,) = ({nheads},) or (batch, nheads) = ({batch}, {nheads})")
-    if learnable_sink is not None:
+    if sink:
         learnable_sink = _check_f32_vector(learnable_sink, "learnable_sink", q, ((nheads,),),
                                            f"(nheads,) = ({nheads},)")
-    features = Features(_mask_kind(bool(causal), left, right), softcap=cap > 0, alibi=alibi_slopes is not None,
-                        sink=learnable_sink is not None)
-    return Options(scale, features, (left, right), cap, alibi_slopes, learnable_sink)
+    return Options(*values, alibi_slopes, learnable_sink)
 
 
-def _strides_named(prefix: str, x) -> dict:
-    """{prefix_batch_stride, prefix_row_stride, prefix_head_stride} of a (batch, seqlen, heads, dim) array."""
-    b, r, h = _strides(x)
-    return {f"{prefix}_batch_stride": b, f"{prefix}_row_stride": r, f"{prefix}_head_stride": h}
+# ---------------------------------------------------------------- running on Refs
 
 
-def _attention_fields(q, k, v, opts: Options) -> dict:
-    """The params head (CUFLASH_ATTENTION_FIELDS) of validated q, k, v and options."""
+def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device: int):
+    return support.fwd_spec(dtype, head_dim, features, seqlen_q, _compute_capability(device), env.sm90_enabled())
+
+
+def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
+    return support.bwd_spec(dtype, head_dim, features, bool(deterministic), _compute_capability(device),
+                            env.sm90_enabled())
+
+
+def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options, stream: int) -> None:
+    """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
-    return {
-        "q": q.data.ptr, "k": k.data.ptr, "v": v.data.ptr,
-        **_strides_named("q", q), **_strides_named("k", k), **_strides_named("v", v),
-        "batch": batch, "nheads": nheads, "nheads_kv": k.shape[2],
-        "seqlen_q": seqlen_q, "seqlen_k": k.shape[1], "head_dim": head_dim,
-        **opts.fields(),
-    }
+    if batch and seqlen_q and nheads:
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, seqlen_q, q.device)
+        launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
-def _launch_fwd(q, k, v, out, lse, opts: Options, spec) -> None:
-    """Launch the forward (a FwdSpec or FwdSm90Spec: both read FwdParams) for
-    validated arrays (the benchmark's tuner passes its own spec)."""
-    batch, seqlen_q, nheads, _ = q.shape
-    smem = launch.fwd_smem_bytes(spec)
-    fn = _kernel(spec, q.device.id, smem)
-    p = params.pack_named(
-        params.FWD_PARAMS,
-        {**_attention_fields(q, k, v, opts), "o": out.data.ptr, "lse": 0 if lse is None else lse.data.ptr,
-         **_strides_named("o", out)},
-    )
-    fn(launch.fwd_grid(spec, batch, nheads, seqlen_q), launch.fwd_block(spec), (p,), shared_mem=smem)
+def run_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
+                 opts: Options, deterministic: bool, dlse: Ref | None, alloc: launch.Alloc, stream: int):
+    """The backward for validated Refs on `stream` (q's device current). Returns launch.backward's
+    Delta (where delta lies in the scratch buffer) for the dsink reduction (delta_rows gives it as an
+    array), or None when batch * nheads is 0 (then dq, dk, dv are empty too)."""
+    batch, _, nheads, head_dim = q.shape
+    if not (batch and nheads):
+        return None
+    spec = bwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, deterministic, q.device)
+    return launch.backward(spec, dout, q, k, v, out, lse, dq, dk, dv, opts.fields, dlse, alloc, stream)
+
+
+def delta_rows(scratch: launch.Delta, seqlen_q: int):
+    """delta (batch, nheads, seqlen_q) float32: a view of run_backward's scratch buffer (1-D, of
+    any framework whose arrays slice and reshape like NumPy's)."""
+    batch, nheads, rounded = scratch.shape
+    flat = scratch.owner[scratch.offset: scratch.offset + batch * nheads * rounded]
+    return flat.reshape(batch, nheads, rounded)[:, :, :seqlen_q]
+
+
+# ---------------------------------------------------------------- CuPy entry points
+
+
+def _refs(arrays: dict) -> tuple:
+    """(CuPy arrays, their Refs) for {name: array or None}; None stays None."""
+    xs = tuple(None if x is None else _as_gpu_array(x, n) for n, x in arrays.items())
+    return xs, tuple(None if x is None else cupy_ref(x) for x in xs)
 
 
 def attention(
@@ -333,145 +425,34 @@ def attention(
     out: optional preallocated output (that shape and dtype, on q's device,
     last dim contiguous), written in place and returned.
     """
-    _check_not_implemented(bias=bias, dropout_p=dropout_p)
-    q, k, v, name = _validate_qkv(q, k, v)
-    batch, seqlen_q, nheads, head_dim = q.shape
-    opts = _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learnable_sink)
-
+    if bias is not None or dropout_p:
+        check_not_implemented(bias=bias, dropout_p=dropout_p)
     cp = _cupy()
-    with q.device:
-        out = _check_out(out, q) if out is not None else cp.empty(q.shape, dtype=q.dtype)
-        lse = cp.empty((batch, nheads, seqlen_q), dtype=np.float32) if return_lse else None
-        if out.size:
-            _launch_fwd(q, k, v, out, lse, opts, _fwd_spec(name, head_dim, opts.features, seqlen_q, q.device.id))
+    nd = cp.ndarray
+    q = q if type(q) is nd else _as_gpu_array(q, "q")
+    k = k if type(k) is nd else _as_gpu_array(k, "k")
+    v = v if type(v) is nd else _as_gpu_array(v, "v")
+    qr, kr, vr = cupy_ref(q), cupy_ref(k), cupy_ref(v)
+    validate_qkv(qr, kr, vr)
+    if alibi_slopes is None and learnable_sink is None:
+        opts = options(qr, softmax_scale, causal, window_size, softcap)
+    else:
+        (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes,
+                                                          "learnable_sink": learnable_sink})
+        opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    with _device_scope(qr.device):
+        if out is None:
+            out = cp.empty(q.shape, dtype=q.dtype)
+            outr = cupy_ref(out)
+        else:
+            out = _as_gpu_array(out, "out")
+            outr = check_like(cupy_ref(out), qr, "out", "q")
+        lse = lser = None
+        if return_lse:
+            lse = cp.empty((qr.shape[0], qr.shape[2], qr.shape[1]), dtype=np.float32)
+            lser = cupy_ref(lse)
+        run_forward(qr, kr, vr, outr, lser, opts, cp.cuda.get_current_stream().ptr)
     return (out, lse) if return_lse else out
-
-
-# ---------------------------------------------------------------- backward
-
-
-def _check_lse(lse, q, name: str = "lse"):
-    """lse (or dlse) as returned by attention(..., return_lse=True): (batch, nheads, seqlen_q) float32, any strides."""
-    lse = _as_gpu_array(lse, name)
-    batch, seqlen_q, nheads, _ = q.shape
-    if lse.shape != (batch, nheads, seqlen_q) or lse.dtype != np.float32:
-        raise ValueError(
-            f"{name} must have shape (batch, nheads, seqlen_q) = {(batch, nheads, seqlen_q)} and dtype float32 "
-            f"(like the lse attention(..., return_lse=True) returns), got {lse.shape} {lse.dtype}"
-        )
-    if lse.device.id != q.device.id:
-        raise ValueError(f"{name} is on GPU {lse.device.id} but q is on GPU {q.device.id}")
-    return lse
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel(spec, device_id: int, smem: int = 0):
-    """The loaded kernel of a spec, allowed `smem` bytes of dynamic shared memory."""
-    from .compile.cache import get_function
-
-    fn = get_function(spec, device_id)
-    if smem > 48 * 1024:
-        cp = _cupy()
-        limit = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
-        if smem > limit:
-            raise RuntimeError(
-                f"kernel {spec.name} needs {smem} bytes of shared memory per block; GPU {device_id} allows {limit}"
-            )
-        fn.max_dynamic_shared_size_bytes = smem
-    return fn
-
-
-def _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts: Options, spec, dlse=None):
-    """The backward for validated arrays: prepare, main kernel, conversions (the tuner passes its own spec).
-    Returns dsink (float32 (nheads,)) when opts has a learnable sink, else None.
-
-    Scratch (fp32, freed when this returns; nothing grows with seqlen_q * seqlen_k):
-      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
-      under GQA dk_accum, dv_accum (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed
-      over each group by the convert kernel in a fixed order; deterministic: int32 turn counters
-      (batch, nheads, seqlen_q / Br).
-    """
-    cp = _cupy()
-    batch, seqlen_q, nheads, head_dim = q.shape
-    _, seqlen_k, nheads_kv, _ = k.shape
-    group = nheads // nheads_kv
-    device = q.device.id
-    name = spec.dtype
-    m_blocks = launch.bwd_m_blocks(spec, seqlen_q)
-    rounded = m_blocks * spec.tiles.block_m
-    f32 = np.float32
-
-    lse_log2 = cp.empty((batch, nheads, rounded), dtype=f32)
-    delta = cp.empty((batch, nheads, rounded), dtype=f32)
-    dq_accum = cp.empty((batch, seqlen_q, nheads, spec.head_dim), dtype=f32)
-    semaphore = cp.empty((batch, nheads, m_blocks), dtype=np.int32) if spec.deterministic else None
-
-    if rounded:
-        prep = BwdPrepareSpec(name)
-        stat_strides = ("batch_stride", "head_stride", "row_stride")
-        p = params.pack_named(
-            params.BWD_PREPARE_PARAMS,
-            {
-                "o": out.data.ptr, "dout": dout.data.ptr, "lse": lse.data.ptr, "lse_log2": lse_log2.data.ptr,
-                "delta": delta.data.ptr, "dq_accum": dq_accum.data.ptr,
-                "dq_semaphore": 0 if semaphore is None else semaphore.data.ptr,
-                **_strides_named("o", out), **_strides_named("do", dout), **_strides_named("dqa", dq_accum),
-                **{f"lse_{n}": st // 4 for n, st in zip(stat_strides, lse.strides)},
-                **({} if dlse is None else
-                   {"dlse": dlse.data.ptr, **{f"dlse_{n}": st // 4 for n, st in zip(stat_strides, dlse.strides)}}),
-                "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q, "seqlen_q_rounded": rounded,
-                "head_dim": head_dim, "dq_accum_cols": spec.head_dim, "block_m": spec.tiles.block_m,
-                "m_blocks": m_blocks,
-            },
-        )
-        _kernel(prep, device)(launch.bwd_prepare_grid(prep, batch, nheads, rounded), (prep.threads, 1, 1), (p,))
-
-    if seqlen_k:
-        dk_accum = dv_accum = None
-        if group > 1:
-            dk_accum = cp.empty((batch, seqlen_k, nheads, head_dim), dtype=f32)
-            dv_accum = cp.empty((batch, seqlen_k, nheads, head_dim), dtype=f32)
-        smem = launch.bwd_smem_bytes(spec)
-        p = params.pack_named(
-            params.BWD_PARAMS,
-            {
-                **_attention_fields(q, k, v, opts),
-                "dout": dout.data.ptr, "lse_log2": lse_log2.data.ptr, "delta": delta.data.ptr,
-                "dq_accum": dq_accum.data.ptr, "dk": dk.data.ptr, "dv": dv.data.ptr,
-                "dq_semaphore": 0 if semaphore is None else semaphore.data.ptr,
-                **_strides_named("do", dout), **_strides_named("dqa", dq_accum),
-                **_strides_named("dk", dk), **_strides_named("dv", dv),
-                **({} if dk_accum is None else
-                   {"dk_accum": dk_accum.data.ptr, "dv_accum": dv_accum.data.ptr, **_strides_named("dka", dk_accum)}),
-                "seqlen_q_rounded": rounded, "m_blocks": m_blocks,
-            },
-        )
-        _kernel(spec, device, smem)(
-            launch.bwd_grid(spec, batch, nheads, seqlen_k), launch.bwd_block(spec), (p,), shared_mem=smem
-        )
-        if group > 1:
-            for acc, grad in ((dk_accum, dk), (dv_accum, dv)):
-                _launch_convert(acc, grad, group, name, device)
-
-    if seqlen_q:
-        _launch_convert(dq_accum, dq, 1, name, device)
-    if opts.learnable_sink is None:
-        return None
-    # dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), in
-    # float32 from the forward's lse and the prepared delta (which holds - dlse).
-    sink = opts.learnable_sink[None, :, None]
-    return -(cp.exp(sink - lse) * delta[:, :, :seqlen_q]).sum(axis=(0, 2), dtype=f32)
-
-
-def _launch_convert(src, dst, group: int, name: str, device: int) -> None:
-    """dst[b, s, h, :d] = sum_j src[b, s, h * group + j, :d] (kernels_cu/bwd_convert.cu)."""
-    batch, seqlen, nheads, head_dim = dst.shape
-    spec = BwdConvertSpec(name)
-    p = params.pack(
-        params.BWD_CONVERT_PARAMS,
-        (src.data.ptr, dst.data.ptr, *_strides(src), *_strides(dst), batch, seqlen, nheads, group, head_dim, 0),
-    )
-    _kernel(spec, device)(launch.bwd_convert_grid(spec, batch, seqlen, nheads, head_dim), (spec.threads, 1, 1), (p,))
 
 
 def attention_backward(
@@ -514,25 +495,41 @@ def attention_backward(
     outputs (shape and dtype of q, k, v, on q's device, last dim contiguous, not
     overlapping any input), written in place and returned.
     """
-    _check_not_implemented(bias=bias, dropout_p=dropout_p)
-    q, k, v, name = _validate_qkv(q, k, v)
-    dout = _check_like(dout, q, "dout", "q")
-    out = _check_like(out, q, "out", "q")
-    lse = _check_lse(lse, q)
-    if dlse is not None:
-        dlse = _check_lse(dlse, q, "dlse")
-    batch, seqlen_q, nheads, head_dim = q.shape
-    opts = _options(q, softmax_scale, causal, window_size, softcap, alibi_slopes, learnable_sink)
+    if bias is not None or dropout_p:
+        check_not_implemented(bias=bias, dropout_p=dropout_p)
+    arrays, refs = _refs({"q": q, "k": k, "v": v, "dout": dout, "out": out, "lse": lse, "dlse": dlse,
+                          "alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink,
+                          "dq": dq, "dk": dk, "dv": dv})
+    q, k, v, dout, out, lse, dlse, alibi_slopes, learnable_sink, dq, dk, dv = arrays
+    qr, kr, vr, doutr, outr, lser, dlser, ar, sr, dqr, dkr, dvr = refs
+    validate_qkv(qr, kr, vr)
+    check_like(doutr, qr, "dout", "q")
+    check_like(outr, qr, "out", "q")
+    check_lse(lser, qr)
+    if dlser is not None:
+        check_lse(dlser, qr, "dlse")
+    opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
 
     cp = _cupy()
-    with q.device:
-        dq = _check_like(dq, q, "dq", "q") if dq is not None else cp.empty(q.shape, dtype=q.dtype)
-        dk = _check_like(dk, k, "dk", "k") if dk is not None else cp.empty(k.shape, dtype=k.dtype)
-        dv = _check_like(dv, v, "dv", "v") if dv is not None else cp.empty(v.shape, dtype=v.dtype)
-        dsink = None
-        if batch and nheads:
-            spec = _bwd_spec(name, head_dim, opts.features, deterministic, q.device.id)
-            dsink = _launch_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts, spec, dlse)
+    with _device_scope(qr.device):
+        grads = []
+        for x, xr, like, like_r, n, like_n in ((dq, dqr, q, qr, "dq", "q"), (dk, dkr, k, kr, "dk", "k"),
+                                               (dv, dvr, v, vr, "dv", "v")):
+            if x is None:
+                x = cp.empty(like.shape, dtype=like.dtype)
+                xr = cupy_ref(x)
+            else:
+                check_like(xr, like_r, n, like_n)
+            grads.append((x, xr))
+        (dq, dqr), (dk, dkr), (dv, dvr) = grads
+        delta = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
+                             _cupy_alloc, cp.cuda.get_current_stream().ptr)
         if learnable_sink is None:
             return dq, dk, dv
-        return dq, dk, dv, dsink if dsink is not None else cp.zeros((nheads,), dtype=np.float32)
+        if delta is None:
+            return dq, dk, dv, cp.zeros((qr.shape[2],), dtype=np.float32)
+        # dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), in
+        # float32 from the forward's lse and the prepared delta (which holds - dlse).
+        dsink = -(cp.exp(learnable_sink[None, :, None] - lse) * delta_rows(delta, qr.shape[1])).sum(
+            axis=(0, 2), dtype=np.float32)
+        return dq, dk, dv, dsink

@@ -1,12 +1,51 @@
-"""Launch geometry per kernel family, derived from the spec's tile constants."""
+"""Everything after the spec is chosen: the kernel from the compile cache, the
+launch geometry (derived from the spec's tile constants), the params packing,
+scratch buffers and the launches on the caller's stream (DESIGN 4c).
+
+Arrays arrive as ``Ref`` (a raw pointer, shape, strides in elements, dtype name
+and device), already validated by api.py or an adapter, so one path serves CuPy,
+torch and JAX. Launches go straight to ``cuLaunchKernel`` on the stream the
+caller names; the caller has made the arrays' device current.
+"""
 from __future__ import annotations
 
+import functools
+from typing import Callable, NamedTuple
+
+from . import params
+from .compile.cache import get_pointer
 from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, FwdSm90Spec, FwdSpec
 
 #: CUDA limit on gridDim.y and gridDim.z.
 MAX_GRID_YZ = 65535
 
 
+class Ref(NamedTuple):
+    """An array as a kernel sees it. strides are in elements; dtype is NumPy's
+    name ("float16", "bfloat16", "float32", "int32"); device is the CUDA ordinal."""
+
+    ptr: int
+    shape: tuple
+    strides: tuple
+    dtype: str
+    device: int
+
+
+class Delta(NamedTuple):
+    """Where the backward left delta: owner[offset : offset + prod(shape)] viewed as shape."""
+
+    owner: object
+    offset: int
+    shape: tuple
+
+
+#: alloc(shape, dtype name) -> (owner, Ref): scratch from the caller's framework, so it
+#: counts in that framework's memory stats and works under its CUDA-graph capture. The
+#: owner object keeps the memory alive; frees are stream-ordered in CuPy, torch and XLA.
+Alloc = Callable[[tuple, str], tuple]
+
+
+@functools.lru_cache(maxsize=None)
 def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     """Dynamic shared memory of the forward.
 
@@ -32,6 +71,7 @@ def fwd_block(spec: FwdSpec | FwdSm90Spec) -> tuple[int, int, int]:
 # ---------------------------------------------------------------- backward
 
 
+@functools.lru_cache(maxsize=None)
 def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     """Dynamic shared memory of the backward's main kernel.
 
@@ -78,3 +118,168 @@ def bwd_convert_grid(spec: BwdConvertSpec, batch: int, seqlen: int, nheads: int,
     chunks = seqlen * nheads * (head_dim // 8)
     return (-(-chunks // spec.threads), batch, 1)
 
+
+
+# ---------------------------------------------------------------- launching
+
+
+@functools.lru_cache(maxsize=None)
+def _driver():
+    from cupy_backends.cuda.api import driver
+
+    return driver
+
+
+def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields: dict, stream: int) -> None:
+    """Pack `fields` into the spec's params struct and launch its kernel (from the compile
+    cache, allowed `smem` bytes of dynamic shared memory) on `stream`."""
+    fn = get_pointer(spec, device, smem)
+    argv = packer.pack(fields)
+    _driver().launchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
+
+
+def strides_named(prefix: str, x: Ref) -> dict:
+    """{prefix_batch_stride, prefix_row_stride, prefix_head_stride} of a (batch, seqlen, heads, dim) array."""
+    b, r, h = x.strides[:3]
+    return {f"{prefix}_batch_stride": b, f"{prefix}_row_stride": r, f"{prefix}_head_stride": h}
+
+
+def attention_fields(q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
+    """The params head (CUFLASH_ATTENTION_FIELDS) of validated q, k, v and the options' run-time fields."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    qs, ks, vs = q.strides, k.strides, v.strides
+    return {
+        "q": q.ptr, "k": k.ptr, "v": v.ptr,
+        "q_batch_stride": qs[0], "q_row_stride": qs[1], "q_head_stride": qs[2],
+        "k_batch_stride": ks[0], "k_row_stride": ks[1], "k_head_stride": ks[2],
+        "v_batch_stride": vs[0], "v_row_stride": vs[1], "v_head_stride": vs[2],
+        "batch": batch, "nheads": nheads, "nheads_kv": k.shape[2],
+        "seqlen_q": seqlen_q, "seqlen_k": k.shape[1], "head_dim": head_dim,
+        **option_fields,
+    }
+
+
+def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fields: dict, stream: int) -> None:
+    """The forward (a FwdSpec or FwdSm90Spec: both read FwdParams) into out and, unless None,
+    lse (batch, nheads, seqlen_q) float32 contiguous."""
+    batch, seqlen_q, nheads, _ = q.shape
+    os_ = out.strides
+    fields = attention_fields(q, k, v, option_fields)
+    fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
+    fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
+    run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q), (spec.threads, 1, 1), fwd_smem_bytes(spec),
+        params.FWD, fields, stream)
+
+
+_prepare_spec = functools.lru_cache(maxsize=None)(BwdPrepareSpec)
+_convert_spec = functools.lru_cache(maxsize=None)(BwdConvertSpec)
+
+
+def _carve(base: Ref, sizes: dict) -> tuple[dict, dict]:
+    """Split one float32 scratch buffer into named contiguous pieces: ({name: Ref}, {name: offset in
+    4-byte words}) for {name: (shape, dtype)}; each piece starts on a 256-byte boundary."""
+    refs, offsets, offset = {}, {}, 0
+    for name, (shape, dtype) in sizes.items():
+        strides, acc = [], 1
+        for n in reversed(shape):
+            strides.append(acc)
+            acc *= n
+        refs[name] = Ref(base.ptr + 4 * offset, shape, tuple(reversed(strides)), dtype, base.device)
+        offsets[name] = offset
+        offset += -(-acc // 64) * 64
+    return refs, offsets
+
+
+def scratch_words(sizes: dict) -> int:
+    """4-byte words of the buffer _carve splits."""
+    total = 0
+    for shape, _ in sizes.values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += -(-n // 64) * 64
+    return total
+
+
+def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
+             option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int):
+    """The backward: prepare, main kernel, conversions. Returns a Delta: where delta, float32
+    (batch, nheads, seqlen_q rounded up to Br) contiguous, holding rowsum(dO * O) - dlse, lies in
+    the scratch buffer (a 1-D float32 array of the caller's framework), for the dsink reduction.
+
+    Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
+      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
+      deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); under GQA dk_accum, dv_accum
+      (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
+      kernel in a fixed order.
+    """
+    batch, seqlen_q, nheads, head_dim = q.shape
+    _, seqlen_k, nheads_kv, _ = k.shape
+    group = nheads // nheads_kv
+    device = q.device
+    m_blocks = bwd_m_blocks(spec, seqlen_q)
+    rounded = m_blocks * spec.tiles.block_m
+
+    sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
+             "dq_accum": ((batch, seqlen_q, nheads, spec.head_dim), "float32")}
+    if spec.deterministic:
+        sizes["semaphore"] = ((batch, nheads, m_blocks), "int32")
+    if group > 1 and seqlen_k:
+        sizes["dk_accum"] = ((batch, seqlen_k, nheads, head_dim), "float32")
+        sizes["dv_accum"] = ((batch, seqlen_k, nheads, head_dim), "float32")
+    owner, base = alloc((scratch_words(sizes),), "float32")
+    s, offsets = _carve(base, sizes)
+    lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
+
+    if rounded:
+        prep = _prepare_spec(spec.dtype)
+        fields = {
+            "o": out.ptr, "dout": dout.ptr, "lse": lse.ptr, "lse_log2": lse_log2.ptr,
+            "delta": delta.ptr, "dq_accum": dq_accum.ptr, "dq_semaphore": 0 if semaphore is None else semaphore.ptr,
+            **strides_named("o", out), **strides_named("do", dout), **strides_named("dqa", dq_accum),
+            "lse_batch_stride": lse.strides[0], "lse_head_stride": lse.strides[1], "lse_row_stride": lse.strides[2],
+            "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q, "seqlen_q_rounded": rounded,
+            "head_dim": head_dim, "dq_accum_cols": spec.head_dim, "block_m": spec.tiles.block_m, "m_blocks": m_blocks,
+        }
+        if dlse is not None:
+            fields["dlse"] = dlse.ptr
+            fields["dlse_batch_stride"], fields["dlse_head_stride"], fields["dlse_row_stride"] = dlse.strides
+        run(prep, device, bwd_prepare_grid(prep, batch, nheads, rounded), (prep.threads, 1, 1), 0,
+            params.BWD_PREPARE, fields, stream)
+
+    if seqlen_k:
+        fields = {
+            **attention_fields(q, k, v, option_fields),
+            "dout": dout.ptr, "lse_log2": lse_log2.ptr, "delta": delta.ptr,
+            "dq_accum": dq_accum.ptr, "dk": dk.ptr, "dv": dv.ptr,
+            "dq_semaphore": 0 if semaphore is None else semaphore.ptr,
+            **strides_named("do", dout), **strides_named("dqa", dq_accum),
+            **strides_named("dk", dk), **strides_named("dv", dv),
+            "seqlen_q_rounded": rounded, "m_blocks": m_blocks,
+        }
+        if group > 1:
+            dk_accum, dv_accum = s["dk_accum"], s["dv_accum"]
+            fields.update({"dk_accum": dk_accum.ptr, "dv_accum": dv_accum.ptr, **strides_named("dka", dk_accum)})
+        run(spec, device, bwd_grid(spec, batch, nheads, seqlen_k), (spec.threads, 1, 1), bwd_smem_bytes(spec),
+            params.BWD, fields, stream)
+        if group > 1:
+            convert(dk_accum, dk, group, spec.dtype, stream)
+            convert(dv_accum, dv, group, spec.dtype, stream)
+
+    if seqlen_q:
+        convert(dq_accum, dq, 1, spec.dtype, stream)
+    return Delta(owner, offsets["delta"], (batch, nheads, rounded))
+
+
+def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int) -> None:
+    """dst[b, s, h, :d] = sum_j src[b, s, h * group + j, :d] in dst's dtype (kernels_cu/bwd_convert.cu)."""
+    batch, seqlen, nheads, head_dim = dst.shape
+    spec = _convert_spec(dtype)
+    fields = {
+        "src": src.ptr, "dst": dst.ptr,
+        "src_batch_stride": src.strides[0], "src_row_stride": src.strides[1], "src_head_stride": src.strides[2],
+        "dst_batch_stride": dst.strides[0], "dst_row_stride": dst.strides[1], "dst_head_stride": dst.strides[2],
+        "batch": batch, "seqlen": seqlen, "nheads": nheads, "group": group, "head_dim": head_dim,
+    }
+    run(spec, dst.device, bwd_convert_grid(spec, batch, seqlen, nheads, head_dim), (spec.threads, 1, 1), 0,
+        params.BWD_CONVERT, fields, stream)

@@ -105,3 +105,70 @@ def pack_named(dtype: np.dtype, fields: dict) -> np.void:
     if unknown:
         raise KeyError(f"{sorted(unknown)} are not fields of this params struct")
     return pack(dtype, tuple(fields.get(name, 0) for name in dtype.names))
+
+
+_STRUCT_CODES = {np.dtype(_PTR): "Q", np.dtype(_I64): "q", np.dtype(_I32): "i", np.dtype(_F32): "f"}
+
+
+class Packer:
+    """Packs one params struct by field name into a reused buffer, for the launch path.
+
+    One ``struct.pack_into`` from a format derived from the NumPy dtype (explicit
+    padding, little endian), with the values gathered by a C-level ``map`` over
+    the field names: ~3 µs where building a NumPy record costs ~10. ``pack``
+    returns the address of ``argv``, the ``void**`` array that ``cuLaunchKernel``
+    reads: one pointer, to the buffer. The driver copies the arguments during the
+    launch call, so the buffer is reused at once; one buffer per thread keeps
+    concurrent launches apart.
+    """
+
+    def __init__(self, dtype: np.dtype):
+        import struct
+        import threading
+
+        self.dtype = dtype
+        self.names = tuple(sorted(dtype.names, key=lambda n: dtype.fields[n][1]))
+        self._nameset = frozenset(self.names)
+        self._zeros = (0,) * len(self.names)
+        fmt, pos = "<", 0
+        for name in self.names:
+            sub, offset = dtype.fields[name][:2]
+            fmt += "x" * (offset - pos) + _STRUCT_CODES[sub]
+            pos = offset + sub.itemsize
+        fmt += "x" * (dtype.itemsize - pos)
+        self._struct = struct.Struct(fmt)
+        assert self._struct.size == dtype.itemsize
+        self._local = threading.local()
+
+    def _buffers(self):
+        loc = self._local
+        try:
+            return loc.buf, loc.argv_address
+        except AttributeError:
+            import ctypes
+
+            loc.buf = bytearray(self._struct.size)  # never resized, so its address is fixed
+            loc.view = (ctypes.c_char * len(loc.buf)).from_buffer(loc.buf)
+            loc.argv = (ctypes.c_void_p * 1)(ctypes.addressof(loc.view))
+            loc.argv_address = ctypes.addressof(loc.argv)
+            return loc.buf, loc.argv_address
+
+    def pack(self, fields: dict) -> int:
+        """Pack {field: value} (missing fields 0) into this thread's buffer; returns the
+        address of the kernel-argument array for cuLaunchKernel."""
+        if not fields.keys() <= self._nameset:
+            raise KeyError(f"{sorted(fields.keys() - self._nameset)} are not fields of this params struct")
+        buf, argv_address = self._buffers()
+        self._struct.pack_into(buf, 0, *map(fields.get, self.names, self._zeros))
+        return argv_address
+
+    def to_bytes(self, fields: dict) -> bytes:
+        """The packed struct as bytes (tests compare it with pack_named)."""
+        self.pack(fields)
+        return bytes(self._local.buf)
+
+
+FWD = Packer(FWD_PARAMS)
+BWD_PREPARE = Packer(BWD_PREPARE_PARAMS)
+BWD = Packer(BWD_PARAMS)
+BWD_CONVERT = Packer(BWD_CONVERT_PARAMS)

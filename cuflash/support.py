@@ -150,12 +150,18 @@ def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compu
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
     seqlen_q matters only up to FWD_SM90_LONG_SEQLEN_Q (the tile choice), so it is
     clamped there: select()'s memo then holds one entry per tile choice, not per length."""
-    seqlen_q = min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q)
-    return select(Problem("fwd", dtype, head_dim, features, tuple(compute_capability), seqlen_q, sm90=sm90))
+    return _fwd_spec(dtype, head_dim, features, min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q), tuple(compute_capability), sm90)
 
 
+@functools.lru_cache(maxsize=None)
+def _fwd_spec(dtype, head_dim, features, seqlen_q, compute_capability, sm90):
+    return select(Problem("fwd", dtype, head_dim, features, compute_capability, seqlen_q, sm90=sm90))
+
+
+@functools.lru_cache(maxsize=None)
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, compute_capability, sm90: bool = True):
-    """The backward's main kernel for a problem on a GPU (select() for direction "bwd")."""
+    """The backward's main kernel for a problem on a GPU (select() for direction "bwd"); memoised on
+    its arguments, so a call costs one dict lookup (DESIGN 4c)."""
     return select(
         Problem("bwd", dtype, head_dim, features.for_backward(), tuple(compute_capability),
                 deterministic=bool(deterministic), sm90=sm90)

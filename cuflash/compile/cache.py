@@ -38,6 +38,7 @@ logger = logging.getLogger("cuflash.compile")
 CACHE_FORMAT = "cuflash-cubin-1"
 
 _functions: dict = {}  # (spec, device_id) -> cupy.RawKernel
+_pointers: dict = {}  # (spec, device_id) -> its CUfunction, for launches through cuLaunchKernel
 _counters = {"compiles": 0, "disk_hits": 0, "memory_hits": 0}
 _load_lock = threading.Lock()  # held while a kernel is compiled or loaded
 _private_dir: Path | None = None  # cubins of this process when the disk cache is off
@@ -171,14 +172,16 @@ def _stored_result(prepared: Prepared) -> nvrtc.CompileResult | None:
 # ---------------------------------------------------------------- runtime path
 
 
-def get_function(spec, device_id: int | None = None):
+def get_function(spec, device_id: int | None = None, smem: int = 0):
     """The loaded kernel ``spec.entry`` of ``spec`` for a GPU (default: the
-    current device), as a ``cupy.RawKernel``: call it with
-    ``(grid, block, args, shared_mem=...)``; its
-    ``max_dynamic_shared_size_bytes`` can be set.
+    current device), as a CuPy kernel function (``.ptr`` is its CUfunction; it
+    can also be called with ``(grid, block, args, shared_mem=...)``). This is
+    cuflash's one kernel cache, keyed by (spec, device).
 
     Compiles on first use (logged at INFO with the time), reading and writing
-    the disk cache unless CUFLASH_DISABLE_DISK_CACHE=1.
+    the disk cache unless CUFLASH_DISABLE_DISK_CACHE=1. ``smem``: the dynamic
+    shared memory the kernel's launches use (a function of the spec); above
+    48 KB the kernel is opted in to it when it is loaded.
     """
     if device_id is None:
         from cupy.cuda import runtime
@@ -188,10 +191,31 @@ def get_function(spec, device_id: int | None = None):
     if fn is not None:
         _counters["memory_hits"] += 1
         return fn
-    return _load(spec, device_id)
+    return _load(spec, device_id, smem)
 
 
-def _load(spec, device_id: int):
+def get_pointer(spec, device_id: int, smem: int = 0) -> int:
+    """The CUfunction handle of get_function(spec, device_id, smem), for the launch path:
+    one dict lookup once the kernel is loaded."""
+    ptr = _pointers.get((spec, device_id))
+    if ptr is None:
+        _load(spec, device_id, smem)
+        ptr = _pointers[(spec, device_id)]
+    return ptr
+
+
+def _opt_in_shared_memory(fn, spec, device_id: int, smem: int) -> None:
+    import cupy
+
+    limit = cupy.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
+    if smem > limit:
+        raise RuntimeError(
+            f"kernel {spec.name} needs {smem} bytes of shared memory per block; GPU {device_id} allows {limit}"
+        )
+    fn.max_dynamic_shared_size_bytes = smem
+
+
+def _load(spec, device_id: int, smem: int = 0):
     with _load_lock:  # one thread compiles a given kernel; the others then find it
         fn = _functions.get((spec, device_id))
         if fn is not None:
@@ -210,8 +234,18 @@ def _load(spec, device_id: int):
                 path = _private_dir_path() / prepared.path.name
                 path.write_bytes(result.cubin)
             fn = _load_module(path, spec.entry, device_id)
+        if smem > 48 * 1024:
+            _opt_in_shared_memory(fn, spec, device_id, smem)
         _functions[(spec, device_id)] = fn
+        with cupy_device(device_id):
+            _pointers[(spec, device_id)] = fn.kernel.ptr
         return fn
+
+
+def cupy_device(device_id: int):
+    import cupy
+
+    return cupy.cuda.Device(device_id)
 
 
 def _load_module(path: Path, entry: str, device_id: int):
@@ -259,6 +293,7 @@ def clear_memory_cache() -> None:
     """Forget loaded kernels and reset the counters (tests use this to force the disk path)."""
     with _load_lock:
         _functions.clear()
+        _pointers.clear()
         for name in _counters:
             _counters[name] = 0
 

@@ -10,6 +10,7 @@ test checks that the README table lists exactly these names.
 from __future__ import annotations
 
 import logging
+import functools
 import os
 import shlex
 from pathlib import Path
@@ -93,7 +94,20 @@ def disk_cache_enabled() -> bool:
 
 
 def sm90_enabled() -> bool:
-    """Whether Hopper GPUs run the sm_90a kernels where cuflash has them."""
+    """Whether Hopper GPUs run the sm_90a kernels where cuflash has them (read on every
+    call, as tests switch it; the parse is memoised on the raw value)."""
+    if _ENVIRON_BYTES is not None:
+        return _sm90_enabled(_ENVIRON_BYTES.get(b"CUFLASH_DISABLE_SM90"))
+    return _sm90_enabled(os.environ.get("CUFLASH_DISABLE_SM90"))
+
+
+# os.environ.get of an absent variable raises and catches a KeyError inside (~2 µs); on POSIX the
+# bytes dict behind os.environ (kept in step with it by os.environ's own setters) answers in ~50 ns.
+_ENVIRON_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
+
+
+@functools.lru_cache(maxsize=8)
+def _sm90_enabled(raw) -> bool:
     return not _flag("CUFLASH_DISABLE_SM90")
 
 

@@ -213,6 +213,6 @@ def test_hopper_gets_the_sm90_backward(kernel_path):
     from cuflash.specs import BwdSm90Spec, BwdSpec
 
     for head_dim, sm90 in ((64, True), (128, True), (256, True), (96, False)):
-        spec = api._bwd_spec("bf16", head_dim, specs.PLAIN, False, cp.cuda.Device().id)
+        spec = api.bwd_spec("bf16", head_dim, specs.PLAIN, False, cp.cuda.Device().id)
         want = BwdSm90Spec if kernel_path == "sm90" and sm90 else BwdSpec
         assert isinstance(spec, want), spec.name

@@ -1,0 +1,222 @@
+"""Host time per call at small shapes: cuflash's entry points beside the peers (DESIGN 4c).
+
+Each row times N back-to-back calls with perf_counter and no synchronisation
+inside the loop (host: the Python work up to the last launch), then waits for
+the GPU (wall: host plus the GPU work still queued). N is small (200) so the
+launch queue never fills, which would make the host wait for the GPU; the
+median over repeats is reported, in microseconds per call. A row whose wall
+time is far above its host time is bound by its GPU work, not by the host.
+
+    PYTHONPATH=. python3 bench/overhead.py [--json out.json] [--calls 200]
+
+Shapes (from issue 13): decode q (1, 1, 32, 128) against k/v (1, 256, 8, 128) fp16;
+backward q/k/v (1, 128, 8, 64) fp16, causal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def per_call_us(fn, calls: int, repeats: int, sync) -> tuple[float, float]:
+    """(host, wall) µs per call, medians over repeats."""
+    for _ in range(50):
+        fn()
+    sync()
+    host, wall = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
+        host.append((t1 - t0) / calls * 1e6)
+        wall.append((t2 - t0) / calls * 1e6)
+    return statistics.median(host), statistics.median(wall)
+
+
+def cupy_rows(calls, repeats):
+    import cupy as cp
+
+    import cuflash
+    from cuflash import testing
+
+    sync = cp.cuda.Device().synchronize
+    q, _, _ = testing.random_qkv(1, 1, 256, 32, 8, 128, "fp16", xp=cp)
+    _, k, v = testing.random_qkv(1, 1, 256, 32, 8, 128, "fp16", xp=cp)
+    rows = {"cupy.empty (for scale)": per_call_us(lambda: cp.empty(q.shape, q.dtype), calls, repeats, sync)}
+    rows["cuflash.attention (CuPy), decode"] = per_call_us(lambda: cuflash.attention(q, k, v), calls, repeats, sync)
+    out = cp.empty_like(q)
+    rows["cuflash.attention (CuPy, out=), decode"] = per_call_us(
+        lambda: cuflash.attention(q, k, v, out=out), calls, repeats, sync)
+
+    rows.update(cupy_steps(q, k, v, calls, repeats, sync))
+
+    bq, bk, bv = testing.random_qkv(1, 128, 128, 8, 8, 64, "fp16", xp=cp)
+    bout, lse = cuflash.attention(bq, bk, bv, causal=True, return_lse=True)
+    dout = cp.asarray(testing.random_like(bout))
+    rows["cuflash.attention_backward (CuPy), small"] = per_call_us(
+        lambda: cuflash.attention_backward(dout, bq, bk, bv, bout, lse, causal=True), calls // 2, repeats, sync)
+    return rows
+
+
+def cupy_steps(q, k, v, calls, repeats, sync):
+    """The decode call's host path step by step (each step alone, in a loop)."""
+    import cupy as cp
+
+    from cuflash import api, launch, params
+    from cuflash.compile.cache import get_pointer
+    from cuflash.launch import _driver
+
+    arrays = {"q": q, "k": k, "v": v, "alibi_slopes": None, "learnable_sink": None, "out": None}
+    _, (qr, kr, vr, _, _, _) = api._refs(arrays)
+    opts = api.options(qr)
+    out = cp.empty_like(q)
+    outr = api.cupy_ref(out)
+    spec = api.fwd_spec("fp16", 128, opts.features, 1, qr.device)
+    fields = {**launch.attention_fields(qr, kr, vr, opts.fields), "o": outr.ptr,
+              **launch.strides_named("o", outr)}
+    fn = get_pointer(spec, qr.device, launch.fwd_smem_bytes(spec))
+    argv = params.FWD.pack(fields)
+    grid = launch.fwd_grid(spec, 1, 32, 1)
+    smem = launch.fwd_smem_bytes(spec)
+    drv = _driver()
+    steps = {
+        "refs of q, k, v (+3 None)": lambda: api._refs(arrays),
+        "validate_qkv": lambda: api.validate_qkv(qr, kr, vr),
+        "options (memoised)": lambda: api.options(qr, None, False, (-1, -1), 0.0, None, None),
+        "current stream": lambda: cp.cuda.get_current_stream().ptr,
+        "fwd_spec (memoised)": lambda: api.fwd_spec("fp16", 128, opts.features, 1, qr.device),
+        "attention_fields": lambda: launch.attention_fields(qr, kr, vr, opts.fields),
+        "pack": lambda: params.FWD.pack(fields),
+        "cuLaunchKernel alone": lambda: drv.launchKernel(fn, *grid, spec.threads, 1, 1, smem, 0, argv, 0),
+    }
+    return {f"  step: {name}": per_call_us(fn_, calls, repeats, sync) for name, fn_ in steps.items()}
+
+
+def torch_rows(calls, repeats):
+    import torch
+    import torch.nn.functional as F
+
+    sync = torch.cuda.synchronize
+    q = torch.randn(1, 1, 32, 128, device="cuda", dtype=torch.float16)
+    k, v = (torch.randn(1, 256, 8, 128, device="cuda", dtype=torch.float16) for _ in range(2))
+    rows = {}
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    rows["torch SDPA (default backend), decode"] = per_call_us(
+        lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True), calls, repeats, sync)
+    try:
+        import cuflash.torch as ct
+    except ImportError as e:
+        print(f"cuflash.torch not importable: {e}")
+        return rows
+    rows["cuflash.torch.flash_attn_func, decode"] = per_call_us(
+        lambda: ct.flash_attn_func(q, k, v), calls, repeats, sync)
+    rows["torch.ops.cuflash.fwd (custom op), decode"] = per_call_us(
+        lambda: torch.ops.cuflash.fwd(q, k, v, None, None, 128 ** -0.5, False, -1, -1, 0.0, False),
+        calls, repeats, sync)
+
+    bq, bk, bv = (torch.randn(1, 128, 8, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+                  for _ in range(3))
+    g = torch.randn(1, 128, 8, 64, device="cuda", dtype=torch.float16)
+
+    def train_step_cuflash():
+        ct.flash_attn_func(bq, bk, bv, causal=True).backward(g)
+
+    def train_step_sdpa():
+        F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (bq, bk, bv)), is_causal=True).backward(
+            g.transpose(1, 2))
+
+    rows["cuflash.torch fwd+bwd (autograd), small"] = per_call_us(train_step_cuflash, calls // 2, repeats, sync)
+    rows["torch SDPA fwd+bwd (autograd), small"] = per_call_us(train_step_sdpa, calls // 2, repeats, sync)
+    return rows
+
+
+def jax_rows(calls, repeats):
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        import cuflash.jax as cj
+    except ImportError as e:
+        print(f"JAX rows skipped: {e}")
+        return {}
+    key = jax.random.PRNGKey(0)
+    q = jax.random.normal(key, (1, 1, 32, 128), jnp.float16)
+    k = jax.random.normal(key, (1, 256, 8, 128), jnp.float16)
+    v = jax.random.normal(jax.random.PRNGKey(1), (1, 256, 8, 128), jnp.float16)
+    rows = {}
+    f = jax.jit(cj.attention)
+    last = [None]
+
+    def call(fn):
+        def run():
+            last[0] = fn(q, k, v)
+        return run
+
+    def sync():
+        jax.block_until_ready(last[0])
+
+    rows["cuflash.jax.attention under jit, decode"] = per_call_us(call(f), calls, repeats, sync)
+    g = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"))
+    try:
+        rows["jax.nn.dot_product_attention cudnn under jit, decode"] = per_call_us(call(g), calls, repeats, sync)
+    except Exception as e:  # cuDNN attention may refuse a shape
+        print(f"JAX cuDNN row skipped: {e}")
+    return rows
+
+
+def profile(rows_fn, calls):
+    """cProfile of every row's calls, top functions by own time (to find where a row's time goes)."""
+    import cProfile
+    import pstats
+
+    global per_call_us
+    timed = per_call_us
+
+    def profiled(fn, calls, repeats, sync):
+        for _ in range(50):
+            fn()
+        sync()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            fn()
+        prof.disable()
+        sync()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        return timed(fn, calls, 3, sync)
+
+    per_call_us = profiled
+    try:
+        return rows_fn(calls, 1)
+    finally:
+        per_call_us = timed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=25)
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--only", choices=["cupy", "torch", "jax"], action="append")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile table per row instead")
+    args = ap.parse_args(argv)
+    rows = {}
+    for name, fn in (("cupy", cupy_rows), ("torch", torch_rows), ("jax", jax_rows)):
+        if not args.only or name in args.only:
+            rows.update(profile(fn, args.calls) if args.profile else fn(args.calls, args.repeats))
+    width = max(map(len, rows))
+    print(f"{'call':<{width}}  {'host µs':>8}  {'wall µs':>8}   (per call, median of {args.repeats})")
+    for name, (host, wall) in rows.items():
+        print(f"{name:<{width}}  {host:8.1f}  {wall:8.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

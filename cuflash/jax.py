@@ -1,0 +1,394 @@
+"""cuflash.jax: FlashAttention on JAX arrays, differentiable and usable inside ``jax.jit``.
+
+    import cuflash.jax
+    out = cuflash.jax.attention(q, k, v, causal=True)    # q: (batch, seqlen_q, nheads, headdim) fp16/bf16
+    out, lse = cuflash.jax.attention(q, k, v, return_lse=True)
+    dq, dk, dv = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+How it works (DESIGN sections 1, 8): the kernels are launched from a
+``jax.experimental.buffer_callback`` on XLA's own CUDA stream, so the same code
+path serves eager calls and ``jax.jit`` (the callback is compiled into the XLA
+program; XLA allocates every output). A ``jax.custom_vjp`` wraps it: the forward
+saves (out, lse), the backward launches cuflash's backward kernels. All
+argument checks run at trace time on shapes and dtypes (api.validate_qkv and
+api.options on Refs with a null pointer), so a bad input raises a Python error
+naming the argument before anything is launched; only pointer alignment is
+checked when the callback runs.
+
+Limits, stated once:
+- vmap works by looping: each vmapped element is one launch (``vmap_method=
+  "sequential"``); fold a vmapped axis into batch yourself for speed.
+- One device per call: under ``jit`` with sharded inputs, call it inside
+  ``shard_map`` so each device attends on its own shard.
+- The backward's scratch (fp32 dQ accumulator, lse/delta rows) comes from CuPy's
+  memory pool on XLA's stream: start JAX with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
+  (or a lower ``XLA_PYTHON_CLIENT_MEM_FRACTION``) so CuPy finds free memory.
+- Options (softmax_scale, causal, window_size, softcap, deterministic) are
+  Python values fixed at trace time; alibi_slopes and learnable_sink are arrays.
+  alibi_slopes gets a zero gradient.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from typing import NamedTuple
+
+try:
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.buffer_callback import buffer_callback
+except ImportError as exc:  # pragma: no cover - exercised only where JAX is missing
+    raise ImportError(
+        f"cuflash.jax needs JAX with its CUDA backend (pip install 'jax[cuda12]' or 'jax[cuda13]'): {exc}"
+    ) from exc
+
+import numpy as np
+
+from . import api
+from .launch import Ref
+
+__all__ = ["attention"]
+
+
+class _Static(NamedTuple):
+    """The options fixed at trace time (hashable: a jit cache key and a custom_vjp nondiff argument)."""
+
+    softmax_scale: float | None
+    causal: bool
+    window_size: tuple  # (left, right) ints
+    softcap: float
+    deterministic: bool
+
+
+# ---------------------------------------------------------------- trace time: shapes and dtypes
+
+
+@functools.lru_cache(maxsize=None)
+def _contiguous_strides(shape: tuple) -> tuple:
+    """Row-major strides in elements (XLA hands custom calls dense row-major buffers)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _abstract_ref(x, device: int) -> Ref:
+    """A Ref with a null pointer for the trace-time checks (shape, dtype, device)."""
+    shape = tuple(int(n) for n in x.shape)
+    return Ref(0, shape, _contiguous_strides(shape), np.dtype(x.dtype).name, device)
+
+
+def _as_array(x, name: str):
+    """x as a JAX array (or tracer); NumPy arrays are moved to the default device."""
+    if isinstance(x, (jax.Array, jax.core.Tracer)):
+        return x
+    if isinstance(x, np.ndarray):
+        return jnp.asarray(x)
+    raise TypeError(f"{name} must be a JAX array, got {type(x).__name__}")
+
+
+def _static(value, name: str):
+    """An option that must be known at trace time: refuse a traced value with a hint."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a Python value known at trace time, not a traced JAX value: "
+            f"mark it static (jax.jit(..., static_argnames=...)) or close over it"
+        )
+    return value
+
+
+def _device_ordinal(q) -> int:
+    """The CUDA ordinal q lives on (a concrete array), or of JAX's first GPU (a tracer);
+    used only by the trace-time checks: the callback reads the real one from its buffers."""
+    if isinstance(q, jax.core.Tracer):
+        if jax.default_backend() != "gpu":
+            raise RuntimeError(
+                f"cuflash.jax runs on a CUDA GPU, but JAX's default backend is {jax.default_backend()!r} "
+                "(install jax[cuda12] / jax[cuda13], or run the jitted function on a GPU)"
+            )
+        device = jax.devices()[0]
+    else:
+        devices = q.devices()
+        if len(devices) != 1:
+            raise ValueError(
+                f"q is spread over {len(devices)} devices; cuflash.jax attends on one GPU per call "
+                "(call it inside jax.shard_map)"
+            )
+        (device,) = devices
+    if device.platform != "gpu":
+        raise ValueError(f"q is on a {device.platform} device; cuflash.jax needs arrays on a CUDA GPU")
+    return int(device.local_hardware_id)
+
+
+def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_size, softcap,
+              deterministic) -> _Static:
+    """Every check api.py makes, on shapes and dtypes, each error naming its argument.
+    Returns the normalised static options."""
+    device = _device_ordinal(q)
+    qr, kr, vr = (_abstract_ref(x, device) for x in (q, k, v))
+    api.validate_qkv(qr, kr, vr)
+    ar = None if alibi_slopes is None else _abstract_ref(alibi_slopes, device)
+    sr = None if learnable_sink is None else _abstract_ref(learnable_sink, device)
+    for value, name in ((softmax_scale, "softmax_scale"), (causal, "causal"), (window_size, "window_size"),
+                        (softcap, "softcap"), (deterministic, "deterministic")):
+        _static(value, name)
+    if isinstance(window_size, (list, tuple)):
+        for w in window_size:
+            _static(w, "window_size")
+    opts = api.options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    return _Static(None if softmax_scale is None else opts.scale, bool(causal),
+                   tuple(int(w) for w in window_size), float(softcap), bool(deterministic))
+
+
+# ---------------------------------------------------------------- run time: inside the callback
+
+
+_DLPACK_ONLY: set = set()  # dtype names whose buffers refuse __cuda_array_interface__
+
+
+def _capsule_pointer():
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return get
+
+
+_PyCapsule_GetPointer = _capsule_pointer()
+
+
+def _dlpack_data_ptr(buf) -> int:
+    """The data pointer of a buffer's DLPack capsule (DLManagedTensor starts with a DLTensor:
+    void* data at offset 0 ... uint64 byte_offset at offset 40). The capsule is not
+    consumed: its deleter frees it when it goes."""
+    capsule = buf.__dlpack__()
+    tensor = _PyCapsule_GetPointer(capsule, b"dltensor")
+    data = ctypes.c_void_p.from_address(tensor).value or 0
+    return data + ctypes.c_uint64.from_address(tensor + 40).value
+
+
+def _buffer_ptr(buf) -> int:
+    dtype = buf.dtype.name
+    if dtype not in _DLPACK_ONLY:
+        try:
+            return buf.__cuda_array_interface__["data"][0] or 0
+        except Exception:  # a jaxlib whose interface refuses this dtype (bf16), or a host buffer
+            _DLPACK_ONLY.add(dtype)
+    return _dlpack_data_ptr(buf)
+
+
+def _buffer_ref(buf, device: int, name: str) -> Ref:
+    """The Ref of an XLA buffer (dense row-major); its start must be 16-byte aligned."""
+    shape = tuple(buf.shape)
+    ref = Ref(_buffer_ptr(buf), shape, _contiguous_strides(shape), buf.dtype.name, device)
+    if ref.ptr % 16 and 0 not in shape:
+        raise ValueError(f"{name} starts at {ref.ptr:#x}, not on a 16-byte boundary as the kernels need")
+    return ref
+
+
+def _stream(ctx) -> int:
+    """XLA's CUDA stream of this call."""
+    return ctx.stream
+
+
+class _XlaStream:
+    """XLA's stream in the CUDA stream protocol (for cupy.cuda.Stream.from_external)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def _cupy_stream(stream: int, device: int):
+    """XLA's stream as a CuPy stream, to be made current (`with`): the backward's scratch then
+    comes from CuPy's stream-ordered pool on it, and the dsink sum runs on it."""
+    import cupy
+
+    return cupy.cuda.Stream.from_external(_XlaStream(stream))
+
+
+def _cupy_view(ref: Ref):
+    """A CuPy array over an XLA buffer (no copy; XLA owns the memory)."""
+    import cupy
+
+    dtype = np.dtype(ref.dtype)
+    nbytes = math.prod(ref.shape) * dtype.itemsize
+    mem = cupy.cuda.UnownedMemory(ref.ptr, nbytes, None, ref.device)
+    return cupy.ndarray(ref.shape, dtype, cupy.cuda.MemoryPointer(mem, 0))
+
+
+def _dsink_into(dsink: Ref, sink: Ref, lse: Ref, delta) -> None:
+    """dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), on the current
+    CuPy stream. delta: run_backward's launch.Delta (rows hold rowsum(dO * O) - dlse), or None."""
+    import cupy
+
+    out = _cupy_view(dsink)  # (nheads,) float32
+    seqlen_q = lse.shape[2]
+    if delta is None or seqlen_q == 0:
+        out.fill(0)
+        return
+    s = _cupy_view(sink)  # (nheads,)
+    lse_a = _cupy_view(lse)  # (batch, nheads, seqlen_q)
+    rows = api.delta_rows(delta, seqlen_q)  # (batch, nheads, seqlen_q), a view of the CuPy scratch
+    out[...] = -(cupy.exp(s[None, :, None] - lse_a) * rows).sum(axis=(0, 2), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_callback(st: _Static, with_lse: bool):
+    """The forward callback of one set of static options (one object per set, so JAX's
+    compile caches hit). outs: out (batch, seqlen_q, nheads, headdim) [, lse (batch, nheads, seqlen_q) f32]."""
+
+    def callback(ctx, outs, q, k, v, alibi_slopes, learnable_sink):
+        device = q.__dlpack_device__()[1]
+        qr, kr, vr = _buffer_ref(q, device, "q"), _buffer_ref(k, device, "k"), _buffer_ref(v, device, "v")
+        ar = None if alibi_slopes is None else _buffer_ref(alibi_slopes, device, "alibi_slopes")
+        sr = None if learnable_sink is None else _buffer_ref(learnable_sink, device, "learnable_sink")
+        out, lse = outs if with_lse else (outs, None)
+        outr = _buffer_ref(out, device, "out")
+        lser = None if lse is None else _buffer_ref(lse, device, "lse")
+        opts = api.options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
+        with api._device_scope(device):
+            api.run_forward(qr, kr, vr, outr, lser, opts, _stream(ctx))
+
+    return callback
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_callback(st: _Static):
+    """The backward callback of one set of static options. grads: (dq, dk, dv, dsink or None)."""
+
+    def callback(ctx, grads, dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink):
+        device = q.__dlpack_device__()[1]
+        qr, kr, vr = _buffer_ref(q, device, "q"), _buffer_ref(k, device, "k"), _buffer_ref(v, device, "v")
+        doutr, outr = _buffer_ref(dout, device, "dout"), _buffer_ref(out, device, "out")
+        lser = _buffer_ref(lse, device, "lse")
+        dlser = None if dlse is None else _buffer_ref(dlse, device, "dlse")
+        ar = None if alibi_slopes is None else _buffer_ref(alibi_slopes, device, "alibi_slopes")
+        sr = None if learnable_sink is None else _buffer_ref(learnable_sink, device, "learnable_sink")
+        dq, dk, dv, dsink = grads
+        dqr, dkr, dvr = _buffer_ref(dq, device, "dq"), _buffer_ref(dk, device, "dk"), _buffer_ref(dv, device, "dv")
+        opts = api.options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
+        stream = _stream(ctx)
+        with api._device_scope(device), _cupy_stream(stream, device):
+            delta = api.run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, st.deterministic, dlser,
+                                     api._cupy_alloc, stream)
+            if dsink is not None:
+                _dsink_into(_buffer_ref(dsink, device, "dsink"), sr, lser, delta)
+            del delta  # the scratch goes back to CuPy's pool, stream-ordered after the kernels that use it
+
+    return callback
+
+
+# ---------------------------------------------------------------- the primitives and their VJP
+
+
+def _like(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _forward(q, k, v, alibi_slopes, learnable_sink, st: _Static, with_lse: bool):
+    """out (batch, seqlen_q, nheads, headdim) like q, and with with_lse also lse (batch, nheads, seqlen_q) f32."""
+    batch, seqlen_q, nheads, _ = q.shape
+    result = _like(q)
+    if with_lse:
+        result = (result, jax.ShapeDtypeStruct((batch, nheads, seqlen_q), jnp.float32))
+    call = buffer_callback(_forward_callback(st, with_lse), result, vmap_method="sequential")
+    return call(q, k, v, alibi_slopes, learnable_sink)
+
+
+def _backward(st: _Static, residuals, dout, dlse):
+    """(dq, dk, dv, dalibi, dsink): cotangents of (q, k, v, alibi_slopes, learnable_sink)."""
+    q, k, v, alibi_slopes, learnable_sink, out, lse = residuals
+    result = (_like(q), _like(k), _like(v), None if learnable_sink is None else _like(learnable_sink))
+    call = buffer_callback(_backward_callback(st), result, vmap_method="sequential")
+    dq, dk, dv, dsink = call(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink)
+    dalibi = None if alibi_slopes is None else jnp.zeros_like(alibi_slopes)  # ALiBi slopes are not learned
+    return dq, dk, dv, dalibi, dsink
+
+
+# out only: the forward of the undifferentiated call skips the lse store.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q, k, v, alibi_slopes, learnable_sink, st):
+    return _forward(q, k, v, alibi_slopes, learnable_sink, st, with_lse=False)
+
+
+def _attention_fwd(q, k, v, alibi_slopes, learnable_sink, st):
+    out, lse = _forward(q, k, v, alibi_slopes, learnable_sink, st, with_lse=True)
+    return out, (q, k, v, alibi_slopes, learnable_sink, out, lse)
+
+
+def _attention_bwd(st, residuals, dout):
+    return _backward(st, residuals, dout, None)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# (out, lse): a loss may read lse too; its cotangent dlse goes to the backward kernels.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention_lse(q, k, v, alibi_slopes, learnable_sink, st):
+    return _forward(q, k, v, alibi_slopes, learnable_sink, st, with_lse=True)
+
+
+def _attention_lse_fwd(q, k, v, alibi_slopes, learnable_sink, st):
+    out, lse = _forward(q, k, v, alibi_slopes, learnable_sink, st, with_lse=True)
+    return (out, lse), (q, k, v, alibi_slopes, learnable_sink, out, lse)
+
+
+def _attention_lse_bwd(st, residuals, cotangents):
+    dout, dlse = cotangents
+    return _backward(st, residuals, dout, dlse)
+
+
+_attention_lse.defvjp(_attention_lse_fwd, _attention_lse_bwd)
+
+
+# ---------------------------------------------------------------- public
+
+
+def attention(
+    q,
+    k,
+    v,
+    *,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    learnable_sink=None,
+    deterministic=False,
+    return_lse=False,
+):
+    """Exact attention softmax(q k^T * softmax_scale) v on JAX arrays, with a custom VJP.
+
+    q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim);
+    float16 or bfloat16 on one CUDA GPU; nheads % nheads_kv == 0 (GQA/MQA); headdim a
+    multiple of 8 up to 256. The options mean what they mean in cuflash.attention:
+    causal / window_size=(left, right) masks aligned to the bottom-right corner (-1:
+    unbounded), softcap > 0 caps the scaled scores, alibi_slopes float32 (nheads,) or
+    (batch, nheads), learnable_sink float32 (nheads,) (one logit per head in every
+    row's softmax denominator). deterministic=True makes the gradients bitwise
+    reproducible. softmax_scale, causal, window_size, softcap and deterministic are
+    Python values (static under jit).
+
+    Returns out (batch, seqlen_q, nheads, headdim) in q's dtype; with return_lse=True,
+    (out, lse) with lse (batch, nheads, seqlen_q) float32, natural log, differentiable too.
+    Gradients: q, k, v, and learnable_sink (float32); alibi_slopes gets zeros.
+    Works eagerly and under jax.jit and jax.grad; under jax.vmap it loops (one launch
+    per element).
+    """
+    q, k, v = _as_array(q, "q"), _as_array(k, "k"), _as_array(v, "v")
+    if alibi_slopes is not None:
+        alibi_slopes = _as_array(alibi_slopes, "alibi_slopes")
+    if learnable_sink is not None:
+        learnable_sink = _as_array(learnable_sink, "learnable_sink")
+    st = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_size, softcap,
+                   deterministic)
+    if return_lse:
+        return _attention_lse(q, k, v, alibi_slopes, learnable_sink, st)
+    return _attention(q, k, v, alibi_slopes, learnable_sink, st)

@@ -1,0 +1,457 @@
+"""cuflash.torch: flash-attn 2.x's functions on torch tensors, as torch custom ops.
+
+    from cuflash.torch import flash_attn_func
+    out = flash_attn_func(q, k, v, causal=True)     # q, k, v: (batch, seqlen, nheads, headdim) CUDA tensors
+
+The functions keep flash-attn 2.x's names, parameter order, defaults and
+returns; cuflash's own options (``learnable_sink``) come only as keywords after
+them. Options whose kernels cuflash does not have yet raise NotImplementedError
+naming the option.
+
+How a call runs (DESIGN 8):
+- Tensors reach the kernels as raw pointers and strides (``Ref``); nothing goes
+  through DLPack or CuPy arrays. Outputs and scratch come from ``torch.empty``,
+  so they count in torch's memory stats and work under CUDA-graph capture;
+  kernels launch on ``torch.cuda.current_stream()`` of the inputs' device.
+- Eagerly, when no gradient is needed, the forward runs directly (the decode
+  path: no dispatcher cost). When a gradient is needed, or under
+  ``torch.compile``, the call goes through the ``cuflash::fwd`` custom op, whose
+  autograd formula calls ``cuflash::bwd``. Both ops have fake implementations, so
+  ``torch.compile(fullgraph=True)`` traces them without a graph break.
+- Like flash-attn, an input whose last dimension is not contiguous is copied to
+  a contiguous tensor first (so is dout in the backward).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Optional
+
+import torch
+
+from . import api
+from .launch import Ref
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_with_kvcache",
+    "transformers_attention",
+    "register_transformers",
+    "SDPA_IMPL_NAME",
+]
+
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                torch.int32: "int32", torch.float64: "float64"}
+_TORCH_DTYPES = {name: dt for dt, name in _DTYPE_NAMES.items()}
+
+
+# ---------------------------------------------------------------- tensors as Refs
+
+
+def _ref(t: torch.Tensor, name: str, real: bool = True) -> Ref:
+    """The Ref of a CUDA tensor (real=False: a fake tensor under tracing, pointer 0)."""
+    try:
+        dtype = _DTYPE_NAMES[t.dtype]
+        cuda = t.is_cuda
+    except (AttributeError, KeyError):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}") from None
+        dtype, cuda = str(t.dtype).removeprefix("torch."), t.is_cuda
+    if not cuda:
+        raise ValueError(f"{name} must be a CUDA tensor, got one on {t.device}")
+    return Ref(t.data_ptr() if real else 0, t.shape, t.stride(), dtype, t.get_device())
+
+
+def _maybe_contiguous(t):
+    """flash-attn's rule: a tensor whose last dimension is not contiguous is copied."""
+    return t.contiguous() if t is not None and t.stride(-1) != 1 else t
+
+
+try:  # torch's raw-stream getter (inductor's generated code uses it): far cheaper than current_stream()
+    from torch._C import _cuda_getCurrentRawStream as _stream
+except ImportError:  # pragma: no cover - a torch without it
+
+    def _stream(device: int) -> int:
+        return torch.cuda.current_stream(device).cuda_stream
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _on_device(device: int):
+    """Make the tensors' device current for the launch (a no-op when it already is)."""
+    return _NO_GUARD if torch.cuda.current_device() == device else torch.cuda.device(device)
+
+
+def _alloc(device: int):
+    def alloc(shape, dtype: str):
+        t = torch.empty(shape, dtype=_TORCH_DTYPES[dtype], device=device)
+        return t, _ref(t, "scratch")
+
+    return alloc
+
+
+# ---------------------------------------------------------------- validation and the two launches
+
+
+def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
+              real: bool = True):
+    """Refs of q, k, v and the validated Options; every error names its argument."""
+    qr, kr, vr = _ref(q, "q", real), _ref(k, "k", real), _ref(v, "v", real)
+    api.validate_qkv(qr, kr, vr)
+    ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes", real)
+    sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink", real)
+    opts = api.options(qr, softmax_scale, causal, (window_left, window_right), softcap, ar, sr)
+    return qr, kr, vr, opts
+
+
+def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
+             return_lse: bool):
+    """(out, lse or None): the forward kernel on validated-on-entry tensors."""
+    qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+                                 window_right, softcap)
+    batch, seqlen_q, nheads, _ = q.shape
+    device = qr.device
+    with _on_device(device):
+        out = q.new_empty(q.shape)
+        lse = q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32) if return_lse else None
+        api.run_forward(qr, kr, vr, _ref(out, "out"), None if lse is None else _ref(lse, "lse"), opts,
+                        _stream(device))
+    return out, lse
+
+
+def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+              window_right, softcap, deterministic):
+    """(dq, dk, dv, dsink): dsink is float32 (nheads,) with a learnable sink, else an empty tensor."""
+    dout = _maybe_contiguous(dout)
+    qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+                                 window_right, softcap)
+    doutr, outr, lser = _ref(dout, "dout"), _ref(out, "out"), _ref(lse, "lse")
+    api.check_like(doutr, qr, "dout", "q")
+    api.check_like(outr, qr, "out", "q")
+    api.check_lse(lser, qr)
+    dlser = None if dlse is None else api.check_lse(_ref(dlse, "dlse"), qr, "dlse")
+    device = qr.device
+    with _on_device(device):
+        dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+        delta = api.run_backward(doutr, qr, kr, vr, outr, lser, _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv"),
+                                 opts, deterministic, dlser, _alloc(device), _stream(device))
+        if learnable_sink is None:
+            dsink = q.new_empty((0,), dtype=torch.float32)
+        elif delta is None:
+            dsink = torch.zeros_like(learnable_sink)
+        else:
+            # dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3)
+            dsink = -(torch.exp(learnable_sink[None, :, None] - lse) * api.delta_rows(delta, q.shape[1])).sum((0, 2))
+    return dq, dk, dv, dsink
+
+
+# ---------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("cuflash::fwd", mutates_args=(), device_types="cuda")
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slopes: Optional[torch.Tensor],
+            learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
+            window_right: int, softcap: float, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q) float32).
+    deterministic is carried for the backward only."""
+    return _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
+                    softcap, True)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
+              deterministic):
+    _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
+              real=False)
+    batch, seqlen_q, nheads, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+
+
+@torch.library.custom_op("cuflash::bwd", mutates_args=(), device_types="cuda")
+def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, dlse: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
+            learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
+            window_right: int, softcap: float, deterministic: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dsink); dsink is (nheads,) float32 with a learnable sink, else empty."""
+    return _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal,
+                     window_left, window_right, softcap, deterministic)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, *rest):
+    dsink = q.new_empty((0,) if learnable_sink is None else learnable_sink.shape, dtype=torch.float32)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsink
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    q, k, v, alibi_slopes, learnable_sink, *ctx.options = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, learnable_sink)
+
+
+def _fwd_backward(ctx, dout, dlse, backward=_bwd_op):
+    """The gradients of (q, k, v, alibi_slopes, learnable_sink, *options) from those of (out, lse):
+    the autograd formula of cuflash::fwd (through cuflash::bwd) and of the eager Function."""
+    q, k, v, out, lse, alibi_slopes, learnable_sink = ctx.saved_tensors
+    if dout is None:  # only lse was used
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dsink = backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, *ctx.options)
+    return dq, dk, dv, None, dsink if learnable_sink is not None else None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """cuflash::fwd's autograd without the dispatcher: a custom op costs ~100 µs per call in
+    eager mode (measured on the H200), an autograd.Function a fraction of that. Same kernels, same formula."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
+                softcap, deterministic):
+        ctx.set_materialize_grads(False)
+        output = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
+                          softcap, True)
+        _fwd_setup_context(ctx, (q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+                                 window_right, softcap, deterministic), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return _fwd_backward(ctx, dout, dlse, backward=_backward)
+
+
+# ---------------------------------------------------------------- flash-attn 2.x functions
+
+
+def _not_implemented(**options):
+    for name, value in options.items():
+        if value:
+            raise NotImplementedError(f"{name}={value!r} is not implemented yet in cuflash")
+
+
+def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+               return_attn_probs, learnable_sink):
+    """The one path behind every dense function: (out) or (out, lse, None)."""
+    _not_implemented(dropout_p=dropout_p)
+    if not (isinstance(window_size, tuple) and len(window_size) == 2):
+        window_size = api._window(window_size, False)  # a clear error for a bad value; a list becomes a tuple
+    window_left, window_right = window_size
+    q, k, v = _maybe_contiguous(q), _maybe_contiguous(k), _maybe_contiguous(v)
+    if softmax_scale is None:
+        softmax_scale = q.shape[-1] ** -0.5
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
+        learnable_sink is not None and learnable_sink.requires_grad))
+    if torch.compiler.is_compiling():
+        out, lse = _fwd_op(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale), bool(causal), window_left,
+                           window_right, float(softcap), bool(deterministic))
+    elif grad:
+        out, lse = _EagerAttention.apply(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale), bool(causal),
+                                         window_left, window_right, float(softcap), bool(deterministic))
+    else:
+        out, lse = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
+                            softcap, return_attn_probs)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, learnable_sink=None):
+    """flash-attn 2.x's flash_attn_func. q: (batch, seqlen_q, nheads, headdim); k, v:
+    (batch, seqlen_k, nheads_kv, headdim); fp16/bf16 CUDA tensors. Returns out like q, or with
+    return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q) float32, None): cuflash has
+    no dropout, so there is no attention-probability tensor to return.
+    learnable_sink (cuflash only): float32 (nheads,) sink logits, differentiable."""
+    return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                      return_attn_probs, learnable_sink)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                              learnable_sink=None):
+    """flash-attn 2.x's flash_attn_qkvpacked_func: qkv (batch, seqlen, 3, nheads, headdim), read
+    through views (no copy); the gradient comes back packed like qkv."""
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must have shape (batch, seqlen, 3, nheads, headdim), got {tuple(qkv.shape)}")
+    return _attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal, window_size,
+                      softcap, alibi_slopes, deterministic, return_attn_probs, learnable_sink)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                             learnable_sink=None):
+    """flash-attn 2.x's flash_attn_kvpacked_func: kv (batch, seqlen_k, 2, nheads_kv, headdim), read
+    through views (no copy)."""
+    if kv.dim() != 5 or kv.shape[2] != 2:
+        raise ValueError(f"kv must have shape (batch, seqlen_k, 2, nheads_kv, headdim), got {tuple(kv.shape)}")
+    return _attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal, window_size, softcap,
+                      alibi_slopes, deterministic, return_attn_probs, learnable_sink)
+
+
+_VARLEN = "variable-length batches (cu_seqlens) are not implemented yet in cuflash"
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None, *, learnable_sink=None):
+    """flash-attn 2.x's flash_attn_varlen_func (signature only, for now)."""
+    raise NotImplementedError(f"cu_seqlens_q: {_VARLEN}")
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
+                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False, *, learnable_sink=None):
+    """flash-attn 2.x's flash_attn_varlen_qkvpacked_func (signature only, for now)."""
+    raise NotImplementedError(f"cu_seqlens: {_VARLEN}")
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                                    learnable_sink=None):
+    """flash-attn 2.x's flash_attn_varlen_kvpacked_func (signature only, for now)."""
+    raise NotImplementedError(f"cu_seqlens_q: {_VARLEN}")
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                            cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False, *,
+                            learnable_sink=None):
+    """flash-attn 2.x's flash_attn_with_kvcache. Without the cache operations (no k/v to append,
+    rotary, cache_seqlens, cache_batch_idx, cache_leftpad or block_table) it is attention over the
+    whole cache and runs; those options raise NotImplementedError until the KV-cache kernels land."""
+    _not_implemented(k=k is not None, v=v is not None, rotary_cos=rotary_cos is not None,
+                     cache_seqlens=cache_seqlens is not None, cache_batch_idx=cache_batch_idx is not None,
+                     cache_leftpad=cache_leftpad is not None, block_table=block_table is not None)
+    with torch.no_grad():
+        out = _attention(q, k_cache, v_cache, 0.0, softmax_scale, causal, window_size, softcap, alibi_slopes, False,
+                         return_softmax_lse, learnable_sink)
+    return (out[0], out[1]) if return_softmax_lse else out
+
+
+# ---------------------------------------------------------------- SDPA: a flash implementation for torch
+
+#: The name cuflash registers under torch.nn.attention.register_flash_attention_impl (torch >= 2.10).
+SDPA_IMPL_NAME = "cuflash"
+
+
+class _SdpaHandle:
+    """What register_fn returns: remove() drops cuflash's kernels for the SDPA flash ops."""
+
+    def __init__(self, library):
+        self.library = library
+
+    def remove(self) -> None:
+        if self.library is not None:
+            self.library._destroy()
+            self.library = None
+
+
+def _sdpa_forward(query, key, value, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None):
+    """aten::_scaled_dot_product_flash_attention on cuflash. query (B, H, S_q, D), key/value
+    (B, H_kv, S_k, D); returns flash's 9-tuple with out in query's layout and lse (B, H, S_q)."""
+    if dropout_p or return_debug_mask:
+        raise NotImplementedError(
+            f"cuflash as SDPA's flash implementation has no dropout (dropout_p={dropout_p}) and no debug mask; "
+            "call torch.nn.attention.restore_flash_attention_impl() to use torch's own flash kernels")
+    out = torch.empty_like(query)
+    q, k, v, o = (t.transpose(1, 2) for t in (query, key, value, out))  # (B, S, H, D) views, no copies
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    qr, kr, vr, opts = _validate(q, k, v, None, None, scale, is_causal, -1, -1, 0.0)
+    batch, seqlen_q, nheads, _ = q.shape
+    lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
+    with _on_device(qr.device):
+        api.run_forward(qr, kr, vr, _ref(o, "out"), _ref(lse, "lse"), opts, _stream(qr.device))
+    rng_state = torch.zeros((2,), dtype=torch.uint64, device=query.device)
+    philox_offset = torch.zeros((), dtype=torch.uint64, device=query.device)
+    debug_mask = torch.empty(0, dtype=query.dtype, device=query.device)
+    return out, lse, None, None, query.shape[2], key.shape[2], rng_state, philox_offset, debug_mask
+
+
+def _sdpa_backward(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p,
+                   is_causal, philox_seed, philox_offset, *, scale=None):
+    """aten::_scaled_dot_product_flash_attention_backward on cuflash: (dq, dk, dv) in the inputs' layouts."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    q, k, v, o, do = (t.transpose(1, 2) for t in (query, key, value, out, grad_out))
+    dq, dk, dv, _ = _backward(do, q, k, v, o, logsumexp, None, None, None, scale, is_causal, -1, -1, 0.0, False)
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
+def _sdpa_register():
+    lib = torch.library.Library("aten", "IMPL", "CUDA")  # noqa: TOR901
+    lib.impl("_scaled_dot_product_flash_attention", _sdpa_forward, "CUDA")
+    lib.impl("_scaled_dot_product_flash_attention_backward", _sdpa_backward, "CUDA")
+    return _SdpaHandle(lib)
+
+
+def _register_sdpa_impl() -> bool:
+    """Offer cuflash to torch's flash-implementation registry (not activated: the user calls
+    torch.nn.attention.activate_flash_attention_impl("cuflash")). False on a torch without it."""
+    register = getattr(torch.nn.attention, "register_flash_attention_impl", None)
+    if register is None:
+        return False
+    if SDPA_IMPL_NAME not in torch.nn.attention.list_flash_attention_impls():
+        register(SDPA_IMPL_NAME, register_fn=_sdpa_register)
+    return True
+
+
+_register_sdpa_impl()
+
+
+# ---------------------------------------------------------------- HuggingFace transformers
+
+
+def transformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                           sliding_window=None, softcap=None, is_causal=None, s_aux=None, **kwargs):
+    """An attention function for transformers' AttentionInterface (register_transformers does the
+    registration). query (B, H, S_q, D), key/value (B, H_kv, S_k, D) -> ((B, S_q, H, D), None).
+
+    Causal unless the module (or the call) says otherwise, bottom-right aligned as in flash-attn;
+    sliding_window w lets a query see the w most recent keys (itself included); softcap as Gemma 2;
+    s_aux (gpt-oss sinks) becomes the differentiable learnable_sink. Padding masks need varlen,
+    which cuflash does not have yet: a call with a padding mask raises NotImplementedError."""
+    if attention_mask is not None:
+        raise NotImplementedError(
+            "attention_mask: padded batches need variable-length attention, which cuflash does not have yet; "
+            "pass unpadded batches (equal lengths) or use attn_implementation='sdpa'")
+    if dropout:
+        raise NotImplementedError(f"dropout={dropout} is not implemented yet in cuflash")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    window = (sliding_window - 1, sliding_window - 1) if sliding_window else (-1, -1)
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    sink = None if s_aux is None else s_aux.float()
+    out = _attention(q, k, v, 0.0, scaling, causal, window, softcap or 0.0, None, False, False, sink)
+    return out, None
+
+
+def register_transformers(name: str = "cufa") -> str:
+    """Register transformers_attention (and the mask function it reads) under `name`, so that
+    attn_implementation=name selects cuflash. transformers 5.x treats any name containing "flash"
+    as a flash-attn kernel to import from the Hub and refuses it, hence the default name."""
+    if "flash" in name:
+        raise ValueError(f"name {name!r} contains 'flash', which transformers 5.x refuses for registered functions")
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(name, transformers_attention)
+    # flash_attention_mask gives None without padding and a (B, S_k) padding mask otherwise:
+    # exactly what transformers_attention reads (and refuses while varlen is missing).
+    AttentionMaskInterface.register(name, flash_attention_mask)
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_names() -> dict:
+    """{function name: parameter names}, for the signature comparison in the tests and the README."""
+    import inspect
+
+    return {name: list(inspect.signature(globals()[name]).parameters) for name in __all__ if callable(globals()[name])}

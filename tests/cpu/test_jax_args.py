@@ -1,0 +1,256 @@
+"""cuflash.jax without a GPU: argument checks at trace time (each error naming its
+argument), output and gradient shapes (jax.eval_shape), and the plumbing of the
+callbacks and the custom VJP, run on JAX's CPU backend with the kernel launches
+replaced by the NumPy reference (cuflash.reference) reading and writing the
+buffers through their pointers. Skipped where JAX is not installed (except the
+checks that `import cuflash` never imports JAX).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np
+import pytest
+
+from cuflash import api, reference, testing
+
+REPO = Path(__file__).resolve().parents[2]
+HAVE_JAX = importlib.util.find_spec("jax") is not None
+needs_jax = pytest.mark.skipif(not HAVE_JAX, reason="JAX is not installed")
+
+
+def test_import_cuflash_does_not_import_jax():
+    code = "import sys, cuflash, cuflash.api, cuflash.launch; assert 'jax' not in sys.modules, 'jax imported'"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.skipif(HAVE_JAX, reason="JAX is installed")
+def test_missing_jax_is_a_clear_import_error():
+    with pytest.raises(ImportError, match=r"cuflash\.jax needs JAX"):
+        importlib.import_module("cuflash.jax")
+
+
+# ---------------------------------------------------------------- with JAX
+
+if HAVE_JAX:
+    import jax
+    import jax.numpy as jnp
+
+    import cuflash.jax as cj
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """Trace-time checks without a GPU: device 0, any compute capability."""
+    monkeypatch.setattr(cj, "_device_ordinal", lambda q: 0)
+    monkeypatch.setattr(api, "_check_device", lambda device: None)
+
+
+def sds(shape, dtype="float16"):
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+
+Q, KV = (2, 5, 4, 64), (2, 7, 2, 64)
+
+
+def shapes(**options):
+    """jax.eval_shape of attention on (Q, KV, KV) fp16 with options (arrays as ShapeDtypeStructs)."""
+    arrays = {n: options.pop(n) for n in ("alibi_slopes", "learnable_sink") if n in options}
+    return jax.eval_shape(lambda q, k, v, a: cj.attention(q, k, v, **a, **options), sds(Q), sds(KV), sds(KV), arrays)
+
+
+# ---- each bad argument raises before anything runs, naming itself
+
+BAD_ARRAYS = [
+    # (q, k, v shapes / dtypes, error, message)
+    (((2, 5, 4, 64), "float32"), ((2, 7, 2, 64), "float32"), ((2, 7, 2, 64), "float32"), TypeError, r"q has dtype float32"),
+    (((2, 5, 4, 64), "float16"), ((2, 7, 2, 64), "bfloat16"), ((2, 7, 2, 64), "float16"), TypeError, r"k has dtype bfloat16"),
+    (((2, 5, 4, 64), "float16"), ((2, 7, 2, 64), "float16"), ((2, 9, 2, 64), "float16"), ValueError, r"v must have the shape of k"),
+    (((5, 4, 64), "float16"), ((2, 7, 2, 64), "float16"), ((2, 7, 2, 64), "float16"), ValueError, r"q must have 4 dims"),
+    (((2, 5, 4, 64), "float16"), ((2, 7, 3, 64), "float16"), ((2, 7, 3, 64), "float16"), ValueError,
+     r"nheads of q \(4\) must be a multiple of nheads of k/v \(3\)"),
+    (((2, 5, 4, 12), "float16"), ((2, 7, 2, 12), "float16"), ((2, 7, 2, 12), "float16"), ValueError, r"head dim"),
+    (((3, 5, 4, 64), "float16"), ((2, 7, 2, 64), "float16"), ((2, 7, 2, 64), "float16"), ValueError, r"batch sizes differ"),
+]
+
+
+@needs_jax
+@pytest.mark.parametrize("q, k, v, error, match", BAD_ARRAYS, ids=lambda x: None)
+def test_bad_q_k_v_are_named(no_gpu, q, k, v, error, match):
+    with pytest.raises(error, match=match):
+        jax.eval_shape(cj.attention, sds(*q), sds(*k), sds(*v))
+
+
+BAD_OPTIONS = [
+    # array options as (shape, dtype)
+    ({"learnable_sink": ((3,), "float32")}, ValueError, r"learnable_sink must have shape \(nheads,\)"),
+    ({"learnable_sink": ((4,), "float16")}, TypeError, r"learnable_sink must be float32"),
+    ({"alibi_slopes": ((3, 4), "float32")}, ValueError, r"alibi_slopes must have shape"),
+    ({"window_size": (-2, 0)}, ValueError, r"window_size entries must be >= -1"),
+    ({"window_size": (1, 2, 3)}, ValueError, r"window_size must be a pair"),
+    ({"softcap": -1.0}, ValueError, r"softcap must be"),
+    ({"softmax_scale": 0.0}, ValueError, r"softmax_scale must be a finite positive number"),
+]
+
+
+@needs_jax
+@pytest.mark.parametrize("options, error, match", BAD_OPTIONS, ids=lambda x: None)
+def test_bad_options_are_named(no_gpu, options, error, match):
+    options = dict(options)
+    arrays = {n: sds(*options.pop(n)) for n in ("alibi_slopes", "learnable_sink") if n in options}
+    with pytest.raises(error, match=match):
+        shapes(**options, **arrays)
+
+
+@needs_jax
+def test_traced_option_is_refused_under_jit(no_gpu):
+    q = jnp.zeros(Q, jnp.float16)
+    k = jnp.zeros(KV, jnp.float16)
+    with pytest.raises(TypeError, match=r"softmax_scale must be a Python value known at trace time"):
+        jax.jit(lambda q, k, s: cj.attention(q, k, k, softmax_scale=s))(q, k, 0.5)
+
+
+@needs_jax
+def test_non_array_input_is_named(no_gpu):
+    with pytest.raises(TypeError, match=r"k must be a JAX array, got list"):
+        cj.attention(jnp.zeros(Q, jnp.float16), [[1.0]], jnp.zeros(KV, jnp.float16))
+
+
+@needs_jax
+def test_bad_input_raises_under_jit_before_running(no_gpu):
+    f = jax.jit(lambda q, k, v: cj.attention(q, k, v, causal=True))
+    with pytest.raises(ValueError, match=r"v must have the shape of k"):
+        f.lower(sds(Q), sds(KV), sds((2, 8, 2, 64)))
+
+
+# ---- shapes of outputs and gradients
+
+
+@needs_jax
+def test_output_shapes(no_gpu):
+    assert shapes(causal=True) == sds(Q)
+    out, lse = shapes(return_lse=True, window_size=(3, 0))
+    assert out == sds(Q) and lse == sds((2, 4, 5), "float32")
+
+
+@needs_jax
+def test_gradient_shapes_with_sink_and_alibi(no_gpu):
+    def loss(q, k, v, sink, slopes):
+        out, lse = cj.attention(q, k, v, learnable_sink=sink, alibi_slopes=slopes, return_lse=True)
+        return out.astype(jnp.float32).sum() + lse.sum()
+
+    grads = jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), sds(Q), sds(KV), sds(KV),
+                           sds((4,), "float32"), sds((2, 4), "float32"))
+    assert grads == (sds(Q), sds(KV), sds(KV), sds((4,), "float32"), sds((2, 4), "float32"))
+
+
+# ---- the plumbing, on JAX's CPU backend with the reference in place of the kernels
+
+
+def host_view(ref):
+    """A NumPy array over a Ref's (host) memory."""
+    dtype = testing.resolve_dtype(ref.dtype)
+    n = int(np.prod(ref.shape)) * dtype.itemsize
+    return np.frombuffer((ctypes.c_char * n).from_address(ref.ptr), dtype=dtype).reshape(ref.shape)
+
+
+def reference_options(opts):
+    return {"softmax_scale": opts.scale, "window_size": opts.window, "softcap": opts.softcap}
+
+
+def fake_forward(q, k, v, out, lse, opts, stream):
+    o, l = reference.attention_forward(host_view(q), host_view(k), host_view(v), **reference_options(opts))
+    host_view(out)[...] = o.astype(host_view(out).dtype)
+    if lse is not None:
+        host_view(lse)[...] = l
+
+
+def fake_backward(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic, dlse, alloc, stream):
+    grads = reference.attention_backward(host_view(dout), host_view(q), host_view(k), host_view(v),
+                                         dlse=None if dlse is None else host_view(dlse), **reference_options(opts))
+    for ref, g in zip((dq, dk, dv), grads[:3]):
+        host_view(ref)[...] = g.astype(host_view(ref).dtype)
+    return None
+
+
+@pytest.fixture
+def fake_kernels(no_gpu, monkeypatch):
+    """The callbacks run on JAX's CPU backend, launching the NumPy reference."""
+    monkeypatch.setattr(cj, "_stream", lambda ctx: 0)
+    monkeypatch.setattr(cj, "_cupy_stream", lambda stream, device: contextlib.nullcontext())
+    monkeypatch.setattr(api, "_device_scope", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(api, "run_forward", fake_forward)
+    monkeypatch.setattr(api, "run_backward", fake_backward)
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
+def cpu_inputs(dtype="fp16"):
+    host = testing.random_qkv(2, 5, 7, 4, 2, 64, dtype)
+    return host, tuple(jnp.asarray(x) for x in host)
+
+
+def assert_close(name, got, want, tol):
+    err = testing.max_abs_err(np.asarray(got), want)
+    assert err <= tol, f"{name}: max error {err:.3e} > {tol:.1e}"
+
+
+@needs_jax
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_forward_and_gradients_reach_the_right_buffers(fake_kernels, mode):
+    host, (q, k, v) = cpu_inputs()
+    dout_h = testing.random_like(host[0])
+    dout = jnp.asarray(dout_h).astype(jnp.float32)
+    opts = {"causal": True, "window_size": (3, -1)}
+
+    def loss(q, k, v):
+        return jnp.sum(cj.attention(q, k, v, **opts).astype(jnp.float32) * dout)
+
+    fwd = lambda q, k, v: cj.attention(q, k, v, return_lse=True, **opts)  # noqa: E731
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    if mode == "jit":
+        fwd, grad = jax.jit(fwd), jax.jit(grad)
+    out, lse = fwd(q, k, v)
+    o64, l64 = reference.attention_forward(*host, **opts)
+    assert_close("out", out, o64, 2e-3)
+    assert_close("lse", lse, l64, 1e-5)
+    for name, got, want in zip(("dq", "dk", "dv"), grad(q, k, v), reference.attention_backward(dout_h, *host, **opts)):
+        assert got.dtype == jnp.float16
+        assert_close(name, got, want, 4e-3)
+
+
+@needs_jax
+def test_lse_cotangent_reaches_the_backward(fake_kernels):
+    host, (q, k, v) = cpu_inputs()
+    dlse_h = np.random.default_rng().standard_normal((2, 4, 5)).astype(np.float32)
+
+    @jax.jit
+    def grads(q, k, v):
+        loss = lambda q, k, v: jnp.sum(cj.attention(q, k, v, return_lse=True)[1] * dlse_h)  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    zeros = np.zeros(host[0].shape, np.float32)
+    want = reference.attention_backward(zeros, *host, dlse=dlse_h)
+    for name, got, w in zip(("dq", "dk", "dv"), grads(q, k, v), want):
+        assert_close(name, got, w, 4e-3)
+
+
+@needs_jax
+def test_vmap_runs_one_call_per_element(fake_kernels):
+    host, (q, k, v) = cpu_inputs()
+    qs, ks, vs = jnp.stack([q, -q]), jnp.stack([k, k]), jnp.stack([v, 2 * v])
+    out = jax.jit(jax.vmap(lambda q, k, v: cj.attention(q, k, v, causal=True)))(qs, ks, vs)
+    assert out.shape == (2, *q.shape)
+    for i in range(2):
+        assert np.array_equal(np.asarray(out[i]), np.asarray(cj.attention(qs[i], ks[i], vs[i], causal=True)))
