@@ -103,7 +103,7 @@ def main():
 
             def run():
                 launch.backward(spec, *map(api.cupy_ref, (dout, q, k, v, out, lse, *grads)), api.Options(scale).fields,
-                                None, api._cupy_alloc, cp.cuda.get_current_stream().ptr)
+                                None, api.cupy_alloc, cp.cuda.get_current_stream().ptr)
 
             try:
                 run()

@@ -79,7 +79,7 @@ def cupy_ref(x) -> Ref:
                mem.device_id)
 
 
-def _cupy_alloc(shape, dtype):
+def cupy_alloc(shape, dtype):
     a = _cupy().empty(shape, dtype=dtype)
     return a, cupy_ref(a)
 
@@ -87,7 +87,7 @@ def _cupy_alloc(shape, dtype):
 _NO_SCOPE = contextlib.nullcontext()
 
 
-def _device_scope(device: int):
+def device_scope(device: int):
     """Make `device` current for the call (a no-op when it already is)."""
     cp = _cupy()
     if cp.cuda.runtime.getDevice() == device:
@@ -440,7 +440,7 @@ def attention(
         (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes,
                                                           "learnable_sink": learnable_sink})
         opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
-    with _device_scope(qr.device):
+    with device_scope(qr.device):
         if out is None:
             out = cp.empty(q.shape, dtype=q.dtype)
             outr = cupy_ref(out)
@@ -511,7 +511,7 @@ def attention_backward(
     opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
 
     cp = _cupy()
-    with _device_scope(qr.device):
+    with device_scope(qr.device):
         grads = []
         for x, xr, like, like_r, n, like_n in ((dq, dqr, q, qr, "dq", "q"), (dk, dkr, k, kr, "dk", "k"),
                                                (dv, dvr, v, vr, "dv", "v")):
@@ -523,7 +523,7 @@ def attention_backward(
             grads.append((x, xr))
         (dq, dqr), (dk, dkr), (dv, dvr) = grads
         delta = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
-                             _cupy_alloc, cp.cuda.get_current_stream().ptr)
+                             cupy_alloc, cp.cuda.get_current_stream().ptr)
         if learnable_sink is None:
             return dq, dk, dv
         if delta is None:

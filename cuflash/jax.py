@@ -6,9 +6,9 @@
     dq, dk, dv = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
 How it works (DESIGN sections 1, 8): the kernels are launched from a
-``jax.experimental.buffer_callback`` on XLA's own CUDA stream, so the same code
-path serves eager calls and ``jax.jit`` (the callback is compiled into the XLA
-program; XLA allocates every output). A ``jax.custom_vjp`` wraps it: the forward
+``jax.experimental.buffer_callback`` on XLA's own CUDA stream, inside a jitted
+program (eager calls go through a cached ``jax.jit`` too; XLA allocates every
+output). A ``jax.custom_vjp`` wraps it: the forward
 saves (out, lse), the backward launches cuflash's backward kernels. All
 argument checks run at trace time on shapes and dtypes (api.validate_qkv and
 api.options on Refs with a null pointer), so a bad input raises a Python error
@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where JAX is mis
 
 import numpy as np
 
-from . import api
+from . import api, reference
 from .launch import Ref
 
 __all__ = ["attention"]
@@ -74,10 +74,15 @@ def _contiguous_strides(shape: tuple) -> tuple:
     return tuple(reversed(strides))
 
 
+def _layout(x) -> Ref:
+    """Shape, strides and dtype of an array at trace time (pointer and device are filled per call)."""
+    shape = tuple(int(n) for n in x.shape)
+    return Ref(0, shape, _contiguous_strides(shape), np.dtype(x.dtype).name, -1)
+
+
 def _abstract_ref(x, device: int) -> Ref:
     """A Ref with a null pointer for the trace-time checks (shape, dtype, device)."""
-    shape = tuple(int(n) for n in x.shape)
-    return Ref(0, shape, _contiguous_strides(shape), np.dtype(x.dtype).name, device)
+    return _layout(x)._replace(device=device)
 
 
 def _as_array(x, name: str):
@@ -148,13 +153,9 @@ def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, wind
 _DLPACK_ONLY: set = set()  # dtype names whose buffers refuse __cuda_array_interface__
 
 
-def _capsule_pointer():
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    return get
-
-
-_PyCapsule_GetPointer = _capsule_pointer()
+# PyCapsule_GetPointer(capsule, name) with its own prototype (ctypes.pythonapi's shared one is left alone).
+_PyCapsule_GetPointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi))
 
 
 def _dlpack_data_ptr(buf) -> int:
@@ -167,8 +168,7 @@ def _dlpack_data_ptr(buf) -> int:
     return data + ctypes.c_uint64.from_address(tensor + 40).value
 
 
-def _buffer_ptr(buf) -> int:
-    dtype = buf.dtype.name
+def _buffer_ptr(buf, dtype: str) -> int:
     if dtype not in _DLPACK_ONLY:
         try:
             return buf.__cuda_array_interface__["data"][0] or 0
@@ -177,13 +177,13 @@ def _buffer_ptr(buf) -> int:
     return _dlpack_data_ptr(buf)
 
 
-def _buffer_ref(buf, device: int, name: str) -> Ref:
-    """The Ref of an XLA buffer (dense row-major); its start must be 16-byte aligned."""
-    shape = tuple(buf.shape)
-    ref = Ref(_buffer_ptr(buf), shape, _contiguous_strides(shape), buf.dtype.name, device)
-    if ref.ptr % 16 and 0 not in shape:
-        raise ValueError(f"{name} starts at {ref.ptr:#x}, not on a 16-byte boundary as the kernels need")
-    return ref
+def _bind(buf, layout: Ref, device: int, name: str) -> Ref:
+    """The Ref of an XLA buffer (dense row-major, of the layout seen at trace time); its start
+    must be 16-byte aligned."""
+    ptr = _buffer_ptr(buf, layout.dtype)
+    if ptr % 16 and 0 not in layout.shape:
+        raise ValueError(f"{name} starts at {ptr:#x}, not on a 16-byte boundary as the kernels need")
+    return Ref(ptr, layout.shape, layout.strides, layout.dtype, device)
 
 
 def _stream(ctx) -> int:
@@ -211,7 +211,7 @@ def _cupy_stream(stream: int, device: int):
     return cupy.cuda.Stream.from_external(_XlaStream(stream))
 
 
-def _cupy_view(ref: Ref):
+def _device_view(ref: Ref):
     """A CuPy array over an XLA buffer (no copy; XLA owns the memory)."""
     import cupy
 
@@ -224,63 +224,73 @@ def _cupy_view(ref: Ref):
 def _dsink_into(dsink: Ref, sink: Ref, lse: Ref, delta) -> None:
     """dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), on the current
     CuPy stream. delta: run_backward's launch.Delta (rows hold rowsum(dO * O) - dlse), or None."""
-    import cupy
-
-    out = _cupy_view(dsink)  # (nheads,) float32
+    out = _device_view(dsink)  # (nheads,) float32
     seqlen_q = lse.shape[2]
     if delta is None or seqlen_q == 0:
         out.fill(0)
         return
-    s = _cupy_view(sink)  # (nheads,)
-    lse_a = _cupy_view(lse)  # (batch, nheads, seqlen_q)
-    rows = api.delta_rows(delta, seqlen_q)  # (batch, nheads, seqlen_q), a view of the CuPy scratch
-    out[...] = -(cupy.exp(s[None, :, None] - lse_a) * rows).sum(axis=(0, 2), dtype=np.float32)
+    s = _device_view(sink)  # (nheads,)
+    lse_a = _device_view(lse)  # (batch, nheads, seqlen_q)
+    rows = api.delta_rows(delta, seqlen_q)  # (batch, nheads, seqlen_q), a view of the scratch
+    xp = reference.array_module(rows)  # CuPy here (NumPy in the CPU tests' stand-in)
+    out[...] = -(xp.exp(s[None, :, None] - lse_a) * rows).sum(axis=(0, 2), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_callback(st: _Static, with_lse: bool):
-    """The forward callback of one set of static options (one object per set, so JAX's
-    compile caches hit). outs: out (batch, seqlen_q, nheads, headdim) [, lse (batch, nheads, seqlen_q) f32]."""
+def _forward_callback(st: _Static, with_lse: bool, lq: Ref, lk: Ref, la: Ref | None, ls: Ref | None):
+    """The forward callback of one set of static options and layouts (one object per set, so
+    JAX's compile caches hit). lq, lk: layouts of q and of k, v; la, ls: of alibi_slopes, learnable_sink.
+    outs: out (batch, seqlen_q, nheads, headdim) [, lse (batch, nheads, seqlen_q) f32]."""
+    llse = _lse_layout(lq)
 
     def callback(ctx, outs, q, k, v, alibi_slopes, learnable_sink):
         device = q.__dlpack_device__()[1]
-        qr, kr, vr = _buffer_ref(q, device, "q"), _buffer_ref(k, device, "k"), _buffer_ref(v, device, "v")
-        ar = None if alibi_slopes is None else _buffer_ref(alibi_slopes, device, "alibi_slopes")
-        sr = None if learnable_sink is None else _buffer_ref(learnable_sink, device, "learnable_sink")
+        qr, kr, vr = _bind(q, lq, device, "q"), _bind(k, lk, device, "k"), _bind(v, lk, device, "v")
+        ar = None if la is None else _bind(alibi_slopes, la, device, "alibi_slopes")
+        sr = None if ls is None else _bind(learnable_sink, ls, device, "learnable_sink")
         out, lse = outs if with_lse else (outs, None)
-        outr = _buffer_ref(out, device, "out")
-        lser = None if lse is None else _buffer_ref(lse, device, "lse")
+        outr = _bind(out, lq, device, "out")
+        lser = None if lse is None else _bind(lse, llse, device, "lse")
         opts = api.options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
-        with api._device_scope(device):
+        with api.device_scope(device):
             api.run_forward(qr, kr, vr, outr, lser, opts, _stream(ctx))
 
     return callback
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_callback(st: _Static):
-    """The backward callback of one set of static options. grads: (dq, dk, dv, dsink or None)."""
+def _backward_callback(st: _Static, with_dlse: bool, lq: Ref, lk: Ref, la: Ref | None, ls: Ref | None):
+    """The backward callback of one set of static options and layouts (as _forward_callback).
+    grads: (dq, dk, dv, dsink or None)."""
+    llse = _lse_layout(lq)
 
     def callback(ctx, grads, dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink):
         device = q.__dlpack_device__()[1]
-        qr, kr, vr = _buffer_ref(q, device, "q"), _buffer_ref(k, device, "k"), _buffer_ref(v, device, "v")
-        doutr, outr = _buffer_ref(dout, device, "dout"), _buffer_ref(out, device, "out")
-        lser = _buffer_ref(lse, device, "lse")
-        dlser = None if dlse is None else _buffer_ref(dlse, device, "dlse")
-        ar = None if alibi_slopes is None else _buffer_ref(alibi_slopes, device, "alibi_slopes")
-        sr = None if learnable_sink is None else _buffer_ref(learnable_sink, device, "learnable_sink")
+        qr, kr, vr = _bind(q, lq, device, "q"), _bind(k, lk, device, "k"), _bind(v, lk, device, "v")
+        doutr, outr = _bind(dout, lq, device, "dout"), _bind(out, lq, device, "out")
+        lser = _bind(lse, llse, device, "lse")
+        dlser = _bind(dlse, llse, device, "dlse") if with_dlse else None
+        ar = None if la is None else _bind(alibi_slopes, la, device, "alibi_slopes")
+        sr = None if ls is None else _bind(learnable_sink, ls, device, "learnable_sink")
         dq, dk, dv, dsink = grads
-        dqr, dkr, dvr = _buffer_ref(dq, device, "dq"), _buffer_ref(dk, device, "dk"), _buffer_ref(dv, device, "dv")
+        dqr, dkr, dvr = _bind(dq, lq, device, "dq"), _bind(dk, lk, device, "dk"), _bind(dv, lk, device, "dv")
         opts = api.options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
         stream = _stream(ctx)
-        with api._device_scope(device), _cupy_stream(stream, device):
+        with api.device_scope(device), _cupy_stream(stream, device):
             delta = api.run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, st.deterministic, dlser,
-                                     api._cupy_alloc, stream)
-            if dsink is not None:
-                _dsink_into(_buffer_ref(dsink, device, "dsink"), sr, lser, delta)
+                                     api.cupy_alloc, stream)
+            if ls is not None:
+                _dsink_into(_bind(dsink, ls, device, "dsink"), sr, lser, delta)
             del delta  # the scratch goes back to CuPy's pool, stream-ordered after the kernels that use it
 
     return callback
+
+
+def _lse_layout(lq: Ref) -> Ref:
+    """lse and dlse: (batch, nheads, seqlen_q) float32, contiguous."""
+    batch, seqlen_q, nheads, _ = lq.shape
+    shape = (batch, nheads, seqlen_q)
+    return Ref(0, shape, _contiguous_strides(shape), "float32", -1)
 
 
 # ---------------------------------------------------------------- the primitives and their VJP
@@ -290,13 +300,20 @@ def _like(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
+def _layouts(q, k, alibi_slopes, learnable_sink) -> tuple:
+    """Layouts of q, of k (and v), of alibi_slopes and of learnable_sink (None where absent)."""
+    return (_layout(q), _layout(k), None if alibi_slopes is None else _layout(alibi_slopes),
+            None if learnable_sink is None else _layout(learnable_sink))
+
+
 def _forward(q, k, v, alibi_slopes, learnable_sink, st: _Static, with_lse: bool):
     """out (batch, seqlen_q, nheads, headdim) like q, and with with_lse also lse (batch, nheads, seqlen_q) f32."""
     batch, seqlen_q, nheads, _ = q.shape
     result = _like(q)
     if with_lse:
         result = (result, jax.ShapeDtypeStruct((batch, nheads, seqlen_q), jnp.float32))
-    call = buffer_callback(_forward_callback(st, with_lse), result, vmap_method="sequential")
+    callback = _forward_callback(st, with_lse, *_layouts(q, k, alibi_slopes, learnable_sink))
+    call = buffer_callback(callback, result, vmap_method="sequential")
     return call(q, k, v, alibi_slopes, learnable_sink)
 
 
@@ -304,7 +321,8 @@ def _backward(st: _Static, residuals, dout, dlse):
     """(dq, dk, dv, dalibi, dsink): cotangents of (q, k, v, alibi_slopes, learnable_sink)."""
     q, k, v, alibi_slopes, learnable_sink, out, lse = residuals
     result = (_like(q), _like(k), _like(v), None if learnable_sink is None else _like(learnable_sink))
-    call = buffer_callback(_backward_callback(st), result, vmap_method="sequential")
+    callback = _backward_callback(st, dlse is not None, *_layouts(q, k, alibi_slopes, learnable_sink))
+    call = buffer_callback(callback, result, vmap_method="sequential")
     dq, dk, dv, dsink = call(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink)
     dalibi = None if alibi_slopes is None else jnp.zeros_like(alibi_slopes)  # ALiBi slopes are not learned
     return dq, dk, dv, dalibi, dsink
@@ -345,6 +363,11 @@ def _attention_lse_bwd(st, residuals, cotangents):
 
 
 _attention_lse.defvjp(_attention_lse_fwd, _attention_lse_bwd)
+
+# Eager calls go through jit (one compiled program per shapes and options, dispatched by jit's
+# fast path); inside an outer jit, grad or vmap the inner jit is simply inlined.
+_attention_jit = jax.jit(_attention, static_argnums=(5,))
+_attention_lse_jit = jax.jit(_attention_lse, static_argnums=(5,))
 
 
 # ---------------------------------------------------------------- public
@@ -390,5 +413,5 @@ def attention(
     st = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_size, softcap,
                    deterministic)
     if return_lse:
-        return _attention_lse(q, k, v, alibi_slopes, learnable_sink, st)
-    return _attention(q, k, v, alibi_slopes, learnable_sink, st)
+        return _attention_lse_jit(q, k, v, alibi_slopes, learnable_sink, st)
+    return _attention_jit(q, k, v, alibi_slopes, learnable_sink, st)

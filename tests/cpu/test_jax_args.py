@@ -21,7 +21,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import numpy as np
 import pytest
 
-from cuflash import api, reference, testing
+from cuflash import api, launch, reference, testing
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_JAX = importlib.util.find_spec("jax") is not None
@@ -72,24 +72,25 @@ def shapes(**options):
 
 # ---- each bad argument raises before anything runs, naming itself
 
+F16, BF16, F32 = "float16", "bfloat16", "float32"
 BAD_ARRAYS = [
-    # (q, k, v shapes / dtypes, error, message)
-    (((2, 5, 4, 64), "float32"), ((2, 7, 2, 64), "float32"), ((2, 7, 2, 64), "float32"), TypeError, r"q has dtype float32"),
-    (((2, 5, 4, 64), "float16"), ((2, 7, 2, 64), "bfloat16"), ((2, 7, 2, 64), "float16"), TypeError, r"k has dtype bfloat16"),
-    (((2, 5, 4, 64), "float16"), ((2, 7, 2, 64), "float16"), ((2, 9, 2, 64), "float16"), ValueError, r"v must have the shape of k"),
-    (((5, 4, 64), "float16"), ((2, 7, 2, 64), "float16"), ((2, 7, 2, 64), "float16"), ValueError, r"q must have 4 dims"),
-    (((2, 5, 4, 64), "float16"), ((2, 7, 3, 64), "float16"), ((2, 7, 3, 64), "float16"), ValueError,
+    # ((shape, dtype) of q, k, v), error, message
+    (((Q, F32), (KV, F32), (KV, F32)), TypeError, r"q has dtype float32"),
+    (((Q, F16), (KV, BF16), (KV, F16)), TypeError, r"k has dtype bfloat16"),
+    (((Q, F16), (KV, F16), ((2, 9, 2, 64), F16)), ValueError, r"v must have the shape of k"),
+    ((((5, 4, 64), F16), (KV, F16), (KV, F16)), ValueError, r"q must have 4 dims"),
+    (((Q, F16), ((2, 7, 3, 64), F16), ((2, 7, 3, 64), F16)), ValueError,
      r"nheads of q \(4\) must be a multiple of nheads of k/v \(3\)"),
-    (((2, 5, 4, 12), "float16"), ((2, 7, 2, 12), "float16"), ((2, 7, 2, 12), "float16"), ValueError, r"head dim"),
-    (((3, 5, 4, 64), "float16"), ((2, 7, 2, 64), "float16"), ((2, 7, 2, 64), "float16"), ValueError, r"batch sizes differ"),
+    ((((2, 5, 4, 12), F16), ((2, 7, 2, 12), F16), ((2, 7, 2, 12), F16)), ValueError, r"head dim"),
+    ((((3, 5, 4, 64), F16), (KV, F16), (KV, F16)), ValueError, r"batch sizes differ"),
 ]
 
 
 @needs_jax
-@pytest.mark.parametrize("q, k, v, error, match", BAD_ARRAYS, ids=lambda x: None)
-def test_bad_q_k_v_are_named(no_gpu, q, k, v, error, match):
+@pytest.mark.parametrize("qkv, error, match", BAD_ARRAYS, ids=lambda x: None)
+def test_bad_q_k_v_are_named(no_gpu, qkv, error, match):
     with pytest.raises(error, match=match):
-        jax.eval_shape(cj.attention, sds(*q), sds(*k), sds(*v))
+        jax.eval_shape(cj.attention, *(sds(*x) for x in qkv))
 
 
 BAD_OPTIONS = [
@@ -166,7 +167,12 @@ def host_view(ref):
 
 
 def reference_options(opts):
-    return {"softmax_scale": opts.scale, "window_size": opts.window, "softcap": opts.softcap}
+    ropts = {"softmax_scale": opts.scale, "window_size": opts.window, "softcap": opts.softcap}
+    if opts.alibi_slopes is not None:
+        ropts["alibi_slopes"] = host_view(opts.alibi_slopes)
+    if opts.learnable_sink is not None:
+        ropts["learnable_sink"] = host_view(opts.learnable_sink)
+    return ropts
 
 
 def fake_forward(q, k, v, out, lse, opts, stream):
@@ -177,11 +183,20 @@ def fake_forward(q, k, v, out, lse, opts, stream):
 
 
 def fake_backward(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic, dlse, alloc, stream):
+    """The reference's dq, dk, dv; returns delta = rowsum(dout * out) - dlse the way launch.backward
+    does (a Delta into a 1-D scratch, rows padded), from which the adapter computes dsink."""
     grads = reference.attention_backward(host_view(dout), host_view(q), host_view(k), host_view(v),
                                          dlse=None if dlse is None else host_view(dlse), **reference_options(opts))
     for ref, g in zip((dq, dk, dv), grads[:3]):
         host_view(ref)[...] = g.astype(host_view(ref).dtype)
-    return None
+    rows = np.einsum("bqhd,bqhd->bhq", host_view(dout).astype(np.float32), host_view(out).astype(np.float32))
+    if dlse is not None:
+        rows = rows - host_view(dlse)
+    batch, nheads, seqlen_q = rows.shape
+    padded = np.zeros((batch, nheads, seqlen_q + 3), np.float32)
+    padded[:, :, :seqlen_q] = rows
+    scratch = np.concatenate([np.zeros(5, np.float32), padded.ravel()])
+    return launch.Delta(scratch, 5, padded.shape)
 
 
 @pytest.fixture
@@ -189,9 +204,10 @@ def fake_kernels(no_gpu, monkeypatch):
     """The callbacks run on JAX's CPU backend, launching the NumPy reference."""
     monkeypatch.setattr(cj, "_stream", lambda ctx: 0)
     monkeypatch.setattr(cj, "_cupy_stream", lambda stream, device: contextlib.nullcontext())
-    monkeypatch.setattr(api, "_device_scope", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(api, "device_scope", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(api, "run_forward", fake_forward)
     monkeypatch.setattr(api, "run_backward", fake_backward)
+    monkeypatch.setattr(cj, "_device_view", host_view)
     with jax.default_device(jax.devices("cpu")[0]):
         yield
 
@@ -202,8 +218,10 @@ def cpu_inputs(dtype="fp16"):
 
 
 def assert_close(name, got, want, tol):
+    """max|got - want| <= tol * max(1, max|want|) (got is rounded to fp16; finite where want is)."""
+    allowed = tol * max(1.0, float(np.abs(want[np.isfinite(want)]).max(initial=0.0)))
     err = testing.max_abs_err(np.asarray(got), want)
-    assert err <= tol, f"{name}: max error {err:.3e} > {tol:.1e}"
+    assert err <= allowed, f"{name}: max error {err:.3e} > {allowed:.1e}"
 
 
 @needs_jax
@@ -254,3 +272,30 @@ def test_vmap_runs_one_call_per_element(fake_kernels):
     assert out.shape == (2, *q.shape)
     for i in range(2):
         assert np.array_equal(np.asarray(out[i]), np.asarray(cj.attention(qs[i], ks[i], vs[i], causal=True)))
+
+
+@needs_jax
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_sink_gradient_and_zero_alibi_gradient(fake_kernels, mode):
+    host, (q, k, v) = cpu_inputs()
+    sink_h = np.array([-1.0, 0.5, 2.0, 4.0], np.float32)
+    slopes_h = np.array([0.5, 0.25, 0.125, 0.0625], np.float32)
+    dout_h = testing.random_like(host[0])
+    dlse_h = np.random.default_rng().standard_normal((2, 4, 5)).astype(np.float32)
+    dout = jnp.asarray(dout_h).astype(jnp.float32)
+
+    def loss(q, k, v, sink, slopes):
+        out, lse = cj.attention(q, k, v, causal=True, learnable_sink=sink, alibi_slopes=slopes, return_lse=True)
+        return jnp.sum(out.astype(jnp.float32) * dout) + jnp.sum(lse * dlse_h)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+    if mode == "jit":
+        grad = jax.jit(grad)
+    dq, dk, dv, dsink, dslopes = grad(q, k, v, jnp.asarray(sink_h), jnp.asarray(slopes_h))
+    want = reference.attention_backward(dout_h, *host, causal=True, learnable_sink=sink_h, alibi_slopes=slopes_h,
+                                        dlse=dlse_h)
+    for name, got, w in zip(("dq", "dk", "dv"), (dq, dk, dv), want[:3]):
+        assert_close(name, got, w, 4e-3)
+    assert dsink.shape == (4,) and dsink.dtype == jnp.float32
+    assert_close("dsink", dsink, want[4], 1e-2)
+    assert dslopes.shape == (4,) and not np.asarray(dslopes).any()
