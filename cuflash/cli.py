@@ -159,6 +159,13 @@ def cmd_compile(args) -> int:
         for spec in specs:
             print(spec.name)
         return 0
+    from .compile import nvrtc
+
+    try:
+        nvrtc.nvrtc_version()  # once here, not once per kernel
+    except nvrtc.CompileError as exc:
+        print(f"cuflash compile: {exc}", file=sys.stderr)
+        return 2
     pairs = [(s, a) for s in specs for a in archs if cache.builds_for(s, a)]
     total = len(pairs)
     jobs = max(1, min(args.jobs or cache.cpu_count(), total or 1))
@@ -189,19 +196,20 @@ def cmd_compile(args) -> int:
 
 
 class _Progress:
-    """One line per finished kernel; on a terminal, one line rewritten in place
-    (failures keep their own line)."""
+    """On a terminal, one line rewritten in place per finished kernel; piped, a line per tenth
+    of the work (and the last one). Failures always keep their own line."""
 
     def __init__(self, total: int):
         self.total, self.done, self.start = total, 0, time.perf_counter()
         self.tty = sys.stderr.isatty()
+        self.step = max(1, -(-total // 10))
 
     def update(self, text: str, important: bool = False) -> None:
         self.done += 1
         line = f"[{self.done:>{len(str(self.total))}}/{self.total}] {_elapsed(self.start):>7}  {text}"
         if self.tty:
             sys.stderr.write("\r\033[K" + line + ("\n" if important else ""))
-        else:
+        elif important or self.done % self.step == 0 or self.done == self.total:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
@@ -224,6 +232,10 @@ def _elapsed(start: float) -> str:
 
 
 def _table(outcomes) -> str:
+    """regs, spills, shared memory (static from ptxas plus the dynamic bytes its launches use:
+    cuflash.launch.dynamic_smem_bytes), compile seconds, status."""
+    from .launch import dynamic_smem_bytes
+
     header = ("spec", "arch", "regs", "spill st/ld B", "smem B", "seconds", "status")
     rows = []
     for o in outcomes:
@@ -233,7 +245,7 @@ def _table(outcomes) -> str:
         else:
             seconds = f"{r.seconds:.2f}"
             rows.append((o.spec.name, r.arch, str(r.registers), f"{r.spill_stores}/{r.spill_loads}",
-                         str(r.shared_bytes), seconds, _status(o)))
+                         str(r.shared_bytes + dynamic_smem_bytes(o.spec)), seconds, _status(o)))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -276,7 +288,9 @@ def cmd_info(args) -> int:
         major, minor = gpu["cc"]
         rows.append(("GPU", f"{gpu['name']} (compute capability {major}.{minor}; {gpu['count']} visible)"))
     else:
-        rows.append(("GPU", "no GPU visible"))
+        from .gpu import why_no_gpu
+
+        rows.append(("GPU", why_no_gpu() or "no GPU visible"))
     rows.append(("CUDA driver", _try(lambda: _cuda_version(_cupy().cuda.runtime.driverGetVersion()))))
     rows.append(("CUDA runtime", _try(lambda: _cuda_version(_cupy().cuda.runtime.runtimeGetVersion()))))
     rows.append(("NVRTC", _try(lambda: "%d.%d" % nvrtc_version())))
@@ -315,7 +329,7 @@ def _try(fn) -> str:
 
 
 def _cuda_version(v: int) -> str:
-    return f"{v // 1000}.{v % 1000 // 10}" if v else "none"
+    return f"{v // 1000}.{v % 1000 // 10}" if v else "none (no NVIDIA driver found)"
 
 
 def _cache_summary() -> str:

@@ -59,6 +59,15 @@ def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     return (t.block_m + 2 * t.block_n) * (spec.head_dim + 8) * 2
 
 
+def dynamic_smem_bytes(spec) -> int:
+    """The dynamic shared memory a spec's launches use (0 for the helper kernels)."""
+    if isinstance(spec, (FwdSpec, FwdSm90Spec)):
+        return fwd_smem_bytes(spec)
+    if isinstance(spec, (BwdSpec, BwdSm90Spec)):
+        return bwd_smem_bytes(spec)
+    return 0
+
+
 def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int) -> tuple[int, int, int]:
     """One CTA per (query block, head, batch); blockIdx.x fastest so CTAs of one head share K/V in L2."""
     return (-(-seqlen_q // spec.tiles.block_m), nheads, batch)

@@ -5,7 +5,6 @@ so `python -m pytest tests` runs everywhere and each machine runs what it can.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,11 @@ import pytest
 GPU_DIR = Path(__file__).parent / "gpu"
 
 
-@functools.lru_cache(maxsize=None)
 def gpu_skip_reason() -> str | None:
-    """None when CuPy sees a GPU, else why not."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return f"no GPU visible (CuPy is not installed: {exc})"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver, no device, ...
-        return f"no GPU visible ({type(exc).__name__}: {exc})"
-    return None if count > 0 else "no GPU visible (CuPy counts 0 devices)"
+    """None when CuPy sees a GPU, else why not (cuflash.gpu.why_no_gpu: one line)."""
+    from cuflash.gpu import why_no_gpu
+
+    return why_no_gpu()
 
 
 def pytest_collection_modifyitems(config, items):

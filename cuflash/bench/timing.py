@@ -24,18 +24,11 @@ COPY_BYTES = 1024 * 1024 * 1024
 
 
 def gpu_problem() -> str | None:
-    """None when CuPy sees a CUDA device, else why not (one line)."""
-    try:
-        import cupy
-    except Exception as e:  # not installed, or a broken CUDA install
-        return f"CuPy cannot be imported ({one_line(e)})"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        return f"CuPy sees no CUDA device ({one_line(e)})"
-    if count < 1:
-        return "CuPy sees no CUDA device (device count 0)"
-    return None
+    """None when CuPy sees a CUDA device, else why not (one line; cuflash.gpu.why_no_gpu)."""
+    from cuflash.gpu import why_no_gpu
+
+    why_no_gpu.cache_clear()  # the tests patch CuPy's device count
+    return why_no_gpu()
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

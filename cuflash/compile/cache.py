@@ -7,7 +7,8 @@ with NVRTC (nvrtc.py) and written there, then loaded into the device's context.
 Disk cache files are named ``<spec name>.<arch>.<key>.cubin`` under
 ``env.cache_dir()``, where ``key`` is a sha256 of the rendered source (all
 headers inlined), the compile options, the arch and the NVRTC version. A
-``.json`` file beside each cubin keeps its ptxas statistics for
+``.json`` file beside each cubin keeps the cubin's sha256 (checked before every
+load: a damaged cubin is removed and compiled again) and its ptxas statistics for
 ``cuflash compile``. Files are written to a temporary name and renamed into
 place, so concurrent processes never read a partial file.
 
@@ -35,7 +36,7 @@ from . import env, nvrtc, source
 logger = logging.getLogger("cuflash.compile")
 
 #: Bump when the cache layout or the meaning of a key changes.
-CACHE_FORMAT = "cuflash-cubin-1"
+CACHE_FORMAT = "cuflash-cubin-2"  # 2: the meta holds the cubin's sha256
 
 _functions: dict = {}  # (spec, device_id) -> cupy.RawKernel
 _pointers: dict = {}  # (spec, device_id) -> its CUfunction, for launches through cuLaunchKernel
@@ -148,6 +149,7 @@ def _store(prepared: Prepared, result: nvrtc.CompileResult) -> bool:
         prepared.path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(prepared.path, result.cubin)
         meta = {k: v for k, v in asdict(result).items() if k not in ("cubin", "log", "cached")}
+        meta[_DIGEST] = hashlib.sha256(result.cubin).hexdigest()
         _write_atomic(prepared.meta_path, json.dumps(meta, indent=1).encode())
         return True
     except OSError as exc:
@@ -158,14 +160,47 @@ def _store(prepared: Prepared, result: nvrtc.CompileResult) -> bool:
         return False
 
 
-def _stored_result(prepared: Prepared) -> nvrtc.CompileResult | None:
-    """The statistics of a cubin already in the disk cache, or None."""
+#: The meta file's field holding the sha256 of its cubin.
+_DIGEST = "cubin_sha256"
+
+
+def _stored_meta(prepared: Prepared) -> dict | None:
+    """The meta of a cached cubin whose bytes match the digest recorded when it was stored,
+    else None. A cubin that is missing, truncated, overwritten or without a meta file (a
+    crash between the two writes, a full disk, an older cache) must never reach the driver:
+    loading a truncated cubin kills the process (a segmentation fault, measured on the H200).
+    A damaged entry is removed with a warning, so it is compiled again."""
     try:
         meta = json.loads(prepared.meta_path.read_text())
-        if not prepared.path.is_file():
-            return None
+        digest = meta.pop(_DIGEST)
+        data = prepared.path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        meta, digest, data = None, None, b""
+        reason = f"unreadable ({type(exc).__name__})"
+    else:
+        if hashlib.sha256(data).hexdigest() == digest:
+            return meta
+        reason = f"{len(data)} bytes that do not match the recorded digest"
+    if prepared.path.exists() or prepared.meta_path.exists():
+        logger.warning("cached kernel %s is damaged (%s); compiling it again", prepared.path, reason)
+        for path in (prepared.path, prepared.meta_path):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    return None
+
+
+def _stored_result(prepared: Prepared) -> nvrtc.CompileResult | None:
+    """The statistics of an intact cubin already in the disk cache, or None."""
+    meta = _stored_meta(prepared)
+    if meta is None:
+        return None
+    try:
         return nvrtc.CompileResult(cubin=b"", log="", cached=True, **meta)
-    except (OSError, ValueError, TypeError):
+    except TypeError:  # a meta file of another cache layout
         return None
 
 
@@ -224,7 +259,7 @@ def _load(spec, device_id: int, smem: int = 0):
         arch = target_arch(spec, device_compute_capability(device_id))
         prepared = prepare(spec, arch)
         fn = None
-        if env.disk_cache_enabled() and prepared.path.is_file():
+        if env.disk_cache_enabled() and _stored_meta(prepared) is not None:
             fn = _load_cached(prepared, device_id)
         if fn is None:
             result = _compile(prepared)

@@ -65,7 +65,9 @@ def _nvrtc():
 
         nvrtc.getVersion()
     except ImportError as exc:
-        raise CompileError(f"CuPy is not installed ({exc}): pip install -e '.[cuda12]' (or cuda13)") from exc
+        raise CompileError(
+            f"CuPy is not installed ({exc}): pip install 'cuflash[cuda12]' (or cuda13; -e '.[cuda12]' in a checkout)"
+        ) from exc
     except (RuntimeError, OSError) as exc:
         raise CompileError(
             f"NVRTC cannot be loaded ({exc}): pip install nvidia-cuda-nvrtc-cu12 (part of the cuda12 extra; "

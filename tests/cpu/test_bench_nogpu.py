@@ -54,6 +54,7 @@ def test_run_without_device_exits_2(monkeypatch, capsys, count):
             raise count
         return count
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", device_count)
+    monkeypatch.setattr(cupy.cuda.runtime, "driverGetVersion", lambda: 12020)  # a driver, but no device
     assert cli.run(_args("--quick")) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -91,7 +91,12 @@ def test_compile_only_fills_the_cache(toy_kernels):
         (n, a, "ok") for n in names for a in ("sm_80", "sm_90")
     }
     assert all(int(r[2]) > 0 for r in rows)  # registers
+    from cuflash import launch, support, specs
+
+    dynamic = launch.fwd_smem_bytes(specs.FwdSpec("fp16", 64, specs.PLAIN, support.FWD_TILES[64]))
+    assert all(int(r[4]) >= dynamic > 0 for r in rows)  # shared memory counts the dynamic bytes
     assert "[4/4]" in out.stderr and "4/4 ok" in out.stderr
+    assert len(out.stderr.splitlines()) < 10  # piped: a progress line per tenth, not per kernel
     assert len(list(toy_kernels.cache.glob("*.cubin"))) == 4
 
     again = cuflash("compile", "--only", "fwd_fp16_d64_full", "--only", "fwd_bf16_d64_full", "--arch", "sm_80,sm_90a", **variables)

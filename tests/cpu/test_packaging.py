@@ -96,3 +96,17 @@ def test_ci_runs_the_readme_test_command():
     assert command in ci.splitlines() or f"{command} " in ci or f"{command}\n" in ci, f".ci/run does not run {command!r}"
     assert 'pip install -e ".[cuda12,test]"' in ci
     assert os.access(REPO / ".ci" / "run", os.X_OK), ".ci/run must be executable"
+
+
+def test_wheel_metadata_is_complete(wheel):
+    """License, classifiers and bounded dependencies reach the wheel's METADATA (issue: first contact)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        assert any(n.endswith("licenses/LICENSE") for n in zf.namelist())
+    assert "License-Expression: BSD-3-Clause" in meta
+    assert "Classifier: Environment :: GPU :: NVIDIA CUDA :: 12" in meta
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    nvrtc = [r for r in requires if "nvidia-cuda-nvrtc" in r]
+    assert nvrtc and all(("<" in r or "==" in r) for r in nvrtc), nvrtc  # every NVRTC pin has an upper bound
+    assert any(r.startswith("Requires-Dist: numpy>=") for r in requires)
+    assert any("hypothesis" in r and "test" in r for r in requires)
