@@ -1,6 +1,21 @@
 """cuflash: exact attention (FlashAttention-2) as CUDA C++ compiled at run time by NVRTC through CuPy."""
-from .api import attention, attention_backward
+from .api import (
+    attention,
+    attention_backward,
+    attention_kvpacked,
+    attention_kvpacked_backward,
+    attention_qkvpacked,
+    attention_qkvpacked_backward,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "attention_backward", "__version__"]
+__all__ = [
+    "attention",
+    "attention_backward",
+    "attention_qkvpacked",
+    "attention_qkvpacked_backward",
+    "attention_kvpacked",
+    "attention_kvpacked_backward",
+    "__version__",
+]

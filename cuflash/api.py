@@ -52,7 +52,11 @@ def _as_gpu_array(x, name: str):
     if type(x) is cp.ndarray or isinstance(x, cp.ndarray):
         return x
     if isinstance(x, np.ndarray):
-        raise TypeError(f"{name} is a NumPy array on the host; cuflash needs GPU arrays: pass cupy.asarray({name})")
+        from .gpu import why_no_gpu
+
+        reason = why_no_gpu()
+        raise TypeError(f"{name} is a NumPy array on the host; cuflash needs GPU arrays: pass cupy.asarray({name})"
+                        + (f" (but this machine has none: {reason})" if reason else ""))
     if hasattr(x, "__dlpack__"):
         try:
             return cp.from_dlpack(x)
@@ -533,3 +537,61 @@ def attention_backward(
         dsink = -(cp.exp(learnable_sink[None, :, None] - lse) * delta_rows(delta, qr.shape[1])).sum(
             axis=(0, 2), dtype=np.float32)
         return dq, dk, dv, dsink
+
+
+# ---------------------------------------------------------------- packed inputs
+
+
+def _unpack(packed, name: str, count: int, layout: str):
+    """The `count` (batch, seqlen, heads, headdim) views of a packed array (batch, seqlen, count, heads,
+    headdim): strided views of the same memory, never copies."""
+    packed = _as_gpu_array(packed, name)
+    if packed.ndim != 5 or packed.shape[2] != count:
+        raise ValueError(f"{name} must have shape {layout}, got {packed.shape}")
+    return packed, tuple(packed[:, :, i] for i in range(count))
+
+
+def attention_qkvpacked(qkv, **options):
+    """attention() of q, k, v packed in one array qkv (batch, seqlen, 3, nheads, headdim), read
+    through strided views (no copy). Options and returns as for attention()."""
+    _, (q, k, v) = _unpack(qkv, "qkv", 3, "(batch, seqlen, 3, nheads, headdim)")
+    return attention(q, k, v, **options)
+
+
+def attention_kvpacked(q, kv, **options):
+    """attention() with k and v packed in kv (batch, seqlen_k, 2, nheads_kv, headdim), read through
+    strided views (no copy). Options and returns as for attention()."""
+    _, (k, v) = _unpack(kv, "kv", 2, "(batch, seqlen_k, 2, nheads_kv, headdim)")
+    return attention(q, k, v, **options)
+
+
+def _packed_gradient(grad, like, name: str):
+    """A preallocated packed gradient checked against its input, or a new one (one allocation)."""
+    cp = _cupy()
+    if grad is None:
+        with device_scope(like.device.id):
+            return cp.empty(like.shape, dtype=like.dtype)
+    grad = _as_gpu_array(grad, name)
+    if grad.shape != like.shape or grad.dtype != like.dtype:
+        raise ValueError(f"{name} must have the shape {like.shape} and dtype {like.dtype} of its input, "
+                         f"got {grad.shape} {grad.dtype}")
+    return grad
+
+
+def attention_qkvpacked_backward(dout, qkv, out, lse, *, dqkv=None, **options):
+    """Gradient of attention_qkvpacked: dqkv like qkv (one allocation, or the given dqkv), its three
+    slices written in place by attention_backward; with learnable_sink also dsink: (dqkv, dsink)."""
+    qkv, (q, k, v) = _unpack(qkv, "qkv", 3, "(batch, seqlen, 3, nheads, headdim)")
+    dqkv = _packed_gradient(dqkv, qkv, "dqkv")
+    grads = attention_backward(dout, q, k, v, out, lse, dq=dqkv[:, :, 0], dk=dqkv[:, :, 1], dv=dqkv[:, :, 2],
+                               **options)
+    return dqkv if len(grads) == 3 else (dqkv, grads[3])
+
+
+def attention_kvpacked_backward(dout, q, kv, out, lse, *, dq=None, dkv=None, **options):
+    """Gradient of attention_kvpacked: (dq, dkv) with dkv like kv (one allocation, or the given dkv);
+    with learnable_sink also dsink: (dq, dkv, dsink)."""
+    kv, (k, v) = _unpack(kv, "kv", 2, "(batch, seqlen_k, 2, nheads_kv, headdim)")
+    dkv = _packed_gradient(dkv, kv, "dkv")
+    grads = attention_backward(dout, q, k, v, out, lse, dq=dq, dk=dkv[:, :, 0], dv=dkv[:, :, 1], **options)
+    return (grads[0], dkv) + tuple(grads[3:])
