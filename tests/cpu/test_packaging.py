@@ -87,14 +87,17 @@ def test_installed_wheel_finds_its_kernels(wheel, tmp_path):
     assert (Path(kernels) / "fwd.cu").is_file()
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_commands():
+    """The README's Tests block is an install line then the test command; .ci/run runs both."""
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Tests", 1)[1]
-    command = section.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    block = section.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    install, command = (line.split("#", 1)[0].strip() for line in block.strip().splitlines())
+    assert install == 'pip install -e ".[cuda12,test]"', install
     assert command.startswith("python -m pytest"), command
     ci = (REPO / ".ci" / "run").read_text()
     assert command in ci.splitlines() or f"{command} " in ci or f"{command}\n" in ci, f".ci/run does not run {command!r}"
-    assert 'pip install -e ".[cuda12,test]"' in ci
+    assert install in ci
     assert os.access(REPO / ".ci" / "run", os.X_OK), ".ci/run must be executable"
 
 
