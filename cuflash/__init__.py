@@ -6,6 +6,7 @@ from .api import (
     attention_kvpacked_backward,
     attention_qkvpacked,
     attention_qkvpacked_backward,
+    attention_varlen,
 )
 
 __version__ = "0.1.0"
@@ -17,5 +18,6 @@ __all__ = [
     "attention_qkvpacked_backward",
     "attention_kvpacked",
     "attention_kvpacked_backward",
+    "attention_varlen",
     "__version__",
 ]

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -537,6 +537,133 @@ def attention_backward(
         dsink = -(cp.exp(learnable_sink[None, :, None] - lse) * delta_rows(delta, qr.shape[1])).sum(
             axis=(0, 2), dtype=np.float32)
         return dq, dk, dv, dsink
+
+
+# ---------------------------------------------------------------- variable-length batches
+
+
+def check_sequence_lengths(cu_host, name: str, total: int, max_seqlen: int, max_name: str):
+    """Check cu_seqlens (on the host, int64 (batch + 1,)) against the rows it indexes; returns
+    the lengths. Each error names the argument."""
+    if cu_host.ndim != 1 or len(cu_host) < 1:
+        raise ValueError(f"{name} must be 1-D (batch + 1,), got shape {cu_host.shape}")
+    if cu_host[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {int(cu_host[0])}")
+    lengths = np.diff(cu_host)
+    if (lengths < 0).any():
+        i = int(np.argmax(lengths < 0))
+        raise ValueError(f"{name} must be non-decreasing: entry {i + 1} ({int(cu_host[i + 1])}) < entry {i} "
+                         f"({int(cu_host[i])})")
+    if cu_host[-1] != total:
+        raise ValueError(f"{name}[-1] must equal the number of rows ({total}), got {int(cu_host[-1])}")
+    longest = int(lengths.max()) if len(lengths) else 0
+    if longest > max_seqlen:
+        raise ValueError(f"{max_name} ({max_seqlen}) is smaller than the longest sequence of {name} ({longest})")
+    return lengths
+
+
+def _check_int32_vector(x, name: str, q_device: int, length: int | None):
+    """An int32 1-D GPU array on q's device of `length` entries (None: at least one)."""
+    x = _as_gpu_array(x, name)
+    if x.dtype != np.int32:
+        raise TypeError(f"{name} must be int32, got {x.dtype}")
+    if x.ndim != 1 or (x.shape[0] != length if length is not None else x.shape[0] < 1):
+        want = f"({length},)" if length is not None else "(batch + 1,)"
+        raise ValueError(f"{name} must have shape {want}, got {x.shape}")
+    if x.device.id != q_device:
+        raise ValueError(f"{name} is on GPU {x.device.id} but q is on GPU {q_device}")
+    if x.size and x.strides[0] != 4:
+        raise ValueError(f"{name} must be contiguous: pass cupy.ascontiguousarray({name})")
+    return x
+
+
+def _varlen_ref(x: Ref, batch: int, rows: int) -> Ref:
+    """A (total, heads, dim) array seen as (batch, rows, heads, dim) with batch stride 0: the
+    layout the kernels read, each sequence finding its own rows through cu_seqlens."""
+    return Ref(x.ptr, (batch, rows) + tuple(x.shape[1:]), (0,) + tuple(x.strides), x.dtype, x.device)
+
+
+def attention_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    *,
+    seqused_k=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    learnable_sink=None,
+    return_lse=False,
+    out=None,
+):
+    """attention() of a batch of sequences of their own lengths, packed along the rows.
+
+    q: (total_q, nheads, headdim); k, v: (total_k, nheads_kv, headdim); sequence b is rows
+    cu_seqlens_q[b]:cu_seqlens_q[b + 1] of q and cu_seqlens_k[b]:cu_seqlens_k[b + 1] of k, v
+    (int32 (batch + 1,), from 0, non-decreasing; empty sequences allowed); with seqused_k
+    (int32 (batch,)) it uses only the first seqused_k[b] of its keys. max_seqlen_q /
+    max_seqlen_k: the longest lengths (they size the grid). Causal masks, windows and ALiBi
+    are aligned per sequence (bottom-right, as attention()); alibi_slopes (nheads,) or
+    (batch, nheads). Returns out (total_q, nheads, headdim) and with return_lse=True also
+    lse (nheads, total_q) float32.
+
+    The lengths are checked on the host before the launch, which copies cu_seqlens (and
+    seqused_k) from the GPU: one synchronisation per call.
+    """
+    cp = _cupy()
+    q, k, v = (_as_gpu_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        if x.ndim != 3:
+            raise ValueError(f"{n} must have 3 dims (total_{'q' if n == 'q' else 'k'}, nheads, headdim) in a varlen "
+                             f"call, got shape {x.shape}")
+    cu_q = _check_int32_vector(cu_seqlens_q, "cu_seqlens_q", q.device.id, None)
+    batch = cu_q.shape[0] - 1
+    cu_k = _check_int32_vector(cu_seqlens_k, "cu_seqlens_k", q.device.id, batch + 1)
+    used = None if seqused_k is None else _check_int32_vector(seqused_k, "seqused_k", q.device.id, batch)
+    for value, n in ((max_seqlen_q, "max_seqlen_q"), (max_seqlen_k, "max_seqlen_k")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{n} must be an int >= 0, got {value!r}")
+    host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else []))).astype(np.int64)
+    check_sequence_lengths(host[: batch + 1], "cu_seqlens_q", q.shape[0], int(max_seqlen_q), "max_seqlen_q")
+    k_lengths = check_sequence_lengths(host[batch + 1: 2 * batch + 2], "cu_seqlens_k", k.shape[0],
+                                       int(max_seqlen_k), "max_seqlen_k")
+    if used is not None:
+        over = host[2 * batch + 2:] > k_lengths
+        if over.any() or (host[2 * batch + 2:] < 0).any():
+            i = int(np.argmax(over | (host[2 * batch + 2:] < 0)))
+            raise ValueError(f"seqused_k[{i}] ({int(host[2 * batch + 2 + i])}) must be in [0, {int(k_lengths[i])}], "
+                             "the length of that sequence's keys")
+
+    qr, kr, vr = (_varlen_ref(cupy_ref(x), batch, x.shape[0]) for x in (q, k, v))
+    validate_qkv(qr, kr, vr)
+    (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink})
+    opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    opts = Options(opts.scale, replace(opts.features, varlen=True), opts.window, opts.softcap, opts.alibi_slopes,
+                   opts.learnable_sink)
+    total_q, nheads, head_dim = q.shape
+    with device_scope(qr.device):
+        if out is None:
+            out = cp.empty(q.shape, dtype=q.dtype)
+        else:
+            out = _as_gpu_array(out, "out")
+            check_like(cupy_ref(out), cupy_ref(q), "out", "q")
+        lse = cp.empty((nheads, total_q), dtype=np.float32) if return_lse else None
+        rows = int(max_seqlen_q)
+        if batch and nheads and rows and total_q:
+            spec = fwd_spec(KERNEL_DTYPES[qr.dtype], head_dim, opts.features, rows, qr.device)
+            sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
+                         "seqused_k": 0 if used is None else used.data.ptr, "total_q": total_q}
+            # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
+            launch.forward(spec, qr._replace(shape=(batch, rows, nheads, head_dim)), kr, vr,
+                           _varlen_ref(cupy_ref(out), batch, rows), None if lse is None else cupy_ref(lse),
+                           {**opts.fields, **sequences}, cp.cuda.get_current_stream().ptr)
+    return (out, lse) if return_lse else out
 
 
 # ---------------------------------------------------------------- packed inputs

@@ -28,12 +28,19 @@ ATTENTION_FIELDS = [
     ("softcap_in", _F32), ("softcap_out", _F32),
 ]
 
+#: Variable-length batches (CUFLASH_SEQUENCE_FIELDS in params.cuh), appended after a struct's own fields.
+SEQUENCE_FIELDS = [
+    ("cu_seqlens_q", _PTR), ("cu_seqlens_k", _PTR), ("seqused_k", _PTR),
+    ("total_q", _I32), ("sequence_pad_", _I32),
+]
+
 FWD_PARAMS = np.dtype(
     ATTENTION_FIELDS
     + [
         ("o", _PTR), ("lse", _PTR),
         ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
-    ],
+    ]
+    + SEQUENCE_FIELDS,
     align=True,
 )
 

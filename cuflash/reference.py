@@ -525,6 +525,40 @@ def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=
     return out, lse
 
 
+def attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=None, alibi_slopes=None,
+                             precision="float64", **options):
+    """Reference forward of a variable-length batch: each sequence on its own (causal and
+    windows aligned per sequence), through :func:`attention_forward`.
+
+    q: (total_q, nheads, headdim); k, v: (total_k, nheads_kv, headdim); cu_seqlens_q/k:
+    (batch + 1,) integer row offsets; seqused_k: (batch,) keys used per sequence or None;
+    alibi_slopes: (nheads,) or (batch, nheads); other options as attention_forward.
+    Returns out (total_q, nheads, headdim) and lse (nheads, total_q).
+    """
+    xp = array_module(q)
+    cu_q, cu_k = (numpy.asarray(to_host(c)).astype(numpy.int64) for c in (cu_seqlens_q, cu_seqlens_k))
+    used = None if seqused_k is None else numpy.asarray(to_host(seqused_k)).astype(numpy.int64)
+    outs, lses = [], []
+    for b in range(len(cu_q) - 1):
+        kq, kk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1] if used is None else cu_k[b] + used[b])
+        slopes = alibi_slopes
+        if alibi_slopes is not None and numpy.ndim(alibi_slopes) == 2:
+            slopes = alibi_slopes[b]
+        out, lse = attention_forward(q[None, kq], k[None, kk], v[None, kk], alibi_slopes=slopes,
+                                     precision=precision, **options)
+        outs.append(out[0])
+        lses.append(lse[0])
+    if not outs:
+        dt = xp.float64 if precision == "float64" else xp.float32
+        return xp.zeros((0,) + tuple(q.shape[1:]), dtype=dt), xp.zeros((q.shape[1], 0), dtype=dt)
+    return xp.concatenate(outs, axis=0), xp.concatenate(lses, axis=1)
+
+
+def to_host(x):
+    """A NumPy view or copy of a NumPy or CuPy array."""
+    return x.get() if hasattr(x, "get") and not isinstance(x, numpy.ndarray) else x
+
+
 def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                        alibi_slopes=None, bias=None, learnable_sink=None, dropout_p=0.0, dropout_mask=None,
                        dlse=None, precision="float64"):

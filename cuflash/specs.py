@@ -41,12 +41,14 @@ class Features:
     mask: "none" | "causal" | "local"; softcap, alibi: score modifiers
     (kernels_cu/common/score_mod.cuh); sink: a learnable sink logit in the
     forward's softmax (the backward needs no switch for it: its P comes from
-    the sink-inclusive lse, and dsink from lse and delta)."""
+    the sink-inclusive lse, and dsink from lse and delta); varlen: sequences
+    of their own lengths packed along the rows (seqinfo.cuh)."""
 
     mask: str = "none"
     softcap: bool = False
     alibi: bool = False
     sink: bool = False
+    varlen: bool = False  # a variable-length batch (cu_seqlens): per-sequence rows and lengths
 
     def __post_init__(self):
         if self.mask not in MASKS:
@@ -55,16 +57,16 @@ class Features:
     @classmethod
     def parse(cls, text: str) -> "Features":
         """Features from a comma list such as "window,softcap" (`cuflash compile --features`):
-        causal | window (or local) | softcap | alibi | sink; empty = plain."""
+        causal | window (or local) | softcap | alibi | sink | varlen; empty = plain."""
         words = [w.strip() for w in text.split(",") if w.strip()]
-        known = {"causal", "window", "local", *MODIFIERS}
+        known = {"causal", "window", "local", "varlen", *MODIFIERS}
         unknown = [w for w in words if w not in known]
         if unknown:
             raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(known)}")
         if "causal" in words and ({"window", "local"} & set(words)):
             raise ValueError("causal and window are two mask kinds; a window with right = 0 is causal + window")
         mask = "local" if {"window", "local"} & set(words) else "causal" if "causal" in words else "none"
-        return cls(mask, *(m in words for m in MODIFIERS))
+        return cls(mask, *(m in words for m in MODIFIERS), varlen="varlen" in words)
 
     @property
     def causal(self) -> bool:
@@ -74,7 +76,7 @@ class Features:
     def tag(self) -> str:
         """Readable part of a kernel name: full | causal | local, then each modifier."""
         mask = "full" if self.mask == "none" else self.mask
-        return "_".join([mask] + [m for m in MODIFIERS if getattr(self, m)])
+        return "_".join([mask] + [m for m in MODIFIERS if getattr(self, m)] + (["varlen"] if self.varlen else []))
 
     def for_backward(self) -> "Features":
         """The switches the backward's main kernel compiles with (no sink switch)."""
@@ -86,6 +88,7 @@ class Features:
             "CUFLASH_SOFTCAP": int(self.softcap),
             "CUFLASH_ALIBI": int(self.alibi),
             "CUFLASH_SINK": int(self.sink),
+            "CUFLASH_VARLEN": int(self.varlen),
         }
 
 

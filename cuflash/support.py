@@ -60,14 +60,15 @@ class Family:
     masks: tuple = tuple(MASKS)
     modifiers: tuple = MODIFIERS
     deterministic: bool = False  # has a bitwise reproducible mode
+    varlen: bool = False  # has variable-length batches (cu_seqlens)
 
 
 #: The capability table (DESIGN 4b): validation, kernel selection, `cuflash
 #: compile` and the test grids all read it. Listed best first: select() takes
 #: the first family of a direction that runs on the GPU and supports the problem.
 FAMILIES = (
-    Family("fwd_sm90", FwdSm90Spec, "fwd", ((9, 0),), tuple(sorted(FWD_SM90_TILES))),
-    Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES))),
+    Family("fwd_sm90", FwdSm90Spec, "fwd", ((9, 0),), tuple(sorted(FWD_SM90_TILES)), varlen=True),
+    Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES)), varlen=True),
     Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True),
     Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True),
 )
@@ -105,6 +106,8 @@ def family_reasons(family: Family, problem: Problem) -> list[str]:
     if f.mask not in family.masks:
         reasons.append(f"{family.name} has no {f.mask} mask")
     reasons += [f"{family.name} has no {m}" for m in MODIFIERS if getattr(f, m) and m not in family.modifiers]
+    if f.varlen and not family.varlen:
+        reasons.append(f"{family.name} has no variable-length batches")
     if problem.deterministic and not family.deterministic:
         reasons.append(f"{family.name} has no deterministic mode")
     return reasons
@@ -198,6 +201,8 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
     specs, seen = [], set()
     for family in FAMILIES:
         for features in feature_sets:
+            if features.varlen and not family.varlen:
+                continue  # the family has no variable-length kernels (yet)
             f = features if family.direction == "fwd" else features.for_backward()
             for spec in family_specs(family, f):
                 if spec.name not in seen:

@@ -132,10 +132,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    const u16* dout = si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride, p.do_head_stride);
+    const u16* dout = si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride);
     const float* lse2 = p.lse_log2 + si.row_stat(p.nheads, p.seqlen_q_rounded);
     const float* delta = p.delta + si.row_stat(p.nheads, p.seqlen_q_rounded);
-    float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_head_stride);
+    float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
 
     // Query blocks [m_begin, m_end) hold every query that sees a key of this block.
     const int2 query_blocks = vis.query_blocks<BM>(key0, BN);
@@ -298,14 +298,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         stage_tile(sV_bytes, pitched, acc_dv, dv_scale, kv_key0, kv_d0, lane);
         // The 16-byte reads below cover rows and columns other warps wrote.
         __syncthreads();
-        u16* dk = si.key_rows(static_cast<u16*>(p.dk), p.dk_batch_stride, p.dk_head_stride);
-        u16* dv = si.key_rows(static_cast<u16*>(p.dv), p.dv_batch_stride, p.dv_head_stride);
+        u16* dk = si.key_rows(static_cast<u16*>(p.dk), p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+        u16* dv = si.key_rows(static_cast<u16*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
         store_staged_rows<BN, D>(dk, p.dk_row_stride, sK_bytes, pitched, key0, si.seqlen_k, p.head_dim, tid, THREADS);
         store_staged_rows<BN, D>(dv, p.dv_row_stride, sV_bytes, pitched, key0, si.seqlen_k, p.head_dim, tid, THREADS);
     } else {
         // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
-        float* dka = si.query_rows(p.dk_accum, p.dka_batch_stride, p.dka_head_stride);
-        float* dva = si.query_rows(p.dv_accum, p.dka_batch_stride, p.dka_head_stride);
+        float* dka = si.key_rows_of_query_head(p.dk_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
+        float* dva = si.key_rows_of_query_head(p.dv_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
         write_f32_tile<false>(dka, p.dka_row_stride, acc_dk, p.scale, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim,
                               lane);
         write_f32_tile<false>(dva, p.dka_row_stride, acc_dv, 1.f, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim, lane);

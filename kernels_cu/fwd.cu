@@ -30,7 +30,8 @@
 //   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32, the
 //   actual d <= D is a run-time value; columns >= d are zero-filled and never
 //   stored), CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, and the
-//   features: CUFLASH_MASK (mask.cuh), CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK.
+//   features: CUFLASH_MASK (mask.cuh), CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK,
+//   CUFLASH_VARLEN (variable-length batch: per-sequence rows and lengths, seqinfo.cuh).
 // Constraints: d % 8 == 0; q, k, v, o 16-byte aligned with strides that are
 // multiples of 8 elements (checked in cuflash/api.py); softmax_scale > 0.
 // Shared memory: (Br + 2 Bc) * (D + 8) * 2 bytes (cuflash/launch.py).
@@ -73,13 +74,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     const int m_block = gridDim.x - 1 - blockIdx.x;
     const int row0 = m_block * BM;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    // A varlen grid covers the longest sequence: a block past the end of a shorter
+    // one has nothing to do (the whole CTA leaves before any barrier).
+    if (si.past_end(row0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_head_stride);
-    float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.row_stat(p.nheads, p.seqlen_q);
+    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p);
     // The sink's logit: the lse of a row that sees no key (-inf without a sink).
     // Read where it is used, so no register holds it through the main loop.
     auto sink = [&]() { return SINK ? p.sink[si.h] : -INFINITY; };

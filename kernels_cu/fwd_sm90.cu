@@ -33,7 +33,7 @@
 // CUFLASH_HEAD_DIM D (multiple of 32; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per
 // warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CTAS_PER_SM, and the
-// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK.
+// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_VARLEN (seqinfo.cuh).
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
 // Shared memory: (Br + 4 Bc) * D * 2 bytes plus 1 KB of alignment slack (cuflash/launch.py).
 #include "common/platform.cuh"
@@ -76,13 +76,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     const int m_block = gridDim.x - 1 - blockIdx.x;
     const int row0 = m_block * BM;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    // A varlen grid covers the longest sequence: a block past the end of a shorter
+    // one has nothing to do (the whole CTA leaves before any barrier).
+    if (si.past_end(row0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_head_stride);
-    float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.row_stat(p.nheads, p.seqlen_q);
+    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p);
     // The sink's logit: the lse of a row that sees no key (-inf without a sink).
     // Read where it is used, so no register holds it through the main loop.
     auto sink = [&]() { return SINK ? p.sink[si.h] : -INFINITY; };

@@ -37,11 +37,26 @@
     int window_left, window_right;                              \
     float softcap_in, softcap_out;
 
+// Variable-length batches (cuflash.attention_varlen; read only when CUFLASH_VARLEN
+// is 1, seqinfo.cuh): sequence b holds rows [cu_seqlens_q[b], cu_seqlens_q[b + 1])
+// of q and o (then (total_q, nheads, head_dim) with batch stride 0) and rows
+// [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k and v, of which it uses the first
+// seqused_k[b] when seqused_k is not null. lse is then (nheads, total_q).
+// Appended after a struct's own fields, so the dense fields keep their offsets.
+// A field added here is added once more in cuflash/params.py (SEQUENCE_FIELDS).
+#define CUFLASH_SEQUENCE_FIELDS                                        \
+    const int* cu_seqlens_q; /* (batch + 1,) int32, or null (dense) */ \
+    const int* cu_seqlens_k; /* (batch + 1,) int32 */                  \
+    const int* seqused_k;    /* (batch,) int32, or null */             \
+    int total_q;             /* rows of q in a varlen call */          \
+    int sequence_pad_;
+
 struct FwdParams {
     CUFLASH_ATTENTION_FIELDS
-    void* o;         // (batch, seqlen_q, nheads, head_dim)
-    float* lse;      // (batch, nheads, seqlen_q) contiguous, or null when not asked for
+    void* o;         // (batch, seqlen_q, nheads, head_dim); varlen: (total_q, nheads, head_dim)
+    float* lse;      // (batch, nheads, seqlen_q) contiguous, or null when not asked for; varlen: (nheads, total_q)
     i64 o_batch_stride, o_row_stride, o_head_stride;
+    CUFLASH_SEQUENCE_FIELDS
 };
 
 // kernels_cu/bwd_prepare.cu: delta, lse in the exp2 domain, zeroed dQ accumulator.

@@ -5,34 +5,71 @@
 // this file only. Tensors are (batch, seqlen, heads, dim) with element
 // strides; query-side tensors (q, o, dout, dq) are indexed by h, key-side
 // ones (k, v, dk, dv) by the kv head h_kv = h / (nheads / nheads_kv) (GQA).
+//
+// Variable-length batches (CUFLASH_VARLEN = 1, params.cuh SEQUENCE_FIELDS):
+// sequence b starts at row q_start = cu_seqlens_q[b] of q (k_start of k, v) in
+// tensors whose batch stride is 0, and has its own seqlen_q and seqlen_k
+// (seqused_k[b] keys when given). Dense kernels compile with both starts the
+// constant 0, so their code is what it was without this switch.
 #pragma once
 #include "platform.cuh"
+
+#ifndef CUFLASH_VARLEN
+#define CUFLASH_VARLEN 0
+#endif
 
 struct SeqInfo {
     int b, h, h_kv;
     int seqlen_q, seqlen_k;
+    int q_start, k_start;  // first row of the sequence (0 unless varlen)
 
     template <class Params>
     CUFLASH_DEVICE SeqInfo(const Params& p, int b_, int h_)
-        : b(b_), h(h_), h_kv(h_ / (p.nheads / p.nheads_kv)), seqlen_q(p.seqlen_q), seqlen_k(p.seqlen_k) {}
+        : b(b_), h(h_), h_kv(h_ / (p.nheads / p.nheads_kv)), seqlen_q(p.seqlen_q), seqlen_k(p.seqlen_k),
+          q_start(0), k_start(0) {
+#if CUFLASH_VARLEN
+        q_start = p.cu_seqlens_q[b];
+        seqlen_q = p.cu_seqlens_q[b + 1] - q_start;
+        k_start = p.cu_seqlens_k[b];
+        seqlen_k = p.seqused_k != nullptr ? p.seqused_k[b] : p.cu_seqlens_k[b + 1] - k_start;
+#endif
+    }
 
     // Row 0 of this (b, h) in a query-side tensor / of (b, h_kv) in a key-side one.
     template <class T>
-    CUFLASH_DEVICE T* query_rows(T* base, i64 batch_stride, i64 head_stride) const {
-        return base + b * batch_stride + h * head_stride;
+    CUFLASH_DEVICE T* query_rows(T* base, i64 batch_stride, i64 row_stride, i64 head_stride) const {
+        return base + b * batch_stride + (i64)q_start * row_stride + h * head_stride;
     }
     template <class T>
-    CUFLASH_DEVICE T* key_rows(T* base, i64 batch_stride, i64 head_stride) const {
-        return base + b * batch_stride + h_kv * head_stride;
+    CUFLASH_DEVICE T* key_rows(T* base, i64 batch_stride, i64 row_stride, i64 head_stride) const {
+        return base + b * batch_stride + (i64)k_start * row_stride + h_kv * head_stride;
+    }
+    // Key row 0 for query head h: the backward's per-query-head dK, dV accumulators (GQA).
+    template <class T>
+    CUFLASH_DEVICE T* key_rows_of_query_head(T* base, i64 batch_stride, i64 row_stride, i64 head_stride) const {
+        return base + b * batch_stride + (i64)k_start * row_stride + h * head_stride;
     }
     // Row 0 of q (head h) and of k, v (head h_kv): the inputs every main kernel reads.
     template <class Params>
     CUFLASH_DEVICE void qkv_rows(const Params& p, const u16*& q, const u16*& k, const u16*& v) const {
-        q = query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_head_stride);
-        k = key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_head_stride);
-        v = key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_head_stride);
+        q = query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+        k = key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+        v = key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride);
     }
-    // Index of query row 0 in a (batch, nheads, rows) per-row array (lse and
-    // the backward's padded lse_log2 / delta).
+    // Index of query row 0 in a (batch, nheads, rows) per-row array (the
+    // backward's padded lse_log2 / delta).
     CUFLASH_DEVICE i64 row_stat(int nheads, int rows) const { return ((i64)b * nheads + h) * rows; }
+    // Index of query row 0 in the forward's lse: (batch, nheads, seqlen_q), or
+    // (nheads, total_q) for a varlen batch.
+    template <class Params>
+    CUFLASH_DEVICE i64 lse_row0(const Params& p) const {
+#if CUFLASH_VARLEN
+        return (i64)h * p.total_q + q_start;
+#else
+        return row_stat(p.nheads, p.seqlen_q);
+#endif
+    }
+    // Whether query rows from row0 on lie past this sequence (a varlen grid covers the
+    // longest sequence; shorter ones' surplus query blocks exit at once).
+    CUFLASH_DEVICE bool past_end(int row0) const { return CUFLASH_VARLEN && row0 >= seqlen_q; }
 };

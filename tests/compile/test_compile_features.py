@@ -31,6 +31,8 @@ FEATURE_SETS = (
     [Features.parse(w) for w in WORDS]
     + [Features.parse(",".join(pair)) for pair in combinations(WORDS, 2)]
     + [Features.parse("causal,softcap,alibi,sink"), Features.parse("window,softcap,alibi,sink")]
+    # variable-length batches (forward kernels only, so far)
+    + [Features.parse("varlen"), Features.parse("causal,varlen"), Features.parse("window,softcap,alibi,sink,varlen")]
 )
 
 

@@ -121,10 +121,14 @@ def test_for_backward_drops_only_the_sink():
 @pytest.mark.parametrize(
     "features, defines",
     [
-        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0)),
-        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0)),
-        (Features.parse("window,softcap"), dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0)),
-        (Features.parse("alibi,sink"), dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1)),
+        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=0)),
+        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=0)),
+        (Features.parse("window,softcap"),
+         dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=0)),
+        (Features.parse("alibi,sink"),
+         dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1, CUFLASH_VARLEN=0)),
+        (Features.parse("causal,varlen"),
+         dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=1)),
     ],
 )
 def test_defines(features, defines):
@@ -319,3 +323,12 @@ def test_attention_params_start_with_the_shared_head(struct):
         assert dtype.fields[name][0] == np.dtype(kind), name
     fwd, bwd = params.FWD_PARAMS, params.BWD_PARAMS
     assert all(fwd.fields[n][1] == bwd.fields[n][1] for n in head)  # same offsets in both structs
+
+
+def test_varlen_is_a_forward_feature_for_now():
+    f = Features.parse("causal,varlen")
+    assert f.varlen and f.tag == "causal_varlen"
+    assert support.fwd_spec("bf16", 128, f, 4096, (9, 0)).features.varlen
+    assert support.fwd_spec("bf16", 128, f, 4096, (8, 0)).features.varlen
+    with pytest.raises(ValueError, match="no variable-length batches"):
+        support.bwd_spec("bf16", 128, f, False, (9, 0))

@@ -1,0 +1,45 @@
+"""Variable-length batches without a GPU: the host checks of cu_seqlens and max_seqlen (each
+error names its argument) and the reference's per-sequence semantics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuflash import api, reference
+
+
+@pytest.mark.parametrize("cu, total, max_seqlen, match", [
+    ([1, 3, 5], 5, 8, "must start at 0"),
+    ([0, 4, 3], 4, 8, r"non-decreasing: entry 2 \(3\) < entry 1 \(4\)"),
+    ([0, 3, 5], 6, 8, r"\[-1\] must equal the number of rows \(6\)"),
+    ([0, 3, 9], 9, 5, r"max_seqlen_q \(5\) is smaller than the longest sequence"),
+])
+def test_bad_cu_seqlens_name_the_argument(cu, total, max_seqlen, match):
+    with pytest.raises(ValueError, match=match):
+        api.check_sequence_lengths(np.asarray(cu, np.int64), "cu_seqlens_q", total, max_seqlen, "max_seqlen_q")
+
+
+def test_good_cu_seqlens_give_the_lengths():
+    lengths = api.check_sequence_lengths(np.asarray([0, 0, 3, 3, 10]), "cu_seqlens_k", 10, 7, "max_seqlen_k")
+    assert lengths.tolist() == [0, 3, 0, 7]
+
+
+def test_reference_varlen_is_the_dense_reference_per_sequence():
+    rng = np.random.default_rng(0)
+    lens_q, lens_k = [3, 0, 5, 1, 4], [4, 2, 7, 1, 0]
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lens_q, lens_k))
+    q = rng.standard_normal((cu_q[-1], 4, 16))
+    k, v = rng.standard_normal((2, cu_k[-1], 2, 16))
+    slopes = rng.uniform(0.1, 1.0, (5, 4))
+    out, lse = reference.attention_forward_varlen(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+    assert out.shape == (cu_q[-1], 4, 16) and lse.shape == (4, cu_q[-1])
+    for b in range(5):
+        rq, rk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        o, s = reference.attention_forward(q[None, rq], k[None, rk], v[None, rk], causal=True, alibi_slopes=slopes[b])
+        assert np.array_equal(out[rq], o[0]) and np.array_equal(lse[:, rq], s[0])
+    used = np.asarray([2, 1, 7, 0, 0], np.int32)
+    out_u, _ = reference.attention_forward_varlen(q, k, v, cu_q, cu_k, seqused_k=used)
+    o, _ = reference.attention_forward(q[None, 3:8], k[None, 6:13], v[None, 6:13])
+    assert np.array_equal(out_u[3:8], o[0])
+    o, _ = reference.attention_forward(q[None, 0:3], k[None, 0:2], v[None, 0:2])
+    assert np.array_equal(out_u[0:3], o[0])

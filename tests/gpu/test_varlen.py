@@ -1,0 +1,91 @@
+"""Variable-length batches, forward (cuflash.attention_varlen; issue 11) against the float64
+reference per sequence, on both kernel families: empty and single-token sequences, causal
+with seqlen_q != seqlen_k per sequence, windows, GQA, ALiBi per sequence, sinks, seqused_k;
+equal lengths give the dense call's bits; blocks past a short sequence write nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cuflash
+from cuflash import reference, testing
+
+cp = pytest.importorskip("cupy")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("kernel_path")]
+
+LENGTHS = {
+    "mixed": ([37, 0, 1, 200, 129], [64, 5, 1, 150, 300]),
+    "equal": ([128, 128, 128], [128, 128, 128]),
+    "one": ([1], [333]),
+}
+
+
+def packed(lengths_q, lengths_k, nheads, nheads_kv, head_dim, dtype):
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lengths_q, lengths_k))
+    q, k, v = testing.random_qkv(1, int(cu_q[-1]), int(cu_k[-1]), nheads, nheads_kv, head_dim, dtype, xp=cp)
+    return q[0], k[0], v[0], cu_q, cu_k
+
+
+def check(q, k, v, cu_q, cu_k, dtype, *, seqused_k=None, **opts):
+    max_q, max_k = int(np.diff(cu_q).max()), int(np.diff(cu_k).max())
+    out = testing.poison(cp.empty_like(q))
+    used = None if seqused_k is None else cp.asarray(seqused_k)
+    got, lse = cuflash.attention_varlen(q, k, v, cp.asarray(cu_q), cp.asarray(cu_k), max_q, max_k,
+                                        seqused_k=used, return_lse=True, out=out, **opts)
+    assert got is out and lse.shape == (q.shape[1], q.shape[0])
+    host = [testing.to_numpy(x) for x in (q, k, v)]
+    ropts = {key: testing.to_numpy(val) if isinstance(val, cp.ndarray) else val for key, val in opts.items()}
+    r64 = reference.attention_forward_varlen(*host, cu_q, cu_k, seqused_k=seqused_k, precision="float64", **ropts)
+    rlp = reference.attention_forward_varlen(*host, cu_q, cu_k, seqused_k=seqused_k, precision="lowp", **ropts)
+    testing.check_accuracy("out", out, r64[0], rlp[0], dtype, "fwd")
+    testing.check_accuracy("lse", lse, r64[1], rlp[1], dtype, "fwd")
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("opts", [dict(), dict(causal=True), dict(window_size=(32, 8)), dict(causal=True, softcap=20.0)],
+                         ids=["full", "causal", "window", "causal_softcap"])
+def test_varlen_forward(dtype, lengths, opts):
+    q, k, v, cu_q, cu_k = packed(*LENGTHS[lengths], 8, 2, 128, dtype)
+    check(q, k, v, cu_q, cu_k, dtype, **opts)
+
+
+@pytest.mark.parametrize("head_dim", [64, 72, 256])
+def test_varlen_head_dims_alibi_and_sink(head_dim):
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 4, 4, head_dim, "bf16")
+    slopes = cp.asarray(np.random.default_rng().uniform(0.05, 0.5, (5, 4)).astype(np.float32))
+    sink = cp.asarray(np.linspace(-1.0, 4.0, 4, dtype=np.float32))
+    check(q, k, v, cu_q, cu_k, "bf16", causal=True, alibi_slopes=slopes, learnable_sink=sink)
+
+
+def test_seqused_k():
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 8, 8, 64, "bf16")
+    check(q, k, v, cu_q, cu_k, "bf16", causal=True, seqused_k=np.asarray([10, 0, 1, 150, 17], np.int32))
+
+
+def test_equal_lengths_give_the_dense_bits():
+    lengths = [256] * 3
+    q, k, v, cu_q, cu_k = packed(lengths, lengths, 8, 4, 128, "bf16")
+    got = cuflash.attention_varlen(q, k, v, cp.asarray(cu_q), cp.asarray(cu_k), 256, 256, causal=True)
+    dense = cuflash.attention(q.reshape(3, 256, 8, 128), k.reshape(3, 256, 4, 128), v.reshape(3, 256, 4, 128),
+                              causal=True)
+    assert cp.array_equal(got.view(cp.uint16), dense.reshape(got.shape).view(cp.uint16))
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(cu_seqlens_q=np.asarray([0, 5, 3], np.int32)), ValueError, "cu_seqlens_q must be non-decreasing"),
+    (dict(cu_seqlens_q=np.asarray([0, 2, 8], np.int64)), TypeError, "cu_seqlens_q must be int32"),
+    (dict(cu_seqlens_k=np.asarray([0, 8], np.int32)), ValueError, r"cu_seqlens_k must have shape \(3,\)"),
+    (dict(max_seqlen_q=3), ValueError, "max_seqlen_q"),
+    (dict(seqused_k=np.asarray([9, 1], np.int32)), ValueError, r"seqused_k\[0\]"),
+])
+def test_bad_varlen_input_names_the_argument(bad, exc, match):
+    q, k, v, cu_q, cu_k = packed([3, 5], [4, 4], 2, 2, 64, "bf16")
+    args = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=5, max_seqlen_k=4, seqused_k=None)
+    args.update(bad)
+    args = {key: cp.asarray(val) if isinstance(val, np.ndarray) else val for key, val in args.items()}
+    with pytest.raises(exc, match=match):
+        cuflash.attention_varlen(q, k, v, args.pop("cu_seqlens_q"), args.pop("cu_seqlens_k"), args.pop("max_seqlen_q"),
+                                 args.pop("max_seqlen_k"), **args)
+    cuflash.attention_varlen(q, k, v, cp.asarray(cu_q), cp.asarray(cu_k), 5, 4)  # the context is still usable
