@@ -7,6 +7,7 @@ from .api import (
     attention_qkvpacked,
     attention_qkvpacked_backward,
     attention_varlen,
+    attention_varlen_backward,
 )
 
 __version__ = "0.1.0"
@@ -19,5 +20,6 @@ __all__ = [
     "attention_kvpacked",
     "attention_kvpacked_backward",
     "attention_varlen",
+    "attention_varlen_backward",
     "__version__",
 ]

@@ -583,6 +583,44 @@ def _varlen_ref(x: Ref, batch: int, rows: int) -> Ref:
     return Ref(x.ptr, (batch, rows) + tuple(x.shape[1:]), (0,) + tuple(x.strides), x.dtype, x.device)
 
 
+def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k):
+    """Check a varlen call's arrays and lengths (the lengths on the host: one copy from the GPU).
+    Returns (q, k, v, cu_q, cu_k, used, batch, and the Refs of q, k, v as (batch, total, heads,
+    dim) with batch stride 0)."""
+    cp = _cupy()
+    q, k, v = (_as_gpu_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        if x.ndim != 3:
+            raise ValueError(f"{n} must have 3 dims (total_{'q' if n == 'q' else 'k'}, nheads, headdim) in a varlen "
+                             f"call, got shape {x.shape}")
+    cu_q = _check_int32_vector(cu_seqlens_q, "cu_seqlens_q", q.device.id, None)
+    batch = cu_q.shape[0] - 1
+    cu_k = _check_int32_vector(cu_seqlens_k, "cu_seqlens_k", q.device.id, batch + 1)
+    used = None if seqused_k is None else _check_int32_vector(seqused_k, "seqused_k", q.device.id, batch)
+    for value, n in ((max_seqlen_q, "max_seqlen_q"), (max_seqlen_k, "max_seqlen_k")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{n} must be an int >= 0, got {value!r}")
+    host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else []))).astype(np.int64)
+    check_sequence_lengths(host[: batch + 1], "cu_seqlens_q", q.shape[0], int(max_seqlen_q), "max_seqlen_q")
+    k_lengths = check_sequence_lengths(host[batch + 1: 2 * batch + 2], "cu_seqlens_k", k.shape[0],
+                                       int(max_seqlen_k), "max_seqlen_k")
+    if used is not None:
+        bad = (host[2 * batch + 2:] > k_lengths) | (host[2 * batch + 2:] < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"seqused_k[{i}] ({int(host[2 * batch + 2 + i])}) must be in [0, {int(k_lengths[i])}], "
+                             "the length of that sequence's keys")
+    qr, kr, vr = (_varlen_ref(cupy_ref(x), batch, x.shape[0]) for x in (q, k, v))
+    validate_qkv(qr, kr, vr)
+    return q, k, v, cu_q, cu_k, used, batch, qr, kr, vr
+
+
+def _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr) -> Options:
+    opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    return Options(opts.scale, replace(opts.features, varlen=True), opts.window, opts.softcap, opts.alibi_slopes,
+                   opts.learnable_sink)
+
+
 def attention_varlen(
     q,
     k,
@@ -617,35 +655,10 @@ def attention_varlen(
     seqused_k) from the GPU: one synchronisation per call.
     """
     cp = _cupy()
-    q, k, v = (_as_gpu_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-    for x, n in ((q, "q"), (k, "k"), (v, "v")):
-        if x.ndim != 3:
-            raise ValueError(f"{n} must have 3 dims (total_{'q' if n == 'q' else 'k'}, nheads, headdim) in a varlen "
-                             f"call, got shape {x.shape}")
-    cu_q = _check_int32_vector(cu_seqlens_q, "cu_seqlens_q", q.device.id, None)
-    batch = cu_q.shape[0] - 1
-    cu_k = _check_int32_vector(cu_seqlens_k, "cu_seqlens_k", q.device.id, batch + 1)
-    used = None if seqused_k is None else _check_int32_vector(seqused_k, "seqused_k", q.device.id, batch)
-    for value, n in ((max_seqlen_q, "max_seqlen_q"), (max_seqlen_k, "max_seqlen_k")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{n} must be an int >= 0, got {value!r}")
-    host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else []))).astype(np.int64)
-    check_sequence_lengths(host[: batch + 1], "cu_seqlens_q", q.shape[0], int(max_seqlen_q), "max_seqlen_q")
-    k_lengths = check_sequence_lengths(host[batch + 1: 2 * batch + 2], "cu_seqlens_k", k.shape[0],
-                                       int(max_seqlen_k), "max_seqlen_k")
-    if used is not None:
-        over = host[2 * batch + 2:] > k_lengths
-        if over.any() or (host[2 * batch + 2:] < 0).any():
-            i = int(np.argmax(over | (host[2 * batch + 2:] < 0)))
-            raise ValueError(f"seqused_k[{i}] ({int(host[2 * batch + 2 + i])}) must be in [0, {int(k_lengths[i])}], "
-                             "the length of that sequence's keys")
-
-    qr, kr, vr = (_varlen_ref(cupy_ref(x), batch, x.shape[0]) for x in (q, k, v))
-    validate_qkv(qr, kr, vr)
+    q, k, v, cu_q, cu_k, used, batch, qr, kr, vr = _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                                  max_seqlen_k, seqused_k)
     (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink})
-    opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
-    opts = Options(opts.scale, replace(opts.features, varlen=True), opts.window, opts.softcap, opts.alibi_slopes,
-                   opts.learnable_sink)
+    opts = _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
     total_q, nheads, head_dim = q.shape
     with device_scope(qr.device):
         if out is None:
@@ -664,6 +677,96 @@ def attention_varlen(
                            _varlen_ref(cupy_ref(out), batch, rows), None if lse is None else cupy_ref(lse),
                            {**opts.fields, **sequences}, cp.cuda.get_current_stream().ptr)
     return (out, lse) if return_lse else out
+
+
+def attention_varlen_backward(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    *,
+    seqused_k=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    learnable_sink=None,
+    dlse=None,
+    deterministic=False,
+    dq=None,
+    dk=None,
+    dv=None,
+):
+    """Gradients of attention_varlen(q, k, v, cu_seqlens_q, ...) with respect to q, k, v.
+
+    dout, out: (total_q, nheads, headdim) like q; lse (and dlse): (nheads, total_q) float32, as
+    attention_varlen(..., return_lse=True) returns it. Arguments and options as attention_varlen;
+    deterministic, dq, dk, dv as attention_backward. Returns (dq, dk, dv), and with learnable_sink
+    also dsink (nheads,) float32. With seqused_k, the keys past each sequence's used ones get
+    zero gradients (dk and dv are cleared first).
+    """
+    cp = _cupy()
+    q, k, v, cu_q, cu_k, used, batch, qr, kr, vr = _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                                  max_seqlen_k, seqused_k)
+    total_q, nheads, head_dim = q.shape
+    (dout, out, lse, dlse, alibi_slopes, learnable_sink), (doutr, outr, lser, dlser, ar, sr) = _refs(
+        {"dout": dout, "out": out, "lse": lse, "dlse": dlse, "alibi_slopes": alibi_slopes,
+         "learnable_sink": learnable_sink})
+    check_like(doutr, cupy_ref(q), "dout", "q")
+    check_like(outr, cupy_ref(q), "out", "q")
+    for x, n in ((lser, "lse"), (dlser, "dlse")):
+        if x is not None and (tuple(x.shape) != (nheads, total_q) or x.dtype != "float32" or x.device != qr.device):
+            raise ValueError(f"{n} must be float32 (nheads, total_q) = {(nheads, total_q)} on q's GPU (as "
+                             f"attention_varlen(..., return_lse=True) returns it), got {tuple(x.shape)} {x.dtype}")
+    opts = _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    with device_scope(qr.device):
+        grads = []
+        for x, like, n in ((dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):
+            if x is None:
+                x = cp.empty(like.shape, dtype=like.dtype)
+            else:
+                x = _as_gpu_array(x, n)
+                check_like(cupy_ref(x), cupy_ref(like), n, "qkv"[("dq", "dk", "dv").index(n)])
+            grads.append(x)
+        dq, dk, dv = grads
+        if used is not None:  # keys past seqused_k get no gradient from the kernels: it is 0
+            dk.fill(0)
+            dv.fill(0)
+        rows_q, rows_k = int(max_seqlen_q), int(max_seqlen_k)
+        delta = None
+        if batch and nheads:
+            spec = bwd_spec(KERNEL_DTYPES[qr.dtype], head_dim, opts.features, deterministic, qr.device)
+            sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
+                         "seqused_k": 0 if used is None else used.data.ptr, "total_q": total_q,
+                         "total_k": k.shape[0]}
+
+            def by_sequence(x, rows):  # (total, heads, dim) -> (batch, longest, heads, dim), batch stride 0
+                return _varlen_ref(cupy_ref(x), batch, rows)
+
+            delta = launch.backward(
+                spec, by_sequence(dout, rows_q), by_sequence(q, rows_q), by_sequence(k, rows_k),
+                by_sequence(v, rows_k), by_sequence(out, rows_q), lser, by_sequence(dq, rows_q),
+                by_sequence(dk, rows_k), by_sequence(dv, rows_k), opts.fields, dlser, cupy_alloc,
+                cp.cuda.get_current_stream().ptr, sequences)
+        if learnable_sink is None:
+            return dq, dk, dv
+        if delta is None:
+            return dq, dk, dv, cp.zeros((nheads,), dtype=np.float32)
+        # dsink[h] = -sum over sequences and rows of exp(sink[h] - lse) * delta, from the backward's
+        # (batch, nheads, rounded) rows: padding rows have lse_log2 = +inf and delta = 0, so add nothing.
+        b, h, r = delta.shape
+        lse2 = delta.owner[delta.lse2_offset: delta.lse2_offset + b * h * r].reshape(b, h, r)
+        rows = delta.owner[delta.offset: delta.offset + b * h * r].reshape(b, h, r)
+        dsink = -(cp.exp2(learnable_sink[None, :, None] * np.float32(LOG2E) - lse2) * rows).sum(
+            axis=(0, 2), dtype=np.float32)
+        return dq, dk, dv, dsink
 
 
 # ---------------------------------------------------------------- packed inputs

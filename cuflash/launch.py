@@ -32,11 +32,13 @@ class Ref(NamedTuple):
 
 
 class Delta(NamedTuple):
-    """Where the backward left delta: owner[offset : offset + prod(shape)] viewed as shape."""
+    """Where the backward left delta: owner[offset : offset + prod(shape)] viewed as shape
+    (and lse_log2, the same shape, at lse2_offset)."""
 
     owner: object
     offset: int
     shape: tuple
+    lse2_offset: int = 0
 
 
 #: alloc(shape, dtype name) -> (owner, Ref): scratch from the caller's framework, so it
@@ -211,10 +213,15 @@ def scratch_words(sizes: dict) -> int:
 
 
 def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
-             option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int):
+             option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int, sequences: dict | None = None):
     """The backward: prepare, main kernel, conversions. Returns a Delta: where delta, float32
     (batch, nheads, seqlen_q rounded up to Br) contiguous, holding rowsum(dO * O) - dlse, lies in
-    the scratch buffer (a 1-D float32 array of the caller's framework), for the dsink reduction.
+    the scratch buffer (a 1-D float32 array of the caller's framework), for the dsink reduction;
+    lse_log2 (the same layout, +inf on padding rows) lies at lse2_offset.
+
+    Varlen (`sequences`: cu_seqlens_q, cu_seqlens_k, seqused_k pointers, total_q, total_k): q, k,
+    v, dout, out, dq, dk, dv come as (batch, longest sequence, heads, dim) views with batch stride
+    0, lse and dlse as (nheads, total_q); the fp32 accumulators then hold total_q / total_k rows.
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
@@ -228,31 +235,44 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     device = q.device
     m_blocks = bwd_m_blocks(spec, seqlen_q)
     rounded = m_blocks * spec.tiles.block_m
+    varlen = sequences is not None
+    # The accumulators: per (batch, row) dense; one "batch" of total rows for a varlen batch.
+    acc_batch = 1 if varlen else batch
+    acc_q = sequences["total_q"] if varlen else seqlen_q
+    acc_k = sequences["total_k"] if varlen else seqlen_k
 
     sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
-             "dq_accum": ((batch, seqlen_q, nheads, spec.head_dim), "float32")}
+             "dq_accum": ((acc_batch, acc_q, nheads, spec.head_dim), "float32")}
     if spec.deterministic:
         sizes["semaphore"] = ((batch, nheads, m_blocks), "int32")
     if group > 1 and seqlen_k:
-        sizes["dk_accum"] = ((batch, seqlen_k, nheads, head_dim), "float32")
-        sizes["dv_accum"] = ((batch, seqlen_k, nheads, head_dim), "float32")
+        sizes["dk_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
+        sizes["dv_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
     owner, base = alloc((scratch_words(sizes),), "float32")
     s, offsets = _carve(base, sizes)
     lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
+    seq_fields = {}
+    if varlen:  # sequences index the accumulators by row: batch stride 0
+        seq_fields = {key: sequences[key] for key in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "total_q")}
+        dq_accum = _batchless(dq_accum)
+    # lse / dlse strides as (batch, head, row): varlen ones are (nheads, total_q)
+    lse_strides = (0, *lse.strides) if varlen else lse.strides
 
     if rounded:
-        prep = _prepare_spec(spec.dtype)
+        prep = _prepare_spec(spec.dtype, varlen)
         fields = {
             "o": out.ptr, "dout": dout.ptr, "lse": lse.ptr, "lse_log2": lse_log2.ptr,
             "delta": delta.ptr, "dq_accum": dq_accum.ptr, "dq_semaphore": 0 if semaphore is None else semaphore.ptr,
             **strides_named("o", out), **strides_named("do", dout), **strides_named("dqa", dq_accum),
-            "lse_batch_stride": lse.strides[0], "lse_head_stride": lse.strides[1], "lse_row_stride": lse.strides[2],
+            "lse_batch_stride": lse_strides[0], "lse_head_stride": lse_strides[1], "lse_row_stride": lse_strides[2],
             "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q, "seqlen_q_rounded": rounded,
             "head_dim": head_dim, "dq_accum_cols": spec.head_dim, "block_m": spec.tiles.block_m, "m_blocks": m_blocks,
+            **seq_fields,
         }
         if dlse is not None:
             fields["dlse"] = dlse.ptr
-            fields["dlse_batch_stride"], fields["dlse_head_stride"], fields["dlse_row_stride"] = dlse.strides
+            fields["dlse_batch_stride"], fields["dlse_head_stride"], fields["dlse_row_stride"] = (
+                (0, *dlse.strides) if varlen else dlse.strides)
         run(prep, device, bwd_prepare_grid(prep, batch, nheads, rounded), (prep.threads, 1, 1), 0,
             params.BWD_PREPARE, fields, stream)
 
@@ -265,19 +285,31 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             **strides_named("do", dout), **strides_named("dqa", dq_accum),
             **strides_named("dk", dk), **strides_named("dv", dv),
             "seqlen_q_rounded": rounded, "m_blocks": m_blocks,
+            **seq_fields,
         }
         if group > 1:
             dk_accum, dv_accum = s["dk_accum"], s["dv_accum"]
-            fields.update({"dk_accum": dk_accum.ptr, "dv_accum": dv_accum.ptr, **strides_named("dka", dk_accum)})
+            fields.update({"dk_accum": dk_accum.ptr, "dv_accum": dv_accum.ptr,
+                           **strides_named("dka", _batchless(dk_accum) if varlen else dk_accum)})
         run(spec, device, bwd_grid(spec, batch, nheads, seqlen_k), (spec.threads, 1, 1), bwd_smem_bytes(spec),
             params.BWD, fields, stream)
         if group > 1:
-            convert(dk_accum, dk, group, spec.dtype, stream)
-            convert(dv_accum, dv, group, spec.dtype, stream)
+            convert(dk_accum, _rows(dk, acc_batch, acc_k), group, spec.dtype, stream)
+            convert(dv_accum, _rows(dv, acc_batch, acc_k), group, spec.dtype, stream)
 
     if seqlen_q:
-        convert(dq_accum, dq, 1, spec.dtype, stream)
-    return Delta(owner, offsets["delta"], (batch, nheads, rounded))
+        convert(_rows(dq_accum, acc_batch, acc_q), _rows(dq, acc_batch, acc_q), 1, spec.dtype, stream)
+    return Delta(owner, offsets["delta"], (batch, nheads, rounded), offsets["lse_log2"])
+
+
+def _batchless(x: Ref) -> Ref:
+    """x with batch stride 0: every sequence of a varlen batch finds its rows by cu_seqlens."""
+    return x._replace(strides=(0, *x.strides[1:]))
+
+
+def _rows(x: Ref, batch: int, rows: int) -> Ref:
+    """x as (batch, rows, heads, dim), for the convert kernel (varlen: one batch of all rows)."""
+    return x._replace(shape=(batch, rows, *x.shape[2:]))
 
 
 def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int) -> None:

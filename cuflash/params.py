@@ -59,7 +59,8 @@ BWD_PREPARE_PARAMS = np.dtype(
         ("dq_accum_cols", _I32),
         ("block_m", _I32),
         ("m_blocks", _I32),
-    ],
+    ]
+    + SEQUENCE_FIELDS,
     align=True,
 )
 
@@ -74,7 +75,8 @@ BWD_PARAMS = np.dtype(
         ("dv_batch_stride", _I64), ("dv_row_stride", _I64), ("dv_head_stride", _I64),
         ("dka_batch_stride", _I64), ("dka_row_stride", _I64), ("dka_head_stride", _I64),
         ("seqlen_q_rounded", _I32), ("m_blocks", _I32),
-    ],
+    ]
+    + SEQUENCE_FIELDS,
     align=True,
 )
 

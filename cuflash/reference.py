@@ -554,6 +554,35 @@ def attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=N
     return xp.concatenate(outs, axis=0), xp.concatenate(lses, axis=1)
 
 
+def attention_backward_varlen(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=None, alibi_slopes=None,
+                              learnable_sink=None, dlse=None, precision="float64", **options):
+    """Reference backward of a variable-length batch, sequence by sequence through
+    :func:`attention_backward`. dout like q (total_q, nheads, headdim); dlse (nheads, total_q)
+    or None. Returns (dq, dk, dv) like q, k, v (keys past seqused_k get zero gradients) and,
+    with a learnable sink, dsink summed over the sequences: (dq, dk, dv, dsink)."""
+    xp = array_module(q)
+    cu_q, cu_k = (numpy.asarray(to_host(c)).astype(numpy.int64) for c in (cu_seqlens_q, cu_seqlens_k))
+    used = None if seqused_k is None else numpy.asarray(to_host(seqused_k)).astype(numpy.int64)
+    dt = xp.float64 if precision == "float64" else xp.float32
+    dq = xp.zeros(q.shape, dtype=dt)
+    dk = xp.zeros(k.shape, dtype=dt)
+    dv = xp.zeros(v.shape, dtype=dt)
+    dsink = None if learnable_sink is None else xp.zeros(learnable_sink.shape, dtype=dt)
+    for b in range(len(cu_q) - 1):
+        kq = slice(cu_q[b], cu_q[b + 1])
+        kk = slice(cu_k[b], cu_k[b + 1] if used is None else cu_k[b] + used[b])
+        slopes = alibi_slopes
+        if alibi_slopes is not None and numpy.ndim(alibi_slopes) == 2:
+            slopes = alibi_slopes[b]
+        grads = attention_backward(dout[None, kq], q[None, kq], k[None, kk], v[None, kk], alibi_slopes=slopes,
+                                   learnable_sink=learnable_sink, precision=precision,
+                                   dlse=None if dlse is None else dlse[None, :, kq], **options)
+        dq[kq], dk[kk], dv[kk] = grads[0][0], grads[1][0], grads[2][0]
+        if dsink is not None:
+            dsink += grads[4]
+    return (dq, dk, dv) if dsink is None else (dq, dk, dv, dsink)
+
+
 def to_host(x):
     """A NumPy view or copy of a NumPy or CuPy array."""
     return x.get() if hasattr(x, "get") and not isinstance(x, numpy.ndarray) else x

@@ -503,10 +503,14 @@ class BwdPrepareSpec(KernelSpec):
     entry = "cuflash_bwd_prepare"
     threads = 256
     rows_per_cta = 64  # PREP_ROWS in the kernel
+    varlen: bool = False  # rows of each sequence from cu_seqlens_q
 
     @property
     def name(self) -> str:
-        return f"bwd_prepare_{self.dtype}"
+        return f"bwd_prepare_{self.dtype}" + ("_varlen" if self.varlen else "")
+
+    def defines(self) -> dict:
+        return {**super().defines(), "CUFLASH_VARLEN": int(self.varlen)}
 
 
 @dataclass(frozen=True)

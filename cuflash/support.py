@@ -69,8 +69,8 @@ class Family:
 FAMILIES = (
     Family("fwd_sm90", FwdSm90Spec, "fwd", ((9, 0),), tuple(sorted(FWD_SM90_TILES)), varlen=True),
     Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES)), varlen=True),
-    Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True),
-    Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True),
+    Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True, varlen=True),
+    Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True, varlen=True),
 )
 
 
@@ -208,5 +208,7 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
                 if spec.name not in seen:
                     seen.add(spec.name)
                     specs.append(spec)
-    helpers = [spec for dtype in SUPPORTED_DTYPES for spec in (BwdPrepareSpec(dtype), BwdConvertSpec(dtype))]
+    varlen = [True] if any(f.varlen for f in feature_sets) else []
+    helpers = [spec for dtype in SUPPORTED_DTYPES
+               for spec in (BwdPrepareSpec(dtype), *(BwdPrepareSpec(dtype, v) for v in varlen), BwdConvertSpec(dtype))]
     return specs + helpers

@@ -127,6 +127,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     const int n_block = blockIdx.x;
     const int key0 = n_block * BN;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    // A varlen grid covers the longest key sequence: a key block past the end of a
+    // shorter one owns no dK/dV rows and no query sees it (no dQ turn waits for it);
+    // the whole CTA leaves before any barrier.
+    if (si.past_end_of_keys(key0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
 

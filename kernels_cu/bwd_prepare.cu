@@ -22,12 +22,18 @@
 // row is read by 8 lanes, each loading 16-byte chunks (8 elements) of dO and O
 // at a stride of 8 chunks, then the 8 partial sums are added with shuffles.
 //
-// Compile-time constants: CUFLASH_DTYPE only (the head dim is a run-time value).
+// Varlen (CUFLASH_VARLEN = 1): sequence b's rows start at row cu_seqlens_q[b] of o,
+// dout, lse, dlse and dq_accum (their batch strides are 0) and it has its own
+// seqlen_q (seqinfo.cuh query_range); its rows from its own length up to
+// seqlen_q_rounded (of the longest sequence) are padding rows as above.
+//
+// Compile-time constants: CUFLASH_DTYPE and CUFLASH_VARLEN (the head dim is a run-time value).
 // Constraints: head_dim % 8 == 0; o and dout 16-byte aligned with strides that
 // are multiples of 8 elements; dq_accum rows 16-byte aligned, dq_accum_cols % 4 == 0.
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
+#include "common/seqinfo.cuh"
 
 constexpr int THREADS = 256;
 constexpr int LANES_PER_ROW = 8;
@@ -42,14 +48,18 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
     const int sub = tid % LANES_PER_ROW;  // this lane's share of a row
     const float log2e = 1.4426950408889634f;
 
-    const u16* o = static_cast<const u16*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
-    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
+    const int2 rows = query_range(p, b);  // (first row, length) of sequence b
+    const int q_start = rows.x, seqlen_q = rows.y;
+    const u16* o = static_cast<const u16*>(p.o) + b * p.o_batch_stride + (i64)q_start * p.o_row_stride +
+                   h * p.o_head_stride;
+    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + (i64)q_start * p.do_row_stride +
+                      h * p.do_head_stride;
     const i64 bh = (i64)b * p.nheads + h;
 
     for (int r = tid / LANES_PER_ROW; r < PREP_ROWS; r += ROWS_PER_PASS) {
         const int row = row_begin + r;
         float dot = 0.f;
-        if (row < p.seqlen_q) {
+        if (row < seqlen_q) {
             const u16* o_row = o + (i64)row * p.o_row_stride;
             const u16* do_row = dout + (i64)row * p.do_row_stride;
             for (int c = sub * 8; c < p.head_dim; c += LANES_PER_ROW * 8) {
@@ -65,7 +75,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
                 }
             }
             // Zero this row's dQ accumulator: 8 lanes x 4 floats per step.
-            float* dqa = p.dq_accum + b * p.dqa_batch_stride + (i64)row * p.dqa_row_stride + h * p.dqa_head_stride;
+            float* dqa = p.dq_accum + b * p.dqa_batch_stride + (i64)(q_start + row) * p.dqa_row_stride +
+                         h * p.dqa_head_stride;
             for (int c = sub * 4; c < p.dq_accum_cols; c += LANES_PER_ROW * 4)
                 *reinterpret_cast<float4*>(dqa + c) = make_float4(0.f, 0.f, 0.f, 0.f);
         }
@@ -76,14 +87,15 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
         dot += __shfl_xor_sync(0xffffffffu, dot, 4);
         if (sub == 0 && row < p.seqlen_q_rounded) {
             float lse2 = INFINITY;  // padding row: P = 0 (see the top of the file)
-            if (row < p.seqlen_q) {
-                float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + (i64)row * p.lse_row_stride];
+            if (row < seqlen_q) {
+                float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + (i64)(q_start + row) * p.lse_row_stride];
                 // A row that sees no key (lse = -inf): +inf makes its P exactly 0, not inf/NaN.
                 lse2 = lse == -INFINITY ? INFINITY : lse * log2e;
                 // A loss that also reads lse adds dlse_i * P_ij to dS_ij: D_i - dlse_i
                 // in place of D_i (DESIGN 3).
                 if (p.dlse != nullptr)
-                    dot -= p.dlse[b * p.dlse_batch_stride + h * p.dlse_head_stride + (i64)row * p.dlse_row_stride];
+                    dot -= p.dlse[b * p.dlse_batch_stride + h * p.dlse_head_stride +
+                                  (i64)(q_start + row) * p.dlse_row_stride];
             }
             p.delta[bh * p.seqlen_q_rounded + row] = dot;
             p.lse_log2[bh * p.seqlen_q_rounded + row] = lse2;

@@ -111,6 +111,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
     const int kv_col0 = SPLIT_D ? wg * KV_COLS : 0;                    // first dK/dV column of this warpgroup
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    // A varlen grid covers the longest key sequence: a key block past the end of a
+    // shorter one owns no dK/dV rows and no query sees it (no dQ turn waits for it);
+    // the whole CTA leaves before any barrier.
+    if (si.past_end_of_keys(key0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
 

@@ -80,6 +80,10 @@ struct BwdPrepareParams {
     int dq_accum_cols;   // columns of dq_accum to zero (the backward's compile-time D)
     int block_m;         // Br of the backward kernel: the rows one semaphore guards
     int m_blocks;        // seqlen_q_rounded / block_m
+    // Varlen (CUFLASH_VARLEN): sequence b's rows start at cu_seqlens_q[b] in o, dout,
+    // lse, dlse and dq_accum (batch strides 0); lse_log2, delta and the semaphores keep
+    // their (batch, nheads, rounded) layout, seqlen_q being the longest sequence.
+    CUFLASH_SEQUENCE_FIELDS
 };
 
 // kernels_cu/bwd.cu: one CTA per (key block, query head, batch).
@@ -100,6 +104,7 @@ struct BwdParams {
     i64 dv_batch_stride, dv_row_stride, dv_head_stride;
     i64 dka_batch_stride, dka_row_stride, dka_head_stride;  // of dk_accum and dv_accum
     int seqlen_q_rounded, m_blocks;  // m_blocks * Br
+    CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 
 // kernels_cu/bwd_convert.cu: dst[b, s, h, :] = sum_{j < group} src[b, s, h * group + j, :].

@@ -18,6 +18,18 @@
 #define CUFLASH_VARLEN 0
 #endif
 
+// Sequence b's first query row and its length: (0, p.seqlen_q) for a dense batch,
+// from cu_seqlens_q for a varlen one. The one place a kernel reads cu_seqlens_q.
+template <class Params>
+CUFLASH_DEVICE int2 query_range(const Params& p, int b) {
+#if CUFLASH_VARLEN
+    const int start = p.cu_seqlens_q[b];
+    return make_int2(start, p.cu_seqlens_q[b + 1] - start);
+#else
+    return make_int2(0, p.seqlen_q);
+#endif
+}
+
 struct SeqInfo {
     int b, h, h_kv;
     int seqlen_q, seqlen_k;
@@ -28,8 +40,9 @@ struct SeqInfo {
         : b(b_), h(h_), h_kv(h_ / (p.nheads / p.nheads_kv)), seqlen_q(p.seqlen_q), seqlen_k(p.seqlen_k),
           q_start(0), k_start(0) {
 #if CUFLASH_VARLEN
-        q_start = p.cu_seqlens_q[b];
-        seqlen_q = p.cu_seqlens_q[b + 1] - q_start;
+        const int2 rows = query_range(p, b);
+        q_start = rows.x;
+        seqlen_q = rows.y;
         k_start = p.cu_seqlens_k[b];
         seqlen_k = p.seqused_k != nullptr ? p.seqused_k[b] : p.cu_seqlens_k[b + 1] - k_start;
 #endif
@@ -72,4 +85,6 @@ struct SeqInfo {
     // Whether query rows from row0 on lie past this sequence (a varlen grid covers the
     // longest sequence; shorter ones' surplus query blocks exit at once).
     CUFLASH_DEVICE bool past_end(int row0) const { return CUFLASH_VARLEN && row0 >= seqlen_q; }
+    // The same for a key block (the backward's grid covers the longest key sequence).
+    CUFLASH_DEVICE bool past_end_of_keys(int key0) const { return CUFLASH_VARLEN && key0 >= seqlen_k; }
 };

@@ -8,6 +8,7 @@ import pytest
 
 from cuflash import params, support
 from cuflash.specs import (
+    BwdPrepareSpec,
     CAUSAL,
     MASKS,
     MODIFIERS,
@@ -325,10 +326,15 @@ def test_attention_params_start_with_the_shared_head(struct):
     assert all(fwd.fields[n][1] == bwd.fields[n][1] for n in head)  # same offsets in both structs
 
 
-def test_varlen_is_a_forward_feature_for_now():
+def test_varlen_is_a_feature_of_every_family():
     f = Features.parse("causal,varlen")
     assert f.varlen and f.tag == "causal_varlen"
-    assert support.fwd_spec("bf16", 128, f, 4096, (9, 0)).features.varlen
-    assert support.fwd_spec("bf16", 128, f, 4096, (8, 0)).features.varlen
-    with pytest.raises(ValueError, match="no variable-length batches"):
-        support.bwd_spec("bf16", 128, f, False, (9, 0))
+    for cc in ((9, 0), (8, 0)):
+        assert support.fwd_spec("bf16", 128, f, 4096, cc).features.varlen
+        assert support.bwd_spec("bf16", 128, f, True, cc).features.varlen
+    assert "varlen" in support.bwd_spec("bf16", 128, f, False, (9, 0)).name
+    no_varlen = support.Family("x", support.FwdSpec, "fwd", None, (128,))
+    assert "x has no variable-length batches" in support.family_reasons(
+        no_varlen, support.Problem("fwd", "bf16", 128, f, (8, 0)))
+    assert BwdPrepareSpec("bf16", True).name == "bwd_prepare_bf16_varlen"
+    assert BwdPrepareSpec("bf16", True).defines()["CUFLASH_VARLEN"] == 1

@@ -43,3 +43,23 @@ def test_reference_varlen_is_the_dense_reference_per_sequence():
     assert np.array_equal(out_u[3:8], o[0])
     o, _ = reference.attention_forward(q[None, 0:3], k[None, 0:2], v[None, 0:2])
     assert np.array_equal(out_u[0:3], o[0])
+
+
+def test_reference_varlen_backward_is_the_dense_backward_per_sequence():
+    rng = np.random.default_rng(1)
+    lens_q, lens_k = [3, 0, 5, 2], [4, 2, 7, 0]
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lens_q, lens_k))
+    q = rng.standard_normal((cu_q[-1], 4, 16))
+    k, v = rng.standard_normal((2, cu_k[-1], 2, 16))
+    dout = rng.standard_normal(q.shape)
+    sink = rng.standard_normal(4)
+    dq, dk, dv, dsink = reference.attention_backward_varlen(dout, q, k, v, cu_q, cu_k, causal=True,
+                                                            learnable_sink=sink)
+    total = np.zeros(4)
+    for b in range(4):
+        rq, rk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        g = reference.attention_backward(dout[None, rq], q[None, rq], k[None, rk], v[None, rk], causal=True,
+                                         learnable_sink=sink)
+        assert np.array_equal(dq[rq], g[0][0]) and np.array_equal(dk[rk], g[1][0]) and np.array_equal(dv[rk], g[2][0])
+        total += g[4]
+    assert np.allclose(dsink, total)

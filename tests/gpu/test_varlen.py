@@ -1,7 +1,8 @@
-"""Variable-length batches, forward (cuflash.attention_varlen; issue 11) against the float64
-reference per sequence, on both kernel families: empty and single-token sequences, causal
-with seqlen_q != seqlen_k per sequence, windows, GQA, ALiBi per sequence, sinks, seqused_k;
-equal lengths give the dense call's bits; blocks past a short sequence write nothing."""
+"""Variable-length batches (cuflash.attention_varlen and attention_varlen_backward; issue 11)
+against the float64 reference per sequence, on both kernel families: empty and single-token
+sequences, causal with seqlen_q != seqlen_k per sequence, windows, GQA, ALiBi per sequence,
+sinks, seqused_k, dlse, deterministic; equal lengths give the dense call's bits; blocks past a
+short sequence write nothing (outputs are poisoned before each call)."""
 from __future__ import annotations
 
 import numpy as np
@@ -89,3 +90,64 @@ def test_bad_varlen_input_names_the_argument(bad, exc, match):
         cuflash.attention_varlen(q, k, v, args.pop("cu_seqlens_q"), args.pop("cu_seqlens_k"), args.pop("max_seqlen_q"),
                                  args.pop("max_seqlen_k"), **args)
     cuflash.attention_varlen(q, k, v, cp.asarray(cu_q), cp.asarray(cu_k), 5, 4)  # the context is still usable
+
+
+def check_backward(q, k, v, cu_q, cu_k, dtype, *, seqused_k=None, deterministic=False, with_dlse=False, **opts):
+    """Forward, then backward into poisoned dq, dk, dv, every gradient against the reference."""
+    max_q, max_k = int(np.diff(cu_q).max()), int(np.diff(cu_k).max())
+    used = None if seqused_k is None else cp.asarray(seqused_k)
+    args = (cp.asarray(cu_q), cp.asarray(cu_k), max_q, max_k)
+    out, lse = cuflash.attention_varlen(q, k, v, *args, seqused_k=used, return_lse=True, **opts)
+    dout = testing.random_like(q)
+    dlse = cp.asarray(np.random.default_rng().standard_normal(lse.shape, dtype=np.float32)) if with_dlse else None
+    grads = tuple(testing.poison(cp.empty_like(x)) for x in (q, k, v))
+    got = cuflash.attention_varlen_backward(dout, q, k, v, out, lse, *args, seqused_k=used, dlse=dlse,
+                                            deterministic=deterministic, dq=grads[0], dk=grads[1], dv=grads[2], **opts)
+    assert all(a is b for a, b in zip(got, grads))
+    host = [testing.to_numpy(x) for x in (dout, q, k, v)]
+    ropts = {key: testing.to_numpy(val) if isinstance(val, cp.ndarray) else val for key, val in opts.items()}
+    if with_dlse:
+        ropts["dlse"] = testing.to_numpy(dlse)
+    r64 = reference.attention_backward_varlen(*host, cu_q, cu_k, seqused_k=seqused_k, precision="float64", **ropts)
+    rlp = reference.attention_backward_varlen(*host, cu_q, cu_k, seqused_k=seqused_k, precision="lowp", **ropts)
+    for name, g, x64, xlp in zip(("dq", "dk", "dv"), got[:3], r64[:3], rlp[:3]):
+        testing.check_accuracy(name, g, x64, xlp, dtype, "bwd")
+    return got
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("lengths", ["mixed", "one"])
+@pytest.mark.parametrize("opts", [dict(), dict(causal=True), dict(window_size=(32, 8), softcap=20.0)],
+                         ids=["full", "causal", "window_softcap"])
+def test_varlen_backward(dtype, lengths, opts):
+    q, k, v, cu_q, cu_k = packed(*LENGTHS[lengths], 8, 2, 128, dtype)
+    check_backward(q, k, v, cu_q, cu_k, dtype, **opts)
+
+
+@pytest.mark.parametrize("head_dim", [64, 96, 256])
+def test_varlen_backward_head_dims_alibi_dlse_seqused(head_dim):
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 4, 4, head_dim, "bf16")
+    slopes = cp.asarray(np.random.default_rng().uniform(0.05, 0.5, (5, 4)).astype(np.float32))
+    check_backward(q, k, v, cu_q, cu_k, "bf16", causal=True, alibi_slopes=slopes, with_dlse=True,
+                   seqused_k=np.asarray([10, 0, 1, 150, 17], np.int32))
+
+
+def test_varlen_backward_deterministic_is_bitwise_repeatable():
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 8, 2, 128, "bf16")
+    first = check_backward(q, k, v, cu_q, cu_k, "bf16", causal=True, deterministic=True)
+    again = check_backward(q, k, v, cu_q, cu_k, "bf16", causal=True, deterministic=True)
+    for a, b in zip(first, again):
+        assert cp.array_equal(a.view(cp.uint16), b.view(cp.uint16))
+
+
+def test_varlen_backward_sink_gradient_flows():
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 4, 2, 64, "bf16")
+    sink = cp.asarray(np.linspace(-1.0, 3.0, 4, dtype=np.float32))
+    max_q, max_k = int(np.diff(cu_q).max()), int(np.diff(cu_k).max())
+    args = (cp.asarray(cu_q), cp.asarray(cu_k), max_q, max_k)
+    out, lse = cuflash.attention_varlen(q, k, v, *args, learnable_sink=sink, return_lse=True)
+    dout = testing.random_like(q)
+    *_, dsink = cuflash.attention_varlen_backward(dout, q, k, v, out, lse, *args, learnable_sink=sink)
+    ref = reference.attention_backward_varlen(*(testing.to_numpy(x) for x in (dout, q, k, v)), cu_q, cu_k,
+                                              learnable_sink=testing.to_numpy(sink))[3]
+    assert np.allclose(testing.to_numpy(dsink), ref, rtol=0.05, atol=0.05 * np.abs(ref).max())
