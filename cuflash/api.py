@@ -726,6 +726,11 @@ def attention_varlen_backward(
             raise ValueError(f"{n} must be float32 (nheads, total_q) = {(nheads, total_q)} on q's GPU (as "
                              f"attention_varlen(..., return_lse=True) returns it), got {tuple(x.shape)} {x.dtype}")
     opts = _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    if used is not None and k.shape[1] != nheads:
+        # Under GQA the per-query-head dK/dV accumulators of unused keys are never written, and
+        # their group sum would read them: not supported until the accumulators are cleared.
+        raise NotImplementedError("seqused_k in the backward with GQA/MQA (nheads_kv < nheads) is not "
+                                  "implemented yet in cuflash")
     with device_scope(qr.device):
         grads = []
         for x, like, n in ((dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):
