@@ -127,3 +127,30 @@ def test_validation_accepts_or_names_the_argument(monkeypatch_device, call):
 def monkeypatch_device(monkeypatch):
     """The one check that asks the GPU, stubbed (the same for every generated input)."""
     monkeypatch.setattr(api, "_check_device", lambda device: None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths=st.lists(st.integers(0, 50), max_size=8), shift=st.integers(-2, 2), swap=st.booleans(),
+       extra_rows=st.integers(-1, 1), max_slack=st.integers(-2, 2))
+def test_sequence_length_checks_accept_exactly_the_valid_offsets(lengths, shift, swap, extra_rows, max_slack):
+    """cu_seqlens is accepted iff it starts at 0, never decreases, ends at the row count and no
+    sequence is longer than max_seqlen; otherwise the error names the argument."""
+    import numpy as np
+
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    cu[0] += shift
+    if swap and len(cu) > 2:
+        cu[1], cu[2] = cu[2], cu[1]
+    total = int(np.cumsum(lengths)[-1]) + extra_rows if lengths else extra_rows
+    longest = max(lengths, default=0)
+    max_seqlen = longest + max_slack
+    diffs = np.diff(cu)
+    valid = (cu[0] == 0 and (diffs >= 0).all() and cu[-1] == total
+             and (int(diffs.max()) if len(diffs) else 0) <= max_seqlen)
+    try:
+        got = api.check_sequence_lengths(cu, "cu_seqlens_k", total, max_seqlen, "max_seqlen_k")
+    except ValueError as exc:
+        assert not valid, exc
+        assert "cu_seqlens_k" in str(exc) or "max_seqlen_k" in str(exc)
+    else:
+        assert valid and got.tolist() == diffs.tolist()
