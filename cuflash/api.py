@@ -583,6 +583,72 @@ def _varlen_ref(x: Ref, batch: int, rows: int) -> Ref:
     return Ref(x.ptr, (batch, rows) + tuple(x.shape[1:]), (0,) + tuple(x.strides), x.dtype, x.device)
 
 
+def check_max_seqlens(max_seqlen_q, max_seqlen_k) -> None:
+    for value, n in ((max_seqlen_q, "max_seqlen_q"), (max_seqlen_k, "max_seqlen_k")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{n} must be an int >= 0, got {value!r}")
+
+
+def check_varlen_lengths(host, batch: int, total_q: int, total_k: int, max_seqlen_q: int, max_seqlen_k: int):
+    """The length checks of a varlen call on `host`: cu_seqlens_q, cu_seqlens_k and (when present)
+    seqused_k concatenated, copied from the GPU. Each error names its argument."""
+    host = np.asarray(host).astype(np.int64)
+    check_sequence_lengths(host[: batch + 1], "cu_seqlens_q", total_q, int(max_seqlen_q), "max_seqlen_q")
+    k_lengths = check_sequence_lengths(host[batch + 1: 2 * batch + 2], "cu_seqlens_k", total_k,
+                                       int(max_seqlen_k), "max_seqlen_k")
+    used = host[2 * batch + 2:]
+    if len(used):
+        bad = (used > k_lengths) | (used < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"seqused_k[{i}] ({int(used[i])}) must be in [0, {int(k_lengths[i])}], "
+                             "the length of that sequence's keys")
+
+
+def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options, sequences: dict,
+                       max_seqlen_q: int, stream: int) -> None:
+    """The varlen forward for validated Refs: q, k, v, out as (batch, total rows, heads, dim) with batch
+    stride 0 (_varlen_ref), lse (nheads, total_q) or None, sequences the cu_seqlens_q / cu_seqlens_k /
+    seqused_k pointers and total_q. q's device current."""
+    batch, total_q, nheads, head_dim = q.shape
+    rows = int(max_seqlen_q)
+    if batch and nheads and rows and total_q:
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, rows, q.device)
+        # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
+        launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
+                       out._replace(shape=(batch, rows, nheads, head_dim)), lse, {**opts.fields, **sequences}, stream)
+
+
+def run_varlen_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
+                        opts: Options, deterministic: bool, dlse: Ref | None, alloc: launch.Alloc, stream: int,
+                        sequences: dict, max_seqlen_q: int, max_seqlen_k: int):
+    """The varlen backward for validated Refs laid out as for run_varlen_forward (k-side ones with
+    total_k rows); returns launch.backward's Delta, or None for an empty batch."""
+    batch, total_q, nheads, head_dim = q.shape
+    if not (batch and nheads):
+        return None
+    spec = bwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, deterministic, q.device)
+    rows_q, rows_k = int(max_seqlen_q), int(max_seqlen_k)
+
+    def longest(x, rows):  # the grids read seqlen from the shape: the longest sequence
+        return x._replace(shape=(batch, rows, *x.shape[2:]))
+
+    return launch.backward(
+        spec, longest(dout, rows_q), longest(q, rows_q), longest(k, rows_k), longest(v, rows_k),
+        longest(out, rows_q), lse, longest(dq, rows_q), longest(dk, rows_k), longest(dv, rows_k), opts.fields,
+        dlse, alloc, stream, {**sequences, "total_q": total_q, "total_k": k.shape[1]})
+
+
+def varlen_dsink(xp, delta: launch.Delta, sink):
+    """dsink[h] = -sum over sequences and rows of exp(sink[h] - lse) * delta, from the backward's
+    (batch, nheads, rounded) rows (`xp`: cupy or torch, whose arrays slice and reshape alike): padding
+    rows have lse_log2 = +inf and delta = 0, so add nothing."""
+    b, h, r = delta.shape
+    lse2 = delta.owner[delta.lse2_offset: delta.lse2_offset + b * h * r].reshape(b, h, r)
+    rows = delta.owner[delta.offset: delta.offset + b * h * r].reshape(b, h, r)
+    return -(xp.exp2(sink[None, :, None] * LOG2E - lse2) * rows).sum((0, 2))
+
+
 def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k):
     """Check a varlen call's arrays and lengths (the lengths on the host: one copy from the GPU).
     Returns (q, k, v, cu_q, cu_k, used, batch, and the Refs of q, k, v as (batch, total, heads,
@@ -597,19 +663,9 @@ def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     batch = cu_q.shape[0] - 1
     cu_k = _check_int32_vector(cu_seqlens_k, "cu_seqlens_k", q.device.id, batch + 1)
     used = None if seqused_k is None else _check_int32_vector(seqused_k, "seqused_k", q.device.id, batch)
-    for value, n in ((max_seqlen_q, "max_seqlen_q"), (max_seqlen_k, "max_seqlen_k")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{n} must be an int >= 0, got {value!r}")
-    host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else []))).astype(np.int64)
-    check_sequence_lengths(host[: batch + 1], "cu_seqlens_q", q.shape[0], int(max_seqlen_q), "max_seqlen_q")
-    k_lengths = check_sequence_lengths(host[batch + 1: 2 * batch + 2], "cu_seqlens_k", k.shape[0],
-                                       int(max_seqlen_k), "max_seqlen_k")
-    if used is not None:
-        bad = (host[2 * batch + 2:] > k_lengths) | (host[2 * batch + 2:] < 0)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"seqused_k[{i}] ({int(host[2 * batch + 2 + i])}) must be in [0, {int(k_lengths[i])}], "
-                             "the length of that sequence's keys")
+    check_max_seqlens(max_seqlen_q, max_seqlen_k)
+    host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else [])))
+    check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     qr, kr, vr = (_varlen_ref(cupy_ref(x), batch, x.shape[0]) for x in (q, k, v))
     validate_qkv(qr, kr, vr)
     return q, k, v, cu_q, cu_k, used, batch, qr, kr, vr
@@ -667,15 +723,11 @@ def attention_varlen(
             out = _as_gpu_array(out, "out")
             check_like(cupy_ref(out), cupy_ref(q), "out", "q")
         lse = cp.empty((nheads, total_q), dtype=np.float32) if return_lse else None
-        rows = int(max_seqlen_q)
-        if batch and nheads and rows and total_q:
-            spec = fwd_spec(KERNEL_DTYPES[qr.dtype], head_dim, opts.features, rows, qr.device)
-            sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
-                         "seqused_k": 0 if used is None else used.data.ptr, "total_q": total_q}
-            # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
-            launch.forward(spec, qr._replace(shape=(batch, rows, nheads, head_dim)), kr, vr,
-                           _varlen_ref(cupy_ref(out), batch, rows), None if lse is None else cupy_ref(lse),
-                           {**opts.fields, **sequences}, cp.cuda.get_current_stream().ptr)
+        sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
+                     "seqused_k": 0 if used is None else used.data.ptr, "total_q": total_q}
+        run_varlen_forward(qr, kr, vr, _varlen_ref(cupy_ref(out), batch, total_q),
+                           None if lse is None else cupy_ref(lse), opts, sequences, max_seqlen_q,
+                           cp.cuda.get_current_stream().ptr)
     return (out, lse) if return_lse else out
 
 
@@ -744,33 +796,20 @@ def attention_varlen_backward(
         if used is not None:  # keys past seqused_k get no gradient from the kernels: it is 0
             dk.fill(0)
             dv.fill(0)
-        rows_q, rows_k = int(max_seqlen_q), int(max_seqlen_k)
-        delta = None
-        if batch and nheads:
-            spec = bwd_spec(KERNEL_DTYPES[qr.dtype], head_dim, opts.features, deterministic, qr.device)
-            sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
-                         "seqused_k": 0 if used is None else used.data.ptr, "total_q": total_q,
-                         "total_k": k.shape[0]}
+        sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
+                     "seqused_k": 0 if used is None else used.data.ptr}
 
-            def by_sequence(x, rows):  # (total, heads, dim) -> (batch, longest, heads, dim), batch stride 0
-                return _varlen_ref(cupy_ref(x), batch, rows)
+        def by_sequence(x):  # (total, heads, dim) -> (batch, total, heads, dim), batch stride 0
+            return _varlen_ref(cupy_ref(x), batch, x.shape[0])
 
-            delta = launch.backward(
-                spec, by_sequence(dout, rows_q), by_sequence(q, rows_q), by_sequence(k, rows_k),
-                by_sequence(v, rows_k), by_sequence(out, rows_q), lser, by_sequence(dq, rows_q),
-                by_sequence(dk, rows_k), by_sequence(dv, rows_k), opts.fields, dlser, cupy_alloc,
-                cp.cuda.get_current_stream().ptr, sequences)
+        delta = run_varlen_backward(by_sequence(dout), qr, kr, vr, by_sequence(out), lser, by_sequence(dq),
+                                    by_sequence(dk), by_sequence(dv), opts, deterministic, dlser, cupy_alloc,
+                                    cp.cuda.get_current_stream().ptr, sequences, max_seqlen_q, max_seqlen_k)
         if learnable_sink is None:
             return dq, dk, dv
         if delta is None:
             return dq, dk, dv, cp.zeros((nheads,), dtype=np.float32)
-        # dsink[h] = -sum over sequences and rows of exp(sink[h] - lse) * delta, from the backward's
-        # (batch, nheads, rounded) rows: padding rows have lse_log2 = +inf and delta = 0, so add nothing.
-        b, h, r = delta.shape
-        lse2 = delta.owner[delta.lse2_offset: delta.lse2_offset + b * h * r].reshape(b, h, r)
-        rows = delta.owner[delta.offset: delta.offset + b * h * r].reshape(b, h, r)
-        dsink = -(cp.exp2(learnable_sink[None, :, None] * np.float32(LOG2E) - lse2) * rows).sum(
-            axis=(0, 2), dtype=np.float32)
+        dsink = varlen_dsink(cp, delta, learnable_sink).astype(np.float32)
         return dq, dk, dv, dsink
 
 

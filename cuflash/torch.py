@@ -294,29 +294,228 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
                       alibi_slopes, deterministic, return_attn_probs, learnable_sink)
 
 
-_VARLEN = "variable-length batches (cu_seqlens) are not implemented yet in cuflash"
+# ---------------------------------------------------------------- variable-length batches
+
+
+def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
+                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real: bool = True):
+    """Refs of q, k, v as (batch, total rows, heads, dim) with batch stride 0, the validated Options,
+    the sequence pointers and batch. The lengths are checked on the host (one copy from the GPU)
+    unless tracing (fake tensors) or capturing a CUDA graph, where no copy may happen: there, as in
+    flash-attn, valid cu_seqlens are the caller's contract."""
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        if x.dim() != 3:
+            raise ValueError(f"{n} must have 3 dims (total, nheads, headdim) in a varlen call, got {tuple(x.shape)}")
+    cu_q, cu_k = _ref(cu_seqlens_q, "cu_seqlens_q", real), _ref(cu_seqlens_k, "cu_seqlens_k", real)
+    used = None if seqused_k is None else _ref(seqused_k, "seqused_k", real)
+    batch = cu_q.shape[0] - 1 if len(cu_q.shape) == 1 else -1
+    for x, n, length in ((cu_q, "cu_seqlens_q", None), (cu_k, "cu_seqlens_k", batch + 1), (used, "seqused_k", batch)):
+        if x is None:
+            continue
+        if x.dtype != "int32":
+            raise TypeError(f"{n} must be int32, got {x.dtype}")
+        if len(x.shape) != 1 or (x.shape[0] < 1 if length is None else x.shape[0] != length):
+            raise ValueError(f"{n} must have shape {'(batch + 1,)' if length is None else (length,)}, got {tuple(x.shape)}")
+        if x.device != q.get_device():
+            raise ValueError(f"{n} is on GPU {x.device} but q is on GPU {q.get_device()}")
+    api.check_max_seqlens(max_seqlen_q, max_seqlen_k)
+    if real and not torch.cuda.is_current_stream_capturing():
+        host = torch.cat([cu_seqlens_q, cu_seqlens_k] + ([seqused_k] if seqused_k is not None else [])).cpu().numpy()
+        api.check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+    qr, kr, vr = (api._varlen_ref(_ref(x, n, real), batch, x.shape[0]) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    api.validate_qkv(qr, kr, vr)
+    ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes", real)
+    sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink", real)
+    opts = api._varlen_options(qr, softmax_scale, causal, (window_left, window_right), softcap, ar, sr)
+    sequences = {"cu_seqlens_q": cu_q.ptr, "cu_seqlens_k": cu_k.ptr, "seqused_k": 0 if used is None else used.ptr}
+    return qr, kr, vr, opts, sequences, batch
+
+
+def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
+                    learnable_sink, softmax_scale, causal, window_left, window_right, softcap):
+    """(out (total_q, nheads, headdim), lse (nheads, total_q) float32)."""
+    qr, kr, vr, opts, sequences, batch = _varlen_validate(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
+        softmax_scale, causal, window_left, window_right, softcap)
+    with _on_device(qr.device):
+        out = q.new_empty(q.shape)
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+        api.run_varlen_forward(qr, kr, vr, api._varlen_ref(_ref(out, "out"), batch, q.shape[0]), _ref(lse, "lse"),
+                               opts, {**sequences, "total_q": q.shape[0]}, max_seqlen_q, _stream(qr.device))
+    return out, lse
+
+
+def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k,
+                     alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
+                     deterministic):
+    """(dq, dk, dv, dsink): dsink (nheads,) float32 with a learnable sink, else an empty tensor."""
+    dout = _maybe_contiguous(dout)
+    qr, kr, vr, opts, sequences, batch = _varlen_validate(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
+        softmax_scale, causal, window_left, window_right, softcap)
+    if seqused_k is not None and k.shape[1] != q.shape[1]:
+        raise NotImplementedError("seqused_k in the backward with GQA/MQA (nheads_kv < nheads) is not "
+                                  "implemented yet in cuflash")
+    for x, like, n in ((dout, q, "dout"), (out, q, "out")):
+        api.check_like(_ref(x, n), _ref(like, "q"), n, "q")
+    nheads, total_q = q.shape[1], q.shape[0]
+    for x, n in ((lse, "lse"), (dlse, "dlse")):
+        if x is not None and (tuple(x.shape) != (nheads, total_q) or x.dtype != torch.float32):
+            raise ValueError(f"{n} must be float32 (nheads, total_q) = {(nheads, total_q)}, got {tuple(x.shape)}")
+    device = qr.device
+    with _on_device(device):
+        dq, dk, dv = q.new_empty(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)  # unused keys: 0
+
+        def by_sequence(x, n):
+            return api._varlen_ref(_ref(x, n), batch, x.shape[0])
+
+        delta = api.run_varlen_backward(
+            by_sequence(dout, "dout"), qr, kr, vr, by_sequence(out, "out"), _ref(lse, "lse"), by_sequence(dq, "dq"),
+            by_sequence(dk, "dk"), by_sequence(dv, "dv"), opts, deterministic,
+            None if dlse is None else _ref(dlse, "dlse"), _alloc(device), _stream(device), sequences,
+            max_seqlen_q, max_seqlen_k)
+        if learnable_sink is None:
+            dsink = q.new_empty((0,), dtype=torch.float32)
+        elif delta is None:
+            dsink = torch.zeros_like(learnable_sink)
+        else:
+            dsink = api.varlen_dsink(torch, delta, learnable_sink)
+    return dq, dk, dv, dsink
+
+
+@torch.library.custom_op("cuflash::varlen_fwd", mutates_args=(), device_types="cuda")
+def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                   cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, seqused_k: Optional[torch.Tensor],
+                   alibi_slopes: Optional[torch.Tensor], learnable_sink: Optional[torch.Tensor], softmax_scale: float,
+                   causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (total_q, nheads, headdim), lse (nheads, total_q) float32); deterministic is for the backward."""
+    return _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
+                           learnable_sink, softmax_scale, causal, window_left, window_right, softcap)
+
+
+@_varlen_fwd_op.register_fake
+def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
+                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, deterministic):
+    _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
+                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real=False)
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("cuflash::varlen_bwd", mutates_args=(), device_types="cuda")
+def _varlen_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, dlse: Optional[torch.Tensor], cu_seqlens_q: torch.Tensor,
+                   cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                   seqused_k: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
+                   learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
+                   window_right: int, softcap: float, deterministic: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dsink) of a varlen batch; dsink is (nheads,) float32 with a learnable sink, else empty."""
+    return _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                            seqused_k, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+                            window_right, softcap, deterministic)
+
+
+@_varlen_bwd_op.register_fake
+def _varlen_bwd_fake(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                     seqused_k, alibi_slopes, learnable_sink, *rest):
+    dsink = q.new_empty((0,) if learnable_sink is None else learnable_sink.shape, dtype=torch.float32)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsink
+
+
+def _varlen_setup_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, used, alibi_slopes, learnable_sink, *ctx.options = inputs
+    ctx.lengths = (max_q, max_k)
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink)
+
+
+def _varlen_grads(ctx, dout, dlse, backward=_varlen_bwd_op):
+    """The gradients of cuflash::varlen_fwd's inputs from those of (out, lse), for the custom op
+    and the eager Function alike."""
+    q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink = ctx.saved_tensors
+    if dout is None:  # only lse was used
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dsink = backward(dout, q, k, v, out, lse, dlse, cu_q, cu_k, *ctx.lengths, used, alibi_slopes,
+                                 learnable_sink, *ctx.options)
+    return (dq, dk, dv, None, None, None, None, None, None, dsink if learnable_sink is not None else None,
+            None, None, None, None, None, None)
+
+
+_varlen_fwd_op.register_autograd(_varlen_grads, setup_context=_varlen_setup_context)
+
+
+class _EagerVarlen(torch.autograd.Function):
+    """cuflash::varlen_fwd's autograd without the dispatcher (as _EagerAttention)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        ctx.set_materialize_grads(False)
+        output = _varlen_forward(*inputs[:-1])
+        _varlen_setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return _varlen_grads(ctx, dout, dlse, backward=_varlen_backward)
+
+
+def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                      causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, block_table,
+                      learnable_sink, seqused_k=None):
+    """The one path behind the varlen functions: out, or (out, lse (nheads, total_q), None)."""
+    _not_implemented(dropout_p=dropout_p, block_table=block_table is not None)
+    if not (isinstance(window_size, tuple) and len(window_size) == 2):
+        window_size = api._window(window_size, False)
+    q, k, v = _maybe_contiguous(q), _maybe_contiguous(k), _maybe_contiguous(v)
+    if softmax_scale is None:
+        softmax_scale = q.shape[-1] ** -0.5
+    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), seqused_k, alibi_slopes,
+            learnable_sink, float(softmax_scale), bool(causal), window_size[0], window_size[1], float(softcap),
+            bool(deterministic))
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
+        learnable_sink is not None and learnable_sink.requires_grad))
+    if torch.compiler.is_compiling():
+        out, lse = _varlen_fwd_op(*args)
+    elif grad:
+        out, lse = _EagerVarlen.apply(*args)
+    else:
+        out, lse = _varlen_forward(*args[:-1])
+    return (out, lse, None) if return_attn_probs else out
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *, learnable_sink=None):
-    """flash-attn 2.x's flash_attn_varlen_func (signature only, for now)."""
-    raise NotImplementedError(f"cu_seqlens_q: {_VARLEN}")
+    """flash-attn 2.x's flash_attn_varlen_func: q (total_q, nheads, headdim), k, v (total_k, nheads_kv,
+    headdim), cu_seqlens int32 (batch + 1,). Returns out, or (out, softmax_lse (nheads, total_q), None).
+    block_table (paged KV) raises NotImplementedError. Not yet run on a GPU (see README)."""
+    return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                             softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                             return_attn_probs, block_table, learnable_sink)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
                                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
                                      return_attn_probs=False, *, learnable_sink=None):
-    """flash-attn 2.x's flash_attn_varlen_qkvpacked_func (signature only, for now)."""
-    raise NotImplementedError(f"cu_seqlens: {_VARLEN}")
+    """flash-attn 2.x's flash_attn_varlen_qkvpacked_func: qkv (total, 3, nheads, headdim), read through views."""
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"qkv must have shape (total, 3, nheads, headdim), got {tuple(qkv.shape)}")
+    return _attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                             dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                             return_attn_probs, None, learnable_sink)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                                     learnable_sink=None):
-    """flash-attn 2.x's flash_attn_varlen_kvpacked_func (signature only, for now)."""
-    raise NotImplementedError(f"cu_seqlens_q: {_VARLEN}")
+    """flash-attn 2.x's flash_attn_varlen_kvpacked_func: kv (total_k, 2, nheads_kv, headdim), read through views."""
+    if kv.dim() != 4 or kv.shape[1] != 2:
+        raise ValueError(f"kv must have shape (total_k, 2, nheads_kv, headdim), got {tuple(kv.shape)}")
+    return _attention_varlen(q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                             dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                             return_attn_probs, None, learnable_sink)
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,

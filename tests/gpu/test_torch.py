@@ -160,6 +160,29 @@ def test_kvcache_without_cache_ops_is_attention_over_the_cache():
     assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
 
 
+def test_varlen_matches_dense_per_sequence_values_and_gradients():
+    """flash_attn_varlen_func on packed sequences against flash_attn_func on each one (issue 11)."""
+    lengths_q, lengths_k = [37, 0, 1, 130], [64, 5, 1, 200]
+    cu_q = torch.tensor([0, *torch.tensor(lengths_q).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, *torch.tensor(lengths_k).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q = rand(sum(lengths_q), 8, 64, grad=True)
+    k, v = rand(sum(lengths_k), 2, 64, grad=True), rand(sum(lengths_k), 2, 64, grad=True)
+    out = ct.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for b in range(4):
+        rq = slice(int(cu_q[b]), int(cu_q[b + 1]))
+        rk = slice(int(cu_k[b]), int(cu_k[b + 1]))
+        if rq.stop == rq.start:
+            continue
+        qs, ks, vs = (x.detach()[r][None].clone().requires_grad_() for x, r in ((q, rq), (k, rk), (v, rk)))
+        ref = ct.flash_attn_func(qs, ks, vs, causal=True)
+        ref.backward(dout[rq][None])
+        assert torch.allclose(out[rq], ref[0], atol=1e-2, rtol=0), b
+        for g, r, want in ((q.grad, rq, qs.grad), (k.grad, rk, ks.grad), (v.grad, rk, vs.grad)):
+            assert torch.allclose(g[r], want[0], atol=2e-2, rtol=0), b
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -175,7 +198,11 @@ def test_kvcache_without_cache_ops_is_attention_over_the_cache():
     (lambda: ct.flash_attn_func(rand(1, 8, 2, 64, grad=True), rand(1, 8, 2, 64), rand(1, 8, 2, 64),
                                 window_size=(-3, 0)), ValueError, "window_size"),
     (lambda: ct.flash_attn_varlen_func(rand(8, 2, 64), rand(8, 2, 64), rand(8, 2, 64), None, None, 8, 8),
-     NotImplementedError, "cu_seqlens_q"),
+     TypeError, "cu_seqlens_q must be a torch.Tensor"),
+    (lambda: ct.flash_attn_varlen_func(rand(8, 2, 64), rand(8, 2, 64), rand(8, 2, 64),
+                                       torch.tensor([0, 5, 3], dtype=torch.int32, device="cuda"),
+                                       torch.tensor([0, 4, 8], dtype=torch.int32, device="cuda"), 8, 8),
+     ValueError, "cu_seqlens_q must be non-decreasing"),
     (lambda: ct.flash_attn_with_kvcache(rand(1, 1, 2, 64), rand(1, 8, 2, 64), rand(1, 8, 2, 64),
                                         cache_seqlens=torch.ones(1, dtype=torch.int32, device="cuda")),
      NotImplementedError, "cache_seqlens"),
