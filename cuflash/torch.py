@@ -616,20 +616,44 @@ def transformers_attention(module, query, key, value, attention_mask, scaling=No
 
     Causal unless the module (or the call) says otherwise, bottom-right aligned as in flash-attn;
     sliding_window w lets a query see the w most recent keys (itself included); softcap as Gemma 2;
-    s_aux (gpt-oss sinks) becomes the differentiable learnable_sink. Padding masks need varlen,
-    which cuflash does not have yet: a call with a padding mask raises NotImplementedError."""
-    if attention_mask is not None:
-        raise NotImplementedError(
-            "attention_mask: padded batches need variable-length attention, which cuflash does not have yet; "
-            "pass unpadded batches (equal lengths) or use attn_implementation='sdpa'")
+    s_aux (gpt-oss sinks) becomes the differentiable learnable_sink. A padding mask (B, S_k), as
+    transformers' flash mask function gives it (True: a real token), runs as a variable-length
+    batch: the real tokens are gathered, attended per sequence and scattered back (padded query
+    rows get 0); the queries are the last S_q positions of the mask."""
     if dropout:
         raise NotImplementedError(f"dropout={dropout} is not implemented yet in cuflash")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     window = (sliding_window - 1, sliding_window - 1) if sliding_window else (-1, -1)
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (B, S, H, D) views
     sink = None if s_aux is None else s_aux.float()
-    out = _attention(q, k, v, 0.0, scaling, causal, window, softcap or 0.0, None, False, False, sink)
-    return out, None
+    if attention_mask is None:
+        out = _attention(q, k, v, 0.0, scaling, causal, window, softcap or 0.0, None, False, False, sink)
+        return out, None
+    return _padded_attention(q, k, v, attention_mask, scaling, causal, window, softcap or 0.0, sink), None
+
+
+def _padded_attention(q, k, v, mask, scaling, causal, window, softcap, sink):
+    """Attention of a padded batch through the varlen path. q (B, S_q, H, D), k, v (B, S_k, H_kv, D),
+    mask (B, S_k) (nonzero: a real token). Costs a gather of the real rows, a scatter back and one
+    host synchronisation (the longest lengths), like flash-attn's unpadding."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k = k.shape[1]
+    if tuple(mask.shape) != (batch, seqlen_k):
+        raise ValueError(f"attention_mask must be a (batch, seqlen_k) = {(batch, seqlen_k)} padding mask (transformers' "
+                         f"flash mask), got {tuple(mask.shape)}")
+    keep_k = mask.bool()
+    keep_q = keep_k[:, -seqlen_q:]
+    lens_q, lens_k = keep_q.sum(1, dtype=torch.int32), keep_k.sum(1, dtype=torch.int32)
+    cu_q = torch.nn.functional.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_k = torch.nn.functional.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
+    rows_q, rows_k = keep_q.flatten().nonzero().flatten(), keep_k.flatten().nonzero().flatten()
+    max_q, max_k = (int(x) for x in torch.stack([lens_q.max(), lens_k.max()]).tolist())
+    qu = q.reshape(batch * seqlen_q, nheads, head_dim)[rows_q]
+    ku, vu = (x.reshape(batch * seqlen_k, *x.shape[2:])[rows_k] for x in (k, v))
+    out = _attention_varlen(qu, ku, vu, cu_q, cu_k, max_q, max_k, 0.0, scaling, causal, window, softcap, None,
+                            False, False, None, sink)
+    full = out.new_zeros(batch * seqlen_q, nheads, head_dim).index_copy(0, rows_q, out)
+    return full.view(batch, seqlen_q, nheads, head_dim)
 
 
 def register_transformers(name: str = "cufa") -> str:
@@ -643,7 +667,7 @@ def register_transformers(name: str = "cufa") -> str:
 
     AttentionInterface.register(name, transformers_attention)
     # flash_attention_mask gives None without padding and a (B, S_k) padding mask otherwise:
-    # exactly what transformers_attention reads (and refuses while varlen is missing).
+    # exactly what transformers_attention reads (a padded batch runs through varlen).
     AttentionMaskInterface.register(name, flash_attention_mask)
     return name
 
