@@ -49,7 +49,8 @@
 //   d <= D is a run-time value, columns >= d are zero-filled and never stored),
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
 //   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
-//   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI.
+//   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI,
+//   CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
 // Memory per CTA: nothing of size seqlen_q x seqlen_k exists anywhere; S, P, dP
 // and dS live only as (Bc x Br) tiles in registers and shared memory.
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
