@@ -8,6 +8,7 @@ from .api import (
     attention_qkvpacked_backward,
     attention_varlen,
     attention_varlen_backward,
+    merge_attention_states,
 )
 
 __version__ = "0.1.0"
@@ -21,5 +22,6 @@ __all__ = [
     "attention_kvpacked_backward",
     "attention_varlen",
     "attention_varlen_backward",
+    "merge_attention_states",
     "__version__",
 ]

@@ -813,6 +813,62 @@ def attention_varlen_backward(
         return dq, dk, dv, dsink
 
 
+# ---------------------------------------------------------------- merging attention states
+
+
+def merge_attention_states(outs, lses):
+    """The exact softmax merge of attention results over disjoint key sets (split-KV, cascade
+    and ring attention build on it).
+
+    outs: (n, batch, seqlen_q, nheads, headdim) with lses (n, batch, nheads, seqlen_q), or the
+    varlen layout outs (n, total_q, nheads, headdim) with lses (n, nheads, total_q); part i is
+    attention over key set i with its natural-log lse, as attention(..., return_lse=True) /
+    attention_varlen return them. Returns (out, lse) with
+        lse = log(sum_i exp(lse_i)),   out = sum_i exp(lse_i - lse) * out_i,
+    computed in float32; out in the parts' dtype, lse float32. Parts with lse = -inf (no key
+    seen) contribute nothing; a row that no part saw gets out = 0 and lse = -inf, never NaN.
+    Works on CuPy arrays (on the GPU) and NumPy arrays alike.
+    """
+    xp = _array_module(outs, "outs")
+    if _array_module(lses, "lses") is not xp:
+        raise TypeError("outs and lses must both be CuPy arrays or both NumPy arrays")
+    if outs.ndim not in (4, 5):
+        raise ValueError(f"outs must be (n, batch, seqlen_q, nheads, headdim) or (n, total_q, nheads, headdim), "
+                         f"got shape {outs.shape}")
+    n = outs.shape[0]
+    if outs.ndim == 5:
+        _, batch, seqlen_q, nheads, _ = outs.shape
+        want = (n, batch, nheads, seqlen_q)
+    else:
+        _, total_q, nheads, _ = outs.shape
+        want = (n, nheads, total_q)
+    if tuple(lses.shape) != want:
+        raise ValueError(f"lses must have shape {want} to match outs {tuple(outs.shape)}, got {tuple(lses.shape)}")
+    if n < 1:
+        raise ValueError("outs must hold at least one part (n >= 1)")
+    if np.dtype(lses.dtype) != np.float32:
+        raise TypeError(f"lses must be float32 (as attention returns lse), got {lses.dtype}")
+    # lse to the out layout: (n, batch, seqlen_q, nheads, 1) or (n, total_q, nheads, 1)
+    lse_rows = xp.swapaxes(lses, -1, -2)[..., None]
+    top = lse_rows.max(axis=0)
+    # Rows no part saw: every lse is -inf; a finite stand-in keeps exp() away from (-inf) - (-inf) = NaN.
+    safe_top = xp.where(xp.isneginf(top), xp.float32(0), top)
+    weights = xp.exp(lse_rows - safe_top)  # exp(-inf) = 0: parts that saw nothing add nothing
+    total = weights.sum(axis=0)
+    merged_lse = xp.where(total > 0, safe_top + xp.log(xp.where(total > 0, total, 1)), xp.float32(-np.inf))
+    out = (weights * outs.astype(np.float32)).sum(axis=0) / xp.where(total > 0, total, 1)
+    return out.astype(outs.dtype), xp.swapaxes(merged_lse[..., 0], -1, -2).astype(np.float32)
+
+
+def _array_module(x, name: str):
+    """numpy or cupy, whichever x belongs to."""
+    if isinstance(x, np.ndarray):
+        return np
+    if type(x).__module__.startswith("cupy"):
+        return _cupy()
+    raise TypeError(f"{name} must be a CuPy or NumPy array, got {type(x).__name__}")
+
+
 # ---------------------------------------------------------------- packed inputs
 
 
