@@ -143,3 +143,17 @@ def test_bench_is_dispatched_or_explained():
     else:
         assert out.returncode == 0, out.stderr
         assert "usage: cuflash bench" in out.stdout
+
+
+def test_compile_without_nvrtc_says_so_once(monkeypatch, capsys):
+    """A machine without CuPy/NVRTC gets one line, not one error per kernel (issue: first contact)."""
+    from cuflash import cli
+    from cuflash.compile import nvrtc
+
+    def missing():
+        raise nvrtc.CompileError("CuPy is not installed (No module named 'cupy'): pip install 'cuflash[cuda12]'")
+
+    monkeypatch.setattr(nvrtc, "nvrtc_version", missing)
+    assert cli.main(["compile", "--only", "bf16_d128", "--arch", "sm_80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cuflash compile: CuPy is not installed (No module named 'cupy'): pip install 'cuflash[cuda12]'"]
