@@ -347,12 +347,24 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device: int):
-    return support.fwd_spec(dtype, head_dim, features, seqlen_q, _compute_capability(device), env.sm90_enabled())
+    return support.fwd_spec(dtype, head_dim, features, seqlen_q, _compute_capability(device), env.sm90_enabled(),
+                            _smem_limit(device))
 
 
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
     return support.bwd_spec(dtype, head_dim, features, bool(deterministic), _compute_capability(device),
-                            env.sm90_enabled())
+                            env.sm90_enabled(), _smem_limit(device))
+
+
+def _smem_limit(device: int) -> int:
+    """Shared memory per block the tiles may use: CUFLASH_SMEM_LIMIT, else what the device allows."""
+    override = env.smem_limit_override()
+    return override if override is not None else _device_smem_limit(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_smem_limit(device: int) -> int:
+    return int(_cupy().cuda.Device(device).attributes["MaxSharedMemoryPerBlockOptin"])
 
 
 def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options, stream: int) -> None:

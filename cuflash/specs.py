@@ -173,6 +173,14 @@ FWD_TILES = {
 }
 
 
+#: Forward tiles for GPUs with less shared memory per block (as BWD_TILES_SMALLER_SMEM):
+#: the 128 x 128 tiles of D = 160 and 192 need 126 / 150 KB, more than 99 KB.
+FWD_TILES_SMALLER_SMEM = {
+    160: [(160, FwdTiles(64, 64, 4))],  # 64512
+    192: [(192, FwdTiles(64, 64, 4))],  # 76800
+}
+
+
 @dataclass(frozen=True)
 class FwdSpec(AttentionSpec):
     """The portable (mma.sync) forward kernel in kernels_cu/fwd.cu."""
@@ -371,8 +379,8 @@ class BwdTiles:
 # layouts). Each entry compiles without spills for sm_80 and sm_90a in every
 # variant (fp16/bf16, causal or not, deterministic or not; tests/compile): 233-255
 # registers. D = 224 and 256 unroll the k loops by 2 (full unrolling spills
-# there). Shared memory 130-217 KB (launch.bwd_smem_bytes): fits Hopper's 227 KB;
-# an A100 (163 KB) cannot run D = 64, 128 and >= 192 with these tiles.
+# there). Shared memory 130-217 KB (launch.bwd_smem_bytes): fits Hopper's 227 KB; GPUs
+# with less (A100 163 KB, RTX-class 99 KB) take BWD_TILES_SMALLER_SMEM where these do not fit.
 # bench/tune_bwd.py times the alternatives against SDPA's flash backward.
 BWD_TILES = {
     32: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
@@ -383,6 +391,26 @@ BWD_TILES = {
     192: BwdTiles(64, 64, 8, 2, 2, 2),
     224: BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2),
     256: BwdTiles(64, 64, 8, 2, 2, 2, k_unroll=2),
+}
+
+
+#: Backward tiles for GPUs with less shared memory per block than Hopper's 227 KB
+#: (A100: 163 KB; RTX 3090 / 4090 / 5090-class: 99 KB), best first, as (compile-time D,
+#: tiles): a head dim whose own bucket has no tile that fits runs in a larger bucket (the
+#: actual d is a run-time value). Each entry compiles without spills for sm_80 in bf16 and
+#: fp16, causal or not, deterministic or not (tests/compile); shared memory in bytes beside
+#: it. Head dims above 160 have no portable backward within 99 KB.
+BWD_TILES_SMALLER_SMEM = {
+    32: [(32, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2))],    # 78848
+    64: [(64, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2)),     # 111616
+         (64, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 74752
+    96: [(96, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 99328
+    128: [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 123904
+          (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 75264
+    160: [(160, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 91648
+    192: [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 113152
+    224: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920 (no 8-warp tile of D = 224 fits)
+    256: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920
 }
 
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from .specs import (
     BWD_SM90_HEAD_DIMS,
     BWD_TILES,
+    BWD_TILES_SMALLER_SMEM,
     CAUSAL,
     DTYPES,
     FWD_SM90_LONG_SEQLEN_Q,
     FWD_SM90_LONG_TILES,
     FWD_SM90_TILES,
     FWD_TILES,
+    FWD_TILES_SMALLER_SMEM,
     MASKS,
     MODIFIERS,
     PLAIN,
@@ -37,6 +39,18 @@ HEAD_DIM_MULTIPLE = 8
 HEAD_DIM_MAX = 256
 #: Oldest GPU: compute capability 8.0 (mma.sync m16n8k16 with bf16, cp.async, ldmatrix).
 MIN_COMPUTE_CAPABILITY = (8, 0)
+
+#: Shared memory one block may opt in to, in bytes, per compute capability (CUDA C++
+#: Programming Guide, technical specifications): the portable kernels' tiles are chosen
+#: to fit it (api.py asks the device itself; this table serves `cuflash compile` and the tests).
+SMEM_LIMITS = {
+    (8, 0): 166912, (8, 7): 166912,                  # A100, A30, Orin: 163 KB
+    (8, 6): 101376, (8, 9): 101376,                  # RTX 30xx/40xx, A10, L4, L40: 99 KB
+    (9, 0): 232448, (10, 0): 232448, (10, 3): 232448,  # H100/H200, B200/B300: 227 KB
+    (12, 0): 101376, (12, 1): 101376,                # RTX 50xx, DGX Spark: 99 KB
+}
+#: The least of them: what an unknown GPU is assumed to have.
+SMEM_LIMIT_MIN = min(SMEM_LIMITS.values())
 #: Archs `cuflash compile` and the compile tests build for by default.
 COMPILE_ARCHS = ("sm_80", "sm_90a")
 
@@ -86,6 +100,7 @@ class Problem:
     seqlen_q: int = 0  # the Hopper forward picks its tiles by it
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
+    smem_limit: int = 232448  # shared memory per block the GPU allows (SMEM_LIMITS, or the device's own)
 
 
 def family_reasons(family: Family, problem: Problem) -> list[str]:
@@ -110,6 +125,9 @@ def family_reasons(family: Family, problem: Problem) -> list[str]:
         reasons.append(f"{family.name} has no variable-length batches")
     if problem.deterministic and not family.deterministic:
         reasons.append(f"{family.name} has no deterministic mode")
+    if not reasons and family.spec in (FwdSpec, BwdSpec) and _spec_for(family, problem) is None:
+        reasons.append(f"{family.name} has no tiles for head dim {problem.head_dim} within this GPU's "
+                       f"{problem.smem_limit} bytes of shared memory per block (a smaller head dim runs)")
     return reasons
 
 
@@ -138,36 +156,60 @@ def _spec_for(family: Family, problem: Problem):
     f = problem.features
     if family.spec is FwdSm90Spec:
         return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.seqlen_q)
-    if family.spec is FwdSpec:
-        return FwdSpec.for_problem(problem.dtype, d, f)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f.for_backward(), bool(problem.deterministic))
-    return BwdSpec.for_problem(problem.dtype, d, f, problem.deterministic)
+    fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic)
+               if smem_bytes(s) <= problem.smem_limit]
+    return fitting[0] if fitting else None
+
+
+def portable_candidates(family: Family, dtype: str, d: int, features: Features, deterministic: bool = False) -> list:
+    """The portable family's specs for compile-time head dim d, best first: the large-memory
+    tiles, then those for GPUs with less shared memory (specs.*_TILES_SMALLER_SMEM)."""
+    if family.spec is FwdSpec:
+        tiles = [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, [])
+        return [FwdSpec(dtype, dd, features, t) for dd, t in tiles]
+    tiles = [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, [])
+    return [BwdSpec(dtype, dd, features.for_backward(), bool(deterministic), t) for dd, t in tiles]
+
+
+def smem_bytes(spec) -> int:
+    from .launch import dynamic_smem_bytes
+
+    return dynamic_smem_bytes(spec)
 
 
 def supported_head_dims() -> list[int]:
     return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compute_capability, sm90: bool = True):
+def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compute_capability, sm90: bool = True,
+             smem_limit: int | None = None):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
     seqlen_q matters only up to FWD_SM90_LONG_SEQLEN_Q (the tile choice), so it is
     clamped there: select()'s memo then holds one entry per tile choice, not per length."""
-    return _fwd_spec(dtype, head_dim, features, min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q), tuple(compute_capability), sm90)
+    cc = tuple(compute_capability)
+    limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
+    return _fwd_spec(dtype, head_dim, features, min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q), cc, sm90, limit)
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, seqlen_q, compute_capability, sm90):
-    return select(Problem("fwd", dtype, head_dim, features, compute_capability, seqlen_q, sm90=sm90))
+def _fwd_spec(dtype, head_dim, features, seqlen_q, compute_capability, sm90, smem_limit):
+    return select(Problem("fwd", dtype, head_dim, features, compute_capability, seqlen_q, sm90=sm90,
+                          smem_limit=smem_limit))
 
 
 @functools.lru_cache(maxsize=None)
-def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, compute_capability, sm90: bool = True):
+def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, compute_capability, sm90: bool = True,
+             smem_limit: int | None = None):
     """The backward's main kernel for a problem on a GPU (select() for direction "bwd"); memoised on
-    its arguments, so a call costs one dict lookup (DESIGN 4c)."""
+    its arguments, so a call costs one dict lookup (DESIGN 4c). smem_limit: the GPU's shared memory
+    per block (default: SMEM_LIMITS of its compute capability)."""
+    cc = tuple(compute_capability)
+    limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
     return select(
-        Problem("bwd", dtype, head_dim, features.for_backward(), tuple(compute_capability),
-                deterministic=bool(deterministic), sm90=sm90)
+        Problem("bwd", dtype, head_dim, features.for_backward(), cc, deterministic=bool(deterministic), sm90=sm90,
+                smem_limit=limit)
     )
 
 
@@ -178,9 +220,12 @@ def family_specs(family: Family, features: Features) -> list:
     for dtype in SUPPORTED_DTYPES:
         for d in family.head_dims:
             if family.spec is FwdSpec:
-                out.append(FwdSpec(dtype, d, features, FWD_TILES[d]))
+                out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSm90Spec:
                 out += [FwdSm90Spec(dtype, d, features, t[d]) for t in (FWD_SM90_TILES, FWD_SM90_LONG_TILES) if d in t]
+            elif family.spec is BwdSpec:
+                for det in (False, True):
+                    out += portable_candidates(family, dtype, d, features, det)
             else:
                 for det in (False, True):
                     out.append(_spec_for(family, Problem("bwd", dtype, d, features, deterministic=det)))

@@ -56,6 +56,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "Extra NVRTC options appended to every compile, split like a shell line (e.g. `-lineinfo`). "
         "They are part of the cache key.",
     ),
+    EnvVar(
+        "CUFLASH_SMEM_LIMIT",
+        "the GPU's (from its compute capability)",
+        "Bytes of shared memory per block that the tile choice assumes, e.g. `166912` (A100) or `101376` "
+        "(RTX 3090/4090): tests use it to run the tiles of a smaller GPU on a larger one.",
+    ),
 )
 
 ENV_VAR_NAMES = frozenset(v.name for v in ENV_VARS)
@@ -99,6 +105,27 @@ def sm90_enabled() -> bool:
     if _ENVIRON_BYTES is not None:
         return _sm90_enabled(_ENVIRON_BYTES.get(b"CUFLASH_DISABLE_SM90"))
     return _sm90_enabled(os.environ.get("CUFLASH_DISABLE_SM90"))
+
+
+def smem_limit_override() -> int | None:
+    """CUFLASH_SMEM_LIMIT as bytes, or None when unset (read on every call, like sm90_enabled)."""
+    raw = _ENVIRON_BYTES.get(b"CUFLASH_SMEM_LIMIT") if _ENVIRON_BYTES is not None else (
+        os.environ.get("CUFLASH_SMEM_LIMIT"))
+    return None if raw is None else _smem_limit(raw)
+
+
+@functools.lru_cache(maxsize=8)
+def _smem_limit(raw) -> int | None:
+    text = (raw.decode() if isinstance(raw, bytes) else raw).strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"CUFLASH_SMEM_LIMIT={text!r}: give the bytes of shared memory per block, e.g. 166912")
+    return value
 
 
 # os.environ.get of an absent variable raises and catches a KeyError inside (~2 µs); on POSIX the

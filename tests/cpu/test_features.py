@@ -187,7 +187,9 @@ def test_plain_names_have_no_modifier_suffix():
 
 def test_default_declared_specs():
     specs = support.declared_specs()
-    assert len(specs) == 160
+    # 160 for the large-memory tiles, plus the tiles of GPUs with less shared memory (2 dtypes x
+    # 2 masks: 2 forward and 9 backward tiles in both modes; d224 runs d256's within 163 KB)
+    assert len(specs) == 160 + 4 * (2 + 2 * 9)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
@@ -338,3 +340,29 @@ def test_varlen_is_a_feature_of_every_family():
         no_varlen, support.Problem("fwd", "bf16", 128, f, (8, 0)))
     assert BwdPrepareSpec("bf16", True).name == "bwd_prepare_bf16_varlen"
     assert BwdPrepareSpec("bf16", True).defines()["CUFLASH_VARLEN"] == 1
+
+
+@pytest.mark.parametrize("cc", sorted(support.SMEM_LIMITS))
+def test_every_head_dim_gets_tiles_that_fit_the_gpu(cc):
+    """Per compute capability, the selected portable kernel fits that GPU's shared memory per block
+    (issue: every GPU from Ampere on); the only gap is the backward above d = 160 within 99 KB."""
+    limit = support.SMEM_LIMITS[cc]
+    for d in support.supported_head_dims():
+        for det in (False, True):
+            fwd = support.fwd_spec("bf16", d, CAUSAL, 4096, cc, sm90=False)
+            assert support.smem_bytes(fwd) <= limit and fwd.head_dim >= d
+            if limit < 166912 and d > 160:
+                with pytest.raises(ValueError, match="no tiles for head dim"):
+                    support.bwd_spec("bf16", d, CAUSAL, det, cc, sm90=False)
+                continue
+            bwd = support.bwd_spec("bf16", d, CAUSAL, det, cc, sm90=False)
+            assert support.smem_bytes(bwd) <= limit and bwd.head_dim >= d, (cc, d, bwd.name)
+
+
+def test_declared_specs_hold_every_tile_any_gpu_selects():
+    names = {s.name for s in support.declared_specs()}
+    for cc in support.SMEM_LIMITS:
+        for d in (64, 128, 192, 256):
+            assert support.fwd_spec("fp16", d, PLAIN, 4096, cc, sm90=False).name in names
+            if support.SMEM_LIMITS[cc] >= 166912 or d <= 160:
+                assert support.bwd_spec("fp16", d, PLAIN, True, cc, sm90=False).name in names
