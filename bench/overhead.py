@@ -20,11 +20,17 @@ import statistics
 import time
 
 
+#: --profile: print a cProfile table of each row's calls before timing it.
+PROFILE = False
+
+
 def per_call_us(fn, calls: int, repeats: int, sync) -> tuple[float, float]:
     """(host, wall) µs per call, medians over repeats."""
     for _ in range(50):
         fn()
     sync()
+    if PROFILE:
+        _print_profile(fn, calls, sync)
     host, wall = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -169,32 +175,18 @@ def jax_rows(calls, repeats):
     return rows
 
 
-def profile(rows_fn, calls):
-    """cProfile of every row's calls, top functions by own time (to find where a row's time goes)."""
+def _print_profile(fn, calls: int, sync) -> None:
+    """cProfile of `calls` calls, top functions by own time (to find where a row's time goes)."""
     import cProfile
     import pstats
 
-    global per_call_us
-    timed = per_call_us
-
-    def profiled(fn, calls, repeats, sync):
-        for _ in range(50):
-            fn()
-        sync()
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(calls):
-            fn()
-        prof.disable()
-        sync()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
-        return timed(fn, calls, 3, sync)
-
-    per_call_us = profiled
-    try:
-        return rows_fn(calls, 1)
-    finally:
-        per_call_us = timed
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    sync()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
 
 def main(argv=None):
@@ -203,12 +195,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--only", choices=["cupy", "torch", "jax"], action="append")
-    ap.add_argument("--profile", action="store_true", help="print a cProfile table per row instead")
+    ap.add_argument("--profile", action="store_true", help="also print a cProfile table per row")
     args = ap.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
     rows = {}
     for name, fn in (("cupy", cupy_rows), ("torch", torch_rows), ("jax", jax_rows)):
         if not args.only or name in args.only:
-            rows.update(profile(fn, args.calls) if args.profile else fn(args.calls, args.repeats))
+            rows.update(fn(args.calls, args.repeats))
     width = max(map(len, rows))
     print(f"{'call':<{width}}  {'host µs':>8}  {'wall µs':>8}   (per call, median of {args.repeats})")
     for name, (host, wall) in rows.items():

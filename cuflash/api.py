@@ -29,18 +29,12 @@ LOG2E = 1.4426950408889634
 UNBOUNDED = 1 << 30
 #: Kernel dtype name of each supported input dtype (NumPy names, as in Ref.dtype).
 KERNEL_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int32": 4}
 
 
 def _cupy():
     import cupy
 
     return cupy
-
-
-def dtype_name(dtype) -> str | None:
-    """'fp16' / 'bf16' for a supported array dtype, else None."""
-    return KERNEL_DTYPES.get(np.dtype(dtype).name)
 
 
 # ---------------------------------------------------------------- CuPy arrays as Refs
@@ -544,11 +538,7 @@ def attention_backward(
             return dq, dk, dv
         if delta is None:
             return dq, dk, dv, cp.zeros((qr.shape[2],), dtype=np.float32)
-        # dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), in
-        # float32 from the forward's lse and the prepared delta (which holds - dlse).
-        dsink = -(cp.exp(learnable_sink[None, :, None] - lse) * delta_rows(delta, qr.shape[1])).sum(
-            axis=(0, 2), dtype=np.float32)
-        return dq, dk, dv, dsink
+        return dq, dk, dv, dsink(cp, delta, lse, learnable_sink, qr.shape[1])
 
 
 # ---------------------------------------------------------------- variable-length batches
@@ -574,19 +564,40 @@ def check_sequence_lengths(cu_host, name: str, total: int, max_seqlen: int, max_
     return lengths
 
 
-def _check_int32_vector(x, name: str, q_device: int, length: int | None):
-    """An int32 1-D GPU array on q's device of `length` entries (None: at least one)."""
-    x = _as_gpu_array(x, name)
-    if x.dtype != np.int32:
-        raise TypeError(f"{name} must be int32, got {x.dtype}")
-    if x.ndim != 1 or (x.shape[0] != length if length is not None else x.shape[0] < 1):
-        want = f"({length},)" if length is not None else "(batch + 1,)"
-        raise ValueError(f"{name} must have shape {want}, got {x.shape}")
-    if x.device.id != q_device:
-        raise ValueError(f"{name} is on GPU {x.device.id} but q is on GPU {q_device}")
-    if x.size and x.strides[0] != 4:
-        raise ValueError(f"{name} must be contiguous: pass cupy.ascontiguousarray({name})")
-    return x
+def check_sequence_arrays(cu_q: Ref, cu_k: Ref, used: Ref | None, q_device: int) -> int:
+    """cu_seqlens_q, cu_seqlens_k (int32 (batch + 1,)) and seqused_k (int32 (batch,) or None) as
+    Refs: types, shapes, device, contiguity, each error naming its argument. Returns batch."""
+    batch = cu_q.shape[0] - 1 if len(cu_q.shape) == 1 else -1
+    for x, name, length in ((cu_q, "cu_seqlens_q", None), (cu_k, "cu_seqlens_k", batch + 1),
+                            (used, "seqused_k", batch)):
+        if x is None:
+            continue
+        if x.dtype != "int32":
+            raise TypeError(f"{name} must be int32, got {x.dtype}")
+        if len(x.shape) != 1 or (x.shape[0] != length if length is not None else x.shape[0] < 1):
+            want = f"({length},)" if length is not None else "(batch + 1,)"
+            raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+        if x.device != q_device:
+            raise ValueError(f"{name} is on GPU {x.device} but q is on GPU {q_device}")
+        if x.shape[0] and x.strides[0] != 1:
+            raise ValueError(f"{name} must be contiguous: pass a contiguous copy")
+    return batch
+
+
+def check_varlen_backward_support(seqused: bool, q: Ref, k: Ref) -> None:
+    """The varlen backward has no seqused_k under GQA/MQA: the per-query-head dK/dV accumulators of
+    unused keys are never written, and their group sum would read them."""
+    if seqused and k.shape[2] != q.shape[2]:
+        raise NotImplementedError("seqused_k in the backward with GQA/MQA (nheads_kv < nheads) is not "
+                                  "implemented yet in cuflash")
+
+
+def check_varlen_lse(x: Ref | None, q: Ref, name: str = "lse") -> None:
+    """lse (or dlse) of a varlen call: float32 (nheads, total_q) on q's device (q as _varlen_ref gives it)."""
+    nheads, total_q = q.shape[2], q.shape[1]
+    if x is not None and (tuple(x.shape) != (nheads, total_q) or x.dtype != "float32" or x.device != q.device):
+        raise ValueError(f"{name} must be float32 (nheads, total_q) = {(nheads, total_q)} on q's GPU (as "
+                         f"attention_varlen(..., return_lse=True) returns it), got {tuple(x.shape)} {x.dtype}")
 
 
 def _varlen_ref(x: Ref, batch: int, rows: int) -> Ref:
@@ -651,6 +662,13 @@ def run_varlen_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, d
         dlse, alloc, stream, {**sequences, "total_q": total_q, "total_k": k.shape[1]})
 
 
+def dsink(xp, delta: launch.Delta, lse, sink, seqlen_q: int):
+    """dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), from the
+    forward's lse (batch, nheads, seqlen_q) and the backward's delta (which holds - dlse). `xp`:
+    cupy, numpy or torch, whose arrays slice, reshape and reduce alike; float32 in, float32 out."""
+    return -(xp.exp(sink[None, :, None] - lse) * delta_rows(delta, seqlen_q)).sum((0, 2))
+
+
 def varlen_dsink(xp, delta: launch.Delta, sink):
     """dsink[h] = -sum over sequences and rows of exp(sink[h] - lse) * delta, from the backward's
     (batch, nheads, rounded) rows (`xp`: cupy or torch, whose arrays slice and reshape alike): padding
@@ -671,10 +689,9 @@ def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
         if x.ndim != 3:
             raise ValueError(f"{n} must have 3 dims (total_{'q' if n == 'q' else 'k'}, nheads, headdim) in a varlen "
                              f"call, got shape {x.shape}")
-    cu_q = _check_int32_vector(cu_seqlens_q, "cu_seqlens_q", q.device.id, None)
-    batch = cu_q.shape[0] - 1
-    cu_k = _check_int32_vector(cu_seqlens_k, "cu_seqlens_k", q.device.id, batch + 1)
-    used = None if seqused_k is None else _check_int32_vector(seqused_k, "seqused_k", q.device.id, batch)
+    (cu_q, cu_k, used), refs = _refs({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
+                                      "seqused_k": seqused_k})
+    batch = check_sequence_arrays(*refs, q.device.id)
     check_max_seqlens(max_seqlen_q, max_seqlen_k)
     host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else [])))
     check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
@@ -785,16 +802,10 @@ def attention_varlen_backward(
          "learnable_sink": learnable_sink})
     check_like(doutr, cupy_ref(q), "dout", "q")
     check_like(outr, cupy_ref(q), "out", "q")
-    for x, n in ((lser, "lse"), (dlser, "dlse")):
-        if x is not None and (tuple(x.shape) != (nheads, total_q) or x.dtype != "float32" or x.device != qr.device):
-            raise ValueError(f"{n} must be float32 (nheads, total_q) = {(nheads, total_q)} on q's GPU (as "
-                             f"attention_varlen(..., return_lse=True) returns it), got {tuple(x.shape)} {x.dtype}")
+    check_varlen_lse(lser, qr)
+    check_varlen_lse(dlser, qr, "dlse")
     opts = _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
-    if used is not None and k.shape[1] != nheads:
-        # Under GQA the per-query-head dK/dV accumulators of unused keys are never written, and
-        # their group sum would read them: not supported until the accumulators are cleared.
-        raise NotImplementedError("seqused_k in the backward with GQA/MQA (nheads_kv < nheads) is not "
-                                  "implemented yet in cuflash")
+    check_varlen_backward_support(used is not None, qr, kr)
     with device_scope(qr.device):
         grads = []
         for x, like, n in ((dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):
@@ -821,8 +832,7 @@ def attention_varlen_backward(
             return dq, dk, dv
         if delta is None:
             return dq, dk, dv, cp.zeros((nheads,), dtype=np.float32)
-        dsink = varlen_dsink(cp, delta, learnable_sink).astype(np.float32)
-        return dq, dk, dv, dsink
+        return dq, dk, dv, varlen_dsink(cp, delta, learnable_sink)
 
 
 # ---------------------------------------------------------------- merging attention states

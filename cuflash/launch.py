@@ -75,10 +75,6 @@ def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int
     return (-(-seqlen_q // spec.tiles.block_m), nheads, batch)
 
 
-def fwd_block(spec: FwdSpec | FwdSm90Spec) -> tuple[int, int, int]:
-    return (spec.threads, 1, 1)
-
-
 # ---------------------------------------------------------------- backward
 
 
@@ -113,10 +109,6 @@ def bwd_grid(spec: BwdSpec | BwdSm90Spec, batch: int, nheads: int, seqlen_k: int
     dispatched in key-block order, and under a causal mask the low key blocks
     (seen by the most queries) start first."""
     return (-(-seqlen_k // spec.tiles.block_n), nheads, batch)
-
-
-def bwd_block(spec: BwdSpec | BwdSm90Spec) -> tuple[int, int, int]:
-    return (spec.threads, 1, 1)
 
 
 def bwd_prepare_grid(spec: BwdPrepareSpec, batch: int, nheads: int, seqlen_q_rounded: int) -> tuple[int, int, int]:
@@ -186,30 +178,22 @@ _prepare_spec = functools.lru_cache(maxsize=None)(BwdPrepareSpec)
 _convert_spec = functools.lru_cache(maxsize=None)(BwdConvertSpec)
 
 
-def _carve(base: Ref, sizes: dict) -> tuple[dict, dict]:
-    """Split one float32 scratch buffer into named contiguous pieces: ({name: Ref}, {name: offset in
-    4-byte words}) for {name: (shape, dtype)}; each piece starts on a 256-byte boundary."""
-    refs, offsets, offset = {}, {}, 0
+def _scratch(alloc: Alloc, sizes: dict) -> tuple:
+    """One float32 scratch buffer from `alloc`, split into named contiguous pieces for
+    {name: (shape, dtype)}, each starting on a 256-byte boundary. Returns (owner, {name: Ref},
+    {name: offset in 4-byte words})."""
+    layout, total = {}, 0
     for name, (shape, dtype) in sizes.items():
         strides, acc = [], 1
         for n in reversed(shape):
             strides.append(acc)
             acc *= n
-        refs[name] = Ref(base.ptr + 4 * offset, shape, tuple(reversed(strides)), dtype, base.device)
-        offsets[name] = offset
-        offset += -(-acc // 64) * 64
-    return refs, offsets
-
-
-def scratch_words(sizes: dict) -> int:
-    """4-byte words of the buffer _carve splits."""
-    total = 0
-    for shape, _ in sizes.values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += -(-n // 64) * 64
-    return total
+        layout[name] = (total, shape, tuple(reversed(strides)), dtype)
+        total += -(-acc // 64) * 64
+    owner, base = alloc((total,), "float32")
+    refs = {name: Ref(base.ptr + 4 * offset, shape, strides, dtype, base.device)
+            for name, (offset, shape, strides, dtype) in layout.items()}
+    return owner, refs, {name: entry[0] for name, entry in layout.items()}
 
 
 def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
@@ -248,8 +232,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     if group > 1 and seqlen_k:
         sizes["dk_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
         sizes["dv_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
-    owner, base = alloc((scratch_words(sizes),), "float32")
-    s, offsets = _carve(base, sizes)
+    owner, s, offsets = _scratch(alloc, sizes)
     lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
     seq_fields = {}
     if varlen:  # sequences index the accumulators by row: batch stride 0

@@ -525,6 +525,17 @@ def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=
     return out, lse
 
 
+def _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
+    """(query rows, key rows, ALiBi slopes) of each sequence of a varlen batch: slices of the
+    packed rows (the keys cut to seqused_k when given) and the sequence's slopes."""
+    cu_q, cu_k = (numpy.asarray(to_host(c)).astype(numpy.int64) for c in (cu_seqlens_q, cu_seqlens_k))
+    used = None if seqused_k is None else numpy.asarray(to_host(seqused_k)).astype(numpy.int64)
+    per_sequence = alibi_slopes is not None and numpy.ndim(alibi_slopes) == 2
+    for b in range(len(cu_q) - 1):
+        keys = slice(cu_k[b], cu_k[b + 1] if used is None else cu_k[b] + used[b])
+        yield slice(cu_q[b], cu_q[b + 1]), keys, alibi_slopes[b] if per_sequence else alibi_slopes
+
+
 def attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=None, alibi_slopes=None,
                              precision="float64", **options):
     """Reference forward of a variable-length batch: each sequence on its own (causal and
@@ -536,14 +547,8 @@ def attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=N
     Returns out (total_q, nheads, headdim) and lse (nheads, total_q).
     """
     xp = array_module(q)
-    cu_q, cu_k = (numpy.asarray(to_host(c)).astype(numpy.int64) for c in (cu_seqlens_q, cu_seqlens_k))
-    used = None if seqused_k is None else numpy.asarray(to_host(seqused_k)).astype(numpy.int64)
     outs, lses = [], []
-    for b in range(len(cu_q) - 1):
-        kq, kk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1] if used is None else cu_k[b] + used[b])
-        slopes = alibi_slopes
-        if alibi_slopes is not None and numpy.ndim(alibi_slopes) == 2:
-            slopes = alibi_slopes[b]
+    for kq, kk, slopes in _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
         out, lse = attention_forward(q[None, kq], k[None, kk], v[None, kk], alibi_slopes=slopes,
                                      precision=precision, **options)
         outs.append(out[0])
@@ -561,19 +566,12 @@ def attention_backward_varlen(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, sequ
     or None. Returns (dq, dk, dv) like q, k, v (keys past seqused_k get zero gradients) and,
     with a learnable sink, dsink summed over the sequences: (dq, dk, dv, dsink)."""
     xp = array_module(q)
-    cu_q, cu_k = (numpy.asarray(to_host(c)).astype(numpy.int64) for c in (cu_seqlens_q, cu_seqlens_k))
-    used = None if seqused_k is None else numpy.asarray(to_host(seqused_k)).astype(numpy.int64)
     dt = xp.float64 if precision == "float64" else xp.float32
     dq = xp.zeros(q.shape, dtype=dt)
     dk = xp.zeros(k.shape, dtype=dt)
     dv = xp.zeros(v.shape, dtype=dt)
     dsink = None if learnable_sink is None else xp.zeros(learnable_sink.shape, dtype=dt)
-    for b in range(len(cu_q) - 1):
-        kq = slice(cu_q[b], cu_q[b + 1])
-        kk = slice(cu_k[b], cu_k[b + 1] if used is None else cu_k[b] + used[b])
-        slopes = alibi_slopes
-        if alibi_slopes is not None and numpy.ndim(alibi_slopes) == 2:
-            slopes = alibi_slopes[b]
+    for kq, kk, slopes in _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
         grads = attention_backward(dout[None, kq], q[None, kq], k[None, kk], v[None, kk], alibi_slopes=slopes,
                                    learnable_sink=learnable_sink, precision=precision,
                                    dlse=None if dlse is None else dlse[None, :, kq], **options)

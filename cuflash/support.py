@@ -100,7 +100,7 @@ class Problem:
     seqlen_q: int = 0  # the Hopper forward picks its tiles by it
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
-    smem_limit: int = 232448  # shared memory per block the GPU allows (SMEM_LIMITS, or the device's own)
+    smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
 
 
 def family_reasons(family: Family, problem: Problem) -> list[str]:

@@ -146,8 +146,7 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
         elif delta is None:
             dsink = torch.zeros_like(learnable_sink)
         else:
-            # dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3)
-            dsink = -(torch.exp(learnable_sink[None, :, None] - lse) * api.delta_rows(delta, q.shape[1])).sum((0, 2))
+            dsink = api.dsink(torch, delta, lse, learnable_sink, q.shape[1])
     return dq, dk, dv, dsink
 
 
@@ -298,28 +297,21 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 
 def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
-                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real: bool = True):
+                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real: bool = True,
+                     check_lengths: bool = True):
     """Refs of q, k, v as (batch, total rows, heads, dim) with batch stride 0, the validated Options,
     the sequence pointers and batch. The lengths are checked on the host (one copy from the GPU)
     unless tracing (fake tensors) or capturing a CUDA graph, where no copy may happen: there, as in
-    flash-attn, valid cu_seqlens are the caller's contract."""
+    flash-attn, valid cu_seqlens are the caller's contract. check_lengths=False skips that copy where
+    the lengths are known good (built here, or checked by the forward of the same call)."""
     for x, n in ((q, "q"), (k, "k"), (v, "v")):
         if x.dim() != 3:
             raise ValueError(f"{n} must have 3 dims (total, nheads, headdim) in a varlen call, got {tuple(x.shape)}")
     cu_q, cu_k = _ref(cu_seqlens_q, "cu_seqlens_q", real), _ref(cu_seqlens_k, "cu_seqlens_k", real)
     used = None if seqused_k is None else _ref(seqused_k, "seqused_k", real)
-    batch = cu_q.shape[0] - 1 if len(cu_q.shape) == 1 else -1
-    for x, n, length in ((cu_q, "cu_seqlens_q", None), (cu_k, "cu_seqlens_k", batch + 1), (used, "seqused_k", batch)):
-        if x is None:
-            continue
-        if x.dtype != "int32":
-            raise TypeError(f"{n} must be int32, got {x.dtype}")
-        if len(x.shape) != 1 or (x.shape[0] < 1 if length is None else x.shape[0] != length):
-            raise ValueError(f"{n} must have shape {'(batch + 1,)' if length is None else (length,)}, got {tuple(x.shape)}")
-        if x.device != q.get_device():
-            raise ValueError(f"{n} is on GPU {x.device} but q is on GPU {q.get_device()}")
+    batch = api.check_sequence_arrays(cu_q, cu_k, used, q.get_device())
     api.check_max_seqlens(max_seqlen_q, max_seqlen_k)
-    if real and not torch.cuda.is_current_stream_capturing():
+    if real and check_lengths and not torch.cuda.is_current_stream_capturing():
         host = torch.cat([cu_seqlens_q, cu_seqlens_k] + ([seqused_k] if seqused_k is not None else [])).cpu().numpy()
         api.check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     qr, kr, vr = (api._varlen_ref(_ref(x, n, real), batch, x.shape[0]) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -332,11 +324,11 @@ def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 
 def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
-                    learnable_sink, softmax_scale, causal, window_left, window_right, softcap):
+                    learnable_sink, softmax_scale, causal, window_left, window_right, softcap, check_lengths=True):
     """(out (total_q, nheads, headdim), lse (nheads, total_q) float32)."""
     qr, kr, vr, opts, sequences, batch = _varlen_validate(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
-        softmax_scale, causal, window_left, window_right, softcap)
+        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths)
     with _on_device(qr.device):
         out = q.new_empty(q.shape)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
@@ -347,24 +339,23 @@ def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 
 def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k,
                      alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-                     deterministic):
+                     deterministic, check_lengths=True):
     """(dq, dk, dv, dsink): dsink (nheads,) float32 with a learnable sink, else an empty tensor."""
     dout = _maybe_contiguous(dout)
     qr, kr, vr, opts, sequences, batch = _varlen_validate(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
-        softmax_scale, causal, window_left, window_right, softcap)
-    if seqused_k is not None and k.shape[1] != q.shape[1]:
-        raise NotImplementedError("seqused_k in the backward with GQA/MQA (nheads_kv < nheads) is not "
-                                  "implemented yet in cuflash")
+        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths)
+    api.check_varlen_backward_support(seqused_k is not None, qr, kr)
     for x, like, n in ((dout, q, "dout"), (out, q, "out")):
         api.check_like(_ref(x, n), _ref(like, "q"), n, "q")
-    nheads, total_q = q.shape[1], q.shape[0]
-    for x, n in ((lse, "lse"), (dlse, "dlse")):
-        if x is not None and (tuple(x.shape) != (nheads, total_q) or x.dtype != torch.float32):
-            raise ValueError(f"{n} must be float32 (nheads, total_q) = {(nheads, total_q)}, got {tuple(x.shape)}")
+    api.check_varlen_lse(_ref(lse, "lse"), qr)
+    if dlse is not None:
+        api.check_varlen_lse(_ref(dlse, "dlse"), qr, "dlse")
     device = qr.device
     with _on_device(device):
-        dq, dk, dv = q.new_empty(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)  # unused keys: 0
+        # keys past seqused_k get no gradient from the kernels: it is 0
+        new = k.new_empty if seqused_k is None else k.new_zeros
+        dq, dk, dv = q.new_empty(q.shape), new(k.shape), new(v.shape)
 
         def by_sequence(x, n):
             return api._varlen_ref(_ref(x, n), batch, x.shape[0])
@@ -446,24 +437,28 @@ _varlen_fwd_op.register_autograd(_varlen_grads, setup_context=_varlen_setup_cont
 
 
 class _EagerVarlen(torch.autograd.Function):
-    """cuflash::varlen_fwd's autograd without the dispatcher (as _EagerAttention)."""
+    """cuflash::varlen_fwd's autograd without the dispatcher (as _EagerAttention). Its inputs are the
+    op's, then check_lengths; the backward never re-checks the lengths the forward saw."""
 
     @staticmethod
     def forward(ctx, *inputs):
         ctx.set_materialize_grads(False)
-        output = _varlen_forward(*inputs[:-1])
-        _varlen_setup_context(ctx, inputs, output)
+        *op_inputs, check_lengths = inputs
+        output = _varlen_forward(*op_inputs[:-1], check_lengths=check_lengths)
+        _varlen_setup_context(ctx, op_inputs, output)
         return output
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        return _varlen_grads(ctx, dout, dlse, backward=_varlen_backward)
+        grads = _varlen_grads(ctx, dout, dlse, backward=functools.partial(_varlen_backward, check_lengths=False))
+        return (*grads, None)
 
 
 def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
                       causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, block_table,
-                      learnable_sink, seqused_k=None):
-    """The one path behind the varlen functions: out, or (out, lse (nheads, total_q), None)."""
+                      learnable_sink, seqused_k=None, check_lengths=True):
+    """The one path behind the varlen functions: out, or (out, lse (nheads, total_q), None).
+    check_lengths=False: the caller built cu_seqlens itself (no host copy to check them)."""
     _not_implemented(dropout_p=dropout_p, block_table=block_table is not None)
     if not (isinstance(window_size, tuple) and len(window_size) == 2):
         window_size = api._window(window_size, False)
@@ -478,9 +473,9 @@ def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if torch.compiler.is_compiling():
         out, lse = _varlen_fwd_op(*args)
     elif grad:
-        out, lse = _EagerVarlen.apply(*args)
+        out, lse = _EagerVarlen.apply(*args, check_lengths)
     else:
-        out, lse = _varlen_forward(*args[:-1])
+        out, lse = _varlen_forward(*args[:-1], check_lengths=check_lengths)
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -651,7 +646,7 @@ def _padded_attention(q, k, v, mask, scaling, causal, window, softcap, sink):
     qu = q.reshape(batch * seqlen_q, nheads, head_dim)[rows_q]
     ku, vu = (x.reshape(batch * seqlen_k, *x.shape[2:])[rows_k] for x in (k, v))
     out = _attention_varlen(qu, ku, vu, cu_q, cu_k, max_q, max_k, 0.0, scaling, causal, window, softcap, None,
-                            False, False, None, sink)
+                            False, False, None, sink, check_lengths=False)  # lengths built from the mask
     full = out.new_zeros(batch * seqlen_q, nheads, head_dim).index_copy(0, rows_q, out)
     return full.view(batch, seqlen_q, nheads, head_dim)
 
@@ -670,11 +665,3 @@ def register_transformers(name: str = "cufa") -> str:
     # exactly what transformers_attention reads (a padded batch runs through varlen).
     AttentionMaskInterface.register(name, flash_attention_mask)
     return name
-
-
-@functools.lru_cache(maxsize=None)
-def _signature_names() -> dict:
-    """{function name: parameter names}, for the signature comparison in the tests and the README."""
-    import inspect
-
-    return {name: list(inspect.signature(globals()[name]).parameters) for name in __all__ if callable(globals()[name])}

@@ -18,6 +18,8 @@ import time
 
 import numpy
 
+from cuflash.gpu import one_line, why_no_gpu  # noqa: F401 (one_line: the bench modules call timing.one_line)
+
 FLUSH_MIN_BYTES = 256 * 1024 * 1024
 MATMUL_N = 8192
 COPY_BYTES = 1024 * 1024 * 1024
@@ -25,16 +27,8 @@ COPY_BYTES = 1024 * 1024 * 1024
 
 def gpu_problem() -> str | None:
     """None when CuPy sees a CUDA device, else why not (one line; cuflash.gpu.why_no_gpu)."""
-    from cuflash.gpu import why_no_gpu
-
     why_no_gpu.cache_clear()  # the tests patch CuPy's device count
     return why_no_gpu()
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (kept in the JSON as the reason for a '-')."""
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:limit]
 
 
 def summarize(samples_ms) -> dict:

@@ -272,15 +272,16 @@ def _load(spec, device_id: int, smem: int = 0):
         if smem > 48 * 1024:
             _opt_in_shared_memory(fn, spec, device_id, smem)
         _functions[(spec, device_id)] = fn
-        with cupy_device(device_id):
-            _pointers[(spec, device_id)] = fn.kernel.ptr
+        _pointers[(spec, device_id)] = _function_pointer(fn, device_id)
         return fn
 
 
-def cupy_device(device_id: int):
+def _function_pointer(fn, device_id: int) -> int:
+    """The CUfunction of a loaded RawKernel on a device."""
     import cupy
 
-    return cupy.cuda.Device(device_id)
+    with cupy.cuda.Device(device_id):
+        return fn.kernel.ptr
 
 
 def _load_module(path: Path, entry: str, device_id: int):
