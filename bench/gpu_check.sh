@@ -4,6 +4,8 @@
 #
 #   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--no-sanitizer] [--overhead]
 #
+# SANITIZER_TOOLS (default "memcheck racecheck synccheck initcheck") picks the
+# compute-sanitizer tools; each runs bench/sanitize_case.py once per kernel family.
 # Runs from the repo root with PYTHONPATH=. (nothing is installed). pytest is
 # not stopped at the first failure, so one failure hides nothing. The last
 # lines printed are a short summary table.
@@ -38,7 +40,7 @@ san_rc=0
 if [ "$sanitize" = 1 ]; then
   # Once with the kernels the GPU picks (sm_90a ones on Hopper), once with the portable ones.
   for disable_sm90 in 0 1; do
-    for tool in memcheck racecheck; do
+    for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
       log="$out/sanitizer-$tool-$([ $disable_sm90 = 1 ] && echo portable || echo default).log"
       CUFLASH_DISABLE_SM90=$disable_sm90 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
         python3 bench/sanitize_case.py > "$log" 2>&1

@@ -45,5 +45,23 @@ for d, (seqlen_q, seqlen_k) in ((64, (77, 300)), (128, (300, 131)), (256, (150, 
         for deterministic in (False, True):
             cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic,
                                        dlse=dlse, **opts)
+
+# Variable-length batches (issue 11): empty, single-token and long sequences, seqused_k,
+# GQA, causal and window, forward and backward; grid blocks past a sequence's end must
+# touch nothing.
+lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
+cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
+for d in (64, 128):
+    q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, d, "bf16", xp=cp))
+    dout = testing.random_like(q)
+    sink = cp.linspace(-1.0, 2.0, 4, dtype=cp.float32)
+    for opts in (dict(causal=True), dict(window_size=(32, 8), softcap=20.0, learnable_sink=sink)):
+        out, lse = cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k),
+                                           return_lse=True, **opts)
+        for deterministic in (False, True):
+            cuflash.attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max(lengths_q),
+                                              max(lengths_k), deterministic=deterministic, **opts)
+    used = cp.asarray([10, 0, 1, 100, 300], dtype=cp.int32)
+    cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), seqused_k=used, causal=True)
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")

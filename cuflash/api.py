@@ -372,21 +372,13 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
 def run_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
                  opts: Options, deterministic: bool, dlse: Ref | None, alloc: launch.Alloc, stream: int):
     """The backward for validated Refs on `stream` (q's device current). Returns launch.backward's
-    Delta (where delta lies in the scratch buffer) for the dsink reduction (delta_rows gives it as an
-    array), or None when batch * nheads is 0 (then dq, dk, dv are empty too)."""
+    SinkPart for dsink() (None without a learnable sink, or when batch * nheads is 0: then dq, dk,
+    dv are empty too)."""
     batch, _, nheads, head_dim = q.shape
     if not (batch and nheads):
         return None
     spec = bwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, deterministic, q.device)
     return launch.backward(spec, dout, q, k, v, out, lse, dq, dk, dv, opts.fields, dlse, alloc, stream)
-
-
-def delta_rows(scratch: launch.Delta, seqlen_q: int):
-    """delta (batch, nheads, seqlen_q) float32: a view of run_backward's scratch buffer (1-D, of
-    any framework whose arrays slice and reshape like NumPy's)."""
-    batch, nheads, rounded = scratch.shape
-    flat = scratch.owner[scratch.offset: scratch.offset + batch * nheads * rounded]
-    return flat.reshape(batch, nheads, rounded)[:, :, :seqlen_q]
 
 
 # ---------------------------------------------------------------- CuPy entry points
@@ -532,13 +524,11 @@ def attention_backward(
                 check_like(xr, like_r, n, like_n)
             grads.append((x, xr))
         (dq, dqr), (dk, dkr), (dv, dvr) = grads
-        delta = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
+        part = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
                              cupy_alloc, cp.cuda.get_current_stream().ptr)
         if learnable_sink is None:
             return dq, dk, dv
-        if delta is None:
-            return dq, dk, dv, cp.zeros((qr.shape[2],), dtype=np.float32)
-        return dq, dk, dv, dsink(cp, delta, lse, learnable_sink, qr.shape[1])
+        return dq, dk, dv, dsink(cp, part, learnable_sink, lse, dlse)
 
 
 # ---------------------------------------------------------------- variable-length batches
@@ -646,7 +636,7 @@ def run_varlen_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, d
                         opts: Options, deterministic: bool, dlse: Ref | None, alloc: launch.Alloc, stream: int,
                         sequences: dict, max_seqlen_q: int, max_seqlen_k: int):
     """The varlen backward for validated Refs laid out as for run_varlen_forward (k-side ones with
-    total_k rows); returns launch.backward's Delta, or None for an empty batch."""
+    total_k rows); returns launch.backward's SinkPart (or None) as run_backward."""
     batch, total_q, nheads, head_dim = q.shape
     if not (batch and nheads):
         return None
@@ -662,21 +652,30 @@ def run_varlen_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, d
         dlse, alloc, stream, {**sequences, "total_q": total_q, "total_k": k.shape[1]})
 
 
-def dsink(xp, delta: launch.Delta, lse, sink, seqlen_q: int):
-    """dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), from the
-    forward's lse (batch, nheads, seqlen_q) and the backward's delta (which holds - dlse). `xp`:
-    cupy, numpy or torch, whose arrays slice, reshape and reduce alike; float32 in, float32 out."""
-    return -(xp.exp(sink[None, :, None] - lse) * delta_rows(delta, seqlen_q)).sum((0, 2))
+def dsink(xp, part: launch.SinkPart | None, sink, lse=None, dlse=None):
+    """dsink[h] = -sum over batch and rows i of P_sink,i (sum_j P_ij dP_ij - dlse_i), with
+    P_sink,i = exp(sink[h] - lse_i) (DESIGN 3). The first term from the backward kernels' per-CTA
+    parts (`part`, from run_backward; None: no rows, so 0); the dlse term from lse and dlse as
+    (batch, nheads, rows) float32 (a varlen caller views its (nheads, total_q) ones as (1, nheads,
+    total_q)). `xp`: cupy, numpy or torch, whose arrays slice, reshape and reduce alike."""
+    if part is None:
+        result = sink * 0
+    else:
+        b, h, n = part.shape
+        result = -part.owner[part.offset: part.offset + b * h * n].reshape(b, h, n).sum((0, 2))
+    if dlse is not None:
+        # lse = -inf (a row that sees no key, under a sink of -inf): P_sink = 0 there, not NaN
+        p_sink = xp.where(lse > -math.inf, xp.exp(sink[None, :, None] - lse), 0.0)
+        result = result + (p_sink * dlse).sum((0, 2))
+    return result
 
 
-def varlen_dsink(xp, delta: launch.Delta, sink):
-    """dsink[h] = -sum over sequences and rows of exp(sink[h] - lse) * delta, from the backward's
-    (batch, nheads, rounded) rows (`xp`: cupy or torch, whose arrays slice and reshape alike): padding
-    rows have lse_log2 = +inf and delta = 0, so add nothing."""
-    b, h, r = delta.shape
-    lse2 = delta.owner[delta.lse2_offset: delta.lse2_offset + b * h * r].reshape(b, h, r)
-    rows = delta.owner[delta.offset: delta.offset + b * h * r].reshape(b, h, r)
-    return -(xp.exp2(sink[None, :, None] * LOG2E - lse2) * rows).sum((0, 2))
+def heads_rows(lse, dlse):
+    """A varlen (nheads, total_q) lse and dlse as (1, nheads, total_q) for dsink(); (None, None)
+    without dlse."""
+    if dlse is None:
+        return None, None
+    return lse.reshape(1, *lse.shape), dlse.reshape(1, *dlse.shape)
 
 
 def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k):
@@ -825,14 +824,12 @@ def attention_varlen_backward(
         def by_sequence(x):  # (total, heads, dim) -> (batch, total, heads, dim), batch stride 0
             return _varlen_ref(cupy_ref(x), batch, x.shape[0])
 
-        delta = run_varlen_backward(by_sequence(dout), qr, kr, vr, by_sequence(out), lser, by_sequence(dq),
+        part = run_varlen_backward(by_sequence(dout), qr, kr, vr, by_sequence(out), lser, by_sequence(dq),
                                     by_sequence(dk), by_sequence(dv), opts, deterministic, dlser, cupy_alloc,
                                     cp.cuda.get_current_stream().ptr, sequences, max_seqlen_q, max_seqlen_k)
         if learnable_sink is None:
             return dq, dk, dv
-        if delta is None:
-            return dq, dk, dv, cp.zeros((nheads,), dtype=np.float32)
-        return dq, dk, dv, varlen_dsink(cp, delta, learnable_sink)
+        return dq, dk, dv, dsink(cp, part, learnable_sink, *heads_rows(lse, dlse))
 
 
 # ---------------------------------------------------------------- merging attention states

@@ -221,18 +221,13 @@ def _device_view(ref: Ref):
     return cupy.ndarray(ref.shape, dtype, cupy.cuda.MemoryPointer(mem, 0))
 
 
-def _dsink_into(dsink: Ref, sink: Ref, lse: Ref, delta) -> None:
-    """dsink[h] = -sum over batch and rows of exp(sink[h] - lse) * delta (DESIGN 3), on the current
-    CuPy stream. delta: run_backward's launch.Delta (rows hold rowsum(dO * O) - dlse), or None."""
-    out = _device_view(dsink)  # (nheads,) float32
-    seqlen_q = lse.shape[2]
-    if delta is None or seqlen_q == 0:
-        out.fill(0)
-        return
-    s = _device_view(sink)  # (nheads,)
-    lse_a = _device_view(lse)  # (batch, nheads, seqlen_q)
-    xp = reference.array_module(lse_a)  # CuPy here (NumPy in the CPU tests' stand-in)
-    out[...] = api.dsink(xp, delta, lse_a, s, seqlen_q)
+def _dsink_into(dsink: Ref, sink: Ref, part, lse: Ref, dlse: Ref | None) -> None:
+    """dsink (nheads,) float32 from run_backward's SinkPart (api.dsink), on the current CuPy stream."""
+    out = _device_view(dsink)
+    s = _device_view(sink)
+    xp = reference.array_module(s)  # CuPy here (NumPy in the CPU tests' stand-in)
+    lse_a, dlse_a = (None, None) if dlse is None else (_device_view(lse), _device_view(dlse))
+    out[...] = api.dsink(xp, part, s, lse_a, dlse_a)
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,11 +271,11 @@ def _backward_callback(st: _Static, with_dlse: bool, lq: Ref, lk: Ref, la: Ref |
         opts = api.options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
         stream = _stream(ctx)
         with api.device_scope(device), _cupy_stream(stream, device):
-            delta = api.run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, st.deterministic, dlser,
-                                     api.cupy_alloc, stream)
+            part = api.run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, st.deterministic, dlser,
+                                    api.cupy_alloc, stream)
             if ls is not None:
-                _dsink_into(_bind(dsink, ls, device, "dsink"), sr, lser, delta)
-            del delta  # the scratch goes back to CuPy's pool, stream-ordered after the kernels that use it
+                _dsink_into(_bind(dsink, ls, device, "dsink"), sr, part, lser, dlser)
+            del part  # the scratch goes back to CuPy's pool, stream-ordered after the kernels that use it
 
     return callback
 

@@ -31,14 +31,14 @@ class Ref(NamedTuple):
     device: int
 
 
-class Delta(NamedTuple):
-    """Where the backward left delta: owner[offset : offset + prod(shape)] viewed as shape
-    (and lse_log2, the same shape, at lse2_offset)."""
+class SinkPart(NamedTuple):
+    """Where a backward with a learnable sink left each CTA's sum_i P_sink,i sum_j P_ij dP_ij
+    (kernels_cu/common/softmax.cuh SinkDot): owner[offset : offset + prod(shape)] viewed as
+    shape = (batch, nheads, key blocks); cuflash.api.dsink turns it into dsink."""
 
     owner: object
     offset: int
     shape: tuple
-    lse2_offset: int = 0
 
 
 #: alloc(shape, dtype name) -> (owner, Ref): scratch from the caller's framework, so it
@@ -88,14 +88,17 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
     buffers of Br); 1 KB alignment slack.
+    Both: with a learnable sink, one fp32 running sum per thread (softmax.cuh sink_log2).
     """
     t = spec.tiles
+    sink_parts = 4 * spec.threads if spec.features.sink else 0  # a running dsink sum per thread
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
-        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + 1024
+        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
     pitch, pitch_t = spec.head_dim + 8, t.block_m + 8
     transposed = 1 if t.p_in_regs else 2
-    return 4 * 4 * t.block_m + 2 * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * 2 * t.block_n * pitch_t
+    return (4 * 4 * t.block_m + 2 * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * 2 * t.block_n * pitch_t
+            + sink_parts)
 
 
 def bwd_m_blocks(spec: BwdSpec | BwdSm90Spec, seqlen_q: int) -> int:
@@ -198,10 +201,9 @@ def _scratch(alloc: Alloc, sizes: dict) -> tuple:
 
 def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
              option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int, sequences: dict | None = None):
-    """The backward: prepare, main kernel, conversions. Returns a Delta: where delta, float32
-    (batch, nheads, seqlen_q rounded up to Br) contiguous, holding rowsum(dO * O) - dlse, lies in
-    the scratch buffer (a 1-D float32 array of the caller's framework), for the dsink reduction;
-    lse_log2 (the same layout, +inf on padding rows) lies at lse2_offset.
+    """The backward: prepare, main kernel, conversions. With a learnable sink (the spec's sink
+    switch) returns a SinkPart: where the kernel's parts of dsink lie in the scratch buffer (a 1-D
+    float32 array of the caller's framework); else None.
 
     Varlen (`sequences`: cu_seqlens_q, cu_seqlens_k, seqused_k pointers, total_q, total_k): q, k,
     v, dout, out, dq, dk, dv come as (batch, longest sequence, heads, dim) views with batch stride
@@ -209,7 +211,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
-      deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); under GQA dk_accum, dv_accum
+      deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); with a sink dsink_part
+      (batch, nheads, key blocks); under GQA dk_accum, dv_accum
       (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
       kernel in a fixed order.
     """
@@ -229,6 +232,9 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
              "dq_accum": ((acc_batch, acc_q, nheads, spec.head_dim), "float32")}
     if spec.deterministic:
         sizes["semaphore"] = ((batch, nheads, m_blocks), "int32")
+    n_blocks = bwd_grid(spec, batch, nheads, seqlen_k)[0]
+    if spec.features.sink:
+        sizes["dsink_part"] = ((batch, nheads, n_blocks), "float32")
     if group > 1 and seqlen_k:
         sizes["dk_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
         sizes["dv_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
@@ -268,6 +274,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             **strides_named("do", dout), **strides_named("dqa", dq_accum),
             **strides_named("dk", dk), **strides_named("dv", dv),
             "seqlen_q_rounded": rounded, "m_blocks": m_blocks,
+            "dsink_part": s["dsink_part"].ptr if spec.features.sink else 0,
             **seq_fields,
         }
         if group > 1:
@@ -282,7 +289,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     if seqlen_q:
         convert(_rows(dq_accum, acc_batch, acc_q), _rows(dq, acc_batch, acc_q), 1, spec.dtype, stream)
-    return Delta(owner, offsets["delta"], (batch, nheads, rounded), offsets["lse_log2"])
+    return SinkPart(owner, offsets["dsink_part"], (batch, nheads, n_blocks)) if spec.features.sink else None
 
 
 def _batchless(x: Ref) -> Ref:

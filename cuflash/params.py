@@ -74,7 +74,7 @@ BWD_PARAMS = np.dtype(
         ("dk_batch_stride", _I64), ("dk_row_stride", _I64), ("dk_head_stride", _I64),
         ("dv_batch_stride", _I64), ("dv_row_stride", _I64), ("dv_head_stride", _I64),
         ("dka_batch_stride", _I64), ("dka_row_stride", _I64), ("dka_head_stride", _I64),
-        ("seqlen_q_rounded", _I32), ("m_blocks", _I32),
+        ("seqlen_q_rounded", _I32), ("m_blocks", _I32), ("dsink_part", _PTR),
     ]
     + SEQUENCE_FIELDS,
     align=True,

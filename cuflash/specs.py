@@ -10,7 +10,7 @@ struct instead (DESIGN 4b).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 #: Head dims are padded up to a multiple of this for the compile-time tile
 #: width; the exact head dim is a run-time parameter (extra columns are
@@ -40,8 +40,8 @@ class Features:
 
     mask: "none" | "causal" | "local"; softcap, alibi: score modifiers
     (kernels_cu/common/score_mod.cuh); sink: a learnable sink logit in the
-    forward's softmax (the backward needs no switch for it: its P comes from
-    the sink-inclusive lse, and dsink from lse and delta); varlen: sequences
+    forward's softmax (the backward's P comes from the sink-inclusive lse; its
+    switch there adds each CTA's exact part of dsink, softmax.cuh SinkDot); varlen: sequences
     of their own lengths packed along the rows (seqinfo.cuh)."""
 
     mask: str = "none"
@@ -77,10 +77,6 @@ class Features:
         """Readable part of a kernel name: full | causal | local, then each modifier."""
         mask = "full" if self.mask == "none" else self.mask
         return "_".join([mask] + [m for m in MODIFIERS if getattr(self, m)] + (["varlen"] if self.varlen else []))
-
-    def for_backward(self) -> "Features":
-        """The switches the backward's main kernel compiles with (no sink switch)."""
-        return replace(self, sink=False)
 
     def defines(self) -> dict[str, int]:
         return {
@@ -426,14 +422,12 @@ class BwdSpec(AttentionSpec):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.features.sink:
-            raise ValueError("the backward kernels compile without the sink switch (Features.for_backward)")
         self.tiles.check(self.head_dim)
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, deterministic: bool = False) -> "BwdSpec":
         d = head_dim_bucket(head_dim)
-        return cls(dtype, d, features.for_backward(), bool(deterministic), BWD_TILES[d])
+        return cls(dtype, d, features, bool(deterministic), BWD_TILES[d])
 
     @property
     def threads(self) -> int:
@@ -499,8 +493,6 @@ class BwdSm90Spec(AttentionSpec):
         super().__post_init__()
         if self.head_dim not in BWD_SM90_HEAD_DIMS:
             raise ValueError(f"the Hopper backward has head dims {BWD_SM90_HEAD_DIMS}, got {self.head_dim}")
-        if self.features.sink:
-            raise ValueError("the backward kernels compile without the sink switch (Features.for_backward)")
 
     @property
     def tiles(self) -> BwdSm90Tiles:

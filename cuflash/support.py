@@ -157,7 +157,7 @@ def _spec_for(family: Family, problem: Problem):
     if family.spec is FwdSm90Spec:
         return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.seqlen_q)
     if family.spec is BwdSm90Spec:
-        return BwdSm90Spec(problem.dtype, d, f.for_backward(), bool(problem.deterministic))
+        return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic)
                if smem_bytes(s) <= problem.smem_limit]
     return fitting[0] if fitting else None
@@ -170,7 +170,7 @@ def portable_candidates(family: Family, dtype: str, d: int, features: Features, 
         tiles = [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, [])
         return [FwdSpec(dtype, dd, features, t) for dd, t in tiles]
     tiles = [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, [])
-    return [BwdSpec(dtype, dd, features.for_backward(), bool(deterministic), t) for dd, t in tiles]
+    return [BwdSpec(dtype, dd, features, bool(deterministic), t) for dd, t in tiles]
 
 
 def smem_bytes(spec) -> int:
@@ -208,7 +208,7 @@ def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool,
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
     return select(
-        Problem("bwd", dtype, head_dim, features.for_backward(), cc, deterministic=bool(deterministic), sm90=sm90,
+        Problem("bwd", dtype, head_dim, features, cc, deterministic=bool(deterministic), sm90=sm90,
                 smem_limit=limit)
     )
 
@@ -240,7 +240,7 @@ DEFAULT_FEATURE_SETS = (PLAIN, CAUSAL)
 def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
     """Every kernel specialisation `cuflash compile` builds for these feature
     sets: the forward (Hopper, then portable), then the backward (Hopper, then
-    portable; the backward ignores the sink switch), then its prepare and
+    portable), then its prepare and
     convert kernels. A spec with ``compute_capabilities`` is built only for
     those GPUs (cuflash.compile.cache.builds_for)."""
     specs, seen = [], set()
@@ -248,8 +248,7 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
         for features in feature_sets:
             if features.varlen and not family.varlen:
                 continue  # the family has no variable-length kernels (yet)
-            f = features if family.direction == "fwd" else features.for_backward()
-            for spec in family_specs(family, f):
+            for spec in family_specs(family, features):
                 if spec.name not in seen:
                     seen.add(spec.name)
                     specs.append(spec)

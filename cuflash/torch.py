@@ -139,14 +139,12 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
     device = qr.device
     with _on_device(device):
         dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-        delta = api.run_backward(doutr, qr, kr, vr, outr, lser, _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv"),
-                                 opts, deterministic, dlser, _alloc(device), _stream(device))
+        part = api.run_backward(doutr, qr, kr, vr, outr, lser, _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv"),
+                                opts, deterministic, dlser, _alloc(device), _stream(device))
         if learnable_sink is None:
             dsink = q.new_empty((0,), dtype=torch.float32)
-        elif delta is None:
-            dsink = torch.zeros_like(learnable_sink)
         else:
-            dsink = api.dsink(torch, delta, lse, learnable_sink, q.shape[1])
+            dsink = api.dsink(torch, part, learnable_sink, lse, dlse)
     return dq, dk, dv, dsink
 
 
@@ -360,17 +358,15 @@ def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, 
         def by_sequence(x, n):
             return api._varlen_ref(_ref(x, n), batch, x.shape[0])
 
-        delta = api.run_varlen_backward(
+        part = api.run_varlen_backward(
             by_sequence(dout, "dout"), qr, kr, vr, by_sequence(out, "out"), _ref(lse, "lse"), by_sequence(dq, "dq"),
             by_sequence(dk, "dk"), by_sequence(dv, "dv"), opts, deterministic,
             None if dlse is None else _ref(dlse, "dlse"), _alloc(device), _stream(device), sequences,
             max_seqlen_q, max_seqlen_k)
         if learnable_sink is None:
             dsink = q.new_empty((0,), dtype=torch.float32)
-        elif delta is None:
-            dsink = torch.zeros_like(learnable_sink)
         else:
-            dsink = api.varlen_dsink(torch, delta, learnable_sink)
+            dsink = api.dsink(torch, part, learnable_sink, *api.heads_rows(lse, dlse))
     return dq, dk, dv, dsink
 
 

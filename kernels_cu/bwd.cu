@@ -14,8 +14,10 @@
 //   P_ij  = exp(S_ij * scale - L_i) = exp2(S_ij * scale * log2(e) - L_i * log2(e))
 //   dP_ij = dO_i V_j^T                            (Br, Bc)
 //   dS_ij = P_ij ∘ (dP_ij - D_i) ∘ mod'           D_i = rowsum(dO_i ∘ O_i) (- dlse_i), bwd_prepare.cu
-// (a learnable sink needs nothing here: L_i includes it, and dsink is summed
-// from L and D on the host side).
+// A learnable sink (CUFLASH_SINK) is in L_i already; the CTA also sums
+//   sum_i P_sink,i sum_j P_ij dP_ij   (P_sink,i = exp(sink_h - L_i))
+// over its tiles in fp32 into dsink_part[b, h, j] (softmax.cuh sink_log2),
+// from which the host forms dsink exactly.
 // L_i (natural-log lse) and D_i come from bwd_prepare.cu, which stores
 // L_i * log2(e) (+inf for rows that see no key, so their P row is exactly 0).
 // Every product is held transposed, keys as rows: S^T = K Q^T (Bc, Br), so
@@ -50,14 +52,14 @@
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
 //   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
 //   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI,
-//   CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
+//   CUFLASH_SINK, CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
 // Memory per CTA: nothing of size seqlen_q x seqlen_k exists anywhere; S, P, dP
 // and dS live only as (Bc x Br) tiles in registers and shared memory.
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
 // that are multiples of 8 elements (cuflash/api.py); softmax_scale > 0;
 // lse_log2 / delta padded to m_blocks * Br rows (bwd_prepare.cu).
 // Shared memory: 16 Br + 2 (2 Bc + 4 Br) (D + 8) + 2 Bc (Br + 8) (x2 without
-// P_IN_REGS) bytes (cuflash/launch.py bwd_smem_bytes).
+// P_IN_REGS) bytes, + 4 per thread with a sink (cuflash/launch.py bwd_smem_bytes).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -122,6 +124,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     u16* sdO = sQ + 2 * BM * PITCH;                     // [2][Br][PITCH]
     u16* sPt = sdO + 2 * BM * PITCH;                    // [Bc][PITCH_T] P^T (absent when P_IN_REGS)
     u16* sdSt = sPt + (P_IN_REGS ? 0 : BN * PITCH_T);   // [Bc][PITCH_T] dS^T
+    float* sSinkPart = reinterpret_cast<float*>(sdSt + BN * PITCH_T);  // [THREADS] (SINK) softmax.cuh sink_log2
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
@@ -131,7 +134,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // A varlen grid covers the longest key sequence: a key block past the end of a
     // shorter one owns no dK/dV rows and no query sees it (no dQ turn waits for it);
     // the whole CTA leaves before any barrier.
-    if (si.past_end_of_keys(key0)) return;
+    if (si.past_end_of_keys(key0)) {
+        if (SINK && tid == 0) p.dsink_part[cta_slot()] = 0.f;  // sees no query: its dsink part is 0
+        return;
+    }
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
 
@@ -184,6 +190,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     float acc_dk[KV_MT][KV_NT][4], acc_dv[KV_MT][KV_NT][4];
     zero_acc(acc_dk);
     zero_acc(acc_dv);
+    if (SINK) sSinkPart[tid] = 0.f;  // this thread's slot: no other thread reads it before the epilogue's barrier
 
     // When no query sees a key of this block (seqlen_q = 0, or a window that
     // misses it) the loop is empty and dK = dV = 0 are written.
@@ -222,8 +229,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // edge of the band need it), then P^T and dS^T in place.
         if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
-        softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0, p.scale_log2, mod,
-                           key0 + s_key0, row0 + s_q0, lane);
+        const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0,
+                                                   p.scale_log2, mod, sink_log2(p, si), key0 + s_key0, row0 + s_q0,
+                                                   lane);
+        if (SINK) sSinkPart[tid] += sink_part;
 
         // dS^T (and P^T) -> shared memory as 16-bit [key][query]; a lane's two
         // adjacent queries make one 32-bit store (rows (Br+8)*2 bytes apart: the
@@ -288,6 +297,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // last read of sK/sV (the final S^T, dP^T and dQ products) before they are
     // reused to stage dK and dV.
     __syncthreads();
+    // dsink's part of this CTA (softmax.cuh sink_log2): sLse2 is free, its last
+    // read precedes the barrier above.
+    if (SINK) block_sum_store<THREADS>(sSinkPart[tid], sLse2, p.dsink_part + cta_slot());
     float dk_scale[KV_MT][2], dv_scale[KV_MT][2];
 #pragma unroll
     for (int mt = 0; mt < KV_MT; ++mt)

@@ -9,7 +9,8 @@
 // where S_ij = mod(Q_i K_j^T) (score_mod.cuh; masked, mask.cuh),
 // P_ij = exp2(S_ij * scale * log2(e) - L2_i), dP_ij = dO_i V_j^T,
 // dS_ij = P_ij ∘ (dP_ij - D_i) ∘ mod' (L2_i = lse_i * log2(e) and
-// D_i = rowsum(dO_i ∘ O_i) (- dlse_i) from bwd_prepare.cu).
+// D_i = rowsum(dO_i ∘ O_i) (- dlse_i) from bwd_prepare.cu); with a learnable
+// sink, the CTA's part of dsink as bwd.cu says.
 //
 // Steps: one CTA per (key block, head, batch); two warpgroups, warpgroup w
 // owning keys 64w..64w+63 of the block (Bc = 128), Br = 64 queries per step.
@@ -40,12 +41,12 @@
 // CUFLASH_HEAD_DIM D (64, 128 or 256; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_N Bc (128, or
 // 64 for SPLIT_D), CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK,
-// CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_VARLEN (seqinfo.cuh). Br = 64, 256 threads.
+// CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_VARLEN (seqinfo.cuh). Br = 64, 256 threads.
 // Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
 // (Bc x Br) tiles. Constraints: as bwd.cu.
 // Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T;
-// twice under SPLIT_D, for P^T) 16-bit elements, 16 Br bytes (L2, D) and 1 KB
-// alignment slack (launch.py).
+// twice under SPLIT_D, for P^T) 16-bit elements, 16 Br bytes (L2, D), 4 bytes
+// per thread with a sink and 1 KB alignment slack (launch.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -101,6 +102,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     float* sdPt = reinterpret_cast<float*>(smem + (sdSt - base));  // SPLIT_D: fp32 dP^T [32 regs][128 threads]
     float* sLse2 = reinterpret_cast<float*>(smem + (sdSt + XCHG_BYTES - base));  // [2][BM]
     float* sDelta = sLse2 + 2 * BM;                                             // [2][BM]
+    float* sSinkPart = sDelta + 2 * BM;  // [THREADS] (SINK) softmax.cuh sink_log2
     const u32 sLse2_addr = smem_addr(sLse2), sDelta_addr = smem_addr(sDelta);
 
     const int tid = threadIdx.x, lane = tid % 32;
@@ -114,7 +116,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     // A varlen grid covers the longest key sequence: a key block past the end of a
     // shorter one owns no dK/dV rows and no query sees it (no dQ turn waits for it);
     // the whole CTA leaves before any barrier.
-    if (si.past_end_of_keys(key0)) return;
+    if (si.past_end_of_keys(key0)) {
+        if (SINK && tid == 0) p.dsink_part[cta_slot()] = 0.f;  // sees no query: its dsink part is 0
+        return;
+    }
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
 
@@ -146,6 +151,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     for (int dt = 0; dt < DT; ++dt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc_dk[dt][e] = acc_dv[dt][e] = 0.f;
+    if (SINK) sSinkPart[tid] = 0.f;  // this thread's slot: no other thread reads it before the epilogue's barrier
 
     // When no query sees a key of this block (seqlen_q = 0, or a window that
     // misses it) the loop is empty and dK = dV = 0 are written.
@@ -194,8 +200,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         auto p_and_ds = [&](float (&s)[1][NT][4], float (&dp)[1][NT][4]) {
             if (ScoreMod::ACTIVE) mod.apply<true>(s, key0 + warp_key0, row0, lane);
             if (need_mask) vis.apply<true>(s, key0 + warp_key0, row0, lane);
-            softmax_backward_t(s, dp, sLse2 + buf * BM, sDelta + buf * BM, p.scale_log2, mod, key0 + warp_key0, row0,
-                               lane);
+            const float sink_part = softmax_backward_t(s, dp, sLse2 + buf * BM, sDelta + buf * BM, p.scale_log2, mod,
+                                                       sink_log2(p, si), key0 + warp_key0, row0, lane);
+            if (SINK) sSinkPart[tid] += sink_part;
         };
         // A (64 keys x BM queries) tile of this warp's rows -> shared memory,
         // 16-bit, swizzled [key][query].
@@ -343,6 +350,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     // 3. Epilogue: dK = scale * acc_dk, dV = acc_dv. Every warpgroup is past
     // its last product reading sK/sV before they are reused to stage dK and dV.
     __syncthreads();
+    // dsink's part of this CTA (softmax.cuh sink_log2): sLse2 is free, its last
+    // read precedes the barrier above.
+    if (SINK) block_sum_store<THREADS>(sSinkPart[tid], sLse2, p.dsink_part + cta_slot());
     const float dk_scale[1][2] = {{p.scale, p.scale}}, dv_scale[1][2] = {{1.f, 1.f}};
 
     if (p.dk_accum == nullptr) {

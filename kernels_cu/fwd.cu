@@ -50,7 +50,6 @@ constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
 constexpr int BN = CUFLASH_BLOCK_N;
 constexpr int WARPS = CUFLASH_WARPS;
-constexpr bool SINK = CUFLASH_SINK;
 constexpr int THREADS = WARPS * 32;
 constexpr int ROWS_PER_WARP = BM / WARPS;
 constexpr int MT = ROWS_PER_WARP / 16;  // m16 tiles per warp

@@ -50,7 +50,6 @@
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
 constexpr int BN = CUFLASH_BLOCK_N;
-constexpr bool SINK = CUFLASH_SINK;
 constexpr int CTAS_PER_SM = CUFLASH_CTAS_PER_SM;  // occupancy target: caps registers per thread
 constexpr int WGS = BM / 64;
 constexpr int THREADS = WGS * 128;

@@ -104,6 +104,7 @@ struct BwdParams {
     i64 dv_batch_stride, dv_row_stride, dv_head_stride;
     i64 dka_batch_stride, dka_row_stride, dka_head_stride;  // of dk_accum and dv_accum
     int seqlen_q_rounded, m_blocks;  // m_blocks * Br
+    float* dsink_part;   // (batch, nheads, key blocks): each CTA's sum_i P_sink,i sum_j P_ij dP_ij (CUFLASH_SINK)
     CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 

@@ -22,6 +22,9 @@
 
 constexpr bool SOFTCAP = CUFLASH_SOFTCAP;
 constexpr bool ALIBI = CUFLASH_ALIBI;
+// The learnable sink is no score modifier (it is a logit without a value,
+// softmax.cuh), but its switch lives with theirs.
+constexpr bool SINK = CUFLASH_SINK;
 
 // tanh with the SFU (tanh.approx.f32, one instruction, max relative error 2^-11).
 CUFLASH_DEVICE float fast_tanh(float x) {

@@ -107,25 +107,45 @@ struct OnlineSoftmax {
     }
 };
 
+// dsink's exact part (DESIGN 3: dsink_h = -sum_i P_sink,i (sum_j P_ij dP_ij - dlse_i)):
+// with a learnable sink (SINK) the backward sums, over the scores each thread
+// recomputes,
+//   sum_i P_sink,i sum_j P_ij dP_ij,   P_sink,i = exp(sink_h - L_i) = exp2(sink2 - L2_i),
+// in fp32 from P and dP themselves (D_i could not serve: it comes from the
+// rounded O). Each thread keeps its running sum in shared memory (no register
+// held through the loop), each CTA stores its total (epilogue.cuh
+// block_sum_store), and the host adds the CTAs and the dlse term
+// (cuflash/api.py dsink).
+template <class Params>
+CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
+    return SINK ? p.sink[si.h] * 1.4426950408889634f : 0.f;
+}
+
 // The backward's recompute of P and dS (FlashAttention-2, Alg. 2) on a
 // transposed tile, keys as rows (fragment.cuh layout): s holds S^T (raw
 // scores, already modified and masked) and becomes P^T = exp2(s * c - L2);
 // dp holds dP^T = V dO^T and becomes dS^T = P^T ∘ (dP^T - D) ∘ mod'(s), the
 // derivative w.r.t. the raw score (score_mod.cuh; 1 without softcap).
+// Returns, under SINK, this thread's share of the tile's sum_i P_sink,i sum_j
+// P_ij dP_ij with P_sink,i = exp2(sink2 - L2_i) (else 0).
 // lse2 and delta point at the tile's first query column in shared memory.
 // No NaN can arise: L2 is finite or +inf (never -inf, bwd_prepare), so the
 // exponent is finite or -inf (masked S = -inf, or L2 = +inf for a row that
 // sees no key / a padding row), and exp2(-inf) = 0 makes P and then dS
-// exactly 0 there (dP, D and mod' are finite).
+// exactly 0 there (dP, D and mod' are finite); likewise P_sink = 0 for
+// L2 = +inf or a sink of -inf (sink2 - L2 is never inf - inf: L2 > -inf).
 template <int MT, int NT>
-CUFLASH_DEVICE void softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
-                                       const float* delta, float c, const ScoreMod& mod, int key0, int query0,
-                                       int lane) {
+CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
+                                        const float* delta, float c, const ScoreMod& mod, float sink2, int key0,
+                                        int query0, int lane) {
     const int g = lane / 4, t = lane % 4;
+    float sink_part = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + 2 * t);
         const float2 dd = *reinterpret_cast<const float2*>(delta + nt * 8 + 2 * t);
+        // P_sink of queries 2t and 2t + 1
+        const float w0 = SINK ? fast_exp2(sink2 - l2.x) : 0.f, w1 = SINK ? fast_exp2(sink2 - l2.y) : 0.f;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -135,6 +155,10 @@ CUFLASH_DEVICE void softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT
                 float& s1 = s[mt][nt][2 * h + 1];
                 const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
                 const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
+                if (SINK) {
+                    sink_part = fmaf(w0 * p0, dp[mt][nt][2 * h], sink_part);
+                    sink_part = fmaf(w1 * p1, dp[mt][nt][2 * h + 1], sink_part);
+                }
                 float ds0 = p0 * (dp[mt][nt][2 * h] - dd.x);
                 float ds1 = p1 * (dp[mt][nt][2 * h + 1] - dd.y);
                 if (SOFTCAP) {
@@ -147,4 +171,5 @@ CUFLASH_DEVICE void softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT
                 dp[mt][nt][2 * h + 1] = ds1;
             }
     }
+    return sink_part;
 }

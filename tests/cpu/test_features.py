@@ -110,15 +110,6 @@ def test_causal_property():
     assert CAUSAL.causal and not PLAIN.causal and not Features("local").causal
 
 
-def test_for_backward_drops_only_the_sink():
-    f = Features("local", softcap=True, alibi=True, sink=True)
-    b = f.for_backward()
-    assert b == Features("local", softcap=True, alibi=True, sink=False)
-    assert f.sink  # frozen: the original is unchanged
-    assert Features(sink=True).for_backward() == PLAIN
-    assert CAUSAL.for_backward() == CAUSAL
-
-
 @pytest.mark.parametrize(
     "features, defines",
     [
@@ -143,11 +134,12 @@ def test_spec_defines_carry_the_features():
     assert d["CUFLASH_HEAD_DIM"] == 128 and d["CUFLASH_DTYPE"] == 1
 
 
-def test_backward_specs_refuse_the_sink_switch():
-    with pytest.raises(ValueError, match="sink"):
-        BwdSm90Spec("bf16", 128, Features(sink=True), False)
-    spec = BwdSpec.for_problem("bf16", 128, Features(sink=True))
-    assert not spec.features.sink
+def test_backward_specs_keep_the_sink_switch():
+    # the backward's sink switch adds each CTA's exact part of dsink (softmax.cuh SinkDot)
+    f = Features(sink=True)
+    assert BwdSm90Spec("bf16", 128, f, False).defines()["CUFLASH_SINK"] == 1
+    spec = BwdSpec.for_problem("bf16", 128, f)
+    assert spec.features.sink and spec.name != BwdSpec.for_problem("bf16", 128).name
 
 
 # ---------------------------------------------------------------- declared specs and names
@@ -195,12 +187,11 @@ def test_default_declared_specs():
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
 
 
-def test_feature_specs_of_the_backward_ignore_the_sink():
+def test_feature_specs_of_the_backward_carry_the_sink():
     specs = support.declared_specs((Features(sink=True),))
-    fwd = [s for s in specs if isinstance(s, (FwdSpec, FwdSm90Spec))]
-    bwd = [s for s in specs if isinstance(s, (BwdSpec, BwdSm90Spec))]
-    assert fwd and all(s.features.sink for s in fwd)
-    assert bwd and all(s.features == PLAIN for s in bwd)
+    mains = [s for s in specs if isinstance(s, (FwdSpec, FwdSm90Spec, BwdSpec, BwdSm90Spec))]
+    assert any(isinstance(s, (BwdSpec, BwdSm90Spec)) for s in mains)
+    assert all(s.features == Features(sink=True) for s in mains)
 
 
 # ---------------------------------------------------------------- selection
@@ -223,9 +214,9 @@ def test_select_keeps_the_features():
     f = Features.parse("window,softcap,sink")
     fwd = support.select(Problem("fwd", "bf16", 64, f, compute_capability=(9, 0)))
     assert isinstance(fwd, FwdSm90Spec) and fwd.features == f
-    bwd = support.select(Problem("bwd", "bf16", 64, f.for_backward(), compute_capability=(9, 0)))
-    assert isinstance(bwd, BwdSm90Spec) and bwd.features == Features.parse("window,softcap")
-    assert support.bwd_spec("bf16", 64, f, False, (9, 0)).features == Features.parse("window,softcap")
+    bwd = support.select(Problem("bwd", "bf16", 64, f, compute_capability=(9, 0)))
+    assert isinstance(bwd, BwdSm90Spec) and bwd.features == f
+    assert support.bwd_spec("bf16", 64, f, False, (9, 0)).features == f
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])

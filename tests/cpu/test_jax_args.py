@@ -183,20 +183,20 @@ def fake_forward(q, k, v, out, lse, opts, stream):
 
 
 def fake_backward(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic, dlse, alloc, stream):
-    """The reference's dq, dk, dv; returns delta = rowsum(dout * out) - dlse the way launch.backward
-    does (a Delta into a 1-D scratch, rows padded), from which the adapter computes dsink."""
+    """The reference's dq, dk, dv; with a sink returns a SinkPart the way launch.backward does (a
+    1-D scratch with the parts at an offset, here one "CTA" per (batch, head): sum_i P_sink,i
+    rowsum(dout * out)_i), from which the adapter computes dsink."""
     grads = reference.attention_backward(host_view(dout), host_view(q), host_view(k), host_view(v),
                                          dlse=None if dlse is None else host_view(dlse), **reference_options(opts))
     for ref, g in zip((dq, dk, dv), grads[:3]):
         host_view(ref)[...] = g.astype(host_view(ref).dtype)
+    if opts.learnable_sink is None:
+        return None
     rows = np.einsum("bqhd,bqhd->bhq", host_view(dout).astype(np.float32), host_view(out).astype(np.float32))
-    if dlse is not None:
-        rows = rows - host_view(dlse)
-    batch, nheads, seqlen_q = rows.shape
-    padded = np.zeros((batch, nheads, seqlen_q + 3), np.float32)
-    padded[:, :, :seqlen_q] = rows
-    scratch = np.concatenate([np.zeros(5, np.float32), padded.ravel()])
-    return launch.Delta(scratch, 5, padded.shape)
+    p_sink = np.exp(host_view(opts.learnable_sink)[None, :, None] - host_view(lse))
+    parts = (p_sink * rows).sum(axis=2, keepdims=True)
+    scratch = np.concatenate([np.zeros(5, np.float32), parts.ravel().astype(np.float32)])
+    return launch.SinkPart(scratch, 5, parts.shape)
 
 
 @pytest.fixture
