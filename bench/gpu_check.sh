@@ -5,7 +5,8 @@
 #   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--no-sanitizer] [--overhead]
 #
 # SANITIZER_TOOLS (default "memcheck racecheck synccheck initcheck") picks the
-# compute-sanitizer tools; each runs bench/sanitize_case.py once per kernel family.
+# compute-sanitizer tools; each runs bench/sanitize_case.py once per kernel family
+# (SANITIZER_DISABLE_SM90="0 1": the GPU's own kernels, then the portable ones).
 # Runs from the repo root with PYTHONPATH=. (nothing is installed). pytest is
 # not stopped at the first failure, so one failure hides nothing. The last
 # lines printed are a short summary table.
@@ -39,10 +40,10 @@ tests_rc=${PIPESTATUS[0]}
 san_rc=0
 if [ "$sanitize" = 1 ]; then
   # Once with the kernels the GPU picks (sm_90a ones on Hopper), once with the portable ones.
-  for disable_sm90 in 0 1; do
+  for disable_sm90 in ${SANITIZER_DISABLE_SM90:-0 1}; do
     for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
       log="$out/sanitizer-$tool-$([ $disable_sm90 = 1 ] && echo portable || echo default).log"
-      CUFLASH_DISABLE_SM90=$disable_sm90 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      SANITIZER_TOOL=$tool CUFLASH_DISABLE_SM90=$disable_sm90 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
         python3 bench/sanitize_case.py > "$log" 2>&1
       rc=$?; [ $rc -ne 0 ] && san_rc=$rc
       echo "sanitizer $tool (CUFLASH_DISABLE_SM90=$disable_sm90): rc=$rc; $(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -n 1)"

@@ -622,14 +622,15 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
                        max_seqlen_q: int, stream: int) -> None:
     """The varlen forward for validated Refs: q, k, v, out as (batch, total rows, heads, dim) with batch
     stride 0 (_varlen_ref), lse (nheads, total_q) or None, sequences the cu_seqlens_q / cu_seqlens_k /
-    seqused_k pointers and total_q. q's device current."""
+    seqused_k pointers. q's device current."""
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
         spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, rows, q.device)
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
-                       out._replace(shape=(batch, rows, nheads, head_dim)), lse, {**opts.fields, **sequences}, stream)
+                       out._replace(shape=(batch, rows, nheads, head_dim)), lse,
+                       {**opts.fields, **sequences, "total_q": total_q, "total_k": k.shape[1]}, stream)
 
 
 def run_varlen_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
@@ -752,7 +753,7 @@ def attention_varlen(
             check_like(cupy_ref(out), cupy_ref(q), "out", "q")
         lse = cp.empty((nheads, total_q), dtype=np.float32) if return_lse else None
         sequences = {"cu_seqlens_q": cu_q.data.ptr, "cu_seqlens_k": cu_k.data.ptr,
-                     "seqused_k": 0 if used is None else used.data.ptr, "total_q": total_q}
+                     "seqused_k": 0 if used is None else used.data.ptr}
         run_varlen_forward(qr, kr, vr, _varlen_ref(cupy_ref(out), batch, total_q),
                            None if lse is None else cupy_ref(lse), opts, sequences, max_seqlen_q,
                            cp.cuda.get_current_stream().ptr)

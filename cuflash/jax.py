@@ -48,7 +48,7 @@ import numpy as np
 from . import api, reference
 from .launch import Ref
 
-__all__ = ["attention"]
+__all__ = ["attention", "attention_varlen"]
 
 
 class _Static(NamedTuple):
@@ -134,6 +134,13 @@ def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, wind
     device = _device_ordinal(q)
     qr, kr, vr = (_abstract_ref(x, device) for x in (q, k, v))
     api.validate_qkv(qr, kr, vr)
+    return _static_options(qr, device, alibi_slopes, learnable_sink, softmax_scale, causal, window_size, softcap,
+                           deterministic)
+
+
+def _static_options(qr: Ref, device: int, alibi_slopes, learnable_sink, softmax_scale, causal, window_size,
+                    softcap, deterministic) -> _Static:
+    """The option checks of api.options (and that the Python ones are not traced), for q's Ref."""
     ar = None if alibi_slopes is None else _abstract_ref(alibi_slopes, device)
     sr = None if learnable_sink is None else _abstract_ref(learnable_sink, device)
     for value, name in ((softmax_scale, "softmax_scale"), (causal, "causal"), (window_size, "window_size"),
@@ -145,6 +152,41 @@ def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, wind
     opts = api.options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
     return _Static(None if softmax_scale is None else opts.scale, bool(causal),
                    tuple(int(w) for w in window_size), float(softcap), bool(deterministic))
+
+
+class _Varlen(NamedTuple):
+    """The static part of a varlen call: its options, the grid's longest sequences and the batch."""
+
+    st: _Static
+    max_seqlen_q: int
+    max_seqlen_k: int
+    batch: int
+
+
+def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, alibi_slopes,
+                     learnable_sink, softmax_scale, causal, window_size, softcap, deterministic) -> _Varlen:
+    """The varlen checks of api.py on shapes and dtypes; the lengths themselves are checked on the
+    host when cu_seqlens are concrete (an eager call: one copy from the GPU), and under jit they
+    cannot be: the kernels clamp every sequence to the tensors (seqinfo.cuh), so invalid ones give
+    wrong values, never an out-of-bounds access."""
+    device = _device_ordinal(q)
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        if x.ndim != 3:
+            raise ValueError(f"{n} must have 3 dims (total, nheads, headdim) in a varlen call, got {tuple(x.shape)}")
+    _static(max_seqlen_q, "max_seqlen_q")
+    _static(max_seqlen_k, "max_seqlen_k")
+    api.check_max_seqlens(max_seqlen_q, max_seqlen_k)
+    seqs = [None if x is None else _abstract_ref(x, device) for x in (cu_seqlens_q, cu_seqlens_k, seqused_k)]
+    batch = api.check_sequence_arrays(*seqs, device)
+    arrays = [x for x in (cu_seqlens_q, cu_seqlens_k, seqused_k) if x is not None]
+    if not any(isinstance(x, jax.core.Tracer) for x in arrays):
+        host = np.concatenate([np.asarray(x) for x in arrays])
+        api.check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+    qr, kr, vr = (api._varlen_ref(_abstract_ref(x, device), batch, x.shape[0]) for x in (q, k, v))
+    api.validate_qkv(qr, kr, vr)
+    st = _static_options(qr, device, alibi_slopes, learnable_sink, softmax_scale, causal, window_size, softcap,
+                         deterministic)
+    return _Varlen(st, int(max_seqlen_q), int(max_seqlen_k), batch)
 
 
 # ---------------------------------------------------------------- run time: inside the callback
@@ -221,12 +263,15 @@ def _device_view(ref: Ref):
     return cupy.ndarray(ref.shape, dtype, cupy.cuda.MemoryPointer(mem, 0))
 
 
-def _dsink_into(dsink: Ref, sink: Ref, part, lse: Ref, dlse: Ref | None) -> None:
-    """dsink (nheads,) float32 from run_backward's SinkPart (api.dsink), on the current CuPy stream."""
+def _dsink_into(dsink: Ref, sink: Ref, part, lse: Ref, dlse: Ref | None, varlen: bool = False) -> None:
+    """dsink (nheads,) float32 from run_backward's SinkPart (api.dsink), on the current CuPy stream;
+    varlen: lse and dlse are (nheads, total_q)."""
     out = _device_view(dsink)
     s = _device_view(sink)
     xp = reference.array_module(s)  # CuPy here (NumPy in the CPU tests' stand-in)
     lse_a, dlse_a = (None, None) if dlse is None else (_device_view(lse), _device_view(dlse))
+    if varlen:
+        lse_a, dlse_a = api.heads_rows(lse_a, dlse_a)
     out[...] = api.dsink(xp, part, s, lse_a, dlse_a)
 
 
@@ -285,6 +330,81 @@ def _lse_layout(lq: Ref) -> Ref:
     batch, seqlen_q, nheads, _ = lq.shape
     shape = (batch, nheads, seqlen_q)
     return Ref(0, shape, _contiguous_strides(shape), "float32", -1)
+
+
+def _varlen_lse_layout(lq: Ref) -> Ref:
+    """A varlen lse and dlse: (nheads, total_q) float32, contiguous."""
+    shape = (lq.shape[1], lq.shape[0])
+    return Ref(0, shape, _contiguous_strides(shape), "float32", -1)
+
+
+def _bind_sequences(cu_q, cu_k, used, lcq: Ref, lu: Ref | None, device: int) -> dict:
+    """The sequence pointers of a varlen call (cu_seqlens_q, cu_seqlens_k, seqused_k)."""
+    return {"cu_seqlens_q": _bind(cu_q, lcq, device, "cu_seqlens_q").ptr,
+            "cu_seqlens_k": _bind(cu_k, lcq, device, "cu_seqlens_k").ptr,
+            "seqused_k": 0 if lu is None else _bind(used, lu, device, "seqused_k").ptr}
+
+
+@functools.lru_cache(maxsize=None)
+def _varlen_forward_callback(vs: _Varlen, with_lse: bool, lq: Ref, lk: Ref, lcq: Ref, lu: Ref | None,
+                             la: Ref | None, ls: Ref | None):
+    """The varlen forward callback (as _forward_callback). lq, lk: (total, heads, dim) layouts; lcq:
+    of cu_seqlens; lu: of seqused_k. outs: out (total_q, nheads, headdim) [, lse (nheads, total_q)]."""
+    st, llse = vs.st, _varlen_lse_layout(lq)
+
+    def callback(ctx, outs, q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink):
+        device = q.__dlpack_device__()[1]
+        qr, kr, vr = (api._varlen_ref(_bind(x, lay, device, n), vs.batch, lay.shape[0])
+                      for x, lay, n in ((q, lq, "q"), (k, lk, "k"), (v, lk, "v")))
+        ar = None if la is None else _bind(alibi_slopes, la, device, "alibi_slopes")
+        sr = None if ls is None else _bind(learnable_sink, ls, device, "learnable_sink")
+        out, lse = outs if with_lse else (outs, None)
+        outr = api._varlen_ref(_bind(out, lq, device, "out"), vs.batch, lq.shape[0])
+        lser = None if lse is None else _bind(lse, llse, device, "lse")
+        opts = api._varlen_options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
+        with api.device_scope(device):
+            api.run_varlen_forward(qr, kr, vr, outr, lser, opts, _bind_sequences(cu_q, cu_k, used, lcq, lu, device),
+                                   vs.max_seqlen_q, _stream(ctx))
+
+    return callback
+
+
+@functools.lru_cache(maxsize=None)
+def _varlen_backward_callback(vs: _Varlen, with_dlse: bool, lq: Ref, lk: Ref, lcq: Ref, lu: Ref | None,
+                              la: Ref | None, ls: Ref | None):
+    """The varlen backward callback. grads: (dq, dk, dv, dsink or None); with seqused_k, dk and dv
+    are cleared first (the kernels leave the keys past each sequence's used ones alone)."""
+    st, llse = vs.st, _varlen_lse_layout(lq)
+
+    def callback(ctx, grads, dout, q, k, v, out, lse, dlse, cu_q, cu_k, used, alibi_slopes, learnable_sink):
+        device = q.__dlpack_device__()[1]
+
+        def rows(x, lay, n):
+            return api._varlen_ref(_bind(x, lay, device, n), vs.batch, lay.shape[0])
+
+        qr, kr, vr, doutr, outr = (rows(x, lay, n) for x, lay, n in (
+            (q, lq, "q"), (k, lk, "k"), (v, lk, "v"), (dout, lq, "dout"), (out, lq, "out")))
+        lser = _bind(lse, llse, device, "lse")
+        dlser = _bind(dlse, llse, device, "dlse") if with_dlse else None
+        ar = None if la is None else _bind(alibi_slopes, la, device, "alibi_slopes")
+        sr = None if ls is None else _bind(learnable_sink, ls, device, "learnable_sink")
+        dq, dk, dv, dsink = grads
+        dqr, dkr, dvr = rows(dq, lq, "dq"), rows(dk, lk, "dk"), rows(dv, lk, "dv")
+        opts = api._varlen_options(qr, st.softmax_scale, st.causal, st.window_size, st.softcap, ar, sr)
+        stream = _stream(ctx)
+        with api.device_scope(device), _cupy_stream(stream, device):
+            if lu is not None:
+                _device_view(_bind(dk, lk, device, "dk")).fill(0)
+                _device_view(_bind(dv, lk, device, "dv")).fill(0)
+            part = api.run_varlen_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, st.deterministic,
+                                           dlser, api.cupy_alloc, stream,
+                                           _bind_sequences(cu_q, cu_k, used, lcq, lu, device), vs.max_seqlen_q,
+                                           vs.max_seqlen_k)
+            if ls is not None:
+                _dsink_into(_bind(dsink, ls, device, "dsink"), sr, part, lser, dlser, varlen=True)
+            del part  # the scratch goes back to CuPy's pool, stream-ordered after the kernels that use it
+
+    return callback
 
 
 # ---------------------------------------------------------------- the primitives and their VJP
@@ -364,6 +484,67 @@ _attention_jit = jax.jit(_attention, static_argnums=(5,))
 _attention_lse_jit = jax.jit(_attention_lse, static_argnums=(5,))
 
 
+# Variable-length batches: the same two entry points over packed rows; cu_seqlens_q, cu_seqlens_k
+# and seqused_k are int32 arrays (no cotangent), vs holds the static part.
+def _varlen_layouts(q, k, cu_q, used, alibi_slopes, learnable_sink) -> tuple:
+    return (_layout(q), _layout(k), _layout(cu_q), None if used is None else _layout(used),
+            None if alibi_slopes is None else _layout(alibi_slopes),
+            None if learnable_sink is None else _layout(learnable_sink))
+
+
+def _varlen_fwd_call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs: _Varlen, with_lse: bool):
+    """out (total_q, nheads, headdim) like q, and with with_lse also lse (nheads, total_q) f32."""
+    result = _like(q)
+    if with_lse:
+        result = (result, jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), jnp.float32))
+    callback = _varlen_forward_callback(vs, with_lse, *_varlen_layouts(q, k, cu_q, used, alibi_slopes,
+                                                                       learnable_sink))
+    call = buffer_callback(callback, result, vmap_method="sequential")
+    return call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink)
+
+
+def _varlen_bwd_call(vs: _Varlen, residuals, dout, dlse):
+    """Cotangents of (q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes, learnable_sink)."""
+    q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, out, lse = residuals
+    api.check_varlen_backward_support(used is not None, _layout(q)._replace(shape=(1, *q.shape)),
+                                      _layout(k)._replace(shape=(1, *k.shape)))
+    result = (_like(q), _like(k), _like(v), None if learnable_sink is None else _like(learnable_sink))
+    callback = _varlen_backward_callback(vs, dlse is not None, *_varlen_layouts(q, k, cu_q, used, alibi_slopes,
+                                                                                learnable_sink))
+    call = buffer_callback(callback, result, vmap_method="sequential")
+    dq, dk, dv, dsink = call(dout, q, k, v, out, lse, dlse, cu_q, cu_k, used, alibi_slopes, learnable_sink)
+    dalibi = None if alibi_slopes is None else jnp.zeros_like(alibi_slopes)
+    return dq, dk, dv, None, None, None, dalibi, dsink
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _varlen(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs):
+    return _varlen_fwd_call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs, with_lse=False)
+
+
+def _varlen_fwd(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs):
+    out, lse = _varlen_fwd_call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs, with_lse=True)
+    return out, (q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, out, lse)
+
+
+_varlen.defvjp(_varlen_fwd, lambda vs, residuals, dout: _varlen_bwd_call(vs, residuals, dout, None))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _varlen_lse(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs):
+    return _varlen_fwd_call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs, with_lse=True)
+
+
+def _varlen_lse_fwd(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs):
+    out, lse = _varlen_fwd_call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs, with_lse=True)
+    return (out, lse), (q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, out, lse)
+
+
+_varlen_lse.defvjp(_varlen_lse_fwd, lambda vs, residuals, cts: _varlen_bwd_call(vs, residuals, *cts))
+_varlen_jit = jax.jit(_varlen, static_argnums=(8,))
+_varlen_lse_jit = jax.jit(_varlen_lse, static_argnums=(8,))
+
+
 # ---------------------------------------------------------------- public
 
 
@@ -409,3 +590,49 @@ def attention(
     if return_lse:
         return _attention_lse_jit(q, k, v, alibi_slopes, learnable_sink, st)
     return _attention_jit(q, k, v, alibi_slopes, learnable_sink, st)
+
+
+def attention_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    *,
+    seqused_k=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    learnable_sink=None,
+    deterministic=False,
+    return_lse=False,
+):
+    """attention() of a batch of sequences of their own lengths, packed along the rows, on JAX
+    arrays with a custom VJP (as cuflash.attention_varlen on CuPy arrays).
+
+    q: (total_q, nheads, headdim); k, v: (total_k, nheads_kv, headdim); cu_seqlens_q,
+    cu_seqlens_k: int32 (batch + 1,) cumulative offsets (sequence b is rows cu[b]:cu[b + 1];
+    empty sequences allowed); seqused_k: int32 (batch,), the keys of each sequence that count.
+    max_seqlen_q, max_seqlen_k: Python ints, the longest lengths (static: they size the grid).
+    Options as attention(); alibi_slopes (nheads,) or (batch, nheads). Returns out (total_q,
+    nheads, headdim) and with return_lse=True also lse (nheads, total_q) float32.
+
+    The lengths are checked on the host in an eager call; under jit they cannot be, and the
+    kernels then clamp each sequence to the tensors (invalid offsets give wrong values, never an
+    out-of-bounds access). The backward refuses seqused_k under GQA/MQA (as the CuPy one does).
+    """
+    q, k, v = _as_array(q, "q"), _as_array(k, "k"), _as_array(v, "v")
+    cu_q, cu_k = _as_array(cu_seqlens_q, "cu_seqlens_q"), _as_array(cu_seqlens_k, "cu_seqlens_k")
+    used = None if seqused_k is None else _as_array(seqused_k, "seqused_k")
+    if alibi_slopes is not None:
+        alibi_slopes = _as_array(alibi_slopes, "alibi_slopes")
+    if learnable_sink is not None:
+        learnable_sink = _as_array(learnable_sink, "learnable_sink")
+    vs = _validate_varlen(q, k, v, cu_q, cu_k, used, max_seqlen_q, max_seqlen_k, alibi_slopes, learnable_sink,
+                          softmax_scale, causal, window_size, softcap, deterministic)
+    call = _varlen_lse_jit if return_lse else _varlen_jit
+    return call(q, k, v, cu_q, cu_k, used, alibi_slopes, learnable_sink, vs)

@@ -242,7 +242,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
     seq_fields = {}
     if varlen:  # sequences index the accumulators by row: batch stride 0
-        seq_fields = {key: sequences[key] for key in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "total_q")}
+        seq_fields = {key: sequences[key] for key in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "total_q",
+                                                     "total_k")}
         dq_accum = _batchless(dq_accum)
     # lse / dlse strides as (batch, head, row): varlen ones are (nheads, total_q)
     lse_strides = (0, *lse.strides) if varlen else lse.strides

@@ -31,7 +31,7 @@ ATTENTION_FIELDS = [
 #: Variable-length batches (CUFLASH_SEQUENCE_FIELDS in params.cuh), appended after a struct's own fields.
 SEQUENCE_FIELDS = [
     ("cu_seqlens_q", _PTR), ("cu_seqlens_k", _PTR), ("seqused_k", _PTR),
-    ("total_q", _I32), ("sequence_pad_", _I32),
+    ("total_q", _I32), ("total_k", _I32),
 ]
 
 FWD_PARAMS = np.dtype(

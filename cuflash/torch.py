@@ -331,7 +331,7 @@ def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
         out = q.new_empty(q.shape)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
         api.run_varlen_forward(qr, kr, vr, api._varlen_ref(_ref(out, "out"), batch, q.shape[0]), _ref(lse, "lse"),
-                               opts, {**sequences, "total_q": q.shape[0]}, max_seqlen_q, _stream(qr.device))
+                               opts, sequences, max_seqlen_q, _stream(qr.device))
     return out, lse
 
 

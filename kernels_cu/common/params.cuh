@@ -40,8 +40,11 @@
 // Variable-length batches (cuflash.attention_varlen; read only when CUFLASH_VARLEN
 // is 1, seqinfo.cuh): sequence b holds rows [cu_seqlens_q[b], cu_seqlens_q[b + 1])
 // of q and o (then (total_q, nheads, head_dim) with batch stride 0) and rows
-// [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k and v, of which it uses the first
-// seqused_k[b] when seqused_k is not null. lse is then (nheads, total_q).
+// [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k and v (total_k rows), of which it
+// uses the first seqused_k[b] when seqused_k is not null. lse is then (nheads,
+// total_q). seqinfo.cuh clamps every range to these totals and to the grid's
+// longest sequence (p.seqlen_q, p.seqlen_k), so no cu_seqlens can move an
+// access out of bounds.
 // Appended after a struct's own fields, so the dense fields keep their offsets.
 // A field added here is added once more in cuflash/params.py (SEQUENCE_FIELDS).
 #define CUFLASH_SEQUENCE_FIELDS                                        \
@@ -49,7 +52,7 @@
     const int* cu_seqlens_k; /* (batch + 1,) int32 */                  \
     const int* seqused_k;    /* (batch,) int32, or null */             \
     int total_q;             /* rows of q in a varlen call */          \
-    int sequence_pad_;
+    int total_k;             /* rows of k and v */
 
 struct FwdParams {
     CUFLASH_ATTENTION_FIELDS

@@ -9,7 +9,7 @@
 // Variable-length batches (CUFLASH_VARLEN = 1, params.cuh SEQUENCE_FIELDS):
 // sequence b starts at row q_start = cu_seqlens_q[b] of q (k_start of k, v) in
 // tensors whose batch stride is 0, and has its own seqlen_q and seqlen_k
-// (seqused_k[b] keys when given). Dense kernels compile with both starts the
+// (seqused_k[b] keys when given), clamped (clamped_rows). Dense kernels compile with both starts the
 // constant 0, so their code is what it was without this switch.
 #pragma once
 #include "platform.cuh"
@@ -18,13 +18,25 @@
 #define CUFLASH_VARLEN 0
 #endif
 
+// Rows [start, start + length) of one sequence from its cumulative offsets
+// (cu[b], cu[b + 1]), clamped to the tensor's `total` rows and to `longest`
+// (the grid's rows per sequence): whatever the offsets hold, the rows a kernel
+// touches lie inside the tensor and inside the scratch laid out for the
+// longest sequence (the host checks the offsets where it can; under jax.jit or
+// CUDA-graph capture it cannot, and invalid ones then give wrong values, never
+// an out-of-bounds access).
+CUFLASH_DEVICE int2 clamped_rows(const int* cu, int b, int total, int longest) {
+    const int start = min(max(cu[b], 0), total);
+    const int end = min(max(cu[b + 1], start), total);
+    return make_int2(start, min(end - start, longest));
+}
+
 // Sequence b's first query row and its length: (0, p.seqlen_q) for a dense batch,
 // from cu_seqlens_q for a varlen one. The one place a kernel reads cu_seqlens_q.
 template <class Params>
 CUFLASH_DEVICE int2 query_range(const Params& p, int b) {
 #if CUFLASH_VARLEN
-    const int start = p.cu_seqlens_q[b];
-    return make_int2(start, p.cu_seqlens_q[b + 1] - start);
+    return clamped_rows(p.cu_seqlens_q, b, p.total_q, p.seqlen_q);
 #else
     return make_int2(0, p.seqlen_q);
 #endif
@@ -43,8 +55,9 @@ struct SeqInfo {
         const int2 rows = query_range(p, b);
         q_start = rows.x;
         seqlen_q = rows.y;
-        k_start = p.cu_seqlens_k[b];
-        seqlen_k = p.seqused_k != nullptr ? p.seqused_k[b] : p.cu_seqlens_k[b + 1] - k_start;
+        const int2 keys = clamped_rows(p.cu_seqlens_k, b, p.total_k, p.seqlen_k);
+        k_start = keys.x;
+        seqlen_k = p.seqused_k != nullptr ? min(max(p.seqused_k[b], 0), keys.y) : keys.y;
 #endif
     }
 

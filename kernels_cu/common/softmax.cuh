@@ -144,8 +144,7 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
     for (int nt = 0; nt < NT; ++nt) {
         const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + 2 * t);
         const float2 dd = *reinterpret_cast<const float2*>(delta + nt * 8 + 2 * t);
-        // P_sink of queries 2t and 2t + 1
-        const float w0 = SINK ? fast_exp2(sink2 - l2.x) : 0.f, w1 = SINK ? fast_exp2(sink2 - l2.y) : 0.f;
+        float pdp0 = 0.f, pdp1 = 0.f;  // sum over this thread's keys of P dP, queries 2t and 2t + 1
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -156,8 +155,8 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
                 const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
                 if (SINK) {
-                    sink_part = fmaf(w0 * p0, dp[mt][nt][2 * h], sink_part);
-                    sink_part = fmaf(w1 * p1, dp[mt][nt][2 * h + 1], sink_part);
+                    pdp0 = fmaf(p0, dp[mt][nt][2 * h], pdp0);
+                    pdp1 = fmaf(p1, dp[mt][nt][2 * h + 1], pdp1);
                 }
                 float ds0 = p0 * (dp[mt][nt][2 * h] - dd.x);
                 float ds1 = p1 * (dp[mt][nt][2 * h + 1] - dd.y);
@@ -170,6 +169,8 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 dp[mt][nt][2 * h] = ds0;
                 dp[mt][nt][2 * h + 1] = ds1;
             }
+        // times P_sink of queries 2t and 2t + 1
+        if (SINK) sink_part += fast_exp2(sink2 - l2.x) * pdp0 + fast_exp2(sink2 - l2.y) * pdp1;
     }
     return sink_part;
 }

@@ -199,6 +199,54 @@ def fake_backward(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic, dlse
     return launch.SinkPart(scratch, 5, parts.shape)
 
 
+def rows_view(ref):
+    """A varlen Ref (batch, total, heads, dim) with batch stride 0 as its (total, heads, dim) array."""
+    return host_view(ref._replace(shape=ref.shape[1:], strides=ref.strides[1:]))
+
+
+def int32_view(ptr, n):
+    return np.frombuffer((ctypes.c_char * (4 * n)).from_address(ptr), dtype=np.int32) if n else np.zeros(0, np.int32)
+
+
+def varlen_inputs(ref, sequences):
+    batch = ref.shape[0]
+    cu_q, cu_k = (int32_view(sequences[n], batch + 1) for n in ("cu_seqlens_q", "cu_seqlens_k"))
+    used = int32_view(sequences["seqused_k"], batch) if sequences["seqused_k"] else None
+    return cu_q, cu_k, used
+
+
+def fake_varlen_forward(q, k, v, out, lse, opts, sequences, max_seqlen_q, stream):
+    cu_q, cu_k, used = varlen_inputs(q, sequences)
+    o, l = reference.attention_forward_varlen(rows_view(q), rows_view(k), rows_view(v), cu_q, cu_k, seqused_k=used,
+                                              **reference_options(opts))
+    rows_view(out)[...] = o.astype(rows_view(out).dtype)
+    if lse is not None:
+        host_view(lse)[...] = l
+
+
+def fake_varlen_backward(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic, dlse, alloc, stream, sequences,
+                         max_seqlen_q, max_seqlen_k):
+    """The reference's gradients; with a sink a SinkPart of one "CTA" per head (as fake_backward)."""
+    cu_q, cu_k, used = varlen_inputs(q, sequences)
+    grads = reference.attention_backward_varlen(rows_view(dout), rows_view(q), rows_view(k), rows_view(v), cu_q,
+                                                cu_k, seqused_k=used, dlse=None if dlse is None else host_view(dlse),
+                                                **reference_options(opts))
+    for ref, g in zip((dq, dk, dv), grads[:3]):
+        view = rows_view(ref)
+        keep = np.ones(len(view), bool) if used is None or view.shape[0] == rows_view(q).shape[0] else None
+        if keep is None:  # like the kernels: keys past seqused_k are left alone
+            keep = np.zeros(len(view), bool)
+            for b, n in enumerate(used):
+                keep[cu_k[b]: cu_k[b] + n] = True
+        view[keep] = g[keep].astype(view.dtype)
+    if opts.learnable_sink is None:
+        return None
+    rows = np.einsum("qhd,qhd->hq", rows_view(dout).astype(np.float32), rows_view(out).astype(np.float32))
+    p_sink = np.exp(host_view(opts.learnable_sink)[:, None] - host_view(lse))
+    parts = (p_sink * rows).sum(axis=1).reshape(1, -1, 1).astype(np.float32)
+    return launch.SinkPart(np.concatenate([np.zeros(3, np.float32), parts.ravel()]), 3, parts.shape)
+
+
 @pytest.fixture
 def fake_kernels(no_gpu, monkeypatch):
     """The callbacks run on JAX's CPU backend, launching the NumPy reference."""
@@ -207,6 +255,8 @@ def fake_kernels(no_gpu, monkeypatch):
     monkeypatch.setattr(api, "device_scope", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(api, "run_forward", fake_forward)
     monkeypatch.setattr(api, "run_backward", fake_backward)
+    monkeypatch.setattr(api, "run_varlen_forward", fake_varlen_forward)
+    monkeypatch.setattr(api, "run_varlen_backward", fake_varlen_backward)
     monkeypatch.setattr(cj, "_device_view", host_view)
     with jax.default_device(jax.devices("cpu")[0]):
         yield
@@ -299,3 +349,91 @@ def test_sink_gradient_and_zero_alibi_gradient(fake_kernels, mode):
     assert dsink.shape == (4,) and dsink.dtype == jnp.float32
     assert_close("dsink", dsink, want[4], 1e-2)
     assert dslopes.shape == (4,) and not np.asarray(dslopes).any()
+
+
+# ---- variable-length batches
+
+
+def packed_inputs(lengths_q=(3, 0, 5), lengths_k=(4, 2, 6), nheads=4, nheads_kv=2):
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lengths_q, lengths_k))
+    q, k, v = testing.random_qkv(1, int(cu_q[-1]), int(cu_k[-1]), nheads, nheads_kv, 64, "fp16")
+    host = (q[0], k[0], v[0])
+    return host, tuple(jnp.asarray(x) for x in host), cu_q, cu_k
+
+
+@needs_jax
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_varlen_forward_and_gradients(fake_kernels, mode):
+    host, (q, k, v), cu_q, cu_k = packed_inputs()
+    sink_h = np.array([-1.0, 0.5, 2.0, 4.0], np.float32)
+    dout_h = testing.random_like(host[0])
+    dlse_h = np.random.default_rng().standard_normal((4, host[0].shape[0])).astype(np.float32)
+    opts = {"causal": True}
+
+    def run(q, k, v, cu_q, cu_k, sink):
+        return cj.attention_varlen(q, k, v, cu_q, cu_k, 5, 6, learnable_sink=sink, return_lse=True, **opts)
+
+    def loss(q, k, v, sink, cu_q, cu_k):
+        out, lse = run(q, k, v, cu_q, cu_k, sink)
+        return jnp.sum(out.astype(jnp.float32) * dout_h) + jnp.sum(lse * dlse_h)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3))
+    if mode == "jit":
+        run, grad = jax.jit(run), jax.jit(grad)
+    args = (jnp.asarray(cu_q), jnp.asarray(cu_k))
+    out, lse = run(q, k, v, *args, jnp.asarray(sink_h))
+    o64, l64 = reference.attention_forward_varlen(*host, cu_q, cu_k, learnable_sink=sink_h, **opts)
+    assert out.shape == host[0].shape and lse.shape == (4, host[0].shape[0])
+    assert_close("out", out, o64, 2e-3)
+    assert_close("lse", lse, l64, 1e-5)
+    want = reference.attention_backward_varlen(dout_h, *host, cu_q, cu_k, learnable_sink=sink_h, dlse=dlse_h, **opts)
+    got = grad(q, k, v, jnp.asarray(sink_h), *args)
+    for name, g, w in zip(("dq", "dk", "dv", "dsink"), got, want):
+        assert_close(name, g, w, 1e-2 if name == "dsink" else 4e-3)
+
+
+@needs_jax
+def test_varlen_seqused_k_clears_the_unused_keys(fake_kernels):
+    host, (q, k, v), cu_q, cu_k = packed_inputs(nheads_kv=4)
+    used = np.array([2, 1, 6], np.int32)
+    dout_h = testing.random_like(host[0])
+
+    def loss(q, k, v):
+        out = cj.attention_varlen(q, k, v, jnp.asarray(cu_q), jnp.asarray(cu_k), 5, 6, seqused_k=jnp.asarray(used))
+        return jnp.sum(out.astype(jnp.float32) * dout_h)
+
+    dq, dk, dv = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    want = reference.attention_backward_varlen(dout_h, *host, cu_q, cu_k, seqused_k=used)
+    for name, g, w in zip(("dq", "dk", "dv"), (dq, dk, dv), want):
+        assert_close(name, g, w, 4e-3)
+    assert not np.asarray(dk)[cu_k[0] + 2: cu_k[1]].any()
+
+
+@needs_jax
+@pytest.mark.parametrize("change, error, match", [
+    (dict(cu_seqlens_q=np.array([0, 3, 2, 8], np.int32)), ValueError, r"cu_seqlens_q"),
+    (dict(cu_seqlens_k=np.array([0, 4, 6], np.int32)), ValueError, r"cu_seqlens_k must have shape \(4,\)"),
+    (dict(cu_seqlens_q=np.array([0, 3, 3, 8], np.float32)), TypeError, r"cu_seqlens_q must be int32"),
+    (dict(max_seqlen_q=-1), ValueError, r"max_seqlen_q must be an int >= 0"),
+    (dict(max_seqlen_q=4), ValueError, r"max_seqlen_q"),
+    (dict(seqused_k=np.array([5, 0, 1], np.int32)), ValueError, r"seqused_k\[0\]"),
+], ids=lambda x: None)
+def test_varlen_bad_input_is_named(no_gpu, change, error, match):
+    host, (q, k, v), cu_q, cu_k = packed_inputs()
+    args = {**dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=5, max_seqlen_k=6), **change}
+    arrays = {n: jnp.asarray(args.pop(n)) for n in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k") if n in args}
+    with pytest.raises(error, match=match):
+        cj.attention_varlen(q, k, v, arrays.pop("cu_seqlens_q"), arrays.pop("cu_seqlens_k"), args["max_seqlen_q"],
+                            args["max_seqlen_k"], **arrays)
+
+
+@needs_jax
+def test_varlen_seqused_backward_under_gqa_is_refused_at_trace_time(no_gpu):
+    host, (q, k, v), cu_q, cu_k = packed_inputs()
+
+    def loss(q):
+        return jnp.sum(cj.attention_varlen(q, k, v, jnp.asarray(cu_q), jnp.asarray(cu_k), 5, 6,
+                                           seqused_k=jnp.asarray(np.array([1, 1, 1], np.int32))).astype(jnp.float32))
+
+    with pytest.raises(NotImplementedError, match="seqused_k in the backward with GQA"):
+        jax.eval_shape(jax.grad(loss), q)

@@ -27,9 +27,9 @@ def host(*xs):
     return [testing.to_numpy(x) for x in xs]
 
 
-def forward_backward(q, k, v, dout, **opts):
+def forward_backward(q, k, v, dout, deterministic=False, **opts):
     out, lse = cuflash.attention(q, k, v, return_lse=True, **opts)
-    return (out, lse, *cuflash.attention_backward(dout, q, k, v, out, lse, **opts))
+    return (out, lse, *cuflash.attention_backward(dout, q, k, v, out, lse, deterministic=deterministic, **opts))
 
 
 def references(q, k, v, dout, **opts):
@@ -89,12 +89,18 @@ def test_extreme_softmax_scale(scale):
 
 @pytest.mark.usefixtures("kernel_path")
 def test_fp16_inputs_of_magnitude_1e4_stay_finite():
-    # Scores of order 1e9 in fp32, out a convex mix of values of order 1e4 (< 65504): finite.
+    # q, k of order 1e4: scores of order 1e9 in fp32, so the softmax is one-hot up to rounding
+    # (ill-conditioned: only finiteness and the bound |out| <= max|v| are asked there); v of
+    # order 1e4 with q, k of order 1: out of order 1e4 < 65504, under the accuracy rule.
     q, k, v = testing.random_qkv(2, 200, 260, 4, 2, 128, "fp16", xp=cp)
-    q, k, v = (x * 1e4 for x in (q, k, v))
-    assert float(cp.abs(v).max()) < 65504
-    out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
-    h = host(q, k, v)
+    big = [x * 1e4 for x in (q, k, v)]
+    assert float(cp.abs(big[2]).max()) < 65504
+    out, lse = cuflash.attention(*big, causal=True, return_lse=True)
+    o = out.astype(cp.float32)
+    assert bool(cp.isfinite(o).all()) and bool(cp.isfinite(lse).all())
+    assert float(cp.abs(o).max()) <= float(cp.abs(big[2]).max())
+    out, lse = cuflash.attention(q, k, big[2], causal=True, return_lse=True)
+    h = host(q, k, big[2])
     r64 = reference.attention_forward(*h, causal=True)
     rlp = reference.attention_forward(*h, causal=True, precision="lowp")
     testing.check_accuracy("out", out, r64[0], rlp[0], "fp16", "fwd")
@@ -224,12 +230,14 @@ def test_memory_formula_and_no_growth():
     finally:
         cp.cuda.set_allocator(pool.malloc)
     rows = batch * seqlen * nheads
-    assert fwd_bytes == rows * d * 2 + rows * 4  # out and lse
+    slack = 512  # CuPy rounds each allocation up to 512 bytes
+    assert rows * d * 2 + rows * 4 <= fwd_bytes <= rows * d * 2 + rows * 4 + 2 * slack, fwd_bytes  # out, lse
     spec = api.bwd_spec("bf16", d, PLAIN, False, q.device.id)
     r = spec.tiles.block_m * -(-seqlen // spec.tiles.block_m)
     scratch = 4 * (2 * batch * nheads * r + rows * spec.head_dim + 2 * batch * seqlen * nheads * d)
     grads = 2 * (rows * d + 2 * batch * seqlen * nheads_kv * d)
-    assert grads + scratch <= bwd_bytes <= grads + scratch + 4 * 256  # pieces start on 256-byte boundaries
+    # the scratch's pieces start on 256-byte boundaries
+    assert grads + scratch <= bwd_bytes <= grads + scratch + 4 * 256 + 4 * slack, (bwd_bytes, grads + scratch)
     cp.cuda.Device().synchronize()
     used, total = pool.used_bytes(), pool.total_bytes()
     for _ in range(10_000):
