@@ -5,7 +5,10 @@ against cuflash.reference on the CPU when torch is installed (eager
 flex_attention; skipped otherwise).
 """
 import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy
 import pytest
@@ -56,8 +59,13 @@ def test_peers_supporting():
 
 
 def test_skip_rules_import_no_framework():
-    peers.unsupported_reason("flex", point(window=(8, 0)))
-    assert "jax" not in sys.modules
+    # in a fresh interpreter: other tests of this session may have imported JAX already
+    code = ("import sys; from cuflash.bench import configs, peers; "
+            "p = configs.Point('bf16', 32, 64, 64, 2, 4, 4, False, 'fwd', window=(8, 0)); "
+            "peers.unsupported_reason('flex', p); assert 'jax' not in sys.modules, 'jax imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert run.returncode == 0, run.stderr
     if importlib.util.find_spec("torch") is None:
         # without torch, every torch peer is unavailable (a note, not an error)
         found, notes = peers.make_peers(["sdpa-flash", "flex"], timers=None)
