@@ -39,9 +39,17 @@ struct OnlineSoftmax {
             }
     }
 
+    // The exponent offset of a row whose running max is m: m*c rounded up, so
+    // that fmaf(s, c, -offset) <= 0 for every s <= m. Rounded to nearest, its
+    // error (half an ulp: 64 at |m*c| = 1e9, reached by fp16 inputs of
+    // magnitude 1e4) would enter the exponent and exp2(+64) would overflow P.
+    // -inf stays -inf.
+    static CUFLASH_DEVICE float offset_of(float m, float c) { return __fmul_ru(m, c); }
+
     // Fold one block of masked scores s[MT][NT][4] into the state: s becomes
-    // P = exp2(s*c - m_new*c) in place, and corr[mt][h] = exp2(m_old*c - m_new*c)
-    // is the factor by which the caller must rescale its O rows.
+    // P = exp2(s*c - offset(m_new)) in place, and corr[mt][h] =
+    // exp2(offset(m_old) - offset(m_new)) is the factor by which the caller must
+    // rescale its O rows.
     template <int NT>
     CUFLASH_DEVICE void update(float (&s)[MT][NT][4], float c, float (&corr)[MT][2]) {
 #pragma unroll
@@ -55,8 +63,8 @@ struct OnlineSoftmax {
                 // A row with no visible key so far keeps m = -inf. Subtracting
                 // -inf would give NaN (-inf - -inf), so use offset 0 instead:
                 // every exp2(-inf - 0) is then 0 and corr is 0 (l and O are 0).
-                float offset = (mx == -INFINITY) ? 0.f : mx * c;
-                corr[mt][h] = fast_exp2(m[mt][h] * c - offset);
+                float offset = (mx == -INFINITY) ? 0.f : offset_of(mx, c);
+                corr[mt][h] = fast_exp2(offset_of(m[mt][h], c) - offset);
                 m[mt][h] = mx;
                 float sum = 0.f;
 #pragma unroll
@@ -78,8 +86,8 @@ struct OnlineSoftmax {
     // each denominator but has no value (DESIGN 3):
     //   lse = ln(exp(sink) + sum_j exp(s_j*scale)), out = sum_j exp(s_j*scale - lse) v_j.
     // The sum is taken at offset M = max(m*c, sink2), so neither a large sink
-    // nor large scores overflow; O was accumulated at offset m*c, hence
-    // inv_l = exp2(m*c - M) / total. A row that saw no key gets out 0, lse = sink.
+    // nor large scores overflow; O was accumulated at offset mc = offset_of(m),
+    // hence inv_l = exp2(mc - M) / total. A row that saw no key gets out 0, lse = sink.
     template <bool SINK = false>
     CUFLASH_DEVICE void finalize(float c, float (&inv_l)[MT][2], float (&lse)[MT][2], float sink = 0.f) {
         const float ln2 = 0.69314718055994531f;
@@ -92,7 +100,7 @@ struct OnlineSoftmax {
                 bool empty = total == 0.f;
                 if constexpr (SINK) {
                     // m = -inf only when empty: use sink2 as the offset then (no -inf - -inf).
-                    const float mc = empty ? sink2 : m[mt][h] * c;
+                    const float mc = empty ? sink2 : offset_of(m[mt][h], c);
                     // A sink of -inf on a row with no key: offset 0, so total = 0 and lse = -inf (no NaN).
                     const float top = fmaxf(mc, sink2) == -INFINITY ? 0.f : fmaxf(mc, sink2);
                     const float rescale = fast_exp2(mc - top);
@@ -101,7 +109,7 @@ struct OnlineSoftmax {
                     lse[mt][h] = (top + fast_log2(total)) * ln2;
                 } else {
                     inv_l[mt][h] = empty ? 0.f : 1.f / total;
-                    lse[mt][h] = empty ? -INFINITY : (m[mt][h] * c + fast_log2(total)) * ln2;
+                    lse[mt][h] = empty ? -INFINITY : (offset_of(m[mt][h], c) + fast_log2(total)) * ln2;
                 }
             }
     }

@@ -124,14 +124,23 @@ def test_small_edges(shape):
 
 # ---------------------------------------------------------------- size
 
+def device_normal(shape):
+    """bf16 standard normal values drawn on the GPU (the host would take minutes for 2^31 of them),
+    never zero, rounded to nearest even from float32."""
+    x = cp.random.standard_normal(shape, dtype=cp.float32)
+    x = cp.where(cp.abs(x) < 2.0**-10, cp.copysign(cp.float32(2.0**-10), x), x)
+    bits = x.view(cp.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(cp.uint16).view(testing.BF16)
+
+
 def test_one_sequence_past_2_31_elements():
     # batch 1, 131136 rows of 128 heads x 128: every tensor holds 2^31 + 2^23 elements, so the
     # last rows lie past 2^31 by their row offset alone. A causal window of 64 keys keeps the
     # work small; the last 40 rows (and the keys only they see) are checked.
     seqlen, nheads, d, band, tail = 131072 + 64, 128, 128, 64, 40
     assert seqlen * nheads * d > 2**31
-    q, k, v = testing.random_qkv(1, seqlen, seqlen, nheads, nheads, d, "bf16", xp=cp)
-    dout = testing.random_like(q)
+    q, k, v, dout = (device_normal((1, seqlen, nheads, d)) for _ in range(4))
     opts = dict(causal=True, window_size=(band, 0))
     out, lse = cuflash.attention(q, k, v, return_lse=True, **opts)
     dq, dk, dv = cuflash.attention_backward(dout, q, k, v, out, lse, **opts)
@@ -245,7 +254,7 @@ def test_memory_formula_and_no_growth():
     for _ in range(1_000):
         cuflash.attention_backward(dout, q, k, v, out, lse)
     cp.cuda.Device().synchronize()
-    assert pool.used_bytes() == used and pool.total_bytes() <= total + (64 << 20)
+    assert pool.used_bytes() <= used and pool.total_bytes() <= total + (64 << 20)
 
 
 # ---------------------------------------------------------------- a second GPU
@@ -255,20 +264,22 @@ MULTI_GPU = textwrap.dedent("""
     import cupy as cp
     import cuflash
     from cuflash import reference, testing
-    with cp.cuda.Device(1):
-        q, k, v = testing.random_qkv(2, 200, 300, 4, 2, 128, "bf16", xp=cp)
-        dout = testing.random_like(q)
-        out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
-        dq, dk, dv = cuflash.attention_backward(dout, q, k, v, out, lse, causal=True)
-        assert out.device.id == 1 and dq.device.id == 1 and dk.device.id == 1
-        h = [testing.to_numpy(x) for x in (q, k, v, dout)]
-        r64 = reference.attention_forward(*h[:3], causal=True)
-        rlp = reference.attention_forward(*h[:3], causal=True, precision="lowp")
-        testing.check_accuracy("out", out, r64[0], rlp[0], "bf16")
-        b64 = reference.attention_backward(h[3], *h[:3], causal=True)
-        blp = reference.attention_backward(h[3], *h[:3], causal=True, precision="lowp")
-        for name, g, x64, xlp in zip(("dq", "dk", "dv"), (dq, dk, dv), b64, blp):
-            testing.check_accuracy(name, g, x64, xlp, "bf16", "bwd")
+    # Device 1 made current once, never left: leaving a `with cp.cuda.Device(1)` block would set
+    # device 0 again, which creates its context (CUDA 12 and later) whatever cuflash does.
+    cp.cuda.Device(1).use()
+    q, k, v = testing.random_qkv(2, 200, 300, 4, 2, 128, "bf16", xp=cp)
+    dout = testing.random_like(q)
+    out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
+    dq, dk, dv = cuflash.attention_backward(dout, q, k, v, out, lse, causal=True)
+    assert out.device.id == 1 and dq.device.id == 1 and dk.device.id == 1
+    h = [testing.to_numpy(x) for x in (q, k, v, dout)]
+    r64 = reference.attention_forward(*h[:3], causal=True)
+    rlp = reference.attention_forward(*h[:3], causal=True, precision="lowp")
+    testing.check_accuracy("out", out, r64[0], rlp[0], "bf16")
+    b64 = reference.attention_backward(h[3], *h[:3], causal=True)
+    blp = reference.attention_backward(h[3], *h[:3], causal=True, precision="lowp")
+    for name, g, x64, xlp in zip(("dq", "dk", "dv"), (dq, dk, dv), b64, blp):
+        testing.check_accuracy(name, g, x64, xlp, "bf16", "bwd")
     print("ready", flush=True)
     sys.stdin.readline()  # hold the contexts while the parent looks at them
 """)
