@@ -525,7 +525,7 @@ def attention_backward(
             grads.append((x, xr))
         (dq, dqr), (dk, dkr), (dv, dvr) = grads
         part = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
-                             cupy_alloc, cp.cuda.get_current_stream().ptr)
+                            cupy_alloc, cp.cuda.get_current_stream().ptr)
         if learnable_sink is None:
             return dq, dk, dv
         return dq, dk, dv, dsink(cp, part, learnable_sink, lse, dlse)
@@ -826,8 +826,8 @@ def attention_varlen_backward(
             return _varlen_ref(cupy_ref(x), batch, x.shape[0])
 
         part = run_varlen_backward(by_sequence(dout), qr, kr, vr, by_sequence(out), lser, by_sequence(dq),
-                                    by_sequence(dk), by_sequence(dv), opts, deterministic, dlser, cupy_alloc,
-                                    cp.cuda.get_current_stream().ptr, sequences, max_seqlen_q, max_seqlen_k)
+                                   by_sequence(dk), by_sequence(dv), opts, deterministic, dlser, cupy_alloc,
+                                   cp.cuda.get_current_stream().ptr, sequences, max_seqlen_q, max_seqlen_k)
         if learnable_sink is None:
             return dq, dk, dv
         return dq, dk, dv, dsink(cp, part, learnable_sink, *heads_rows(lse, dlse))
