@@ -62,7 +62,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--features", action="append", metavar="LIST",
         help="compile the kernels of this feature set instead of the default plain and causal ones: a comma "
-        "list of causal | window | softcap | alibi | sink, e.g. --features window,softcap (repeatable: one set "
+        "list of causal | window | softcap | alibi | sink | varlen, e.g. --features window,softcap (repeatable: one set "
         "each; an empty string is the plain set)",
     )
     p.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: one per CPU)")
@@ -155,9 +155,10 @@ def cmd_compile(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.list:
+    if args.list:  # the specs that build for at least one of the archs (cache.builds_for)
         for spec in specs:
-            print(spec.name)
+            if any(cache.builds_for(spec, a) for a in archs):
+                print(spec.name)
         return 0
     from .compile import nvrtc
 

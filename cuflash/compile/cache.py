@@ -67,9 +67,17 @@ def target_arch(spec, compute_capability: tuple[int, int]) -> str:
 
 def builds_for(spec, arch: str) -> bool:
     """Whether ``spec`` exists for GPUs of ``arch``: specs that declare
-    ``compute_capabilities`` (sm_90a-only kernels) run on those GPUs only."""
+    ``compute_capabilities`` (sm_90a-only kernels) run on those GPUs only, and
+    a tile whose shared memory exceeds what such GPUs allow per block
+    (support.SMEM_LIMITS; the least of them for an arch it does not list) is
+    never selected there, so it is not built for them either."""
+    from .. import support
+
+    cc = parse_arch(arch)
     only = getattr(spec, "compute_capabilities", None)
-    return only is None or parse_arch(arch) in only
+    if only is not None and cc not in only:
+        return False
+    return support.smem_bytes(spec) <= support.SMEM_LIMITS.get(cc, support.SMEM_LIMIT_MIN)
 
 
 def device_compute_capability(device_id: int) -> tuple[int, int]:
