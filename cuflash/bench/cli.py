@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ALiBi with the geometric slopes 2^(-8 (h + 1) / nheads). " + _peers_for("alibi"))
     v.add_argument("--sink", action="store_true",
                    help="a learnable sink logit per head (random, fixed seed). " + _peers_for("sink"))
+    v.add_argument("--varlen", action="store_true",
+                   help="the batch as sequences of their own lengths, from seqlen down to seqlen/4, packed "
+                        "(cuflash.attention_varlen; FLOPs count no padding). " + _peers_for("varlen"))
 
     t = parser.add_argument_group("timing and checking")
     t.add_argument("--warmup", type=_arg(_non_negative_int), default=10, help="warm-up calls per point (default 10)")
@@ -118,7 +121,7 @@ def build_sweep(args) -> configs.Sweep:
                 "causals": args.causal, "total_tokens": args.total_tokens, "hidden": args.hidden}
     base.update({k: v for k, v in explicit.items() if v is not None})
     return configs.Sweep(batch=args.batch, nheads=args.nheads, nheads_kv=args.nheads_kv, window=args.window,
-                         softcap=args.softcap, alibi=args.alibi, sink=args.sink, **base)
+                         softcap=args.softcap, alibi=args.alibi, sink=args.sink, varlen=args.varlen, **base)
 
 
 def _err(message: str) -> None:

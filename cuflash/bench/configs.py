@@ -44,8 +44,9 @@ RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
 
 
 #: Attention variants beyond the causal flag, in label order.  A peer lists the ones it can compute
-#: (peers.Peer.features); a point that uses another one skips that peer.
-VARIANT_FEATURES = ("window", "softcap", "alibi", "sink")
+#: (peers.Peer.features); a point that uses another one skips that peer.  "varlen": the batch's
+#: sequences have their own lengths (varlen_lengths), packed along the rows (cuflash.attention_varlen).
+VARIANT_FEATURES = ("window", "softcap", "alibi", "sink", "varlen")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class Point:
 
     The variant (same meaning as cuflash.attention's options): ``window`` = window_size (left, right),
     -1 unbounded, bottom-right aligned, right forced to 0 by causal; ``softcap`` > 0; ``alibi``: the
-    slopes of :func:`alibi_slopes`; ``sink``: the learnable sink logits of :func:`sink_logits`.
+    slopes of :func:`alibi_slopes`; ``sink``: the learnable sink logits of :func:`sink_logits`;
+    ``varlen``: the batch's sequences have the lengths :func:`varlen_lengths` (the longest is seqlen),
+    packed along the rows (needs seqlen_q == seqlen_k).
     """
 
     dtype: str
@@ -70,13 +73,19 @@ class Point:
     softcap: float = 0.0
     alibi: bool = False
     sink: bool = False
+    varlen: bool = False
 
     @property
     def features(self) -> frozenset:
         """The names (of VARIANT_FEATURES) of the variant features this point uses."""
         on = {"window": tuple(self.window) != (-1, -1), "softcap": self.softcap > 0,
-              "alibi": self.alibi, "sink": self.sink}
+              "alibi": self.alibi, "sink": self.sink, "varlen": self.varlen}
         return frozenset(name for name, used in on.items() if used)
+
+    @property
+    def lengths(self) -> tuple:
+        """Each sequence's length: seqlen_q for every one of a dense batch, varlen_lengths for varlen."""
+        return varlen_lengths(self.seqlen_q, self.batch) if self.varlen else (self.seqlen_q,) * self.batch
 
     @property
     def mask_window(self) -> tuple:
@@ -88,7 +97,7 @@ class Point:
     def variant(self) -> str:
         """Short name of the variant, '' for plain attention: e.g. 'window(256,0)+softcap30+alibi+sink'."""
         names = {"window": f"window({self.window[0]},{self.window[1]})", "softcap": f"softcap{self.softcap:g}",
-                 "alibi": "alibi", "sink": "sink"}
+                 "alibi": "alibi", "sink": "sink", "varlen": "varlen"}
         return "+".join(names[f] for f in VARIANT_FEATURES if f in self.features)
 
     @property
@@ -127,6 +136,7 @@ class Sweep:
     softcap: float = 0.0
     alibi: bool = False
     sink: bool = False
+    varlen: bool = False
 
     def points(self) -> list[Point]:
         pts = []
@@ -145,7 +155,8 @@ class Sweep:
                 raise ValueError(f"--nheads-kv {nheads_kv} does not divide nheads {nheads} (head dim {d}); "
                                  f"pick a divisor of every nheads in the sweep")
             pts.append(Point(dtype, d, s, s, batch, nheads, nheads_kv, causal, mode,
-                             window=tuple(self.window), softcap=self.softcap, alibi=self.alibi, sink=self.sink))
+                             window=tuple(self.window), softcap=self.softcap, alibi=self.alibi, sink=self.sink,
+                             varlen=self.varlen))
         return pts
 
 
@@ -256,6 +267,15 @@ def alibi_slopes(nheads: int) -> numpy.ndarray:
     return numpy.exp2(-8.0 * numpy.arange(1, nheads + 1) / nheads).astype(numpy.float32)
 
 
+def varlen_lengths(seqlen: int, batch: int) -> tuple:
+    """The sequence lengths of a varlen point: from seqlen down to seqlen / 4 in equal steps (one
+    sequence: seqlen), so the batch holds about 5/8 of its padded tokens, as a packed training batch
+    of mixed documents might."""
+    if batch == 1:
+        return (seqlen,)
+    return tuple(max(1, round(seqlen * (1 - 0.75 * b / (batch - 1)))) for b in range(batch))
+
+
 def sink_logits(nheads: int, seed: int = 2) -> numpy.ndarray:
     """float32 (nheads,): learnable sink logits, standard normal (the scale of the scores of normal inputs)."""
     return numpy.random.default_rng(seed).standard_normal(nheads, dtype=numpy.float32)
@@ -274,17 +294,25 @@ def visible_pairs(seqlen_q: int, seqlen_k: int, causal: bool, window=(-1, -1)) -
 FLOP_FORMULA = ("forward = 4 * batch * nheads * visible_pairs * headdim, visible_pairs counted exactly "
                 "(seqlen_q * seqlen_k without a mask; s * (s + 1) / 2 for causal with seqlen_q = seqlen_k = s; "
                 "the pairs inside the window for a sliding window); softcap, ALiBi and sinks add no FLOPs; "
+                "varlen: the sum over the sequences of their own visible pairs (no padding counted); "
                 "bwd = 2.5 * forward; fwd+bwd = 3.5 * forward")
 ANCHOR_FLOP_FORMULA = ("4 * batch * nheads * seqlen_q * seqlen_k * headdim, halved when causal (the anchors' count; "
                        "none with a sliding window)")
 
 
+def point_pairs(p: Point) -> int:
+    """Visible (query, key) pairs of one head over the whole batch (per sequence for varlen)."""
+    if p.varlen:
+        return sum(visible_pairs(n, n, p.causal, p.window) for n in p.lengths)
+    return p.batch * visible_pairs(p.seqlen_q, p.seqlen_k, p.causal, p.window)
+
+
 def forward_flops(p: Point) -> int:
-    return 4 * p.batch * p.nheads * visible_pairs(p.seqlen_q, p.seqlen_k, p.causal, p.window) * p.headdim
+    return 4 * p.nheads * point_pairs(p) * p.headdim
 
 
 def anchor_forward_flops(p: Point) -> float | None:
-    if "window" in p.features:
+    if "window" in p.features or p.varlen:
         return None
     full = 4 * p.batch * p.nheads * p.seqlen_q * p.seqlen_k * p.headdim
     return full / 2 if p.causal else float(full)
@@ -293,6 +321,9 @@ def anchor_forward_flops(p: Point) -> float | None:
 def io_bytes(p: Point) -> int:
     """Least bytes a forward must move: read q, k, v and write out once."""
     e = DTYPE_BYTES[p.dtype]
+    if p.varlen:
+        tokens = sum(p.lengths)
+        return e * p.headdim * (2 * tokens * p.nheads + 2 * tokens * p.nheads_kv)
     return e * p.headdim * (2 * p.batch * p.seqlen_q * p.nheads + 2 * p.batch * p.seqlen_k * p.nheads_kv)
 
 
@@ -305,7 +336,9 @@ def work(p: Point) -> dict:
             "unit": "flop",
             "amount": mode.flop_factor * forward_flops(p),
             "formula": FLOP_FORMULA,
-            "visible_pairs": visible_pairs(p.seqlen_q, p.seqlen_k, p.causal, p.window),
+            # per sequence; for varlen (sequences of their own lengths) summed over them
+            "visible_pairs": point_pairs(p) if p.varlen else visible_pairs(p.seqlen_q, p.seqlen_k, p.causal,
+                                                                            p.window),
             "anchor_amount": None if anchor is None else mode.flop_factor * anchor,
             "anchor_formula": ANCHOR_FLOP_FORMULA,
             "io_bytes": io_bytes(p),

@@ -6,7 +6,7 @@ Everything works on the result of ``runner.run_sweep``::
      "rows": [row, ...]}
 
     row = {dtype, headdim, seqlen_q, seqlen_k, batch, nheads, nheads_kv, causal, mode,
-           window ([left, right]), softcap, alibi, sink, label,
+           window ([left, right]), softcap, alibi, sink, varlen, label,
            variant ('' for plain attention, else e.g. 'window(256,0)+softcap30'),
            rate_unit ("TFLOP/s" or "TB/s"),
            work: {unit, amount, formula, visible_pairs, anchor_amount, anchor_formula, io_bytes},
@@ -19,7 +19,7 @@ Everything works on the result of ``runner.run_sweep``::
 Only status and reason are present for a result that did not run (plus rate
 and ms as None); "skipped" is a peer that cannot compute the variant (or a
 cuflash without a backward), not a failure.  Rows saved before the variant
-options existed have no window/softcap/alibi/sink/variant keys: plain.
+options existed have no window/softcap/alibi/sink/varlen/variant keys: plain.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import math
 from . import configs
 
 ROW_KEYS = ("dtype", "headdim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_kv", "causal", "mode",
-            "window", "softcap", "alibi", "sink", "label", "variant", "rate_unit", "work", "results", "ratios",
+            "window", "softcap", "alibi", "sink", "varlen", "label", "variant", "rate_unit", "work", "results", "ratios",
             "check")
 RESULT_KEYS = ("status", "reason", "timing", "ms", "ms_min", "ms_max", "ms_q1", "ms_q3", "samples_ms",
                "first_call_ms", "rate", "pct_ceiling")

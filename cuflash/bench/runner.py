@@ -11,6 +11,8 @@ import platform
 import shlex
 import sys
 
+import numpy
+
 from . import configs, peers as peers_mod, timing
 
 CEILING_KEYS = {"matmul": "matmul_tflops", "copy": "copy_tbps"}
@@ -39,22 +41,36 @@ class CuflashBench:
     def unavailable_for(self, p) -> str | None:
         if p.mode in ("bwd", "fwd+bwd") and not self.has_backward:
             return "backward not available (cuflash.attention_backward is missing)"
+        if p.varlen and not hasattr(self.cuflash, "attention_varlen"):
+            return "varlen not available (cuflash.attention_varlen is missing)"
         return None
 
     def inputs(self, p):
         """q, k, v, dout on the GPU and the keyword options of the calls (:func:`variant_options`);
-        kept while consecutive points share a shape (modes are innermost)."""
+        kept while consecutive points share a shape (modes are innermost). A varlen point's arrays
+        are packed, (total, heads, headdim), and its options carry the sequences (varlen_args)."""
         key = p.shape_key()
         if key != self._key:
             from cuflash.testing import random_like, random_qkv
             self._key = self._inputs = None    # free the previous shape's arrays first
-            q, k, v = random_qkv(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_kv, p.headdim, p.dtype,
-                                 seed=0, xp=self.xp)
+            if p.varlen:
+                total = sum(p.lengths)
+                q, k, v = (x[0] for x in random_qkv(1, total, total, p.nheads, p.nheads_kv, p.headdim, p.dtype,
+                                                    seed=0, xp=self.xp))
+            else:
+                q, k, v = random_qkv(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_kv, p.headdim, p.dtype,
+                                     seed=0, xp=self.xp)
             options = variant_options(p, alibi_slopes=self.xp.asarray(configs.alibi_slopes(p.nheads)),
                                       learnable_sink=self.xp.asarray(configs.sink_logits(p.nheads)))
             self._inputs = (q, k, v, random_like(q, seed=1), options)
             self._key = key
         return self._inputs
+
+    def varlen_args(self, p) -> tuple:
+        """(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) of a varlen point (int32 offsets
+        on the GPU; queries and keys have the same lengths)."""
+        cu = self.xp.asarray(numpy.concatenate([[0], numpy.cumsum(p.lengths)]).astype(numpy.int32))
+        return cu, cu, max(p.lengths), max(p.lengths)
 
     def trim(self):
         """Return CuPy's cached free blocks to the GPU (for the peers); live arrays stay."""
@@ -67,6 +83,8 @@ class CuflashBench:
         self.trim()
 
     def _callable(self, p, q, k, v, dout, options):
+        if p.varlen:
+            return self._varlen_callable(p, q, k, v, dout, options)
         attention = self.cuflash.attention
         if p.mode == "fwd":
             return lambda: attention(q, k, v, **options)
@@ -80,6 +98,23 @@ class CuflashBench:
                 return backward(dout, q, k, v, o, lse_, **options)
             return fwd_bwd
         raise NotImplementedError(f"mode {p.mode!r} is not implemented for cuflash")
+
+    def _varlen_callable(self, p, q, k, v, dout, options):
+        """The mode's call on cuflash.attention_varlen(_backward): the offsets are made once here, so
+        the timed calls pay only the per-call length check they make by design."""
+        attention, args = self.cuflash.attention_varlen, self.varlen_args(p)
+        if p.mode == "fwd":
+            return lambda: attention(q, k, v, *args, **options)
+        backward = self.cuflash.attention_varlen_backward
+        if p.mode == "bwd":
+            out, lse = attention(q, k, v, *args, return_lse=True, **options)
+            return lambda: backward(dout, q, k, v, out, lse, *args, **options)
+        if p.mode == "fwd+bwd":
+            def fwd_bwd():
+                o, lse_ = attention(q, k, v, *args, return_lse=True, **options)
+                return backward(dout, q, k, v, o, lse_, *args, **options)
+            return fwd_bwd
+        raise NotImplementedError(f"mode {p.mode!r} is not implemented for cuflash varlen")
 
     def measure(self, p, *, warmup, rep):
         """{"first_call_ms", "samples_ms"} and the first call's result (for the check)."""
@@ -106,27 +141,35 @@ class CuflashBench:
         nkv = 1 if group > 1 else min(2, p.nheads_kv)
         nq = nkv * group
 
+        # a dense batch: batch 0 of (batch, seqlen, heads, dim); a varlen one: every sequence of
+        # (total, heads, dim), the reference going sequence by sequence
+        lead = (slice(None),) if p.varlen else (slice(0, 1), slice(None))
+
         def cut(x, n):
-            """Contiguous copy of batch 0, heads [0, n); 16-bit floats are copied as raw bits
-            (CuPy may have no bf16 copy kernel)."""
+            """Contiguous copy of the slice's rows, heads [0, n); 16-bit floats are copied as raw
+            bits (CuPy may have no bf16 copy kernel)."""
             if x.dtype.itemsize == 2:
-                return xp.ascontiguousarray(x.view(xp.uint16)[:1, :, :n]).view(x.dtype)
-            return xp.ascontiguousarray(x[:1, :, :n])
+                return xp.ascontiguousarray(x.view(xp.uint16)[(*lead, slice(0, n))]).view(x.dtype)
+            return xp.ascontiguousarray(x[(*lead, slice(0, n))])
 
         qs, ks, vs = cut(q, nq), cut(k, nkv), cut(v, nkv)
         opts = {name: value[:nq] if name in PER_HEAD_OPTIONS else value for name, value in options.items()}
+        forward, backward = reference.attention_forward, reference.attention_backward
+        if p.varlen:
+            cu = numpy.concatenate([[0], numpy.cumsum(p.lengths)]).astype(numpy.int32)
+            opts.update(cu_seqlens_q=cu, cu_seqlens_k=cu)
+            forward, backward = reference.attention_forward_varlen, reference.attention_backward_varlen
         if p.mode == "fwd":
             kind, got = "fwd", {"out": cut(result, nq)}
-            refs = [reference.attention_forward(qs, ks, vs, precision=prec, **opts)[:1]
-                    for prec in ("float64", "lowp")]
+            refs = [forward(qs, ks, vs, precision=prec, **opts)[:1] for prec in ("float64", "lowp")]
         else:
             kind = "bwd"
             dq, dk, dv = result[:3]
             got = {"dq": cut(dq, nq), "dk": cut(dk, nkv), "dv": cut(dv, nkv)}
-            refs = [reference.attention_backward(cut(dout, nq), qs, ks, vs, precision=prec, **opts)[:3]
-                    for prec in ("float64", "lowp")]
+            refs = [backward(cut(dout, nq), qs, ks, vs, precision=prec, **opts)[:3] for prec in ("float64", "lowp")]
+        rows = "every sequence" if p.varlen else "batch 0, full sequence"
         verdict = {"status": "pass", "kind": kind, "message": None, "tensors": {},
-                   "slice": f"batch 0, query heads 0-{nq - 1}, kv heads 0-{nkv - 1}, full sequence"
+                   "slice": f"{rows}, query heads 0-{nq - 1}, kv heads 0-{nkv - 1}"
                             + ("; dsink not compared (it sums over the batch)" if p.sink and kind == "bwd" else "")}
         try:
             for (name, out), ref64, ref_lowp in zip(got.items(), *refs):

@@ -56,9 +56,25 @@ def fake_cuflash(error=0.0, backward=True, ignore=()):
         dq, dk, dv = reference.attention_backward(dout, q, k, v, precision="lowp", **options)[:3]
         return dq, dk + error, dv
 
+    def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, return_lse=False, **options):
+        lib.calls += 1
+        lib.options.append(options)
+        options = {name: value for name, value in options.items() if name not in ignore}
+        assert max_q == int(numpy.diff(cu_q).max()) and max_k == int(numpy.diff(cu_k).max())
+        out, lse = reference.attention_forward_varlen(q, k, v, cu_q, cu_k, precision="lowp", **options)
+        out = out + error
+        return (out, lse) if return_lse else out
+
+    def attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, **options):
+        options = {name: value for name, value in options.items() if name not in ignore}
+        dq, dk, dv = reference.attention_backward_varlen(dout, q, k, v, cu_q, cu_k, precision="lowp", **options)[:3]
+        return dq, dk + error, dv
+
     lib.attention = attention
+    lib.attention_varlen = attention_varlen
     if backward:
         lib.attention_backward = attention_backward
+        lib.attention_varlen_backward = attention_varlen_backward
     return lib
 
 
@@ -281,3 +297,35 @@ def test_variant_flags_end_to_end(fake_gpu, tmp_path, capsys):
     assert (row["window"], row["softcap"], row["alibi"], row["sink"]) == ([16, 0], 30.0, True, False)
     assert row["results"]["flex"]["status"] == "ok" and row["results"]["sdpa-cudnn"]["status"] == "skipped"
     assert "window(16,0)+softcap30+alibi" in cs.read_text()
+
+
+# ---------------------------------------------------------------- varlen rows
+
+
+def test_varlen_points_pack_the_batch_and_count_only_real_tokens():
+    (p,) = [x for x in small_points(modes=("fwd",), varlen=True) if x.seqlen_q == 64 and not x.causal]
+    assert p.lengths == (64, 16) and "varlen" in p.features and p.variant == "varlen"
+    dense = configs.Point(p.dtype, p.headdim, 64, 64, 2, p.nheads, p.nheads_kv, False, "fwd")
+    assert configs.work(p)["amount"] == 4 * p.nheads * (64 * 64 + 16 * 16) * p.headdim
+    assert configs.work(p)["amount"] < configs.work(dense)["amount"]
+    assert configs.work(p)["anchor_amount"] is None
+    assert configs.varlen_lengths(1000, 4) == (1000, 750, 500, 250) and configs.varlen_lengths(7, 1) == (7,)
+    assert all(peers.unsupported_reason(name, p) == "cannot compute varlen" for name in peers.PEER_NAMES)
+
+
+def test_varlen_sweep_runs_checks_and_skips_the_peers(fake_gpu):
+    pts = small_points(varlen=True)
+    result = runner.run_sweep(pts, peer_names=["fast"], warmup=1, rep=2, check=True, progress=False)
+    for p, row in zip(pts, result["rows"]):
+        assert row["varlen"] and row["variant"] == "varlen"
+        assert row["results"]["cuflash"]["status"] == "ok", row["results"]["cuflash"]
+        assert row["check"]["status"] == "pass", row["check"]
+        assert row["check"]["slice"].startswith("every sequence")
+        assert row["results"]["fast"]["status"] == "skipped"
+
+
+def test_varlen_check_catches_a_wrong_gradient(fake_gpu):
+    fake_gpu["lib"] = fake_cuflash(error=0.5)
+    (p,) = [x for x in small_points(modes=("bwd",), varlen=True) if x.seqlen_q == 48 and x.causal]
+    row = runner.run_sweep([p], peer_names=[], warmup=0, rep=1, check=True, progress=False)["rows"][0]
+    assert row["check"]["status"] == "fail" and "dk" in row["check"]["message"]
