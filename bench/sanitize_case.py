@@ -92,5 +92,12 @@ for used in (None, bad_used):
         api.run_varlen_backward(*(api._varlen_ref(api.cupy_ref(x), 5, x.shape[0]) for x in (dout, q, k, v, out)),
                                 api.cupy_ref(lse), *(api._varlen_ref(api.cupy_ref(x), 5, x.shape[0]) for x in (dq, dk, dv)),
                                 opts, True, None, api.cupy_alloc, stream, seqs, 256, 256)
+
+# KV cache (attention_with_kvcache): appends that run past the cache's end and lengths outside
+# [0, seqlen_cache] are clamped by the append kernel and the varlen forward.
+q, kc, vc = testing.random_qkv(3, 2, 96, 4, 2, 64, "bf16", xp=cp)
+_, k, v = testing.random_qkv(3, 2, 5, 4, 2, 64, "bf16", xp=cp)
+for lengths in (cp.asarray([0, 93, 200], dtype=cp.int32), cp.asarray([-4, 50, 96], dtype=cp.int32)):
+    cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True, return_lse=True)
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")

@@ -8,6 +8,7 @@ from .api import (
     attention_qkvpacked_backward,
     attention_varlen,
     attention_varlen_backward,
+    attention_with_kvcache,
     merge_attention_states,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "attention_kvpacked_backward",
     "attention_varlen",
     "attention_varlen_backward",
+    "attention_with_kvcache",
     "merge_attention_states",
     "__version__",
 ]

@@ -833,6 +833,154 @@ def attention_varlen_backward(
         return dq, dk, dv, dsink(cp, part, learnable_sink, *heads_rows(lse, dlse))
 
 
+# ---------------------------------------------------------------- attention over a KV cache
+
+
+#: attention_with_kvcache's options that have no kernel yet (issue 12); a non-default value raises.
+_KVCACHE_NOT_YET = ("rotary_cos", "rotary_sin", "cache_batch_idx", "cache_leftpad", "block_table")
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(device: int, batch: int, step: int):
+    """int32 (batch + 1,) [0, step, 2 step, ...] on `device`: the sequence offsets of a batch of rows
+    of `step` each, kept per shape (they are constants)."""
+    cp = _cupy()
+    with cp.cuda.Device(device):
+        return cp.arange(0, (batch + 1) * step, step, dtype=np.int32)
+
+
+def _cache_lengths(cache_seqlens, batch: int, seqlen_cache: int, device: int):
+    """cache_seqlens as int32 (batch,) on `device`: an int (checked here) or such an array (its values
+    are not read on the host; the kernels clamp them to [0, seqlen_cache])."""
+    cp = _cupy()
+    if isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
+        if not 0 <= cache_seqlens <= seqlen_cache:
+            raise ValueError(f"cache_seqlens ({cache_seqlens}) must be in [0, {seqlen_cache}] (the cache's length)")
+        with cp.cuda.Device(device):
+            return cp.full((batch,), cache_seqlens, dtype=np.int32)
+    x = _as_gpu_array(cache_seqlens, "cache_seqlens")
+    r = cupy_ref(x)
+    if r.dtype != "int32" or r.shape != (batch,) or (batch and r.strides[0] != 1):
+        raise ValueError(f"cache_seqlens must be an int or a contiguous int32 array of shape ({batch},), got "
+                         f"{r.dtype} {tuple(r.shape)}")
+    if r.device != device:
+        raise ValueError(f"cache_seqlens is on GPU {r.device} but q is on GPU {device}")
+    return x
+
+
+def _rows_of(x: Ref, name: str) -> Ref:
+    """A (batch, seqlen, heads, dim) array whose batches follow one another as (batch * seqlen,
+    heads, dim) rows (batch stride = seqlen * row stride), for the varlen kernels."""
+    batch, seqlen, heads, dim = x.shape
+    if batch > 1 and x.strides[0] != seqlen * x.strides[1]:
+        raise ValueError(f"{name} must have batch stride = seqlen * row stride (its batches one after another), "
+                         f"got strides {x.strides}")
+    return Ref(x.ptr, (batch * seqlen, heads, dim), x.strides[1:], x.dtype, x.device)
+
+
+def attention_with_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    *,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_seqlens=None,
+    cache_batch_idx=None,
+    cache_leftpad=None,
+    block_table=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    rotary_interleaved=True,
+    alibi_slopes=None,
+    learnable_sink=None,
+    num_splits=0,
+    return_lse=False,
+):
+    """Attention of q over a KV cache, after appending new keys and values to it in place
+    (flash-attn 2.x's flash_attn_with_kvcache, on CuPy arrays).
+
+    q: (batch, seqlen_q, nheads, headdim); k_cache, v_cache: (batch, seqlen_cache, nheads_kv,
+    headdim), batches one after another (batch stride = seqlen_cache * row stride); k, v
+    (optional, both or neither): (batch, seqlen_new, nheads_kv, headdim), written into the caches
+    at rows cache_seqlens[b]... (rows past the cache's end are dropped). cache_seqlens: an int or
+    int32 (batch,): each row's filled length before the append (default: the whole cache, only
+    without k, v). Batch row b then attends over the first min(cache_seqlens[b] + seqlen_new,
+    seqlen_cache) keys; causal and windows are aligned to the end of those keys (bottom-right).
+    softmax_scale, causal, window_size, softcap, alibi_slopes ((nheads,) or (batch, nheads)) and
+    learnable_sink as attention(). num_splits is a speed hint for the split-KV kernel, which has
+    not landed: every value computes the same. Returns out (batch, seqlen_q, nheads, headdim) and
+    with return_lse=True also lse (batch, nheads, seqlen_q) float32.
+
+    rotary_cos / rotary_sin, cache_batch_idx, cache_leftpad and block_table (paged caches) raise
+    NotImplementedError for now. This runs on the variable-length prefill kernels (each batch row
+    a sequence of its cache's length), at their speed, not yet at the memory-bandwidth limit.
+    An array cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
+    """
+    given = {"rotary_cos": rotary_cos, "rotary_sin": rotary_sin, "cache_batch_idx": cache_batch_idx,
+             "cache_leftpad": cache_leftpad, "block_table": block_table}
+    for name in _KVCACHE_NOT_YET:
+        if given[name] is not None:
+            raise NotImplementedError(f"{name} is not implemented yet in cuflash.attention_with_kvcache (issue 12)")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: chosen by cuflash), got {num_splits!r}")
+    if (k is None) != (v is None):
+        raise ValueError("k and v come together: pass both (to append to the cache) or neither")
+    if k is not None and cache_seqlens is None:
+        raise ValueError("appending k, v needs cache_seqlens: where each batch row's new keys go")
+    cp = _cupy()
+    (q, k_cache, v_cache, alibi_slopes, learnable_sink), (qr, kcr, vcr, ar, sr) = _refs(
+        {"q": q, "k_cache": k_cache, "v_cache": v_cache, "alibi_slopes": alibi_slopes,
+         "learnable_sink": learnable_sink})
+    validate_qkv(qr, kcr, vcr)
+    batch, seqlen_q, nheads, head_dim = qr.shape
+    seqlen_cache = kcr.shape[1]
+    kc_rows, vc_rows = _rows_of(kcr, "k_cache"), _rows_of(vcr, "v_cache")
+    if k is not None:
+        (k, v), (kr, vr) = _refs({"k": k, "v": v})
+        for x, n in ((kr, "k"), (vr, "v")):
+            if len(x.shape) != 4 or x.shape[0] != batch or x.shape[2:] != kcr.shape[2:]:
+                raise ValueError(f"{n} must have shape (batch, seqlen_new, nheads_kv, headdim) = "
+                                 f"({batch}, seqlen_new, {kcr.shape[2]}, {kcr.shape[3]}) like the cache, got "
+                                 f"{tuple(x.shape)}")
+            if x.dtype != kcr.dtype or x.device != kcr.device:
+                raise ValueError(f"{n} must have the cache's dtype ({kcr.dtype}) and device, got {x.dtype} on "
+                                 f"GPU {x.device}")
+            _check_layout(x, n)
+        if kr.shape[1] != vr.shape[1]:
+            raise ValueError(f"k and v must have the same seqlen_new, got {kr.shape[1]} and {vr.shape[1]}")
+    with device_scope(qr.device):
+        stream = cp.cuda.get_current_stream().ptr
+        lengths = _cache_lengths(seqlen_cache if cache_seqlens is None else cache_seqlens, batch, seqlen_cache,
+                                 qr.device)
+        if k is not None and batch:
+            used = cp.empty((batch,), dtype=np.int32)
+            launch.kvcache_append(kr, vr, kcr, vcr, cupy_ref(lengths), cupy_ref(used), KERNEL_DTYPES[kcr.dtype],
+                                  stream)
+        else:
+            used = lengths
+        packed_q = q if batch <= 1 or qr.strides[0] == seqlen_q * qr.strides[1] else cp.ascontiguousarray(q)
+        q_rows = _rows_of(cupy_ref(packed_q), "q")
+        out = cp.empty(q.shape, dtype=q.dtype)
+        lse_rows = cp.empty((nheads, batch * seqlen_q), dtype=np.float32) if return_lse else None
+        qv, kv, vv, outv = (_varlen_ref(x, batch, x.shape[0])
+                            for x in (q_rows, kc_rows, vc_rows, _rows_of(cupy_ref(out), "out")))
+        opts = _varlen_options(qv, softmax_scale, causal, window_size, softcap, ar, sr)
+        sequences = {"cu_seqlens_q": _offsets(qr.device, batch, seqlen_q).data.ptr,
+                     "cu_seqlens_k": _offsets(qr.device, batch, seqlen_cache).data.ptr,
+                     "seqused_k": used.data.ptr}
+        run_varlen_forward(qv, kv, vv, outv, None if lse_rows is None else cupy_ref(lse_rows), opts, sequences,
+                           seqlen_q, stream)
+        if not return_lse:
+            return out
+        lse = cp.ascontiguousarray(lse_rows.reshape(nheads, batch, seqlen_q).transpose(1, 0, 2))
+    return out, lse
+
+
 # ---------------------------------------------------------------- merging attention states
 
 

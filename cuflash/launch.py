@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 from . import params
 from .compile.cache import get_pointer
-from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, FwdSm90Spec, FwdSpec
+from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, FwdSm90Spec, FwdSpec, KvAppendSpec
 
 #: CUDA limit on gridDim.y and gridDim.z.
 MAX_GRID_YZ = 65535
@@ -315,3 +315,28 @@ def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int) -> None:
     }
     run(spec, dst.device, bwd_convert_grid(spec, batch, seqlen, nheads, head_dim), (spec.threads, 1, 1), 0,
         params.BWD_CONVERT, fields, stream)
+
+
+# ---------------------------------------------------------------- KV cache
+
+
+_append_spec = functools.lru_cache(maxsize=None)(KvAppendSpec)
+
+
+def kvcache_append(k: Ref, v: Ref, k_cache: Ref, v_cache: Ref, cache_seqlens: Ref, seqused: Ref, dtype: str,
+                   stream: int) -> None:
+    """k, v (batch, seqlen_new, nheads_kv, d) into k_cache, v_cache (batch, seqlen_cache, nheads_kv, d) at
+    row cache_seqlens[b] of each batch row, and seqused[b] = min(cache_seqlens[b] + seqlen_new,
+    seqlen_cache) (kernels_cu/kvcache_append.cu; int32 (batch,) both)."""
+    batch, seqlen_new, nheads_kv, head_dim = k.shape
+    spec = _append_spec(dtype)
+    fields = {
+        "k": k.ptr, "v": v.ptr, "k_cache": k_cache.ptr, "v_cache": v_cache.ptr,
+        "cache_seqlens": cache_seqlens.ptr, "seqused": seqused.ptr,
+        **strides_named("k", k), **strides_named("v", v), **strides_named("kc", k_cache),
+        **strides_named("vc", v_cache),
+        "seqlen_new": seqlen_new, "seqlen_cache": k_cache.shape[1], "nheads_kv": nheads_kv, "head_dim": head_dim,
+    }
+    chunks = seqlen_new * nheads_kv * head_dim // 8
+    grid = (max(1, -(-chunks // spec.threads)), batch, 1)
+    run(spec, k.device, grid, (spec.threads, 1, 1), 0, params.KV_APPEND, fields, stream)

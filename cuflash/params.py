@@ -92,12 +92,25 @@ BWD_CONVERT_PARAMS = np.dtype(
     align=True,
 )
 
+KV_APPEND_PARAMS = np.dtype(
+    [
+        ("k", _PTR), ("v", _PTR), ("k_cache", _PTR), ("v_cache", _PTR), ("cache_seqlens", _PTR), ("seqused", _PTR),
+        ("k_batch_stride", _I64), ("k_row_stride", _I64), ("k_head_stride", _I64),
+        ("v_batch_stride", _I64), ("v_row_stride", _I64), ("v_head_stride", _I64),
+        ("kc_batch_stride", _I64), ("kc_row_stride", _I64), ("kc_head_stride", _I64),
+        ("vc_batch_stride", _I64), ("vc_row_stride", _I64), ("vc_head_stride", _I64),
+        ("seqlen_new", _I32), ("seqlen_cache", _I32), ("nheads_kv", _I32), ("head_dim", _I32),
+    ],
+    align=True,
+)
+
 #: C struct name for each dtype (used by the layout test).
 STRUCTS = {
     "FwdParams": FWD_PARAMS,
     "BwdPrepareParams": BWD_PREPARE_PARAMS,
     "BwdParams": BWD_PARAMS,
     "BwdConvertParams": BWD_CONVERT_PARAMS,
+    "KvAppendParams": KV_APPEND_PARAMS,
 }
 
 
@@ -181,3 +194,4 @@ FWD = Packer(FWD_PARAMS)
 BWD_PREPARE = Packer(BWD_PREPARE_PARAMS)
 BWD = Packer(BWD_PARAMS)
 BWD_CONVERT = Packer(BWD_CONVERT_PARAMS)
+KV_APPEND = Packer(KV_APPEND_PARAMS)

@@ -684,3 +684,39 @@ def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, windo
     if dsink is not None:
         return dq, dk, dv, dbias, dsink
     return dq, dk, dv, dbias
+
+
+def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, alibi_slopes=None,
+                           precision="float64", **options):
+    """Reference of cuflash.attention_with_kvcache: k, v (batch, seqlen_new, nheads_kv, headdim)
+    written into copies of k_cache, v_cache (batch, seqlen_cache, ...) at rows cache_seqlens[b]...
+    (rows past the cache's end dropped), then each batch row's queries attend over its first
+    min(cache_seqlens[b] + seqlen_new, seqlen_cache) keys through :func:`attention_forward`
+    (causal and windows aligned to the end of those keys). cache_seqlens: int or (batch,) ints
+    (default: the whole cache). alibi_slopes: (nheads,) or (batch, nheads).
+    Returns (out, lse, k_cache_new, v_cache_new)."""
+    xp = array_module(q, k_cache, v_cache)
+    batch, seqlen_cache = k_cache.shape[:2]
+    k_new, v_new = k_cache.copy(), v_cache.copy()
+    seqlens = [seqlen_cache] * batch if cache_seqlens is None else (
+        [int(cache_seqlens)] * batch if numpy.ndim(cache_seqlens) == 0 else [int(x) for x in cache_seqlens])
+    appended = 0 if k is None else k.shape[1]
+    outs, lses = [], []
+    for b in range(batch):
+        start = min(max(seqlens[b], 0), seqlen_cache)
+        if k is not None:
+            n = min(appended, seqlen_cache - start)
+            k_new[b, start:start + n] = k[b, :n]
+            v_new[b, start:start + n] = v[b, :n]
+        used = min(start + appended, seqlen_cache)
+        slopes = None
+        if alibi_slopes is not None:
+            slopes = alibi_slopes[b] if numpy.ndim(alibi_slopes) == 2 else alibi_slopes
+        out, lse = attention_forward(q[b:b + 1], k_new[b:b + 1, :used], v_new[b:b + 1, :used], alibi_slopes=slopes,
+                                     precision=precision, **options)
+        outs.append(out)
+        lses.append(lse)
+    if not batch:
+        out, lse = attention_forward(q, k_cache, v_cache, precision=precision, **options)
+        return out, lse, k_new, v_new
+    return xp.concatenate(outs), xp.concatenate(lses), k_new, v_new

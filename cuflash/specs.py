@@ -544,3 +544,16 @@ class BwdConvertSpec(KernelSpec):
     @property
     def name(self) -> str:
         return f"bwd_convert_{self.dtype}"
+
+
+@dataclass(frozen=True)
+class KvAppendSpec(KernelSpec):
+    """kernels_cu/kvcache_append.cu: new k, v written into a KV cache at each row's position."""
+
+    source = "kvcache_append.cu"
+    entry = "cuflash_kvcache_append"
+    threads = 256
+
+    @property
+    def name(self) -> str:
+        return f"kvcache_append_{self.dtype}"

@@ -23,6 +23,7 @@ from .specs import (
     MODIFIERS,
     PLAIN,
     BwdConvertSpec,
+    KvAppendSpec,
     BwdPrepareSpec,
     BwdSm90Spec,
     BwdSpec,
@@ -254,5 +255,6 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
                     specs.append(spec)
     varlen = [True] if any(f.varlen for f in feature_sets) else []
     helpers = [spec for dtype in SUPPORTED_DTYPES
-               for spec in (BwdPrepareSpec(dtype), *(BwdPrepareSpec(dtype, v) for v in varlen), BwdConvertSpec(dtype))]
+               for spec in (BwdPrepareSpec(dtype), *(BwdPrepareSpec(dtype, v) for v in varlen), BwdConvertSpec(dtype),
+                            KvAppendSpec(dtype))]
     return specs + helpers

@@ -111,6 +111,22 @@ struct BwdParams {
     CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 
+// kernels_cu/kvcache_append.cu: k, v (batch, seqlen_new, nheads_kv, head_dim) into
+// k_cache, v_cache (batch, seqlen_cache, nheads_kv, head_dim) at row cache_seqlens[b].
+struct KvAppendParams {
+    const void* k;
+    const void* v;
+    void* k_cache;
+    void* v_cache;
+    const int* cache_seqlens;  // (batch,) int32: each row's filled length before the append
+    int* seqused;              // (batch,) int32, written: min(cache_seqlens + seqlen_new, seqlen_cache)
+    i64 k_batch_stride, k_row_stride, k_head_stride;
+    i64 v_batch_stride, v_row_stride, v_head_stride;
+    i64 kc_batch_stride, kc_row_stride, kc_head_stride;
+    i64 vc_batch_stride, vc_row_stride, vc_head_stride;
+    int seqlen_new, seqlen_cache, nheads_kv, head_dim;
+};
+
 // kernels_cu/bwd_convert.cu: dst[b, s, h, :] = sum_{j < group} src[b, s, h * group + j, :].
 struct BwdConvertParams {
     const float* src;    // fp32 accumulator, (batch, seqlen, nheads * group, >= head_dim)
