@@ -840,32 +840,53 @@ def attention_varlen_backward(
 _KVCACHE_NOT_YET = ("rotary_cos", "rotary_sin", "cache_batch_idx", "cache_leftpad", "block_table")
 
 
-@functools.lru_cache(maxsize=64)
-def _offsets(device: int, batch: int, step: int):
-    """int32 (batch + 1,) [0, step, 2 step, ...] on `device`: the sequence offsets of a batch of rows
-    of `step` each, kept per shape (they are constants)."""
-    cp = _cupy()
-    with cp.cuda.Device(device):
-        return cp.arange(0, (batch + 1) * step, step, dtype=np.int32)
+def check_kvcache_call(k, v, cache_seqlens, num_splits, **not_yet) -> None:
+    """The checks of an attention_with_kvcache call that need no array: the options without a
+    kernel yet (by name), num_splits, k and v together, cache_seqlens with them."""
+    for name in _KVCACHE_NOT_YET:
+        if not_yet.get(name) is not None:
+            raise NotImplementedError(f"{name} is not implemented yet in cuflash.attention_with_kvcache (issue 12)")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: chosen by cuflash), got {num_splits!r}")
+    if (k is None) != (v is None):
+        raise ValueError("k and v come together: pass both (to append to the cache) or neither")
+    if k is not None and cache_seqlens is None:
+        raise ValueError("appending k, v needs cache_seqlens: where each batch row's new keys go")
 
 
-def _cache_lengths(cache_seqlens, batch: int, seqlen_cache: int, device: int):
-    """cache_seqlens as int32 (batch,) on `device`: an int (checked here) or such an array (its values
-    are not read on the host; the kernels clamp them to [0, seqlen_cache])."""
-    cp = _cupy()
-    if isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
-        if not 0 <= cache_seqlens <= seqlen_cache:
-            raise ValueError(f"cache_seqlens ({cache_seqlens}) must be in [0, {seqlen_cache}] (the cache's length)")
-        with cp.cuda.Device(device):
-            return cp.full((batch,), cache_seqlens, dtype=np.int32)
-    x = _as_gpu_array(cache_seqlens, "cache_seqlens")
-    r = cupy_ref(x)
-    if r.dtype != "int32" or r.shape != (batch,) or (batch and r.strides[0] != 1):
+def check_cache_length(value: int, seqlen_cache: int) -> None:
+    if not 0 <= value <= seqlen_cache:
+        raise ValueError(f"cache_seqlens ({value}) must be in [0, {seqlen_cache}] (the cache's length)")
+
+
+def check_cache_lengths(x: Ref, batch: int, device: int) -> None:
+    """An array cache_seqlens: contiguous int32 (batch,) on q's device (its values are not read on
+    the host: the kernels clamp them to [0, seqlen_cache])."""
+    if x.dtype != "int32" or x.shape != (batch,) or (batch and x.strides[0] != 1):
         raise ValueError(f"cache_seqlens must be an int or a contiguous int32 array of shape ({batch},), got "
-                         f"{r.dtype} {tuple(r.shape)}")
-    if r.device != device:
-        raise ValueError(f"cache_seqlens is on GPU {r.device} but q is on GPU {device}")
-    return x
+                         f"{x.dtype} {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"cache_seqlens is on GPU {x.device} but q is on GPU {device}")
+
+
+def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None) -> None:
+    """q against the caches as attention() checks q against k and v; the caches' batches one after
+    another; k, v (when given) shaped and typed like the cache, with equal lengths."""
+    validate_qkv(q, k_cache, v_cache)
+    _rows_of(k_cache, "k_cache")
+    _rows_of(v_cache, "v_cache")
+    if k is None:
+        return
+    for x, n in ((k, "k"), (v, "v")):
+        if len(x.shape) != 4 or x.shape[0] != q.shape[0] or x.shape[2:] != k_cache.shape[2:]:
+            raise ValueError(f"{n} must have shape (batch, seqlen_new, nheads_kv, headdim) = ({q.shape[0]}, "
+                             f"seqlen_new, {k_cache.shape[2]}, {k_cache.shape[3]}) like the cache, got {tuple(x.shape)}")
+        if x.dtype != k_cache.dtype or x.device != k_cache.device:
+            raise ValueError(f"{n} must have the cache's dtype ({k_cache.dtype}) and device, got {x.dtype} on "
+                             f"GPU {x.device}")
+        _check_layout(x, n)
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same seqlen_new, got {k.shape[1]} and {v.shape[1]}")
 
 
 def _rows_of(x: Ref, name: str) -> Ref:
@@ -876,6 +897,40 @@ def _rows_of(x: Ref, name: str) -> Ref:
         raise ValueError(f"{name} must have batch stride = seqlen * row stride (its batches one after another), "
                          f"got strides {x.strides}")
     return Ref(x.ptr, (batch * seqlen, heads, dim), x.strides[1:], x.dtype, x.device)
+
+
+def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None, lengths: Ref, used: Ref | None,
+                out: Ref, lse_rows: Ref | None, opts: Options, offsets: tuple, stream: int) -> None:
+    """attention_with_kvcache for checked Refs (check_kvcache), q's device current: append k, v at
+    `lengths` (int32 (batch,)) writing `used` (int32 (batch,)), then the varlen forward of q (its
+    batches one after another, like out) over each row's used keys (`lengths` without k, v) into out
+    and lse_rows (nheads, batch * seqlen_q). offsets: pointers of int32 [0, seqlen_q, 2 seqlen_q, ...]
+    and [0, seqlen_cache, ...] (batch + 1 each, _offsets); opts from _varlen_options."""
+    batch, seqlen_q = q.shape[:2]
+    if k is not None and batch:
+        launch.kvcache_append(k, v, k_cache, v_cache, lengths, used, KERNEL_DTYPES[k_cache.dtype], stream)
+    rows = [_varlen_ref(r, batch, r.shape[0]) for r in (_rows_of(q, "q"), _rows_of(k_cache, "k_cache"),
+                                                          _rows_of(v_cache, "v_cache"), _rows_of(out, "out"))]
+    sequences = {"cu_seqlens_q": offsets[0], "cu_seqlens_k": offsets[1],
+                 "seqused_k": (used if k is not None else lengths).ptr}
+    run_varlen_forward(*rows, lse_rows, opts, sequences, seqlen_q, stream)
+
+
+def kvcache_options(q: Ref, softmax_scale, causal, window_size, softcap, alibi: Ref | None,
+                    sink: Ref | None) -> Options:
+    """The options of attention_with_kvcache: attention()'s, checked against q's batch rows, on the
+    varlen kernels."""
+    rows = Ref(q.ptr, (q.shape[0], q.shape[0] * q.shape[1], *q.shape[2:]), (0, *q.strides[1:]), q.dtype, q.device)
+    return _varlen_options(rows, softmax_scale, causal, window_size, softcap, alibi, sink)
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(device: int, batch: int, step: int):
+    """int32 (batch + 1,) [0, step, 2 step, ...] on `device` (CuPy): the sequence offsets of a batch
+    of rows of `step` each, kept per shape (they are constants)."""
+    cp = _cupy()
+    with cp.cuda.Device(device):
+        return cp.arange(0, (batch + 1) * step, step, dtype=np.int32)
 
 
 def attention_with_kvcache(
@@ -907,7 +962,7 @@ def attention_with_kvcache(
     q: (batch, seqlen_q, nheads, headdim); k_cache, v_cache: (batch, seqlen_cache, nheads_kv,
     headdim), batches one after another (batch stride = seqlen_cache * row stride); k, v
     (optional, both or neither): (batch, seqlen_new, nheads_kv, headdim), written into the caches
-    at rows cache_seqlens[b]... (rows past the cache's end are dropped). cache_seqlens: an int or
+    from row cache_seqlens[b] on (rows past the cache's end are dropped). cache_seqlens: an int or
     int32 (batch,): each row's filled length before the append (default: the whole cache, only
     without k, v). Batch row b then attends over the first min(cache_seqlens[b] + seqlen_new,
     seqlen_cache) keys; causal and windows are aligned to the end of those keys (bottom-right).
@@ -921,60 +976,33 @@ def attention_with_kvcache(
     a sequence of its cache's length), at their speed, not yet at the memory-bandwidth limit.
     An array cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
     """
-    given = {"rotary_cos": rotary_cos, "rotary_sin": rotary_sin, "cache_batch_idx": cache_batch_idx,
-             "cache_leftpad": cache_leftpad, "block_table": block_table}
-    for name in _KVCACHE_NOT_YET:
-        if given[name] is not None:
-            raise NotImplementedError(f"{name} is not implemented yet in cuflash.attention_with_kvcache (issue 12)")
-    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or num_splits < 0:
-        raise ValueError(f"num_splits must be an int >= 0 (0: chosen by cuflash), got {num_splits!r}")
-    if (k is None) != (v is None):
-        raise ValueError("k and v come together: pass both (to append to the cache) or neither")
-    if k is not None and cache_seqlens is None:
-        raise ValueError("appending k, v needs cache_seqlens: where each batch row's new keys go")
+    check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+                       cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table)
     cp = _cupy()
-    (q, k_cache, v_cache, alibi_slopes, learnable_sink), (qr, kcr, vcr, ar, sr) = _refs(
-        {"q": q, "k_cache": k_cache, "v_cache": v_cache, "alibi_slopes": alibi_slopes,
+    (q, k_cache, v_cache, k, v, alibi_slopes, learnable_sink), (qr, kcr, vcr, kr, vr, ar, sr) = _refs(
+        {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k": k, "v": v, "alibi_slopes": alibi_slopes,
          "learnable_sink": learnable_sink})
-    validate_qkv(qr, kcr, vcr)
-    batch, seqlen_q, nheads, head_dim = qr.shape
+    check_kvcache(qr, kcr, vcr, kr, vr)
+    batch, seqlen_q, nheads, _ = qr.shape
     seqlen_cache = kcr.shape[1]
-    kc_rows, vc_rows = _rows_of(kcr, "k_cache"), _rows_of(vcr, "v_cache")
-    if k is not None:
-        (k, v), (kr, vr) = _refs({"k": k, "v": v})
-        for x, n in ((kr, "k"), (vr, "v")):
-            if len(x.shape) != 4 or x.shape[0] != batch or x.shape[2:] != kcr.shape[2:]:
-                raise ValueError(f"{n} must have shape (batch, seqlen_new, nheads_kv, headdim) = "
-                                 f"({batch}, seqlen_new, {kcr.shape[2]}, {kcr.shape[3]}) like the cache, got "
-                                 f"{tuple(x.shape)}")
-            if x.dtype != kcr.dtype or x.device != kcr.device:
-                raise ValueError(f"{n} must have the cache's dtype ({kcr.dtype}) and device, got {x.dtype} on "
-                                 f"GPU {x.device}")
-            _check_layout(x, n)
-        if kr.shape[1] != vr.shape[1]:
-            raise ValueError(f"k and v must have the same seqlen_new, got {kr.shape[1]} and {vr.shape[1]}")
     with device_scope(qr.device):
-        stream = cp.cuda.get_current_stream().ptr
-        lengths = _cache_lengths(seqlen_cache if cache_seqlens is None else cache_seqlens, batch, seqlen_cache,
-                                 qr.device)
-        if k is not None and batch:
-            used = cp.empty((batch,), dtype=np.int32)
-            launch.kvcache_append(kr, vr, kcr, vcr, cupy_ref(lengths), cupy_ref(used), KERNEL_DTYPES[kcr.dtype],
-                                  stream)
+        if cache_seqlens is None or isinstance(cache_seqlens, numbers.Integral):
+            value = seqlen_cache if cache_seqlens is None else int(cache_seqlens)
+            check_cache_length(value, seqlen_cache)
+            lengths = cp.full((batch,), value, dtype=np.int32)
         else:
-            used = lengths
-        packed_q = q if batch <= 1 or qr.strides[0] == seqlen_q * qr.strides[1] else cp.ascontiguousarray(q)
-        q_rows = _rows_of(cupy_ref(packed_q), "q")
+            lengths = _as_gpu_array(cache_seqlens, "cache_seqlens")
+            check_cache_lengths(cupy_ref(lengths), batch, qr.device)
+        used = cp.empty((batch,), dtype=np.int32) if k is not None else None
+        if batch > 1 and qr.strides[0] != seqlen_q * qr.strides[1]:
+            q = cp.ascontiguousarray(q)
         out = cp.empty(q.shape, dtype=q.dtype)
         lse_rows = cp.empty((nheads, batch * seqlen_q), dtype=np.float32) if return_lse else None
-        qv, kv, vv, outv = (_varlen_ref(x, batch, x.shape[0])
-                            for x in (q_rows, kc_rows, vc_rows, _rows_of(cupy_ref(out), "out")))
-        opts = _varlen_options(qv, softmax_scale, causal, window_size, softcap, ar, sr)
-        sequences = {"cu_seqlens_q": _offsets(qr.device, batch, seqlen_q).data.ptr,
-                     "cu_seqlens_k": _offsets(qr.device, batch, seqlen_cache).data.ptr,
-                     "seqused_k": used.data.ptr}
-        run_varlen_forward(qv, kv, vv, outv, None if lse_rows is None else cupy_ref(lse_rows), opts, sequences,
-                           seqlen_q, stream)
+        opts = kvcache_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+        run_kvcache(cupy_ref(q), kcr, vcr, kr, vr, cupy_ref(lengths), None if used is None else cupy_ref(used),
+                    cupy_ref(out), None if lse_rows is None else cupy_ref(lse_rows), opts,
+                    (_offsets(qr.device, batch, seqlen_q).data.ptr, _offsets(qr.device, batch, seqlen_cache).data.ptr),
+                    cp.cuda.get_current_stream().ptr)
         if not return_lse:
             return out
         lse = cp.ascontiguousarray(lse_rows.reshape(nheads, batch, seqlen_q).transpose(1, 0, 2))

@@ -514,16 +514,48 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False, *,
                             learnable_sink=None):
-    """flash-attn 2.x's flash_attn_with_kvcache. Without the cache operations (no k/v to append,
-    rotary, cache_seqlens, cache_batch_idx, cache_leftpad or block_table) it is attention over the
-    whole cache and runs; those options raise NotImplementedError until the KV-cache kernels land."""
-    _not_implemented(k=k is not None, v=v is not None, rotary_cos=rotary_cos is not None,
-                     cache_seqlens=cache_seqlens is not None, cache_batch_idx=cache_batch_idx is not None,
-                     cache_leftpad=cache_leftpad is not None, block_table=block_table is not None)
-    with torch.no_grad():
-        out = _attention(q, k_cache, v_cache, 0.0, softmax_scale, causal, window_size, softcap, alibi_slopes, False,
-                         return_softmax_lse, learnable_sink)
-    return (out[0], out[1]) if return_softmax_lse else out
+    """flash-attn 2.x's flash_attn_with_kvcache (no autograd, as there): k, v appended into the caches
+    in place at cache_seqlens, then attention over each row's filled keys (cuflash.api.run_kvcache).
+    Without cache operations (no k, v, no cache_seqlens) it is dense attention over the whole cache.
+    rotary_cos / rotary_sin, cache_batch_idx, cache_leftpad and block_table raise NotImplementedError
+    until their kernels land."""
+    api.check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+                           cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table)
+    if k is None and cache_seqlens is None:
+        with torch.no_grad():
+            out = _attention(q, k_cache, v_cache, 0.0, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                             False, return_softmax_lse, learnable_sink)
+        return (out[0], out[1]) if return_softmax_lse else out
+    q = _maybe_contiguous(q)
+    batch, seqlen_q, nheads, _ = q.shape
+    if batch > 1 and q.stride(0) != seqlen_q * q.stride(1):
+        q = q.contiguous()
+    qr, kcr, vcr = _ref(q, "q"), _ref(k_cache, "k_cache"), _ref(v_cache, "v_cache")
+    kr = None if k is None else _ref(_maybe_contiguous(k), "k")
+    vr = None if v is None else _ref(_maybe_contiguous(v), "v")
+    api.check_kvcache(qr, kcr, vcr, kr, vr)
+    ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes")
+    sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink")
+    left, right = window_size
+    opts = api.kvcache_options(qr, softmax_scale, causal, (left, right), softcap, ar, sr)
+    device, seqlen_cache = qr.device, kcr.shape[1]
+    with _on_device(device), torch.no_grad():
+        if isinstance(cache_seqlens, int):
+            api.check_cache_length(cache_seqlens, seqlen_cache)
+            cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+        lengths = _ref(cache_seqlens, "cache_seqlens")
+        api.check_cache_lengths(lengths, batch, device)
+        used = torch.empty((batch,), dtype=torch.int32, device=q.device) if k is not None else None
+        out = torch.empty_like(q)
+        lse_rows = q.new_empty((nheads, batch * seqlen_q), dtype=torch.float32) if return_softmax_lse else None
+        offsets = [torch.arange(0, (batch + 1) * step, step, dtype=torch.int32, device=q.device)
+                   for step in (seqlen_q, seqlen_cache)]
+        api.run_kvcache(qr, kcr, vcr, kr, vr, lengths, None if used is None else _ref(used, "seqused"),
+                        _ref(out, "out"), None if lse_rows is None else _ref(lse_rows, "lse"), opts,
+                        tuple(t.data_ptr() for t in offsets), _stream(device))
+        if not return_softmax_lse:
+            return out
+        return out, lse_rows.view(nheads, batch, seqlen_q).transpose(0, 1).contiguous()
 
 
 # ---------------------------------------------------------------- SDPA: a flash implementation for torch

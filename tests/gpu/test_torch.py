@@ -158,6 +158,24 @@ def test_kvcache_without_cache_ops_is_attention_over_the_cache():
     assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
 
 
+def test_kvcache_appends_in_place_then_attends_over_the_filled_keys():
+    """flash_attn_with_kvcache with new keys: the caches match the reference's bitwise, out and lse
+    pass the accuracy rule (issue 12, first piece)."""
+    q, kc, vc = rand(3, 2, 8, 128), rand(3, 64, 2, 128), rand(3, 64, 2, 128)
+    k, v = rand(3, 2, 2, 128), rand(3, 2, 2, 128)
+    lengths = [0, 30, 63]
+    hq, hkc, hvc, hk, hv = (host(t) for t in (q, kc, vc, k, v))
+    out, lse = ct.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=torch.tensor(lengths, dtype=torch.int32,
+                                                                                         device="cuda"),
+                                          causal=True, return_softmax_lse=True)
+    r64 = reference.attention_with_kvcache(hq, hkc, hvc, hk, hv, cache_seqlens=lengths, causal=True)
+    rlp = reference.attention_with_kvcache(hq, hkc, hvc, hk, hv, cache_seqlens=lengths, causal=True, precision="lowp")
+    testing.check_accuracy("out", host(out), r64[0], rlp[0], "bf16", "fwd")
+    testing.check_accuracy("lse", host(lse), r64[1], rlp[1], "bf16", "fwd")
+    assert np.array_equal(host(kc).view(np.uint16), r64[2].view(np.uint16))
+    assert np.array_equal(host(vc).view(np.uint16), r64[3].view(np.uint16))
+
+
 def test_varlen_matches_dense_per_sequence_values_and_gradients():
     """flash_attn_varlen_func on packed sequences against flash_attn_func on each one (issue 11)."""
     lengths_q, lengths_k = [37, 0, 1, 130], [64, 5, 1, 200]
@@ -202,8 +220,12 @@ def test_varlen_matches_dense_per_sequence_values_and_gradients():
                                        torch.tensor([0, 4, 8], dtype=torch.int32, device="cuda"), 8, 8),
      ValueError, "cu_seqlens_q must be non-decreasing"),
     (lambda: ct.flash_attn_with_kvcache(rand(1, 1, 2, 64), rand(1, 8, 2, 64), rand(1, 8, 2, 64),
-                                        cache_seqlens=torch.ones(1, dtype=torch.int32, device="cuda")),
-     NotImplementedError, "cache_seqlens"),
+                                        cache_seqlens=torch.ones(1, dtype=torch.int32, device="cuda"),
+                                        block_table=torch.zeros(1, 1, dtype=torch.int32, device="cuda")),
+     NotImplementedError, "block_table"),
+    (lambda: ct.flash_attn_with_kvcache(rand(2, 1, 2, 64), rand(2, 8, 2, 64), rand(2, 8, 2, 64),
+                                        cache_seqlens=torch.ones(3, dtype=torch.int32, device="cuda")),
+     ValueError, r"cache_seqlens must be an int or a contiguous int32 array of shape \(2,\)"),
 ])
 def test_bad_input_names_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
