@@ -720,3 +720,59 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
         out, lse = attention_forward(q, k_cache, v_cache, precision=precision, **options)
         return out, lse, k_new, v_new
     return xp.concatenate(outs), xp.concatenate(lses), k_new, v_new
+
+
+# ---------------------------------------------------------------- dropout: the keep-mask
+
+
+_PHILOX_M0, _PHILOX_M1 = numpy.uint64(0xD2511F53), numpy.uint64(0xCD9E8D57)
+_PHILOX_W0, _PHILOX_W1 = numpy.uint32(0x9E3779B9), numpy.uint32(0xBB67AE85)
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al. 2011) on NumPy arrays: counter (..., 4) and key (..., 2) uint32
+    (broadcast together) -> (..., 4) uint32. The same function as kernels_cu/common/dropout.cuh."""
+    c = [numpy.asarray(counter, numpy.uint32)[..., n].astype(numpy.uint64) for n in range(4)]
+    k0, k1 = (numpy.asarray(key, numpy.uint32)[..., n] for n in range(2))
+    mask = numpy.uint64(0xFFFFFFFF)
+    with numpy.errstate(over="ignore"):  # the key's uint32 additions wrap, as in CUDA
+        for round_ in range(10):
+            if round_:
+                k0, k1 = k0 + _PHILOX_W0, k1 + _PHILOX_W1
+            p0, p1 = _PHILOX_M0 * c[0], _PHILOX_M1 * c[2]
+            c = [(p1 >> numpy.uint64(32)) ^ c[1] ^ k0.astype(numpy.uint64), p1 & mask,
+                 (p0 >> numpy.uint64(32)) ^ c[3] ^ k1.astype(numpy.uint64), p0 & mask]
+    return numpy.stack([x.astype(numpy.uint32) for x in c], axis=-1)
+
+
+def dropout_threshold(dropout_p: float) -> int:
+    """The uint32 below which a random number drops its entry: floor(p * 2^32), so an entry is
+    kept with probability 1 - p (to 2^-32)."""
+    return min(int(dropout_p * 4294967296.0), 0xFFFFFFFF)
+
+
+def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q: int, seqlen_k: int,
+                      dropout_p: float):
+    """The keep-mask (batch, nheads, seqlen_q, seqlen_k) bool that cuflash's kernels draw for
+    dropout_p with (seed, offset), from absolute coordinates only (DESIGN 3).
+
+    One Philox4x32-10 call per group of four entries {i, i + 8} x {j, j + 8} (query i, key j with
+    i % 16 < 8 and j % 16 < 8): counter (i, j, b * nheads + h, offset), key (seed % 2^32,
+    seed // 2^32); output n = 2 * (query is i + 8) + (key is j + 8) keeps its entry when it is >=
+    dropout_threshold(p). A thread of an mma fragment holds exactly such groups whether queries or
+    keys are its rows, so forward and backward each make one call per four entries they own."""
+    sq16, sk16 = -(-seqlen_q // 16) * 16, -(-seqlen_k // 16) * 16
+    lows_q = numpy.arange(sq16).reshape(-1, 16)[:, :8].reshape(-1)   # i with i % 16 < 8
+    lows_k = numpy.arange(sk16).reshape(-1, 16)[:, :8].reshape(-1)
+    bh = numpy.arange(batch * nheads)
+    ctr = numpy.zeros((len(bh), len(lows_q), len(lows_k), 4), numpy.uint32)
+    ctr[..., 0] = lows_q[None, :, None]
+    ctr[..., 1] = lows_k[None, None, :]
+    ctr[..., 2] = bh[:, None, None]
+    ctr[..., 3] = offset & 0xFFFFFFFF
+    key = numpy.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], numpy.uint32)
+    keep = philox4x32_10(ctr, key) >= numpy.uint32(dropout_threshold(dropout_p))  # (bh, nq, nk, 4)
+    mask = numpy.empty((len(bh), sq16, sk16), bool)
+    for n, (di, dj) in enumerate(((0, 0), (0, 8), (8, 0), (8, 8))):
+        mask[:, (lows_q + di)[:, None], (lows_k + dj)[None, :]] = keep[..., n]
+    return mask.reshape(batch, nheads, sq16, sk16)[:, :, :seqlen_q, :seqlen_k]

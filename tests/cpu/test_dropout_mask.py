@@ -1,0 +1,60 @@
+"""The dropout keep-mask of cuflash.reference (issue 10's foundation): Philox4x32-10 against the
+Random123 reference's known answers, and the mask's rules (DESIGN 3): a function of (seed, offset)
+and absolute (batch, head, query, key) only, keep rate 1 - p, one Philox call per group
+{i, i + 8} x {j, j + 8}. kernels_cu/common/dropout.cuh is its CUDA twin
+(tests/compile/test_dropout_header.py compiles it, tests/gpu/test_dropout_mask.py compares them)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuflash import reference
+
+# Random123's kat_vectors for philox4x32_10: counter, key, output.
+KNOWN_ANSWERS = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter, key, want", KNOWN_ANSWERS)
+def test_philox_known_answers(counter, key, want):
+    assert tuple(int(x) for x in reference.philox4x32_10(counter, key)) == want
+
+
+def test_philox_broadcasts_over_counters():
+    counters = np.array([c for c, _, _ in KNOWN_ANSWERS], np.uint32)
+    keys = np.array([k for _, k, _ in KNOWN_ANSWERS], np.uint32)
+    assert np.array_equal(reference.philox4x32_10(counters, keys), np.array([w for _, _, w in KNOWN_ANSWERS]))
+
+
+def test_each_entry_follows_its_group_rule():
+    seed, offset, p = 0x1234_5678_9ABC, 77, 0.37
+    mask = reference.dropout_keep_mask(seed, offset, 2, 3, 45, 70, p)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        b, h, i, j = (int(rng.integers(n)) for n in (2, 3, 45, 70))
+        low_i, low_j = i - 8 * ((i % 16) >= 8), j - 8 * ((j % 16) >= 8)
+        out = reference.philox4x32_10((low_i, low_j, b * 3 + h, offset), (seed & 0xFFFFFFFF, seed >> 32))
+        n = 2 * (i != low_i) + (j != low_j)
+        assert mask[b, h, i, j] == (int(out[n]) >= reference.dropout_threshold(p))
+
+
+def test_keep_rate_and_the_extremes():
+    mask = reference.dropout_keep_mask(3, 0, 2, 4, 256, 256, 0.25)
+    n = mask.size
+    assert abs(mask.mean() - 0.75) < 5 * np.sqrt(0.25 * 0.75 / n)
+    assert reference.dropout_keep_mask(3, 0, 1, 2, 40, 50, 0.0).all()
+    assert reference.dropout_threshold(0.0) == 0 and reference.dropout_threshold(0.5) == 2**31
+
+
+def test_mask_depends_on_position_seed_and_offset_only():
+    big = reference.dropout_keep_mask(9, 4, 2, 2, 100, 90, 0.5)
+    small = reference.dropout_keep_mask(9, 4, 2, 2, 37, 61, 0.5)
+    assert np.array_equal(big[:, :, :37, :61], small)          # the same entries whatever the sizes
+    assert np.array_equal(big, reference.dropout_keep_mask(9, 4, 2, 2, 100, 90, 0.5))
+    assert not np.array_equal(big, reference.dropout_keep_mask(10, 4, 2, 2, 100, 90, 0.5))
+    assert not np.array_equal(big, reference.dropout_keep_mask(9, 5, 2, 2, 100, 90, 0.5))
+    assert not np.array_equal(big[0, 0], big[0, 1]) and not np.array_equal(big[0, 0], big[1, 0])
