@@ -56,3 +56,69 @@ def test_bad_arguments_are_named_before_any_launch(kwargs, error, match):
               for name, value in kwargs.items()}
     with pytest.raises(error, match=match):
         cuflash.attention_with_kvcache(q, kc, vc, **kwargs)
+
+
+# ---------------------------------------------------------------- the launches, recorded
+
+from cuflash import api, launch  # noqa: E402
+from cuflash.launch import Ref  # noqa: E402
+
+
+def ref(shape, dtype="bfloat16", ptr=1 << 20):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.insert(0, acc)
+        acc *= n
+    return Ref(ptr, tuple(shape), tuple(strides), dtype, 0)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """launch.run replaced by a recorder of (kernel name, grid, fields); a Hopper-class GPU 0."""
+    calls = []
+    monkeypatch.setattr(launch, "run", lambda spec, device, grid, block, smem, packer, fields, stream:
+                        calls.append((spec.name, grid, dict(fields))))
+    monkeypatch.setattr(api, "_check_device", lambda device: None)
+    monkeypatch.setattr(api, "_compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr(api, "_device_smem_limit", lambda device: 232448)
+    return calls
+
+
+def test_run_kvcache_appends_then_runs_the_varlen_forward_over_the_used_keys(recorded):
+    batch, seqlen_q, nheads, nheads_kv, d, seqlen_cache, seqlen_new = 3, 2, 8, 2, 128, 64, 2
+    q, out = ref((batch, seqlen_q, nheads, d), ptr=0x1000000), ref((batch, seqlen_q, nheads, d), ptr=0x2000000)
+    kc, vc = ref((batch, seqlen_cache, nheads_kv, d), ptr=0x3000000), ref((batch, seqlen_cache, nheads_kv, d),
+                                                                         ptr=0x4000000)
+    k, v = ref((batch, seqlen_new, nheads_kv, d), ptr=0x5000000), ref((batch, seqlen_new, nheads_kv, d), ptr=0x6000000)
+    lengths, used = ref((batch,), "int32", 0x7000000), ref((batch,), "int32", 0x7001000)
+    lse = ref((nheads, batch * seqlen_q), "float32", 0x8000000)
+    api.check_kvcache(q, kc, vc, k, v)
+    opts = api.kvcache_options(q, None, True, (-1, -1), 0.0, None, None)
+    api.run_kvcache(q, kc, vc, k, v, lengths, used, out, lse, opts, (0x9000000, 0x9001000), stream=0)
+    (append, append_grid, a), (forward, _, f) = recorded
+    assert append.startswith("kvcache_append_bf16") and append_grid[1] == batch
+    assert (a["k"], a["k_cache"], a["cache_seqlens"], a["seqused"]) == (k.ptr, kc.ptr, lengths.ptr, used.ptr)
+    assert (a["seqlen_new"], a["seqlen_cache"], a["nheads_kv"], a["head_dim"]) == (2, 64, 2, 128)
+    assert append_grid[0] * 256 * 8 >= seqlen_new * nheads_kv * d
+    assert "varlen" in forward and "causal" in forward
+    assert (f["cu_seqlens_q"], f["cu_seqlens_k"], f["seqused_k"]) == (0x9000000, 0x9001000, used.ptr)
+    assert (f["total_q"], f["total_k"], f["seqlen_q"], f["batch"]) == (batch * seqlen_q, batch * seqlen_cache,
+                                                                        seqlen_q, batch)
+    assert (f["q"], f["k"], f["o"], f["lse"]) == (q.ptr, kc.ptr, out.ptr, lse.ptr)
+    assert f["q_batch_stride"] == 0 and f["q_row_stride"] == nheads * d and f["k_row_stride"] == nheads_kv * d
+
+
+def test_run_kvcache_without_append_reads_the_given_lengths(recorded):
+    q, kc = ref((2, 1, 4, 64)), ref((2, 32, 4, 64), ptr=1 << 22)
+    lengths = ref((2,), "int32", 1 << 24)
+    opts = api.kvcache_options(q, None, False, (-1, -1), 0.0, None, None)
+    api.run_kvcache(q, kc, kc, None, None, lengths, None, ref((2, 1, 4, 64), ptr=1 << 23), None, opts, (16, 32), 0)
+    ((name, _, f),) = recorded
+    assert name.startswith("fwd") and f["seqused_k"] == lengths.ptr and f["lse"] == 0
+
+
+def test_caches_whose_batches_are_not_consecutive_are_refused(recorded):
+    q = ref((2, 1, 4, 64))
+    kc = Ref(1 << 20, (2, 32, 4, 64), (2 * 32 * 256, 256, 64, 1), "bfloat16", 0)
+    with pytest.raises(ValueError, match="k_cache must have batch stride"):
+        api.check_kvcache(q, kc, ref((2, 32, 4, 64)), None, None)
