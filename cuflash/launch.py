@@ -232,9 +232,9 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
              "dq_accum": ((acc_batch, acc_q, nheads, spec.head_dim), "float32")}
     if spec.deterministic:
         sizes["semaphore"] = ((batch, nheads, m_blocks), "int32")
-    n_blocks = bwd_grid(spec, batch, nheads, seqlen_k)[0]
+    grid = bwd_grid(spec, batch, nheads, seqlen_k)  # (key blocks, heads, batch)
     if spec.features.sink:
-        sizes["dsink_part"] = ((batch, nheads, n_blocks), "float32")
+        sizes["dsink_part"] = ((batch, nheads, grid[0]), "float32")
     if group > 1 and seqlen_k:
         sizes["dk_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
         sizes["dv_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
@@ -282,7 +282,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             dk_accum, dv_accum = s["dk_accum"], s["dv_accum"]
             fields.update({"dk_accum": dk_accum.ptr, "dv_accum": dv_accum.ptr,
                            **strides_named("dka", _batchless(dk_accum) if varlen else dk_accum)})
-        run(spec, device, bwd_grid(spec, batch, nheads, seqlen_k), (spec.threads, 1, 1), bwd_smem_bytes(spec),
+        run(spec, device, grid, (spec.threads, 1, 1), bwd_smem_bytes(spec),
             params.BWD, fields, stream)
         if group > 1:
             convert(dk_accum, _rows(dk, acc_batch, acc_k), group, spec.dtype, stream)
@@ -290,7 +290,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     if seqlen_q:
         convert(_rows(dq_accum, acc_batch, acc_q), _rows(dq, acc_batch, acc_q), 1, spec.dtype, stream)
-    return SinkPart(owner, offsets["dsink_part"], (batch, nheads, n_blocks)) if spec.features.sink else None
+    return SinkPart(owner, offsets["dsink_part"], (batch, nheads, grid[0])) if spec.features.sink else None
 
 
 def _batchless(x: Ref) -> Ref:

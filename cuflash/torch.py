@@ -509,6 +509,20 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                              return_attn_probs, None, learnable_sink)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_offsets(device: int, batch: int, step: int) -> torch.Tensor:
+    return torch.arange(0, (batch + 1) * step, step, dtype=torch.int32, device=device)
+
+
+def _offsets(device: int, batch: int, step: int) -> torch.Tensor:
+    """int32 (batch + 1,) [0, step, 2 step, ...] on `device`: kept per shape (constants), except
+    while a CUDA graph is captured, where the arange is only recorded and its values do not exist
+    until a replay, so it must not be kept for later calls."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.arange(0, (batch + 1) * step, step, dtype=torch.int32, device=device)
+    return _cached_offsets(device, batch, step)
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
@@ -548,8 +562,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         used = torch.empty((batch,), dtype=torch.int32, device=q.device) if k is not None else None
         out = torch.empty_like(q)
         lse_rows = q.new_empty((nheads, batch * seqlen_q), dtype=torch.float32) if return_softmax_lse else None
-        offsets = [torch.arange(0, (batch + 1) * step, step, dtype=torch.int32, device=q.device)
-                   for step in (seqlen_q, seqlen_cache)]
+        offsets = [_offsets(device, batch, step) for step in (seqlen_q, seqlen_cache)]
         api.run_kvcache(qr, kcr, vcr, kr, vr, lengths, None if used is None else _ref(used, "seqused"),
                         _ref(out, "out"), None if lse_rows is None else _ref(lse_rows, "lse"), opts,
                         tuple(t.data_ptr() for t in offsets), _stream(device))

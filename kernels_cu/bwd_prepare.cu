@@ -46,7 +46,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
     const int h = blockIdx.y, b = blockIdx.z;
     const int row_begin = blockIdx.x * PREP_ROWS;
     const int sub = tid % LANES_PER_ROW;  // this lane's share of a row
-    const float log2e = 1.4426950408889634f;
 
     const int2 rows = query_range(p, b);  // (first row, length) of sequence b
     const int q_start = rows.x, seqlen_q = rows.y;
@@ -90,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
             if (row < seqlen_q) {
                 float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + (i64)(q_start + row) * p.lse_row_stride];
                 // A row that sees no key (lse = -inf): +inf makes its P exactly 0, not inf/NaN.
-                lse2 = lse == -INFINITY ? INFINITY : lse * log2e;
+                lse2 = lse == -INFINITY ? INFINITY : lse * LOG2E;
                 // A loss that also reads lse adds dlse_i * P_ij to dS_ij: D_i - dlse_i
                 // in place of D_i (DESIGN 3).
                 if (p.dlse != nullptr)

@@ -169,6 +169,22 @@ def compile_cubin(source: str, name: str, arch: str, extra_options=(), entry: st
     return CompileResult(name=name, arch=arch, cubin=cubin, log=log, seconds=seconds, **stats)
 
 
+def compile_ptx(source: str, name: str, arch: str, headers: dict | None = None) -> str:
+    """The PTX of ``source`` for ``arch`` (virtual: compute_XX), with ``headers`` {include name:
+    text} given in memory; no cache and no ptxas. The tests read struct layouts and probe kernels
+    from it (tests/compile)."""
+    nvrtc = _nvrtc()
+    headers = headers or {}
+    program = nvrtc.createProgram(source, f"{name}.cu", [t.encode() for t in headers.values()],
+                                  [n.encode() for n in headers])
+    try:
+        nvrtc.compileProgram(program, [f"--gpu-architecture={arch.replace('sm_', 'compute_')}", "-std=c++17"])
+        ptx = nvrtc.getPTX(program)
+        return ptx.decode() if isinstance(ptx, bytes) else ptx
+    finally:
+        nvrtc.destroyProgram(program)
+
+
 def _placeholder_stats() -> dict:
     return dict(registers=0, spill_stores=0, spill_loads=0, shared_bytes=0, stack_frame=0)
 

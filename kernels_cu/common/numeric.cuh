@@ -5,6 +5,10 @@
 #pragma once
 #include "platform.cuh"
 
+// The two logarithm constants of the exp2-domain softmax: log2(e) and ln(2).
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.69314718055994531f;
+
 // Two floats -> one u32 holding {lo, hi} as 16-bit values, round to nearest
 // even. PTX puts the first source operand in the upper half.
 CUFLASH_DEVICE u32 pack_float2(float lo, float hi) {

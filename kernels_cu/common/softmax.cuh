@@ -90,8 +90,7 @@ struct OnlineSoftmax {
     // hence inv_l = exp2(mc - M) / total. A row that saw no key gets out 0, lse = sink.
     template <bool SINK = false>
     CUFLASH_DEVICE void finalize(float c, float (&inv_l)[MT][2], float (&lse)[MT][2], float sink = 0.f) {
-        const float ln2 = 0.69314718055994531f;
-        const float sink2 = sink * 1.4426950408889634f;
+        const float sink2 = sink * LOG2E;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -106,10 +105,10 @@ struct OnlineSoftmax {
                     const float rescale = fast_exp2(mc - top);
                     total = total * rescale + fast_exp2(sink2 - top);
                     inv_l[mt][h] = empty ? 0.f : rescale / total;
-                    lse[mt][h] = (top + fast_log2(total)) * ln2;
+                    lse[mt][h] = (top + fast_log2(total)) * LN2;
                 } else {
                     inv_l[mt][h] = empty ? 0.f : 1.f / total;
-                    lse[mt][h] = empty ? -INFINITY : (offset_of(m[mt][h], c) + fast_log2(total)) * ln2;
+                    lse[mt][h] = empty ? -INFINITY : (offset_of(m[mt][h], c) + fast_log2(total)) * LN2;
                 }
             }
     }
@@ -126,7 +125,7 @@ struct OnlineSoftmax {
 // (cuflash/api.py dsink).
 template <class Params>
 CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
-    return SINK ? p.sink[si.h] * 1.4426950408889634f : 0.f;
+    return SINK ? p.sink[si.h] * LOG2E : 0.f;
 }
 
 // The backward's recompute of P and dS (FlashAttention-2, Alg. 2) on a

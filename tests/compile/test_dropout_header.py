@@ -6,27 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from cuflash.compile import env
+from cuflash.compile import env, nvrtc
 
 #: The probe kernel: every entry's keep bit, one thread per group (tests/dropout_probe.cu).
 PROBE = (Path(__file__).resolve().parents[1] / "dropout_probe.cu").read_text()
 
 
-def compile_probe(arch: str) -> str:
-    from cupy.cuda import nvrtc
-
-    headers = {name: (env.kernels_dir() / "common" / name).read_text() for name in ("dropout.cuh", "platform.cuh")}
-    program = nvrtc.createProgram(PROBE, "probe.cu", [h.encode() for h in headers.values()],
-                                  [n.encode() for n in headers])
-    try:
-        nvrtc.compileProgram(program, [f"--gpu-architecture={arch.replace('sm_', 'compute_')}", "-std=c++17"])
-        ptx = nvrtc.getPTX(program)
-        return ptx.decode() if isinstance(ptx, bytes) else ptx
-    finally:
-        nvrtc.destroyProgram(program)
-
-
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
 def test_dropout_header_compiles(arch):
-    ptx = compile_probe(arch)
+    common = env.kernels_dir() / "common"
+    headers = {n: (common / n).read_text() for n in ("dropout.cuh", "platform.cuh")}
+    ptx = nvrtc.compile_ptx(PROBE, "probe", arch, headers)
     assert ".entry probe" in ptx and "mul.hi.u32" in ptx

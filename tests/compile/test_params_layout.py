@@ -13,27 +13,18 @@ import numpy as np
 import pytest
 
 from cuflash import params
-from cuflash.compile import env
+from cuflash.compile import env, nvrtc
 
 
 def layout_ptx(struct: str, fields: list[str], arch: str) -> str:
-    from cupy.cuda import nvrtc
-
-    header = (env.kernels_dir() / "common" / "params.cuh").read_text()
-    platform = (env.kernels_dir() / "common" / "platform.cuh").read_text()
-    header = header.replace('#include "platform.cuh"', platform)
+    common = env.kernels_dir() / "common"
     kernels = [
         f'extern "C" __global__ void get_{f}(const {struct} p, unsigned long long* out) '
         f"{{ *out = (unsigned long long)(p.{f}); }}"
         for f in fields
     ]
-    program = nvrtc.createProgram(header + "\n" + "\n".join(kernels) + "\n", "layout.cu", [], [])
-    try:
-        nvrtc.compileProgram(program, [f"--gpu-architecture={arch.replace('sm_', 'compute_')}", "-std=c++17"])
-        ptx = nvrtc.getPTX(program)
-        return ptx.decode() if isinstance(ptx, bytes) else ptx
-    finally:
-        nvrtc.destroyProgram(program)
+    return nvrtc.compile_ptx('#include "params.cuh"\n' + "\n".join(kernels) + "\n", "layout", arch,
+                             {n: (common / n).read_text() for n in ("params.cuh", "platform.cuh")})
 
 
 def cuda_layout(struct: str, fields: list[str], arch: str) -> tuple[dict[str, int], set[int]]:
