@@ -94,10 +94,34 @@ for used in (None, bad_used):
                                 opts, True, None, api.cupy_alloc, stream, seqs, 256, 256)
 
 # KV cache (attention_with_kvcache): appends that run past the cache's end and lengths outside
-# [0, seqlen_cache] are clamped by the append kernel and the varlen forward.
+# [0, seqlen_cache] are clamped by the append kernel, the split-KV decode and its combine, and
+# the varlen forward (long query chunks); paged caches with page sizes 1 and 16, split or not,
+# and block-table entries out of range (clamped by the kernels; the public call would refuse
+# them, so they go straight to run_kvcache here).
 q, kc, vc = testing.random_qkv(3, 2, 96, 4, 2, 64, "bf16", xp=cp)
 _, k, v = testing.random_qkv(3, 2, 5, 4, 2, 64, "bf16", xp=cp)
 for lengths in (cp.asarray([0, 93, 200], dtype=cp.int32), cp.asarray([-4, 50, 96], dtype=cp.int32)):
-    cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True, return_lse=True)
+    for splits in (1, 3):
+        cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True, return_lse=True,
+                                       num_splits=splits)
+q40 = testing.random_qkv(3, 40, 1, 4, 2, 64, "bf16", xp=cp)[0]
+cuflash.attention_with_kvcache(q40, kc, vc, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32), causal=True)
+for page_size in (1, 16):
+    pages = 96 // page_size
+    kp, vp = (x.reshape(3 * pages, page_size, 2, 64) for x in (kc, vc))
+    table = cp.arange(3 * pages, dtype=cp.int32)[::-1].reshape(3, pages).copy()
+    for splits in (1, 4):
+        cuflash.attention_with_kvcache(q, kp, vp, k, v, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32),
+                                       block_table=table, num_splits=splits, causal=True, return_lse=True)
+    bad = table.copy()
+    bad[0, 0], bad[1, 1] = -7, 10 ** 6
+    qr, kpr, vpr, kr, vr = (api.cupy_ref(x) for x in (q, kp, vp, k, v))
+    cache = api.check_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(bad))
+    lengths = cp.asarray([90, 93, 91], dtype=cp.int32)
+    used = cp.empty(3, cp.int32)
+    out = cp.empty_like(q)
+    opts = api.kvcache_options(qr, None, True, (-1, -1), 0.0, None, None)
+    api.run_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(lengths), api.cupy_ref(used), api.cupy_ref(out), None, opts,
+                    cache, 2, api.cupy_alloc, None, cp.cuda.get_current_stream().ptr)
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")

@@ -16,6 +16,7 @@ import functools
 import math
 import numbers
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -837,7 +838,13 @@ def attention_varlen_backward(
 
 
 #: attention_with_kvcache's options that have no kernel yet (issue 12); a non-default value raises.
-_KVCACHE_NOT_YET = ("rotary_cos", "rotary_sin", "cache_batch_idx", "cache_leftpad", "block_table")
+_KVCACHE_NOT_YET = ("rotary_cos", "rotary_sin", "cache_leftpad")
+
+#: Folded query rows (seqlen_q x query heads per kv head) up to which attention over a contiguous
+#: cache runs on the split-KV decode kernel; longer chunks run on the varlen prefill kernels,
+#: which read each K/V block once per 128 query rows. Paged caches and cache_batch_idx always
+#: take the decode kernel.
+DECODE_MAX_FOLDED_ROWS = 64
 
 
 def check_kvcache_call(k, v, cache_seqlens, num_splits, **not_yet) -> None:
@@ -869,24 +876,86 @@ def check_cache_lengths(x: Ref, batch: int, device: int) -> None:
         raise ValueError(f"cache_seqlens is on GPU {x.device} but q is on GPU {device}")
 
 
-def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None) -> None:
-    """q against the caches as attention() checks q against k and v; the caches' batches one after
-    another; k, v (when given) shaped and typed like the cache, with equal lengths."""
-    validate_qkv(q, k_cache, v_cache)
-    _rows_of(k_cache, "k_cache")
-    _rows_of(v_cache, "v_cache")
-    if k is None:
-        return
-    for x, n in ((k, "k"), (v, "v")):
-        if len(x.shape) != 4 or x.shape[0] != q.shape[0] or x.shape[2:] != k_cache.shape[2:]:
-            raise ValueError(f"{n} must have shape (batch, seqlen_new, nheads_kv, headdim) = ({q.shape[0]}, "
-                             f"seqlen_new, {k_cache.shape[2]}, {k_cache.shape[3]}) like the cache, got {tuple(x.shape)}")
-        if x.dtype != k_cache.dtype or x.device != k_cache.device:
-            raise ValueError(f"{n} must have the cache's dtype ({k_cache.dtype}) and device, got {x.dtype} on "
-                             f"GPU {x.device}")
-        _check_layout(x, n)
-    if k.shape[1] != v.shape[1]:
-        raise ValueError(f"k and v must have the same seqlen_new, got {k.shape[1]} and {v.shape[1]}")
+class KvCache(NamedTuple):
+    """A checked KV cache: how many keys one batch row can hold, and where they live."""
+
+    seqlen: int  # contiguous: the cache's dim 1; paged: max_pages * page_size
+    cache_map: launch.CacheMap
+
+    @property
+    def contiguous_rows(self) -> bool:
+        """Batch row b is cache row b (no block table, no cache_batch_idx)."""
+        return self.cache_map.block_table is None and self.cache_map.cache_batch_idx is None
+
+
+def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None, block_table: Ref | None = None,
+                  cache_batch_idx: Ref | None = None) -> KvCache:
+    """q against the caches as attention() checks q against k and v (the caches' first dim may
+    differ from the batch: pages, or the rows cache_batch_idx picks from); block_table int32
+    (batch, max_pages) with contiguous rows, or cache_batch_idx int32 (batch,), not both; k, v
+    (when given) shaped and typed like the cache, with equal lengths. Index values are checked
+    by check_cache_indices."""
+    batch = q.shape[0] if len(q.shape) == 4 else 0
+    for x, n in ((k_cache, "k_cache"), (v_cache, "v_cache")):
+        if len(x.shape) != 4:
+            raise ValueError(f"{n} must have 4 dims (batch or pages, seqlen or page_size, nheads_kv, headdim), "
+                             f"got shape {tuple(x.shape)}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"v_cache must have the shape of k_cache: {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    num_pages, rows = k_cache.shape[:2]
+    if block_table is not None:
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx and block_table exclude each other: a paged cache maps batch rows "
+                             "to pages through block_table")
+        bt = block_table
+        if bt.dtype != "int32" or len(bt.shape) != 2 or bt.shape[0] != batch or (bt.shape[1] > 1 and bt.strides[1] != 1):
+            raise ValueError(f"block_table must be an int32 array (batch, max_pages) = ({batch}, max_pages) with "
+                             f"contiguous rows, got {bt.dtype} {tuple(bt.shape)} strides {bt.strides}")
+        if bt.device != q.device:
+            raise ValueError(f"block_table is on GPU {bt.device} but q is on GPU {q.device}")
+        if rows < 1:
+            raise ValueError("the page size (k_cache.shape[1] of a paged cache) must be at least 1, got 0")
+        seqlen, page_size = bt.shape[1] * rows, rows
+    else:
+        seqlen, page_size = rows, 0
+        if cache_batch_idx is not None:
+            ci = cache_batch_idx
+            if ci.dtype != "int32" or ci.shape != (batch,) or (batch and ci.strides[0] != 1):
+                raise ValueError(f"cache_batch_idx must be a contiguous int32 array of shape ({batch},), got "
+                                 f"{ci.dtype} {tuple(ci.shape)}")
+            if ci.device != q.device:
+                raise ValueError(f"cache_batch_idx is on GPU {ci.device} but q is on GPU {q.device}")
+    if (block_table is not None or cache_batch_idx is not None) and batch and not num_pages:
+        raise ValueError(f"the cache has no {'pages' if block_table is not None else 'rows'} to map batch rows to "
+                         f"(k_cache.shape[0] = 0)")
+    # The caches seen with q's batch and keys per row: what attention() checks of k and v.
+    validate_qkv(q, k_cache._replace(shape=(batch, seqlen, *k_cache.shape[2:])),
+                 v_cache._replace(shape=(batch, seqlen, *v_cache.shape[2:])))
+    if k is not None:
+        for x, n in ((k, "k"), (v, "v")):
+            if len(x.shape) != 4 or x.shape[0] != batch or x.shape[2:] != k_cache.shape[2:]:
+                raise ValueError(f"{n} must have shape (batch, seqlen_new, nheads_kv, headdim) = ({batch}, "
+                                 f"seqlen_new, {k_cache.shape[2]}, {k_cache.shape[3]}) like the cache, got "
+                                 f"{tuple(x.shape)}")
+            if x.dtype != k_cache.dtype or x.device != k_cache.device:
+                raise ValueError(f"{n} must have the cache's dtype ({k_cache.dtype}) and device, got {x.dtype} on "
+                                 f"GPU {x.device}")
+            _check_layout(x, n)
+        if k.shape[1] != v.shape[1]:
+            raise ValueError(f"k and v must have the same seqlen_new, got {k.shape[1]} and {v.shape[1]}")
+    return KvCache(seqlen, launch.CacheMap(block_table, page_size, cache_batch_idx, num_pages))
+
+
+def check_cache_indices(xp, block_table, cache_batch_idx, num_pages: int) -> None:
+    """block_table entries in [0, num_pages) (pages) and cache_batch_idx in [0, num_pages) (cache
+    rows), CuPy arrays or torch tensors (xp: their module), read on the host (one synchronisation; the kernels also clamp them, for callers that
+    cannot read them, such as a CUDA graph being captured)."""
+    for x, name, what in ((block_table, "block_table", "pages"), (cache_batch_idx, "cache_batch_idx", "cache rows")):
+        if x is not None and (x.numel() if hasattr(x, "numel") else x.size):
+            lo, hi = (int(y) for y in xp.stack([x.min(), x.max()]).tolist())
+            if lo < 0 or hi >= num_pages:
+                raise ValueError(f"{name} entries must be in [0, {num_pages}) (the cache's {what}), got values in "
+                                 f"[{lo}, {hi}]")
 
 
 def _rows_of(x: Ref, name: str) -> Ref:
@@ -899,21 +968,51 @@ def _rows_of(x: Ref, name: str) -> Ref:
     return Ref(x.ptr, (batch * seqlen, heads, dim), x.strides[1:], x.dtype, x.device)
 
 
+def uses_decode_kernel(q: Ref, k_cache: Ref, v_cache: Ref, cache: KvCache) -> bool:
+    """Whether attention over this cache runs on the split-KV decode kernel: always for paged
+    caches, cache_batch_idx, short query chunks and caches whose batches are not one after
+    another (the varlen prefill kernels, which take the rest, see the batches as rows)."""
+    if not cache.contiguous_rows or q.shape[1] * (q.shape[2] // k_cache.shape[2]) <= DECODE_MAX_FOLDED_ROWS:
+        return True
+    return q.shape[0] > 1 and any(x.strides[0] != x.shape[1] * x.strides[1] for x in (k_cache, v_cache))
+
+
 def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None, lengths: Ref, used: Ref | None,
-                out: Ref, lse_rows: Ref | None, opts: Options, offsets: tuple, stream: int) -> None:
+                out: Ref, lse_rows: Ref | None, opts: Options, cache: KvCache, num_splits: int, alloc: launch.Alloc,
+                offsets, stream: int) -> None:
     """attention_with_kvcache for checked Refs (check_kvcache), q's device current: append k, v at
-    `lengths` (int32 (batch,)) writing `used` (int32 (batch,)), then the varlen forward of q (its
-    batches one after another, like out) over each row's used keys (`lengths` without k, v) into out
-    and lse_rows (nheads, batch * seqlen_q). offsets: pointers of int32 [0, seqlen_q, 2 seqlen_q, ...]
-    and [0, seqlen_cache, ...] (batch + 1 each, _offsets); opts from _varlen_options."""
-    batch, seqlen_q = q.shape[:2]
+    `lengths` (int32 (batch,)) writing `used` (int32 (batch,)), then attention of q over each row's
+    used keys (`lengths` without k, v) into out and lse_rows (nheads, batch * seqlen_q): on the
+    split-KV decode kernel (num_splits parts, 0: chosen from the shape and the GPU) or, for long
+    query chunks over a contiguous cache, the varlen prefill kernels. offsets: a callable giving
+    the pointers of int32 [0, seqlen_q, 2 seqlen_q, ...] and [0, seqlen_cache, ...] (batch + 1
+    each), asked for only by the prefill path. opts: kvcache_options."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    dtype = KERNEL_DTYPES[k_cache.dtype]
     if k is not None and batch:
-        launch.kvcache_append(k, v, k_cache, v_cache, lengths, used, KERNEL_DTYPES[k_cache.dtype], stream)
+        launch.kvcache_append(k, v, k_cache, v_cache, lengths, used, cache.seqlen, cache.cache_map, dtype, stream)
+    seqused = used if k is not None else lengths
+    if not (batch and seqlen_q):
+        return
+    if uses_decode_kernel(q, k_cache, v_cache, cache):
+        features = replace(opts.features, varlen=False)
+        spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device))
+        nheads_kv = k_cache.shape[2]
+        splits = num_splits or launch.decode_splits(spec, batch, nheads, nheads_kv, seqlen_q, cache.seqlen,
+                                                    _sm_count(q.device))
+        launch.decode(spec, q, k_cache, v_cache, out, lse_rows, cache.seqlen, seqused, cache.cache_map, opts.fields,
+                      splits, alloc, stream)
+        return
     rows = [_varlen_ref(r, batch, r.shape[0]) for r in (_rows_of(q, "q"), _rows_of(k_cache, "k_cache"),
                                                           _rows_of(v_cache, "v_cache"), _rows_of(out, "out"))]
-    sequences = {"cu_seqlens_q": offsets[0], "cu_seqlens_k": offsets[1],
-                 "seqused_k": (used if k is not None else lengths).ptr}
+    cu_q, cu_k = offsets()
+    sequences = {"cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k, "seqused_k": seqused.ptr}
     run_varlen_forward(*rows, lse_rows, opts, sequences, seqlen_q, stream)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return int(_cupy().cuda.Device(device).attributes["MultiProcessorCount"])
 
 
 def kvcache_options(q: Ref, softmax_scale, causal, window_size, softcap, alibi: Ref | None,
@@ -959,36 +1058,41 @@ def attention_with_kvcache(
     """Attention of q over a KV cache, after appending new keys and values to it in place
     (flash-attn 2.x's flash_attn_with_kvcache, on CuPy arrays).
 
-    q: (batch, seqlen_q, nheads, headdim); k_cache, v_cache: (batch, seqlen_cache, nheads_kv,
-    headdim), batches one after another (batch stride = seqlen_cache * row stride); k, v
-    (optional, both or neither): (batch, seqlen_new, nheads_kv, headdim), written into the caches
-    from row cache_seqlens[b] on (rows past the cache's end are dropped). cache_seqlens: an int or
-    int32 (batch,): each row's filled length before the append (default: the whole cache, only
-    without k, v). Batch row b then attends over the first min(cache_seqlens[b] + seqlen_new,
-    seqlen_cache) keys; causal and windows are aligned to the end of those keys (bottom-right).
-    softmax_scale, causal, window_size, softcap, alibi_slopes ((nheads,) or (batch, nheads)) and
-    learnable_sink as attention(). num_splits is a speed hint for the split-KV kernel, which has
-    not landed: every value computes the same. Returns out (batch, seqlen_q, nheads, headdim) and
-    with return_lse=True also lse (batch, nheads, seqlen_q) float32.
+    q: (batch, seqlen_q, nheads, headdim). The cache is contiguous, k_cache, v_cache (batch,
+    seqlen_cache, nheads_kv, headdim) (or (cache rows, ...) with cache_batch_idx: int32 (batch,),
+    batch row b reads cache row cache_batch_idx[b]), or paged: (num_pages, page_size, nheads_kv,
+    headdim) with block_table int32 (batch, max_pages), key j of batch row b in row j % page_size
+    of page block_table[b, j // page_size], any page_size >= 1 (seqlen_cache = max_pages *
+    page_size). k, v (optional, both or neither): (batch, seqlen_new, nheads_kv, headdim), written
+    into the caches from key cache_seqlens[b] on (keys past seqlen_cache are dropped).
+    cache_seqlens: an int or int32 (batch,): each row's filled length before the append (default:
+    the whole cache, only without k, v). Batch row b then attends over its first
+    min(cache_seqlens[b] + seqlen_new, seqlen_cache) keys; causal and windows are aligned to the
+    end of those keys (bottom-right). softmax_scale, causal, window_size, softcap, alibi_slopes
+    ((nheads,) or (batch, nheads)) and learnable_sink as attention(). num_splits: how many parts
+    the keys are split into (0: chosen from the shape and the GPU's SM count; results agree to
+    rounding). Returns out (batch, seqlen_q, nheads, headdim) and with return_lse=True also lse
+    (batch, nheads, seqlen_q) float32.
 
-    rotary_cos / rotary_sin, cache_batch_idx, cache_leftpad and block_table (paged caches) raise
-    NotImplementedError for now. This runs on the variable-length prefill kernels (each batch row
-    a sequence of its cache's length), at their speed, not yet at the memory-bandwidth limit.
-    An array cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
+    rotary_cos / rotary_sin and cache_leftpad raise NotImplementedError for now. block_table and
+    cache_batch_idx entries are checked on the host (one synchronisation); an array
+    cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
     """
     check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
-                       cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table)
+                       cache_leftpad=cache_leftpad)
     cp = _cupy()
-    (q, k_cache, v_cache, k, v, alibi_slopes, learnable_sink), (qr, kcr, vcr, kr, vr, ar, sr) = _refs(
+    (q, k_cache, v_cache, k, v, alibi_slopes, learnable_sink, block_table, cache_batch_idx), refs = _refs(
         {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k": k, "v": v, "alibi_slopes": alibi_slopes,
-         "learnable_sink": learnable_sink})
-    check_kvcache(qr, kcr, vcr, kr, vr)
+         "learnable_sink": learnable_sink, "block_table": block_table, "cache_batch_idx": cache_batch_idx})
+    qr, kcr, vcr, kr, vr, ar, sr, btr, cir = refs
+    cache = check_kvcache(qr, kcr, vcr, kr, vr, btr, cir)
     batch, seqlen_q, nheads, _ = qr.shape
-    seqlen_cache = kcr.shape[1]
     with device_scope(qr.device):
+        opts = kvcache_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+        check_cache_indices(cp, block_table, cache_batch_idx, cache.cache_map.num_pages)
         if cache_seqlens is None or isinstance(cache_seqlens, numbers.Integral):
-            value = seqlen_cache if cache_seqlens is None else int(cache_seqlens)
-            check_cache_length(value, seqlen_cache)
+            value = cache.seqlen if cache_seqlens is None else int(cache_seqlens)
+            check_cache_length(value, cache.seqlen)
             lengths = cp.full((batch,), value, dtype=np.int32)
         else:
             lengths = _as_gpu_array(cache_seqlens, "cache_seqlens")
@@ -998,11 +1102,13 @@ def attention_with_kvcache(
             q = cp.ascontiguousarray(q)
         out = cp.empty(q.shape, dtype=q.dtype)
         lse_rows = cp.empty((nheads, batch * seqlen_q), dtype=np.float32) if return_lse else None
-        opts = kvcache_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+
+        def offsets():
+            return _offsets(qr.device, batch, seqlen_q).data.ptr, _offsets(qr.device, batch, cache.seqlen).data.ptr
+
         run_kvcache(cupy_ref(q), kcr, vcr, kr, vr, cupy_ref(lengths), None if used is None else cupy_ref(used),
-                    cupy_ref(out), None if lse_rows is None else cupy_ref(lse_rows), opts,
-                    (_offsets(qr.device, batch, seqlen_q).data.ptr, _offsets(qr.device, batch, seqlen_cache).data.ptr),
-                    cp.cuda.get_current_stream().ptr)
+                    cupy_ref(out), None if lse_rows is None else cupy_ref(lse_rows), opts, cache, int(num_splits),
+                    cupy_alloc, offsets, cp.cuda.get_current_stream().ptr)
         if not return_lse:
             return out
         lse = cp.ascontiguousarray(lse_rows.reshape(nheads, batch, seqlen_q).transpose(1, 0, 2))

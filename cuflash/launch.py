@@ -14,7 +14,8 @@ from typing import Callable, NamedTuple
 
 from . import params
 from .compile.cache import get_pointer
-from .specs import BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, FwdSm90Spec, FwdSpec, KvAppendSpec
+from .specs import (BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, DecodeCombineSpec, DecodeSpec, FwdSm90Spec,
+                    FwdSpec, KvAppendSpec)
 
 #: CUDA limit on gridDim.y and gridDim.z.
 MAX_GRID_YZ = 65535
@@ -67,6 +68,8 @@ def dynamic_smem_bytes(spec) -> int:
         return fwd_smem_bytes(spec)
     if isinstance(spec, (BwdSpec, BwdSm90Spec)):
         return bwd_smem_bytes(spec)
+    if isinstance(spec, DecodeSpec):
+        return decode_smem_bytes(spec)
     return 0
 
 
@@ -323,11 +326,30 @@ def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int) -> None:
 _append_spec = functools.lru_cache(maxsize=None)(KvAppendSpec)
 
 
-def kvcache_append(k: Ref, v: Ref, k_cache: Ref, v_cache: Ref, cache_seqlens: Ref, seqused: Ref, dtype: str,
-                   stream: int) -> None:
-    """k, v (batch, seqlen_new, nheads_kv, d) into k_cache, v_cache (batch, seqlen_cache, nheads_kv, d) at
-    row cache_seqlens[b] of each batch row, and seqused[b] = min(cache_seqlens[b] + seqlen_new,
-    seqlen_cache) (kernels_cu/kvcache_append.cu; int32 (batch,) both)."""
+class CacheMap(NamedTuple):
+    """Where a KV cache's keys live (kernels_cu/common/kvcache.cuh): block_table (batch,
+    max_pages) int32 or None (contiguous), page_size (paged), cache_batch_idx (batch,) int32 or
+    None, num_pages = the cache's first dim (pages, or cache rows)."""
+
+    block_table: Ref | None
+    page_size: int
+    cache_batch_idx: Ref | None
+    num_pages: int
+
+    def fields(self) -> dict:
+        bt = self.block_table
+        return {"block_table": 0 if bt is None else bt.ptr,
+                "block_table_batch_stride": 0 if bt is None else bt.strides[0],
+                "page_size": self.page_size, "num_pages": self.num_pages,
+                "cache_batch_idx": 0 if self.cache_batch_idx is None else self.cache_batch_idx.ptr}
+
+
+def kvcache_append(k: Ref, v: Ref, k_cache: Ref, v_cache: Ref, cache_seqlens: Ref, seqused: Ref, seqlen_cache: int,
+                   cache_map: CacheMap, dtype: str, stream: int) -> None:
+    """k, v (batch, seqlen_new, nheads_kv, d) into the caches at key cache_seqlens[b] of each
+    batch row (cache_map says where that key lives), and seqused[b] = min(cache_seqlens[b] +
+    seqlen_new, seqlen_cache) (kernels_cu/kvcache_append.cu; int32 (batch,) both). seqlen_cache:
+    the keys one batch row can hold."""
     batch, seqlen_new, nheads_kv, head_dim = k.shape
     spec = _append_spec(dtype)
     fields = {
@@ -335,8 +357,79 @@ def kvcache_append(k: Ref, v: Ref, k_cache: Ref, v_cache: Ref, cache_seqlens: Re
         "cache_seqlens": cache_seqlens.ptr, "seqused": seqused.ptr,
         **strides_named("k", k), **strides_named("v", v), **strides_named("kc", k_cache),
         **strides_named("vc", v_cache),
-        "seqlen_new": seqlen_new, "seqlen_cache": k_cache.shape[1], "nheads_kv": nheads_kv, "head_dim": head_dim,
+        "seqlen_new": seqlen_new, "seqlen_cache": seqlen_cache, "nheads_kv": nheads_kv, "head_dim": head_dim,
+        **cache_map.fields(),
     }
     chunks = seqlen_new * nheads_kv * head_dim // 8
     grid = (max(1, -(-chunks // spec.threads)), batch, 1)
     run(spec, k.device, grid, (spec.threads, 1, 1), 0, params.KV_APPEND, fields, stream)
+
+
+# ---------------------------------------------------------------- split-KV decode
+
+#: Folded query rows (query x head of a GQA group) per decode CTA (BM in kernels_cu/decode.cu).
+DECODE_ROWS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def decode_smem_bytes(spec: DecodeSpec) -> int:
+    """kernels_cu/decode.cu: Q (16 rows) and per warp `stages` K and V blocks, pitch D + 8; reused
+    after the main loop for the warps' fp32 parts (16 rows of D + 1 and an lse each)."""
+    t, pitch = spec.tiles, spec.head_dim + 8
+    loop = (DECODE_ROWS + t.warps * t.stages * 2 * t.block_n) * pitch * 2
+    merge = t.warps * DECODE_ROWS * (spec.head_dim + 1) * 4 + t.warps * DECODE_ROWS * 4
+    return max(loop, merge)
+
+
+def decode_grid(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, splits: int):
+    """(splits, folded-row blocks, batch * nheads_kv): each CTA one split of one (b, h_kv)'s keys
+    for 16 of its seqlen_q * group folded rows."""
+    rows = seqlen_q * (nheads // nheads_kv)
+    return (splits, -(-rows // DECODE_ROWS), batch * nheads_kv)
+
+
+def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
+                  sm_count: int) -> int:
+    """num_splits = 0: enough CTAs for two waves of the GPU, but at least 8 key blocks per warp
+    in each split (fewer makes the pipeline's ramp and the combine cost more than they hide)."""
+    ctas = batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
+    t = spec.tiles
+    most = max(1, seqlen_k // (8 * t.warps * t.block_n))
+    return max(1, min(most, -(-2 * sm_count // max(ctas, 1)), 256))
+
+
+_combine_spec = functools.lru_cache(maxsize=None)(DecodeCombineSpec)
+
+
+def decode(spec: DecodeSpec, q: Ref, k_cache: Ref, v_cache: Ref, out: Ref, lse: Ref | None, seqlen_k: int,
+           seqused: Ref | None, cache_map: CacheMap, option_fields: dict, splits: int, alloc: Alloc,
+           stream: int) -> None:
+    """q (batch, seqlen_q, nheads, d) over the caches (seqlen_k keys per batch row at most, seqused
+    (batch,) int32 of them used, or all) into out and lse: float32 (nheads, batch * seqlen_q), the
+    varlen kernels' layout, or None. The keys are split into `splits` parts merged by the combine
+    kernel (one: no combine). Scratch with more than one split: (splits, nheads * batch * seqlen_q,
+    D) and (splits, nheads * batch * seqlen_q) fp32 from alloc."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    fields = attention_fields(q, k_cache, v_cache, option_fields)
+    fields.update({"seqlen_k": seqlen_k, "o": out.ptr, "lse": 0 if lse is None else lse.ptr,
+                   **{f"o_{n}_stride": x for n, x in zip(("batch", "row", "head"), out.strides)},
+                   "seqused_k": 0 if seqused is None else seqused.ptr, "num_splits": splits,
+                   "part_cols": spec.head_dim, **cache_map.fields()})
+    owner = None
+    if splits > 1:
+        rows = batch * nheads * seqlen_q
+        owner, s, _ = _scratch(alloc, {"o_part": ((splits, rows, spec.head_dim), "float32"),
+                                       "lse_part": ((splits, rows), "float32")})
+        fields["o_part"], fields["lse_part"] = s["o_part"].ptr, s["lse_part"].ptr
+    run(spec, q.device, decode_grid(spec, batch, nheads, k_cache.shape[2], seqlen_q, splits), (spec.threads, 1, 1),
+        decode_smem_bytes(spec), params.DECODE, fields, stream)
+    if splits > 1:
+        combine = _combine_spec(spec.dtype)
+        run(combine, q.device, (-(-rows // combine.rows_per_cta), 1, 1), (combine.threads, 1, 1), 0,
+            params.DECODE_COMBINE,
+            {"o_part": fields["o_part"], "lse_part": fields["lse_part"], "sink": option_fields.get("sink", 0),
+             "o": out.ptr, "lse": fields["lse"], "o_batch_stride": out.strides[0], "o_row_stride": out.strides[1],
+             "o_head_stride": out.strides[2], "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q,
+             "head_dim": head_dim, "num_splits": splits, "part_cols": spec.head_dim},
+            stream)
+    del owner  # the scratch's frees are stream-ordered: the kernels above finish first

@@ -92,6 +92,12 @@ BWD_CONVERT_PARAMS = np.dtype(
     align=True,
 )
 
+#: Where a KV cache's keys live (CUFLASH_CACHE_MAP_FIELDS in params.cuh).
+CACHE_MAP_FIELDS = [
+    ("cache_batch_idx", _PTR), ("block_table", _PTR), ("block_table_batch_stride", _I64),
+    ("page_size", _I32), ("num_pages", _I32),
+]
+
 KV_APPEND_PARAMS = np.dtype(
     [
         ("k", _PTR), ("v", _PTR), ("k_cache", _PTR), ("v_cache", _PTR), ("cache_seqlens", _PTR), ("seqused", _PTR),
@@ -100,6 +106,29 @@ KV_APPEND_PARAMS = np.dtype(
         ("kc_batch_stride", _I64), ("kc_row_stride", _I64), ("kc_head_stride", _I64),
         ("vc_batch_stride", _I64), ("vc_row_stride", _I64), ("vc_head_stride", _I64),
         ("seqlen_new", _I32), ("seqlen_cache", _I32), ("nheads_kv", _I32), ("head_dim", _I32),
+    ]
+    + CACHE_MAP_FIELDS,
+    align=True,
+)
+
+DECODE_PARAMS = np.dtype(
+    ATTENTION_FIELDS
+    + [
+        ("o", _PTR), ("lse", _PTR),
+        ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
+        ("o_part", _PTR), ("lse_part", _PTR), ("seqused_k", _PTR),
+        ("num_splits", _I32), ("part_cols", _I32),
+    ]
+    + CACHE_MAP_FIELDS,
+    align=True,
+)
+
+DECODE_COMBINE_PARAMS = np.dtype(
+    [
+        ("o_part", _PTR), ("lse_part", _PTR), ("sink", _PTR), ("o", _PTR), ("lse", _PTR),
+        ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
+        ("batch", _I32), ("nheads", _I32), ("seqlen_q", _I32), ("head_dim", _I32),
+        ("num_splits", _I32), ("part_cols", _I32),
     ],
     align=True,
 )
@@ -111,6 +140,8 @@ STRUCTS = {
     "BwdParams": BWD_PARAMS,
     "BwdConvertParams": BWD_CONVERT_PARAMS,
     "KvAppendParams": KV_APPEND_PARAMS,
+    "DecodeParams": DECODE_PARAMS,
+    "DecodeCombineParams": DECODE_COMBINE_PARAMS,
 }
 
 
@@ -195,3 +226,5 @@ BWD_PREPARE = Packer(BWD_PREPARE_PARAMS)
 BWD = Packer(BWD_PARAMS)
 BWD_CONVERT = Packer(BWD_CONVERT_PARAMS)
 KV_APPEND = Packer(KV_APPEND_PARAMS)
+DECODE = Packer(DECODE_PARAMS)
+DECODE_COMBINE = Packer(DECODE_COMBINE_PARAMS)

@@ -686,38 +686,58 @@ def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, windo
     return dq, dk, dv, dbias
 
 
-def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, alibi_slopes=None,
-                           precision="float64", **options):
+def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, cache_batch_idx=None,
+                           block_table=None, alibi_slopes=None, precision="float64", **options):
     """Reference of cuflash.attention_with_kvcache: k, v (batch, seqlen_new, nheads_kv, headdim)
-    written into copies of k_cache, v_cache (batch, seqlen_cache, ...) at rows cache_seqlens[b]...
-    (rows past the cache's end dropped), then each batch row's queries attend over its first
-    min(cache_seqlens[b] + seqlen_new, seqlen_cache) keys through :func:`attention_forward`
-    (causal and windows aligned to the end of those keys). cache_seqlens: int or (batch,) ints
-    (default: the whole cache). alibi_slopes: (nheads,) or (batch, nheads).
+    written into copies of the caches from key cache_seqlens[b] of batch row b on (keys past the
+    row's capacity dropped), then each batch row's queries attend over its first
+    min(cache_seqlens[b] + seqlen_new, capacity) keys through :func:`attention_forward` (causal
+    and windows aligned to the end of those keys). The caches are contiguous (batch, seqlen_cache,
+    ...), or (cache rows, seqlen_cache, ...) read through cache_batch_idx (batch,), or paged
+    (num_pages, page_size, ...) with block_table (batch, max_pages): key j of row b is row
+    j % page_size of page block_table[b, j // page_size]. cache_seqlens: int or (batch,) ints
+    (default: the whole capacity). alibi_slopes: (nheads,) or (batch, nheads).
     Returns (out, lse, k_cache_new, v_cache_new)."""
     xp = array_module(q, k_cache, v_cache)
-    batch, seqlen_cache = k_cache.shape[:2]
+    batch = q.shape[0]
     k_new, v_new = k_cache.copy(), v_cache.copy()
-    seqlens = [seqlen_cache] * batch if cache_seqlens is None else (
+    if block_table is not None:
+        page_size = k_cache.shape[1]
+        capacity = block_table.shape[1] * page_size
+
+        def slots(b, keys):  # (first-dim index, row) of keys `keys` of batch row b
+            keys = numpy.asarray(keys, dtype=numpy.int64)
+            return numpy.asarray(block_table[b])[keys // page_size], keys % page_size
+    else:
+        capacity = k_cache.shape[1]
+
+        def slots(b, keys):
+            row = b if cache_batch_idx is None else int(cache_batch_idx[b])
+            keys = numpy.asarray(keys, dtype=numpy.int64)
+            return numpy.full(keys.shape, row), keys
+
+    seqlens = [capacity] * batch if cache_seqlens is None else (
         [int(cache_seqlens)] * batch if numpy.ndim(cache_seqlens) == 0 else [int(x) for x in cache_seqlens])
     appended = 0 if k is None else k.shape[1]
     outs, lses = [], []
     for b in range(batch):
-        start = min(max(seqlens[b], 0), seqlen_cache)
+        start = min(max(seqlens[b], 0), capacity)
         if k is not None:
-            n = min(appended, seqlen_cache - start)
-            k_new[b, start:start + n] = k[b, :n]
-            v_new[b, start:start + n] = v[b, :n]
-        used = min(start + appended, seqlen_cache)
+            n = min(appended, capacity - start)
+            pages, rows = slots(b, range(start, start + n))
+            k_new[pages, rows] = k[b, :n]
+            v_new[pages, rows] = v[b, :n]
+        used = min(start + appended, capacity)
+        pages, rows = slots(b, range(used))
         slopes = None
         if alibi_slopes is not None:
             slopes = alibi_slopes[b] if numpy.ndim(alibi_slopes) == 2 else alibi_slopes
-        out, lse = attention_forward(q[b:b + 1], k_new[b:b + 1, :used], v_new[b:b + 1, :used], alibi_slopes=slopes,
-                                     precision=precision, **options)
+        out, lse = attention_forward(q[b:b + 1], k_new[pages, rows][None], v_new[pages, rows][None],
+                                     alibi_slopes=slopes, precision=precision, **options)
         outs.append(out)
         lses.append(lse)
     if not batch:
-        out, lse = attention_forward(q, k_cache, v_cache, precision=precision, **options)
+        out, lse = attention_forward(q, k_cache[:0], v_cache[:0], precision=precision, **options)
         return out, lse, k_new, v_new
     return xp.concatenate(outs), xp.concatenate(lses), k_new, v_new
 

@@ -557,3 +557,69 @@ class KvAppendSpec(KernelSpec):
     @property
     def name(self) -> str:
         return f"kvcache_append_{self.dtype}"
+
+
+@dataclass(frozen=True)
+class DecodeTiles:
+    """Tile shape of the split-KV decode (kernels_cu/decode.cu): 16 folded query rows per CTA;
+    each of `warps` warps streams key blocks of `block_n` keys through its own ring of
+    `stages` shared-memory K/V buffers."""
+
+    block_n: int
+    warps: int
+    stages: int
+
+
+#: Decode tiles per compile-time head dim, best first; launch.decode_smem_bytes decides
+#: which fit a GPU (the first for H100/H200 and A100, the second for 99 KB GPUs).
+DECODE_TILES = {
+    d: [DecodeTiles(16, 4, 3), DecodeTiles(16, 4, 2)] if d <= 128 else [DecodeTiles(16, 4, 2), DecodeTiles(16, 2, 2)]
+    for d in range(HEAD_DIM_BUCKET, 257, HEAD_DIM_BUCKET)
+}
+
+
+@dataclass(frozen=True)
+class DecodeSpec(AttentionSpec):
+    """The split-KV decode kernel over a KV cache (kernels_cu/decode.cu): every mask kind and
+    modifier, contiguous or paged caches (a run-time choice); no varlen switch (each batch
+    row's key count comes from seqused_k)."""
+
+    tiles: DecodeTiles
+
+    source = "decode.cu"
+    entry = "cuflash_decode"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.features.varlen:
+            raise ValueError("the decode kernel takes each row's key count from seqused_k, not cu_seqlens")
+        if self.tiles.block_n % 16 or self.tiles.stages < 2:
+            raise ValueError(f"decode tiles need block_n % 16 == 0 and stages >= 2, got {self.tiles}")
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.tiles.warps
+
+    @property
+    def name(self) -> str:
+        t = self.tiles
+        return f"decode_{self.dtype}_d{self.head_dim}_{self.features.tag}_n{t.block_n}w{t.warps}s{t.stages}"
+
+    def defines(self) -> dict[str, int]:
+        t = self.tiles
+        return {**super().defines(), "CUFLASH_BLOCK_N": t.block_n, "CUFLASH_WARPS": t.warps,
+                "CUFLASH_STAGES": t.stages}
+
+
+@dataclass(frozen=True)
+class DecodeCombineSpec(KernelSpec):
+    """kernels_cu/decode_combine.cu: the split-KV decode's fp32 parts merged into out and lse."""
+
+    source = "decode_combine.cu"
+    entry = "cuflash_decode_combine"
+    threads = 128
+    rows_per_cta = 4  # one warp per query row
+
+    @property
+    def name(self) -> str:
+        return f"decode_combine_{self.dtype}"

@@ -22,7 +22,10 @@ from .specs import (
     MASKS,
     MODIFIERS,
     PLAIN,
+    DECODE_TILES,
     BwdConvertSpec,
+    DecodeCombineSpec,
+    DecodeSpec,
     KvAppendSpec,
     BwdPrepareSpec,
     BwdSm90Spec,
@@ -69,7 +72,7 @@ class Family:
 
     name: str
     spec: type
-    direction: str  # "fwd" | "bwd"
+    direction: str  # "fwd" | "bwd" | "decode"
     compute_capabilities: tuple | None  # None: every GPU from MIN_COMPUTE_CAPABILITY
     head_dims: tuple  # compile-time head dims it has
     masks: tuple = tuple(MASKS)
@@ -86,6 +89,7 @@ FAMILIES = (
     Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES)), varlen=True),
     Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True, varlen=True),
     Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True, varlen=True),
+    Family("decode", DecodeSpec, "decode", None, tuple(sorted(DECODE_TILES))),
 )
 
 
@@ -93,7 +97,7 @@ FAMILIES = (
 class Problem:
     """What kernel selection needs to know of a call (hashable: selection is memoised)."""
 
-    direction: str  # "fwd" | "bwd"
+    direction: str  # "fwd" | "bwd" | "decode"
     dtype: str
     head_dim: int  # the actual head dim d
     features: Features = PLAIN
@@ -126,7 +130,7 @@ def family_reasons(family: Family, problem: Problem) -> list[str]:
         reasons.append(f"{family.name} has no variable-length batches")
     if problem.deterministic and not family.deterministic:
         reasons.append(f"{family.name} has no deterministic mode")
-    if not reasons and family.spec in (FwdSpec, BwdSpec) and _spec_for(family, problem) is None:
+    if not reasons and family.spec in (FwdSpec, BwdSpec, DecodeSpec) and _spec_for(family, problem) is None:
         reasons.append(f"{family.name} has no tiles for head dim {problem.head_dim} within this GPU's "
                        f"{problem.smem_limit} bytes of shared memory per block (a smaller head dim runs)")
     return reasons
@@ -167,6 +171,8 @@ def _spec_for(family: Family, problem: Problem):
 def portable_candidates(family: Family, dtype: str, d: int, features: Features, deterministic: bool = False) -> list:
     """The portable family's specs for compile-time head dim d, best first: the large-memory
     tiles, then those for GPUs with less shared memory (specs.*_TILES_SMALLER_SMEM)."""
+    if family.spec is DecodeSpec:
+        return [DecodeSpec(dtype, d, features, t) for t in DECODE_TILES[d]]
     if family.spec is FwdSpec:
         tiles = [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, [])
         return [FwdSpec(dtype, dd, features, t) for dd, t in tiles]
@@ -214,13 +220,21 @@ def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool,
     )
 
 
+@functools.lru_cache(maxsize=None)
+def decode_spec(dtype: str, head_dim: int, features: Features, compute_capability, smem_limit: int | None = None):
+    """The split-KV decode kernel for a problem on a GPU (select() for direction "decode"), memoised."""
+    cc = tuple(compute_capability)
+    limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
+    return select(Problem("decode", dtype, head_dim, features, cc, smem_limit=limit))
+
+
 def family_specs(family: Family, features: Features) -> list:
     """Every spec of a family for one feature set: each dtype and head dim
     (and for the Hopper forward each tile table; for the backward both modes)."""
     out = []
     for dtype in SUPPORTED_DTYPES:
         for d in family.head_dims:
-            if family.spec is FwdSpec:
+            if family.spec in (FwdSpec, DecodeSpec):
                 out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSm90Spec:
                 out += [FwdSm90Spec(dtype, d, features, t[d]) for t in (FWD_SM90_TILES, FWD_SM90_LONG_TILES) if d in t]
@@ -256,5 +270,5 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
     varlen = [True] if any(f.varlen for f in feature_sets) else []
     helpers = [spec for dtype in SUPPORTED_DTYPES
                for spec in (BwdPrepareSpec(dtype), *(BwdPrepareSpec(dtype, v) for v in varlen), BwdConvertSpec(dtype),
-                            KvAppendSpec(dtype))]
+                            KvAppendSpec(dtype), DecodeCombineSpec(dtype))]
     return specs + helpers

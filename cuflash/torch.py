@@ -529,13 +529,16 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False, *,
                             learnable_sink=None):
     """flash-attn 2.x's flash_attn_with_kvcache (no autograd, as there): k, v appended into the caches
-    in place at cache_seqlens, then attention over each row's filled keys (cuflash.api.run_kvcache).
-    Without cache operations (no k, v, no cache_seqlens) it is dense attention over the whole cache.
-    rotary_cos / rotary_sin, cache_batch_idx, cache_leftpad and block_table raise NotImplementedError
-    until their kernels land."""
+    in place at cache_seqlens, then attention over each row's filled keys (cuflash.api.run_kvcache:
+    the split-KV decode kernel, or the varlen prefill kernels for long query chunks). Caches
+    contiguous, through cache_batch_idx, or paged through block_table with any page size. Without
+    cache operations (no k, v, no cache_seqlens, no block_table, no cache_batch_idx) it is dense
+    attention over the whole cache. rotary_cos / rotary_sin and cache_leftpad raise
+    NotImplementedError until their kernels land. block_table and cache_batch_idx entries are
+    checked on the host except while a CUDA graph is captured (the kernels clamp them)."""
     api.check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
-                           cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table)
-    if k is None and cache_seqlens is None:
+                           cache_leftpad=cache_leftpad)
+    if k is None and cache_seqlens is None and block_table is None and cache_batch_idx is None:
         with torch.no_grad():
             out = _attention(q, k_cache, v_cache, 0.0, softmax_scale, causal, window_size, softcap, alibi_slopes,
                              False, return_softmax_lse, learnable_sink)
@@ -547,25 +550,33 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     qr, kcr, vcr = _ref(q, "q"), _ref(k_cache, "k_cache"), _ref(v_cache, "v_cache")
     kr = None if k is None else _ref(_maybe_contiguous(k), "k")
     vr = None if v is None else _ref(_maybe_contiguous(v), "v")
-    api.check_kvcache(qr, kcr, vcr, kr, vr)
+    btr = None if block_table is None else _ref(block_table, "block_table")
+    cir = None if cache_batch_idx is None else _ref(cache_batch_idx, "cache_batch_idx")
+    cache = api.check_kvcache(qr, kcr, vcr, kr, vr, btr, cir)
     ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes")
     sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink")
     left, right = window_size
     opts = api.kvcache_options(qr, softmax_scale, causal, (left, right), softcap, ar, sr)
-    device, seqlen_cache = qr.device, kcr.shape[1]
+    device = qr.device
     with _on_device(device), torch.no_grad():
-        if isinstance(cache_seqlens, int):
-            api.check_cache_length(cache_seqlens, seqlen_cache)
-            cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+        if not torch.cuda.is_current_stream_capturing():
+            api.check_cache_indices(torch, block_table, cache_batch_idx, cache.cache_map.num_pages)
+        if cache_seqlens is None or isinstance(cache_seqlens, int):
+            value = cache.seqlen if cache_seqlens is None else cache_seqlens
+            api.check_cache_length(value, cache.seqlen)
+            cache_seqlens = torch.full((batch,), value, dtype=torch.int32, device=q.device)
         lengths = _ref(cache_seqlens, "cache_seqlens")
         api.check_cache_lengths(lengths, batch, device)
         used = torch.empty((batch,), dtype=torch.int32, device=q.device) if k is not None else None
         out = torch.empty_like(q)
         lse_rows = q.new_empty((nheads, batch * seqlen_q), dtype=torch.float32) if return_softmax_lse else None
-        offsets = [_offsets(device, batch, step) for step in (seqlen_q, seqlen_cache)]
+
+        def offsets():
+            return tuple(_offsets(device, batch, step).data_ptr() for step in (seqlen_q, cache.seqlen))
+
         api.run_kvcache(qr, kcr, vcr, kr, vr, lengths, None if used is None else _ref(used, "seqused"),
-                        _ref(out, "out"), None if lse_rows is None else _ref(lse_rows, "lse"), opts,
-                        tuple(t.data_ptr() for t in offsets), _stream(device))
+                        _ref(out, "out"), None if lse_rows is None else _ref(lse_rows, "lse"), opts, cache,
+                        int(num_splits), _alloc(device), offsets, _stream(device))
         if not return_softmax_lse:
             return out
         return out, lse_rows.view(nheads, batch, seqlen_q).transpose(0, 1).contiguous()

@@ -1,8 +1,12 @@
 // kvcache_append.cu: new keys and values written into a KV cache in place,
 // each batch row at its own position (cuflash.attention_with_kvcache).
 //
-//   k_cache[b, cache_seqlens[b] + i, h, :] = k[b, i, h, :]      (and v alike)
+//   key cache_seqlens[b] + i of batch row b := k[b, i, h, :]      (and v alike)
 //   seqused[b] = min(cache_seqlens[b] + seqlen_new, seqlen_cache)
+//
+// where a key of batch row b lives is kvcache.cuh's (a contiguous cache, with
+// cache_batch_idx or not, or a paged one). seqlen_cache is the keys a batch
+// row can hold (paged: max_pages * page_size).
 //
 // for i < seqlen_new and every kv head h. seqused is what the attention that
 // follows reads as each row's number of keys (params.cuh seqused_k). Rows that
@@ -18,6 +22,7 @@
 // aligned with strides that are multiples of 8 elements (cuflash/api.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
+#include "common/kvcache.cuh"
 
 constexpr int THREADS = 256;
 
@@ -37,8 +42,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_kvcache_append(con
 
     const u16* k = static_cast<const u16*>(p.k) + b * p.k_batch_stride + i * p.k_row_stride + h * p.k_head_stride + c;
     const u16* v = static_cast<const u16*>(p.v) + b * p.v_batch_stride + i * p.v_row_stride + h * p.v_head_stride + c;
-    u16* kc = static_cast<u16*>(p.k_cache) + b * p.kc_batch_stride + row * p.kc_row_stride + h * p.kc_head_stride + c;
-    u16* vc = static_cast<u16*>(p.v_cache) + b * p.vc_batch_stride + row * p.vc_row_stride + h * p.vc_head_stride + c;
+    const int2 slot = CacheMap(p, b).slot((int)row);
+    u16* kc = static_cast<u16*>(p.k_cache) + CacheMap::at(slot, p.kc_batch_stride, p.kc_row_stride, p.kc_head_stride, h) + c;
+    u16* vc = static_cast<u16*>(p.v_cache) + CacheMap::at(slot, p.vc_batch_stride, p.vc_row_stride, p.vc_head_stride, h) + c;
     *reinterpret_cast<uint4*>(kc) = *reinterpret_cast<const uint4*>(k);
     *reinterpret_cast<uint4*>(vc) = *reinterpret_cast<const uint4*>(v);
 }

@@ -111,8 +111,19 @@ struct BwdParams {
     CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 
+// Where a KV cache's keys live (kvcache.cuh CacheMap): contiguous (block_table
+// null) with an optional batch-row -> cache-row map, or paged. Shared by
+// KvAppendParams and DecodeParams; added once more in cuflash/params.py
+// (CACHE_MAP_FIELDS).
+#define CUFLASH_CACHE_MAP_FIELDS                                                      \
+    const int* cache_batch_idx; /* (batch,) int32 cache row of batch row b, or null */ \
+    const int* block_table;     /* (batch, max_pages) int32, or null (contiguous) */   \
+    i64 block_table_batch_stride;                                                     \
+    int page_size;              /* keys per page (paged) */                           \
+    int num_pages;              /* the cache's first dim: pages, or cache rows */
+
 // kernels_cu/kvcache_append.cu: k, v (batch, seqlen_new, nheads_kv, head_dim) into
-// k_cache, v_cache (batch, seqlen_cache, nheads_kv, head_dim) at row cache_seqlens[b].
+// the caches (kvcache.cuh) at key cache_seqlens[b] of batch row b.
 struct KvAppendParams {
     const void* k;
     const void* v;
@@ -122,9 +133,37 @@ struct KvAppendParams {
     int* seqused;              // (batch,) int32, written: min(cache_seqlens + seqlen_new, seqlen_cache)
     i64 k_batch_stride, k_row_stride, k_head_stride;
     i64 v_batch_stride, v_row_stride, v_head_stride;
-    i64 kc_batch_stride, kc_row_stride, kc_head_stride;
+    i64 kc_batch_stride, kc_row_stride, kc_head_stride;  // of the cache's (first dim, row, head)
     i64 vc_batch_stride, vc_row_stride, vc_head_stride;
-    int seqlen_new, seqlen_cache, nheads_kv, head_dim;
+    int seqlen_new, seqlen_cache, nheads_kv, head_dim;  // seqlen_cache: keys per batch row (paged: max_pages * page_size)
+    CUFLASH_CACHE_MAP_FIELDS
+};
+
+// kernels_cu/decode.cu: q (batch, seqlen_q, nheads, head_dim) over the caches k, v
+// (contiguous (cache rows, seqlen_k, nheads_kv, d) or paged (num_pages, page_size,
+// nheads_kv, d); seqlen_k = keys per batch row the cache can hold), split-KV.
+struct DecodeParams {
+    CUFLASH_ATTENTION_FIELDS
+    void* o;             // (batch, seqlen_q, nheads, head_dim), written when num_splits == 1
+    float* lse;          // (nheads, batch * seqlen_q) contiguous (the varlen layout), or null; num_splits == 1
+    i64 o_batch_stride, o_row_stride, o_head_stride;
+    float* o_part;       // (num_splits, nheads * batch * seqlen_q, part_cols) fp32 (num_splits > 1)
+    float* lse_part;     // (num_splits, nheads * batch * seqlen_q) fp32 (num_splits > 1)
+    const int* seqused_k;  // (batch,) int32 keys of each batch row (clamped to seqlen_k), or null: seqlen_k
+    int num_splits, part_cols;
+    CUFLASH_CACHE_MAP_FIELDS
+};
+
+// kernels_cu/decode_combine.cu: the decode's split parts merged into o and lse.
+struct DecodeCombineParams {
+    const float* o_part;   // (num_splits, rows, part_cols), rows = nheads * batch * seqlen_q in (h, b, i) order
+    const float* lse_part; // (num_splits, rows)
+    const float* sink;     // (nheads,) learnable sink logits, or null
+    void* o;               // (batch, seqlen_q, nheads, head_dim)
+    float* lse;            // (rows,) = (nheads, batch * seqlen_q) contiguous, or null
+    i64 o_batch_stride, o_row_stride, o_head_stride;
+    int batch, nheads, seqlen_q, head_dim;
+    int num_splits, part_cols;
 };
 
 // kernels_cu/bwd_convert.cu: dst[b, s, h, :] = sum_{j < group} src[b, s, h * group + j, :].

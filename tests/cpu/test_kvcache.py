@@ -36,7 +36,41 @@ def test_reference_drops_rows_past_the_end_and_defaults_to_the_whole_cache():
     assert np.array_equal(out, reference.attention_forward(q, kc, vc)[0])
 
 
-@pytest.mark.parametrize("option", ["rotary_cos", "rotary_sin", "cache_batch_idx", "cache_leftpad", "block_table"])
+def paged(cache, page_size, rng):
+    """A contiguous cache (batch, seqlen, ...) as shuffled pages (num_pages, page_size, ...) plus one
+    spare page of NaN, and the block table that reads it back."""
+    batch, seqlen = cache.shape[:2]
+    per_row = -(-seqlen // page_size)
+    order = rng.permutation(batch * per_row)
+    pages = np.full((batch * per_row + 1, page_size, *cache.shape[2:]), np.nan, dtype=cache.dtype)
+    padded = np.zeros((batch, per_row * page_size, *cache.shape[2:]), dtype=cache.dtype)
+    padded[:, :seqlen] = cache
+    pages[order] = padded.reshape(batch * per_row, page_size, *cache.shape[2:])
+    return pages, order.reshape(batch, per_row).astype(np.int32)
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+def test_reference_paged_cache_equals_the_contiguous_one(page_size):
+    rng = np.random.default_rng(0)
+    q, kc, vc, k, v = cache_inputs(seqlen_cache=48)
+    (kp, table), (vp, _) = paged(kc, page_size, np.random.default_rng(1)), paged(vc, page_size, np.random.default_rng(1))
+    lengths = rng.integers(0, 40, size=2)
+    want = reference.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True)
+    got = reference.attention_with_kvcache(q, kp, vp, k, v, cache_seqlens=lengths, block_table=table, causal=True)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    flat = got[2].reshape(-1, *kc.shape[2:])[(table[:, :, None] * page_size + np.arange(page_size)).reshape(2, -1)]
+    assert np.array_equal(flat[:, :48], want[2])
+
+
+def test_reference_cache_batch_idx_reads_the_named_rows():
+    q, kc, vc, k, v = cache_inputs()
+    idx = np.array([1, 0], np.int32)
+    got = reference.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=[3, 9], cache_batch_idx=idx)
+    want = reference.attention_with_kvcache(q, kc[idx], vc[idx], k, v, cache_seqlens=[3, 9])
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[2][idx], want[2])
+
+
+@pytest.mark.parametrize("option", ["rotary_cos", "rotary_sin", "cache_leftpad"])
 def test_options_without_a_kernel_are_named(option):
     q, kc, vc, _, _ = cache_inputs()
     with pytest.raises(NotImplementedError, match=option):
@@ -81,24 +115,34 @@ def recorded(monkeypatch):
     monkeypatch.setattr(api, "_check_device", lambda device: None)
     monkeypatch.setattr(api, "_compute_capability", lambda device: (9, 0))
     monkeypatch.setattr(api, "_device_smem_limit", lambda device: 232448)
+    monkeypatch.setattr(api, "_sm_count", lambda device: 132)
     return calls
 
 
+def alloc(shape, dtype):
+    n = int(np.prod(shape))
+    return None, ref((n,), dtype, ptr=0xA000000)
+
+
 def test_run_kvcache_appends_then_runs_the_varlen_forward_over_the_used_keys(recorded):
-    batch, seqlen_q, nheads, nheads_kv, d, seqlen_cache, seqlen_new = 3, 2, 8, 2, 128, 64, 2
+    # 32 queries x 4 heads per kv head: more folded rows than the decode kernel takes
+    batch, seqlen_q, nheads, nheads_kv, d, seqlen_cache, seqlen_new = 3, 32, 8, 2, 128, 64, 2
     q, out = ref((batch, seqlen_q, nheads, d), ptr=0x1000000), ref((batch, seqlen_q, nheads, d), ptr=0x2000000)
     kc, vc = ref((batch, seqlen_cache, nheads_kv, d), ptr=0x3000000), ref((batch, seqlen_cache, nheads_kv, d),
                                                                          ptr=0x4000000)
     k, v = ref((batch, seqlen_new, nheads_kv, d), ptr=0x5000000), ref((batch, seqlen_new, nheads_kv, d), ptr=0x6000000)
     lengths, used = ref((batch,), "int32", 0x7000000), ref((batch,), "int32", 0x7001000)
     lse = ref((nheads, batch * seqlen_q), "float32", 0x8000000)
-    api.check_kvcache(q, kc, vc, k, v)
+    cache = api.check_kvcache(q, kc, vc, k, v)
+    assert not api.uses_decode_kernel(q, kc, vc, cache)
     opts = api.kvcache_options(q, None, True, (-1, -1), 0.0, None, None)
-    api.run_kvcache(q, kc, vc, k, v, lengths, used, out, lse, opts, (0x9000000, 0x9001000), stream=0)
+    api.run_kvcache(q, kc, vc, k, v, lengths, used, out, lse, opts, cache, 0, alloc, lambda: (0x9000000, 0x9001000),
+                    stream=0)
     (append, append_grid, a), (forward, _, f) = recorded
     assert append.startswith("kvcache_append_bf16") and append_grid[1] == batch
     assert (a["k"], a["k_cache"], a["cache_seqlens"], a["seqused"]) == (k.ptr, kc.ptr, lengths.ptr, used.ptr)
     assert (a["seqlen_new"], a["seqlen_cache"], a["nheads_kv"], a["head_dim"]) == (2, 64, 2, 128)
+    assert (a["block_table"], a["cache_batch_idx"], a["num_pages"]) == (0, 0, batch)
     assert append_grid[0] * 256 * 8 >= seqlen_new * nheads_kv * d
     assert "varlen" in forward and "causal" in forward
     assert (f["cu_seqlens_q"], f["cu_seqlens_k"], f["seqused_k"]) == (0x9000000, 0x9001000, used.ptr)
@@ -108,17 +152,83 @@ def test_run_kvcache_appends_then_runs_the_varlen_forward_over_the_used_keys(rec
     assert f["q_batch_stride"] == 0 and f["q_row_stride"] == nheads * d and f["k_row_stride"] == nheads_kv * d
 
 
-def test_run_kvcache_without_append_reads_the_given_lengths(recorded):
+def test_decode_reads_the_given_lengths_in_one_part(recorded):
     q, kc = ref((2, 1, 4, 64)), ref((2, 32, 4, 64), ptr=1 << 22)
     lengths = ref((2,), "int32", 1 << 24)
+    cache = api.check_kvcache(q, kc, kc, None, None)
     opts = api.kvcache_options(q, None, False, (-1, -1), 0.0, None, None)
-    api.run_kvcache(q, kc, kc, None, None, lengths, None, ref((2, 1, 4, 64), ptr=1 << 23), None, opts, (16, 32), 0)
-    ((name, _, f),) = recorded
-    assert name.startswith("fwd") and f["seqused_k"] == lengths.ptr and f["lse"] == 0
+    api.run_kvcache(q, kc, kc, None, None, lengths, None, ref((2, 1, 4, 64), ptr=1 << 23), None, opts, cache, 0,
+                    alloc, None, 0)
+    ((name, grid, f),) = recorded  # short cache: one split, no combine
+    assert name.startswith("decode_bf16_d64_full") and "varlen" not in name
+    assert grid == (1, 1, 2 * 4) and f["num_splits"] == 1
+    assert (f["seqused_k"], f["seqlen_k"], f["lse"], f["block_table"]) == (lengths.ptr, 32, 0, 0)
 
 
-def test_caches_whose_batches_are_not_consecutive_are_refused(recorded):
-    q = ref((2, 1, 4, 64))
+def test_decode_splits_long_caches_and_merges_the_parts(recorded):
+    # one batch row, 8 kv heads, 128k keys: far fewer CTAs than SMs without splitting
+    q, kc = ref((1, 1, 32, 128)), ref((1, 131072, 8, 128), ptr=1 << 30)
+    lengths, out = ref((1,), "int32", 1 << 24), ref((1, 1, 32, 128), ptr=1 << 23)
+    lse = ref((32, 1), "float32", 1 << 25)
+    cache = api.check_kvcache(q, kc, kc, None, None)
+    sink = ref((32,), "float32", 1 << 26)
+    opts = api.kvcache_options(q, None, True, (-1, -1), 0.0, None, sink)
+    api.run_kvcache(q, kc, kc, None, None, lengths, None, out, lse, opts, cache, 0, alloc, None, 0)
+    (name, grid, f), (combine, cgrid, c) = recorded
+    splits = grid[0]
+    assert 8 * splits >= 2 * 132 and grid[1:] == (1, 8) and f["num_splits"] == splits
+    assert name.startswith("decode_bf16_d128_causal_sink") and combine == "decode_combine_bf16"
+    assert f["o_part"] and f["lse_part"] and c["o_part"] == f["o_part"] and c["lse_part"] == f["lse_part"]
+    assert (c["sink"], c["lse"], c["o"], c["num_splits"], c["part_cols"]) == (sink.ptr, lse.ptr, out.ptr, splits, 128)
+    assert cgrid[0] * 4 >= 32  # a warp per query row
+    api.run_kvcache(q, kc, kc, None, None, lengths, None, out, lse, opts, cache, 3, alloc, None, 0)
+    assert recorded[2][1][0] == 3 and recorded[2][2]["num_splits"] == 3  # num_splits given: taken as is
+
+
+def test_paged_caches_pass_their_block_table_and_page_size(recorded):
+    q, kp = ref((2, 40, 8, 64)), ref((7, 5, 2, 64), ptr=1 << 22)  # 7 pages of 5 keys
+    table = ref((2, 3), "int32", 1 << 24)
+    cache = api.check_kvcache(q, kp, kp, None, None, table)
+    assert cache.seqlen == 15 and api.uses_decode_kernel(q, kp, kp, cache)  # paged: decode at any length
+    opts = api.kvcache_options(q, None, False, (-1, -1), 0.0, None, None)
+    api.run_kvcache(q, kp, kp, None, None, ref((2,), "int32", 1 << 25), None, ref((2, 40, 8, 64)), None, opts, cache,
+                    1, alloc, None, 0)
+    ((_, grid, f),) = recorded
+    assert (f["block_table"], f["block_table_batch_stride"], f["page_size"], f["num_pages"]) == (table.ptr, 3, 5, 7)
+    assert grid == (1, -(-40 * 4 // 16), 2 * 2)
+
+
+def test_caches_whose_batches_are_not_consecutive_take_the_decode_kernel(recorded):
+    q = ref((2, 64, 4, 64))
     kc = Ref(1 << 20, (2, 32, 4, 64), (2 * 32 * 256, 256, 64, 1), "bfloat16", 0)
-    with pytest.raises(ValueError, match="k_cache must have batch stride"):
-        api.check_kvcache(q, kc, ref((2, 32, 4, 64)), None, None)
+    cache = api.check_kvcache(q, kc, ref((2, 32, 4, 64)), None, None)
+    assert api.uses_decode_kernel(q, kc, ref((2, 32, 4, 64)), cache)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_table=ref((2, 3), "int64")), "block_table must be an int32 array"),
+    (dict(block_table=ref((3, 3), "int32")), r"block_table must be an int32 array \(batch, max_pages\) = \(2"),
+    (dict(block_table=ref((2, 3), "int32"), cache_batch_idx=ref((2,), "int32")), "exclude each other"),
+    (dict(cache_batch_idx=ref((3,), "int32")), "cache_batch_idx must be a contiguous int32 array of shape"),
+    (dict(block_table=ref((2, 3), "int32"), k_cache=ref((7, 0, 2, 64))), "page size"),
+    (dict(v_cache=ref((7, 5, 2, 64))), "v_cache must have the shape of k_cache"),
+], ids=lambda x: None)
+def test_bad_cache_layouts_are_named(kwargs, match):
+    q = ref((2, 1, 4, 64))
+    args = {"k_cache": ref((2, 8, 2, 64)), "v_cache": ref((2, 8, 2, 64)), **kwargs}
+    kc, vc = args.pop("k_cache"), args.pop("v_cache")
+    if "block_table" in args and "v_cache" not in kwargs and kc.shape[0] == 2:
+        kc = vc = ref((7, 5, 2, 64))
+    if "k_cache" in kwargs:
+        vc = kc
+    with pytest.raises(ValueError, match=match):
+        api.check_kvcache(q, kc, vc, None, None, args.get("block_table"), args.get("cache_batch_idx"))
+
+
+def test_out_of_range_indices_are_refused_on_the_host():
+    tbl = np.array([[0, 6], [2, 7]], np.int32)
+    with pytest.raises(ValueError, match=r"block_table entries must be in \[0, 7\).*\[0, 7\]"):
+        api.check_cache_indices(np, tbl, None, 7)
+    with pytest.raises(ValueError, match="cache_batch_idx entries"):
+        api.check_cache_indices(np, None, np.array([-1, 0], np.int32), 2)
+    api.check_cache_indices(np, tbl.clip(0, 6), np.array([1, 0], np.int32), 7)

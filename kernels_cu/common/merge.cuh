@@ -1,0 +1,45 @@
+// merge.cuh: the exact merge of attention results over disjoint key sets
+// (DESIGN 3, merge_attention_states), as the decode kernels use it: a CTA's
+// warps, then the split-KV parts in the combine kernel.
+//
+// Parts k = 0..n-1 of one query row each hold O_k (normalised over their own
+// keys) and lse_k = ln(sum of exp(logits) over their keys), -inf when they saw
+// no key. With an optional sink logit (-inf when none) that joins the
+// denominator without a value:
+//   top   = max(sink, max_k lse_k)
+//   total = exp(sink - top) + sum_k exp(lse_k - top)
+//   lse   = top + ln(total),   out = sum_k (exp(lse_k - top) / total) O_k.
+// Taking every exponent relative to top keeps them <= 0 (no overflow). When
+// every part and the sink are -inf, top = -inf and top - top would be NaN:
+// then weight() is 0 for every part (out = 0) and lse = -inf, as a row that
+// sees no key gets.
+#pragma once
+#include "platform.cuh"
+#include "numeric.cuh"
+
+struct MergeWeights {
+    float top;        // the largest lse (or the sink); -inf when all are
+    float inv_total;  // 1 / total; 0 when top = -inf
+    float lse;
+
+    // lse_at(k) gives part k's lse; sink is the sink's logit or -inf.
+    template <class LseAt>
+    CUFLASH_DEVICE MergeWeights(int n, LseAt lse_at, float sink) {
+        top = sink;
+        for (int k = 0; k < n; ++k) top = fmaxf(top, lse_at(k));
+        if (top == -INFINITY) {
+            inv_total = 0.f;
+            lse = -INFINITY;
+            return;
+        }
+        float total = fast_exp2((sink - top) * LOG2E);
+        for (int k = 0; k < n; ++k) total += fast_exp2((lse_at(k) - top) * LOG2E);
+        inv_total = 1.f / total;
+        lse = top + fast_log2(total) * LN2;
+    }
+
+    // The weight of a part whose lse is `lse_k` (0 for -inf parts, and for all when top = -inf).
+    CUFLASH_DEVICE float weight(float lse_k) const {
+        return top == -INFINITY ? 0.f : fast_exp2((lse_k - top) * LOG2E) * inv_total;
+    }
+};

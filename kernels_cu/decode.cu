@@ -1,0 +1,292 @@
+// decode.cu: attention of a few query rows over a KV cache, the keys split
+// across CTAs (split-KV, "flash decoding"), contiguous or paged cache
+// (cuflash.attention_with_kvcache).
+//
+// For batch row b and kv head h_kv, the G = nheads / nheads_kv query heads of
+// its GQA group and the seqlen_q queries are folded into the M dimension:
+// folded row r = i * G + g is query i of head h = h_kv * G + g, so every K/V
+// tile read serves the whole group. For one CTA (BM = 16 folded rows, one
+// split of the keys) it computes, over the keys j of its split,
+//   S = Q K^T            Q: (BM, d) folded rows, K: (keys, d) of the cache (kvcache.cuh)
+//   S = mod(S), masked   softcap, ALiBi (score_mod.cuh); causal / window per query i
+//                        (mask.cuh, bottom-right over the row's seqused_k keys)
+//   O = softmax(S * softmax_scale) V,   lse = ln(sum_j exp(S_ij * softmax_scale))
+// With one split the result is final (the learnable sink joins the denominator
+// here); with several, each split writes its fp32 part (O normalised over its
+// own keys, and lse) and decode_combine.cu merges the parts (merge.cuh).
+//
+// Steps (WARPS warps; each warp owns every WARPS-th key block of BN keys in
+// the split, with its own online softmax (softmax.cuh) and its own ring of
+// STAGES shared-memory K/V buffers, so no CTA barrier sits in the main loop):
+//   1. Q (BM x D, folded rows) into shared memory, one barrier.
+//   2. Per warp: cp.async K, V blocks STAGES - 1 ahead; per block
+//        S = Q K^T (ldmatrix + mma.sync); modifiers; mask where the block
+//        crosses the end of the keys or an edge of the band; online softmax;
+//        O += P V.
+//   3. Each warp's (O / l, lse) into shared memory; the CTA merges its warps
+//      (merge.cuh) and stores out and lse, or the split's fp32 part.
+//
+// Compile-time constants (cuflash/specs.py DecodeSpec): CUFLASH_DTYPE,
+// CUFLASH_HEAD_DIM D, CUFLASH_BLOCK_N BN, CUFLASH_WARPS, CUFLASH_STAGES, and
+// the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK.
+// Constraints: d % 8 == 0; q, caches, out 16-byte aligned with strides that
+// are multiples of 8 elements (cuflash/api.py); softmax_scale > 0.
+// Shared memory: max(BM (D + 8) 2 + WARPS STAGES 2 BN (D + 8) 2,
+//                    WARPS BM (D + 1) 4) bytes (cuflash/launch.py decode_smem_bytes).
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+#include "common/copy.cuh"
+#include "common/mma.cuh"
+#include "common/softmax.cuh"
+#include "common/seqinfo.cuh"
+#include "common/mask.cuh"
+#include "common/score_mod.cuh"
+#include "common/kvcache.cuh"
+#include "common/merge.cuh"
+
+constexpr int D = CUFLASH_HEAD_DIM;
+constexpr int BN = CUFLASH_BLOCK_N;
+constexpr int WARPS = CUFLASH_WARPS;
+constexpr int STAGES = CUFLASH_STAGES;
+constexpr int THREADS = WARPS * 32;
+constexpr int BM = 16;                  // folded query rows per CTA: one m16 tile
+constexpr int NT = BN / 8;              // n8 tiles of S
+constexpr int DT = D / 8;               // n8 tiles of O
+constexpr int PITCH = D + 8;            // shared-memory row pitch in elements (copy.cuh)
+constexpr int CHUNKS = D / 8;           // 16-byte chunks per row
+constexpr int ROW_STEP = 32 / CHUNKS > 0 ? 32 / CHUNKS : 1;  // rows a warp copies at once
+constexpr int MERGE_PITCH = D + 1;      // fp32 row pitch of the warps' parts in step 3
+static_assert(BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
+static_assert(CHUNKS <= 32, "a warp copies a row in one round");
+
+extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const DecodeParams p) {
+    extern __shared__ __align__(16) u16 smem[];
+    u16* sQ = smem;                    // (BM, PITCH)
+    u16* sKV = sQ + BM * PITCH;        // per warp, per stage: K (BN, PITCH) then V (BN, PITCH)
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int split = blockIdx.x, row0 = blockIdx.y * BM;
+    const int b = blockIdx.z / p.nheads_kv, h_kv = blockIdx.z % p.nheads_kv;
+    const int group = p.nheads / p.nheads_kv;
+    const int rows = p.seqlen_q * group;  // folded rows of this (b, h_kv)
+
+    // The sequence: dense queries; keys = the row's filled length (seqused_k), clamped to the cache.
+    SeqInfo si(p, b, h_kv * group);
+    if (p.seqused_k != nullptr) si.seqlen_k = min(max(p.seqused_k[b], 0), p.seqlen_k);
+    const Visibility vis(p, si);
+    const CacheMap cache(p, b);
+    // Folded row -> (query i, head h).
+    auto query_of = [&](int r) { return r / group; };
+    auto head_of = [&](int r) { return h_kv * group + r % group; };
+
+    // Queries [i0, i1] of this CTA's rows and the key blocks they see, then this split's share.
+    const int i0 = query_of(row0), i1 = query_of(min(row0 + BM, rows) - 1);
+    const int2 blocks = vis.key_blocks<BN>(i0, i1 - i0 + 1);
+    const int per_split = max(0, (blocks.y - blocks.x + p.num_splits - 1) / p.num_splits);
+    const int n_begin = blocks.x + split * per_split;
+    const int n_end = min(blocks.y, n_begin + per_split);
+
+    // 1. Q: folded row r of the tile is q[b, i, h, :]; rows past `rows` and
+    // columns past head_dim are zero (they add nothing and are never stored).
+    for (int c = tid; c < BM * CHUNKS; c += THREADS) {
+        const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+        uint4 x = make_uint4(0, 0, 0, 0);
+        if (row0 + r < rows && col < p.head_dim)
+            x = *reinterpret_cast<const uint4*>(static_cast<const u16*>(p.q) + b * p.q_batch_stride +
+                                                (i64)query_of(row0 + r) * p.q_row_stride +
+                                                head_of(row0 + r) * p.q_head_stride + col);
+        *reinterpret_cast<uint4*>(sQ + r * PITCH + col) = x;
+    }
+    // Every warp reads all of sQ.
+    __syncthreads();
+
+    // 2. This warp's key blocks: n_begin + warp + t * WARPS for t < count.
+    const int first = n_begin + warp;
+    const int count = first < n_end ? (n_end - first + WARPS - 1) / WARPS : 0;
+    u16* ring = sKV + warp * STAGES * 2 * BN * PITCH;
+    const u32 ring_addr = smem_addr(ring);
+    const u16* kbase = static_cast<const u16*>(p.k);
+    const u16* vbase = static_cast<const u16*>(p.v);
+    const int lane_row = lane / CHUNKS, lane_col = (lane % CHUNKS) * 8;
+    // When a row's chunks do not fill the warp (CHUNKS = 12, 20, 24, 28), the last lanes copy nothing.
+    const bool lane_copies = lane < ROW_STEP * CHUNKS;
+
+    // Block t of this warp into stage t % STAGES: K and V rows of keys
+    // key0 .. key0 + BN - 1, each row's cache slot looked up once for both.
+    // Keys past seqlen_k and columns past head_dim are zero-filled (never read
+    // from the cache: unused slots may hold anything, NaN included). Always
+    // one commit, so that the wait below counts groups uniformly.
+    auto load = [&](int t) {
+        if (t < count && lane_copies) {
+            const int key0 = (first + t * WARPS) * BN;
+            const u32 k_dst = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH + lane_row * PITCH + lane_col) * 2u;
+            const u32 v_dst = k_dst + (u32)(BN * PITCH) * 2u;
+#pragma unroll
+            for (int r = 0; r < BN; r += ROW_STEP) {
+                const int j = key0 + r + lane_row;
+                const bool ok = lane_col < p.head_dim && j < si.seqlen_k;
+                const int2 s = ok ? cache.slot(j) : make_int2(0, 0);
+                const i64 ko = CacheMap::at(s, p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
+                const i64 vo = CacheMap::at(s, p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
+                cp_async_16(k_dst + (u32)(r * PITCH) * 2u, kbase + ko + lane_col, ok);
+                cp_async_16(v_dst + (u32)(r * PITCH) * 2u, vbase + vo + lane_col, ok);
+            }
+        }
+        cp_async_commit();
+    };
+
+    // The score modifiers of the two rows this lane holds (fragment.cuh: g and
+    // g + 8, maybe of two heads with two ALiBi slopes).
+    const int g = lane / 4, t4 = lane % 4;
+    auto mod_of = [&](int hh) {
+        SeqInfo sr = si;
+        sr.h = head_of(row0 + hh * 8 + g);
+        return ScoreMod(p, sr);
+    };
+    const ScoreMod mod0 = mod_of(0), mod1 = mod_of(1);
+
+    float acc_o[1][DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
+    OnlineSoftmax<1> softmax;
+    softmax.init();
+
+    const u32 sQ_addr = smem_addr(sQ);
+    const u32 q_lane = ldsm_offset_a<PITCH>(lane);
+    const u32 k_lane = ldsm_offset_b<PITCH>(lane);
+    const u32 v_lane = ldsm_offset_b_t<PITCH>(lane);
+
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; ++t) load(t);
+
+    for (int t = 0; t < count; ++t) {
+        // Block t has landed for this lane; the warp barrier makes every lane's
+        // copies visible and guarantees all lanes finished block t - 1, whose
+        // stage the next load overwrites.
+        cp_async_wait<STAGES - 2>();
+        __syncwarp();
+        load(t + STAGES - 1);
+
+        const u32 sK_addr = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH) * 2u;
+        const u32 sV_addr = sK_addr + (u32)(BN * PITCH) * 2u;
+        const int key0 = (first + t * WARPS) * BN;
+
+        float acc_s[1][NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_s[0][nt][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            u32 a[4];
+            ldmatrix_x4(a, sQ_addr + q_lane + ks * 16 * 2);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                u32 bk[4];
+                ldmatrix_x4(bk, sK_addr + k_lane + (np * 16 * PITCH + ks * 16) * 2);
+                mma_16816(acc_s[0][2 * np], a, bk[0], bk[1]);
+                mma_16816(acc_s[0][2 * np + 1], a, bk[2], bk[3]);
+            }
+        }
+
+        // Modifiers and mask by folded row: query i = row / G, the row's own head's modifier.
+        const bool masked = vis.needs_mask(i0, i1 - i0 + 1, key0, BN);
+        if (ScoreMod::ACTIVE || masked) {
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int i = query_of(row0 + hh * 8 + g);
+                const ScoreMod& mod = hh == 0 ? mod0 : mod1;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        float& x = acc_s[0][nt][2 * hh + e];
+                        const int j = key0 + nt * 8 + 2 * t4 + e;
+                        if (ScoreMod::ACTIVE) x = mod(x, i, j);
+                        if (masked && !vis.visible(i, j)) x = -INFINITY;
+                    }
+            }
+        }
+
+        float corr[1][2];
+        softmax.update(acc_s, p.scale_log2, corr);
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            acc_o[0][dt][0] *= corr[0][0];
+            acc_o[0][dt][1] *= corr[0][0];
+            acc_o[0][dt][2] *= corr[0][1];
+            acc_o[0][dt][3] *= corr[0][1];
+        }
+
+        // O += P V: the C fragments of n8 tiles 2kk, 2kk + 1 are the A fragment of k-step kk (mma.cuh).
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            u32 pa[4];
+            pa[0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
+            pa[1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
+            pa[2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
+            pa[3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < DT / 2; ++dp) {
+                u32 bv[4];
+                ldmatrix_x4_trans(bv, sV_addr + v_lane + (kk * 16 * PITCH + dp * 16) * 2);
+                mma_16816(acc_o[0][2 * dp], pa, bv[0], bv[1]);
+                mma_16816(acc_o[0][2 * dp + 1], pa, bv[2], bv[3]);
+            }
+        }
+    }
+
+    // 3. This warp's part: O / l and lse (-inf for rows that saw no key here: a
+    // warp with no block, or every key masked; inv_l = 0 makes their O 0).
+    float inv_l[1][2], lse[1][2];
+    softmax.finalize<false>(p.scale_log2, inv_l, lse);
+
+    // The parts overwrite sQ and the rings: wait until no copy is in flight
+    // (the trailing groups are empty) and every warp is done reading them.
+    cp_async_wait<0>();
+    __syncthreads();
+    float* sO = reinterpret_cast<float*>(smem);        // (WARPS, BM, MERGE_PITCH)
+    float* sL = sO + WARPS * BM * MERGE_PITCH;          // (WARPS, BM)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        float* row = sO + (warp * BM + hh * 8 + g) * MERGE_PITCH;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            row[dt * 8 + 2 * t4] = acc_o[0][dt][2 * hh] * inv_l[0][hh];
+            row[dt * 8 + 2 * t4 + 1] = acc_o[0][dt][2 * hh + 1] * inv_l[0][hh];
+        }
+        if (t4 == 0) sL[warp * BM + hh * 8 + g] = lse[0][hh];
+    }
+    // Every warp's part is in shared memory before any thread merges a row.
+    __syncthreads();
+
+    // Merge the warps, 4 columns per thread. With one split this is the
+    // answer (with the sink); with several, the split's part.
+    const bool final_ = p.num_splits == 1;
+    for (int c = tid; c < BM * (D / 4); c += THREADS) {
+        const int r = c / (D / 4), col = (c % (D / 4)) * 4;
+        if (row0 + r >= rows || col >= p.head_dim) continue;
+        const int i = query_of(row0 + r), h = head_of(row0 + r);
+        const float sink = final_ && SINK ? p.sink[h] : -INFINITY;
+        const MergeWeights mw(WARPS, [&](int w) { return sL[w * BM + r]; }, sink);
+        float o[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int w = 0; w < WARPS; ++w) {
+            const float wt = mw.weight(sL[w * BM + r]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[e] += wt * sO[(w * BM + r) * MERGE_PITCH + col + e];
+        }
+        const i64 row_index = ((i64)h * p.batch + b) * p.seqlen_q + i;  // lse's (nheads, batch * seqlen_q)
+        if (final_) {
+            u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride + col;
+            *reinterpret_cast<uint2*>(out) = make_uint2(pack_float2(o[0], o[1]), pack_float2(o[2], o[3]));
+            if (col == 0 && p.lse != nullptr) p.lse[row_index] = mw.lse;
+        } else {
+            const i64 part_row = (i64)split * p.nheads * p.batch * p.seqlen_q + row_index;  // (splits, rows)
+            *reinterpret_cast<float4*>(p.o_part + part_row * p.part_cols + col) = make_float4(o[0], o[1], o[2], o[3]);
+            if (col == 0) p.lse_part[part_row] = mw.lse;
+        }
+    }
+}
