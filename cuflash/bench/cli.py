@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--quick", action="store_true",
                    help="smoke run: bf16, d 64,128, seqlen 1k,4k, causal both, fwd and bwd")
     g.add_argument("--mode", type=_arg(lambda t: configs.parse_list(t, configs.parse_mode)),
-                   help=f"comma list of {', '.join(configs.MODES)} (default fwd)")
+                   help=f"comma list of {', '.join(configs.MODES)} (default fwd); decode runs alone, on its own "
+                        "shapes (--cache, --page-size), and reports TB/s of K+V read")
     g.add_argument("--dtype", type=_arg(lambda t: configs.parse_list(t, configs.parse_dtype)),
                    help="comma list of bf16, fp16 (default bf16)")
     g.add_argument("--headdim", type=_arg(lambda t: configs.parse_list(t, _positive_int)),
@@ -75,7 +76,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="key/value heads for GQA; must divide nheads (default nheads)")
     g.add_argument("--peers", type=_arg(peers.parse_peers), default="auto",
                    help=f"auto (all installed), none, or a comma list of {', '.join(peers.PEER_NAMES)} "
-                        "(default auto; flex compiles once per shape and mode, seconds each)")
+                        "(default auto; flex compiles once per shape and mode, seconds each; a peer that times "
+                        "none of the run's modes is left out: "
+                        + "; ".join(f"{name} times {', '.join(m)}" for name, m in peers.PEER_MODES.items()) + ")")
+
+    d = parser.add_argument_group(
+        "decode (--mode decode: q (batch, 1, 32, 128) against full bf16 KV caches with 8 kv heads, "
+        "cuflash.attention_with_kvcache; the peers read contiguous caches)")
+    d.add_argument("--cache", type=_arg(lambda t: configs.parse_list(t, configs.parse_cache)), metavar="BxKEYS",
+                   help="comma list of cache shapes batch x keys, k = 1024 (default "
+                        + ",".join(f"{b}x{k // 1024}k" for b, k in configs.DECODE_CACHES) + "; --quick 8x8k,1x32k)")
+    d.add_argument("--page-size", type=_arg(lambda t: configs.parse_list(t, configs.parse_page_size)),
+                   metavar="N",
+                   help="comma list of cache layouts: 0 = contiguous, N = paged, pages of N keys in a shuffled order "
+                        "(default " + ",".join(str(n) for n in configs.DECODE_PAGE_SIZES) + "; --quick 0,16)")
 
     v = parser.add_argument_group(
         "attention variant (applies to every point and to the correctness check; a peer that cannot "
@@ -118,8 +132,20 @@ def build_sweep(args) -> configs.Sweep:
     elif args.quick:
         base.update(configs.QUICK)
     explicit = {"modes": args.mode, "dtypes": args.dtype, "headdims": args.headdim, "seqlens": args.seqlen,
-                "causals": args.causal, "total_tokens": args.total_tokens, "hidden": args.hidden}
+                "causals": args.causal, "total_tokens": args.total_tokens, "hidden": args.hidden,
+                "decode_caches": args.cache, "page_sizes": args.page_size}
     base.update({k: v for k, v in explicit.items() if v is not None})
+    if "decode" in base["modes"]:
+        given = [name for name in configs.NOT_FOR_DECODE if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} shapes the fwd/bwd sweep; in decode mode give the "
+                             "caches with --cache BATCHxKEYS,... (e.g. 64x8k,8x32k) and --page-size")
+        if args.causal is None:
+            base["causals"] = [False]     # a preset's causal rows mean nothing for one query
+    else:
+        for option, value in (("--cache", args.cache), ("--page-size", args.page_size)):
+            if value is not None:
+                raise ValueError(f"{option} applies to --mode decode only")
     return configs.Sweep(batch=args.batch, nheads=args.nheads, nheads_kv=args.nheads_kv, window=args.window,
                          softcap=args.softcap, alibi=args.alibi, sink=args.sink, varlen=args.varlen, **base)
 
@@ -133,15 +159,16 @@ def _log(message: str) -> None:
 
 
 def _memory_problem(points) -> str | None:
-    """A point whose tensors (inputs, outputs, gradients, a peer's copies: about 16 q-sized
-    tensors) would not fit in 80% of the GPU's memory."""
+    """A point whose tensors (configs.device_bytes: inputs, outputs, gradients, a peer's copies)
+    would not fit in 80% of the GPU's memory."""
     import cupy
     total = cupy.cuda.Device().mem_info[1]
     for p in points:
-        need = 16 * configs.DTYPE_BYTES[p.dtype] * p.batch * max(p.seqlen_q, p.seqlen_k) * p.nheads * p.headdim
+        need = configs.device_bytes(p)
         if need > 0.8 * total:
+            lower = "--cache" if p.mode == "decode" else "--total-tokens, --batch, --hidden or --nheads"
             return (f"{p.label} needs about {need / 2**30:.1f} GiB of the GPU's {total / 2**30:.0f} GiB; "
-                    "lower --total-tokens, --batch, --hidden or --nheads")
+                    f"lower {lower}")
     return None
 
 
@@ -226,6 +253,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cuflash.bench",
         description="Time cuflash attention against the peers installed here (torch SDPA backends, "
-                    "FlexAttention, JAX cuDNN) and against this GPU's matmul and copy ceilings.")
+                    "FlexAttention, JAX cuDNN; FlashInfer for decode) and against this GPU's matmul and "
+                    "copy ceilings.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -4,9 +4,11 @@ Pure Python and NumPy (no CuPy, torch or JAX), so the CPU tests cover all of it.
 
 A *point* is one problem shape plus one mode (and the run's attention variant:
 sliding window, softcap, ALiBi, sink; see Point).  A *mode* says what is timed
-(forward, backward, both; later decode) and how its work is counted: FLOPs for
-the compute-bound modes (judged against the matmul ceiling), bytes for a
-bandwidth-bound mode such as decode (judged against the copy ceiling).  How
+(forward, backward, both, decode) and how its work is counted: FLOPs for the
+compute-bound modes (judged against the matmul ceiling), the K+V bytes read for
+decode, which is bandwidth-bound (judged against the copy ceiling).  Decode
+points have a grid of their own (:func:`decode_points`): (batch, cache length)
+pairs and cache layouts (contiguous, or paged with a page size).  How
 each library builds its inputs and what it calls for a mode lives beside that
 library (``runner.py`` for cuflash, ``peers.py`` for the others), keyed by the
 mode's name.
@@ -14,7 +16,7 @@ mode's name.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy
 
@@ -38,6 +40,8 @@ MODES = {
     "fwd": Mode("fwd", "flop", 1.0, "matmul", "forward (out and lse)"),
     "bwd": Mode("bwd", "flop", 2.5, "matmul", "backward alone (after one forward)"),
     "fwd+bwd": Mode("fwd+bwd", "flop", 3.5, "matmul", "forward then backward"),
+    "decode": Mode("decode", "byte", 0.0, "copy",
+                   "one query per sequence over a full KV cache (cuflash.attention_with_kvcache)"),
 }
 
 RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
@@ -58,6 +62,9 @@ class Point:
     slopes of :func:`alibi_slopes`; ``sink``: the learnable sink logits of :func:`sink_logits`;
     ``varlen``: the batch's sequences have the lengths :func:`varlen_lengths` (the longest is seqlen),
     packed along the rows (needs seqlen_q == seqlen_k).
+
+    ``page_size`` (decode only): 0 for a contiguous cache (batch, seqlen_k, nheads_kv, headdim), else
+    the cache is paged, (num_pages, page_size, nheads_kv, headdim) with a block table.
     """
 
     dtype: str
@@ -74,6 +81,7 @@ class Point:
     alibi: bool = False
     sink: bool = False
     varlen: bool = False
+    page_size: int = 0
 
     @property
     def features(self) -> frozenset:
@@ -101,12 +109,23 @@ class Point:
         return "+".join(names[f] for f in VARIANT_FEATURES if f in self.features)
 
     @property
+    def cache(self) -> str:
+        """The KV cache's layout as the table shows it: 'contig', or 'paged16' for page size 16."""
+        return f"paged{self.page_size}" if self.page_size else "contig"
+
+    @property
     def label(self) -> str:
         s = f"s{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else f"s{self.seqlen_q}x{self.seqlen_k}"
         gqa = f" h{self.nheads}/{self.nheads_kv}" if self.nheads_kv != self.nheads else ""
         variant = f" {self.variant}" if self.variant else ""
+        cache = f" {self.cache}" if self.mode == "decode" else ""
         return (f"{self.dtype} d{self.headdim} {s} b{self.batch}{gqa} {'causal' if self.causal else 'full'}"
-                f"{variant} {self.mode}")
+                f"{variant}{cache} {self.mode}")
+
+    @property
+    def num_pages(self) -> int:
+        """Pages of a paged cache: ceil(seqlen_k / page_size) per sequence (0 for a contiguous one)."""
+        return self.batch * -(-self.seqlen_k // self.page_size) if self.page_size else 0
 
     def shape_key(self) -> tuple:
         """Everything but the mode: points with the same key share inputs."""
@@ -118,9 +137,22 @@ class Point:
         return asdict(self)
 
 
+#: The issue's decode sweep: (batch, cache length) pairs, full caches, GQA 32 query / 8 kv heads.
+DECODE_CACHES = [(64, 8192), (8, 32768), (1, 131072)]
+#: Cache layouts of a decode sweep: 0 = contiguous, else the page size of a paged cache.
+DECODE_PAGE_SIZES = [0, 16, 1]
+#: (nheads, nheads_kv) of decode points unless --nheads / --nheads-kv say otherwise.
+DECODE_HEADS = (32, 8)
+
+
 @dataclass
 class Sweep:
-    """The grid a run expands to (every combination, in this nesting order)."""
+    """The grid a run expands to (every combination, in this nesting order).
+
+    Decode (``modes == ["decode"]``) has a grid of its own: dtypes x headdims x decode_caches x
+    page_sizes (see :meth:`decode_points`); seqlens, causals, batch, total_tokens and hidden are
+    not used there.
+    """
 
     dtypes: list
     headdims: list
@@ -137,8 +169,15 @@ class Sweep:
     alibi: bool = False
     sink: bool = False
     varlen: bool = False
+    decode_caches: list = field(default_factory=lambda: list(DECODE_CACHES))     # (batch, seqlen_k) pairs
+    page_sizes: list = field(default_factory=lambda: list(DECODE_PAGE_SIZES))    # 0 = contiguous
 
     def points(self) -> list[Point]:
+        if "decode" in self.modes:
+            if len(self.modes) > 1:
+                raise ValueError("--mode decode has its own shapes (--cache, --page-size) and cannot share a run "
+                                 "with fwd/bwd; run them apart (--from-json merges the JSON files)")
+            return self.decode_points()
         pts = []
         for dtype, d, s, causal, mode in itertools.product(
                 self.dtypes, self.headdims, self.seqlens, self.causals, self.modes):
@@ -159,22 +198,52 @@ class Sweep:
                              varlen=self.varlen))
         return pts
 
+    def decode_points(self) -> list[Point]:
+        """One query per sequence over full caches: dtypes x headdims x decode_caches x page_sizes
+        (the layouts innermost, so a paged row follows its contiguous one). Heads: nheads and
+        nheads_kv when given, else DECODE_HEADS (nheads alone: no GQA, as for the other modes)."""
+        if True in self.causals:
+            raise ValueError("--causal: a decode query is the last position, so the (bottom-right aligned) causal "
+                             "mask hides no key of the cache; leave --causal out in decode mode")
+        for option, used in (("--window", tuple(self.window) != (-1, -1)), ("--varlen", self.varlen)):
+            if used:
+                raise ValueError(f"{option} is not available in decode mode (it times every sequence reading "
+                                 "its whole cache)")
+        nheads = self.nheads if self.nheads is not None else DECODE_HEADS[0]
+        nheads_kv = self.nheads_kv if self.nheads_kv is not None else (
+            DECODE_HEADS[1] if self.nheads is None else nheads)
+        if nheads_kv < 1 or nheads % nheads_kv:
+            raise ValueError(f"--nheads-kv {nheads_kv} does not divide nheads {nheads}; pick a divisor")
+        pts = []
+        for dtype, d, (batch, keys), page_size in itertools.product(
+                self.dtypes, self.headdims, self.decode_caches, self.page_sizes):
+            pts.append(Point(dtype, d, 1, keys, batch, nheads, nheads_kv, False, "decode",
+                             softcap=self.softcap, alibi=self.alibi, sink=self.sink, page_size=page_size))
+        return pts
+
 
 #: The anchors' sweep (../shared/anchors/README.md): bf16 and fp16, head dims 64/128/256,
 #: seqlen 512..16k, causal and not, 16k tokens, hidden 2048, forward and backward.
+#: With --mode decode: the issue's decode sweep (DECODE_CACHES x DECODE_PAGE_SIZES, bf16, d 128).
 PRESETS = {
     "standard": dict(dtypes=["bf16", "fp16"], headdims=[64, 128, 256],
                      seqlens=[512, 1024, 2048, 4096, 8192, 16384], causals=[False, True],
-                     modes=["fwd", "bwd"], total_tokens=16384, hidden=2048),
+                     modes=["fwd", "bwd"], total_tokens=16384, hidden=2048,
+                     decode_caches=DECODE_CACHES, page_sizes=DECODE_PAGE_SIZES),
 }
 
-#: A handful of points for a smoke run.
+#: A handful of points for a smoke run (with --mode decode: two smaller caches, contiguous and pages of 16).
 QUICK = dict(dtypes=["bf16"], headdims=[64, 128], seqlens=[1024, 4096], causals=[False, True],
-             modes=["fwd", "bwd"], total_tokens=16384, hidden=2048)
+             modes=["fwd", "bwd"], total_tokens=16384, hidden=2048,
+             decode_caches=[(8, 8192), (1, 32768)], page_sizes=[0, 16])
 
 #: Used for whatever neither the command line nor a preset sets.
 DEFAULTS = dict(dtypes=["bf16"], headdims=[128], seqlens=[1024, 2048, 4096, 8192], causals=[False],
-                modes=["fwd"], total_tokens=16384, hidden=2048)
+                modes=["fwd"], total_tokens=16384, hidden=2048,
+                decode_caches=DECODE_CACHES, page_sizes=DECODE_PAGE_SIZES)
+
+#: The options that shape the fwd/bwd grid, which decode replaces by --cache and --page-size.
+NOT_FOR_DECODE = ("seqlen", "batch", "total_tokens", "hidden")
 
 
 # --------------------------------------------------------------------------
@@ -222,6 +291,28 @@ def parse_mode(text: str) -> str:
     if text not in MODES:
         raise ValueError(f"unknown mode {text!r}; choose from {', '.join(MODES)}")
     return text
+
+
+def parse_cache(text: str) -> tuple[int, int]:
+    """'64x8k' -> (64, 8192): a decode cache shape BATCHxKEYS (sizes as parse_size)."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2:
+        raise ValueError(f"--cache takes BATCHxKEYS, e.g. 64x8k; got {text!r}")
+    return parse_size(parts[0]), parse_size(parts[1])
+
+
+def parse_page_size(text: str) -> int:
+    """'16' -> 16; '0' (or 'contig') -> 0, the contiguous cache."""
+    t = text.strip().lower()
+    if t in ("contig", "contiguous"):
+        return 0
+    try:
+        value = int(t)
+    except ValueError:
+        raise ValueError(f"not a page size: {text!r} (an integer >= 1, or 0 for the contiguous cache)") from None
+    if value < 0:
+        raise ValueError(f"page size must be >= 0 (0 = contiguous), got {text!r}")
+    return value
 
 
 def parse_causal(text: str) -> list[bool]:
@@ -327,9 +418,40 @@ def io_bytes(p: Point) -> int:
     return e * p.headdim * (2 * p.batch * p.seqlen_q * p.nheads + 2 * p.batch * p.seqlen_k * p.nheads_kv)
 
 
+KV_BYTE_FORMULA = ("decode: K+V bytes read = 2 * batch * seqlen_k * nheads_kv * headdim * element size (each "
+                   "key and value once, whatever the GQA group); q, out and a paged cache's block table are not "
+                   "counted (q and out are nheads / (seqlen_k * nheads_kv) of it, the block table 4 bytes per "
+                   "page); paged rows count the same bytes as contiguous ones")
+
+
+def kv_bytes(p: Point) -> int:
+    """Bytes of K and V a decode point reads: its whole cache, once."""
+    return 2 * p.batch * p.seqlen_k * p.nheads_kv * p.headdim * DTYPE_BYTES[p.dtype]
+
+
+def device_bytes(p: Point) -> int:
+    """About the most GPU memory one point takes. fwd/bwd: inputs, outputs, gradients and a peer's
+    copies, about 16 q-sized tensors. Decode: cuflash's cache, a peer's, and the peer's k/v
+    expanded to every query head (SDPA backends that refuse enable_gqa)."""
+    if p.mode == "decode":
+        return kv_bytes(p) * (2 + p.nheads // p.nheads_kv)
+    return 16 * DTYPE_BYTES[p.dtype] * p.batch * max(p.seqlen_q, p.seqlen_k) * p.nheads * p.headdim
+
+
 def work(p: Point) -> dict:
     """The work of a point, in the mode's unit, with the formula that gave it."""
     mode = MODES[p.mode]
+    if p.mode == "decode":
+        return {
+            "unit": "byte",
+            "amount": kv_bytes(p),
+            "formula": KV_BYTE_FORMULA,
+            "visible_pairs": p.seqlen_q * p.seqlen_k,      # per sequence
+            "anchor_amount": None,
+            "anchor_formula": None,
+            "io_bytes": io_bytes(p),
+            "flops": forward_flops(p),
+        }
     if mode.unit == "flop":
         anchor = anchor_forward_flops(p)
         return {

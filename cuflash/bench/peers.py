@@ -14,7 +14,13 @@ What is timed per mode (same as for cuflash):
   bwd      the backward alone: one forward with requires_grad outside the
            timed region, then ``torch.autograd.grad(out, (q, k, v), dout,
            retain_graph=True)`` (JAX: the pullback returned by ``jax.vjp``);
-  fwd+bwd  a forward and its backward.
+  fwd+bwd  a forward and its backward;
+  decode   the forward of one query per sequence over a full, contiguous KV
+           cache (PEER_MODES says which peers time it: the SDPA backends,
+           with ``enable_gqa`` or, where a backend refuses it, k/v expanded to
+           every query head before timing; FlashInfer's batch decode wrapper,
+           which reads the contiguous cache as in-order pages).  cuflash's
+           paged rows are compared with these contiguous numbers.
 
 Causal masks: cuflash aligns them bottom-right; torch SDPA's ``is_causal`` and
 JAX's ``is_causal`` align top-left.  They agree when seqlen_q == seqlen_k (all
@@ -30,14 +36,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import statistics
+import warnings
 
 from . import configs, timing
 
 #: Peer names, in table order (the anchors' names).
-PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn")
+PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn", "flashinfer")
 
 #: The variant features (configs.VARIANT_FEATURES) each peer computes; plain and causal attention: all of them.
 PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi"})}
+
+_FLOP_MODES = ("fwd", "bwd", "fwd+bwd")
+#: The modes (configs.MODES) each peer times; a name not listed here times every mode.
+PEER_MODES = {"sdpa-flash": _FLOP_MODES + ("decode",), "sdpa-cudnn": _FLOP_MODES + ("decode",),
+              "sdpa-eff": _FLOP_MODES + ("decode",), "flex": _FLOP_MODES, "jax-cudnn": _FLOP_MODES,
+              "flashinfer": ("decode",)}
 
 #: Calls per host-clock sample for JAX (see timing.time_host).
 JAX_CALLS_PER_SAMPLE = 5
@@ -64,8 +78,21 @@ def peers_supporting(feature: str) -> list[str]:
     return [name for name in PEER_NAMES if feature in PEER_FEATURES.get(name, ())]
 
 
+def peer_modes(name: str) -> tuple:
+    """The modes peer ``name`` times (every mode for a name PEER_MODES does not list)."""
+    return PEER_MODES.get(name, tuple(configs.MODES))
+
+
+def for_modes(names, modes) -> tuple[list[str], list[str]]:
+    """(the peers of ``names`` that time at least one of ``modes``, the others)."""
+    kept = [name for name in names if set(peer_modes(name)) & set(modes)]
+    return kept, [name for name in names if name not in kept]
+
+
 def unsupported_reason(name: str, p) -> str | None:
-    """None when peer ``name`` computes point ``p``'s variant, else why not (a short line)."""
+    """None when peer ``name`` computes point ``p``'s mode and variant, else why not (a short line)."""
+    if p.mode not in peer_modes(name):
+        return f"does not time {p.mode}"
     missing = [f for f in configs.VARIANT_FEATURES if f in p.features and f not in PEER_FEATURES.get(name, ())]
     return f"cannot compute {', '.join(missing)}" if missing else None
 
@@ -99,15 +126,20 @@ class _TorchPeer(Peer):
     def _unavailable_extra(self):
         return None
 
-    def _attention(self, p):
-        """f(q, k, v) -> out on (batch, seqlen, nheads, headdim) tensors."""
+    def _attention(self, p, gqa):
+        """f(q, k, v) -> out on (batch, seqlen, nheads, headdim) tensors; ``gqa``: k and v have
+        p.nheads_kv < p.nheads heads."""
         raise NotImplementedError
 
     def measure(self, p, *, warmup, rep):
+        return self._measure(p, warmup=warmup, rep=rep, expand_kv=False)
+
+    def _measure(self, p, *, warmup, rep, expand_kv):
+        """``expand_kv``: k and v copied to every query head (repeat_interleave) before timing."""
         import torch
         _same_lengths_for_causal(p)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[p.dtype]
-        grad = p.mode != "fwd"
+        grad = p.mode in ("bwd", "fwd+bwd")
 
         def rand(seqlen, heads):
             return torch.randn(p.batch, seqlen, heads, p.headdim, device=TORCH_DEVICE, dtype=dtype,
@@ -115,8 +147,11 @@ class _TorchPeer(Peer):
 
         try:
             q, k, v = rand(p.seqlen_q, p.nheads), rand(p.seqlen_k, p.nheads_kv), rand(p.seqlen_k, p.nheads_kv)
+            if expand_kv:
+                k, v = (x.detach().repeat_interleave(p.nheads // p.nheads_kv, dim=2).requires_grad_(grad)
+                        for x in (k, v))
             with self._context():
-                attn = self._attention(p)
+                attn = self._attention(p, gqa=k.shape[2] != p.nheads)
                 fn = _torch_mode_fn(torch, p.mode, attn, q, k, v)
                 timer = self._timers.torch()
                 first_ms, _ = timing.first_call_ms(fn, timer.synchronize)
@@ -133,7 +168,7 @@ class _TorchPeer(Peer):
 
 
 def _torch_mode_fn(torch, mode, attn, q, k, v):
-    if mode == "fwd":
+    if mode in ("fwd", "decode"):
         return lambda: attn(q, k, v)
     dout = torch.randn_like(q)
     if mode == "bwd":
@@ -167,13 +202,31 @@ class SdpaPeer(_TorchPeer):
         from torch.nn.attention import SDPBackend, sdpa_kernel
         return sdpa_kernel(getattr(SDPBackend, self.BACKENDS[self.name]))
 
-    def _attention(self, p):
+    def measure(self, p, *, warmup, rep):
+        """As the other torch peers; for a GQA decode point that the backend refuses with
+        enable_gqa, again with k/v expanded to every query head (a note in the result says so)."""
+        retry = p.mode == "decode" and p.nheads != p.nheads_kv
+        try:
+            with warnings.catch_warnings():
+                if retry:   # torch warns why each backend refused; the note below says it once
+                    warnings.simplefilter("ignore", UserWarning)
+                return self._measure(p, warmup=warmup, rep=rep, expand_kv=False)
+        except RuntimeError as e:
+            if not retry:
+                raise
+            refused = timing.one_line(e)
+        measured = self._measure(p, warmup=warmup, rep=rep, expand_kv=True)
+        measured["note"] = (f"enable_gqa refused ({refused}); k/v expanded to {p.nheads} heads before timing, "
+                            f"so it reads {p.nheads // p.nheads_kv}x the bytes counted")
+        return measured
+
+    def _attention(self, p, gqa):
         import torch.nn.functional as F
-        gqa = {"enable_gqa": True} if p.nheads_kv != p.nheads else {}
+        options = {"enable_gqa": True} if gqa else {}
 
         def attn(q, k, v):
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=p.causal, **gqa)
+                                                 is_causal=p.causal, **options)
             return out.transpose(1, 2)
         return attn
 
@@ -213,14 +266,13 @@ class FlexPeer(_TorchPeer):
             self._compiled = torch.compile(flex_attention, dynamic=False)
         return self._compiled
 
-    def _attention(self, p):
+    def _attention(self, p, gqa):
         from torch.nn.attention.flex_attention import create_block_mask
         flex = self._flex()
         mask_mod, score_mod = flex_mods(p, TORCH_DEVICE)
         block_mask = None
         if mask_mod is not None:
             block_mask = create_block_mask(mask_mod, None, None, p.seqlen_q, p.seqlen_k, device=TORCH_DEVICE)
-        gqa = p.nheads_kv != p.nheads
 
         def attn(q, k, v):
             out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod,
@@ -332,12 +384,94 @@ class JaxCudnnPeer(Peer):
         return {"first_call_ms": first_ms, "samples_ms": samples}
 
 
+# --------------------------------------------------------------------------
+# FlashInfer (decode)
+# --------------------------------------------------------------------------
+
+class FlashInferPeer(Peer):
+    """``flashinfer.BatchDecodeWithPagedKVCacheWrapper`` (plan once, then time ``run``), NHD layout.
+
+    FlashInfer's batch decode reads paged caches only: the contiguous cache
+    (batch, seqlen_k, nheads_kv, headdim) is given as in-order pages of PAGE keys
+    (page b * pages + i holds keys [i * PAGE, (i + 1) * PAGE) of sequence b), which
+    is the same memory.  Both kernels (use_tensor_cores False and True) are timed;
+    the faster one is kept and named in the result's note.
+    """
+
+    name = "flashinfer"
+    uses_torch = True
+    PAGE = 16
+    WORKSPACE_BYTES = 128 * 1024 * 1024
+
+    def __init__(self, timers):
+        self._timers = timers
+
+    def unavailable(self):
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        try:
+            import flashinfer
+        except ImportError:
+            return "flashinfer is not installed"
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        wrapper = getattr(flashinfer, "BatchDecodeWithPagedKVCacheWrapper", None)
+        if wrapper is None or not hasattr(wrapper, "plan"):
+            return "this flashinfer has no BatchDecodeWithPagedKVCacheWrapper.plan (needs flashinfer >= 0.2)"
+        return None
+
+    def measure(self, p, *, warmup, rep):
+        import flashinfer
+        import torch
+        if p.mode != "decode":
+            raise NotImplementedError(f"mode {p.mode!r} is not implemented for {self.name}")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[p.dtype]
+        page = self.PAGE
+        pages = -(-p.seqlen_k // page)          # per sequence; the last one may be part full
+        timer = self._timers.torch()
+        try:
+            def i32(x):
+                return x.to(device=TORCH_DEVICE, dtype=torch.int32)
+
+            q = torch.randn(p.batch, p.nheads, p.headdim, device=TORCH_DEVICE, dtype=dtype)
+            k, v = (torch.randn(p.batch * pages, page, p.nheads_kv, p.headdim, device=TORCH_DEVICE, dtype=dtype)
+                    for _ in range(2))
+            indptr = i32(torch.arange(p.batch + 1) * pages)
+            indices = i32(torch.arange(p.batch * pages))
+            last_page_len = i32(torch.full((p.batch,), p.seqlen_k - (pages - 1) * page))
+            workspace = torch.zeros(self.WORKSPACE_BYTES, dtype=torch.uint8, device=TORCH_DEVICE)
+            found, errors = {}, []
+            for tensor_cores in (False, True):
+                try:
+                    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD",
+                                                                           use_tensor_cores=tensor_cores)
+                    wrapper.plan(indptr, indices, last_page_len, p.nheads, p.nheads_kv, p.headdim, page,
+                                 q_data_type=dtype, kv_data_type=dtype)
+                    first_ms, _ = timing.first_call_ms(lambda: wrapper.run(q, (k, v)), timer.synchronize)
+                    samples = timer.time(lambda: wrapper.run(q, (k, v)), warmup=warmup, rep=rep)
+                    found[tensor_cores] = {"first_call_ms": first_ms, "samples_ms": samples}
+                except Exception as e:
+                    errors.append(f"use_tensor_cores={tensor_cores}: {timing.one_line(e)}")
+            if not found:
+                raise RuntimeError("; ".join(errors))
+            best = min(found, key=lambda tc: statistics.median(found[tc]["samples_ms"]))
+            note = (f"contiguous cache as in-order pages of {page} keys; use_tensor_cores={best}"
+                    + (", the faster of False and True" if len(found) == 2 else f" ({'; '.join(errors)})"))
+            return {**found[best], "note": note}
+        finally:
+            q = k = v = workspace = wrapper = None  # noqa: F841
+            torch.cuda.empty_cache()
+
+
 _FACTORIES = {
     "sdpa-flash": lambda t: SdpaPeer("sdpa-flash", t),
     "sdpa-cudnn": lambda t: SdpaPeer("sdpa-cudnn", t),
     "sdpa-eff": lambda t: SdpaPeer("sdpa-eff", t),
     "flex": FlexPeer,
     "jax-cudnn": JaxCudnnPeer,
+    "flashinfer": FlashInferPeer,
 }
 
 

@@ -33,7 +33,7 @@ def test_seqlen_list_with_suffixes():
 
 
 def test_bad_option_values_exit_2(capsys):
-    for argv in (["--seqlen", "1x"], ["--dtype", "fp8"], ["--mode", "decode"], ["--causal", "maybe"],
+    for argv in (["--seqlen", "1x"], ["--dtype", "fp8"], ["--mode", "prefill"], ["--causal", "maybe"],
                  ["--peers", "sdpa-flash,nope"], ["--headdim", "0"]):
         with pytest.raises(SystemExit) as e:
             parse(*argv)

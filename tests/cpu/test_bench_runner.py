@@ -6,6 +6,7 @@ host-clock "events".  Everything else (the check with the real reference and
 accuracy rule, the rows, ratios, reports and exit codes) is the real code.
 """
 import argparse
+import dataclasses
 import inspect
 import json
 import time
@@ -38,10 +39,12 @@ class FakeTimers:
         return self.cupy
 
 
-def fake_cuflash(error=0.0, backward=True, ignore=()):
+def fake_cuflash(error=0.0, backward=True, ignore=(), pages_in_order=False):
     """attention / attention_backward computed by the reference in the input dtype, plus ``error``;
-    the options named in ``ignore`` are dropped (a kernel that gets a variant wrong)."""
-    lib = types.SimpleNamespace(calls=0, options=[])
+    the options named in ``ignore`` are dropped (a kernel that gets a variant wrong).
+    attention_with_kvcache gathers a paged cache through its block table (``pages_in_order``: a
+    kernel that ignores the table and reads each sequence's pages from the pool in order)."""
+    lib = types.SimpleNamespace(calls=0, options=[], kvcache_calls=[])
 
     def attention(q, k, v, *, return_lse=False, **options):
         lib.calls += 1
@@ -70,8 +73,22 @@ def fake_cuflash(error=0.0, backward=True, ignore=()):
         dq, dk, dv = reference.attention_backward_varlen(dout, q, k, v, cu_q, cu_k, precision="lowp", **options)[:3]
         return dq, dk + error, dv
 
+    def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, block_table=None,
+                               **options):
+        lib.calls += 1
+        lib.kvcache_calls.append({"cache_seqlens": cache_seqlens, "block_table": block_table, **options})
+        if block_table is not None:
+            if pages_in_order:
+                block_table = numpy.arange(block_table.size).reshape(block_table.shape)
+            batch = q.shape[0]
+            k_cache, v_cache = (c[block_table].reshape(batch, -1, *c.shape[2:]) for c in (k_cache, v_cache))
+        out = reference.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens, precision="lowp",
+                                               **options)[0]
+        return out + error
+
     lib.attention = attention
     lib.attention_varlen = attention_varlen
+    lib.attention_with_kvcache = attention_with_kvcache
     if backward:
         lib.attention_backward = attention_backward
         lib.attention_varlen_backward = attention_varlen_backward
@@ -84,8 +101,10 @@ class FakePeer:
 
     def __init__(self, name, ms):
         self.name, self.ms = name, ms
+        self.measured = []
 
     def measure(self, p, *, warmup, rep):
+        self.measured.append(p)
         if self.ms is None:
             raise RuntimeError("No available kernel.\nsecond line")
         return {"first_call_ms": 5.0, "samples_ms": [self.ms] * rep}
@@ -310,7 +329,8 @@ def test_varlen_points_pack_the_batch_and_count_only_real_tokens():
     assert configs.work(p)["amount"] < configs.work(dense)["amount"]
     assert configs.work(p)["anchor_amount"] is None
     assert configs.varlen_lengths(1000, 4) == (1000, 750, 500, 250) and configs.varlen_lengths(7, 1) == (7,)
-    assert all(peers.unsupported_reason(name, p) == "cannot compute varlen" for name in peers.PEER_NAMES)
+    assert all(peers.unsupported_reason(name, p) == "cannot compute varlen" for name in peers.PEER_NAMES
+               if "fwd" in peers.peer_modes(name))
 
 
 def test_varlen_sweep_runs_checks_and_skips_the_peers(fake_gpu):
@@ -329,3 +349,170 @@ def test_varlen_check_catches_a_wrong_gradient(fake_gpu):
     (p,) = [x for x in small_points(modes=("bwd",), varlen=True) if x.seqlen_q == 48 and x.causal]
     row = runner.run_sweep([p], peer_names=[], warmup=0, rep=1, check=True, progress=False)["rows"][0]
     assert row["check"]["status"] == "fail" and "dk" in row["check"]["message"]
+
+
+# ---------------------------------------------------------------- decode rows
+
+
+def decode_points(page_sizes=(0, 16, 1), caches=((3, 40), (1, 64)), nheads=4, nheads_kv=2, **variant):
+    """Small decode points: 40 keys in pages of 16 leave the last page part full."""
+    sweep = configs.Sweep(dtypes=["bf16"], headdims=[32], seqlens=[1], causals=[False], modes=["decode"],
+                          nheads=nheads, nheads_kv=nheads_kv, decode_caches=list(caches),
+                          page_sizes=list(page_sizes), **variant)
+    return sweep.points()
+
+
+def test_decode_sweep_times_checks_and_counts_bytes(fake_gpu):
+    fake_gpu["peers"] = [FakePeer("fast", 1e-3), FakePeer("broken", None)]
+    pts = decode_points()
+    assert [(p.batch, p.seqlen_k, p.page_size) for p in pts] == [(3, 40, 0), (3, 40, 16), (3, 40, 1),
+                                                                (1, 64, 0), (1, 64, 16), (1, 64, 1)]
+    result = runner.run_sweep(pts, peer_names=["fast", "broken"], warmup=1, rep=3, check=True, progress=True)
+    for p, row in zip(pts, result["rows"]):
+        ours = row["results"]["cuflash"]
+        assert ours["status"] == "ok", ours
+        assert row["rate_unit"] == "TB/s" and row["work"]["unit"] == "byte"
+        assert row["work"]["amount"] == 2 * p.batch * p.seqlen_k * 2 * 32 * 2
+        assert ours["rate"] == pytest.approx(configs.rate(row["work"]["amount"], ours["ms"]))
+        assert ours["pct_ceiling"] == pytest.approx(100 * ours["rate"] / CEILINGS["copy_tbps"])
+        assert row["check"]["status"] == "pass", row["check"]
+        rows_checked = "batch rows 0, 2" if p.batch == 3 else "batch rows 0,"
+        assert row["check"]["slice"].startswith(rows_checked)
+        assert ("block table" in row["check"]["slice"]) == bool(p.page_size)
+        assert row["cache"] == p.cache and row["peer_cache"] == "contig"
+        assert row["ratios"]["fast"] == pytest.approx(ours["rate"] / row["results"]["fast"]["rate"])
+        assert row["results"]["broken"]["status"] == "error"
+        if p.page_size:
+            assert row["results"]["fast"]["same_as"] == dataclasses.replace(p, page_size=0).label
+            assert row["vs_contiguous"] is not None and row["vs_contiguous"] > 0
+        else:
+            assert "same_as" not in row["results"]["fast"] and row["vs_contiguous"] is None
+    # a peer is timed once per shape, on the contiguous cache; its paged rows reuse that
+    assert [(p.batch, p.page_size) for p in fake_gpu["peers"][0].measured] == [(3, 0), (1, 0)]
+    assert len(fake_gpu["peers"][1].measured) == 2
+    assert "byte_formula" in result["meta"]
+
+
+def test_decode_calls_pass_the_cache_arguments(fake_gpu):
+    (contig, paged) = decode_points(page_sizes=(0, 16), caches=((3, 40),))
+    runner.run_sweep([contig, paged], peer_names=[], warmup=0, rep=1, check=False, progress=False)
+    calls = fake_gpu["lib"].kvcache_calls
+    assert {tuple(sorted(c)) for c in calls} == {("block_table", "cache_seqlens", "causal")}
+    plain = [c for c in calls if c["block_table"] is None]
+    paged_calls = [c for c in calls if c["block_table"] is not None]
+    assert plain and paged_calls
+    for c in calls:
+        assert c["cache_seqlens"].dtype == numpy.int32 and c["cache_seqlens"].tolist() == [40] * 3
+        assert c["causal"] is False
+    table = paged_calls[0]["block_table"]
+    assert table.dtype == numpy.int32 and table.shape == (3, 3)              # ceil(40 / 16) pages a row
+    assert sorted(table.ravel().tolist()) == list(range(9))                  # every page of the pool once
+    assert table.ravel().tolist() != list(range(9))                          # shuffled
+
+
+@pytest.mark.parametrize("page_size", [16, 1])
+def test_decode_check_catches_a_kernel_that_ignores_the_block_table(fake_gpu, page_size):
+    fake_gpu["lib"] = fake_cuflash(pages_in_order=True)
+    pts = decode_points(page_sizes=(0, page_size), caches=((3, 40),))
+    rows = runner.run_sweep(pts, peer_names=[], warmup=0, rep=1, check=True, progress=False)["rows"]
+    assert rows[0]["check"]["status"] == "pass"                              # contiguous: no table
+    assert rows[1]["check"]["status"] == "fail" and "out[batch" in rows[1]["check"]["message"]
+
+
+def test_decode_check_catches_a_wrong_result_in_the_last_batch_row(fake_gpu):
+    lib = fake_cuflash()
+    right = lib.attention_with_kvcache
+
+    def wrong_last_row(q, *args, **kwargs):
+        out = right(q, *args, **kwargs).copy()
+        out[-1] += 0.05
+        return out
+    lib.attention_with_kvcache = wrong_last_row
+    fake_gpu["lib"] = lib
+    row = runner.run_sweep(decode_points(page_sizes=(0,), caches=((3, 40),)), peer_names=[], warmup=0, rep=1,
+                           check=True, progress=False)["rows"][0]
+    assert row["check"]["status"] == "fail" and row["check"]["message"].startswith("AssertionError: out[batch 2]")
+
+
+@pytest.mark.parametrize("variant", [dict(softcap=0.5), dict(alibi=True),
+                                     pytest.param(dict(sink=True), marks=pytest.mark.skipif(
+                                         not _HAS_SINK, reason="reference has no sink"))])
+def test_decode_variants_reach_cuflash_and_the_check(fake_gpu, variant):
+    fake_gpu["peers"] = [FakePeer("sdpa-flash", 1e-3)]
+    pts = decode_points(page_sizes=(0, 16), caches=((3, 40),), **variant)
+    rows = runner.run_sweep(pts, peer_names=[], warmup=0, rep=1, check=True, progress=False)["rows"]
+    assert {r["check"]["status"] for r in rows} == {"pass"}
+    assert {r["results"]["sdpa-flash"]["status"] for r in rows} == {"skipped"}
+    (name,) = variant
+    option = {"softcap": "softcap", "alibi": "alibi_slopes", "sink": "learnable_sink"}[name]
+    assert all(option in c for c in fake_gpu["lib"].kvcache_calls)
+
+
+def test_decode_without_attention_with_kvcache_is_skipped(fake_gpu):
+    lib = fake_cuflash()
+    del lib.attention_with_kvcache
+    fake_gpu["lib"] = lib
+    row = runner.run_sweep(decode_points()[:1], peer_names=[], warmup=0, rep=1, check=True,
+                           progress=False)["rows"][0]
+    assert row["results"]["cuflash"]["status"] == "skipped"
+    assert "attention_with_kvcache is missing" in row["results"]["cuflash"]["reason"]
+    assert row["results"]["fast"]["status"] == "ok"
+
+
+def test_decode_paged_error_keeps_the_row(fake_gpu):
+    lib = fake_cuflash()
+    right = lib.attention_with_kvcache
+
+    def no_paging(q, k_cache, v_cache, *args, block_table=None, **kwargs):
+        if block_table is not None:
+            raise NotImplementedError("block_table (paged KV cache) is not supported yet")
+        return right(q, k_cache, v_cache, *args, **kwargs)
+    lib.attention_with_kvcache = no_paging
+    fake_gpu["lib"] = lib
+    result = runner.run_sweep(decode_points(page_sizes=(0, 16), caches=((3, 40),)), peer_names=["fast"], warmup=0,
+                              rep=1, check=True, progress=False)
+    contig, paged = result["rows"]
+    assert contig["results"]["cuflash"]["status"] == "ok" and contig["check"]["status"] == "pass"
+    assert paged["results"]["cuflash"] == {"status": "error", "rate": None, "ms": None,
+                                           "reason": "NotImplementedError: block_table (paged KV cache) is not "
+                                                     "supported yet"}
+    assert paged["vs_contiguous"] is None and paged["ratios"]["fast"] is None
+    assert paged["results"]["fast"]["status"] == "ok"                        # the peers' contiguous number
+    assert "cuflash raised on" in report.format_errors(result)
+    assert not report.failures(result)
+
+
+def test_decode_run_end_to_end(fake_gpu, tmp_path, capsys):
+    js, cs = tmp_path / "d.json", tmp_path / "d.csv"
+    argv = ("--mode", "decode", "--headdim", "32", "--nheads", "4", "--nheads-kv", "2", "--cache", "3x40,1x64",
+            "--page-size", "0,16,1", "--warmup", "0", "--rep", "2", "--no-progress", "--json", str(js),
+            "--csv", str(cs))
+    assert cli.run(_args(*argv)) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "cache" in lines[0].split() and "/contig" in lines[0].split() and "TB/s" in lines[0].split()
+    assert sum("paged16" in line for line in lines) == 2 and sum(" contig " in line for line in lines) == 2
+    assert "Decode peers read contiguous caches" in out and "K+V bytes read" in out
+    data = json.loads(js.read_text())
+    assert [r["page_size"] for r in data["rows"]] == [0, 16, 1] * 2
+    assert all(r["check"]["status"] == "pass" for r in data["rows"])
+    assert cs.read_text().splitlines()[0].count("page_size") == 1
+    # a merged file recomputes paged / contiguous across parts
+    merged = report.load([js])
+    assert [r["vs_contiguous"] is None for r in merged["rows"]] == [True, False, False] * 2
+
+
+def test_decode_peers_left_out_of_a_fwd_run(fake_gpu, monkeypatch):
+    asked = []
+    monkeypatch.setattr(runner.peers_mod, "make_peers", lambda names, timers: (asked.append(list(names)) or [], []))
+    result = runner.run_sweep(small_points(modes=("fwd",))[:1], peer_names=list(peers.PEER_NAMES), warmup=0,
+                              rep=1, check=False, progress=False)
+    assert "flashinfer" not in asked[-1] and "sdpa-flash" in asked[-1]
+    assert not any("left out" in n for n in result["meta"]["notes"])        # auto: no note
+    result = runner.run_sweep(small_points(modes=("fwd",))[:1], peer_names=["flashinfer", "sdpa-cudnn"],
+                              warmup=0, rep=1, check=False, progress=False)
+    assert asked[-1] == ["sdpa-cudnn"]
+    assert "peer(s) flashinfer left out: they time none of fwd" in result["meta"]["notes"]
+    runner.run_sweep(decode_points()[:1], peer_names=list(peers.PEER_NAMES), warmup=0, rep=1, check=False,
+                     progress=False)
+    assert asked[-1] == ["sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flashinfer"]
