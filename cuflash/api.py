@@ -999,7 +999,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
         spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device))
         nheads_kv = k_cache.shape[2]
         splits = num_splits or launch.decode_splits(spec, batch, nheads, nheads_kv, seqlen_q, cache.seqlen,
-                                                    _sm_count(q.device))
+                                                    *_sm_resources(q.device))
         launch.decode(spec, q, k_cache, v_cache, out, lse_rows, cache.seqlen, seqused, cache.cache_map, opts.fields,
                       splits, alloc, stream)
         return
@@ -1011,8 +1011,10 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return int(_cupy().cuda.Device(device).attributes["MultiProcessorCount"])
+def _sm_resources(device: int) -> tuple[int, int]:
+    """(SM count, shared memory per SM in bytes) of a device."""
+    attributes = _cupy().cuda.Device(device).attributes
+    return int(attributes["MultiProcessorCount"]), int(attributes["MaxSharedMemoryPerMultiprocessor"])
 
 
 def kvcache_options(q: Ref, softmax_scale, causal, window_size, softcap, alibi: Ref | None,
@@ -1054,6 +1056,7 @@ def attention_with_kvcache(
     learnable_sink=None,
     num_splits=0,
     return_lse=False,
+    check_indices=True,
 ):
     """Attention of q over a KV cache, after appending new keys and values to it in place
     (flash-attn 2.x's flash_attn_with_kvcache, on CuPy arrays).
@@ -1075,7 +1078,9 @@ def attention_with_kvcache(
     (batch, nheads, seqlen_q) float32.
 
     rotary_cos / rotary_sin and cache_leftpad raise NotImplementedError for now. block_table and
-    cache_batch_idx entries are checked on the host (one synchronisation); an array
+    cache_batch_idx entries are checked on the host, which costs one synchronisation per call;
+    check_indices=False skips that (a decode loop whose tables are known good): the kernels clamp
+    every entry, so a bad one reads a wrong page or row, never outside the cache. An array
     cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
     """
     check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
@@ -1089,7 +1094,8 @@ def attention_with_kvcache(
     batch, seqlen_q, nheads, _ = qr.shape
     with device_scope(qr.device):
         opts = kvcache_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
-        check_cache_indices(cp, block_table, cache_batch_idx, cache.cache_map.num_pages)
+        if check_indices:
+            check_cache_indices(cp, block_table, cache_batch_idx, cache.cache_map.num_pages)
         if cache_seqlens is None or isinstance(cache_seqlens, numbers.Integral):
             value = cache.seqlen if cache_seqlens is None else int(cache_seqlens)
             check_cache_length(value, cache.seqlen)

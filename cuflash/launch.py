@@ -389,13 +389,22 @@ def decode_grid(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqle
 
 
 def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
-                  sm_count: int) -> int:
-    """num_splits = 0: enough CTAs for two waves of the GPU, but at least 8 key blocks per warp
-    in each split (fewer makes the pipeline's ramp and the combine cost more than they hide)."""
-    ctas = batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
+                  sm_count: int, smem_per_sm: int) -> int:
+    """num_splits = 0: the fewest splits whose CTAs fill at least 90% of the GPU's CTA slots in
+    their last wave (slots: SMs x the CTAs that fit one SM's shared memory and threads), with at
+    least 4 key blocks per warp in each split (fewer makes the pipeline's ramp and the combine
+    cost more than they hide); the best fill when none reaches 90%."""
     t = spec.tiles
-    most = max(1, seqlen_k // (8 * t.warps * t.block_n))
-    return max(1, min(most, -(-2 * sm_count // max(ctas, 1)), 256))
+    ctas = batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
+    per_sm = max(1, min(smem_per_sm // (decode_smem_bytes(spec) + 1024), 2048 // spec.threads))
+    slots = sm_count * per_sm
+    most = max(1, min(256, seqlen_k // (4 * t.warps * t.block_n)))
+
+    def fill(s):  # share of the slots busy over the waves of ctas * s CTAs
+        n = ctas * s
+        return n / (-(-n // slots) * slots)
+
+    return next((s for s in range(1, most + 1) if fill(s) >= 0.9), max(range(1, most + 1), key=fill))
 
 
 _combine_spec = functools.lru_cache(maxsize=None)(DecodeCombineSpec)

@@ -527,7 +527,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False, *,
-                            learnable_sink=None):
+                            learnable_sink=None, check_indices=True):
     """flash-attn 2.x's flash_attn_with_kvcache (no autograd, as there): k, v appended into the caches
     in place at cache_seqlens, then attention over each row's filled keys (cuflash.api.run_kvcache:
     the split-KV decode kernel, or the varlen prefill kernels for long query chunks). Caches
@@ -535,7 +535,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     cache operations (no k, v, no cache_seqlens, no block_table, no cache_batch_idx) it is dense
     attention over the whole cache. rotary_cos / rotary_sin and cache_leftpad raise
     NotImplementedError until their kernels land. block_table and cache_batch_idx entries are
-    checked on the host except while a CUDA graph is captured (the kernels clamp them)."""
+    checked on the host (one synchronisation) unless check_indices=False or a CUDA graph is being
+    captured; the kernels clamp them either way."""
     api.check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
                            cache_leftpad=cache_leftpad)
     if k is None and cache_seqlens is None and block_table is None and cache_batch_idx is None:
@@ -559,7 +560,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     opts = api.kvcache_options(qr, softmax_scale, causal, (left, right), softcap, ar, sr)
     device = qr.device
     with _on_device(device), torch.no_grad():
-        if not torch.cuda.is_current_stream_capturing():
+        if check_indices and not torch.cuda.is_current_stream_capturing():
             api.check_cache_indices(torch, block_table, cache_batch_idx, cache.cache_map.num_pages)
         if cache_seqlens is None or isinstance(cache_seqlens, int):
             value = cache.seqlen if cache_seqlens is None else cache_seqlens

@@ -113,24 +113,27 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const Decod
     const bool lane_copies = lane < ROW_STEP * CHUNKS;
 
     // Block t of this warp into stage t % STAGES: K and V rows of keys
-    // key0 .. key0 + BN - 1, each row's cache slot looked up once for both.
-    // Keys past seqlen_k and columns past head_dim are zero-filled (never read
-    // from the cache: unused slots may hold anything, NaN included). Always
-    // one commit, so that the wait below counts groups uniformly.
+    // key0 .. key0 + BN - 1, each row's cache slot looked up once for both
+    // (one division per block: the next row of a lane is ROW_STEP keys on,
+    // so its slot steps through the pages). Keys past seqlen_k and columns
+    // past head_dim are zero-filled (never read from the cache: unused slots
+    // may hold anything, NaN included). Always one commit, so that the wait
+    // below counts groups uniformly.
     auto load = [&](int t) {
         if (t < count && lane_copies) {
             const int key0 = (first + t * WARPS) * BN;
             const u32 k_dst = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH + lane_row * PITCH + lane_col) * 2u;
             const u32 v_dst = k_dst + (u32)(BN * PITCH) * 2u;
+            CacheCursor at(cache, key0 + lane_row, si.seqlen_k);
 #pragma unroll
             for (int r = 0; r < BN; r += ROW_STEP) {
-                const int j = key0 + r + lane_row;
-                const bool ok = lane_col < p.head_dim && j < si.seqlen_k;
-                const int2 s = ok ? cache.slot(j) : make_int2(0, 0);
+                const bool ok = lane_col < p.head_dim && at.j < si.seqlen_k;
+                const int2 s = ok ? at.slot : make_int2(0, 0);
                 const i64 ko = CacheMap::at(s, p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
                 const i64 vo = CacheMap::at(s, p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
                 cp_async_16(k_dst + (u32)(r * PITCH) * 2u, kbase + ko + lane_col, ok);
                 cp_async_16(v_dst + (u32)(r * PITCH) * 2u, vbase + vo + lane_col, ok);
+                if (r + ROW_STEP < BN) at.advance(cache, ROW_STEP, si.seqlen_k);
             }
         }
         cp_async_commit();

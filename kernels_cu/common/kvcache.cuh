@@ -40,3 +40,32 @@ struct CacheMap {
         return s.x * batch_stride + (i64)s.y * row_stride + h * head_stride;
     }
 };
+
+// A walk along one batch row's keys: the slot of key j, then of j + step, ...
+// with one division at the start and a page lookup only where a step crosses
+// into another page (every step for pages smaller than the step). Keys at or
+// past `limit` (the row's used keys, <= what its block table covers) read no
+// table entry; their slot is meaningless and the caller must not use it.
+struct CacheCursor {
+    int2 slot;
+    int j, page;  // the key; its index into the row's block table (paged)
+
+    CUFLASH_DEVICE CacheCursor(const CacheMap& map, int j_, int limit) : slot(make_int2(map.cache_row, j_)), j(j_), page(0) {
+        if (map.pages != nullptr) {
+            page = j / map.page_size;
+            slot.y = j - page * map.page_size;
+            if (j < limit) slot.x = map.clamp_index(map.pages[page]);
+        }
+    }
+
+    CUFLASH_DEVICE void advance(const CacheMap& map, int step, int limit) {
+        j += step;
+        slot.y += step;
+        if (map.pages == nullptr || slot.y < map.page_size) return;
+        do {
+            slot.y -= map.page_size;
+            ++page;
+        } while (slot.y >= map.page_size);
+        if (j < limit) slot.x = map.clamp_index(map.pages[page]);
+    }
+};
