@@ -197,21 +197,21 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const Decod
 
         // Modifiers and mask by folded row: query i = row / G, the row's own head's modifier.
         const bool masked = vis.needs_mask(i0, i1 - i0 + 1, key0, BN);
+        auto modify_row = [&](const ScoreMod& mod, int hh) {
+            const int i = query_of(row0 + hh * 8 + g);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float& x = acc_s[0][nt][2 * hh + e];
+                    const int j = key0 + nt * 8 + 2 * t4 + e;
+                    if (ScoreMod::ACTIVE) x = mod(x, i, j);
+                    if (masked && !vis.visible(i, j)) x = -INFINITY;
+                }
+        };
         if (ScoreMod::ACTIVE || masked) {
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int i = query_of(row0 + hh * 8 + g);
-                const ScoreMod& mod = hh == 0 ? mod0 : mod1;
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        float& x = acc_s[0][nt][2 * hh + e];
-                        const int j = key0 + nt * 8 + 2 * t4 + e;
-                        if (ScoreMod::ACTIVE) x = mod(x, i, j);
-                        if (masked && !vis.visible(i, j)) x = -INFINITY;
-                    }
-            }
+            modify_row(mod0, 0);
+            modify_row(mod1, 1);
         }
 
         float corr[1][2];

@@ -176,6 +176,35 @@ def test_kvcache_appends_in_place_then_attends_over_the_filled_keys():
     assert np.array_equal(host(vc).view(np.uint16), r64[3].view(np.uint16))
 
 
+@pytest.mark.parametrize("page_size", [16, 3])
+def test_kvcache_paged_with_splits_and_cuda_graph(page_size):
+    """flash_attn_with_kvcache over a paged cache (shuffled pages) with an append and 4 splits, eager
+    and replayed from a CUDA graph (no host read of the block table while capturing)."""
+    batch, seqlen = 3, 96
+    pages = batch * seqlen // page_size
+    q, kp, vp = rand(batch, 1, 8, 128), rand(pages, page_size, 2, 128), rand(pages, page_size, 2, 128)
+    k, v = rand(batch, 1, 2, 128), rand(batch, 1, 2, 128)
+    table = torch.randperm(pages, device="cuda").to(torch.int32).view(batch, -1)
+    lengths = torch.tensor([0, 40, 95], dtype=torch.int32, device="cuda")
+    hq, hkp, hvp, hk, hv = (host(t) for t in (q, kp, vp, k, v))
+    r64 = reference.attention_with_kvcache(hq, hkp, hvp, hk, hv, cache_seqlens=[0, 40, 95], block_table=host(table),
+                                           causal=True)
+    rlp = reference.attention_with_kvcache(hq, hkp, hvp, hk, hv, cache_seqlens=[0, 40, 95], block_table=host(table),
+                                           causal=True, precision="lowp")
+    out = ct.flash_attn_with_kvcache(q, kp, vp, k, v, cache_seqlens=lengths, block_table=table, causal=True,
+                                     num_splits=4)
+    testing.check_accuracy("out", host(out), r64[0], rlp[0], "bf16", "fwd")
+    assert np.array_equal(host(kp).view(np.uint16), r64[2].view(np.uint16))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = ct.flash_attn_with_kvcache(q, kp, vp, k, v, cache_seqlens=lengths, block_table=table, causal=True,
+                                              num_splits=4)
+    replayed.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, out)  # the same appended rows again, so the same keys and result
+
+
 def test_varlen_matches_dense_per_sequence_values_and_gradients():
     """flash_attn_varlen_func on packed sequences against flash_attn_func on each one (issue 11)."""
     lengths_q, lengths_k = [37, 0, 1, 130], [64, 5, 1, 200]

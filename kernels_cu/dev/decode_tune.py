@@ -1,0 +1,57 @@
+"""Dev probe: split-KV decode tiles and split counts (kernel time via CUDA events, median)."""
+import sys
+import cupy as cp
+import numpy as np
+import cuflash
+from cuflash import specs, support
+
+
+def timeit(fn, rep=7, inner=10):
+    """Median over rep of the mean of `inner` back-to-back calls (the host runs ahead of the GPU)."""
+    for _ in range(3):
+        fn()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    ts = []
+    for _ in range(rep):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        ts.append(cp.cuda.get_elapsed_time(start, end) / inner)
+    return float(np.median(ts)) * 1e-3
+
+
+H, HK, D = 32, 8, 128
+tiles = [specs.DecodeTiles(*t) for t in ((16, 4, 3), (16, 8, 2), (16, 4, 2), (32, 4, 3))]
+shapes = [(64, 8192, None), (8, 32768, None), (1, 131072, None), (8, 32768, 16), (8, 32768, 1)]
+for t in tiles:
+    specs.DECODE_TILES[128] = [t]
+    support.decode_spec.cache_clear()
+    support.select.cache_clear()
+    for batch, keys, page in shapes:
+        q = cp.random.standard_normal((batch, 1, H, D), dtype=cp.float32).astype(cp.float16)
+        kc = cp.random.standard_normal((batch, keys, HK, D), dtype=cp.float32).astype(cp.float16)
+        vc = cp.random.standard_normal((batch, keys, HK, D), dtype=cp.float32).astype(cp.float16)
+        extra = {}
+        if page:
+            n = batch * keys // page
+            perm = cp.random.permutation(n).astype(cp.int32)
+            kp, vp = cp.empty((n, page, HK, D), cp.float16), cp.empty((n, page, HK, D), cp.float16)
+            kp[perm] = kc.reshape(n, page, HK, D)
+            vp[perm] = vc.reshape(n, page, HK, D)
+            extra = {"block_table": perm.reshape(batch, keys // page), "check_indices": False}
+            kc, vc = kp, vp
+        nbytes = 2 * batch * keys * HK * D * 2
+        row = []
+        for splits in (0, 1, 4, 8, 16, 33, 66):
+            if batch * 8 * splits > 8 * 4096 or (splits == 1 and keys > 8192 and batch < 64):
+                continue
+            try:
+                tt = timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, cache_seqlens=keys, num_splits=splits, **extra))
+            except Exception as e:
+                row.append(f"{splits}:ERR {str(e)[:50]}")
+                continue
+            row.append(f"{splits}:{nbytes / tt / 1e12:.2f}")
+        print(f"tile n{t.block_n}w{t.warps}s{t.stages} b{batch} k{keys} p{page}: " + " ".join(row), flush=True)
+        del kc, vc, q
