@@ -1,5 +1,4 @@
 """Dev probe: split-KV decode tiles and split counts (kernel time via CUDA events, median)."""
-import sys
 import cupy as cp
 import numpy as np
 import cuflash
@@ -54,4 +53,3 @@ for t in tiles:
                 continue
             row.append(f"{splits}:{nbytes / tt / 1e12:.2f}")
         print(f"tile n{t.block_n}w{t.warps}s{t.stages} b{batch} k{keys} p{page}: " + " ".join(row), flush=True)
-        del kc, vc, q
