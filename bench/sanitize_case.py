@@ -104,6 +104,13 @@ for lengths in (cp.asarray([0, 93, 200], dtype=cp.int32), cp.asarray([-4, 50, 96
     for splits in (1, 3):
         cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True, return_lse=True,
                                        num_splits=splits)
+# rotary (both pairings) and left padding, past-the-end appends included
+cos, sin = (cp.asarray(testing.random_qkv(1, 96, 1, 1, 1, 32, "bf16")[0][0, :, 0]) for _ in range(2))
+for interleaved in (True, False):
+    cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32),
+                                   rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved,
+                                   cache_leftpad=cp.asarray([0, 90, 3], dtype=cp.int32), check_indices=False,
+                                   causal=True, num_splits=2)
 q40 = testing.random_qkv(3, 40, 1, 4, 2, 64, "bf16", xp=cp)[0]
 cuflash.attention_with_kvcache(q40, kc, vc, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32), causal=True)
 for page_size in (1, 16):

@@ -79,6 +79,11 @@ def cupy_ref(x) -> Ref:
 
 
 def cupy_alloc(shape, dtype):
+    """launch.Alloc on CuPy: (the array, its Ref) for a NumPy dtype name ("bfloat16" as ml_dtypes')."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
     a = _cupy().empty(shape, dtype=dtype)
     return a, cupy_ref(a)
 
@@ -838,7 +843,7 @@ def attention_varlen_backward(
 
 
 #: attention_with_kvcache's options that have no kernel yet (issue 12); a non-default value raises.
-_KVCACHE_NOT_YET = ("rotary_cos", "rotary_sin", "cache_leftpad")
+_KVCACHE_NOT_YET = ()
 
 #: Folded query rows (seqlen_q x query heads per kv head) up to which attention over a contiguous
 #: cache runs on the split-KV decode kernel; longer chunks run on the varlen prefill kernels,
@@ -859,6 +864,11 @@ def check_kvcache_call(k, v, cache_seqlens, num_splits, **not_yet) -> None:
         raise ValueError("k and v come together: pass both (to append to the cache) or neither")
     if k is not None and cache_seqlens is None:
         raise ValueError("appending k, v needs cache_seqlens: where each batch row's new keys go")
+    cos, sin = not_yet.get("rotary_cos"), not_yet.get("rotary_sin")
+    if (cos is None) != (sin is None):
+        raise ValueError("rotary_cos and rotary_sin come together: pass both or neither")
+    if cos is not None and k is None:
+        raise ValueError("rotary_cos / rotary_sin rotate q and the new keys: they need k and v (flash-attn's rule)")
 
 
 def check_cache_length(value: int, seqlen_cache: int) -> None:
@@ -884,17 +894,21 @@ class KvCache(NamedTuple):
 
     @property
     def contiguous_rows(self) -> bool:
-        """Batch row b is cache row b (no block table, no cache_batch_idx)."""
-        return self.cache_map.block_table is None and self.cache_map.cache_batch_idx is None
+        """Batch row b is cache row b from key 0 (no block table, cache_batch_idx or left padding)."""
+        m = self.cache_map
+        return m.block_table is None and m.cache_batch_idx is None and m.cache_leftpad is None
 
 
 def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None, block_table: Ref | None = None,
-                  cache_batch_idx: Ref | None = None) -> KvCache:
+                  cache_batch_idx: Ref | None = None, cache_leftpad: Ref | None = None, rotary_cos: Ref | None = None,
+                  rotary_sin: Ref | None = None) -> KvCache:
     """q against the caches as attention() checks q against k and v (the caches' first dim may
     differ from the batch: pages, or the rows cache_batch_idx picks from); block_table int32
-    (batch, max_pages) with contiguous rows, or cache_batch_idx int32 (batch,), not both; k, v
-    (when given) shaped and typed like the cache, with equal lengths. Index values are checked
-    by check_cache_indices."""
+    (batch, max_pages) with contiguous rows, or cache_batch_idx int32 (batch,), not both;
+    cache_leftpad int32 (batch,); k, v (when given) shaped and typed like the cache, with equal
+    lengths; rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2) contiguous in q's dtype, rotary_dim
+    a multiple of 16 up to headdim, seqlen_ro at least the cache's keys per row. Index values
+    are checked by check_cache_indices."""
     batch = q.shape[0] if len(q.shape) == 4 else 0
     for x, n in ((k_cache, "k_cache"), (v_cache, "v_cache")):
         if len(x.shape) != 4:
@@ -918,13 +932,13 @@ def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | No
         seqlen, page_size = bt.shape[1] * rows, rows
     else:
         seqlen, page_size = rows, 0
-        if cache_batch_idx is not None:
-            ci = cache_batch_idx
-            if ci.dtype != "int32" or ci.shape != (batch,) or (batch and ci.strides[0] != 1):
-                raise ValueError(f"cache_batch_idx must be a contiguous int32 array of shape ({batch},), got "
-                                 f"{ci.dtype} {tuple(ci.shape)}")
-            if ci.device != q.device:
-                raise ValueError(f"cache_batch_idx is on GPU {ci.device} but q is on GPU {q.device}")
+    for x, n in ((cache_batch_idx, "cache_batch_idx"), (cache_leftpad, "cache_leftpad")):
+        if x is not None:
+            if x.dtype != "int32" or x.shape != (batch,) or (batch and x.strides[0] != 1):
+                raise ValueError(f"{n} must be a contiguous int32 array of shape ({batch},), got "
+                                 f"{x.dtype} {tuple(x.shape)}")
+            if x.device != q.device:
+                raise ValueError(f"{n} is on GPU {x.device} but q is on GPU {q.device}")
     if (block_table is not None or cache_batch_idx is not None) and batch and not num_pages:
         raise ValueError(f"the cache has no {'pages' if block_table is not None else 'rows'} to map batch rows to "
                          f"(k_cache.shape[0] = 0)")
@@ -943,18 +957,44 @@ def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | No
             _check_layout(x, n)
         if k.shape[1] != v.shape[1]:
             raise ValueError(f"k and v must have the same seqlen_new, got {k.shape[1]} and {v.shape[1]}")
-    return KvCache(seqlen, launch.CacheMap(block_table, page_size, cache_batch_idx, num_pages))
+    if rotary_cos is not None:
+        _check_rotary(q, rotary_cos, rotary_sin, seqlen)
+    return KvCache(seqlen, launch.CacheMap(block_table, page_size, cache_batch_idx, num_pages, cache_leftpad))
 
 
-def check_cache_indices(xp, block_table, cache_batch_idx, num_pages: int) -> None:
+def _check_rotary(q: Ref, cos: Ref, sin: Ref, seqlen: int) -> None:
+    head_dim = q.shape[3]
+    for x, n in ((cos, "rotary_cos"), (sin, "rotary_sin")):
+        if x.dtype != q.dtype or len(x.shape) != 2:
+            raise ValueError(f"{n} must be a 2-D array (seqlen_ro, rotary_dim / 2) of q's dtype {q.dtype}, got "
+                             f"{x.dtype} {tuple(x.shape)}")
+        if x.device != q.device:
+            raise ValueError(f"{n} is on GPU {x.device} but q is on GPU {q.device}")
+        if x.shape[1] and (x.strides[1] != 1 or x.strides[0] != x.shape[1] or x.ptr % 16):
+            raise ValueError(f"{n} must be contiguous and 16-byte aligned, got strides {x.strides}")
+    if cos.shape != sin.shape:
+        raise ValueError(f"rotary_cos and rotary_sin must have one shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    rotary_dim = 2 * cos.shape[1]
+    if not rotary_dim or rotary_dim % 16 or rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim (2 * rotary_cos.shape[1]) must be a multiple of 16 in [16, headdim = "
+                         f"{head_dim}], got {rotary_dim}")
+    if cos.shape[0] < seqlen:
+        raise ValueError(f"rotary_cos / rotary_sin need a row per cache position: seqlen_ro >= {seqlen} (the "
+                         f"cache's keys per row), got {cos.shape[0]}")
+
+
+def check_cache_indices(xp, block_table, cache_batch_idx, num_pages: int, cache_leftpad=None,
+                        seqlen: int = 0) -> None:
     """block_table entries in [0, num_pages) (pages) and cache_batch_idx in [0, num_pages) (cache
-    rows), CuPy arrays or torch tensors (xp: their module), read on the host (one synchronisation; the kernels also clamp them, for callers that
+    rows) and cache_leftpad in [0, seqlen], CuPy arrays or torch tensors (xp: their module), read on the host (one synchronisation; the kernels also clamp them, for callers that
     cannot read them, such as a CUDA graph being captured)."""
-    for x, name, what in ((block_table, "block_table", "pages"), (cache_batch_idx, "cache_batch_idx", "cache rows")):
+    for x, name, what, end in ((block_table, "block_table", "pages", num_pages),
+                               (cache_batch_idx, "cache_batch_idx", "cache rows", num_pages),
+                               (cache_leftpad, "cache_leftpad", "keys per row, plus one", seqlen + 1)):
         if x is not None and (x.numel() if hasattr(x, "numel") else x.size):
             lo, hi = (int(y) for y in xp.stack([x.min(), x.max()]).tolist())
-            if lo < 0 or hi >= num_pages:
-                raise ValueError(f"{name} entries must be in [0, {num_pages}) (the cache's {what}), got values in "
+            if lo < 0 or hi >= end:
+                raise ValueError(f"{name} entries must be in [0, {end}) (the cache's {what}), got values in "
                                  f"[{lo}, {hi}]")
 
 
@@ -979,18 +1019,29 @@ def uses_decode_kernel(q: Ref, k_cache: Ref, v_cache: Ref, cache: KvCache) -> bo
 
 def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None, lengths: Ref, used: Ref | None,
                 out: Ref, lse_rows: Ref | None, opts: Options, cache: KvCache, num_splits: int, alloc: launch.Alloc,
-                offsets, stream: int) -> None:
+                offsets, stream: int, rotary: tuple | None = None) -> None:
     """attention_with_kvcache for checked Refs (check_kvcache), q's device current: append k, v at
     `lengths` (int32 (batch,)) writing `used` (int32 (batch,)), then attention of q over each row's
     used keys (`lengths` without k, v) into out and lse_rows (nheads, batch * seqlen_q): on the
     split-KV decode kernel (num_splits parts, 0: chosen from the shape and the GPU) or, for long
     query chunks over a contiguous cache, the varlen prefill kernels. offsets: a callable giving
     the pointers of int32 [0, seqlen_q, 2 seqlen_q, ...] and [0, seqlen_cache, ...] (batch + 1
-    each), asked for only by the prefill path. opts: kvcache_options."""
+    each), asked for only by the prefill path. opts: kvcache_options. rotary: (cos, sin,
+    interleaved) checked Refs, applied to q and the new keys in the append (the attention then
+    reads the rotated q from scratch)."""
     batch, seqlen_q, nheads, head_dim = q.shape
     dtype = KERNEL_DTYPES[k_cache.dtype]
+    rot = q_rot_owner = None
+    if rotary is not None and batch:
+        # q_rot_owner keeps the scratch alive until the kernels reading it are queued (frees are stream-ordered)
+        q_rot_owner, q_rot = alloc((batch, seqlen_q, nheads, head_dim), q.dtype)
+        step = 0 if opts.features.mask == "none" else 1  # causal or local: query i with new key i (flash-attn)
+        rot = launch.Rotary(*rotary, step, q_rot)
     if k is not None and batch:
-        launch.kvcache_append(k, v, k_cache, v_cache, lengths, used, cache.seqlen, cache.cache_map, dtype, stream)
+        launch.kvcache_append(k, v, k_cache, v_cache, lengths, used, cache.seqlen, cache.cache_map, dtype, stream, q,
+                              rot)
+    if rot is not None:
+        q = rot.q_rot
     seqused = used if k is not None else lengths
     if not (batch and seqlen_q):
         return
@@ -1008,6 +1059,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
     cu_q, cu_k = offsets()
     sequences = {"cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k, "seqused_k": seqused.ptr}
     run_varlen_forward(*rows, lse_rows, opts, sequences, seqlen_q, stream)
+    del q_rot_owner
 
 
 @functools.lru_cache(maxsize=None)
@@ -1075,25 +1127,33 @@ def attention_with_kvcache(
     rounding). Returns out (batch, seqlen_q, nheads, headdim) and with return_lse=True also lse
     (batch, nheads, seqlen_q) float32.
 
-    rotary_cos / rotary_sin and cache_leftpad raise NotImplementedError for now. block_table and
-    cache_batch_idx entries are checked on the host, which costs one synchronisation per call;
+    rotary_cos, rotary_sin: (seqlen_ro >= seqlen_cache, rotary_dim / 2) in q's dtype, rotary_dim a
+    multiple of 16 up to headdim (with k, v only): q and the new keys are rotated at their
+    positions in the same launch as the append, interleaved (GPT-J pairs 2i, 2i + 1) or not
+    (GPT-NeoX pairs i, i + rotary_dim / 2); the new key i of row b sits at position
+    cache_seqlens[b] - leftpad + i, and so does query i under causal or local attention, while
+    without them every query sits at cache_seqlens[b] - leftpad (flash-attn 2.x). cache_leftpad:
+    int32 (batch,), row b's keys start at cache key cache_leftpad[b] (left padding; the keys
+    before it are not attended to). block_table, cache_batch_idx and cache_leftpad entries are
+    checked on the host, which costs one synchronisation per call;
     check_indices=False skips that (a decode loop whose tables are known good): the kernels clamp
     every entry, so a bad one reads a wrong page or row, never outside the cache. An array
     cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
     """
-    check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
-                       cache_leftpad=cache_leftpad)
+    check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin)
     cp = _cupy()
-    (q, k_cache, v_cache, k, v, alibi_slopes, learnable_sink, block_table, cache_batch_idx), refs = _refs(
+    arrays, refs = _refs(
         {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k": k, "v": v, "alibi_slopes": alibi_slopes,
-         "learnable_sink": learnable_sink, "block_table": block_table, "cache_batch_idx": cache_batch_idx})
-    qr, kcr, vcr, kr, vr, ar, sr, btr, cir = refs
-    cache = check_kvcache(qr, kcr, vcr, kr, vr, btr, cir)
+         "learnable_sink": learnable_sink, "block_table": block_table, "cache_batch_idx": cache_batch_idx,
+         "cache_leftpad": cache_leftpad, "rotary_cos": rotary_cos, "rotary_sin": rotary_sin})
+    q, k_cache, v_cache, k, v, alibi_slopes, learnable_sink, block_table, cache_batch_idx, cache_leftpad = arrays[:10]
+    qr, kcr, vcr, kr, vr, ar, sr, btr, cir, lpr, cosr, sinr = refs
+    cache = check_kvcache(qr, kcr, vcr, kr, vr, btr, cir, lpr, cosr, sinr)
     batch, seqlen_q, nheads, _ = qr.shape
     with device_scope(qr.device):
         opts = kvcache_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
         if check_indices:
-            check_cache_indices(cp, block_table, cache_batch_idx, cache.cache_map.num_pages)
+            check_cache_indices(cp, block_table, cache_batch_idx, cache.cache_map.num_pages, cache_leftpad, cache.seqlen)
         if cache_seqlens is None or isinstance(cache_seqlens, numbers.Integral):
             value = cache.seqlen if cache_seqlens is None else int(cache_seqlens)
             check_cache_length(value, cache.seqlen)
@@ -1112,7 +1172,8 @@ def attention_with_kvcache(
 
         run_kvcache(cupy_ref(q), kcr, vcr, kr, vr, cupy_ref(lengths), None if used is None else cupy_ref(used),
                     cupy_ref(out), None if lse_rows is None else cupy_ref(lse_rows), opts, cache, int(num_splits),
-                    cupy_alloc, offsets, cp.cuda.get_current_stream().ptr)
+                    cupy_alloc, offsets, cp.cuda.get_current_stream().ptr,
+                    None if cosr is None else (cosr, sinr, bool(rotary_interleaved)))
         if not return_lse:
             return out
         lse = cp.ascontiguousarray(lse_rows.reshape(nheads, batch, seqlen_q).transpose(1, 0, 2))

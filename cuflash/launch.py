@@ -329,27 +329,51 @@ _append_spec = functools.lru_cache(maxsize=None)(KvAppendSpec)
 class CacheMap(NamedTuple):
     """Where a KV cache's keys live (kernels_cu/common/kvcache.cuh): block_table (batch,
     max_pages) int32 or None (contiguous), page_size (paged), cache_batch_idx (batch,) int32 or
-    None, num_pages = the cache's first dim (pages, or cache rows)."""
+    None, num_pages = the cache's first dim (pages, or cache rows), cache_leftpad (batch,) int32
+    (each row's first key) or None."""
 
     block_table: Ref | None
     page_size: int
     cache_batch_idx: Ref | None
     num_pages: int
+    cache_leftpad: Ref | None = None
 
     def fields(self) -> dict:
         bt = self.block_table
         return {"block_table": 0 if bt is None else bt.ptr,
                 "block_table_batch_stride": 0 if bt is None else bt.strides[0],
                 "page_size": self.page_size, "num_pages": self.num_pages,
-                "cache_batch_idx": 0 if self.cache_batch_idx is None else self.cache_batch_idx.ptr}
+                "cache_batch_idx": 0 if self.cache_batch_idx is None else self.cache_batch_idx.ptr,
+                "cache_leftpad": 0 if self.cache_leftpad is None else self.cache_leftpad.ptr}
+
+
+class Rotary(NamedTuple):
+    """Rotary embedding in the append (kernels_cu/common/rotary.cuh): cos, sin (seqlen_ro,
+    rotary_dim / 2) contiguous in the cache's dtype; interleaved: GPT-J pairs, else GPT-NeoX;
+    q_positions_step 1 puts query i at the row's length + i (causal, local), 0 every query at the
+    length; q_rot: where rotated q goes ((batch, seqlen_q, nheads, d) contiguous)."""
+
+    cos: Ref
+    sin: Ref
+    interleaved: bool
+    q_positions_step: int
+    q_rot: Ref
+
+    def fields(self, q: Ref) -> dict:
+        return {"q": q.ptr, "q_rot": self.q_rot.ptr, "rotary_cos": self.cos.ptr, "rotary_sin": self.sin.ptr,
+                **strides_named("q", q), "seqlen_q": q.shape[1], "nheads": q.shape[2],
+                "seqlen_ro": self.cos.shape[0], "rotary_dim": 2 * self.cos.shape[1],
+                "rotary_interleaved": int(self.interleaved), "q_positions_step": self.q_positions_step}
 
 
 def kvcache_append(k: Ref, v: Ref, k_cache: Ref, v_cache: Ref, cache_seqlens: Ref, seqused: Ref, seqlen_cache: int,
-                   cache_map: CacheMap, dtype: str, stream: int) -> None:
+                   cache_map: CacheMap, dtype: str, stream: int, q: Ref | None = None,
+                   rotary: Rotary | None = None) -> None:
     """k, v (batch, seqlen_new, nheads_kv, d) into the caches at key cache_seqlens[b] of each
     batch row (cache_map says where that key lives), and seqused[b] = min(cache_seqlens[b] +
     seqlen_new, seqlen_cache) (kernels_cu/kvcache_append.cu; int32 (batch,) both). seqlen_cache:
-    the keys one batch row can hold."""
+    the keys one batch row can hold. With `rotary`, the new keys are rotated on their way in and
+    q (batch, seqlen_q, nheads, d) is rotated into rotary.q_rot, in the same launch."""
     batch, seqlen_new, nheads_kv, head_dim = k.shape
     spec = _append_spec(dtype)
     fields = {
@@ -361,6 +385,9 @@ def kvcache_append(k: Ref, v: Ref, k_cache: Ref, v_cache: Ref, cache_seqlens: Re
         **cache_map.fields(),
     }
     chunks = seqlen_new * nheads_kv * head_dim // 8
+    if rotary is not None:
+        fields.update(rotary.fields(q))
+        chunks += q.shape[1] * q.shape[2] * head_dim // 8
     grid = (max(1, -(-chunks // spec.threads)), batch, 1)
     run(spec, k.device, grid, (spec.threads, 1, 1), 0, params.KV_APPEND, fields, stream)
 

@@ -94,7 +94,7 @@ BWD_CONVERT_PARAMS = np.dtype(
 
 #: Where a KV cache's keys live (CUFLASH_CACHE_MAP_FIELDS in params.cuh).
 CACHE_MAP_FIELDS = [
-    ("cache_batch_idx", _PTR), ("block_table", _PTR), ("block_table_batch_stride", _I64),
+    ("cache_batch_idx", _PTR), ("block_table", _PTR), ("block_table_batch_stride", _I64), ("cache_leftpad", _PTR),
     ("page_size", _I32), ("num_pages", _I32),
 ]
 
@@ -107,7 +107,13 @@ KV_APPEND_PARAMS = np.dtype(
         ("vc_batch_stride", _I64), ("vc_row_stride", _I64), ("vc_head_stride", _I64),
         ("seqlen_new", _I32), ("seqlen_cache", _I32), ("nheads_kv", _I32), ("head_dim", _I32),
     ]
-    + CACHE_MAP_FIELDS,
+    + CACHE_MAP_FIELDS
+    + [
+        ("q", _PTR), ("q_rot", _PTR), ("rotary_cos", _PTR), ("rotary_sin", _PTR),
+        ("q_batch_stride", _I64), ("q_row_stride", _I64), ("q_head_stride", _I64),
+        ("seqlen_q", _I32), ("nheads", _I32), ("seqlen_ro", _I32), ("rotary_dim", _I32),
+        ("rotary_interleaved", _I32), ("q_positions_step", _I32),
+    ],
     align=True,
 )
 

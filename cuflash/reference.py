@@ -686,8 +686,29 @@ def attention_backward(dout, q, k, v, *, softmax_scale=None, causal=False, windo
     return dq, dk, dv, dbias
 
 
+def rotary(x, cos, sin, positions, interleaved=True):
+    """Rotary embedding as kernels_cu/common/rotary.cuh applies it: x (n, heads, d) in its dtype,
+    row r at position positions[r] (clamped to the table); cos, sin (seqlen_ro, R / 2), R =
+    rotary_dim. Pairs (2i, 2i + 1) when interleaved, else (i, i + R / 2), of the first R
+    columns: y0 = x0 cos - x1 sin, y1 = x0 sin + x1 cos, each product and sum rounded in
+    float32, then to x's dtype; columns >= R unchanged."""
+    half = cos.shape[1]
+    pos = numpy.clip(numpy.asarray(positions, dtype=numpy.int64), 0, cos.shape[0] - 1)
+    c = numpy.asarray(cos)[pos].astype(numpy.float32)[:, None, :]
+    s = numpy.asarray(sin)[pos].astype(numpy.float32)[:, None, :]
+    xf = numpy.asarray(x).astype(numpy.float32)
+    first, second = (slice(0, 2 * half, 2), slice(1, 2 * half, 2)) if interleaved else (
+        slice(0, half), slice(half, 2 * half))
+    x0, x1 = xf[..., first], xf[..., second]
+    out = numpy.array(x, copy=True)
+    out[..., first] = (x0 * c - x1 * s).astype(out.dtype)
+    out[..., second] = (x0 * s + x1 * c).astype(out.dtype)
+    return out
+
+
 def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, cache_batch_idx=None,
-                           block_table=None, alibi_slopes=None, precision="float64", **options):
+                           block_table=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
+                           rotary_interleaved=True, alibi_slopes=None, precision="float64", **options):
     """Reference of cuflash.attention_with_kvcache: k, v (batch, seqlen_new, nheads_kv, headdim)
     written into copies of the caches from key cache_seqlens[b] of batch row b on (keys past the
     row's capacity dropped), then each batch row's queries attend over its first
@@ -696,7 +717,10 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     ...), or (cache rows, seqlen_cache, ...) read through cache_batch_idx (batch,), or paged
     (num_pages, page_size, ...) with block_table (batch, max_pages): key j of row b is row
     j % page_size of page block_table[b, j // page_size]. cache_seqlens: int or (batch,) ints
-    (default: the whole capacity). alibi_slopes: (nheads,) or (batch, nheads).
+    (default: the whole capacity). cache_leftpad (batch,): row b's keys start at that cache key.
+    rotary_cos / rotary_sin (with k, v): :func:`rotary` of the new keys at positions
+    cache_seqlens[b] - leftpad + i and of q at the same positions under a causal or local mask,
+    else all at cache_seqlens[b] - leftpad. alibi_slopes: (nheads,) or (batch, nheads).
     Returns (out, lse, k_cache_new, v_cache_new)."""
     xp = array_module(q, k_cache, v_cache)
     batch = q.shape[0]
@@ -719,20 +743,29 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     seqlens = [capacity] * batch if cache_seqlens is None else (
         [int(cache_seqlens)] * batch if numpy.ndim(cache_seqlens) == 0 else [int(x) for x in cache_seqlens])
     appended = 0 if k is None else k.shape[1]
+    windowed = options.get("causal") or tuple(options.get("window_size", (-1, -1))) != (-1, -1)
     outs, lses = [], []
     for b in range(batch):
-        start = min(max(seqlens[b], 0), capacity)
+        start = max(seqlens[b], 0)
+        first = 0 if cache_leftpad is None else min(max(int(cache_leftpad[b]), 0), capacity)
+        qb = q[b:b + 1]
         if k is not None:
-            n = min(appended, capacity - start)
+            n = max(0, min(appended, capacity - start))
             pages, rows = slots(b, range(start, start + n))
-            k_new[pages, rows] = k[b, :n]
+            kb = k[b, :n]
+            if rotary_cos is not None:
+                kb = rotary(kb, rotary_cos, rotary_sin, start - first + numpy.arange(n), rotary_interleaved)
+                step = 1 if windowed else 0
+                qb = rotary(q[b], rotary_cos, rotary_sin, start - first + step * numpy.arange(q.shape[1]),
+                            rotary_interleaved)[None]
+            k_new[pages, rows] = kb
             v_new[pages, rows] = v[b, :n]
         used = min(start + appended, capacity)
-        pages, rows = slots(b, range(used))
+        pages, rows = slots(b, range(min(first, used), used))
         slopes = None
         if alibi_slopes is not None:
             slopes = alibi_slopes[b] if numpy.ndim(alibi_slopes) == 2 else alibi_slopes
-        out, lse = attention_forward(q[b:b + 1], k_new[pages, rows][None], v_new[pages, rows][None],
+        out, lse = attention_forward(qb, k_new[pages, rows][None], v_new[pages, rows][None],
                                      alibi_slopes=slopes, precision=precision, **options)
         outs.append(out)
         lses.append(lse)

@@ -531,15 +531,14 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     """flash-attn 2.x's flash_attn_with_kvcache (no autograd, as there): k, v appended into the caches
     in place at cache_seqlens, then attention over each row's filled keys (cuflash.api.run_kvcache:
     the split-KV decode kernel, or the varlen prefill kernels for long query chunks). Caches
-    contiguous, through cache_batch_idx, or paged through block_table with any page size. Without
-    cache operations (no k, v, no cache_seqlens, no block_table, no cache_batch_idx) it is dense
-    attention over the whole cache. rotary_cos / rotary_sin and cache_leftpad raise
-    NotImplementedError until their kernels land. block_table and cache_batch_idx entries are
+    contiguous, through cache_batch_idx, or paged through block_table with any page size; rotary
+    embedding of q and the new keys fused into the append; cache_leftpad. Without cache
+    operations (no k, v, cache_seqlens, block_table, cache_batch_idx or cache_leftpad) it is dense
+    attention over the whole cache. block_table, cache_batch_idx and cache_leftpad entries are
     checked on the host (one synchronisation) unless check_indices=False or a CUDA graph is being
     captured; the kernels clamp them either way."""
-    api.check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
-                           cache_leftpad=cache_leftpad)
-    if k is None and cache_seqlens is None and block_table is None and cache_batch_idx is None:
+    api.check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin)
+    if k is None and cache_seqlens is None and block_table is None and cache_batch_idx is None and cache_leftpad is None:
         with torch.no_grad():
             out = _attention(q, k_cache, v_cache, 0.0, softmax_scale, causal, window_size, softcap, alibi_slopes,
                              False, return_softmax_lse, learnable_sink)
@@ -551,9 +550,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     qr, kcr, vcr = _ref(q, "q"), _ref(k_cache, "k_cache"), _ref(v_cache, "v_cache")
     kr = None if k is None else _ref(_maybe_contiguous(k), "k")
     vr = None if v is None else _ref(_maybe_contiguous(v), "v")
-    btr = None if block_table is None else _ref(block_table, "block_table")
-    cir = None if cache_batch_idx is None else _ref(cache_batch_idx, "cache_batch_idx")
-    cache = api.check_kvcache(qr, kcr, vcr, kr, vr, btr, cir)
+    btr, cir, lpr, cosr, sinr = (None if x is None else _ref(x, n) for x, n in (
+        (block_table, "block_table"), (cache_batch_idx, "cache_batch_idx"), (cache_leftpad, "cache_leftpad"),
+        (rotary_cos, "rotary_cos"), (rotary_sin, "rotary_sin")))
+    cache = api.check_kvcache(qr, kcr, vcr, kr, vr, btr, cir, lpr, cosr, sinr)
     ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes")
     sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink")
     left, right = window_size
@@ -561,7 +561,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     device = qr.device
     with _on_device(device), torch.no_grad():
         if check_indices and not torch.cuda.is_current_stream_capturing():
-            api.check_cache_indices(torch, block_table, cache_batch_idx, cache.cache_map.num_pages)
+            api.check_cache_indices(torch, block_table, cache_batch_idx, cache.cache_map.num_pages, cache_leftpad,
+                                    cache.seqlen)
         if cache_seqlens is None or isinstance(cache_seqlens, int):
             value = cache.seqlen if cache_seqlens is None else cache_seqlens
             api.check_cache_length(value, cache.seqlen)
@@ -577,7 +578,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
 
         api.run_kvcache(qr, kcr, vcr, kr, vr, lengths, None if used is None else _ref(used, "seqused"),
                         _ref(out, "out"), None if lse_rows is None else _ref(lse_rows, "lse"), opts, cache,
-                        int(num_splits), _alloc(device), offsets, _stream(device))
+                        int(num_splits), _alloc(device), offsets, _stream(device),
+                        None if cosr is None else (cosr, sinr, bool(rotary_interleaved)))
         if not return_softmax_lse:
             return out
         return out, lse_rows.view(nheads, batch, seqlen_q).transpose(0, 1).contiguous()

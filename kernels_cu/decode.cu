@@ -9,7 +9,8 @@
 // split of the keys) it computes, over the keys j of its split,
 //   S = Q K^T            Q: (BM, d) folded rows, K: (keys, d) of the cache (kvcache.cuh)
 //   S = mod(S), masked   softcap, ALiBi (score_mod.cuh); causal / window per query i
-//                        (mask.cuh, bottom-right over the row's seqused_k keys)
+//                        (mask.cuh, bottom-right over the row's keys: cache keys
+//                        cache_leftpad[b] .. seqused_k[b] - 1)
 //   O = softmax(S * softmax_scale) V,   lse = ln(sum_j exp(S_ij * softmax_scale))
 // With one split the result is final (the learnable sink joins the denominator
 // here); with several, each split writes its fp32 part (O normalised over its
@@ -71,9 +72,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const Decod
     const int group = p.nheads / p.nheads_kv;
     const int rows = p.seqlen_q * group;  // folded rows of this (b, h_kv)
 
-    // The sequence: dense queries; keys = the row's filled length (seqused_k), clamped to the cache.
+    // The sequence: dense queries; keys = the row's filled length (seqused_k) clamped to the
+    // cache, less its left padding: its keys are cache keys pad .. pad + seqlen_k - 1.
     SeqInfo si(p, b, h_kv * group);
     if (p.seqused_k != nullptr) si.seqlen_k = min(max(p.seqused_k[b], 0), p.seqlen_k);
+    const int pad = p.cache_leftpad != nullptr ? min(max(p.cache_leftpad[b], 0), si.seqlen_k) : 0;
+    si.seqlen_k -= pad;
+    const int key_end = pad + si.seqlen_k;  // in cache keys
     const Visibility vis(p, si);
     const CacheMap cache(p, b);
     // Folded row -> (query i, head h).
@@ -124,16 +129,16 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const Decod
             const int key0 = (first + t * WARPS) * BN;
             const u32 k_dst = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH + lane_row * PITCH + lane_col) * 2u;
             const u32 v_dst = k_dst + (u32)(BN * PITCH) * 2u;
-            CacheCursor at(cache, key0 + lane_row, si.seqlen_k);
+            CacheCursor at(cache, pad + key0 + lane_row, key_end);
 #pragma unroll
             for (int r = 0; r < BN; r += ROW_STEP) {
-                const bool ok = lane_col < p.head_dim && at.j < si.seqlen_k;
+                const bool ok = lane_col < p.head_dim && at.j < key_end;
                 const int2 s = ok ? at.slot : make_int2(0, 0);
                 const i64 ko = CacheMap::at(s, p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
                 const i64 vo = CacheMap::at(s, p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
                 cp_async_16(k_dst + (u32)(r * PITCH) * 2u, kbase + ko + lane_col, ok);
                 cp_async_16(v_dst + (u32)(r * PITCH) * 2u, vbase + vo + lane_col, ok);
-                if (r + ROW_STEP < BN) at.advance(cache, ROW_STEP, si.seqlen_k);
+                if (r + ROW_STEP < BN) at.advance(cache, ROW_STEP, key_end);
             }
         }
         cp_async_commit();

@@ -121,7 +121,7 @@ class CuflashBench:
         that check synchronises with the GPU once per call."""
         inputs, attention = self.inputs(p), self.cuflash.attention_with_kvcache
         q, k_cache, v_cache, call, options = (inputs[name] for name in ("q", "k_cache", "v_cache", "call", "options"))
-        extra = {"check_indices": False} if "block_table" in call else {}
+        extra = {"check_indices": False} if call.get("block_table") is not None else {}
         return lambda: attention(q, k_cache, v_cache, **call, **options, **extra)
 
     def _callable(self, p, q, k, v, dout, options):

@@ -119,6 +119,7 @@ struct BwdParams {
     const int* cache_batch_idx; /* (batch,) int32 cache row of batch row b, or null */ \
     const int* block_table;     /* (batch, max_pages) int32, or null (contiguous) */   \
     i64 block_table_batch_stride;                                                     \
+    const int* cache_leftpad;   /* (batch,) int32 first key of each row, or null: 0 */ \
     int page_size;              /* keys per page (paged) */                           \
     int num_pages;              /* the cache's first dim: pages, or cache rows */
 
@@ -137,6 +138,16 @@ struct KvAppendParams {
     i64 vc_batch_stride, vc_row_stride, vc_head_stride;
     int seqlen_new, seqlen_cache, nheads_kv, head_dim;  // seqlen_cache: keys per batch row (paged: max_pages * page_size)
     CUFLASH_CACHE_MAP_FIELDS
+    // Rotary (rotary.cuh; rotary_dim 0: none): the new keys rotated on their way into the
+    // cache, and q (batch, seqlen_q, nheads, head_dim) into q_rot (the same shape, contiguous).
+    const void* q;
+    void* q_rot;
+    const void* rotary_cos;  // (seqlen_ro, rotary_dim / 2) contiguous, the cache's dtype
+    const void* rotary_sin;
+    i64 q_batch_stride, q_row_stride, q_head_stride;
+    int seqlen_q, nheads, seqlen_ro, rotary_dim;
+    int rotary_interleaved;  // 1: GPT-J pairs (2i, 2i + 1); 0: GPT-NeoX pairs (i, i + rotary_dim / 2)
+    int q_positions_step;    // 1: query i at the row's length + i (causal, local); 0: every query at the length
 };
 
 // kernels_cu/decode.cu: q (batch, seqlen_q, nheads, head_dim) over the caches k, v

@@ -74,9 +74,10 @@ def fake_cuflash(error=0.0, backward=True, ignore=(), pages_in_order=False):
         return dq, dk + error, dv
 
     def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, block_table=None,
-                               **options):
+                               check_indices=True, **options):
         lib.calls += 1
-        lib.kvcache_calls.append({"cache_seqlens": cache_seqlens, "block_table": block_table, **options})
+        lib.kvcache_calls.append({"cache_seqlens": cache_seqlens, "block_table": block_table, **options,
+                                  **({} if check_indices else {"check_indices": False})})
         if block_table is not None:
             if pages_in_order:
                 block_table = numpy.arange(block_table.size).reshape(block_table.shape)
@@ -397,10 +398,12 @@ def test_decode_calls_pass_the_cache_arguments(fake_gpu):
     (contig, paged) = decode_points(page_sizes=(0, 16), caches=((3, 40),))
     runner.run_sweep([contig, paged], peer_names=[], warmup=0, rep=1, check=False, progress=False)
     calls = fake_gpu["lib"].kvcache_calls
-    assert {tuple(sorted(c)) for c in calls} == {("block_table", "cache_seqlens", "causal")}
     plain = [c for c in calls if c["block_table"] is None]
     paged_calls = [c for c in calls if c["block_table"] is not None]
     assert plain and paged_calls
+    assert {tuple(sorted(c)) for c in plain} == {("block_table", "cache_seqlens", "causal")}
+    # paged calls skip the host read of the block table (a synchronisation per call)
+    assert {tuple(sorted(c)) for c in paged_calls} == {("block_table", "cache_seqlens", "causal", "check_indices")}
     for c in calls:
         assert c["cache_seqlens"].dtype == numpy.int32 and c["cache_seqlens"].tolist() == [40] * 3
         assert c["causal"] is False

@@ -70,11 +70,48 @@ def test_reference_cache_batch_idx_reads_the_named_rows():
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[2][idx], want[2])
 
 
-@pytest.mark.parametrize("option", ["rotary_cos", "rotary_sin", "cache_leftpad"])
-def test_options_without_a_kernel_are_named(option):
-    q, kc, vc, _, _ = cache_inputs()
-    with pytest.raises(NotImplementedError, match=option):
-        cuflash.attention_with_kvcache(q, kc, vc, **{option: np.zeros(2, np.int32)})
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_reference_rotary_pairs_and_angles(interleaved):
+    x = np.arange(1, 2 * 32 + 1, dtype=np.float32).reshape(2, 1, 32).astype(np.float16)
+    cos = np.zeros((4, 8), np.float16)
+    sin = np.ones((4, 8), np.float16)
+    cos[1], sin[1] = 1, 0  # position 1: no rotation
+    y = reference.rotary(x, cos, sin, [0, 1], interleaved)
+    assert np.array_equal(y[1], x[1]) and np.array_equal(y[:, :, 16:], x[:, :, 16:])  # columns >= R = 16 kept
+    first, second = (slice(0, 16, 2), slice(1, 16, 2)) if interleaved else (slice(0, 8), slice(8, 16))
+    # a quarter turn: (x0, x1) -> (-x1, x0)
+    assert np.array_equal(y[0, :, first], -x[0, :, second]) and np.array_equal(y[0, :, second], x[0, :, first])
+
+
+def test_reference_rotates_the_new_keys_and_q_at_their_positions():
+    q, kc, vc, k, v = cache_inputs(seqlen_q=4, seqlen_new=4)
+    angles = np.outer(np.arange(20), 1.0 / 10000 ** (np.arange(8) / 8))
+    cos, sin = np.cos(angles).astype(np.float16), np.sin(angles).astype(np.float16)
+    out, _, k_new, _ = reference.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=[5, 11], rotary_cos=cos,
+                                                         rotary_sin=sin, causal=True)
+    for b, filled in enumerate((5, 11)):
+        want = reference.rotary(k[b], cos, sin, filled + np.arange(4))
+        assert np.array_equal(k_new[b, filled:filled + 4], want)
+        qr = reference.rotary(q[b], cos, sin, filled + np.arange(4))[None]  # causal: query i at filled + i
+        keys = np.concatenate([kc[b:b + 1, :filled], want[None]], axis=1)
+        values = np.concatenate([vc[b:b + 1, :filled], v[b:b + 1]], axis=1)
+        assert np.array_equal(out[b:b + 1], reference.attention_forward(qr, keys, values, causal=True)[0])
+    # without a mask every query sits at the row's length
+    out, _, _, _ = reference.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=[5, 11], rotary_cos=cos,
+                                                    rotary_sin=sin, rotary_interleaved=False)
+    qr = reference.rotary(q[1], cos, sin, [11] * 4, False)[None]
+    keys = np.concatenate([kc[1:2, :11], reference.rotary(k[1], cos, sin, 11 + np.arange(4), False)[None]], axis=1)
+    values = np.concatenate([vc[1:2, :11], v[1:2]], axis=1)
+    assert np.array_equal(out[1:2], reference.attention_forward(qr, keys, values)[0])
+
+
+def test_reference_left_padding_drops_the_first_keys():
+    q, kc, vc, k, v = cache_inputs()
+    got = reference.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=[9, 12], cache_leftpad=[3, 0], causal=True)
+    for b, (filled, pad) in enumerate(((9, 3), (12, 0))):
+        keys = np.concatenate([kc[b:b + 1, pad:filled], k[b:b + 1]], axis=1)
+        values = np.concatenate([vc[b:b + 1, pad:filled], v[b:b + 1]], axis=1)
+        assert np.array_equal(got[0][b:b + 1], reference.attention_forward(q[b:b + 1], keys, values, causal=True)[0])
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -82,12 +119,14 @@ def test_options_without_a_kernel_are_named(option):
     (dict(num_splits=1.5), ValueError, "num_splits"),
     (dict(k="k"), ValueError, "k and v come together"),
     (dict(k="k", v="v"), ValueError, "appending k, v needs cache_seqlens"),
+    (dict(rotary_cos="cos"), ValueError, "rotary_cos and rotary_sin come together"),
+    (dict(rotary_cos="cos", rotary_sin="cos"), ValueError, "need k and v"),
     (dict(cache_seqlens=3), TypeError, "q is a NumPy array"),
 ], ids=lambda x: None)
 def test_bad_arguments_are_named_before_any_launch(kwargs, error, match):
     q, kc, vc, k, v = cache_inputs()
-    kwargs = {name: {"k": k, "v": v}.get(value, value) if isinstance(value, str) else value
-              for name, value in kwargs.items()}
+    kwargs = {name: {"k": k, "v": v, "cos": np.ones((20, 8), np.float16)}.get(value, value)
+              if isinstance(value, str) else value for name, value in kwargs.items()}
     with pytest.raises(error, match=match):
         cuflash.attention_with_kvcache(q, kc, vc, **kwargs)
 
@@ -120,8 +159,7 @@ def recorded(monkeypatch):
 
 
 def alloc(shape, dtype):
-    n = int(np.prod(shape))
-    return None, ref((n,), dtype, ptr=0xA000000)
+    return None, ref(tuple(shape), dtype, ptr=0xA000000)
 
 
 def test_run_kvcache_appends_then_runs_the_varlen_forward_over_the_used_keys(recorded):
@@ -205,6 +243,23 @@ def test_paged_caches_pass_their_block_table_and_page_size(recorded):
     assert grid == (1, -(-40 * 4 // 16), 2 * 2)
 
 
+def test_rotary_rides_on_the_append_and_the_attention_reads_the_rotated_q(recorded):
+    q, kc, k = ref((2, 3, 8, 128)), ref((2, 64, 2, 128), ptr=1 << 22), ref((2, 3, 2, 128), ptr=1 << 23)
+    cos, sin = ref((64, 32), ptr=1 << 24), ref((64, 32), ptr=1 << 25)
+    pad = ref((2,), "int32", 1 << 26)
+    cache = api.check_kvcache(q, kc, kc, k, k, None, None, pad, cos, sin)
+    assert api.uses_decode_kernel(q, kc, kc, cache)  # left padding: decode kernel
+    opts = api.kvcache_options(q, None, True, (-1, -1), 0.0, None, None)
+    lengths, used = ref((2,), "int32", 1 << 27), ref((2,), "int32", 1 << 28)
+    api.run_kvcache(q, kc, kc, k, k, lengths, used, ref((2, 3, 8, 128)), None, opts, cache, 1, alloc, None, 0,
+                    (cos, sin, False))
+    (append, grid, a), (decode, _, f) = recorded
+    assert (a["rotary_cos"], a["rotary_sin"], a["rotary_dim"], a["seqlen_ro"]) == (cos.ptr, sin.ptr, 64, 64)
+    assert (a["rotary_interleaved"], a["q_positions_step"], a["q"], a["nheads"]) == (0, 1, q.ptr, 8)
+    assert a["q_rot"] == f["q"] != q.ptr and a["cache_leftpad"] == f["cache_leftpad"] == pad.ptr
+    assert grid[0] * 256 * 8 >= (3 * 2 + 3 * 8) * 128  # the keys' chunks, then q's
+
+
 def test_caches_whose_batches_are_not_consecutive_take_the_decode_kernel(recorded):
     q = ref((2, 64, 4, 64))
     kc = Ref(1 << 20, (2, 32, 4, 64), (2 * 32 * 256, 256, 64, 1), "bfloat16", 0)
@@ -219,8 +274,14 @@ def test_caches_whose_batches_are_not_consecutive_take_the_decode_kernel(recorde
     (dict(cache_batch_idx=ref((3,), "int32")), "cache_batch_idx must be a contiguous int32 array of shape"),
     (dict(block_table=ref((2, 3), "int32"), k_cache=ref((7, 0, 2, 64))), "page size"),
     (dict(v_cache=ref((7, 5, 2, 64))), "v_cache must have the shape of k_cache"),
+    (dict(cache_leftpad=ref((2,), "int64")), "cache_leftpad must be a contiguous int32 array of shape"),
+    (dict(rotary_cos=ref((7, 8)), rotary_sin=ref((7, 8))), r"seqlen_ro >= 8"),
+    (dict(rotary_cos=ref((8, 4)), rotary_sin=ref((8, 4))), "multiple of 16"),
+    (dict(rotary_cos=ref((8, 40)), rotary_sin=ref((8, 40))), "multiple of 16 in"),
+    (dict(rotary_cos=ref((8, 8), "float16"), rotary_sin=ref((8, 8), "float16")), "rotary_cos must be a 2-D array"),
+    (dict(rotary_cos=ref((8, 8)), rotary_sin=ref((9, 8))), "one shape"),
 ], ids=lambda x: None)
-def test_bad_cache_layouts_are_named(kwargs, match):
+def test_bad_cache_layouts_are_named(kwargs, match, recorded):
     q = ref((2, 1, 4, 64))
     args = {"k_cache": ref((2, 8, 2, 64)), "v_cache": ref((2, 8, 2, 64)), **kwargs}
     kc, vc = args.pop("k_cache"), args.pop("v_cache")
@@ -229,7 +290,8 @@ def test_bad_cache_layouts_are_named(kwargs, match):
     if "k_cache" in kwargs:
         vc = kc
     with pytest.raises(ValueError, match=match):
-        api.check_kvcache(q, kc, vc, None, None, args.get("block_table"), args.get("cache_batch_idx"))
+        api.check_kvcache(q, kc, vc, None, None, args.get("block_table"), args.get("cache_batch_idx"),
+                          args.get("cache_leftpad"), args.get("rotary_cos"), args.get("rotary_sin"))
 
 
 def test_out_of_range_indices_are_refused_on_the_host():
@@ -239,3 +301,5 @@ def test_out_of_range_indices_are_refused_on_the_host():
     with pytest.raises(ValueError, match="cache_batch_idx entries"):
         api.check_cache_indices(np, None, np.array([-1, 0], np.int32), 2)
     api.check_cache_indices(np, tbl.clip(0, 6), np.array([1, 0], np.int32), 7)
+    with pytest.raises(ValueError, match=r"cache_leftpad entries must be in \[0, 9\)"):
+        api.check_cache_indices(np, None, None, 2, np.array([0, 9], np.int32), 8)

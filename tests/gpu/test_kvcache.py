@@ -28,11 +28,19 @@ def as_pages(cache, page_size, rng):
     return pages, order.reshape(batch, per_row).astype(np.int32)
 
 
+def rotary_tables(seqlen, rotary_dim, dtype):
+    angles = np.outer(np.arange(seqlen), 1.0 / 10000 ** (np.arange(rotary_dim // 2) / (rotary_dim // 2)))
+    dt = testing.resolve_dtype(dtype)
+    return np.cos(angles).astype(dt), np.sin(angles).astype(dt)
+
+
 def run_case(*, batch=3, seqlen_q=1, seqlen_cache=300, seqlen_new=1, nheads=8, nheads_kv=2, d=128, dtype="bf16",
-             cache_seqlens=(0, 137, 299), as_array=True, page_size=None, cache_rows=None, **opts):
+             cache_seqlens=(0, 137, 299), as_array=True, page_size=None, cache_rows=None, rotary_dim=0,
+             leftpad=None, **opts):
     """One call against the reference. Slots past each row's filled keys hold NaN (they must not
     reach the output). page_size: a paged cache of shuffled pages; cache_rows: a contiguous cache
-    of that many rows read through a random cache_batch_idx."""
+    of that many rows read through a random cache_batch_idx; rotary_dim: rotary tables of that
+    width (rotary_interleaved in opts); leftpad: cache_leftpad (keys before it hold NaN)."""
     rng = np.random.default_rng()
     q, kc, vc = testing.random_qkv(batch, seqlen_q, seqlen_cache, nheads, nheads_kv, d, dtype, xp=cp)
     k = v = None
@@ -44,12 +52,20 @@ def run_case(*, batch=3, seqlen_q=1, seqlen_cache=300, seqlen_new=1, nheads=8, n
         kc[b, max(filled[b], 0):] = np.nan
         vc[b, max(filled[b], 0):] = np.nan
     extra = {}
+    if leftpad is not None:
+        for b, pad in enumerate(leftpad):
+            kc[b, :pad] = np.nan
+            vc[b, :pad] = np.nan
+        extra["cache_leftpad"] = np.asarray(leftpad, np.int32)
+    if rotary_dim:
+        capacity = seqlen_cache if page_size is None else -(-seqlen_cache // page_size) * page_size
+        extra["rotary_cos"], extra["rotary_sin"] = rotary_tables(capacity, rotary_dim, dtype)
     if page_size is not None:
         seed = int(rng.integers(1 << 30))
         (kc, table), (vc, _) = as_pages(kc, page_size, np.random.default_rng(seed)), as_pages(
             vc, page_size, np.random.default_rng(seed))
         extra["block_table"] = table
-    elif cache_rows is not None:
+    if cache_rows is not None:
         idx = rng.permutation(cache_rows)[:batch].astype(np.int32)
         spare_k = np.full((cache_rows, *kc.shape[1:]), np.nan, dtype=kc.dtype)
         spare_v = spare_k.copy()
@@ -145,6 +161,22 @@ def test_long_query_chunk_over_pages():
 def test_mqa_and_mha_groups():
     run_case(nheads=16, nheads_kv=1, seqlen_q=2, seqlen_new=2, causal=True)
     run_case(nheads=4, nheads_kv=4, seqlen_q=9, seqlen_new=0, causal=False)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_rotary(interleaved, causal):
+    run_case(seqlen_q=3, seqlen_new=3, rotary_dim=64, rotary_interleaved=interleaved, causal=causal)
+
+
+def test_rotary_full_width_over_pages_with_left_padding():
+    run_case(seqlen_q=2, seqlen_new=2, rotary_dim=128, rotary_interleaved=False, page_size=16, leftpad=(0, 20, 100),
+             cache_seqlens=(5, 137, 290), causal=True, num_splits=3)
+
+
+def test_left_padding():
+    run_case(seqlen_q=4, seqlen_new=4, leftpad=(7, 0, 250), cache_seqlens=(30, 137, 280), causal=True)
+    run_case(seqlen_q=1, seqlen_new=0, leftpad=(7, 0, 250), cache_seqlens=(30, 137, 280), window_size=(10, 0))
 
 
 def test_bad_cache_arguments_are_named():
