@@ -58,6 +58,15 @@ def cupy_rows(calls, repeats):
     out = cp.empty_like(q)
     rows["cuflash.attention (CuPy, out=), decode"] = per_call_us(
         lambda: cuflash.attention(q, k, v, out=out), calls, repeats, sync)
+    # the same shape as a KV-cache call: q over a cache of 256 keys (issue 12: within 1.5x of the row above)
+    lengths = cp.full((1,), 256, dtype=cp.int32)
+    rows["cuflash.attention_with_kvcache (CuPy), decode"] = per_call_us(
+        lambda: cuflash.attention_with_kvcache(q, k, v, cache_seqlens=lengths), calls, repeats, sync)
+    kc, vc = cp.zeros((1, 512, 8, 128), cp.float16), cp.zeros((1, 512, 8, 128), cp.float16)
+    lengths_255 = cp.full((1,), 255, dtype=cp.int32)
+    rows["cuflash.attention_with_kvcache (CuPy), decode + append"] = per_call_us(
+        lambda: cuflash.attention_with_kvcache(q, kc, vc, k[:, :1], v[:, :1], cache_seqlens=lengths_255), calls,
+        repeats, sync)
 
     rows.update(cupy_steps(q, k, v, calls, repeats, sync))
 

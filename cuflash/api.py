@@ -1050,7 +1050,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
         spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device))
         nheads_kv = k_cache.shape[2]
         splits = num_splits or launch.decode_splits(spec, batch, nheads, nheads_kv, seqlen_q, cache.seqlen,
-                                                    _sm_count(q.device))
+                                                    _sm_count(q.device), cache.cache_map.block_table is not None)
         launch.decode(spec, q, k_cache, v_cache, out, lse_rows, cache.seqlen, seqused, cache.cache_map, opts.fields,
                       splits, alloc, stream)
         return

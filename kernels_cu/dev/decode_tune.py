@@ -22,7 +22,7 @@ def timeit(fn, rep=7, inner=10):
 
 
 H, HK, D = 32, 8, 128
-tiles = [specs.DecodeTiles(*t) for t in ((16, 4, 3), (16, 8, 2), (16, 4, 2), (32, 4, 3))]
+tiles = [specs.DecodeTiles(*t) for t in ((16, 4, 3), (16, 4, 4), (16, 8, 3), (32, 4, 3))]
 shapes = [(64, 8192, None), (8, 32768, None), (1, 131072, None), (8, 32768, 16), (8, 32768, 1)]
 for t in tiles:
     specs.DECODE_TILES[128] = [t]
@@ -43,7 +43,7 @@ for t in tiles:
             kc, vc = kp, vp
         nbytes = 2 * batch * keys * HK * D * 2
         row = []
-        for splits in (0, 1, 4, 8, 16, 33, 66):
+        for splits in (0, 4, 16, 33):
             if batch * 8 * splits > 8 * 4096 or (splits == 1 and keys > 8192 and batch < 64):
                 continue
             try:
