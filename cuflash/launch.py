@@ -409,34 +409,36 @@ def decode_smem_bytes(spec: DecodeSpec) -> int:
 
 
 def decode_grid(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, splits: int):
-    """(batch * nheads_kv, folded-row blocks, splits): each CTA one split of one (b, h_kv)'s keys
-    for 16 of its seqlen_q * group folded rows; the kv heads of a batch row fastest, so the CTAs
-    reading one cache row's heads run at the same time (a cache row holds every kv head of a key)."""
+    """(splits, folded-row blocks, batch * nheads_kv): each CTA one split of one (b, h_kv)'s keys
+    for 16 of its seqlen_q * group folded rows. (The kv heads of a batch row fastest instead, so
+    that the CTAs reading one cache row's heads run together, measured no faster on the H200.)"""
     rows = seqlen_q * (nheads // nheads_kv)
-    return (batch * nheads_kv, -(-rows // DECODE_ROWS), splits)
+    return (splits, -(-rows // DECODE_ROWS), batch * nheads_kv)
 
 
 def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
                   sm_count: int, paged: bool = False) -> int:
-    """num_splits = 0: the fewest splits whose CTAs keep at least 90% of the GPU's CTA slots busy
-    in their last wave, with at least 4 key blocks per warp in each split (fewer makes the
-    pipeline's ramp and the combine cost more than they hide); the best fill when none reaches
-    90%. Slots: one CTA per SM for a contiguous cache, whose warps keep enough bytes in flight,
-    where more splits only add ramp and combine work; two for a paged one, whose block-table
-    reads sit in front of each copy and need the second CTA's warps to hide them. Measured on
-    the H200 (GQA 32/8, d128): 1 x 128k contiguous, 16 splits 3.59 TB/s, 33 splits 3.41; 8 x 32k
-    in pages of 16, 2 splits 2.93, 4 splits 3.72."""
+    """num_splits = 0: the fewest splits that divide the key blocks evenly and whose CTAs keep at
+    least 90% of the GPU's CTA slots busy in their last wave, with at least 4 key blocks per warp
+    in each split (fewer makes the pipeline's ramp and the combine cost more than they hide); the
+    best fill when none qualifies. Slots: one CTA per SM for a contiguous cache, whose warps keep
+    enough bytes in flight, where more splits only add ramp and combine work; two for a paged
+    one, whose block-table reads sit in front of each copy and need a second CTA's warps to hide
+    them. Measured on the H200 (GQA 32/8, d128): 1 x 128k contiguous, 16 splits 3.54-3.59 TB/s,
+    33 splits 3.41, and uneven counts slower still (15: 3.17, 30: 3.21); 8 x 32k in pages of 16,
+    2 splits 2.93, 4 splits 3.72."""
     t = spec.tiles
     ctas = batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
+    blocks = -(-seqlen_k // t.block_n)
     most = max(1, min(256, seqlen_k // (4 * t.warps * t.block_n)))
-
     slots = sm_count * (2 if paged else 1)
 
     def fill(s):  # share of the slots busy over the waves of ctas * s CTAs
         n = ctas * s
         return n / (-(-n // slots) * slots)
 
-    return next((s for s in range(1, most + 1) if fill(s) >= 0.9), max(range(1, most + 1), key=fill))
+    return next((s for s in range(1, most + 1) if blocks % s == 0 and fill(s) >= 0.9),
+                max(range(1, most + 1), key=fill))
 
 
 _combine_spec = functools.lru_cache(maxsize=None)(DecodeCombineSpec)

@@ -67,10 +67,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const Decod
     u16* sKV = sQ + BM * PITCH;        // per warp, per stage: K (BN, PITCH) then V (BN, PITCH)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    // blockIdx.x fastest: the CTAs of every kv head of one key range run together, so each
-    // cache row (all kv heads of one key) is read by CTAs running at the same time.
-    const int split = blockIdx.z, row0 = blockIdx.y * BM;
-    const int b = blockIdx.x / p.nheads_kv, h_kv = blockIdx.x % p.nheads_kv;
+    const int split = blockIdx.x, row0 = blockIdx.y * BM;
+    const int b = blockIdx.z / p.nheads_kv, h_kv = blockIdx.z % p.nheads_kv;
     const int group = p.nheads / p.nheads_kv;
     const int rows = p.seqlen_q * group;  // folded rows of this (b, h_kv)
 

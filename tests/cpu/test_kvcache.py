@@ -199,7 +199,7 @@ def test_decode_reads_the_given_lengths_in_one_part(recorded):
                     alloc, None, 0)
     ((name, grid, f),) = recorded  # short cache: one split, no combine
     assert name.startswith("decode_bf16_d64_full") and "varlen" not in name
-    assert grid == (2 * 4, 1, 1) and f["num_splits"] == 1
+    assert grid == (1, 1, 2 * 4) and f["num_splits"] == 1
     assert (f["seqused_k"], f["seqlen_k"], f["lse"], f["block_table"]) == (lengths.ptr, 32, 0, 0)
 
 
@@ -213,23 +213,23 @@ def test_decode_splits_long_caches_and_merges_the_parts(recorded):
     opts = api.kvcache_options(q, None, True, (-1, -1), 0.0, None, sink)
     api.run_kvcache(q, kc, kc, None, None, lengths, None, out, lse, opts, cache, 0, alloc, None, 0)
     (name, grid, f), (combine, cgrid, c) = recorded
-    splits = grid[2]
-    assert 8 * splits >= 0.9 * 132 and grid[:2] == (8, 1) and f["num_splits"] == splits
+    splits = grid[0]
+    assert 8 * splits >= 0.9 * 132 and grid[1:] == (1, 8) and f["num_splits"] == splits
     assert name.startswith("decode_bf16_d128_causal_sink") and combine == "decode_combine_bf16"
     assert f["o_part"] and f["lse_part"] and c["o_part"] == f["o_part"] and c["lse_part"] == f["lse_part"]
     assert (c["sink"], c["lse"], c["o"], c["num_splits"], c["part_cols"]) == (sink.ptr, lse.ptr, out.ptr, splits, 128)
     assert cgrid[0] * 4 >= 32  # a warp per query row
     api.run_kvcache(q, kc, kc, None, None, lengths, None, out, lse, opts, cache, 3, alloc, None, 0)
-    assert recorded[2][1][2] == 3 and recorded[2][2]["num_splits"] == 3  # num_splits given: taken as is
+    assert recorded[2][1][0] == 3 and recorded[2][2]["num_splits"] == 3  # num_splits given: taken as is
 
 
-@pytest.mark.parametrize("batch, keys, want", [(64, 8192, 1), (8, 32768, 2), (1, 131072, 15), (1, 256, 1)])
+@pytest.mark.parametrize("batch, keys, want", [(64, 8192, 1), (8, 32768, 2), (1, 131072, 16), (1, 256, 1)])
 def test_split_counts_fill_the_gpu(batch, keys, want):
     # H200: 132 SMs; GQA 32 / 8, d128, one query: batch * 8 CTAs per split
     spec = api.support.decode_spec("bf16", 128, api.PLAIN, (9, 0), 232448)
     assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132) == want
     # paged: two CTAs per SM
-    assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132, paged=True) == {2: 4, 15: 30}.get(want, want)
+    assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132, paged=True) == {2: 4, 16: 32}.get(want, want)
 
 
 def test_paged_caches_pass_their_block_table_and_page_size(recorded):
@@ -242,7 +242,7 @@ def test_paged_caches_pass_their_block_table_and_page_size(recorded):
                     1, alloc, None, 0)
     ((_, grid, f),) = recorded
     assert (f["block_table"], f["block_table_batch_stride"], f["page_size"], f["num_pages"]) == (table.ptr, 3, 5, 7)
-    assert grid == (2 * 2, -(-40 * 4 // 16), 1)
+    assert grid == (1, -(-40 * 4 // 16), 2 * 2)
 
 
 def test_rotary_rides_on_the_append_and_the_attention_reads_the_rotated_q(recorded):
