@@ -706,9 +706,15 @@ def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     return q, k, v, cu_q, cu_k, used, batch, qr, kr, vr
 
 
+@functools.lru_cache(maxsize=None)
+def _with_varlen(features: Features, varlen: bool) -> Features:
+    """features with the varlen switch set (memoised: dataclasses.replace costs ~10 µs a call)."""
+    return replace(features, varlen=varlen)
+
+
 def _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr) -> Options:
     opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
-    return Options(opts.scale, replace(opts.features, varlen=True), opts.window, opts.softcap, opts.alibi_slopes,
+    return Options(opts.scale, _with_varlen(opts.features, True), opts.window, opts.softcap, opts.alibi_slopes,
                    opts.learnable_sink)
 
 
@@ -1046,7 +1052,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
     if not (batch and seqlen_q):
         return
     if uses_decode_kernel(q, k_cache, v_cache, cache):
-        features = replace(opts.features, varlen=False)
+        features = _with_varlen(opts.features, False)
         spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device))
         nheads_kv = k_cache.shape[2]
         splits = num_splits or launch.decode_splits(spec, batch, nheads, nheads_kv, seqlen_q, cache.seqlen,

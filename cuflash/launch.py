@@ -416,6 +416,7 @@ def decode_grid(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqle
     return (splits, -(-rows // DECODE_ROWS), batch * nheads_kv)
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
                   sm_count: int, paged: bool = False) -> int:
     """num_splits = 0: the fewest splits that divide the key blocks evenly and whose CTAs keep at
