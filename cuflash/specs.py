@@ -589,12 +589,6 @@ class DecodeSpec(AttentionSpec):
     source = "decode.cu"
     entry = "cuflash_decode"
 
-    @property
-    def allow_spills(self) -> bool:
-        """D = 32 builds: ptxas stops at 64-80 registers there and spills 4 bytes in some feature sets
-        (NVRTC 13.0, sm_80 and sm_90); the other head dims must not spill."""
-        return self.head_dim == 32
-
     def __post_init__(self):
         super().__post_init__()
         if self.features.varlen:

@@ -61,7 +61,9 @@ constexpr int MERGE_PITCH = D + 1;      // fp32 row pitch of the warps' parts in
 static_assert(BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(CHUNKS <= 32, "a warp copies a row in one round");
 
-extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const DecodeParams p) {
+// The explicit minimum of 1 CTA per SM: without it ptxas (NVRTC 13.0) held some builds to 64-128
+// registers and spilled; with it none spills (cuflash compile).
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const DecodeParams p) {
     extern __shared__ __align__(16) u16 smem[];
     u16* sQ = smem;                    // (BM, PITCH)
     u16* sKV = sQ + BM * PITCH;        // per warp, per stage: K (BN, PITCH) then V (BN, PITCH)
@@ -129,16 +131,23 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_decode(const Decod
             const int key0 = (first + t * WARPS) * BN;
             const u32 k_dst = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH + lane_row * PITCH + lane_col) * 2u;
             const u32 v_dst = k_dst + (u32)(BN * PITCH) * 2u;
+            // First every row's slot (their block-table reads overlap), then the copies.
+            constexpr int ROWS = (BN + ROW_STEP - 1) / ROW_STEP;
+            int2 slot[ROWS];
+            bool ok[ROWS];
             CacheCursor at(cache, pad + key0 + lane_row, key_end);
 #pragma unroll
-            for (int r = 0; r < BN; r += ROW_STEP) {
-                const bool ok = lane_col < p.head_dim && at.j < key_end;
-                const int2 s = ok ? at.slot : make_int2(0, 0);
-                const i64 ko = CacheMap::at(s, p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
-                const i64 vo = CacheMap::at(s, p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
-                cp_async_16(k_dst + (u32)(r * PITCH) * 2u, kbase + ko + lane_col, ok);
-                cp_async_16(v_dst + (u32)(r * PITCH) * 2u, vbase + vo + lane_col, ok);
-                if (r + ROW_STEP < BN) at.advance(cache, ROW_STEP, key_end);
+            for (int k = 0; k < ROWS; ++k) {
+                ok[k] = lane_col < p.head_dim && at.j < key_end;
+                slot[k] = ok[k] ? at.slot : make_int2(0, 0);
+                if (k + 1 < ROWS) at.advance(cache, ROW_STEP, key_end);
+            }
+#pragma unroll
+            for (int k = 0; k < ROWS; ++k) {
+                const i64 ko = CacheMap::at(slot[k], p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
+                const i64 vo = CacheMap::at(slot[k], p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
+                cp_async_16(k_dst + (u32)(k * ROW_STEP * PITCH) * 2u, kbase + ko + lane_col, ok[k]);
+                cp_async_16(v_dst + (u32)(k * ROW_STEP * PITCH) * 2u, vbase + vo + lane_col, ok[k]);
             }
         }
         cp_async_commit();
