@@ -1056,7 +1056,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
         spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device))
         nheads_kv = k_cache.shape[2]
         splits = num_splits or launch.decode_splits(spec, batch, nheads, nheads_kv, seqlen_q, cache.seqlen,
-                                                    _sm_count(q.device), cache.cache_map.block_table is not None)
+                                                    *_sm_resources(q.device))
         launch.decode(spec, q, k_cache, v_cache, out, lse_rows, cache.seqlen, seqused, cache.cache_map, opts.fields,
                       splits, alloc, stream)
         return
@@ -1069,8 +1069,10 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return int(_cupy().cuda.Device(device).attributes["MultiProcessorCount"])
+def _sm_resources(device: int) -> tuple[int, int]:
+    """(SM count, shared memory per SM in bytes) of a device."""
+    attributes = _cupy().cuda.Device(device).attributes
+    return int(attributes["MultiProcessorCount"]), int(attributes["MaxSharedMemoryPerMultiprocessor"])
 
 
 def kvcache_options(q: Ref, softmax_scale, causal, window_size, softcap, alibi: Ref | None,

@@ -418,21 +418,21 @@ def decode_grid(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqle
 
 @functools.lru_cache(maxsize=4096)
 def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
-                  sm_count: int, paged: bool = False) -> int:
+                  sm_count: int, smem_per_sm: int) -> int:
     """num_splits = 0: the fewest splits that divide the key blocks evenly and whose CTAs keep at
     least 90% of the GPU's CTA slots busy in their last wave, with at least 4 key blocks per warp
     in each split (fewer makes the pipeline's ramp and the combine cost more than they hide); the
-    best fill when none qualifies. Slots: one CTA per SM for a contiguous cache, whose warps keep
-    enough bytes in flight, where more splits only add ramp and combine work; two for a paged
-    one, whose block-table reads sit in front of each copy and need a second CTA's warps to hide
-    them. Measured on the H200 (GQA 32/8, d128): 1 x 128k contiguous, 16 splits 3.54-3.59 TB/s,
-    33 splits 3.41, and uneven counts slower still (15: 3.17, 30: 3.21); 8 x 32k in pages of 16,
-    2 splits 2.93, 4 splits 3.72."""
+    best fill when none qualifies. Slots: 8 warps per SM (one CTA of 8 warps, or two of 4 where
+    two fit its shared memory), enough to keep the bytes in flight and to hide a paged cache's
+    block-table reads. Measured on the H200 (GQA 32/8, d128): with 4-warp CTAs, 8 x 32k in pages
+    of 16, 2 splits (4 warps per SM) 2.93 TB/s, 4 splits 3.72; 1 x 128k contiguous, 15 splits
+    3.17, 16 splits 3.54 (even splits)."""
     t = spec.tiles
     ctas = batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
     blocks = -(-seqlen_k // t.block_n)
     most = max(1, min(256, seqlen_k // (4 * t.warps * t.block_n)))
-    slots = sm_count * (2 if paged else 1)
+    per_sm = max(1, min(smem_per_sm // (decode_smem_bytes(spec) + 1024), 8 // t.warps))
+    slots = sm_count * per_sm
 
     def fill(s):  # share of the slots busy over the waves of ctas * s CTAs
         n = ctas * s

@@ -570,10 +570,14 @@ class DecodeTiles:
     stages: int
 
 
-#: Decode tiles per compile-time head dim, best first; launch.decode_smem_bytes decides
-#: which fit a GPU (the first for H100/H200 and A100, the second for 99 KB GPUs).
+#: Decode tiles per compile-time head dim, best first; launch.decode_smem_bytes decides which fit
+#: a GPU: for D <= 128 eight warps with three stages on H100/H200 (213 KB at D = 128), four on
+#: A100 (109 KB), four with two stages on 99 KB GPUs. Measured on the H200 (GQA 32/8, d128, TB/s
+#: of K+V read): 8 warps 4.01 / 3.84 / 3.50 at 64 x 8k / 8 x 32k / 1 x 128k, 4 warps 3.99 / 3.68
+#: / 3.54 (kernels_cu/dev/decode_tune.py); block_n 32 and a fourth stage were slower.
 DECODE_TILES = {
-    d: [DecodeTiles(16, 4, 3), DecodeTiles(16, 4, 2)] if d <= 128 else [DecodeTiles(16, 4, 2), DecodeTiles(16, 2, 2)]
+    d: [DecodeTiles(16, 8, 3), DecodeTiles(16, 4, 3), DecodeTiles(16, 4, 2)] if d <= 128
+    else [DecodeTiles(16, 4, 2), DecodeTiles(16, 2, 2)]
     for d in range(HEAD_DIM_BUCKET, 257, HEAD_DIM_BUCKET)
 }
 

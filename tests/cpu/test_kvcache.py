@@ -154,7 +154,7 @@ def recorded(monkeypatch):
     monkeypatch.setattr(api, "_check_device", lambda device: None)
     monkeypatch.setattr(api, "_compute_capability", lambda device: (9, 0))
     monkeypatch.setattr(api, "_device_smem_limit", lambda device: 232448)
-    monkeypatch.setattr(api, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(api, "_sm_resources", lambda device: (132, 233472))
     return calls
 
 
@@ -225,11 +225,20 @@ def test_decode_splits_long_caches_and_merges_the_parts(recorded):
 
 @pytest.mark.parametrize("batch, keys, want", [(64, 8192, 1), (8, 32768, 2), (1, 131072, 16), (1, 256, 1)])
 def test_split_counts_fill_the_gpu(batch, keys, want):
-    # H200: 132 SMs; GQA 32 / 8, d128, one query: batch * 8 CTAs per split
+    # GQA 32 / 8, d128, one query: batch * 8 CTAs per split. H200: 132 SMs, one 8-warp CTA each
     spec = api.support.decode_spec("bf16", 128, api.PLAIN, (9, 0), 232448)
-    assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132) == want
-    # paged: two CTAs per SM
-    assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132, paged=True) == {2: 4, 16: 32}.get(want, want)
+    assert spec.tiles.warps == 8
+    assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132, 233472) == want
+    # A100 (108 SMs, one 4-warp CTA of 109 KB each) and a 99 KB GPU (84 SMs, two-stage tiles): even
+    # splits that fill 90% of the CTA slots, where the cache is long enough to split
+    for cc, limit, sms, per_sm_smem, stages, slots_per_sm in (((8, 0), 166912, 108, 167936, 3, 1),
+                                                              ((8, 6), 101376, 84, 102400, 2, 1)):
+        other = api.support.decode_spec("bf16", 128, api.PLAIN, cc, limit)
+        assert (other.tiles.warps, other.tiles.stages) == (4, stages)
+        splits = launch.decode_splits(other, batch, 32, 8, 1, keys, sms, per_sm_smem)
+        slots, n = sms * slots_per_sm, batch * 8 * splits
+        assert (keys // 16) % splits == 0
+        assert n / (-(-n // slots) * slots) >= 0.9 or keys < 4 * 4 * 16 * 2
 
 
 def test_paged_caches_pass_their_block_table_and_page_size(recorded):
