@@ -62,7 +62,7 @@ def test_the_grid_covers_every_feature():
         assert f in features, f.tag
     assert {s.head_dim for s in SPECS} == set(HEAD_DIMS)
     assert {s.dtype for s in SPECS} == {DTYPE}
-    assert {type(s).__name__ for s in SPECS} == {"FwdSpec", "FwdSm90Spec", "BwdSpec", "BwdSm90Spec"}
+    assert {type(s).__name__ for s in SPECS} == {"FwdSpec", "FwdSm90Spec", "BwdSpec", "BwdSm90Spec", "DecodeSpec"}
     # the backward keeps the sink switch (each CTA's exact part of dsink)
     assert any(s.features.sink for s in SPECS if s.entry.startswith("cuflash_bwd"))
     assert PAIRS
