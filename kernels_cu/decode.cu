@@ -164,10 +164,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     const ScoreMod mod0 = mod_of(0), mod1 = mod_of(1);
 
     float acc_o[1][DT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
+    zero_acc(acc_o);
     OnlineSoftmax<1> softmax;
     softmax.init();
 
@@ -191,23 +188,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
         const u32 sV_addr = sK_addr + (u32)(BN * PITCH) * 2u;
         const int key0 = (first + t * WARPS) * BN;
 
+        // S = Q K^T (16 x BN), both operands from shared memory.
         float acc_s[1][NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_s[0][nt][e] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            u32 a[4];
-            ldmatrix_x4(a, sQ_addr + q_lane + ks * 16 * 2);
-#pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                u32 bk[4];
-                ldmatrix_x4(bk, sK_addr + k_lane + (np * 16 * PITCH + ks * 16) * 2);
-                mma_16816(acc_s[0][2 * np], a, bk[0], bk[1]);
-                mma_16816(acc_s[0][2 * np + 1], a, bk[2], bk[3]);
-            }
-        }
+        zero_acc(acc_s);
+        mma_ss<1, NT, D / 16, PITCH, false, PITCH, false>(acc_s, sQ_addr + q_lane, sK_addr + k_lane);
 
         // Modifiers and mask by folded row: query i = row / G, the row's own head's modifier.
         const bool masked = vis.needs_mask(i0, i1 - i0 + 1, key0, BN);
@@ -238,22 +222,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
             acc_o[0][dt][3] *= corr[0][1];
         }
 
-        // O += P V: the C fragments of n8 tiles 2kk, 2kk + 1 are the A fragment of k-step kk (mma.cuh).
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            u32 pa[4];
-            pa[0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-            pa[1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-            pa[2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-            pa[3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < DT / 2; ++dp) {
-                u32 bv[4];
-                ldmatrix_x4_trans(bv, sV_addr + v_lane + (kk * 16 * PITCH + dp * 16) * 2);
-                mma_16816(acc_o[0][2 * dp], pa, bv[0], bv[1]);
-                mma_16816(acc_o[0][2 * dp + 1], pa, bv[2], bv[3]);
-            }
-        }
+        // O += P V: P in 16 bits straight from the S fragments (mma.cuh), V (keys x d) read transposed.
+        mma_rs<1, DT, BN / 16, PITCH, true>(acc_o, acc_s, sV_addr + v_lane);
     }
 
     // 3. This warp's part: O / l and lse (-inf for rows that saw no key here: a
