@@ -243,9 +243,17 @@ class Options:
     alibi_slopes: Ref | None = None  # validated float32 (nheads,) or (batch, nheads)
     learnable_sink: Ref | None = None  # validated float32 (nheads,)
 
-    @functools.cached_property
+    @property
     def fields(self) -> dict:
-        """The params head's run-time feature fields, by name (computed once; do not mutate)."""
+        """The params head's run-time feature fields, by name (computed once; do not mutate). Kept
+        in the instance's __dict__ by hand: functools.cached_property takes a lock (~5 µs a call
+        on Python 3.11, where each call builds its own Options)."""
+        f = self.__dict__.get("_fields")
+        if f is None:
+            f = self.__dict__["_fields"] = self._fields()
+        return f
+
+    def _fields(self) -> dict:
         left, right = (UNBOUNDED if w < 0 else w for w in self.window)
         f = {"scale": self.scale, "scale_log2": self.scale * LOG2E, "window_left": left, "window_right": right}
         if self.softcap > 0:

@@ -416,10 +416,19 @@ def decode_grid(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqle
     return (splits, -(-rows // DECODE_ROWS), batch * nheads_kv)
 
 
-@functools.lru_cache(maxsize=4096)
 def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
                   sm_count: int, smem_per_sm: int) -> int:
-    """num_splits = 0: the fewest splits that divide the key blocks evenly and whose CTAs keep at
+    """decode_split_count for this spec's tiles (memoised there on plain ints: a spec's hash walks
+    its nested dataclasses)."""
+    t = spec.tiles
+    return decode_split_count(batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS), seqlen_k,
+                              t.warps, t.block_n, decode_smem_bytes(spec), sm_count, smem_per_sm)
+
+
+@functools.lru_cache(maxsize=4096)
+def decode_split_count(ctas: int, seqlen_k: int, warps: int, block_n: int, smem: int, sm_count: int,
+                       smem_per_sm: int) -> int:
+    """num_splits = 0 for `ctas` CTAs per split: the fewest splits that divide the key blocks evenly and whose CTAs keep at
     least 90% of the GPU's CTA slots busy in their last wave, with at least 4 key blocks per warp
     in each split (fewer makes the pipeline's ramp and the combine cost more than they hide); the
     best fill when none qualifies. Slots: 8 warps per SM (one CTA of 8 warps, or two of 4 where
@@ -427,11 +436,9 @@ def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seq
     block-table reads. Measured on the H200 (GQA 32/8, d128): with 4-warp CTAs, 8 x 32k in pages
     of 16, 2 splits (4 warps per SM) 2.93 TB/s, 4 splits 3.72; 1 x 128k contiguous, 15 splits
     3.17, 16 splits 3.54 (even splits)."""
-    t = spec.tiles
-    ctas = batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
-    blocks = -(-seqlen_k // t.block_n)
-    most = max(1, min(256, seqlen_k // (4 * t.warps * t.block_n)))
-    per_sm = max(1, min(smem_per_sm // (decode_smem_bytes(spec) + 1024), 8 // t.warps))
+    blocks = -(-seqlen_k // block_n)
+    most = max(1, min(256, seqlen_k // (4 * warps * block_n)))
+    per_sm = max(1, min(smem_per_sm // (smem + 1024), 8 // warps))
     slots = sm_count * per_sm
 
     def fill(s):  # share of the slots busy over the waves of ctas * s CTAs
@@ -455,10 +462,11 @@ def decode(spec: DecodeSpec, q: Ref, k_cache: Ref, v_cache: Ref, out: Ref, lse: 
     D) and (splits, nheads * batch * seqlen_q) fp32 from alloc."""
     batch, seqlen_q, nheads, head_dim = q.shape
     fields = attention_fields(q, k_cache, v_cache, option_fields)
-    fields.update({"seqlen_k": seqlen_k, "o": out.ptr, "lse": 0 if lse is None else lse.ptr,
-                   **{f"o_{n}_stride": x for n, x in zip(("batch", "row", "head"), out.strides)},
-                   "seqused_k": 0 if seqused is None else seqused.ptr, "num_splits": splits,
-                   "part_cols": spec.head_dim, **cache_map.fields()})
+    os_ = out.strides
+    fields.update(cache_map.fields())
+    fields.update(seqlen_k=seqlen_k, o=out.ptr, lse=0 if lse is None else lse.ptr, o_batch_stride=os_[0],
+                  o_row_stride=os_[1], o_head_stride=os_[2], seqused_k=0 if seqused is None else seqused.ptr,
+                  num_splits=splits, part_cols=spec.head_dim)
     owner = None
     if splits > 1:
         rows = batch * nheads * seqlen_q
