@@ -61,7 +61,7 @@ constexpr int MERGE_PITCH = D + 1;      // fp32 row pitch of the warps' parts in
 static_assert(BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(CHUNKS <= 32, "a warp copies a row in one round");
 
-// The explicit minimum of 1 CTA per SM: without it ptxas (NVRTC 13.0) held some builds to 64-128
+// The explicit minimum of 1 CTA per SM: without it ptxas (NVRTC 12.9, 13.0) held some builds to 64-128
 // registers and spilled; with it none spills (cuflash compile).
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const DecodeParams p) {
     extern __shared__ __align__(16) u16 smem[];
