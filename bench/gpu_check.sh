@@ -2,8 +2,11 @@
 # GPU check in one call (DESIGN §7): the GPU tests, compute-sanitizer on a
 # small case, and a benchmark, with logs, JUnit XML and JSON under OUTDIR.
 #
-#   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--no-sanitizer] [--overhead]
+#   bench/gpu_check.sh OUTDIR [--tests PYTEST_ARGS] [--bench BENCH_ARGS] [--decode BENCH_ARGS]
+#                             [--no-sanitizer] [--overhead]
 #
+# --decode (default "--quick"; "" skips it) runs `cuflash bench --mode decode` after the main
+# benchmark, for the KV-cache kernels (TB/s beside SDPA).
 # SANITIZER_TOOLS (default "memcheck racecheck synccheck initcheck") picks the
 # compute-sanitizer tools; each runs bench/sanitize_case.py once per kernel family
 # (SANITIZER_DISABLE_SM90="0 1": the GPU's own kernels, then the portable ones).
@@ -15,12 +18,14 @@ out=${1:?usage: bench/gpu_check.sh OUTDIR [--tests ARGS] [--bench ARGS] [--no-sa
 shift
 tests_args="tests/gpu"
 bench_args="--quick"
+decode_args="--quick"
 sanitize=1
 overhead=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests) tests_args=$2; shift 2 ;;
     --bench) bench_args=$2; shift 2 ;;
+    --decode) decode_args=$2; shift 2 ;;
     --no-sanitizer) sanitize=0; shift ;;
     --overhead) overhead=1; shift ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
@@ -56,6 +61,12 @@ if [ -n "$bench_args" ]; then
   # shellcheck disable=SC2086
   python3 -m cuflash bench $bench_args --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
   bench_rc=${PIPESTATUS[0]}
+fi
+
+if [ -n "$decode_args" ]; then
+  # shellcheck disable=SC2086
+  python3 -m cuflash bench --mode decode $decode_args --json "$out/bench-decode.json" 2>&1 | tee "$out/bench-decode.log"
+  rc=${PIPESTATUS[0]}; [ $rc -ne 0 ] && bench_rc=$rc
 fi
 
 if [ "$overhead" = 1 ]; then
