@@ -856,9 +856,6 @@ def attention_varlen_backward(
 # ---------------------------------------------------------------- attention over a KV cache
 
 
-#: attention_with_kvcache's options that have no kernel yet (issue 12); a non-default value raises.
-_KVCACHE_NOT_YET = ()
-
 #: Folded query rows (seqlen_q x query heads per kv head) up to which attention over a contiguous
 #: cache runs on the split-KV decode kernel; longer chunks run on the varlen prefill kernels,
 #: which read each K/V block once per 128 query rows. Paged caches and cache_batch_idx always
@@ -866,22 +863,18 @@ _KVCACHE_NOT_YET = ()
 DECODE_MAX_FOLDED_ROWS = 64
 
 
-def check_kvcache_call(k, v, cache_seqlens, num_splits, **not_yet) -> None:
-    """The checks of an attention_with_kvcache call that need no array: the options without a
-    kernel yet (by name), num_splits, k and v together, cache_seqlens with them."""
-    for name in _KVCACHE_NOT_YET:
-        if not_yet.get(name) is not None:
-            raise NotImplementedError(f"{name} is not implemented yet in cuflash.attention_with_kvcache (issue 12)")
+def check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=None, rotary_sin=None) -> None:
+    """The checks of an attention_with_kvcache call that need no array: num_splits, k and v
+    together, cache_seqlens with them, rotary_cos and rotary_sin together and with k, v."""
     if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0 (0: chosen by cuflash), got {num_splits!r}")
     if (k is None) != (v is None):
         raise ValueError("k and v come together: pass both (to append to the cache) or neither")
     if k is not None and cache_seqlens is None:
         raise ValueError("appending k, v needs cache_seqlens: where each batch row's new keys go")
-    cos, sin = not_yet.get("rotary_cos"), not_yet.get("rotary_sin")
-    if (cos is None) != (sin is None):
+    if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin come together: pass both or neither")
-    if cos is not None and k is None:
+    if rotary_cos is not None and k is None:
         raise ValueError("rotary_cos / rotary_sin rotate q and the new keys: they need k and v (flash-attn's rule)")
 
 

@@ -118,6 +118,12 @@ class KernelSpec:
     def __post_init__(self):
         _check_dtype(self.dtype)
 
+    @property
+    def name(self) -> str:
+        """The entry point without its cuflash_ prefix, then the dtype (the helper kernels' names;
+        the attention kernels add their tiles and features)."""
+        return f"{self.entry.removeprefix('cuflash_')}_{self.dtype}"
+
     def defines(self) -> dict[str, int]:
         return {"CUFLASH_DTYPE": DTYPES[self.dtype]}
 
@@ -527,7 +533,7 @@ class BwdPrepareSpec(KernelSpec):
 
     @property
     def name(self) -> str:
-        return f"bwd_prepare_{self.dtype}" + ("_varlen" if self.varlen else "")
+        return super().name + ("_varlen" if self.varlen else "")
 
     def defines(self) -> dict:
         return {**super().defines(), "CUFLASH_VARLEN": int(self.varlen)}
@@ -541,10 +547,6 @@ class BwdConvertSpec(KernelSpec):
     entry = "cuflash_bwd_convert"
     threads = 256
 
-    @property
-    def name(self) -> str:
-        return f"bwd_convert_{self.dtype}"
-
 
 @dataclass(frozen=True)
 class KvAppendSpec(KernelSpec):
@@ -553,10 +555,6 @@ class KvAppendSpec(KernelSpec):
     source = "kvcache_append.cu"
     entry = "cuflash_kvcache_append"
     threads = 256
-
-    @property
-    def name(self) -> str:
-        return f"kvcache_append_{self.dtype}"
 
 
 @dataclass(frozen=True)
@@ -623,7 +621,3 @@ class DecodeCombineSpec(KernelSpec):
     entry = "cuflash_decode_combine"
     threads = 128
     rows_per_cta = 4  # one warp per query row
-
-    @property
-    def name(self) -> str:
-        return f"decode_combine_{self.dtype}"

@@ -74,12 +74,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     const int group = p.nheads / p.nheads_kv;
     const int rows = p.seqlen_q * group;  // folded rows of this (b, h_kv)
 
-    // The sequence: dense queries; keys = the row's filled length (seqused_k) clamped to the
-    // cache, less its left padding: its keys are cache keys pad .. pad + seqlen_k - 1.
+    // The sequence: dense queries; its keys are cache keys pad .. pad + seqlen_k - 1.
     SeqInfo si(p, b, h_kv * group);
-    if (p.seqused_k != nullptr) si.seqlen_k = min(max(p.seqused_k[b], 0), p.seqlen_k);
-    const int pad = p.cache_leftpad != nullptr ? min(max(p.cache_leftpad[b], 0), si.seqlen_k) : 0;
-    si.seqlen_k -= pad;
+    const int pad = si.use_cache_keys(p);
     const int key_end = pad + si.seqlen_k;  // in cache keys
     const Visibility vis(p, si);
     const CacheMap cache(p, b);
@@ -132,18 +129,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
             const u32 k_dst = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH + lane_row * PITCH + lane_col) * 2u;
             const u32 v_dst = k_dst + (u32)(BN * PITCH) * 2u;
             // First every row's slot (their block-table reads overlap), then the copies.
-            constexpr int ROWS = (BN + ROW_STEP - 1) / ROW_STEP;
-            int2 slot[ROWS];
-            bool ok[ROWS];
+            constexpr int LANE_ROWS = (BN + ROW_STEP - 1) / ROW_STEP;  // rows this lane copies
+            int2 slot[LANE_ROWS];
+            bool ok[LANE_ROWS];
             CacheCursor at(cache, pad + key0 + lane_row, key_end);
 #pragma unroll
-            for (int k = 0; k < ROWS; ++k) {
+            for (int k = 0; k < LANE_ROWS; ++k) {
                 ok[k] = lane_col < p.head_dim && at.j < key_end;
                 slot[k] = ok[k] ? at.slot : make_int2(0, 0);
-                if (k + 1 < ROWS) at.advance(cache, ROW_STEP, key_end);
+                if (k + 1 < LANE_ROWS) at.advance(cache, ROW_STEP, key_end);
             }
 #pragma unroll
-            for (int k = 0; k < ROWS; ++k) {
+            for (int k = 0; k < LANE_ROWS; ++k) {
                 const i64 ko = CacheMap::at(slot[k], p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
                 const i64 vo = CacheMap::at(slot[k], p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
                 cp_async_16(k_dst + (u32)(k * ROW_STEP * PITCH) * 2u, kbase + ko + lane_col, ok[k]);

@@ -61,6 +61,18 @@ struct SeqInfo {
 #endif
     }
 
+    // A KV-cache row (decode.cu): its keys are cache keys [pad, used), used =
+    // seqused_k[b] (every one of seqlen_k when null) and pad = cache_leftpad[b]
+    // (0 when null), each clamped into the cache; seqlen_k becomes used - pad.
+    // Returns pad, the row's first cache key.
+    template <class Params>
+    CUFLASH_DEVICE int use_cache_keys(const Params& p) {
+        if (p.seqused_k != nullptr) seqlen_k = min(max(p.seqused_k[b], 0), p.seqlen_k);
+        const int pad = p.cache_leftpad != nullptr ? min(max(p.cache_leftpad[b], 0), seqlen_k) : 0;
+        seqlen_k -= pad;
+        return pad;
+    }
+
     // Row 0 of this (b, h) in a query-side tensor / of (b, h_kv) in a key-side one.
     template <class T>
     CUFLASH_DEVICE T* query_rows(T* base, i64 batch_stride, i64 row_stride, i64 head_stride) const {

@@ -2,21 +2,7 @@
 import cupy as cp
 import numpy as np
 import cuflash
-
-
-def timeit(fn, rep=7, inner=10):
-    for _ in range(3):
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    ts = []
-    for _ in range(rep):
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(start, end) / inner)
-    return float(np.median(ts))
+from timing import timeit
 
 
 H, HK, D = 32, 8, 128
@@ -30,9 +16,9 @@ for batch, keys in ((64, 8192), (8, 32768), (1, 131072)):
     cos, sin = (cp.asarray(f(angles).astype(np.float16)) for f in (np.cos, np.sin))
     full = cp.full((batch,), keys, cp.int32)
     last = cp.full((batch,), keys - 1, cp.int32)
-    base = timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, cache_seqlens=full, causal=True))
-    app = timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=last, causal=True))
-    rot = timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=last, causal=True,
+    base = 1e3 * timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, cache_seqlens=full, causal=True))
+    app = 1e3 * timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=last, causal=True))
+    rot = 1e3 * timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=last, causal=True,
                                                         rotary_cos=cos, rotary_sin=sin))
     print(f"b{batch} k{keys}: no append {base * 1e3:.1f} us, append {app * 1e3:.1f} us (x{app / base:.3f}), "
           f"append + rotary {rot * 1e3:.1f} us (x{rot / base:.3f})", flush=True)

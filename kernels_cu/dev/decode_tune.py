@@ -1,24 +1,8 @@
 """Dev probe: split-KV decode tiles and split counts (kernel time via CUDA events, median)."""
 import cupy as cp
-import numpy as np
 import cuflash
+from timing import timeit
 from cuflash import specs, support
-
-
-def timeit(fn, rep=7, inner=10):
-    """Median over rep of the mean of `inner` back-to-back calls (the host runs ahead of the GPU)."""
-    for _ in range(3):
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    ts = []
-    for _ in range(rep):
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(start, end) / inner)
-    return float(np.median(ts)) * 1e-3
 
 
 H, HK, D = 32, 8, 128
