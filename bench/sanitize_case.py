@@ -35,7 +35,8 @@ for dtype in ("fp16", "bf16"):
                 cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic)
 
 # Variants (DESIGN 4a): a sliding window + softcap + ALiBi + learnable sink, forward and
-# backward (with dlse), at a head dim per Hopper backward bucket and a ragged one.
+# backward (with dlse), at a head dim per Hopper backward bucket and a ragged one; then
+# the same with dropout.
 for d, (seqlen_q, seqlen_k) in ((64, (77, 300)), (128, (300, 131)), (256, (150, 150)), (96, (131, 77))):
     q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, 2, d, "bf16", xp=cp)
     dout = testing.random_like(q)
@@ -47,6 +48,11 @@ for d, (seqlen_q, seqlen_k) in ((64, (77, 300)), (128, (300, 131)), (256, (150, 
         for deterministic in (False, True):
             cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic,
                                        dlse=dlse, **opts)
+    # and with dropout (issue 10): the Philox mask in the same kernels
+    out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, dropout_p=0.2, seed=7, **opts)
+    for deterministic in (False, True):
+        cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=deterministic,
+                                   dropout_p=0.2, seed=7, **opts)
 
 # Variable-length batches (issue 11): empty, single-token and long sequences, seqused_k,
 # GQA, causal and window, forward and backward; grid blocks past a sequence's end must

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import numbers
+import os
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ import numpy as np
 from . import launch, support
 from .compile import env
 from .launch import Ref
+from .reference import dropout_threshold
 from .specs import PLAIN, Features
 
 LOG2E = 1.4426950408889634
@@ -242,6 +244,7 @@ class Options:
     softcap: float = 0.0
     alibi_slopes: Ref | None = None  # validated float32 (nheads,) or (batch, nheads)
     learnable_sink: Ref | None = None  # validated float32 (nheads,)
+    dropout: DropoutRng | None = None  # validated dropout (with_dropout)
 
     @property
     def fields(self) -> dict:
@@ -264,7 +267,64 @@ class Options:
             f["alibi_batch_stride"] = a.strides[0] if len(a.shape) == 2 else 0
         if self.learnable_sink is not None:
             f["sink"] = self.learnable_sink.ptr
+        if self.dropout is not None:
+            d = self.dropout
+            f["dropout_seed_lo"], f["dropout_seed_hi"] = d.seed & 0xFFFFFFFF, d.seed >> 32
+            f["dropout_offset"], f["dropout_threshold"] = d.offset, dropout_threshold(d.p)
+            f["dropout_scale"] = 1.0 / (1.0 - d.p)
         return f
+
+
+class DropoutRng(NamedTuple):
+    """Dropout's probability and the Philox key (seed) and counter word (offset) of its mask
+    (kernels_cu/common/dropout.cuh, reference.dropout_keep_mask)."""
+
+    p: float
+    seed: int
+    offset: int
+
+
+SEED_LIMIT = 1 << 64
+OFFSET_LIMIT = 1 << 32
+
+
+def draw_seed() -> int:
+    """A fresh 64-bit dropout seed from the operating system's entropy."""
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def dropout_options(dropout_p, seed, backward: bool = False) -> DropoutRng | None:
+    """Validate dropout_p and seed (an int in [0, 2^64), or a pair (seed, offset) with offset in
+    [0, 2^32)); None when dropout_p is 0. A forward with seed=None gets a fresh seed (draw_seed);
+    the backward needs the forward's."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    p = float(dropout_p)
+    if not (math.isfinite(p) and 0.0 <= p < 1.0):
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if p == 0.0:
+        return None
+    if seed is None:
+        if backward:
+            raise ValueError("dropout_p > 0 in the backward needs the forward's seed (the one it was given, "
+                             "or the one it returned when it drew it)")
+        return DropoutRng(p, draw_seed(), 0)
+    pair = isinstance(seed, tuple)
+    value, offset = seed if pair and len(seed) == 2 else (seed, 0)
+    for x, name, limit in ((value, "seed", SEED_LIMIT), (offset, "seed's offset", OFFSET_LIMIT)):
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"seed must be an int in [0, 2^64) or a pair (seed, offset) with offset in "
+                            f"[0, 2^32), got {seed!r}")
+        if not 0 <= int(x) < limit:
+            raise ValueError(f"{name} must be in [0, {limit}), got {int(x)}")
+    return DropoutRng(p, int(value), int(offset))
+
+
+def with_dropout(opts: Options, dropout: DropoutRng | None) -> Options:
+    """opts with dropout's switch and values (unchanged for None)."""
+    if dropout is None:
+        return opts
+    return replace(opts, features=replace(opts.features, dropout=True), dropout=dropout)
 
 
 def _window(window_size, causal: bool) -> tuple[int, int]:
@@ -419,6 +479,7 @@ def attention(
     dropout_p=0.0,
     seed=None,
     return_lse=False,
+    return_attn_probs=False,
     out=None,
 ):
     """Exact attention softmax(q k^T * softmax_scale) v, FlashAttention style.
@@ -435,14 +496,25 @@ def attention(
     learnable_sink: float32 (nheads,), one logit per head that joins every row's
     softmax denominator but has no value.
     A query that sees no key gets output 0 and lse -inf (with a sink: lse = sink).
+    dropout_p in [0, 1): each probability is kept with probability 1 - dropout_p
+    and scaled by 1 / (1 - dropout_p), by a Philox mask on absolute (batch, head,
+    query, key) coordinates (DESIGN 3): seed (an int in [0, 2^64), or a pair
+    (seed, offset) with offset in [0, 2^32)) fixes the mask, so the backward given
+    the same seed sees the same one. seed=None draws a fresh seed and returns it
+    (last in the result tuple); attention_backward needs it.
 
     Returns out (batch, seqlen_q, nheads, headdim) in q's dtype, and with
     return_lse=True also lse (batch, nheads, seqlen_q) float32, natural log.
+    return_attn_probs=True returns (out, lse, probs): probs (batch, nheads,
+    seqlen_q, seqlen_k) float32 are the softmax probabilities with the entries
+    that dropout drops negated (flash-attn 2.x's convention), computed by
+    cuflash.reference from the same inputs and mask: for tests, at small sizes.
     out: optional preallocated output (that shape and dtype, on q's device,
     last dim contiguous), written in place and returned.
     """
-    if bias is not None or dropout_p:
-        check_not_implemented(bias=bias, dropout_p=dropout_p)
+    if bias is not None:
+        check_not_implemented(bias=bias)
+    drop = dropout_options(dropout_p, seed) if dropout_p else None
     cp = _cupy()
     nd = cp.ndarray
     q = q if type(q) is nd else _as_gpu_array(q, "q")
@@ -456,6 +528,8 @@ def attention(
         (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes,
                                                           "learnable_sink": learnable_sink})
         opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    if drop is not None:
+        opts = with_dropout(opts, drop)
     with device_scope(qr.device):
         if out is None:
             out = cp.empty(q.shape, dtype=q.dtype)
@@ -464,11 +538,34 @@ def attention(
             out = _as_gpu_array(out, "out")
             outr = check_like(cupy_ref(out), qr, "out", "q")
         lse = lser = None
-        if return_lse:
+        if return_lse or return_attn_probs:
             lse = cp.empty((qr.shape[0], qr.shape[2], qr.shape[1]), dtype=np.float32)
             lser = cupy_ref(lse)
         run_forward(qr, kr, vr, outr, lser, opts, cp.cuda.get_current_stream().ptr)
-    return (out, lse) if return_lse else out
+        results = (out, lse) if return_lse or return_attn_probs else (out,)
+        if return_attn_probs:
+            results += (attention_probs(q, k, v, opts, alibi_slopes, learnable_sink),)
+    if drop is not None and seed is None:
+        results += (drop.seed,)
+    return results if len(results) > 1 else out
+
+
+def attention_probs(q, k, v, opts: Options, alibi_slopes, learnable_sink):
+    """return_attn_probs' probabilities (batch, nheads, seqlen_q, seqlen_k) float32 on q's device:
+    reference.attention_probs (float64 on the GPU) with the kernels' dropout mask."""
+    from . import reference
+
+    cp = _cupy()
+    batch, seqlen_q, nheads, _ = q.shape
+    mask = None
+    if opts.dropout is not None:
+        d = opts.dropout
+        mask = cp.asarray(reference.dropout_keep_mask(d.seed, d.offset, batch, nheads, seqlen_q, k.shape[1], d.p))
+    probs = reference.attention_probs(
+        q, k, v, softmax_scale=opts.scale,
+        window_size=opts.window, softcap=opts.softcap, alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
+        dropout_p=0.0 if mask is None else opts.dropout.p, dropout_mask=mask, precision="float64")
+    return probs.astype(np.float32)
 
 
 def attention_backward(
@@ -503,6 +600,7 @@ def attention_backward(
     (dQ is accumulated in a fixed order), at some cost in speed.
     dlse: optional float32 (batch, nheads, seqlen_q), the gradient of a loss that also
     reads lse (it adds dlse * P to dS, i.e. -dlse to delta).
+    dropout_p, seed: the forward's (with seed=None the forward returned the seed it drew).
 
     Returns (dq, dk, dv) like q, k, v in their dtype, and with learnable_sink also
     dsink, float32 (nheads,): -sum over batch and rows of exp(sink - lse) * (rowsum(dout * out) - dlse).
@@ -511,8 +609,9 @@ def attention_backward(
     outputs (shape and dtype of q, k, v, on q's device, last dim contiguous, not
     overlapping any input), written in place and returned.
     """
-    if bias is not None or dropout_p:
-        check_not_implemented(bias=bias, dropout_p=dropout_p)
+    if bias is not None:
+        check_not_implemented(bias=bias)
+    drop = dropout_options(dropout_p, seed, backward=True) if dropout_p else None
     arrays, refs = _refs({"q": q, "k": k, "v": v, "dout": dout, "out": out, "lse": lse, "dlse": dlse,
                           "alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink,
                           "dq": dq, "dk": dk, "dv": dv})
@@ -524,7 +623,7 @@ def attention_backward(
     check_lse(lser, qr)
     if dlser is not None:
         check_lse(dlser, qr, "dlse")
-    opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    opts = with_dropout(options(qr, softmax_scale, causal, window_size, softcap, ar, sr), drop)
 
     cp = _cupy()
     with device_scope(qr.device):

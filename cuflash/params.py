@@ -12,6 +12,7 @@ _PTR = np.uint64
 _I64 = np.int64
 _I32 = np.int32
 _F32 = np.float32
+_U32 = np.uint32
 
 #: The head shared by FwdParams and BwdParams (CUFLASH_ATTENTION_FIELDS in params.cuh).
 ATTENTION_FIELDS = [
@@ -26,6 +27,8 @@ ATTENTION_FIELDS = [
     ("scale", _F32), ("scale_log2", _F32),
     ("window_left", _I32), ("window_right", _I32),
     ("softcap_in", _F32), ("softcap_out", _F32),
+    ("dropout_seed_lo", _U32), ("dropout_seed_hi", _U32), ("dropout_offset", _U32),
+    ("dropout_threshold", _U32), ("dropout_scale", _F32),
 ]
 
 #: Variable-length batches (CUFLASH_SEQUENCE_FIELDS in params.cuh), appended after a struct's own fields.
@@ -152,8 +155,10 @@ STRUCTS = {
 
 
 def pack(dtype: np.dtype, values: tuple) -> np.void:
-    """One struct value from a tuple in field order (the fast path: one NumPy call)."""
-    return np.array(values, dtype=dtype)[()]
+    """One struct value from a tuple in field order, its padding bytes zero."""
+    value = np.zeros((), dtype=dtype)
+    value[()] = values
+    return value[()]
 
 
 def pack_named(dtype: np.dtype, fields: dict) -> np.void:
@@ -166,7 +171,8 @@ def pack_named(dtype: np.dtype, fields: dict) -> np.void:
     return pack(dtype, tuple(fields.get(name, 0) for name in dtype.names))
 
 
-_STRUCT_CODES = {np.dtype(_PTR): "Q", np.dtype(_I64): "q", np.dtype(_I32): "i", np.dtype(_F32): "f"}
+_STRUCT_CODES = {np.dtype(_PTR): "Q", np.dtype(_I64): "q", np.dtype(_I32): "i", np.dtype(_F32): "f",
+                 np.dtype(_U32): "I"}
 
 
 class Packer:

@@ -525,6 +525,26 @@ def attention_forward(q, k, v, *, softmax_scale=None, causal=False, window_size=
     return out, lse
 
 
+def attention_probs(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, bias=None, learnable_sink=None, dropout_p=0.0, dropout_mask=None,
+                    precision="float64"):
+    """The attention probabilities P (batch, nheads, seqlen_q, seqlen_k) of :func:`attention_forward`
+    (same arguments), with the entries that dropout_mask drops negated: flash-attn 2.x's
+    ``return_attn_probs`` convention (an entry of P = 0 stays 0). For tests at small sizes."""
+    pr = _Problem(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias,
+                  dropout_p, dropout_mask, precision, learnable_sink=learnable_sink)
+    xp = pr.xp
+    probs = xp.zeros((pr.batch, pr.nheads, pr.seqlen_q, pr.seqlen_k), dtype=pr.cdt)
+    if pr.seqlen_k == 0:
+        return probs
+    for b, h0, h1, r0, r1 in pr.chunks():
+        p = pr.forward_chunk(b, h0, h1, r0, r1)["p"]
+        if pr.mask4 is not None:
+            p = xp.where(pr.slice4(pr.mask4, b, h0, h1, r0, r1), p, -p)
+        probs[b, h0:h1, r0:r1] = p
+    return probs
+
+
 def _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
     """(query rows, key rows, ALiBi slopes) of each sequence of a varlen batch: slices of the
     packed rows (the keys cut to seqused_k when given) and the sequence's slopes."""

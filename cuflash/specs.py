@@ -10,7 +10,7 @@ struct instead (DESIGN 4b).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Head dims are padded up to a multiple of this for the compile-time tile
 #: width; the exact head dim is a run-time parameter (extra columns are
@@ -30,8 +30,8 @@ def head_dim_bucket(head_dim: int) -> int:
 #: key, "causal" is a window (unbounded, 0), "local" a sliding window whose
 #: sizes are run-time values.
 MASKS = {"none": 0, "causal": 1, "local": 2}
-#: The score modifiers and the sink: compile-time switches whose values are run-time.
-MODIFIERS = ("softcap", "alibi", "sink")
+#: The score modifiers, the sink and dropout: compile-time switches whose values are run-time.
+MODIFIERS = ("softcap", "alibi", "sink", "dropout")
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,15 @@ class Features:
     mask: "none" | "causal" | "local"; softcap, alibi: score modifiers
     (kernels_cu/common/score_mod.cuh); sink: a learnable sink logit in the
     forward's softmax (the backward's P comes from the sink-inclusive lse; its
-    switch there adds each CTA's exact part of dsink, softmax.cuh SinkDot); varlen: sequences
+    switch there adds each CTA's exact part of dsink, softmax.cuh SinkDot); dropout:
+    the Philox keep-mask on P (kernels_cu/common/dropout.cuh); varlen: sequences
     of their own lengths packed along the rows (seqinfo.cuh)."""
 
     mask: str = "none"
     softcap: bool = False
     alibi: bool = False
     sink: bool = False
+    dropout: bool = False
     varlen: bool = False  # a variable-length batch (cu_seqlens): per-sequence rows and lengths
 
     def __post_init__(self):
@@ -57,7 +59,7 @@ class Features:
     @classmethod
     def parse(cls, text: str) -> "Features":
         """Features from a comma list such as "window,softcap" (`cuflash compile --features`):
-        causal | window (or local) | softcap | alibi | sink | varlen; empty = plain."""
+        causal | window (or local) | softcap | alibi | sink | dropout | varlen; empty = plain."""
         words = [w.strip() for w in text.split(",") if w.strip()]
         known = {"causal", "window", "local", "varlen", *MODIFIERS}
         unknown = [w for w in words if w not in known]
@@ -84,6 +86,7 @@ class Features:
             "CUFLASH_SOFTCAP": int(self.softcap),
             "CUFLASH_ALIBI": int(self.alibi),
             "CUFLASH_SINK": int(self.sink),
+            "CUFLASH_DROPOUT": int(self.dropout),
             "CUFLASH_VARLEN": int(self.varlen),
         }
 
@@ -240,6 +243,12 @@ class FwdSm90Tiles:
     def warpgroups(self) -> int:
         return self.block_m // 64
 
+    def with_features(self, features: "Features") -> "FwdSm90Tiles":
+        """These tiles for a feature set: dropout's Philox rounds need registers that a
+        register-capped tile (ctas_per_sm > 1: d96's 128) does not have (it spilled 76 bytes), so
+        with dropout such a tile runs at one CTA per SM."""
+        return replace(self, ctas_per_sm=1) if features.dropout else self
+
 
 # Tile shape per compile-time head dim D of kernels_cu/fwd_sm90.cu
 # (bench/NOTES.md). Three warpgroups (block_m 192) win once there are enough
@@ -289,7 +298,7 @@ class FwdSm90Spec(AttentionSpec):
         tiles = FWD_SM90_TILES[d]
         if seqlen_q >= FWD_SM90_LONG_SEQLEN_Q:
             tiles = FWD_SM90_LONG_TILES.get(d, tiles)
-        return cls(dtype, d, features, tiles)
+        return cls(dtype, d, features, tiles.with_features(features))
 
     @property
     def threads(self) -> int:

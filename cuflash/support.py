@@ -62,7 +62,6 @@ COMPILE_ARCHS = ("sm_80", "sm_90a")
 #: raises NotImplementedError naming it.
 NOT_YET_IMPLEMENTED = {
     "bias": None,
-    "dropout_p": 0.0,
 }
 
 
@@ -89,7 +88,8 @@ FAMILIES = (
     Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES)), varlen=True),
     Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True, varlen=True),
     Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True, varlen=True),
-    Family("decode", DecodeSpec, "decode", None, tuple(sorted(DECODE_TILES))),
+    Family("decode", DecodeSpec, "decode", None, tuple(sorted(DECODE_TILES)),
+           modifiers=("softcap", "alibi", "sink")),
 )
 
 
@@ -237,7 +237,8 @@ def family_specs(family: Family, features: Features) -> list:
             if family.spec in (FwdSpec, DecodeSpec):
                 out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSm90Spec:
-                out += [FwdSm90Spec(dtype, d, features, t[d]) for t in (FWD_SM90_TILES, FWD_SM90_LONG_TILES) if d in t]
+                out += [FwdSm90Spec(dtype, d, features, t[d].with_features(features))
+                        for t in (FWD_SM90_TILES, FWD_SM90_LONG_TILES) if d in t]
             elif family.spec is BwdSpec:
                 for det in (False, True):
                     out += portable_candidates(family, dtype, d, features, det)
@@ -263,6 +264,8 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
         for features in feature_sets:
             if features.varlen and not family.varlen:
                 continue  # the family has no variable-length kernels (yet)
+            if any(getattr(features, m) and m not in family.modifiers for m in MODIFIERS):
+                continue  # nor this modifier (the decode has no dropout)
             for spec in family_specs(family, features):
                 if spec.name not in seen:
                     seen.add(spec.name)

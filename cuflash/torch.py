@@ -6,7 +6,7 @@
 The functions keep flash-attn 2.x's names, parameter order, defaults and
 returns; cuflash's own options (``learnable_sink``) come only as keywords after
 them. Options whose kernels cuflash does not have yet raise NotImplementedError
-naming the option.
+naming the option (dropout in the varlen functions, for now).
 
 How a call runs (DESIGN 8):
 - Tensors reach the kernels as raw pointers and strides (``Ref``); nothing goes
@@ -100,21 +100,51 @@ def _alloc(device: int):
 
 
 def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-              real: bool = True):
+              real: bool = True, dropout: api.DropoutRng | None = None):
     """Refs of q, k, v and the validated Options; every error names its argument."""
     qr, kr, vr = _ref(q, "q", real), _ref(k, "k", real), _ref(v, "v", real)
     api.validate_qkv(qr, kr, vr)
     ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes", real)
     sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink", real)
     opts = api.options(qr, softmax_scale, causal, (window_left, window_right), softcap, ar, sr)
-    return qr, kr, vr, opts
+    return qr, kr, vr, api.with_dropout(opts, dropout)
+
+
+def _draw_dropout(dropout_p) -> tuple[api.DropoutRng | None, torch.Tensor]:
+    """The forward's dropout (None without) and its rng state: int64 (2,) on the host, (seed,
+    offset), or (0,) without dropout. The seed comes from torch's default generator, so
+    torch.manual_seed makes the mask reproducible; it is drawn when the forward runs (eagerly, or
+    inside a compiled graph's custom op), never baked into a trace. A CUDA graph would replay one
+    mask forever, so dropout is refused while one is captured."""
+    if not dropout_p:
+        return None, _NO_RNG
+    if torch.cuda.is_current_stream_capturing():
+        raise NotImplementedError("dropout_p > 0 inside CUDA-graph capture is not supported by cuflash: a replay "
+                                  "would reuse the captured seed, so every step would drop the same entries")
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # [0, 2^63)
+    drop = api.dropout_options(dropout_p, (seed, 0))
+    return drop, torch.tensor([seed, 0], dtype=torch.int64)
+
+
+_NO_RNG = torch.empty((0,), dtype=torch.int64)
+
+
+def _saved_dropout(dropout_p, rng: Optional[torch.Tensor]) -> api.DropoutRng | None:
+    """The backward's dropout from the forward's rng state (_draw_dropout)."""
+    if not dropout_p:
+        return None
+    if rng is None or rng.numel() != 2:
+        raise ValueError("dropout_p > 0 in the backward needs the forward's rng state (seed, offset)")
+    seed, offset = (int(x) for x in rng.tolist())
+    return api.dropout_options(dropout_p, (seed, offset), backward=True)
 
 
 def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-             return_lse: bool):
-    """(out, lse or None): the forward kernel on validated-on-entry tensors."""
+             return_lse: bool, dropout_p: float = 0.0):
+    """(out, lse or None, rng state): the forward kernel on validated-on-entry tensors."""
+    drop, rng = _draw_dropout(dropout_p)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                                 window_right, softcap)
+                                 window_right, softcap, dropout=drop)
     batch, seqlen_q, nheads, _ = q.shape
     device = qr.device
     with _on_device(device):
@@ -122,15 +152,15 @@ def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, windo
         lse = q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32) if return_lse else None
         api.run_forward(qr, kr, vr, _ref(out, "out"), None if lse is None else _ref(lse, "lse"), opts,
                         _stream(device))
-    return out, lse
+    return out, lse, rng
 
 
 def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-              window_right, softcap, deterministic):
+              window_right, softcap, deterministic, dropout_p=0.0, rng=None):
     """(dq, dk, dv, dsink): dsink is float32 (nheads,) with a learnable sink, else an empty tensor."""
     dout = _maybe_contiguous(dout)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                                 window_right, softcap)
+                                 window_right, softcap, dropout=_saved_dropout(dropout_p, rng))
     doutr, outr, lser = _ref(dout, "dout"), _ref(out, "out"), _ref(lse, "lse")
     api.check_like(doutr, qr, "dout", "q")
     api.check_like(outr, qr, "out", "q")
@@ -154,31 +184,36 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
 @torch.library.custom_op("cuflash::fwd", mutates_args=(), device_types="cuda")
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slopes: Optional[torch.Tensor],
             learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
-            window_right: int, softcap: float, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q) float32).
-    deterministic is carried for the backward only."""
+            window_right: int, softcap: float, deterministic: bool, dropout_p: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q) float32, rng state
+    (int64 (seed, offset) on the host, empty without dropout)). deterministic is carried for the
+    backward only."""
     return _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                    softcap, True)
+                    softcap, True, dropout_p)
 
 
 @_fwd_op.register_fake
 def _fwd_fake(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-              deterministic):
+              deterministic, dropout_p):
     _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
               real=False)
+    api.dropout_options(dropout_p, 0)
     batch, seqlen_q, nheads, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+    rng = torch.empty((2 if dropout_p else 0,), dtype=torch.int64, device="cpu")
+    return q.new_empty(q.shape), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32), rng
 
 
 @torch.library.custom_op("cuflash::bwd", mutates_args=(), device_types="cuda")
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, dlse: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
-            learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
-            window_right: int, softcap: float, deterministic: bool
+            learnable_sink: Optional[torch.Tensor], rng: torch.Tensor, softmax_scale: float, causal: bool,
+            window_left: int, window_right: int, softcap: float, deterministic: bool, dropout_p: float
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, dsink); dsink is (nheads,) float32 with a learnable sink, else empty."""
+    """(dq, dk, dv, dsink); dsink is (nheads,) float32 with a learnable sink, else empty. rng: the
+    forward's rng state."""
     return _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal,
-                     window_left, window_right, softcap, deterministic)
+                     window_left, window_right, softcap, deterministic, dropout_p, rng)
 
 
 @_bwd_op.register_fake
@@ -189,21 +224,29 @@ def _bwd_fake(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, *rest
 
 def _fwd_setup_context(ctx, inputs, output):
     q, k, v, alibi_slopes, learnable_sink, *ctx.options = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, learnable_sink)
+    out, lse, rng = output
+    ctx.mark_non_differentiable(rng)
+    ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, learnable_sink, rng)
 
 
-def _fwd_backward(ctx, dout, dlse, backward=_bwd_op):
+def _fwd_backward(ctx, dout, dlse, drng=None, backward=_bwd_op):
     """The gradients of (q, k, v, alibi_slopes, learnable_sink, *options) from those of (out, lse):
     the autograd formula of cuflash::fwd (through cuflash::bwd) and of the eager Function."""
-    q, k, v, out, lse, alibi_slopes, learnable_sink = ctx.saved_tensors
+    q, k, v, out, lse, alibi_slopes, learnable_sink, rng = ctx.saved_tensors
     if dout is None:  # only lse was used
         dout = torch.zeros_like(out)
-    dq, dk, dv, dsink = backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, *ctx.options)
-    return dq, dk, dv, None, dsink if learnable_sink is not None else None, None, None, None, None, None, None
+    dq, dk, dv, dsink = backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, rng, *ctx.options)
+    return (dq, dk, dv, None, dsink if learnable_sink is not None else None) + (None,) * len(ctx.options)
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+def _eager_backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, rng, softmax_scale, causal,
+                    window_left, window_right, softcap, deterministic, dropout_p):
+    """_backward in cuflash::bwd's argument order."""
+    return _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal,
+                     window_left, window_right, softcap, deterministic, dropout_p, rng)
 
 
 class _EagerAttention(torch.autograd.Function):
@@ -212,17 +255,17 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                softcap, deterministic):
+                softcap, deterministic, dropout_p):
         ctx.set_materialize_grads(False)
         output = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                          softcap, True)
+                          softcap, True, dropout_p)
         _fwd_setup_context(ctx, (q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                                 window_right, softcap, deterministic), output)
+                                 window_right, softcap, deterministic, dropout_p), output)
         return output
 
     @staticmethod
-    def backward(ctx, dout, dlse):
-        return _fwd_backward(ctx, dout, dlse, backward=_backward)
+    def backward(ctx, dout, dlse, drng):
+        return _fwd_backward(ctx, dout, dlse, backward=_eager_backward)
 
 
 # ---------------------------------------------------------------- flash-attn 2.x functions
@@ -237,7 +280,6 @@ def _not_implemented(**options):
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                return_attn_probs, learnable_sink):
     """The one path behind every dense function: (out) or (out, lse, None)."""
-    _not_implemented(dropout_p=dropout_p)
     if not (isinstance(window_size, tuple) and len(window_size) == 2):
         window_size = api._window(window_size, False)  # a clear error for a bad value; a list becomes a tuple
     window_left, window_right = window_size
@@ -246,15 +288,19 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
         softmax_scale = q.shape[-1] ** -0.5
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
         learnable_sink is not None and learnable_sink.requires_grad))
+    if dropout_p:
+        api.dropout_options(dropout_p, 0)  # a clear error for a bad value before any work
+    dropout_p = float(dropout_p)
     if torch.compiler.is_compiling():
-        out, lse = _fwd_op(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale), bool(causal), window_left,
-                           window_right, float(softcap), bool(deterministic))
+        out, lse, _ = _fwd_op(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale), bool(causal), window_left,
+                              window_right, float(softcap), bool(deterministic), dropout_p)
     elif grad:
-        out, lse = _EagerAttention.apply(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale), bool(causal),
-                                         window_left, window_right, float(softcap), bool(deterministic))
+        out, lse, _ = _EagerAttention.apply(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale),
+                                            bool(causal), window_left, window_right, float(softcap),
+                                            bool(deterministic), dropout_p)
     else:
-        out, lse = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                            softcap, return_attn_probs)
+        out, lse, _ = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+                               window_right, softcap, return_attn_probs, dropout_p)
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -262,8 +308,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, learnable_sink=None):
     """flash-attn 2.x's flash_attn_func. q: (batch, seqlen_q, nheads, headdim); k, v:
     (batch, seqlen_k, nheads_kv, headdim); fp16/bf16 CUDA tensors. Returns out like q, or with
-    return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q) float32, None): cuflash has
-    no dropout, so there is no attention-probability tensor to return.
+    return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q) float32, None): the third
+    element, flash-attn's debug tensor of probabilities, is not produced (cuflash.attention's
+    return_attn_probs gives it on CuPy arrays). dropout_p > 0 draws the mask's seed from torch's
+    default generator (torch.manual_seed makes it reproducible); the backward uses the same mask.
     learnable_sink (cuflash only): float32 (nheads,) sink logits, differentiable."""
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                       return_attn_probs, learnable_sink)
@@ -606,20 +654,23 @@ class _SdpaHandle:
 def _sdpa_forward(query, key, value, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None):
     """aten::_scaled_dot_product_flash_attention on cuflash. query (B, H, S_q, D), key/value
     (B, H_kv, S_k, D); returns flash's 9-tuple with out in query's layout and lse (B, H, S_q)."""
-    if dropout_p or return_debug_mask:
+    if return_debug_mask:
         raise NotImplementedError(
-            f"cuflash as SDPA's flash implementation has no dropout (dropout_p={dropout_p}) and no debug mask; "
-            "call torch.nn.attention.restore_flash_attention_impl() to use torch's own flash kernels")
+            "cuflash as SDPA's flash implementation has no debug mask; call "
+            "torch.nn.attention.restore_flash_attention_impl() to use torch's own flash kernels")
     out = torch.empty_like(query)
     q, k, v, o = (t.transpose(1, 2) for t in (query, key, value, out))  # (B, S, H, D) views, no copies
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    qr, kr, vr, opts = _validate(q, k, v, None, None, scale, is_causal, -1, -1, 0.0)
+    drop, rng = _draw_dropout(dropout_p)
+    qr, kr, vr, opts = _validate(q, k, v, None, None, scale, is_causal, -1, -1, 0.0, dropout=drop)
     batch, seqlen_q, nheads, _ = q.shape
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
     with _on_device(qr.device):
         api.run_forward(qr, kr, vr, _ref(o, "out"), _ref(lse, "lse"), opts, _stream(qr.device))
-    rng_state = torch.zeros((2,), dtype=torch.uint64, device=query.device)
+    # (seed, offset) of the dropout mask where torch keeps its own; the backward reads it back
+    rng_state = (rng if drop is not None else torch.zeros((2,), dtype=torch.int64)).to(torch.uint64)
+    rng_state = rng_state.to(query.device, non_blocking=True)
     philox_offset = torch.zeros((), dtype=torch.uint64, device=query.device)
     debug_mask = torch.empty(0, dtype=query.dtype, device=query.device)
     return out, lse, None, None, query.shape[2], key.shape[2], rng_state, philox_offset, debug_mask
@@ -631,7 +682,9 @@ def _sdpa_backward(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_s
     if scale is None:
         scale = query.shape[-1] ** -0.5
     q, k, v, o, do = (t.transpose(1, 2) for t in (query, key, value, out, grad_out))
-    dq, dk, dv, _ = _backward(do, q, k, v, o, logsumexp, None, None, None, scale, is_causal, -1, -1, 0.0, False)
+    rng = philox_seed.to(torch.int64).cpu() if dropout_p else None  # one host synchronisation, with dropout only
+    dq, dk, dv, _ = _backward(do, q, k, v, o, logsumexp, None, None, None, scale, is_causal, -1, -1, 0.0, False,
+                              dropout_p, rng)
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
@@ -670,15 +723,14 @@ def transformers_attention(module, query, key, value, attention_mask, scaling=No
     transformers' flash mask function gives it (True: a real token), runs as a variable-length
     batch: the real tokens are gathered, attended per sequence and scattered back (padded query
     rows get 0); the queries are the last S_q positions of the mask."""
-    if dropout:
-        raise NotImplementedError(f"dropout={dropout} is not implemented yet in cuflash")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     window = (sliding_window - 1, sliding_window - 1) if sliding_window else (-1, -1)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (B, S, H, D) views
     sink = None if s_aux is None else s_aux.float()
     if attention_mask is None:
-        out = _attention(q, k, v, 0.0, scaling, causal, window, softcap or 0.0, None, False, False, sink)
+        out = _attention(q, k, v, dropout, scaling, causal, window, softcap or 0.0, None, False, False, sink)
         return out, None
+    _not_implemented(**{"dropout with a padding mask (the varlen path)": dropout})
     return _padded_attention(q, k, v, attention_mask, scaling, causal, window, softcap or 0.0, sink), None
 
 

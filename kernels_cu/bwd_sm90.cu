@@ -122,6 +122,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     }
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
+    const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
@@ -201,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             if (ScoreMod::ACTIVE) mod.apply<true>(s, key0 + warp_key0, row0, lane);
             if (need_mask) vis.apply<true>(s, key0 + warp_key0, row0, lane);
             const float sink_part = softmax_backward_t(s, dp, sLse2 + buf * BM, sDelta + buf * BM, p.scale_log2, mod,
-                                                       sink_log2(p, si), key0 + warp_key0, row0, lane);
+                                                       drop, sink_log2(p, si), key0 + warp_key0, row0, lane);
             if (SINK) sSinkPart[tid] += sink_part;
         };
         // A (64 keys x BM queries) tile of this warp's rows -> shared memory,

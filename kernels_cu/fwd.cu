@@ -78,6 +78,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     if (si.past_end(row0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
+    const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
@@ -184,6 +185,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
         float corr[MT][2];
         softmax.update(acc_s, p.scale_log2, corr);
+        // Dropout on P after its row sums: l stays the undropped sum.
+        if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, n * BN, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -234,6 +237,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     // 3. Epilogue.
     float inv_l[MT][2], lse[MT][2];
     softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink());
+    drop.scale_rows(inv_l);  // O / (1 - p) under dropout
 
     // This warp's rows of sQ are read only by this warp; wait until all its
     // lanes are past their last ldmatrix of Q before overwriting them with O.

@@ -80,6 +80,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     if (si.past_end(row0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
+    const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
@@ -149,6 +150,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         if (j <= masked.x || j >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         softmax.update(acc_s, p.scale_log2, corr);
+        // Dropout on P after its row sums: l stays the undropped sum.
+        if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
     };
     // P (16 bits) as the A fragments of P V: n8 tiles 2kk and 2kk+1 of S form k-step kk.
     auto pack_p = [&]() {
@@ -229,6 +232,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // 3. Epilogue.
     float inv_l[1][2], lse[1][2];
     softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink());
+    drop.scale_rows(inv_l);  // O / (1 - p) under dropout
 
     // This warpgroup's 64 rows of sQ were read only by its own wgmmas, all
     // complete (waited above) in every warp once all 128 threads pass here.

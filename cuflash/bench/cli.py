@@ -104,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ALiBi with the geometric slopes 2^(-8 (h + 1) / nheads). " + _peers_for("alibi"))
     v.add_argument("--sink", action="store_true",
                    help="a learnable sink logit per head (random, fixed seed). " + _peers_for("sink"))
+    v.add_argument("--dropout", type=_arg(configs.parse_dropout), default=0.0, metavar="P",
+                   help="dropout on the probabilities with probability P (the correctness check is skipped: "
+                        "tests/gpu/test_dropout.py checks the mask). " + _peers_for("dropout"))
     v.add_argument("--varlen", action="store_true",
                    help="the batch as sequences of their own lengths, from seqlen down to seqlen/4, packed "
                         "(cuflash.attention_varlen; FLOPs count no padding). " + _peers_for("varlen"))
@@ -147,7 +150,8 @@ def build_sweep(args) -> configs.Sweep:
             if value is not None:
                 raise ValueError(f"{option} applies to --mode decode only")
     return configs.Sweep(batch=args.batch, nheads=args.nheads, nheads_kv=args.nheads_kv, window=args.window,
-                         softcap=args.softcap, alibi=args.alibi, sink=args.sink, varlen=args.varlen, **base)
+                         softcap=args.softcap, alibi=args.alibi, sink=args.sink, varlen=args.varlen,
+                         dropout=args.dropout, **base)
 
 
 def _err(message: str) -> None:

@@ -50,7 +50,7 @@ RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
 #: Attention variants beyond the causal flag, in label order.  A peer lists the ones it can compute
 #: (peers.Peer.features); a point that uses another one skips that peer.  "varlen": the batch's
 #: sequences have their own lengths (varlen_lengths), packed along the rows (cuflash.attention_varlen).
-VARIANT_FEATURES = ("window", "softcap", "alibi", "sink", "varlen")
+VARIANT_FEATURES = ("window", "softcap", "alibi", "sink", "dropout", "varlen")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Point:
     The variant (same meaning as cuflash.attention's options): ``window`` = window_size (left, right),
     -1 unbounded, bottom-right aligned, right forced to 0 by causal; ``softcap`` > 0; ``alibi``: the
     slopes of :func:`alibi_slopes`; ``sink``: the learnable sink logits of :func:`sink_logits`;
+    ``dropout``: the dropout probability (0: none; the mask from DROPOUT_SEED);
     ``varlen``: the batch's sequences have the lengths :func:`varlen_lengths` (the longest is seqlen),
     packed along the rows (needs seqlen_q == seqlen_k).
 
@@ -82,12 +83,13 @@ class Point:
     sink: bool = False
     varlen: bool = False
     page_size: int = 0
+    dropout: float = 0.0
 
     @property
     def features(self) -> frozenset:
         """The names (of VARIANT_FEATURES) of the variant features this point uses."""
         on = {"window": tuple(self.window) != (-1, -1), "softcap": self.softcap > 0,
-              "alibi": self.alibi, "sink": self.sink, "varlen": self.varlen}
+              "alibi": self.alibi, "sink": self.sink, "dropout": self.dropout > 0, "varlen": self.varlen}
         return frozenset(name for name, used in on.items() if used)
 
     @property
@@ -105,7 +107,7 @@ class Point:
     def variant(self) -> str:
         """Short name of the variant, '' for plain attention: e.g. 'window(256,0)+softcap30+alibi+sink'."""
         names = {"window": f"window({self.window[0]},{self.window[1]})", "softcap": f"softcap{self.softcap:g}",
-                 "alibi": "alibi", "sink": "sink", "varlen": "varlen"}
+                 "alibi": "alibi", "sink": "sink", "dropout": f"dropout{self.dropout:g}", "varlen": "varlen"}
         return "+".join(names[f] for f in VARIANT_FEATURES if f in self.features)
 
     @property
@@ -169,6 +171,7 @@ class Sweep:
     alibi: bool = False
     sink: bool = False
     varlen: bool = False
+    dropout: float = 0.0
     decode_caches: list = field(default_factory=lambda: list(DECODE_CACHES))     # (batch, seqlen_k) pairs
     page_sizes: list = field(default_factory=lambda: list(DECODE_PAGE_SIZES))    # 0 = contiguous
 
@@ -195,7 +198,7 @@ class Sweep:
                                  f"pick a divisor of every nheads in the sweep")
             pts.append(Point(dtype, d, s, s, batch, nheads, nheads_kv, causal, mode,
                              window=tuple(self.window), softcap=self.softcap, alibi=self.alibi, sink=self.sink,
-                             varlen=self.varlen))
+                             varlen=self.varlen, dropout=self.dropout))
         return pts
 
     def decode_points(self) -> list[Point]:
@@ -205,7 +208,8 @@ class Sweep:
         if True in self.causals:
             raise ValueError("--causal: a decode query is the last position, so the (bottom-right aligned) causal "
                              "mask hides no key of the cache; leave --causal out in decode mode")
-        for option, used in (("--window", tuple(self.window) != (-1, -1)), ("--varlen", self.varlen)):
+        for option, used in (("--window", tuple(self.window) != (-1, -1)), ("--varlen", self.varlen),
+                             ("--dropout", self.dropout > 0)):
             if used:
                 raise ValueError(f"{option} is not available in decode mode (it times every sequence reading "
                                  "its whole cache)")
@@ -347,6 +351,20 @@ def parse_softcap(text: str) -> float:
     if not (0 < value < float("inf")):
         raise ValueError(f"--softcap must be a finite number > 0, got {text!r}")
     return value
+
+
+def parse_dropout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--dropout takes a probability in (0, 1) (e.g. 0.1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise ValueError(f"--dropout must be in (0, 1), got {text!r}")
+    return value
+
+
+#: The seed of every dropout point's mask (cuflash's; the peers draw their own).
+DROPOUT_SEED = 2024
 
 
 # --------------------------------------------------------------------------

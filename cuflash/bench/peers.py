@@ -26,10 +26,11 @@ Causal masks: cuflash aligns them bottom-right; torch SDPA's ``is_causal`` and
 JAX's ``is_causal`` align top-left.  They agree when seqlen_q == seqlen_k (all
 the sweeps here); other shapes raise, giving "-".
 
-Variants (--window, --softcap, --alibi, --sink): PEER_FEATURES says which peer
-computes which; a peer is skipped ("skipped", with the reason) on a point that
-uses a feature it lacks.  Only FlexAttention does any: the sliding window as a
-block mask, softcap and ALiBi as a score_mod.  Sinks: no peer.
+Variants (--window, --softcap, --alibi, --sink, --dropout): PEER_FEATURES says which
+peer computes which; a peer is skipped ("skipped", with the reason) on a point that
+uses a feature it lacks.  FlexAttention does the sliding window as a block mask,
+softcap and ALiBi as a score_mod; SDPA's backends take dropout_p (their own
+Philox).  Sinks: no peer.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ from . import configs, timing
 PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn", "flashinfer")
 
 #: The variant features (configs.VARIANT_FEATURES) each peer computes; plain and causal attention: all of them.
-PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi"})}
+PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi"}), "sdpa-flash": frozenset({"dropout"}),
+                 "sdpa-cudnn": frozenset({"dropout"}), "sdpa-eff": frozenset({"dropout"})}
 
 _FLOP_MODES = ("fwd", "bwd", "fwd+bwd")
 #: The modes (configs.MODES) each peer times; a name not listed here times every mode.
@@ -223,6 +225,8 @@ class SdpaPeer(_TorchPeer):
     def _attention(self, p, gqa):
         import torch.nn.functional as F
         options = {"enable_gqa": True} if gqa else {}
+        if p.dropout:
+            options["dropout_p"] = p.dropout
 
         def attn(q, k, v):
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),

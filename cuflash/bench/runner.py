@@ -177,6 +177,9 @@ class CuflashBench:
         """
         if p.mode == "decode":
             return self.check_decode(p, result)
+        if p.dropout:
+            return {"status": "skipped", "kind": "fwd" if p.mode == "fwd" else "bwd", "tensors": {},
+                    "message": "dropout: the mask is checked by tests/gpu/test_dropout.py, not here"}
         from cuflash import reference
         from cuflash.testing import check_accuracy
         xp = self.xp
@@ -312,6 +315,8 @@ def variant_options(p, alibi_slopes=None, learnable_sink=None) -> dict:
         options["alibi_slopes"] = alibi_slopes
     if p.sink:
         options["learnable_sink"] = learnable_sink
+    if p.dropout:
+        options["dropout_p"], options["seed"] = p.dropout, configs.DROPOUT_SEED
     return options
 
 

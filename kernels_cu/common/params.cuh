@@ -19,6 +19,8 @@
 //   alibi_slopes: float32 slope of (b, h) at b * alibi_batch_stride + h (stride
 //     0 for slopes shared by the batch); read only under CUFLASH_ALIBI.
 //   sink: float32 (nheads,) learnable sink logits; read only under CUFLASH_SINK.
+//   dropout_*: the Philox key (seed), counter word (offset), threshold floor(p * 2^32)
+//     and scale 1 / (1 - p) of dropout.cuh; read only under CUFLASH_DROPOUT.
 #define CUFLASH_ATTENTION_FIELDS                                \
     const void* q; /* (batch, seqlen_q, nheads, head_dim) */    \
     const void* k; /* (batch, seqlen_k, nheads_kv, head_dim) */ \
@@ -35,7 +37,10 @@
     float scale;      /* softmax_scale */                       \
     float scale_log2; /* softmax_scale * log2(e) */             \
     int window_left, window_right;                              \
-    float softcap_in, softcap_out;
+    float softcap_in, softcap_out;                              \
+    u32 dropout_seed_lo, dropout_seed_hi, dropout_offset;       \
+    u32 dropout_threshold;                                      \
+    float dropout_scale;
 
 // Variable-length batches (cuflash.attention_varlen; read only when CUFLASH_VARLEN
 // is 1, seqinfo.cuh): sequence b holds rows [cu_seqlens_q[b], cu_seqlens_q[b + 1])

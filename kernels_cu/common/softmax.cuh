@@ -13,6 +13,7 @@
 #pragma once
 #include "numeric.cuh"
 #include "score_mod.cuh"
+#include "dropout.cuh"
 
 CUFLASH_DEVICE float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -133,6 +134,10 @@ CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
 // scores, already modified and masked) and becomes P^T = exp2(s * c - L2);
 // dp holds dP^T = V dO^T and becomes dS^T = P^T ∘ (dP^T - D) ∘ mod'(s), the
 // derivative w.r.t. the raw score (score_mod.cuh; 1 without softcap).
+// Under DROPOUT (dropout.cuh) the output read Pd = P ∘ keep / (1 - p), so the
+// gradient w.r.t. P is dP ∘ keep / (1 - p), which replaces dP above (and in the
+// sink's sum; D = rowsum(dO ∘ O) already is sum_j P_ij of it), and s becomes
+// Pd^T, the left operand of dV = Pd^T dO.
 // Returns, under SINK, this thread's share of the tile's sum_i P_sink,i sum_j
 // P_ij dP_ij with P_sink,i = exp2(sink2 - L2_i) (else 0).
 // lse2 and delta point at the tile's first query column in shared memory.
@@ -143,15 +148,17 @@ CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
 // L2 = +inf or a sink of -inf (sink2 - L2 is never inf - inf: L2 > -inf).
 template <int MT, int NT>
 CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
-                                        const float* delta, float c, const ScoreMod& mod, float sink2, int key0,
-                                        int query0, int lane) {
+                                        const float* delta, float c, const ScoreMod& mod, const Dropout& drop,
+                                        float sink2, int key0, int query0, int lane) {
     const int g = lane / 4, t = lane % 4;
     float sink_part = 0.f;
+    u32 keep = 0u;  // keep bits of n8 tiles nt & ~1 and nt | 1 (dropout.cuh keep_pair)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + 2 * t);
         const float2 dd = *reinterpret_cast<const float2*>(delta + nt * 8 + 2 * t);
         float pdp0 = 0.f, pdp1 = 0.f;  // sum over this thread's keys of P dP, queries 2t and 2t + 1
+        if (DROPOUT && nt % 2 == 0) keep = drop.keep_pair<true, MT>(key0, query0, nt / 2, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -161,18 +168,28 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 float& s1 = s[mt][nt][2 * h + 1];
                 const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
                 const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
-                if (SINK) {
-                    pdp0 = fmaf(p0, dp[mt][nt][2 * h], pdp0);
-                    pdp1 = fmaf(p1, dp[mt][nt][2 * h + 1], pdp1);
+                float dp0 = dp[mt][nt][2 * h], dp1 = dp[mt][nt][2 * h + 1];
+                const bool keep0 = Dropout::kept(keep, mt, nt % 2, 2 * h), keep1 = Dropout::kept(keep, mt, nt % 2, 2 * h + 1);
+                if (DROPOUT) {
+                    dp0 = keep0 ? dp0 * drop.scale : 0.f;
+                    dp1 = keep1 ? dp1 * drop.scale : 0.f;
                 }
-                float ds0 = p0 * (dp[mt][nt][2 * h] - dd.x);
-                float ds1 = p1 * (dp[mt][nt][2 * h + 1] - dd.y);
+                if (SINK) {
+                    pdp0 = fmaf(p0, dp0, pdp0);
+                    pdp1 = fmaf(p1, dp1, pdp1);
+                }
+                float ds0 = p0 * (dp0 - dd.x);
+                float ds1 = p1 * (dp1 - dd.y);
                 if (SOFTCAP) {
                     ds0 *= mod.grad(s0, query, key);
                     ds1 *= mod.grad(s1, query + 1, key);
                 }
                 s0 = p0;
                 s1 = p1;
+                if (DROPOUT) {
+                    s0 = keep0 ? p0 * drop.scale : 0.f;
+                    s1 = keep1 ? p1 * drop.scale : 0.f;
+                }
                 dp[mt][nt][2 * h] = ds0;
                 dp[mt][nt][2 * h + 1] = ds1;
             }

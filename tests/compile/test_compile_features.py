@@ -1,4 +1,4 @@
-"""The feature kernels (window, softcap, alibi, sink and their combinations)
+"""The feature kernels (window, softcap, alibi, sink, dropout and their combinations)
 compile with NVRTC for sm_80 and sm_90a, no GPU needed.
 
 Like test_compile_specs.py: the specs go through cache.compile_many once per
@@ -25,13 +25,14 @@ from cuflash.specs import CAUSAL, PLAIN, AttentionSpec, Features
 ARCHS = ("sm_80", "sm_90a")
 DTYPE = "bf16"
 HEAD_DIMS = (64, 128)
-WORDS = ("window", "softcap", "alibi", "sink")
+WORDS = ("window", "softcap", "alibi", "sink", "dropout")
 FEATURE_SETS = (
     [Features.parse(w) for w in WORDS]
     + [Features.parse(",".join(pair)) for pair in combinations(WORDS, 2)]
-    + [Features.parse("causal,softcap,alibi,sink"), Features.parse("window,softcap,alibi,sink")]
+    + [Features.parse("causal,softcap,alibi,sink,dropout"), Features.parse("window,softcap,alibi,sink,dropout")]
     # variable-length batches
-    + [Features.parse("varlen"), Features.parse("causal,varlen"), Features.parse("window,softcap,alibi,sink,varlen")]
+    + [Features.parse("varlen"), Features.parse("causal,varlen"), Features.parse("window,softcap,alibi,sink,varlen"),
+       Features.parse("causal,dropout,varlen")]
 )
 
 
@@ -65,6 +66,8 @@ def test_the_grid_covers_every_feature():
     assert {type(s).__name__ for s in SPECS} == {"FwdSpec", "FwdSm90Spec", "BwdSpec", "BwdSm90Spec", "DecodeSpec"}
     # the backward keeps the sink switch (each CTA's exact part of dsink)
     assert any(s.features.sink for s in SPECS if s.entry.startswith("cuflash_bwd"))
+    assert any(s.features.dropout for s in SPECS if s.entry.startswith("cuflash_bwd"))
+    assert not any(s.features.dropout for s in SPECS if s.entry == "cuflash_decode")
     assert PAIRS
 
 

@@ -19,7 +19,7 @@ def test_numpy_input_is_refused_with_a_hint():
 
 @pytest.mark.parametrize(
     "option, value",
-    [("bias", 1.0), ("dropout_p", 0.1)],
+    [("bias", 1.0)],
 )
 def test_unimplemented_options_are_named(option, value):
     q, lse = arrays()

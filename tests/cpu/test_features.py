@@ -61,8 +61,8 @@ def test_parse_empty_is_plain(text):
 
 
 def test_parse_unknown_word_names_it():
-    with pytest.raises(ValueError, match=r"unknown feature.*'dropout'") as info:
-        Features.parse("causal,dropout")
+    with pytest.raises(ValueError, match=r"unknown feature.*'bias'") as info:
+        Features.parse("causal,bias")
     assert "softcap" in str(info.value)  # and lists what is known
 
 
@@ -113,14 +113,14 @@ def test_causal_property():
 @pytest.mark.parametrize(
     "features, defines",
     [
-        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=0)),
-        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=0)),
+        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
+        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
         (Features.parse("window,softcap"),
-         dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=0)),
+         dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
         (Features.parse("alibi,sink"),
-         dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1, CUFLASH_VARLEN=0)),
+         dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
         (Features.parse("causal,varlen"),
-         dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_VARLEN=1)),
+         dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=1)),
     ],
 )
 def test_defines(features, defines):

@@ -88,8 +88,11 @@ def test_options_are_memoised_and_validated():
 def test_packer_matches_the_numpy_layout(packer, dtype):
     fields = {}
     for i, name in enumerate(dtype.names):
-        kind = dtype.fields[name][0].kind
-        fields[name] = (i + 1) * 0.5 if kind == "f" else (-(i + 1) if kind == "i" else (i + 1) << 33)
+        sub = dtype.fields[name][0]
+        if sub.kind == "u" and sub.itemsize == 4:
+            fields[name] = (i + 1) | 1 << 31  # a uint32 above int32's range
+        else:
+            fields[name] = (i + 1) * 0.5 if sub.kind == "f" else (-(i + 1) if sub.kind == "i" else (i + 1) << 33)
     assert packer.to_bytes(fields) == params.pack_named(dtype, fields).tobytes()
     assert packer.to_bytes({}) == bytes(dtype.itemsize)
     with pytest.raises(KeyError, match="not fields"):

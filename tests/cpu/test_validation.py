@@ -18,7 +18,7 @@ def test_other_objects_are_refused():
 
 @pytest.mark.parametrize(
     "option, value",
-    [("bias", 1.0), ("dropout_p", 0.1)],
+    [("bias", 1.0)],
 )
 def test_unimplemented_options_are_named(option, value):
     q = np.ones((1, 4, 2, 64), np.float16)

@@ -87,7 +87,8 @@ def test_no_grad_fast_path_equals_the_custom_op():
     q, k, v = rand(2, 77, 4, 64), rand(2, 130, 2, 64), rand(2, 130, 2, 64)
     with torch.no_grad():
         fast = ct.flash_attn_func(q, k, v, causal=True)
-    op, _ = torch.ops.cuflash.fwd(q, k, v, None, None, 64 ** -0.5, True, -1, 0, 0.0, False)
+    op, _, rng = torch.ops.cuflash.fwd(q, k, v, None, None, 64 ** -0.5, True, -1, 0, 0.0, False, 0.0)
+    assert rng.numel() == 0
     assert torch.equal(fast, op)
 
 
@@ -108,6 +109,66 @@ def test_matches_sdpa_values_and_gradients(gqa):
     for n, a, b in zip(("out", "dq", "dk", "dv"), got, want):
         err = (a.float() - b.float()).abs().max().item()
         assert err < 2e-2 * max(1.0, b.float().abs().max().item()), (n, err)
+
+
+def _drawn_seed(torch_seed):
+    """The dropout seed cuflash.torch draws first after torch.manual_seed(torch_seed)."""
+    torch.manual_seed(torch_seed)
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_dropout_matches_the_reference_mask_and_its_gradients(compiled):
+    q, k, v = rand(2, 96, 4, 64, grad=True), rand(2, 160, 2, 64, grad=True), rand(2, 160, 2, 64, grad=True)
+    dout = rand(2, 96, 4, 64)
+    p = 0.2
+    fn = ct.flash_attn_func
+    if compiled:
+        fn = torch.compile(lambda *a, **kw: ct.flash_attn_func(*a, **kw), fullgraph=True)
+    seed = _drawn_seed(7)
+    torch.manual_seed(7)
+    out = fn(q, k, v, dropout_p=p, causal=True)
+    out.backward(dout)
+    hq, hk, hv, hdo = (host(t) for t in (q, k, v, dout))
+    keep = reference.dropout_keep_mask(seed, 0, 2, 4, 96, 160, p)
+    ro = dict(causal=True, dropout_p=p, dropout_mask=keep)
+    f64 = reference.attention_forward(hq, hk, hv, precision="float64", **ro)
+    flp = reference.attention_forward(hq, hk, hv, precision="lowp", **ro)
+    testing.check_accuracy("out", host(out), f64[0], flp[0], "bf16", "fwd")
+    b64 = reference.attention_backward(hdo, hq, hk, hv, precision="float64", **ro)
+    blp = reference.attention_backward(hdo, hq, hk, hv, precision="lowp", **ro)
+    for n, t, r64, rlp in zip(("dq", "dk", "dv"), (q, k, v), b64[:3], blp[:3]):
+        testing.check_accuracy(n, host(t.grad), r64, rlp, "bf16", "bwd")
+    # a new call draws a new mask; the same torch seed gives the same one
+    with torch.no_grad():
+        torch.manual_seed(7)
+        again = fn(q, k, v, dropout_p=p, causal=True)
+        other = fn(q, k, v, dropout_p=p, causal=True)
+    assert torch.equal(again, out.detach()) and not torch.equal(other, out.detach())
+
+
+def test_sdpa_implementation_with_dropout_matches_flash_attn_func():
+    attn = torch.nn.attention
+    if not hasattr(attn, "activate_flash_attention_impl"):
+        pytest.skip("this torch has no flash-implementation registry (torch >= 2.10)")
+    q, k, v = (rand(2, 4, 128, 64, grad=True) for _ in range(3))  # (B, H, S, D)
+    dout = rand(2, 4, 128, 64)
+    attn.activate_flash_attention_impl(ct.SDPA_IMPL_NAME)
+    try:
+        torch.manual_seed(3)
+        with attn.sdpa_kernel(attn.SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True)
+        out.backward(dout)
+    finally:
+        attn.restore_flash_attention_impl()
+    got = [out.detach()] + [t.grad.clone() for t in (q, k, v)]
+    qs, ks, vs = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    torch.manual_seed(3)
+    mine = ct.flash_attn_func(qs, ks, vs, dropout_p=0.3, causal=True)
+    mine.backward(dout.transpose(1, 2))
+    want = [mine.detach().transpose(1, 2)] + [t.grad.transpose(1, 2) for t in (qs, ks, vs)]
+    for n, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), n
 
 
 def test_packed_forms_read_views_and_return_packed_gradients():
@@ -234,7 +295,13 @@ def test_varlen_matches_dense_per_sequence_values_and_gradients():
 @pytest.mark.parametrize("call, exc, match", [
     (lambda: ct.flash_attn_func(rand(1, 8, 2, 64).cpu(), rand(1, 8, 2, 64), rand(1, 8, 2, 64)), ValueError,
      "q must be a CUDA tensor"),
-    (lambda: ct.flash_attn_func(rand(1, 8, 2, 64), rand(1, 8, 2, 64), rand(1, 8, 2, 64), dropout_p=0.1),
+    (lambda: ct.flash_attn_func(rand(1, 8, 2, 64), rand(1, 8, 2, 64), rand(1, 8, 2, 64), dropout_p=1.0),
+     ValueError, r"dropout_p must be in \[0, 1\)"),
+    (lambda: ct.flash_attn_func(rand(1, 8, 2, 64), rand(1, 8, 2, 64), rand(1, 8, 2, 64), dropout_p="x"),
+     TypeError, "dropout_p must be a number"),
+    (lambda: ct.flash_attn_varlen_func(rand(8, 2, 64), rand(8, 2, 64), rand(8, 2, 64),
+                                       torch.tensor([0, 8], dtype=torch.int32, device="cuda"),
+                                       torch.tensor([0, 8], dtype=torch.int32, device="cuda"), 8, 8, dropout_p=0.1),
      NotImplementedError, "dropout_p"),
     (lambda: ct.flash_attn_func(rand(1, 8, 2, 64).float(), rand(1, 8, 2, 64), rand(1, 8, 2, 64)), TypeError,
      "q has dtype float32"),
@@ -267,13 +334,16 @@ def test_bad_input_names_the_argument(call, exc, match):
 def test_opcheck_forward_and_backward_ops():
     q, k, v = rand(1, 40, 4, 64, grad=True), rand(1, 72, 2, 64, grad=True), rand(1, 72, 2, 64, grad=True)
     sink = torch.linspace(-1.0, 2.0, 4, device="cuda").requires_grad_()
-    for args in ((q, k, v, None, None, 0.125, True, -1, 0, 0.0, False),
-                 (q, k, v, None, sink, 0.125, False, 16, 4, 10.0, False)):
-        torch.library.opcheck(torch.ops.cuflash.fwd.default, args)
-        out, lse = torch.ops.cuflash.fwd(*args)
+    for args in ((q, k, v, None, None, 0.125, True, -1, 0, 0.0, False, 0.0),
+                 (q, k, v, None, sink, 0.125, False, 16, 4, 10.0, False, 0.0),
+                 (q, k, v, None, None, 0.125, True, -1, 0, 0.0, False, 0.25)):
+        if not args[-1]:  # opcheck repeats the call and compares: a fresh dropout seed each time differs
+            torch.library.opcheck(torch.ops.cuflash.fwd.default, args)
+        out, lse, rng = torch.ops.cuflash.fwd(*args)
+        assert rng.numel() == (2 if args[-1] else 0) and rng.device.type == "cpu"
         dout = torch.randn_like(out)
         bargs = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None, None,
-                 None if args[4] is None else sink.detach(), *args[5:])
+                 None if args[4] is None else sink.detach(), rng, *args[5:])
         torch.library.opcheck(torch.ops.cuflash.bwd.default, bargs)
 
 
