@@ -819,9 +819,14 @@ def philox4x32_10(counter, key):
 
 
 def dropout_threshold(dropout_p: float) -> int:
-    """The uint32 below which a random number drops its entry: floor(p * 2^32), so an entry is
-    kept with probability 1 - p (to 2^-32)."""
-    return min(int(dropout_p * 4294967296.0), 0xFFFFFFFF)
+    """The 16-bit value below which a random number drops its entry: floor(p * 2^16), so an entry is
+    kept with probability 1 - p (to 2^-16; the kernels still scale by 1 / (1 - p))."""
+    return min(int(dropout_p * 65536.0), 0xFFFF)
+
+
+#: Where entry (query i + di, key j + dj) of a group takes its 16 random bits: word 2 [di = 8] +
+#: [dj >= 8] of the Philox output, its low half for an even key, its high half for an odd one.
+DROPOUT_GROUP = tuple((di, dj, 2 * (di == 8) + (dj >= 8), dj % 2) for di in (0, 8) for dj in (0, 1, 8, 9))
 
 
 def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q: int, seqlen_k: int,
@@ -829,14 +834,15 @@ def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q:
     """The keep-mask (batch, nheads, seqlen_q, seqlen_k) bool that cuflash's kernels draw for
     dropout_p with (seed, offset), from absolute coordinates only (DESIGN 3).
 
-    One Philox4x32-10 call per group of four entries {i, i + 8} x {j, j + 8} (query i, key j with
-    i % 16 < 8 and j % 16 < 8): counter (i, j, b * nheads + h, offset), key (seed % 2^32,
-    seed // 2^32); output n = 2 * (query is i + 8) + (key is j + 8) keeps its entry when it is >=
-    dropout_threshold(p). A thread of an mma fragment holds exactly such groups whether queries or
-    keys are its rows, so forward and backward each make one call per four entries they own."""
+    One Philox4x32-10 call per group of eight entries {i, i + 8} x {j, j + 1, j + 8, j + 9} (query i
+    with i % 16 < 8, key j even with j % 16 < 8): counter (i, j, b * nheads + h, offset), key
+    (seed % 2^32, seed // 2^32); each entry keeps when its 16 bits (DROPOUT_GROUP) are >=
+    dropout_threshold(p). A thread of an mma fragment with queries as rows holds whole groups; with
+    keys as rows (the backward), two lanes hold a group's halves, each computes one group and they
+    swap halves (kernels_cu/common/dropout.cuh)."""
     sq16, sk16 = -(-seqlen_q // 16) * 16, -(-seqlen_k // 16) * 16
-    lows_q = numpy.arange(sq16).reshape(-1, 16)[:, :8].reshape(-1)   # i with i % 16 < 8
-    lows_k = numpy.arange(sk16).reshape(-1, 16)[:, :8].reshape(-1)
+    lows_q = numpy.arange(sq16).reshape(-1, 16)[:, :8].reshape(-1)     # i with i % 16 < 8
+    lows_k = numpy.arange(sk16).reshape(-1, 16)[:, :8:2].reshape(-1)   # even j with j % 16 < 8
     bh = numpy.arange(batch * nheads)
     ctr = numpy.zeros((len(bh), len(lows_q), len(lows_k), 4), numpy.uint32)
     ctr[..., 0] = lows_q[None, :, None]
@@ -844,8 +850,10 @@ def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q:
     ctr[..., 2] = bh[:, None, None]
     ctr[..., 3] = offset & 0xFFFFFFFF
     key = numpy.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], numpy.uint32)
-    keep = philox4x32_10(ctr, key) >= numpy.uint32(dropout_threshold(dropout_p))  # (bh, nq, nk, 4)
+    words = philox4x32_10(ctr, key)                                      # (bh, nq, nk, 4)
+    threshold = dropout_threshold(dropout_p)
     mask = numpy.empty((len(bh), sq16, sk16), bool)
-    for n, (di, dj) in enumerate(((0, 0), (0, 8), (8, 0), (8, 8))):
-        mask[:, (lows_q + di)[:, None], (lows_k + dj)[None, :]] = keep[..., n]
+    for di, dj, word, half in DROPOUT_GROUP:
+        bits = (words[..., word] >> numpy.uint32(16 * half)) & numpy.uint32(0xFFFF)
+        mask[:, (lows_q + di)[:, None], (lows_k + dj)[None, :]] = bits >= threshold
     return mask.reshape(batch, nheads, sq16, sk16)[:, :, :seqlen_q, :seqlen_k]

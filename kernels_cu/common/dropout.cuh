@@ -5,22 +5,28 @@
 // forward, the backward, return_attn_probs and cuflash.reference
 // (dropout_keep_mask, the NumPy twin of this file) draw the same mask whatever
 // the kernel family or tile shape:
-//   one call per group of four entries {i, i + 8} x {j, j + 8}
-//     (query i and key j of one sequence with i % 16 < 8 and j % 16 < 8),
+//   one call per group of eight entries {i, i + 8} x {j, j + 1, j + 8, j + 9}
+//     (query i with i % 16 < 8, key j even with j % 16 < 8, of one sequence),
 //   counter = (i, j, b * nheads + h, offset), key = (seed % 2^32, seed / 2^32),
-//   output n = 2 * [query is i + 8] + [key is j + 8] keeps its entry when it is
-//   >= threshold = floor(p * 2^32).
-// An mma.sync / wgmma accumulator fragment gives each thread rows g, g + 8 of
-// a 16-row block and columns 2t, 2t + 1 of each 8-column tile, so across two
-// adjacent 8-column tiles it holds whole groups, whether queries or keys are
-// its rows: the forward and the backward each make one call per four entries.
+//   entry (i + di, j + dj) reads the 16 bits of output word 2 [di = 8] + [dj >= 8]
+//   (the low half for an even key, the high half for an odd one) and is kept
+//   when they are >= threshold = floor(p * 2^16).
+// An mma.sync / wgmma accumulator fragment gives lane 4g + t rows g, g + 8 of a
+// 16-row block and columns 2t, 2t + 1 of each 8-column tile (fragment.cuh):
+// - queries as rows (the forward's S): across n8 tiles 2u, 2u + 1 a lane holds
+//   exactly the group (g, 2t): one call per eight entries;
+// - keys as rows (the backward's S^T): a lane holds keys g, g + 8 and queries
+//   2t, 2t + 1, 2t + 8, 2t + 9, half of groups (2t, g & ~1) and (2t + 1, g & ~1);
+//   lane g ^ 1 (lane ^ 4) holds their other halves. Each lane computes the group
+//   of query 2t + (g & 1) and the pair swaps them with one shuffle: again one
+//   call per eight entries.
 //
 // In the kernels (CUFLASH_DROPOUT): Dropout holds a (b, h)'s Philox key and
-// counter word, and keep_mask() draws the bits of one accumulator tile. The
-// forward zeroes the dropped entries of P after the softmax (l keeps the
-// undropped sum) and divides O by 1 - p in the epilogue; the backward scales
-// dP by keep / (1 - p) before dS = P (dP - D) and uses P keep / (1 - p) for
-// dV (softmax.cuh softmax_backward_t).
+// counter word, and keep_pair() draws the bits of two n8 tiles. The forward
+// zeroes the dropped entries of P after the softmax (l keeps the undropped sum)
+// and divides O by 1 - p in the epilogue; the backward scales dP by
+// keep / (1 - p) before dS = P (dP - D) and uses P keep / (1 - p) for dV
+// (softmax.cuh softmax_backward_t).
 #pragma once
 #include "platform.cuh"
 
@@ -44,12 +50,17 @@ CUFLASH_DEVICE uint4 philox4x32_10(uint4 c, PhiloxKey k) {
     return c;
 }
 
-// The keep bits of the group whose low corner is (query i, key j), i % 16 < 8
-// and j % 16 < 8, of (b, h) (bh = b * nheads + h): bit n for output n above.
+// The keep bits of the group whose low corner is (query i, key j), i % 16 < 8,
+// j even and j % 16 < 8, of (b, h) (bh = b * nheads + h): bit 2 w + half for
+// the entry that reads half `half` of output word w (see above).
 CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
     const uint4 r = philox4x32_10(make_uint4((u32)i, (u32)j, (u32)bh, offset), key);
-    return (u32)(r.x >= threshold) | (u32)(r.y >= threshold) << 1 | (u32)(r.z >= threshold) << 2 |
-           (u32)(r.w >= threshold) << 3;
+    const u32 words[4] = {r.x, r.y, r.z, r.w};
+    u32 bits = 0u;
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+        bits |= (u32)((words[w] & 0xFFFFu) >= threshold) << (2 * w) | (u32)((words[w] >> 16) >= threshold) << (2 * w + 1);
+    return bits;
 }
 
 // The dropout of one (batch b, query head h): the run-time values of
@@ -68,52 +79,93 @@ struct Dropout {
     // The keep bits of n8 tiles 2u and 2u + 1 of an accumulator tile
     // x[MT][NT][4] (fragment.cuh) whose element (mt, nt, 2h+j) is at row
     // row0 + mt*16 + h*8 + g, column col0 + nt*8 + 2t + j; rows are queries (S)
-    // or keys (KEYS_AS_ROWS: S^T). row0 and col0 are multiples of 16, so this
-    // lane's groups {i, i + 8} x {j, j + 8} there are (mt, j): one Philox call
-    // each. Element (mt, 2u + a, e) is bit (mt * 2 + a) * 4 + e (kept()).
+    // or keys (KEYS_AS_ROWS: S^T), row0 and col0 multiples of 16. Element
+    // (mt, 2u + a, e) is bit (mt * 2 + a) * 4 + e (kept()). Called by whole warps
+    // (the keys-as-rows case shuffles).
     template <bool KEYS_AS_ROWS, int MT>
     CUFLASH_DEVICE u32 keep_pair(int row0, int col0, int u, int lane) const {
         static_assert(MT <= 4, "the bits of one pair of n8 tiles fit one word");
         const int g = lane / 4, t = lane % 4;
-        u32 bits = 0u;
-        // One call at a time (no unrolling): each holds ~10 registers through
-        // its 10 rounds, and the main loops run near their register limit.
+        // This lane's groups, 8 bits per m16 tile. One call at a time (no
+        // unrolling): each holds ~10 registers through its 10 rounds, and the
+        // main loops run near their register limit.
+        u32 groups = 0u;
 #pragma unroll 1
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll 1
-            for (int j = 0; j < 2; ++j) {
-                const int row = row0 + mt * 16 + g, col = col0 + u * 16 + 2 * t + j;
-                const u32 group = KEYS_AS_ROWS ? dropout_keep_group(key, offset, threshold, bh, col, row)
-                                               : dropout_keep_group(key, offset, threshold, bh, row, col);
-                // Element (mt, 2u + a, 2h + j) is at row + 8h, column + 8a; the
-                // group's output n = 2 [query + 8] + [key + 8].
-#pragma unroll
-                for (int a = 0; a < 2; ++a)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const int n = KEYS_AS_ROWS ? 2 * a + h : 2 * h + a;
-                        bits |= ((group >> n) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
-                    }
-            }
-        return bits;
-    }
-    static CUFLASH_DEVICE bool kept(u32 bits, int mt, int a, int e) { return (bits >> ((mt * 2 + a) * 4 + e)) & 1u; }
-
-    // The forward's P (queries as rows) after the softmax: dropped entries 0
-    // (the epilogue divides O by 1 - p, scale_rows).
-    template <int MT, int NT>
-    CUFLASH_DEVICE void drop(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
-        static_assert(NT % 2 == 0, "a group spans two adjacent n8 tiles");
-#pragma unroll
-        for (int u = 0; u < NT / 2; ++u) {
-            const u32 bits = keep_pair<false, MT>(row0, col0, u, lane);
+        for (int mt = 0; mt < MT; ++mt) {
+            const int row = row0 + mt * 16 + g, col = col0 + u * 16 + 2 * t;
+            const u32 bits = KEYS_AS_ROWS ? dropout_keep_group(key, offset, threshold, bh, col + (g & 1), row & ~1)
+                                          : dropout_keep_group(key, offset, threshold, bh, row, col);
+            groups |= bits << (8 * mt);
+        }
+        u32 out = 0u;
+        if (!KEYS_AS_ROWS) {
+            // Element (mt, 2u + a, 2h + j): query + 8h, key + 8a + j: word 2h + a, half j.
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int a = 0; a < 2; ++a)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (!kept(bits, mt, a, e)) s[mt][2 * u + a][e] = 0.f;
+                    for (int h = 0; h < 2; ++h)
+#pragma unroll
+                        for (int j = 0; j < 2; ++j)
+                            out |= ((groups >> (8 * mt + 2 * (2 * h + a) + j)) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
+            return out;
+        }
+        // The partner lane g ^ 1 computed the group of query 2t + 1 - (g & 1).
+        const u32 partner = __shfl_xor_sync(0xffffffffu, groups, 4);
+        const int half = g & 1;  // this lane's keys g, g + 8 are the group's even or odd ones
+        // Element (mt, 2u + a, 2h + j): key + 8h, query 2t + j + 8a: the group of
+        // query 2t + j (this lane's when j == g & 1), word 2a + h, half g & 1.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int a = 0; a < 2; ++a)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        const u32 src = j == half ? groups : partner;
+                        out |= ((src >> (8 * mt + 2 * (2 * a + h) + half)) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
+                    }
+        return out;
+    }
+    static CUFLASH_DEVICE bool kept(u32 bits, int mt, int a, int e) { return (bits >> ((mt * 2 + a) * 4 + e)) & 1u; }
+
+    // The forward's P (queries as rows) after the softmax: dropped entries 0
+    // (the epilogue divides O by 1 - p, scale_rows). With one m16 tile per warp
+    // (the Hopper kernel) each group is applied straight from its Philox words:
+    // no bit packing, which is most of the cost beside the tensor cores. With
+    // more (the portable kernel, at its register limit) through keep_pair, one
+    // call at a time: applied directly, the interleaved calls spilled 84 bytes.
+    template <int MT, int NT>
+    CUFLASH_DEVICE void drop(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
+        static_assert(NT % 2 == 0, "a group spans two adjacent n8 tiles");
+        const int g = lane / 4, t = lane % 4;
+#pragma unroll
+        for (int u = 0; u < NT / 2; ++u) {
+            if constexpr (MT == 1) {
+                const uint4 r = philox4x32_10(make_uint4((u32)(row0 + g), (u32)(col0 + u * 16 + 2 * t), (u32)bh, offset),
+                                              key);
+                const u32 words[4] = {r.x, r.y, r.z, r.w};
+                // Element (0, 2u + a, 2h + j): query + 8h, key + 8a + j: word 2h + a, half j.
+#pragma unroll
+                for (int a = 0; a < 2; ++a)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const u32 w = words[2 * h + a];
+                        if ((w & 0xFFFFu) < threshold) s[0][2 * u + a][2 * h] = 0.f;
+                        if ((w >> 16) < threshold) s[0][2 * u + a][2 * h + 1] = 0.f;
+                    }
+            } else {
+                const u32 bits = keep_pair<false, MT>(row0, col0, u, lane);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int a = 0; a < 2; ++a)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            if (!kept(bits, mt, a, e)) s[mt][2 * u + a][e] = 0.f;
+            }
         }
     }
 
