@@ -132,40 +132,22 @@ struct Dropout {
     static CUFLASH_DEVICE bool kept(u32 bits, int mt, int a, int e) { return (bits >> ((mt * 2 + a) * 4 + e)) & 1u; }
 
     // The forward's P (queries as rows) after the softmax: dropped entries 0
-    // (the epilogue divides O by 1 - p, scale_rows). With one m16 tile per warp
-    // (the Hopper kernel) each group is applied straight from its Philox words:
-    // no bit packing, which is most of the cost beside the tensor cores. With
-    // more (the portable kernel, at its register limit) through keep_pair, one
-    // call at a time: applied directly, the interleaved calls spilled 84 bytes.
+    // (the epilogue divides O by 1 - p, scale_rows). Applying the Philox words
+    // straight to the tile instead of through keep_pair's bits measured the
+    // same on the H200 (309 vs 311 TFLOP/s, d128): the 10 rounds are the cost.
     template <int MT, int NT>
     CUFLASH_DEVICE void drop(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
         static_assert(NT % 2 == 0, "a group spans two adjacent n8 tiles");
-        const int g = lane / 4, t = lane % 4;
 #pragma unroll
         for (int u = 0; u < NT / 2; ++u) {
-            if constexpr (MT == 1) {
-                const uint4 r = philox4x32_10(make_uint4((u32)(row0 + g), (u32)(col0 + u * 16 + 2 * t), (u32)bh, offset),
-                                              key);
-                const u32 words[4] = {r.x, r.y, r.z, r.w};
-                // Element (0, 2u + a, 2h + j): query + 8h, key + 8a + j: word 2h + a, half j.
+            const u32 bits = keep_pair<false, MT>(row0, col0, u, lane);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int a = 0; a < 2; ++a)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const u32 w = words[2 * h + a];
-                        if ((w & 0xFFFFu) < threshold) s[0][2 * u + a][2 * h] = 0.f;
-                        if ((w >> 16) < threshold) s[0][2 * u + a][2 * h + 1] = 0.f;
-                    }
-            } else {
-                const u32 bits = keep_pair<false, MT>(row0, col0, u, lane);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int a = 0; a < 2; ++a)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            if (!kept(bits, mt, a, e)) s[mt][2 * u + a][e] = 0.f;
-            }
+                    for (int e = 0; e < 4; ++e)
+                        if (!kept(bits, mt, a, e)) s[mt][2 * u + a][e] = 0.f;
         }
     }
 
