@@ -841,6 +841,8 @@ def attention_varlen(
     softcap=0.0,
     alibi_slopes=None,
     learnable_sink=None,
+    dropout_p=0.0,
+    seed=None,
     return_lse=False,
     out=None,
 ):
@@ -852,17 +854,20 @@ def attention_varlen(
     (int32 (batch,)) it uses only the first seqused_k[b] of its keys. max_seqlen_q /
     max_seqlen_k: the longest lengths (they size the grid). Causal masks, windows and ALiBi
     are aligned per sequence (bottom-right, as attention()); alibi_slopes (nheads,) or
-    (batch, nheads). Returns out (total_q, nheads, headdim) and with return_lse=True also
-    lse (nheads, total_q) float32.
+    (batch, nheads). dropout_p and seed as attention(): the mask's coordinates are sequence b's
+    own (query and key positions from its start), as if each sequence were batch row b. Returns
+    out (total_q, nheads, headdim) and with return_lse=True also lse (nheads, total_q) float32
+    (and a drawn seed last, as attention()).
 
     The lengths are checked on the host before the launch, which copies cu_seqlens (and
     seqused_k) from the GPU: one synchronisation per call.
     """
+    drop = dropout_options(dropout_p, seed) if dropout_p else None
     cp = _cupy()
     q, k, v, cu_q, cu_k, used, batch, qr, kr, vr = _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                                   max_seqlen_k, seqused_k)
     (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink})
-    opts = _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    opts = with_dropout(_varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr), drop)
     total_q, nheads, head_dim = q.shape
     with device_scope(qr.device):
         if out is None:
@@ -876,7 +881,10 @@ def attention_varlen(
         run_varlen_forward(qr, kr, vr, _varlen_ref(cupy_ref(out), batch, total_q),
                            None if lse is None else cupy_ref(lse), opts, sequences, max_seqlen_q,
                            cp.cuda.get_current_stream().ptr)
-    return (out, lse) if return_lse else out
+    results = (out, lse) if return_lse else (out,)
+    if drop is not None and seed is None:
+        results += (drop.seed,)
+    return results if len(results) > 1 else out
 
 
 def attention_varlen_backward(
@@ -898,6 +906,8 @@ def attention_varlen_backward(
     softcap=0.0,
     alibi_slopes=None,
     learnable_sink=None,
+    dropout_p=0.0,
+    seed=None,
     dlse=None,
     deterministic=False,
     dq=None,
@@ -912,6 +922,7 @@ def attention_varlen_backward(
     also dsink (nheads,) float32. With seqused_k, the keys past each sequence's used ones get
     zero gradients (dk and dv are cleared first).
     """
+    drop = dropout_options(dropout_p, seed, backward=True) if dropout_p else None
     cp = _cupy()
     q, k, v, cu_q, cu_k, used, batch, qr, kr, vr = _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                                   max_seqlen_k, seqused_k)
@@ -923,7 +934,7 @@ def attention_varlen_backward(
     check_like(outr, cupy_ref(q), "out", "q")
     check_varlen_lse(lser, qr)
     check_varlen_lse(dlser, qr, "dlse")
-    opts = _varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
+    opts = with_dropout(_varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr), drop)
     check_varlen_backward_support(used is not None, qr, kr)
     with device_scope(qr.device):
         grads = []

@@ -557,19 +557,22 @@ def _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
 
 
 def attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=None, alibi_slopes=None,
-                             precision="float64", **options):
+                             dropout_mask=None, precision="float64", **options):
     """Reference forward of a variable-length batch: each sequence on its own (causal and
     windows aligned per sequence), through :func:`attention_forward`.
 
     q: (total_q, nheads, headdim); k, v: (total_k, nheads_kv, headdim); cu_seqlens_q/k:
     (batch + 1,) integer row offsets; seqused_k: (batch,) keys used per sequence or None;
-    alibi_slopes: (nheads,) or (batch, nheads); other options as attention_forward.
+    alibi_slopes: (nheads,) or (batch, nheads); dropout_mask: (batch, nheads, longest seqlen_q,
+    longest seqlen_k), sequence b reading [b, :, :its queries, :its keys] (the kernels' coordinates;
+    dropout_keep_mask with the longest lengths); other options as attention_forward.
     Returns out (total_q, nheads, headdim) and lse (nheads, total_q).
     """
     xp = array_module(q)
     outs, lses = [], []
-    for kq, kk, slopes in _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
+    for b, (kq, kk, slopes) in enumerate(_sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes)):
         out, lse = attention_forward(q[None, kq], k[None, kk], v[None, kk], alibi_slopes=slopes,
+                                     dropout_mask=_sequence_mask(dropout_mask, b, kq, kk),
                                      precision=precision, **options)
         outs.append(out[0])
         lses.append(lse[0])
@@ -579,11 +582,19 @@ def attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=N
     return xp.concatenate(outs, axis=0), xp.concatenate(lses, axis=1)
 
 
+def _sequence_mask(mask, b, rows_q: slice, rows_k: slice):
+    """Sequence b's part (1, nheads, its queries, its keys) of a varlen dropout mask, or None."""
+    if mask is None:
+        return None
+    return mask[b:b + 1, :, :rows_q.stop - rows_q.start, :rows_k.stop - rows_k.start]
+
+
 def attention_backward_varlen(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_k=None, alibi_slopes=None,
-                              learnable_sink=None, dlse=None, precision="float64", **options):
+                              learnable_sink=None, dlse=None, dropout_mask=None, precision="float64", **options):
     """Reference backward of a variable-length batch, sequence by sequence through
     :func:`attention_backward`. dout like q (total_q, nheads, headdim); dlse (nheads, total_q)
-    or None. Returns (dq, dk, dv) like q, k, v (keys past seqused_k get zero gradients) and,
+    or None; dropout_mask as attention_forward_varlen. Returns (dq, dk, dv) like q, k, v (keys past
+    seqused_k get zero gradients) and,
     with a learnable sink, dsink summed over the sequences: (dq, dk, dv, dsink)."""
     xp = array_module(q)
     dt = xp.float64 if precision == "float64" else xp.float32
@@ -591,9 +602,10 @@ def attention_backward_varlen(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, sequ
     dk = xp.zeros(k.shape, dtype=dt)
     dv = xp.zeros(v.shape, dtype=dt)
     dsink = None if learnable_sink is None else xp.zeros(learnable_sink.shape, dtype=dt)
-    for kq, kk, slopes in _sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes):
+    for b, (kq, kk, slopes) in enumerate(_sequences(cu_seqlens_q, cu_seqlens_k, seqused_k, alibi_slopes)):
         grads = attention_backward(dout[None, kq], q[None, kq], k[None, kk], v[None, kk], alibi_slopes=slopes,
                                    learnable_sink=learnable_sink, precision=precision,
+                                   dropout_mask=_sequence_mask(dropout_mask, b, kq, kk),
                                    dlse=None if dlse is None else dlse[None, :, kq], **options)
         dq[kq], dk[kk], dv[kk] = grads[0][0], grads[1][0], grads[2][0]
         if dsink is not None:

@@ -97,25 +97,10 @@ struct Dropout {
                                           : dropout_keep_group(key, offset, threshold, bh, row, col);
             groups |= bits << (8 * mt);
         }
+        // With keys as rows, the partner lane g ^ 1 computed the group of query 2t + 1 - (g & 1).
+        const u32 partner = KEYS_AS_ROWS ? __shfl_xor_sync(0xffffffffu, groups, 4) : 0u;
+        const int half = g & 1;  // keys as rows: this lane's keys g, g + 8 are its groups' even or odd ones
         u32 out = 0u;
-        if (!KEYS_AS_ROWS) {
-            // Element (mt, 2u + a, 2h + j): query + 8h, key + 8a + j: word 2h + a, half j.
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int a = 0; a < 2; ++a)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h)
-#pragma unroll
-                        for (int j = 0; j < 2; ++j)
-                            out |= ((groups >> (8 * mt + 2 * (2 * h + a) + j)) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
-            return out;
-        }
-        // The partner lane g ^ 1 computed the group of query 2t + 1 - (g & 1).
-        const u32 partner = __shfl_xor_sync(0xffffffffu, groups, 4);
-        const int half = g & 1;  // this lane's keys g, g + 8 are the group's even or odd ones
-        // Element (mt, 2u + a, 2h + j): key + 8h, query 2t + j + 8a: the group of
-        // query 2t + j (this lane's when j == g & 1), word 2a + h, half g & 1.
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -124,8 +109,13 @@ struct Dropout {
                 for (int h = 0; h < 2; ++h)
 #pragma unroll
                     for (int j = 0; j < 2; ++j) {
-                        const u32 src = j == half ? groups : partner;
-                        out |= ((src >> (8 * mt + 2 * (2 * a + h) + half)) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
+                        // Element (mt, 2u + a, 2h + j) reads group bit 2 word + half:
+                        //   queries as rows: query + 8h, key + 8a + j: word 2h + a, half j;
+                        //   keys as rows: key + 8h, query 2t + j + 8a: the group of query
+                        //   2t + j (this lane's when j == g & 1), word 2a + h, half g & 1.
+                        const u32 src = !KEYS_AS_ROWS || j == half ? groups : partner;
+                        const int bit = KEYS_AS_ROWS ? 2 * (2 * a + h) + half : 2 * (2 * h + a) + j;
+                        out |= ((src >> (8 * mt + bit)) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
                     }
         return out;
     }

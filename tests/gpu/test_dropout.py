@@ -172,3 +172,24 @@ def test_bad_dropout_is_refused_before_any_launch():
     lse = cp.zeros((2, 4, 16), cp.float32)
     with pytest.raises(ValueError, match="forward's seed"):
         cuflash.attention_backward(q, q, k, v, q, lse, dropout_p=0.1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_dropout_uses_each_sequences_own_coordinates(causal):
+    lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lengths_q, lengths_k))
+    q, k, v = (x[0] for x in testing.random_qkv(1, int(cu_q[-1]), int(cu_k[-1]), 4, 2, 64, "bf16", xp=cp))
+    p, seed = 0.25, (424242, 3)
+    args = (cp.asarray(cu_q), cp.asarray(cu_k), max(lengths_q), max(lengths_k))
+    out, lse = cuflash.attention_varlen(q, k, v, *args, causal=causal, dropout_p=p, seed=seed, return_lse=True)
+    dout = testing.random_like(q)
+    grads = cuflash.attention_varlen_backward(dout, q, k, v, out, lse, *args, causal=causal, dropout_p=p, seed=seed)
+    mask = reference.dropout_keep_mask(seed[0], seed[1], len(lengths_q), 4, max(lengths_q), max(lengths_k), p)
+    hq, hk, hv, hdo = (testing.to_numpy(x) for x in (q, k, v, dout))
+    ropts = dict(causal=causal, dropout_p=p, dropout_mask=mask)
+    f = [reference.attention_forward_varlen(hq, hk, hv, cu_q, cu_k, precision=prec, **ropts) for prec in ("float64", "lowp")]
+    testing.check_accuracy("out", out, f[0][0], f[1][0], "bf16", kind="fwd")
+    b = [reference.attention_backward_varlen(hdo, hq, hk, hv, cu_q, cu_k, precision=prec, **ropts)
+         for prec in ("float64", "lowp")]
+    for name, x, x64, xlp in zip(("dq", "dk", "dv"), grads, b[0], b[1]):
+        testing.check_accuracy(name, x, x64, xlp, "bf16", kind="bwd")
