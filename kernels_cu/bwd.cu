@@ -231,8 +231,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
         const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0,
-                                                   p.scale_log2, mod, drop, sink_log2(p, si), key0 + s_key0, row0 + s_q0,
-                                                   lane);
+                                                   p.scale_log2, mod, drop, sink_log2(p, si), key0 + s_key0,
+                                                   row0 + s_q0, lane);
         if (SINK) sSinkPart[tid] += sink_part;
 
         // dS^T (and P^T) -> shared memory as 16-bit [key][query]; a lane's two

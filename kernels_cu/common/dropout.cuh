@@ -59,7 +59,8 @@ CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, 
     u32 bits = 0u;
 #pragma unroll
     for (int w = 0; w < 4; ++w)
-        bits |= (u32)((words[w] & 0xFFFFu) >= threshold) << (2 * w) | (u32)((words[w] >> 16) >= threshold) << (2 * w + 1);
+        bits |= (u32)((words[w] & 0xFFFFu) >= threshold) << (2 * w) |
+                (u32)((words[w] >> 16) >= threshold) << (2 * w + 1);
     return bits;
 }
 

@@ -113,8 +113,10 @@ def test_causal_property():
 @pytest.mark.parametrize(
     "features, defines",
     [
-        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
-        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
+        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0,
+                     CUFLASH_VARLEN=0)),
+        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0,
+                      CUFLASH_VARLEN=0)),
         (Features.parse("window,softcap"),
          dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
         (Features.parse("alibi,sink"),

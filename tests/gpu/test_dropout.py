@@ -187,7 +187,8 @@ def test_varlen_dropout_uses_each_sequences_own_coordinates(causal):
     mask = reference.dropout_keep_mask(seed[0], seed[1], len(lengths_q), 4, max(lengths_q), max(lengths_k), p)
     hq, hk, hv, hdo = (testing.to_numpy(x) for x in (q, k, v, dout))
     ropts = dict(causal=causal, dropout_p=p, dropout_mask=mask)
-    f = [reference.attention_forward_varlen(hq, hk, hv, cu_q, cu_k, precision=prec, **ropts) for prec in ("float64", "lowp")]
+    f = [reference.attention_forward_varlen(hq, hk, hv, cu_q, cu_k, precision=prec, **ropts)
+         for prec in ("float64", "lowp")]
     testing.check_accuracy("out", out, f[0][0], f[1][0], "bf16", kind="fwd")
     b = [reference.attention_backward_varlen(hdo, hq, hk, hv, cu_q, cu_k, precision=prec, **ropts)
          for prec in ("float64", "lowp")]
