@@ -668,9 +668,10 @@ def _sdpa_forward(query, key, value, dropout_p=0.0, is_causal=False, return_debu
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
     with _on_device(qr.device):
         api.run_forward(qr, kr, vr, _ref(o, "out"), _ref(lse, "lse"), opts, _stream(qr.device))
-    # (seed, offset) of the dropout mask where torch keeps its own; the backward reads it back
-    rng_state = (rng if drop is not None else torch.zeros((2,), dtype=torch.int64)).to(torch.uint64)
-    rng_state = rng_state.to(query.device, non_blocking=True)
+    if drop is None:
+        rng_state = torch.zeros((2,), dtype=torch.uint64, device=query.device)
+    else:  # (seed, offset) of the dropout mask where torch keeps its own; the backward reads it back
+        rng_state = rng.to(torch.uint64).to(query.device, non_blocking=True)
     philox_offset = torch.zeros((), dtype=torch.uint64, device=query.device)
     debug_mask = torch.empty(0, dtype=query.dtype, device=query.device)
     return out, lse, None, None, query.shape[2], key.shape[2], rng_state, philox_offset, debug_mask
