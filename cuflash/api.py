@@ -21,10 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import launch, support
+from . import launch, reference, support
 from .compile import env
 from .launch import Ref
-from .reference import dropout_threshold
 from .specs import PLAIN, Features
 
 LOG2E = 1.4426950408889634
@@ -270,7 +269,7 @@ class Options:
         if self.dropout is not None:
             d = self.dropout
             f["dropout_seed_lo"], f["dropout_seed_hi"] = d.seed & 0xFFFFFFFF, d.seed >> 32
-            f["dropout_offset"], f["dropout_threshold"] = d.offset, dropout_threshold(d.p)
+            f["dropout_offset"], f["dropout_threshold"] = d.offset, reference.dropout_threshold(d.p)
             f["dropout_scale"] = 1.0 / (1.0 - d.p)
         return f
 
@@ -545,16 +544,19 @@ def attention(
         results = (out, lse) if return_lse or return_attn_probs else (out,)
         if return_attn_probs:
             results += (attention_probs(q, k, v, opts, alibi_slopes, learnable_sink),)
+    return _with_drawn_seed(results, drop, seed)
+
+
+def _with_drawn_seed(results: tuple, drop: DropoutRng | None, seed):
+    """A forward's results, plus the seed it drew (dropout with seed=None) last; one array alone."""
     if drop is not None and seed is None:
         results += (drop.seed,)
-    return results if len(results) > 1 else out
+    return results if len(results) > 1 else results[0]
 
 
 def attention_probs(q, k, v, opts: Options, alibi_slopes, learnable_sink):
     """return_attn_probs' probabilities (batch, nheads, seqlen_q, seqlen_k) float32 on q's device:
     reference.attention_probs (float64 on the GPU) with the kernels' dropout mask."""
-    from . import reference
-
     cp = _cupy()
     batch, seqlen_q, nheads, _ = q.shape
     mask = None
@@ -881,10 +883,7 @@ def attention_varlen(
         run_varlen_forward(qr, kr, vr, _varlen_ref(cupy_ref(out), batch, total_q),
                            None if lse is None else cupy_ref(lse), opts, sequences, max_seqlen_q,
                            cp.cuda.get_current_stream().ptr)
-    results = (out, lse) if return_lse else (out,)
-    if drop is not None and seed is None:
-        results += (drop.seed,)
-    return results if len(results) > 1 else out
+    return _with_drawn_seed((out, lse) if return_lse else (out,), drop, seed)
 
 
 def attention_varlen_backward(
