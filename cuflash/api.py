@@ -143,16 +143,6 @@ def _check_layout(x: Ref, name: str) -> None:
     )
 
 
-def check_not_implemented(**options) -> None:
-    for key, default in support.NOT_YET_IMPLEMENTED.items():
-        value = options[key]
-        if value is None and default is None:
-            continue
-        if value is not None and default is not None and tuple(np.atleast_1d(value)) == tuple(np.atleast_1d(default)):
-            continue
-        raise NotImplementedError(f"{key}={value!r} is not implemented yet in cuflash")
-
-
 def _softmax_scale(softmax_scale, head_dim: int) -> float:
     if softmax_scale is None:
         return 1.0 / math.sqrt(head_dim)
@@ -244,6 +234,7 @@ class Options:
     alibi_slopes: Ref | None = None  # validated float32 (nheads,) or (batch, nheads)
     learnable_sink: Ref | None = None  # validated float32 (nheads,)
     dropout: DropoutRng | None = None  # validated dropout (with_dropout)
+    bias: Ref | None = None  # validated bias as (batch, nheads, seqlen_q, seqlen_k), 0 strides on broadcast dims
 
     @property
     def fields(self) -> dict:
@@ -266,6 +257,10 @@ class Options:
             f["alibi_batch_stride"] = a.strides[0] if len(a.shape) == 2 else 0
         if self.learnable_sink is not None:
             f["sink"] = self.learnable_sink.ptr
+        if self.bias is not None:
+            b = self.bias
+            f["bias"] = b.ptr
+            f["bias_batch_stride"], f["bias_head_stride"], f["bias_row_stride"] = b.strides[:3]
         if self.dropout is not None:
             d = self.dropout
             f["dropout_seed_lo"], f["dropout_seed_hi"] = d.seed & 0xFFFFFFFF, d.seed >> 32
@@ -324,6 +319,106 @@ def with_dropout(opts: Options, dropout: DropoutRng | None) -> Options:
     if dropout is None:
         return opts
     return replace(opts, features=replace(opts.features, dropout=True), dropout=dropout)
+
+
+#: Bias dtypes: the kernel's own 16-bit dtype (Features.bias 16) or float32 (32); the other
+#: 16-bit dtype is widened to float32 (a copy of the bias's own size).
+BIAS_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class Bias(NamedTuple):
+    """A validated bias: the array the kernels read (the caller's, or a float32 / key-contiguous
+    copy), its Ref viewed as (batch, nheads, seqlen_q, seqlen_k) with stride 0 on each broadcast
+    dim, the Features.bias bits (16: q's dtype, 32: float32), and the caller's shape and dtype
+    (dbias gets them)."""
+
+    array: object
+    ref: Ref
+    bits: int
+    shape: tuple
+    dtype: str
+
+
+def check_bias(bias, q: Ref, k: Ref, ref_of, convert) -> Bias:
+    """Validate `bias` against q (batch, seqlen_q, nheads, d) and k: broadcastable to (batch,
+    nheads, seqlen_q, seqlen_k) with every dim full or 1 except the keys' (seqlen_k), fp16, bf16
+    or float32, on q's device. ref_of(array) is an array's Ref; convert(array, dtype name or None)
+    a copy in that dtype (None: its own), keys contiguous, for what the kernels cannot read in
+    place (the other 16-bit dtype than q's: float32; keys not contiguous)."""
+    ref = ref_of(bias)
+    batch, seqlen_q, nheads, _ = q.shape
+    full = (batch, nheads, seqlen_q, k.shape[1])
+    if ref.dtype not in BIAS_DTYPES:
+        raise TypeError(f"bias must be float16, bfloat16 or float32, got {ref.dtype}")
+    if not 1 <= len(ref.shape) <= 4:
+        raise ValueError(f"bias must have 1 to 4 dims broadcastable to (batch, nheads, seqlen_q, seqlen_k) = {full}, "
+                         f"got shape {tuple(ref.shape)}")
+    shape4 = (1,) * (4 - len(ref.shape)) + tuple(ref.shape)
+    if shape4[3] != full[3] or any(n not in (1, f) for n, f in zip(shape4[:3], full[:3])):
+        raise ValueError(f"bias of shape {tuple(ref.shape)} does not broadcast to (batch, nheads, seqlen_q, seqlen_k) "
+                         f"= {full}: its last dim must be seqlen_k, each other dim 1 or full")
+    if ref.device != q.device:
+        raise ValueError(f"bias is on GPU {ref.device} but q is on GPU {q.device}")
+    array = bias
+    if ref.dtype != q.dtype and ref.dtype != "float32":
+        array = convert(bias, "float32")
+    elif full[3] > 1 and ref.strides[-1] != 1:
+        array = convert(bias, None)
+    kernel_ref = ref if array is bias else ref_of(array)
+    strides4 = (0,) * (4 - len(ref.shape)) + tuple(kernel_ref.strides)
+    strides4 = tuple(0 if n == 1 else st for n, st in zip(shape4, strides4))
+    ref4 = kernel_ref._replace(shape=shape4, strides=strides4)
+    return Bias(array, ref4, 32 if kernel_ref.dtype == "float32" else 16, tuple(ref.shape), ref.dtype)
+
+
+def with_bias(opts: Options, bias: Bias | None) -> Options:
+    """opts with the bias's switch and pointer (unchanged for None)."""
+    if bias is None:
+        return opts
+    return replace(opts, features=replace(opts.features, bias=bias.bits), bias=bias.ref)
+
+
+def _cupy_convert(x, dtype):
+    cp = _cupy()
+    return cp.ascontiguousarray(x, dtype=dtype) if dtype is not None else cp.ascontiguousarray(x)
+
+
+class DbiasPlan(NamedTuple):
+    """Where the backward puts dbias (kernels_cu/common/score_mod.cuh BiasGrad): a zeroed float32
+    buffer of `shape` (the bias's own 4-D shape, or, deterministic, expanded over the broadcast dims
+    that would need atomics), the kernel's strides (batch, head, row; 0 sums that dim) and whether
+    it accumulates with atomics; `sum_axes`: the axes the host then sums (deterministic)."""
+
+    shape: tuple
+    strides: tuple
+    atomic: bool
+    sum_axes: tuple
+
+
+def dbias_plan(bias4_shape: tuple, full: tuple, deterministic: bool) -> DbiasPlan:
+    """The dbias buffer for a bias of 4-D shape bias4_shape broadcast to full = (batch, nheads,
+    seqlen_q, seqlen_k). Broadcast dims of length > 1 share an entry between several (b, h, i):
+    atomics, or with deterministic=True a buffer expanded over them (one writer per entry, then a
+    fixed-order sum on the host: extra memory 4 * prod of the expanded shape bytes)."""
+    shared = tuple(n == 1 and f > 1 for n, f in zip(bias4_shape[:3], full[:3]))
+    if deterministic and any(shared):
+        shape = tuple(f if s else n for n, f, s in zip(bias4_shape[:3], full[:3], shared)) + (full[3],)
+        sum_axes = tuple(a for a in range(3) if shared[a])
+        atomic, summed = False, (False, False, False)
+    else:
+        shape, sum_axes, atomic, summed = tuple(bias4_shape), (), any(shared), shared
+    sk = full[3]
+    # A summed dim has stride 0; so has a batch or head dim of one entry (only index 0 occurs).
+    # The row stride is 0 only when summed: the kernel takes 0 as "sum over the queries".
+    batch_stride = 0 if shape[0] == 1 else shape[1] * shape[2] * sk
+    head_stride = 0 if shape[1] == 1 else shape[2] * sk
+    row_stride = 0 if summed[2] else sk
+    return DbiasPlan(shape, (batch_stride, head_stride, row_stride), atomic, sum_axes)
+
+
+def dbias_fields(plan: DbiasPlan, buffer: Ref) -> dict:
+    return {"dbias": buffer.ptr, "dbias_batch_stride": plan.strides[0], "dbias_head_stride": plan.strides[1],
+            "dbias_row_stride": plan.strides[2], "dbias_atomic": int(plan.atomic)}
 
 
 def _window(window_size, causal: bool) -> tuple[int, int]:
@@ -443,7 +538,8 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
 
 
 def run_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
-                 opts: Options, deterministic: bool, dlse: Ref | None, alloc: launch.Alloc, stream: int):
+                 opts: Options, deterministic: bool, dlse: Ref | None, alloc: launch.Alloc, stream: int,
+                 dbias_fields: dict | None = None):
     """The backward for validated Refs on `stream` (q's device current). Returns launch.backward's
     SinkPart for dsink() (None without a learnable sink, or when batch * nheads is 0: then dq, dk,
     dv are empty too)."""
@@ -451,7 +547,8 @@ def run_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref,
     if not (batch and nheads):
         return None
     spec = bwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, deterministic, q.device)
-    return launch.backward(spec, dout, q, k, v, out, lse, dq, dk, dv, opts.fields, dlse, alloc, stream)
+    return launch.backward(spec, dout, q, k, v, out, lse, dq, dk, dv, opts.fields, dlse, alloc, stream,
+                           dbias_fields=dbias_fields)
 
 
 # ---------------------------------------------------------------- CuPy entry points
@@ -494,6 +591,12 @@ def attention(
     -slope * |i + seqlen_k - seqlen_q - j| to the scores.
     learnable_sink: float32 (nheads,), one logit per head that joins every row's
     softmax denominator but has no value.
+    bias: an additive bias broadcastable to (batch, nheads, seqlen_q, seqlen_k): 1 to 4
+    dims, the last seqlen_k, each other dim full or 1 (a (batch, 1, 1, seqlen_k) per-key
+    bias, a (1, nheads, seqlen_q, seqlen_k) shared one, a stride-0 broadcast view), fp16,
+    bf16 or float32; added to the scaled (and softcapped) scores, so -inf entries mask.
+    Read tile by tile in place (a bias whose keys are not contiguous, or of the other
+    16-bit dtype than q, is first copied: keys contiguous, float32).
     A query that sees no key gets output 0 and lse -inf (with a sink: lse = sink).
     dropout_p in [0, 1): each probability is kept with probability 1 - dropout_p
     and scaled by 1 / (1 - dropout_p), by a Philox mask on absolute (batch, head,
@@ -511,8 +614,6 @@ def attention(
     out: optional preallocated output (that shape and dtype, on q's device,
     last dim contiguous), written in place and returned.
     """
-    if bias is not None:
-        check_not_implemented(bias=bias)
     drop = dropout_options(dropout_p, seed) if dropout_p else None
     cp = _cupy()
     nd = cp.ndarray
@@ -529,6 +630,9 @@ def attention(
         opts = options(qr, softmax_scale, causal, window_size, softcap, ar, sr)
     if drop is not None:
         opts = with_dropout(opts, drop)
+    if bias is not None:
+        bias = check_bias(_as_gpu_array(bias, "bias"), qr, kr, cupy_ref, _cupy_convert)
+        opts = with_bias(opts, bias)
     with device_scope(qr.device):
         if out is None:
             out = cp.empty(q.shape, dtype=q.dtype)
@@ -543,7 +647,8 @@ def attention(
         run_forward(qr, kr, vr, outr, lser, opts, cp.cuda.get_current_stream().ptr)
         results = (out, lse) if return_lse or return_attn_probs else (out,)
         if return_attn_probs:
-            results += (attention_probs(q, k, v, opts, alibi_slopes, learnable_sink),)
+            results += (attention_probs(q, k, v, opts, alibi_slopes, learnable_sink,
+                                        None if bias is None else bias.array),)
     return _with_drawn_seed(results, drop, seed)
 
 
@@ -554,7 +659,7 @@ def _with_drawn_seed(results: tuple, drop: DropoutRng | None, seed):
     return results if len(results) > 1 else results[0]
 
 
-def attention_probs(q, k, v, opts: Options, alibi_slopes, learnable_sink):
+def attention_probs(q, k, v, opts: Options, alibi_slopes, learnable_sink, bias=None):
     """return_attn_probs' probabilities (batch, nheads, seqlen_q, seqlen_k) float32 on q's device:
     reference.attention_probs (float64 on the GPU) with the kernels' dropout mask."""
     cp = _cupy()
@@ -565,8 +670,8 @@ def attention_probs(q, k, v, opts: Options, alibi_slopes, learnable_sink):
         mask = cp.asarray(reference.dropout_keep_mask(d.seed, d.offset, batch, nheads, seqlen_q, k.shape[1], d.p))
     probs = reference.attention_probs(
         q, k, v, softmax_scale=opts.scale,
-        window_size=opts.window, softcap=opts.softcap, alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
-        dropout_p=0.0 if mask is None else opts.dropout.p, dropout_mask=mask, precision="float64")
+        window_size=opts.window, softcap=opts.softcap, alibi_slopes=alibi_slopes, bias=bias,
+        learnable_sink=learnable_sink, dropout_p=0.0 if mask is None else opts.dropout.p, dropout_mask=mask, precision="float64")
     return probs.astype(np.float32)
 
 
@@ -589,6 +694,7 @@ def attention_backward(
     seed=None,
     dlse=None,
     deterministic=False,
+    bias_requires_grad=False,
     dq=None,
     dk=None,
     dv=None,
@@ -604,15 +710,21 @@ def attention_backward(
     reads lse (it adds dlse * P to dS, i.e. -dlse to delta).
     dropout_p, seed: the forward's (with seed=None the forward returned the seed it drew).
 
-    Returns (dq, dk, dv) like q, k, v in their dtype, and with learnable_sink also
+    bias: the forward's bias. With bias_requires_grad=True the result also holds dbias
+    (after dv), the bias's shape and dtype: dS summed over the dims the bias broadcasts,
+    accumulated in float32 (a float32 buffer of the bias's own size; with
+    deterministic=True and a broadcast dim, one expanded over the broadcast dims, e.g.
+    4 * batch * nheads * seqlen_q * seqlen_k bytes for a (1, 1, 1, seqlen_k) bias).
+
+    Returns (dq, dk, dv) like q, k, v in their dtype, [dbias,] and with learnable_sink also
     dsink, float32 (nheads,): -sum over batch and rows of exp(sink - lse) * (rowsum(dout * out) - dlse).
     Under GQA/MQA dk and dv are summed over the query heads that share a kv head. Queries that see no key
     contribute nothing (their dq rows are 0). dq, dk, dv: optional preallocated
     outputs (shape and dtype of q, k, v, on q's device, last dim contiguous, not
     overlapping any input), written in place and returned.
     """
-    if bias is not None:
-        check_not_implemented(bias=bias)
+    if bias is None and bias_requires_grad:
+        raise ValueError("bias_requires_grad=True needs the forward's bias")
     drop = dropout_options(dropout_p, seed, backward=True) if dropout_p else None
     arrays, refs = _refs({"q": q, "k": k, "v": v, "dout": dout, "out": out, "lse": lse, "dlse": dlse,
                           "alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink,
@@ -626,6 +738,9 @@ def attention_backward(
     if dlser is not None:
         check_lse(dlser, qr, "dlse")
     opts = with_dropout(options(qr, softmax_scale, causal, window_size, softcap, ar, sr), drop)
+    if bias is not None:
+        bias = check_bias(_as_gpu_array(bias, "bias"), qr, kr, cupy_ref, _cupy_convert)
+        opts = with_bias(opts, bias)
 
     cp = _cupy()
     with device_scope(qr.device):
@@ -639,11 +754,35 @@ def attention_backward(
                 check_like(xr, like_r, n, like_n)
             grads.append((x, xr))
         (dq, dqr), (dk, dkr), (dv, dvr) = grads
+        plan = buffer = None
+        if bias_requires_grad:
+            full = (qr.shape[0], qr.shape[2], qr.shape[1], kr.shape[1])
+            plan = dbias_plan(bias.ref.shape, full, deterministic)
+            buffer = cp.zeros(plan.shape, dtype=np.float32)
         part = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
-                            cupy_alloc, cp.cuda.get_current_stream().ptr)
+                            cupy_alloc, cp.cuda.get_current_stream().ptr,
+                            None if plan is None else dbias_fields(plan, cupy_ref(buffer)))
+        grads = (dq, dk, dv)
+        if bias_requires_grad:
+            grads += (finish_dbias(buffer, plan, bias),)
         if learnable_sink is None:
-            return dq, dk, dv
-        return dq, dk, dv, dsink(cp, part, learnable_sink, lse, dlse)
+            return grads
+        return *grads, dsink(cp, part, learnable_sink, lse, dlse)
+
+
+def finish_dbias(buffer, plan: DbiasPlan, bias: Bias):
+    """dbias from the kernel's float32 CuPy buffer: the deterministic sums over the expanded dims
+    (CuPy's reductions add in a fixed order), then the bias's own shape and dtype."""
+    if plan.sum_axes:
+        buffer = buffer.sum(axis=plan.sum_axes, keepdims=True)
+    buffer = buffer.reshape(bias.shape)
+    if bias.dtype == "float32":
+        return buffer
+    if bias.dtype == "float16":
+        return buffer.astype(np.float16)
+    import ml_dtypes
+
+    return buffer.astype(ml_dtypes.bfloat16)
 
 
 # ---------------------------------------------------------------- variable-length batches

@@ -203,7 +203,8 @@ def _scratch(alloc: Alloc, sizes: dict) -> tuple:
 
 
 def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
-             option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int, sequences: dict | None = None):
+             option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int, sequences: dict | None = None,
+             dbias_fields: dict | None = None):
     """The backward: prepare, main kernel, conversions. With a learnable sink (the spec's sink
     switch) returns a SinkPart: where the kernel's parts of dsink lie in the scratch buffer (a 1-D
     float32 array of the caller's framework); else None.
@@ -211,6 +212,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     Varlen (`sequences`: cu_seqlens_q, cu_seqlens_k, seqused_k pointers, total_q, total_k): q, k,
     v, dout, out, dq, dk, dv come as (batch, longest sequence, heads, dim) views with batch stride
     0, lse and dlse as (nheads, total_q); the fp32 accumulators then hold total_q / total_k rows.
+    dbias_fields: the main kernel's dbias pointer, strides and mode (api.dbias_fields), into a
+    zeroed float32 buffer the caller owns; None: no bias gradient.
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
@@ -280,6 +283,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             "seqlen_q_rounded": rounded, "m_blocks": m_blocks,
             "dsink_part": s["dsink_part"].ptr if spec.features.sink else 0,
             **seq_fields,
+            **(dbias_fields or {}),
         }
         if group > 1:
             dk_accum, dv_accum = s["dk_accum"], s["dv_accum"]

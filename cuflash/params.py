@@ -16,11 +16,12 @@ _U32 = np.uint32
 
 #: The head shared by FwdParams and BwdParams (CUFLASH_ATTENTION_FIELDS in params.cuh).
 ATTENTION_FIELDS = [
-    ("q", _PTR), ("k", _PTR), ("v", _PTR), ("alibi_slopes", _PTR), ("sink", _PTR),
+    ("q", _PTR), ("k", _PTR), ("v", _PTR), ("alibi_slopes", _PTR), ("sink", _PTR), ("bias", _PTR),
     ("q_batch_stride", _I64), ("q_row_stride", _I64), ("q_head_stride", _I64),
     ("k_batch_stride", _I64), ("k_row_stride", _I64), ("k_head_stride", _I64),
     ("v_batch_stride", _I64), ("v_row_stride", _I64), ("v_head_stride", _I64),
     ("alibi_batch_stride", _I64),
+    ("bias_batch_stride", _I64), ("bias_head_stride", _I64), ("bias_row_stride", _I64),
     ("batch", _I32), ("nheads", _I32), ("nheads_kv", _I32),
     ("seqlen_q", _I32), ("seqlen_k", _I32),
     ("head_dim", _I32),
@@ -78,6 +79,8 @@ BWD_PARAMS = np.dtype(
         ("dv_batch_stride", _I64), ("dv_row_stride", _I64), ("dv_head_stride", _I64),
         ("dka_batch_stride", _I64), ("dka_row_stride", _I64), ("dka_head_stride", _I64),
         ("seqlen_q_rounded", _I32), ("m_blocks", _I32), ("dsink_part", _PTR),
+        ("dbias", _PTR), ("dbias_batch_stride", _I64), ("dbias_head_stride", _I64), ("dbias_row_stride", _I64),
+        ("dbias_atomic", _I32),
     ]
     + SEQUENCE_FIELDS,
     align=True,

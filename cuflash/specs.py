@@ -30,8 +30,11 @@ def head_dim_bucket(head_dim: int) -> int:
 #: key, "causal" is a window (unbounded, 0), "local" a sliding window whose
 #: sizes are run-time values.
 MASKS = {"none": 0, "causal": 1, "local": 2}
-#: The score modifiers, the sink and dropout: compile-time switches whose values are run-time.
-MODIFIERS = ("softcap", "alibi", "sink", "dropout")
+#: The score modifiers, the sink, dropout and the bias: compile-time switches whose values are run-time.
+MODIFIERS = ("softcap", "alibi", "sink", "dropout", "bias")
+#: Bias element types (Features.bias, kernels_cu/common/score_mod.cuh CUFLASH_BIAS): 16 is the
+#: kernel's own dtype, 32 float32; the tag word of each.
+BIAS_WORDS = {16: "bias", 32: "bias32"}
 
 
 @dataclass(frozen=True)
@@ -42,33 +45,41 @@ class Features:
     (kernels_cu/common/score_mod.cuh); sink: a learnable sink logit in the
     forward's softmax (the backward's P comes from the sink-inclusive lse; its
     switch there adds each CTA's exact part of dsink, softmax.cuh SinkDot); dropout:
-    the Philox keep-mask on P (kernels_cu/common/dropout.cuh); varlen: sequences
-    of their own lengths packed along the rows (seqinfo.cuh)."""
+    the Philox keep-mask on P (kernels_cu/common/dropout.cuh); bias: an additive
+    bias read tile by tile (score_mod.cuh), 0 none, 16 in the kernel's dtype, 32
+    float32 (the backward computes its gradient when given a buffer, a run-time
+    choice); varlen: sequences of their own lengths packed along the rows (seqinfo.cuh)."""
 
     mask: str = "none"
     softcap: bool = False
     alibi: bool = False
     sink: bool = False
     dropout: bool = False
+    bias: int = 0
     varlen: bool = False  # a variable-length batch (cu_seqlens): per-sequence rows and lengths
 
     def __post_init__(self):
         if self.mask not in MASKS:
             raise ValueError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
+        if self.bias not in (0, *BIAS_WORDS):
+            raise ValueError(f"bias must be 0 (none), 16 (the kernel's dtype) or 32 (float32), got {self.bias!r}")
 
     @classmethod
     def parse(cls, text: str) -> "Features":
         """Features from a comma list such as "window,softcap" (`cuflash compile --features`):
-        causal | window (or local) | softcap | alibi | sink | dropout | varlen; empty = plain."""
+        causal | window (or local) | softcap | alibi | sink | dropout | bias (in the kernel's dtype)
+        | bias32 (float32) | varlen; empty = plain."""
         words = [w.strip() for w in text.split(",") if w.strip()]
-        known = {"causal", "window", "local", "varlen", *MODIFIERS}
+        known = {"causal", "window", "local", "varlen", *MODIFIERS, *BIAS_WORDS.values()}
         unknown = [w for w in words if w not in known]
         if unknown:
             raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(known)}")
         if "causal" in words and ({"window", "local"} & set(words)):
             raise ValueError("causal and window are two mask kinds; a window with right = 0 is causal + window")
         mask = "local" if {"window", "local"} & set(words) else "causal" if "causal" in words else "none"
-        return cls(mask, *(m in words for m in MODIFIERS), varlen="varlen" in words)
+        bias = next((bits for bits, word in BIAS_WORDS.items() if word in words), 0)
+        switches = {m: m in words for m in MODIFIERS if m != "bias"}
+        return cls(mask, **switches, bias=bias, varlen="varlen" in words)
 
     @property
     def causal(self) -> bool:
@@ -78,7 +89,8 @@ class Features:
     def tag(self) -> str:
         """Readable part of a kernel name: full | causal | local, then each modifier."""
         mask = "full" if self.mask == "none" else self.mask
-        return "_".join([mask] + [m for m in MODIFIERS if getattr(self, m)] + (["varlen"] if self.varlen else []))
+        words = [BIAS_WORDS[self.bias] if m == "bias" else m for m in MODIFIERS if getattr(self, m)]
+        return "_".join([mask] + words + (["varlen"] if self.varlen else []))
 
     def defines(self) -> dict[str, int]:
         return {
@@ -87,6 +99,7 @@ class Features:
             "CUFLASH_ALIBI": int(self.alibi),
             "CUFLASH_SINK": int(self.sink),
             "CUFLASH_DROPOUT": int(self.dropout),
+            "CUFLASH_BIAS": self.bias,
             "CUFLASH_VARLEN": int(self.varlen),
         }
 
@@ -244,10 +257,10 @@ class FwdSm90Tiles:
         return self.block_m // 64
 
     def with_features(self, features: "Features") -> "FwdSm90Tiles":
-        """These tiles for a feature set: dropout's Philox rounds need registers that a
-        register-capped tile (ctas_per_sm > 1: d96's 128) does not have (it spilled 76 bytes), so
-        with dropout such a tile runs at one CTA per SM."""
-        return replace(self, ctas_per_sm=1) if features.dropout else self
+        """These tiles for a feature set: dropout's Philox rounds and the bias's addresses need
+        registers that a register-capped tile (ctas_per_sm > 1: d96's 128) does not have (they
+        spilled 76 and 72 bytes), so with either such a tile runs at one CTA per SM."""
+        return replace(self, ctas_per_sm=1) if features.dropout or features.bias else self
 
 
 # Tile shape per compile-time head dim D of kernels_cu/fwd_sm90.cu

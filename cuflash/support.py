@@ -58,13 +58,6 @@ SMEM_LIMIT_MIN = min(SMEM_LIMITS.values())
 #: Archs `cuflash compile` and the compile tests build for by default.
 COMPILE_ARCHS = ("sm_80", "sm_90a")
 
-#: Options of cuflash.attention not implemented yet; a non-default value of one
-#: raises NotImplementedError naming it.
-NOT_YET_IMPLEMENTED = {
-    "bias": None,
-}
-
-
 @dataclass(frozen=True)
 class Family:
     """One kernel family: its spec class, where it runs and what it can do."""

@@ -141,6 +141,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
+    const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
@@ -221,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 
         // S^T = K Q^T and dP^T = V dO^T: (S_KEYS x S_QUERIES) per warp, reduced over D.
         float acc_s[S_MT][S_NT][4], acc_dp[S_MT][S_NT][4];
-        zero_acc(acc_s);
+        mod.init<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);  // 0, or the bias (score_mod.cuh)
         zero_acc(acc_dp);
         mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
         mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
@@ -231,7 +232,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
         const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0,
-                                                   p.scale_log2, mod, drop, sink_log2(p, si), key0 + s_key0,
+                                                   p.scale_log2, mod, drop, dbias, sink_log2(p, si), key0 + s_key0,
                                                    row0 + s_q0, lane);
         if (SINK) sSinkPart[tid] += sink_part;
 

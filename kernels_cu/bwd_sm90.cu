@@ -123,6 +123,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
+    const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
@@ -186,10 +187,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         const bool need_mask = vis.needs_mask(row0, BM, key0, BN);
 
         // x = op(A) B over D for a (64 keys x BM queries) tile: A = K or V rows
-        // key_row0.., B = Q or dO (both K-major).
-        auto keys_by_queries = [&](float (&x)[1][NT][4], u32 a_tile, u32 b_tile, int key_row0) {
-            wgmma_ss<BM, 0, 0, false>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, 0),
-                                      desc_k_major<BM, D, AW>(b_tile, 0, 0));
+        // key_row0.., B = Q or dO (both K-major); onto x's value when `onto`
+        // (S^T onto the bias, score_mod.cuh BIAS_IN_ACC; x was written before
+        // the caller's wgmma_fence), else overwriting it.
+        auto keys_by_queries = [&](float (&x)[1][NT][4], u32 a_tile, u32 b_tile, int key_row0, bool onto) {
+            if (onto)
+                wgmma_ss<BM, 0, 0, true>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, 0),
+                                         desc_k_major<BM, D, AW>(b_tile, 0, 0));
+            else
+                wgmma_ss<BM, 0, 0, false>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, 0),
+                                          desc_k_major<BM, D, AW>(b_tile, 0, 0));
 #pragma unroll
             for (int ks = 1; ks < D / 16; ++ks)
                 wgmma_ss<BM, 0, 0, true>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, ks),
@@ -202,7 +209,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             if (ScoreMod::ACTIVE) mod.apply<true>(s, key0 + warp_key0, row0, lane);
             if (need_mask) vis.apply<true>(s, key0 + warp_key0, row0, lane);
             const float sink_part = softmax_backward_t(s, dp, sLse2 + buf * BM, sDelta + buf * BM, p.scale_log2, mod,
-                                                       drop, sink_log2(p, si), key0 + warp_key0, row0, lane);
+                                                       drop, dbias, sink_log2(p, si), key0 + warp_key0, row0, lane);
             if (SINK) sSinkPart[tid] += sink_part;
         };
         // A (64 keys x BM queries) tile of this warp's rows -> shared memory,
@@ -233,9 +240,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         if constexpr (!SPLIT_D) {
             // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x BM queries.
             float acc_s[1][NT][4], acc_dp[1][NT][4];
+            if (ScoreMod::BIAS_IN_ACC) mod.init<true>(acc_s, key0 + warp_key0, row0, lane);
             wgmma_fence();
-            keys_by_queries(acc_s, sK_, q_buf, wg * 64);
-            keys_by_queries(acc_dp, sV_, do_buf, wg * 64);
+            keys_by_queries(acc_s, sK_, q_buf, wg * 64, ScoreMod::BIAS_IN_ACC);
+            keys_by_queries(acc_dp, sV_, do_buf, wg * 64, false);
             wgmma_commit();
             wgmma_wait<0>();
             fence_regs(acc_s[0]);
@@ -282,8 +290,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         } else {
             // S^T = K Q^T (warpgroup 0) or dP^T = V dO^T (warpgroup 1), 64 keys x BM queries.
             float acc_x[1][NT][4];
+            if (ScoreMod::BIAS_IN_ACC && wg == 0) mod.init<true>(acc_x, key0 + warp_key0, row0, lane);
             wgmma_fence();
-            keys_by_queries(acc_x, wg == 0 ? sK_ : sV_, wg == 0 ? q_buf : do_buf, 0);
+            keys_by_queries(acc_x, wg == 0 ? sK_ : sV_, wg == 0 ? q_buf : do_buf, 0, ScoreMod::BIAS_IN_ACC && wg == 0);
             wgmma_commit();
             wgmma_wait<0>();
             fence_regs(acc_x[0]);

@@ -148,14 +148,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
                     ldmatrix_x4(qa[mt][ks], sQ_addr + q_lane + (mt * 16 * PITCH + ks * 16) * 2);
         }
 
-        // S = Q K[n]^T: (ROWS_PER_WARP x BN) per warp.
+        // S = Q K[n]^T: (ROWS_PER_WARP x BN) per warp, onto 0 or the bias (score_mod.cuh init).
         float acc_s[MT][NT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
+        mod.init<false>(acc_s, row0 + warp_row0, n * BN, lane);
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
             u32 a[MT][4];

@@ -133,11 +133,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     u32 pa[BN / 16][4];  // P of the block whose P V is issued next, as A fragments
 
     // S = Q K[j]^T (64 x BN per warpgroup) is issued; the first k-step overwrites acc_s
-    // (so the compiler knows its old value is dead).
+    // (so the compiler knows its old value is dead), or adds onto the bias
+    // (score_mod.cuh BIAS_IN_ACC).
     auto issue_s = [&](int j) {
         const u32 q_tile = opaque(sQ);  // descriptors computed here, not held across the loop (wgmma.cuh)
+        if (ScoreMod::BIAS_IN_ACC) mod.init<false>(acc_s, row0 + warp_row0, j * BN, lane);
         wgmma_fence();
-        wgmma_ss<BN, 0, 0, false>(acc_s[0], desc_k_major<BM, D>(q_tile, wg * 64, 0), desc_k_major<BN, D>(sK(j), 0, 0));
+        wgmma_ss<BN, 0, 0, ScoreMod::BIAS_IN_ACC>(acc_s[0], desc_k_major<BM, D>(q_tile, wg * 64, 0),
+                                                  desc_k_major<BN, D>(sK(j), 0, 0));
 #pragma unroll
         for (int ks = 1; ks < D / 16; ++ks)
             wgmma_ss<BN, 0, 0, true>(acc_s[0], desc_k_major<BM, D>(q_tile, wg * 64, ks),

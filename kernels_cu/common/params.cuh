@@ -21,16 +21,23 @@
 //   sink: float32 (nheads,) learnable sink logits; read only under CUFLASH_SINK.
 //   dropout_*: the Philox key (seed), counter word (offset), threshold floor(p * 2^32)
 //     and scale 1 / (1 - p) of dropout.cuh; read only under CUFLASH_DROPOUT.
+//   bias: the additive bias, element (b, h, i, j) at b * bias_batch_stride + h *
+//     bias_head_stride + i * bias_row_stride + j (strides 0 on a broadcast dim),
+//     in the input dtype or float32 (CUFLASH_BIAS 16 / 32);
+//     read only under CUFLASH_BIAS (score_mod.cuh).
 #define CUFLASH_ATTENTION_FIELDS                                \
     const void* q; /* (batch, seqlen_q, nheads, head_dim) */    \
     const void* k; /* (batch, seqlen_k, nheads_kv, head_dim) */ \
     const void* v; /* (batch, seqlen_k, nheads_kv, head_dim) */ \
     const float* alibi_slopes;                                  \
     const float* sink;                                          \
+    const void* bias;                                           \
     i64 q_batch_stride, q_row_stride, q_head_stride;            \
     i64 k_batch_stride, k_row_stride, k_head_stride;            \
     i64 v_batch_stride, v_row_stride, v_head_stride;            \
     i64 alibi_batch_stride;                                     \
+    i64 bias_batch_stride, bias_head_stride;                    \
+    i64 bias_row_stride;                                        \
     int batch, nheads, nheads_kv;                               \
     int seqlen_q, seqlen_k;                                     \
     int head_dim; /* actual d <= CUFLASH_HEAD_DIM, % 8 == 0 */  \
@@ -113,6 +120,12 @@ struct BwdParams {
     i64 dka_batch_stride, dka_row_stride, dka_head_stride;  // of dk_accum and dv_accum
     int seqlen_q_rounded, m_blocks;  // m_blocks * Br
     float* dsink_part;   // (batch, nheads, key blocks): each CTA's sum_i P_sink,i sum_j P_ij dP_ij (CUFLASH_SINK)
+    // CUFLASH_BIAS: the bias's gradient (score_mod.cuh BiasGrad), or null: float32, key stride 1,
+    // row stride 0 to sum over queries, batch / head strides 0 to sum over those; dbias_atomic:
+    // accumulate with atomics (entries shared by several (b, h, i)), else store.
+    float* dbias;
+    i64 dbias_batch_stride, dbias_head_stride, dbias_row_stride;
+    int dbias_atomic;
     CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 

@@ -1,30 +1,57 @@
 // score_mod.cuh: what modifies a score before the softmax (DESIGN 3 and 4a):
-// softcap and ALiBi, at one point of every kernel.
+// softcap, ALiBi and an additive bias, at one point of every kernel.
 //
 // Contract with the online softmax (softmax.cuh). The kernels hold raw scores
 // s = q.k and fold softmax_scale into the exp2 multiply c = scale * log2(e).
 // A modifier therefore works in raw units: it maps s to s' such that
 // scale * s' is the modified logit of DESIGN 3,
-//   logit = softcap * tanh(scale * s / softcap) - slope * |i + off - j|,
-//   s'    = softcap_out * tanh(softcap_in * s)  - (slope / scale) * |i + off - j|
-// with softcap_in = scale / softcap, softcap_out = softcap / scale (params.cuh)
-// and off = seqlen_k - seqlen_q. The forward applies it to S after the
+//   logit = softcap * tanh(scale * s / softcap) - slope * |i + off - j| + B_ij,
+//   s'    = softcap_out * tanh(softcap_in * s)  - (slope / scale) * |i + off - j| + B_ij / scale
+// with softcap_in = scale / softcap, softcap_out = softcap / scale (params.cuh),
+// off = seqlen_k - seqlen_q and B the bias broadcast to (batch, nheads,
+// seqlen_q, seqlen_k) by its strides (0 on a broadcast dim; keys contiguous,
+// so that the two adjacent keys of a fragment pair are one load where they
+// are aligned: cuflash/api.py copies a bias whose keys are not), read
+// from global memory by the threads that need it (L1/L2 serve the
+// neighbours; nothing is staged or materialised). A bias of -inf masks its
+// entry. The forward applies it to S after the
 // product and before the mask (a masked score must stay -inf, so the mask
 // comes after); the backward applies it to S^T the same way and multiplies dS
-// by its derivative ds'/ds (grad), which for softcap is 1 - tanh^2 (ALiBi
-// adds a constant: derivative 1). With neither CUFLASH_SOFTCAP nor
-// CUFLASH_ALIBI compiled in, ACTIVE is false and the kernels skip both calls:
-// their instructions are those of the plain fast path.
+// by its derivative ds'/ds (grad), which for softcap is 1 - tanh^2 (ALiBi and
+// the bias add constants: derivative 1). With none of CUFLASH_SOFTCAP,
+// CUFLASH_ALIBI and CUFLASH_BIAS compiled in, ACTIVE is false and the kernels
+// skip both calls: their instructions are those of the plain fast path.
+//
+// The bias's gradient (BiasGrad, the backward only): dB_ij = dlogit_ij =
+// P_ij (dP_ij - D_i), the gradient of the logit before mod' (the bias is added
+// after the softcap), summed over the bias's broadcast dims into a float32
+// buffer of the bias's own shape (cuflash/launch.py).
 #pragma once
 #include "platform.cuh"
 #include "fragment.cuh"
 #include "seqinfo.cuh"
+#include "numeric.cuh"
 
 constexpr bool SOFTCAP = CUFLASH_SOFTCAP;
 constexpr bool ALIBI = CUFLASH_ALIBI;
 // The learnable sink is no score modifier (it is a logit without a value,
 // softmax.cuh), but its switch lives with theirs.
 constexpr bool SINK = CUFLASH_SINK;
+
+// CUFLASH_BIAS: 0 no bias, 16 a bias in the input dtype (u16), 32 a float32 bias.
+#ifndef CUFLASH_BIAS
+#define CUFLASH_BIAS 0
+#endif
+constexpr bool BIAS = CUFLASH_BIAS != 0;
+#if CUFLASH_BIAS == 32
+using BiasT = float;
+CUFLASH_DEVICE float bias_value(const float* x) { return __ldg(x); }
+CUFLASH_DEVICE float2 bias_pair(const float* x) { return __ldg(reinterpret_cast<const float2*>(x)); }
+#else
+using BiasT = u16;
+CUFLASH_DEVICE float bias_value(const u16* x) { return unpack_float2(__ldg(x)).x; }
+CUFLASH_DEVICE float2 bias_pair(const u16* x) { return unpack_float2(__ldg(reinterpret_cast<const u32*>(x))); }
+#endif
 
 // tanh with the SFU (tanh.approx.f32, one instruction, max relative error 2^-11).
 CUFLASH_DEVICE float fast_tanh(float x) {
@@ -34,19 +61,49 @@ CUFLASH_DEVICE float fast_tanh(float x) {
 }
 
 struct ScoreMod {
-    static constexpr bool ACTIVE = SOFTCAP || ALIBI;
+    static constexpr bool ACTIVE = SOFTCAP || ALIBI || BIAS;
     float cap_in, cap_out;  // softcap_in, softcap_out (SOFTCAP)
     float slope;            // ALiBi slope of this (b, h) over softmax_scale (ALIBI)
     int off;                // seqlen_k - seqlen_q
+    // BIAS: B[b, h] (seqlen_q, seqlen_k), keys contiguous, rows bias_rs apart.
+    const BiasT* bias;
+    i64 bias_rs;
+    float inv_scale;         // 1 / softmax_scale
+    int seqlen_q, seqlen_k;  // entries outside read no bias
 
     template <class Params>
     CUFLASH_DEVICE ScoreMod(const Params& p, const SeqInfo& si)
         : cap_in(p.softcap_in), cap_out(p.softcap_out), slope(0.f), off(si.seqlen_k - si.seqlen_q) {
         if (ALIBI) slope = p.alibi_slopes[si.b * p.alibi_batch_stride + si.h] / p.scale;
+        if (BIAS) {
+            bias = static_cast<const BiasT*>(p.bias) + si.b * p.bias_batch_stride + si.h * p.bias_head_stride;
+            bias_rs = p.bias_row_stride;
+            inv_scale = 1.f / p.scale;
+            seqlen_q = si.seqlen_q;
+            seqlen_k = si.seqlen_k;
+        }
     }
 
     CUFLASH_DEVICE float alibi(int i, int j) const { return slope * (float)abs(i + off - j); }
 
+    // B_ij / scale; 0 outside the (seqlen_q, seqlen_k) tile (padding rows and
+    // keys past seqlen_k, which the mask removes): no read out of bounds.
+    CUFLASH_DEVICE float bias_at(int i, int j) const {
+        if ((unsigned)i >= (unsigned)seqlen_q || (unsigned)j >= (unsigned)seqlen_k) return 0.f;
+        return bias_value(bias + i * bias_rs + j) * inv_scale;
+    }
+    // (B_ij, B_i,j+1) / scale: one load when both keys exist and the pair is
+    // aligned (an odd row stride leaves every other row's pairs unaligned).
+    CUFLASH_DEVICE float2 bias_at2(int i, int j) const {
+        const BiasT* at = bias + i * bias_rs + j;
+        if ((unsigned)i < (unsigned)seqlen_q && j + 1 < seqlen_k && (reinterpret_cast<u64>(at) % (2 * sizeof(BiasT))) == 0) {
+            const float2 b = bias_pair(at);
+            return make_float2(b.x * inv_scale, b.y * inv_scale);
+        }
+        return make_float2(bias_at(i, j), bias_at(i, j + 1));
+    }
+
+    // s' without the bias (the decode kernel, which has none, calls this alone).
     CUFLASH_DEVICE float operator()(float s, int i, int j) const {
         if (SOFTCAP) s = cap_out * fast_tanh(cap_in * s);
         if (ALIBI) s -= alibi(i, j);
@@ -54,19 +111,100 @@ struct ScoreMod {
     }
 
     // ds'/ds at (i, j), from the modified (and possibly masked) score x = s'.
-    // tanh is recovered as t = (x + alibi) * cap_in, clamped to [-1, 1]: a
-    // masked x = -inf gives t = -1 and a derivative of 0, never NaN, and its
-    // P = 0 already makes dS = 0 there.
+    // tanh is recovered as t = (x + alibi - bias) * cap_in, clamped to [-1, 1]:
+    // a masked x = -inf gives t = -1, and a bias of -inf gives NaN, which the
+    // clamp turns into -1 (fmaxf returns its non-NaN operand): a derivative of
+    // 0, never NaN, and P = 0 there already makes dS = 0.
     CUFLASH_DEVICE float grad(float x, int i, int j) const {
         if (!SOFTCAP) return 1.f;
         if (ALIBI) x += alibi(i, j);
+        if (BIAS) x -= bias_at(i, j);
         const float t = fminf(1.f, fmaxf(-1.f, x * cap_in));
         return 1.f - t * t;
     }
 
     // s' for every score of a tile (fragment.cuh layout; S or S^T).
+    // Without softcap the bias is where S starts: the kernels call init()
+    // instead of zeroing the accumulator and the product adds onto it (the
+    // loads go into registers that hold nothing yet, and their latency runs
+    // before the product instead of after it). Softcap comes between the
+    // product and the bias, so then apply() adds it.
+    static constexpr bool BIAS_IN_ACC = BIAS && !SOFTCAP;
+
+    // S (or S^T) before its product: B / scale under BIAS_IN_ACC, else 0.
+    template <bool KEYS_AS_ROWS, int MT, int NT>
+    CUFLASH_DEVICE void init(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
+        if constexpr (BIAS_IN_ACC) {
+            bias_tile<KEYS_AS_ROWS, false>(s, row0, col0, lane);
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+        }
+    }
+
+    // s' for every score of a tile (fragment.cuh layout; S or S^T).
     template <bool KEYS_AS_ROWS, int MT, int NT>
     CUFLASH_DEVICE void apply(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
-        for_each_score<KEYS_AS_ROWS>(s, row0, col0, lane, [&](float& x, int i, int j) { x = (*this)(x, i, j); });
+        if (SOFTCAP || ALIBI)
+            for_each_score<KEYS_AS_ROWS>(s, row0, col0, lane, [&](float& x, int i, int j) { x = (*this)(x, i, j); });
+        if (BIAS && !BIAS_IN_ACC) bias_tile<KEYS_AS_ROWS, true>(s, row0, col0, lane);
+    }
+
+  private:
+    // s = B / scale (ADD: s += B / scale). Each fragment element pair (2h, 2h + 1)
+    // holds two adjacent columns: two adjacent keys of S (one load) or two
+    // adjacent queries of S^T (two).
+    template <bool KEYS_AS_ROWS, bool ADD, int MT, int NT>
+    CUFLASH_DEVICE void bias_tile(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
+        const int g = lane / 4, t = lane % 4;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const int row = row0 + mt * 16 + h * 8 + g, col = col0 + nt * 8 + 2 * t;
+                    float2 b;
+                    if constexpr (KEYS_AS_ROWS) b = make_float2(bias_at(col, row), bias_at(col + 1, row));
+                    else b = bias_at2(row, col);
+                    s[mt][nt][2 * h] = ADD ? s[mt][nt][2 * h] + b.x : b.x;
+                    s[mt][nt][2 * h + 1] = ADD ? s[mt][nt][2 * h + 1] + b.y : b.y;
+                }
+    }
+};
+
+// The bias's gradient in the backward (BIAS, when dbias is not null): this
+// (b, h)'s slice of a float32 buffer of the bias's own shape, contiguous, with
+// row stride 0 when the bias has one row for every query (a per-key bias) and
+// its broadcast batch / head dims folded onto one slice. Entries that several
+// (b, h, i) reach are accumulated with atomics (dbias_atomic); a per-key
+// bias's are first summed over the warp's queries (softmax.cuh). Deterministic
+// backwards get a buffer expanded over the broadcast dims instead (plain
+// stores, one writer per entry) that the host sums.
+struct BiasGrad {
+    float* dbias;  // row 0 of (b, h), or null: no gradient asked for
+    i64 rs;        // row (query) stride; 0: sum over queries
+    bool atomic;
+
+    template <class Params>
+    CUFLASH_DEVICE BiasGrad(const Params& p, const SeqInfo& si) : dbias(nullptr), rs(0), atomic(false) {
+        if (BIAS && p.dbias != nullptr) {
+            dbias = p.dbias + si.b * p.dbias_batch_stride + si.h * p.dbias_head_stride;
+            rs = p.dbias_row_stride;
+            atomic = p.dbias_atomic != 0;
+        }
+    }
+    CUFLASH_DEVICE bool active() const { return BIAS && dbias != nullptr; }
+    CUFLASH_DEVICE bool sums_queries() const { return rs == 0; }
+
+    // dB_ij = x (one entry, i < seqlen_q and j < seqlen_k: the caller checks).
+    CUFLASH_DEVICE void put(float x, int i, int j) const {
+        float* at = dbias + i * rs + j;
+        if (atomic) atomicAdd(at, x);
+        else *at = x;
     }
 };

@@ -138,6 +138,10 @@ CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
 // gradient w.r.t. P is dP ∘ keep / (1 - p), which replaces dP above (and in the
 // sink's sum; D = rowsum(dO ∘ O) already is sum_j P_ij of it), and s becomes
 // Pd^T, the left operand of dV = Pd^T dO.
+// Under BIAS with a gradient asked for (score_mod.cuh BiasGrad) each
+// dlogit = P ∘ (dP - D), taken before mod', goes to dbias: entry by entry, or
+// for a per-key bias summed over the tile's queries first (this thread's, then
+// the quad's: one add per key and warp).
 // Returns, under SINK, this thread's share of the tile's sum_i P_sink,i sum_j
 // P_ij dP_ij with P_sink,i = exp2(sink2 - L2_i) (else 0).
 // lse2 and delta point at the tile's first query column in shared memory.
@@ -149,9 +153,14 @@ CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
 template <int MT, int NT>
 CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
                                         const float* delta, float c, const ScoreMod& mod, const Dropout& drop,
-                                        float sink2, int key0, int query0, int lane) {
+                                        const BiasGrad& dbias, float sink2, int key0, int query0, int lane) {
     const int g = lane / 4, t = lane % 4;
     float sink_part = 0.f;
+    const bool dbias_entries = dbias.active() && !dbias.sums_queries();
+    const bool dbias_keys = dbias.active() && dbias.sums_queries();
+    float key_sum[MT][2];  // dbias_keys: this thread's sum over its queries, per key row
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) key_sum[mt][0] = key_sum[mt][1] = 0.f;
     u32 keep = 0u;  // keep bits of n8 tiles nt & ~1 and nt | 1 (dropout.cuh keep_pair)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -181,6 +190,11 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 }
                 float ds0 = p0 * (dp0 - dd.x);
                 float ds1 = p1 * (dp1 - dd.y);
+                if (BIAS && dbias_keys) key_sum[mt][h] += ds0 + ds1;
+                if (BIAS && dbias_entries && key < mod.seqlen_k) {
+                    if (query < mod.seqlen_q) dbias.put(ds0, query, key);
+                    if (query + 1 < mod.seqlen_q) dbias.put(ds1, query + 1, key);
+                }
                 if (SOFTCAP) {
                     ds0 *= mod.grad(s0, query, key);
                     ds1 *= mod.grad(s1, query + 1, key);
@@ -196,6 +210,16 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
             }
         // times P_sink of queries 2t and 2t + 1
         if (SINK) sink_part += fast_exp2(sink2 - l2.x) * pdp0 + fast_exp2(sink2 - l2.y) * pdp1;
+    }
+    if (BIAS && dbias_keys) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float sum = quad_sum(key_sum[mt][h]);  // over the quad's queries
+                const int key = key0 + mt * 16 + h * 8 + g;
+                if (t == 0 && key < mod.seqlen_k) dbias.put(sum, 0, key);
+            }
     }
     return sink_part;
 }

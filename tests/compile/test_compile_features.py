@@ -30,6 +30,9 @@ FEATURE_SETS = (
     [Features.parse(w) for w in WORDS]
     + [Features.parse(",".join(pair)) for pair in combinations(WORDS, 2)]
     + [Features.parse("causal,softcap,alibi,sink,dropout"), Features.parse("window,softcap,alibi,sink,dropout")]
+    # the bias, in the input dtype and float32, alone and with the others
+    + [Features.parse("bias"), Features.parse("causal,bias32"), Features.parse("window,softcap,alibi,sink,bias"),
+       Features.parse("causal,dropout,bias")]
     # variable-length batches
     + [Features.parse("varlen"), Features.parse("causal,varlen"), Features.parse("window,softcap,alibi,sink,varlen"),
        Features.parse("causal,dropout,varlen")]

@@ -17,11 +17,3 @@ def test_numpy_input_is_refused_with_a_hint():
         cuflash.attention_backward(q, q, q, q, q, lse)
 
 
-@pytest.mark.parametrize(
-    "option, value",
-    [("bias", 1.0)],
-)
-def test_unimplemented_options_are_named(option, value):
-    q, lse = arrays()
-    with pytest.raises(NotImplementedError, match=option):
-        cuflash.attention_backward(q, q, q, q, q, lse, **{option: value})

@@ -61,8 +61,8 @@ def test_parse_empty_is_plain(text):
 
 
 def test_parse_unknown_word_names_it():
-    with pytest.raises(ValueError, match=r"unknown feature.*'bias'") as info:
-        Features.parse("causal,bias")
+    with pytest.raises(ValueError, match=r"unknown feature.*'paged'") as info:
+        Features.parse("causal,paged")
     assert "softcap" in str(info.value)  # and lists what is known
 
 
@@ -103,7 +103,10 @@ def test_tags_are_distinct_for_every_feature_set():
 
 
 def _flag_combinations():
-    return [tuple(bool(i >> b & 1) for b in range(len(MODIFIERS))) for i in range(2 ** len(MODIFIERS))]
+    """Every on/off choice of the modifiers, positionally (the bias's "on" is 16: its own dtype)."""
+    on = [16 if m == "bias" else True for m in MODIFIERS]
+    off = [0 if m == "bias" else False for m in MODIFIERS]
+    return [tuple(on[b] if i >> b & 1 else off[b] for b in range(len(MODIFIERS))) for i in range(2 ** len(MODIFIERS))]
 
 
 def test_causal_property():
@@ -113,16 +116,16 @@ def test_causal_property():
 @pytest.mark.parametrize(
     "features, defines",
     [
-        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0,
+        (PLAIN, dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_BIAS=0,
                      CUFLASH_VARLEN=0)),
-        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0,
+        (CAUSAL, dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_BIAS=0,
                       CUFLASH_VARLEN=0)),
         (Features.parse("window,softcap"),
-         dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
+         dict(CUFLASH_MASK=2, CUFLASH_SOFTCAP=1, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_BIAS=0, CUFLASH_VARLEN=0)),
         (Features.parse("alibi,sink"),
-         dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=0)),
+         dict(CUFLASH_MASK=0, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=1, CUFLASH_SINK=1, CUFLASH_DROPOUT=0, CUFLASH_BIAS=0, CUFLASH_VARLEN=0)),
         (Features.parse("causal,varlen"),
-         dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_VARLEN=1)),
+         dict(CUFLASH_MASK=1, CUFLASH_SOFTCAP=0, CUFLASH_ALIBI=0, CUFLASH_SINK=0, CUFLASH_DROPOUT=0, CUFLASH_BIAS=0, CUFLASH_VARLEN=1)),
     ],
 )
 def test_defines(features, defines):

@@ -16,16 +16,6 @@ def test_other_objects_are_refused():
         cuflash.attention([[1.0]], None, None)
 
 
-@pytest.mark.parametrize(
-    "option, value",
-    [("bias", 1.0)],
-)
-def test_unimplemented_options_are_named(option, value):
-    q = np.ones((1, 4, 2, 64), np.float16)
-    with pytest.raises(NotImplementedError, match=option):
-        cuflash.attention(q, q, q, **{option: value})
-
-
 def test_packed_host_arrays_are_refused_with_a_hint():
     qkv = np.ones((1, 4, 3, 2, 64), np.float16)
     with pytest.raises(TypeError, match=r"qkv is a NumPy array.*cupy.asarray\(qkv\)"):
