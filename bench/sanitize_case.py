@@ -10,6 +10,26 @@ import cupy as cp
 import cuflash
 from cuflash import testing
 
+# The additive bias with its gradient (issue 10), with dropout: ragged shapes (an odd
+# seqlen_k, so bias rows start unaligned), a full bias (dbias stored), a per-key and a
+# per-head one (dbias by atomics), deterministic (expanded buffers), fully masked rows.
+def bias_cases():
+    for d, (seqlen_q, seqlen_k) in ((64, (77, 131)), (128, (131, 77))):
+        q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, 2, d, "bf16", xp=cp)
+        dout = testing.random_like(q)
+        for shape in ((2, 4, seqlen_q, seqlen_k), (2, 1, 1, seqlen_k), (1, 4, seqlen_q, seqlen_k)):
+            bias = cp.random.standard_normal(shape, dtype=cp.float32)
+            out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, bias=bias, dropout_p=0.2, seed=3)
+            for deterministic in (False, True):
+                cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=deterministic,
+                                           bias=bias, bias_requires_grad=True, dropout_p=0.2, seed=3)
+
+
+# SANITIZE_SECTIONS=bias runs only bias_cases (a quick check of that feature); unset: everything.
+if os.environ.get("SANITIZE_SECTIONS") == "bias":
+    bias_cases()
+    raise SystemExit(0)
+
 for dtype in ("fp16", "bf16"):
     for d in (40, 96, 128, 256):
         q, k, v = testing.random_qkv(2, 77, 131, 4, 2, d, dtype, xp=cp)
@@ -54,18 +74,7 @@ for d, (seqlen_q, seqlen_k) in ((64, (77, 300)), (128, (300, 131)), (256, (150, 
         cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=deterministic,
                                    dropout_p=0.2, seed=7, **opts)
 
-# The additive bias with its gradient (issue 10), with dropout: ragged shapes (an odd
-# seqlen_k, so bias rows start unaligned), a full bias (dbias stored), a per-key and a
-# per-head one (dbias by atomics), deterministic (expanded buffers), fully masked rows.
-for d, (seqlen_q, seqlen_k) in ((64, (77, 131)), (128, (131, 77))):
-    q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, 2, d, "bf16", xp=cp)
-    dout = testing.random_like(q)
-    for shape in ((2, 4, seqlen_q, seqlen_k), (2, 1, 1, seqlen_k), (1, 4, seqlen_q, seqlen_k)):
-        bias = cp.random.standard_normal(shape, dtype=cp.float32)
-        out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, bias=bias, dropout_p=0.2, seed=3)
-        for deterministic in (False, True):
-            cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=deterministic,
-                                       bias=bias, bias_requires_grad=True, dropout_p=0.2, seed=3)
+bias_cases()
 
 # Variable-length batches (issue 11): empty, single-token and long sequences, seqused_k,
 # GQA, causal and window, forward and backward; grid blocks past a sequence's end must

@@ -104,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ALiBi with the geometric slopes 2^(-8 (h + 1) / nheads). " + _peers_for("alibi"))
     v.add_argument("--sink", action="store_true",
                    help="a learnable sink logit per head (random, fixed seed). " + _peers_for("sink"))
+    v.add_argument("--bias", type=_arg(configs.parse_bias), default="", metavar="SHAPE",
+                   help="an additive bias of this shape (b,h,s,s | 1,h,s,s | b,1,1,s ...; letters are full dims), "
+                        "normal values in the input dtype, with dbias in the backward (the correctness check is "
+                        "skipped: tests/gpu/test_bias.py checks it). " + _peers_for("bias"))
     v.add_argument("--dropout", type=_arg(configs.parse_dropout), default=0.0, metavar="P",
                    help="dropout on the probabilities with probability P (the correctness check is skipped: "
                         "tests/gpu/test_dropout.py checks the mask). " + _peers_for("dropout"))
@@ -151,7 +155,7 @@ def build_sweep(args) -> configs.Sweep:
                 raise ValueError(f"{option} applies to --mode decode only")
     return configs.Sweep(batch=args.batch, nheads=args.nheads, nheads_kv=args.nheads_kv, window=args.window,
                          softcap=args.softcap, alibi=args.alibi, sink=args.sink, varlen=args.varlen,
-                         dropout=args.dropout, **base)
+                         dropout=args.dropout, bias=args.bias, **base)
 
 
 def _err(message: str) -> None:

@@ -50,7 +50,7 @@ RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
 #: Attention variants beyond the causal flag, in label order.  A peer lists the ones it can compute
 #: (peers.Peer.features); a point that uses another one skips that peer.  "varlen": the batch's
 #: sequences have their own lengths (varlen_lengths), packed along the rows (cuflash.attention_varlen).
-VARIANT_FEATURES = ("window", "softcap", "alibi", "sink", "dropout", "varlen")
+VARIANT_FEATURES = ("window", "softcap", "alibi", "sink", "dropout", "bias", "varlen")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class Point:
     -1 unbounded, bottom-right aligned, right forced to 0 by causal; ``softcap`` > 0; ``alibi``: the
     slopes of :func:`alibi_slopes`; ``sink``: the learnable sink logits of :func:`sink_logits`;
     ``dropout``: the dropout probability (0: none; the mask from DROPOUT_SEED);
+    ``bias``: the additive bias's shape as parse_bias writes it ('' none, e.g. "b,h,s,s",
+    "1,h,s,s", "b,1,1,s"; :meth:`bias_shape`), normal values in the input dtype, with its
+    gradient in the backward;
     ``varlen``: the batch's sequences have the lengths :func:`varlen_lengths` (the longest is seqlen),
     packed along the rows (needs seqlen_q == seqlen_k).
 
@@ -84,12 +87,14 @@ class Point:
     varlen: bool = False
     page_size: int = 0
     dropout: float = 0.0
+    bias: str = ""
 
     @property
     def features(self) -> frozenset:
         """The names (of VARIANT_FEATURES) of the variant features this point uses."""
         on = {"window": tuple(self.window) != (-1, -1), "softcap": self.softcap > 0,
-              "alibi": self.alibi, "sink": self.sink, "dropout": self.dropout > 0, "varlen": self.varlen}
+              "alibi": self.alibi, "sink": self.sink, "dropout": self.dropout > 0, "bias": bool(self.bias),
+              "varlen": self.varlen}
         return frozenset(name for name, used in on.items() if used)
 
     @property
@@ -107,8 +112,20 @@ class Point:
     def variant(self) -> str:
         """Short name of the variant, '' for plain attention: e.g. 'window(256,0)+softcap30+alibi+sink'."""
         names = {"window": f"window({self.window[0]},{self.window[1]})", "softcap": f"softcap{self.softcap:g}",
-                 "alibi": "alibi", "sink": "sink", "dropout": f"dropout{self.dropout:g}", "varlen": "varlen"}
+                 "alibi": "alibi", "sink": "sink", "dropout": f"dropout{self.dropout:g}", "bias": f"bias({self.bias})",
+                 "varlen": "varlen"}
         return "+".join(names[f] for f in VARIANT_FEATURES if f in self.features)
+
+    @property
+    def bias_shape(self) -> tuple:
+        """The bias's (batch|1, nheads|1, seqlen_q|1, seqlen_k) shape, () without one."""
+        if not self.bias:
+            return ()
+        full = {"b": self.batch, "h": self.nheads, "s": None}
+        words = self.bias.split(",")
+        dims = [full[w] if w != "1" else 1 for w in words]
+        return tuple(self.seqlen_q if i == 2 and d is None else self.seqlen_k if d is None else d
+                     for i, d in enumerate(dims))
 
     @property
     def cache(self) -> str:
@@ -172,6 +189,7 @@ class Sweep:
     sink: bool = False
     varlen: bool = False
     dropout: float = 0.0
+    bias: str = ""
     decode_caches: list = field(default_factory=lambda: list(DECODE_CACHES))     # (batch, seqlen_k) pairs
     page_sizes: list = field(default_factory=lambda: list(DECODE_PAGE_SIZES))    # 0 = contiguous
 
@@ -181,6 +199,8 @@ class Sweep:
                 raise ValueError("--mode decode has its own shapes (--cache, --page-size) and cannot share a run "
                                  "with fwd/bwd; run them apart (--from-json merges the JSON files)")
             return self.decode_points()
+        if self.bias and self.varlen:
+            raise ValueError("--bias and --varlen: cuflash.attention_varlen takes no bias; run them apart")
         pts = []
         for dtype, d, s, causal, mode in itertools.product(
                 self.dtypes, self.headdims, self.seqlens, self.causals, self.modes):
@@ -198,7 +218,7 @@ class Sweep:
                                  f"pick a divisor of every nheads in the sweep")
             pts.append(Point(dtype, d, s, s, batch, nheads, nheads_kv, causal, mode,
                              window=tuple(self.window), softcap=self.softcap, alibi=self.alibi, sink=self.sink,
-                             varlen=self.varlen, dropout=self.dropout))
+                             varlen=self.varlen, dropout=self.dropout, bias=self.bias))
         return pts
 
     def decode_points(self) -> list[Point]:
@@ -209,7 +229,7 @@ class Sweep:
             raise ValueError("--causal: a decode query is the last position, so the (bottom-right aligned) causal "
                              "mask hides no key of the cache; leave --causal out in decode mode")
         for option, used in (("--window", tuple(self.window) != (-1, -1)), ("--varlen", self.varlen),
-                             ("--dropout", self.dropout > 0)):
+                             ("--dropout", self.dropout > 0), ("--bias", bool(self.bias))):
             if used:
                 raise ValueError(f"{option} is not available in decode mode (it times every sequence reading "
                                  "its whole cache)")
@@ -361,6 +381,19 @@ def parse_dropout(text: str) -> float:
     if not 0 < value < 1:
         raise ValueError(f"--dropout must be in (0, 1), got {text!r}")
     return value
+
+
+def parse_bias(text: str) -> str:
+    """A bias shape for --bias: four comma-separated dims, each its letter (b batch, h heads, s
+    queries or keys) or 1, the last one s: "b,h,s,s", "1,h,s,s", "b,1,1,s"; '' is no bias
+    (argparse passes the default through here too)."""
+    if not text.strip():
+        return ""
+    words = [w.strip() for w in text.split(",")]
+    if len(words) != 4 or words[3] != "s" or any(w not in (name, "1") for w, name in zip(words[:3], "bhs")):
+        raise ValueError(f"--bias takes the bias's shape as b|1,h|1,s|1,s (e.g. b,h,s,s or 1,h,s,s or b,1,1,s), "
+                         f"got {text!r}")
+    return ",".join(words)
 
 
 #: The seed of every dropout point's mask (cuflash's; the peers draw their own).

@@ -30,7 +30,8 @@ Variants (--window, --softcap, --alibi, --sink, --dropout): PEER_FEATURES says w
 peer computes which; a peer is skipped ("skipped", with the reason) on a point that
 uses a feature it lacks.  FlexAttention does the sliding window as a block mask,
 softcap and ALiBi as a score_mod; SDPA's backends take dropout_p (their own
-Philox).  Sinks: no peer.
+Philox).  A bias (--bias) is SDPA's additive attn_mask and a captured buffer of
+FlexAttention's score_mod, with its gradient in the backward.  Sinks: no peer.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ from . import configs, timing
 PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn", "flashinfer")
 
 #: The variant features (configs.VARIANT_FEATURES) each peer computes; plain and causal attention: all of them.
-PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi"}), "sdpa-flash": frozenset({"dropout"}),
-                 "sdpa-cudnn": frozenset({"dropout"}), "sdpa-eff": frozenset({"dropout"})}
+PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi", "bias"}), "sdpa-flash": frozenset({"dropout"}),
+                 "sdpa-cudnn": frozenset({"dropout", "bias"}), "sdpa-eff": frozenset({"dropout", "bias"})}
 
 _FLOP_MODES = ("fwd", "bwd", "fwd+bwd")
 #: The modes (configs.MODES) each peer times; a name not listed here times every mode.
@@ -154,7 +155,7 @@ class _TorchPeer(Peer):
                         for x in (k, v))
             with self._context():
                 attn = self._attention(p, gqa=k.shape[2] != p.nheads)
-                fn = _torch_mode_fn(torch, p.mode, attn, q, k, v)
+                fn = _torch_mode_fn(torch, p.mode, attn, q, k, v, _bias_tensor(torch, p, dtype, grad))
                 timer = self._timers.torch()
                 first_ms, _ = timing.first_call_ms(fn, timer.synchronize)
                 samples = timer.time(fn, warmup=warmup, rep=rep)
@@ -169,16 +170,27 @@ class _TorchPeer(Peer):
         return contextlib.nullcontext()
 
 
-def _torch_mode_fn(torch, mode, attn, q, k, v):
+def _torch_mode_fn(torch, mode, attn, q, k, v, bias=None):
+    """The timed call: attn(q, k, v[, bias]), and in the backward modes the gradients of q, k, v
+    (and of the bias when there is one)."""
+    extra = () if bias is None else (bias,)
     if mode in ("fwd", "decode"):
-        return lambda: attn(q, k, v)
+        return lambda: attn(q, k, v, *extra)
     dout = torch.randn_like(q)
     if mode == "bwd":
-        out = attn(q, k, v)
-        return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+        out = attn(q, k, v, *extra)
+        return lambda: torch.autograd.grad(out, (q, k, v, *extra), dout, retain_graph=True)
     if mode == "fwd+bwd":
-        return lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), dout)
+        return lambda: torch.autograd.grad(attn(q, k, v, *extra), (q, k, v, *extra), dout)
     raise NotImplementedError(f"mode {mode!r} is not implemented for torch peers")
+
+
+def _bias_tensor(torch, p, dtype, grad):
+    """Point p's bias as a torch tensor in (batch|1, heads|1, seqlen_q|1, seqlen_k) (SDPA's and
+    Flex's head-major order, which is cuflash's too), or None."""
+    if not p.bias:
+        return None
+    return torch.randn(p.bias_shape, device=TORCH_DEVICE, dtype=dtype, requires_grad=grad)
 
 
 class SdpaPeer(_TorchPeer):
@@ -228,7 +240,9 @@ class SdpaPeer(_TorchPeer):
         if p.dropout:
             options["dropout_p"] = p.dropout
 
-        def attn(q, k, v):
+        def attn(q, k, v, bias=None):
+            if bias is not None:
+                options["attn_mask"] = bias
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=p.causal, **options)
             return out.transpose(1, 2)
@@ -278,11 +292,23 @@ class FlexPeer(_TorchPeer):
         if mask_mod is not None:
             block_mask = create_block_mask(mask_mod, None, None, p.seqlen_q, p.seqlen_k, device=TORCH_DEVICE)
 
-        def attn(q, k, v):
-            out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod,
+        def attn(q, k, v, bias=None):
+            mod = score_mod if bias is None else _with_bias(score_mod, bias)
+            out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=mod,
                        block_mask=block_mask, enable_gqa=gqa)
             return out.transpose(1, 2)
         return attn
+
+
+def _with_bias(score_mod, bias):
+    """A Flex score_mod that adds bias[b|0, h|0, q|0, kv] after score_mod (None: nothing before)."""
+    one_b, one_h, one_q = (bias.shape[i] == 1 for i in range(3))
+
+    def mod(score, b, h, q_idx, kv_idx):
+        if score_mod is not None:
+            score = score_mod(score, b, h, q_idx, kv_idx)
+        return score + bias[0 if one_b else b, 0 if one_h else h, 0 if one_q else q_idx, kv_idx]
+    return mod
 
 
 def flex_mods(p, device):

@@ -6,7 +6,7 @@ Everything works on the result of ``runner.run_sweep``::
      "rows": [row, ...]}
 
     row = {dtype, headdim, seqlen_q, seqlen_k, batch, nheads, nheads_kv, causal, mode,
-           window ([left, right]), softcap, alibi, sink, dropout, varlen, page_size, label,
+           window ([left, right]), softcap, alibi, sink, dropout, bias, varlen, page_size, label,
            variant ('' for plain attention, else e.g. 'window(256,0)+softcap30'),
            rate_unit ("TFLOP/s" or "TB/s"),
            work: {unit, amount, formula, visible_pairs, anchor_amount, anchor_formula, io_bytes
@@ -38,7 +38,7 @@ import math
 from . import configs
 
 ROW_KEYS = ("dtype", "headdim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_kv", "causal", "mode",
-            "window", "softcap", "alibi", "sink", "dropout", "varlen", "label", "variant", "rate_unit", "work",
+            "window", "softcap", "alibi", "sink", "dropout", "bias", "varlen", "label", "variant", "rate_unit", "work",
             "results", "ratios", "check")
 RESULT_KEYS = ("status", "reason", "timing", "ms", "ms_min", "ms_max", "ms_q1", "ms_q3", "samples_ms",
                "first_call_ms", "rate", "pct_ceiling")

@@ -70,6 +70,8 @@ class CuflashBench:
                                      seed=0, xp=self.xp)
             options = variant_options(p, alibi_slopes=self.xp.asarray(configs.alibi_slopes(p.nheads)),
                                       learnable_sink=self.xp.asarray(configs.sink_logits(p.nheads)))
+            if p.bias:
+                options["bias"] = random_normal(self.xp, p.bias_shape, p.dtype, seed=3)
             self._inputs = (q, k, v, random_like(q, seed=1), options)
             self._key = key
         return self._inputs
@@ -131,13 +133,14 @@ class CuflashBench:
         if p.mode == "fwd":
             return lambda: attention(q, k, v, **options)
         backward = self.cuflash.attention_backward
+        grad_options = {**options, "bias_requires_grad": True} if p.bias else options  # dbias too
         if p.mode == "bwd":
             out, lse = attention(q, k, v, return_lse=True, **options)
-            return lambda: backward(dout, q, k, v, out, lse, **options)
+            return lambda: backward(dout, q, k, v, out, lse, **grad_options)
         if p.mode == "fwd+bwd":
             def fwd_bwd():
                 o, lse_ = attention(q, k, v, return_lse=True, **options)
-                return backward(dout, q, k, v, o, lse_, **options)
+                return backward(dout, q, k, v, o, lse_, **grad_options)
             return fwd_bwd
         raise NotImplementedError(f"mode {p.mode!r} is not implemented for cuflash")
 
@@ -177,9 +180,10 @@ class CuflashBench:
         """
         if p.mode == "decode":
             return self.check_decode(p, result)
-        if p.dropout:
+        if p.dropout or p.bias:
+            test = "test_dropout.py checks the mask" if p.dropout else "test_bias.py checks out and dbias"
             return {"status": "skipped", "kind": "fwd" if p.mode == "fwd" else "bwd", "tensors": {},
-                    "message": "dropout: the mask is checked by tests/gpu/test_dropout.py, not here"}
+                    "message": f"{'dropout' if p.dropout else 'bias'}: tests/gpu/{test}, not here"}
         from cuflash import reference
         from cuflash.testing import check_accuracy
         xp = self.xp

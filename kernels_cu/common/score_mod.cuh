@@ -70,6 +70,7 @@ struct ScoreMod {
     i64 bias_rs;
     float inv_scale;         // 1 / softmax_scale
     int seqlen_q, seqlen_k;  // entries outside read no bias
+    bool pairs_aligned;      // every row's even keys start a pair load (aligned start, even row stride)
 
     template <class Params>
     CUFLASH_DEVICE ScoreMod(const Params& p, const SeqInfo& si)
@@ -81,6 +82,7 @@ struct ScoreMod {
             inv_scale = 1.f / p.scale;
             seqlen_q = si.seqlen_q;
             seqlen_k = si.seqlen_k;
+            pairs_aligned = reinterpret_cast<u64>(bias) % (2 * sizeof(BiasT)) == 0 && bias_rs % 2 == 0;
         }
     }
 
@@ -158,9 +160,45 @@ struct ScoreMod {
     // s = B / scale (ADD: s += B / scale). Each fragment element pair (2h, 2h + 1)
     // holds two adjacent columns: two adjacent keys of S (one load) or two
     // adjacent queries of S^T (two).
+    // A tile inside (seqlen_q, seqlen_k) takes the fast path: one row pointer per
+    // fragment row, loads at constant offsets from it, no bounds tests.
     template <bool KEYS_AS_ROWS, bool ADD, int MT, int NT>
     CUFLASH_DEVICE void bias_tile(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
         const int g = lane / 4, t = lane % 4;
+        const int rows_end = row0 + MT * 16, cols_end = col0 + NT * 8;
+        auto set = [&](float& x, float b) { x = ADD ? x + b * inv_scale : b * inv_scale; };
+        if constexpr (!KEYS_AS_ROWS) {
+            if (pairs_aligned && rows_end <= seqlen_q && cols_end <= seqlen_k) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const BiasT* r = bias + (row0 + mt * 16 + h * 8 + g) * bias_rs + col0 + 2 * t;
+#pragma unroll
+                        for (int nt = 0; nt < NT; ++nt) {
+                            const float2 b = bias_pair(r + nt * 8);
+                            set(s[mt][nt][2 * h], b.x);
+                            set(s[mt][nt][2 * h + 1], b.y);
+                        }
+                    }
+                return;
+            }
+        } else {
+            if (rows_end <= seqlen_k && cols_end <= seqlen_q) {  // rows: keys, columns: queries
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const BiasT* r = bias + (col0 + 2 * t) * bias_rs + row0 + mt * 16 + h * 8 + g;
+#pragma unroll
+                        for (int nt = 0; nt < NT; ++nt) {
+                            set(s[mt][nt][2 * h], bias_value(r + nt * 8 * bias_rs));
+                            set(s[mt][nt][2 * h + 1], bias_value(r + (nt * 8 + 1) * bias_rs));
+                        }
+                    }
+                return;
+            }
+        }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

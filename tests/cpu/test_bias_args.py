@@ -110,3 +110,16 @@ def test_features_words_and_tags():
     assert Features(bias=32).defines()["CUFLASH_BIAS"] == 32
     with pytest.raises(ValueError, match="bias must be 0"):
         Features(bias=8)
+
+
+def test_bench_bias_shapes():
+    from cuflash.bench import configs
+
+    assert configs.parse_bias(" b, h,s,s") == "b,h,s,s" and configs.parse_bias("") == ""
+    for bad in ("b,h,s", "h,b,s,s", "b,h,s,1", "2,h,s,s"):
+        with pytest.raises(ValueError, match="--bias takes"):
+            configs.parse_bias(bad)
+    p = configs.Point("bf16", 128, 512, 1024, 2, 16, 16, False, "fwd", bias="b,1,1,s")
+    assert p.bias_shape == (2, 1, 1, 1024) and "bias" in p.features and p.variant == "bias(b,1,1,s)"
+    assert configs.Point("bf16", 128, 512, 1024, 2, 16, 16, False, "fwd", bias="1,h,s,s").bias_shape == (1, 16, 512,
+                                                                                                         1024)
