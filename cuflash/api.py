@@ -384,15 +384,18 @@ def _cupy_convert(x, dtype):
 
 
 class DbiasPlan(NamedTuple):
-    """Where the backward puts dbias (kernels_cu/common/score_mod.cuh BiasGrad): a zeroed float32
-    buffer of `shape` (the bias's own 4-D shape, or, deterministic, expanded over the broadcast dims
-    that would need atomics), the kernel's strides (batch, head, row; 0 sums that dim) and whether
-    it accumulates with atomics; `sum_axes`: the axes the host then sums (deterministic)."""
+    """Where the backward puts dbias (kernels_cu/common/score_mod.cuh BiasGrad): a zeroed buffer of
+    `shape` (the bias's own 4-D shape, or, deterministic, expanded over the broadcast dims that
+    would need atomics), the kernel's strides (batch, head, row; 0 sums that dim), whether it
+    accumulates with atomics, `sum_axes`: the axes the host then sums (deterministic), and `f32`:
+    the buffer is float32 (atomics and expanded buffers); else it has the bias's kernel dtype and
+    each entry is stored once, already rounded."""
 
     shape: tuple
     strides: tuple
     atomic: bool
     sum_axes: tuple
+    f32: bool = True
 
 
 def dbias_plan(bias4_shape: tuple, full: tuple, deterministic: bool) -> DbiasPlan:
@@ -413,12 +416,12 @@ def dbias_plan(bias4_shape: tuple, full: tuple, deterministic: bool) -> DbiasPla
     batch_stride = 0 if shape[0] == 1 else shape[1] * shape[2] * sk
     head_stride = 0 if shape[1] == 1 else shape[2] * sk
     row_stride = 0 if summed[2] else sk
-    return DbiasPlan(shape, (batch_stride, head_stride, row_stride), atomic, sum_axes)
+    return DbiasPlan(shape, (batch_stride, head_stride, row_stride), atomic, sum_axes, atomic or bool(sum_axes))
 
 
 def dbias_fields(plan: DbiasPlan, buffer: Ref) -> dict:
     return {"dbias": buffer.ptr, "dbias_batch_stride": plan.strides[0], "dbias_head_stride": plan.strides[1],
-            "dbias_row_stride": plan.strides[2], "dbias_atomic": int(plan.atomic)}
+            "dbias_row_stride": plan.strides[2], "dbias_atomic": int(plan.atomic), "dbias_f32": int(plan.f32)}
 
 
 def _window(window_size, causal: bool) -> tuple[int, int]:
@@ -758,7 +761,7 @@ def attention_backward(
         if bias_requires_grad:
             full = (qr.shape[0], qr.shape[2], qr.shape[1], kr.shape[1])
             plan = dbias_plan(bias.ref.shape, full, deterministic)
-            buffer = cp.zeros(plan.shape, dtype=np.float32)
+            buffer = cp.zeros(plan.shape, dtype=np.float32 if plan.f32 else bias.array.dtype)
         part = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
                             cupy_alloc, cp.cuda.get_current_stream().ptr,
                             None if plan is None else dbias_fields(plan, cupy_ref(buffer)))
@@ -771,12 +774,12 @@ def attention_backward(
 
 
 def finish_dbias(buffer, plan: DbiasPlan, bias: Bias):
-    """dbias from the kernel's float32 CuPy buffer: the deterministic sums over the expanded dims
-    (CuPy's reductions add in a fixed order), then the bias's own shape and dtype."""
+    """dbias from the kernel's CuPy buffer: the deterministic sums over the expanded dims (CuPy's
+    reductions add in a fixed order), then the bias's own shape and dtype."""
     if plan.sum_axes:
         buffer = buffer.sum(axis=plan.sum_axes, keepdims=True)
     buffer = buffer.reshape(bias.shape)
-    if bias.dtype == "float32":
+    if _numpy_name(buffer.dtype) == bias.dtype:
         return buffer
     if bias.dtype == "float16":
         return buffer.astype(np.float16)

@@ -80,7 +80,7 @@ BWD_PARAMS = np.dtype(
         ("dka_batch_stride", _I64), ("dka_row_stride", _I64), ("dka_head_stride", _I64),
         ("seqlen_q_rounded", _I32), ("m_blocks", _I32), ("dsink_part", _PTR),
         ("dbias", _PTR), ("dbias_batch_stride", _I64), ("dbias_head_stride", _I64), ("dbias_row_stride", _I64),
-        ("dbias_atomic", _I32),
+        ("dbias_atomic", _I32), ("dbias_f32", _I32),
     ]
     + SEQUENCE_FIELDS,
     align=True,

@@ -216,6 +216,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         if (m + 1 < m_end) {
             load_query_block(m + 1, buf ^ 1);
             cp_async_commit();
+            mod.prefetch<BM, BN, THREADS>((m + 1) * BM, key0, tid);  // the bias of block m+1 (score_mod.cuh)
         }
         const u32 sQ_buf = sQ_addr + (u32)(buf * BM * PITCH * 2);
         const u32 sdO_buf = sdO_addr + (u32)(buf * BM * PITCH * 2);

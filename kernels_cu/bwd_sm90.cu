@@ -178,6 +178,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         if (m + 1 < m_end) {
             load_query_block(m + 1, buf ^ 1);
             cp_async_commit();
+            mod.prefetch<BM, BN, THREADS>((m + 1) * BM, key0, tid);  // the bias of block m+1 (score_mod.cuh)
         }
         const u32 q_buf = sQ + buf * QD_BYTES, do_buf = sdO + buf * QD_BYTES;
         // Tile addresses for this step's descriptors (wgmma.cuh opaque).

@@ -212,6 +212,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         if (n > n_begin) {
             load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n - 1) * BN, si.seqlen_k, p.head_dim, tid);
             cp_async_commit();
+            mod.prefetch<BM, BN, THREADS>(row0, (n - 1) * BN, tid);  // the bias of block n-1 (score_mod.cuh)
         }
 
         // O += P V[n], 16 keys per k-step.

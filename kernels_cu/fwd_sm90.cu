@@ -118,7 +118,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     load_k(last);
     cp_async_commit();
     load_v(last);
-    if (last > first) load_k(last - 1);
+    if (last > first) {
+        load_k(last - 1);
+        mod.prefetch<BM, BN, THREADS>(row0, (last - 1) * BN, tid);  // the bias of block last-1 (score_mod.cuh)
+    }
     cp_async_commit();
 
     float acc_o[DT][4];
@@ -133,11 +136,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     u32 pa[BN / 16][4];  // P of the block whose P V is issued next, as A fragments
 
     // S = Q K[j]^T (64 x BN per warpgroup) is issued; the first k-step overwrites acc_s
-    // (so the compiler knows its old value is dead), or adds onto the bias
-    // (score_mod.cuh BIAS_IN_ACC).
+    // (so the compiler knows its old value is dead), or adds onto the bias that
+    // init_s(j) loaded before (score_mod.cuh BIAS_IN_ACC).
+    auto init_s = [&](int j) {
+        if (ScoreMod::BIAS_IN_ACC) mod.init<false>(acc_s, row0 + warp_row0, j * BN, lane);
+    };
     auto issue_s = [&](int j) {
         const u32 q_tile = opaque(sQ);  // descriptors computed here, not held across the loop (wgmma.cuh)
-        if (ScoreMod::BIAS_IN_ACC) mod.init<false>(acc_s, row0 + warp_row0, j * BN, lane);
         wgmma_fence();
         wgmma_ss<BN, 0, 0, ScoreMod::BIAS_IN_ACC>(acc_s[0], desc_k_major<BM, D>(q_tile, wg * 64, 0),
                                                   desc_k_major<BN, D>(sK(j), 0, 0));
@@ -168,6 +173,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     };
 
     // S[last] and its softmax before the loop (O is still 0: no rescale).
+    init_s(last);
     cp_async_wait<1>();
     fence_proxy_async();  // Q, K[last] -> visible to wgmma ...
     __syncthreads();      // ... for every thread's copies
@@ -203,8 +209,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // Every step issues both products, so the compiler can tell which one
     // each wait retires (a conditional commit would make it serialize them).
     for (int n = last; n > first; --n) {
+        init_s(n - 1);  // acc_s is free (P[n] is in pa): the bias loads run during the wait below
         sync_copies();  // K[n-1], V[n] landed; S[n] (read K[n]) and P[n+1] V[n+1] done
-        if (n - 2 >= first) load_k(n - 2);
+        if (n - 2 >= first) {
+            load_k(n - 2);
+            mod.prefetch<BM, BN, THREADS>(row0, (n - 2) * BN, tid);  // the bias of block n-2, as K[n-2]
+        }
         load_v(n - 1);
         cp_async_commit();
 

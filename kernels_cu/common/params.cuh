@@ -120,12 +120,13 @@ struct BwdParams {
     i64 dka_batch_stride, dka_row_stride, dka_head_stride;  // of dk_accum and dv_accum
     int seqlen_q_rounded, m_blocks;  // m_blocks * Br
     float* dsink_part;   // (batch, nheads, key blocks): each CTA's sum_i P_sink,i sum_j P_ij dP_ij (CUFLASH_SINK)
-    // CUFLASH_BIAS: the bias's gradient (score_mod.cuh BiasGrad), or null: float32, key stride 1,
-    // row stride 0 to sum over queries, batch / head strides 0 to sum over those; dbias_atomic:
-    // accumulate with atomics (entries shared by several (b, h, i)), else store.
-    float* dbias;
+    // CUFLASH_BIAS: the bias's gradient (score_mod.cuh BiasGrad), or null: key stride 1, row
+    // stride 0 to sum over queries, batch / head strides 0 to sum over those; dbias_atomic:
+    // accumulate with atomics (entries shared by several (b, h, i)) in float32, else store, in
+    // float32 when dbias_f32, else in the bias's own type.
+    void* dbias;
     i64 dbias_batch_stride, dbias_head_stride, dbias_row_stride;
-    int dbias_atomic;
+    int dbias_atomic, dbias_f32;
     CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 

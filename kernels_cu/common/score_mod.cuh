@@ -47,10 +47,12 @@ constexpr bool BIAS = CUFLASH_BIAS != 0;
 using BiasT = float;
 CUFLASH_DEVICE float bias_value(const float* x) { return __ldg(x); }
 CUFLASH_DEVICE float2 bias_pair(const float* x) { return __ldg(reinterpret_cast<const float2*>(x)); }
+CUFLASH_DEVICE float bias_from_float(float x) { return x; }
 #else
 using BiasT = u16;
 CUFLASH_DEVICE float bias_value(const u16* x) { return unpack_float2(__ldg(x)).x; }
 CUFLASH_DEVICE float2 bias_pair(const u16* x) { return unpack_float2(__ldg(reinterpret_cast<const u32*>(x))); }
+CUFLASH_DEVICE u16 bias_from_float(float x) { return (u16)(pack_float2(x, 0.f) & 0xffffu); }
 #endif
 
 // tanh with the SFU (tanh.approx.f32, one instruction, max relative error 2^-11).
@@ -156,6 +158,25 @@ struct ScoreMod {
         if (BIAS && !BIAS_IN_ACC) bias_tile<KEYS_AS_ROWS, true>(s, row0, col0, lane);
     }
 
+    // Ask L2 for the bias of the (queries [q0, q0 + QUERIES), keys [k0, k0 + KEYS))
+    // tile a later step adds (the kernels call it a step ahead, beside the copies of
+    // K / V or Q / dO): one 128-byte line per thread and pass, rows clamped to the
+    // sequence. The loads of init() / apply() then find the lines in L2 instead of
+    // waiting on memory right before the product.
+    template <int QUERIES, int KEYS, int THREADS>
+    CUFLASH_DEVICE void prefetch(int q0, int k0, int tid) const {
+        if (!BIAS) return;
+        constexpr int LINE = 128 / sizeof(BiasT);  // elements per 128-byte line
+        constexpr int LINES_PER_ROW = (KEYS + LINE - 1) / LINE;
+        const int keys = min(KEYS, seqlen_k - k0);
+        if (keys <= 0) return;
+#pragma unroll 1
+        for (int x = tid; x < QUERIES * LINES_PER_ROW; x += THREADS) {
+            const int i = q0 + x / LINES_PER_ROW, j = k0 + min((x % LINES_PER_ROW) * LINE, keys - 1);
+            if (i < seqlen_q) asm volatile("prefetch.global.L2 [%0];" ::"l"(bias + i * bias_rs + j));
+        }
+    }
+
   private:
     // s = B / scale (ADD: s += B / scale). Each fragment element pair (2h, 2h + 1)
     // holds two adjacent columns: two adjacent keys of S (one load) or two
@@ -216,24 +237,28 @@ struct ScoreMod {
 };
 
 // The bias's gradient in the backward (BIAS, when dbias is not null): this
-// (b, h)'s slice of a float32 buffer of the bias's own shape, contiguous, with
-// row stride 0 when the bias has one row for every query (a per-key bias) and
-// its broadcast batch / head dims folded onto one slice. Entries that several
-// (b, h, i) reach are accumulated with atomics (dbias_atomic); a per-key
-// bias's are first summed over the warp's queries (softmax.cuh). Deterministic
-// backwards get a buffer expanded over the broadcast dims instead (plain
-// stores, one writer per entry) that the host sums.
+// (b, h)'s slice of a buffer of the bias's own shape, contiguous, with row
+// stride 0 when the bias has one row for every query (a per-key bias) and its
+// broadcast batch / head dims folded onto one slice. Entries that several
+// (b, h, i) reach are accumulated in float32 with atomics (dbias_atomic); a
+// per-key bias's are first summed over the warp's queries (softmax.cuh).
+// Entries with one writer are stored: in the bias's own type (BiasT), unless
+// the host asks for float32 (dbias_f32: a deterministic backward's buffer
+// expanded over the broadcast dims, which the host then sums in a fixed order).
 struct BiasGrad {
-    float* dbias;  // row 0 of (b, h), or null: no gradient asked for
-    i64 rs;        // row (query) stride; 0: sum over queries
-    bool atomic;
+    void* dbias;  // row 0 of (b, h), or null: no gradient asked for
+    i64 rs;       // row (query) stride; 0: sum over queries
+    bool atomic, f32;
 
     template <class Params>
-    CUFLASH_DEVICE BiasGrad(const Params& p, const SeqInfo& si) : dbias(nullptr), rs(0), atomic(false) {
+    CUFLASH_DEVICE BiasGrad(const Params& p, const SeqInfo& si) : dbias(nullptr), rs(0), atomic(false), f32(true) {
         if (BIAS && p.dbias != nullptr) {
-            dbias = p.dbias + si.b * p.dbias_batch_stride + si.h * p.dbias_head_stride;
             rs = p.dbias_row_stride;
             atomic = p.dbias_atomic != 0;
+            f32 = atomic || p.dbias_f32 != 0;
+            const i64 at = si.b * p.dbias_batch_stride + si.h * p.dbias_head_stride;
+            dbias = f32 ? static_cast<void*>(static_cast<float*>(p.dbias) + at)
+                        : static_cast<void*>(static_cast<BiasT*>(p.dbias) + at);
         }
     }
     CUFLASH_DEVICE bool active() const { return BIAS && dbias != nullptr; }
@@ -241,8 +266,9 @@ struct BiasGrad {
 
     // dB_ij = x (one entry, i < seqlen_q and j < seqlen_k: the caller checks).
     CUFLASH_DEVICE void put(float x, int i, int j) const {
-        float* at = dbias + i * rs + j;
-        if (atomic) atomicAdd(at, x);
-        else *at = x;
+        const i64 at = i * rs + j;
+        if (atomic) atomicAdd(static_cast<float*>(dbias) + at, x);
+        else if (f32) static_cast<float*>(dbias)[at] = x;
+        else static_cast<BiasT*>(dbias)[at] = bias_from_float(x);
     }
 };

@@ -95,6 +95,7 @@ FULL = (2, 4, 16, 24)
 def test_dbias_plan(shape4, deterministic, buffer, strides, atomic, axes):
     plan = api.dbias_plan(shape4, FULL, deterministic)
     assert (plan.shape, plan.strides, plan.atomic, plan.sum_axes) == (buffer, strides, atomic, axes)
+    assert plan.f32 == (atomic or bool(axes))  # one store per entry: in the bias's own dtype
 
 
 def test_dbias_plan_one_query_keeps_a_row_stride():
