@@ -674,7 +674,8 @@ def attention_probs(q, k, v, opts: Options, alibi_slopes, learnable_sink, bias=N
     probs = reference.attention_probs(
         q, k, v, softmax_scale=opts.scale,
         window_size=opts.window, softcap=opts.softcap, alibi_slopes=alibi_slopes, bias=bias,
-        learnable_sink=learnable_sink, dropout_p=0.0 if mask is None else opts.dropout.p, dropout_mask=mask, precision="float64")
+        learnable_sink=learnable_sink, dropout_p=0.0 if mask is None else opts.dropout.p, dropout_mask=mask,
+        precision="float64")
     return probs.astype(np.float32)
 
 
@@ -767,25 +768,28 @@ def attention_backward(
                             None if plan is None else dbias_fields(plan, cupy_ref(buffer)))
         grads = (dq, dk, dv)
         if bias_requires_grad:
-            grads += (finish_dbias(buffer, plan, bias),)
+            grads += (finish_dbias(buffer, plan, bias, lambda x: _numpy_name(x.dtype), _cupy_cast),)
         if learnable_sink is None:
             return grads
         return *grads, dsink(cp, part, learnable_sink, lse, dlse)
 
 
-def finish_dbias(buffer, plan: DbiasPlan, bias: Bias):
-    """dbias from the kernel's CuPy buffer: the deterministic sums over the expanded dims (CuPy's
-    reductions add in a fixed order), then the bias's own shape and dtype."""
+def finish_dbias(buffer, plan: DbiasPlan, bias: Bias, dtype_name, cast):
+    """dbias from the kernel's buffer (CuPy or torch): the deterministic sums over the expanded
+    dims (both frameworks' reductions add in a fixed order), then the bias's own shape and dtype.
+    dtype_name(array) is an array's NumPy dtype name; cast(array, name) converts it."""
     if plan.sum_axes:
-        buffer = buffer.sum(axis=plan.sum_axes, keepdims=True)
+        buffer = buffer.sum(plan.sum_axes)  # the summed dims become the bias's 1s in the reshape
     buffer = buffer.reshape(bias.shape)
-    if _numpy_name(buffer.dtype) == bias.dtype:
-        return buffer
-    if bias.dtype == "float16":
-        return buffer.astype(np.float16)
-    import ml_dtypes
+    return buffer if dtype_name(buffer) == bias.dtype else cast(buffer, bias.dtype)
 
-    return buffer.astype(ml_dtypes.bfloat16)
+
+def _cupy_cast(x, name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(name)
 
 
 # ---------------------------------------------------------------- variable-length batches

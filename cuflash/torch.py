@@ -110,6 +110,19 @@ def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, wind
     return qr, kr, vr, api.with_dropout(opts, dropout)
 
 
+def _convert(t, dtype: str | None):
+    """api.check_bias's copy: in that dtype (None: its own), contiguous."""
+    return (t if dtype is None else t.to(_TORCH_DTYPES[dtype])).contiguous()
+
+
+def _with_bias(opts, bias, qr: Ref, kr: Ref, real: bool = True):
+    """(opts with the bias, the validated api.Bias), or (opts, None) without one."""
+    if bias is None:
+        return opts, None
+    checked = api.check_bias(bias, qr, kr, lambda t: _ref(t, "bias", real), _convert)
+    return api.with_bias(opts, checked), checked
+
+
 def _draw_dropout(dropout_p) -> tuple[api.DropoutRng | None, torch.Tensor]:
     """The forward's dropout (None without) and its rng state: int64 (2,) on the host, (seed,
     offset), or (0,) without dropout. The seed comes from torch's default generator, so
@@ -140,11 +153,12 @@ def _saved_dropout(dropout_p, rng: Optional[torch.Tensor]) -> api.DropoutRng | N
 
 
 def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-             return_lse: bool, dropout_p: float = 0.0):
+             return_lse: bool, dropout_p: float = 0.0, bias=None):
     """(out, lse or None, rng state): the forward kernel on validated-on-entry tensors."""
     drop, rng = _draw_dropout(dropout_p)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
                                  window_right, softcap, dropout=drop)
+    opts, _ = _with_bias(opts, bias, qr, kr)
     batch, seqlen_q, nheads, _ = q.shape
     device = qr.device
     with _on_device(device):
@@ -156,11 +170,13 @@ def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, windo
 
 
 def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-              window_right, softcap, deterministic, dropout_p=0.0, rng=None):
-    """(dq, dk, dv, dsink): dsink is float32 (nheads,) with a learnable sink, else an empty tensor."""
+              window_right, softcap, deterministic, dropout_p=0.0, rng=None, bias=None, bias_grad=False):
+    """(dq, dk, dv, dsink, dbias): dsink is float32 (nheads,) with a learnable sink, dbias the
+    bias's gradient (its shape and dtype) when bias_grad, each else an empty tensor."""
     dout = _maybe_contiguous(dout)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
                                  window_right, softcap, dropout=_saved_dropout(dropout_p, rng))
+    opts, checked = _with_bias(opts, bias, qr, kr)
     doutr, outr, lser = _ref(dout, "dout"), _ref(out, "out"), _ref(lse, "lse")
     api.check_like(doutr, qr, "dout", "q")
     api.check_like(outr, qr, "out", "q")
@@ -169,13 +185,23 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
     device = qr.device
     with _on_device(device):
         dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+        plan = buffer = None
+        if bias_grad and checked is not None:
+            plan = api.dbias_plan(checked.ref.shape, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]), deterministic)
+            buffer = torch.zeros(plan.shape, dtype=torch.float32 if plan.f32 else checked.array.dtype, device=device)
         part = api.run_backward(doutr, qr, kr, vr, outr, lser, _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv"),
-                                opts, deterministic, dlser, _alloc(device), _stream(device))
+                                opts, deterministic, dlser, _alloc(device), _stream(device),
+                                None if plan is None else api.dbias_fields(plan, _ref(buffer, "dbias")))
         if learnable_sink is None:
             dsink = q.new_empty((0,), dtype=torch.float32)
         else:
             dsink = api.dsink(torch, part, learnable_sink, lse, dlse)
-    return dq, dk, dv, dsink
+        if plan is None:
+            dbias = q.new_empty((0,))
+        else:
+            dbias = api.finish_dbias(buffer, plan, checked, lambda t: _DTYPE_NAMES[t.dtype],
+                                     lambda t, name: t.to(_TORCH_DTYPES[name]))
+    return dq, dk, dv, dsink, dbias
 
 
 # ---------------------------------------------------------------- custom ops
@@ -184,20 +210,21 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
 @torch.library.custom_op("cuflash::fwd", mutates_args=(), device_types="cuda")
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slopes: Optional[torch.Tensor],
             learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
-            window_right: int, softcap: float, deterministic: bool, dropout_p: float
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            window_right: int, softcap: float, deterministic: bool, dropout_p: float,
+            bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q) float32, rng state
     (int64 (seed, offset) on the host, empty without dropout)). deterministic is carried for the
-    backward only."""
+    backward only. bias: broadcastable to (batch, nheads, seqlen_q, seqlen_k) (cuflash.attention)."""
     return _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                    softcap, True, dropout_p)
+                    softcap, True, dropout_p, bias)
 
 
 @_fwd_op.register_fake
 def _fwd_fake(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-              deterministic, dropout_p):
-    _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-              real=False)
+              deterministic, dropout_p, bias=None):
+    qr, kr, _, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
+                                window_right, softcap, real=False)
+    _with_bias(opts, bias, qr, kr, real=False)
     api.dropout_options(dropout_p, 0)
     batch, seqlen_q, nheads, _ = q.shape
     rng = torch.empty((2 if dropout_p else 0,), dtype=torch.int64, device="cpu")
@@ -208,45 +235,55 @@ def _fwd_fake(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, wind
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, dlse: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
             learnable_sink: Optional[torch.Tensor], rng: torch.Tensor, softmax_scale: float, causal: bool,
-            window_left: int, window_right: int, softcap: float, deterministic: bool, dropout_p: float
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, dsink); dsink is (nheads,) float32 with a learnable sink, else empty. rng: the
-    forward's rng state."""
+            window_left: int, window_right: int, softcap: float, deterministic: bool, dropout_p: float,
+            bias: Optional[torch.Tensor] = None, bias_grad: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dsink, dbias); dsink is (nheads,) float32 with a learnable sink, dbias like bias
+    when bias_grad, each else empty. rng: the forward's rng state."""
     return _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal,
-                     window_left, window_right, softcap, deterministic, dropout_p, rng)
+                     window_left, window_right, softcap, deterministic, dropout_p, rng, bias, bias_grad)
 
 
 @_bwd_op.register_fake
-def _bwd_fake(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, *rest):
+def _bwd_fake(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, rng, softmax_scale, causal, window_left,
+              window_right, softcap, deterministic, dropout_p, bias=None, bias_grad=False):
     dsink = q.new_empty((0,) if learnable_sink is None else learnable_sink.shape, dtype=torch.float32)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsink
+    dbias = bias.new_empty(bias.shape) if bias is not None and bias_grad else q.new_empty((0,))
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsink, dbias
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    q, k, v, alibi_slopes, learnable_sink, *ctx.options = inputs
+    """inputs: (q, k, v, alibi_slopes, learnable_sink, the 7 value options[, bias]) (the op's bias
+    defaults to None and may be left out)."""
+    q, k, v, alibi_slopes, learnable_sink, *options = inputs
+    ctx.options, bias = options[:7], (options[7] if len(options) > 7 else None)
     out, lse, rng = output
     ctx.mark_non_differentiable(rng)
-    ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, learnable_sink, rng)
+    ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, learnable_sink, rng, bias)
+    ctx.inputs = len(inputs)
 
 
 def _fwd_backward(ctx, dout, dlse, drng=None, backward=_bwd_op):
-    """The gradients of (q, k, v, alibi_slopes, learnable_sink, *options) from those of (out, lse):
-    the autograd formula of cuflash::fwd (through cuflash::bwd) and of the eager Function."""
-    q, k, v, out, lse, alibi_slopes, learnable_sink, rng = ctx.saved_tensors
+    """The gradients of (q, k, v, alibi_slopes, learnable_sink, *options[, bias]) from those of
+    (out, lse): the autograd formula of cuflash::fwd (through cuflash::bwd) and of the eager Function."""
+    q, k, v, out, lse, alibi_slopes, learnable_sink, rng, bias = ctx.saved_tensors
     if dout is None:  # only lse was used
         dout = torch.zeros_like(out)
-    dq, dk, dv, dsink = backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, rng, *ctx.options)
-    return (dq, dk, dv, None, dsink if learnable_sink is not None else None) + (None,) * len(ctx.options)
+    bias_grad = bias is not None and bool(ctx.needs_input_grad[-1])
+    dq, dk, dv, dsink, dbias = backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, rng,
+                                        *ctx.options, bias, bias_grad)
+    grads = (dq, dk, dv, None, dsink if learnable_sink is not None else None) + (None,) * len(ctx.options)
+    return grads + (dbias if bias_grad else None,) * (ctx.inputs - len(grads))
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 
 
 def _eager_backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, rng, softmax_scale, causal,
-                    window_left, window_right, softcap, deterministic, dropout_p):
+                    window_left, window_right, softcap, deterministic, dropout_p, bias=None, bias_grad=False):
     """_backward in cuflash::bwd's argument order."""
     return _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal,
-                     window_left, window_right, softcap, deterministic, dropout_p, rng)
+                     window_left, window_right, softcap, deterministic, dropout_p, rng, bias, bias_grad)
 
 
 class _EagerAttention(torch.autograd.Function):
@@ -255,12 +292,12 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                softcap, deterministic, dropout_p):
+                softcap, deterministic, dropout_p, bias):
         ctx.set_materialize_grads(False)
         output = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
-                          softcap, True, dropout_p)
+                          softcap, True, dropout_p, bias)
         _fwd_setup_context(ctx, (q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                                 window_right, softcap, deterministic, dropout_p), output)
+                                 window_right, softcap, deterministic, dropout_p, bias), output)
         return output
 
     @staticmethod
@@ -278,7 +315,7 @@ def _not_implemented(**options):
 
 
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-               return_attn_probs, learnable_sink):
+               return_attn_probs, learnable_sink, bias=None):
     """The one path behind every dense function: (out) or (out, lse, None)."""
     if not (isinstance(window_size, tuple) and len(window_size) == 2):
         window_size = api._window(window_size, False)  # a clear error for a bad value; a list becomes a tuple
@@ -287,34 +324,36 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
-        learnable_sink is not None and learnable_sink.requires_grad))
+        learnable_sink is not None and learnable_sink.requires_grad) or (bias is not None and bias.requires_grad))
     if dropout_p:
         api.dropout_options(dropout_p, 0)  # a clear error for a bad value before any work
     dropout_p = float(dropout_p)
     if torch.compiler.is_compiling():
         out, lse, _ = _fwd_op(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale), bool(causal), window_left,
-                              window_right, float(softcap), bool(deterministic), dropout_p)
+                              window_right, float(softcap), bool(deterministic), dropout_p, bias)
     elif grad:
         out, lse, _ = _EagerAttention.apply(q, k, v, alibi_slopes, learnable_sink, float(softmax_scale),
                                             bool(causal), window_left, window_right, float(softcap),
-                                            bool(deterministic), dropout_p)
+                                            bool(deterministic), dropout_p, bias)
     else:
         out, lse, _ = _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                               window_right, softcap, return_attn_probs, dropout_p)
+                               window_right, softcap, return_attn_probs, dropout_p, bias)
     return (out, lse, None) if return_attn_probs else out
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, learnable_sink=None):
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, learnable_sink=None, bias=None):
     """flash-attn 2.x's flash_attn_func. q: (batch, seqlen_q, nheads, headdim); k, v:
     (batch, seqlen_k, nheads_kv, headdim); fp16/bf16 CUDA tensors. Returns out like q, or with
     return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q) float32, None): the third
     element, flash-attn's debug tensor of probabilities, is not produced (cuflash.attention's
     return_attn_probs gives it on CuPy arrays). dropout_p > 0 draws the mask's seed from torch's
     default generator (torch.manual_seed makes it reproducible); the backward uses the same mask.
-    learnable_sink (cuflash only): float32 (nheads,) sink logits, differentiable."""
+    learnable_sink (cuflash only): float32 (nheads,) sink logits, differentiable. bias (cuflash
+    only): an additive bias broadcastable to (batch, nheads, seqlen_q, seqlen_k), fp16, bf16 or
+    float32 (cuflash.attention's rules), differentiable: its gradient has its shape and dtype."""
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                      return_attn_probs, learnable_sink)
+                      return_attn_probs, learnable_sink, bias)
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -684,8 +723,8 @@ def _sdpa_backward(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_s
         scale = query.shape[-1] ** -0.5
     q, k, v, o, do = (t.transpose(1, 2) for t in (query, key, value, out, grad_out))
     rng = philox_seed.to(torch.int64).cpu() if dropout_p else None  # one host synchronisation, with dropout only
-    dq, dk, dv, _ = _backward(do, q, k, v, o, logsumexp, None, None, None, scale, is_causal, -1, -1, 0.0, False,
-                              dropout_p, rng)
+    dq, dk, dv, _, _ = _backward(do, q, k, v, o, logsumexp, None, None, None, scale, is_causal, -1, -1, 0.0, False,
+                                 dropout_p, rng)
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 

@@ -10,7 +10,7 @@
 // and adds to dQ_i (fp32, global) for every query block i:
 //   dQ_i += scale * dS_ij K_j                     (Br, d)
 // where, for query block i (Br rows) and this key block:
-//   S_ij  = mod(Q_i K_j^T)                        (Br, Bc), softcap / ALiBi (score_mod.cuh), masked (mask.cuh)
+//   S_ij  = mod(Q_i K_j^T)                        (Br, Bc), softcap / ALiBi / bias (score_mod.cuh), masked
 //   P_ij  = exp(S_ij * scale - L_i) = exp2(S_ij * scale * log2(e) - L_i * log2(e))
 //   dP_ij = dO_i V_j^T                            (Br, Bc)
 //   dS_ij = P_ij ∘ (dP_ij - D_i) ∘ mod'           D_i = rowsum(dO_i ∘ O_i) (- dlse_i), bwd_prepare.cu
@@ -52,7 +52,8 @@
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
 //   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
 //   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI,
-//   CUFLASH_SINK, CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
+//   CUFLASH_BIAS (dB = P ∘ (dP - D) into dbias when asked, softmax.cuh), CUFLASH_SINK, CUFLASH_DROPOUT,
+//   CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
 // Memory per CTA: nothing of size seqlen_q x seqlen_k exists anywhere; S, P, dP
 // and dS live only as (Bc x Br) tiles in registers and shared memory.
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides

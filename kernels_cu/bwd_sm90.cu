@@ -41,7 +41,8 @@
 // CUFLASH_HEAD_DIM D (64, 128 or 256; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_N Bc (128, or
 // 64 for SPLIT_D), CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK,
-// CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_VARLEN (seqinfo.cuh). Br = 64, 256 threads.
+// CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_BIAS (and dbias), CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN
+// (seqinfo.cuh). Br = 64, 256 threads.
 // Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
 // (Bc x Br) tiles. Constraints: as bwd.cu.
 // Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T;

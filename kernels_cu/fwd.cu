@@ -3,7 +3,7 @@
 //
 // Computes, for one (batch b, query head h) and a block of Br query rows,
 //   S = Q K^T            Q: (Br, d) rows of q[b, :, h, :], K: (Sk, d) of k[b, :, h_kv, :]
-//   S = mod(S)           softcap, ALiBi (score_mod.cuh), when compiled in
+//   S = mod(S)           softcap, ALiBi, additive bias (score_mod.cuh), when compiled in
 //   P = softmax(S * softmax_scale) over keys, masked (mask.cuh: causal or a
 //                        sliding window), with the learnable sink in the denominator
 //   O = P V              V: (Sk, d), O: (Br, d) -> o[b, :, h, :]
@@ -30,7 +30,7 @@
 //   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32, the
 //   actual d <= D is a run-time value; columns >= d are zero-filled and never
 //   stored), CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, and the
-//   features: CUFLASH_MASK (mask.cuh), CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK,
+//   features: CUFLASH_MASK (mask.cuh), CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_BIAS, CUFLASH_SINK, CUFLASH_DROPOUT,
 //   CUFLASH_VARLEN (variable-length batch: per-sequence rows and lengths, seqinfo.cuh).
 // Constraints: d % 8 == 0; q, k, v, o 16-byte aligned with strides that are
 // multiples of 8 elements (checked in cuflash/api.py); softmax_scale > 0.

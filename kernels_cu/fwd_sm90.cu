@@ -33,7 +33,8 @@
 // CUFLASH_HEAD_DIM D (multiple of 32; the actual d <= D is a run-time value,
 // columns >= d are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per
 // warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_CTAS_PER_SM, and the
-// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_VARLEN (seqinfo.cuh).
+// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_BIAS, CUFLASH_SINK, CUFLASH_DROPOUT,
+// CUFLASH_VARLEN (seqinfo.cuh).
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
 // Shared memory: (Br + 4 Bc) * D * 2 bytes plus 1 KB of alignment slack (cuflash/launch.py).
 #include "common/platform.cuh"

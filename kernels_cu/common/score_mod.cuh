@@ -100,7 +100,8 @@ struct ScoreMod {
     // aligned (an odd row stride leaves every other row's pairs unaligned).
     CUFLASH_DEVICE float2 bias_at2(int i, int j) const {
         const BiasT* at = bias + i * bias_rs + j;
-        if ((unsigned)i < (unsigned)seqlen_q && j + 1 < seqlen_k && (reinterpret_cast<u64>(at) % (2 * sizeof(BiasT))) == 0) {
+        const bool aligned = reinterpret_cast<u64>(at) % (2 * sizeof(BiasT)) == 0;
+        if ((unsigned)i < (unsigned)seqlen_q && j + 1 < seqlen_k && aligned) {
             const float2 b = bias_pair(at);
             return make_float2(b.x * inv_scale, b.y * inv_scale);
         }

@@ -50,7 +50,8 @@ def test_flash_attn_2_signature(name):
     assert got == FLASH_ATTN_2[name]
     # cuflash's own options: keyword-only, after flash-attn's, each with a default
     assert all(d is not None for d in args.kw_defaults)
-    extra = ["learnable_sink", "check_indices"] if name == "flash_attn_with_kvcache" else ["learnable_sink"]
+    extra = {"flash_attn_with_kvcache": ["learnable_sink", "check_indices"],
+             "flash_attn_func": ["learnable_sink", "bias"]}.get(name, ["learnable_sink"])
     assert [a.arg for a in args.kwonlyargs] == extra
 
 

@@ -39,6 +39,8 @@ CASES = {
     "window_softcap": dict(shape=(1, 257, 257, 4, 1, 128), opts=dict(window_size=(32, 8), softcap=5.0)),
     "alibi": dict(shape=(2, 64, 96, 4, 4, 64), opts=dict(causal=True, alibi=True)),
     "sink": dict(shape=(2, 96, 160, 4, 2, 64), opts=dict(sink=True)),
+    "bias": dict(shape=(2, 96, 161, 4, 2, 64), opts=dict(causal=True, bias=(2, 1, 96, 161))),
+    "bias_per_key": dict(shape=(2, 96, 160, 4, 4, 64), opts=dict(bias=(2, 1, 1, 160))),
 }
 
 
@@ -52,6 +54,8 @@ def case_inputs(name, dtype):
                                             device="cuda")
     if opts.pop("sink", False):
         opts["learnable_sink"] = torch.linspace(-2.0, 6.0, h, device="cuda").requires_grad_()
+    if "bias" in opts:
+        opts["bias"] = (2 * torch.randn(opts["bias"], device="cuda", dtype=TORCH_DTYPES[dtype])).requires_grad_()
     return q, k, v, opts
 
 
@@ -81,6 +85,10 @@ def test_values_and_gradients_match_the_reference(name, dtype):
         g = opts["learnable_sink"].grad
         assert g is not None and g.shape == (q.shape[2],)
         testing.check_accuracy("dsink", host(g), b64[4], blp[4], dtype, "bwd")
+    if "bias" in opts:
+        g = opts["bias"].grad
+        assert g is not None and g.shape == opts["bias"].shape and g.dtype == opts["bias"].dtype
+        testing.check_accuracy("dbias", host(g), b64[3], blp[3], dtype, "bwd")
 
 
 def test_no_grad_fast_path_equals_the_custom_op():
@@ -334,16 +342,21 @@ def test_bad_input_names_the_argument(call, exc, match):
 def test_opcheck_forward_and_backward_ops():
     q, k, v = rand(1, 40, 4, 64, grad=True), rand(1, 72, 2, 64, grad=True), rand(1, 72, 2, 64, grad=True)
     sink = torch.linspace(-1.0, 2.0, 4, device="cuda").requires_grad_()
+    bias = torch.randn(1, 4, 40, 72, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     for args in ((q, k, v, None, None, 0.125, True, -1, 0, 0.0, False, 0.0),
                  (q, k, v, None, sink, 0.125, False, 16, 4, 10.0, False, 0.0),
-                 (q, k, v, None, None, 0.125, True, -1, 0, 0.0, False, 0.25)):
-        if not args[-1]:  # opcheck repeats the call and compares: a fresh dropout seed each time differs
+                 (q, k, v, None, None, 0.125, True, -1, 0, 0.0, False, 0.25),
+                 (q, k, v, None, None, 0.125, True, -1, 0, 0.0, False, 0.0, bias)):
+        dropout_p = args[11]
+        if not dropout_p:  # opcheck repeats the call and compares: a fresh dropout seed each time differs
             torch.library.opcheck(torch.ops.cuflash.fwd.default, args)
         out, lse, rng = torch.ops.cuflash.fwd(*args)
-        assert rng.numel() == (2 if args[-1] else 0) and rng.device.type == "cpu"
+        assert rng.numel() == (2 if dropout_p else 0) and rng.device.type == "cpu"
         dout = torch.randn_like(out)
         bargs = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None, None,
-                 None if args[4] is None else sink.detach(), rng, *args[5:])
+                 None if args[4] is None else sink.detach(), rng, *args[5:12])
+        if len(args) > 12:  # the bias, with its gradient
+            bargs += (bias.detach(), True)
         torch.library.opcheck(torch.ops.cuflash.bwd.default, bargs)
 
 
@@ -375,6 +388,19 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.allclose(got, eager, atol=1e-2, rtol=0)
     for a, b in zip((p.grad for p in model.parameters()), eager_grads):
         assert torch.allclose(a, b, atol=2e-2, rtol=0)
+
+
+def test_torch_compile_fullgraph_with_a_bias_matches_eager():
+    q, k, v = rand(2, 64, 4, 64, grad=True), rand(2, 80, 2, 64, grad=True), rand(2, 80, 2, 64, grad=True)
+    bias = torch.randn(1, 4, 64, 80, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def loss(q, k, v, bias):
+        return ct.flash_attn_func(q, k, v, causal=True, bias=bias).float().square().mean()
+
+    grads = [torch.autograd.grad(f(q, k, v, bias), (q, k, v, bias))
+             for f in (loss, torch.compile(loss, fullgraph=True))]
+    for a, b in zip(*grads):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-2, rtol=0)
 
 
 def test_cuda_graph_replays_forward_and_backward():

@@ -125,7 +125,7 @@ def test_dlpack_input_from_torch():
 # from attention and from attention_backward; the next call, with a valid value of
 # the same argument, works (checked against the reference).
 
-BATCH, SEQLEN_Q, NHEADS = 2, 16, 4  # qkv()'s shapes
+BATCH, SEQLEN_Q, SEQLEN_K, NHEADS = 2, 16, 24, 4  # qkv()'s shapes
 
 
 def f32(shape, value=0.25):
@@ -153,6 +153,13 @@ BAD_OPTIONS = [
     ("sink_float16", "learnable_sink", lambda: cp.zeros((NHEADS,), dtype=cp.float16), (TypeError, ValueError)),
     ("sink_float64", "learnable_sink", lambda: cp.zeros((NHEADS,), dtype=cp.float64), (TypeError, ValueError)),
     ("sink_numpy", "learnable_sink", lambda: np.zeros((NHEADS,), dtype=np.float32), TypeError),
+    ("bias_wrong_keys", "bias", lambda: f32((BATCH, NHEADS, SEQLEN_Q, SEQLEN_K + 1)), ValueError),
+    ("bias_wrong_batch", "bias", lambda: f32((BATCH + 1, 1, 1, SEQLEN_K)), ValueError),
+    ("bias_keys_broadcast", "bias", lambda: f32((BATCH, NHEADS, SEQLEN_Q, 1)), ValueError),
+    ("bias_5_dims", "bias", lambda: f32((1, BATCH, NHEADS, SEQLEN_Q, SEQLEN_K)), ValueError),
+    ("bias_int32", "bias", lambda: cp.zeros((SEQLEN_Q, SEQLEN_K), dtype=cp.int32), TypeError),
+    ("bias_float64", "bias", lambda: cp.zeros((SEQLEN_Q, SEQLEN_K), dtype=cp.float64), TypeError),
+    ("bias_numpy", "bias", lambda: np.zeros((SEQLEN_Q, SEQLEN_K), dtype=np.float32), TypeError),
 ]
 
 VALID_OPTIONS = {
@@ -160,6 +167,7 @@ VALID_OPTIONS = {
     "softcap": lambda: 30.0,
     "alibi_slopes": lambda: f32((BATCH, NHEADS)),
     "learnable_sink": lambda: f32((NHEADS,), 1.5),
+    "bias": lambda: cp.asarray(np.random.default_rng().standard_normal((1, NHEADS, SEQLEN_Q, SEQLEN_K), np.float32)),
 }
 
 
