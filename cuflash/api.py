@@ -1541,17 +1541,18 @@ def _packed_gradient(grad, like, name: str):
 
 def attention_qkvpacked_backward(dout, qkv, out, lse, *, dqkv=None, **options):
     """Gradient of attention_qkvpacked: dqkv like qkv (one allocation, or the given dqkv), its three
-    slices written in place by attention_backward; with learnable_sink also dsink: (dqkv, dsink)."""
+    slices written in place by attention_backward; then what attention_backward adds (dbias with
+    bias_requires_grad, dsink with learnable_sink): (dqkv, [dbias,] [dsink])."""
     qkv, (q, k, v) = _unpack(qkv, "qkv", 3, "(batch, seqlen, 3, nheads, headdim)")
     dqkv = _packed_gradient(dqkv, qkv, "dqkv")
     grads = attention_backward(dout, q, k, v, out, lse, dq=dqkv[:, :, 0], dk=dqkv[:, :, 1], dv=dqkv[:, :, 2],
                                **options)
-    return dqkv if len(grads) == 3 else (dqkv, grads[3])
+    return dqkv if len(grads) == 3 else (dqkv, *grads[3:])
 
 
 def attention_kvpacked_backward(dout, q, kv, out, lse, *, dq=None, dkv=None, **options):
     """Gradient of attention_kvpacked: (dq, dkv) with dkv like kv (one allocation, or the given dkv);
-    with learnable_sink also dsink: (dq, dkv, dsink)."""
+    then what attention_backward adds: (dq, dkv, [dbias,] [dsink])."""
     kv, (k, v) = _unpack(kv, "kv", 2, "(batch, seqlen_k, 2, nheads_kv, headdim)")
     dkv = _packed_gradient(dkv, kv, "dkv")
     grads = attention_backward(dout, q, k, v, out, lse, dq=dq, dk=dkv[:, :, 0], dv=dkv[:, :, 1], **options)

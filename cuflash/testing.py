@@ -301,3 +301,21 @@ def check_accuracy(name, out, ref64, ref_lowp, dtype, kind="fwd"):
             f"(= 2 * lowp error {lowp_err:.3e} + floor {floor:.0e}, {key}); "
             f"worst at {i}: out {o[i]!r}, ref64 {r[i]!r}, ref_lowp {rl[i]!r}")
     return dict(err=err, allowed=allowed, lowp_err=lowp_err, floor=floor)
+
+
+class AccuracyChecks:
+    """:func:`check_accuracy` on several outputs of one case, failing once, at :meth:`done`, with
+    every output that is off (one failure hides no other). ``label`` follows each name."""
+
+    def __init__(self, label=""):
+        self.label, self.failures = label, []
+
+    def rule(self, name, out, ref64, ref_lowp, dtype, kind="fwd"):
+        try:
+            check_accuracy(f"{name} {self.label}".rstrip(), out, ref64, ref_lowp, dtype, kind=kind)
+        except AssertionError as e:
+            self.failures.append(str(e))
+
+    def done(self):
+        if self.failures:
+            raise AssertionError(f"{len(self.failures)} output(s) off:\n" + "\n".join(self.failures))

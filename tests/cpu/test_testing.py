@@ -245,3 +245,17 @@ def test_check_accuracy_backward_end_to_end():
     bad[0, 3, 1, 4] += 1.0                                      # a gross error in dk
     with pytest.raises(AssertionError, match="dk"):
         T.check_accuracy("dk", bad, g64[1], gl[1], "bf16", kind="bwd")
+
+
+def test_accuracy_checks_report_every_output_that_is_off_at_done():
+    ref = np.linspace(-1.0, 1.0, 16)
+    lowp = ref + 1e-3
+    checks = T.AccuracyChecks("(case 7)")
+    checks.rule("good", ref + 1e-3, ref, lowp, "bf16", "fwd")
+    checks.rule("bad", ref + 1.0, ref, lowp, "bf16", "fwd")
+    checks.rule("worse", ref - 2.0, ref, lowp, "bf16", "bwd")
+    with pytest.raises(AssertionError, match=r"2 output\(s\) off") as info:
+        checks.done()
+    text = str(info.value)
+    assert "bad (case 7): max error" in text and "worse (case 7): max error" in text and "good" not in text
+    T.AccuracyChecks().done()  # nothing checked, nothing off

@@ -50,13 +50,10 @@ def check_case(q, k, v, bias, opts=None, *, deterministic=False, grad=True):
     ropts.pop("seed", None)
     hq, hk, hv, hdo = (testing.to_numpy(x) for x in (q, k, v, dout))
     dt = testing.dtype_name(q.dtype)
-    failures = []
+    checks = testing.AccuracyChecks()
 
     def rule(name, x, x64, xlp, kind):
-        try:
-            testing.check_accuracy(name, x, x64, xlp, dt, kind=kind)
-        except AssertionError as e:
-            failures.append(str(e))
+        checks.rule(name, x, x64, xlp, dt, kind)
 
     f64 = reference.attention_forward(hq, hk, hv, precision="float64", **ropts)
     flp = reference.attention_forward(hq, hk, hv, precision="lowp", **ropts)
@@ -72,7 +69,7 @@ def check_case(q, k, v, bias, opts=None, *, deterministic=False, grad=True):
         rule("dbias", dbias, b64[3], blp[3], "bwd")
     if "learnable_sink" in opts:
         rule("dsink", res[-1], b64[4], blp[4], "bwd")
-    assert not failures, "\n".join(failures)
+    checks.done()
     return (out, lse) + tuple(res)
 
 

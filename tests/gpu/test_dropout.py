@@ -50,13 +50,10 @@ def check_case(q, k, v, p, seed, opts, *, deterministic=False, dlse=False):
     ropts = dict(host(opts), dropout_p=p, dropout_mask=keep_mask(q, k, p, seed_value, offset))
     hq, hk, hv, hdo = (testing.to_numpy(x) for x in (q, k, v, dout))
     dt = testing.dtype_name(q.dtype)
-    failures = []
+    checks = testing.AccuracyChecks()
 
     def rule(name, x, x64, xlp, kind):
-        try:
-            testing.check_accuracy(name, x, x64, xlp, dt, kind=kind)
-        except AssertionError as e:
-            failures.append(str(e))
+        checks.rule(name, x, x64, xlp, dt, kind)
 
     f64 = reference.attention_forward(hq, hk, hv, precision="float64", **ropts)
     flp = reference.attention_forward(hq, hk, hv, precision="lowp", **ropts)
@@ -70,7 +67,7 @@ def check_case(q, k, v, p, seed, opts, *, deterministic=False, dlse=False):
         rule(name, x, x64, xlp, "bwd")
     if "learnable_sink" in opts:
         rule("dsink", res[3], b64[4], blp[4], "bwd")
-    assert not failures, "\n".join(failures)
+    checks.done()
     return (out, lse) + tuple(res)
 
 

@@ -140,17 +140,8 @@ def backward(dout, q, k, v, out, lse, opts, *, dlse=None, deterministic=False):
     return grads, dsink
 
 
-class Checks:
-    """Applies the accuracy rule to several outputs and fails once, naming all that are off."""
-
-    def __init__(self, label):
-        self.label, self.failures = label, []
-
-    def rule(self, name, got, ref64, ref_lowp, dtype, kind):
-        try:
-            testing.check_accuracy(f"{name} {self.label}", got, ref64, ref_lowp, dtype, kind=kind)
-        except AssertionError as e:
-            self.failures.append(str(e))
+class Checks(testing.AccuracyChecks):
+    """The accuracy rule on a case's forward and backward outputs, failing once, naming all that are off."""
 
     def forward(self, q, k, v, opts, out, lse):
         host = [testing.to_numpy(x) for x in (q, k, v)]
@@ -176,9 +167,6 @@ class Checks:
             assert len(r64) == 5, "the reference returns dsink as its 5th result when given a learnable_sink"
             self.rule("dsink", dsink, r64[4], rlp[4], dt, "bwd")
 
-    def done(self):
-        if self.failures:
-            raise AssertionError(f"{len(self.failures)} output(s) off:\n" + "\n".join(self.failures))
 
 
 def run_and_check(q, k, v, opts, *, dlse=False, deterministic=False, label=""):
