@@ -79,13 +79,18 @@ def cupy_ref(x) -> Ref:
                mem.device_id)
 
 
-def cupy_alloc(shape, dtype):
-    """launch.Alloc on CuPy: (the array, its Ref) for a NumPy dtype name ("bfloat16" as ml_dtypes')."""
-    if dtype == "bfloat16":
+def _cupy_dtype(name: str):
+    """The dtype CuPy takes for a NumPy dtype name ("bfloat16" is ml_dtypes')."""
+    if name == "bfloat16":
         import ml_dtypes
 
-        dtype = ml_dtypes.bfloat16
-    a = _cupy().empty(shape, dtype=dtype)
+        return ml_dtypes.bfloat16
+    return name
+
+
+def cupy_alloc(shape, dtype):
+    """launch.Alloc on CuPy: (the array, its Ref) for a NumPy dtype name."""
+    a = _cupy().empty(shape, dtype=_cupy_dtype(dtype))
     return a, cupy_ref(a)
 
 
@@ -419,9 +424,16 @@ def dbias_plan(bias4_shape: tuple, full: tuple, deterministic: bool) -> DbiasPla
     return DbiasPlan(shape, (batch_stride, head_stride, row_stride), atomic, sum_axes, atomic or bool(sum_axes))
 
 
-def dbias_fields(plan: DbiasPlan, buffer: Ref) -> dict:
-    return {"dbias": buffer.ptr, "dbias_batch_stride": plan.strides[0], "dbias_head_stride": plan.strides[1],
-            "dbias_row_stride": plan.strides[2], "dbias_atomic": int(plan.atomic), "dbias_f32": int(plan.f32)}
+def dbias_buffer(bias: Bias, q: Ref, k: Ref, deterministic: bool, zeros, ref_of) -> tuple:
+    """(plan, buffer, the backward's dbias fields) for a validated bias: the buffer from
+    zeros(shape, NumPy dtype name) (float32, or the dtype the kernels read the bias in), ref_of
+    its Ref; finish_dbias turns it into dbias after the backward."""
+    plan = dbias_plan(bias.ref.shape, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]), deterministic)
+    buffer = zeros(plan.shape, "float32" if plan.f32 else bias.ref.dtype)
+    fields = {"dbias": ref_of(buffer).ptr, "dbias_batch_stride": plan.strides[0],
+              "dbias_head_stride": plan.strides[1], "dbias_row_stride": plan.strides[2],
+              "dbias_atomic": int(plan.atomic), "dbias_f32": int(plan.f32)}
+    return plan, buffer, fields
 
 
 def _window(window_size, causal: bool) -> tuple[int, int]:
@@ -715,10 +727,11 @@ def attention_backward(
     dropout_p, seed: the forward's (with seed=None the forward returned the seed it drew).
 
     bias: the forward's bias. With bias_requires_grad=True the result also holds dbias
-    (after dv), the bias's shape and dtype: dS summed over the dims the bias broadcasts,
-    accumulated in float32 (a float32 buffer of the bias's own size; with
-    deterministic=True and a broadcast dim, one expanded over the broadcast dims, e.g.
-    4 * batch * nheads * seqlen_q * seqlen_k bytes for a (1, 1, 1, seqlen_k) bias).
+    (after dv), the bias's shape and dtype: dS summed over the dims the bias broadcasts
+    (dbias_plan: entries with one writer stored in the bias's dtype, shared ones added in a
+    float32 buffer of the bias's own size; with deterministic=True and a broadcast dim, a
+    float32 buffer expanded over the broadcast dims, e.g. 4 * batch * nheads * seqlen_q *
+    seqlen_k bytes for a (1, 1, 1, seqlen_k) bias).
 
     Returns (dq, dk, dv) like q, k, v in their dtype, [dbias,] and with learnable_sink also
     dsink, float32 (nheads,): -sum over batch and rows of exp(sink - lse) * (rowsum(dout * out) - dlse).
@@ -758,14 +771,12 @@ def attention_backward(
                 check_like(xr, like_r, n, like_n)
             grads.append((x, xr))
         (dq, dqr), (dk, dkr), (dv, dvr) = grads
-        plan = buffer = None
+        plan = buffer = fields = None
         if bias_requires_grad:
-            full = (qr.shape[0], qr.shape[2], qr.shape[1], kr.shape[1])
-            plan = dbias_plan(bias.ref.shape, full, deterministic)
-            buffer = cp.zeros(plan.shape, dtype=np.float32 if plan.f32 else bias.array.dtype)
+            plan, buffer, fields = dbias_buffer(bias, qr, kr, deterministic,
+                                                lambda shape, name: cp.zeros(shape, dtype=_cupy_dtype(name)), cupy_ref)
         part = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
-                            cupy_alloc, cp.cuda.get_current_stream().ptr,
-                            None if plan is None else dbias_fields(plan, cupy_ref(buffer)))
+                            cupy_alloc, cp.cuda.get_current_stream().ptr, fields)
         grads = (dq, dk, dv)
         if bias_requires_grad:
             grads += (finish_dbias(buffer, plan, bias, lambda x: _numpy_name(x.dtype), _cupy_cast),)
@@ -785,11 +796,7 @@ def finish_dbias(buffer, plan: DbiasPlan, bias: Bias, dtype_name, cast):
 
 
 def _cupy_cast(x, name: str):
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return x.astype(ml_dtypes.bfloat16)
-    return x.astype(name)
+    return x.astype(_cupy_dtype(name))
 
 
 # ---------------------------------------------------------------- variable-length batches

@@ -212,8 +212,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     Varlen (`sequences`: cu_seqlens_q, cu_seqlens_k, seqused_k pointers, total_q, total_k): q, k,
     v, dout, out, dq, dk, dv come as (batch, longest sequence, heads, dim) views with batch stride
     0, lse and dlse as (nheads, total_q); the fp32 accumulators then hold total_q / total_k rows.
-    dbias_fields: the main kernel's dbias pointer, strides and mode (api.dbias_fields), into a
-    zeroed float32 buffer the caller owns; None: no bias gradient.
+    dbias_fields: the main kernel's dbias pointer, strides and mode (api.dbias_buffer), into a
+    zeroed buffer the caller owns; None: no bias gradient.
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),

@@ -185,13 +185,14 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
     device = qr.device
     with _on_device(device):
         dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-        plan = buffer = None
+        plan = buffer = fields = None
         if bias_grad and checked is not None:
-            plan = api.dbias_plan(checked.ref.shape, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]), deterministic)
-            buffer = torch.zeros(plan.shape, dtype=torch.float32 if plan.f32 else checked.array.dtype, device=device)
+            plan, buffer, fields = api.dbias_buffer(
+                checked, qr, kr, deterministic,
+                lambda shape, name: torch.zeros(shape, dtype=_TORCH_DTYPES[name], device=device),
+                lambda t: _ref(t, "dbias"))
         part = api.run_backward(doutr, qr, kr, vr, outr, lser, _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv"),
-                                opts, deterministic, dlser, _alloc(device), _stream(device),
-                                None if plan is None else api.dbias_fields(plan, _ref(buffer, "dbias")))
+                                opts, deterministic, dlser, _alloc(device), _stream(device), fields)
         if learnable_sink is None:
             dsink = q.new_empty((0,), dtype=torch.float32)
         else:

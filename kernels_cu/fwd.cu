@@ -110,12 +110,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     cp_async_commit();
 
     float acc_o[MT][DT][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+    zero_acc(acc_o);
 
     OnlineSoftmax<MT> softmax;
     softmax.init();

@@ -8,6 +8,17 @@
 #pragma once
 #include "platform.cuh"
 
+// Zero a tile (an accumulator before its first product).
+template <int MT, int NT>
+CUFLASH_DEVICE void zero_acc(float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+}
+
 // f(x, row, col) for every element x of the tile (x by reference).
 template <int MT, int NT, class F>
 CUFLASH_DEVICE void for_each_element(float (&x)[MT][NT][4], int row0, int col0, int lane, F&& f) {

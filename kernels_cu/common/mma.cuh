@@ -9,6 +9,7 @@
 #pragma once
 #include "platform.cuh"
 #include "numeric.cuh"  // pack_float2 (mma_rs)
+#include "fragment.cuh"  // zero_acc
 
 // Four 8x8 matrices of 16-bit elements; lane l supplies the address of row
 // (l % 8) of matrix (l / 8).
@@ -149,13 +150,3 @@ CUFLASH_DEVICE void mma_rs(float (&acc)[MT][NT][4], const float (&c)[MT][2 * KST
     }
 }
 
-// Zero a C-fragment accumulator.
-template <int MT, int NT>
-CUFLASH_DEVICE void zero_acc(float (&acc)[MT][NT][4]) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
-}

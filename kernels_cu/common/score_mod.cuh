@@ -24,8 +24,8 @@
 //
 // The bias's gradient (BiasGrad, the backward only): dB_ij = dlogit_ij =
 // P_ij (dP_ij - D_i), the gradient of the logit before mod' (the bias is added
-// after the softcap), summed over the bias's broadcast dims into a float32
-// buffer of the bias's own shape (cuflash/launch.py).
+// after the softcap), summed over the bias's broadcast dims into a buffer of
+// the bias's own shape (cuflash/api.py dbias_plan).
 #pragma once
 #include "platform.cuh"
 #include "fragment.cuh"
@@ -128,7 +128,6 @@ struct ScoreMod {
         return 1.f - t * t;
     }
 
-    // s' for every score of a tile (fragment.cuh layout; S or S^T).
     // Without softcap the bias is where S starts: the kernels call init()
     // instead of zeroing the accumulator and the product adds onto it (the
     // loads go into registers that hold nothing yet, and their latency runs
@@ -139,16 +138,8 @@ struct ScoreMod {
     // S (or S^T) before its product: B / scale under BIAS_IN_ACC, else 0.
     template <bool KEYS_AS_ROWS, int MT, int NT>
     CUFLASH_DEVICE void init(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
-        if constexpr (BIAS_IN_ACC) {
-            bias_tile<KEYS_AS_ROWS, false>(s, row0, col0, lane);
-        } else {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
-        }
+        if constexpr (BIAS_IN_ACC) bias_tile<KEYS_AS_ROWS, false>(s, row0, col0, lane);
+        else zero_acc(s);
     }
 
     // s' for every score of a tile (fragment.cuh layout; S or S^T).

@@ -124,3 +124,27 @@ def test_bench_bias_shapes():
     assert p.bias_shape == (2, 1, 1, 1024) and "bias" in p.features and p.variant == "bias(b,1,1,s)"
     assert configs.Point("bf16", 128, 512, 1024, 2, 16, 16, False, "fwd", bias="1,h,s,s").bias_shape == (1, 16, 512,
                                                                                                          1024)
+
+
+def test_dbias_buffer_allocates_what_the_plan_says_and_fills_the_fields():
+    import numpy as np
+
+    made = []
+
+    def zeros(shape, name):
+        import ml_dtypes
+
+        made.append((shape, name))
+        return np.zeros(shape, dtype=ml_dtypes.bfloat16 if name == "bfloat16" else name)
+
+    def ref_of(x):
+        return Ref(1234, x.shape, x.strides, x.dtype.name, 0)
+
+    shared, _ = check(contiguous((1, 4, 16, 24)))  # shared by the batch: float32 atomics
+    plan, buffer, fields = api.dbias_buffer(shared, Q, K, False, zeros, ref_of)
+    assert made == [((1, 4, 16, 24), "float32")] and buffer.shape == plan.shape
+    assert fields == {"dbias": 1234, "dbias_batch_stride": 0, "dbias_head_stride": 384, "dbias_row_stride": 24,
+                      "dbias_atomic": 1, "dbias_f32": 1}
+    full, _ = check(contiguous((2, 4, 16, 24)))  # one writer per entry: stored in the bias's own dtype
+    plan, _, fields = api.dbias_buffer(full, Q, K, False, zeros, ref_of)
+    assert made[-1] == ((2, 4, 16, 24), "bfloat16") and fields["dbias_atomic"] == fields["dbias_f32"] == 0
