@@ -131,7 +131,7 @@ def torch_rows(calls, repeats):
     rows["cuflash.torch.flash_attn_func, decode"] = per_call_us(
         lambda: ct.flash_attn_func(q, k, v), calls, repeats, sync)
     rows["torch.ops.cuflash.fwd (custom op), decode"] = per_call_us(
-        lambda: torch.ops.cuflash.fwd(q, k, v, None, None, 128 ** -0.5, False, -1, -1, 0.0, False),
+        lambda: torch.ops.cuflash.fwd(q, k, v, None, None, 128 ** -0.5, False, -1, -1, 0.0, False, 0.0),
         calls, repeats, sync)
 
     bq, bk, bv = (torch.randn(1, 128, 8, 64, device="cuda", dtype=torch.float16, requires_grad=True)

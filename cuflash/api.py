@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import launch, reference, support
-from .compile import env
+from .compile import cache, env
 from .launch import Ref
 from .specs import PLAIN, Features
 
@@ -97,12 +97,15 @@ def cupy_alloc(shape, dtype):
 _NO_SCOPE = contextlib.nullcontext()
 
 
+def _current_device() -> int:
+    return _cupy().cuda.runtime.getDevice()
+
+
 def device_scope(device: int):
     """Make `device` current for the call (a no-op when it already is)."""
-    cp = _cupy()
-    if cp.cuda.runtime.getDevice() == device:
+    if _current_device() == device:
         return _NO_SCOPE
-    return cp.cuda.Device(device)
+    return _cupy().cuda.Device(device)
 
 
 # ---------------------------------------------------------------- validation on Refs
@@ -319,11 +322,13 @@ def dropout_options(dropout_p, seed, backward: bool = False) -> DropoutRng | Non
     return DropoutRng(p, int(value), int(offset))
 
 
-def with_dropout(opts: Options, dropout: DropoutRng | None) -> Options:
-    """opts with dropout's switch and values (unchanged for None)."""
+def with_dropout(opts: Options, dropout: DropoutRng | None, seed_in_memory: bool = False) -> Options:
+    """opts with dropout's switch and values (unchanged for None). seed_in_memory: the kernels read
+    the seed words from device memory (the caller puts their address in the dropout_rng field;
+    dropout's seed and offset are then unused)."""
     if dropout is None:
         return opts
-    return replace(opts, features=replace(opts.features, dropout=True), dropout=dropout)
+    return replace(opts, features=replace(opts.features, dropout=2 if seed_in_memory else 1), dropout=dropout)
 
 
 #: Bias dtypes: the kernel's own 16-bit dtype (Features.bias 16) or float32 (32); the other
@@ -566,6 +571,84 @@ def run_backward(dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref,
                            dbias_fields=dbias_fields)
 
 
+# ---------------------------------------------------------------- launch plans of repeated calls
+#
+# DESIGN 4c: a plain call (no alibi, sink, bias, dropout, dlse or preallocated outputs) that
+# repeats the shapes, strides, dtypes, devices and options of an earlier call replays that
+# call's launch.Plan. The front end builds the key from its own arrays' attributes (no Refs),
+# checks what the key does not fix (16-byte aligned pointers, the current device), allocates
+# the outputs and replays. The first call of a kind takes the validated path and then records
+# its plan here. Slots: forward (q, k, v, out, lse); backward (dout, q, k, v, out, lse, dq, dk,
+# dv, scratch).
+
+_PLANS: dict = {}
+#: Plans kept at most (a server that meets ever new shapes must not grow without bound).
+PLAN_LIMIT = 1024
+
+
+def recorded_plan(key):
+    """The recorded plan of a call's key, or None (also for an unhashable key: a list window)."""
+    try:
+        return _PLANS.get(key)
+    except TypeError:
+        return None
+
+
+def _at(x: Ref | None, slot: int) -> Ref | None:
+    return None if x is None else x._replace(ptr=launch.placeholder(slot))
+
+
+def _remember(key, plan_: launch.Plan) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        return
+    if len(_PLANS) >= PLAN_LIMIT:
+        _PLANS.clear()
+    _PLANS[key] = plan_
+
+
+def remember_forward(key, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options) -> None:
+    """Record, under key, the plan of run_forward for these validated Refs (after the call ran)."""
+    _remember(key, launch.record(
+        lambda alloc: run_forward(_at(q, 0), _at(k, 1), _at(v, 2), _at(out, 3), _at(lse, 4), opts, 0), 5))
+
+
+def remember_backward(key, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
+                      opts: Options, deterministic: bool) -> None:
+    """Record, under key, the plan of run_backward (no dlse, sink or dbias) for these Refs."""
+    _remember(key, launch.record(
+        lambda alloc: run_backward(_at(dout, 0), _at(q, 1), _at(k, 2), _at(v, 3), _at(out, 4), _at(lse, 5),
+                                   _at(dq, 6), _at(dk, 7), _at(dv, 8), opts, deterministic, None, alloc, 0), 9))
+
+
+def _forget_plans() -> None:
+    _PLANS.clear()
+
+
+cache.on_clear(_forget_plans)  # a plan holds kernel handles: dropped with the loaded kernels
+
+
+def _cupy_key(kind: str, arrays: tuple, *options):
+    """A plan key from CuPy arrays' shapes, strides, dtypes and devices, the options and the
+    selection environment; None unless every array is a CuPy array."""
+    nd = _cupy().ndarray
+    key = [kind]
+    for x in arrays:
+        if type(x) is not nd:
+            return None
+        key += (x.shape, x.strides, x.dtype, x.data.device_id)
+    return (*key, *options, env.selection_key())
+
+
+def _aligned(*arrays) -> bool:
+    """Every array's pointer on a 16-byte boundary (what a plan key leaves open)."""
+    bits = 0
+    for x in arrays:
+        bits |= x.data.ptr
+    return not bits & 15
+
+
 # ---------------------------------------------------------------- CuPy entry points
 
 
@@ -629,6 +712,18 @@ def attention(
     out: optional preallocated output (that shape and dtype, on q's device,
     last dim contiguous), written in place and returned.
     """
+    key = None
+    if (alibi_slopes is None and learnable_sink is None and bias is None and not dropout_p and out is None
+            and not return_attn_probs):
+        key = _cupy_key("fwd", (q, k, v), softmax_scale, causal, window_size, softcap, bool(return_lse))
+        replayed = recorded_plan(key)
+        if replayed is not None and _aligned(q, k, v) and _current_device() == q.data.device_id:
+            cp = _cupy()
+            out = cp.empty(q.shape, dtype=q.dtype)
+            lse = cp.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=np.float32) if return_lse else None
+            replayed.replay((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, 0 if lse is None else lse.data.ptr),
+                            cp.cuda.get_current_stream().ptr)
+            return (out, lse) if return_lse else out
     drop = dropout_options(dropout_p, seed) if dropout_p else None
     cp = _cupy()
     nd = cp.ndarray
@@ -660,6 +755,8 @@ def attention(
             lse = cp.empty((qr.shape[0], qr.shape[2], qr.shape[1]), dtype=np.float32)
             lser = cupy_ref(lse)
         run_forward(qr, kr, vr, outr, lser, opts, cp.cuda.get_current_stream().ptr)
+        if key is not None:
+            remember_forward(key, qr, kr, vr, outr, lser, opts)
         results = (out, lse) if return_lse or return_attn_probs else (out,)
         if return_attn_probs:
             results += (attention_probs(q, k, v, opts, alibi_slopes, learnable_sink,
@@ -740,6 +837,19 @@ def attention_backward(
     outputs (shape and dtype of q, k, v, on q's device, last dim contiguous, not
     overlapping any input), written in place and returned.
     """
+    key = None
+    if (alibi_slopes is None and learnable_sink is None and bias is None and not dropout_p and dlse is None
+            and dq is None and dk is None and dv is None):
+        key = _cupy_key("bwd", (dout, q, k, v, out, lse), softmax_scale, causal, window_size, softcap,
+                        bool(deterministic))
+        replayed = recorded_plan(key)
+        if replayed is not None and _aligned(dout, q, k, v, out) and _current_device() == q.data.device_id:
+            cp = _cupy()
+            dq, dk, dv = cp.empty(q.shape, dtype=q.dtype), cp.empty(k.shape, dtype=k.dtype), cp.empty(v.shape, v.dtype)
+            scratch = cp.empty((replayed.scratch_words,), dtype=np.float32)
+            replayed.replay((dout.data.ptr, q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
+                             dq.data.ptr, dk.data.ptr, dv.data.ptr, scratch.data.ptr), cp.cuda.get_current_stream().ptr)
+            return dq, dk, dv
     if bias is None and bias_requires_grad:
         raise ValueError("bias_requires_grad=True needs the forward's bias")
     drop = dropout_options(dropout_p, seed, backward=True) if dropout_p else None
@@ -777,6 +887,8 @@ def attention_backward(
                                                 lambda shape, name: cp.zeros(shape, dtype=_cupy_dtype(name)), cupy_ref)
         part = run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
                             cupy_alloc, cp.cuda.get_current_stream().ptr, fields)
+        if key is not None:
+            remember_backward(key, doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic)
         grads = (dq, dk, dv)
         if bias_requires_grad:
             grads += (finish_dbias(buffer, plan, bias, lambda x: _numpy_name(x.dtype), _cupy_cast),)

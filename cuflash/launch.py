@@ -10,6 +10,8 @@ caller names; the caller has made the arrays' device current.
 from __future__ import annotations
 
 import functools
+import struct
+import threading
 from typing import Callable, NamedTuple
 
 from . import params
@@ -141,10 +143,96 @@ def _driver():
 
 def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields: dict, stream: int) -> None:
     """Pack `fields` into the spec's params struct and launch its kernel (from the compile
-    cache, allowed `smem` bytes of dynamic shared memory) on `stream`."""
+    cache, allowed `smem` bytes of dynamic shared memory) on `stream`; inside record(), note the
+    launch in the plan instead."""
     fn = get_pointer(spec, device, smem)
+    steps = getattr(_recording, "steps", None)
+    if steps is not None:
+        steps.append(_Step(fn, grid, block, smem, packer, *packer.template(fields, _placeholder_slot)))
+        return
     argv = packer.pack(fields)
     _driver().launchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
+
+
+# ---------------------------------------------------------------- launch plans (DESIGN 4c)
+#
+# A call's launches are fixed by what its arrays look like (shapes, strides, dtypes, device)
+# and its options; only the pointers change from call to call. record() runs a launch function
+# once with placeholder pointers and keeps what run() would have launched: kernel handles,
+# geometry and each params struct packed, with the places where pointers go. Plan.replay then
+# costs a copy of each struct, a store per pointer and the launches: no validation, spec
+# selection or field dicts on a repeated call. The front ends key their plans by everything
+# that determines them (api.plan_key).
+
+#: Placeholder pointer of argument slot i: (i + 1) << 52 plus a byte offset below 2^52. Device
+#: addresses lie below 2^48 (the unified virtual address space), so no real pointer looks like one.
+_SLOT_SHIFT = 52
+_recording = threading.local()
+
+
+def placeholder(slot: int) -> int:
+    """The placeholder pointer of argument `slot` in record()."""
+    return (slot + 1) << _SLOT_SHIFT
+
+
+def _placeholder_slot(value: int) -> tuple[int, int] | None:
+    """(slot, byte offset) of a placeholder pointer; None for 0 (null). A real pointer inside a
+    recording is an error: the plan would replay it for every later call."""
+    if not value:
+        return None
+    slot = (value >> _SLOT_SHIFT) - 1
+    if slot < 0:
+        raise AssertionError(f"a real pointer ({value:#x}) reached a recorded launch; give it a plan slot")
+    return slot, value & ((1 << _SLOT_SHIFT) - 1)
+
+
+class _Step(NamedTuple):
+    fn: int
+    grid: tuple
+    block: tuple
+    smem: int
+    packer: params.Packer
+    template: bytes  # the packed params with 0 where pointers go
+    slots: tuple  # (byte offset in the struct, argument slot, byte offset added to its pointer)
+
+
+class Plan(NamedTuple):
+    """The launches of one kind of call (record()); scratch_words: float32 words of scratch the
+    call allocates (its pointer is the last slot), 0 for none."""
+
+    steps: tuple
+    scratch_words: int
+
+    def replay(self, pointers: tuple, stream: int) -> None:
+        """Launch every step on `stream` with `pointers` in the slots (the device current)."""
+        launch_kernel = _driver().launchKernel
+        for fn, grid, block, smem, packer, template, slots in self.steps:
+            buf, argv = packer.buffers()
+            buf[:] = template
+            for at, slot, offset in slots:
+                _POINTER.pack_into(buf, at, pointers[slot] + offset)
+            launch_kernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
+
+
+_POINTER = struct.Struct("<Q")
+
+
+def record(launches: Callable[[Alloc], object], scratch_slot: int) -> Plan:
+    """The Plan of `launches(alloc)`, a call of the launch functions below made with Refs whose
+    pointers are placeholder(slot). Scratch it takes from `alloc` lies at placeholder(scratch_slot)."""
+    scratch = []
+
+    def alloc(shape, dtype):
+        assert not scratch and dtype == "float32" and len(shape) == 1, "plans hold one float32 scratch buffer"
+        scratch.append(shape[0])
+        return None, Ref(placeholder(scratch_slot), shape, (1,), dtype, -1)
+
+    _recording.steps = steps = []
+    try:
+        launches(alloc)
+    finally:
+        del _recording.steps
+    return Plan(tuple(steps), scratch[0] if scratch else 0)
 
 
 def strides_named(prefix: str, x: Ref) -> dict:

@@ -17,6 +17,7 @@ _U32 = np.uint32
 #: The head shared by FwdParams and BwdParams (CUFLASH_ATTENTION_FIELDS in params.cuh).
 ATTENTION_FIELDS = [
     ("q", _PTR), ("k", _PTR), ("v", _PTR), ("alibi_slopes", _PTR), ("sink", _PTR), ("bias", _PTR),
+    ("dropout_rng", _PTR),
     ("q_batch_stride", _I64), ("q_row_stride", _I64), ("q_head_stride", _I64),
     ("k_batch_stride", _I64), ("k_row_stride", _I64), ("k_head_stride", _I64),
     ("v_batch_stride", _I64), ("v_row_stride", _I64), ("v_head_stride", _I64),
@@ -198,6 +199,7 @@ class Packer:
         self.names = tuple(sorted(dtype.names, key=lambda n: dtype.fields[n][1]))
         self._nameset = frozenset(self.names)
         self._zeros = (0,) * len(self.names)
+        self.pointers = tuple(n for n in self.names if dtype.fields[n][0] == np.dtype(_PTR))
         fmt, pos = "<", 0
         for name in self.names:
             sub, offset = dtype.fields[name][:2]
@@ -208,7 +210,7 @@ class Packer:
         assert self._struct.size == dtype.itemsize
         self._local = threading.local()
 
-    def _buffers(self):
+    def buffers(self):
         loc = self._local
         try:
             return loc.buf, loc.argv_address
@@ -226,9 +228,20 @@ class Packer:
         address of the kernel-argument array for cuLaunchKernel."""
         if not fields.keys() <= self._nameset:
             raise KeyError(f"{sorted(fields.keys() - self._nameset)} are not fields of this params struct")
-        buf, argv_address = self._buffers()
+        buf, argv_address = self.buffers()
         self._struct.pack_into(buf, 0, *map(fields.get, self.names, self._zeros))
         return argv_address
+
+    def template(self, fields: dict, slot_of) -> tuple[bytes, tuple]:
+        """(packed bytes, pointer slots) for launch.record: each nonzero pointer field is replaced
+        by 0 in the bytes and listed as (its byte offset, *slot_of(value))."""
+        slots, values = [], dict(fields)
+        for name in self.pointers:
+            where = slot_of(fields.get(name, 0))
+            if where is not None:
+                values[name] = 0
+                slots.append((self.dtype.fields[name][1], *where))
+        return self.to_bytes(values), tuple(slots)
 
     def to_bytes(self, fields: dict) -> bytes:
         """The packed struct as bytes (tests compare it with pack_named)."""

@@ -35,6 +35,10 @@ MODIFIERS = ("softcap", "alibi", "sink", "dropout", "bias")
 #: Bias element types (Features.bias, kernels_cu/common/score_mod.cuh CUFLASH_BIAS): 16 is the
 #: kernel's own dtype, 32 float32; the tag word of each.
 BIAS_WORDS = {16: "bias", 32: "bias32"}
+#: Dropout kinds (Features.dropout, kernels_cu/common/dropout.cuh CUFLASH_DROPOUT): 1 reads the seed
+#: from the params, 2 from device memory (params.cuh dropout_rng: a seed a traced JAX program makes
+#: on the device); the tag word of each.
+DROPOUT_WORDS = {1: "dropout", 2: "dropoutmem"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class Features:
     (kernels_cu/common/score_mod.cuh); sink: a learnable sink logit in the
     forward's softmax (the backward's P comes from the sink-inclusive lse; its
     switch there adds each CTA's exact part of dsink, softmax.cuh SinkDot); dropout:
-    the Philox keep-mask on P (kernels_cu/common/dropout.cuh); bias: an additive
+    the Philox keep-mask on P (kernels_cu/common/dropout.cuh), 0 none, 1 or 2 (DROPOUT_WORDS: where
+    the seed is read); bias: an additive
     bias read tile by tile (score_mod.cuh), 0 none, 16 in the kernel's dtype, 32
     float32 (the backward computes its gradient when given a buffer, a run-time
     choice); varlen: sequences of their own lengths packed along the rows (seqinfo.cuh)."""
@@ -54,23 +59,26 @@ class Features:
     softcap: bool = False
     alibi: bool = False
     sink: bool = False
-    dropout: bool = False
+    dropout: int = 0
     bias: int = 0
     varlen: bool = False  # a variable-length batch (cu_seqlens): per-sequence rows and lengths
 
     def __post_init__(self):
         if self.mask not in MASKS:
             raise ValueError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
+        if self.dropout not in (0, *DROPOUT_WORDS):
+            raise ValueError(f"dropout must be 0 (none), 1 (seed in the params) or 2 (seed in device memory), "
+                             f"got {self.dropout!r}")
         if self.bias not in (0, *BIAS_WORDS):
             raise ValueError(f"bias must be 0 (none), 16 (the kernel's dtype) or 32 (float32), got {self.bias!r}")
 
     @classmethod
     def parse(cls, text: str) -> "Features":
         """Features from a comma list such as "window,softcap" (`cuflash compile --features`):
-        causal | window (or local) | softcap | alibi | sink | dropout | bias (in the kernel's dtype)
-        | bias32 (float32) | varlen; empty = plain."""
+        causal | window (or local) | softcap | alibi | sink | dropout | dropoutmem (the seed in device
+        memory) | bias (in the kernel's dtype) | bias32 (float32) | varlen; empty = plain."""
         words = [w.strip() for w in text.split(",") if w.strip()]
-        known = {"causal", "window", "local", "varlen", *MODIFIERS, *BIAS_WORDS.values()}
+        known = {"causal", "window", "local", "varlen", *MODIFIERS, *BIAS_WORDS.values(), *DROPOUT_WORDS.values()}
         unknown = [w for w in words if w not in known]
         if unknown:
             raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(known)}")
@@ -78,8 +86,9 @@ class Features:
             raise ValueError("causal and window are two mask kinds; a window with right = 0 is causal + window")
         mask = "local" if {"window", "local"} & set(words) else "causal" if "causal" in words else "none"
         bias = next((bits for bits, word in BIAS_WORDS.items() if word in words), 0)
-        switches = {m: m in words for m in MODIFIERS if m != "bias"}
-        return cls(mask, **switches, bias=bias, varlen="varlen" in words)
+        dropout = next((kind for kind, word in DROPOUT_WORDS.items() if word in words), 0)
+        switches = {m: m in words for m in MODIFIERS if m not in ("bias", "dropout")}
+        return cls(mask, **switches, dropout=dropout, bias=bias, varlen="varlen" in words)
 
     @property
     def causal(self) -> bool:
@@ -89,7 +98,8 @@ class Features:
     def tag(self) -> str:
         """Readable part of a kernel name: full | causal | local, then each modifier."""
         mask = "full" if self.mask == "none" else self.mask
-        words = [BIAS_WORDS[self.bias] if m == "bias" else m for m in MODIFIERS if getattr(self, m)]
+        named = {"bias": BIAS_WORDS.get(self.bias), "dropout": DROPOUT_WORDS.get(self.dropout)}
+        words = [named.get(m) or m for m in MODIFIERS if getattr(self, m)]
         return "_".join([mask] + words + (["varlen"] if self.varlen else []))
 
     def defines(self) -> dict[str, int]:

@@ -6,7 +6,7 @@
 The functions keep flash-attn 2.x's names, parameter order, defaults and
 returns; cuflash's own options (``learnable_sink``) come only as keywords after
 them. Options whose kernels cuflash does not have yet raise NotImplementedError
-naming the option (dropout in the varlen functions, for now).
+naming the option (block_table in the varlen functions, for now).
 
 How a call runs (DESIGN 8):
 - Tensors reach the kernels as raw pointers and strides (``Ref``); nothing goes
@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from . import api
+from .compile import env
 from .launch import Ref
 
 __all__ = [
@@ -152,9 +153,37 @@ def _saved_dropout(dropout_p, rng: Optional[torch.Tensor]) -> api.DropoutRng | N
     return api.dropout_options(dropout_p, (seed, offset), backward=True)
 
 
+def _plan_key(kind: str, tensors: tuple, *options):
+    """An api launch-plan key from tensors' shapes, strides, dtypes and devices and the options."""
+    key = [kind]
+    for t in tensors:
+        key += (t.shape, t.stride(), t.dtype, t.get_device())
+    return (*key, *options, env.selection_key())
+
+
+def _aligned(*tensors) -> bool:
+    bits = 0
+    for t in tensors:
+        bits |= t.data_ptr()
+    return not bits & 15
+
+
 def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
              return_lse: bool, dropout_p: float = 0.0, bias=None):
-    """(out, lse or None, rng state): the forward kernel on validated-on-entry tensors."""
+    """(out, lse or None, rng state): the forward kernel on validated-on-entry tensors. A plain call
+    of a kind seen before replays its launch plan (api: launch plans)."""
+    key = None
+    if alibi_slopes is None and learnable_sink is None and bias is None and not dropout_p:
+        key = _plan_key("torch-fwd", (q, k, v), softmax_scale, causal, window_left, window_right, softcap,
+                        bool(return_lse))
+        plan = api.recorded_plan(key)
+        device = q.get_device()
+        if plan is not None and _aligned(q, k, v) and torch.cuda.current_device() == device:
+            out = q.new_empty(q.shape)
+            lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32) if return_lse else None
+            plan.replay((q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr()),
+                        _stream(device))
+            return out, lse, _NO_RNG
     drop, rng = _draw_dropout(dropout_p)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
                                  window_right, softcap, dropout=drop)
@@ -164,16 +193,31 @@ def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, windo
     with _on_device(device):
         out = q.new_empty(q.shape)
         lse = q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32) if return_lse else None
-        api.run_forward(qr, kr, vr, _ref(out, "out"), None if lse is None else _ref(lse, "lse"), opts,
-                        _stream(device))
+        outr, lser = _ref(out, "out"), None if lse is None else _ref(lse, "lse")
+        api.run_forward(qr, kr, vr, outr, lser, opts, _stream(device))
+        if key is not None:
+            api.remember_forward(key, qr, kr, vr, outr, lser, opts)
     return out, lse, rng
 
 
 def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
               window_right, softcap, deterministic, dropout_p=0.0, rng=None, bias=None, bias_grad=False):
     """(dq, dk, dv, dsink, dbias): dsink is float32 (nheads,) with a learnable sink, dbias the
-    bias's gradient (its shape and dtype) when bias_grad, each else an empty tensor."""
+    bias's gradient (its shape and dtype) when bias_grad, each else an empty tensor. A plain call of a
+    kind seen before replays its launch plan (api: launch plans)."""
     dout = _maybe_contiguous(dout)
+    key = None
+    if alibi_slopes is None and learnable_sink is None and bias is None and not dropout_p and dlse is None:
+        key = _plan_key("torch-bwd", (dout, q, k, v, out, lse), softmax_scale, causal, window_left, window_right,
+                        softcap, bool(deterministic))
+        plan = api.recorded_plan(key)
+        device = q.get_device()
+        if plan is not None and _aligned(dout, q, k, v, out) and torch.cuda.current_device() == device:
+            dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+            scratch = q.new_empty((plan.scratch_words,), dtype=torch.float32)
+            plan.replay((dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+                         dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), scratch.data_ptr()), _stream(device))
+            return dq, dk, dv, q.new_empty((0,), dtype=torch.float32), q.new_empty((0,))
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
                                  window_right, softcap, dropout=_saved_dropout(dropout_p, rng))
     opts, checked = _with_bias(opts, bias, qr, kr)
@@ -191,8 +235,11 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
                 checked, qr, kr, deterministic,
                 lambda shape, name: torch.zeros(shape, dtype=_TORCH_DTYPES[name], device=device),
                 lambda t: _ref(t, "dbias"))
-        part = api.run_backward(doutr, qr, kr, vr, outr, lser, _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv"),
-                                opts, deterministic, dlser, _alloc(device), _stream(device), fields)
+        dqr, dkr, dvr = _ref(dq, "dq"), _ref(dk, "dk"), _ref(dv, "dv")
+        part = api.run_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic, dlser,
+                                _alloc(device), _stream(device), fields)
+        if key is not None:
+            api.remember_backward(key, doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, deterministic)
         if learnable_sink is None:
             dsink = q.new_empty((0,), dtype=torch.float32)
         else:
@@ -384,7 +431,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
                      learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real: bool = True,
-                     check_lengths: bool = True):
+                     check_lengths: bool = True, dropout: api.DropoutRng | None = None):
     """Refs of q, k, v as (batch, total rows, heads, dim) with batch stride 0, the validated Options,
     the sequence pointers and batch. The lengths are checked on the host (one copy from the GPU)
     unless tracing (fake tensors) or capturing a CUDA graph, where no copy may happen: there, as in
@@ -404,33 +451,44 @@ def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     api.validate_qkv(qr, kr, vr)
     ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes", real)
     sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink", real)
-    opts = api._varlen_options(qr, softmax_scale, causal, (window_left, window_right), softcap, ar, sr)
+    opts = api.with_dropout(api._varlen_options(qr, softmax_scale, causal, (window_left, window_right), softcap,
+                                                ar, sr), dropout)
     sequences = {"cu_seqlens_q": cu_q.ptr, "cu_seqlens_k": cu_k.ptr, "seqused_k": 0 if used is None else used.ptr}
     return qr, kr, vr, opts, sequences, batch
 
 
 def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
-                    learnable_sink, softmax_scale, causal, window_left, window_right, softcap, check_lengths=True):
-    """(out (total_q, nheads, headdim), lse (nheads, total_q) float32)."""
+                    learnable_sink, softmax_scale, causal, window_left, window_right, softcap, dropout_p=0.0,
+                    check_lengths=True):
+    """(out (total_q, nheads, headdim), lse (nheads, total_q) float32, rng state (_draw_dropout))."""
+    drop, rng = _draw_dropout(dropout_p)
     qr, kr, vr, opts, sequences, batch = _varlen_validate(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
-        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths)
+        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths, dropout=drop)
     with _on_device(qr.device):
         out = q.new_empty(q.shape)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
         api.run_varlen_forward(qr, kr, vr, api._varlen_ref(_ref(out, "out"), batch, q.shape[0]), _ref(lse, "lse"),
                                opts, sequences, max_seqlen_q, _stream(qr.device))
-    return out, lse
+    return out, lse, rng
+
+
+def _varlen_forward_of(inputs: tuple, check_lengths: bool = True):
+    """_varlen_forward of cuflash::varlen_fwd's inputs (their deterministic is the backward's)."""
+    *head, _deterministic, dropout_p = inputs
+    return _varlen_forward(*head, dropout_p=dropout_p, check_lengths=check_lengths)
 
 
 def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k,
-                     alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-                     deterministic, check_lengths=True):
-    """(dq, dk, dv, dsink): dsink (nheads,) float32 with a learnable sink, else an empty tensor."""
+                     alibi_slopes, learnable_sink, rng, softmax_scale, causal, window_left, window_right, softcap,
+                     deterministic, dropout_p=0.0, check_lengths=True):
+    """(dq, dk, dv, dsink): dsink (nheads,) float32 with a learnable sink, else an empty tensor. rng:
+    the forward's rng state."""
     dout = _maybe_contiguous(dout)
     qr, kr, vr, opts, sequences, batch = _varlen_validate(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
-        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths)
+        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths,
+        dropout=_saved_dropout(dropout_p, rng))
     api.check_varlen_backward_support(seqused_k is not None, qr, kr)
     for x, like, n in ((dout, q, "dout"), (out, q, "out")):
         api.check_like(_ref(x, n), _ref(like, "q"), n, "q")
@@ -462,19 +520,23 @@ def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, 
 def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, seqused_k: Optional[torch.Tensor],
                    alibi_slopes: Optional[torch.Tensor], learnable_sink: Optional[torch.Tensor], softmax_scale: float,
-                   causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (total_q, nheads, headdim), lse (nheads, total_q) float32); deterministic is for the backward."""
+                   causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool,
+                   dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out (total_q, nheads, headdim), lse (nheads, total_q) float32, rng state (as cuflash::fwd's));
+    deterministic is for the backward."""
     return _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
-                           learnable_sink, softmax_scale, causal, window_left, window_right, softcap)
+                           learnable_sink, softmax_scale, causal, window_left, window_right, softcap, dropout_p)
 
 
 @_varlen_fwd_op.register_fake
 def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
-                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, deterministic):
+                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, deterministic,
+                     dropout_p=0.0):
     _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
                      learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real=False)
-    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    api.dropout_options(dropout_p, 0)
+    rng = torch.empty((2 if dropout_p else 0,), dtype=torch.int64, device="cpu")
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32), rng
 
 
 @torch.library.custom_op("cuflash::varlen_bwd", mutates_args=(), device_types="cuda")
@@ -482,13 +544,14 @@ def _varlen_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
                    lse: torch.Tensor, dlse: Optional[torch.Tensor], cu_seqlens_q: torch.Tensor,
                    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
                    seqused_k: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
-                   learnable_sink: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
-                   window_right: int, softcap: float, deterministic: bool
+                   learnable_sink: Optional[torch.Tensor], rng: torch.Tensor, softmax_scale: float, causal: bool,
+                   window_left: int, window_right: int, softcap: float, deterministic: bool, dropout_p: float = 0.0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, dsink) of a varlen batch; dsink is (nheads,) float32 with a learnable sink, else empty."""
+    """(dq, dk, dv, dsink) of a varlen batch; dsink is (nheads,) float32 with a learnable sink, else empty.
+    rng: the forward's rng state."""
     return _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                            seqused_k, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                            window_right, softcap, deterministic)
+                            seqused_k, alibi_slopes, learnable_sink, rng, softmax_scale, causal, window_left,
+                            window_right, softcap, deterministic, dropout_p)
 
 
 @_varlen_bwd_op.register_fake
@@ -501,20 +564,21 @@ def _varlen_bwd_fake(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, 
 def _varlen_setup_context(ctx, inputs, output):
     q, k, v, cu_q, cu_k, max_q, max_k, used, alibi_slopes, learnable_sink, *ctx.options = inputs
     ctx.lengths = (max_q, max_k)
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink)
+    out, lse, rng = output
+    ctx.mark_non_differentiable(rng)
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink, rng)
 
 
 def _varlen_grads(ctx, dout, dlse, backward=_varlen_bwd_op):
     """The gradients of cuflash::varlen_fwd's inputs from those of (out, lse), for the custom op
     and the eager Function alike."""
-    q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink = ctx.saved_tensors
+    q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink, rng = ctx.saved_tensors
     if dout is None:  # only lse was used
         dout = torch.zeros_like(out)
     dq, dk, dv, dsink = backward(dout, q, k, v, out, lse, dlse, cu_q, cu_k, *ctx.lengths, used, alibi_slopes,
-                                 learnable_sink, *ctx.options)
-    return (dq, dk, dv, None, None, None, None, None, None, dsink if learnable_sink is not None else None,
-            None, None, None, None, None, None)
+                                 learnable_sink, rng, *ctx.options)
+    return ((dq, dk, dv, None, None, None, None, None, None, dsink if learnable_sink is not None else None)
+            + (None,) * len(ctx.options))
 
 
 _varlen_fwd_op.register_autograd(_varlen_grads, setup_context=_varlen_setup_context)
@@ -528,12 +592,12 @@ class _EagerVarlen(torch.autograd.Function):
     def forward(ctx, *inputs):
         ctx.set_materialize_grads(False)
         *op_inputs, check_lengths = inputs
-        output = _varlen_forward(*op_inputs[:-1], check_lengths=check_lengths)
+        output = _varlen_forward_of(op_inputs, check_lengths)
         _varlen_setup_context(ctx, op_inputs, output)
         return output
 
     @staticmethod
-    def backward(ctx, dout, dlse):
+    def backward(ctx, dout, dlse, drng):
         grads = _varlen_grads(ctx, dout, dlse, backward=functools.partial(_varlen_backward, check_lengths=False))
         return (*grads, None)
 
@@ -543,23 +607,25 @@ def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                       learnable_sink, seqused_k=None, check_lengths=True):
     """The one path behind the varlen functions: out, or (out, lse (nheads, total_q), None).
     check_lengths=False: the caller built cu_seqlens itself (no host copy to check them)."""
-    _not_implemented(dropout_p=dropout_p, block_table=block_table is not None)
+    _not_implemented(block_table=block_table is not None)
     if not (isinstance(window_size, tuple) and len(window_size) == 2):
         window_size = api._window(window_size, False)
+    if dropout_p:
+        api.dropout_options(dropout_p, 0)  # a clear error for a bad value before any work
     q, k, v = _maybe_contiguous(q), _maybe_contiguous(k), _maybe_contiguous(v)
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), seqused_k, alibi_slopes,
             learnable_sink, float(softmax_scale), bool(causal), window_size[0], window_size[1], float(softcap),
-            bool(deterministic))
+            bool(deterministic), float(dropout_p))
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
         learnable_sink is not None and learnable_sink.requires_grad))
     if torch.compiler.is_compiling():
-        out, lse = _varlen_fwd_op(*args)
+        out, lse, _ = _varlen_fwd_op(*args)
     elif grad:
-        out, lse = _EagerVarlen.apply(*args, check_lengths)
+        out, lse, _ = _EagerVarlen.apply(*args, check_lengths)
     else:
-        out, lse = _varlen_forward(*args[:-1], check_lengths=check_lengths)
+        out, lse, _ = _varlen_forward_of(args, check_lengths)
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -771,11 +837,10 @@ def transformers_attention(module, query, key, value, attention_mask, scaling=No
     if attention_mask is None:
         out = _attention(q, k, v, dropout, scaling, causal, window, softcap or 0.0, None, False, False, sink)
         return out, None
-    _not_implemented(**{"dropout with a padding mask (the varlen path)": dropout})
-    return _padded_attention(q, k, v, attention_mask, scaling, causal, window, softcap or 0.0, sink), None
+    return _padded_attention(q, k, v, attention_mask, scaling, causal, window, softcap or 0.0, sink, dropout), None
 
 
-def _padded_attention(q, k, v, mask, scaling, causal, window, softcap, sink):
+def _padded_attention(q, k, v, mask, scaling, causal, window, softcap, sink, dropout_p=0.0):
     """Attention of a padded batch through the varlen path. q (B, S_q, H, D), k, v (B, S_k, H_kv, D),
     mask (B, S_k) (nonzero: a real token). Costs a gather of the real rows, a scatter back and one
     host synchronisation (the longest lengths), like flash-attn's unpadding."""
@@ -793,7 +858,7 @@ def _padded_attention(q, k, v, mask, scaling, causal, window, softcap, sink):
     max_q, max_k = (int(x) for x in torch.stack([lens_q.max(), lens_k.max()]).tolist())
     qu = q.reshape(batch * seqlen_q, nheads, head_dim)[rows_q]
     ku, vu = (x.reshape(batch * seqlen_k, *x.shape[2:])[rows_k] for x in (k, v))
-    out = _attention_varlen(qu, ku, vu, cu_q, cu_k, max_q, max_k, 0.0, scaling, causal, window, softcap, None,
+    out = _attention_varlen(qu, ku, vu, cu_q, cu_k, max_q, max_k, dropout_p, scaling, causal, window, softcap, None,
                             False, False, None, sink, check_lengths=False)  # lengths built from the mask
     full = out.new_zeros(batch * seqlen_q, nheads, head_dim).index_copy(0, rows_q, out)
     return full.view(batch, seqlen_q, nheads, head_dim)

@@ -333,11 +333,21 @@ def stats() -> dict[str, int]:
     return dict(_counters)
 
 
+_clear_hooks: list = []
+
+
+def on_clear(hook) -> None:
+    """Call hook() whenever clear_memory_cache runs (what holds kernel handles forgets them too)."""
+    _clear_hooks.append(hook)
+
+
 def clear_memory_cache() -> None:
     """Forget loaded kernels and reset the counters (tests use this to force the disk path)."""
     with _load_lock:
         _functions.clear()
         _pointers.clear()
+        for hook in _clear_hooks:
+            hook()
         for name in _counters:
             _counters[name] = 0
 

@@ -107,6 +107,15 @@ def sm90_enabled() -> bool:
     return _sm90_enabled(os.environ.get("CUFLASH_DISABLE_SM90"))
 
 
+def selection_key() -> tuple:
+    """The raw values of the variables that steer spec selection (CUFLASH_DISABLE_SM90,
+    CUFLASH_SMEM_LIMIT), for keys of memoised launch plans: a plan made under other values
+    is not reused."""
+    if _ENVIRON_BYTES is not None:
+        return _ENVIRON_BYTES.get(b"CUFLASH_DISABLE_SM90"), _ENVIRON_BYTES.get(b"CUFLASH_SMEM_LIMIT")
+    return os.environ.get("CUFLASH_DISABLE_SM90"), os.environ.get("CUFLASH_SMEM_LIMIT")
+
+
 def smem_limit_override() -> int | None:
     """CUFLASH_SMEM_LIMIT as bytes, or None when unset (read on every call, like sm90_enabled)."""
     raw = _ENVIRON_BYTES.get(b"CUFLASH_SMEM_LIMIT") if _ENVIRON_BYTES is not None else (

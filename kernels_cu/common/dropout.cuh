@@ -30,7 +30,9 @@
 #pragma once
 #include "platform.cuh"
 
-constexpr bool DROPOUT = CUFLASH_DROPOUT;
+constexpr bool DROPOUT = CUFLASH_DROPOUT != 0;
+// CUFLASH_DROPOUT 2: the seed words are in device memory (params.cuh dropout_rng).
+constexpr bool DROPOUT_SEED_IN_MEMORY = CUFLASH_DROPOUT == 2;
 
 struct PhiloxKey {
     u32 k0, k1;
@@ -69,13 +71,14 @@ CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, 
 struct Dropout {
     PhiloxKey key;
     u32 offset, threshold;
-    int bh;       // b * nheads + h: the counter's third word
-    float scale;  // 1 / (1 - p)
+    int bh;          // b * nheads + h: the counter's third word
+    float scale;     // 1 / (1 - p)
+    const u32* rng;  // DROPOUT_SEED_IN_MEMORY: (seed_lo, seed_hi, offset), read instead of key and offset
 
     template <class Params>
     CUFLASH_DEVICE Dropout(const Params& p, int b, int h)
         : key{p.dropout_seed_lo, p.dropout_seed_hi}, offset(p.dropout_offset), threshold(p.dropout_threshold),
-          bh(b * p.nheads + h), scale(p.dropout_scale) {}
+          bh(b * p.nheads + h), scale(p.dropout_scale), rng(p.dropout_rng) {}
 
     // The keep bits of n8 tiles 2u and 2u + 1 of an accumulator tile
     // x[MT][NT][4] (fragment.cuh) whose element (mt, nt, 2h+j) is at row
@@ -91,11 +94,17 @@ struct Dropout {
         // unrolling): each holds ~10 registers through its 10 rounds, and the
         // main loops run near their register limit.
         u32 groups = 0u;
+        // A seed in device memory is read here, at each use, not held by the object: words
+        // loaded once would hold three registers through the main loop (key and offset are
+        // parameters, which the compiler re-reads from constant memory).
+        PhiloxKey k = key;
+        u32 off = offset;
+        if (DROPOUT_SEED_IN_MEMORY) k = PhiloxKey{__ldg(rng), __ldg(rng + 1)}, off = __ldg(rng + 2);
 #pragma unroll 1
         for (int mt = 0; mt < MT; ++mt) {
             const int row = row0 + mt * 16 + g, col = col0 + u * 16 + 2 * t;
-            const u32 bits = KEYS_AS_ROWS ? dropout_keep_group(key, offset, threshold, bh, col + (g & 1), row & ~1)
-                                          : dropout_keep_group(key, offset, threshold, bh, row, col);
+            const u32 bits = KEYS_AS_ROWS ? dropout_keep_group(k, off, threshold, bh, col + (g & 1), row & ~1)
+                                          : dropout_keep_group(k, off, threshold, bh, row, col);
             groups |= bits << (8 * mt);
         }
         // With keys as rows, the partner lane g ^ 1 computed the group of query 2t + 1 - (g & 1).

@@ -21,6 +21,9 @@
 //   sink: float32 (nheads,) learnable sink logits; read only under CUFLASH_SINK.
 //   dropout_*: the Philox key (seed), counter word (offset), threshold floor(p * 2^32)
 //     and scale 1 / (1 - p) of dropout.cuh; read only under CUFLASH_DROPOUT.
+//     dropout_rng: the words (seed_lo, seed_hi, offset) in device memory, read instead
+//     of those three fields under CUFLASH_DROPOUT 2 (a seed that a traced JAX program
+//     makes on the device).
 //   bias: the additive bias, element (b, h, i, j) at b * bias_batch_stride + h *
 //     bias_head_stride + i * bias_row_stride + j (strides 0 on a broadcast dim),
 //     in the input dtype or float32 (CUFLASH_BIAS 16 / 32);
@@ -32,6 +35,7 @@
     const float* alibi_slopes;                                  \
     const float* sink;                                          \
     const void* bias;                                           \
+    const u32* dropout_rng; /* (3,), CUFLASH_DROPOUT 2 */       \
     i64 q_batch_stride, q_row_stride, q_head_stride;            \
     i64 k_batch_stride, k_row_stride, k_head_stride;            \
     i64 v_batch_stride, v_row_stride, v_head_stride;            \

@@ -33,6 +33,8 @@ FEATURE_SETS = (
     # the bias, in the input dtype and float32, alone and with the others
     + [Features.parse("bias"), Features.parse("causal,bias32"), Features.parse("window,softcap,alibi,sink,bias"),
        Features.parse("causal,dropout,bias")]
+    # dropout whose seed is in device memory (cuflash.jax)
+    + [Features.parse("causal,dropoutmem")]
     # variable-length batches
     + [Features.parse("varlen"), Features.parse("causal,varlen"), Features.parse("window,softcap,alibi,sink,varlen"),
        Features.parse("causal,dropout,varlen")]

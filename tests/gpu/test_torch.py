@@ -195,11 +195,13 @@ def test_packed_forms_read_views_and_return_packed_gradients():
 
 
 def test_inputs_reach_the_kernel_without_a_copy(monkeypatch):
-    from cuflash import api
+    from cuflash import api, launch
 
     seen = []
     real = api.run_forward
-    monkeypatch.setattr(api, "run_forward", lambda q, k, v, *a: seen.append((q, k, v)) or real(q, k, v, *a))
+    monkeypatch.setattr(api, "_PLANS", {})  # the validated path, which records a plan afterwards
+    monkeypatch.setattr(api, "run_forward", lambda q, k, v, *a: (
+        q.ptr < launch.placeholder(0) and seen.append((q, k, v))) or real(q, k, v, *a))
     qkv = rand(1, 64, 3, 4, 64)
     big = rand(2, 4, 64, 64).transpose(1, 2)  # (B, S, H, D) view of a (B, H, S, D) tensor
     with torch.no_grad():
@@ -297,6 +299,39 @@ def test_varlen_matches_dense_per_sequence_values_and_gradients():
             assert torch.allclose(g[r], want[0], atol=2e-2, rtol=0), b
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_varlen_dropout_is_cuflash_attention_varlen_with_the_drawn_seed(compiled):
+    """flash_attn_varlen_func(dropout_p=...) draws its seed from torch's generator and then is
+    exactly cuflash.attention_varlen with that seed: out and the deterministic gradients bitwise."""
+    import cupy as cp
+
+    import cuflash
+
+    lengths_q, lengths_k = [37, 0, 130], [64, 5, 200]
+    cu_q = torch.tensor([0, *torch.tensor(lengths_q).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, *torch.tensor(lengths_k).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q = rand(sum(lengths_q), 4, 64, grad=True)
+    k, v = rand(sum(lengths_k), 2, 64, grad=True), rand(sum(lengths_k), 2, 64, grad=True)
+    dout = rand(sum(lengths_q), 4, 64)
+    fn = ct.flash_attn_varlen_func
+    if compiled:
+        fn = torch.compile(lambda *a, **kw: ct.flash_attn_varlen_func(*a, **kw), fullgraph=True)
+    seed = _drawn_seed(11)
+    torch.manual_seed(11)
+    out = fn(q, k, v, cu_q, cu_k, 130, 200, dropout_p=0.25, causal=True, deterministic=True)
+    out.backward(dout)
+    cq, ck, cv, cdo, ccu_q, ccu_k = (cp.from_dlpack(t.detach()) for t in (q, k, v, dout, cu_q, cu_k))
+    want, lse = cuflash.attention_varlen(cq, ck, cv, ccu_q, ccu_k, 130, 200, dropout_p=0.25, seed=seed, causal=True,
+                                         return_lse=True)
+    grads = cuflash.attention_varlen_backward(cdo, cq, ck, cv, want, lse, ccu_q, ccu_k, 130, 200, dropout_p=0.25,
+                                              seed=seed, causal=True, deterministic=True)
+    for n, got, w in zip(("out", "dq", "dk", "dv"), (out.detach(), q.grad, k.grad, v.grad), (want, *grads)):
+        assert torch.equal(got, torch.from_dlpack(w)), n
+    with torch.no_grad():
+        other = fn(q, k, v, cu_q, cu_k, 130, 200, dropout_p=0.25, causal=True)
+    assert not torch.equal(other, out.detach())  # the next call draws another mask
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -309,8 +344,13 @@ def test_varlen_matches_dense_per_sequence_values_and_gradients():
      TypeError, "dropout_p must be a number"),
     (lambda: ct.flash_attn_varlen_func(rand(8, 2, 64), rand(8, 2, 64), rand(8, 2, 64),
                                        torch.tensor([0, 8], dtype=torch.int32, device="cuda"),
-                                       torch.tensor([0, 8], dtype=torch.int32, device="cuda"), 8, 8, dropout_p=0.1),
-     NotImplementedError, "dropout_p"),
+                                       torch.tensor([0, 8], dtype=torch.int32, device="cuda"), 8, 8, dropout_p=-0.1),
+     ValueError, r"dropout_p must be in \[0, 1\)"),
+    (lambda: ct.flash_attn_varlen_func(rand(8, 2, 64), rand(8, 2, 64), rand(8, 2, 64),
+                                       torch.tensor([0, 8], dtype=torch.int32, device="cuda"),
+                                       torch.tensor([0, 8], dtype=torch.int32, device="cuda"), 8, 8,
+                                       block_table=torch.zeros((1, 1), dtype=torch.int32, device="cuda")),
+     NotImplementedError, "block_table"),
     (lambda: ct.flash_attn_func(rand(1, 8, 2, 64).float(), rand(1, 8, 2, 64), rand(1, 8, 2, 64)), TypeError,
      "q has dtype float32"),
     (lambda: ct.flash_attn_func(rand(1, 8, 3, 64), rand(1, 8, 2, 64), rand(1, 8, 2, 64)), ValueError,
