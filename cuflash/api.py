@@ -713,13 +713,14 @@ def attention(
     last dim contiguous), written in place and returned.
     """
     key = None
-    if (alibi_slopes is None and learnable_sink is None and bias is None and not dropout_p and out is None
-            and not return_attn_probs):
-        key = _cupy_key("fwd", (q, k, v), softmax_scale, causal, window_size, softcap, bool(return_lse))
+    if alibi_slopes is None and learnable_sink is None and bias is None and not dropout_p and not return_attn_probs:
+        arrays = (q, k, v) if out is None else (q, k, v, out)
+        key = _cupy_key("fwd", arrays, softmax_scale, causal, window_size, softcap, bool(return_lse))
         replayed = recorded_plan(key)
-        if replayed is not None and _aligned(q, k, v) and _current_device() == q.data.device_id:
+        if replayed is not None and _aligned(*arrays) and _current_device() == q.data.device_id:
             cp = _cupy()
-            out = cp.empty(q.shape, dtype=q.dtype)
+            if out is None:
+                out = cp.empty(q.shape, dtype=q.dtype)
             lse = cp.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=np.float32) if return_lse else None
             replayed.replay((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, 0 if lse is None else lse.data.ptr),
                             cp.cuda.get_current_stream().ptr)

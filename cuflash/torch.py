@@ -83,10 +83,15 @@ except ImportError:  # pragma: no cover - a torch without it
 
 _NO_GUARD = contextlib.nullcontext()
 
+try:  # the current CUDA device without torch.cuda.current_device()'s Python wrapper
+    from torch._C import _cuda_getDevice as _current_device
+except ImportError:  # pragma: no cover - a torch without it
+    _current_device = torch.cuda.current_device
+
 
 def _on_device(device: int):
     """Make the tensors' device current for the launch (a no-op when it already is)."""
-    return _NO_GUARD if torch.cuda.current_device() == device else torch.cuda.device(device)
+    return _NO_GUARD if _current_device() == device else torch.cuda.device(device)
 
 
 def _alloc(device: int):
@@ -178,7 +183,7 @@ def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, windo
                         bool(return_lse))
         plan = api.recorded_plan(key)
         device = q.get_device()
-        if plan is not None and _aligned(q, k, v) and torch.cuda.current_device() == device:
+        if plan is not None and _aligned(q, k, v) and _current_device() == device:
             out = q.new_empty(q.shape)
             lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32) if return_lse else None
             plan.replay((q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr()),
@@ -212,7 +217,7 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
                         softcap, bool(deterministic))
         plan = api.recorded_plan(key)
         device = q.get_device()
-        if plan is not None and _aligned(dout, q, k, v, out) and torch.cuda.current_device() == device:
+        if plan is not None and _aligned(dout, q, k, v, out) and _current_device() == device:
             dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
             scratch = q.new_empty((plan.scratch_words,), dtype=torch.float32)
             plan.replay((dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
@@ -569,7 +574,7 @@ def _varlen_setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink, rng)
 
 
-def _varlen_grads(ctx, dout, dlse, backward=_varlen_bwd_op):
+def _varlen_grads(ctx, dout, dlse, drng=None, backward=_varlen_bwd_op):
     """The gradients of cuflash::varlen_fwd's inputs from those of (out, lse), for the custom op
     and the eager Function alike."""
     q, k, v, out, lse, cu_q, cu_k, used, alibi_slopes, learnable_sink, rng = ctx.saved_tensors

@@ -73,9 +73,11 @@ def qkv(gpu, batch=2, seqlen_q=33, seqlen_k=70, nheads=8, nheads_kv=2, d=64, dty
 
 
 @pytest.mark.parametrize("options", [{}, {"causal": True}, {"window_size": (16, 4), "softcap": 30.0},
-                                     {"return_lse": True}])
+                                     {"return_lse": True}, {"out": True}])
 def test_forward_replay_packs_what_the_validated_path_packs(gpu, monkeypatch, options):
     q, k, v = qkv(gpu)
+    if options.get("out"):
+        options = {"out": gpu.empty(q.shape, q.dtype)}  # a preallocated output
     cuflash.attention(q, k, v, **options)  # records the plan
     assert len(api._PLANS) == 1
     gpu.launches.clear()
