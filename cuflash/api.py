@@ -630,14 +630,17 @@ cache.on_clear(_forget_plans)  # a plan holds kernel handles: dropped with the l
 
 
 def _cupy_key(kind: str, arrays: tuple, *options):
-    """A plan key from CuPy arrays' shapes, strides, dtypes and devices, the options and the
-    selection environment; None unless every array is a CuPy array."""
+    """A plan key from CuPy arrays' shapes, strides, dtypes and devices (None: an absent optional
+    array), the options and the selection environment; None unless every array is a CuPy array."""
     nd = _cupy().ndarray
     key = [kind]
     for x in arrays:
-        if type(x) is not nd:
+        if x is None:
+            key.append(None)
+        elif type(x) is not nd:
             return None
-        key += (x.shape, x.strides, x.dtype, x.data.device_id)
+        else:
+            key += (x.shape, x.strides, x.dtype, x.data.device_id)
     return (*key, *options, env.selection_key())
 
 
@@ -847,7 +850,8 @@ def attention_backward(
         if replayed is not None and _aligned(dout, q, k, v, out) and _current_device() == q.data.device_id:
             cp = _cupy()
             dq, dk, dv = cp.empty(q.shape, dtype=q.dtype), cp.empty(k.shape, dtype=k.dtype), cp.empty(v.shape, v.dtype)
-            scratch = cp.empty((replayed.scratch_words,), dtype=np.float32)
+            (shape, _), = replayed.allocations  # the backward's one float32 scratch buffer
+            scratch = cp.empty(shape, dtype=np.float32)
             replayed.replay((dout.data.ptr, q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
                              dq.data.ptr, dk.data.ptr, dv.data.ptr, scratch.data.ptr), cp.cuda.get_current_stream().ptr)
             return dq, dk, dv
@@ -1524,6 +1528,29 @@ def attention_with_kvcache(
     every entry, so a bad one reads a wrong page or row, never outside the cache. An array
     cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
     """
+    # A repeated call replays its plan (launch plans, above): an array cache_seqlens (an int is
+    # filled into one per call) and no index arrays to check on the host.
+    key = None
+    if (alibi_slopes is None and learnable_sink is None and cache_seqlens is not None
+            and not isinstance(cache_seqlens, numbers.Integral)
+            and not (check_indices and (block_table is not None or cache_batch_idx is not None
+                                        or cache_leftpad is not None))):
+        arrays = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, rotary_cos,
+                  rotary_sin)
+        key = _cupy_key("kvcache", arrays, softmax_scale, causal, window_size, softcap, bool(rotary_interleaved),
+                        num_splits, bool(return_lse))
+        replayed = recorded_plan(key)
+        if (replayed is not None and _current_device() == q.data.device_id
+                and _aligned(*(x for x in (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin) if x is not None))):
+            cp = _cupy()
+            batch, seqlen_q, nheads, _ = q.shape
+            used = cp.empty((batch,), dtype=np.int32) if k is not None else None
+            out = cp.empty(q.shape, dtype=q.dtype)
+            lse_rows = cp.empty((nheads, batch * seqlen_q), dtype=np.float32) if return_lse else None
+            scratch = [cp.empty(shape, dtype=_cupy_dtype(dtype)) for shape, dtype in replayed.allocations]
+            replayed.replay(tuple(0 if x is None else x.data.ptr for x in (*arrays, used, out, lse_rows, *scratch)),
+                            cp.cuda.get_current_stream().ptr)
+            return _kvcache_result(out, lse_rows, return_lse)
     check_kvcache_call(k, v, cache_seqlens, num_splits, rotary_cos=rotary_cos, rotary_sin=rotary_sin)
     cp = _cupy()
     arrays, refs = _refs(
@@ -1554,14 +1581,31 @@ def attention_with_kvcache(
         def offsets():
             return _offsets(qr.device, batch, seqlen_q).data.ptr, _offsets(qr.device, batch, cache.seqlen).data.ptr
 
-        run_kvcache(cupy_ref(q), kcr, vcr, kr, vr, cupy_ref(lengths), None if used is None else cupy_ref(used),
-                    cupy_ref(out), None if lse_rows is None else cupy_ref(lse_rows), opts, cache, int(num_splits),
-                    cupy_alloc, offsets, cp.cuda.get_current_stream().ptr,
-                    None if cosr is None else (cosr, sinr, bool(rotary_interleaved)))
-        if not return_lse:
-            return out
-        lse = cp.ascontiguousarray(lse_rows.reshape(nheads, batch, seqlen_q).transpose(1, 0, 2))
-    return out, lse
+        qr_now, lr = cupy_ref(q), cupy_ref(lengths)
+        usedr, outr = None if used is None else cupy_ref(used), cupy_ref(out)
+        lser = None if lse_rows is None else cupy_ref(lse_rows)
+        rotary = None if cosr is None else (cosr, sinr, bool(rotary_interleaved))
+        run_kvcache(qr_now, kcr, vcr, kr, vr, lr, usedr, outr, lser, opts, cache, int(num_splits), cupy_alloc,
+                    offsets, cp.cuda.get_current_stream().ptr, rotary)
+        if key is not None and qr_now.ptr == qr.ptr and uses_decode_kernel(qr, kcr, vcr, cache):
+            # the plan's slots in the order of `arrays` above, then used, out, lse_rows, scratch
+            m = cache.cache_map
+            cache_at = cache._replace(cache_map=m._replace(block_table=_at(btr, 6), cache_batch_idx=_at(cir, 7),
+                                                           cache_leftpad=_at(lpr, 8)))
+            rotary_at = None if rotary is None else (_at(cosr, 9), _at(sinr, 10), rotary[2])
+            _remember(key, launch.record(lambda alloc: run_kvcache(
+                _at(qr, 0), _at(kcr, 1), _at(vcr, 2), _at(kr, 3), _at(vr, 4), _at(lr, 5), _at(usedr, 11),
+                _at(outr, 12), _at(lser, 13), opts, cache_at, int(num_splits), alloc, None, 0, rotary_at), 14))
+        return _kvcache_result(out, lse_rows, return_lse)
+
+
+def _kvcache_result(out, lse_rows, return_lse: bool):
+    """attention_with_kvcache's result: out, or (out, lse (batch, nheads, seqlen_q)) from the
+    kernels' lse rows (nheads, batch * seqlen_q)."""
+    if not return_lse:
+        return out
+    batch, seqlen_q, nheads, _ = out.shape
+    return out, _cupy().ascontiguousarray(lse_rows.reshape(nheads, batch, seqlen_q).transpose(1, 0, 2))
 
 
 # ---------------------------------------------------------------- merging attention states

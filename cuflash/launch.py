@@ -197,11 +197,12 @@ class _Step(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """The launches of one kind of call (record()); scratch_words: float32 words of scratch the
-    call allocates (its pointer is the last slot), 0 for none."""
+    """The launches of one kind of call (record()); allocations: (shape, dtype name) of each
+    scratch array the call takes, in order: the caller allocates them and passes their pointers
+    in the slots after the arguments'."""
 
     steps: tuple
-    scratch_words: int
+    allocations: tuple
 
     def replay(self, pointers: tuple, stream: int) -> None:
         """Launch every step on `stream` with `pointers` in the slots (the device current)."""
@@ -217,22 +218,28 @@ class Plan(NamedTuple):
 _POINTER = struct.Struct("<Q")
 
 
-def record(launches: Callable[[Alloc], object], scratch_slot: int) -> Plan:
+def record(launches: Callable[[Alloc], object], first_scratch_slot: int) -> Plan:
     """The Plan of `launches(alloc)`, a call of the launch functions below made with Refs whose
-    pointers are placeholder(slot). Scratch it takes from `alloc` lies at placeholder(scratch_slot)."""
-    scratch = []
+    pointers are placeholder(slot). The i-th array it takes from `alloc` lies at
+    placeholder(first_scratch_slot + i)."""
+    allocations = []
 
     def alloc(shape, dtype):
-        assert not scratch and dtype == "float32" and len(shape) == 1, "plans hold one float32 scratch buffer"
-        scratch.append(shape[0])
-        return None, Ref(placeholder(scratch_slot), shape, (1,), dtype, -1)
+        shape = tuple(shape)
+        strides, step = [], 1
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= n
+        ref = Ref(placeholder(first_scratch_slot + len(allocations)), shape, tuple(strides), dtype, -1)
+        allocations.append((shape, dtype))
+        return None, ref
 
     _recording.steps = steps = []
     try:
         launches(alloc)
     finally:
         del _recording.steps
-    return Plan(tuple(steps), scratch[0] if scratch else 0)
+    return Plan(tuple(steps), tuple(allocations))
 
 
 def strides_named(prefix: str, x: Ref) -> dict:

@@ -219,7 +219,8 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
         device = q.get_device()
         if plan is not None and _aligned(dout, q, k, v, out) and _current_device() == device:
             dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-            scratch = q.new_empty((plan.scratch_words,), dtype=torch.float32)
+            (shape, _), = plan.allocations  # the backward's one float32 scratch buffer
+            scratch = q.new_empty(shape, dtype=torch.float32)
             plan.replay((dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
                          dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), scratch.data_ptr()), _stream(device))
             return dq, dk, dv, q.new_empty((0,), dtype=torch.float32), q.new_empty((0,))

@@ -113,6 +113,40 @@ def test_backward_replay_packs_what_the_validated_path_packs(gpu, monkeypatch):
         assert gpu.launches == replayed
 
 
+@pytest.mark.parametrize("paged", [False, True])
+def test_kvcache_replay_packs_what_the_validated_path_packs(gpu, monkeypatch, paged):
+    monkeypatch.setattr(api, "_sm_resources", lambda device: (132, 233472))
+    for packer in (launch.params.KV_APPEND, launch.params.DECODE, launch.params.DECODE_COMBINE):
+        buf, _ = packer.buffers()
+        gpu.sizes[ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))] = len(buf)
+    q = gpu.empty((2, 1, 8, 128), "float16")
+    shape = (6, 16, 2, 128) if paged else (2, 96, 2, 128)
+    k_cache, v_cache = gpu.empty(shape, "float16"), gpu.empty(shape, "float16")
+    k, v = gpu.empty((2, 1, 2, 128), "float16"), gpu.empty((2, 1, 2, 128), "float16")
+    cos, sin = gpu.empty((96, 32), "float16"), gpu.empty((96, 32), "float16")
+    lengths = gpu.empty((2,), "int32")
+    extra = {"block_table": gpu.empty((2, 3), "int32"), "check_indices": False} if paged else {}
+
+    def call():
+        return cuflash.attention_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lengths, rotary_cos=cos,
+                                              rotary_sin=sin, causal=True, num_splits=2, **extra)
+
+    call()
+    assert len(api._PLANS) == 1
+    gpu.launches.clear()
+    start = gpu.next
+    call()
+    replayed = list(gpu.launches)
+    gpu.next = start
+    gpu.launches.clear()
+    with monkeypatch.context() as m:
+        m.setattr(api, "recorded_plan", lambda key: None)
+        call()
+    # the append (with rotary), the split-KV decode and its combine
+    assert len(replayed) == 3
+    assert gpu.launches == replayed
+
+
 def test_a_plan_is_per_kind_of_call(gpu, monkeypatch):
     q, k, v = qkv(gpu)
     cuflash.attention(q, k, v)

@@ -51,3 +51,29 @@ def test_a_replay_runs_on_the_current_stream():
         qs[...] = 0  # queued after: must not reach the call's reads
     stream.synchronize()
     assert cp.array_equal(got, want)
+
+
+def test_replayed_kvcache_calls_equal_validated_ones(monkeypatch):
+    """A paged decode step with an append and rotary, repeated: the same out, lse and caches."""
+    batch, page, pages = 3, 16, 12
+    q, _, _ = testing.random_qkv(batch, 1, 1, 8, 2, 128, "fp16", xp=cp)
+    k_cache = cp.asarray(testing.random_like(cp.empty((pages, page, 2, 128), cp.float16)))
+    v_cache = cp.asarray(testing.random_like(k_cache))
+    k, v = (cp.asarray(testing.random_like(cp.empty((batch, 1, 2, 128), cp.float16))) for _ in range(2))
+    block_table = cp.asarray(cp.random.permutation(pages)[:batch * 4].reshape(batch, 4), dtype=cp.int32)
+    lengths = cp.asarray([5, 40, 63], dtype=cp.int32)
+    angles = cp.arange(64 * 32, dtype=cp.float32).reshape(64, 32) * 1e-3
+    cos, sin = cp.cos(angles).astype(cp.float16), cp.sin(angles).astype(cp.float16)
+    api._PLANS.clear()
+
+    def step():
+        return cuflash.attention_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lengths,
+                                              block_table=block_table, rotary_cos=cos, rotary_sin=sin, causal=True,
+                                              return_lse=True, check_indices=False)
+
+    out, lse = step()
+    caches = k_cache.copy(), v_cache.copy()
+    assert len(api._PLANS) == 1
+    out2, lse2 = step()  # replayed: appends the same keys at the same places again
+    assert cp.array_equal(out, out2) and cp.array_equal(lse, lse2)
+    assert cp.array_equal(k_cache, caches[0]) and cp.array_equal(v_cache, caches[1])
