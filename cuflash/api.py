@@ -622,6 +622,36 @@ def remember_backward(key, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref
                                    _at(dq, 6), _at(dk, 7), _at(dv, 8), opts, deterministic, None, alloc, 0), 9))
 
 
+def kvcache_plannable(cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes, learnable_sink,
+                      check_indices) -> bool:
+    """Whether an attention_with_kvcache call may replay a plan: an array cache_seqlens (an int is
+    filled into one per call), no alibi or sink, and no index arrays to check on the host. Its
+    slots: q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
+    rotary_cos, rotary_sin, used (int32 (batch,) when k is given), out, lse rows ((nheads, batch *
+    seqlen_q) float32 or absent), then the plan's allocations."""
+    return (alibi_slopes is None and learnable_sink is None and cache_seqlens is not None
+            and not isinstance(cache_seqlens, numbers.Integral)
+            and not (check_indices and (block_table is not None or cache_batch_idx is not None
+                                        or cache_leftpad is not None)))
+
+
+def remember_kvcache(key, q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None, lengths: Ref,
+                     used: Ref | None, out: Ref, lse_rows: Ref | None, opts: Options, cache: KvCache,
+                     num_splits: int, rotary: tuple | None) -> None:
+    """Record, under key, the plan of run_kvcache for these checked Refs (kvcache_plannable's slots),
+    when the call runs on the decode kernel (the prefill path reads offset arrays of its own)."""
+    if not uses_decode_kernel(q, k_cache, v_cache, cache):
+        return
+    m = cache.cache_map
+    cache_at = cache._replace(cache_map=m._replace(block_table=_at(m.block_table, 6),
+                                                   cache_batch_idx=_at(m.cache_batch_idx, 7),
+                                                   cache_leftpad=_at(m.cache_leftpad, 8)))
+    rotary_at = None if rotary is None else (_at(rotary[0], 9), _at(rotary[1], 10), rotary[2])
+    _remember(key, launch.record(lambda alloc: run_kvcache(
+        _at(q, 0), _at(k_cache, 1), _at(v_cache, 2), _at(k, 3), _at(v, 4), _at(lengths, 5), _at(used, 11),
+        _at(out, 12), _at(lse_rows, 13), opts, cache_at, int(num_splits), alloc, None, 0, rotary_at), 14))
+
+
 def _forget_plans() -> None:
     _PLANS.clear()
 
@@ -1528,13 +1558,9 @@ def attention_with_kvcache(
     every entry, so a bad one reads a wrong page or row, never outside the cache. An array
     cache_seqlens is not read on the host: values outside [0, seqlen_cache] are clamped.
     """
-    # A repeated call replays its plan (launch plans, above): an array cache_seqlens (an int is
-    # filled into one per call) and no index arrays to check on the host.
     key = None
-    if (alibi_slopes is None and learnable_sink is None and cache_seqlens is not None
-            and not isinstance(cache_seqlens, numbers.Integral)
-            and not (check_indices and (block_table is not None or cache_batch_idx is not None
-                                        or cache_leftpad is not None))):
+    if kvcache_plannable(cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes, learnable_sink,
+                         check_indices):
         arrays = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, rotary_cos,
                   rotary_sin)
         key = _cupy_key("kvcache", arrays, softmax_scale, causal, window_size, softcap, bool(rotary_interleaved),
@@ -1587,15 +1613,8 @@ def attention_with_kvcache(
         rotary = None if cosr is None else (cosr, sinr, bool(rotary_interleaved))
         run_kvcache(qr_now, kcr, vcr, kr, vr, lr, usedr, outr, lser, opts, cache, int(num_splits), cupy_alloc,
                     offsets, cp.cuda.get_current_stream().ptr, rotary)
-        if key is not None and qr_now.ptr == qr.ptr and uses_decode_kernel(qr, kcr, vcr, cache):
-            # the plan's slots in the order of `arrays` above, then used, out, lse_rows, scratch
-            m = cache.cache_map
-            cache_at = cache._replace(cache_map=m._replace(block_table=_at(btr, 6), cache_batch_idx=_at(cir, 7),
-                                                           cache_leftpad=_at(lpr, 8)))
-            rotary_at = None if rotary is None else (_at(cosr, 9), _at(sinr, 10), rotary[2])
-            _remember(key, launch.record(lambda alloc: run_kvcache(
-                _at(qr, 0), _at(kcr, 1), _at(vcr, 2), _at(kr, 3), _at(vr, 4), _at(lr, 5), _at(usedr, 11),
-                _at(outr, 12), _at(lser, 13), opts, cache_at, int(num_splits), alloc, None, 0, rotary_at), 14))
+        if key is not None and qr_now.ptr == qr.ptr:
+            remember_kvcache(key, qr, kcr, vcr, kr, vr, lr, usedr, outr, lser, opts, cache, num_splits, rotary)
         return _kvcache_result(out, lse_rows, return_lse)
 
 

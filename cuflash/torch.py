@@ -159,10 +159,11 @@ def _saved_dropout(dropout_p, rng: Optional[torch.Tensor]) -> api.DropoutRng | N
 
 
 def _plan_key(kind: str, tensors: tuple, *options):
-    """An api launch-plan key from tensors' shapes, strides, dtypes and devices and the options."""
+    """An api launch-plan key from tensors' shapes, strides, dtypes and devices (None: an absent
+    optional tensor) and the options."""
     key = [kind]
     for t in tensors:
-        key += (t.shape, t.stride(), t.dtype, t.get_device())
+        key += (None,) if t is None else (t.shape, t.stride(), t.dtype, t.get_device())
     return (*key, *options, env.selection_key())
 
 
@@ -703,13 +704,32 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             out = _attention(q, k_cache, v_cache, 0.0, softmax_scale, causal, window_size, softcap, alibi_slopes,
                              False, return_softmax_lse, learnable_sink)
         return (out[0], out[1]) if return_softmax_lse else out
-    q = _maybe_contiguous(q)
+    q, k, v = _maybe_contiguous(q), _maybe_contiguous(k), _maybe_contiguous(v)
     batch, seqlen_q, nheads, _ = q.shape
     if batch > 1 and q.stride(0) != seqlen_q * q.stride(1):
         q = q.contiguous()
+    key = None
+    if api.kvcache_plannable(cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
+                             learnable_sink, check_indices) and isinstance(cache_seqlens, torch.Tensor):
+        tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, rotary_cos,
+                   rotary_sin)
+        key = _plan_key("torch-kvcache", tensors, softmax_scale, causal, tuple(window_size), softcap,
+                        bool(rotary_interleaved), num_splits, bool(return_softmax_lse))
+        plan = api.recorded_plan(key)
+        device = q.get_device()
+        if (plan is not None and _current_device() == device
+                and _aligned(*(t for t in (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin) if t is not None))):
+            used = torch.empty((batch,), dtype=torch.int32, device=q.device) if k is not None else None
+            out = torch.empty_like(q)
+            lse_rows = q.new_empty((nheads, batch * seqlen_q), dtype=torch.float32) if return_softmax_lse else None
+            scratch = [torch.empty(shape, dtype=_TORCH_DTYPES[dtype], device=q.device)
+                       for shape, dtype in plan.allocations]
+            plan.replay(tuple(0 if t is None else t.data_ptr() for t in (*tensors, used, out, lse_rows, *scratch)),
+                        _stream(device))
+            return _kvcache_result(out, lse_rows, return_softmax_lse)
     qr, kcr, vcr = _ref(q, "q"), _ref(k_cache, "k_cache"), _ref(v_cache, "v_cache")
-    kr = None if k is None else _ref(_maybe_contiguous(k), "k")
-    vr = None if v is None else _ref(_maybe_contiguous(v), "v")
+    kr = None if k is None else _ref(k, "k")
+    vr = None if v is None else _ref(v, "v")
     btr, cir, lpr, cosr, sinr = (None if x is None else _ref(x, n) for x, n in (
         (block_table, "block_table"), (cache_batch_idx, "cache_batch_idx"), (cache_leftpad, "cache_leftpad"),
         (rotary_cos, "rotary_cos"), (rotary_sin, "rotary_sin")))
@@ -736,13 +756,24 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         def offsets():
             return tuple(_offsets(device, batch, step).data_ptr() for step in (seqlen_q, cache.seqlen))
 
-        api.run_kvcache(qr, kcr, vcr, kr, vr, lengths, None if used is None else _ref(used, "seqused"),
-                        _ref(out, "out"), None if lse_rows is None else _ref(lse_rows, "lse"), opts, cache,
-                        int(num_splits), _alloc(device), offsets, _stream(device),
-                        None if cosr is None else (cosr, sinr, bool(rotary_interleaved)))
-        if not return_softmax_lse:
-            return out
-        return out, lse_rows.view(nheads, batch, seqlen_q).transpose(0, 1).contiguous()
+        usedr, outr = None if used is None else _ref(used, "seqused"), _ref(out, "out")
+        lser = None if lse_rows is None else _ref(lse_rows, "lse")
+        rotary = None if cosr is None else (cosr, sinr, bool(rotary_interleaved))
+        api.run_kvcache(qr, kcr, vcr, kr, vr, lengths, usedr, outr, lser, opts, cache, int(num_splits),
+                        _alloc(device), offsets, _stream(device), rotary)
+        if key is not None:
+            api.remember_kvcache(key, qr, kcr, vcr, kr, vr, lengths, usedr, outr, lser, opts, cache, num_splits,
+                                 rotary)
+        return _kvcache_result(out, lse_rows, return_softmax_lse)
+
+
+def _kvcache_result(out, lse_rows, return_lse: bool):
+    """flash_attn_with_kvcache's result: out, or (out, lse (batch, nheads, seqlen_q)) from the kernels'
+    lse rows (nheads, batch * seqlen_q)."""
+    if not return_lse:
+        return out
+    batch, seqlen_q, nheads, _ = out.shape
+    return out, lse_rows.view(nheads, batch, seqlen_q).transpose(0, 1).contiguous()
 
 
 # ---------------------------------------------------------------- SDPA: a flash implementation for torch

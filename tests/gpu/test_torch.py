@@ -597,3 +597,28 @@ def test_transformers_padded_batch_matches_sdpa():
     real = mask.bool()
     err = (logits[name][real] - logits["sdpa"][real]).abs().max().item()
     assert err < 0.1 * max(1.0, logits["sdpa"][real].abs().max().item()), err
+
+
+def test_repeated_kvcache_decode_steps_replay_their_plan():
+    """flash_attn_with_kvcache with an int32 cache_seqlens tensor and check_indices=False: the
+    second call replays the first's launches (api launch plans) and gives the same out, lse and caches."""
+    from cuflash import api
+
+    batch, page, pages = 2, 16, 8
+    q = rand(batch, 1, 8, 128)
+    k_cache, v_cache = rand(pages, page, 2, 128), rand(pages, page, 2, 128)
+    k, v = rand(batch, 1, 2, 128), rand(batch, 1, 2, 128)
+    block_table = torch.randperm(pages, device="cuda")[:batch * 3].reshape(batch, 3).to(torch.int32)
+    lengths = torch.tensor([7, 33], dtype=torch.int32, device="cuda")
+    plans = len(api._PLANS)
+
+    def step():
+        return ct.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lengths, block_table=block_table,
+                                          causal=True, return_softmax_lse=True, check_indices=False)
+
+    out, lse = step()
+    caches = k_cache.clone(), v_cache.clone()
+    assert len(api._PLANS) == plans + 1
+    out2, lse2 = step()
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+    assert torch.equal(k_cache, caches[0]) and torch.equal(v_cache, caches[1])
