@@ -242,6 +242,7 @@ class Options:
     alibi_slopes: Ref | None = None  # validated float32 (nheads,) or (batch, nheads)
     learnable_sink: Ref | None = None  # validated float32 (nheads,)
     dropout: DropoutRng | None = None  # validated dropout (with_dropout)
+    dropout_rng: int = 0  # device address of the seed words the kernels read instead (Features.dropout 2)
     bias: Ref | None = None  # validated bias as (batch, nheads, seqlen_q, seqlen_k), 0 strides on broadcast dims
 
     @property
@@ -274,6 +275,8 @@ class Options:
             f["dropout_seed_lo"], f["dropout_seed_hi"] = d.seed & 0xFFFFFFFF, d.seed >> 32
             f["dropout_offset"], f["dropout_threshold"] = d.offset, reference.dropout_threshold(d.p)
             f["dropout_scale"] = 1.0 / (1.0 - d.p)
+            if self.dropout_rng:
+                f["dropout_rng"] = self.dropout_rng
         return f
 
 
@@ -322,13 +325,14 @@ def dropout_options(dropout_p, seed, backward: bool = False) -> DropoutRng | Non
     return DropoutRng(p, int(value), int(offset))
 
 
-def with_dropout(opts: Options, dropout: DropoutRng | None, seed_in_memory: bool = False) -> Options:
-    """opts with dropout's switch and values (unchanged for None). seed_in_memory: the kernels read
-    the seed words from device memory (the caller puts their address in the dropout_rng field;
-    dropout's seed and offset are then unused)."""
+def with_dropout(opts: Options, dropout: DropoutRng | None, seed_address: int = 0) -> Options:
+    """opts with dropout's switch and values (unchanged for None). seed_address: the device address
+    of uint32 words (seed_lo, seed_hi, offset) that the kernels read instead of dropout's seed and
+    offset (Features.dropout 2: a seed a traced JAX program makes on the device)."""
     if dropout is None:
         return opts
-    return replace(opts, features=replace(opts.features, dropout=2 if seed_in_memory else 1), dropout=dropout)
+    kind = 2 if seed_address else 1
+    return replace(opts, features=replace(opts.features, dropout=kind), dropout=dropout, dropout_rng=seed_address)
 
 
 #: Bias dtypes: the kernel's own 16-bit dtype (Features.bias 16) or float32 (32); the other
