@@ -218,9 +218,9 @@ class Plan(NamedTuple):
 _POINTER = struct.Struct("<Q")
 
 
-def record(launches: Callable[[Alloc], object], first_scratch_slot: int) -> Plan:
+def record(launches: Callable[[Alloc], object], first_scratch_slot: int, device: int) -> Plan:
     """The Plan of `launches(alloc)`, a call of the launch functions below made with Refs whose
-    pointers are placeholder(slot). The i-th array it takes from `alloc` lies at
+    pointers are placeholder(slot). The i-th array it takes from `alloc` (on `device`) lies at
     placeholder(first_scratch_slot + i)."""
     allocations = []
 
@@ -230,7 +230,7 @@ def record(launches: Callable[[Alloc], object], first_scratch_slot: int) -> Plan
         for n in reversed(shape):
             strides.insert(0, step)
             step *= n
-        ref = Ref(placeholder(first_scratch_slot + len(allocations)), shape, tuple(strides), dtype, -1)
+        ref = Ref(placeholder(first_scratch_slot + len(allocations)), shape, tuple(strides), dtype, device)
         allocations.append((shape, dtype))
         return None, ref
 

@@ -55,7 +55,7 @@ def gpu(monkeypatch):
 
     monkeypatch.setattr(cp.cuda, "get_current_stream", lambda *a: Stream)
     monkeypatch.setattr(api, "_check_device", lambda device: None)
-    monkeypatch.setattr(api, "_compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr(api, "_compute_capability", lambda device: {0: (9, 0)}[device])
     monkeypatch.setattr(api, "_device_smem_limit", lambda device: 232448)
     monkeypatch.setattr(launch, "get_pointer", lambda spec, device, smem=0: hash(spec.name) & 0xFFFFFF)
 
@@ -187,7 +187,7 @@ def test_plans_are_forgotten_with_the_loaded_kernels(gpu):
 def test_a_real_pointer_in_a_recording_is_an_error(gpu):
     with pytest.raises(AssertionError, match="real pointer"):
         launch.record(lambda alloc: launch.run(types.SimpleNamespace(name="k"), 0, (1, 1, 1), (1, 1, 1), 0, launch.params.FWD,
-                                               {"q": launch.placeholder(0), "k": 1 << 20}, 0), 5)
+                                               {"q": launch.placeholder(0), "k": 1 << 20}, 0), 5, 0)
 
 
 def test_placeholders_carry_slot_and_offset():
