@@ -68,7 +68,8 @@ except ImportError as exc:  # pragma: no cover - exercised only where JAX is mis
 
 import numpy as np
 
-from . import api, reference
+from . import api, launch, reference
+from .compile import env
 from .launch import Ref
 
 __all__ = ["attention", "attention_varlen", "attention_with_kvcache", "seed_words"]
@@ -359,7 +360,11 @@ def _buffer_ptr(buf, dtype: str) -> int:
 def _bind(buf, layout: Ref, device: int, name: str) -> Ref:
     """The Ref of an XLA buffer (dense row-major, of the layout seen at trace time); its start
     must be 16-byte aligned."""
-    ptr = _buffer_ptr(buf, layout.dtype)
+    return _ref_at(_buffer_ptr(buf, layout.dtype), layout, device, name)
+
+
+def _ref_at(ptr: int, layout: Ref, device: int, name: str) -> Ref:
+    """The Ref of a buffer at ptr with a trace-time layout; its start must be 16-byte aligned."""
     if ptr % 16 and 0 not in layout.shape:
         raise ValueError(f"{name} starts at {ptr:#x}, not on a 16-byte boundary as the kernels need")
     return Ref(ptr, layout.shape, layout.strides, layout.dtype, device)
@@ -471,26 +476,51 @@ def _sequences(seqs: dict, layouts: tuple, device: int) -> dict:
     return {n: refs[n].ptr if n in refs else 0 for n in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k")}
 
 
+#: Whether forward callbacks record and replay launch plans (the CPU tests' stand-in kernels, which
+#: compute on the host from the pointers they are given, turn it off: a recording hands out placeholders).
+REPLAY_PLANS = True
+
+
 @functools.lru_cache(maxsize=None)
 def _forward_callback(st: _Static, with_lse: bool, lq: Ref, lk: Ref, lseqs: tuple, lx: tuple):
     """The forward callback of one set of static options and layouts (one object per set, so
     JAX's compile caches hit). lq, lk: layouts of q and of k, v; lseqs: of the varlen sequence
-    arrays (empty when dense); lx: of the array options. outs: out like q [, lse]."""
+    arrays (empty when dense); lx: of the array options. outs: out like q [, lse].
+
+    Its launches depend only on what the object is made for, so the first call records them
+    (api launch plans) and later calls on that device replay them with the buffers' pointers."""
     llse = _lse_layout(lq, st.varlen is not None)
+    # every buffer of a call, in slot order: q, k, v, out[, lse], the sequence arrays, the array options
+    names = ("q", "k", "v", "out", *(("lse",) if with_lse else ()), *(n for n, _ in lseqs), *(n for n, _ in lx))
+    layouts = (lq, lk, lk, lq, *((llse,) if with_lse else ()), *(lay for _, lay in lseqs), *(lay for _, lay in lx))
+    plans = {}  # (device, kernel selection environment) -> launch.Plan
+
+    def launch_all(refs: tuple, stream: int) -> None:
+        qr, kr, vr, outr = (_rows(st, r) for r in refs[:4])
+        lser = refs[4] if with_lse else None
+        by_name = dict(zip(names, refs))
+        opts = _run_options(st, qr, by_name)
+        if st.varlen is None:
+            api.run_forward(qr, kr, vr, outr, lser, opts, stream)
+        else:
+            sequences = {n: by_name[n].ptr if n in by_name else 0 for n in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k")}
+            api.run_varlen_forward(qr, kr, vr, outr, lser, opts, sequences, st.varlen.max_seqlen_q, stream)
 
     def callback(ctx, outs, q, k, v, seqs, ex):
         device = q.__dlpack_device__()[1]
-        qr, kr, vr, outr = (_rows(st, _bind(x, lay, device, n)) for x, lay, n in (
-            (q, lq, "q"), (k, lk, "k"), (v, lk, "v"), (outs[0] if with_lse else outs, lq, "out")))
-        lse = outs[1] if with_lse else None
-        lser = None if lse is None else _bind(lse, llse, device, "lse")
-        opts = _run_options(st, qr, _bind_all(ex, lx, device))
+        buffers = (q, k, v, *(outs if with_lse else (outs,)), *(seqs[n] for n, _ in lseqs), *(ex[n] for n, _ in lx))
+        pointers = tuple(_buffer_ptr(b, lay.dtype) for b, lay in zip(buffers, layouts))
+        where = (device, env.selection_key())
+        plan = plans.get(where)
         with api.device_scope(device):
-            if st.varlen is None:
-                api.run_forward(qr, kr, vr, outr, lser, opts, _stream(ctx))
-            else:
-                api.run_varlen_forward(qr, kr, vr, outr, lser, opts, _sequences(seqs, lseqs, device),
-                                       st.varlen.max_seqlen_q, _stream(ctx))
+            if plan is not None and not any(p & 15 for p in pointers):
+                plan.replay(pointers, _stream(ctx))
+                return
+            launch_all(tuple(_ref_at(p, lay, device, n) for p, lay, n in zip(pointers, layouts, names)), _stream(ctx))
+            if REPLAY_PLANS:
+                plans[where] = launch.record(lambda alloc: launch_all(tuple(
+                    lay._replace(ptr=launch.placeholder(i), device=device) for i, lay in enumerate(layouts)), 0),
+                    len(layouts), device)
 
     return callback
 

@@ -324,6 +324,7 @@ def fake_kernels(no_gpu, monkeypatch):
     monkeypatch.setattr(cj, "_stream", lambda ctx: 0)
     monkeypatch.setattr(cj, "_cupy_stream", lambda stream, device: contextlib.nullcontext())
     monkeypatch.setattr(api, "device_scope", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(cj, "REPLAY_PLANS", False)  # the stand-ins read the pointers they are given
     monkeypatch.setattr(api, "run_forward", fake_forward)
     monkeypatch.setattr(api, "run_backward", fake_backward)
     monkeypatch.setattr(api, "run_varlen_forward", fake_varlen_forward)
