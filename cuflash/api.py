@@ -602,7 +602,8 @@ def _at(x: Ref | None, slot: int) -> Ref | None:
     return None if x is None else x._replace(ptr=launch.placeholder(slot))
 
 
-def _remember(key, plan_: launch.Plan) -> None:
+def remember(key, plan_: launch.Plan) -> None:
+    """Keep a recorded plan under key (a front end's own key; unhashable keys are not kept)."""
     try:
         hash(key)
     except TypeError:
@@ -614,14 +615,14 @@ def _remember(key, plan_: launch.Plan) -> None:
 
 def remember_forward(key, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options) -> None:
     """Record, under key, the plan of run_forward for these validated Refs (after the call ran)."""
-    _remember(key, launch.record(
+    remember(key, launch.record(
         lambda alloc: run_forward(_at(q, 0), _at(k, 1), _at(v, 2), _at(out, 3), _at(lse, 4), opts, 0), 5, q.device))
 
 
 def remember_backward(key, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
                       opts: Options, deterministic: bool) -> None:
     """Record, under key, the plan of run_backward (no dlse, sink or dbias) for these Refs."""
-    _remember(key, launch.record(
+    remember(key, launch.record(
         lambda alloc: run_backward(_at(dout, 0), _at(q, 1), _at(k, 2), _at(v, 3), _at(out, 4), _at(lse, 5),
                                    _at(dq, 6), _at(dk, 7), _at(dv, 8), opts, deterministic, None, alloc, 0), 9,
         q.device))
@@ -652,7 +653,7 @@ def remember_kvcache(key, q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: 
                                                    cache_batch_idx=_at(m.cache_batch_idx, 7),
                                                    cache_leftpad=_at(m.cache_leftpad, 8)))
     rotary_at = None if rotary is None else (_at(rotary[0], 9), _at(rotary[1], 10), rotary[2])
-    _remember(key, launch.record(lambda alloc: run_kvcache(
+    remember(key, launch.record(lambda alloc: run_kvcache(
         _at(q, 0), _at(k_cache, 1), _at(v_cache, 2), _at(k, 3), _at(v, 4), _at(lengths, 5), _at(used, 11),
         _at(out, 12), _at(lse_rows, 13), opts, cache_at, int(num_splits), alloc, None, 0, rotary_at), 14, q.device))
 

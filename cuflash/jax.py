@@ -493,7 +493,7 @@ def _forward_callback(st: _Static, with_lse: bool, lq: Ref, lk: Ref, lseqs: tupl
     # every buffer of a call, in slot order: q, k, v, out[, lse], the sequence arrays, the array options
     names = ("q", "k", "v", "out", *(("lse",) if with_lse else ()), *(n for n, _ in lseqs), *(n for n, _ in lx))
     layouts = (lq, lk, lk, lq, *((llse,) if with_lse else ()), *(lay for _, lay in lseqs), *(lay for _, lay in lx))
-    plans = {}  # (device, kernel selection environment) -> launch.Plan
+    token = object()  # this callback's part of the plan keys
 
     def launch_all(refs: tuple, stream: int) -> None:
         qr, kr, vr, outr = (_rows(st, r) for r in refs[:4])
@@ -510,17 +510,17 @@ def _forward_callback(st: _Static, with_lse: bool, lq: Ref, lk: Ref, lseqs: tupl
         device = q.__dlpack_device__()[1]
         buffers = (q, k, v, *(outs if with_lse else (outs,)), *(seqs[n] for n, _ in lseqs), *(ex[n] for n, _ in lx))
         pointers = tuple(_buffer_ptr(b, lay.dtype) for b, lay in zip(buffers, layouts))
-        where = (device, env.selection_key())
-        plan = plans.get(where)
+        key = (token, device, env.selection_key())
+        plan = api.recorded_plan(key)
         with api.device_scope(device):
             if plan is not None and not any(p & 15 for p in pointers):
                 plan.replay(pointers, _stream(ctx))
                 return
             launch_all(tuple(_ref_at(p, lay, device, n) for p, lay, n in zip(pointers, layouts, names)), _stream(ctx))
             if REPLAY_PLANS:
-                plans[where] = launch.record(lambda alloc: launch_all(tuple(
+                api.remember(key, launch.record(lambda alloc: launch_all(tuple(
                     lay._replace(ptr=launch.placeholder(i), device=device) for i, lay in enumerate(layouts)), 0),
-                    len(layouts), device)
+                    len(layouts), device))
 
     return callback
 
