@@ -25,9 +25,41 @@ def bias_cases():
                                            bias=bias, bias_requires_grad=True, dropout_p=0.2, seed=3)
 
 
-# SANITIZE_SECTIONS=bias runs only bias_cases (a quick check of that feature); unset: everything.
-if os.environ.get("SANITIZE_SECTIONS") == "bias":
-    bias_cases()
+# Repeated calls that replay launch plans (api.py: forward, backward, a paged decode step with an
+# append and rotary), and dropout whose seed words the kernels read from device memory (the
+# Features.dropout 2 kernels cuflash.jax runs), forward and backward.
+def plan_cases():
+    from cuflash import api
+
+    q, k, v = testing.random_qkv(2, 77, 131, 4, 2, 128, "bf16", xp=cp)
+    dout = testing.random_like(q)
+    for _ in range(2):
+        out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
+        cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True)
+    kc, vc = (cp.asarray(testing.random_like(cp.empty((9, 16, 2, 128), cp.bfloat16))) for _ in range(2))
+    table = cp.asarray(cp.random.permutation(9)[:6].reshape(2, 3), dtype=cp.int32)
+    angles = cp.arange(48 * 32, dtype=cp.float32).reshape(48, 32) * 1e-2
+    cos, sin = cp.cos(angles).astype(cp.bfloat16), cp.sin(angles).astype(cp.bfloat16)
+    for _ in range(2):
+        cuflash.attention_with_kvcache(q[:, :1], kc, vc, k[:, :1], v[:, :1], cache_seqlens=cp.asarray([3, 40], cp.int32),
+                                       block_table=table, rotary_cos=cos, rotary_sin=sin, causal=True,
+                                       check_indices=False, num_splits=2)
+    words = cp.asarray([3, 1, 5], dtype=cp.uint32)  # (seed_lo, seed_hi, offset)
+    refs = [api.cupy_ref(x) for x in (q, k, v, dout, out, lse)]
+    opts = api.with_dropout(api.options(refs[0], None, True), api.dropout_options(0.2, 0), words.data.ptr)
+    stream = cp.cuda.get_current_stream().ptr
+    o = cp.empty_like(q)
+    api.run_forward(*refs[:3], api.cupy_ref(o), refs[5], opts, stream)
+    grads = [cp.empty_like(x) for x in (q, k, v)]
+    api.run_backward(refs[3], *refs[:3], api.cupy_ref(o), refs[5], *map(api.cupy_ref, grads), opts, False, None,
+                     api.cupy_alloc, stream)
+    cp.cuda.Device().synchronize()
+
+
+# SANITIZE_SECTIONS=bias or plans runs only that section (a quick check of that feature); unset: everything.
+SECTIONS = {"bias": bias_cases, "plans": plan_cases}
+if os.environ.get("SANITIZE_SECTIONS") in SECTIONS:
+    SECTIONS[os.environ["SANITIZE_SECTIONS"]]()
     raise SystemExit(0)
 
 for dtype in ("fp16", "bf16"):
@@ -158,5 +190,6 @@ for page_size in (1, 16):
     opts = api.kvcache_options(qr, None, True, (-1, -1), 0.0, None, None)
     api.run_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(lengths), api.cupy_ref(used), api.cupy_ref(out), None, opts,
                     cache, 2, api.cupy_alloc, None, cp.cuda.get_current_stream().ptr)
+plan_cases()
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")
