@@ -497,7 +497,9 @@ def test_second_gpu():
     q, k, v = (t.to("cuda:1") for t in (rand(1, 64, 2, 64), rand(1, 64, 2, 64), rand(1, 64, 2, 64)))
     with torch.no_grad():
         out = ct.flash_attn_func(q, k, v)
-    assert out.device == q.device
+        with torch.cuda.device(1):
+            again = ct.flash_attn_func(q, k, v)  # GPU 1 current: the plan of the call above, replayed
+    assert out.device == q.device == again.device and torch.equal(out, again)
     assert torch.equal(out.cpu(), ct.flash_attn_func(*(t.to("cuda:0") for t in (q, k, v))).cpu())
 
 
