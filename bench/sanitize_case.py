@@ -31,15 +31,15 @@ def bias_cases():
 def plan_cases():
     from cuflash import api
 
-    q, k, v = testing.random_qkv(2, 77, 131, 4, 2, 128, "bf16", xp=cp)
+    q, k, v = testing.random_qkv(2, 77, 131, 4, 2, 128, "fp16", xp=cp)
     dout = testing.random_like(q)
     for _ in range(2):
         out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
         cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True)
-    kc, vc = (cp.asarray(testing.random_like(cp.empty((9, 16, 2, 128), cp.bfloat16))) for _ in range(2))
+    _, kc, vc = testing.random_qkv(9, 1, 16, 2, 2, 128, "fp16", xp=cp)  # 9 pages of 16 keys
     table = cp.asarray(cp.random.permutation(9)[:6].reshape(2, 3), dtype=cp.int32)
     angles = cp.arange(48 * 32, dtype=cp.float32).reshape(48, 32) * 1e-2
-    cos, sin = cp.cos(angles).astype(cp.bfloat16), cp.sin(angles).astype(cp.bfloat16)
+    cos, sin = cp.cos(angles).astype(cp.float16), cp.sin(angles).astype(cp.float16)
     for _ in range(2):
         cuflash.attention_with_kvcache(q[:, :1], kc, vc, k[:, :1], v[:, :1], cache_seqlens=cp.asarray([3, 40], cp.int32),
                                        block_table=table, rotary_cos=cos, rotary_sin=sin, causal=True,
