@@ -641,7 +641,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None, *, learnable_sink=None):
     """flash-attn 2.x's flash_attn_varlen_func: q (total_q, nheads, headdim), k, v (total_k, nheads_kv,
     headdim), cu_seqlens int32 (batch + 1,). Returns out, or (out, softmax_lse (nheads, total_q), None).
-    block_table (paged KV) raises NotImplementedError. Not yet run on a GPU (see README)."""
+    block_table (paged KV) raises NotImplementedError. dropout_p > 0 draws the mask's seed from torch's
+    default generator, as flash_attn_func does."""
     return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                              softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                              return_attn_probs, block_table, learnable_sink)
