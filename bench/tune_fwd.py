@@ -3,6 +3,10 @@
 Run on a GPU machine from the repo root:
     PYTHONPATH=. python bench/tune_fwd.py --headdim 64,128,256 --seqlen 2k,8k
     PYTHONPATH=. python bench/tune_fwd.py --kernel sm90 --tiles 128x128,128x64
+    PYTHONPATH=. python bench/tune_fwd.py --kernel sm90 --window 256,0 --seqlen 16k --tiles 128x128,64x64c2
+With --window the kernels run the sliding-window mask, FLOPs count the visible pairs, and the last
+columns compare with the band's share of the non-causal time of the current tiles (issue: at most
+1.5x that) instead of SDPA.
 Each candidate is checked against SDPA's output first, then timed with CUDA
 events (warm-up, L2 flushed before every repetition, median). The chosen
 tiles go into cuflash/specs.py FWD_TILES (portable, fwd.cu) or FWD_SM90_TILES
@@ -15,6 +19,7 @@ import itertools
 import math
 
 import cupy as cp
+import numpy as np
 import torch
 
 from cuflash.bench.configs import parse_list, parse_size
@@ -83,8 +88,11 @@ def main():
     ap.add_argument("--kernel", default="portable", choices=sorted(KERNELS))
     ap.add_argument("--current", action="store_true", help="time only the current tiles of the kernel")
     ap.add_argument("--tiles", help="time these tiles (plus the current ones), e.g. 128x64x4,64x64x4q")
+    ap.add_argument("--window", help="LEFT,RIGHT: a sliding window (sets --causal false)")
     args = ap.parse_args()
-
+    if args.window:
+        window_main(args)
+        return
 
     causals = {"true": [True], "false": [False], "both": [False, True]}[args.causal]
     print(f"{'d':>4} {'seqlen':>6} {'causal':>6} {'tiles':>14} {'smem':>7} {'ms':>8} {'TFLOP/s':>8} {'sdpa':>8} {'ratio':>6}")
@@ -134,6 +142,49 @@ def main():
                 flush=True,
             )
         del q, k, v, tq, tk, tv, ref, out
+
+
+def window_main(args):
+    """--window: candidate tiles under the sliding-window mask beside the band's share of the
+    non-causal time of the current tiles."""
+    left, right = (int(x) for x in args.window.split(","))
+    print(f"{'d':>4} {'seqlen':>6} {'tiles':>14} {'ms':>8} {'TFLOP/s':>8} {'band share ms':>13} {'x share':>8}")
+    for d, s in itertools.product(parse_list(args.headdim, int), parse_list(args.seqlen, parse_size)):
+        batch, nheads = max(1, args.total_tokens // s), args.hidden // d
+        q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
+        i = np.arange(s)
+        visible = int((np.minimum(s - 1, i + right) - np.maximum(0, i - left) + 1).sum())
+        flops = 4 * batch * nheads * visible * d
+        out = cp.empty_like(q)
+        stream = cp.cuda.get_current_stream().ptr
+        name, D = testing.dtype_name(q.dtype), head_dim_bucket(d)
+        spec_cls = KERNELS[args.kernel][0]
+        refs = [api.cupy_ref(x) for x in (q, k, v, out)]
+        device = cp.cuda.Device().id
+        full = api.fwd_spec(name, d, Features("none"), s, device)  # what the library picks
+        full_ms = median_ms(lambda: launch.forward(full, *refs, None, api.Options(1 / math.sqrt(d)).fields, stream))
+        share = full_ms * visible / (s * s)
+        want = cuflash_attention_window(q, k, v, left, right)
+        local = api.Options(1 / math.sqrt(d), Features("local"), window=(left, right))
+        picked = api.fwd_spec(name, d, Features("local"), s, device, local.narrow_band)
+        candidates = [picked] + [spec_cls(name, D, Features("local"), t)
+                                 for t in (parse_tiles(args.tiles, args.kernel) if args.tiles else [])]
+        for spec in candidates:
+            tiles = spec.tiles
+
+            def run():
+                launch.forward(spec, *refs, None, local.fields, stream)
+
+            run()
+            err = float(cp.abs(out.astype(cp.float32) - want.astype(cp.float32)).max())
+            ms = median_ms(run)
+            print(f"{d:>4} {s:>6} {tiles_label(tiles):>14} {ms:8.3f} {flops / ms / 1e9:8.1f} {share:13.3f} "
+                  f"{ms / share:8.2f}  err={err:.3g}", flush=True)
+
+
+def cuflash_attention_window(q, k, v, left, right):
+    """The windowed output of the validated path (whatever tiles it picks), to check candidates against."""
+    return api.attention(q, k, v, window_size=(left, right))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 from . import launch, reference, support
 from .compile import cache, env
 from .launch import Ref
-from .specs import PLAIN, Features
+from .specs import FWD_SM90_NARROW_BAND, PLAIN, Features
 
 LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
@@ -244,6 +244,12 @@ class Options:
     dropout: DropoutRng | None = None  # validated dropout (with_dropout)
     dropout_rng: int = 0  # device address of the seed words the kernels read instead (Features.dropout 2)
     bias: Ref | None = None  # validated bias as (batch, nheads, seqlen_q, seqlen_k), 0 strides on broadcast dims
+
+    @property
+    def narrow_band(self) -> bool:
+        """A sliding window of at most specs.FWD_SM90_NARROW_BAND keys per query (a tile choice)."""
+        left, right = self.window
+        return self.features.mask == "local" and 0 <= left and 0 <= right and left + right < FWD_SM90_NARROW_BAND
 
     @property
     def fields(self) -> dict:
@@ -532,9 +538,9 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 # ---------------------------------------------------------------- running on Refs
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device: int):
+def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device: int, narrow_band: bool = False):
     return support.fwd_spec(dtype, head_dim, features, seqlen_q, _compute_capability(device), env.sm90_enabled(),
-                            _smem_limit(device))
+                            _smem_limit(device), narrow_band)
 
 
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
@@ -557,7 +563,7 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, seqlen_q, q.device)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, seqlen_q, q.device, opts.narrow_band)
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
@@ -1047,7 +1053,7 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, rows, q.device)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, rows, q.device, opts.narrow_band)
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
                        out._replace(shape=(batch, rows, nheads, head_dim)), lse,

@@ -291,6 +291,15 @@ FWD_SM90_LONG_SEQLEN_Q = 2048
 FWD_SM90_LONG_TILES = {
     128: FwdSm90Tiles(192, 64),
 }
+# A sliding window of at most FWD_SM90_NARROW_BAND keys per query (left + right + 1) is nearly
+# bound by memory: 64-row tiles, two CTAs per SM, visit less of the rectangle around the band. On
+# the H200 (bf16, 16k, bench/tune_fwd.py --window): (128, 0) 0.161 -> 0.127 ms, (256, 0) 0.204 ->
+# 0.173 ms at d128 and 0.203 -> 0.173 at d64; from (1024, 0) on the usual tiles are faster.
+FWD_SM90_NARROW_BAND = 512
+FWD_SM90_NARROW_TILES = {
+    64: FwdSm90Tiles(64, 64, ctas_per_sm=2),
+    128: FwdSm90Tiles(64, 64, ctas_per_sm=2),
+}
 
 
 @dataclass(frozen=True)
@@ -316,11 +325,15 @@ class FwdSm90Spec(AttentionSpec):
             raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, seqlen_q: int = 0) -> "FwdSm90Spec":
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, seqlen_q: int = 0,
+                    narrow_band: bool = False) -> "FwdSm90Spec":
+        """narrow_band: a local mask of at most FWD_SM90_NARROW_BAND keys per query."""
         d = head_dim_bucket(head_dim)
         tiles = FWD_SM90_TILES[d]
         if seqlen_q >= FWD_SM90_LONG_SEQLEN_Q:
             tiles = FWD_SM90_LONG_TILES.get(d, tiles)
+        if narrow_band and features.mask == "local":
+            tiles = FWD_SM90_NARROW_TILES.get(d, tiles)
         return cls(dtype, d, features, tiles.with_features(features))
 
     @property

@@ -16,6 +16,7 @@ from .specs import (
     DTYPES,
     FWD_SM90_LONG_SEQLEN_Q,
     FWD_SM90_LONG_TILES,
+    FWD_SM90_NARROW_TILES,
     FWD_SM90_TILES,
     FWD_TILES,
     FWD_TILES_SMALLER_SMEM,
@@ -96,6 +97,7 @@ class Problem:
     features: Features = PLAIN
     compute_capability: tuple = (9, 0)
     seqlen_q: int = 0  # the Hopper forward picks its tiles by it
+    narrow_band: bool = False  # a local mask of at most specs.FWD_SM90_NARROW_BAND keys per query (tiles too)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -153,7 +155,7 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.seqlen_q)
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.seqlen_q, problem.narrow_band)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic)
@@ -184,19 +186,21 @@ def supported_head_dims() -> list[int]:
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compute_capability, sm90: bool = True,
-             smem_limit: int | None = None):
+             smem_limit: int | None = None, narrow_band: bool = False):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
     seqlen_q matters only up to FWD_SM90_LONG_SEQLEN_Q (the tile choice), so it is
-    clamped there: select()'s memo then holds one entry per tile choice, not per length."""
+    clamped there: select()'s memo then holds one entry per tile choice, not per length.
+    narrow_band: a sliding window of at most FWD_SM90_NARROW_BAND keys per query."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
-    return _fwd_spec(dtype, head_dim, features, min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q), cc, sm90, limit)
+    return _fwd_spec(dtype, head_dim, features, min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q), cc, sm90, limit,
+                     bool(narrow_band))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, seqlen_q, compute_capability, sm90, smem_limit):
+def _fwd_spec(dtype, head_dim, features, seqlen_q, compute_capability, sm90, smem_limit, narrow_band):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, seqlen_q, sm90=sm90,
-                          smem_limit=smem_limit))
+                          smem_limit=smem_limit, narrow_band=narrow_band))
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,8 +234,9 @@ def family_specs(family: Family, features: Features) -> list:
             if family.spec in (FwdSpec, DecodeSpec):
                 out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSm90Spec:
-                out += [FwdSm90Spec(dtype, d, features, t[d].with_features(features))
-                        for t in (FWD_SM90_TILES, FWD_SM90_LONG_TILES) if d in t]
+                tables = (FWD_SM90_TILES, FWD_SM90_LONG_TILES) + ((FWD_SM90_NARROW_TILES,)
+                                                                   if features.mask == "local" else ())
+                out += [FwdSm90Spec(dtype, d, features, t[d].with_features(features)) for t in tables if d in t]
             elif family.spec is BwdSpec:
                 for det in (False, True):
                     out += portable_candidates(family, dtype, d, features, det)

@@ -6,7 +6,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from cuflash import params, support
+from cuflash import launch, params, support
 from cuflash.specs import (
     BwdPrepareSpec,
     CAUSAL,
@@ -218,6 +218,27 @@ def test_select_portable_forward(cc, sm90):
     spec = support.select(Problem("fwd", "fp16", 100, compute_capability=cc, sm90=sm90))
     assert type(spec) is FwdSpec
     assert spec.head_dim == 128  # 100 padded to the bucket
+
+
+@pytest.mark.parametrize("window, tiles", [((255, 0), (64, 64)), ((200, 311), (64, 64)), ((512, 0), None),
+                                           ((-1, 100), None), ((4096, 0), None)])
+def test_a_narrow_window_takes_the_small_hopper_tiles(window, tiles):
+    from cuflash import api
+
+    local = Features.parse("window")
+    for d in (64, 128):
+        q = launch.Ref(0, (2, 4096, 8, d), (0, 0, 0, 1), "bfloat16", 0)
+        opts = api.options(q, None, False, window, 0.0)
+        spec = support.fwd_spec("bf16", d, opts.features, 4096, (9, 0), narrow_band=opts.narrow_band)
+        usual = support.fwd_spec("bf16", d, local, 4096, (9, 0))
+        if tiles is None:
+            assert spec == usual or opts.features.mask != "local"
+        else:
+            assert (spec.tiles.block_m, spec.tiles.block_n) == tiles and spec != usual
+            assert spec.name in {s.name for s in support.declared_specs([local])}
+    # only the local mask changes tiles
+    assert support.fwd_spec("bf16", 128, CAUSAL, 4096, (9, 0), narrow_band=True) == support.fwd_spec(
+        "bf16", 128, CAUSAL, 4096, (9, 0))
 
 
 def test_select_keeps_the_features():
