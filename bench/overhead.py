@@ -79,35 +79,27 @@ def cupy_rows(calls, repeats):
 
 
 def cupy_steps(q, k, v, calls, repeats, sync):
-    """The decode call's host path step by step (each step alone, in a loop)."""
+    """The decode call's host path step by step as a repeated call runs it (its launch plan's replay,
+    DESIGN 4c), each step alone in a loop; the output's cupy.empty is the row above."""
     import cupy as cp
 
-    from cuflash import api, launch, params
-    from cuflash.compile.cache import get_pointer
-    from cuflash.launch import _driver
+    import cuflash
+    from cuflash import api
 
-    arrays = {"q": q, "k": k, "v": v, "alibi_slopes": None, "learnable_sink": None, "out": None}
-    _, (qr, kr, vr, _, _, _) = api._refs(arrays)
-    opts = api.options(qr)
-    out = cp.empty_like(q)
-    outr = api.cupy_ref(out)
-    spec = api.fwd_spec("fp16", 128, opts.features, 1, qr.device)
-    fields = {**launch.attention_fields(qr, kr, vr, opts.fields), "o": outr.ptr,
-              **launch.strides_named("o", outr)}
-    fn = get_pointer(spec, qr.device, launch.fwd_smem_bytes(spec))
-    argv = params.FWD.pack(fields)
-    grid = launch.fwd_grid(spec, 1, 32, 1)
-    smem = launch.fwd_smem_bytes(spec)
-    drv = _driver()
+    cuflash.attention(q, k, v)  # the first call records the plan
+    options = (None, False, (-1, -1), 0.0, False)  # attention()'s defaults, as its key holds them
+    key = api._cupy_key("fwd", (q, k, v), *options)
+    plan = api.recorded_plan(key)
+    assert plan is not None, "the decode call left no plan under the key built here"
+    out = cp.empty(q.shape, dtype=q.dtype)
+    pointers = (q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, 0)
+    stream = cp.cuda.get_current_stream().ptr
     steps = {
-        "refs of q, k, v (+3 None)": lambda: api._refs(arrays),
-        "validate_qkv": lambda: api.validate_qkv(qr, kr, vr),
-        "options (memoised)": lambda: api.options(qr, None, False, (-1, -1), 0.0, None, None),
+        "plan key from q, k, v and the options": lambda: api._cupy_key("fwd", (q, k, v), *options),
+        "plan lookup": lambda: api.recorded_plan(key),
+        "alignment and current device": lambda: api._aligned(q, k, v) and api._current_device() == q.data.device_id,
         "current stream": lambda: cp.cuda.get_current_stream().ptr,
-        "fwd_spec (memoised)": lambda: api.fwd_spec("fp16", 128, opts.features, 1, qr.device),
-        "attention_fields": lambda: launch.attention_fields(qr, kr, vr, opts.fields),
-        "pack": lambda: params.FWD.pack(fields),
-        "cuLaunchKernel alone": lambda: drv.launchKernel(fn, *grid, spec.threads, 1, 1, smem, 0, argv, 0),
+        "replay: params copy, pointers, cuLaunchKernel": lambda: plan.replay(pointers, stream),
     }
     return {f"  step: {name}": per_call_us(fn_, calls, repeats, sync) for name, fn_ in steps.items()}
 
