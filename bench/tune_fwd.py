@@ -164,7 +164,7 @@ def window_main(args):
         full = api.fwd_spec(name, d, Features("none"), s, device)  # what the library picks
         full_ms = median_ms(lambda: launch.forward(full, *refs, None, api.Options(1 / math.sqrt(d)).fields, stream))
         share = full_ms * visible / (s * s)
-        want = cuflash_attention_window(q, k, v, left, right)
+        want = api.attention(q, k, v, window_size=(left, right))  # the validated path, whatever tiles it picks
         local = api.Options(1 / math.sqrt(d), Features("local"), window=(left, right))
         picked = api.fwd_spec(name, d, Features("local"), s, device, local.narrow_band)
         candidates = [picked] + [spec_cls(name, D, Features("local"), t)
@@ -180,11 +180,6 @@ def window_main(args):
             ms = median_ms(run)
             print(f"{d:>4} {s:>6} {tiles_label(tiles):>14} {ms:8.3f} {flops / ms / 1e9:8.1f} {share:13.3f} "
                   f"{ms / share:8.2f}  err={err:.3g}", flush=True)
-
-
-def cuflash_attention_window(q, k, v, left, right):
-    """The windowed output of the validated path (whatever tiles it picks), to check candidates against."""
-    return api.attention(q, k, v, window_size=(left, right))
 
 
 if __name__ == "__main__":

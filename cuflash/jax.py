@@ -470,9 +470,9 @@ def _rows(st: _Static, ref: Ref) -> Ref:
     return ref if st.varlen is None else api._varlen_ref(ref, st.varlen.batch, ref.shape[0])
 
 
-def _sequences(seqs: dict, layouts: tuple, device: int) -> dict:
-    """The sequence pointers of a varlen call (cu_seqlens_q, cu_seqlens_k, seqused_k)."""
-    refs = _bind_all(seqs, layouts, device)
+def _sequences(refs: dict) -> dict:
+    """The sequence pointers of a varlen call (cu_seqlens_q, cu_seqlens_k, seqused_k) from Refs by
+    name (an absent seqused_k: 0)."""
     return {n: refs[n].ptr if n in refs else 0 for n in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k")}
 
 
@@ -503,8 +503,8 @@ def _forward_callback(st: _Static, with_lse: bool, lq: Ref, lk: Ref, lseqs: tupl
         if st.varlen is None:
             api.run_forward(qr, kr, vr, outr, lser, opts, stream)
         else:
-            sequences = {n: by_name[n].ptr if n in by_name else 0 for n in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k")}
-            api.run_varlen_forward(qr, kr, vr, outr, lser, opts, sequences, st.varlen.max_seqlen_q, stream)
+            api.run_varlen_forward(qr, kr, vr, outr, lser, opts, _sequences(by_name), st.varlen.max_seqlen_q,
+                                   stream)
 
     def callback(ctx, outs, q, k, v, seqs, ex):
         device = q.__dlpack_device__()[1]
@@ -552,9 +552,10 @@ def _backward_callback(st: _Static, with_dlse: bool, lq: Ref, lk: Ref, lseqs: tu
                 _zero(dvr)
             dkr, dvr = _rows(st, dkr), _rows(st, dvr)
             if varlen:
+                sequences = _sequences(_bind_all(seqs, lseqs, device))
                 part = api.run_varlen_backward(doutr, qr, kr, vr, outr, lser, dqr, dkr, dvr, opts, st.deterministic,
-                                               dlser, api.cupy_alloc, stream, _sequences(seqs, lseqs, device),
-                                               st.varlen.max_seqlen_q, st.varlen.max_seqlen_k)
+                                               dlser, api.cupy_alloc, stream, sequences, st.varlen.max_seqlen_q,
+                                               st.varlen.max_seqlen_k)
             else:
                 fields = None
                 if dbias is not None:  # XLA's buffer, cleared here: api.dbias_buffer's zeros

@@ -162,7 +162,7 @@ def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields
 # geometry and each params struct packed, with the places where pointers go. Plan.replay then
 # costs a copy of each struct, a store per pointer and the launches: no validation, spec
 # selection or field dicts on a repeated call. The front ends key their plans by everything
-# that determines them (api.plan_key).
+# that determines them (api.py: launch plans of repeated calls).
 
 #: Placeholder pointer of argument slot i: (i + 1) << 52 plus a byte offset below 2^52. Device
 #: addresses lie below 2^48 (the unified virtual address space), so no real pointer looks like one.
@@ -184,6 +184,9 @@ def _placeholder_slot(value: int) -> tuple[int, int] | None:
     if slot < 0:
         raise AssertionError(f"a real pointer ({value:#x}) reached a recorded launch; give it a plan slot")
     return slot, value & ((1 << _SLOT_SHIFT) - 1)
+
+
+_POINTER = struct.Struct("<Q")
 
 
 class _Step(NamedTuple):
@@ -215,9 +218,6 @@ class Plan(NamedTuple):
             launch_kernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
 
 
-_POINTER = struct.Struct("<Q")
-
-
 def record(launches: Callable[[Alloc], object], first_scratch_slot: int, device: int) -> Plan:
     """The Plan of `launches(alloc)`, a call of the launch functions below made with Refs whose
     pointers are placeholder(slot). The i-th array it takes from `alloc` (on `device`) lies at
@@ -226,11 +226,7 @@ def record(launches: Callable[[Alloc], object], first_scratch_slot: int, device:
 
     def alloc(shape, dtype):
         shape = tuple(shape)
-        strides, step = [], 1
-        for n in reversed(shape):
-            strides.insert(0, step)
-            step *= n
-        ref = Ref(placeholder(first_scratch_slot + len(allocations)), shape, tuple(strides), dtype, device)
+        ref = Ref(placeholder(first_scratch_slot + len(allocations)), shape, _contiguous(shape)[0], dtype, device)
         allocations.append((shape, dtype))
         return None, ref
 
@@ -279,18 +275,24 @@ _prepare_spec = functools.lru_cache(maxsize=None)(BwdPrepareSpec)
 _convert_spec = functools.lru_cache(maxsize=None)(BwdConvertSpec)
 
 
+def _contiguous(shape: tuple) -> tuple[tuple, int]:
+    """(row-major strides in elements, element count) of a shape."""
+    strides, size = [], 1
+    for n in reversed(shape):
+        strides.append(size)
+        size *= n
+    return tuple(reversed(strides)), size
+
+
 def _scratch(alloc: Alloc, sizes: dict) -> tuple:
     """One float32 scratch buffer from `alloc`, split into named contiguous pieces for
     {name: (shape, dtype)}, each starting on a 256-byte boundary. Returns (owner, {name: Ref},
     {name: offset in 4-byte words})."""
     layout, total = {}, 0
     for name, (shape, dtype) in sizes.items():
-        strides, acc = [], 1
-        for n in reversed(shape):
-            strides.append(acc)
-            acc *= n
-        layout[name] = (total, shape, tuple(reversed(strides)), dtype)
-        total += -(-acc // 64) * 64
+        strides, size = _contiguous(shape)
+        layout[name] = (total, shape, strides, dtype)
+        total += -(-size // 64) * 64
     owner, base = alloc((total,), "float32")
     refs = {name: Ref(base.ptr + 4 * offset, shape, strides, dtype, base.device)
             for name, (offset, shape, strides, dtype) in layout.items()}

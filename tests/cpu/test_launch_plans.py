@@ -42,7 +42,9 @@ class FakeGpu:
 @pytest.fixture
 def gpu(monkeypatch):
     fake = FakeGpu()
-    packers = [launch.params.FWD, launch.params.BWD, launch.params.BWD_PREPARE, launch.params.BWD_CONVERT]
+    params = launch.params
+    packers = [params.FWD, params.BWD, params.BWD_PREPARE, params.BWD_CONVERT, params.KV_APPEND, params.DECODE,
+               params.DECODE_COMBINE]
     fake.sizes = {}
     for p in packers:
         buf, _ = p.buffers()
@@ -116,9 +118,6 @@ def test_backward_replay_packs_what_the_validated_path_packs(gpu, monkeypatch):
 @pytest.mark.parametrize("paged", [False, True])
 def test_kvcache_replay_packs_what_the_validated_path_packs(gpu, monkeypatch, paged):
     monkeypatch.setattr(api, "_sm_resources", lambda device: (132, 233472))
-    for packer in (launch.params.KV_APPEND, launch.params.DECODE, launch.params.DECODE_COMBINE):
-        buf, _ = packer.buffers()
-        gpu.sizes[ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))] = len(buf)
     q = gpu.empty((2, 1, 8, 128), "float16")
     shape = (6, 16, 2, 128) if paged else (2, 96, 2, 128)
     k_cache, v_cache = gpu.empty(shape, "float16"), gpu.empty(shape, "float16")
