@@ -30,7 +30,9 @@ LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
 UNBOUNDED = 1 << 30
 #: Kernel dtype name of each supported input dtype (NumPy names, as in Ref.dtype).
-KERNEL_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+KERNEL_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+#: Bytes per element of the input dtypes (a 16-byte row chunk is 8 or 4 elements).
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def _cupy():
@@ -131,9 +133,10 @@ def _compute_capability(device_id: int) -> tuple[int, int]:
 def _check_layout(x: Ref, name: str) -> None:
     """Last dim contiguous; 16-byte aligned rows, as the kernels' 16-byte copies need."""
     strides = x.strides
+    unit = 16 // ITEMSIZE.get(x.dtype, 2) - 1  # a stride must be a multiple of unit + 1 elements
     if strides[-1] == 1 and not x.ptr & 15:
         for st in strides[:-1]:
-            if st & 7:
+            if st & unit:
                 break
         else:
             return
@@ -145,7 +148,7 @@ def _check_layout(x: Ref, name: str) -> None:
             f"pass a contiguous copy ({name}.contiguous() in torch, cupy.ascontiguousarray({name}))"
         )
     raise ValueError(
-        f"{name} must start on a 16-byte boundary with strides that are multiples of 8 elements "
+        f"{name} must start on a 16-byte boundary with strides that are multiples of 16 bytes "
         f"(strides {tuple(strides)}); pass a contiguous copy ({name}.contiguous() in torch, "
         f"cupy.ascontiguousarray({name}))"
     )
@@ -169,7 +172,7 @@ def validate_qkv(q: Ref, k: Ref, v: Ref) -> str:
                 raise ValueError(f"{n} must have 4 dims (batch, seqlen, nheads, headdim), got shape {tuple(x)}")
     name = KERNEL_DTYPES.get(q.dtype)
     if name is None:
-        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16")
+        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         n, x = ("k", k) if k.dtype != q.dtype else ("v", v)
         raise TypeError(f"{n} has dtype {x.dtype} but q has {q.dtype}; q, k and v must share one dtype")
@@ -1370,6 +1373,9 @@ def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | No
     if (block_table is not None or cache_batch_idx is not None) and batch and not num_pages:
         raise ValueError(f"the cache has no {'pages' if block_table is not None else 'rows'} to map batch rows to "
                          f"(k_cache.shape[0] = 0)")
+    if k_cache.dtype not in support.HALF_DTYPE_NAMES:
+        raise TypeError(f"k_cache has dtype {k_cache.dtype}; attention_with_kvcache takes float16 or bfloat16 "
+                        f"caches (float32 attention runs through cuflash.attention / attention_varlen)")
     # The caches seen with q's batch and keys per row: what attention() checks of k and v.
     validate_qkv(q, k_cache._replace(shape=(batch, seqlen, *k_cache.shape[2:])),
                  v_cache._replace(shape=(batch, seqlen, *v_cache.shape[2:])))

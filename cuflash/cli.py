@@ -65,6 +65,9 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         "list of causal | window | softcap | alibi | sink | varlen, e.g. --features window,softcap (repeatable: one set "
         "each; an empty string is the plain set)",
     )
+    p.add_argument("--dtypes", metavar="LIST",
+                   help="comma list of input dtypes to build, of fp16, bf16, fp32 (default: fp16,bf16; float32 "
+                   "kernels otherwise compile on first use)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="compile even when the cubin is already cached")
     p.add_argument("--list", action="store_true", help="list the selected specs and exit")
@@ -127,6 +130,15 @@ def cmd_compile(args) -> int:
     from .compile import cache
 
     support = _support()
+    dtypes = support.DEFAULT_DTYPES
+    if args.dtypes is not None:
+        dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+        unknown = [d for d in dtypes if d not in support.SUPPORTED_DTYPES]
+        if unknown or not dtypes:
+            print(f"--dtypes: expected a comma list of {', '.join(support.SUPPORTED_DTYPES)}, got {args.dtypes!r}",
+                  file=sys.stderr)
+            return 2
+    feature_sets = support.DEFAULT_FEATURE_SETS
     if args.features is not None:
         from .specs import Features
 
@@ -135,9 +147,7 @@ def cmd_compile(args) -> int:
         except ValueError as e:
             print(f"--features: {e}", file=sys.stderr)
             return 2
-        specs = support.declared_specs(feature_sets)
-    else:
-        specs = support.declared_specs()
+    specs = support.declared_specs(feature_sets, dtypes)
     if args.only:
         specs = [s for s in specs if any(sub in s.name for sub in args.only)]
         if not specs:

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 from . import params
 from .compile.cache import get_pointer
-from .specs import (BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, DecodeCombineSpec, DecodeSpec, FwdSm90Spec,
+from .specs import (DTYPE_BYTES, BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, DecodeCombineSpec, DecodeSpec, FwdSm90Spec,
                     FwdSpec, KvAppendSpec)
 
 #: CUDA limit on gridDim.y and gridDim.z.
@@ -54,14 +54,15 @@ Alloc = Callable[[tuple, str], tuple]
 def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     """Dynamic shared memory of the forward.
 
-    kernels_cu/fwd.cu: Q (Br rows) + K + V (Bc rows each), pitch D + 8.
+    kernels_cu/fwd.cu: Q (Br rows) + K + V (Bc rows each), pitch D + 16 bytes.
     kernels_cu/fwd_sm90.cu: Q (Br rows) + two stages of K and V (Bc rows each),
     swizzled rows of D, plus 1 KB so the kernel can align the tiles to 1024 bytes.
     """
     t = spec.tiles
     if isinstance(spec, FwdSm90Spec):
         return (t.block_m + 4 * t.block_n) * spec.head_dim * 2 + 1024
-    return (t.block_m + 2 * t.block_n) * (spec.head_dim + 8) * 2
+    e = DTYPE_BYTES[spec.dtype]
+    return (t.block_m + 2 * t.block_n) * (spec.head_dim + 16 // e) * e
 
 
 def dynamic_smem_bytes(spec) -> int:
@@ -88,8 +89,8 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     """Dynamic shared memory of the backward's main kernel.
 
     kernels_cu/bwd.cu: L2 and D (fp32, two buffers of Br), K and V (Bc rows), Q
-    and dO (two buffers of Br rows each), pitch D + 8; dS^T (Bc rows, pitch Br + 8)
-    and P^T unless it stays in registers (16-bit).
+    and dO (two buffers of Br rows each), pitch D + 16 bytes; dS^T (Bc rows, pitch
+    Br + 16 bytes) and P^T unless it stays in registers (in the input dtype).
     kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
     buffers of Br); 1 KB alignment slack.
@@ -100,9 +101,10 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
         return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
-    pitch, pitch_t = spec.head_dim + 8, t.block_m + 8
+    e = DTYPE_BYTES[spec.dtype]
+    pitch, pitch_t = spec.head_dim + 16 // e, t.block_m + 16 // e
     transposed = 1 if t.p_in_regs else 2
-    return (4 * 4 * t.block_m + 2 * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * 2 * t.block_n * pitch_t
+    return (4 * 4 * t.block_m + e * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * e * t.block_n * pitch_t
             + sink_parts)
 
 

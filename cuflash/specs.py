@@ -17,8 +17,12 @@ from dataclasses import dataclass, replace
 #: zero-filled on load and never stored).
 HEAD_DIM_BUCKET = 32
 
-#: dtype name -> (C macro value, element bytes)
-DTYPES = {"fp16": 0, "bf16": 1}
+#: dtype name -> C macro value (kernels_cu/common/platform.cuh CUFLASH_FP16 ...)
+DTYPES = {"fp16": 0, "bf16": 1, "fp32": 2}
+#: Bytes per element of each dtype.
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+#: The dtypes of the 16-bit-only kernels: the Hopper families, the decode and its helpers.
+HALF_DTYPES = ("fp16", "bf16")
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -134,7 +138,7 @@ class KernelSpec:
     """What every spec has: a dtype, a source file and entry point, a readable
     name and the defines rendered into the source (cuflash/compile/source.py)."""
 
-    dtype: str  # "fp16" | "bf16"
+    dtype: str  # "fp16" | "bf16" | "fp32"
 
     source = ""
     entry = ""
@@ -198,6 +202,22 @@ FWD_TILES = {
     192: FwdTiles(128, 128, 8),
     224: FwdTiles(64, 64, 4),
     256: FwdTiles(64, 64, 4),
+}
+
+
+#: Forward tiles for float32 inputs (the 3xTF32 path, kernels_cu/common/mma.cuh), per
+#: compile-time D, best first: rows are twice as wide, and float32 fragments twice the
+#: registers, so Q stays in shared memory and the tiles are smaller. Shared memory in bytes
+#: beside each: the first of D <= 192 fits 99 KB GPUs; D = 224 and 256 have a 99 KB tile too.
+FWD_TILES_FP32 = {
+    32: [FwdTiles(128, 64, 4)],                     # 36864
+    64: [FwdTiles(128, 64, 4)],                     # 69632
+    96: [FwdTiles(64, 64, 4)],                      # 76800
+    128: [FwdTiles(64, 64, 4)],                     # 101376
+    160: [FwdTiles(64, 32, 4)],                     # 83968
+    192: [FwdTiles(64, 32, 4)],                     # 100352
+    224: [FwdTiles(64, 32, 4), FwdTiles(32, 32, 2)],  # 116736, 87552
+    256: [FwdTiles(64, 32, 4), FwdTiles(32, 32, 2)],  # 133120, 99840
 }
 
 
@@ -458,6 +478,23 @@ BWD_TILES_SMALLER_SMEM = {
     192: [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 113152
     224: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920 (no 8-warp tile of D = 224 fits)
     256: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920
+}
+
+
+#: Backward tiles for float32 inputs per compile-time D, best first (Hopper's 227 KB, then
+#: A100's 163 KB, then 99 KB GPUs). Up to D = 128 every warp owns whole key rows (P^T and
+#: dS^T feed dV and dK from registers); above, dK/dV split d across warps and P^T goes
+#: through shared memory. D >= 160 fits no 99 KB GPU, D >= 224 no A100.
+BWD_TILES_FP32 = {
+    32: [BwdTiles(64, 64, 4, 4, 4, 2), BwdTiles(32, 64, 4, 4, 4, 2)],    # 122880 (D=64), 79360
+    64: [BwdTiles(64, 64, 4, 4, 4, 2), BwdTiles(32, 64, 4, 4, 4, 2)],
+    96: [BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2), BwdTiles(16, 32, 2, 2, 2, 1, k_unroll=2)],  # 112128, 54016
+    128: [BwdTiles(32, 128, 8, 8, 8, 2, k_unroll=2), BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2),  # 221696, 144896
+          BwdTiles(16, 32, 2, 2, 2, 1, 32, k_unroll=2)],                                     # 70400
+    160: [BwdTiles(32, 32, 4, 2, 2, 2)],      # 135680
+    192: [BwdTiles(32, 32, 4, 2, 2, 2, 32)],  # 160256
+    224: [BwdTiles(32, 32, 4, 2, 2, 2)],      # 184832
+    256: [BwdTiles(32, 32, 4, 2, 2, 2, 32)],  # 209408
 }
 
 

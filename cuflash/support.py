@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from .specs import (
     BWD_SM90_HEAD_DIMS,
     BWD_TILES,
+    BWD_TILES_FP32,
     BWD_TILES_SMALLER_SMEM,
     CAUSAL,
     DTYPES,
+    FWD_TILES_FP32,
+    HALF_DTYPES,
     FWD_SM90_LONG_SEQLEN_Q,
     FWD_SM90_LONG_TILES,
     FWD_SM90_NARROW_TILES,
@@ -39,6 +42,11 @@ from .specs import (
 
 #: Input dtypes by name (numpy dtypes resolved in api.py).
 SUPPORTED_DTYPES = tuple(DTYPES)
+#: The 16-bit input dtypes as array dtype names (the only ones of the KV-cache decode).
+HALF_DTYPE_NAMES = ("float16", "bfloat16")
+#: The dtypes `cuflash compile` builds by default; float32 kernels compile on first use
+#: or with `cuflash compile --dtypes fp32`.
+DEFAULT_DTYPES = HALF_DTYPES
 #: Head dims: multiples of HEAD_DIM_MULTIPLE up to HEAD_DIM_MAX (16-byte rows).
 HEAD_DIM_MULTIPLE = 8
 HEAD_DIM_MAX = 256
@@ -72,18 +80,21 @@ class Family:
     modifiers: tuple = MODIFIERS
     deterministic: bool = False  # has a bitwise reproducible mode
     varlen: bool = False  # has variable-length batches (cu_seqlens)
+    dtypes: tuple = SUPPORTED_DTYPES  # input dtypes it has (float32: the portable 3xTF32 path)
 
 
 #: The capability table (DESIGN 4b): validation, kernel selection, `cuflash
 #: compile` and the test grids all read it. Listed best first: select() takes
 #: the first family of a direction that runs on the GPU and supports the problem.
 FAMILIES = (
-    Family("fwd_sm90", FwdSm90Spec, "fwd", ((9, 0),), tuple(sorted(FWD_SM90_TILES)), varlen=True),
+    Family("fwd_sm90", FwdSm90Spec, "fwd", ((9, 0),), tuple(sorted(FWD_SM90_TILES)), varlen=True,
+           dtypes=HALF_DTYPES),
     Family("fwd", FwdSpec, "fwd", None, tuple(sorted(FWD_TILES)), varlen=True),
-    Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True, varlen=True),
+    Family("bwd_sm90", BwdSm90Spec, "bwd", ((9, 0),), BWD_SM90_HEAD_DIMS, deterministic=True, varlen=True,
+           dtypes=HALF_DTYPES),
     Family("bwd", BwdSpec, "bwd", None, tuple(sorted(BWD_TILES)), deterministic=True, varlen=True),
     Family("decode", DecodeSpec, "decode", None, tuple(sorted(DECODE_TILES)),
-           modifiers=("softcap", "alibi", "sink")),
+           modifiers=("softcap", "alibi", "sink"), dtypes=HALF_DTYPES),
 )
 
 
@@ -113,8 +124,8 @@ def family_reasons(family: Family, problem: Problem) -> list[str]:
             reasons.append(f"{family.name} runs on compute capability {family.compute_capabilities}")
         elif not problem.sm90:
             reasons.append(f"{family.name} is disabled (CUFLASH_DISABLE_SM90=1)")
-    if problem.dtype not in SUPPORTED_DTYPES:
-        reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
+    if problem.dtype not in family.dtypes:
+        reasons.append(f"{family.name} has dtypes {family.dtypes}, not {problem.dtype}")
     if head_dim_bucket(problem.head_dim) not in family.head_dims:
         reasons.append(f"{family.name} has head dims {family.head_dims}, not {problem.head_dim}")
     f = problem.features
@@ -169,9 +180,15 @@ def portable_candidates(family: Family, dtype: str, d: int, features: Features, 
     if family.spec is DecodeSpec:
         return [DecodeSpec(dtype, d, features, t) for t in DECODE_TILES[d]]
     if family.spec is FwdSpec:
-        tiles = [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, [])
+        if dtype == "fp32":
+            tiles = [(d, t) for t in FWD_TILES_FP32[d]]
+        else:
+            tiles = [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, [])
         return [FwdSpec(dtype, dd, features, t) for dd, t in tiles]
-    tiles = [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, [])
+    if dtype == "fp32":
+        tiles = [(d, t) for t in BWD_TILES_FP32[d]]
+    else:
+        tiles = [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, [])
     return [BwdSpec(dtype, dd, features, bool(deterministic), t) for dd, t in tiles]
 
 
@@ -225,11 +242,11 @@ def decode_spec(dtype: str, head_dim: int, features: Features, compute_capabilit
     return select(Problem("decode", dtype, head_dim, features, cc, smem_limit=limit))
 
 
-def family_specs(family: Family, features: Features) -> list:
-    """Every spec of a family for one feature set: each dtype and head dim
+def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) -> list:
+    """Every spec of a family for one feature set: each of its dtypes among `dtypes` and head dim
     (and for the Hopper forward each tile table; for the backward both modes)."""
     out = []
-    for dtype in SUPPORTED_DTYPES:
+    for dtype in (dt for dt in dtypes if dt in family.dtypes):
         for d in family.head_dims:
             if family.spec in (FwdSpec, DecodeSpec):
                 out += portable_candidates(family, dtype, d, features)
@@ -251,9 +268,9 @@ def family_specs(family: Family, features: Features) -> list:
 DEFAULT_FEATURE_SETS = (PLAIN, CAUSAL)
 
 
-def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
+def declared_specs(feature_sets=DEFAULT_FEATURE_SETS, dtypes=DEFAULT_DTYPES) -> list:
     """Every kernel specialisation `cuflash compile` builds for these feature
-    sets: the forward (Hopper, then portable), then the backward (Hopper, then
+    sets and dtypes: the forward (Hopper, then portable), then the backward (Hopper, then
     portable), then its prepare and
     convert kernels. A spec with ``compute_capabilities`` is built only for
     those GPUs (cuflash.compile.cache.builds_for)."""
@@ -264,12 +281,12 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS) -> list:
                 continue  # the family has no variable-length kernels (yet)
             if any(getattr(features, m) and m not in family.modifiers for m in MODIFIERS):
                 continue  # nor this modifier (the decode has no dropout)
-            for spec in family_specs(family, features):
+            for spec in family_specs(family, features, dtypes):
                 if spec.name not in seen:
                     seen.add(spec.name)
                     specs.append(spec)
     varlen = [True] if any(f.varlen for f in feature_sets) else []
-    helpers = [spec for dtype in SUPPORTED_DTYPES
+    helpers = [spec for dtype in dtypes
                for spec in (BwdPrepareSpec(dtype), *(BwdPrepareSpec(dtype, v) for v in varlen), BwdConvertSpec(dtype),
-                            KvAppendSpec(dtype), DecodeCombineSpec(dtype))]
+                            *((KvAppendSpec(dtype), DecodeCombineSpec(dtype)) if dtype in HALF_DTYPES else ()))]
     return specs + helpers

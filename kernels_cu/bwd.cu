@@ -1,5 +1,5 @@
 // bwd.cu: exact attention backward, the portable path (sm_80+: cp.async,
-// ldmatrix, mma.sync m16n8k16 with fp32 accumulators). FlashAttention-2
+// ldmatrix, mma.sync with fp32 accumulators; float32 inputs as 3xTF32, mma.cuh). FlashAttention-2
 // (Dao 2023), Algorithm 2, with P recomputed from the forward's lse.
 //
 // For one (batch b, query head h, kv head h_kv = h / (nheads / nheads_kv)) and
@@ -32,7 +32,7 @@
 //        S^T = K Q^T, dP^T = V dO^T (warps tile keys x queries: SDP_WARPS_N along keys);
 //        score modifier, mask; P^T = exp2(S^T * scale_log2 - L2),
 //        dS^T = P^T ∘ (dP^T - D) ∘ mod' (softmax.cuh softmax_backward_t);
-//        dS^T (and P^T unless P stays in registers) -> shared memory, 16-bit;
+//        dS^T (and P^T unless P stays in registers) -> shared memory, in the element type;
 //        dV += P^T dO, dK += dS^T Q (warps tile keys x d: DKV_WARPS_N along keys);
 //        dQ_i += scale * dS K (warps tile queries x d: DQ_WARPS_M along queries, in
 //        passes of DQ_PASS_DIMS columns): fp32 reductions into dq_accum; with
@@ -47,7 +47,7 @@
 // from registers (mma_rs) and only dS^T goes through shared memory, for dQ.
 //
 // Compile-time constants (rendered from cuflash/specs.py BwdSpec):
-//   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32; the actual
+//   CUFLASH_DTYPE (fp16 | bf16 | fp32), CUFLASH_HEAD_DIM D (multiple of 32; the actual
 //   d <= D is a run-time value, columns >= d are zero-filled and never stored),
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
 //   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
@@ -57,10 +57,11 @@
 // Memory per CTA: nothing of size seqlen_q x seqlen_k exists anywhere; S, P, dP
 // and dS live only as (Bc x Br) tiles in registers and shared memory.
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
-// that are multiples of 8 elements (cuflash/api.py); softmax_scale > 0;
+// that are multiples of 16 bytes (cuflash/api.py); softmax_scale > 0;
 // lse_log2 / delta padded to m_blocks * Br rows (bwd_prepare.cu).
-// Shared memory: 16 Br + 2 (2 Bc + 4 Br) (D + 8) + 2 Bc (Br + 8) (x2 without
-// P_IN_REGS) bytes, + 4 per thread with a sink (cuflash/launch.py bwd_smem_bytes).
+// Shared memory: 16 Br + E (2 Bc + 4 Br) (D + C) + E Bc (Br + C) (x2 without
+// P_IN_REGS) bytes, E = ELEM_BYTES, C = CHUNK = 16 / E, + 4 per thread with a
+// sink (cuflash/launch.py bwd_smem_bytes).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -76,7 +77,7 @@ constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;  // Br: query rows per step
 constexpr int BN = CUFLASH_BLOCK_N;  // Bc: keys per CTA
 constexpr int WARPS = CUFLASH_WARPS;
-// k16 steps per unrolled loop body of each product from shared memory (mma.cuh
+// k-steps per unrolled loop body of each product from shared memory (mma.cuh
 // mma_ss; 0 = fully unrolled).
 constexpr int K_UNROLL = CUFLASH_K_UNROLL > 0 ? CUFLASH_K_UNROLL : 1024;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
@@ -105,8 +106,8 @@ constexpr int DQ_PASS_NT = CUFLASH_DQ_PASS_DIMS / 8, DQ_PASSES = DQ_NT / DQ_PASS
 #define CUFLASH_P_IN_REGS 0
 #endif
 constexpr bool P_IN_REGS = CUFLASH_P_IN_REGS;
-constexpr int PITCH = D + 8;     // rows of K, V, Q, dO in shared memory (copy.cuh)
-constexpr int PITCH_T = BM + 8;  // rows of P^T, dS^T: (Br + 8) * 2 bytes is an odd number of 16-byte chunks
+constexpr int PITCH = D + CHUNK;     // rows of K, V, Q, dO in shared memory (copy.cuh)
+constexpr int PITCH_T = BM + CHUNK;  // rows of P^T, dS^T: an odd number of 16-byte chunks
 
 static_assert(D % 32 == 0 && BM % 16 == 0 && BN % 16 == 0 && BM <= 4 * THREADS, "tile shape");
 static_assert(WARPS % SDP_WN == 0 && WARPS % DKV_WN == 0 && WARPS % DQ_WM == 0, "warp grids");
@@ -119,12 +120,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     extern __shared__ __align__(16) u16 smem[];
     float* sLse2 = reinterpret_cast<float*>(smem);  // [2][Br]  L_i * log2(e) of the two query buffers
     float* sDelta = sLse2 + 2 * BM;                 // [2][Br]  D_i
-    u16* sK = reinterpret_cast<u16*>(sDelta + 2 * BM);  // [Bc][PITCH]
-    u16* sV = sK + BN * PITCH;                          // [Bc][PITCH]
-    u16* sQ = sV + BN * PITCH;                          // [2][Br][PITCH]
-    u16* sdO = sQ + 2 * BM * PITCH;                     // [2][Br][PITCH]
-    u16* sPt = sdO + 2 * BM * PITCH;                    // [Bc][PITCH_T] P^T (absent when P_IN_REGS)
-    u16* sdSt = sPt + (P_IN_REGS ? 0 : BN * PITCH_T);   // [Bc][PITCH_T] dS^T
+    elem_t* sK = reinterpret_cast<elem_t*>(sDelta + 2 * BM);  // [Bc][PITCH]
+    elem_t* sV = sK + BN * PITCH;                             // [Bc][PITCH]
+    elem_t* sQ = sV + BN * PITCH;                             // [2][Br][PITCH]
+    elem_t* sdO = sQ + 2 * BM * PITCH;                        // [2][Br][PITCH]
+    elem_t* sPt = sdO + 2 * BM * PITCH;                       // [Bc][PITCH_T] P^T (absent when P_IN_REGS)
+    elem_t* sdSt = sPt + (P_IN_REGS ? 0 : BN * PITCH_T);      // [Bc][PITCH_T] dS^T
     float* sSinkPart = reinterpret_cast<float*>(sdSt + BN * PITCH_T);  // [THREADS] (SINK) softmax.cuh sink_log2
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -144,9 +145,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
     const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
 
-    const u16 *q, *k, *v;
+    const elem_t *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    const u16* dout = si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+    const elem_t* dout = si.query_rows(static_cast<const elem_t*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride);
     const float* lse2 = p.lse_log2 + si.row_stat(p.nheads, p.seqlen_q_rounded);
     const float* delta = p.delta + si.row_stat(p.nheads, p.seqlen_q_rounded);
     float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
@@ -165,24 +166,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     const u32 sQ_addr = smem_addr(sQ), sdO_addr = smem_addr(sdO);
     const u32 sPt_addr = smem_addr(sPt), sdSt_addr = smem_addr(sdSt);
 
-    // This lane's ldmatrix addresses (mma.cuh), at the warp's tile origins:
+    // This lane's shared addresses (mma.cuh), at the warp's tile origins:
     //   S^T = K Q^T:   A = K [key][d],  B = Q^T from Q [query][d] (stored [n][k])
-    const u32 s_a = ldsm_offset_a<PITCH>(lane) + (u32)(s_key0 * PITCH * 2);
-    const u32 s_b = ldsm_offset_b<PITCH>(lane) + (u32)(s_q0 * PITCH * 2);
-    //   dV = P^T dO:   A = P^T [key][query], B = dO [query][d] (stored [k][n], .trans)
-    const u32 kv_a = ldsm_offset_a<PITCH_T>(lane) + (u32)(kv_key0 * PITCH_T * 2);
-    const u32 kv_b = ldsm_offset_b_t<PITCH>(lane) + (u32)(kv_d0 * 2);
-    //   dQ = dS K:     A = dS from dS^T [key][query] (stored [k][m], .trans), B = K [key][d] (.trans)
-    const u32 dq_a = sdSt_addr + ldsm_offset_a_t<PITCH_T>(lane) + (u32)(dq_q0 * 2);
-    const u32 dq_b = sK_addr + ldsm_offset_b_t<PITCH>(lane) + (u32)(dq_d0 * 2);
+    const u32 s_a = ldsm_offset_a<PITCH>(lane) + (u32)(s_key0 * PITCH * ELEM_BYTES);
+    const u32 s_b = ldsm_offset_b<PITCH>(lane) + (u32)(s_q0 * PITCH * ELEM_BYTES);
+    //   dV = P^T dO:   A = P^T [key][query], B = dO [query][d] (stored [k][n], transposed)
+    //   (float32: A in the paired k order of the transposed B, mma.cuh)
+    const u32 kv_a = ldsm_offset_a<PITCH_T, true>(lane) + (u32)(kv_key0 * PITCH_T * ELEM_BYTES);
+    const u32 kv_b = ldsm_offset_b_t<PITCH>(lane) + (u32)(kv_d0 * ELEM_BYTES);
+    //   dQ = dS K:     A = dS from dS^T [key][query] (stored [k][m]), B = K [key][d] (both transposed)
+    const u32 dq_a = sdSt_addr + ldsm_offset_a_t<PITCH_T>(lane) + (u32)(dq_q0 * ELEM_BYTES);
+    const u32 dq_b = sK_addr + ldsm_offset_b_t<PITCH>(lane) + (u32)(dq_d0 * ELEM_BYTES);
 
     // Q_i, dO_i, L_i, D_i of query block m into buffer `buf` (rows >= seqlen_q
     // zero-filled; L and D are padded by bwd_prepare, so they are read whole).
     auto load_query_block = [&](int m, int buf) {
-        load_tile_async<BM, D, THREADS>(sQ_addr + (u32)(buf * BM * PITCH * 2), q, p.q_row_stride, m * BM,
+        load_tile_async<BM, D, THREADS>(sQ_addr + (u32)(buf * BM * PITCH * ELEM_BYTES), q, p.q_row_stride, m * BM,
                                         si.seqlen_q, p.head_dim, tid);
-        load_tile_async<BM, D, THREADS>(sdO_addr + (u32)(buf * BM * PITCH * 2), dout, p.do_row_stride, m * BM,
-                                        si.seqlen_q, p.head_dim, tid);
+        load_tile_async<BM, D, THREADS>(sdO_addr + (u32)(buf * BM * PITCH * ELEM_BYTES), dout, p.do_row_stride,
+                                        m * BM, si.seqlen_q, p.head_dim, tid);
         // Br floats each = Br / 4 16-byte chunks (Br <= 4 * THREADS).
         if (tid < BM / 4) {
             cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
@@ -219,15 +221,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
             cp_async_commit();
             mod.prefetch<BM, BN, THREADS>((m + 1) * BM, key0, tid);  // the bias of block m+1 (score_mod.cuh)
         }
-        const u32 sQ_buf = sQ_addr + (u32)(buf * BM * PITCH * 2);
-        const u32 sdO_buf = sdO_addr + (u32)(buf * BM * PITCH * 2);
+        const u32 sQ_buf = sQ_addr + (u32)(buf * BM * PITCH * ELEM_BYTES);
+        const u32 sdO_buf = sdO_addr + (u32)(buf * BM * PITCH * ELEM_BYTES);
 
         // S^T = K Q^T and dP^T = V dO^T: (S_KEYS x S_QUERIES) per warp, reduced over D.
         float acc_s[S_MT][S_NT][4], acc_dp[S_MT][S_NT][4];
         mod.init<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);  // 0, or the bias (score_mod.cuh)
         zero_acc(acc_dp);
-        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
-        mma_ss<S_MT, S_NT, D / 16, PITCH, false, PITCH, false, K_UNROLL>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
+        mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
+        mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
 
         // Score modifier, then the mask (only blocks that cross seqlen_k or an
         // edge of the band need it), then P^T and dS^T in place.
@@ -238,9 +240,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
                                                    row0 + s_q0, lane);
         if (SINK) sSinkPart[tid] += sink_part;
 
-        // dS^T (and P^T) -> shared memory as 16-bit [key][query]; a lane's two
-        // adjacent queries make one 32-bit store (rows (Br+8)*2 bytes apart: the
-        // 8 rows g of a store land on distinct banks).
+        // dS^T (and P^T) -> shared memory as elements [key][query]; a lane's two
+        // adjacent queries make one store (16-bit: one u32, rows (Br+8)*2 bytes
+        // apart put the 8 rows g of a store on distinct banks; float32: one float2).
 #pragma unroll
         for (int mt = 0; mt < S_MT; ++mt)
 #pragma unroll
@@ -249,11 +251,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 #pragma unroll
                 for (int nt = 0; nt < S_NT; ++nt) {
                     const int col = s_q0 + nt * 8 + 2 * t;
-                    *reinterpret_cast<u32*>(sdSt + row * PITCH_T + col) =
-                        pack_float2(acc_dp[mt][nt][2 * hh], acc_dp[mt][nt][2 * hh + 1]);
+                    store_pair(sdSt + row * PITCH_T + col, acc_dp[mt][nt][2 * hh], acc_dp[mt][nt][2 * hh + 1]);
 #if !CUFLASH_P_IN_REGS
-                    *reinterpret_cast<u32*>(sPt + row * PITCH_T + col) =
-                        pack_float2(acc_s[mt][nt][2 * hh], acc_s[mt][nt][2 * hh + 1]);
+                    store_pair(sPt + row * PITCH_T + col, acc_s[mt][nt][2 * hh], acc_s[mt][nt][2 * hh + 1]);
 #endif
                 }
             }
@@ -261,15 +261,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // dV += P^T dO_i and dK += dS^T Q_i: (KV_KEYS x KV_DIMS) per warp, reduced over Br.
 #if CUFLASH_P_IN_REGS
         // This warp's S^T rows are exactly its dK/dV rows, over all Br queries.
-        mma_rs<KV_MT, KV_NT, BM / 16, PITCH, true>(acc_dv, acc_s, sdO_buf + kv_b);
-        mma_rs<KV_MT, KV_NT, BM / 16, PITCH, true>(acc_dk, acc_dp, sQ_buf + kv_b);
+        mma_rs<KV_MT, KV_NT, BM, PITCH, true>(acc_dv, acc_s, sdO_buf + kv_b);
+        mma_rs<KV_MT, KV_NT, BM, PITCH, true>(acc_dk, acc_dp, sQ_buf + kv_b);
         // dS^T of every warp is in shared memory before dQ reads it.
         __syncthreads();
 #else
         // P^T and dS^T of every warp are in shared memory before dV and dK read them.
         __syncthreads();
-        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dv, sPt_addr + kv_a, sdO_buf + kv_b);
-        mma_ss<KV_MT, KV_NT, BM / 16, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dk, sdSt_addr + kv_a, sQ_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dv, sPt_addr + kv_a, sdO_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dk, sdSt_addr + kv_a, sQ_buf + kv_b);
 #endif
 
         // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys,
@@ -288,8 +288,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         for (int pass = 0; pass < DQ_PASSES; ++pass) {
             float acc_dq[DQ_MT][DQ_PASS_NT][4];
             zero_acc(acc_dq);
-            mma_ss<DQ_MT, DQ_PASS_NT, BN / 16, PITCH_T, true, PITCH, true, K_UNROLL>(acc_dq, dq_a,
-                                                                          dq_b + (u32)(pass * DQ_PASS_NT * 8 * 2));
+            mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL>(
+                acc_dq, dq_a, dq_b + (u32)(pass * DQ_PASS_NT * 8 * ELEM_BYTES));
             if (DETERMINISTIC && pass == 0) turn_wait(turn, n_block - vis.key_blocks<BN>(row0, BM).x);
             write_f32_tile<true>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
                                  dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
@@ -311,16 +311,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         for (int hh = 0; hh < 2; ++hh) dk_scale[mt][hh] = p.scale, dv_scale[mt][hh] = 1.f;
 
     if (p.dk_accum == nullptr) {
-        // dK -> sK, dV -> sV as 16-bit [key][d], then 16-byte stores of whole rows.
-        auto pitched = [](int r, int col) { return (r * PITCH + col) * 2; };
+        // dK -> sK, dV -> sV as elements [key][d], then 16-byte stores of whole rows.
+        auto pitched = [](int r, int col) { return (r * PITCH + col) * ELEM_BYTES; };
         unsigned char* sK_bytes = reinterpret_cast<unsigned char*>(sK);
         unsigned char* sV_bytes = reinterpret_cast<unsigned char*>(sV);
         stage_tile(sK_bytes, pitched, acc_dk, dk_scale, kv_key0, kv_d0, lane);
         stage_tile(sV_bytes, pitched, acc_dv, dv_scale, kv_key0, kv_d0, lane);
         // The 16-byte reads below cover rows and columns other warps wrote.
         __syncthreads();
-        u16* dk = si.key_rows(static_cast<u16*>(p.dk), p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
-        u16* dv = si.key_rows(static_cast<u16*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+        elem_t* dk = si.key_rows(static_cast<elem_t*>(p.dk), p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+        elem_t* dv = si.key_rows(static_cast<elem_t*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
         store_staged_rows<BN, D>(dk, p.dk_row_stride, sK_bytes, pitched, key0, si.seqlen_k, p.head_dim, tid, THREADS);
         store_staged_rows<BN, D>(dv, p.dv_row_stride, sV_bytes, pitched, key0, si.seqlen_k, p.head_dim, tid, THREADS);
     } else {

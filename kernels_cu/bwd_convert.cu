@@ -11,12 +11,12 @@
 // reproducible. Nothing else is applied (the backward kernel already scaled).
 //
 // Steps: one thread per 8 consecutive columns of one (row, head): two 16-byte
-// fp32 loads per term, one 16-byte store. Grid (ceil(seqlen * nheads *
+// fp32 loads per term, 16 bytes (16-bit) or 32 bytes (float32) stored. Grid (ceil(seqlen * nheads *
 // head_dim / 8 / THREADS), batch).
 //
 // Compile-time constants: CUFLASH_DTYPE. Constraints: head_dim % 8 == 0; src
 // rows 16-byte aligned; dst 16-byte aligned with strides that are multiples
-// of 8 elements (checked in cuflash/api.py).
+// of 16 bytes (checked in cuflash/api.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -41,8 +41,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_convert(const 
         acc[0] += lo.x, acc[1] += lo.y, acc[2] += lo.z, acc[3] += lo.w;
         acc[4] += hi.x, acc[5] += hi.y, acc[6] += hi.z, acc[7] += hi.w;
     }
-    u16* dst = static_cast<u16*>(p.dst) + b * p.dst_batch_stride + s * p.dst_row_stride + h * p.dst_head_stride + c;
-    *reinterpret_cast<uint4*>(dst) =
-        make_uint4(pack_float2(acc[0], acc[1]), pack_float2(acc[2], acc[3]), pack_float2(acc[4], acc[5]),
-                   pack_float2(acc[6], acc[7]));
+    elem_t* dst = static_cast<elem_t*>(p.dst) + b * p.dst_batch_stride + s * p.dst_row_stride +
+                  h * p.dst_head_stride + c;
+    // The 8 columns are 8 / CHUNK 16-byte chunks of the element type.
+#pragma unroll
+    for (int i = 0; i < 8 / CHUNK; ++i) {
+        float x[CHUNK];
+#pragma unroll
+        for (int e = 0; e < CHUNK; ++e) x[e] = acc[i * CHUNK + e];
+        reinterpret_cast<uint4*>(dst)[i] = pack_chunk(x);
+    }
 }

@@ -19,7 +19,7 @@
 // Padding rows (zero-filled Q and dO) get P = 0 and dS = 0 the same way.
 //
 // Steps: one CTA per (block of PREP_ROWS rows, head, batch), 256 threads; each
-// row is read by 8 lanes, each loading 16-byte chunks (8 elements) of dO and O
+// row is read by 8 lanes, each loading 16-byte chunks (CHUNK elements) of dO and O
 // at a stride of 8 chunks, then the 8 partial sums are added with shuffles.
 //
 // Varlen (CUFLASH_VARLEN = 1): sequence b's rows start at row cu_seqlens_q[b] of o,
@@ -29,7 +29,7 @@
 //
 // Compile-time constants: CUFLASH_DTYPE and CUFLASH_VARLEN (the head dim is a run-time value).
 // Constraints: head_dim % 8 == 0; o and dout 16-byte aligned with strides that
-// are multiples of 8 elements; dq_accum rows 16-byte aligned, dq_accum_cols % 4 == 0.
+// are multiples of 16 bytes; dq_accum rows 16-byte aligned, dq_accum_cols % 4 == 0.
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -49,29 +49,24 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
 
     const int2 rows = query_range(p, b);  // (first row, length) of sequence b
     const int q_start = rows.x, seqlen_q = rows.y;
-    const u16* o = static_cast<const u16*>(p.o) + b * p.o_batch_stride + (i64)q_start * p.o_row_stride +
-                   h * p.o_head_stride;
-    const u16* dout = static_cast<const u16*>(p.dout) + b * p.do_batch_stride + (i64)q_start * p.do_row_stride +
-                      h * p.do_head_stride;
+    const elem_t* o = static_cast<const elem_t*>(p.o) + b * p.o_batch_stride + (i64)q_start * p.o_row_stride +
+                      h * p.o_head_stride;
+    const elem_t* dout = static_cast<const elem_t*>(p.dout) + b * p.do_batch_stride +
+                         (i64)q_start * p.do_row_stride + h * p.do_head_stride;
     const i64 bh = (i64)b * p.nheads + h;
 
     for (int r = tid / LANES_PER_ROW; r < PREP_ROWS; r += ROWS_PER_PASS) {
         const int row = row_begin + r;
         float dot = 0.f;
         if (row < seqlen_q) {
-            const u16* o_row = o + (i64)row * p.o_row_stride;
-            const u16* do_row = dout + (i64)row * p.do_row_stride;
-            for (int c = sub * 8; c < p.head_dim; c += LANES_PER_ROW * 8) {
-                uint4 ov = *reinterpret_cast<const uint4*>(o_row + c);
-                uint4 dv = *reinterpret_cast<const uint4*>(do_row + c);
-                const u32 ow[4] = {ov.x, ov.y, ov.z, ov.w};
-                const u32 dw[4] = {dv.x, dv.y, dv.z, dv.w};
+            const elem_t* o_row = o + (i64)row * p.o_row_stride;
+            const elem_t* do_row = dout + (i64)row * p.do_row_stride;
+            for (int c = sub * CHUNK; c < p.head_dim; c += LANES_PER_ROW * CHUNK) {
+                float a[CHUNK], d[CHUNK];
+                unpack_chunk(*reinterpret_cast<const uint4*>(o_row + c), a);
+                unpack_chunk(*reinterpret_cast<const uint4*>(do_row + c), d);
 #pragma unroll
-                for (int w = 0; w < 4; ++w) {
-                    float2 a = unpack_float2(ow[w]), d = unpack_float2(dw[w]);
-                    dot = fmaf(a.x, d.x, dot);
-                    dot = fmaf(a.y, d.y, dot);
-                }
+                for (int e = 0; e < CHUNK; ++e) dot = fmaf(a[e], d[e], dot);
             }
             // Zero this row's dQ accumulator: 8 lanes x 4 floats per step.
             float* dqa = p.dq_accum + b * p.dqa_batch_stride + (i64)(q_start + row) * p.dqa_row_stride +

@@ -188,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
         // S = Q K^T (16 x BN), both operands from shared memory.
         float acc_s[1][NT][4];
         zero_acc(acc_s);
-        mma_ss<1, NT, D / 16, PITCH, false, PITCH, false>(acc_s, sQ_addr + q_lane, sK_addr + k_lane);
+        mma_ss<1, NT, D, PITCH, false, PITCH, false>(acc_s, sQ_addr + q_lane, sK_addr + k_lane);
 
         // Modifiers and mask by folded row: query i = row / G, the row's own head's modifier.
         const bool masked = vis.needs_mask(i0, i1 - i0 + 1, key0, BN);
@@ -220,7 +220,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
         }
 
         // O += P V: P in 16 bits straight from the S fragments (mma.cuh), V (keys x d) read transposed.
-        mma_rs<1, DT, BN / 16, PITCH, true>(acc_o, acc_s, sV_addr + v_lane);
+        mma_rs<1, DT, BN, PITCH, true>(acc_o, acc_s, sV_addr + v_lane);
     }
 
     // 3. This warp's part: O / l and lse (-inf for rows that saw no key here: a

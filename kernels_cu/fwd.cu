@@ -1,5 +1,5 @@
 // fwd.cu: exact attention forward, the portable path (sm_80+: cp.async,
-// ldmatrix, mma.sync m16n8k16 with fp32 accumulators).
+// ldmatrix, mma.sync with fp32 accumulators; float32 inputs as 3xTF32, mma.cuh).
 //
 // Computes, for one (batch b, query head h) and a block of Br query rows,
 //   S = Q K^T            Q: (Br, d) rows of q[b, :, h, :], K: (Sk, d) of k[b, :, h_kv, :]
@@ -18,23 +18,23 @@
 //   2. For the key blocks n = last .. first that the mask leaves visible
 //      (descending, so the causal diagonal's masked blocks come first; blocks
 //      outside a sliding window's band are never visited):
-//        wait K[n]; start loading V[n];  S = Q K[n]^T (ldmatrix + mma.sync);
+//        wait K[n]; start loading V[n];  S = Q K[n]^T (mma.cuh load_a / load_b2 + mma);
 //        score modifier; mask (only blocks that cross seqlen_k or an edge of the band);
 //        online softmax: P, rescale O;
-//        wait V[n]; start loading K[n-1]; O += P V[n] (V via ldmatrix.trans).
+//        wait V[n]; start loading K[n-1]; O += P V[n] (V read transposed: load_b2_t).
 //      The copy of one operand overlaps the matrix product of the other.
 //   3. O /= l (l with the sink), stage O through this warp's rows of the Q
 //      buffer, store with 16-byte writes (epilogue.cuh); write lse.
 //
 // Compile-time constants (rendered from cuflash/specs.py FwdSpec):
-//   CUFLASH_DTYPE (fp16 | bf16), CUFLASH_HEAD_DIM D (multiple of 32, the
+//   CUFLASH_DTYPE (fp16 | bf16 | fp32), CUFLASH_HEAD_DIM D (multiple of 32, the
 //   actual d <= D is a run-time value; columns >= d are zero-filled and never
 //   stored), CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, and the
 //   features: CUFLASH_MASK (mask.cuh), CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_BIAS, CUFLASH_SINK, CUFLASH_DROPOUT,
 //   CUFLASH_VARLEN (variable-length batch: per-sequence rows and lengths, seqinfo.cuh).
 // Constraints: d % 8 == 0; q, k, v, o 16-byte aligned with strides that are
-// multiples of 8 elements (checked in cuflash/api.py); softmax_scale > 0.
-// Shared memory: (Br + 2 Bc) * (D + 8) * 2 bytes (cuflash/launch.py).
+// multiples of 16 bytes (checked in cuflash/api.py); softmax_scale > 0.
+// Shared memory: (Br + 2 Bc) * (D + CHUNK) * ELEM_BYTES bytes, CHUNK = 16 / ELEM_BYTES (cuflash/launch.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -55,18 +55,20 @@ constexpr int ROWS_PER_WARP = BM / WARPS;
 constexpr int MT = ROWS_PER_WARP / 16;  // m16 tiles per warp
 constexpr int NT = BN / 8;              // n8 tiles of S per warp
 constexpr int DT = D / 8;               // n8 tiles of O per warp
-constexpr int PITCH = D + 8;            // shared-memory row pitch in elements (copy.cuh)
+constexpr int PITCH = D + CHUNK;        // shared-memory row pitch in elements (copy.cuh)
 // Keep this warp's Q fragments (MT x D/16 k-steps x 4 registers) in registers
 // after the first block instead of re-reading them with ldmatrix every block:
-// a third less shared-memory traffic in S = Q K^T, for MT*D/4 more registers.
+// a third less shared-memory traffic in S = Q K^T, for MT*D/4 more registers
+// (16-bit only: float32 fragments are four times as large).
 constexpr bool Q_IN_REGS = CUFLASH_Q_IN_REGS;
 static_assert(ROWS_PER_WARP % 16 == 0 && BN % 16 == 0 && D % 32 == 0, "tile shape");
+static_assert(!(Q_IN_REGS && FP32), "float32 keeps Q in shared memory");
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdParams p) {
     extern __shared__ __align__(16) u16 smem[];
-    u16* sQ = smem;                 // (BM, PITCH)
-    u16* sK = sQ + BM * PITCH;      // (BN, PITCH)
-    u16* sV = sK + BN * PITCH;      // (BN, PITCH)
+    elem_t* sQ = reinterpret_cast<elem_t*>(smem);  // (BM, PITCH)
+    elem_t* sK = sQ + BM * PITCH;                   // (BN, PITCH)
+    elem_t* sV = sK + BN * PITCH;                   // (BN, PITCH)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     // Heaviest query blocks first: under a causal mask the last blocks see the most keys.
@@ -80,9 +82,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     const ScoreMod mod(p, si);
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
 
-    const u16 *q, *k, *v;
+    const elem_t *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    elem_t* o = si.query_rows(static_cast<elem_t*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
     float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p);
     // The sink's logit: the lse of a row that sees no key (-inf without a sink).
     // Read where it is used, so no register holds it through the main loop.
@@ -115,16 +117,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     OnlineSoftmax<MT> softmax;
     softmax.init();
 
-    // ldmatrix lane addresses (mma.cuh layouts), as byte offsets within a tile:
-    //   Q (A operand, x4 = one 16x16 k-step): row l % 16, column half l / 16
-    const u32 q_lane = ((warp_row0 + lane % 16) * PITCH + (lane / 16) * 8) * 2;
-    //   K (B operand of S, x4 = two n8 tiles x one k-step): key l % 8 + (l / 16) * 8, column half (l / 8) % 2
-    const u32 k_lane = ((lane % 8 + (lane / 16) * 8) * PITCH + ((lane / 8) % 2) * 8) * 2;
-    //   V (B operand of O, transposed x4 = one k-step of keys x two n8 tiles of d):
-    //   key l % 8 + ((l / 8) % 2) * 8, column half l / 16
-    const u32 v_lane = ((lane % 8 + ((lane / 8) % 2) * 8) * PITCH + (lane / 16) * 8) * 2;
+    // This lane's byte offsets within a tile (mma.cuh layouts):
+    //   Q (A operand, stored [query][d]) and K (B operand of S, stored [key][d]);
+    //   V (B operand of O, stored [key][d] = [k][n]: read transposed).
+    const u32 q_lane = ldsm_offset_a<PITCH>(lane) + (u32)(warp_row0 * PITCH * ELEM_BYTES);
+    const u32 k_lane = ldsm_offset_b<PITCH>(lane);
+    const u32 v_lane = ldsm_offset_b_t<PITCH>(lane);
 
-    u32 qa[Q_IN_REGS ? MT : 1][Q_IN_REGS ? D / 16 : 1][4];
+    FragA qa[Q_IN_REGS ? MT : 1][Q_IN_REGS ? D / KSTEP : 1];
 
     for (int n = n_end - 1; n >= n_begin; --n) {
         // K[n] (and Q) have landed for this thread; the barrier makes every
@@ -139,33 +139,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int ks = 0; ks < (Q_IN_REGS ? D / 16 : 0); ++ks)
-                    ldmatrix_x4(qa[mt][ks], sQ_addr + q_lane + (mt * 16 * PITCH + ks * 16) * 2);
+                for (int ks = 0; ks < (Q_IN_REGS ? D / KSTEP : 0); ++ks)
+                    load_a(qa[mt][ks], sQ_addr + q_lane + (mt * 16 * PITCH + ks * KSTEP) * ELEM_BYTES);
         }
 
         // S = Q K[n]^T: (ROWS_PER_WARP x BN) per warp, onto 0 or the bias (score_mod.cuh init).
         float acc_s[MT][NT][4];
         mod.init<false>(acc_s, row0 + warp_row0, n * BN, lane);
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            u32 a[MT][4];
+        for (int ks = 0; ks < D / KSTEP; ++ks) {
+            FragA a[MT];
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                if constexpr (Q_IN_REGS) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) a[mt][e] = qa[mt][ks][e];
-                } else {
-                    ldmatrix_x4(a[mt], sQ_addr + q_lane + (mt * 16 * PITCH + ks * 16) * 2);
-                }
+                if constexpr (Q_IN_REGS) a[mt] = qa[mt][ks];
+                else load_a(a[mt], sQ_addr + q_lane + (mt * 16 * PITCH + ks * KSTEP) * ELEM_BYTES);
             }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
-                u32 bk[4];
-                ldmatrix_x4(bk, sK_addr + k_lane + (np * 16 * PITCH + ks * 16) * 2);
+                FragB bk[2];
+                load_b2(bk, sK_addr + k_lane + (np * 16 * PITCH + ks * KSTEP) * ELEM_BYTES);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_16816(acc_s[mt][2 * np], a[mt], bk[0], bk[1]);
-                    mma_16816(acc_s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                    mma(acc_s[mt][2 * np], a[mt], bk[0]);
+                    mma(acc_s[mt][2 * np + 1], a[mt], bk[1]);
                 }
             }
         }
@@ -187,18 +183,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
                 acc_o[mt][dt][3] *= corr[mt][1];
             }
 
-        // P in 16 bits as A fragments of P V (mma.cuh): the C fragments of n8
-        // tiles 2kk and 2kk+1 form k-step kk. Packing now frees acc_s early.
-        u32 pa[MT][BN / 16][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                pa[mt][kk][0] = pack_float2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
-                pa[mt][kk][1] = pack_float2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
-                pa[mt][kk][2] = pack_float2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
-                pa[mt][kk][3] = pack_float2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
-            }
+        // P as the A operand of P V (mma.cuh RegA: 16-bit, packed now, which frees acc_s early).
+        RegA<MT, BN> pa;
+        pa.set(acc_s);
 
         // V[n] has landed; the barrier also guarantees all warps finished
         // reading K[n], so K[n-1] may overwrite it.
@@ -210,19 +197,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
             mod.prefetch<BM, BN, THREADS>(row0, (n - 1) * BN, tid);  // the bias of block n-1 (score_mod.cuh)
         }
 
-        // O += P V[n], 16 keys per k-step.
+        // O += P V[n], KSTEP keys per k-step.
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
+        for (int kk = 0; kk < BN / KSTEP; ++kk) {
+            FragA a[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) pa.get(a[mt], mt, kk);
 #pragma unroll
             for (int dp = 0; dp < DT / 2; ++dp) {
-                u32 bv[4];
-                ldmatrix_x4_trans(bv, sV_addr + v_lane + (kk * 16 * PITCH + dp * 16) * 2);
+                FragB bv[2];
+                load_b2_t<PITCH>(bv, sV_addr + v_lane + (kk * KSTEP * PITCH + dp * 16) * ELEM_BYTES);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_16816(acc_o[mt][2 * dp], pa[mt][kk], bv[0], bv[1]);
-                    mma_16816(acc_o[mt][2 * dp + 1], pa[mt][kk], bv[2], bv[3]);
+                    mma(acc_o[mt][2 * dp], a[mt], bv[0]);
+                    mma(acc_o[mt][2 * dp + 1], a[mt], bv[1]);
                 }
             }
+        }
     }
 
     // 3. Epilogue.
@@ -234,7 +225,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     // lanes are past their last ldmatrix of Q before overwriting them with O.
     __syncwarp();
     unsigned char* sO = reinterpret_cast<unsigned char*>(sQ + warp_row0 * PITCH);  // this warp's rows
-    auto pitched = [](int r, int col) { return (r * PITCH + col) * 2; };
+    auto pitched = [](int r, int col) { return (r * PITCH + col) * ELEM_BYTES; };
     stage_tile(sO, pitched, acc_o, inv_l, 0, 0, lane);
     // The 16-byte stores below read rows other lanes of this warp wrote.
     __syncwarp();

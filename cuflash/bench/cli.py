@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"comma list of {', '.join(configs.MODES)} (default fwd); decode runs alone, on its own "
                         "shapes (--cache, --page-size), and reports TB/s of K+V read")
     g.add_argument("--dtype", type=_arg(lambda t: configs.parse_list(t, configs.parse_dtype)),
-                   help="comma list of bf16, fp16 (default bf16)")
+                   help="comma list of bf16, fp16, fp32 (default bf16; fp32 against SDPA's efficient and math backends and flex)")
     g.add_argument("--headdim", type=_arg(lambda t: configs.parse_list(t, _positive_int)),
                    help="comma list of head dims (default 128)")
     g.add_argument("--seqlen", type=_arg(lambda t: configs.parse_list(t, configs.parse_size)),

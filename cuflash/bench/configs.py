@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 import numpy
 
 #: Element sizes of the benchmarked dtypes (names as in cuflash.specs.DTYPES).
-DTYPE_BYTES = {"fp16": 2, "bf16": 2}
-_DTYPE_ALIASES = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+_DTYPE_ALIASES = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16", "bfloat16": "bf16",
+                  "fp32": "fp32", "float32": "fp32", "float": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def parse_list(text: str, item=str) -> list:
 def parse_dtype(text: str) -> str:
     name = _DTYPE_ALIASES.get(text.strip().lower())
     if name is None:
-        raise ValueError(f"unknown dtype {text!r}; use bf16 or fp16")
+        raise ValueError(f"unknown dtype {text!r}; use bf16, fp16 or fp32")
     return name
 
 

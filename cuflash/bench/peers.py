@@ -44,16 +44,23 @@ import warnings
 from . import configs, timing
 
 #: Peer names, in table order (the anchors' names).
-PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flex", "jax-cudnn", "flashinfer")
+PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "sdpa-math", "flex", "jax-cudnn", "flashinfer")
 
 #: The variant features (configs.VARIANT_FEATURES) each peer computes; plain and causal attention: all of them.
 PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi", "bias"}), "sdpa-flash": frozenset({"dropout"}),
-                 "sdpa-cudnn": frozenset({"dropout", "bias"}), "sdpa-eff": frozenset({"dropout", "bias"})}
+                 "sdpa-cudnn": frozenset({"dropout", "bias"}), "sdpa-eff": frozenset({"dropout", "bias"}),
+                 "sdpa-math": frozenset({"dropout", "bias"})}
+#: The input dtypes each peer takes; a name not listed here takes only the 16-bit ones. float32:
+#: SDPA's efficient backend (3xTF32 tensor-core products, as cuflash) and its math backend
+#: (plain float32 matmuls and softmax), and FlexAttention.
+PEER_DTYPES = {"sdpa-eff": ("fp16", "bf16", "fp32"), "sdpa-math": ("fp16", "bf16", "fp32"),
+               "flex": ("fp16", "bf16", "fp32")}
 
 _FLOP_MODES = ("fwd", "bwd", "fwd+bwd")
 #: The modes (configs.MODES) each peer times; a name not listed here times every mode.
 PEER_MODES = {"sdpa-flash": _FLOP_MODES + ("decode",), "sdpa-cudnn": _FLOP_MODES + ("decode",),
-              "sdpa-eff": _FLOP_MODES + ("decode",), "flex": _FLOP_MODES, "jax-cudnn": _FLOP_MODES,
+              "sdpa-eff": _FLOP_MODES + ("decode",), "sdpa-math": _FLOP_MODES, "flex": _FLOP_MODES,
+              "jax-cudnn": _FLOP_MODES,
               "flashinfer": ("decode",)}
 
 #: Calls per host-clock sample for JAX (see timing.time_host).
@@ -96,6 +103,8 @@ def unsupported_reason(name: str, p) -> str | None:
     """None when peer ``name`` computes point ``p``'s mode and variant, else why not (a short line)."""
     if p.mode not in peer_modes(name):
         return f"does not time {p.mode}"
+    if p.dtype not in PEER_DTYPES.get(name, ("fp16", "bf16")):
+        return f"does not take {p.dtype}"
     missing = [f for f in configs.VARIANT_FEATURES if f in p.features and f not in PEER_FEATURES.get(name, ())]
     return f"cannot compute {', '.join(missing)}" if missing else None
 
@@ -141,7 +150,7 @@ class _TorchPeer(Peer):
         """``expand_kv``: k and v copied to every query head (repeat_interleave) before timing."""
         import torch
         _same_lengths_for_causal(p)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[p.dtype]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p.dtype]
         grad = p.mode in ("bwd", "fwd+bwd")
 
         def rand(seqlen, heads):
@@ -197,7 +206,7 @@ class SdpaPeer(_TorchPeer):
     """``torch.nn.functional.scaled_dot_product_attention`` restricted to one backend."""
 
     BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
-                "sdpa-eff": "EFFICIENT_ATTENTION"}
+                "sdpa-eff": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
 
     def __init__(self, name, timers):
         super().__init__(timers)
@@ -457,7 +466,7 @@ class FlashInferPeer(Peer):
         import torch
         if p.mode != "decode":
             raise NotImplementedError(f"mode {p.mode!r} is not implemented for {self.name}")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[p.dtype]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p.dtype]
         page = self.PAGE
         pages = -(-p.seqlen_k // page)          # per sequence; the last one may be part full
         timer = self._timers.torch()
@@ -499,6 +508,7 @@ _FACTORIES = {
     "sdpa-flash": lambda t: SdpaPeer("sdpa-flash", t),
     "sdpa-cudnn": lambda t: SdpaPeer("sdpa-cudnn", t),
     "sdpa-eff": lambda t: SdpaPeer("sdpa-eff", t),
+    "sdpa-math": lambda t: SdpaPeer("sdpa-math", t),
     "flex": FlexPeer,
     "jax-cudnn": JaxCudnnPeer,
     "flashinfer": FlashInferPeer,

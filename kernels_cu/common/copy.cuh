@@ -1,12 +1,13 @@
 // copy.cuh: global -> shared copies with cp.async (sm_80+), and shared
 // addresses for ldmatrix.
 //
-// Tiles live in shared memory as rows of ROW_PITCH = D + 8 elements: the 16
+// Tiles live in shared memory as rows of ROW_PITCH = D + CHUNK elements: the 16
 // padding bytes shift consecutive rows by 4 banks, so the 8 row addresses of
 // one ldmatrix 8x8 matrix land on 8 distinct 16-byte bank groups for every D
 // that is a multiple of 32 (no conflicts, no swizzle arithmetic).
 #pragma once
 #include "platform.cuh"
+#include "numeric.cuh"  // elem_t, CHUNK
 
 CUFLASH_DEVICE u32 smem_addr(const void* p) {
     return static_cast<u32>(__cvta_generic_to_shared(p));
@@ -31,30 +32,31 @@ CUFLASH_DEVICE void cp_async_wait() {
 
 // Load a ROWS x D tile (rows [row0, row0 + ROWS) of a (seqlen, ..., d) tensor
 // whose rows are `row_stride` elements apart) into shared memory with pitch
-// D + 8. Rows >= seqlen and columns >= head_dim are zero-filled.
+// D + CHUNK. Rows >= seqlen and columns >= head_dim are zero-filled.
 //
 // Each thread copies one fixed 16-byte column chunk of every ROW_STEP-th row,
 // so its addresses are one base pointer plus constant multiples of the row
 // stride: no per-chunk 64-bit address stays live across the main loop. When
-// THREADS is not a multiple of the D / 8 chunks of a row (D = 96, 160, ...),
-// the last THREADS % (D / 8) threads copy nothing.
+// THREADS is not a multiple of the D / CHUNK chunks of a row (D = 96, 160, ...),
+// the last THREADS % (D / CHUNK) threads copy nothing.
 template <int ROWS, int D, int THREADS>
-CUFLASH_DEVICE void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, int row0, int seqlen,
+CUFLASH_DEVICE void load_tile_async(u32 smem, const elem_t* gmem, i64 row_stride, int row0, int seqlen,
                                     int head_dim, int tid) {
-    constexpr int CHUNKS_PER_ROW = D / 8;
+    constexpr int CHUNKS_PER_ROW = D / CHUNK;
     constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
     static_assert(ROW_STEP > 0, "a row needs at most THREADS chunks");
     if (THREADS % CHUNKS_PER_ROW != 0 && tid >= ROW_STEP * CHUNKS_PER_ROW) return;
-    const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
+    const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * CHUNK;
     const bool col_ok = col < head_dim;
-    const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
-    const u32 dst = smem + (u32)(r * (D + 8) + col) * 2u;
+    const elem_t* src = gmem + (i64)(row0 + r) * row_stride + col;
+    const u32 dst = smem + (u32)(r * (D + CHUNK) + col) * (u32)ELEM_BYTES;
 #pragma unroll
     for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
         if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
         bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
         // A predicated-off copy reads nothing, but still gets a valid address.
-        cp_async_16(dst + (u32)(i * ROW_STEP * (D + 8) * 2), ok ? src + i * ROW_STEP * row_stride : gmem, ok);
+        cp_async_16(dst + (u32)(i * ROW_STEP * (D + CHUNK) * ELEM_BYTES), ok ? src + i * ROW_STEP * row_stride : gmem,
+                    ok);
     }
 }
 

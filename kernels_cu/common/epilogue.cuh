@@ -1,6 +1,6 @@
 // epilogue.cuh: how results leave a kernel (DESIGN 4a): rows that see no key,
-// lse, 16-bit tiles staged through shared memory for 16-byte stores, fp32
-// rows (GQA dK/dV per query head) and fp32 reductions (dQ).
+// lse, tiles of the element type staged through shared memory for 16-byte
+// stores, fp32 rows (GQA dK/dV per query head) and fp32 reductions (dQ).
 //
 // Accumulator tiles use the fragment.cuh layout; a lane's two adjacent
 // columns (2t, 2t+1) travel together (one u32 of 16-bit values or one float2).
@@ -13,10 +13,10 @@
 // out = 0 and lse = empty_lse (-inf, or the sink's logit; DESIGN 3).
 // o points at row 0 of this (b, h); lse at row 0 of its lse row, or null.
 template <int ROWS, int D, int THREADS>
-CUFLASH_DEVICE void store_empty_rows(u16* o, i64 o_row_stride, float* lse, float empty_lse, int row0, int seqlen_q,
-                                     int head_dim, int tid) {
-    for (int c = tid; c < ROWS * (D / 8); c += THREADS) {
-        const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+CUFLASH_DEVICE void store_empty_rows(elem_t* o, i64 o_row_stride, float* lse, float empty_lse, int row0,
+                                     int seqlen_q, int head_dim, int tid) {
+    for (int c = tid; c < ROWS * (D / CHUNK); c += THREADS) {
+        const int r = c / (D / CHUNK), col = (c % (D / CHUNK)) * CHUNK;
         if (row0 + r < seqlen_q && col < head_dim)
             *reinterpret_cast<uint4*>(o + (i64)(row0 + r) * o_row_stride + col) = make_uint4(0, 0, 0, 0);
     }
@@ -40,7 +40,7 @@ CUFLASH_DEVICE void store_lse(float* lse, const float (&val)[MT][2], int row0, i
         }
 }
 
-// x * row_scale as 16-bit values into a shared-memory tile: the pair at
+// x * row_scale in the element type into a shared-memory tile: the pair at
 // (row, col) goes to smem + offset(row, col) (bytes; the caller's layout:
 // pitched or swizzled). row/col are relative to the tile (row0, col0 of the
 // warp's fragment within it).
@@ -55,19 +55,19 @@ CUFLASH_DEVICE void stage_tile(unsigned char* smem, Offset offset, const float (
             const int row = row0 + mt * 16 + h * 8 + g;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
-                *reinterpret_cast<u32*>(smem + offset(row, col0 + nt * 8 + 2 * t)) =
-                    pack_float2(x[mt][nt][2 * h] * row_scale[mt][h], x[mt][nt][2 * h + 1] * row_scale[mt][h]);
+                store_pair(smem + offset(row, col0 + nt * 8 + 2 * t), x[mt][nt][2 * h] * row_scale[mt][h],
+                           x[mt][nt][2 * h + 1] * row_scale[mt][h]);
         }
 }
 
-// ROWS staged rows (16-bit, read at smem + offset(r, col)) -> global rows
+// ROWS staged rows (elements, read at smem + offset(r, col)) -> global rows
 // row0 + r of dst, 16 bytes per access, worker w of `workers` threads; rows at
 // or past `limit` and columns at or past head_dim are not stored.
 template <int ROWS, int D, class Offset>
-CUFLASH_DEVICE void store_staged_rows(u16* dst, i64 row_stride, const unsigned char* smem, Offset offset, int row0,
+CUFLASH_DEVICE void store_staged_rows(elem_t* dst, i64 row_stride, const unsigned char* smem, Offset offset, int row0,
                                       int limit, int head_dim, int worker, int workers) {
-    for (int c = worker; c < ROWS * (D / 8); c += workers) {
-        const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+    for (int c = worker; c < ROWS * (D / CHUNK); c += workers) {
+        const int r = c / (D / CHUNK), col = (c % (D / CHUNK)) * CHUNK;
         if (row0 + r < limit && col < head_dim)
             *reinterpret_cast<uint4*>(dst + (i64)(row0 + r) * row_stride + col) =
                 *reinterpret_cast<const uint4*>(smem + offset(r, col));

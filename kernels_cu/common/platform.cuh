@@ -17,6 +17,7 @@ typedef unsigned long long u64;
 // Element types selected by CUFLASH_DTYPE (rendered from the Python spec).
 #define CUFLASH_FP16 0
 #define CUFLASH_BF16 1
+#define CUFLASH_FP32 2  // float32 inputs: the portable kernels' 3xTF32 path (mma.cuh)
 
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)

@@ -38,12 +38,13 @@ constexpr bool ALIBI = CUFLASH_ALIBI;
 // softmax.cuh), but its switch lives with theirs.
 constexpr bool SINK = CUFLASH_SINK;
 
-// CUFLASH_BIAS: 0 no bias, 16 a bias in the input dtype (u16), 32 a float32 bias.
+// CUFLASH_BIAS: 0 no bias, 16 a bias in the input dtype (u16), 32 a float32 bias
+// (a float32 kernel's own dtype is float32: it reads either as float).
 #ifndef CUFLASH_BIAS
 #define CUFLASH_BIAS 0
 #endif
 constexpr bool BIAS = CUFLASH_BIAS != 0;
-#if CUFLASH_BIAS == 32
+#if CUFLASH_BIAS == 32 || CUFLASH_DTYPE == CUFLASH_FP32
 using BiasT = float;
 CUFLASH_DEVICE float bias_value(const float* x) { return __ldg(x); }
 CUFLASH_DEVICE float2 bias_pair(const float* x) { return __ldg(reinterpret_cast<const float2*>(x)); }

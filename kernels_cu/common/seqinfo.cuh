@@ -13,6 +13,7 @@
 // constant 0, so their code is what it was without this switch.
 #pragma once
 #include "platform.cuh"
+#include "numeric.cuh"  // elem_t
 
 #ifndef CUFLASH_VARLEN
 #define CUFLASH_VARLEN 0
@@ -89,10 +90,10 @@ struct SeqInfo {
     }
     // Row 0 of q (head h) and of k, v (head h_kv): the inputs every main kernel reads.
     template <class Params>
-    CUFLASH_DEVICE void qkv_rows(const Params& p, const u16*& q, const u16*& k, const u16*& v) const {
-        q = query_rows(static_cast<const u16*>(p.q), p.q_batch_stride, p.q_row_stride, p.q_head_stride);
-        k = key_rows(static_cast<const u16*>(p.k), p.k_batch_stride, p.k_row_stride, p.k_head_stride);
-        v = key_rows(static_cast<const u16*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+    CUFLASH_DEVICE void qkv_rows(const Params& p, const elem_t*& q, const elem_t*& k, const elem_t*& v) const {
+        q = query_rows(static_cast<const elem_t*>(p.q), p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+        k = key_rows(static_cast<const elem_t*>(p.k), p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+        v = key_rows(static_cast<const elem_t*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride);
     }
     // Index of query row 0 in a (batch, nheads, rows) per-row array (the
     // backward's padded lse_log2 / delta).

@@ -280,13 +280,40 @@ def test_family_reasons():
     assert any("fwd kernel" in r for r in support.family_reasons(hopper_fwd, Problem("bwd", "bf16", 64)))
 
 
-def test_select_refuses_an_unsupported_dtype_with_reasons():
-    problem = Problem("fwd", "fp32", 64, compute_capability=(9, 0))
+def test_float32_runs_on_the_portable_kernels_only():
+    for direction in ("fwd", "bwd"):
+        spec = support.select(Problem(direction, "fp32", 64, compute_capability=(9, 0)))
+        assert spec.dtype == "fp32" and not getattr(spec, "compute_capabilities", None)
+    problem = Problem("decode", "fp32", 64, compute_capability=(9, 0))
     reasons = support.not_supported_reasons(problem)
     assert reasons and all("fp32" in r for r in reasons)
-    assert len(reasons) == len([f for f in support.FAMILIES if f.direction == "fwd"])
-    with pytest.raises(ValueError, match=r"no cuflash kernel.*dtype fp32 is not one of"):
+    with pytest.raises(ValueError, match=r"no cuflash kernel.*decode has dtypes"):
         support.select(problem)
+
+
+def test_select_refuses_an_unknown_dtype_with_reasons():
+    problem = Problem("fwd", "fp64", 64, compute_capability=(9, 0))
+    reasons = support.not_supported_reasons(problem)
+    assert reasons and all("fp64" in r for r in reasons)
+    assert len(reasons) == len([f for f in support.FAMILIES if f.direction == "fwd"])
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (8, 6), (9, 0), (12, 0)])
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_float32_tiles_fit_each_gpu(cc, direction):
+    """Every float32 head dim has a tile within the GPU's shared memory, except the backward's
+    largest ones on GPUs with 99 KB (D >= 160) or A100's 163 KB (D >= 224): refused with the reason."""
+    limit = support.SMEM_LIMITS[cc]
+    for d in support.supported_head_dims():
+        problem = Problem(direction, "fp32", d, compute_capability=cc, smem_limit=limit, sm90=False)
+        reasons = support.not_supported_reasons(problem)
+        bucket = -(-d // 32) * 32
+        impossible = direction == "bwd" and (bucket >= 224 and limit < 200_000 or bucket >= 160 and limit < 110_000)
+        if impossible:
+            assert any("shared memory" in r for r in reasons), (d, reasons)
+        else:
+            assert not reasons, (d, reasons)
+            assert support.smem_bytes(support.select(problem)) <= limit
 
 
 def test_select_refuses_a_too_large_head_dim():

@@ -27,8 +27,18 @@ def test_valid_refs_give_the_kernel_dtype(no_device):
     assert api.validate_qkv(q, k, k) == "bf16"
 
 
+def test_float32_rows_need_16_bytes_not_8_elements(no_device):
+    """A float32 head whose rows are 68 elements apart (272 bytes) is fine; 66 (264 bytes) is not."""
+    q = ref((2, 16, 8, 64), "float32", strides=(16 * 8 * 68, 8 * 68, 68, 1))
+    assert api.validate_qkv(q, q, q) == "fp32"
+    bad = ref((2, 16, 8, 64), "float32", strides=(16 * 8 * 66, 8 * 66, 66, 1))
+    with pytest.raises(ValueError, match="q must start on a 16-byte boundary with strides that are multiples of 16"):
+        api.validate_qkv(bad, q, q)
+
+
 @pytest.mark.parametrize("q, k, v, exc, match", [
-    (ref((2, 16, 8, 64), "float32"), ref((2, 40, 2, 64)), ref((2, 40, 2, 64)), TypeError, "q has dtype float32"),
+    (ref((2, 16, 8, 64), "float64"), ref((2, 40, 2, 64)), ref((2, 40, 2, 64)), TypeError, "q has dtype float64"),
+    (ref((2, 16, 8, 64), "float32"), ref((2, 40, 2, 64)), ref((2, 40, 2, 64)), TypeError, "but q has float32"),
     (ref((2, 16, 8, 64)), ref((2, 40, 2, 64), "float16"), ref((2, 40, 2, 64)), TypeError,
      "k has dtype float16 but q has bfloat16"),
     (ref((2, 16, 8, 64)), ref((2, 40, 3, 64)), ref((2, 40, 3, 64)), ValueError, r"nheads of q \(8\)"),

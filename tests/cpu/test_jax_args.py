@@ -76,7 +76,7 @@ def shapes(**options):
 F16, BF16, F32 = "float16", "bfloat16", "float32"
 BAD_ARRAYS = [
     # ((shape, dtype) of q, k, v), error, message
-    (((Q, F32), (KV, F32), (KV, F32)), TypeError, r"q has dtype float32"),
+    (((Q, F32), (KV, F16), (KV, F16)), TypeError, r"k has dtype float16 but q has float32"),
     (((Q, F16), (KV, BF16), (KV, F16)), TypeError, r"k has dtype bfloat16"),
     (((Q, F16), (KV, F16), ((2, 9, 2, 64), F16)), ValueError, r"v must have the shape of k"),
     ((((5, 4, 64), F16), (KV, F16), (KV, F16)), ValueError, r"q must have 4 dims"),

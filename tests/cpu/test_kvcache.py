@@ -314,3 +314,9 @@ def test_out_of_range_indices_are_refused_on_the_host():
     api.check_cache_indices(np, tbl.clip(0, 6), np.array([1, 0], np.int32), 7)
     with pytest.raises(ValueError, match=r"cache_leftpad entries must be in \[0, 9\)"):
         api.check_cache_indices(np, None, None, 2, np.array([0, 9], np.int32), 8)
+
+
+def test_a_float32_cache_is_refused_naming_k_cache():
+    q, kc = ref((2, 1, 4, 64), "float32"), ref((2, 32, 4, 64), "float32", ptr=1 << 22)
+    with pytest.raises(TypeError, match="k_cache has dtype float32.*float16 or bfloat16.*cuflash.attention"):
+        api.check_kvcache(q, kc, kc, None, None)

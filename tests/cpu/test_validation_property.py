@@ -107,13 +107,14 @@ def test_validation_accepts_or_names_the_argument(monkeypatch_device, call):
         return
     # accepted: every promise the kernels rely on holds
     batch, _, nheads, head_dim = q.shape
-    assert name in ("fp16", "bf16") and k.dtype == v.dtype == q.dtype
+    assert name in ("fp16", "bf16", "fp32") and k.dtype == v.dtype == q.dtype
     assert k.shape == v.shape and k.shape[0] == batch and k.shape[3] == head_dim
     assert k.shape[2] > 0 and nheads % k.shape[2] == 0
     assert head_dim % 8 == 0 and 0 < head_dim <= support.HEAD_DIM_MAX
     for x in (q, k, v):
         if 0 not in x.shape:
-            assert x.strides[-1] == 1 and x.ptr % 16 == 0 and all(s % 8 == 0 for s in x.strides[:-1])
+            unit = 4 if x.dtype == "float32" else 8  # elements per 16 bytes
+            assert x.strides[-1] == 1 and x.ptr % 16 == 0 and all(s % unit == 0 for s in x.strides[:-1])
     assert k.device == v.device == q.device
     assert math.isfinite(o.scale) and o.scale > 0 and math.isfinite(o.softcap) and o.softcap >= 0
     assert all(isinstance(w, int) and w >= -1 for w in o.window)

@@ -10,6 +10,9 @@ def kernel_path(request, monkeypatch):
     (CUFLASH_DISABLE_SM90=1) and, on compute capability 9.0, the Hopper ones.
     Modules opt in with ``pytestmark = [..., pytest.mark.usefixtures("kernel_path")]``."""
     cp = pytest.importorskip("cupy")
+    callspec = getattr(request.node, "callspec", None)
+    if request.param == "sm90" and callspec is not None and callspec.params.get("dtype") == "fp32":
+        pytest.skip("float32 runs on the portable kernels only (the portable run covers it)")
     if request.param == "sm90":
         from cuflash.compile import cache
 

@@ -188,7 +188,7 @@ def test_lse_gradient_with_sink():
     checks.done()
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 def test_matches_jax_dot_product_attention(dtype):
     """Plain causal GQA against jax.nn.dot_product_attention (XLA), out and gradients:
     |ours - jax| <= |ours - ref64| + |jax - ref64| with |ours - ref64| bounded by the accuracy rule."""

@@ -16,7 +16,7 @@ ct = pytest.importorskip("cuflash.torch")
 F = torch.nn.functional
 pytestmark = pytest.mark.gpu
 
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def rand(*shape, dtype="bf16", grad=False):
@@ -63,7 +63,7 @@ def ref_options(opts):
     return {k: host(v) if isinstance(v, torch.Tensor) else v for k, v in opts.items()}
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_values_and_gradients_match_the_reference(name, dtype):
     q, k, v, opts = case_inputs(name, dtype)

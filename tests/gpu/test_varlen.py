@@ -43,7 +43,7 @@ def check(q, k, v, cu_q, cu_k, dtype, *, seqused_k=None, **opts):
     return out, lse
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("lengths", list(LENGTHS))
 @pytest.mark.parametrize("opts", [dict(), dict(causal=True), dict(window_size=(32, 8)), dict(causal=True, softcap=20.0)],
                          ids=["full", "causal", "window", "causal_softcap"])
@@ -117,7 +117,7 @@ def check_backward(q, k, v, cu_q, cu_k, dtype, *, seqused_k=None, deterministic=
     return got
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("lengths", ["mixed", "one"])
 @pytest.mark.parametrize("opts", [dict(), dict(causal=True), dict(window_size=(32, 8), softcap=20.0)],
                          ids=["full", "causal", "window_softcap"])
