@@ -22,7 +22,7 @@ import torch
 from cuflash.bench.configs import parse_list, parse_size
 from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
-from cuflash.specs import BWD_TILES, BwdSpec, BwdTiles, Features, head_dim_bucket
+from cuflash.specs import BWD_TILES, BWD_TILES_FP32, BwdSpec, BwdTiles, Features, head_dim_bucket
 
 #: (block_m, block_n, warps, sdp_warps_n, dkv_warps_n, dq_warps_m, dq_pass_dims=0, k_unroll=0);
 #: candidates invalid for a head dim are skipped.
@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--total-tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--current", action="store_true", help="time only BWD_TILES (and its deterministic mode)")
+    ap.add_argument("--tiles", help="time these tiles (plus the current ones): BMxBNxWARPSxSDPxDKVxDQ[uK], "
+                    "e.g. 32x64x4x4x4x2u2")
     args = ap.parse_args()
 
     smem_limit = cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
@@ -75,7 +77,9 @@ def main():
 
         tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
         tdo = torch.from_dlpack(dout).transpose(1, 2)
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        # float32: SDPA's efficient backend (its flash backend has no float32), tiles from BWD_TILES_FP32
+        backend = "EFFICIENT_ATTENTION" if args.dtype == "fp32" else "FLASH_ATTENTION"
+        with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, backend)):
             tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
             ref = torch.autograd.grad(tout, (tq, tk, tv), tdo, retain_graph=True)
 
@@ -89,8 +93,12 @@ def main():
         name = testing.dtype_name(q.dtype)
         D = head_dim_bucket(d)
         timed = {}
-        candidates = [BWD_TILES[D]] if args.current else CANDIDATES
-        for tiles, deterministic in [(t, False) for t in candidates] + [(BWD_TILES[D], True)]:
+        current = BWD_TILES_FP32[D][0] if name == "fp32" else BWD_TILES[D]
+        if args.tiles:
+            candidates = [current] + [t for t in map(parse_tiles, args.tiles.split(",")) if t != current]
+        else:
+            candidates = [current] if args.current else CANDIDATES
+        for tiles, deterministic in [(t, False) for t in candidates] + [(current, True)]:
             try:
                 spec = BwdSpec(name, D, Features('causal' if causal else 'none'), deterministic, tiles)
             except ValueError:
@@ -117,16 +125,22 @@ def main():
             )
             ms = median_ms(run)
             timed[(tiles, deterministic)] = ms
-            mark = " *" if BWD_TILES[D] == tiles and not deterministic else ""
+            mark = " *" if current == tiles and not deterministic else ""
             print(
                 f"{d:>4} {s:>6} {causal!s:>6} {label:>24} {smem:>7} {ms:8.3f} {flops / ms / 1e9:8.1f} "
                 f"{flops / peer_ms / 1e9:8.1f} {peer_ms / ms:6.2f}  err={err:.3g}{mark}",
                 flush=True,
             )
-        base, det = timed.get((BWD_TILES[D], False)), timed.get((BWD_TILES[D], True))
+        base, det = timed.get((current, False)), timed.get((current, True))
         if base and det:
             print(f"{d:>4} {s:>6} {causal!s:>6} det/nondet = {det / base:.3f}", flush=True)
         del q, k, v, dout, out, lse, tq, tk, tv, tdo, tout, ref, grads
+
+
+def parse_tiles(text: str) -> BwdTiles:
+    """'32x64x4x4x4x2u2' -> BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2)."""
+    shape, _, unroll = text.strip().partition("u")
+    return BwdTiles(*(int(x) for x in shape.split("x")), k_unroll=int(unroll or 0))
 
 
 if __name__ == "__main__":

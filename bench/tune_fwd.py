@@ -7,7 +7,8 @@ Run on a GPU machine from the repo root:
 With --window the kernels run the sliding-window mask, FLOPs count the visible pairs, and the last
 columns compare with the band's share of the non-causal time of the current tiles (issue: at most
 1.5x that) instead of SDPA.
-Each candidate is checked against SDPA's output first, then timed with CUDA
+float32 (--dtype fp32) compares with SDPA's efficient backend (its flash backend has no float32)
+and starts from FWD_TILES_FP32. Each candidate is checked against SDPA's output first, then timed with CUDA
 events (warm-up, L2 flushed before every repetition, median). The chosen
 tiles go into cuflash/specs.py FWD_TILES (portable, fwd.cu) or FWD_SM90_TILES
 (Hopper, fwd_sm90.cu); the reasoning into bench/NOTES.md.
@@ -25,7 +26,8 @@ import torch
 from cuflash.bench.configs import parse_list, parse_size
 from cuflash.bench.timing import median_ms
 from cuflash import api, launch, testing
-from cuflash.specs import FWD_SM90_TILES, FWD_TILES, Features, FwdSm90Spec, FwdSm90Tiles, FwdSpec, FwdTiles, head_dim_bucket
+from cuflash.specs import (FWD_SM90_TILES, FWD_TILES, FWD_TILES_FP32, Features, FwdSm90Spec, FwdSm90Tiles, FwdSpec,
+                           FwdTiles, head_dim_bucket)
 
 CANDIDATES = [
     FwdTiles(128, 32, 4),
@@ -101,7 +103,8 @@ def main():
         q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
         flops = 4 * batch * nheads * s * s * d / (2 if causal else 1)
         tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2) for x in (q, k, v))
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        backend = "EFFICIENT_ATTENTION" if args.dtype == "fp32" else "FLASH_ATTENTION"
+        with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, backend)):
             ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
 
             def peer():
@@ -113,6 +116,8 @@ def main():
         name = testing.dtype_name(q.dtype)
         D = head_dim_bucket(d)
         spec_cls, current, default = KERNELS[args.kernel]
+        if name == "fp32":
+            current = {dd: tiles[0] for dd, tiles in FWD_TILES_FP32.items()}
         if args.tiles:
             candidates = [current[D]] + [t for t in parse_tiles(args.tiles, args.kernel) if t != current[D]]
         else:

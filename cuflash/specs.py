@@ -212,8 +212,8 @@ FWD_TILES = {
 FWD_TILES_FP32 = {
     32: [FwdTiles(128, 64, 4)],                     # 36864
     64: [FwdTiles(128, 64, 4)],                     # 69632
-    96: [FwdTiles(64, 64, 4)],                      # 76800
-    128: [FwdTiles(64, 64, 4)],                     # 101376
+    96: [FwdTiles(128, 32, 4)],                     # 76800
+    128: [FwdTiles(128, 32, 4)],                    # 101376
     160: [FwdTiles(64, 32, 4)],                     # 83968
     192: [FwdTiles(64, 32, 4)],                     # 100352
     224: [FwdTiles(64, 32, 4), FwdTiles(32, 32, 2)],  # 116736, 87552
@@ -484,17 +484,19 @@ BWD_TILES_SMALLER_SMEM = {
 #: Backward tiles for float32 inputs per compile-time D, best first (Hopper's 227 KB, then
 #: A100's 163 KB, then 99 KB GPUs). Up to D = 128 every warp owns whole key rows (P^T and
 #: dS^T feed dV and dK from registers); above, dK/dV split d across warps and P^T goes
-#: through shared memory. D >= 160 fits no 99 KB GPU, D >= 224 no A100.
+#: through shared memory. D >= 160 fits no 99 KB GPU, D >= 224 no A100. Every entry compiles
+#: without spills for sm_80 and sm_90a (the 4-warp 32 x 64 tiles of D = 96 and 128 spilled
+#: 4-32 bytes, hence the 16-row ones).
 BWD_TILES_FP32 = {
-    32: [BwdTiles(64, 64, 4, 4, 4, 2), BwdTiles(32, 64, 4, 4, 4, 2)],    # 122880 (D=64), 79360
-    64: [BwdTiles(64, 64, 4, 4, 4, 2), BwdTiles(32, 64, 4, 4, 4, 2)],
-    96: [BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2), BwdTiles(16, 32, 2, 2, 2, 1, k_unroll=2)],  # 112128, 54016
-    128: [BwdTiles(32, 128, 8, 8, 8, 2, k_unroll=2), BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2),  # 221696, 144896
+    32: [BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2)],                       # 46592
+    64: [BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2)],                       # 79360
+    96: [BwdTiles(16, 32, 2, 2, 2, 1, k_unroll=2)],                       # 54016
+    128: [BwdTiles(32, 128, 8, 8, 8, 2, k_unroll=2), BwdTiles(16, 64, 4, 4, 4, 1, k_unroll=2),  # 221696, 106752
           BwdTiles(16, 32, 2, 2, 2, 1, 32, k_unroll=2)],                                     # 70400
-    160: [BwdTiles(32, 32, 4, 2, 2, 2)],      # 135680
-    192: [BwdTiles(32, 32, 4, 2, 2, 2, 32)],  # 160256
-    224: [BwdTiles(32, 32, 4, 2, 2, 2)],      # 184832
-    256: [BwdTiles(32, 32, 4, 2, 2, 2, 32)],  # 209408
+    160: [BwdTiles(32, 32, 4, 2, 2, 2, k_unroll=2)],      # 135680
+    192: [BwdTiles(32, 32, 4, 2, 2, 2, 32, k_unroll=2)],  # 160256
+    224: [BwdTiles(32, 32, 4, 2, 2, 2, 16, k_unroll=2)],  # 184832
+    256: [BwdTiles(32, 32, 4, 2, 2, 2, 32, k_unroll=1)],  # 209408
 }
 
 

@@ -229,7 +229,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         mod.init<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);  // 0, or the bias (score_mod.cuh)
         zero_acc(acc_dp);
         mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
-        mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
+        // (float32: dP rounded every k-step, as D is subtracted from it: mma.cuh ROUND_STEP)
+        mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL, ROUND_STEP>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
 
         // Score modifier, then the mask (only blocks that cross seqlen_k or an
         // edge of the band need it), then P^T and dS^T in place.
@@ -261,15 +262,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // dV += P^T dO_i and dK += dS^T Q_i: (KV_KEYS x KV_DIMS) per warp, reduced over Br.
 #if CUFLASH_P_IN_REGS
         // This warp's S^T rows are exactly its dK/dV rows, over all Br queries.
-        mma_rs<KV_MT, KV_NT, BM, PITCH, true>(acc_dv, acc_s, sdO_buf + kv_b);
-        mma_rs<KV_MT, KV_NT, BM, PITCH, true>(acc_dk, acc_dp, sQ_buf + kv_b);
+        // (float32: dK and dV sum over every query block, each block's part rounded: mma.cuh ROUND_PASS)
+        mma_rs<KV_MT, KV_NT, BM, PITCH, true, ROUND_PASS>(acc_dv, acc_s, sdO_buf + kv_b);
+        mma_rs<KV_MT, KV_NT, BM, PITCH, true, ROUND_PASS>(acc_dk, acc_dp, sQ_buf + kv_b);
         // dS^T of every warp is in shared memory before dQ reads it.
         __syncthreads();
 #else
         // P^T and dS^T of every warp are in shared memory before dV and dK read them.
         __syncthreads();
-        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dv, sPt_addr + kv_a, sdO_buf + kv_b);
-        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL>(acc_dk, sdSt_addr + kv_a, sQ_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL, ROUND_PASS>(acc_dv, sPt_addr + kv_a,
+                                                                                   sdO_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL, ROUND_PASS>(acc_dk, sdSt_addr + kv_a,
+                                                                                   sQ_buf + kv_b);
 #endif
 
         // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys,

@@ -297,6 +297,88 @@ CUFLASH_DEVICE u32 ldsm_offset_b_t(int lane) {
     return (u32)(((lane % 8 + ((lane / 8) % 2) * 8) * PITCH + (lane / 16) * 8) * 2);
 }
 
+// How a float32 product adds into its accumulator (16-bit products ignore it).
+// A tensor core adds into its fp32 accumulator with truncation (Fasi, Higham,
+// Mikaitis, Pranesh, "Numerical behavior of NVIDIA tensor cores", 2021), so a
+// long sum drifts toward zero by up to an ulp of the sum per add. ROUND_PASS:
+// each pair of n8 tiles sums its k-steps into a zeroed temporary, then adds
+// it to acc with float32 adds (round to nearest): the truncations stay within
+// one call's partial sum (the backward's dK and dV, summed over every query
+// block, were 2.5-5x over float32's accuracy floor without it). ROUND_STEP: the
+// same per k-step, so a single sum over d is rounded every 8 terms (the
+// backward's dP, from which D = rowsum(dO o O) is subtracted: with truncated
+// sums, dS of a key that every query sees alone came out 1e-4 off its exact 0).
+// The temporaries cost 8 * MT registers, where per-product temporaries would
+// cost those of every product in flight.
+constexpr int ROUND_NONE = 0, ROUND_PASS = 1, ROUND_STEP = 2;
+
+// acc[MT][NT][4] += A (MT*16 x KSTEPS k-steps) * B (KSTEPS k-steps x NT*8), with
+// get_a(FragA&, mt, ks) and get_b(FragB (&)[2], np, ks) giving the fragments of
+// m16 tile mt and of n8 tiles 2np, 2np+1 at k-step ks. UNROLL: k-steps per
+// unrolled loop body. ROUND: ROUND_NONE, ROUND_PASS or ROUND_STEP (above).
+template <int MT, int NT, int KSTEPS, int UNROLL, int ROUND, class GetA, class GetB>
+CUFLASH_DEVICE void warp_product(float (&acc)[MT][NT][4], GetA&& get_a, GetB&& get_b) {
+    static_assert(NT % 2 == 0, "B is loaded two n8 tiles at a time");
+    if constexpr (FP32 && ROUND != ROUND_NONE) {
+        auto add = [&](float(&t)[MT][2][4], int np) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][2 * np + j][e] += t[mt][j][e];
+        };
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            float t[MT][2][4];
+            zero_acc(t);
+#pragma unroll(UNROLL)
+            for (int ks = 0; ks < KSTEPS; ++ks) {
+                FragB bf[2];
+                get_b(bf, np, ks);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    FragA af;
+                    get_a(af, mt, ks);
+                    mma(t[mt][0], af, bf[0]);
+                    mma(t[mt][1], af, bf[1]);
+                }
+                if (ROUND == ROUND_STEP) {
+                    add(t, np);
+                    zero_acc(t);
+                }
+            }
+            if (ROUND == ROUND_PASS) add(t, np);
+        }
+    } else {
+#pragma unroll(UNROLL)
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+            FragA af[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) get_a(af[mt], mt, ks);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                FragB bf[2];
+                get_b(bf, np, ks);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma(acc[mt][2 * np], af[mt], bf[0]);
+                    mma(acc[mt][2 * np + 1], af[mt], bf[1]);
+                }
+            }
+        }
+    }
+}
+
+// B of a product from shared memory: stored [n][k], or [k][n] (B_T), rows PITCH_B apart.
+template <int PITCH_B, bool B_T>
+CUFLASH_DEVICE void load_b_step(FragB (&bf)[2], u32 b, int np, int ks) {
+    if (B_T)
+        load_b2_t<PITCH_B>(bf, b + (u32)((ks * KSTEP * PITCH_B + np * 16) * ELEM_BYTES));
+    else
+        load_b2(bf, b + (u32)((np * 16 * PITCH_B + ks * KSTEP) * ELEM_BYTES));
+}
+
 // acc[MT][NT][4] += A (MT*16 x K) * B (K x NT*8), both read from shared
 // memory. a, b: shared addresses of the tile origins including this lane's
 // ldsm_offset_* (A_T / B_T: operand stored transposed). float32: the k order
@@ -304,65 +386,35 @@ CUFLASH_DEVICE u32 ldsm_offset_b_t(int lane) {
 // file; an untransposed A then takes ldsm_offset_a<PITCH, true>).
 // UNROLL: k-steps per unrolled loop body (default all). A fully unrolled
 // loop lets the scheduler hoist the loads of many steps ahead, which can
-// exhaust registers in kernels that also hold large accumulators.
-template <int MT, int NT, int K, int PITCH_A, bool A_T, int PITCH_B, bool B_T, int UNROLL = K / KSTEP>
+// exhaust registers in kernels that also hold large accumulators. ROUND: ROUND_NONE,
+// ROUND_PASS or ROUND_STEP (warp_product).
+template <int MT, int NT, int K, int PITCH_A, bool A_T, int PITCH_B, bool B_T, int UNROLL = K / KSTEP,
+          int ROUND = ROUND_NONE>
 CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, u32 b) {
-    static_assert(NT % 2 == 0 && K % KSTEP == 0, "B is loaded two n8 tiles at a time; whole k-steps");
+    static_assert(K % KSTEP == 0, "whole k-steps");
     static_assert(!FP32 || B_T || !A_T, "float32: no paired load for an untransposed B");
     constexpr bool PAIRED = A_T || B_T;
-#pragma unroll(UNROLL)
-    for (int ks = 0; ks < K / KSTEP; ++ks) {
-        FragA af[MT];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            if (A_T)
-                load_a_t<PITCH_A>(af[mt], a + (u32)((ks * KSTEP * PITCH_A + mt * 16) * ELEM_BYTES));
-            else if (FP32 && PAIRED)
-                load_a_paired<PITCH_A>(af[mt], a + (u32)((mt * 16 * PITCH_A + ks * KSTEP) * ELEM_BYTES));
-            else
-                load_a(af[mt], a + (u32)((mt * 16 * PITCH_A + ks * KSTEP) * ELEM_BYTES));
-        }
-#pragma unroll
-        for (int np = 0; np < NT / 2; ++np) {
-            FragB bf[2];
-            if (B_T)
-                load_b2_t<PITCH_B>(bf, b + (u32)((ks * KSTEP * PITCH_B + np * 16) * ELEM_BYTES));
-            else
-                load_b2(bf, b + (u32)((np * 16 * PITCH_B + ks * KSTEP) * ELEM_BYTES));
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                mma(acc[mt][2 * np], af[mt], bf[0]);
-                mma(acc[mt][2 * np + 1], af[mt], bf[1]);
-            }
-        }
-    }
+    auto get_a = [&](FragA& af, int mt, int ks) {
+        if (A_T)
+            load_a_t<PITCH_A>(af, a + (u32)((ks * KSTEP * PITCH_A + mt * 16) * ELEM_BYTES));
+        else if (FP32 && PAIRED)
+            load_a_paired<PITCH_A>(af, a + (u32)((mt * 16 * PITCH_A + ks * KSTEP) * ELEM_BYTES));
+        else
+            load_a(af, a + (u32)((mt * 16 * PITCH_A + ks * KSTEP) * ELEM_BYTES));
+    };
+    auto get_b = [&](FragB (&bf)[2], int np, int ks) { load_b_step<PITCH_B, B_T>(bf, b, np, ks); };
+    warp_product<MT, NT, K / KSTEP, UNROLL, ROUND>(acc, get_a, get_b);
 }
 
 // acc[MT][NT][4] += A * B where A (MT*16 x K) is held by this warp as fp32 C
 // fragments c[MT][K / 8][4] of an earlier product (rows m, columns k), turned
 // into A fragments on the fly (a_from_c), and B is read from shared memory as in
-// mma_ss (float32: stored transposed, the paired order of a C tile).
-template <int MT, int NT, int K, int PITCH_B, bool B_T>
+// mma_ss (float32: stored transposed, the paired order of a C tile). ROUND: as mma_ss.
+template <int MT, int NT, int K, int PITCH_B, bool B_T, int ROUND = ROUND_NONE>
 CUFLASH_DEVICE void mma_rs(float (&acc)[MT][NT][4], const float (&c)[MT][K / 8][4], u32 b) {
-    static_assert(NT % 2 == 0 && K % KSTEP == 0, "B is loaded two n8 tiles at a time; whole k-steps");
+    static_assert(K % KSTEP == 0, "whole k-steps");
     static_assert(!FP32 || B_T, "a float32 product from registers reads B in the paired order");
-#pragma unroll
-    for (int ks = 0; ks < K / KSTEP; ++ks) {
-        FragA af[MT];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) a_from_c(af[mt], c[mt], ks);
-#pragma unroll
-        for (int np = 0; np < NT / 2; ++np) {
-            FragB bf[2];
-            if (B_T)
-                load_b2_t<PITCH_B>(bf, b + (u32)((ks * KSTEP * PITCH_B + np * 16) * ELEM_BYTES));
-            else
-                load_b2(bf, b + (u32)((np * 16 * PITCH_B + ks * KSTEP) * ELEM_BYTES));
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                mma(acc[mt][2 * np], af[mt], bf[0]);
-                mma(acc[mt][2 * np + 1], af[mt], bf[1]);
-            }
-        }
-    }
+    auto get_a = [&](FragA& af, int mt, int ks) { a_from_c(af, c[mt], ks); };
+    auto get_b = [&](FragB (&bf)[2], int np, int ks) { load_b_step<PITCH_B, B_T>(bf, b, np, ks); };
+    warp_product<MT, NT, K / KSTEP, K / KSTEP, ROUND>(acc, get_a, get_b);
 }
