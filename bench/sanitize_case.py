@@ -56,8 +56,30 @@ def plan_cases():
     cp.cuda.Device().synchronize()
 
 
-# SANITIZE_SECTIONS=bias or plans runs only that section (a quick check of that feature); unset: everything.
-SECTIONS = {"bias": bias_cases, "plans": plan_cases}
+# float32 inputs (the portable kernels' 3xTF32 path): forward and backward at a head dim per
+# tile table entry, ragged GQA shapes, deterministic and not, a view whose rows are 16 bytes but
+# not 8 elements apart, and a varlen batch with an empty sequence.
+def float32_cases():
+    for d, (seqlen_q, seqlen_k) in ((40, (77, 131)), (128, (131, 77)), (192, (65, 200)), (256, (77, 131))):
+        q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, 2, d, "fp32", xp=cp)
+        dout = testing.random_like(q)
+        for causal in (False, True):
+            out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True)
+            for deterministic in (False, True):
+                cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic)
+    q, k, v = (x[..., :64] for x in testing.random_qkv(2, 70, 90, 4, 4, 68, "fp32", xp=cp))
+    out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
+    cuflash.attention_backward(testing.random_like(q), q, k, v, out, lse, causal=True)
+    cu = cp.asarray([0, 37, 37, 237], dtype=cp.int32)
+    q, k, v = (x[0] for x in testing.random_qkv(1, 237, 237, 4, 2, 128, "fp32", xp=cp))
+    out, lse = cuflash.attention_varlen(q, k, v, cu, cu, 200, 200, causal=True, return_lse=True)
+    cuflash.attention_varlen_backward(testing.random_like(q), q, k, v, out, lse, cu, cu, 200, 200, causal=True)
+    cp.cuda.Device().synchronize()
+
+
+# SANITIZE_SECTIONS=bias, plans or float32 runs only that section (a quick check of that feature);
+# unset: everything.
+SECTIONS = {"bias": bias_cases, "plans": plan_cases, "float32": float32_cases}
 if os.environ.get("SANITIZE_SECTIONS") in SECTIONS:
     SECTIONS[os.environ["SANITIZE_SECTIONS"]]()
     raise SystemExit(0)
@@ -191,5 +213,6 @@ for page_size in (1, 16):
     api.run_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(lengths), api.cupy_ref(used), api.cupy_ref(out), None, opts,
                     cache, 2, api.cupy_alloc, None, cp.cuda.get_current_stream().ptr)
 plan_cases()
+float32_cases()
 cp.cuda.Device().synchronize()
 print("sanitize_case: done")

@@ -63,6 +63,14 @@ constexpr int PITCH = D + CHUNK;        // shared-memory row pitch in elements (
 constexpr bool Q_IN_REGS = CUFLASH_Q_IN_REGS;
 static_assert(ROWS_PER_WARP % 16 == 0 && BN % 16 == 0 && D % 32 == 0, "tile shape");
 static_assert(!(Q_IN_REGS && FP32), "float32 keeps Q in shared memory");
+// float32 rounding of the tensor cores' truncating sums (mma.cuh ROUND_*): O
+// rounds each key block's part (O sums over every key block; a biased d64 case
+// was 1.1x over float32's accuracy floor without it). D > 128 has no registers
+// for O's temporaries (its tiles spilled 8-64 bytes) and keeps O's plain sum;
+// nor has S for per-k-step temporaries (ROUND_STEP spilled 4-132 bytes at every
+// D), so S keeps its truncated sum: at d256, and with large biased or softcapped
+// scores, lse comes out 1.1-1.3x over float32's floor (issue 11's note).
+constexpr int PV_ROUND = D <= 128 ? ROUND_PASS : ROUND_NONE;
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdParams p) {
     extern __shared__ __align__(16) u16 smem[];
@@ -197,23 +205,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
             mod.prefetch<BM, BN, THREADS>(row0, (n - 1) * BN, tid);  // the bias of block n-1 (score_mod.cuh)
         }
 
-        // O += P V[n], KSTEP keys per k-step.
-#pragma unroll
-        for (int kk = 0; kk < BN / KSTEP; ++kk) {
-            FragA a[MT];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) pa.get(a[mt], mt, kk);
-#pragma unroll
-            for (int dp = 0; dp < DT / 2; ++dp) {
-                FragB bv[2];
-                load_b2_t<PITCH>(bv, sV_addr + v_lane + (kk * KSTEP * PITCH + dp * 16) * ELEM_BYTES);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    mma(acc_o[mt][2 * dp], a[mt], bv[0]);
-                    mma(acc_o[mt][2 * dp + 1], a[mt], bv[1]);
-                }
-            }
-        }
+        // O += P V[n], KSTEP keys per k-step (PV_ROUND: float32 rounds each key block's part into O).
+        auto p_frag = [&](FragA& a, int mt, int kk) { pa.get(a, mt, kk); };
+        auto v_frag = [&](FragB (&b)[2], int dp, int kk) {
+            load_b2_t<PITCH>(b, sV_addr + v_lane + (kk * KSTEP * PITCH + dp * 16) * ELEM_BYTES);
+        };
+        warp_product<MT, DT, BN / KSTEP, BN / KSTEP, PV_ROUND>(acc_o, p_frag, v_frag);
     }
 
     // 3. Epilogue.

@@ -217,7 +217,8 @@ CUFLASH_DEVICE void a_from_c(FragA& a, const float (&c)[NT][4], int ks) {
 // An A operand of MT m16 tiles x K columns held in registers for a later
 // product, made from C fragments (the forward's P for P·V): 16-bit, packed to
 // 16 bits at once (half the registers of the C tiles, which die here); float32,
-// the C tiles themselves, split per k-step when used.
+// the C tiles themselves, split per k-step when read (held split, the forward's
+// d96-d256 tiles spilled 8-40 bytes).
 template <int MT, int K>
 struct RegA {
 #if CUFLASH_DTYPE == CUFLASH_FP32

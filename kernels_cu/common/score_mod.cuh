@@ -56,11 +56,18 @@ CUFLASH_DEVICE float2 bias_pair(const u16* x) { return unpack_float2(__ldg(reint
 CUFLASH_DEVICE u16 bias_from_float(float x) { return (u16)(pack_float2(x, 0.f) & 0xffffu); }
 #endif
 
-// tanh with the SFU (tanh.approx.f32, one instruction, max relative error 2^-11).
-CUFLASH_DEVICE float fast_tanh(float x) {
+// tanh for the softcap: 16-bit kernels use the SFU (tanh.approx.f32, one
+// instruction, max relative error 2^-11, below their rounding); float32 kernels
+// the accurate tanhf (the approximation put a softcapped output 1.6x over
+// float32's accuracy floor).
+CUFLASH_DEVICE float softcap_tanh(float x) {
+#if CUFLASH_DTYPE == CUFLASH_FP32
+    return tanhf(x);
+#else
     float y;
     asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 struct ScoreMod {
@@ -111,7 +118,7 @@ struct ScoreMod {
 
     // s' without the bias (the decode kernel, which has none, calls this alone).
     CUFLASH_DEVICE float operator()(float s, int i, int j) const {
-        if (SOFTCAP) s = cap_out * fast_tanh(cap_in * s);
+        if (SOFTCAP) s = cap_out * softcap_tanh(cap_in * s);
         if (ALIBI) s -= alibi(i, j);
         return s;
     }

@@ -1,4 +1,5 @@
-"""Every declared kernel compiles with NVRTC for sm_80 and sm_90a, no GPU needed.
+"""Every declared kernel (the default feature sets, every dtype) compiles with NVRTC for sm_80 and
+sm_90a, no GPU needed.
 
 The real specs go through cuflash.compile.cache.compile_many, the code path of
 `cuflash compile`, once per session (in parallel processes) into a private
@@ -13,7 +14,7 @@ from cuflash import support
 from cuflash.compile import cache, nvrtc
 from cuflash.compile.nvrtc import CompileError
 
-SPECS = support.declared_specs()
+SPECS = support.declared_specs(dtypes=support.SUPPORTED_DTYPES)  # `cuflash compile`'s set, plus float32
 ARCHS = ("sm_80", "sm_90a")
 
 

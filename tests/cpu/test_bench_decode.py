@@ -258,12 +258,12 @@ def test_decode_peers():
     p = decode_point()
     for name in ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flashinfer"):
         assert peers.unsupported_reason(name, p) is None
-    for name in ("flex", "jax-cudnn"):
+    for name in ("sdpa-math", "flex", "jax-cudnn"):
         assert peers.unsupported_reason(name, p) == "does not time decode"
     fwd = configs.Point("bf16", 128, 1024, 1024, 2, 16, 16, False, "fwd")
     assert peers.unsupported_reason("flashinfer", fwd) == "does not time fwd"
     assert peers.for_modes(peers.PEER_NAMES, {"decode"}) == (
-        ["sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flashinfer"], ["flex", "jax-cudnn"])
+        ["sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flashinfer"], ["sdpa-math", "flex", "jax-cudnn"])
     assert peers.for_modes(peers.PEER_NAMES, {"fwd", "bwd"})[1] == ["flashinfer"]
     assert peers.peer_modes("a-test-stand-in") == tuple(configs.MODES)
     assert set(peers.PEER_MODES) == set(peers.PEER_NAMES)
@@ -366,3 +366,12 @@ def test_decode_plot(tmp_path):
     path = tmp_path / "decode.png"
     report.write_plot(path, decode_result())
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_float32_points_go_to_the_peers_that_take_float32():
+    fp32 = configs.Point("fp32", 128, 1024, 1024, 2, 16, 16, False, "fwd")
+    for name in ("sdpa-eff", "sdpa-math", "flex"):
+        assert peers.unsupported_reason(name, fp32) is None
+    for name in ("sdpa-flash", "sdpa-cudnn", "jax-cudnn"):
+        assert peers.unsupported_reason(name, fp32) == "does not take fp32"
+    assert configs.parse_dtype("float32") == "fp32"
