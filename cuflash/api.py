@@ -727,8 +727,8 @@ def attention(
     """Exact attention softmax(q k^T * softmax_scale) v, FlashAttention style.
 
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim),
-    fp16 or bf16 CuPy arrays (or GPU tensors with __dlpack__), last dim contiguous;
-    nheads % nheads_kv == 0 (GQA/MQA); headdim a multiple of 8 up to 256.
+    fp16, bf16 or float32 CuPy arrays (or GPU tensors with __dlpack__), last dim contiguous,
+    rows 16-byte aligned; nheads % nheads_kv == 0 (GQA/MQA); headdim a multiple of 8 up to 256.
     causal and window_size=(left, right) masks are aligned to the bottom-right
     corner: query i sees key j iff i + seqlen_k - seqlen_q - left <= j <=
     i + seqlen_k - seqlen_q + right (-1: unbounded; causal=True sets right = 0).

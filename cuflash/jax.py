@@ -728,8 +728,8 @@ def attention(
     """Exact attention softmax(q k^T * softmax_scale) v on JAX arrays, with a custom VJP.
 
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim);
-    float16 or bfloat16 on one CUDA GPU; nheads % nheads_kv == 0 (GQA/MQA); headdim a
-    multiple of 8 up to 256. The options mean what they mean in cuflash.attention:
+    float16, bfloat16 or float32 (3xTF32, README) on one CUDA GPU; nheads % nheads_kv == 0
+    (GQA/MQA); headdim a multiple of 8 up to 256. The options mean what they mean in cuflash.attention:
     causal / window_size=(left, right) masks aligned to the bottom-right corner (-1:
     unbounded), softcap > 0 caps the scaled scores, alibi_slopes float32 (nheads,) or
     (batch, nheads), learnable_sink float32 (nheads,) (one logit per head in every

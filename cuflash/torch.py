@@ -399,9 +399,9 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, learnable_sink=None, bias=None):
     """flash-attn 2.x's flash_attn_func. q: (batch, seqlen_q, nheads, headdim); k, v:
-    (batch, seqlen_k, nheads_kv, headdim); fp16/bf16 CUDA tensors. Returns out like q, or with
-    return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q) float32, None): the third
-    element, flash-attn's debug tensor of probabilities, is not produced (cuflash.attention's
+    (batch, seqlen_k, nheads_kv, headdim); fp16/bf16 CUDA tensors (float32 too, unlike flash-attn).
+    Returns out like q, or with return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q)
+    float32, None): the third element, flash-attn's debug tensor of probabilities, is not produced (cuflash.attention's
     return_attn_probs gives it on CuPy arrays). dropout_p > 0 draws the mask's seed from torch's
     default generator (torch.manual_seed makes it reproducible); the backward uses the same mask.
     learnable_sink (cuflash only): float32 (nheads,) sink logits, differentiable. bias (cuflash

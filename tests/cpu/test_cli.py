@@ -136,6 +136,17 @@ def test_compile_list():
     assert out.stdout.split() == [s.name for s in support.declared_specs()]
 
 
+def test_compile_dtypes():
+    from cuflash import support
+
+    out = cuflash("compile", "--list", "--dtypes", "fp32")
+    names = out.stdout.split()
+    assert out.returncode == 0 and names == [s.name for s in support.declared_specs(dtypes=("fp32",))]
+    assert names and all("_fp32" in n for n in names) and not any(n.startswith(("fwd90", "bwd90", "decode")) for n in names)
+    out = cuflash("compile", "--list", "--dtypes", "fp64")
+    assert out.returncode == 2 and "--dtypes: expected a comma list of fp16, bf16, fp32" in out.stderr
+
+
 def test_bench_is_dispatched_or_explained():
     out = cuflash("bench", "--help")
     if importlib.util.find_spec("cuflash.bench") is None or importlib.util.find_spec("cuflash.bench.cli") is None:
