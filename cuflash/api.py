@@ -24,15 +24,15 @@ import numpy as np
 from . import launch, reference, support
 from .compile import cache, env
 from .launch import Ref
-from .specs import FWD_SM90_NARROW_BAND, PLAIN, Features
+from .specs import DTYPE_BYTES, FWD_SM90_NARROW_BAND, HALF_DTYPES, PLAIN, Features
 
 LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
 UNBOUNDED = 1 << 30
 #: Kernel dtype name of each supported input dtype (NumPy names, as in Ref.dtype).
 KERNEL_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-#: Bytes per element of the input dtypes (a 16-byte row chunk is 8 or 4 elements).
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+#: Bytes per element of the input dtypes by array dtype name (a 16-byte row chunk is 8 or 4 elements).
+ITEMSIZE = {name: DTYPE_BYTES[kernel] for name, kernel in KERNEL_DTYPES.items()}
 
 
 def _cupy():
@@ -1373,7 +1373,7 @@ def check_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | No
     if (block_table is not None or cache_batch_idx is not None) and batch and not num_pages:
         raise ValueError(f"the cache has no {'pages' if block_table is not None else 'rows'} to map batch rows to "
                          f"(k_cache.shape[0] = 0)")
-    if k_cache.dtype not in support.HALF_DTYPE_NAMES:
+    if KERNEL_DTYPES.get(k_cache.dtype) not in HALF_DTYPES:
         raise TypeError(f"k_cache has dtype {k_cache.dtype}; attention_with_kvcache takes float16 or bfloat16 "
                         f"caches (float32 attention runs through cuflash.attention / attention_varlen)")
     # The caches seen with q's batch and keys per row: what attention() checks of k and v.

@@ -42,8 +42,6 @@ from .specs import (
 
 #: Input dtypes by name (numpy dtypes resolved in api.py).
 SUPPORTED_DTYPES = tuple(DTYPES)
-#: The 16-bit input dtypes as array dtype names (the only ones of the KV-cache decode).
-HALF_DTYPE_NAMES = ("float16", "bfloat16")
 #: The dtypes `cuflash compile` builds by default; float32 kernels compile on first use
 #: or with `cuflash compile --dtypes fp32`.
 DEFAULT_DTYPES = HALF_DTYPES

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy
 
-#: Element sizes of the benchmarked dtypes (names as in cuflash.specs.DTYPES).
-DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+from ..specs import DTYPE_BYTES  # element sizes of the benchmarked dtypes (cuflash.specs.DTYPES names)
+
 _DTYPE_ALIASES = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16", "bfloat16": "bf16",
                   "fp32": "fp32", "float32": "fp32", "float": "fp32"}
 

@@ -272,12 +272,19 @@ CUFLASH_DEVICE u32 ldsm_offset_a(int lane) {
     return (u32)(((lane % 16) * PITCH + (lane / 16) * CHUNK) * ELEM_BYTES);
 }
 
+// float32, an operand stored transposed ([k][m] or [k][n]), paired order: this
+// lane's first element is row k = 2t, column g (load_a_t, load_b2_t).
+template <int PITCH>
+CUFLASH_DEVICE u32 paired_t_offset(int lane) {
+    return (u32)((2 * (lane % 4) * PITCH + lane / 4) * 4);
+}
+
 // A stored [k][m] (transposed): 16-bit, the same four matrices read with .trans;
 // lane l addresses row k = (l / 16) * 8 + l % 8, column m = ((l / 8) % 2) * 8.
-// float32: row k = 2t, column m = g (load_a_t).
+// float32: paired_t_offset.
 template <int PITCH>
 CUFLASH_DEVICE u32 ldsm_offset_a_t(int lane) {
-    if constexpr (FP32) return (u32)((2 * (lane % 4) * PITCH + lane / 4) * 4);
+    if constexpr (FP32) return paired_t_offset<PITCH>(lane);
     return (u32)((((lane / 16) * 8 + lane % 8) * PITCH + ((lane / 8) % 2) * 8) * 2);
 }
 
@@ -291,10 +298,10 @@ CUFLASH_DEVICE u32 ldsm_offset_b(int lane) {
 
 // B stored [k][n] (transposed): 16-bit, read with .trans, same register order;
 // lane l addresses row k = l % 8 + ((l / 8) % 2) * 8, column n = (l / 16) * 8.
-// float32: row k = 2t, column n = g (load_b2_t).
+// float32: paired_t_offset.
 template <int PITCH>
 CUFLASH_DEVICE u32 ldsm_offset_b_t(int lane) {
-    if constexpr (FP32) return (u32)((2 * (lane % 4) * PITCH + lane / 4) * 4);
+    if constexpr (FP32) return paired_t_offset<PITCH>(lane);
     return (u32)(((lane % 8 + ((lane / 8) % 2) * 8) * PITCH + (lane / 16) * 8) * 2);
 }
 
