@@ -92,7 +92,7 @@ def test_extreme_softmax_scale(scale):
     "known limit (README, Limits): at |score * scale * log2(e)| >= 2^27 the softmax offset m*c, rounded up to "
     "an fp32 value, is up to one ulp (64 at 1e9) above m*c, so the row's largest P is as small as 2^-64 and "
     "underflows in the fp16 P of P V: out is 0 or several times v, never inf. An exact offset "
-    "(kernels_cu/dev/softmax_exact_offset.cuh) fixes it but measured 2-6% slower fp16 forwards on the H200"))
+    "(kernels_cu/dev/softmax_exact_offset.patch) fixes it but measured 2-6% slower fp16 forwards on the H200"))
 def test_fp16_q_k_of_magnitude_1e4_stay_finite_and_bounded():
     # q, k of order 1e4: scores of order 1e9 in fp32, so the softmax is one-hot up to rounding.
     # The problem is ill-conditioned (a score's fp32 rounding error is several units of its
