@@ -77,9 +77,32 @@ def float32_cases():
     cp.cuda.Device().synchronize()
 
 
-# SANITIZE_SECTIONS=bias, plans or float32 runs only that section (a quick check of that feature);
-# unset: everything.
-SECTIONS = {"bias": bias_cases, "plans": plan_cases, "float32": float32_cases}
+# The forwards alone (on Hopper the warp-specialised kernel, fwd_sm90_ws.cu): a head dim per tile,
+# ragged GQA shapes, causal and not, long queries, the variants with and without dropout, and a
+# varlen batch with empty sequences (query blocks past a sequence's end leave before any barrier).
+def forward_cases():
+    for dtype in ("fp16", "bf16"):
+        for d in (40, 96, 128, 256):
+            q, k, v = testing.random_qkv(2, 77, 131, 4, 2, d, dtype, xp=cp)
+            for causal in (False, True):
+                cuflash.attention(q, k, v, causal=causal, return_lse=True)
+    q, k, v = testing.random_qkv(1, 2100, 131, 2, 1, 128, "bf16", xp=cp)
+    cuflash.attention(q, k, v, causal=True, return_lse=True)
+    for d in (64, 128, 256):
+        q, k, v = testing.random_qkv(2, 300, 131, 4, 2, d, "bf16", xp=cp)
+        opts = dict(window_size=(40, 8), softcap=20.0, alibi_slopes=cp.linspace(0.05, 0.4, 4, dtype=cp.float32),
+                    learnable_sink=cp.linspace(-1.0, 2.0, 4, dtype=cp.float32))
+        cuflash.attention(q, k, v, causal=True, return_lse=True, **opts)
+        cuflash.attention(q, k, v, causal=True, return_lse=True, dropout_p=0.2, seed=7, **opts)
+    lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
+    cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
+    q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, 64, "bf16", xp=cp))
+    cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), return_lse=True, causal=True)
+
+
+# SANITIZE_SECTIONS=forward, bias, plans or float32 runs only that section (a quick check of that
+# feature); unset: everything.
+SECTIONS = {"forward": forward_cases, "bias": bias_cases, "plans": plan_cases, "float32": float32_cases}
 if os.environ.get("SANITIZE_SECTIONS") in SECTIONS:
     SECTIONS[os.environ["SANITIZE_SECTIONS"]]()
     raise SystemExit(0)
@@ -93,7 +116,7 @@ for dtype in ("fp16", "bf16"):
 for d in (96, 128):
     q, k, v = (x * 1e4 for x in testing.random_qkv(2, 77, 131, 4, 2, d, "fp16", xp=cp))
     cuflash.attention(q, k, v, causal=True, return_lse=True)
-# Long queries: the Hopper forward's three-warpgroup tiles (specs.FWD_SM90_LONG_TILES).
+# Long queries: many query blocks, each walking the warp-specialised forward's K/V ring (fwd_sm90_ws.cu).
 q, k, v = testing.random_qkv(1, 2100, 131, 2, 1, 128, "bf16", xp=cp)
 for causal in (False, True):
     cuflash.attention(q, k, v, causal=causal, return_lse=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import re
 
 import cupy as cp
 import numpy as np
@@ -58,14 +59,17 @@ KERNELS = {
 
 def parse_tiles(text: str, kernel: str) -> list:
     """portable: '128x64x4,64x64x4q' -> FwdTiles (a trailing q keeps Q in registers);
-    sm90: '128x128,128x64c2' -> FwdSm90Tiles (cN: N CTAs per SM)."""
+    sm90: '128x128,128x64c2,128x128s2' -> FwdSm90Tiles (cN: N CTAs per SM; sN: the warp-specialised
+    kernel with N stages)."""
     out = []
     for item in text.split(","):
         item = item.strip()
-        if kernel == "sm90":  # BMxBN, or BMxBNcC for C CTAs per SM
-            shape, _, ctas = item.partition("c")
-            bm, bn = (int(x) for x in shape.split("x"))
-            out.append(FwdSm90Tiles(bm, bn, int(ctas or 1)))
+        if kernel == "sm90":  # BMxBN, BMxBNcC for C CTAs per SM, BMxBNsS warp-specialised with S stages
+            m = re.fullmatch(r"(\d+)x(\d+)(?:c(\d+))?(?:s(\d+))?", item)
+            if m is None:
+                raise SystemExit(f"--tiles: {item!r} is not BMxBN, BMxBNcC or BMxBNsS")
+            bm, bn, ctas, stages = m.groups()
+            out.append(FwdSm90Tiles(int(bm), int(bn), int(ctas or 1), int(stages or 0)))
             continue
         q = item.endswith("q")
         bm, bn, w = (int(x) for x in item.rstrip("q").split("x"))
@@ -75,7 +79,8 @@ def parse_tiles(text: str, kernel: str) -> list:
 
 def tiles_label(tiles) -> str:
     if isinstance(tiles, FwdSm90Tiles):
-        return f"{tiles.block_m}x{tiles.block_n}" + (f"c{tiles.ctas_per_sm}" if tiles.ctas_per_sm > 1 else "")
+        return (f"{tiles.block_m}x{tiles.block_n}" + (f"c{tiles.ctas_per_sm}" if tiles.ctas_per_sm > 1 else "")
+                + (f"s{tiles.stages}" if tiles.stages else ""))
     return f"{tiles.block_m}x{tiles.block_n}x{tiles.warps}{'q' if tiles.q_in_regs else ''}"
 
 
@@ -91,6 +96,8 @@ def main():
     ap.add_argument("--current", action="store_true", help="time only the current tiles of the kernel")
     ap.add_argument("--tiles", help="time these tiles (plus the current ones), e.g. 128x64x4,64x64x4q")
     ap.add_argument("--window", help="LEFT,RIGHT: a sliding window (sets --causal false)")
+    ap.add_argument("--peer", default="flash", choices=["flash", "cudnn"],
+                    help="SDPA backend to compare with (16-bit inputs; float32 always uses the efficient one)")
     args = ap.parse_args()
     if args.window:
         window_main(args)
@@ -103,7 +110,8 @@ def main():
         q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, d, args.dtype, xp=cp)
         flops = 4 * batch * nheads * s * s * d / (2 if causal else 1)
         tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2) for x in (q, k, v))
-        backend = "EFFICIENT_ATTENTION" if args.dtype == "fp32" else "FLASH_ATTENTION"
+        backend = ("EFFICIENT_ATTENTION" if args.dtype == "fp32"
+                   else {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}[args.peer])
         with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, backend)):
             ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
 

@@ -57,10 +57,14 @@ def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     kernels_cu/fwd.cu: Q (Br rows) + K + V (Bc rows each), pitch D + 16 bytes.
     kernels_cu/fwd_sm90.cu: Q (Br rows) + two stages of K and V (Bc rows each),
     swizzled rows of D, plus 1 KB so the kernel can align the tiles to 1024 bytes.
+    kernels_cu/fwd_sm90_ws.cu: the same with t.stages stages, and its mbarriers
+    (1 + 4 stages, 8 bytes each).
     """
     t = spec.tiles
     if isinstance(spec, FwdSm90Spec):
-        return (t.block_m + 4 * t.block_n) * spec.head_dim * 2 + 1024
+        stages = t.stages or 2
+        barriers = 8 * (1 + 4 * t.stages)
+        return (t.block_m + 2 * stages * t.block_n) * spec.head_dim * 2 + 1024 + barriers
     e = DTYPE_BYTES[spec.dtype]
     return (t.block_m + 2 * t.block_n) * (spec.head_dim + 16 // e) * e
 

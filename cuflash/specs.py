@@ -277,41 +277,58 @@ class FwdSpec(AttentionSpec):
 class FwdSm90Tiles:
     """Tile shape of the Hopper forward: block_m query rows per CTA (64 per
     warpgroup), block_n keys per main-loop step; ctas_per_sm > 1 caps the
-    registers (65536 / (threads * ctas_per_sm)) so that many CTAs fit on an SM."""
+    registers (65536 / (threads * ctas_per_sm)) so that many CTAs fit on an SM.
+    stages > 0 selects the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu: a
+    producer warpgroup beside the block_m / 64 consumers, a ring of `stages` K/V
+    slots); 0 the kernel whose warpgroups all load and compute (fwd_sm90.cu)."""
 
     block_m: int
     block_n: int
     ctas_per_sm: int = 1
+    stages: int = 0
 
     @property
     def warpgroups(self) -> int:
+        """Warpgroups that compute (the producer of the warp-specialised kernel not counted)."""
         return self.block_m // 64
 
     def with_features(self, features: "Features") -> "FwdSm90Tiles":
-        """These tiles for a feature set: dropout's Philox rounds and the bias's addresses need
-        registers that a register-capped tile (ctas_per_sm > 1: d96's 128) does not have (they
-        spilled 76 and 72 bytes), so with either such a tile runs at one CTA per SM."""
-        return replace(self, ctas_per_sm=1) if features.dropout or features.bias else self
+        """These tiles for a feature set, where the features' registers do not fit them
+        (each measured by a spill under NVRTC 12.9, bench/NOTES.md v8):
+        - the bias's addresses and loads: the warp-specialised consumers (224 registers)
+          spilled 8-84 bytes, so a bias runs on the kernel without a producer, at
+          128 rows and one CTA per SM;
+        - ALiBi, the sink or dropout beside three consumer warpgroups (160 registers each)
+          spilled 8-116 bytes: two consumer warpgroups (128 rows) instead;
+        - dropout's Philox rounds in a register-capped tile (ctas_per_sm > 1) spilled 76 bytes:
+          one CTA per SM."""
+        t = self
+        if features.bias and t.stages:
+            t = replace(t, block_m=128, stages=0)
+        if (features.alibi or features.sink or features.dropout) and t.stages and t.block_m > 128:
+            t = replace(t, block_m=128)
+        if features.dropout or features.bias:
+            t = replace(t, ctas_per_sm=1)
+        return t
 
 
-# Tile shape per compile-time head dim D of kernels_cu/fwd_sm90.cu
-# (bench/NOTES.md). Three warpgroups (block_m 192) win once there are enough
-# query blocks to fill the GPU: from FWD_SM90_LONG_SEQLEN_Q query rows,
-# FWD_SM90_LONG_TILES replaces FWD_SM90_TILES where it has an entry.
+# Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8):
+# the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu, two K/V stages)
+# everywhere. FWD_SM90_LONG_TILES replaces FWD_SM90_TILES where it has an entry
+# from FWD_SM90_LONG_SEQLEN_Q query rows on (none since v8: 128x128s2 wins at
+# every length at d128, where 192x64 used to win from 2k).
 FWD_SM90_TILES = {
-    32: FwdSm90Tiles(128, 64),
-    64: FwdSm90Tiles(128, 64),
-    96: FwdSm90Tiles(128, 64, ctas_per_sm=2),
-    128: FwdSm90Tiles(128, 128),
-    160: FwdSm90Tiles(128, 64),
-    192: FwdSm90Tiles(128, 64),
-    224: FwdSm90Tiles(128, 64),
-    256: FwdSm90Tiles(128, 64),
+    32: FwdSm90Tiles(192, 128, stages=2),
+    64: FwdSm90Tiles(192, 128, stages=2),
+    96: FwdSm90Tiles(128, 128, stages=2),
+    128: FwdSm90Tiles(128, 128, stages=2),
+    160: FwdSm90Tiles(128, 64, stages=2),
+    192: FwdSm90Tiles(128, 64, stages=2),
+    224: FwdSm90Tiles(128, 64, stages=2),
+    256: FwdSm90Tiles(128, 64, stages=2),
 }
 FWD_SM90_LONG_SEQLEN_Q = 2048
-FWD_SM90_LONG_TILES = {
-    128: FwdSm90Tiles(192, 64),
-}
+FWD_SM90_LONG_TILES: dict[int, FwdSm90Tiles] = {}
 # A sliding window of at most FWD_SM90_NARROW_BAND keys per query (left + right + 1) is nearly
 # bound by memory: 64-row tiles, two CTAs per SM, visit less of the rectangle around the band. On
 # the H200 (bf16, 16k, bench/tune_fwd.py --window): (128, 0) 0.161 -> 0.127 ms, (256, 0) 0.204 ->
@@ -329,7 +346,6 @@ class FwdSm90Spec(AttentionSpec):
 
     tiles: FwdSm90Tiles
 
-    source = "fwd_sm90.cu"
     entry = "cuflash_fwd_sm90"
     #: wgmma exists only in sm_90a code, which runs only on compute capability 9.0.
     arch_suffix = "a"
@@ -344,6 +360,13 @@ class FwdSm90Spec(AttentionSpec):
             raise ValueError(f"block_n must be a multiple of 32 in [32, 256], got {t}")
         if t.ctas_per_sm not in (1, 2, 3, 4):
             raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
+        if t.stages and (t.stages < 2 or t.ctas_per_sm != 1 or t.block_m > 192):
+            raise ValueError(f"a warp-specialised tile has 2 or more stages, one CTA per SM and at most "
+                             f"three consumer warpgroups, got {t}")
+
+    @property
+    def source(self) -> str:
+        return "fwd_sm90_ws.cu" if self.tiles.stages else "fwd_sm90.cu"
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, seqlen_q: int = 0,
@@ -359,13 +382,14 @@ class FwdSm90Spec(AttentionSpec):
 
     @property
     def threads(self) -> int:
-        return 128 * self.tiles.warpgroups
+        return 128 * (self.tiles.warpgroups + (1 if self.tiles.stages else 0))
 
     @property
     def name(self) -> str:
         t = self.tiles
         occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
-        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}"
+        ws = f"s{t.stages}" if t.stages else ""
+        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -374,6 +398,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
+            **({"CUFLASH_STAGES": t.stages} if t.stages else {}),
         }
 
 

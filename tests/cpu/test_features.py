@@ -187,11 +187,12 @@ def test_plain_names_have_no_modifier_suffix():
 
 def test_default_declared_specs():
     specs = support.declared_specs()
-    # 160 for the large-memory tiles, plus the tiles of GPUs with less shared memory (2 dtypes x
-    # 2 masks: 2 forward and 9 backward tiles in both modes; d224 runs d256's within 163 KB), plus
+    # 156 for the large-memory tiles (one Hopper forward tile per head dim since v8), plus the
+    # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
+    # in both modes; d224 runs d256's within 163 KB), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
     # x 3 tiles + 4 x 2)) and its combine kernel per dtype
-    assert len(specs) == 160 + 4 * (2 + 2 * 9) + 2 + 2 * 2 * (4 * 3 + 4 * 2) + 2
+    assert len(specs) == 156 + 4 * (2 + 2 * 9) + 2 + 2 * 2 * (4 * 3 + 4 * 2) + 2
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs

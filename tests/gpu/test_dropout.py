@@ -103,8 +103,8 @@ def test_dropout_with_other_features(case):
 
 
 def test_long_queries_use_the_same_mask():
-    # 2048 queries select the Hopper forward's long-sequence tiles (192 rows) and the
-    # backward's own tiles: the mask must not depend on them.
+    # Many query blocks of the warp-specialised Hopper forward (a long walk through its
+    # K/V ring) and the backward's own tiles: the mask must not depend on either.
     q, k, v = draw("bf16", (2048, 384), head_dim=64, batch=1, nheads=2)
     check_case(q, k, v, 0.25, 99, dict(causal=True))
 

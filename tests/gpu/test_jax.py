@@ -295,7 +295,7 @@ def test_vmap_loops_over_the_mapped_axis():
 
 
 BAD = {
-    "q_float32": (lambda q, k, v: (q.astype(jnp.float32), k, v, {}), TypeError, r"q has dtype float32"),
+    "q_int32": (lambda q, k, v: (q.astype(jnp.int32), k, v, {}), TypeError, r"q has dtype int32"),
     "sink_shape": (lambda q, k, v: (q, k, v, {"learnable_sink": jnp.zeros((3,), jnp.float32)}), ValueError,
                    r"learnable_sink must have shape \(nheads,\)"),
     "bias_shape": (lambda q, k, v: (q, k, v, {"bias": jnp.zeros((2, 4, 16, 15), jnp.float32)}), ValueError,

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU tests in parallel pytest processes on one GPU (the float64 NumPy references are
+# CPU-bound, so several processes keep the GPU busier), logs under OUTDIR.
+#   bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]
+set -uo pipefail
+out=${1:?usage: bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]}
+limit=${2:-540}
+shift $(( $# >= 2 ? 2 : 1 ))
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-/tmp/cuflash-gpu-check-cache}
+groups=(
+  "tests/gpu/test_forward.py tests/gpu/test_validation.py tests/gpu/test_launch_plans.py tests/gpu/test_reliability.py tests/gpu/test_cache.py"
+  "tests/gpu/test_variants.py tests/gpu/test_dropout.py tests/gpu/test_dropout_mask.py"
+  "tests/gpu/test_bias.py tests/gpu/test_varlen.py tests/gpu/test_packed.py tests/gpu/test_merge.py tests/gpu/test_smaller_gpus.py"
+  "tests/gpu/test_backward.py tests/gpu/test_float32.py"
+  "tests/gpu/test_torch.py tests/gpu/test_jax.py tests/gpu/test_kvcache.py"
+)
+# Compile the default kernels once, before the processes race for them.
+python3 -m cuflash compile -j 8 > "$out/compile.log" 2>&1
+pids=()
+for i in "${!groups[@]}"; do
+  # shellcheck disable=SC2086
+  timeout "$limit" python3 -m pytest ${groups[$i]} -q -rfE -p no:cacheprovider "$@" \
+    --junitxml="$out/gpu-tests-$i.xml" > "$out/gpu-tests-$i.log" 2>&1 &
+  pids+=($!)
+done
+rc=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || rc=1
+  echo "group $i (${groups[$i]}): $(tail -n 1 "$out/gpu-tests-$i.log")"
+done
+grep -h "^FAILED\|^ERROR" "$out"/gpu-tests-*.log | head -40
+exit $rc

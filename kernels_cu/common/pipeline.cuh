@@ -1,0 +1,77 @@
+// pipeline.cuh: the pieces of a warp-specialised Hopper kernel (sm_90):
+// mbarriers that hand shared-memory slots between a producer warpgroup and
+// consumer warpgroups, named barriers that order the consumers' tensor-core
+// work, and setmaxnreg (sm_90a) to move registers from producer to consumers.
+//
+// A slot ring of STAGES slots has two mbarriers per slot:
+//   full[s]:  the producer's copies into slot s have landed. Initialised with
+//             the producer's thread count; each producer thread's arrival is
+//             triggered by the hardware once its cp.async copies so far are
+//             complete (cp_async_arrive), so the producer never waits for data.
+//   empty[s]: every consumer thread is done reading slot s (its wgmmas that
+//             read it have completed). Initialised with the consumer count.
+// The u-th use of a slot (u = i / STAGES for the i-th block) is phase u of
+// both barriers: consumers wait for full's phase parity u & 1; the producer
+// waits for empty's parity (u & 1) ^ 1, which a fresh barrier reports as
+// complete, so the first round through the ring does not wait.
+#pragma once
+
+// One 8-byte mbarrier in shared memory, by its shared-window address.
+CUFLASH_DEVICE void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+// Make the initialised barriers visible before any thread uses them (with the
+// CTA barrier that follows).
+CUFLASH_DEVICE void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+
+// One arrival (release: this thread's earlier shared-memory accesses happen
+// before the phase completes).
+CUFLASH_DEVICE void mbar_arrive(u32 bar) {
+    asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+
+// An arrival triggered once every cp.async this thread issued so far has
+// completed. noinc: the arrival is one of the count given at init (the
+// pending count is not raised first).
+CUFLASH_DEVICE void cp_async_arrive(u32 bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// Block until the phase of the given parity has completed (acquire: what the
+// arriving threads wrote before their arrivals is visible afterwards).
+CUFLASH_DEVICE void mbar_wait(u32 bar, u32 parity) {
+    // The label is local to the braces' PTX scope, so every inlined copy may use it.
+    asm volatile(
+        "{\n"
+        " .reg .pred done;\n"
+        " WAIT:\n"
+        " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        " @!done bra WAIT;\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+
+// Named barriers (ids 1..15; 0 is __syncthreads) over `threads` threads:
+// sync waits until `threads` threads arrived (this one included); arrive
+// counts this thread without waiting.
+CUFLASH_DEVICE void named_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+CUFLASH_DEVICE void named_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Registers per thread of the executing warpgroup, from here on (every thread
+// of the warpgroup executes it). ptxas allocates the code that follows within
+// the new count; the decrease must come first, so the increase finds the
+// registers free in the SM's pool.
+template <int REGS>
+CUFLASH_DEVICE void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
+}
+template <int REGS>
+CUFLASH_DEVICE void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS));
+}
