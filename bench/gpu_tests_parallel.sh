@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU tests in parallel pytest processes on one GPU (the float64 NumPy references are
-# CPU-bound, so several processes keep the GPU busier), logs under OUTDIR.
+# CPU-bound, so several processes keep the GPU busier), logs under OUTDIR. Each process gets
+# 3 BLAS threads: unbounded, five processes oversubscribed the H200 host's 16 cores and the
+# whole run did not finish in 530 s (measured); with 3 the groups took 60-170 s each.
 #   bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]
 set -uo pipefail
 out=${1:?usage: bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]}
@@ -9,6 +11,7 @@ shift $(( $# >= 2 ? 2 : 1 ))
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export OMP_NUM_THREADS=3 OPENBLAS_NUM_THREADS=3 MKL_NUM_THREADS=3
 export CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-/tmp/cuflash-gpu-check-cache}
 groups=(
   "tests/gpu/test_forward.py tests/gpu/test_validation.py tests/gpu/test_launch_plans.py tests/gpu/test_reliability.py tests/gpu/test_cache.py"
