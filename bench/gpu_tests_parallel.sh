@@ -2,7 +2,7 @@
 # The GPU tests in parallel pytest processes on one GPU (the float64 NumPy references are
 # CPU-bound, so several processes keep the GPU busier), logs under OUTDIR. Each process gets
 # 3 BLAS threads: unbounded, five processes oversubscribed the H200 host's 16 cores and the
-# whole run did not finish in 530 s (measured); with 3 the groups took 60-170 s each.
+# whole run did not finish in 530 s (measured); with 3, subsets of the groups took 60-170 s each.
 #   bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]
 set -uo pipefail
 out=${1:?usage: bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]}

@@ -1,8 +1,9 @@
-"""Forward tile tuner: time candidate tiles per head dim beside torch SDPA's flash backend.
+"""Forward tile tuner: time candidate tiles per head dim beside torch SDPA's flash (or cuDNN) backend.
 
 Run on a GPU machine from the repo root:
     PYTHONPATH=. python bench/tune_fwd.py --headdim 64,128,256 --seqlen 2k,8k
     PYTHONPATH=. python bench/tune_fwd.py --kernel sm90 --tiles 128x128,128x64
+    PYTHONPATH=. python bench/tune_fwd.py --kernel sm90 --peer cudnn --tiles 128x128s2,192x128s2
     PYTHONPATH=. python bench/tune_fwd.py --kernel sm90 --window 256,0 --seqlen 16k --tiles 128x128,64x64c2
 With --window the kernels run the sliding-window mask, FLOPs count the visible pairs, and the last
 columns compare with the band's share of the non-causal time of the current tiles (issue: at most
@@ -11,7 +12,7 @@ float32 (--dtype fp32) compares with SDPA's efficient backend (its flash backend
 and starts from FWD_TILES_FP32. Each candidate is checked against SDPA's output first, then timed with CUDA
 events (warm-up, L2 flushed before every repetition, median). The chosen
 tiles go into cuflash/specs.py FWD_TILES (portable, fwd.cu) or FWD_SM90_TILES
-(Hopper, fwd_sm90.cu); the reasoning into bench/NOTES.md.
+(Hopper: fwd_sm90_ws.cu for tiles with stages, fwd_sm90.cu without); the reasoning into bench/NOTES.md.
 """
 from __future__ import annotations
 
