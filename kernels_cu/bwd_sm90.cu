@@ -255,13 +255,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             // P^T as A fragments (k-step kk = queries 16kk..16kk+15 = n8 tiles
             // 2kk, 2kk+1); dS^T into shared memory, where dK and dQ read it.
             u32 pt[BM / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk) {
-                pt[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-                pt[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-                pt[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-                pt[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-            }
+            pack_a_fragments(acc_s[0], pt);
             store_keys_by_queries(sdSt, acc_dp);
 
             // dV += P^T dO: (64 keys x D) per warpgroup, over BM queries; B = dO read transposed.

@@ -211,13 +211,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
 
         float corr[1][2];
         softmax.update(acc_s, p.scale_log2, corr);
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            acc_o[0][dt][0] *= corr[0][0];
-            acc_o[0][dt][1] *= corr[0][0];
-            acc_o[0][dt][2] *= corr[0][1];
-            acc_o[0][dt][3] *= corr[0][1];
-        }
+        scale_rows(acc_o[0], corr[0][0], corr[0][1]);
 
         // O += P V: P in 16 bits straight from the S fragments (mma.cuh), V (keys x d) read transposed.
         mma_rs<1, DT, BN, PITCH, true>(acc_o, acc_s, sV_addr + v_lane);

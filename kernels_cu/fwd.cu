@@ -182,14 +182,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         // Dropout on P after its row sums: l stays the undropped sum.
         if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, n * BN, lane);
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                acc_o[mt][dt][0] *= corr[mt][0];
-                acc_o[mt][dt][1] *= corr[mt][0];
-                acc_o[mt][dt][2] *= corr[mt][1];
-                acc_o[mt][dt][3] *= corr[mt][1];
-            }
+        for (int mt = 0; mt < MT; ++mt) scale_rows(acc_o[mt], corr[mt][0], corr[mt][1]);
 
         // P as the A operand of P V (mma.cuh RegA: 16-bit, packed now, which frees acc_s early).
         RegA<MT, BN> pa;

@@ -126,10 +126,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     cp_async_commit();
 
     float acc_o[DT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_o[dt][e] = 0.f;
+    zero_acc(as_tile(acc_o));
 
     OnlineSoftmax<1> softmax;
     softmax.init();
@@ -162,16 +159,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         // Dropout on P after its row sums: l stays the undropped sum.
         if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
     };
-    // P (16 bits) as the A fragments of P V: n8 tiles 2kk and 2kk+1 of S form k-step kk.
-    auto pack_p = [&]() {
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-            pa[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-            pa[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-            pa[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-        }
-    };
 
     // S[last] and its softmax before the loop (O is still 0: no rescale).
     init_s(last);
@@ -184,7 +171,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         fence_regs(acc_s[0]);
         float corr[1][2];
         softmax_s(last, corr);
-        pack_p();
+        pack_a_fragments(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
     }
 
     // Copies are waited for (this thread), made visible to wgmma (proxy fence)
@@ -197,13 +184,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         __syncthreads();
     };
     // O += P[j] V[j], 16 keys per k-step.
-    auto issue_pv = [&](int j) {
-        fence_regs(acc_o);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(acc_o, pa[kk], desc_mn_major<BN, D>(sV(j), kk * 16));
-        wgmma_commit();
-    };
+    auto issue_o = [&](int j) { issue_pv<BN, D>(acc_o, pa, sV(j)); };
 
     // 2. Step n: O += P[n] V[n] runs on the tensor cores while the softmax of
     // S[n-1] = Q K[n-1]^T (issued just before it) runs on the other units.
@@ -220,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         cp_async_commit();
 
         issue_s(n - 1);
-        issue_pv(n);
+        issue_o(n);
         wgmma_wait<1>();  // S[n-1] is complete; P[n] V[n] may still run
         fence_regs(acc_s[0]);
         float corr[1][2];
@@ -229,17 +210,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         // pa was an operand of the product that just completed: only now may it change.
         fence_regs(acc_o);
         fence_regs(pa);
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            acc_o[dt][0] *= corr[0][0];
-            acc_o[dt][1] *= corr[0][0];
-            acc_o[dt][2] *= corr[0][1];
-            acc_o[dt][3] *= corr[0][1];
-        }
-        pack_p();
+        scale_rows(acc_o, corr[0][0], corr[0][1]);
+        pack_a_fragments(acc_s[0], pa);
     }
     sync_copies();  // V[first] landed
-    issue_pv(first);
+    issue_o(first);
     wgmma_wait<0>();
     fence_regs(acc_o);
 

@@ -182,10 +182,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     };
 
     float acc_o[DT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_o[dt][e] = 0.f;
+    zero_acc(as_tile(acc_o));
 
     OnlineSoftmax<1> softmax;
     softmax.init();
@@ -198,26 +195,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         if (ScoreMod::BIAS_IN_ACC) mod.init<false>(acc_s, row0 + warp_row0, j * BN, lane);
     };
     auto issue_s = [&](int s) {
-        const u32 q_tile = opaque(sQ);  // descriptors computed here, not held across the loop (wgmma.cuh)
-        const u32 k_tile = opaque(sK(s));
-        wgmma_fence();
-        wgmma_ss<BN, 0, 0, ScoreMod::BIAS_IN_ACC>(acc_s[0], desc_k_major<BM, D>(q_tile, c * 64, 0),
-                                                  desc_k_major<BN, D>(k_tile, 0, 0));
-#pragma unroll
-        for (int ks = 1; ks < D / 16; ++ks)
-            wgmma_ss<BN, 0, 0, true>(acc_s[0], desc_k_major<BM, D>(q_tile, c * 64, ks),
-                                     desc_k_major<BN, D>(k_tile, 0, ks));
-        wgmma_commit();
+        // Descriptors computed here from laundered addresses, not held across the loop (wgmma.cuh opaque).
+        issue_qk<BM, BN, D, ScoreMod::BIAS_IN_ACC>(acc_s[0], opaque(sQ), c * 64, opaque(sK(s)));
     };
     // O += P V (16 keys per k-step), V from slot s.
-    auto issue_pv = [&](int s) {
-        const u32 v_tile = opaque(sV(s));
-        fence_regs(acc_o);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(acc_o, pa[kk], desc_mn_major<BN, D>(v_tile, kk * 16));
-        wgmma_commit();
-    };
+    auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
     // and corr the factor that rescales O.
     auto softmax_s = [&](int j, float (&corr)[1][2]) {
@@ -226,16 +208,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         softmax.update(acc_s, p.scale_log2, corr);
         // Dropout on P after its row sums: l stays the undropped sum.
         if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
-    };
-    // P (16 bits) as the A fragments of P V: n8 tiles 2kk and 2kk+1 of S form k-step kk.
-    auto pack_p = [&]() {
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = pack_float2(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-            pa[kk][1] = pack_float2(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-            pa[kk][2] = pack_float2(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-            pa[kk][3] = pack_float2(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-        }
     };
 
     // S[last] (block 0 of the visit, slot 0) and its softmax (O is still 0: no rescale).
@@ -251,7 +223,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         mbar_arrive(k_empty(0));
         float corr[1][2];
         softmax_s(last, corr);
-        pack_p();
+        pack_a_fragments(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
     }
 
     // Step n (block n is visit i = last - n in slot i % STAGES, block n - 1 visit i + 1).
@@ -263,7 +235,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         wait_full(v_full(s_v), i);
         take_turn();
         issue_s(s_k);
-        issue_pv(s_v);
+        issue_o(s_v);
         pass_turn();
         wgmma_wait<1>();  // S[n-1] is complete; P[n] V[n] may still run
         fence_regs(acc_s[0]);
@@ -275,20 +247,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         fence_regs(acc_o);
         fence_regs(pa);
         mbar_arrive(v_empty(s_v));  // V[n] read
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            acc_o[dt][0] *= corr[0][0];
-            acc_o[dt][1] *= corr[0][0];
-            acc_o[dt][2] *= corr[0][1];
-            acc_o[dt][3] *= corr[0][1];
-        }
-        pack_p();
+        scale_rows(acc_o, corr[0][0], corr[0][1]);
+        pack_a_fragments(acc_s[0], pa);
     }
     {
         const int i = count - 1;  // V[first]
         wait_full(v_full(i % STAGES), i);
         take_turn();
-        issue_pv(i % STAGES);
+        issue_o(i % STAGES);
         pass_turn();
         wgmma_wait<0>();
         fence_regs(acc_o);

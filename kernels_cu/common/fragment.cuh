@@ -7,6 +7,7 @@
 // queries as rows and keys as columns; the backward's S^T the other way round.
 #pragma once
 #include "platform.cuh"
+#include "numeric.cuh"  // pack_float2
 
 // Zero a tile (an accumulator before its first product).
 template <int MT, int NT>
@@ -50,4 +51,30 @@ CUFLASH_DEVICE void for_each_score(float (&s)[MT][NT][4], int row0, int col0, in
 template <int N>
 CUFLASH_DEVICE float (&as_tile(float (&x)[N][4]))[1][N][4] {
     return reinterpret_cast<float(&)[1][N][4]>(x);
+}
+
+// Rows of a 16-row tile x[NT][4] times their factors: c0 for row g (elements
+// 0, 1), c1 for row g + 8 (elements 2, 3); the online softmax's rescale of O.
+template <int NT>
+CUFLASH_DEVICE void scale_rows(float (&x)[NT][4], float c0, float c1) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        x[nt][0] *= c0;
+        x[nt][1] *= c0;
+        x[nt][2] *= c1;
+        x[nt][3] *= c1;
+    }
+}
+
+// A 16-row tile x[NT][4] (P or dS, fp32) rounded to 16 bits as the A
+// fragments of the next product: n8 tiles 2kk and 2kk + 1 form k-step kk.
+template <int NT>
+CUFLASH_DEVICE void pack_a_fragments(const float (&x)[NT][4], u32 (&a)[NT / 2][4]) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        a[kk][0] = pack_float2(x[2 * kk][0], x[2 * kk][1]);
+        a[kk][1] = pack_float2(x[2 * kk][2], x[2 * kk][3]);
+        a[kk][2] = pack_float2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+        a[kk][3] = pack_float2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+    }
 }

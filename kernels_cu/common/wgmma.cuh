@@ -207,3 +207,29 @@ CUFLASH_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b
 #undef CUFLASH_WG_C
     }
 }
+
+// The attention products of one warpgroup (64 query rows), each issued as one
+// committed group (wait with wgmma_wait).
+// S = Q K^T (64 x BN): rows wg_row.. of the swizzled BM x D Q tile times the
+// BN x D K tile, both K-major. ACCUM: added onto s (a bias loaded into it);
+// otherwise the first k-step overwrites s, so its old value is dead.
+template <int BM, int BN, int D, bool ACCUM>
+CUFLASH_DEVICE void issue_qk(float (&s)[BN / 8][4], u32 q_tile, int wg_row, u32 k_tile) {
+    wgmma_fence();
+    wgmma_ss<BN, 0, 0, ACCUM>(s, desc_k_major<BM, D>(q_tile, wg_row, 0), desc_k_major<BN, D>(k_tile, 0, 0));
+#pragma unroll
+    for (int ks = 1; ks < D / 16; ++ks)
+        wgmma_ss<BN, 0, 0, true>(s, desc_k_major<BM, D>(q_tile, wg_row, ks), desc_k_major<BN, D>(k_tile, 0, ks));
+    wgmma_commit();
+}
+
+// O += P V (64 x D): P (64 x BN, 16 bits) from registers as A fragments, 16
+// keys per k-step; V the BN x D tile, read transposed (MN-major).
+template <int BN, int D>
+CUFLASH_DEVICE void issue_pv(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], u32 v_tile) {
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(o, pa[kk], desc_mn_major<BN, D>(v_tile, kk * 16));
+    wgmma_commit();
+}

@@ -18,6 +18,7 @@ from cuflash.specs import (
     BwdSpec,
     Features,
     FwdSm90Spec,
+    FwdSm90Tiles,
     FwdSpec,
 )
 from cuflash.support import Problem
@@ -212,6 +213,41 @@ def test_select_hopper_forward_on_sm90():
     spec = support.select(Problem("fwd", "bf16", 128, compute_capability=(9, 0)))
     assert isinstance(spec, FwdSm90Spec)
     assert spec.head_dim == 128 and spec.dtype == "bf16"
+
+
+def test_hopper_forward_is_warp_specialised_with_its_producer_and_ring():
+    spec = support.select(Problem("fwd", "bf16", 128, CAUSAL, compute_capability=(9, 0)))
+    assert spec.tiles.stages == 2 and spec.source == "fwd_sm90_ws.cu"
+    assert spec.threads == 128 * (spec.tiles.block_m // 64 + 1)  # the consumers and one producer warpgroup
+    assert spec.defines()["CUFLASH_STAGES"] == 2 and spec.name.endswith("s2")
+    # Q, then `stages` slots of K and V, the 1 KB alignment slack and 1 + 4 stages mbarriers
+    t = spec.tiles
+    assert launch.fwd_smem_bytes(spec) == (t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 9
+    for spec in support.declared_specs():
+        if isinstance(spec, FwdSm90Spec):
+            assert launch.fwd_smem_bytes(spec) <= 227 * 1024, spec.name
+
+
+@pytest.mark.parametrize("features, block_m, stages", [
+    (Features(softcap=True), 192, 2),                     # three consumers take mask, softcap, varlen
+    (Features("causal", varlen=True), 192, 2),
+    (Features(alibi=True), 128, 2),                       # ALiBi, sink, dropout: two consumers
+    (Features(sink=True), 128, 2),
+    (Features("causal", dropout=1), 128, 2),
+    (Features(bias=16), 128, 0),                          # a bias: the kernel without a producer
+    (Features("local", bias=32, dropout=1), 128, 0),
+])
+def test_hopper_forward_tiles_for_features_that_need_registers(features, block_m, stages):
+    spec = support.select(Problem("fwd", "bf16", 64, features, compute_capability=(9, 0)))
+    assert (spec.tiles.block_m, spec.tiles.stages) == (block_m, stages), spec.name
+    assert spec.source == ("fwd_sm90_ws.cu" if stages else "fwd_sm90.cu")
+
+
+@pytest.mark.parametrize("tiles", [FwdSm90Tiles(128, 128, stages=1), FwdSm90Tiles(128, 64, ctas_per_sm=2, stages=2),
+                                   FwdSm90Tiles(256, 64, stages=2)])
+def test_warp_specialised_tiles_are_refused_where_the_kernel_cannot_run_them(tiles):
+    with pytest.raises(ValueError, match="warp-specialised"):
+        FwdSm90Spec("bf16", 128, PLAIN, tiles)
 
 
 @pytest.mark.parametrize("cc, sm90", [((8, 0), True), ((8, 6), True), ((9, 0), False)])
