@@ -1,7 +1,7 @@
 """Every declared kernel (the default feature sets, every dtype) compiles with NVRTC for sm_80
-(A100's 163 KB), sm_86 and sm_89 (the 99 KB RTX / L40-class GPUs, with their own tiles) and sm_90a,
-no GPU needed; .ci/run runs this under NVRTC 12.x and 13.x. (sm_100 and sm_120 are not in yet: some
-of their kernels spill under NVRTC 12.9, issue 15.)
+(A100's 163 KB), sm_86, sm_89 and sm_120 (the 99 KB RTX / L40 / RTX 50-class GPUs, with their own
+tiles) and sm_90a, no GPU needed; .ci/run runs this under NVRTC 12.x and 13.x. (sm_100 is not in
+yet, issue 15.) Three float32 backward kernels spill a few bytes on sm_120 (KNOWN_SPILLS).
 
 The real specs go through cuflash.compile.cache.compile_many, the code path of
 `cuflash compile`, once per session (in parallel processes) into a private
@@ -17,7 +17,19 @@ from cuflash.compile import cache, nvrtc
 from cuflash.compile.nvrtc import CompileError
 
 SPECS = support.declared_specs(dtypes=support.SUPPORTED_DTYPES)  # `cuflash compile`'s set, plus float32
-ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a", "sm_120")
+
+#: (spec name, arch) pairs that spill under some NVRTC (issue 15). The float32 backward's tiles for
+#: 99 KB GPUs run at 252-255 registers and sm_120's ptxas needs a few more: 4-12 bytes, which of
+#: them depends on the NVRTC (measured under 12.9 and 13.5). A lighter tile that splits d across
+#: four warps compiles at 160-203 registers without spills, but at D = 128 it needs 111 KB, and
+#: none is timed on a GPU yet, so these stay and are reported as expected failures when they spill.
+KNOWN_SPILLS = {
+    ("bwd_fp32_d96_causal_det_m16n32w2s2k2q1u2", "sm_120"),
+    ("bwd_fp32_d128_full_m16n32w2s2k2q1p32u2", "sm_120"),
+    ("bwd_fp32_d128_full_det_m16n32w2s2k2q1p32u2", "sm_120"),
+    ("bwd_fp32_d128_causal_det_m16n32w2s2k2q1p32u2", "sm_120"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +48,8 @@ def test_declared_spec_compiles(outcomes, spec, arch):
     result = outcome.result
     assert not result.cached
     assert 0 < result.registers <= 255
+    if outcome.spills_forbidden and (spec.name, arch) in KNOWN_SPILLS:
+        pytest.xfail(f"known spill on {arch} ({result.spill_stores} bytes stored), issue 15")
     assert not outcome.spills_forbidden, (
         f"{spec.name} for {result.arch} spills ({result.spill_stores} bytes stored, "
         f"{result.spill_loads} loaded) but allow_spills is False"
@@ -48,6 +62,11 @@ def test_sm90_specs_build_only_for_sm90a():
     assert sm90, "the Hopper forward is declared"
     assert all(cache.builds_for(s, "sm_90a") and not cache.builds_for(s, "sm_80") for s in sm90)
     assert all(cache.target_arch(s, (9, 0)) == "sm_90a" for s in sm90)
+
+
+def test_known_spills_are_declared_kernels():
+    builds = {(s.name, a) for s, a in PAIRS}
+    assert KNOWN_SPILLS <= builds, KNOWN_SPILLS - builds
 
 
 def test_declared_specs_have_unique_names():
