@@ -149,7 +149,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             load_tile_swizzled<BN, D, 128>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
             cp_async_arrive(v_full(s));
         }
-        // Leave only after the copies landed (their arrivals are still to come).
+        // Leave only after this thread's copies landed: they belong to no commit
+        // group yet (the mbarriers track them), so close one and wait for it.
+        cp_async_commit();
         cp_async_wait<0>();
         return;
     }
