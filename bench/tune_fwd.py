@@ -175,12 +175,12 @@ def window_main(args):
         spec_cls = KERNELS[args.kernel][0]
         refs = [api.cupy_ref(x) for x in (q, k, v, out)]
         device = cp.cuda.Device().id
-        full = api.fwd_spec(name, d, Features("none"), s, device)  # what the library picks
+        full = api.fwd_spec(name, d, Features("none"), device)  # what the library picks
         full_ms = median_ms(lambda: launch.forward(full, *refs, None, api.Options(1 / math.sqrt(d)).fields, stream))
         share = full_ms * visible / (s * s)
         want = api.attention(q, k, v, window_size=(left, right))  # the validated path, whatever tiles it picks
         local = api.Options(1 / math.sqrt(d), Features("local"), window=(left, right))
-        picked = api.fwd_spec(name, d, Features("local"), s, device, local.narrow_band)
+        picked = api.fwd_spec(name, d, Features("local"), device, local.narrow_band)
         candidates = [picked] + [spec_cls(name, D, Features("local"), t)
                                  for t in (parse_tiles(args.tiles, args.kernel) if args.tiles else [])]
         for spec in candidates:

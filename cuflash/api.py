@@ -541,8 +541,8 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 # ---------------------------------------------------------------- running on Refs
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, device: int, narrow_band: bool = False):
-    return support.fwd_spec(dtype, head_dim, features, seqlen_q, _compute_capability(device), env.sm90_enabled(),
+def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, narrow_band: bool = False):
+    return support.fwd_spec(dtype, head_dim, features, _compute_capability(device), env.sm90_enabled(),
                             _smem_limit(device), narrow_band)
 
 
@@ -566,7 +566,7 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, seqlen_q, q.device, opts.narrow_band)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band)
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
@@ -1056,7 +1056,7 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, rows, q.device, opts.narrow_band)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band)
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
                        out._replace(shape=(batch, rows, nheads, head_dim)), lse,

@@ -62,9 +62,9 @@ def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     """
     t = spec.tiles
     if isinstance(spec, FwdSm90Spec):
-        stages = t.stages or 2
-        barriers = 8 * (1 + 4 * t.stages)
-        return (t.block_m + 2 * stages * t.block_n) * spec.head_dim * 2 + 1024 + barriers
+        if not t.stages:
+            return (t.block_m + 4 * t.block_n) * spec.head_dim * 2 + 1024
+        return (t.block_m + 2 * t.stages * t.block_n) * spec.head_dim * 2 + 1024 + 8 * (1 + 4 * t.stages)
     e = DTYPE_BYTES[spec.dtype]
     return (t.block_m + 2 * t.block_n) * (spec.head_dim + 16 // e) * e
 

@@ -314,9 +314,8 @@ class FwdSm90Tiles:
 
 # Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8):
 # the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu, two K/V stages)
-# everywhere. FWD_SM90_LONG_TILES replaces FWD_SM90_TILES where it has an entry
-# from FWD_SM90_LONG_SEQLEN_Q query rows on (none since v8: 128x128s2 wins at
-# every length at d128, where 192x64 used to win from 2k).
+# everywhere, one tile whatever the query length (128x128s2 wins at every
+# length at d128, where v7's 192x64 won from 2k rows).
 FWD_SM90_TILES = {
     32: FwdSm90Tiles(192, 128, stages=2),
     64: FwdSm90Tiles(192, 128, stages=2),
@@ -327,8 +326,6 @@ FWD_SM90_TILES = {
     224: FwdSm90Tiles(128, 64, stages=2),
     256: FwdSm90Tiles(128, 64, stages=2),
 }
-FWD_SM90_LONG_SEQLEN_Q = 2048
-FWD_SM90_LONG_TILES: dict[int, FwdSm90Tiles] = {}
 # A sliding window of at most FWD_SM90_NARROW_BAND keys per query (left + right + 1) is nearly
 # bound by memory: 64-row tiles, two CTAs per SM, visit less of the rectangle around the band. On
 # the H200 (bf16, 16k, bench/tune_fwd.py --window): (128, 0) 0.161 -> 0.127 ms, (256, 0) 0.204 ->
@@ -369,13 +366,11 @@ class FwdSm90Spec(AttentionSpec):
         return "fwd_sm90_ws.cu" if self.tiles.stages else "fwd_sm90.cu"
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, seqlen_q: int = 0,
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN,
                     narrow_band: bool = False) -> "FwdSm90Spec":
         """narrow_band: a local mask of at most FWD_SM90_NARROW_BAND keys per query."""
         d = head_dim_bucket(head_dim)
         tiles = FWD_SM90_TILES[d]
-        if seqlen_q >= FWD_SM90_LONG_SEQLEN_Q:
-            tiles = FWD_SM90_LONG_TILES.get(d, tiles)
         if narrow_band and features.mask == "local":
             tiles = FWD_SM90_NARROW_TILES.get(d, tiles)
         return cls(dtype, d, features, tiles.with_features(features))

@@ -17,8 +17,6 @@ from .specs import (
     DTYPES,
     FWD_TILES_FP32,
     HALF_DTYPES,
-    FWD_SM90_LONG_SEQLEN_Q,
-    FWD_SM90_LONG_TILES,
     FWD_SM90_NARROW_TILES,
     FWD_SM90_TILES,
     FWD_TILES,
@@ -105,7 +103,6 @@ class Problem:
     head_dim: int  # the actual head dim d
     features: Features = PLAIN
     compute_capability: tuple = (9, 0)
-    seqlen_q: int = 0  # the Hopper forward picks its tiles by it
     narrow_band: bool = False  # a local mask of at most specs.FWD_SM90_NARROW_BAND keys per query (tiles too)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
@@ -164,7 +161,7 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.seqlen_q, problem.narrow_band)
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.narrow_band)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic)
@@ -200,21 +197,18 @@ def supported_head_dims() -> list[int]:
     return list(range(HEAD_DIM_MULTIPLE, HEAD_DIM_MAX + 1, HEAD_DIM_MULTIPLE))
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, seqlen_q: int, compute_capability, sm90: bool = True,
+def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, sm90: bool = True,
              smem_limit: int | None = None, narrow_band: bool = False):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
-    seqlen_q matters only up to FWD_SM90_LONG_SEQLEN_Q (the tile choice), so it is
-    clamped there: select()'s memo then holds one entry per tile choice, not per length.
     narrow_band: a sliding window of at most FWD_SM90_NARROW_BAND keys per query."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
-    return _fwd_spec(dtype, head_dim, features, min(seqlen_q, FWD_SM90_LONG_SEQLEN_Q), cc, sm90, limit,
-                     bool(narrow_band))
+    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, bool(narrow_band))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, seqlen_q, compute_capability, sm90, smem_limit, narrow_band):
-    return select(Problem("fwd", dtype, head_dim, features, compute_capability, seqlen_q, sm90=sm90,
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, narrow_band):
+    return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
                           smem_limit=smem_limit, narrow_band=narrow_band))
 
 
@@ -249,8 +243,7 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
             if family.spec in (FwdSpec, DecodeSpec):
                 out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSm90Spec:
-                tables = (FWD_SM90_TILES, FWD_SM90_LONG_TILES) + ((FWD_SM90_NARROW_TILES,)
-                                                                   if features.mask == "local" else ())
+                tables = (FWD_SM90_TILES,) + ((FWD_SM90_NARROW_TILES,) if features.mask == "local" else ())
                 out += [FwdSm90Spec(dtype, d, features, t[d].with_features(features)) for t in tables if d in t]
             elif family.spec is BwdSpec:
                 for det in (False, True):

@@ -18,7 +18,7 @@
 //   Producer (setmaxnreg down to PRODUCER_REGS): cp.async Q (Br x D) once,
 //     then for each block K[j] and V[j] (Bc x D each, swizzled, copy.cuh) into
 //     its slot as soon as the consumers freed it; each copy signals the slot's
-//     full barrier when it lands. It also prefetches the bias into L2.
+//     full barrier when it lands.
 //   Consumers (setmaxnreg up to CONSUMER_REGS), as fwd_sm90.cu's main loop:
 //     S[last] = Q K[last]^T and its softmax; then per step n = last .. first+1:
 //       issue S[n-1] = Q K[n-1]^T and O += P[n] V[n]; wait for S[n-1], free
@@ -35,8 +35,9 @@
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (multiple of 32; columns >= the run-time d
 // are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per consumer
 // warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_STAGES, and the
-// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_BIAS,
-// CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh).
+// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK,
+// CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
+// not fit the consumers' registers, and fwd_sm90.cu runs it (FwdSm90Tiles.with_features).
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
 // Shared memory: (Br + 2 STAGES Bc) * D * 2 bytes, 8 bytes per mbarrier
 // (1 + 4 STAGES), plus 1 KB of alignment slack (cuflash/launch.py).
@@ -62,6 +63,7 @@ constexpr int NT = BN / 8;  // n8 tiles of S per warp
 constexpr int DT = D / 8;   // n8 tiles of O per warp
 static_assert(BM % 64 == 0 && BN % 32 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(WGS >= 1 && WGS <= 3, "one to three consumer warpgroups");
+static_assert(!BIAS, "an additive bias runs on fwd_sm90.cu");
 
 // Register split (65536 per SM, one CTA): the producer needs few, the consumers' accumulators many.
 constexpr int PRODUCER_REGS = WGS == 3 ? 32 : 56;
@@ -132,7 +134,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     if (wg == 0) {
         // ---- Producer.
         setmaxnreg_dec<PRODUCER_REGS>();
-        const ScoreMod mod(p, si);
         const u16 *q, *k, *v;
         si.qkv_rows(p, q, k, v);
         load_tile_swizzled<BM, D, 128>(sQ, q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, tid);
@@ -144,7 +145,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_wait(k_empty(s), free_parity);
             load_tile_swizzled<BN, D, 128>(sK(s), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
             cp_async_arrive(k_full(s));
-            mod.prefetch<BM, BN, 128>(row0, j * BN, tid);  // the bias of block j into L2 (score_mod.cuh)
             mbar_wait(v_empty(s), free_parity);
             load_tile_swizzled<BN, D, 128>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
             cp_async_arrive(v_full(s));
@@ -192,14 +192,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     u32 pa[BN / 16][4];  // P of the block whose P V is issued next, as A fragments
 
     // S = Q K^T (64 x BN per warpgroup) into acc_s, K from slot s; the first k-step
-    // overwrites acc_s, or adds onto the bias that init_s(j) loaded (score_mod.cuh BIAS_IN_ACC).
-    auto init_s = [&](int j) {
-        if (ScoreMod::BIAS_IN_ACC) mod.init<false>(acc_s, row0 + warp_row0, j * BN, lane);
-    };
-    auto issue_s = [&](int s) {
-        // Descriptors computed here from laundered addresses, not held across the loop (wgmma.cuh opaque).
-        issue_qk<BM, BN, D, ScoreMod::BIAS_IN_ACC>(acc_s[0], opaque(sQ), c * 64, opaque(sK(s)));
-    };
+    // overwrites acc_s. Descriptors computed here from laundered addresses, not held
+    // across the loop (wgmma.cuh opaque).
+    auto issue_s = [&](int s) { issue_qk<BM, BN, D, false>(acc_s[0], opaque(sQ), c * 64, opaque(sK(s))); };
     // O += P V (16 keys per k-step), V from slot s.
     auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
@@ -213,7 +208,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     };
 
     // S[last] (block 0 of the visit, slot 0) and its softmax (O is still 0: no rescale).
-    init_s(last);
     mbar_wait(q_full, 0);
     wait_full(k_full(0), 0);
     {
@@ -232,7 +226,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
 #pragma unroll 1
     for (int n = last; n > first; --n) {
         const int i = last - n, s_v = i % STAGES, s_k = (i + 1) % STAGES;
-        init_s(n - 1);  // acc_s is free (P[n] is in pa): the bias loads run during the waits below
         wait_full(k_full(s_k), i + 1);
         wait_full(v_full(s_v), i);
         take_turn();

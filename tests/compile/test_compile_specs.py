@@ -1,7 +1,8 @@
 """Every declared kernel (the default feature sets, every dtype) compiles with NVRTC for sm_80
 (A100's 163 KB), sm_86, sm_89 and sm_120 (the 99 KB RTX / L40 / RTX 50-class GPUs, with their own
 tiles) and sm_90a, no GPU needed; .ci/run runs this under NVRTC 12.x and 13.x. (sm_100 is not in
-yet, issue 15.) Three float32 backward kernels spill a few bytes on sm_120 (KNOWN_SPILLS).
+yet, issue 15.) A few float32 backward kernels spill on sm_120, which ones depending on the NVRTC
+(KNOWN_SPILLS).
 
 The real specs go through cuflash.compile.cache.compile_many, the code path of
 `cuflash compile`, once per session (in parallel processes) into a private

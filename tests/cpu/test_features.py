@@ -266,16 +266,16 @@ def test_a_narrow_window_takes_the_small_hopper_tiles(window, tiles):
     for d in (64, 128):
         q = launch.Ref(0, (2, 4096, 8, d), (0, 0, 0, 1), "bfloat16", 0)
         opts = api.options(q, None, False, window, 0.0)
-        spec = support.fwd_spec("bf16", d, opts.features, 4096, (9, 0), narrow_band=opts.narrow_band)
-        usual = support.fwd_spec("bf16", d, local, 4096, (9, 0))
+        spec = support.fwd_spec("bf16", d, opts.features, (9, 0), narrow_band=opts.narrow_band)
+        usual = support.fwd_spec("bf16", d, local, (9, 0))
         if tiles is None:
             assert spec == usual or opts.features.mask != "local"
         else:
             assert (spec.tiles.block_m, spec.tiles.block_n) == tiles and spec != usual
             assert spec.name in {s.name for s in support.declared_specs([local])}
     # only the local mask changes tiles
-    assert support.fwd_spec("bf16", 128, CAUSAL, 4096, (9, 0), narrow_band=True) == support.fwd_spec(
-        "bf16", 128, CAUSAL, 4096, (9, 0))
+    assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), narrow_band=True) == support.fwd_spec(
+        "bf16", 128, CAUSAL, (9, 0))
 
 
 def test_select_keeps_the_features():
@@ -418,7 +418,7 @@ def test_varlen_is_a_feature_of_every_family():
     f = Features.parse("causal,varlen")
     assert f.varlen and f.tag == "causal_varlen"
     for cc in ((9, 0), (8, 0)):
-        assert support.fwd_spec("bf16", 128, f, 4096, cc).features.varlen
+        assert support.fwd_spec("bf16", 128, f, cc).features.varlen
         assert support.bwd_spec("bf16", 128, f, True, cc).features.varlen
     assert "varlen" in support.bwd_spec("bf16", 128, f, False, (9, 0)).name
     no_varlen = support.Family("x", support.FwdSpec, "fwd", None, (128,))
@@ -435,7 +435,7 @@ def test_every_head_dim_gets_tiles_that_fit_the_gpu(cc):
     limit = support.SMEM_LIMITS[cc]
     for d in support.supported_head_dims():
         for det in (False, True):
-            fwd = support.fwd_spec("bf16", d, CAUSAL, 4096, cc, sm90=False)
+            fwd = support.fwd_spec("bf16", d, CAUSAL, cc, sm90=False)
             assert support.smem_bytes(fwd) <= limit and fwd.head_dim >= d
             if limit < 166912 and d > 160:
                 with pytest.raises(ValueError, match="no tiles for head dim"):
@@ -449,6 +449,6 @@ def test_declared_specs_hold_every_tile_any_gpu_selects():
     names = {s.name for s in support.declared_specs()}
     for cc in support.SMEM_LIMITS:
         for d in (64, 128, 192, 256):
-            assert support.fwd_spec("fp16", d, PLAIN, 4096, cc, sm90=False).name in names
+            assert support.fwd_spec("fp16", d, PLAIN, cc, sm90=False).name in names
             if support.SMEM_LIMITS[cc] >= 166912 or d <= 160:
                 assert support.bwd_spec("fp16", d, PLAIN, True, cc, sm90=False).name in names

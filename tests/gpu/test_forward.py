@@ -143,6 +143,5 @@ def test_hopper_gets_the_sm90_kernel(kernel_path):
     from cuflash import api
     from cuflash.specs import FwdSm90Spec, FwdSpec
 
-    for seqlen_q in (512, 4096):
-        spec = api.fwd_spec("bf16", 128, specs.PLAIN, seqlen_q, cp.cuda.Device().id)
-        assert isinstance(spec, FwdSm90Spec if kernel_path == "sm90" else FwdSpec), spec.name
+    spec = api.fwd_spec("bf16", 128, specs.PLAIN, cp.cuda.Device().id)
+    assert isinstance(spec, FwdSm90Spec if kernel_path == "sm90" else FwdSpec), spec.name

@@ -28,7 +28,7 @@ def smem_limit(request, monkeypatch):
 def test_tiles_that_fit_run_correctly(smem_limit, head_dim, deterministic):
     q, k, v = testing.random_qkv(2, 113, 203, 4, 2, head_dim, "bf16", xp=cp)
     device = cp.cuda.Device().id
-    fwd = api.fwd_spec("bf16", head_dim, support.CAUSAL, 113, device)
+    fwd = api.fwd_spec("bf16", head_dim, support.CAUSAL, device)
     assert support.smem_bytes(fwd) <= smem_limit
     out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True)
     host = [testing.to_numpy(x) for x in (q, k, v)]
