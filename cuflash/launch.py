@@ -98,10 +98,19 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
     buffers of Br); 1 KB alignment slack.
+    kernels_cu/bwd_sm90_ws.cu: K, V, and t.stages slots of Q, dO, L2 and D; two
+    dS^T buffers; the fp32 dQ buffer (Br x D); the sink sums of the
+    256 consumer threads; the dQ turn (8 bytes); its mbarriers (3 + 2 stages, 8 bytes
+    each); the slack.
     Both: with a learnable sink, one fp32 running sum per thread (softmax.cuh sink_log2).
     """
     t = spec.tiles
     sink_parts = 4 * spec.threads if spec.features.sink else 0  # a running dsink sum per thread
+    if isinstance(spec, BwdSm90Spec) and t.stages:
+        consumer_sink_parts = 4 * 256 if spec.features.sink else 0
+        tiles = 2 * (2 * t.block_n + 2 * t.stages * t.block_m) * spec.head_dim + 2 * 2 * t.block_n * t.block_m
+        dq = 4 * t.block_m * spec.head_dim
+        return tiles + dq + 8 * t.stages * t.block_m + consumer_sink_parts + 8 + 8 * (3 + 2 * t.stages) + 1024
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
         return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
@@ -319,7 +328,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     zeroed buffer the caller owns; None: no bias gradient.
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
-      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D),
+      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D;
+      the warp-specialised Hopper kernel without varlen: (batch, nheads, seqlen_q rounded, D)),
       deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); with a sink dsink_part
       (batch, nheads, key blocks); under GQA dk_accum, dv_accum
       (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
@@ -337,8 +347,12 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     acc_q = sequences["total_q"] if varlen else seqlen_q
     acc_k = sequences["total_k"] if varlen else seqlen_k
 
+    # The warp-specialised Hopper backward adds a whole block of dQ with one bulk copy: its
+    # dq_accum is (batch, head, rounded rows, D), seen below as (batch, rows, head, D) strides.
+    blocked_dq = isinstance(spec, BwdSm90Spec) and bool(spec.tiles.stages) and not varlen
+    dq_shape = (batch, nheads, rounded, spec.head_dim) if blocked_dq else (acc_batch, acc_q, nheads, spec.head_dim)
     sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
-             "dq_accum": ((acc_batch, acc_q, nheads, spec.head_dim), "float32")}
+             "dq_accum": (dq_shape, "float32")}
     if spec.deterministic:
         sizes["semaphore"] = ((batch, nheads, m_blocks), "int32")
     grid = bwd_grid(spec, batch, nheads, seqlen_k)  # (key blocks, heads, batch)
@@ -349,6 +363,10 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
         sizes["dv_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
     owner, s, offsets = _scratch(alloc, sizes)
     lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
+    if blocked_dq:
+        b_stride, h_stride, r_stride, _ = dq_accum.strides
+        dq_accum = dq_accum._replace(shape=(batch, rounded, nheads, spec.head_dim),
+                                     strides=(b_stride, r_stride, h_stride, 1))
     seq_fields = {}
     if varlen:  # sequences index the accumulators by row: batch stride 0
         seq_fields = {key: sequences[key] for key in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "total_q",
@@ -366,6 +384,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             "lse_batch_stride": lse_strides[0], "lse_head_stride": lse_strides[1], "lse_row_stride": lse_strides[2],
             "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q, "seqlen_q_rounded": rounded,
             "head_dim": head_dim, "dq_accum_cols": spec.head_dim, "block_m": spec.tiles.block_m, "m_blocks": m_blocks,
+            "dq_accum_padded": int(blocked_dq),
             **seq_fields,
         }
         if dlse is not None:

@@ -570,13 +570,17 @@ class BwdSpec(AttentionSpec):
 
 @dataclass(frozen=True)
 class BwdSm90Tiles:
-    """Tile shape of kernels_cu/bwd_sm90.cu: block_m queries per step, block_n
+    """Tile shape of the Hopper backward: block_m queries per step, block_n
     keys per CTA (64 per warpgroup; 64 shared by both warpgroups when
-    split_d, where they split the columns of dK and dV instead)."""
+    split_d, where they split the columns of dK and dV instead). stages > 0
+    selects the warp-specialised kernel (kernels_cu/bwd_sm90_ws.cu: a producer
+    warpgroup beside two consumers, a ring of `stages` Q/dO slots); 0 the
+    kernel whose warpgroups all load and compute (bwd_sm90.cu)."""
 
     block_m: int
     block_n: int
     warps: int = 8
+    stages: int = 0
 
     @property
     def split_d(self) -> bool:
@@ -591,11 +595,13 @@ BWD_SM90_HEAD_DIMS = (64, 128, 256)
 
 @dataclass(frozen=True)
 class BwdSm90Spec(AttentionSpec):
-    """The Hopper (sm_90a, wgmma) backward kernel in kernels_cu/bwd_sm90.cu."""
+    """The Hopper (sm_90a, wgmma) backward: kernels_cu/bwd_sm90_ws.cu (warp-specialised)
+    for head dims 64 and 128, kernels_cu/bwd_sm90.cu for d = 256 (it splits the columns
+    of dK and dV between the warpgroups, which the warp-specialised consumers do not) and
+    where a feature's registers do not fit the warp-specialised consumers (`tiles`)."""
 
     deterministic: bool
 
-    source = "bwd_sm90.cu"
     entry = "cuflash_bwd_sm90"
     arch_suffix = "a"
     compute_capabilities = ((9, 0),)
@@ -607,7 +613,17 @@ class BwdSm90Spec(AttentionSpec):
 
     @property
     def tiles(self) -> BwdSm90Tiles:
-        return BwdSm90Tiles(64, 64 if self.head_dim > 128 else 128)
+        if self.head_dim > 128:
+            return BwdSm90Tiles(64, 64)
+        # The warp-specialised consumers have 232 registers: a bias's loads, and dropout's
+        # Philox rounds beside d = 128's accumulators, spilled there (NVRTC 12.9).
+        if self.features.bias or (self.features.dropout and self.head_dim == 128):
+            return BwdSm90Tiles(64, 128)
+        return BwdSm90Tiles(64, 128, warps=12, stages=2)
+
+    @property
+    def source(self) -> str:
+        return "bwd_sm90_ws.cu" if self.tiles.stages else "bwd_sm90.cu"
 
     @property
     def threads(self) -> int:
@@ -616,13 +632,16 @@ class BwdSm90Spec(AttentionSpec):
     @property
     def name(self) -> str:
         det = "_det" if self.deterministic else ""
-        return f"bwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}"
+        ws = f"_s{self.tiles.stages}" if self.tiles.stages else ""
+        return f"bwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}{ws}"
 
     def defines(self) -> dict[str, int]:
+        t = self.tiles
         return {
             **super().defines(),
-            "CUFLASH_BLOCK_N": self.tiles.block_n,
+            "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
+            **({"CUFLASH_STAGES": t.stages} if t.stages else {}),
         }
 
 

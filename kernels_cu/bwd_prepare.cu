@@ -8,7 +8,8 @@
 //   dq_accum[b, i, h, 0:D] = 0
 // and for the padding rows seqlen_q <= i < seqlen_q_rounded (so the backward
 // reads whole Br-row blocks without a bounds check):
-//   delta = 0, lse_log2 = +inf.
+//   delta = 0, lse_log2 = +inf (and dq_accum = 0 when dq_accum_padded: the
+//   warp-specialised Hopper backward adds whole blocks of dQ, padding included).
 // With a semaphore buffer (deterministic backward) its counters are zeroed too.
 //
 // Why +inf: the backward recomputes P_ij = exp2(S_ij * scale * log2(e) - lse_log2_i).
@@ -68,6 +69,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
 #pragma unroll
                 for (int e = 0; e < CHUNK; ++e) dot = fmaf(a[e], d[e], dot);
             }
+        }
+        if (row < seqlen_q || (p.dq_accum_padded && row < p.seqlen_q_rounded)) {
             // Zero this row's dQ accumulator: 8 lanes x 4 floats per step.
             float* dqa = p.dq_accum + b * p.dqa_batch_stride + (i64)(q_start + row) * p.dqa_row_stride +
                          h * p.dqa_head_stride;

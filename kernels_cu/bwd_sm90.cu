@@ -108,7 +108,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
-    const int g = lane / 4, t = lane % 4;
     const int n_block = blockIdx.x;
     const int key0 = n_block * BN;
     const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
@@ -193,16 +192,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // (S^T onto the bias, score_mod.cuh BIAS_IN_ACC; x was written before
         // the caller's wgmma_fence), else overwriting it.
         auto keys_by_queries = [&](float (&x)[1][NT][4], u32 a_tile, u32 b_tile, int key_row0, bool onto) {
-            if (onto)
-                wgmma_ss<BM, 0, 0, true>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, 0),
-                                         desc_k_major<BM, D, AW>(b_tile, 0, 0));
-            else
-                wgmma_ss<BM, 0, 0, false>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, 0),
-                                          desc_k_major<BM, D, AW>(b_tile, 0, 0));
-#pragma unroll
-            for (int ks = 1; ks < D / 16; ++ks)
-                wgmma_ss<BM, 0, 0, true>(x[0], desc_k_major<BN, D, AW>(a_tile, key_row0, ks),
-                                         desc_k_major<BM, D, AW>(b_tile, 0, ks));
+            if (onto) issue_keys_by_queries<BN, BM, D, AW, true>(x[0], a_tile, key_row0, b_tile);
+            else issue_keys_by_queries<BN, BM, D, AW, false>(x[0], a_tile, key_row0, b_tile);
         };
         // Score modifier, mask (boundary blocks), then P^T and dS^T in place (s
         // becomes P^T, dp becomes dS^T; softmax.cuh). Element (nt, 2hh+j): key
@@ -217,25 +208,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // A (64 keys x BM queries) tile of this warp's rows -> shared memory,
         // 16-bit, swizzled [key][query].
         auto store_keys_by_queries = [&](u32 tile, const float (&x)[1][NT][4]) {
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int key = warp_key0 + hh * 8 + g;
-                    *reinterpret_cast<u32*>(smem + (tile - base) + swizzled_offset<BN, BM>(key, nt * 8) + 4 * t) =
-                        pack_float2(x[0][nt][2 * hh], x[0][nt][2 * hh + 1]);
-                }
+            ::store_keys_by_queries<BN, BM>(smem + (tile - base), x[0], warp_key0, lane);
         };
         // dQ_i[:, wg*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS,
         // read transposed from dS^T), N = DQ_COLS (B = K read transposed).
         float acc_dq[DQ_COLS / 8][4];
         auto issue_dq = [&]() {
-            wgmma_ss<DQ_COLS, 1, 1, false>(acc_dq, desc_mn_major<BN, BM>(sdSt_, 0),
-                                           desc_mn_major<BN, D, AW>(sK_, 0, wg * DQ_COLS));
-#pragma unroll
-            for (int kk = 1; kk < BN / 16; ++kk)
-                wgmma_ss<DQ_COLS, 1, 1, true>(acc_dq, desc_mn_major<BN, BM>(sdSt_, kk * 16),
-                                              desc_mn_major<BN, D, AW>(sK_, kk * 16, wg * DQ_COLS));
+            issue_queries_by_cols<BN, BM, D, AW, DQ_COLS>(acc_dq, sdSt_, sK_, wg * DQ_COLS);
             wgmma_commit();
         };
 
@@ -261,9 +240,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             // dV += P^T dO: (64 keys x D) per warpgroup, over BM queries; B = dO read transposed.
             fence_regs(acc_dv);
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk)
-                wgmma_rs<KV_COLS, 1, true>(acc_dv, pt[kk], desc_mn_major<BM, D, AW>(do_buf, kk * 16));
+            issue_keys_by_cols<BM, D, AW, KV_COLS>(acc_dv, pt, do_buf);
             wgmma_commit();
 
             // dS^T of both warpgroups is in shared memory (and visible to wgmma)
@@ -275,10 +252,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             // contiguous), B = Q read transposed.
             fence_regs(acc_dk);
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk)
-                wgmma_ss<KV_COLS, 0, 1, true>(acc_dk, desc_k_major<BN, BM>(sdSt_, wg * 64, kk),
-                                        desc_mn_major<BM, D, AW>(q_buf, kk * 16));
+            issue_keys_by_cols<BN, BM, D, AW, KV_COLS>(acc_dk, sdSt_, wg * 64, q_buf);
             wgmma_commit();
             issue_dq();
             wgmma_wait<0>();
@@ -325,14 +299,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             fence_regs(acc_dv);
             fence_regs(acc_dk);
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk)
-                wgmma_ss<KV_COLS, 0, 1, true>(acc_dv, desc_k_major<BN, BM>(sPt_, 0, kk),
-                                              desc_mn_major<BM, D, AW>(do_buf, kk * 16, kv_col0));
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk)
-                wgmma_ss<KV_COLS, 0, 1, true>(acc_dk, desc_k_major<BN, BM>(sdSt_, 0, kk),
-                                              desc_mn_major<BM, D, AW>(q_buf, kk * 16, kv_col0));
+            issue_keys_by_cols<BN, BM, D, AW, KV_COLS>(acc_dv, sPt_, 0, do_buf, kv_col0);
+            issue_keys_by_cols<BN, BM, D, AW, KV_COLS>(acc_dk, sdSt_, 0, q_buf, kv_col0);
             wgmma_commit();
             issue_dq();
             wgmma_wait<0>();

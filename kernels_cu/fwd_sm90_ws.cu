@@ -68,7 +68,7 @@ static_assert(!BIAS, "an additive bias runs on fwd_sm90.cu");
 // Register split (65536 per SM, one CTA): the producer needs few, the consumers' accumulators many.
 constexpr int PRODUCER_REGS = WGS == 3 ? 32 : 56;
 constexpr int CONSUMER_REGS = WGS == 3 ? 160 : WGS == 2 ? 224 : 240;
-static_assert(128 * PRODUCER_REGS + 128 * WGS * CONSUMER_REGS <= 65536, "register split");
+static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
 
 constexpr u32 Q_BYTES = BM * D * 2;
 constexpr u32 KV_BYTES = BN * D * 2;

@@ -47,3 +47,32 @@ CUFLASH_DEVICE void turn_pass(int* counter) {
     __syncthreads();
     if (threadIdx.x == 0) atomicAdd(counter, 1);
 }
+
+// The same turns held by one warp alone (the others of the CTA go on), for
+// sums written by the bulk-copy unit (the async proxy: cp.reduce.async.bulk).
+// Every lane of the warp calls both; the lanes' own bulk groups have completed
+// (cp.async.bulk.wait_group 0) before turn_pass.
+CUFLASH_DEVICE void warp_turn_wait(const int* counter, int me) {
+    if (threadIdx.x % 32 == 0) {
+        int seen;
+        while (true) {
+            asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+            if (seen == me) break;
+            asm volatile("nanosleep.u32 32;\n");
+        }
+    }
+    // Holds every lane until the turn has come; the proxy fence then orders the
+    // lane's bulk reductions after the earlier CTAs' sums it acquired.
+    __syncwarp();
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
+CUFLASH_DEVICE void warp_turn_pass(int* counter) {
+    // The lane's completed bulk reductions, ordered before its generic-proxy
+    // fence, are visible at GPU scope before the counter moves.
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    __threadfence();
+    // Every lane has fenced its sums before lane 0 passes the turn.
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) atomicAdd(counter, 1);
+}

@@ -90,8 +90,10 @@ CUFLASH_DEVICE u32 swizzled_offset(int r, int col) {
     return linear ^ (((linear >> 7) & S::MASK) << 4);
 }
 
-// As load_tile_async, into a swizzled ROWS x D tile.
-template <int ROWS, int D, int THREADS, int AW = SwizzleFor<D>::AW>
+// As load_tile_async, into a swizzled ROWS x D tile. ROLLED: a loop that is
+// not unrolled and advances one pointer (a producer warp with few registers);
+// otherwise every round's address is formed up front.
+template <int ROWS, int D, int THREADS, int AW = SwizzleFor<D>::AW, bool ROLLED = false>
 CUFLASH_DEVICE void load_tile_swizzled(u32 smem, const u16* gmem, i64 row_stride, int row0, int seqlen,
                                        int head_dim, int tid) {
     constexpr int CHUNKS_PER_ROW = D / 8;
@@ -101,11 +103,20 @@ CUFLASH_DEVICE void load_tile_swizzled(u32 smem, const u16* gmem, i64 row_stride
     const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
     const bool col_ok = col < head_dim;
     const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
+    if constexpr (ROLLED) {
+        static_assert(ROWS % ROW_STEP == 0, "whole rounds");
+#pragma unroll 1
+        for (int rr = r; rr < ROWS; rr += ROW_STEP, src += ROW_STEP * row_stride) {
+            const bool ok = col_ok && row0 + rr < seqlen;
+            cp_async_16(smem + swizzled_offset<ROWS, D, AW>(rr, col), ok ? src : gmem, ok);
+        }
+    } else {
 #pragma unroll
-    for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
-        if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
-        bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
-        cp_async_16(smem + swizzled_offset<ROWS, D, AW>(r + i * ROW_STEP, col), ok ? src + i * ROW_STEP * row_stride : gmem,
-                    ok);
+        for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
+            if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
+            bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
+            cp_async_16(smem + swizzled_offset<ROWS, D, AW>(r + i * ROW_STEP, col),
+                        ok ? src + i * ROW_STEP * row_stride : gmem, ok);
+        }
     }
 }

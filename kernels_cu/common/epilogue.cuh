@@ -99,23 +99,30 @@ CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[
         }
 }
 
-// The sum of one float per thread over the CTA, stored by thread 0 at *dst in
-// a fixed order (warp shuffles, then the warps' sums in warp order), so it is
-// the same on every run. `scratch`: THREADS / 32 floats of shared memory that
-// no thread reads or writes meanwhile. Every thread of the CTA must call it
-// (it holds a barrier).
-template <int THREADS>
-CUFLASH_DEVICE void block_sum_store(float x, float* scratch, float* dst) {
+// The sum of one float per thread over a group of THREADS threads (worker =
+// 0 .. THREADS-1 within it), stored by worker 0 at *dst in a fixed order (warp
+// shuffles, then the warps' sums in warp order), so it is the same on every
+// run. `scratch`: THREADS / 32 floats of shared memory that no thread reads or
+// writes meanwhile; `sync()` a barrier over the group (the group's warps are
+// whole). Every thread of the group must call it.
+template <int THREADS, class Sync>
+CUFLASH_DEVICE void group_sum_store(float x, float* scratch, float* dst, u32 worker, Sync sync) {
 #pragma unroll
     for (int lanes = 16; lanes >= 1; lanes /= 2) x += __shfl_xor_sync(0xffffffffu, x, lanes);
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
-    // Every warp's sum is in shared memory before thread 0 adds them.
-    __syncthreads();
-    if (threadIdx.x == 0) {
+    if (worker % 32 == 0) scratch[worker / 32] = x;
+    // Every warp's sum is in shared memory before worker 0 adds them.
+    sync();
+    if (worker == 0) {
         float total = 0.f;
         for (int w = 0; w < THREADS / 32; ++w) total += scratch[w];
         *dst = total;
     }
+}
+
+// group_sum_store over the whole CTA.
+template <int THREADS>
+CUFLASH_DEVICE void block_sum_store(float x, float* scratch, float* dst) {
+    group_sum_store<THREADS>(x, scratch, dst, threadIdx.x, [] { __syncthreads(); });
 }
 
 // This CTA's slot in a (gridDim.z, gridDim.y, gridDim.x) array of per-CTA values.

@@ -63,6 +63,19 @@ CUFLASH_DEVICE void named_arrive(int id, int threads) {
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// A register split is possible when the registers the producer warpgroup
+// gives back cover those the consumers ask for: setmaxnreg.inc waits until the
+// CTA's released registers suffice (not the SM's unallocated ones), so a split
+// that needs more hangs the consumers for ever (measured: 48/232 with 384
+// threads). THREADS threads start with 65536 / THREADS registers, rounded down
+// to the allocation unit of 8.
+template <int THREADS, int PRODUCER_REGS, int CONSUMER_REGS>
+__host__ __device__ constexpr bool register_split_fits() {
+    constexpr int launch = (65536 / THREADS) / 8 * 8;
+    return PRODUCER_REGS <= launch && CONSUMER_REGS >= launch &&
+           128 * (launch - PRODUCER_REGS) >= (THREADS - 128) * (CONSUMER_REGS - launch);
+}
+
 // Registers per thread of the executing warpgroup, from here on (every thread
 // of the warpgroup executes it). ptxas allocates the code that follows within
 // the new count; the decrease must come first, so the increase finds the

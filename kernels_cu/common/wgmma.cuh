@@ -13,6 +13,7 @@
 #pragma once
 #include "platform.cuh"
 #include "copy.cuh"
+#include "numeric.cuh"  // pack_float2
 
 // Matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address,
 // leading and stride byte offsets (all >> 4), layout (swizzle) in bits 62-63.
@@ -232,4 +233,65 @@ CUFLASH_DEVICE void issue_pv(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], 
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(o, pa[kk], desc_mn_major<BN, D>(v_tile, kk * 16));
     wgmma_commit();
+}
+
+// The backward's products (bwd_sm90.cu, bwd_sm90_ws.cu), keys as the M
+// dimension. None commits: the callers group them.
+// x = K Q^T or V dO^T (64 keys x BM queries): rows key_row0.. of the swizzled
+// BN x D key-side tile times the BM x D query-side tile, both K-major. ACCUM:
+// onto x (a bias loaded into it); otherwise the first k-step overwrites x.
+template <int BN, int BM, int D, int AW, bool ACCUM>
+CUFLASH_DEVICE void issue_keys_by_queries(float (&x)[BM / 8][4], u32 key_tile, int key_row0, u32 query_tile) {
+    wgmma_ss<BM, 0, 0, ACCUM>(x, desc_k_major<BN, D, AW>(key_tile, key_row0, 0),
+                              desc_k_major<BM, D, AW>(query_tile, 0, 0));
+#pragma unroll
+    for (int ks = 1; ks < D / 16; ++ks)
+        wgmma_ss<BM, 0, 0, true>(x, desc_k_major<BN, D, AW>(key_tile, key_row0, ks),
+                                 desc_k_major<BM, D, AW>(query_tile, 0, ks));
+}
+
+// acc (64 keys x COLS) += A B over BM queries, B the BM x D query-side tile (dO
+// or Q) read transposed from column col0 on; A = P^T as A fragments in
+// registers (dV), or rows a_row0.. of a swizzled BN x BM tile [key][query] in
+// shared memory (dS^T or P^T, K-major).
+template <int BM, int D, int AW, int COLS>
+CUFLASH_DEVICE void issue_keys_by_cols(float (&acc)[COLS / 8][4], const u32 (&a)[BM / 16][4], u32 b_tile,
+                                       int col0 = 0) {
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_rs<COLS, 1, true>(acc, a[kk], desc_mn_major<BM, D, AW>(b_tile, kk * 16, col0));
+}
+template <int BN, int BM, int D, int AW, int COLS>
+CUFLASH_DEVICE void issue_keys_by_cols(float (&acc)[COLS / 8][4], u32 a_tile, int a_row0, u32 b_tile,
+                                       int col0 = 0) {
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_ss<COLS, 0, 1, true>(acc, desc_k_major<BN, BM>(a_tile, a_row0, kk),
+                                   desc_mn_major<BM, D, AW>(b_tile, kk * 16, col0));
+}
+
+// dQ (BM queries x COLS) = dS K over the BN keys: A = dS, read transposed from
+// the BN x BM dS^T tile; B = the BN x D K tile read transposed, columns col0..;
+// the first k-step overwrites acc.
+template <int BN, int BM, int D, int AW, int COLS>
+CUFLASH_DEVICE void issue_queries_by_cols(float (&acc)[COLS / 8][4], u32 dst_tile, u32 k_tile, int col0) {
+    wgmma_ss<COLS, 1, 1, false>(acc, desc_mn_major<BN, BM>(dst_tile, 0), desc_mn_major<BN, D, AW>(k_tile, 0, col0));
+#pragma unroll
+    for (int kk = 1; kk < BN / 16; ++kk)
+        wgmma_ss<COLS, 1, 1, true>(acc, desc_mn_major<BN, BM>(dst_tile, kk * 16),
+                                   desc_mn_major<BN, D, AW>(k_tile, kk * 16, col0));
+}
+
+// A 64-key x BM tile of one warp's rows (fragment layout; this warp's keys
+// start at row key0 of the tile) -> a swizzled BN x BM tile [key][query] in
+// shared memory, 16-bit.
+template <int BN, int BM>
+CUFLASH_DEVICE void store_keys_by_queries(unsigned char* tile, const float (&x)[BM / 8][4], int key0, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < BM / 8; ++nt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+            *reinterpret_cast<u32*>(tile + swizzled_offset<BN, BM>(key0 + hh * 8 + g, nt * 8) + 4 * t) =
+                pack_float2(x[nt][2 * hh], x[nt][2 * hh + 1]);
 }

@@ -250,6 +250,35 @@ def test_warp_specialised_tiles_are_refused_where_the_kernel_cannot_run_them(til
         FwdSm90Spec("bf16", 128, PLAIN, tiles)
 
 
+def test_hopper_backward_is_warp_specialised_with_its_producer_and_ring():
+    spec = support.select(Problem("bwd", "bf16", 128, CAUSAL, compute_capability=(9, 0)))
+    assert isinstance(spec, BwdSm90Spec)
+    assert spec.tiles.stages == 2 and spec.source == "bwd_sm90_ws.cu"
+    assert spec.threads == 384  # two consumer warpgroups and the producer
+    assert spec.defines()["CUFLASH_STAGES"] == 2 and spec.name.endswith("_s2")
+    # K, V, two slots of Q and dO, two dS^T buffers, the fp32 dQ block, L2 and D per slot, the dQ
+    # turn, 3 + 2 * 2 mbarriers and the 1 KB alignment slack
+    assert launch.bwd_smem_bytes(spec) == (2 * (256 + 256) * 128 + 2 * 2 * 128 * 64 + 4 * 64 * 128 + 8 * 2 * 64
+                                           + 8 + 8 * 7 + 1024)
+    for spec in support.declared_specs():
+        if isinstance(spec, BwdSm90Spec):
+            assert launch.bwd_smem_bytes(spec) <= 227 * 1024, spec.name
+
+
+@pytest.mark.parametrize("head_dim, features, stages", [
+    (64, PLAIN, 2), (64, Features("local", softcap=True, alibi=True, sink=True, varlen=True), 2),
+    (64, Features("causal", dropout=1), 2),
+    (128, Features("causal", dropout=1), 0),                  # dropout's Philox beside d128's accumulators
+    (128, Features(bias=16), 0), (64, Features("causal", bias=32), 0),  # a bias: the kernel without a producer
+    (256, PLAIN, 0),                                          # d = 256 splits dK/dV columns: bwd_sm90.cu
+])
+def test_hopper_backward_kernel_per_head_dim_and_features(head_dim, features, stages):
+    spec = support.select(Problem("bwd", "bf16", head_dim, features, compute_capability=(9, 0)))
+    assert isinstance(spec, BwdSm90Spec) and spec.tiles.stages == stages, spec.name
+    assert spec.source == ("bwd_sm90_ws.cu" if stages else "bwd_sm90.cu")
+    assert spec.threads == (384 if stages else 256)
+
+
 @pytest.mark.parametrize("cc, sm90", [((8, 0), True), ((8, 6), True), ((9, 0), False)])
 def test_select_portable_forward(cc, sm90):
     spec = support.select(Problem("fwd", "fp16", 100, compute_capability=cc, sm90=sm90))

@@ -268,7 +268,10 @@ def test_memory_formula_and_no_growth():
     assert rows * d * 2 + rows * 4 <= fwd_bytes <= rows * d * 2 + rows * 4 + 2 * slack, fwd_bytes  # out, lse
     spec = api.bwd_spec("bf16", d, PLAIN, False, q.device.id)
     r = spec.tiles.block_m * -(-seqlen // spec.tiles.block_m)
-    scratch = 4 * (2 * batch * nheads * r + rows * spec.head_dim + 2 * batch * seqlen * nheads * d)
+    # dq_accum: a row per query row, or per padded row (rounded up to Br) for the warp-specialised
+    # Hopper backward, which adds whole blocks
+    dq_rows = batch * nheads * r if getattr(spec.tiles, "stages", 0) else rows
+    scratch = 4 * (2 * batch * nheads * r + dq_rows * spec.head_dim + 2 * batch * seqlen * nheads * d)
     grads = 2 * (rows * d + 2 * batch * seqlen * nheads_kv * d)
     # the scratch's pieces start on 256-byte boundaries
     assert grads + scratch <= bwd_bytes <= grads + scratch + 4 * 256 + 4 * slack, (bwd_bytes, grads + scratch)

@@ -1,0 +1,382 @@
+// bwd_sm90_ws.cu: exact attention backward, the warp-specialised Hopper path
+// (sm_90a: a producer warpgroup loads and reduces dQ, two consumer warpgroups
+// run only wgmma and the elementwise recompute; FlashAttention-3's schedule).
+//
+// Computes what bwd_sm90.cu computes (FlashAttention-2, Algorithm 2, P
+// recomputed from the forward's lse), with the same parameters, preprocess
+// (bwd_prepare.cu) and conversions (bwd_convert.cu). For one (batch b, query
+// head h, kv head h_kv) and a block of Bc = 128 keys, with Q, dO: (Sq, d),
+// K_j, V_j: (Bc, d):
+//   dV_j = sum_i P_ij^T dO_i,  dK_j = scale * sum_i dS_ij^T Q_i,  dQ_i += scale * dS_ij K_j
+// (bwd_sm90.cu's header has P, dP and dS; score modifier, mask, sink and dropout
+// as there, through the same helpers).
+//
+// Warpgroups (128 threads each): warpgroup 0 is the producer, warpgroups 1 and
+// 2 the consumers, consumer c owning keys 64c..64c+63 of the block. The query
+// blocks i that see a key of the block (mask.cuh query_blocks) are visited in
+// ascending order; the u-th of them lives in slot u % STAGES (pipeline.cuh).
+//   Producer (setmaxnreg down to PRODUCER_REGS):
+//     warps 0-1 (loaders; warp 0 K_j, Q_i, L2_i, warp 1 V_j, dO_i, D_i): cp.async
+//       K_j, V_j once; then per query block Q_i, dO_i (Br x D each, swizzled,
+//       copy.cuh), L2_i and D_i into the block's slot as soon as the consumers
+//       freed it; each copy signals the slot's full barrier when it lands.
+//     warp 2 (dQ writer): per query block, once the consumers have put
+//       scale * dS_i K_j (Br x D, fp32) into the dQ buffer, adds it to
+//       dq_accum with a bulk reduction (cp.reduce.async.bulk .add.f32, performed
+//       at L2; dq_accum is laid out (batch, head, row, D), so a block's rows are
+//       one contiguous range; varlen: one reduction per row), and frees the
+//       buffer when the reductions have read it.
+//       Deterministic: in key-block order (atomic.cuh turns, held by this warp
+//       alone, so the consumers never wait for other CTAs).
+//     warp 3 has nothing to do.
+//   Consumers (setmaxnreg up to CONSUMER_REGS), per query block i:
+//     S^T = K Q^T, dP^T = V dO^T (64 keys x Br per consumer); modifier, mask;
+//     P^T and dS^T in registers (softmax.cuh); dS^T -> shared memory (one of two
+//     buffers, alternating); dV += P^T dO (A = P^T from registers);
+//     both consumers' dS^T stored (named barrier); dK += dS^T Q, dQ_i
+//     (Br x D/2 per consumer, columns c*D/2..) = dS K over the Bc keys; free
+//     the slot; wait for the dQ buffer, put scale * dQ_i in it.
+//   Epilogue: dK *= scale; dK, dV staged through sK / sV (16-bit) or, under
+//     GQA, fp32 per query head into dk_accum / dv_accum (bwd_convert.cu sums).
+//
+// Compile-time constants (cuflash/specs.py BwdSm90Spec with stages > 0):
+// CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (64 or 128; columns >= the run-time d are
+// zero-filled and never stored), CUFLASH_BLOCK_N Bc = 128, CUFLASH_STAGES,
+// CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
+// CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh).
+// Br = 64, 384 threads. No additive bias (bwd_sm90.cu runs it) and no D = 256
+// (bwd_sm90.cu's split of the columns).
+// Memory: nothing of size seqlen_q x seqlen_k. Constraints: as bwd.cu; the
+// dq_accum rows (D fp32) are 16-byte aligned and, but for varlen, D floats apart
+// with m_blocks * Br rows per (batch, head) (cuflash/launch.py allocates them so).
+// Shared memory (cuflash/launch.py bwd_smem_bytes): 2 Bc D (K, V) + 2 STAGES Br D
+// (Q, dO) + 2 Bc Br (dS^T, two buffers) 16-bit elements, Br D fp32 (dQ),
+// 8 STAGES Br bytes (L2, D), 4 bytes per consumer thread with a sink, 8 bytes
+// per mbarrier (3 + 2 STAGES), 8 bytes for the dQ turn and 1 KB alignment slack.
+#include "common/platform.cuh"
+#include "common/params.cuh"
+#include "common/numeric.cuh"
+#include "common/copy.cuh"
+#include "common/wgmma.cuh"
+#include "common/pipeline.cuh"
+#include "common/atomic.cuh"
+#include "common/seqinfo.cuh"
+#include "common/mask.cuh"
+#include "common/score_mod.cuh"
+#include "common/softmax.cuh"
+#include "common/epilogue.cuh"
+
+constexpr int D = CUFLASH_HEAD_DIM;
+constexpr int BM = 64;                 // Br: queries per step
+constexpr int BN = CUFLASH_BLOCK_N;    // Bc: keys per CTA
+constexpr int STAGES = CUFLASH_STAGES;
+constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
+constexpr int THREADS = 384;
+constexpr int CONSUMERS = 256;         // threads of the two consumer warpgroups
+constexpr int LOADERS = 64;            // producer warps 0-1
+constexpr int DQ_WARP = 2;             // the producer's warp that reduces dQ
+constexpr int DQ_COLS = D / 2;         // dQ columns per consumer
+constexpr int AW = DQ_COLS % 64 == 0 ? 64 : 32;  // swizzle atom: each consumer's half of a tile starts on one
+constexpr int NT = BM / 8;             // n8 tiles of S^T per warp (queries)
+constexpr int DT = D / 8;              // n8 tiles of dK, dV per warp
+constexpr int DQ_PITCH = D;            // fp32 row pitch of the dQ buffer: dq_accum's own, so a block is one copy
+static_assert(D == 64 || D == 128, "head dims of this kernel (d = 256 runs on bwd_sm90.cu)");
+static_assert(BN == 128 && STAGES >= 2, "64 keys per consumer warpgroup; a ring of at least two slots");
+static_assert(!BIAS, "an additive bias runs on bwd_sm90.cu");
+
+// Register split (from 168 each at launch): the consumers hold dK and dV of 64
+// keys x D (2 D fp32 per thread) beside S^T, dP^T and dQ; 40 is what the
+// producer's roles need without spilling (its loaders each hold one tile's pointers).
+constexpr int PRODUCER_REGS = 40;
+constexpr int CONSUMER_REGS = 232;
+static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
+
+constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
+constexpr u32 DQ_BYTES = BM * DQ_PITCH * 4;
+static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
+
+// Named barriers over the 256 consumer threads.
+constexpr int BAR_DS = 1;        // both consumers' dS^T stored
+constexpr int BAR_EPILOGUE = 2;  // epilogue staging
+
+// dst[0 .. bytes) += src[0 .. bytes) (fp32), performed by the bulk-copy unit at
+// L2; src in shared memory. 16-byte aligned addresses, bytes % 16 == 0.
+CUFLASH_DEVICE void bulk_reduce_add_f32(float* dst, u32 src, u32 bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+                 "r"(bytes)
+                 : "memory");
+}
+CUFLASH_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Wait until this thread's bulk groups have read their source (READ) or completed.
+template <bool READ>
+CUFLASH_DEVICE void bulk_wait_all() {
+    if (READ) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    else asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
+    const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
+    const u32 sK = base;                        // (BN, D)
+    const u32 sV = sK + KV_BYTES;               // (BN, D)
+    const u32 sQ0 = sV + KV_BYTES;              // STAGES slots of Q (BM, D)
+    const u32 sdO0 = sQ0 + STAGES * QD_BYTES;   // STAGES slots of dO (BM, D)
+    const u32 sdSt0 = sdO0 + STAGES * QD_BYTES; // [2] (BN keys, BM queries), queries contiguous
+    const u32 sdQ = sdSt0 + 2 * DST_BYTES;      // (BM, DQ_PITCH) fp32
+    float* sLse2 = reinterpret_cast<float*>(smem + (sdQ + DQ_BYTES - base));  // [STAGES][BM]
+    float* sDelta = sLse2 + STAGES * BM;                                      // [STAGES][BM]
+    float* sSinkPart = sDelta + STAGES * BM;  // [CONSUMERS] (SINK) softmax.cuh sink_log2
+    int* sTurn = reinterpret_cast<int*>(sSinkPart + (SINK ? CONSUMERS : 0));  // DETERMINISTIC: dQ turn of the buffer's block
+    const u32 bars = smem_addr(sTurn + 2);  // mbarriers, 8 bytes each
+    const u32 kv_full = bars, dq_full = bars + 8u, dq_empty = bars + 16u;
+    auto qdo_full = [&](int s) { return bars + 8u * (3 + s); };
+    auto qdo_empty = [&](int s) { return bars + 8u * (3 + STAGES + s); };
+    auto sQ = [&](int s) { return sQ0 + (u32)s * QD_BYTES; };
+    auto sdO = [&](int s) { return sdO0 + (u32)s * QD_BYTES; };
+    auto sdSt = [&](int u) { return sdSt0 + (u32)(u & 1) * DST_BYTES; };
+
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
+    const int n_block = blockIdx.x;
+    const int key0 = n_block * BN;
+    const SeqInfo si(p, blockIdx.z, blockIdx.y);
+    // A varlen grid covers the longest key sequence: a key block past the end of a
+    // shorter one owns no dK/dV rows and no query sees it (no dQ turn waits for it);
+    // the whole CTA leaves before any barrier.
+    if (si.past_end_of_keys(key0)) {
+        if (SINK && tid == 0) p.dsink_part[cta_slot()] = 0.f;  // sees no query: its dsink part is 0
+        return;
+    }
+    // Query blocks [m_begin, m_begin + count) hold every query that sees a key of
+    // this block; when none does (seqlen_q = 0, or a window that misses it) dK =
+    // dV = 0 are written. (The consumers build their own Visibility: little stays
+    // live into the producer's 48 registers.)
+    int m_begin, count;
+    {
+        const int2 query_blocks = Visibility(p, si).query_blocks<BM>(key0, BN);
+        m_begin = query_blocks.x, count = query_blocks.y - query_blocks.x;
+    }
+
+    if (tid == 0) {
+        mbar_init(kv_full, LOADERS);
+        mbar_init(dq_full, CONSUMERS);
+        mbar_init(dq_empty, 32);
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(qdo_full(s), LOADERS);
+            mbar_init(qdo_empty(s), CONSUMERS);
+        }
+        mbar_init_fence();
+    }
+    // The barriers are initialised before any thread arrives on or waits for one.
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---- Producer.
+        setmaxnreg_dec<PRODUCER_REGS>();
+        const int warp = tid / 32;
+        if (warp < 2 && count > 0) {
+            // Warp 0 loads K, then Q and L2 of each block; warp 1 V, then dO and D.
+            const bool second = warp == 1;
+            const int lt = lane;
+            const u16 *q, *k, *v;
+            si.qkv_rows(p, q, k, v);
+            const u16* rows = second ? si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride,
+                                                     p.do_row_stride, p.do_head_stride)
+                                     : q;
+            const i64 row_stride = second ? p.do_row_stride : p.q_row_stride;
+            const float* stat = (second ? p.delta : p.lse_log2) + si.row_stat(p.nheads, p.seqlen_q_rounded);
+            const u32 s_rows = second ? sdO0 : sQ0;
+            const u32 s_stat = smem_addr(second ? sDelta : sLse2);
+            load_tile_swizzled<BN, D, 32, AW, true>(second ? sV : sK, second ? v : k,
+                                                     second ? p.v_row_stride : p.k_row_stride, key0, si.seqlen_k,
+                                                     p.head_dim, lt);
+            cp_async_arrive(kv_full);
+#pragma unroll 1
+            for (int u = 0; u < count; ++u) {
+                const int s = u % STAGES, row0 = (m_begin + u) * BM;
+                mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
+                load_tile_swizzled<BM, D, 32, AW, true>(s_rows + (u32)s * QD_BYTES, rows, row_stride, row0,
+                                                         si.seqlen_q, p.head_dim, lt);
+                // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
+                if (lt < BM / 4) cp_async_16(s_stat + (u32)((s * BM + lt * 4) * 4), stat + row0 + lt * 4, true);
+                cp_async_arrive(qdo_full(s));
+            }
+            // Leave only after this thread's copies landed: they belong to no commit
+            // group yet (the mbarriers track them), so close one and wait for it.
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else if (warp == DQ_WARP) {
+            float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
+#pragma unroll 1
+            for (int u = 0; u < count; ++u) {
+                const int m = m_begin + u, row0 = m * BM;
+                mbar_wait(dq_full, u & 1);
+                // Deterministic: this CTA's turn among those that add to block m (*sTurn).
+                int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
+                if (DETERMINISTIC) warp_turn_wait(turn, *sTurn);
+                if (CUFLASH_VARLEN) {
+                    // A sequence's rows end anywhere (the next one's follow): row by row.
+                    for (int r = lane; r < BM && row0 + r < si.seqlen_q; r += 32)
+                        bulk_reduce_add_f32(dq_accum + (i64)(row0 + r) * p.dqa_row_stride,
+                                            sdQ + (u32)(r * DQ_PITCH * 4), D * 4);
+                } else if (lane == 0) {
+                    // dq_accum is (batch, head, m_blocks * Br, D) here (launch.py): the block is
+                    // BM * D contiguous floats, padding rows included.
+                    bulk_reduce_add_f32(dq_accum + (i64)row0 * p.dqa_row_stride, sdQ, BM * D * 4);
+                }
+                bulk_commit();
+                if (DETERMINISTIC) {
+                    bulk_wait_all<false>();  // the sums are in memory before the next CTA's turn
+                    warp_turn_pass(turn);
+                } else {
+                    bulk_wait_all<true>();  // the buffer has been read
+                }
+                mbar_arrive(dq_empty);
+            }
+            // The reductions complete before the kernel does.
+            bulk_wait_all<false>();
+        }
+        return;
+    }
+
+    // ---- Consumers.
+    setmaxnreg_inc<CONSUMER_REGS>();
+    const int c = wg - 1, ctid = tid - 128;       // consumer index, thread within the consumers
+    const int warp_key0 = c * 64 + warp_in_wg * 16;  // first key of this warp within the block
+    const Visibility vis(p, si);
+    const ScoreMod mod(p, si);
+    const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
+    const BiasGrad dbias(p, si);        // inactive: no bias in this kernel
+    const float sink2 = sink_log2(p, si);
+
+    float acc_dk[DT][4], acc_dv[DT][4];
+    zero_acc(as_tile(acc_dk));
+    zero_acc(as_tile(acc_dv));
+    if (SINK) sSinkPart[ctid] = 0.f;  // this thread's slot: no other thread reads it before the epilogue's barrier
+    if (count > 0) mbar_wait(kv_full, 0);
+
+#pragma unroll 1
+    for (int u = 0; u < count; ++u) {
+        const int s = u % STAGES, row0 = (m_begin + u) * BM;
+        // Q, dO, L2, D of this block have landed; the fence makes them visible to wgmma.
+        mbar_wait(qdo_full(s), (u / STAGES) & 1);
+        fence_proxy_async();
+        // Tile addresses for this step's descriptors (wgmma.cuh opaque).
+        const u32 q_buf = opaque(sQ(s)), do_buf = opaque(sdO(s)), dst_buf = opaque(sdSt(u));
+        const u32 sK_ = opaque(sK), sV_ = opaque(sV);
+
+        // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x BM queries.
+        float acc_s[1][NT][4], acc_dp[1][NT][4];
+        wgmma_fence();
+        issue_keys_by_queries<BN, BM, D, AW, false>(acc_s[0], sK_, c * 64, q_buf);
+        issue_keys_by_queries<BN, BM, D, AW, false>(acc_dp[0], sV_, c * 64, do_buf);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_s[0]);
+        fence_regs(acc_dp[0]);
+
+        // Modifier, mask (boundary blocks), then P^T and dS^T in place (acc_s
+        // becomes P^T, acc_dp dS^T; softmax.cuh). Element (nt, 2hh+j): key
+        // warp_key0 + hh*8 + g, query nt*8 + 2t + j.
+        if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + warp_key0, row0, lane);
+        if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + warp_key0, row0, lane);
+        const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + s * BM, sDelta + s * BM, p.scale_log2,
+                                                   mod, drop, dbias, sink2, key0 + warp_key0, row0, lane);
+        if (SINK) sSinkPart[ctid] += sink_part;
+
+        // P^T as A fragments (k-step kk = queries 16kk..16kk+15); dS^T into
+        // shared memory, 16-bit swizzled [key][query], where dK and dQ read it.
+        u32 pt[BM / 16][4];
+        pack_a_fragments(acc_s[0], pt);
+        store_keys_by_queries<BN, BM>(smem + (sdSt(u) - base), acc_dp[0], warp_key0, lane);
+
+        // dV += P^T dO: (64 keys x D) per warpgroup over BM queries; B = dO read transposed.
+        fence_regs(acc_dv);
+        wgmma_fence();
+        issue_keys_by_cols<BM, D, AW, D>(acc_dv, pt, do_buf);
+        wgmma_commit();
+
+        // Both warpgroups' dS^T is in shared memory (and visible to wgmma) before
+        // dK and dQ read it. It also means the other warpgroup finished the
+        // previous step (its wait below), so dS^T buffer u+1 is free to write.
+        fence_proxy_async();
+        named_sync(BAR_DS, CONSUMERS);
+
+        // dK += dS^T Q: A = this warpgroup's 64 rows of dS^T (K-major), B = Q read transposed.
+        fence_regs(acc_dk);
+        wgmma_fence();
+        issue_keys_by_cols<BN, BM, D, AW, D>(acc_dk, dst_buf, c * 64, q_buf);
+        wgmma_commit();
+        // dQ_i[:, c*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS,
+        // read transposed from dS^T), N = DQ_COLS (B = K read transposed).
+        float acc_dq[DQ_COLS / 8][4];
+        issue_queries_by_cols<BN, BM, D, AW, DQ_COLS>(acc_dq, dst_buf, sK_, c * DQ_COLS);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(pt);  // operands of the dV product: alive until it completed
+        fence_regs(acc_dq);
+        fence_regs(acc_dv);
+        fence_regs(acc_dk);
+        mbar_arrive(qdo_empty(s));  // Q, dO, L2 and D of slot s read
+
+        // scale * dQ_i -> the dQ buffer once the writer's reductions of the
+        // previous block have read it (phase u of the buffer's barriers).
+        mbar_wait(dq_empty, (u & 1) ^ 1);
+        {
+            const int g = lane / 4, t = lane % 4;
+            float* dq_rows = reinterpret_cast<float*>(smem + (sdQ - base)) + (warp_in_wg * 16 + g) * DQ_PITCH +
+                             c * DQ_COLS + 2 * t;
+#pragma unroll
+            for (int nt = 0; nt < DQ_COLS / 8; ++nt)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh)
+                    *reinterpret_cast<float2*>(dq_rows + hh * 8 * DQ_PITCH + nt * 8) =
+                        make_float2(acc_dq[nt][2 * hh] * p.scale, acc_dq[nt][2 * hh + 1] * p.scale);
+        }
+        // Deterministic: the CTAs of this (head, batch) that see query block m are
+        // the key blocks of its range, so this CTA adds as number n_block - first
+        // (bwd.cu explains why the turns cannot deadlock). The writer reads it
+        // after dq_full, which this arrival completes.
+        if (DETERMINISTIC && ctid == 0) *sTurn = n_block - vis.key_blocks<BN>(row0, BM).x;
+        // The bulk reductions read the buffer through the async proxy.
+        fence_proxy_async();
+        mbar_arrive(dq_full);
+    }
+
+    // Epilogue: dK = scale * acc_dk, dV = acc_dv. Both warpgroups are past their
+    // last product reading sK/sV before they are reused to stage dK and dV.
+    named_sync(BAR_EPILOGUE, CONSUMERS);
+    // dsink's part of this CTA (softmax.cuh sink_log2): sLse2 is free (every
+    // slot was consumed), and its reads precede the barrier above.
+    if (SINK)
+        group_sum_store<CONSUMERS>(sSinkPart[ctid], sLse2, p.dsink_part + cta_slot(), ctid,
+                                   [] { named_sync(BAR_EPILOGUE, CONSUMERS); });
+    const float dk_scale[1][2] = {{p.scale, p.scale}}, dv_scale[1][2] = {{1.f, 1.f}};
+
+    if (p.dk_accum == nullptr) {
+        // dK -> sK, dV -> sV as 16-bit swizzled [key][d], then 16-byte stores of whole rows.
+        auto swizzled = [](int r, int col) { return swizzled_offset<BN, D, AW>(r, col); };
+        unsigned char* sK_bytes = smem + (sK - base);
+        unsigned char* sV_bytes = smem + (sV - base);
+        stage_tile(sK_bytes, swizzled, as_tile(acc_dk), dk_scale, warp_key0, 0, lane);
+        stage_tile(sV_bytes, swizzled, as_tile(acc_dv), dv_scale, warp_key0, 0, lane);
+        // The 16-byte reads below cover rows other warps wrote.
+        named_sync(BAR_EPILOGUE, CONSUMERS);
+        u16* dk = si.key_rows(static_cast<u16*>(p.dk), p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+        u16* dv = si.key_rows(static_cast<u16*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+        store_staged_rows<BN, D>(dk, p.dk_row_stride, sK_bytes, swizzled, key0, si.seqlen_k, p.head_dim, ctid,
+                                 CONSUMERS);
+        store_staged_rows<BN, D>(dv, p.dv_row_stride, sV_bytes, swizzled, key0, si.seqlen_k, p.head_dim, ctid,
+                                 CONSUMERS);
+    } else {
+        // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
+        float* dka = si.key_rows_of_query_head(p.dk_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
+        float* dva = si.key_rows_of_query_head(p.dv_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
+        write_f32_tile<false>(dka, p.dka_row_stride, as_tile(acc_dk), p.scale, key0 + warp_key0, 0, si.seqlen_k,
+                              p.head_dim, lane);
+        write_f32_tile<false>(dva, p.dka_row_stride, as_tile(acc_dv), 1.f, key0 + warp_key0, 0, si.seqlen_k,
+                              p.head_dim, lane);
+    }
+}
