@@ -142,13 +142,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int n_block = blockIdx.x;
     const int key0 = n_block * BN;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
-    // A varlen grid covers the longest key sequence: a key block past the end of a
-    // shorter one owns no dK/dV rows and no query sees it (no dQ turn waits for it);
-    // the whole CTA leaves before any barrier.
-    if (si.past_end_of_keys(key0)) {
-        if (SINK && tid == 0) p.dsink_part[cta_slot()] = 0.f;  // sees no query: its dsink part is 0
-        return;
-    }
+    if (key_block_past_end<SINK>(p, si, key0)) return;  // varlen: a key block no query sees
     // Query blocks [m_begin, m_begin + count) hold every query that sees a key of
     // this block; when none does (seqlen_q = 0, or a window that misses it) dK =
     // dV = 0 are written. (The consumers build their own Visibility: little stays

@@ -129,3 +129,15 @@ CUFLASH_DEVICE void block_sum_store(float x, float* scratch, float* dst) {
 CUFLASH_DEVICE i64 cta_slot() {
     return ((i64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
 }
+
+// The backwards' key block past the end of its sequence: a varlen grid covers the
+// longest key sequence, and a key block past the end of a shorter one owns no
+// dK/dV rows and no query sees it (no dQ turn waits for it). True for such a
+// block, whose part of dsink (0, WITH_SINK) is then stored; the whole CTA must
+// leave before any barrier.
+template <bool WITH_SINK, class Params, class Seq>
+CUFLASH_DEVICE bool key_block_past_end(const Params& p, const Seq& si, int key0) {
+    if (!si.past_end_of_keys(key0)) return false;
+    if (WITH_SINK && threadIdx.x == 0) p.dsink_part[cta_slot()] = 0.f;
+    return true;
+}
