@@ -102,15 +102,16 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     dS^T buffers; the fp32 dQ buffer (Br x D); the sink sums of the
     256 consumer threads; the dQ turn (8 bytes); its mbarriers (3 + 2 stages, 8 bytes
     each); the slack.
-    Both: with a learnable sink, one fp32 running sum per thread (softmax.cuh sink_log2).
+    All: with a learnable sink, one fp32 running sum per computing thread (softmax.cuh sink_log2).
     """
     t = spec.tiles
-    sink_parts = 4 * spec.threads if spec.features.sink else 0  # a running dsink sum per thread
-    if isinstance(spec, BwdSm90Spec) and t.stages:
-        consumer_sink_parts = 4 * 256 if spec.features.sink else 0
-        tiles = 2 * (2 * t.block_n + 2 * t.stages * t.block_m) * spec.head_dim + 2 * 2 * t.block_n * t.block_m
+    stages = getattr(t, "stages", 0)
+    # a running dsink sum per computing thread (the warp-specialised kernel's producer has none)
+    sink_parts = 4 * (spec.threads - (128 if stages else 0)) if spec.features.sink else 0
+    if isinstance(spec, BwdSm90Spec) and stages:
+        tiles = 2 * (2 * t.block_n + 2 * stages * t.block_m) * spec.head_dim + 2 * 2 * t.block_n * t.block_m
         dq = 4 * t.block_m * spec.head_dim
-        return tiles + dq + 8 * t.stages * t.block_m + consumer_sink_parts + 8 + 8 * (3 + 2 * t.stages) + 1024
+        return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (3 + 2 * stages) + 1024
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
         return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
@@ -349,7 +350,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     # The warp-specialised Hopper backward adds a whole block of dQ with one bulk copy: its
     # dq_accum is (batch, head, rounded rows, D), seen below as (batch, rows, head, D) strides.
-    blocked_dq = isinstance(spec, BwdSm90Spec) and bool(spec.tiles.stages) and not varlen
+    blocked_dq = spec.blocked_dq_accum
     dq_shape = (batch, nheads, rounded, spec.head_dim) if blocked_dq else (acc_batch, acc_q, nheads, spec.head_dim)
     sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
              "dq_accum": (dq_shape, "float32")}

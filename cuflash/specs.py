@@ -527,6 +527,7 @@ class BwdSpec(AttentionSpec):
 
     deterministic: bool  # dQ added in key-block order (bitwise reproducible)
     tiles: BwdTiles
+    blocked_dq_accum = False  # dq_accum (batch, seqlen_q, nheads, D) (BwdSm90Spec.blocked_dq_accum)
 
     source = "bwd.cu"
     entry = "cuflash_bwd"
@@ -624,6 +625,13 @@ class BwdSm90Spec(AttentionSpec):
     @property
     def source(self) -> str:
         return "bwd_sm90_ws.cu" if self.tiles.stages else "bwd_sm90.cu"
+
+    @property
+    def blocked_dq_accum(self) -> bool:
+        """dq_accum laid out (batch, head, rows rounded up to block_m, D): the warp-specialised
+        kernel adds a block of dQ with one bulk copy (not varlen, whose blocks overlap the next
+        sequence's rows)."""
+        return bool(self.tiles.stages) and not self.features.varlen
 
     @property
     def threads(self) -> int:

@@ -79,7 +79,6 @@ constexpr int DQ_COLS = D / 2;         // dQ columns per consumer
 constexpr int AW = DQ_COLS % 64 == 0 ? 64 : 32;  // swizzle atom: each consumer's half of a tile starts on one
 constexpr int NT = BM / 8;             // n8 tiles of S^T per warp (queries)
 constexpr int DT = D / 8;              // n8 tiles of dK, dV per warp
-constexpr int DQ_PITCH = D;            // fp32 row pitch of the dQ buffer: dq_accum's own, so a block is one copy
 static_assert(D == 64 || D == 128, "head dims of this kernel (d = 256 runs on bwd_sm90.cu)");
 static_assert(BN == 128 && STAGES >= 2, "64 keys per consumer warpgroup; a ring of at least two slots");
 static_assert(!BIAS, "an additive bias runs on bwd_sm90.cu");
@@ -92,27 +91,12 @@ constexpr int CONSUMER_REGS = 232;
 static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
 
 constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
-constexpr u32 DQ_BYTES = BM * DQ_PITCH * 4;
+constexpr u32 DQ_BYTES = BM * D * 4;  // the fp32 dQ block, rows of D as in dq_accum: one copy
 static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
 
 // Named barriers over the 256 consumer threads.
 constexpr int BAR_DS = 1;        // both consumers' dS^T stored
 constexpr int BAR_EPILOGUE = 2;  // epilogue staging
-
-// dst[0 .. bytes) += src[0 .. bytes) (fp32), performed by the bulk-copy unit at
-// L2; src in shared memory. 16-byte aligned addresses, bytes % 16 == 0.
-CUFLASH_DEVICE void bulk_reduce_add_f32(float* dst, u32 src, u32 bytes) {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
-                 "r"(bytes)
-                 : "memory");
-}
-CUFLASH_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// Wait until this thread's bulk groups have read their source (READ) or completed.
-template <bool READ>
-CUFLASH_DEVICE void bulk_wait_all() {
-    if (READ) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-    else asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -124,7 +108,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const u32 sQ0 = sV + KV_BYTES;              // STAGES slots of Q (BM, D)
     const u32 sdO0 = sQ0 + STAGES * QD_BYTES;   // STAGES slots of dO (BM, D)
     const u32 sdSt0 = sdO0 + STAGES * QD_BYTES; // [2] (BN keys, BM queries), queries contiguous
-    const u32 sdQ = sdSt0 + 2 * DST_BYTES;      // (BM, DQ_PITCH) fp32
+    const u32 sdQ = sdSt0 + 2 * DST_BYTES;      // (BM, D) fp32
     float* sLse2 = reinterpret_cast<float*>(smem + (sdQ + DQ_BYTES - base));  // [STAGES][BM]
     float* sDelta = sLse2 + STAGES * BM;                                      // [STAGES][BM]
     float* sSinkPart = sDelta + STAGES * BM;  // [CONSUMERS] (SINK) softmax.cuh sink_log2
@@ -146,7 +130,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     // Query blocks [m_begin, m_begin + count) hold every query that sees a key of
     // this block; when none does (seqlen_q = 0, or a window that misses it) dK =
     // dV = 0 are written. (The consumers build their own Visibility: little stays
-    // live into the producer's 48 registers.)
+    // live into the producer's 40 registers.)
     int m_begin, count;
     {
         const int2 query_blocks = Visibility(p, si).query_blocks<BM>(key0, BN);
@@ -173,7 +157,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         if (warp < 2 && count > 0) {
             // Warp 0 loads K, then Q and L2 of each block; warp 1 V, then dO and D.
             const bool second = warp == 1;
-            const int lt = lane;
             const u16 *q, *k, *v;
             si.qkv_rows(p, q, k, v);
             const u16* rows = second ? si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride,
@@ -185,16 +168,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             const u32 s_stat = smem_addr(second ? sDelta : sLse2);
             load_tile_swizzled<BN, D, 32, AW, true>(second ? sV : sK, second ? v : k,
                                                      second ? p.v_row_stride : p.k_row_stride, key0, si.seqlen_k,
-                                                     p.head_dim, lt);
+                                                     p.head_dim, lane);
             cp_async_arrive(kv_full);
 #pragma unroll 1
             for (int u = 0; u < count; ++u) {
                 const int s = u % STAGES, row0 = (m_begin + u) * BM;
                 mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
                 load_tile_swizzled<BM, D, 32, AW, true>(s_rows + (u32)s * QD_BYTES, rows, row_stride, row0,
-                                                         si.seqlen_q, p.head_dim, lt);
+                                                         si.seqlen_q, p.head_dim, lane);
                 // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
-                if (lt < BM / 4) cp_async_16(s_stat + (u32)((s * BM + lt * 4) * 4), stat + row0 + lt * 4, true);
+                if (lane < BM / 4) cp_async_16(s_stat + (u32)((s * BM + lane * 4) * 4), stat + row0 + lane * 4, true);
                 cp_async_arrive(qdo_full(s));
             }
             // Leave only after this thread's copies landed: they belong to no commit
@@ -214,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                     // A sequence's rows end anywhere (the next one's follow): row by row.
                     for (int r = lane; r < BM && row0 + r < si.seqlen_q; r += 32)
                         bulk_reduce_add_f32(dq_accum + (i64)(row0 + r) * p.dqa_row_stride,
-                                            sdQ + (u32)(r * DQ_PITCH * 4), D * 4);
+                                            sdQ + (u32)(r * D * 4), D * 4);
                 } else if (lane == 0) {
                     // dq_accum is (batch, head, m_blocks * Br, D) here (launch.py): the block is
                     // BM * D contiguous floats, padding rows included.
@@ -320,13 +303,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         mbar_wait(dq_empty, (u & 1) ^ 1);
         {
             const int g = lane / 4, t = lane % 4;
-            float* dq_rows = reinterpret_cast<float*>(smem + (sdQ - base)) + (warp_in_wg * 16 + g) * DQ_PITCH +
+            float* dq_rows = reinterpret_cast<float*>(smem + (sdQ - base)) + (warp_in_wg * 16 + g) * D +
                              c * DQ_COLS + 2 * t;
 #pragma unroll
             for (int nt = 0; nt < DQ_COLS / 8; ++nt)
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh)
-                    *reinterpret_cast<float2*>(dq_rows + hh * 8 * DQ_PITCH + nt * 8) =
+                    *reinterpret_cast<float2*>(dq_rows + hh * 8 * D + nt * 8) =
                         make_float2(acc_dq[nt][2 * hh] * p.scale, acc_dq[nt][2 * hh + 1] * p.scale);
         }
         // Deterministic: the CTAs of this (head, batch) that see query block m are

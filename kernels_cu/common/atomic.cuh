@@ -23,17 +23,21 @@ CUFLASH_DEVICE void red_add_f32x2(float* addr, float a, float b) {
 //
 // All threads of the CTA must call both (they contain __syncthreads).
 
-// Wait until *counter == me. One thread polls with acquire loads; the barrier
-// then orders every thread's following memory operations after the turn.
-CUFLASH_DEVICE void turn_wait(const int* counter, int me) {
-    if (threadIdx.x == 0) {
-        int seen;
-        while (true) {
-            asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-            if (seen == me) break;
-            asm volatile("nanosleep.u32 32;\n");  // back off: fewer L2 polls while the earlier CTAs work
-        }
+// Poll (acquire loads) until *counter == me: the calling thread's view of
+// the earlier turns' writes.
+CUFLASH_DEVICE void poll_turn(const int* counter, int me) {
+    int seen;
+    while (true) {
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+        if (seen == me) break;
+        asm volatile("nanosleep.u32 32;\n");  // back off: fewer L2 polls while the earlier CTAs work
     }
+}
+
+// Wait until *counter == me. One thread polls; the barrier then orders every
+// thread's following memory operations after the turn.
+CUFLASH_DEVICE void turn_wait(const int* counter, int me) {
+    if (threadIdx.x == 0) poll_turn(counter, me);
     // Holds every thread of the CTA until its turn has come.
     __syncthreads();
 }
@@ -53,14 +57,7 @@ CUFLASH_DEVICE void turn_pass(int* counter) {
 // Every lane of the warp calls both; the lanes' own bulk groups have completed
 // (cp.async.bulk.wait_group 0) before turn_pass.
 CUFLASH_DEVICE void warp_turn_wait(const int* counter, int me) {
-    if (threadIdx.x % 32 == 0) {
-        int seen;
-        while (true) {
-            asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-            if (seen == me) break;
-            asm volatile("nanosleep.u32 32;\n");
-        }
-    }
+    if (threadIdx.x % 32 == 0) poll_turn(counter, me);
     // Holds every lane until the turn has come; the proxy fence then orders the
     // lane's bulk reductions after the earlier CTAs' sums it acquired.
     __syncwarp();

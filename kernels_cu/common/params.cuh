@@ -85,7 +85,7 @@ struct BwdPrepareParams {
     const float* lse;    // (batch, nheads, seqlen_q): the forward's lse, natural log, any strides
     float* lse_log2;     // (batch, nheads, seqlen_q_rounded) contiguous: lse * log2(e); +inf where lse = -inf and for padding rows
     float* delta;        // (batch, nheads, seqlen_q_rounded) contiguous: rowsum(dO * O); 0 for padding rows
-    float* dq_accum;     // (batch, seqlen_q or, padded, seqlen_q_rounded, nheads, dq_accum_cols) fp32, zeroed here
+    float* dq_accum;     // (batch, seqlen_q, nheads, dq_accum_cols) fp32 by its strides, zeroed here
     int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed here, or null (not deterministic)
     const float* dlse;   // (batch, nheads, seqlen_q), any strides, or null: delta -= dlse
     i64 o_batch_stride, o_row_stride, o_head_stride;

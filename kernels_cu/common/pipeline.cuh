@@ -1,7 +1,8 @@
 // pipeline.cuh: the pieces of a warp-specialised Hopper kernel (sm_90):
 // mbarriers that hand shared-memory slots between a producer warpgroup and
 // consumer warpgroups, named barriers that order the consumers' tensor-core
-// work, and setmaxnreg (sm_90a) to move registers from producer to consumers.
+// work, bulk reductions into global memory, and setmaxnreg (sm_90a) to move
+// registers from producer to consumers.
 //
 // A slot ring of STAGES slots has two mbarriers per slot:
 //   full[s]:  the producer's copies into slot s have landed. Initialised with
@@ -74,6 +75,23 @@ __host__ __device__ constexpr bool register_split_fits() {
     constexpr int launch = (65536 / THREADS) / 8 * 8;
     return PRODUCER_REGS <= launch && CONSUMER_REGS >= launch &&
            128 * (launch - PRODUCER_REGS) >= (THREADS - 128) * (CONSUMER_REGS - launch);
+}
+
+// Bulk copies (the async proxy's copy unit, sm_90), here the reduction of a
+// shared-memory range into global memory; each thread waits for its own groups.
+// dst[0 .. bytes) += src[0 .. bytes) (fp32), performed by the bulk-copy unit at
+// L2; src in shared memory. 16-byte aligned addresses, bytes % 16 == 0.
+CUFLASH_DEVICE void bulk_reduce_add_f32(float* dst, u32 src, u32 bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+                 "r"(bytes)
+                 : "memory");
+}
+CUFLASH_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Wait until this thread's bulk groups have read their source (READ) or completed.
+template <bool READ>
+CUFLASH_DEVICE void bulk_wait_all() {
+    if (READ) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    else asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
 // Registers per thread of the executing warpgroup, from here on (every thread

@@ -270,7 +270,7 @@ def test_memory_formula_and_no_growth():
     r = spec.tiles.block_m * -(-seqlen // spec.tiles.block_m)
     # dq_accum: a row per query row, or per padded row (rounded up to Br) for the warp-specialised
     # Hopper backward, which adds whole blocks
-    dq_rows = batch * nheads * r if getattr(spec.tiles, "stages", 0) else rows
+    dq_rows = batch * nheads * r if spec.blocked_dq_accum else rows
     scratch = 4 * (2 * batch * nheads * r + dq_rows * spec.head_dim + 2 * batch * seqlen * nheads * d)
     grads = 2 * (rows * d + 2 * batch * seqlen * nheads_kv * d)
     # the scratch's pieces start on 256-byte boundaries
