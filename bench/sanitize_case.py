@@ -8,7 +8,7 @@ import os
 import cupy as cp
 
 import cuflash
-from cuflash import testing
+from cuflash import api, testing
 
 # The additive bias with its gradient (issue 10), with dropout: ragged shapes (an odd
 # seqlen_k, so bias rows start unaligned), a full bias (dbias stored), a per-key and a
@@ -131,10 +131,51 @@ def backward_cases():
     cp.cuda.Device().synchronize()
 
 
-# SANITIZE_SECTIONS=forward, backward, bias, plans or float32 runs only that section (a quick check
+# KV cache (attention_with_kvcache): appends that run past the cache's end and lengths outside
+# [0, seqlen_cache] are clamped by the append kernel, the split-KV decode and its combine, and
+# the varlen forward (long query chunks); paged caches with page sizes 1 and 16, split or not,
+# and block-table entries out of range (clamped by the kernels; the public call would refuse
+# them, so they go straight to run_kvcache here).
+def kvcache_cases(d):
+    q, kc, vc = testing.random_qkv(3, 2, 96, 4, 2, d, "bf16", xp=cp)
+    _, k, v = testing.random_qkv(3, 2, 5, 4, 2, d, "bf16", xp=cp)
+    for lengths in (cp.asarray([0, 93, 200], dtype=cp.int32), cp.asarray([-4, 50, 96], dtype=cp.int32)):
+        for splits in (1, 3):
+            cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True, return_lse=True,
+                                           num_splits=splits)
+    # rotary (both pairings) and left padding, past-the-end appends included
+    half = 32 if d >= 64 else 16  # rotary_dim = 2 * half <= d
+    cos, sin = (cp.asarray(testing.random_qkv(1, 96, 1, 1, 1, half, "bf16")[0][0, :, 0]) for _ in range(2))
+    for interleaved in (True, False):
+        cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32),
+                                       rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved,
+                                       cache_leftpad=cp.asarray([0, 90, 3], dtype=cp.int32), check_indices=False,
+                                       causal=True, num_splits=2)
+    q40 = testing.random_qkv(3, 40, 1, 4, 2, d, "bf16", xp=cp)[0]
+    cuflash.attention_with_kvcache(q40, kc, vc, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32), causal=True)
+    for page_size in (1, 16):
+        pages = 96 // page_size
+        kp, vp = (x.reshape(3 * pages, page_size, 2, d) for x in (kc, vc))
+        table = cp.arange(3 * pages, dtype=cp.int32)[::-1].reshape(3, pages).copy()
+        for splits in (1, 4):
+            cuflash.attention_with_kvcache(q, kp, vp, k, v, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32),
+                                           block_table=table, num_splits=splits, causal=True, return_lse=True)
+        bad = table.copy()
+        bad[0, 0], bad[1, 1] = -7, 10 ** 6
+        qr, kpr, vpr, kr, vr = (api.cupy_ref(x) for x in (q, kp, vp, k, v))
+        cache = api.check_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(bad))
+        lengths = cp.asarray([90, 93, 91], dtype=cp.int32)
+        used = cp.empty(3, cp.int32)
+        out = cp.empty_like(q)
+        opts = api.kvcache_options(qr, None, True, (-1, -1), 0.0, None, None)
+        api.run_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(lengths), api.cupy_ref(used), api.cupy_ref(out), None, opts,
+                        cache, 2, api.cupy_alloc, None, cp.cuda.get_current_stream().ptr)
+
+
+# SANITIZE_SECTIONS=forward, backward, bias, plans, float32 or kvcache runs only that section (a quick check
 # of that feature); unset: everything.
 SECTIONS = {"forward": forward_cases, "backward": backward_cases, "bias": bias_cases, "plans": plan_cases,
-            "float32": float32_cases}
+            "float32": float32_cases, "kvcache": lambda: [kvcache_cases(d) for d in (64, 40)]}
 if os.environ.get("SANITIZE_SECTIONS") in SECTIONS:
     SECTIONS[os.environ["SANITIZE_SECTIONS"]]()
     raise SystemExit(0)
@@ -210,8 +251,6 @@ for d in (64, 128):
 # Offsets that no host check saw (as under jax.jit or CUDA-graph capture): out of range,
 # decreasing, negative. The kernels clamp every sequence to the tensors (seqinfo.cuh), so
 # the values are meaningless but nothing is read or written out of bounds.
-from cuflash import api  # noqa: E402
-
 q, k, v = (x[0] for x in testing.random_qkv(1, 300, 400, 4, 2, 64, "bf16", xp=cp))
 dout = testing.random_like(q)
 bad_q = cp.asarray([0, 500, -3, 10**6, 250, 2], dtype=cp.int32)
@@ -234,43 +273,8 @@ for used in (None, bad_used):
                                 api.cupy_ref(lse), *(api._varlen_ref(api.cupy_ref(x), 5, x.shape[0]) for x in (dq, dk, dv)),
                                 opts, True, None, api.cupy_alloc, stream, seqs, 256, 256)
 
-# KV cache (attention_with_kvcache): appends that run past the cache's end and lengths outside
-# [0, seqlen_cache] are clamped by the append kernel, the split-KV decode and its combine, and
-# the varlen forward (long query chunks); paged caches with page sizes 1 and 16, split or not,
-# and block-table entries out of range (clamped by the kernels; the public call would refuse
-# them, so they go straight to run_kvcache here).
-q, kc, vc = testing.random_qkv(3, 2, 96, 4, 2, 64, "bf16", xp=cp)
-_, k, v = testing.random_qkv(3, 2, 5, 4, 2, 64, "bf16", xp=cp)
-for lengths in (cp.asarray([0, 93, 200], dtype=cp.int32), cp.asarray([-4, 50, 96], dtype=cp.int32)):
-    for splits in (1, 3):
-        cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lengths, causal=True, return_lse=True,
-                                       num_splits=splits)
-# rotary (both pairings) and left padding, past-the-end appends included
-cos, sin = (cp.asarray(testing.random_qkv(1, 96, 1, 1, 1, 32, "bf16")[0][0, :, 0]) for _ in range(2))
-for interleaved in (True, False):
-    cuflash.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32),
-                                   rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved,
-                                   cache_leftpad=cp.asarray([0, 90, 3], dtype=cp.int32), check_indices=False,
-                                   causal=True, num_splits=2)
-q40 = testing.random_qkv(3, 40, 1, 4, 2, 64, "bf16", xp=cp)[0]
-cuflash.attention_with_kvcache(q40, kc, vc, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32), causal=True)
-for page_size in (1, 16):
-    pages = 96 // page_size
-    kp, vp = (x.reshape(3 * pages, page_size, 2, 64) for x in (kc, vc))
-    table = cp.arange(3 * pages, dtype=cp.int32)[::-1].reshape(3, pages).copy()
-    for splits in (1, 4):
-        cuflash.attention_with_kvcache(q, kp, vp, k, v, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32),
-                                       block_table=table, num_splits=splits, causal=True, return_lse=True)
-    bad = table.copy()
-    bad[0, 0], bad[1, 1] = -7, 10 ** 6
-    qr, kpr, vpr, kr, vr = (api.cupy_ref(x) for x in (q, kp, vp, k, v))
-    cache = api.check_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(bad))
-    lengths = cp.asarray([90, 93, 91], dtype=cp.int32)
-    used = cp.empty(3, cp.int32)
-    out = cp.empty_like(q)
-    opts = api.kvcache_options(qr, None, True, (-1, -1), 0.0, None, None)
-    api.run_kvcache(qr, kpr, vpr, kr, vr, api.cupy_ref(lengths), api.cupy_ref(used), api.cupy_ref(out), None, opts,
-                    cache, 2, api.cupy_alloc, None, cp.cuda.get_current_stream().ptr)
+for d in (64, 40):  # 40: head-dim columns past head_dim in the kernels' tiles
+    kvcache_cases(d)
 plan_cases()
 float32_cases()
 cp.cuda.Device().synchronize()

@@ -527,10 +527,12 @@ DECODE_ROWS = 16
 
 @functools.lru_cache(maxsize=None)
 def decode_smem_bytes(spec: DecodeSpec) -> int:
-    """kernels_cu/decode.cu: Q (16 rows) and per warp `stages` K and V blocks, pitch D + 8; reused
-    after the main loop for the warps' fp32 parts (16 rows of D + 1 and an lse each)."""
-    t, pitch = spec.tiles, spec.head_dim + 8
-    loop = (DECODE_ROWS + t.warps * t.stages * 2 * t.block_n) * pitch * 2
+    """kernels_cu/decode.cu: Q (16 rows, pitch D + 8) and per warp `stages` K and V blocks (rows
+    of D, swizzled, when D % 64 == 0, else of D + 8); reused after the main loop for the warps'
+    fp32 parts (16 rows of D + 1 and an lse each)."""
+    t, d = spec.tiles, spec.head_dim
+    ring_pitch = d if d % 64 == 0 else d + 8
+    loop = (DECODE_ROWS * (d + 8) + t.warps * t.stages * 2 * t.block_n * ring_pitch) * 2
     merge = t.warps * DECODE_ROWS * (spec.head_dim + 1) * 4 + t.warps * DECODE_ROWS * 4
     return max(loop, merge)
 

@@ -701,12 +701,16 @@ class DecodeTiles:
 
 
 #: Decode tiles per compile-time head dim, best first; launch.decode_smem_bytes decides which fit
-#: a GPU: for D <= 128 eight warps with three stages on H100/H200 (213 KB at D = 128), four on
-#: A100 (109 KB), four with two stages on 99 KB GPUs. Measured on the H200 (GQA 32/8, d128, TB/s
-#: of K+V read): 8 warps 4.01 / 3.84 / 3.50 at 64 x 8k / 8 x 32k / 1 x 128k, 4 warps 3.99 / 3.68
-#: / 3.54 (kernels_cu/dev/decode_tune.py); block_n 32 and a fourth stage were slower.
+#: a GPU: for D <= 128 twelve warps with two stages on H100/H200 (197 KB at D = 128), four with
+#: three on A100 (100 KB), four with two on 99 KB GPUs. Measured on the H200 (GQA 32/8, d128,
+#: TB/s of K+V read at 64 x 8k / 8 x 32k / 1 x 128k contiguous, 8 x 32k in pages of 16 and of 1;
+#: kernels_cu/dev/decode_tune.py, swizzled rings): 12 warps x 2 stages 4.26 / 4.07 / 3.68 / 3.93
+#: / 3.79, 8 x 3 4.27 / 4.05 / 3.70 / 3.84 / 3.18, 4 x 3 (two CTAs per SM) 4.29 / 4.07 / 3.60 /
+#: 3.95 / 3.30; fewer warps per SM with more stages, and block_n 32, were slower. A warp's
+#: blocks are latency-bound: what counts is warps per SM, not bytes in flight. (d > 128: twelve
+#: warps spill at 168 registers.)
 DECODE_TILES = {
-    d: [DecodeTiles(16, 8, 3), DecodeTiles(16, 4, 3), DecodeTiles(16, 4, 2)] if d <= 128
+    d: [DecodeTiles(16, 12, 2), DecodeTiles(16, 8, 3), DecodeTiles(16, 4, 3), DecodeTiles(16, 4, 2)] if d <= 128
     else [DecodeTiles(16, 4, 2), DecodeTiles(16, 2, 2)]
     for d in range(HEAD_DIM_BUCKET, 257, HEAD_DIM_BUCKET)
 }

@@ -32,8 +32,9 @@
 // the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK.
 // Constraints: d % 8 == 0; q, caches, out 16-byte aligned with strides that
 // are multiples of 8 elements (cuflash/api.py); softmax_scale > 0.
-// Shared memory: max(BM (D + 8) 2 + WARPS STAGES 2 BN (D + 8) 2,
-//                    WARPS BM (D + 1) 4) bytes (cuflash/launch.py decode_smem_bytes).
+// Shared memory: max(BM (D + 8) 2 + WARPS STAGES 2 BN RPITCH 2,
+//                    WARPS BM (D + 1) 4 + WARPS BM 4) bytes, RPITCH = D when
+// D % 64 == 0, else D + 8 (cuflash/launch.py decode_smem_bytes).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -60,13 +61,24 @@ constexpr int ROW_STEP = 32 / CHUNKS > 0 ? 32 / CHUNKS : 1;  // rows a warp copi
 constexpr int MERGE_PITCH = D + 1;      // fp32 row pitch of the warps' parts in step 3
 static_assert(BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(CHUNKS <= 32, "a warp copies a row in one round");
+// K/V ring rows: for D % 64 == 0, exactly D elements (every row 128-byte
+// aligned) with 16-byte chunk c of row r stored at c ^ (r % 8) inside its
+// 128-byte group, so that the 8 rows an ldmatrix reads hit 8 different bank
+// groups; else padded to PITCH. (With padded rows, which start at 16-byte
+// offsets inside a 128-byte line, the H200 requested 1.5x the K/V sectors
+// from L2, a third of them hits, and read the cache 5% slower.)
+constexpr bool SWIZZLE = D % 64 == 0;
+constexpr int RPITCH = SWIZZLE ? D : PITCH;
+// Byte offset of 16-byte chunk c of ring row r.
+CUFLASH_DEVICE u32 ring_offset(int r, int c) { return (u32)(r * RPITCH * 2 + (SWIZZLE ? (c ^ (r & 7)) : c) * 16); }
+static_assert(BM * PITCH * 2 % 128 == 0, "the ring starts 128-byte aligned");
 
 // The explicit minimum of 1 CTA per SM: without it ptxas (NVRTC 12.9, 13.0) held some builds to 64-128
 // registers and spilled; with it none spills (cuflash compile).
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const DecodeParams p) {
     extern __shared__ __align__(16) u16 smem[];
     u16* sQ = smem;                    // (BM, PITCH)
-    u16* sKV = sQ + BM * PITCH;        // per warp, per stage: K (BN, PITCH) then V (BN, PITCH)
+    u16* sKV = sQ + BM * PITCH;        // per warp, per stage: K (BN, RPITCH) then V (BN, RPITCH)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int split = blockIdx.x, row0 = blockIdx.y * BM;
@@ -108,7 +120,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     // 2. This warp's key blocks: n_begin + warp + t * WARPS for t < count.
     const int first = n_begin + warp;
     const int count = first < n_end ? (n_end - first + WARPS - 1) / WARPS : 0;
-    u16* ring = sKV + warp * STAGES * 2 * BN * PITCH;
+    u16* ring = sKV + warp * STAGES * 2 * BN * RPITCH;
     const u32 ring_addr = smem_addr(ring);
     const u16* kbase = static_cast<const u16*>(p.k);
     const u16* vbase = static_cast<const u16*>(p.v);
@@ -126,8 +138,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     auto load = [&](int t) {
         if (t < count && lane_copies) {
             const int key0 = (first + t * WARPS) * BN;
-            const u32 k_dst = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH + lane_row * PITCH + lane_col) * 2u;
-            const u32 v_dst = k_dst + (u32)(BN * PITCH) * 2u;
+            const int kv_row = (t % STAGES) * 2 * BN + lane_row;  // K's; V's are BN rows on
             // First every row's slot (their block-table reads overlap), then the copies.
             constexpr int LANE_ROWS = (BN + ROW_STEP - 1) / ROW_STEP;  // rows this lane copies
             int2 slot[LANE_ROWS];
@@ -143,8 +154,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
             for (int k = 0; k < LANE_ROWS; ++k) {
                 const i64 ko = CacheMap::at(slot[k], p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
                 const i64 vo = CacheMap::at(slot[k], p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
-                cp_async_16(k_dst + (u32)(k * ROW_STEP * PITCH) * 2u, kbase + ko + lane_col, ok[k]);
-                cp_async_16(v_dst + (u32)(k * ROW_STEP * PITCH) * 2u, vbase + vo + lane_col, ok[k]);
+                cp_async_16(ring_addr + ring_offset(kv_row + k * ROW_STEP, lane % CHUNKS), kbase + ko + lane_col, ok[k]);
+                cp_async_16(ring_addr + ring_offset(kv_row + BN + k * ROW_STEP, lane % CHUNKS), vbase + vo + lane_col, ok[k]);
             }
         }
         cp_async_commit();
@@ -165,10 +176,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     OnlineSoftmax<1> softmax;
     softmax.init();
 
-    const u32 sQ_addr = smem_addr(sQ);
-    const u32 q_lane = ldsm_offset_a<PITCH>(lane);
-    const u32 k_lane = ldsm_offset_b<PITCH>(lane);
-    const u32 v_lane = ldsm_offset_b_t<PITCH>(lane);
+    // Q's A fragments (D / 16 k-steps) stay in registers for the whole loop up
+    // to D = 128; beyond, they are read from sQ per block (in registers, d256
+    // spilled 28-32 bytes on sm_80).
+    constexpr bool Q_IN_REGS = D <= 128;
+    const u32 q_addr = smem_addr(sQ) + ldsm_offset_a<PITCH>(lane);
+    FragA qf[Q_IN_REGS ? D / KSTEP : 1];
+    if constexpr (Q_IN_REGS) {
+#pragma unroll
+        for (int ks = 0; ks < D / KSTEP; ++ks) load_a(qf[ks], q_addr + (u32)(ks * KSTEP * ELEM_BYTES));
+    }
+    // This lane's ldmatrix row and 16-byte chunk in a K tile (B stored [n][k],
+    // mma.cuh ldsm_offset_b) and in a V tile (B stored [k][n], ldsm_offset_b_t).
+    const int k_row = lane % 8 + (lane / 16) * 8, k_chunk = (lane / 8) % 2;
+    const int v_row = lane % 8 + ((lane / 8) % 2) * 8, v_chunk = lane / 16;
 
 #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) load(t);
@@ -181,14 +202,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
         __syncwarp();
         load(t + STAGES - 1);
 
-        const u32 sK_addr = ring_addr + (u32)((t % STAGES) * 2 * BN * PITCH) * 2u;
-        const u32 sV_addr = sK_addr + (u32)(BN * PITCH) * 2u;
+        const int stage_row = (t % STAGES) * 2 * BN;  // K rows, then V rows
         const int key0 = (first + t * WARPS) * BN;
 
-        // S = Q K^T (16 x BN), both operands from shared memory.
+        // S = Q K^T (16 x BN), Q from registers, K from shared memory.
         float acc_s[1][NT][4];
         zero_acc(acc_s);
-        mma_ss<1, NT, D, PITCH, false, PITCH, false>(acc_s, sQ_addr + q_lane, sK_addr + k_lane);
+        warp_product<1, NT, D / KSTEP, D / KSTEP, ROUND_NONE>(
+            acc_s,
+            [&](FragA& a, int, int ks) {
+                if constexpr (Q_IN_REGS) a = qf[ks];
+                else load_a(a, q_addr + (u32)(ks * KSTEP * ELEM_BYTES));
+            },
+            [&](FragB (&b)[2], int np, int ks) {
+                load_b2(b, ring_addr + ring_offset(stage_row + np * 16 + k_row, ks * 2 + k_chunk));
+            });
 
         // Modifiers and mask by folded row: query i = row / G, the row's own head's modifier.
         const bool masked = vis.needs_mask(i0, i1 - i0 + 1, key0, BN);
@@ -211,10 +239,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
 
         float corr[1][2];
         softmax.update(acc_s, p.scale_log2, corr);
-        scale_rows(acc_o[0], corr[0][0], corr[0][1]);
+        // Once the running maxima settle (most blocks of a long cache), corr is
+        // exactly 1 (exp2(0)) in every row: skip the D / 2 multiplies then.
+        if (__any_sync(0xffffffffu, corr[0][0] != 1.f || corr[0][1] != 1.f)) scale_rows(acc_o[0], corr[0][0], corr[0][1]);
 
         // O += P V: P in 16 bits straight from the S fragments (mma.cuh), V (keys x d) read transposed.
-        mma_rs<1, DT, BN, PITCH, true>(acc_o, acc_s, sV_addr + v_lane);
+        warp_product<1, DT, BN / KSTEP, BN / KSTEP, ROUND_NONE>(
+            acc_o, [&](FragA& a, int mt, int ks) { a_from_c(a, acc_s[mt], ks); },
+            [&](FragB (&b)[2], int np, int ks) {
+                load_b2_t<RPITCH>(b, ring_addr + ring_offset(stage_row + BN + ks * 16 + v_row, np * 2 + v_chunk));
+            });
     }
 
     // 3. This warp's part: O / l and lse (-inf for rows that saw no key here: a
@@ -249,7 +283,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
         if (row0 + r >= rows || col >= p.head_dim) continue;
         const int i = query_of(row0 + r), h = head_of(row0 + r);
         const float sink = final_ && SINK ? p.sink[h] : -INFINITY;
-        const MergeWeights mw(WARPS, [&](int w) { return sL[w * BM + r]; }, sink);
+        const MergeWeights<> mw(WARPS, [&](int w) { return sL[w * BM + r]; }, sink);
         float o[4] = {0.f, 0.f, 0.f, 0.f};
         for (int w = 0; w < WARPS; ++w) {
             const float wt = mw.weight(sL[w * BM + r]);

@@ -8,8 +8,10 @@
 // part_cols) fp32, each part normalised over its split's keys; lse_s:
 // lse_part (splits, rows), -inf for a split that saw no key of the row.
 //
-// Steps: one warp per row; each lane merges 4 columns at a time. Grid
-// (ceil(rows / WARPS)); compile-time constant CUFLASH_DTYPE only.
+// Steps: one warp per row: its lanes share the splits' lse for the weights
+// (merge.cuh), then each lane sums 4 columns over the splits, 8 splits' loads
+// in flight at a time. Grid (ceil(rows / WARPS)); compile-time constant
+// CUFLASH_DTYPE only.
 // Constraints: head_dim % 8 == 0, out rows 8-byte aligned (cuflash/api.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
@@ -25,10 +27,11 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) cuflash_decode_combine(
     if (row >= rows) return;
     const int i = (int)(row % p.seqlen_q), b = (int)(row / p.seqlen_q % p.batch), h = (int)(row / p.seqlen_q / p.batch);
     const float sink = p.sink != nullptr ? p.sink[h] : -INFINITY;
-    const MergeWeights mw(p.num_splits, [&](int s) { return p.lse_part[s * rows + row]; }, sink);
+    const MergeWeights<32> mw(p.num_splits, [&](int s) { return p.lse_part[s * rows + row]; }, sink, lane);
     u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride;
     for (int col = lane * 4; col < p.head_dim; col += 128) {
         float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
         for (int s = 0; s < p.num_splits; ++s) {
             const float w = mw.weight(p.lse_part[s * rows + row]);
             const float4 x = *reinterpret_cast<const float4*>(p.o_part + (s * rows + row) * p.part_cols + col);

@@ -17,23 +17,34 @@
 #include "platform.cuh"
 #include "numeric.cuh"
 
+// LANES lanes of a warp may share the parts (every one of them constructs
+// the weights, lane = 0 .. LANES - 1): lane l reads parts l, l + LANES, ...
+// and shuffles reduce the max and the sum (in a fixed order: the same result
+// on every run), so a long list of parts costs one round of loads, not n.
+template <int LANES = 1>
 struct MergeWeights {
+    static_assert(LANES == 1 || LANES == 2 || LANES == 4 || LANES == 8 || LANES == 16 || LANES == 32, "lanes");
     float top;        // the largest lse (or the sink); -inf when all are
     float inv_total;  // 1 / total; 0 when top = -inf
     float lse;
 
     // lse_at(k) gives part k's lse; sink is the sink's logit or -inf.
     template <class LseAt>
-    CUFLASH_DEVICE MergeWeights(int n, LseAt lse_at, float sink) {
+    CUFLASH_DEVICE MergeWeights(int n, LseAt lse_at, float sink, int lane = 0) {
         top = sink;
-        for (int k = 0; k < n; ++k) top = fmaxf(top, lse_at(k));
+        for (int k = lane; k < n; k += LANES) top = fmaxf(top, lse_at(k));
+#pragma unroll
+        for (int x = LANES / 2; x >= 1; x /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, x));
         if (top == -INFINITY) {
             inv_total = 0.f;
             lse = -INFINITY;
             return;
         }
-        float total = fast_exp2((sink - top) * LOG2E);
-        for (int k = 0; k < n; ++k) total += fast_exp2((lse_at(k) - top) * LOG2E);
+        float total = 0.f;
+        for (int k = lane; k < n; k += LANES) total += fast_exp2((lse_at(k) - top) * LOG2E);
+#pragma unroll
+        for (int x = LANES / 2; x >= 1; x /= 2) total += __shfl_xor_sync(0xffffffffu, total, x);
+        total += fast_exp2((sink - top) * LOG2E);
         inv_total = 1.f / total;
         lse = top + fast_log2(total) * LN2;
     }

@@ -225,11 +225,11 @@ def test_decode_splits_long_caches_and_merges_the_parts(recorded):
 
 @pytest.mark.parametrize("batch, keys, want", [(64, 8192, 1), (8, 32768, 2), (1, 131072, 16), (1, 256, 1)])
 def test_split_counts_fill_the_gpu(batch, keys, want):
-    # GQA 32 / 8, d128, one query: batch * 8 CTAs per split. H200: 132 SMs, one 8-warp CTA each
+    # GQA 32 / 8, d128, one query: batch * 8 CTAs per split. H200: 132 SMs, one 12-warp CTA each
     spec = api.support.decode_spec("bf16", 128, api.PLAIN, (9, 0), 232448)
-    assert spec.tiles.warps == 8
+    assert spec.tiles.warps == 12
     assert launch.decode_splits(spec, batch, 32, 8, 1, keys, 132, 233472) == want
-    # A100 (108 SMs, one 4-warp CTA of 109 KB each) and a 99 KB GPU (84 SMs, two-stage tiles): even
+    # A100 (108 SMs, one 4-warp CTA of 100 KB each) and a 99 KB GPU (84 SMs, two-stage tiles): even
     # splits that fill 90% of the CTA slots, where the cache is long enough to split
     for cc, limit, sms, per_sm_smem, stages, slots_per_sm in (((8, 0), 166912, 108, 167936, 3, 1),
                                                               ((8, 6), 101376, 84, 102400, 2, 1)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cuflash
-from cuflash import reference, testing
+from cuflash import launch, reference, support, testing
 
 cp = pytest.importorskip("cupy")
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("kernel_path")]
@@ -103,6 +103,17 @@ def test_rows_past_the_end_are_dropped_and_an_int_length_works():
 @pytest.mark.parametrize("head_dim, dtype", [(64, "fp16"), (96, "bf16"), (256, "bf16")])
 def test_head_dims(head_dim, dtype):
     run_case(d=head_dim, dtype=dtype, nheads=4, nheads_kv=4, causal=True)
+
+
+@pytest.mark.parametrize("smem_limit", [166912, 101376])  # A100, and 99 KB GPUs (RTX 3090/4090-class)
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
+def test_tiles_of_smaller_gpus(smem_limit, head_dim, monkeypatch):
+    # The decode tiles such a GPU selects (fewer warps and stages where the H200's do not fit), run
+    # here through CUFLASH_SMEM_LIMIT; an int length, so that no recorded plan of another limit replays.
+    monkeypatch.setenv("CUFLASH_SMEM_LIMIT", str(smem_limit))
+    spec = support.decode_spec("bf16", head_dim, support.CAUSAL, (9, 0), smem_limit)
+    assert launch.decode_smem_bytes(spec) <= smem_limit
+    run_case(d=head_dim, seqlen_cache=900, cache_seqlens=880, as_array=False, seqlen_new=1, causal=True)
 
 
 def test_window_softcap_alibi_and_sink():
