@@ -51,10 +51,18 @@ Alloc = Callable[[tuple, str], tuple]
 
 
 @functools.lru_cache(maxsize=None)
+def swizzled_pitch(dtype: str, head_dim: int) -> int:
+    """Row pitch in elements of the portable kernels' streamed tiles (fwd.cu K and V, bwd.cu Q and
+    dO, decode.cu's K/V ring): swizzled rows of D for 16-bit inputs with D % 64 == 0
+    (kernels_cu/common/copy.cuh chunk_offset), else padded by 16 bytes."""
+    e = DTYPE_BYTES[dtype]
+    return head_dim if e == 2 and head_dim % 64 == 0 else head_dim + 16 // e
+
+
 def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     """Dynamic shared memory of the forward.
 
-    kernels_cu/fwd.cu: Q (Br rows) + K + V (Bc rows each), pitch D + 16 bytes.
+    kernels_cu/fwd.cu: Q (Br rows, pitch D + 16 bytes) + K + V (Bc rows each, swizzled_pitch).
     kernels_cu/fwd_sm90.cu: Q (Br rows) + two stages of K and V (Bc rows each),
     swizzled rows of D, plus 1 KB so the kernel can align the tiles to 1024 bytes.
     kernels_cu/fwd_sm90_ws.cu: the same with t.stages stages, and its mbarriers
@@ -65,8 +73,8 @@ def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
         if not t.stages:
             return (t.block_m + 4 * t.block_n) * spec.head_dim * 2 + 1024
         return (t.block_m + 2 * t.stages * t.block_n) * spec.head_dim * 2 + 1024 + 8 * (1 + 4 * t.stages)
-    e = DTYPE_BYTES[spec.dtype]
-    return (t.block_m + 2 * t.block_n) * (spec.head_dim + 16 // e) * e
+    e, d = DTYPE_BYTES[spec.dtype], spec.head_dim
+    return (t.block_m * (d + 16 // e) + 2 * t.block_n * swizzled_pitch(spec.dtype, d)) * e
 
 
 def dynamic_smem_bytes(spec) -> int:
@@ -92,8 +100,8 @@ def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int
 def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     """Dynamic shared memory of the backward's main kernel.
 
-    kernels_cu/bwd.cu: L2 and D (fp32, two buffers of Br), K and V (Bc rows), Q
-    and dO (two buffers of Br rows each), pitch D + 16 bytes; dS^T (Bc rows, pitch
+    kernels_cu/bwd.cu: L2 and D (fp32, two buffers of Br), K and V (Bc rows, pitch D + 16
+    bytes), Q and dO (two buffers of Br rows each, swizzled_pitch); dS^T (Bc rows, pitch
     Br + 16 bytes) and P^T unless it stays in registers (in the input dtype).
     kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
@@ -117,9 +125,10 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
         return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
     e = DTYPE_BYTES[spec.dtype]
     pitch, pitch_t = spec.head_dim + 16 // e, t.block_m + 16 // e
+    q_pitch = swizzled_pitch(spec.dtype, spec.head_dim)
     transposed = 1 if t.p_in_regs else 2
-    return (4 * 4 * t.block_m + e * (2 * t.block_n + 4 * t.block_m) * pitch + transposed * e * t.block_n * pitch_t
-            + sink_parts)
+    return (4 * 4 * t.block_m + e * (2 * t.block_n * pitch + 4 * t.block_m * q_pitch)
+            + transposed * e * t.block_n * pitch_t + sink_parts)
 
 
 def bwd_m_blocks(spec: BwdSpec | BwdSm90Spec, seqlen_q: int) -> int:
@@ -527,12 +536,11 @@ DECODE_ROWS = 16
 
 @functools.lru_cache(maxsize=None)
 def decode_smem_bytes(spec: DecodeSpec) -> int:
-    """kernels_cu/decode.cu: Q (16 rows, pitch D + 8) and per warp `stages` K and V blocks (rows
-    of D, swizzled, when D % 64 == 0, else of D + 8); reused after the main loop for the warps'
-    fp32 parts (16 rows of D + 1 and an lse each)."""
+    """kernels_cu/decode.cu: Q (16 rows, pitch D + 8) and per warp `stages` K and V blocks
+    (swizzled_pitch); reused after the main loop for the warps' fp32 parts (16 rows of D + 1
+    and an lse each)."""
     t, d = spec.tiles, spec.head_dim
-    ring_pitch = d if d % 64 == 0 else d + 8
-    loop = (DECODE_ROWS * (d + 8) + t.warps * t.stages * 2 * t.block_n * ring_pitch) * 2
+    loop = (DECODE_ROWS * (d + 8) + t.warps * t.stages * 2 * t.block_n * swizzled_pitch(spec.dtype, d)) * 2
     merge = t.warps * DECODE_ROWS * (spec.head_dim + 1) * 4 + t.warps * DECODE_ROWS * 4
     return max(loop, merge)
 

@@ -59,8 +59,9 @@
 // Constraints: d % 8 == 0; q, k, v, dout, dk, dv 16-byte aligned with strides
 // that are multiples of 16 bytes (cuflash/api.py); softmax_scale > 0;
 // lse_log2 / delta padded to m_blocks * Br rows (bwd_prepare.cu).
-// Shared memory: 16 Br + E (2 Bc + 4 Br) (D + C) + E Bc (Br + C) (x2 without
-// P_IN_REGS) bytes, E = ELEM_BYTES, C = CHUNK = 16 / E, + 4 per thread with a
+// Shared memory: 16 Br + E 2 Bc (D + C) + E 4 Br Dq + E Bc (Br + C) (x2
+// without P_IN_REGS) bytes, E = ELEM_BYTES, C = CHUNK = 16 / E, Dq = D for
+// swizzled Q and dO (16-bit, D % 64 == 0), else D + C; + 4 per thread with a
 // sink (cuflash/launch.py bwd_smem_bytes).
 #include "common/platform.cuh"
 #include "common/params.cuh"
@@ -106,8 +107,12 @@ constexpr int DQ_PASS_NT = CUFLASH_DQ_PASS_DIMS / 8, DQ_PASSES = DQ_NT / DQ_PASS
 #define CUFLASH_P_IN_REGS 0
 #endif
 constexpr bool P_IN_REGS = CUFLASH_P_IN_REGS;
-constexpr int PITCH = D + CHUNK;     // rows of K, V, Q, dO in shared memory (copy.cuh)
+constexpr int PITCH = D + CHUNK;     // rows of K, V (and Q, dO unless swizzled) in shared memory (copy.cuh)
 constexpr int PITCH_T = BM + CHUNK;  // rows of P^T, dS^T: an odd number of 16-byte chunks
+// Q and dO, streamed through the main loop, in swizzled rows of D (copy.cuh
+// chunk_offset) where D % 64 == 0 with 16-bit inputs.
+constexpr bool Q_SWIZZLE = !FP32 && D % 64 == 0;
+constexpr int Q_PITCH = Q_SWIZZLE ? D : PITCH;
 
 static_assert(D % 32 == 0 && BM % 16 == 0 && BN % 16 == 0 && BM <= 4 * THREADS, "tile shape");
 static_assert(WARPS % SDP_WN == 0 && WARPS % DKV_WN == 0 && WARPS % DQ_WM == 0, "warp grids");
@@ -117,14 +122,14 @@ static_assert(DQ_ROWS % 16 == 0 && DQ_DIMS % 16 == 0, "dQ warp tile: m16 queries
 static_assert(DQ_PASS_NT % 2 == 0 && DQ_NT % DQ_PASS_NT == 0, "dQ passes: whole pairs of n8 tiles");
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdParams p) {
-    extern __shared__ __align__(16) u16 smem[];
+    extern __shared__ __align__(128) u16 smem[];  // 128: the swizzled tiles rely on it (copy.cuh chunk_offset)
     float* sLse2 = reinterpret_cast<float*>(smem);  // [2][Br]  L_i * log2(e) of the two query buffers
     float* sDelta = sLse2 + 2 * BM;                 // [2][Br]  D_i
     elem_t* sK = reinterpret_cast<elem_t*>(sDelta + 2 * BM);  // [Bc][PITCH]
     elem_t* sV = sK + BN * PITCH;                             // [Bc][PITCH]
-    elem_t* sQ = sV + BN * PITCH;                             // [2][Br][PITCH]
-    elem_t* sdO = sQ + 2 * BM * PITCH;                        // [2][Br][PITCH]
-    elem_t* sPt = sdO + 2 * BM * PITCH;                       // [Bc][PITCH_T] P^T (absent when P_IN_REGS)
+    elem_t* sQ = sV + BN * PITCH;                             // [2][Br][Q_PITCH]
+    elem_t* sdO = sQ + 2 * BM * Q_PITCH;                      // [2][Br][Q_PITCH]
+    elem_t* sPt = sdO + 2 * BM * Q_PITCH;                     // [Bc][PITCH_T] P^T (absent when P_IN_REGS)
     elem_t* sdSt = sPt + (P_IN_REGS ? 0 : BN * PITCH_T);      // [Bc][PITCH_T] dS^T
     float* sSinkPart = reinterpret_cast<float*>(sdSt + BN * PITCH_T);  // [THREADS] (SINK) softmax.cuh sink_log2
 
@@ -163,11 +168,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // This lane's shared addresses (mma.cuh), at the warp's tile origins:
     //   S^T = K Q^T:   A = K [key][d],  B = Q^T from Q [query][d] (stored [n][k])
     const u32 s_a = ldsm_offset_a<PITCH>(lane) + (u32)(s_key0 * PITCH * ELEM_BYTES);
-    const u32 s_b = ldsm_offset_b<PITCH>(lane) + (u32)(s_q0 * PITCH * ELEM_BYTES);
+    const u32 s_b_lane = ldsm_offset_b<PITCH>(lane) + (u32)(s_q0 * PITCH * ELEM_BYTES);  // padded rows
+    auto s_b = [&](u32 tile) {  // of a Q or dO buffer
+        if constexpr (Q_SWIZZLE) return swizzled_b<false, true, D, true>(tile, s_q0, 0, lane);
+        else return tile + s_b_lane;
+    };
     //   dV = P^T dO:   A = P^T [key][query], B = dO [query][d] (stored [k][n], transposed)
     //   (float32: A in the paired k order of the transposed B, mma.cuh)
     const u32 kv_a = ldsm_offset_a<PITCH_T, true>(lane) + (u32)(kv_key0 * PITCH_T * ELEM_BYTES);
-    const u32 kv_b = ldsm_offset_b_t<PITCH>(lane) + (u32)(kv_d0 * ELEM_BYTES);
+    const u32 kv_b_lane = ldsm_offset_b_t<PITCH>(lane) + (u32)(kv_d0 * ELEM_BYTES);  // padded rows
+    auto kv_b = [&](u32 tile) {  // of a Q or dO buffer
+        if constexpr (Q_SWIZZLE) return swizzled_b<true, KV_DIMS % 64 == 0, D, true>(tile, 0, kv_d0 / 8, lane);
+        else return tile + kv_b_lane;
+    };
     //   dQ = dS K:     A = dS from dS^T [key][query] (stored [k][m]), B = K [key][d] (both transposed)
     const u32 dq_a = sdSt_addr + ldsm_offset_a_t<PITCH_T>(lane) + (u32)(dq_q0 * ELEM_BYTES);
     const u32 dq_b = sK_addr + ldsm_offset_b_t<PITCH>(lane) + (u32)(dq_d0 * ELEM_BYTES);
@@ -175,10 +188,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // Q_i, dO_i, L_i, D_i of query block m into buffer `buf` (rows >= seqlen_q
     // zero-filled; L and D are padded by bwd_prepare, so they are read whole).
     auto load_query_block = [&](int m, int buf) {
-        load_tile_async<BM, D, THREADS>(sQ_addr + (u32)(buf * BM * PITCH * ELEM_BYTES), q, p.q_row_stride, m * BM,
-                                        si.seqlen_q, p.head_dim, tid);
-        load_tile_async<BM, D, THREADS>(sdO_addr + (u32)(buf * BM * PITCH * ELEM_BYTES), dout, p.do_row_stride,
-                                        m * BM, si.seqlen_q, p.head_dim, tid);
+        load_tile_async<BM, D, THREADS, Q_SWIZZLE>(sQ_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES), q,
+                                                   p.q_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
+        load_tile_async<BM, D, THREADS, Q_SWIZZLE>(sdO_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES), dout,
+                                                   p.do_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
         // Br floats each = Br / 4 16-byte chunks (Br <= 4 * THREADS).
         if (tid < BM / 4) {
             cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
@@ -215,16 +228,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
             cp_async_commit();
             mod.prefetch<BM, BN, THREADS>((m + 1) * BM, key0, tid);  // the bias of block m+1 (score_mod.cuh)
         }
-        const u32 sQ_buf = sQ_addr + (u32)(buf * BM * PITCH * ELEM_BYTES);
-        const u32 sdO_buf = sdO_addr + (u32)(buf * BM * PITCH * ELEM_BYTES);
+        const u32 sQ_buf = sQ_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES);
+        const u32 sdO_buf = sdO_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES);
 
         // S^T = K Q^T and dP^T = V dO^T: (S_KEYS x S_QUERIES) per warp, reduced over D.
         float acc_s[S_MT][S_NT][4], acc_dp[S_MT][S_NT][4];
         mod.init<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);  // 0, or the bias (score_mod.cuh)
         zero_acc(acc_dp);
-        mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, sQ_buf + s_b);
+        mma_ss<S_MT, S_NT, D, PITCH, false, Q_PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, s_b(sQ_buf));
         // (float32: dP rounded every k-step, as D is subtracted from it: mma.cuh ROUND_STEP)
-        mma_ss<S_MT, S_NT, D, PITCH, false, PITCH, false, K_UNROLL, ROUND_STEP>(acc_dp, sV_addr + s_a, sdO_buf + s_b);
+        mma_ss<S_MT, S_NT, D, PITCH, false, Q_PITCH, false, K_UNROLL, ROUND_STEP>(acc_dp, sV_addr + s_a, s_b(sdO_buf));
 
         // Score modifier, then the mask (only blocks that cross seqlen_k or an
         // edge of the band need it), then P^T and dS^T in place.
@@ -257,17 +270,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 #if CUFLASH_P_IN_REGS
         // This warp's S^T rows are exactly its dK/dV rows, over all Br queries.
         // (float32: dK and dV sum over every query block, each block's part rounded: mma.cuh ROUND_PASS)
-        mma_rs<KV_MT, KV_NT, BM, PITCH, true, ROUND_PASS>(acc_dv, acc_s, sdO_buf + kv_b);
-        mma_rs<KV_MT, KV_NT, BM, PITCH, true, ROUND_PASS>(acc_dk, acc_dp, sQ_buf + kv_b);
+        mma_rs<KV_MT, KV_NT, BM, Q_PITCH, true, ROUND_PASS>(acc_dv, acc_s, kv_b(sdO_buf));
+        mma_rs<KV_MT, KV_NT, BM, Q_PITCH, true, ROUND_PASS>(acc_dk, acc_dp, kv_b(sQ_buf));
         // dS^T of every warp is in shared memory before dQ reads it.
         __syncthreads();
 #else
         // P^T and dS^T of every warp are in shared memory before dV and dK read them.
         __syncthreads();
-        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL, ROUND_PASS>(acc_dv, sPt_addr + kv_a,
-                                                                                   sdO_buf + kv_b);
-        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, PITCH, true, K_UNROLL, ROUND_PASS>(acc_dk, sdSt_addr + kv_a,
-                                                                                   sQ_buf + kv_b);
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, Q_PITCH, true, K_UNROLL, ROUND_PASS>(acc_dv, sPt_addr + kv_a,
+                                                                                     kv_b(sdO_buf));
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, Q_PITCH, true, K_UNROLL, ROUND_PASS>(acc_dk, sdSt_addr + kv_a,
+                                                                                     kv_b(sQ_buf));
 #endif
 
         // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys,

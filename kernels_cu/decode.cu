@@ -61,22 +61,16 @@ constexpr int ROW_STEP = 32 / CHUNKS > 0 ? 32 / CHUNKS : 1;  // rows a warp copi
 constexpr int MERGE_PITCH = D + 1;      // fp32 row pitch of the warps' parts in step 3
 static_assert(BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(CHUNKS <= 32, "a warp copies a row in one round");
-// K/V ring rows: for D % 64 == 0, exactly D elements (every row 128-byte
-// aligned) with 16-byte chunk c of row r stored at c ^ (r % 8) inside its
-// 128-byte group, so that the 8 rows an ldmatrix reads hit 8 different bank
-// groups; else padded to PITCH. (With padded rows, which start at 16-byte
-// offsets inside a 128-byte line, the H200 requested 1.5x the K/V sectors
-// from L2, a third of them hits, and read the cache 5% slower.)
+// K/V ring rows: swizzled rows of D for D % 64 == 0, else padded to PITCH
+// (copy.cuh chunk_offset; with padded rows the H200 read the cache 5% slower).
 constexpr bool SWIZZLE = D % 64 == 0;
 constexpr int RPITCH = SWIZZLE ? D : PITCH;
-// Byte offset of 16-byte chunk c of ring row r.
-CUFLASH_DEVICE u32 ring_offset(int r, int c) { return (u32)(r * RPITCH * 2 + (SWIZZLE ? (c ^ (r & 7)) : c) * 16); }
 static_assert(BM * PITCH * 2 % 128 == 0, "the ring starts 128-byte aligned");
 
 // The explicit minimum of 1 CTA per SM: without it ptxas (NVRTC 12.9, 13.0) held some builds to 64-128
 // registers and spilled; with it none spills (cuflash compile).
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const DecodeParams p) {
-    extern __shared__ __align__(16) u16 smem[];
+    extern __shared__ __align__(128) u16 smem[];  // 128: the swizzled tiles rely on it (copy.cuh chunk_offset)
     u16* sQ = smem;                    // (BM, PITCH)
     u16* sKV = sQ + BM * PITCH;        // per warp, per stage: K (BN, RPITCH) then V (BN, RPITCH)
 
@@ -154,8 +148,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
             for (int k = 0; k < LANE_ROWS; ++k) {
                 const i64 ko = CacheMap::at(slot[k], p.k_batch_stride, p.k_row_stride, p.k_head_stride, h_kv);
                 const i64 vo = CacheMap::at(slot[k], p.v_batch_stride, p.v_row_stride, p.v_head_stride, h_kv);
-                cp_async_16(ring_addr + ring_offset(kv_row + k * ROW_STEP, lane % CHUNKS), kbase + ko + lane_col, ok[k]);
-                cp_async_16(ring_addr + ring_offset(kv_row + BN + k * ROW_STEP, lane % CHUNKS), vbase + vo + lane_col, ok[k]);
+                const int r = kv_row + k * ROW_STEP;
+                cp_async_16(ring_addr + chunk_offset<RPITCH, SWIZZLE>(r, lane % CHUNKS), kbase + ko + lane_col, ok[k]);
+                cp_async_16(ring_addr + chunk_offset<RPITCH, SWIZZLE>(r + BN, lane % CHUNKS), vbase + vo + lane_col,
+                            ok[k]);
             }
         }
         cp_async_commit();
@@ -186,10 +182,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
 #pragma unroll
         for (int ks = 0; ks < D / KSTEP; ++ks) load_a(qf[ks], q_addr + (u32)(ks * KSTEP * ELEM_BYTES));
     }
-    // This lane's ldmatrix row and 16-byte chunk in a K tile (B stored [n][k],
-    // mma.cuh ldsm_offset_b) and in a V tile (B stored [k][n], ldsm_offset_b_t).
-    const int k_row = lane % 8 + (lane / 16) * 8, k_chunk = (lane / 8) % 2;
-    const int v_row = lane % 8 + ((lane / 8) % 2) * 8, v_chunk = lane / 16;
+    // K (B of S, stored [key][d]) and V (B of O, stored [key][d] = [k][n]) of
+    // the stage whose K rows start at ring row `row0`, for this lane (mma.cuh).
+    auto k_b = [&](int row0) {
+        if constexpr (SWIZZLE) return swizzled_b<false, true, D>(ring_addr, row0, 0, lane);
+        else return ring_addr + (u32)(row0 * PITCH * 2) + ldsm_offset_b<PITCH>(lane);
+    };
+    auto v_b = [&](int row0) {
+        if constexpr (SWIZZLE) return swizzled_b<true, true, D>(ring_addr, row0 + BN, 0, lane);
+        else return ring_addr + (u32)((row0 + BN) * PITCH * 2) + ldsm_offset_b_t<PITCH>(lane);
+    };
 
 #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) load(t);
@@ -214,9 +216,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
                 if constexpr (Q_IN_REGS) a = qf[ks];
                 else load_a(a, q_addr + (u32)(ks * KSTEP * ELEM_BYTES));
             },
-            [&](FragB (&b)[2], int np, int ks) {
-                load_b2(b, ring_addr + ring_offset(stage_row + np * 16 + k_row, ks * 2 + k_chunk));
-            });
+            [&](FragB (&b)[2], int np, int ks) { load_b_step<RPITCH, false>(b, k_b(stage_row), np, ks); });
 
         // Modifiers and mask by folded row: query i = row / G, the row's own head's modifier.
         const bool masked = vis.needs_mask(i0, i1 - i0 + 1, key0, BN);
@@ -241,14 +241,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
         softmax.update(acc_s, p.scale_log2, corr);
         // Once the running maxima settle (most blocks of a long cache), corr is
         // exactly 1 (exp2(0)) in every row: skip the D / 2 multiplies then.
-        if (__any_sync(0xffffffffu, corr[0][0] != 1.f || corr[0][1] != 1.f)) scale_rows(acc_o[0], corr[0][0], corr[0][1]);
+        if (__any_sync(0xffffffffu, corr[0][0] != 1.f || corr[0][1] != 1.f))
+            scale_rows(acc_o[0], corr[0][0], corr[0][1]);
 
         // O += P V: P in 16 bits straight from the S fragments (mma.cuh), V (keys x d) read transposed.
-        warp_product<1, DT, BN / KSTEP, BN / KSTEP, ROUND_NONE>(
-            acc_o, [&](FragA& a, int mt, int ks) { a_from_c(a, acc_s[mt], ks); },
-            [&](FragB (&b)[2], int np, int ks) {
-                load_b2_t<RPITCH>(b, ring_addr + ring_offset(stage_row + BN + ks * 16 + v_row, np * 2 + v_chunk));
-            });
+        mma_rs<1, DT, BN, RPITCH, true>(acc_o, acc_s, v_b(stage_row));
     }
 
     // 3. This warp's part: O / l and lse (-inf for rows that saw no key here: a

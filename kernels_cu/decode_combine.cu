@@ -9,9 +9,9 @@
 // lse_part (splits, rows), -inf for a split that saw no key of the row.
 //
 // Steps: one warp per row: its lanes share the splits' lse for the weights
-// (merge.cuh), then each lane sums 4 columns over the splits, 8 splits' loads
-// in flight at a time. Grid (ceil(rows / WARPS)); compile-time constant
-// CUFLASH_DTYPE only.
+// (merge.cuh), then each lane sums 4 columns over the splits, 4 splits' loads
+// in flight at a time (8 spilled on sm_120 under NVRTC 12.9). Grid
+// (ceil(rows / WARPS)); compile-time constant CUFLASH_DTYPE only.
 // Constraints: head_dim % 8 == 0, out rows 8-byte aligned (cuflash/api.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
@@ -31,7 +31,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) cuflash_decode_combine(
     u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride;
     for (int col = lane * 4; col < p.head_dim; col += 128) {
         float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
+#pragma unroll 4
         for (int s = 0; s < p.num_splits; ++s) {
             const float w = mw.weight(p.lse_part[s * rows + row]);
             const float4 x = *reinterpret_cast<const float4*>(p.o_part + (s * rows + row) * p.part_cols + col);

@@ -34,7 +34,8 @@
 //   CUFLASH_VARLEN (variable-length batch: per-sequence rows and lengths, seqinfo.cuh).
 // Constraints: d % 8 == 0; q, k, v, o 16-byte aligned with strides that are
 // multiples of 16 bytes (checked in cuflash/api.py); softmax_scale > 0.
-// Shared memory: (Br + 2 Bc) * (D + CHUNK) * ELEM_BYTES bytes, CHUNK = 16 / ELEM_BYTES (cuflash/launch.py).
+// Shared memory: (Br (D + CHUNK) + 2 Bc Dk) * ELEM_BYTES bytes, CHUNK = 16 / ELEM_BYTES, Dk = D for
+// swizzled K and V (16-bit, D % 64 == 0), else D + CHUNK (cuflash/launch.py fwd_smem_bytes).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -56,6 +57,15 @@ constexpr int MT = ROWS_PER_WARP / 16;  // m16 tiles per warp
 constexpr int NT = BN / 8;              // n8 tiles of S per warp
 constexpr int DT = D / 8;               // n8 tiles of O per warp
 constexpr int PITCH = D + CHUNK;        // shared-memory row pitch in elements (copy.cuh)
+// K and V, streamed through the main loop, in swizzled rows of D (copy.cuh
+// chunk_offset) where D % 64 == 0 with 16-bit inputs; Q stays padded.
+constexpr bool KV_SWIZZLE = !FP32 && D % 64 == 0;
+constexpr int KV_PITCH = KV_SWIZZLE ? D : PITCH;
+// K's step addresses laundered (mma.cuh SwizzledB LAUNDER) under NVRTC 13, not
+// under 12: the d128 tile at 254-255 registers spilled 20 bytes for sm_90 under
+// NVRTC 13.5 without it and 8 bytes under 12.9 with it (laundering V as well,
+// or V alone, spilled 44-156 bytes under either).
+constexpr bool K_LAUNDER = __CUDACC_VER_MAJOR__ >= 13;
 // Keep this warp's Q fragments (MT x D/16 k-steps x 4 registers) in registers
 // after the first block instead of re-reading them with ldmatrix every block:
 // a third less shared-memory traffic in S = Q K^T, for MT*D/4 more registers
@@ -73,10 +83,10 @@ static_assert(!(Q_IN_REGS && FP32), "float32 keeps Q in shared memory");
 constexpr int PV_ROUND = D <= 128 ? ROUND_PASS : ROUND_NONE;
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdParams p) {
-    extern __shared__ __align__(16) u16 smem[];
+    extern __shared__ __align__(128) u16 smem[];  // 128: the swizzled tiles rely on it (copy.cuh chunk_offset)
     elem_t* sQ = reinterpret_cast<elem_t*>(smem);  // (BM, PITCH)
-    elem_t* sK = sQ + BM * PITCH;                   // (BN, PITCH)
-    elem_t* sV = sK + BN * PITCH;                   // (BN, PITCH)
+    elem_t* sK = sQ + BM * PITCH;                   // (BN, KV_PITCH)
+    elem_t* sV = sK + BN * KV_PITCH;                // (BN, KV_PITCH)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     // Heaviest query blocks first: under a causal mask the last blocks see the most keys.
@@ -116,7 +126,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
     // 1. Q and the first (highest) K block, one cp.async group.
     load_tile_async<BM, D, THREADS>(sQ_addr, q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, tid);
-    load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n_end - 1) * BN, si.seqlen_k, p.head_dim, tid);
+    load_tile_async<BN, D, THREADS, KV_SWIZZLE>(sK_addr, k, p.k_row_stride, (n_end - 1) * BN, si.seqlen_k,
+                                                p.head_dim, tid);
     cp_async_commit();
 
     float acc_o[MT][DT][4];
@@ -125,12 +136,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     OnlineSoftmax<MT> softmax;
     softmax.init();
 
-    // This lane's byte offsets within a tile (mma.cuh layouts):
+    // This lane's operands within a tile (mma.cuh layouts):
     //   Q (A operand, stored [query][d]) and K (B operand of S, stored [key][d]);
     //   V (B operand of O, stored [key][d] = [k][n]: read transposed).
     const u32 q_lane = ldsm_offset_a<PITCH>(lane) + (u32)(warp_row0 * PITCH * ELEM_BYTES);
-    const u32 k_lane = ldsm_offset_b<PITCH>(lane);
-    const u32 v_lane = ldsm_offset_b_t<PITCH>(lane);
+    const auto k_b = [&] {
+        if constexpr (KV_SWIZZLE) return swizzled_b<false, true, D, K_LAUNDER>(sK_addr, 0, 0, lane);
+        else return sK_addr + ldsm_offset_b<PITCH>(lane);
+    }();
+    const auto v_b = [&] {
+        if constexpr (KV_SWIZZLE) return swizzled_b<true, true, D>(sV_addr, 0, 0, lane);
+        else return sV_addr + ldsm_offset_b_t<PITCH>(lane);
+    }();
 
     FragA qa[Q_IN_REGS ? MT : 1][Q_IN_REGS ? D / KSTEP : 1];
 
@@ -140,7 +157,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         // reading V[n+1] in the previous step, so V[n] may overwrite it.
         cp_async_wait<0>();
         __syncthreads();
-        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, n * BN, si.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS, KV_SWIZZLE>(sV_addr, v, p.v_row_stride, n * BN, si.seqlen_k, p.head_dim, tid);
         cp_async_commit();
 
         if (Q_IN_REGS && n == n_end - 1) {
@@ -165,7 +182,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 FragB bk[2];
-                load_b2(bk, sK_addr + k_lane + (np * 16 * PITCH + ks * KSTEP) * ELEM_BYTES);
+                load_b_step<KV_PITCH, false>(bk, k_b, np, ks);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     mma(acc_s[mt][2 * np], a[mt], bk[0]);
@@ -193,16 +210,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         cp_async_wait<0>();
         __syncthreads();
         if (n > n_begin) {
-            load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, (n - 1) * BN, si.seqlen_k, p.head_dim, tid);
+            load_tile_async<BN, D, THREADS, KV_SWIZZLE>(sK_addr, k, p.k_row_stride, (n - 1) * BN, si.seqlen_k,
+                                                        p.head_dim, tid);
             cp_async_commit();
             mod.prefetch<BM, BN, THREADS>(row0, (n - 1) * BN, tid);  // the bias of block n-1 (score_mod.cuh)
         }
 
         // O += P V[n], KSTEP keys per k-step (PV_ROUND: float32 rounds each key block's part into O).
         auto p_frag = [&](FragA& a, int mt, int kk) { pa.get(a, mt, kk); };
-        auto v_frag = [&](FragB (&b)[2], int dp, int kk) {
-            load_b2_t<PITCH>(b, sV_addr + v_lane + (kk * KSTEP * PITCH + dp * 16) * ELEM_BYTES);
-        };
+        auto v_frag = [&](FragB (&b)[2], int dp, int kk) { load_b_step<KV_PITCH, true>(b, v_b, dp, kk); };
         warp_product<MT, DT, BN / KSTEP, BN / KSTEP, PV_ROUND>(acc_o, p_frag, v_frag);
     }
 

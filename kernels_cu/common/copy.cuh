@@ -4,7 +4,9 @@
 // Tiles live in shared memory as rows of ROW_PITCH = D + CHUNK elements: the 16
 // padding bytes shift consecutive rows by 4 banks, so the 8 row addresses of
 // one ldmatrix 8x8 matrix land on 8 distinct 16-byte bank groups for every D
-// that is a multiple of 32 (no conflicts, no swizzle arithmetic).
+// that is a multiple of 32 (no conflicts, no swizzle arithmetic). Or, for
+// tiles streamed through the main loop with D % 64 == 0 (16-bit inputs),
+// swizzled rows of exactly D elements (chunk_offset below).
 #pragma once
 #include "platform.cuh"
 #include "numeric.cuh"  // elem_t, CHUNK
@@ -30,33 +32,50 @@ CUFLASH_DEVICE void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// Swizzled rows: rows of exactly PITCH = D elements (D % 64 == 0, so every row
+// is whole 128-byte lines) with 16-byte chunk c of row r stored at chunk
+// c ^ (r % 8). The 8 consecutive rows one ldmatrix 8x8 matrix reads at one
+// chunk land in 8 distinct bank groups, as with padded rows, and a row's
+// cp.async copies fill whole lines. (Into padded rows, which straddle lines,
+// the same copies made the H200's L2 serve 1.5x (decode.cu, fwd.cu) to 2.7x
+// (bwd.cu) the sectors and requests: bandwidth and latency lost to L2.)
+// Byte offset of chunk c of row r, swizzled or plain, for rows of PITCH elements.
+template <int PITCH, bool SWIZZLE>
+CUFLASH_DEVICE u32 chunk_offset(int r, int c) {
+    return (u32)(r * PITCH * ELEM_BYTES + (SWIZZLE ? (c ^ (r & 7)) : c) * 16);
+}
+
 // Load a ROWS x D tile (rows [row0, row0 + ROWS) of a (seqlen, ..., d) tensor
 // whose rows are `row_stride` elements apart) into shared memory with pitch
-// D + CHUNK. Rows >= seqlen and columns >= head_dim are zero-filled.
+// D + CHUNK, or swizzled rows of D (SWIZZLE). Rows >= seqlen and columns >=
+// head_dim are zero-filled.
 //
 // Each thread copies one fixed 16-byte column chunk of every ROW_STEP-th row,
 // so its addresses are one base pointer plus constant multiples of the row
 // stride: no per-chunk 64-bit address stays live across the main loop. When
 // THREADS is not a multiple of the D / CHUNK chunks of a row (D = 96, 160, ...),
 // the last THREADS % (D / CHUNK) threads copy nothing.
-template <int ROWS, int D, int THREADS>
+template <int ROWS, int D, int THREADS, bool SWIZZLE = false>
 CUFLASH_DEVICE void load_tile_async(u32 smem, const elem_t* gmem, i64 row_stride, int row0, int seqlen,
                                     int head_dim, int tid) {
     constexpr int CHUNKS_PER_ROW = D / CHUNK;
     constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
+    constexpr int PITCH = SWIZZLE ? D : D + CHUNK;
     static_assert(ROW_STEP > 0, "a row needs at most THREADS chunks");
+    static_assert(!SWIZZLE || (D % 64 == 0 && ELEM_BYTES == 2), "swizzled rows: whole 128-byte lines");
     if (THREADS % CHUNKS_PER_ROW != 0 && tid >= ROW_STEP * CHUNKS_PER_ROW) return;
     const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * CHUNK;
     const bool col_ok = col < head_dim;
     const elem_t* src = gmem + (i64)(row0 + r) * row_stride + col;
-    const u32 dst = smem + (u32)(r * (D + CHUNK) + col) * (u32)ELEM_BYTES;
+    const u32 dst = smem + (u32)(r * (D + CHUNK) + col) * (u32)ELEM_BYTES;  // padded rows
 #pragma unroll
     for (int i = 0; i < (ROWS + ROW_STEP - 1) / ROW_STEP; ++i) {
         if (ROWS % ROW_STEP != 0 && r + i * ROW_STEP >= ROWS) break;  // ragged last round (dead when even)
         bool ok = col_ok && row0 + r + i * ROW_STEP < seqlen;
         // A predicated-off copy reads nothing, but still gets a valid address.
-        cp_async_16(dst + (u32)(i * ROW_STEP * (D + CHUNK) * ELEM_BYTES), ok ? src + i * ROW_STEP * row_stride : gmem,
-                    ok);
+        const u32 at = SWIZZLE ? smem + chunk_offset<PITCH, true>(r + i * ROW_STEP, col / CHUNK)
+                               : dst + (u32)(i * ROW_STEP * (D + CHUNK) * ELEM_BYTES);
+        cp_async_16(at, ok ? src + i * ROW_STEP * row_stride : gmem, ok);
     }
 }
 

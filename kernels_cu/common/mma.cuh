@@ -33,6 +33,7 @@
 #include "platform.cuh"
 #include "numeric.cuh"  // elem_t, pack_float2
 #include "fragment.cuh"  // zero_acc
+#include "copy.cuh"      // chunk_offset
 
 // Elements per k-step (16 or 8) and n8 C tiles per k-step (2 or 1).
 constexpr int KSTEP = 32 / ELEM_BYTES;
@@ -387,9 +388,50 @@ CUFLASH_DEVICE void load_b_step(FragB (&bf)[2], u32 b, int np, int ks) {
         load_b2(bf, b + (u32)((np * 16 * PITCH_B + ks * KSTEP) * ELEM_BYTES));
 }
 
+// A B operand in a swizzled tile (copy.cuh chunk_offset; 16-bit inputs, rows of
+// PITCH_B = D elements), in place of the address a padded tile passes: this
+// lane's ldmatrix row and 16-byte chunk at the warp's origin (row0 % 8 == 0),
+// as ldsm_offset_b (stored [n][k]: row n = l % 8 + (l / 16) * 8, chunk
+// (l / 8) % 2) or ldsm_offset_b_t (B_T, stored [k][n]: row k = l % 8 +
+// ((l / 8) % 2) * 8, chunk l / 16) place them. Every row a product adds is a
+// multiple of 16 on, so row % 8, which the swizzle reads, is the lane's own.
+// ALIGNED (the origin's chunk is a multiple of 8): the chunk of step s (2s on)
+// lies at (addr + 128 (2s / 8)) ^ (16 (2s % 8)), since addr's bits 4-6 hold
+// (lane chunk ^ row % 8) and the lane chunk is 0 or 1: one XOR with a constant
+// per step, the rest in the load's immediate. (Computing c ^ (r % 8) per step
+// instead made the d128 forward and backward spill 8-68 bytes.) LAUNDER: each
+// step's address is made where it is used (platform.cuh opaque) instead of
+// the compiler holding up to four of them per operand; which of the two
+// spills less depends on the kernel (and the NVRTC).
+template <bool ALIGNED, bool LAUNDER>
+struct SwizzledB {
+    u32 tile, addr;
+    int row, chunk;
+};
+template <bool B_T, bool ALIGNED, int PITCH_B, bool LAUNDER = false>
+CUFLASH_DEVICE SwizzledB<ALIGNED, LAUNDER> swizzled_b(u32 tile, int row0, int chunk0, int lane) {
+    const int row = row0 + (B_T ? lane % 8 + ((lane / 8) % 2) * 8 : lane % 8 + (lane / 16) * 8);
+    const int chunk = chunk0 + (B_T ? lane / 16 : (lane / 8) % 2);
+    return {tile, tile + chunk_offset<PITCH_B, true>(row, chunk), row, chunk};
+}
+template <int PITCH_B, bool B_T, bool ALIGNED, bool LAUNDER>
+CUFLASH_DEVICE void load_b_step(FragB (&bf)[2], SwizzledB<ALIGNED, LAUNDER> b, int np, int ks) {
+    static_assert(!FP32, "swizzled tiles hold 16-bit elements");
+    const int rows = B_T ? ks * 16 : np * 16, step = 2 * (B_T ? np : ks);  // rows and chunks on from the origin
+    u32 at;
+    if constexpr (ALIGNED)
+        at = ((LAUNDER ? opaque(b.addr) : b.addr) + (u32)(rows * PITCH_B * ELEM_BYTES + (step / 8) * 128)) ^
+             (u32)((step % 8) * 16);
+    else
+        at = b.tile + chunk_offset<PITCH_B, true>(b.row + rows, b.chunk + step);
+    if (B_T) load_b2_t<PITCH_B>(bf, at);
+    else load_b2(bf, at);
+}
+
 // acc[MT][NT][4] += A (MT*16 x K) * B (K x NT*8), both read from shared
 // memory. a, b: shared addresses of the tile origins including this lane's
-// ldsm_offset_* (A_T / B_T: operand stored transposed). float32: the k order
+// ldsm_offset_* (A_T / B_T: operand stored transposed), or for b a swizzled
+// tile (SwizzledB, from swizzled_b<B_T>). float32: the k order
 // is natural for two untransposed operands, else paired (see the top of the
 // file; an untransposed A then takes ldsm_offset_a<PITCH, true>).
 // UNROLL: k-steps per unrolled loop body (default all). A fully unrolled
@@ -397,8 +439,8 @@ CUFLASH_DEVICE void load_b_step(FragB (&bf)[2], u32 b, int np, int ks) {
 // exhaust registers in kernels that also hold large accumulators. ROUND: ROUND_NONE,
 // ROUND_PASS or ROUND_STEP (warp_product).
 template <int MT, int NT, int K, int PITCH_A, bool A_T, int PITCH_B, bool B_T, int UNROLL = K / KSTEP,
-          int ROUND = ROUND_NONE>
-CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, u32 b) {
+          int ROUND = ROUND_NONE, class BAddr = u32>
+CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, BAddr b) {
     static_assert(K % KSTEP == 0, "whole k-steps");
     static_assert(!FP32 || B_T || !A_T, "float32: no paired load for an untransposed B");
     constexpr bool PAIRED = A_T || B_T;
@@ -417,9 +459,10 @@ CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, u32 b) {
 // acc[MT][NT][4] += A * B where A (MT*16 x K) is held by this warp as fp32 C
 // fragments c[MT][K / 8][4] of an earlier product (rows m, columns k), turned
 // into A fragments on the fly (a_from_c), and B is read from shared memory as in
-// mma_ss (float32: stored transposed, the paired order of a C tile). ROUND: as mma_ss.
-template <int MT, int NT, int K, int PITCH_B, bool B_T, int ROUND = ROUND_NONE>
-CUFLASH_DEVICE void mma_rs(float (&acc)[MT][NT][4], const float (&c)[MT][K / 8][4], u32 b) {
+// mma_ss (a padded or a swizzled tile; float32: stored transposed, the paired
+// order of a C tile). ROUND: as mma_ss.
+template <int MT, int NT, int K, int PITCH_B, bool B_T, int ROUND = ROUND_NONE, class BAddr = u32>
+CUFLASH_DEVICE void mma_rs(float (&acc)[MT][NT][4], const float (&c)[MT][K / 8][4], BAddr b) {
     static_assert(K % KSTEP == 0, "whole k-steps");
     static_assert(!FP32 || B_T, "a float32 product from registers reads B in the paired order");
     auto get_a = [&](FragA& af, int mt, int ks) { a_from_c(af, c[mt], ks); };

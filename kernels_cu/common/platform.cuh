@@ -22,3 +22,12 @@ typedef unsigned long long u64;
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
+
+// x, unknown to the compiler from here on. Addresses or descriptors derived
+// from a laundered tile address inside a loop are computed where they are
+// used, instead of being hoisted out of the loop and held in registers each
+// (wgmma.cuh descriptors, mma.cuh swizzled operands).
+CUFLASH_DEVICE u32 opaque(u32 x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}

@@ -47,14 +47,6 @@ CUFLASH_DEVICE u64 desc_mn_major(u32 tile, int k_row0, int col0 = 0) {
     return make_smem_desc(addr, ROWS * S::ROW_BYTES, 8 * S::ROW_BYTES, S::MODE);
 }
 
-// x, unknown to the compiler from here on. Descriptors derived from a
-// laundered tile address inside a loop are computed where they are used,
-// instead of being hoisted out of the loop and held in (two) registers each.
-CUFLASH_DEVICE u32 opaque(u32 x) {
-    asm volatile("" : "+r"(x));
-    return x;
-}
-
 // Order register and shared-memory accesses of this thread before the next
 // wgmma (required before the first wgmma after registers were written).
 CUFLASH_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
