@@ -50,7 +50,6 @@ class SinkPart(NamedTuple):
 Alloc = Callable[[tuple, str], tuple]
 
 
-@functools.lru_cache(maxsize=None)
 def swizzled_pitch(dtype: str, head_dim: int) -> int:
     """Row pitch in elements of the portable kernels' streamed tiles (fwd.cu K and V, bwd.cu Q and
     dO, decode.cu's K/V ring): swizzled rows of D for 16-bit inputs with D % 64 == 0
@@ -59,6 +58,7 @@ def swizzled_pitch(dtype: str, head_dim: int) -> int:
     return head_dim if e == 2 and head_dim % 64 == 0 else head_dim + 16 // e
 
 
+@functools.lru_cache(maxsize=None)
 def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     """Dynamic shared memory of the forward.
 

@@ -109,10 +109,10 @@ constexpr int DQ_PASS_NT = CUFLASH_DQ_PASS_DIMS / 8, DQ_PASSES = DQ_NT / DQ_PASS
 constexpr bool P_IN_REGS = CUFLASH_P_IN_REGS;
 constexpr int PITCH = D + CHUNK;     // rows of K, V (and Q, dO unless swizzled) in shared memory (copy.cuh)
 constexpr int PITCH_T = BM + CHUNK;  // rows of P^T, dS^T: an odd number of 16-byte chunks
-// Q and dO, streamed through the main loop, in swizzled rows of D (copy.cuh
-// chunk_offset) where D % 64 == 0 with 16-bit inputs.
-constexpr bool Q_SWIZZLE = !FP32 && D % 64 == 0;
-constexpr int Q_PITCH = Q_SWIZZLE ? D : PITCH;
+// Q and dO, streamed through the main loop, in swizzled rows of D where D % 64
+// == 0 with 16-bit inputs (copy.cuh streamed_swizzled).
+constexpr bool Q_SWIZZLE = streamed_swizzled<D>();
+constexpr int Q_PITCH = streamed_pitch<D>();
 
 static_assert(D % 32 == 0 && BM % 16 == 0 && BN % 16 == 0 && BM <= 4 * THREADS, "tile shape");
 static_assert(WARPS % SDP_WN == 0 && WARPS % DKV_WN == 0 && WARPS % DQ_WM == 0, "warp grids");

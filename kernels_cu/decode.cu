@@ -62,9 +62,9 @@ constexpr int MERGE_PITCH = D + 1;      // fp32 row pitch of the warps' parts in
 static_assert(BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(CHUNKS <= 32, "a warp copies a row in one round");
 // K/V ring rows: swizzled rows of D for D % 64 == 0, else padded to PITCH
-// (copy.cuh chunk_offset; with padded rows the H200 read the cache 5% slower).
-constexpr bool SWIZZLE = D % 64 == 0;
-constexpr int RPITCH = SWIZZLE ? D : PITCH;
+// (copy.cuh streamed_swizzled; with padded rows the H200 read the cache 5% slower).
+constexpr bool SWIZZLE = streamed_swizzled<D>();
+constexpr int RPITCH = streamed_pitch<D>();
 static_assert(BM * PITCH * 2 % 128 == 0, "the ring starts 128-byte aligned");
 
 // The explicit minimum of 1 CTA per SM: without it ptxas (NVRTC 12.9, 13.0) held some builds to 64-128

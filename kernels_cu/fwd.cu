@@ -57,10 +57,10 @@ constexpr int MT = ROWS_PER_WARP / 16;  // m16 tiles per warp
 constexpr int NT = BN / 8;              // n8 tiles of S per warp
 constexpr int DT = D / 8;               // n8 tiles of O per warp
 constexpr int PITCH = D + CHUNK;        // shared-memory row pitch in elements (copy.cuh)
-// K and V, streamed through the main loop, in swizzled rows of D (copy.cuh
-// chunk_offset) where D % 64 == 0 with 16-bit inputs; Q stays padded.
-constexpr bool KV_SWIZZLE = !FP32 && D % 64 == 0;
-constexpr int KV_PITCH = KV_SWIZZLE ? D : PITCH;
+// K and V, streamed through the main loop, in swizzled rows of D where D % 64
+// == 0 with 16-bit inputs (copy.cuh streamed_swizzled); Q stays padded.
+constexpr bool KV_SWIZZLE = streamed_swizzled<D>();
+constexpr int KV_PITCH = streamed_pitch<D>();
 // K's step addresses laundered (mma.cuh SwizzledB LAUNDER) under NVRTC 13, not
 // under 12: the d128 tile at 254-255 registers spilled 20 bytes for sm_90 under
 // NVRTC 13.5 without it and 8 bytes under 12.9 with it (laundering V as well,

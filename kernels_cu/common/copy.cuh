@@ -45,6 +45,14 @@ CUFLASH_DEVICE u32 chunk_offset(int r, int c) {
     return (u32)(r * PITCH * ELEM_BYTES + (SWIZZLE ? (c ^ (r & 7)) : c) * 16);
 }
 
+// Whether a tile that a main loop streams (fwd.cu K and V, bwd.cu Q and dO,
+// decode.cu's K/V ring) is swizzled, and its row pitch in elements
+// (cuflash/launch.py swizzled_pitch says the same for the shared-memory sizes).
+template <int D>
+__host__ __device__ constexpr bool streamed_swizzled() { return ELEM_BYTES == 2 && D % 64 == 0; }
+template <int D>
+__host__ __device__ constexpr int streamed_pitch() { return streamed_swizzled<D>() ? D : D + CHUNK; }
+
 // Load a ROWS x D tile (rows [row0, row0 + ROWS) of a (seqlen, ..., d) tensor
 // whose rows are `row_stride` elements apart) into shared memory with pitch
 // D + CHUNK, or swizzled rows of D (SWIZZLE). Rows >= seqlen and columns >=

@@ -23,7 +23,7 @@
 // on every run), so a long list of parts costs one round of loads, not n.
 template <int LANES = 1>
 struct MergeWeights {
-    static_assert(LANES == 1 || LANES == 2 || LANES == 4 || LANES == 8 || LANES == 16 || LANES == 32, "lanes");
+    static_assert(LANES >= 1 && LANES <= 32 && (LANES & (LANES - 1)) == 0, "a power of two of a warp's lanes");
     float top;        // the largest lse (or the sink); -inf when all are
     float inv_total;  // 1 / total; 0 when top = -inf
     float lse;

@@ -33,21 +33,19 @@ def caches(batch, keys, page):
 
 
 print("tile              " + " ".join(f"{b}x{k // 1024}k/{'p%d' % p if p else 'c'}".rjust(11) for b, k, p in shapes))
-results = {t: [] for t in tiles}
+results = [[] for _ in tiles]  # by position: a tile listed twice gets two rows
 for batch, keys, page in shapes:
     q, kc, vc, extra = caches(batch, keys, page)
     nbytes = 2 * batch * keys * HK * D * 2
-    for t in tiles:
+    for t, row in zip(tiles, results):
         specs.DECODE_TILES[128] = [t]
         support.decode_spec.cache_clear()
         support.select.cache_clear()
         try:
             tt = timeit(lambda: cuflash.attention_with_kvcache(q, kc, vc, cache_seqlens=keys, **extra))
-            results[t].append(f"{nbytes / tt / 1e12:.3f}")
+            row.append(f"{nbytes / tt / 1e12:.3f}")
         except Exception as e:  # a tile that does not fit or compile: say why, go on
-            results[t].append("ERR")
+            row.append("ERR")
             print(f"{t}: {str(e)[:120]}", file=sys.stderr)
-    del q, kc, vc, extra
-for t in tiles:
-    print(f"n{t.block_n}w{t.warps}s{t.stages}".ljust(18) + " ".join(r.rjust(11) for r in results[t]),
-          flush=True)
+for t, row in zip(tiles, results):
+    print(f"n{t.block_n}w{t.warps}s{t.stages}".ljust(18) + " ".join(r.rjust(11) for r in row), flush=True)
