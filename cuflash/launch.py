@@ -10,13 +10,15 @@ caller names; the caller has made the arrays' device current.
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 import struct
 import threading
 from typing import Callable, NamedTuple
 
 from . import params
 from .compile.cache import get_pointer
-from .specs import (DTYPE_BYTES, BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, DecodeCombineSpec, DecodeSpec, FwdSm90Spec,
+from .specs import (DTYPE_BYTES, BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, DecodeSpec, FwdSm90Spec,
                     FwdSpec, KvAppendSpec)
 
 #: CUDA limit on gridDim.y and gridDim.z.
@@ -567,7 +569,7 @@ def decode_split_count(ctas: int, seqlen_k: int, warps: int, block_n: int, smem:
                        smem_per_sm: int) -> int:
     """num_splits = 0 for `ctas` CTAs per split: the fewest splits that divide the key blocks evenly and whose CTAs keep at
     least 90% of the GPU's CTA slots busy in their last wave, with at least 4 key blocks per warp
-    in each split (fewer makes the pipeline's ramp and the combine cost more than they hide); the
+    in each split (fewer makes the pipeline's ramp and the merge cost more than they hide); the
     best fill when none qualifies. Slots: 8 warps per SM (one CTA of 8 warps, or two of 4 where
     two fit its shared memory), enough to keep the bytes in flight and to hide a paged cache's
     block-table reads. Measured on the H200 (GQA 32/8, d128): with 4-warp CTAs, 8 x 32k in pages
@@ -586,7 +588,8 @@ def decode_split_count(ctas: int, seqlen_k: int, warps: int, block_n: int, smem:
                 max(range(1, most + 1), key=fill))
 
 
-_combine_spec = functools.lru_cache(maxsize=None)(DecodeCombineSpec)
+#: decode.cu's epochs: a new one per call (its split flags), from a random start below 2^62.
+_epochs = itertools.count(int.from_bytes(os.urandom(8), "little") >> 2)
 
 
 def decode(spec: DecodeSpec, q: Ref, k_cache: Ref, v_cache: Ref, out: Ref, lse: Ref | None, seqlen_k: int,
@@ -594,9 +597,10 @@ def decode(spec: DecodeSpec, q: Ref, k_cache: Ref, v_cache: Ref, out: Ref, lse: 
            stream: int) -> None:
     """q (batch, seqlen_q, nheads, d) over the caches (seqlen_k keys per batch row at most, seqused
     (batch,) int32 of them used, or all) into out and lse: float32 (nheads, batch * seqlen_q), the
-    varlen kernels' layout, or None. The keys are split into `splits` parts merged by the combine
-    kernel (one: no combine). Scratch with more than one split: (splits, nheads * batch * seqlen_q,
-    D) and (splits, nheads * batch * seqlen_q) fp32 from alloc."""
+    varlen kernels' layout, or None. The keys are split into `splits` parts, which the last split
+    of each block of rows to finish merges. Scratch with more than one split: (splits, nheads *
+    batch * seqlen_q, D) and (splits, nheads * batch * seqlen_q) fp32 and a uint64 flag per split
+    and row block (kernels_cu/decode.cu step 4) from alloc."""
     batch, seqlen_q, nheads, head_dim = q.shape
     fields = attention_fields(q, k_cache, v_cache, option_fields)
     os_ = out.strides
@@ -604,21 +608,14 @@ def decode(spec: DecodeSpec, q: Ref, k_cache: Ref, v_cache: Ref, out: Ref, lse: 
     fields.update(seqlen_k=seqlen_k, o=out.ptr, lse=0 if lse is None else lse.ptr, o_batch_stride=os_[0],
                   o_row_stride=os_[1], o_head_stride=os_[2], seqused_k=0 if seqused is None else seqused.ptr,
                   num_splits=splits, part_cols=spec.head_dim)
+    grid = decode_grid(spec, batch, nheads, k_cache.shape[2], seqlen_q, splits)
     owner = None
     if splits > 1:
         rows = batch * nheads * seqlen_q
         owner, s, _ = _scratch(alloc, {"o_part": ((splits, rows, spec.head_dim), "float32"),
-                                       "lse_part": ((splits, rows), "float32")})
-        fields["o_part"], fields["lse_part"] = s["o_part"].ptr, s["lse_part"].ptr
-    run(spec, q.device, decode_grid(spec, batch, nheads, k_cache.shape[2], seqlen_q, splits), (spec.threads, 1, 1),
-        decode_smem_bytes(spec), params.DECODE, fields, stream)
-    if splits > 1:
-        combine = _combine_spec(spec.dtype)
-        run(combine, q.device, (-(-rows // combine.rows_per_cta), 1, 1), (combine.threads, 1, 1), 0,
-            params.DECODE_COMBINE,
-            {"o_part": fields["o_part"], "lse_part": fields["lse_part"], "sink": option_fields.get("sink", 0),
-             "o": out.ptr, "lse": fields["lse"], "o_batch_stride": out.strides[0], "o_row_stride": out.strides[1],
-             "o_head_stride": out.strides[2], "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q,
-             "head_dim": head_dim, "num_splits": splits, "part_cols": spec.head_dim},
-            stream)
+                                       "lse_part": ((splits, rows), "float32"),
+                                       "split_flags": ((grid[1] * grid[2], splits, 2), "int32")})  # uint64 as 2 words
+        fields.update(o_part=s["o_part"].ptr, lse_part=s["lse_part"].ptr, split_flags=s["split_flags"].ptr,
+                      epoch=next(_epochs))
+    run(spec, q.device, grid, (spec.threads, 1, 1), decode_smem_bytes(spec), params.DECODE, fields, stream)
     del owner  # the scratch's frees are stream-ordered: the kernels above finish first

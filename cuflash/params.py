@@ -130,20 +130,10 @@ DECODE_PARAMS = np.dtype(
     + [
         ("o", _PTR), ("lse", _PTR),
         ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
-        ("o_part", _PTR), ("lse_part", _PTR), ("seqused_k", _PTR),
+        ("o_part", _PTR), ("lse_part", _PTR), ("split_flags", _PTR), ("seqused_k", _PTR), ("epoch", _I64),
         ("num_splits", _I32), ("part_cols", _I32),
     ]
     + CACHE_MAP_FIELDS,
-    align=True,
-)
-
-DECODE_COMBINE_PARAMS = np.dtype(
-    [
-        ("o_part", _PTR), ("lse_part", _PTR), ("sink", _PTR), ("o", _PTR), ("lse", _PTR),
-        ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
-        ("batch", _I32), ("nheads", _I32), ("seqlen_q", _I32), ("head_dim", _I32),
-        ("num_splits", _I32), ("part_cols", _I32),
-    ],
     align=True,
 )
 
@@ -155,7 +145,6 @@ STRUCTS = {
     "BwdConvertParams": BWD_CONVERT_PARAMS,
     "KvAppendParams": KV_APPEND_PARAMS,
     "DecodeParams": DECODE_PARAMS,
-    "DecodeCombineParams": DECODE_COMBINE_PARAMS,
 }
 
 
@@ -256,4 +245,3 @@ BWD = Packer(BWD_PARAMS)
 BWD_CONVERT = Packer(BWD_CONVERT_PARAMS)
 KV_APPEND = Packer(KV_APPEND_PARAMS)
 DECODE = Packer(DECODE_PARAMS)
-DECODE_COMBINE = Packer(DECODE_COMBINE_PARAMS)

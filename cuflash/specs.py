@@ -747,13 +747,3 @@ class DecodeSpec(AttentionSpec):
         t = self.tiles
         return {**super().defines(), "CUFLASH_BLOCK_N": t.block_n, "CUFLASH_WARPS": t.warps,
                 "CUFLASH_STAGES": t.stages}
-
-
-@dataclass(frozen=True)
-class DecodeCombineSpec(KernelSpec):
-    """kernels_cu/decode_combine.cu: the split-KV decode's fp32 parts merged into out and lse."""
-
-    source = "decode_combine.cu"
-    entry = "cuflash_decode_combine"
-    threads = 128
-    rows_per_cta = 4  # one warp per query row

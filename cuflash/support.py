@@ -26,7 +26,6 @@ from .specs import (
     PLAIN,
     DECODE_TILES,
     BwdConvertSpec,
-    DecodeCombineSpec,
     DecodeSpec,
     KvAppendSpec,
     BwdPrepareSpec,
@@ -279,5 +278,5 @@ def declared_specs(feature_sets=DEFAULT_FEATURE_SETS, dtypes=DEFAULT_DTYPES) -> 
     varlen = [True] if any(f.varlen for f in feature_sets) else []
     helpers = [spec for dtype in dtypes
                for spec in (BwdPrepareSpec(dtype), *(BwdPrepareSpec(dtype, v) for v in varlen), BwdConvertSpec(dtype),
-                            *((KvAppendSpec(dtype), DecodeCombineSpec(dtype)) if dtype in HALF_DTYPES else ()))]
+                            *((KvAppendSpec(dtype),) if dtype in HALF_DTYPES else ()))]
     return specs + helpers

@@ -14,7 +14,8 @@
 //   O = softmax(S * softmax_scale) V,   lse = ln(sum_j exp(S_ij * softmax_scale))
 // With one split the result is final (the learnable sink joins the denominator
 // here); with several, each split writes its fp32 part (O normalised over its
-// own keys, and lse) and decode_combine.cu merges the parts (merge.cuh).
+// own keys, and lse) and the last split of the rows to finish merges the parts
+// (merge.cuh; the sink joins there).
 //
 // Steps (WARPS warps; each warp owns every WARPS-th key block of BN keys in
 // the split, with its own online softmax (softmax.cuh) and its own ring of
@@ -26,6 +27,8 @@
 //        O += P V.
 //   3. Each warp's (O / l, lse) into shared memory; the CTA merges its warps
 //      (merge.cuh) and stores out and lse, or the split's fp32 part.
+//   4. Several splits: the split that finds the others' parts done (flags
+//      holding the call's epoch) merges every split's part into out and lse.
 //
 // Compile-time constants (cuflash/specs.py DecodeSpec): CUFLASH_DTYPE,
 // CUFLASH_HEAD_DIM D, CUFLASH_BLOCK_N BN, CUFLASH_WARPS, CUFLASH_STAGES, and
@@ -275,6 +278,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     // Merge the warps, 4 columns per thread. With one split this is the
     // answer (with the sink); with several, the split's part.
     const bool final_ = p.num_splits == 1;
+    const i64 all_rows = (i64)p.nheads * p.batch * p.seqlen_q;  // rows of lse's (nheads, batch * seqlen_q)
     for (int c = tid; c < BM * (D / 4); c += THREADS) {
         const int r = c / (D / 4), col = (c % (D / 4)) * 4;
         if (row0 + r >= rows || col >= p.head_dim) continue;
@@ -287,15 +291,57 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[e] += wt * sO[(w * BM + r) * MERGE_PITCH + col + e];
         }
-        const i64 row_index = ((i64)h * p.batch + b) * p.seqlen_q + i;  // lse's (nheads, batch * seqlen_q)
+        const i64 row_index = ((i64)h * p.batch + b) * p.seqlen_q + i;
         if (final_) {
             u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride + col;
             *reinterpret_cast<uint2*>(out) = make_uint2(pack_float2(o[0], o[1]), pack_float2(o[2], o[3]));
             if (col == 0 && p.lse != nullptr) p.lse[row_index] = mw.lse;
         } else {
-            const i64 part_row = (i64)split * p.nheads * p.batch * p.seqlen_q + row_index;  // (splits, rows)
+            const i64 part_row = split * all_rows + row_index;  // (splits, rows)
             *reinterpret_cast<float4*>(p.o_part + part_row * p.part_cols + col) = make_float4(o[0], o[1], o[2], o[3]);
             if (col == 0) p.lse_part[part_row] = mw.lse;
         }
     }
+    if (final_) return;
+
+    // 4. The last split of these rows to finish merges the splits' parts (merge.cuh), so no
+    // second kernel runs. A split announces its part by setting its flag to the call's epoch:
+    // a 64-bit value new for every call, which nothing else in the scratch equals (it may hold
+    // anything, flags of earlier calls included). A split that then finds every flag set
+    // merges; two splits finishing together may both do so, writing the same bits. A replayed
+    // launch plan or CUDA graph keeps its epoch, so the merging split clears the flags again.
+    u64* flags = p.split_flags + ((i64)blockIdx.z * gridDim.y + blockIdx.y) * p.num_splits;
+    // Every thread's part stores are visible on the device before thread 0 announces them, and
+    // every thread is done with sO and sL: merge_here reuses their first word.
+    __threadfence();
+    __syncthreads();
+    int& merge_here = *reinterpret_cast<int*>(smem);
+    if (warp == 0) {
+        if (lane == 0) *reinterpret_cast<volatile u64*>(flags + split) = p.epoch;
+        // Full fence between the own flag's store and the others' loads: of two splits
+        // finishing together, at least one then sees both flags.
+        __threadfence();
+        bool all = true;
+        for (int s = lane; s < p.num_splits; s += 32) all &= *reinterpret_cast<volatile u64*>(flags + s) == p.epoch;
+        all = __all_sync(0xffffffffu, all);
+        if (lane == 0) merge_here = all;
+    }
+    // merge_here is set before anyone reads it.
+    __syncthreads();
+    if (!merge_here) return;
+    // The parts the flags announced are read after the flags (merge_parts_row loads through L2).
+    __threadfence();
+    for (int r = warp; r < BM && row0 + r < rows; r += WARPS) {
+        const int i = query_of(row0 + r), h = head_of(row0 + r);
+        const i64 row_index = ((i64)h * p.batch + b) * p.seqlen_q + i;
+        u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride;
+        const float lse = merge_parts_row(
+            p.num_splits, [&](int s) { return __ldcg(p.lse_part + s * all_rows + row_index); },
+            [&](int s) { return p.o_part + (s * all_rows + row_index) * p.part_cols; }, SINK ? p.sink[h] : -INFINITY,
+            out, p.head_dim, lane);
+        if (lane == 0 && p.lse != nullptr) p.lse[row_index] = lse;
+    }
+    // Every flag was read above; a split still reading them finds its rows complete (and merges
+    // them too) or finds some cleared (and leaves them to this one).
+    for (int s = tid; s < p.num_splits; s += THREADS) flags[s] = 0;
 }

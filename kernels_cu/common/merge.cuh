@@ -1,6 +1,6 @@
 // merge.cuh: the exact merge of attention results over disjoint key sets
 // (DESIGN 3, merge_attention_states), as the decode kernels use it: a CTA's
-// warps, then the split-KV parts in the combine kernel.
+// warps, then the split-KV parts (merged by the last split of each unit).
 //
 // Parts k = 0..n-1 of one query row each hold O_k (normalised over their own
 // keys) and lse_k = ln(sum of exp(logits) over their keys), -inf when they saw
@@ -54,3 +54,29 @@ struct MergeWeights {
         return top == -INFINITY ? 0.f : fast_exp2((lse_k - top) * LOG2E) * inv_total;
     }
 };
+
+// One query row merged by a warp from n parts (the split-KV decode's, decode.cu):
+// part k's lse at lse_at(k) and its fp32 O row at o_at(k) (head_dim values,
+// 16-byte aligned), with the sink (or -inf); out gets the row in 16 bits, 4
+// columns per lane per round, 4 parts' loads in flight at a time (8 spilled
+// on sm_120 under NVRTC 12.9). Returns the merged lse. The parts come from
+// other CTAs of the running grid: loads go through L2 (ld.global.cg), never
+// through this SM's L1, which is not coherent with them.
+template <class LseAt, class OAt>
+CUFLASH_DEVICE float merge_parts_row(int n, LseAt lse_at, OAt o_at, float sink, u16* out, int head_dim, int lane) {
+    const MergeWeights<32> mw(n, lse_at, sink, lane);
+    for (int col = lane * 4; col < head_dim; col += 128) {
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+        for (int k = 0; k < n; ++k) {
+            const float w = mw.weight(lse_at(k));
+            const float4 x = __ldcg(reinterpret_cast<const float4*>(o_at(k) + col));
+            o.x += w * x.x;
+            o.y += w * x.y;
+            o.z += w * x.z;
+            o.w += w * x.w;
+        }
+        *reinterpret_cast<uint2*>(out + col) = make_uint2(pack_float2(o.x, o.y), pack_float2(o.z, o.w));
+    }
+    return mw.lse;
+}

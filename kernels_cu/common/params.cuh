@@ -184,21 +184,11 @@ struct DecodeParams {
     i64 o_batch_stride, o_row_stride, o_head_stride;
     float* o_part;       // (num_splits, nheads * batch * seqlen_q, part_cols) fp32 (num_splits > 1)
     float* lse_part;     // (num_splits, nheads * batch * seqlen_q) fp32 (num_splits > 1)
+    u64* split_flags;    // (batch * nheads_kv * ceil(seqlen_q * group / 16), num_splits) (num_splits > 1)
     const int* seqused_k;  // (batch,) int32 keys of each batch row (clamped to seqlen_k), or null: seqlen_k
+    u64 epoch;           // new for every call (num_splits > 1; decode.cu step 4)
     int num_splits, part_cols;
     CUFLASH_CACHE_MAP_FIELDS
-};
-
-// kernels_cu/decode_combine.cu: the decode's split parts merged into o and lse.
-struct DecodeCombineParams {
-    const float* o_part;   // (num_splits, rows, part_cols), rows = nheads * batch * seqlen_q in (h, b, i) order
-    const float* lse_part; // (num_splits, rows)
-    const float* sink;     // (nheads,) learnable sink logits, or null
-    void* o;               // (batch, seqlen_q, nheads, head_dim)
-    float* lse;            // (rows,) = (nheads, batch * seqlen_q) contiguous, or null
-    i64 o_batch_stride, o_row_stride, o_head_stride;
-    int batch, nheads, seqlen_q, head_dim;
-    int num_splits, part_cols;
 };
 
 // kernels_cu/bwd_convert.cu: dst[b, s, h, :] = sum_{j < group} src[b, s, h * group + j, :].

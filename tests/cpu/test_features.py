@@ -192,8 +192,8 @@ def test_default_declared_specs():
     # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
     # in both modes; d224 runs d256's within 163 KB), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
-    # x 4 tiles + 4 x 2)) and its combine kernel per dtype
-    assert len(specs) == 156 + 4 * (2 + 2 * 9) + 2 + 2 * 2 * (4 * 4 + 4 * 2) + 2
+    # x 4 tiles + 4 x 2)), which merges its splits itself
+    assert len(specs) == 156 + 4 * (2 + 2 * 9) + 2 + 2 * 2 * (4 * 4 + 4 * 2)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs

@@ -43,8 +43,7 @@ class FakeGpu:
 def gpu(monkeypatch):
     fake = FakeGpu()
     params = launch.params
-    packers = [params.FWD, params.BWD, params.BWD_PREPARE, params.BWD_CONVERT, params.KV_APPEND, params.DECODE,
-               params.DECODE_COMBINE]
+    packers = [params.FWD, params.BWD, params.BWD_PREPARE, params.BWD_CONVERT, params.KV_APPEND, params.DECODE]
     fake.sizes = {}
     for p in packers:
         buf, _ = p.buffers()
@@ -141,9 +140,20 @@ def test_kvcache_replay_packs_what_the_validated_path_packs(gpu, monkeypatch, pa
     with monkeypatch.context() as m:
         m.setattr(api, "recorded_plan", lambda key: None)
         call()
-    # the append (with rotary), the split-KV decode and its combine
-    assert len(replayed) == 3
-    assert gpu.launches == replayed
+    # the append (with rotary) and the split-KV decode, whose splits merge in the kernel; the same
+    # bytes but the decode's epoch, which a plan keeps (kernels_cu/decode.cu step 4) and the
+    # validated path draws anew
+    assert len(replayed) == 2
+    at = launch.params.DECODE_PARAMS.fields["epoch"][1]
+
+    def epoch(launched):
+        return int.from_bytes(launched[-1][at:at + 8], "little")
+
+    def without_epoch(launched):
+        return (*launched[:-1], launched[-1][:at] + launched[-1][at + 8:])
+
+    assert epoch(gpu.launches[1]) != epoch(replayed[1]) and epoch(replayed[1]) > 0
+    assert [without_epoch(x) for x in gpu.launches] == [without_epoch(x) for x in replayed]
 
 
 def test_a_plan_is_per_kind_of_call(gpu, monkeypatch):

@@ -148,6 +148,14 @@ def test_split_counts(num_splits):
              num_splits=num_splits)
 
 
+def test_repeated_split_calls():
+    # Repeated calls of one kind replay their launch plan with its epoch (kernels_cu/decode.cu step
+    # 4), most likely on the same scratch: the split that merged must have cleared the flags, or the
+    # next call's first split to finish would merge parts that are not all in yet. New inputs each time.
+    for _ in range(4):
+        run_case(batch=2, seqlen_cache=3000, cache_seqlens=(1500, 2990), seqlen_new=1, causal=True, num_splits=16)
+
+
 def test_splits_with_every_modifier_and_a_paged_cache():
     slopes = cp.asarray(np.random.default_rng().uniform(0.05, 0.5, (3, 8)).astype(np.float32))
     sink = cp.asarray(np.linspace(-1.0, 3.0, 8, dtype=np.float32))
