@@ -151,6 +151,12 @@ def kvcache_cases(d):
                                        rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved,
                                        cache_leftpad=cp.asarray([0, 90, 3], dtype=cp.int32), check_indices=False,
                                        causal=True, num_splits=2)
+    # as many CTAs per split as SMs: the tile of two CTAs per SM (specs.DECODE_TILES_MANY_UNITS)
+    many = cp.cuda.Device().attributes["MultiProcessorCount"] // 2 + 1
+    qm, kcm, vcm = testing.random_qkv(many, 1, 96, 4, 2, d, "bf16", xp=cp)
+    for splits in (0, 3):
+        cuflash.attention_with_kvcache(qm, kcm, vcm, cache_seqlens=cp.arange(many, dtype=cp.int32) % 97, causal=True,
+                                       return_lse=True, num_splits=splits)
     q40 = testing.random_qkv(3, 40, 1, 4, 2, d, "bf16", xp=cp)[0]
     cuflash.attention_with_kvcache(q40, kc, vc, cache_seqlens=cp.asarray([0, 93, 200], dtype=cp.int32), causal=True)
     for page_size in (1, 16):

@@ -715,6 +715,15 @@ DECODE_TILES = {
     for d in range(HEAD_DIM_BUCKET, 257, HEAD_DIM_BUCKET)
 }
 
+#: Decode tiles first for calls of at least as many CTAs per split (batch x kv heads x blocks of 16
+#: folded rows) as the GPU has SMs (support.Problem.many_units): two 4-warp CTAs per SM, so that one
+#: CTA's prologue and merge overlap the other's streaming. Measured on the H200 (cuflash bench --mode
+#: decode, twice each, TB/s, 12 x 2 against 4 x 3): 64 x 2k 3.58-3.59 / 3.86-3.89, 32 x 8k 4.19-4.20 /
+#: 4.21-4.22, 64 x 8k 4.37 / 4.37-4.39; with fewer rows 12 x 2 stays ahead (8 x 32k 4.22-4.23 / 4.16-4.17,
+#: 1 x 128k 3.84-3.86 / 3.76-3.77), and over pages of one key (64 x 8k 3.92 / 3.37: launch.
+#: DECODE_MANY_UNITS_MIN_PAGE).
+DECODE_TILES_MANY_UNITS = {d: [DecodeTiles(16, 4, 3)] for d in DECODE_TILES if d <= 128}
+
 
 @dataclass(frozen=True)
 class DecodeSpec(AttentionSpec):

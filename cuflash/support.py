@@ -25,6 +25,7 @@ from .specs import (
     MODIFIERS,
     PLAIN,
     DECODE_TILES,
+    DECODE_TILES_MANY_UNITS,
     BwdConvertSpec,
     DecodeSpec,
     KvAppendSpec,
@@ -106,6 +107,7 @@ class Problem:
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
+    many_units: bool = False  # a decode of at least as many CTAs per split as SMs (specs.DECODE_TILES_MANY_UNITS)
 
 
 def family_reasons(family: Family, problem: Problem) -> list[str]:
@@ -163,16 +165,19 @@ def _spec_for(family: Family, problem: Problem):
         return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.narrow_band)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
-    fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic)
+    fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units)
                if smem_bytes(s) <= problem.smem_limit]
     return fitting[0] if fitting else None
 
 
-def portable_candidates(family: Family, dtype: str, d: int, features: Features, deterministic: bool = False) -> list:
+def portable_candidates(family: Family, dtype: str, d: int, features: Features, deterministic: bool = False,
+                        many_units: bool = False) -> list:
     """The portable family's specs for compile-time head dim d, best first: the large-memory
-    tiles, then those for GPUs with less shared memory (specs.*_TILES_SMALLER_SMEM)."""
+    tiles, then those for GPUs with less shared memory (specs.*_TILES_SMALLER_SMEM); for a decode
+    of many units, specs.DECODE_TILES_MANY_UNITS first (all of them are in DECODE_TILES)."""
     if family.spec is DecodeSpec:
-        return [DecodeSpec(dtype, d, features, t) for t in DECODE_TILES[d]]
+        first = DECODE_TILES_MANY_UNITS.get(d, []) if many_units else []
+        return [DecodeSpec(dtype, d, features, t) for t in first + [t for t in DECODE_TILES[d] if t not in first]]
     if family.spec is FwdSpec:
         if dtype == "fp32":
             tiles = [(d, t) for t in FWD_TILES_FP32[d]]
@@ -226,11 +231,13 @@ def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool,
 
 
 @functools.lru_cache(maxsize=None)
-def decode_spec(dtype: str, head_dim: int, features: Features, compute_capability, smem_limit: int | None = None):
-    """The split-KV decode kernel for a problem on a GPU (select() for direction "decode"), memoised."""
+def decode_spec(dtype: str, head_dim: int, features: Features, compute_capability, smem_limit: int | None = None,
+                many_units: bool = False):
+    """The split-KV decode kernel for a problem on a GPU (select() for direction "decode"), memoised.
+    many_units: the call has at least as many CTAs per split as the GPU has SMs."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
-    return select(Problem("decode", dtype, head_dim, features, cc, smem_limit=limit))
+    return select(Problem("decode", dtype, head_dim, features, cc, smem_limit=limit, many_units=many_units))
 
 
 def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) -> list:

@@ -244,6 +244,31 @@ def test_split_counts_fill_the_gpu(batch, keys, want):
         assert n / (-(-n // slots) * slots) >= 0.9 or keys < 4 * 4 * 16 * 2
 
 
+def test_many_rows_take_two_ctas_per_sm(recorded):
+    # 64 x 2k, GQA 32/8: 512 CTAs per split on 132 SMs take the 4-warp tile (two per SM); 8 batch rows
+    # (64 CTAs) keep the 12-warp one
+    for batch, want in ((64, "n16w4s3"), (33, "n16w4s3"), (16, "n16w12s2")):
+        recorded.clear()
+        q, kc = ref((batch, 1, 32, 128)), ref((batch, 2048, 8, 128), ptr=1 << 30)
+        cache = api.check_kvcache(q, kc, kc, None, None)
+        opts = api.kvcache_options(q, None, False, (-1, -1), 0.0, None, None)
+        api.run_kvcache(q, kc, kc, None, None, ref((batch,), "int32", 1 << 24), None, ref((batch, 1, 32, 128)),
+                        None, opts, cache, 0, alloc, None, 0)
+        ((name, grid, _),) = recorded
+        assert name.endswith(want) and grid == (1, 1, batch * 8), (batch, name, grid)
+    assert api.support.decode_spec("bf16", 256, api.PLAIN, (9, 0), 232448, True).tiles.warps == 4  # d > 128: as before
+    # pages of fewer than 16 keys keep the 12 warps (their block-table reads), pages of 16 take the 4
+    for page, want in ((1, "n16w12s2"), (8, "n16w12s2"), (16, "n16w4s3")):
+        recorded.clear()
+        q, kp = ref((64, 1, 32, 128)), ref((64 * 2048 // page, page, 8, 128), ptr=1 << 30)
+        table = ref((64, 2048 // page), "int32", 1 << 26)
+        cache = api.check_kvcache(q, kp, kp, None, None, table)
+        opts = api.kvcache_options(q, None, False, (-1, -1), 0.0, None, None)
+        api.run_kvcache(q, kp, kp, None, None, ref((64,), "int32", 1 << 24), None, ref((64, 1, 32, 128)), None, opts,
+                        cache, 0, alloc, None, 0)
+        assert recorded[0][0].endswith(want), (page, recorded[0][0])
+
+
 def test_paged_caches_pass_their_block_table_and_page_size(recorded):
     q, kp = ref((2, 40, 8, 64)), ref((7, 5, 2, 64), ptr=1 << 22)  # 7 pages of 5 keys
     table = ref((2, 3), "int32", 1 << 24)

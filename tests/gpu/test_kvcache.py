@@ -148,6 +148,15 @@ def test_split_counts(num_splits):
              num_splits=num_splits)
 
 
+@pytest.mark.parametrize("num_splits, page_size", [(0, None), (3, 16)])
+def test_many_rows(num_splits, page_size):
+    # At least as many CTAs per split as SMs (batch x 2 kv heads): the 4-warp tile, two CTAs per SM
+    # (specs.DECODE_TILES_MANY_UNITS)
+    batch = cp.cuda.Device().attributes["MultiProcessorCount"] // 2 + 1
+    run_case(batch=batch, seqlen_cache=300, cache_seqlens=tuple(int(x) for x in np.arange(batch) * 7 % 299),
+             causal=True, num_splits=num_splits, page_size=page_size)
+
+
 def test_repeated_split_calls():
     # Repeated calls of one kind replay their launch plan with its epoch (kernels_cu/decode.cu step
     # 4), most likely on the same scratch: the split that merged must have cleared the flags, or the
