@@ -37,7 +37,8 @@
 //        dQ_i += scale * dS K (warps tile queries x d: DQ_WARPS_M along queries, in
 //        passes of DQ_PASS_DIMS columns): fp32 reductions into dq_accum; with
 //        CUFLASH_DETERMINISTIC the CTAs of one (head, batch) add to query block i
-//        in key-block order (atomic.cuh turns), so the sums are reproducible.
+//        in a fixed key-block order (atomic.cuh turns, mask.cuh dq_key_block), so the
+//        sums are reproducible.
 //        (epilogue.cuh write_f32_tile)
 //   3. dK *= scale; write dK, dV: to dk/dv in the input dtype (staged through
 //      shared memory for 16-byte stores), or fp32 per query head into
@@ -135,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const int n_block = blockIdx.x;
+    const int n_block = dq_key_block<DETERMINISTIC>();  // mask.cuh
     const int key0 = n_block * BN;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
     if (key_block_past_end<SINK>(p, si, key0)) return;  // varlen: a key block no query sees
@@ -288,12 +289,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         //
         // Deterministic: the CTAs of this (head, batch) that see query block m are
         // the key blocks of its range (mask.cuh key_blocks, the same pairs as
-        // query_blocks above), so this CTA adds as number n_block - first and
-        // waits until that many have added. Cannot deadlock: it waits only for
-        // CTAs of lower blockIdx.x in the same (head, batch), i.e. of lower
-        // linear block index, which the hardware dispatched before this one (so
-        // they are resident or finished), and each of them waits only for
-        // still lower ones; the first of the range waits for none.
+        // query_blocks above); this CTA adds as number dq_turn and waits until
+        // that many have added (mask.cuh dq_key_block: the order, and why it
+        // cannot deadlock).
         int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
 #pragma unroll
         for (int pass = 0; pass < DQ_PASSES; ++pass) {
@@ -301,7 +299,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
             zero_acc(acc_dq);
             mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL>(
                 acc_dq, dq_a, dq_b + (u32)(pass * DQ_PASS_NT * 8 * ELEM_BYTES));
-            if (DETERMINISTIC && pass == 0) turn_wait(turn, n_block - vis.key_blocks<BN>(row0, BM).x);
+            if (DETERMINISTIC && pass == 0) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
             write_f32_tile<true>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
                                  dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
         }

@@ -30,7 +30,7 @@
 //                                        memory; B = dO / Q read transposed;
 //        dQ_i (Br x D/2, columns w*D/2..) = dS K over all Bc keys: A = dS read
 //        transposed from dS^T, B = K read transposed; fp32 reductions into
-//        dq_accum (CUFLASH_DETERMINISTIC: in key-block order, atomic.cuh turns).
+//        dq_accum (CUFLASH_DETERMINISTIC: in a fixed key-block order, mask.cuh dq_key_block).
 //   3. dK *= scale; write dK, dV (16-bit, staged through shared memory) or, under
 //      GQA, fp32 per query head into dk_accum/dv_accum (bwd_convert.cu sums).
 // Every product is held transposed (keys as the M dimension of wgmma), so dV
@@ -108,7 +108,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
-    const int n_block = blockIdx.x;
+    const int n_block = dq_key_block<DETERMINISTIC>();  // mask.cuh
     const int key0 = n_block * BN;
     const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
     const int kv_col0 = SPLIT_D ? wg * KV_COLS : 0;                    // first dK/dV column of this warpgroup
@@ -304,12 +304,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         fence_regs(acc_dk);
 
         // Deterministic: the CTAs of this (head, batch) that see query block m
-        // are the key blocks of its range, so this CTA adds as number
-        // n_block - first (bwd.cu explains why the turns cannot deadlock). Warp
+        // are the key blocks of its range; this CTA adds as number dq_turn
+        // (mask.cuh dq_key_block: the order, and why it cannot deadlock). Warp
         // w_in_wg of warpgroup wg adds rows 16 w_in_wg + g (+8), columns
         // wg*DQ_COLS + 8j + 2t.
         int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
-        if (DETERMINISTIC) turn_wait(turn, n_block - vis.key_blocks<BN>(row0, BM).x);
+        if (DETERMINISTIC) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
         write_f32_tile<true>(dq_accum, p.dqa_row_stride, as_tile(acc_dq), p.scale, row0 + warp_in_wg * 16,
                              wg * DQ_COLS, si.seqlen_q, p.head_dim, lane);
         if (DETERMINISTIC) turn_pass(turn);

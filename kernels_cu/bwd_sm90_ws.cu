@@ -26,7 +26,7 @@
 //       at L2; dq_accum is laid out (batch, head, row, D), so a block's rows are
 //       one contiguous range; varlen: one reduction per row), and frees the
 //       buffer when the reductions have read it.
-//       Deterministic: in key-block order (atomic.cuh turns, held by this warp
+//       Deterministic: in a fixed key-block order (mask.cuh dq_key_block; held by this warp
 //       alone, so the consumers never wait for other CTAs).
 //     warp 3 has nothing to do.
 //   Consumers (setmaxnreg up to CONSUMER_REGS), per query block i:
@@ -123,7 +123,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
-    const int n_block = blockIdx.x;
+    const int n_block = dq_key_block<DETERMINISTIC>();  // mask.cuh
     const int key0 = n_block * BN;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
     if (key_block_past_end<SINK>(p, si, key0)) return;  // varlen: a key block no query sees
@@ -316,7 +316,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // the key blocks of its range, so this CTA adds as number n_block - first
         // (bwd.cu explains why the turns cannot deadlock). The writer reads it
         // after dq_full, which this arrival completes.
-        if (DETERMINISTIC && ctid == 0) *sTurn = n_block - vis.key_blocks<BN>(row0, BM).x;
+        if (DETERMINISTIC && ctid == 0) *sTurn = vis.dq_turn<BN>(row0, BM, n_block);
         // The bulk reductions read the buffer through the async proxy.
         fence_proxy_async();
         mbar_arrive(dq_full);

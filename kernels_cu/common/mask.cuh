@@ -38,6 +38,26 @@ constexpr bool RIGHT_BOUNDED = CUFLASH_MASK != CUFLASH_MASK_NONE;
 CUFLASH_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 CUFLASH_DEVICE int ceil_div(int a, int b) { return -floor_div(-a, b); }
 
+// The order of the deterministic backward's dQ turns. Under a causal or local
+// mask, from the last key block to the first: a key block's query range starts
+// a block later than that of the key block before it, so the higher one reaches
+// each query block a step earlier and has added when the lower one comes (in
+// ascending order every CTA waited a step for each one before it: the causal
+// deterministic backward took 1.8-2x the time, bench/NOTES.md b4). Without a
+// mask every key block starts at the first query block and ascending order is
+// kept (descending measured 6% slower at d64). The backward kernels dispatch
+// key blocks in the order of the turns (dq_key_block), so a CTA waits only for
+// CTAs of lower linear block index, which the hardware dispatched before it
+// (resident or finished): the turns cannot deadlock.
+constexpr bool DQ_TURNS_DESCEND = RIGHT_BOUNDED;
+
+// The key block of a backward CTA: blockIdx.x, counted from the last when the
+// dQ sums take turns in descending order.
+template <bool DETERMINISTIC>
+CUFLASH_DEVICE int dq_key_block() {
+    return DETERMINISTIC && DQ_TURNS_DESCEND ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+}
+
 struct Visibility {
     int seqlen_q, seqlen_k;
     int off;          // seqlen_k - seqlen_q: the diagonal of the bottom-right alignment
@@ -60,6 +80,15 @@ struct Visibility {
     CUFLASH_DEVICE bool visible(int i, int j) const {
         const int d = j - i - off;  // signed distance from the diagonal
         return j < seqlen_k && d >= -left && d <= right;
+    }
+
+    // The deterministic backward's turn (atomic.cuh) of key block n_block among
+    // the key blocks that add to the dQ of query rows [row0, row0 + rows)
+    // (dq_key_block: the order).
+    template <int BN>
+    CUFLASH_DEVICE int dq_turn(int row0, int rows, int n_block) const {
+        const int2 range = key_blocks<BN>(row0, rows);
+        return DQ_TURNS_DESCEND ? range.y - 1 - n_block : n_block - range.x;
     }
 
     // Key blocks [x, y) of BN keys that hold every key some query in
