@@ -271,10 +271,13 @@ def strides_named(prefix: str, x: Ref) -> dict:
     return {f"{prefix}_batch_stride": b, f"{prefix}_row_stride": r, f"{prefix}_head_stride": h}
 
 
-def attention_fields(q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
-    """The params head (CUFLASH_ATTENTION_FIELDS) of validated q, k, v and the options' run-time fields."""
+def attention_fields(spec, q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
+    """The params head (CUFLASH_ATTENTION_FIELDS) of validated q, k, v and the options' run-time
+    fields, for `spec`: where it folds a softcap (AttentionSpec.softcap_folded) the exp2 multiply
+    takes softcap_out too."""
     batch, seqlen_q, nheads, head_dim = q.shape
     qs, ks, vs = q.strides, k.strides, v.strides
+    folded = {"scale_log2": option_fields["scale_log2"] * option_fields["softcap_out"]} if spec.softcap_folded else {}
     return {
         "q": q.ptr, "k": k.ptr, "v": v.ptr,
         "q_batch_stride": qs[0], "q_row_stride": qs[1], "q_head_stride": qs[2],
@@ -282,7 +285,7 @@ def attention_fields(q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
         "v_batch_stride": vs[0], "v_row_stride": vs[1], "v_head_stride": vs[2],
         "batch": batch, "nheads": nheads, "nheads_kv": k.shape[2],
         "seqlen_q": seqlen_q, "seqlen_k": k.shape[1], "head_dim": head_dim,
-        **option_fields,
+        **option_fields, **folded,
     }
 
 
@@ -291,7 +294,7 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
     lse (batch, nheads, seqlen_q) float32 contiguous."""
     batch, seqlen_q, nheads, _ = q.shape
     os_ = out.strides
-    fields = attention_fields(q, k, v, option_fields)
+    fields = attention_fields(spec, q, k, v, option_fields)
     fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
     fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
     run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q), (spec.threads, 1, 1), fwd_smem_bytes(spec),
@@ -408,7 +411,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     if seqlen_k:
         fields = {
-            **attention_fields(q, k, v, option_fields),
+            **attention_fields(spec, q, k, v, option_fields),
             "dout": dout.ptr, "lse_log2": lse_log2.ptr, "delta": delta.ptr,
             "dq_accum": dq_accum.ptr, "dk": dk.ptr, "dv": dv.ptr,
             "dq_semaphore": 0 if semaphore is None else semaphore.ptr,
@@ -613,7 +616,7 @@ def decode(spec: DecodeSpec, q: Ref, k_cache: Ref, v_cache: Ref, out: Ref, lse: 
     batch * seqlen_q, D) and (splits, nheads * batch * seqlen_q) fp32 and a uint64 flag per split
     and row block (kernels_cu/decode.cu step 4) from alloc."""
     batch, seqlen_q, nheads, head_dim = q.shape
-    fields = attention_fields(q, k_cache, v_cache, option_fields)
+    fields = attention_fields(spec, q, k_cache, v_cache, option_fields)
     os_ = out.strides
     fields.update(cache_map.fields())
     fields.update(seqlen_k=seqlen_k, o=out.ptr, lse=0 if lse is None else lse.ptr, o_batch_stride=os_[0],

@@ -67,6 +67,11 @@ class Features:
     bias: int = 0
     varlen: bool = False  # a variable-length batch (cu_seqlens): per-sequence rows and lengths
 
+    @property
+    def softcap_alone(self) -> bool:
+        """A softcap and no other score modifier (AttentionSpec.softcap_folded)."""
+        return self.softcap and not self.alibi and not self.bias
+
     def __post_init__(self):
         if self.mask not in MASKS:
             raise ValueError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
@@ -168,8 +173,17 @@ class AttentionSpec(KernelSpec):
     def __post_init__(self):
         _check_dtype_and_head_dim(self.dtype, self.head_dim)
 
+    @property
+    def softcap_folded(self) -> bool:
+        """A softcap alone kept as tanh(softcap_in s), softcap_out riding on the exp2 multiply
+        (kernels_cu/common/score_mod.cuh SOFTCAP_FOLDED; launch.attention_fields passes scale_log2 =
+        softcap * log2(e)). Only where it measured faster (bench/NOTES.md s2): FwdSm90Spec and
+        BwdSm90Spec say where."""
+        return False
+
     def defines(self) -> dict[str, int]:
-        return {**super().defines(), "CUFLASH_HEAD_DIM": self.head_dim, **self.features.defines()}
+        return {**super().defines(), "CUFLASH_HEAD_DIM": self.head_dim, **self.features.defines(),
+                "CUFLASH_SOFTCAP_FOLDED": int(self.softcap_folded)}
 
 
 @dataclass(frozen=True)
@@ -342,6 +356,10 @@ class FwdSm90Spec(AttentionSpec):
     """The Hopper (sm_90a, wgmma) forward kernel in kernels_cu/fwd_sm90.cu."""
 
     tiles: FwdSm90Tiles
+
+    @property
+    def softcap_folded(self) -> bool:  # d64 measured 8% slower folded (bench/NOTES.md s2)
+        return self.features.softcap_alone and self.head_dim > 64
 
     entry = "cuflash_fwd_sm90"
     #: wgmma exists only in sm_90a code, which runs only on compute capability 9.0.
@@ -602,6 +620,10 @@ class BwdSm90Spec(AttentionSpec):
     where a feature's registers do not fit the warp-specialised consumers (`tiles`)."""
 
     deterministic: bool
+
+    @property
+    def softcap_folded(self) -> bool:
+        return self.features.softcap_alone
 
     entry = "cuflash_bwd_sm90"
     arch_suffix = "a"

@@ -22,6 +22,14 @@
 // CUFLASH_ALIBI and CUFLASH_BIAS compiled in, ACTIVE is false and the kernels
 // skip both calls: their instructions are those of the plain fast path.
 //
+// CUFLASH_SOFTCAP_FOLDED (a softcap alone: no ALiBi, no bias; the kernels
+// where it measured faster, cuflash/specs.py AttentionSpec.softcap_folded)
+// keeps s' = tanh(softcap_in * s) and the host passes scale_log2 = softcap *
+// log2(e), so softcap_out rides on the softmax's exp2 multiply: one multiply
+// per score less (bench/NOTES.md s2). Every use of scale_log2 (the exponents,
+// lse, the backward's P) then sees the same logits; the derivative reads tanh
+// straight from s'.
+//
 // The bias's gradient (BiasGrad, the backward only): dB_ij = dlogit_ij =
 // P_ij (dP_ij - D_i), the gradient of the logit before mod' (the bias is added
 // after the softcap), summed over the bias's broadcast dims into a buffer of
@@ -42,6 +50,9 @@ constexpr bool SINK = CUFLASH_SINK;
 // (a float32 kernel's own dtype is float32: it reads either as float).
 #ifndef CUFLASH_BIAS
 #define CUFLASH_BIAS 0
+#endif
+#ifndef CUFLASH_SOFTCAP_FOLDED
+#define CUFLASH_SOFTCAP_FOLDED 0
 #endif
 constexpr bool BIAS = CUFLASH_BIAS != 0;
 #if CUFLASH_BIAS == 32 || CUFLASH_DTYPE == CUFLASH_FP32
@@ -72,6 +83,8 @@ CUFLASH_DEVICE float softcap_tanh(float x) {
 
 struct ScoreMod {
     static constexpr bool ACTIVE = SOFTCAP || ALIBI || BIAS;
+    static constexpr bool SOFTCAP_FOLDED = CUFLASH_SOFTCAP_FOLDED;
+    static_assert(!SOFTCAP_FOLDED || (SOFTCAP && !ALIBI && !BIAS), "a folded softcap is the only modifier");
     float cap_in, cap_out;  // softcap_in, softcap_out (SOFTCAP)
     float slope;            // ALiBi slope of this (b, h) over softmax_scale (ALIBI)
     int off;                // seqlen_k - seqlen_q
@@ -118,13 +131,14 @@ struct ScoreMod {
 
     // s' without the bias (the decode kernel, which has none, calls this alone).
     CUFLASH_DEVICE float operator()(float s, int i, int j) const {
-        if (SOFTCAP) s = cap_out * softcap_tanh(cap_in * s);
+        if (SOFTCAP_FOLDED) s = softcap_tanh(cap_in * s);
+        else if (SOFTCAP) s = cap_out * softcap_tanh(cap_in * s);
         if (ALIBI) s -= alibi(i, j);
         return s;
     }
 
     // ds'/ds at (i, j), from the modified (and possibly masked) score x = s'.
-    // tanh is recovered as t = (x + alibi - bias) * cap_in, clamped to [-1, 1]:
+    // tanh is recovered as t = (x + alibi - bias) * cap_in (x itself when folded), clamped to [-1, 1]:
     // a masked x = -inf gives t = -1, and a bias of -inf gives NaN, which the
     // clamp turns into -1 (fmaxf returns its non-NaN operand): a derivative of
     // 0, never NaN, and P = 0 there already makes dS = 0.
@@ -132,7 +146,7 @@ struct ScoreMod {
         if (!SOFTCAP) return 1.f;
         if (ALIBI) x += alibi(i, j);
         if (BIAS) x -= bias_at(i, j);
-        const float t = fminf(1.f, fmaxf(-1.f, x * cap_in));
+        const float t = fminf(1.f, fmaxf(-1.f, SOFTCAP_FOLDED ? x : x * cap_in));
         return 1.f - t * t;
     }
 

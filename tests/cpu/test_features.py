@@ -481,3 +481,22 @@ def test_declared_specs_hold_every_tile_any_gpu_selects():
             assert support.fwd_spec("fp16", d, PLAIN, cc, sm90=False).name in names
             if support.SMEM_LIMITS[cc] >= 166912 or d <= 160:
                 assert support.bwd_spec("fp16", d, PLAIN, True, cc, sm90=False).name in names
+
+
+def test_a_softcap_alone_folds_into_the_exp2_multiply_where_measured():
+    # AttentionSpec.softcap_folded: the Hopper backward and the Hopper forward above d64 keep
+    # tanh(softcap_in s) and take scale_log2 * softcap_out (= softcap log2(e)); the rest as before
+    softcap, with_alibi = Features(softcap=True), Features(softcap=True, alibi=True)
+    folded = {(d, dir_, f == softcap): support.select(Problem(dir_, "bf16", d, f, (9, 0))).softcap_folded
+              for d in (64, 128) for dir_ in ("fwd", "bwd") for f in (softcap, with_alibi)}
+    assert folded == {(64, "fwd", True): False, (128, "fwd", True): True, (64, "bwd", True): True,
+                      (128, "bwd", True): True, (64, "fwd", False): False, (128, "fwd", False): False,
+                      (64, "bwd", False): False, (128, "bwd", False): False}
+    portable = support.select(Problem("fwd", "bf16", 128, softcap, (9, 0), sm90=False))
+    assert not portable.softcap_folded and portable.defines()["CUFLASH_SOFTCAP_FOLDED"] == 0
+    spec = support.select(Problem("fwd", "bf16", 128, softcap, (9, 0)))
+    assert spec.defines()["CUFLASH_SOFTCAP_FOLDED"] == 1
+    x = launch.Ref(1 << 20, (1, 8, 2, 128), (2048, 256, 128, 1), "bfloat16", 0)
+    opts = {"scale": 0.125, "scale_log2": 0.125 * 1.4426950408889634, "softcap_in": 0.125 / 30, "softcap_out": 240.0}
+    assert launch.attention_fields(spec, x, x, x, opts)["scale_log2"] == pytest.approx(30 * 1.4426950408889634)
+    assert launch.attention_fields(portable, x, x, x, opts)["scale_log2"] == opts["scale_log2"]
