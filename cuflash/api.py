@@ -24,7 +24,7 @@ import numpy as np
 from . import launch, reference, support
 from .compile import cache, env
 from .launch import Ref
-from .specs import DTYPE_BYTES, FWD_SM90_NARROW_BAND, HALF_DTYPES, PLAIN, Features
+from .specs import DTYPE_BYTES, FWD_SM90_NARROW_BAND, HALF_DTYPES, PLAIN, Features, head_dim_bucket
 
 LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
@@ -248,11 +248,12 @@ class Options:
     dropout_rng: int = 0  # device address of the seed words the kernels read instead (Features.dropout 2)
     bias: Ref | None = None  # validated bias as (batch, nheads, seqlen_q, seqlen_k), 0 strides on broadcast dims
 
-    @property
-    def narrow_band(self) -> bool:
-        """A sliding window of at most specs.FWD_SM90_NARROW_BAND keys per query (a tile choice)."""
+    def narrow_band(self, head_dim: int) -> bool:
+        """A sliding window narrower than specs.FWD_SM90_NARROW_BAND keys per query at this head
+        dim (a tile choice)."""
         left, right = self.window
-        return self.features.mask == "local" and 0 <= left and 0 <= right and left + right < FWD_SM90_NARROW_BAND
+        limit = FWD_SM90_NARROW_BAND.get(head_dim_bucket(head_dim), 0)
+        return self.features.mask == "local" and 0 <= left and 0 <= right and left + right < limit
 
     @property
     def fields(self) -> dict:
@@ -566,7 +567,7 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band(head_dim))
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
@@ -1056,7 +1057,7 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band(head_dim))
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
                        out._replace(shape=(batch, rows, nheads, head_dim)), lse,

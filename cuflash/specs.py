@@ -343,8 +343,12 @@ FWD_SM90_TILES = {
 # A sliding window of at most FWD_SM90_NARROW_BAND keys per query (left + right + 1) is nearly
 # bound by memory: 64-row tiles, two CTAs per SM, visit less of the rectangle around the band. On
 # the H200 (bf16, 16k, bench/tune_fwd.py --window): (128, 0) 0.161 -> 0.127 ms, (256, 0) 0.204 ->
-# 0.173 ms at d128 and 0.203 -> 0.173 at d64; from (1024, 0) on the usual tiles are faster.
-FWD_SM90_NARROW_BAND = 512
+# 0.173 ms at d128 and 0.203 -> 0.173 at d64 against the tiles of the kernel without a producer.
+# Against the warp-specialised kernel's 128 x 128 (cuflash bench, d128, 2026-12-01): (128, 0) 0.129
+# narrow / 0.138 ms, (256, 0) 0.173 / 0.163 ms; 128 x 64 tiles with a producer 0.144-0.146 / 0.175-0.177.
+# Per head dim (bucket) the band below which the narrow tiles run: at d64 they stay ahead at (256, 0)
+# (0.173 against 0.272 ms for the warp-specialised 192 x 128).
+FWD_SM90_NARROW_BAND = {64: 512, 128: 256}
 FWD_SM90_NARROW_TILES = {
     64: FwdSm90Tiles(64, 64, ctas_per_sm=2),
     128: FwdSm90Tiles(64, 64, ctas_per_sm=2),
@@ -386,7 +390,7 @@ class FwdSm90Spec(AttentionSpec):
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN,
                     narrow_band: bool = False) -> "FwdSm90Spec":
-        """narrow_band: a local mask of at most FWD_SM90_NARROW_BAND keys per query."""
+        """narrow_band: a local mask narrower than FWD_SM90_NARROW_BAND[head dim] keys per query."""
         d = head_dim_bucket(head_dim)
         tiles = FWD_SM90_TILES[d]
         if narrow_band and features.mask == "local":

@@ -103,7 +103,7 @@ class Problem:
     head_dim: int  # the actual head dim d
     features: Features = PLAIN
     compute_capability: tuple = (9, 0)
-    narrow_band: bool = False  # a local mask of at most specs.FWD_SM90_NARROW_BAND keys per query (tiles too)
+    narrow_band: bool = False  # a local mask narrower than specs.FWD_SM90_NARROW_BAND[d] keys per query (tiles too)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -204,7 +204,7 @@ def supported_head_dims() -> list[int]:
 def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, sm90: bool = True,
              smem_limit: int | None = None, narrow_band: bool = False):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
-    narrow_band: a sliding window of at most FWD_SM90_NARROW_BAND keys per query."""
+    narrow_band: a sliding window narrower than FWD_SM90_NARROW_BAND[d] keys per query."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
     return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, bool(narrow_band))

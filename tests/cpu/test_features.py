@@ -286,21 +286,26 @@ def test_select_portable_forward(cc, sm90):
     assert spec.head_dim == 128  # 100 padded to the bucket
 
 
-@pytest.mark.parametrize("window, tiles", [((255, 0), (64, 64)), ((200, 311), (64, 64)), ((512, 0), None),
-                                           ((-1, 100), None), ((4096, 0), None)])
+@pytest.mark.parametrize("window, tiles", [((255, 0), {64: (64, 64), 128: (64, 64)}),
+                                           ((100, 100), {64: (64, 64), 128: (64, 64)}),
+                                           ((256, 0), {64: (64, 64), 128: None}),
+                                           ((200, 311), {64: (64, 64), 128: None}),
+                                           ((512, 0), {64: None, 128: None}), ((-1, 100), {64: None, 128: None}),
+                                           ((4096, 0), {64: None, 128: None})])
 def test_a_narrow_window_takes_the_small_hopper_tiles(window, tiles):
+    # narrower than specs.FWD_SM90_NARROW_BAND: 512 keys per query at d64, 256 at d128
     from cuflash import api
 
     local = Features.parse("window")
     for d in (64, 128):
         q = launch.Ref(0, (2, 4096, 8, d), (0, 0, 0, 1), "bfloat16", 0)
         opts = api.options(q, None, False, window, 0.0)
-        spec = support.fwd_spec("bf16", d, opts.features, (9, 0), narrow_band=opts.narrow_band)
+        spec = support.fwd_spec("bf16", d, opts.features, (9, 0), narrow_band=opts.narrow_band(d))
         usual = support.fwd_spec("bf16", d, local, (9, 0))
-        if tiles is None:
+        if tiles[d] is None:
             assert spec == usual or opts.features.mask != "local"
         else:
-            assert (spec.tiles.block_m, spec.tiles.block_n) == tiles and spec != usual
+            assert (spec.tiles.block_m, spec.tiles.block_n) == tiles[d] and spec != usual
             assert spec.name in {s.name for s in support.declared_specs([local])}
     # only the local mask changes tiles
     assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), narrow_band=True) == support.fwd_spec(

@@ -204,6 +204,15 @@ def test_window(seqlens, window, causal):
     run_and_check(q, k, v, options(causal=causal, window=window), label=f"{seqlens} {window} causal={causal}")
 
 
+# Bands either side of specs.FWD_SM90_NARROW_BAND (d64: the narrow Hopper tiles below 512 keys per
+# query, d128 below 256; the usual tiles above), forward and backward.
+@pytest.mark.parametrize("window", [(200, 0), (300, 0), (150, 150), (600, 0)], ids=win_id)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_bands_around_the_narrow_tiles(window, head_dim):
+    q, k, v = qkv("bf16", (700, 900), head_dim=head_dim)
+    run_and_check(q, k, v, options(causal=True, window=window), label=f"d={head_dim} {window}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
