@@ -48,8 +48,10 @@ CUFLASH_DEVICE int ceil_div(int a, int b) { return -floor_div(-a, b); }
 // kept (descending measured 6% slower at d64). The backward kernels dispatch
 // key blocks in the order of the turns (dq_key_block), so a CTA waits only for
 // CTAs of lower linear block index, which the hardware dispatched before it
-// (resident or finished): the turns cannot deadlock.
-constexpr bool DQ_TURNS_DESCEND = RIGHT_BOUNDED;
+// (resident or finished): the turns cannot deadlock. float32 kernels keep the
+// ascending order: the reversed key block held one more register and spilled
+// the d128 causal one on sm_90 (NVRTC 12.9).
+constexpr bool DQ_TURNS_DESCEND = RIGHT_BOUNDED && CUFLASH_DTYPE != CUFLASH_FP32;
 
 // The key block of a backward CTA: blockIdx.x, counted from the last when the
 // dQ sums take turns in descending order.
