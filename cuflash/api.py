@@ -1484,11 +1484,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
         features = _with_varlen(opts.features, False)
         nheads_kv = k_cache.shape[2]
         sms = _sm_resources(q.device)
-        # Many CTAs per split take two 4-warp CTAs per SM, except over pages of few keys, whose block-table
-        # reads want the 12 warps (specs.DECODE_TILES_MANY_UNITS)
-        cmap = cache.cache_map
-        many_units = (launch.decode_units(batch, nheads, nheads_kv, seqlen_q) >= sms[0]
-                      and (cmap.block_table is None or cmap.page_size >= launch.DECODE_MANY_UNITS_MIN_PAGE))
+        many_units = launch.decode_many_units(batch, nheads, nheads_kv, seqlen_q, cache.cache_map, sms[0])
         spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device),
                                    many_units)
         splits = num_splits or launch.decode_splits(spec, batch, nheads, nheads_kv, seqlen_q, cache.seqlen, *sms)

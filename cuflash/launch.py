@@ -569,6 +569,15 @@ def decode_units(batch: int, nheads: int, nheads_kv: int, seqlen_q: int) -> int:
     return batch * nheads_kv * -(-seqlen_q * (nheads // nheads_kv) // DECODE_ROWS)
 
 
+def decode_many_units(batch: int, nheads: int, nheads_kv: int, seqlen_q: int, cache_map: CacheMap,
+                      sm_count: int) -> bool:
+    """support.Problem.many_units: at least as many CTAs per split as SMs, over a contiguous cache or
+    pages of at least DECODE_MANY_UNITS_MIN_PAGE keys (smaller pages' block-table reads want the 12
+    warps of the usual tiles)."""
+    return (decode_units(batch, nheads, nheads_kv, seqlen_q) >= sm_count
+            and (cache_map.block_table is None or cache_map.page_size >= DECODE_MANY_UNITS_MIN_PAGE))
+
+
 def decode_splits(spec: DecodeSpec, batch: int, nheads: int, nheads_kv: int, seqlen_q: int, seqlen_k: int,
                   sm_count: int, smem_per_sm: int) -> int:
     """decode_split_count for this spec's tiles (memoised there on plain ints: a spec's hash walks

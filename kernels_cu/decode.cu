@@ -279,6 +279,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     // answer (with the sink); with several, the split's part.
     const bool final_ = p.num_splits == 1;
     const i64 all_rows = (i64)p.nheads * p.batch * p.seqlen_q;  // rows of lse's (nheads, batch * seqlen_q)
+    // Query i of head h: its index among those rows, and its row of out.
+    auto lse_row = [&](int i, int h) { return ((i64)h * p.batch + b) * p.seqlen_q + i; };
+    auto out_row = [&](int i, int h) {
+        return static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride;
+    };
     for (int c = tid; c < BM * (D / 4); c += THREADS) {
         const int r = c / (D / 4), col = (c % (D / 4)) * 4;
         if (row0 + r >= rows || col >= p.head_dim) continue;
@@ -291,10 +296,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[e] += wt * sO[(w * BM + r) * MERGE_PITCH + col + e];
         }
-        const i64 row_index = ((i64)h * p.batch + b) * p.seqlen_q + i;
+        const i64 row_index = lse_row(i, h);
         if (final_) {
-            u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride + col;
-            *reinterpret_cast<uint2*>(out) = make_uint2(pack_float2(o[0], o[1]), pack_float2(o[2], o[3]));
+            *reinterpret_cast<uint2*>(out_row(i, h) + col) = make_uint2(pack_float2(o[0], o[1]), pack_float2(o[2], o[3]));
             if (col == 0 && p.lse != nullptr) p.lse[row_index] = mw.lse;
         } else {
             const i64 part_row = split * all_rows + row_index;  // (splits, rows)
@@ -333,12 +337,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     __threadfence();
     for (int r = warp; r < BM && row0 + r < rows; r += WARPS) {
         const int i = query_of(row0 + r), h = head_of(row0 + r);
-        const i64 row_index = ((i64)h * p.batch + b) * p.seqlen_q + i;
-        u16* out = static_cast<u16*>(p.o) + b * p.o_batch_stride + (i64)i * p.o_row_stride + h * p.o_head_stride;
+        const i64 row_index = lse_row(i, h);
         const float lse = merge_parts_row(
             p.num_splits, [&](int s) { return __ldcg(p.lse_part + s * all_rows + row_index); },
             [&](int s) { return p.o_part + (s * all_rows + row_index) * p.part_cols; }, SINK ? p.sink[h] : -INFINITY,
-            out, p.head_dim, lane);
+            out_row(i, h), p.head_dim, lane);
         if (lane == 0 && p.lse != nullptr) p.lse[row_index] = lse;
     }
     // Every flag was read above; a split still reading them finds its rows complete (and merges

@@ -1,6 +1,6 @@
 // merge.cuh: the exact merge of attention results over disjoint key sets
 // (DESIGN 3, merge_attention_states), as the decode kernels use it: a CTA's
-// warps, then the split-KV parts (merged by the last split of each unit).
+// warps, then the split-KV parts (merged by the last split of each row block).
 //
 // Parts k = 0..n-1 of one query row each hold O_k (normalised over their own
 // keys) and lse_k = ln(sum of exp(logits) over their keys), -inf when they saw
@@ -59,7 +59,7 @@ struct MergeWeights {
 // part k's lse at lse_at(k) and its fp32 O row at o_at(k) (head_dim values,
 // 16-byte aligned), with the sink (or -inf); out gets the row in 16 bits, 4
 // columns per lane per round, 4 parts' loads in flight at a time (8 spilled
-// on sm_120 under NVRTC 12.9). Returns the merged lse. The parts come from
+// the former combine kernel on sm_120 under NVRTC 12.9). Returns the merged lse. The parts come from
 // other CTAs of the running grid: loads go through L2 (ld.global.cg), never
 // through this SM's L1, which is not coherent with them.
 template <class LseAt, class OAt>
