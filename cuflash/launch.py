@@ -168,6 +168,22 @@ def _driver():
     return driver
 
 
+_thread = threading.local()
+
+
+def _make_context_current(device: int) -> None:
+    """A thread's first launch: make `device`'s primary context current. In a thread that never
+    used CUDA (torch runs a backward in its autograd threads) cudaGetDevice answers 0 while no
+    context is current, so the front ends' check that the device is current passes and the
+    driver's launch fails with CUDA_ERROR_INVALID_CONTEXT; cudaSetDevice makes the primary
+    context current. Once per thread: the context stays current there (a later device switch
+    goes through cudaSetDevice too)."""
+    from cupy_backends.cuda.api import runtime
+
+    runtime.setDevice(device)
+    _thread.context = True
+
+
 def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields: dict, stream: int) -> None:
     """Pack `fields` into the spec's params struct and launch its kernel (from the compile
     cache, allowed `smem` bytes of dynamic shared memory) on `stream`; inside record(), note the
@@ -177,6 +193,8 @@ def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields
     if steps is not None:
         steps.append(_Step(fn, grid, block, smem, packer, *packer.template(fields, _placeholder_slot)))
         return
+    if not getattr(_thread, "context", False):
+        _make_context_current(device)
     argv = packer.pack(fields)
     _driver().launchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
 
@@ -236,6 +254,10 @@ class Plan(NamedTuple):
 
     def replay(self, pointers: tuple, stream: int) -> None:
         """Launch every step on `stream` with `pointers` in the slots (the device current)."""
+        if not getattr(_thread, "context", False):
+            from cupy_backends.cuda.api import runtime
+
+            _make_context_current(runtime.getDevice())
         launch_kernel = _driver().launchKernel
         for fn, grid, block, smem, packer, template, slots in self.steps:
             buf, argv = packer.buffers()

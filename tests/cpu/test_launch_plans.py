@@ -64,6 +64,7 @@ def gpu(monkeypatch):
         launchKernel = staticmethod(fake.launch_kernel)
 
     monkeypatch.setattr(launch, "_driver", lambda: Driver)
+    monkeypatch.setattr(launch, "_make_context_current", lambda device: None)
     monkeypatch.setattr(api, "_PLANS", {})
     return fake
 

@@ -220,6 +220,47 @@ def test_many_runs_are_bitwise_equal():
             assert cp.array_equal(a.view(cp.uint8), b.view(cp.uint8)), f"{name} differs between runs"
 
 
+#: A fresh process whose first cuflash call in a new thread (as in torch's autograd thread, where
+#: a backward runs) is that thread's first CUDA work: torch's allocator serves its outputs from
+#: blocks the main thread freed, so nothing else has made a context current there.
+NEW_THREAD = textwrap.dedent("""
+    import threading
+    import torch
+    import cuflash.torch as ct
+    q, k, v = (torch.randn(2, 96, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    want = ct.flash_attn_func(q, k, v, causal=True)
+    spare = ct.flash_attn_func(q, k, v, causal=True)
+    del spare  # a freed block of the output's size
+    torch.cuda.synchronize()
+    got = []
+    def work():
+        try:
+            got.append(ct.flash_attn_func(q, k, v, causal=True))
+            torch.cuda.synchronize()
+        except Exception as e:
+            got.append(e)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert not isinstance(got[0], Exception), repr(got[0])
+    assert torch.equal(got[0], want)
+    print("ok")
+""")
+
+
+def test_a_call_in_a_thread_without_a_cuda_context_runs():
+    """In a thread that has not used CUDA (torch runs a backward in its autograd thread) no
+    context is current though cudaGetDevice answers 0, so the front ends' device check passes:
+    the thread's first launch makes the device's context current (launch._make_context_current)
+    instead of failing with CUDA_ERROR_INVALID_CONTEXT. A fresh process, so that no earlier test
+    made a context current in the thread."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run([sys.executable, "-c", NEW_THREAD], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert child.returncode == 0 and child.stdout.strip().endswith("ok"), child.stderr[-3000:]
+
+
 def test_work_on_other_streams_is_ordered_and_independent():
     q1, k1, v1 = testing.random_qkv(2, 300, 400, 4, 2, 64, "fp16", xp=cp)
     q2, k2, v2 = testing.random_qkv(2, 300, 400, 4, 2, 64, "fp16", xp=cp)
@@ -288,7 +329,6 @@ def test_memory_formula_and_no_growth():
 # ---------------------------------------------------------------- a second GPU
 
 MULTI_GPU = textwrap.dedent("""
-    import sys
     import cupy as cp
     import cuflash
     from cuflash import reference, testing
