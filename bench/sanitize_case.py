@@ -101,7 +101,7 @@ def forward_cases():
 
 
 # The backwards alone (on Hopper the warp-specialised kernel, bwd_sm90_ws.cu, at d 64 and 128):
-# ragged GQA shapes, causal and not, deterministic and not, the variants (with dropout at d 64), and
+# ragged GQA shapes, causal and not, deterministic and not, the variants with dropout, dropout alone, and
 # a varlen batch with empty sequences (key blocks past a sequence's end, blocks no query sees).
 def backward_cases():
     for dtype in ("fp16", "bf16"):
@@ -116,10 +116,13 @@ def backward_cases():
         q, k, v = testing.random_qkv(2, 300, 200, 4, 2, d, "bf16", xp=cp)
         dout = testing.random_like(q)
         opts = dict(window_size=(40, 8), softcap=20.0, alibi_slopes=cp.linspace(0.05, 0.4, 4, dtype=cp.float32),
-                    learnable_sink=cp.linspace(-1.0, 2.0, 4, dtype=cp.float32), dropout_p=0.2 if d == 64 else 0.0,
-                    seed=7)
+                    learnable_sink=cp.linspace(-1.0, 2.0, 4, dtype=cp.float32), dropout_p=0.2, seed=7)
         out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, **opts)
         cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True, **opts)
+        # dropout alone (a lane pair's shuffled keep bits, dropout.cuh), causal and not
+        for causal in (False, True):
+            out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True, dropout_p=0.2, seed=9)
+            cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, dropout_p=0.2, seed=9)
     lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
     cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
     q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, 128, "bf16", xp=cp))

@@ -745,9 +745,10 @@ def attention(
     Read tile by tile in place (a bias whose keys are not contiguous, or of the other
     16-bit dtype than q, is first copied: keys contiguous, float32).
     A query that sees no key gets output 0 and lse -inf (with a sink: lse = sink).
-    dropout_p in [0, 1): each probability is kept with probability 1 - dropout_p
-    and scaled by 1 / (1 - dropout_p), by a Philox mask on absolute (batch, head,
-    query, key) coordinates (DESIGN 3): seed (an int in [0, 2^64), or a pair
+    dropout_p in [0, 1): each probability is dropped with probability dropout_p
+    rounded to the nearest multiple of 1/256 (reference.dropout_rate; a random byte
+    per entry, as flash-attn 2.x) and kept ones are scaled by 1 / (1 - dropout_p),
+    by a Philox mask on absolute (batch, head, query, key) coordinates (DESIGN 3): seed (an int in [0, 2^64), or a pair
     (seed, offset) with offset in [0, 2^32)) fixes the mask, so the backward given
     the same seed sees the same one. seed=None draws a fresh seed and returns it
     (last in the result tuple); attention_backward needs it.

@@ -831,14 +831,21 @@ def philox4x32_10(counter, key):
 
 
 def dropout_threshold(dropout_p: float) -> int:
-    """The 16-bit value below which a random number drops its entry: floor(p * 2^16), so an entry is
-    kept with probability 1 - p (to 2^-16; the kernels still scale by 1 / (1 - p))."""
-    return min(int(dropout_p * 65536.0), 0xFFFF)
+    """The byte value below which a random byte drops its entry: p * 256 rounded to the nearest
+    integer (at most 255), so an entry is dropped with probability threshold / 256, within 1/512 of
+    p (flash-attn 2.x also draws one byte per entry); kept entries are scaled by 1 / (1 - p)."""
+    return min(int(math.floor(dropout_p * 256.0 + 0.5)), 0xFF)
 
 
-#: Where entry (query i + di, key j + dj) of a group takes its 16 random bits: word 2 [di = 8] +
-#: [dj >= 8] of the Philox output, its low half for an even key, its high half for an odd one.
-DROPOUT_GROUP = tuple((di, dj, 2 * (di == 8) + (dj >= 8), dj % 2) for di in (0, 8) for dj in (0, 1, 8, 9))
+def dropout_rate(dropout_p: float) -> float:
+    """The probability with which the kernels drop an entry for dropout_p: threshold / 256."""
+    return dropout_threshold(dropout_p) / 256.0
+
+
+#: Where entry (query i + di, key j + dj) of a group takes its random byte: byte
+#: [dj odd] + 2 [dj >= 8] of Philox output word [di odd] + 2 [di >= 8].
+DROPOUT_GROUP = tuple((di, dj, di % 2 + 2 * (di >= 8), dj % 2 + 2 * (dj >= 8))
+                      for di in (0, 1, 8, 9) for dj in (0, 1, 8, 9))
 
 
 def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q: int, seqlen_k: int,
@@ -846,14 +853,14 @@ def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q:
     """The keep-mask (batch, nheads, seqlen_q, seqlen_k) bool that cuflash's kernels draw for
     dropout_p with (seed, offset), from absolute coordinates only (DESIGN 3).
 
-    One Philox4x32-10 call per group of eight entries {i, i + 8} x {j, j + 1, j + 8, j + 9} (query i
-    with i % 16 < 8, key j even with j % 16 < 8): counter (i, j, b * nheads + h, offset), key
-    (seed % 2^32, seed // 2^32); each entry keeps when its 16 bits (DROPOUT_GROUP) are >=
-    dropout_threshold(p). A thread of an mma fragment with queries as rows holds whole groups; with
-    keys as rows (the backward), two lanes hold a group's halves, each computes one group and they
-    swap halves (kernels_cu/common/dropout.cuh)."""
+    One Philox4x32-10 call per group of sixteen entries {i, i + 1, i + 8, i + 9} x {j, j + 1,
+    j + 8, j + 9} (query i and key j even, i % 16 < 8, j % 16 < 8): counter (i, j, b * nheads + h,
+    offset), key (seed % 2^32, seed // 2^32); each entry keeps when its byte (DROPOUT_GROUP) is >=
+    dropout_threshold(p). The group is square, so an mma fragment holds half of it with queries
+    as rows (the forward) and with keys as rows (the backward) alike: two lanes hold its halves,
+    each computes one group and they swap halves (kernels_cu/common/dropout.cuh)."""
     sq16, sk16 = -(-seqlen_q // 16) * 16, -(-seqlen_k // 16) * 16
-    lows_q = numpy.arange(sq16).reshape(-1, 16)[:, :8].reshape(-1)     # i with i % 16 < 8
+    lows_q = numpy.arange(sq16).reshape(-1, 16)[:, :8:2].reshape(-1)   # even i with i % 16 < 8
     lows_k = numpy.arange(sk16).reshape(-1, 16)[:, :8:2].reshape(-1)   # even j with j % 16 < 8
     bh = numpy.arange(batch * nheads)
     ctr = numpy.zeros((len(bh), len(lows_q), len(lows_k), 4), numpy.uint32)
@@ -865,7 +872,7 @@ def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q:
     words = philox4x32_10(ctr, key)                                      # (bh, nq, nk, 4)
     threshold = dropout_threshold(dropout_p)
     mask = numpy.empty((len(bh), sq16, sk16), bool)
-    for di, dj, word, half in DROPOUT_GROUP:
-        bits = (words[..., word] >> numpy.uint32(16 * half)) & numpy.uint32(0xFFFF)
+    for di, dj, word, byte in DROPOUT_GROUP:
+        bits = (words[..., word] >> numpy.uint32(8 * byte)) & numpy.uint32(0xFF)
         mask[:, (lows_q + di)[:, None], (lows_k + dj)[None, :]] = bits >= threshold
     return mask.reshape(batch, nheads, sq16, sk16)[:, :, :seqlen_q, :seqlen_k]

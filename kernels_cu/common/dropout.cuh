@@ -5,27 +5,28 @@
 // forward, the backward, return_attn_probs and cuflash.reference
 // (dropout_keep_mask, the NumPy twin of this file) draw the same mask whatever
 // the kernel family or tile shape:
-//   one call per group of eight entries {i, i + 8} x {j, j + 1, j + 8, j + 9}
-//     (query i with i % 16 < 8, key j even with j % 16 < 8, of one sequence),
+//   one call per group of sixteen entries {i, i + 1, i + 8, i + 9} x
+//     {j, j + 1, j + 8, j + 9} (query i and key j even, i % 16 < 8 and
+//     j % 16 < 8, of one sequence),
 //   counter = (i, j, b * nheads + h, offset), key = (seed % 2^32, seed / 2^32),
-//   entry (i + di, j + dj) reads the 16 bits of output word 2 [di = 8] + [dj >= 8]
-//   (the low half for an even key, the high half for an odd one) and is kept
-//   when they are >= threshold = floor(p * 2^16).
+//   entry (i + di, j + dj) reads byte [dj odd] + 2 [dj >= 8] of output word
+//   [di odd] + 2 [di >= 8] and is kept when it is >= threshold = round(p * 256)
+//   (a byte per entry, as flash-attn 2.x draws: the Philox rounds, whose
+//   32 x 32-bit products run on the slow integer-multiply path, bound the cost).
 // An mma.sync / wgmma accumulator fragment gives lane 4g + t rows g, g + 8 of a
-// 16-row block and columns 2t, 2t + 1 of each 8-column tile (fragment.cuh):
-// - queries as rows (the forward's S): across n8 tiles 2u, 2u + 1 a lane holds
-//   exactly the group (g, 2t): one call per eight entries;
-// - keys as rows (the backward's S^T): a lane holds keys g, g + 8 and queries
-//   2t, 2t + 1, 2t + 8, 2t + 9, half of groups (2t, g & ~1) and (2t + 1, g & ~1);
-//   lane g ^ 1 (lane ^ 4) holds their other halves. Each lane computes the group
-//   of query 2t + (g & 1) and the pair swaps them with one shuffle: again one
-//   call per eight entries.
+// 16-row block and columns 2t, 2t + 1 of each 8-column tile (fragment.cuh), so
+// across n8 tiles 2u, 2u + 1 a lane holds half of a group, rows as queries
+// (the forward's S) or as keys (the backward's S^T) alike (the group is
+// square): rows g, g + 8 of group (g & ~1, 16u + 2t); lane g ^ 1 (lane ^ 4)
+// holds the other half. Over n8 pairs u = 2v, 2v + 1 the two lanes need two
+// groups: each computes one (one call per sixteen entries) and they swap the
+// halves the other needs with one shuffle (keep_bits).
 //
 // In the kernels (CUFLASH_DROPOUT): Dropout holds a (b, h)'s Philox key and
-// counter word, and keep_pair() draws the bits of two n8 tiles. The forward
-// zeroes the dropped entries of P after the softmax (l keeps the undropped sum)
-// and divides O by 1 - p in the epilogue; the backward scales dP by
-// keep / (1 - p) before dS = P (dP - D) and uses P keep / (1 - p) for dV
+// counter word; keep_bits() draws the bits of n8 pairs, kept() tests one entry.
+// The forward zeroes the dropped entries of P after the softmax (l keeps the
+// undropped sum) and divides O by 1 - p in the epilogue; the backward scales
+// dP by keep / (1 - p) before dS = P (dP - D) and uses P keep / (1 - p) for dV
 // (softmax.cuh softmax_backward_t).
 #pragma once
 #include "platform.cuh"
@@ -52,22 +53,40 @@ CUFLASH_DEVICE uint4 philox4x32_10(uint4 c, PhiloxKey k) {
     return c;
 }
 
-// The keep bits of the group whose low corner is (query i, key j), i % 16 < 8,
-// j even and j % 16 < 8, of (b, h) (bh = b * nheads + h): bit 2 w + half for
-// the entry that reads half `half` of output word w (see above).
-CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
+// The keep tests of the group whose low corner is (query i, key j) of (b, h)
+// (bh = b * nheads + h): word w of the result has bit 8b + 7 set when byte b
+// of Philox output word w is >= the threshold byte (its entry is kept), its
+// other bits 0. All four bytes of a word at once (SWAR): with x a word and T
+// the threshold in every byte, d = (x | 0x80..) - (T & 0x7f..) has bit 7 of a
+// byte set when its low seven bits are >= T's (the subtraction never borrows
+// across bytes: each byte of d is at least 1), and the byte is >= T when its
+// top bit is set and T's is not, or both top bits agree and d's is set.
+CUFLASH_DEVICE uint4 dropout_keep_words(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
     const uint4 r = philox4x32_10(make_uint4((u32)i, (u32)j, (u32)bh, offset), key);
+    const u32 t = __byte_perm(threshold, 0u, 0u);  // the threshold byte in all four bytes
+    auto ge = [t](u32 x) {
+        const u32 d = (x | 0x80808080u) - (t & 0x7F7F7F7Fu);
+        return ((x & ~t) | (~(x ^ t) & d)) & 0x80808080u;
+    };
+    return make_uint4(ge(r.x), ge(r.y), ge(r.z), ge(r.w));
+}
+
+// The group's sixteen keep bits, entry (i + di, j + dj) at bit 4 word + byte
+// (the probe of tests/gpu/test_dropout_mask.py; the kernels use the words).
+CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
+    const uint4 r = dropout_keep_words(key, offset, threshold, bh, i, j);
     const u32 words[4] = {r.x, r.y, r.z, r.w};
     u32 bits = 0u;
 #pragma unroll
     for (int w = 0; w < 4; ++w)
-        bits |= (u32)((words[w] & 0xFFFFu) >= threshold) << (2 * w) |
-                (u32)((words[w] >> 16) >= threshold) << (2 * w + 1);
+#pragma unroll
+        for (int b = 0; b < 4; ++b) bits |= ((words[w] >> (8 * b + 7)) & 1u) << (4 * w + b);
     return bits;
 }
 
 // The dropout of one (batch b, query head h): the run-time values of
 // params.cuh (CUFLASH_ATTENTION_FIELDS dropout_*).
+
 struct Dropout {
     PhiloxKey key;
     u32 offset, threshold;
@@ -80,74 +99,100 @@ struct Dropout {
         : key{p.dropout_seed_lo, p.dropout_seed_hi}, offset(p.dropout_offset), threshold(p.dropout_threshold),
           bh(b * p.nheads + h), scale(p.dropout_scale), rng(p.dropout_rng) {}
 
-    // The keep bits of n8 tiles 2u and 2u + 1 of an accumulator tile
-    // x[MT][NT][4] (fragment.cuh) whose element (mt, nt, 2h+j) is at row
-    // row0 + mt*16 + h*8 + g, column col0 + nt*8 + 2t + j; rows are queries (S)
-    // or keys (KEYS_AS_ROWS: S^T), row0 and col0 multiples of 16. Element
-    // (mt, 2u + a, e) is bit (mt * 2 + a) * 4 + e (kept()). Called by whole warps
-    // (the keys-as-rows case shuffles).
-    template <bool KEYS_AS_ROWS, int MT>
-    CUFLASH_DEVICE u32 keep_pair(int row0, int col0, int u, int lane) const {
-        static_assert(MT <= 4, "the bits of one pair of n8 tiles fit one word");
-        const int g = lane / 4, t = lane % 4;
-        // This lane's groups, 8 bits per m16 tile. One call at a time (no
-        // unrolling): each holds ~10 registers through its 10 rounds, and the
-        // main loops run near their register limit.
-        u32 groups = 0u;
-        // A seed in device memory is read here, at each use, not held by the object: words
-        // loaded once would hold three registers through the main loop (key and offset are
-        // parameters, which the compiler re-reads from constant memory).
-        PhiloxKey k = key;
-        u32 off = offset;
+    // The Philox key and offset. A seed in device memory is read here, at each use, not
+    // held by the object: words loaded once would hold three registers through the main
+    // loop (key and offset are parameters, which the compiler re-reads from constant memory).
+    CUFLASH_DEVICE void load_key(PhiloxKey& k, u32& off) const {
+        k = key, off = offset;
         if (DROPOUT_SEED_IN_MEMORY) k = PhiloxKey{__ldg(rng), __ldg(rng + 1)}, off = __ldg(rng + 2);
-#pragma unroll 1
-        for (int mt = 0; mt < MT; ++mt) {
-            const int row = row0 + mt * 16 + g, col = col0 + u * 16 + 2 * t;
-            const u32 bits = KEYS_AS_ROWS ? dropout_keep_group(k, off, threshold, bh, col + (g & 1), row & ~1)
-                                          : dropout_keep_group(k, off, threshold, bh, row, col);
-            groups |= bits << (8 * mt);
-        }
-        // With keys as rows, the partner lane g ^ 1 computed the group of query 2t + 1 - (g & 1).
-        const u32 partner = KEYS_AS_ROWS ? __shfl_xor_sync(0xffffffffu, groups, 4) : 0u;
-        const int half = g & 1;  // keys as rows: this lane's keys g, g + 8 are its groups' even or odd ones
-        u32 out = 0u;
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int a = 0; a < 2; ++a)
-#pragma unroll
-                for (int h = 0; h < 2; ++h)
-#pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        // Element (mt, 2u + a, 2h + j) reads group bit 2 word + half:
-                        //   queries as rows: query + 8h, key + 8a + j: word 2h + a, half j;
-                        //   keys as rows: key + 8h, query 2t + j + 8a: the group of query
-                        //   2t + j (this lane's when j == g & 1), word 2a + h, half g & 1.
-                        const u32 src = !KEYS_AS_ROWS || j == half ? groups : partner;
-                        const int bit = KEYS_AS_ROWS ? 2 * (2 * a + h) + half : 2 * (2 * h + a) + j;
-                        out |= ((src >> (8 * mt + bit)) & 1u) << ((mt * 2 + a) * 4 + 2 * h + j);
-                    }
-        return out;
     }
-    static CUFLASH_DEVICE bool kept(u32 bits, int mt, int a, int e) { return (bits >> ((mt * 2 + a) * 4 + e)) & 1u; }
+
+    // The keep bits of n8 pairs u0 .. u0 + PAIRS - 1 (n8 tiles 2u, 2u + 1) of one
+    // m16 tile of an accumulator (fragment.cuh) whose rows start at row0 (queries,
+    // or keys when KEYS_AS_ROWS: S^T) and columns at col0, both multiples of 16:
+    // x[k] for pair u0 + k, tested by kept(). PAIRS = 2: the lane pair (g, g ^ 1)
+    // computes the groups of pairs u0 + (g & 1) and swaps halves (whole warps);
+    // PAIRS = 1: both lanes compute the group of pair u0.
+    template <bool KEYS_AS_ROWS, int PAIRS>
+    CUFLASH_DEVICE void keep_bits(int row0, int col0, int u0, int lane, u32 (&x)[PAIRS]) const {
+        static_assert(PAIRS == 1 || PAIRS == 2, "one or two n8 pairs");
+        const int g = lane / 4, t = lane % 4, h0 = g & 1;
+        const int row = row0 + (g & ~1), col = col0 + (u0 + (PAIRS == 2 ? h0 : 0)) * 16 + 2 * t;
+        PhiloxKey k;
+        u32 off;
+        load_key(k, off);
+        const uint4 r = KEYS_AS_ROWS ? dropout_keep_words(k, off, threshold, bh, col, row)
+                                     : dropout_keep_words(k, off, threshold, bh, row, col);
+        // Pack the bits of lane g's half (own) and of lane g ^ 1's half (other), so that
+        // element (2u + a, 2h + j) of the tile, row g + 8h and column 2t + 8a + j, is
+        //   queries as rows: word h0 + 2h, byte j + 2a: bit 8 (j + 2a) + 7 - h;
+        //   keys as rows: word j + 2a, byte h0 + 2h: bit 7 - (j + 2a) + 16h.
+        u32 own, other;
+        if (!KEYS_AS_ROWS) {
+            own = (h0 ? r.y : r.x) | ((h0 ? r.w : r.z) >> 1);
+            other = (h0 ? r.x : r.y) | ((h0 ? r.z : r.w) >> 1);
+        } else {
+            auto bytes = [&r](u32 m) { return (r.x & m) | ((r.y & m) >> 1) | ((r.z & m) >> 2) | ((r.w & m) >> 3); };
+            own = bytes(h0 ? 0x80008000u : 0x00800080u) >> (8 * h0);      // bytes h0, h0 + 2 of each word
+            other = bytes(h0 ? 0x00800080u : 0x80008000u) >> (8 * (1 - h0));
+        }
+        if constexpr (PAIRS == 1) {
+            x[0] = own;
+        } else {
+            // The partner's group is pair u0 + 1 - h0; it sends what this lane needs of it.
+            const u32 got = __shfl_xor_sync(0xffffffffu, other, 4);
+            x[0] = h0 ? got : own;
+            x[1] = h0 ? own : got;
+        }
+    }
+    // Whether element (2u + a, 2h + j) of the tile is kept, x = keep_bits' word of pair u.
+    template <bool KEYS_AS_ROWS>
+    static CUFLASH_DEVICE bool kept(u32 x, int a, int h, int j) {
+        return (x >> (KEYS_AS_ROWS ? 7 - (j + 2 * a) + 16 * h : 8 * (j + 2 * a) + 7 - h)) & 1u;
+    }
+    // keep_bits' PAIRS for a tile of NT n8 tiles: two when its n8 pairs come in twos.
+    template <int NT>
+    static constexpr CUFLASH_DEVICE int pairs() {
+        static_assert(NT % 2 == 0, "a group spans two adjacent n8 tiles");
+        return NT % 4 == 0 ? 2 : 1;
+    }
 
     // The forward's P (queries as rows) after the softmax: dropped entries 0
-    // (the epilogue divides O by 1 - p, scale_rows). Applying the Philox words
-    // straight to the tile instead of through keep_pair's bits measured the
-    // same on the H200 (309 vs 311 TFLOP/s, d128): the 10 rounds are the cost.
+    // (the epilogue divides O by 1 - p, scale_rows). With several m16 tiles the
+    // tiles' bits are drawn one tile at a time (no unrolling: each call holds ~10
+    // registers through its rounds, and the portable main loop runs near its
+    // register limit) and packed 8 per tile: keep_bits' bits 8b + 7 - h (byte
+    // b = j + 2a) folded to bit 8 mt + 2b + 1 - h.
     template <int MT, int NT>
     CUFLASH_DEVICE void drop(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
-        static_assert(NT % 2 == 0, "a group spans two adjacent n8 tiles");
+        constexpr int PAIRS = pairs<NT>();
+        static_assert(MT <= 4, "8 bits per m16 tile in a word");
 #pragma unroll
-        for (int u = 0; u < NT / 2; ++u) {
-            const u32 bits = keep_pair<false, MT>(row0, col0, u, lane);
+        for (int u0 = 0; u0 < NT / 2; u0 += PAIRS) {
+            u32 packed[PAIRS] = {};
+#pragma unroll 1
+            for (int mt = 0; mt < MT; ++mt) {
+                u32 x[PAIRS];
+                keep_bits<false, PAIRS>(row0 + mt * 16, col0, u0, lane, x);
+#pragma unroll
+                for (int k = 0; k < PAIRS; ++k) {
+                    u32 y = (x[k] & 0xC0C0C0C0u) >> 6;  // bits 8b, 8b + 1
+                    y |= y >> 6;                        // bits 0-3 and 16-19
+                    packed[k] |= ((y | (y >> 12)) & 0xFFu) << (8 * mt);
+                }
+            }
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int a = 0; a < 2; ++a)
+                for (int k = 0; k < PAIRS; ++k)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (!kept(bits, mt, a, e)) s[mt][2 * u + a][e] = 0.f;
+                    for (int a = 0; a < 2; ++a)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+#pragma unroll
+                            for (int j = 0; j < 2; ++j)
+                                if (!((packed[k] >> (8 * mt + 2 * (j + 2 * a) + 1 - h)) & 1u))
+                                    s[mt][2 * (u0 + k) + a][2 * h + j] = 0.f;
         }
     }
 

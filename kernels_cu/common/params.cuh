@@ -19,8 +19,8 @@
 //   alibi_slopes: float32 slope of (b, h) at b * alibi_batch_stride + h (stride
 //     0 for slopes shared by the batch); read only under CUFLASH_ALIBI.
 //   sink: float32 (nheads,) learnable sink logits; read only under CUFLASH_SINK.
-//   dropout_*: the Philox key (seed), counter word (offset), threshold floor(p * 2^32)
-//     and scale 1 / (1 - p) of dropout.cuh; read only under CUFLASH_DROPOUT.
+//   dropout_*: the Philox key (seed), counter word (offset), threshold byte
+//     round(p * 256) and scale 1 / (1 - p) of dropout.cuh; read only under CUFLASH_DROPOUT.
 //     dropout_rng: the words (seed_lo, seed_hi, offset) in device memory, read instead
 //     of those three fields under CUFLASH_DROPOUT 2 (a seed that a traced JAX program
 //     makes on the device).

@@ -161,13 +161,16 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
     float key_sum[MT][2];  // dbias_keys: this thread's sum over its queries, per key row
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) key_sum[mt][0] = key_sum[mt][1] = 0.f;
-    u32 keep = 0u;  // keep bits of n8 tiles nt & ~1 and nt | 1 (dropout.cuh keep_pair)
+    constexpr int PAIRS = Dropout::pairs<NT>();
+    u32 keep[MT][PAIRS] = {};  // keep bits of n8 pairs (dropout.cuh keep_bits), from n8 tile nt & ~(2 PAIRS - 1) on
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + 2 * t);
         const float2 dd = *reinterpret_cast<const float2*>(delta + nt * 8 + 2 * t);
         float pdp0 = 0.f, pdp1 = 0.f;  // sum over this thread's keys of P dP, queries 2t and 2t + 1
-        if (DROPOUT && nt % 2 == 0) keep = drop.keep_pair<true, MT>(key0, query0, nt / 2, lane);
+        if (DROPOUT && nt % (2 * PAIRS) == 0)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) drop.keep_bits<true, PAIRS>(key0 + mt * 16, query0, nt / 2, lane, keep[mt]);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -178,8 +181,8 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
                 const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
                 float dp0 = dp[mt][nt][2 * h], dp1 = dp[mt][nt][2 * h + 1];
-                const bool keep0 = Dropout::kept(keep, mt, nt % 2, 2 * h);
-                const bool keep1 = Dropout::kept(keep, mt, nt % 2, 2 * h + 1);
+                const bool keep0 = Dropout::kept<true>(keep[mt][nt / 2 % PAIRS], nt % 2, h, 0);
+                const bool keep1 = Dropout::kept<true>(keep[mt][nt / 2 % PAIRS], nt % 2, h, 1);
                 if (DROPOUT) {
                     dp0 = keep0 ? dp0 * drop.scale : 0.f;
                     dp1 = keep1 ? dp1 * drop.scale : 0.f;

@@ -69,7 +69,7 @@ def test_fields_carry_the_mask_parameters():
     assert o.features == Features("causal", dropout=True)
     f = o.fields
     assert (f["dropout_seed_lo"], f["dropout_seed_hi"], f["dropout_offset"]) == (0x89ABCDEF, 0x01234567, 9)
-    assert f["dropout_threshold"] == reference.dropout_threshold(0.2) == int(0.2 * 2**16)
+    assert f["dropout_threshold"] == reference.dropout_threshold(0.2) == round(0.2 * 256)
     assert f["dropout_scale"] == pytest.approx(1 / 0.8)
     plain = api.options(q, None, True, (-1, -1), 0.0)
     assert api.with_dropout(plain, None) is plain and not plain.features.dropout

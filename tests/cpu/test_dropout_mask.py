@@ -1,7 +1,7 @@
 """The dropout keep-mask of cuflash.reference (issue 10's foundation): Philox4x32-10 against the
 Random123 reference's known answers, and the mask's rules (DESIGN 3): a function of (seed, offset)
-and absolute (batch, head, query, key) only, keep rate 1 - p, one Philox call per group
-{i, i + 8} x {j, j + 1, j + 8, j + 9}, 16 random bits per entry. kernels_cu/common/dropout.cuh is its CUDA twin
+and absolute (batch, head, query, key) only, keep rate 1 - round(256 p) / 256, one Philox call per
+group {i, i + 1, i + 8, i + 9} x {j, j + 1, j + 8, j + 9}, a random byte per entry. kernels_cu/common/dropout.cuh is its CUDA twin
 (tests/compile/test_dropout_header.py compiles it, tests/gpu/test_dropout_mask.py compares them)."""
 from __future__ import annotations
 
@@ -36,18 +36,19 @@ def test_each_entry_follows_its_group_rule():
     rng = np.random.default_rng(0)
     for _ in range(300):
         b, h, i, j = (int(rng.integers(n)) for n in (2, 3, 45, 70))
-        low_i = i - 8 * ((i % 16) >= 8)
+        low_i = (i - 8 * ((i % 16) >= 8)) & ~1
         low_j = (j - 8 * ((j % 16) >= 8)) & ~1
         out = reference.philox4x32_10((low_i, low_j, b * 3 + h, offset), (seed & 0xFFFFFFFF, seed >> 32))
-        word = 2 * (i != low_i) + (j - low_j >= 8)
-        bits = (int(out[word]) >> (16 * (j % 2))) & 0xFFFF
+        word = (i - low_i) % 2 + 2 * (i - low_i >= 8)
+        byte = (j - low_j) % 2 + 2 * (j - low_j >= 8)
+        bits = (int(out[word]) >> (8 * byte)) & 0xFF
         assert mask[b, h, i, j] == (bits >= reference.dropout_threshold(p))
 
 
-def test_the_group_layout_covers_eight_entries_once():
-    assert sorted((di, dj) for di, dj, _, _ in reference.DROPOUT_GROUP) == [
-        (di, dj) for di in (0, 8) for dj in (0, 1, 8, 9)]
-    assert sorted((w, half) for _, _, w, half in reference.DROPOUT_GROUP) == [(w, h) for w in range(4) for h in (0, 1)]
+def test_the_group_layout_covers_sixteen_entries_once():
+    offsets = (0, 1, 8, 9)
+    assert sorted((di, dj) for di, dj, _, _ in reference.DROPOUT_GROUP) == [(di, dj) for di in offsets for dj in offsets]
+    assert sorted((w, b) for _, _, w, b in reference.DROPOUT_GROUP) == [(w, b) for w in range(4) for b in range(4)]
 
 
 def test_keep_rate_and_the_extremes():
@@ -55,8 +56,12 @@ def test_keep_rate_and_the_extremes():
     n = mask.size
     assert abs(mask.mean() - 0.75) < 5 * np.sqrt(0.25 * 0.75 / n)
     assert reference.dropout_keep_mask(3, 0, 1, 2, 40, 50, 0.0).all()
-    assert reference.dropout_threshold(0.0) == 0 and reference.dropout_threshold(0.5) == 2**15
-    assert reference.dropout_threshold(0.999999999) == 0xFFFF
+    # p rounded to the nearest 1/256: 0.1 -> 26/256, 0.5 -> 128/256, at most 255/256
+    assert reference.dropout_threshold(0.0) == 0 and reference.dropout_threshold(0.5) == 128
+    assert reference.dropout_threshold(0.1) == 26 and reference.dropout_rate(0.1) == 26 / 256
+    assert reference.dropout_threshold(1 / 1024) == 0 and reference.dropout_threshold(0.999999999) == 0xFF
+    for p in (0.01, 0.1, 0.17, 0.5, 0.9):
+        assert abs(reference.dropout_rate(p) - p) <= 1 / 512
 
 
 def test_mask_depends_on_position_seed_and_offset_only():

@@ -13,7 +13,7 @@ from cuflash.compile import env
 cp = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu
 
-#: every entry's keep bit from dropout.cuh, one thread per group of eight
+#: every entry's keep bit from dropout.cuh, one thread per group of sixteen
 PROBE = (Path(__file__).resolve().parents[1] / "dropout_probe.cu").read_text()
 
 
@@ -23,7 +23,7 @@ def test_device_mask_equals_the_reference(seed, offset, p):
     probe = module.get_function("probe")
     batch, nheads, seqlen_q, seqlen_k = 2, 3, 96, 160
     keep = cp.full((batch * nheads, seqlen_q, seqlen_k), 2, dtype=cp.uint8)  # 2: never written
-    groups = batch * nheads * (seqlen_q // 2) * (seqlen_k // 4)
+    groups = batch * nheads * (seqlen_q // 4) * (seqlen_k // 4)
     probe(((groups + 255) // 256,), (256,),
           (keep, np.uint64(seed), np.uint32(offset), np.uint32(reference.dropout_threshold(p)),
            np.int32(batch * nheads), np.int32(seqlen_q), np.int32(seqlen_k)))
