@@ -743,8 +743,9 @@ def attention(
     mask. Its gradient is dS summed over the broadcast dims, in the bias's shape and
     dtype; bias_requires_grad=False skips computing it (the bias then gets zeros).
 
-    dropout_p in [0, 1): each probability is kept with probability 1 - dropout_p and
-    scaled by 1 / (1 - dropout_p), by the kernels' Philox mask on absolute (batch, head,
+    dropout_p in [0, 1): each probability is dropped with probability dropout_p rounded
+    to a multiple of 1/256 (cuflash.reference.dropout_rate) and kept ones are scaled by
+    1 / (1 - dropout_p), by the kernels' Philox mask on absolute (batch, head,
     query, key) coordinates; the backward sees the same mask. seed is required with
     dropout_p > 0: a JAX PRNG key (the words are jax.random.bits(key, (3,), uint32); split
     the key per step), a uint32 (3,) array (seed_lo, seed_hi, offset), or a Python int /
