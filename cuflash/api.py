@@ -748,8 +748,8 @@ def attention(
     dropout_p in [0, 1): each probability is dropped with probability dropout_p
     rounded to the nearest multiple of 1/256 (reference.dropout_rate; a random byte
     per entry, as flash-attn 2.x) and kept ones are scaled by 1 / (1 - dropout_p),
-    by a Philox mask on absolute (batch, head, query, key) coordinates (DESIGN 3): seed (an int in [0, 2^64), or a pair
-    (seed, offset) with offset in [0, 2^32)) fixes the mask, so the backward given
+    by a Philox mask on absolute (batch, head, query, key) coordinates (DESIGN 3):
+    seed (an int in [0, 2^64), or a pair (seed, offset) with offset in [0, 2^32)) fixes the mask, so the backward given
     the same seed sees the same one. seed=None draws a fresh seed and returns it
     (last in the result tuple); attention_backward needs it.
 

@@ -171,16 +171,16 @@ def _driver():
 _thread = threading.local()
 
 
-def _make_context_current(device: int) -> None:
-    """A thread's first launch: make `device`'s primary context current. In a thread that never
-    used CUDA (torch runs a backward in its autograd threads) cudaGetDevice answers 0 while no
-    context is current, so the front ends' check that the device is current passes and the
-    driver's launch fails with CUDA_ERROR_INVALID_CONTEXT; cudaSetDevice makes the primary
-    context current. Once per thread: the context stays current there (a later device switch
-    goes through cudaSetDevice too)."""
+def _make_context_current(device: int | None) -> None:
+    """A thread's first launch: make the primary context of `device` (None: the current device)
+    current. In a thread that never used CUDA (torch runs a backward in its autograd threads)
+    cudaGetDevice answers 0 while no context is current, so the front ends' check that the device
+    is current passes and the driver's launch fails with CUDA_ERROR_INVALID_CONTEXT;
+    cudaSetDevice makes the primary context current. Once per thread: the context stays current
+    there (a later device switch goes through cudaSetDevice too)."""
     from cupy_backends.cuda.api import runtime
 
-    runtime.setDevice(device)
+    runtime.setDevice(runtime.getDevice() if device is None else device)
     _thread.context = True
 
 
@@ -255,9 +255,7 @@ class Plan(NamedTuple):
     def replay(self, pointers: tuple, stream: int) -> None:
         """Launch every step on `stream` with `pointers` in the slots (the device current)."""
         if not getattr(_thread, "context", False):
-            from cupy_backends.cuda.api import runtime
-
-            _make_context_current(runtime.getDevice())
+            _make_context_current(None)
         launch_kernel = _driver().launchKernel
         for fn, grid, block, smem, packer, template, slots in self.steps:
             buf, argv = packer.buffers()

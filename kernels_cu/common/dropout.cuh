@@ -23,7 +23,8 @@
 // halves the other needs with one shuffle (keep_bits).
 //
 // In the kernels (CUFLASH_DROPOUT): Dropout holds a (b, h)'s Philox key and
-// counter word; keep_bits() draws the bits of n8 pairs, kept() tests one entry.
+// counter word; keep_bits() draws the bits of n8 pairs, kept() tests one entry
+// of S^T and drop() applies them to S.
 // The forward zeroes the dropped entries of P after the softmax (l keeps the
 // undropped sum) and divides O by 1 - p in the epilogue; the backward scales
 // dP by keep / (1 - p) before dS = P (dP - D) and uses P keep / (1 - p) for dV
@@ -110,7 +111,7 @@ struct Dropout {
     // The keep bits of n8 pairs u0 .. u0 + PAIRS - 1 (n8 tiles 2u, 2u + 1) of one
     // m16 tile of an accumulator (fragment.cuh) whose rows start at row0 (queries,
     // or keys when KEYS_AS_ROWS: S^T) and columns at col0, both multiples of 16:
-    // x[k] for pair u0 + k, tested by kept(). PAIRS = 2: the lane pair (g, g ^ 1)
+    // x[k] for pair u0 + k (kept(), drop()). PAIRS = 2: the lane pair (g, g ^ 1)
     // computes the groups of pairs u0 + (g & 1) and swaps halves (whole warps);
     // PAIRS = 1: both lanes compute the group of pair u0.
     template <bool KEYS_AS_ROWS, int PAIRS>
@@ -145,11 +146,9 @@ struct Dropout {
             x[1] = h0 ? own : got;
         }
     }
-    // Whether element (2u + a, 2h + j) of the tile is kept, x = keep_bits' word of pair u.
-    template <bool KEYS_AS_ROWS>
-    static CUFLASH_DEVICE bool kept(u32 x, int a, int h, int j) {
-        return (x >> (KEYS_AS_ROWS ? 7 - (j + 2 * a) + 16 * h : 8 * (j + 2 * a) + 7 - h)) & 1u;
-    }
+    // Whether element (2u + a, 2h + j) of an S^T tile (keys as rows: the backward) is
+    // kept, x = keep_bits' word of pair u (the forward folds its words, drop()).
+    static CUFLASH_DEVICE bool kept(u32 x, int a, int h, int j) { return (x >> (7 - (j + 2 * a) + 16 * h)) & 1u; }
     // keep_bits' PAIRS for a tile of NT n8 tiles: two when its n8 pairs come in twos.
     template <int NT>
     static constexpr CUFLASH_DEVICE int pairs() {

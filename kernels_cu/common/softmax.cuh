@@ -181,8 +181,8 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
                 const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
                 float dp0 = dp[mt][nt][2 * h], dp1 = dp[mt][nt][2 * h + 1];
-                const bool keep0 = Dropout::kept<true>(keep[mt][nt / 2 % PAIRS], nt % 2, h, 0);
-                const bool keep1 = Dropout::kept<true>(keep[mt][nt / 2 % PAIRS], nt % 2, h, 1);
+                const bool keep0 = Dropout::kept(keep[mt][nt / 2 % PAIRS], nt % 2, h, 0);
+                const bool keep1 = Dropout::kept(keep[mt][nt / 2 % PAIRS], nt % 2, h, 1);
                 if (DROPOUT) {
                     dp0 = keep0 ? dp0 * drop.scale : 0.f;
                     dp1 = keep1 ? dp1 * drop.scale : 0.f;

@@ -329,6 +329,7 @@ def test_memory_formula_and_no_growth():
 # ---------------------------------------------------------------- a second GPU
 
 MULTI_GPU = textwrap.dedent("""
+    import sys
     import cupy as cp
     import cuflash
     from cuflash import reference, testing
