@@ -1111,9 +1111,9 @@ def heads_rows(lse, dlse):
     return lse.reshape(1, *lse.shape), dlse.reshape(1, *dlse.shape)
 
 
-def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k):
-    """Check a varlen call's arrays and lengths (the lengths on the host: one copy from the GPU).
-    Returns (q, k, v, cu_q, cu_k, used, batch, and the Refs of q, k, v as (batch, total, heads,
+def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, check_lengths):
+    """Check a varlen call's arrays and, with check_lengths, its lengths (on the host: one copy
+    from the GPU, so one synchronisation). Returns (q, k, v, cu_q, cu_k, used, batch, and the Refs of q, k, v as (batch, total, heads,
     dim) with batch stride 0)."""
     cp = _cupy()
     q, k, v = (_as_gpu_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -1125,8 +1125,9 @@ def _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
                                       "seqused_k": seqused_k})
     batch = check_sequence_arrays(*refs, q.device.id)
     check_max_seqlens(max_seqlen_q, max_seqlen_k)
-    host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else [])))
-    check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+    if check_lengths:
+        host = cp.asnumpy(cp.concatenate([cu_q, cu_k] + ([used] if used is not None else [])))
+        check_varlen_lengths(host, batch, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     qr, kr, vr = (_varlen_ref(cupy_ref(x), batch, x.shape[0]) for x in (q, k, v))
     validate_qkv(qr, kr, vr)
     return q, k, v, cu_q, cu_k, used, batch, qr, kr, vr
@@ -1164,6 +1165,7 @@ def attention_varlen(
     seed=None,
     return_lse=False,
     out=None,
+    check_lengths=True,
 ):
     """attention() of a batch of sequences of their own lengths, packed along the rows.
 
@@ -1179,12 +1181,15 @@ def attention_varlen(
     (and a drawn seed last, as attention()).
 
     The lengths are checked on the host before the launch, which copies cu_seqlens (and
-    seqused_k) from the GPU: one synchronisation per call.
+    seqused_k) from the GPU: one synchronisation per call. check_lengths=False skips that (a
+    training loop whose offsets are known good, as flash-attn trusts them): the kernels clamp
+    each sequence into the tensors and to max_seqlen, so invalid offsets then give wrong values,
+    never an out-of-bounds access.
     """
     drop = dropout_options(dropout_p, seed) if dropout_p else None
     cp = _cupy()
     q, k, v, cu_q, cu_k, used, batch, qr, kr, vr = _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                                                  max_seqlen_k, seqused_k)
+                                                                  max_seqlen_k, seqused_k, check_lengths)
     (alibi_slopes, learnable_sink), (ar, sr) = _refs({"alibi_slopes": alibi_slopes, "learnable_sink": learnable_sink})
     opts = with_dropout(_varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr), drop)
     total_q, nheads, head_dim = q.shape
@@ -1229,11 +1234,12 @@ def attention_varlen_backward(
     dq=None,
     dk=None,
     dv=None,
+    check_lengths=True,
 ):
     """Gradients of attention_varlen(q, k, v, cu_seqlens_q, ...) with respect to q, k, v.
 
     dout, out: (total_q, nheads, headdim) like q; lse (and dlse): (nheads, total_q) float32, as
-    attention_varlen(..., return_lse=True) returns it. Arguments and options as attention_varlen;
+    attention_varlen(..., return_lse=True) returns it. Arguments and options (check_lengths too) as attention_varlen;
     deterministic, dq, dk, dv as attention_backward. Returns (dq, dk, dv), and with learnable_sink
     also dsink (nheads,) float32. With seqused_k, the keys past each sequence's used ones get
     zero gradients (dk and dv are cleared first).
@@ -1241,7 +1247,7 @@ def attention_varlen_backward(
     drop = dropout_options(dropout_p, seed, backward=True) if dropout_p else None
     cp = _cupy()
     q, k, v, cu_q, cu_k, used, batch, qr, kr, vr = _varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                                                  max_seqlen_k, seqused_k)
+                                                                  max_seqlen_k, seqused_k, check_lengths)
     total_q, nheads, head_dim = q.shape
     (dout, out, lse, dlse, alibi_slopes, learnable_sink), (doutr, outr, lser, dlser, ar, sr) = _refs(
         {"dout": dout, "out": out, "lse": lse, "dlse": dlse, "alibi_slopes": alibi_slopes,

@@ -364,7 +364,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D;
-      the warp-specialised Hopper kernel without varlen: (batch, nheads, seqlen_q rounded, D)),
+      the warp-specialised Hopper kernel: (batch, nheads, seqlen_q rounded, D), varlen (nheads, total_q + Br, D)),
       deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); with a sink dsink_part
       (batch, nheads, key blocks); under GQA dk_accum, dv_accum
       (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
@@ -383,9 +383,13 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     acc_k = sequences["total_k"] if varlen else seqlen_k
 
     # The warp-specialised Hopper backward adds a whole block of dQ with one bulk copy: its
-    # dq_accum is (batch, head, rounded rows, D), seen below as (batch, rows, head, D) strides.
+    # dq_accum is (batch, head, rounded rows, D), or (1, head, total_q + Br, D) for varlen (a
+    # sequence's last block reaches into the next one's rows, or past the last row by < Br),
+    # seen below as (batch, rows, head, D) strides.
     blocked_dq = spec.blocked_dq_accum
-    dq_shape = (batch, nheads, rounded, spec.head_dim) if blocked_dq else (acc_batch, acc_q, nheads, spec.head_dim)
+    blocked_rows = acc_q + spec.tiles.block_m if varlen else rounded
+    dq_shape = ((acc_batch, nheads, blocked_rows, spec.head_dim) if blocked_dq
+                else (acc_batch, acc_q, nheads, spec.head_dim))
     sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
              "dq_accum": (dq_shape, "float32")}
     if spec.deterministic:
@@ -400,7 +404,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
     if blocked_dq:
         b_stride, h_stride, r_stride, _ = dq_accum.strides
-        dq_accum = dq_accum._replace(shape=(batch, rounded, nheads, spec.head_dim),
+        dq_accum = dq_accum._replace(shape=(acc_batch, blocked_rows, nheads, spec.head_dim),
                                      strides=(b_stride, r_stride, h_stride, 1))
     seq_fields = {}
     if varlen:  # sequences index the accumulators by row: batch stride 0

@@ -654,10 +654,10 @@ class BwdSm90Spec(AttentionSpec):
 
     @property
     def blocked_dq_accum(self) -> bool:
-        """dq_accum laid out (batch, head, rows rounded up to block_m, D): the warp-specialised
-        kernel adds a block of dQ with one bulk copy (not varlen, whose blocks overlap the next
-        sequence's rows)."""
-        return bool(self.tiles.stages) and not self.features.varlen
+        """dq_accum laid out (batch, head, rows rounded up to block_m, D), or for varlen (head,
+        total_q + block_m, D): the warp-specialised kernel adds a block of dQ with one bulk copy
+        (a varlen sequence's last block adds exact zeros to the rows after it: bwd_sm90_ws.cu)."""
+        return bool(self.tiles.stages)
 
     @property
     def threads(self) -> int:

@@ -638,37 +638,43 @@ def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None, *, learnable_sink=None):
+                           deterministic=False, return_attn_probs=False, block_table=None, *, learnable_sink=None,
+                           check_lengths=True):
     """flash-attn 2.x's flash_attn_varlen_func: q (total_q, nheads, headdim), k, v (total_k, nheads_kv,
     headdim), cu_seqlens int32 (batch + 1,). Returns out, or (out, softmax_lse (nheads, total_q), None).
     block_table (paged KV) raises NotImplementedError. dropout_p > 0 draws the mask's seed from torch's
-    default generator, as flash_attn_func does."""
+    default generator, as flash_attn_func does. The lengths are checked on the host (one copy of
+    cu_seqlens, a synchronisation per call) unless check_lengths=False (cuflash only; flash-attn never
+    checks them) or a CUDA graph is being captured: the kernels then clamp every sequence into the
+    tensors (cuflash.attention_varlen)."""
     return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                              softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                             return_attn_probs, block_table, learnable_sink)
+                             return_attn_probs, block_table, learnable_sink, check_lengths=check_lengths)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
                                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                                     return_attn_probs=False, *, learnable_sink=None):
-    """flash-attn 2.x's flash_attn_varlen_qkvpacked_func: qkv (total, 3, nheads, headdim), read through views."""
+                                     return_attn_probs=False, *, learnable_sink=None, check_lengths=True):
+    """flash-attn 2.x's flash_attn_varlen_qkvpacked_func: qkv (total, 3, nheads, headdim), read through
+    views; check_lengths as flash_attn_varlen_func."""
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"qkv must have shape (total, 3, nheads, headdim), got {tuple(qkv.shape)}")
     return _attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                              dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                             return_attn_probs, None, learnable_sink)
+                             return_attn_probs, None, learnable_sink, check_lengths=check_lengths)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                                    learnable_sink=None):
-    """flash-attn 2.x's flash_attn_varlen_kvpacked_func: kv (total_k, 2, nheads_kv, headdim), read through views."""
+                                    learnable_sink=None, check_lengths=True):
+    """flash-attn 2.x's flash_attn_varlen_kvpacked_func: kv (total_k, 2, nheads_kv, headdim), read through
+    views; check_lengths as flash_attn_varlen_func."""
     if kv.dim() != 4 or kv.shape[1] != 2:
         raise ValueError(f"kv must have shape (total_k, 2, nheads_kv, headdim), got {tuple(kv.shape)}")
     return _attention_varlen(q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                              dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                             return_attn_probs, None, learnable_sink)
+                             return_attn_probs, None, learnable_sink, check_lengths=check_lengths)
 
 
 @functools.lru_cache(maxsize=64)

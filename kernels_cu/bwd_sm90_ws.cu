@@ -24,8 +24,12 @@
 //       scale * dS_i K_j (Br x D, fp32) into the dQ buffer, adds it to
 //       dq_accum with a bulk reduction (cp.reduce.async.bulk .add.f32, performed
 //       at L2; dq_accum is laid out (batch, head, row, D), so a block's rows are
-//       one contiguous range; varlen: one reduction per row), and frees the
-//       buffer when the reductions have read it.
+//       one contiguous range), and frees the buffer when the reductions have read it.
+//       Varlen: the rows of a sequence's last block past its end are the next
+//       sequence's first rows (or spare rows after the last sequence); their dQ
+//       is exactly zero (their Q and dO load as zeros and lse_log2 = +inf, so P
+//       and dS are 0), and adding zero changes no bit of a sum, so that block
+//       too is one reduction.
 //       Deterministic: in a fixed key-block order (mask.cuh dq_key_block; held by this warp
 //       alone, so the consumers never wait for other CTAs).
 //     warp 3 has nothing to do.
@@ -47,8 +51,9 @@
 // Br = 64, 384 threads. No additive bias (bwd_sm90.cu runs it) and no D = 256
 // (bwd_sm90.cu's split of the columns).
 // Memory: nothing of size seqlen_q x seqlen_k. Constraints: as bwd.cu; the
-// dq_accum rows (D fp32) are 16-byte aligned and, but for varlen, D floats apart
-// with m_blocks * Br rows per (batch, head) (cuflash/launch.py allocates them so).
+// dq_accum rows (D fp32) are 16-byte aligned and D floats apart, with m_blocks * Br
+// rows per (batch, head), or for varlen total_q + Br rows per head (cuflash/launch.py
+// allocates them so).
 // Shared memory (cuflash/launch.py bwd_smem_bytes): 2 Bc D (K, V) + 2 STAGES Br D
 // (Q, dO) + 2 Bc Br (dS^T, two buffers) 16-bit elements, Br D fp32 (dQ),
 // 8 STAGES Br bytes (L2, D), 4 bytes per consumer thread with a sink, 8 bytes
@@ -193,14 +198,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                 // Deterministic: this CTA's turn among those that add to block m (*sTurn).
                 int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
                 if (DETERMINISTIC) warp_turn_wait(turn, *sTurn);
-                if (CUFLASH_VARLEN) {
-                    // A sequence's rows end anywhere (the next one's follow): row by row.
-                    for (int r = lane; r < BM && row0 + r < si.seqlen_q; r += 32)
-                        bulk_reduce_add_f32(dq_accum + (i64)(row0 + r) * p.dqa_row_stride,
-                                            sdQ + (u32)(r * D * 4), D * 4);
-                } else if (lane == 0) {
-                    // dq_accum is (batch, head, m_blocks * Br, D) here (launch.py): the block is
-                    // BM * D contiguous floats, padding rows included.
+                if (lane == 0) {
+                    // dq_accum is (batch, head, rows, D) here (launch.py): the block is BM * D
+                    // contiguous floats, padding rows included (varlen: see the top of the file).
                     bulk_reduce_add_f32(dq_accum + (i64)row0 * p.dqa_row_stride, sdQ, BM * D * 4);
                 }
                 bulk_commit();

@@ -111,9 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--dropout", type=_arg(configs.parse_dropout), default=0.0, metavar="P",
                    help="dropout on the probabilities with probability P (the correctness check is skipped: "
                         "tests/gpu/test_dropout.py checks the mask). " + _peers_for("dropout"))
-    v.add_argument("--varlen", action="store_true",
-                   help="the batch as sequences of their own lengths, from seqlen down to seqlen/4, packed "
-                        "(cuflash.attention_varlen; FLOPs count no padding). " + _peers_for("varlen"))
+    v.add_argument("--varlen", nargs="?", const="mix", default="", choices=configs.VARLEN_KINDS,
+                   help="the batch's tokens as packed sequences of their own lengths (cuflash.attention_varlen; "
+                        "FLOPs count no padding): mix (the default) = lengths drawn log-uniformly from 64 to seqlen "
+                        "(fixed seed), steps = seqlen down to seqlen/4, equal = every one seqlen (the dense "
+                        "batch's tokens). " + _peers_for("varlen"))
 
     t = parser.add_argument_group("timing and checking")
     t.add_argument("--warmup", type=_arg(_non_negative_int), default=10, help="warm-up calls per point (default 10)")

@@ -53,6 +53,9 @@ RATE_UNITS = {"flop": "TFLOP/s", "byte": "TB/s"}
 #: sequences have their own lengths (varlen_lengths), packed along the rows (cuflash.attention_varlen).
 VARIANT_FEATURES = ("window", "softcap", "alibi", "sink", "dropout", "bias", "varlen")
 
+#: The length mixes of a varlen point (Point.varlen; varlen_lengths says how each is drawn).
+VARLEN_KINDS = ("mix", "steps", "equal")
+
 
 @dataclass(frozen=True)
 class Point:
@@ -65,7 +68,8 @@ class Point:
     ``bias``: the additive bias's shape as parse_bias writes it ('' none, e.g. "b,h,s,s",
     "1,h,s,s", "b,1,1,s"; :meth:`bias_shape`), normal values in the input dtype, with its
     gradient in the backward;
-    ``varlen``: the batch's sequences have the lengths :func:`varlen_lengths` (the longest is seqlen),
+    ``varlen``: '' for a dense batch, else a kind of VARLEN_KINDS: the batch's tokens (batch x seqlen)
+    as sequences of the lengths :func:`varlen_lengths` draws for that kind (none longer than seqlen),
     packed along the rows (needs seqlen_q == seqlen_k).
 
     ``page_size`` (decode only): 0 for a contiguous cache (batch, seqlen_k, nheads_kv, headdim), else
@@ -85,7 +89,7 @@ class Point:
     softcap: float = 0.0
     alibi: bool = False
     sink: bool = False
-    varlen: bool = False
+    varlen: str = ""
     page_size: int = 0
     dropout: float = 0.0
     bias: str = ""
@@ -95,13 +99,13 @@ class Point:
         """The names (of VARIANT_FEATURES) of the variant features this point uses."""
         on = {"window": tuple(self.window) != (-1, -1), "softcap": self.softcap > 0,
               "alibi": self.alibi, "sink": self.sink, "dropout": self.dropout > 0, "bias": bool(self.bias),
-              "varlen": self.varlen}
+              "varlen": bool(self.varlen)}
         return frozenset(name for name, used in on.items() if used)
 
     @property
     def lengths(self) -> tuple:
         """Each sequence's length: seqlen_q for every one of a dense batch, varlen_lengths for varlen."""
-        return varlen_lengths(self.seqlen_q, self.batch) if self.varlen else (self.seqlen_q,) * self.batch
+        return varlen_lengths(self.varlen, self.seqlen_q, self.batch) if self.varlen else (self.seqlen_q,) * self.batch
 
     @property
     def mask_window(self) -> tuple:
@@ -114,7 +118,7 @@ class Point:
         """Short name of the variant, '' for plain attention: e.g. 'window(256,0)+softcap30+alibi+sink'."""
         names = {"window": f"window({self.window[0]},{self.window[1]})", "softcap": f"softcap{self.softcap:g}",
                  "alibi": "alibi", "sink": "sink", "dropout": f"dropout{self.dropout:g}", "bias": f"bias({self.bias})",
-                 "varlen": "varlen"}
+                 "varlen": f"varlen-{self.varlen}"}
         return "+".join(names[f] for f in VARIANT_FEATURES if f in self.features)
 
     @property
@@ -188,7 +192,7 @@ class Sweep:
     softcap: float = 0.0
     alibi: bool = False
     sink: bool = False
-    varlen: bool = False
+    varlen: str = ""                  # '' or a kind of VARLEN_KINDS
     dropout: float = 0.0
     bias: str = ""
     decode_caches: list = field(default_factory=lambda: list(DECODE_CACHES))     # (batch, seqlen_k) pairs
@@ -410,13 +414,34 @@ def alibi_slopes(nheads: int) -> numpy.ndarray:
     return numpy.exp2(-8.0 * numpy.arange(1, nheads + 1) / nheads).astype(numpy.float32)
 
 
-def varlen_lengths(seqlen: int, batch: int) -> tuple:
-    """The sequence lengths of a varlen point: from seqlen down to seqlen / 4 in equal steps (one
-    sequence: seqlen), so the batch holds about 5/8 of its padded tokens, as a packed training batch
-    of mixed documents might."""
-    if batch == 1:
-        return (seqlen,)
-    return tuple(max(1, round(seqlen * (1 - 0.75 * b / (batch - 1)))) for b in range(batch))
+#: The shortest sequence a "mix" draws (the longest is the point's seqlen).
+VARLEN_MIX_SHORTEST = 64
+
+
+def varlen_lengths(kind: str, seqlen: int, batch: int) -> tuple:
+    """The sequence lengths of a varlen point whose dense batch is ``batch`` x ``seqlen`` tokens:
+
+    - "mix": documents of a packed training batch: lengths drawn log-uniformly from
+      [VARLEN_MIX_SHORTEST, seqlen] (NumPy's default_rng(0), rounded to integers) until they hold the
+      batch's tokens; the last one takes what is left, so the lengths sum to batch x seqlen exactly.
+      At 16k tokens and seqlen 8k that is 10 sequences of 69 to 5365 tokens.
+    - "steps": from seqlen down to seqlen / 4 in equal steps (about 5/8 of the padded tokens).
+    - "equal": every sequence seqlen long, the dense batch's own shape (the varlen kernels beside
+      the dense ones on the same tokens).
+    """
+    if kind == "equal" or batch == 1 and kind == "steps":
+        return (seqlen,) * batch
+    if kind == "steps":
+        return tuple(max(1, round(seqlen * (1 - 0.75 * b / (batch - 1)))) for b in range(batch))
+    if kind != "mix":
+        raise ValueError(f"unknown varlen kind {kind!r}; choose from {', '.join(VARLEN_KINDS)}")
+    total, lengths = batch * seqlen, []
+    rng = numpy.random.default_rng(0)
+    shortest = min(VARLEN_MIX_SHORTEST, seqlen)
+    while sum(lengths) < total:
+        n = int(round(numpy.exp(rng.uniform(numpy.log(shortest), numpy.log(seqlen)))))
+        lengths.append(min(n, total - sum(lengths)))
+    return tuple(lengths)
 
 
 def sink_logits(nheads: int, seed: int = 2) -> numpy.ndarray:

@@ -32,6 +32,12 @@ uses a feature it lacks.  FlexAttention does the sliding window as a block mask,
 softcap and ALiBi as a score_mod; SDPA's backends take dropout_p (their own
 Philox).  A bias (--bias) is SDPA's additive attn_mask and a captured buffer of
 FlexAttention's score_mod, with its gradient in the backward.  Sinks: no peer.
+
+Varlen (--varlen): FlexAttention attends over the packed tokens, (1, total, nheads,
+headdim), with a document mask (a query sees only keys of its own sequence, and the
+causal mask or window inside it); "cuflash-padded" is cuflash's own dense call over the
+sequences padded to the longest, (nseq, longest, nheads, headdim), the baseline
+that a varlen kernel must beat (it times varlen points only).
 """
 from __future__ import annotations
 
@@ -44,24 +50,29 @@ import warnings
 from . import configs, timing
 
 #: Peer names, in table order (the anchors' names).
-PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "sdpa-math", "flex", "jax-cudnn", "flashinfer")
+PEER_NAMES = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "sdpa-math", "flex", "jax-cudnn", "flashinfer",
+              "cuflash-padded")
 
 #: The variant features (configs.VARIANT_FEATURES) each peer computes; plain and causal attention: all of them.
-PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi", "bias"}), "sdpa-flash": frozenset({"dropout"}),
+PEER_FEATURES = {"flex": frozenset({"window", "softcap", "alibi", "bias", "varlen"}),
+                 "sdpa-flash": frozenset({"dropout"}),
+                 "cuflash-padded": frozenset({"window", "softcap", "alibi", "sink", "dropout", "varlen"}),
                  "sdpa-cudnn": frozenset({"dropout", "bias"}), "sdpa-eff": frozenset({"dropout", "bias"}),
                  "sdpa-math": frozenset({"dropout", "bias"})}
 #: The input dtypes each peer takes; a name not listed here takes only the 16-bit ones. float32:
 #: SDPA's efficient backend (3xTF32 tensor-core products, as cuflash) and its math backend
 #: (plain float32 matmuls and softmax), and FlexAttention.
 PEER_DTYPES = {"sdpa-eff": ("fp16", "bf16", "fp32"), "sdpa-math": ("fp16", "bf16", "fp32"),
-               "flex": ("fp16", "bf16", "fp32")}
+               "flex": ("fp16", "bf16", "fp32"), "cuflash-padded": ("fp16", "bf16", "fp32")}
 
 _FLOP_MODES = ("fwd", "bwd", "fwd+bwd")
 #: The modes (configs.MODES) each peer times; a name not listed here times every mode.
 PEER_MODES = {"sdpa-flash": _FLOP_MODES + ("decode",), "sdpa-cudnn": _FLOP_MODES + ("decode",),
               "sdpa-eff": _FLOP_MODES + ("decode",), "sdpa-math": _FLOP_MODES, "flex": _FLOP_MODES,
-              "jax-cudnn": _FLOP_MODES,
+              "jax-cudnn": _FLOP_MODES, "cuflash-padded": _FLOP_MODES,
               "flashinfer": ("decode",)}
+#: Peers that time varlen points only (on a dense point they would time what cuflash's own row does).
+VARLEN_ONLY = frozenset({"cuflash-padded"})
 
 #: Calls per host-clock sample for JAX (see timing.time_host).
 JAX_CALLS_PER_SAMPLE = 5
@@ -85,7 +96,9 @@ class Peer:
 
 
 def peers_supporting(feature: str) -> list[str]:
-    return [name for name in PEER_NAMES if feature in PEER_FEATURES.get(name, ())]
+    """The peers that compute ``feature`` (those of VARLEN_ONLY for "varlen" alone)."""
+    return [name for name in PEER_NAMES if feature in PEER_FEATURES.get(name, ())
+            and (feature == "varlen" or name not in VARLEN_ONLY)]
 
 
 def peer_modes(name: str) -> tuple:
@@ -105,6 +118,8 @@ def unsupported_reason(name: str, p) -> str | None:
         return f"does not time {p.mode}"
     if p.dtype not in PEER_DTYPES.get(name, ("fp16", "bf16")):
         return f"does not take {p.dtype}"
+    if name in VARLEN_ONLY and not p.varlen:
+        return "times varlen points only"
     missing = [f for f in configs.VARIANT_FEATURES if f in p.features and f not in PEER_FEATURES.get(name, ())]
     return f"cannot compute {', '.join(missing)}" if missing else None
 
@@ -153,12 +168,14 @@ class _TorchPeer(Peer):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p.dtype]
         grad = p.mode in ("bwd", "fwd+bwd")
 
+        batch, seqlen_q, seqlen_k = self._dims(p)
+
         def rand(seqlen, heads):
-            return torch.randn(p.batch, seqlen, heads, p.headdim, device=TORCH_DEVICE, dtype=dtype,
+            return torch.randn(batch, seqlen, heads, p.headdim, device=TORCH_DEVICE, dtype=dtype,
                                requires_grad=grad)
 
         try:
-            q, k, v = rand(p.seqlen_q, p.nheads), rand(p.seqlen_k, p.nheads_kv), rand(p.seqlen_k, p.nheads_kv)
+            q, k, v = rand(seqlen_q, p.nheads), rand(seqlen_k, p.nheads_kv), rand(seqlen_k, p.nheads_kv)
             if expand_kv:
                 k, v = (x.detach().repeat_interleave(p.nheads // p.nheads_kv, dim=2).requires_grad_(grad)
                         for x in (k, v))
@@ -177,6 +194,14 @@ class _TorchPeer(Peer):
 
     def _context(self):
         return contextlib.nullcontext()
+
+    def _dims(self, p):
+        """(batch, seqlen_q, seqlen_k) of the peer's q, k, v: a varlen point's packed tokens are one
+        sequence of them (peers that time varlen points attend over it with a document mask)."""
+        if p.varlen:
+            total = sum(p.lengths)
+            return 1, total, total
+        return p.batch, p.seqlen_q, p.seqlen_k
 
 
 def _torch_mode_fn(torch, mode, attn, q, k, v, bias=None):
@@ -299,7 +324,8 @@ class FlexPeer(_TorchPeer):
         mask_mod, score_mod = flex_mods(p, TORCH_DEVICE)
         block_mask = None
         if mask_mod is not None:
-            block_mask = create_block_mask(mask_mod, None, None, p.seqlen_q, p.seqlen_k, device=TORCH_DEVICE)
+            _, seqlen_q, seqlen_k = self._dims(p)
+            block_mask = create_block_mask(mask_mod, None, None, seqlen_q, seqlen_k, device=TORCH_DEVICE)
 
         def attn(q, k, v, bias=None):
             mod = score_mod if bias is None else _with_bias(score_mod, bias)
@@ -325,6 +351,8 @@ def flex_mods(p, device):
 
     mask_mod: query i sees key j iff ``i + off - left <= j <= i + off + right`` with
     ``off = seqlen_k - seqlen_q`` (bottom-right aligned, as cuflash; causal is right = 0).
+    A varlen point's packed tokens (one sequence of them, queries and keys of the same
+    lengths, so off = 0 inside each) add the document mask: j in the same sequence as i.
     score_mod gets the scaled score q.k * scale and applies softcap, then ALiBi
     ``-slope[h] * |i + off - j|``, in cuflash's order.
     """
@@ -340,6 +368,14 @@ def flex_mods(p, device):
             if right < 0:
                 return rel >= -left
             return (rel >= -left) & (rel <= right)
+    if p.varlen:
+        document = torch.repeat_interleave(torch.arange(len(p.lengths), device=device),
+                                           torch.tensor(p.lengths, device=device))
+        band = mask_mod
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            same = document[q_idx] == document[kv_idx]
+            return same if band is None else same & band(b, h, q_idx, kv_idx)
 
     softcap = p.softcap
     slopes = torch.tensor(configs.alibi_slopes(p.nheads), device=device) if p.alibi else None
@@ -504,6 +540,68 @@ class FlashInferPeer(Peer):
             torch.cuda.empty_cache()
 
 
+# --------------------------------------------------------------------------
+# cuflash's padded dense call (the varlen baseline)
+# --------------------------------------------------------------------------
+
+class CuflashPaddedPeer(Peer):
+    """cuflash.attention (and attention_backward) over a varlen point's sequences padded to the
+    longest: q, k, v (nseq, longest, heads, headdim), the same options (the causal mask and window
+    bottom-right in each padded row, so the real tokens' rows differ from varlen's where a sequence
+    is shorter: only the time counts here).  Timed with CUDA events like cuflash's own row."""
+
+    name = "cuflash-padded"
+
+    def __init__(self, timers):
+        self._timers = timers
+
+    def unavailable(self):
+        try:
+            import cupy
+            import cuflash  # noqa: F401
+        except ImportError as e:
+            return f"cupy or cuflash cannot be imported ({e})"
+        try:
+            cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:
+            return f"CuPy sees no CUDA device ({timing.one_line(e)})"
+        return None
+
+    def measure(self, p, *, warmup, rep):
+        import cupy
+        import cuflash
+        from cuflash.testing import random_like, random_qkv
+        from .runner import variant_options
+        if not p.varlen:
+            raise ValueError("cuflash-padded times varlen points only")
+        longest = max(p.lengths)
+        q, k, v = random_qkv(len(p.lengths), longest, longest, p.nheads, p.nheads_kv, p.headdim, p.dtype,
+                             seed=0, xp=cupy)
+        options = variant_options(p, alibi_slopes=cupy.asarray(configs.alibi_slopes(p.nheads)),
+                                  learnable_sink=cupy.asarray(configs.sink_logits(p.nheads)))
+        if p.mode == "fwd":
+            fn = lambda: cuflash.attention(q, k, v, **options)  # noqa: E731
+        else:
+            dout = random_like(q, seed=1)
+
+            def backward(out, lse):
+                return cuflash.attention_backward(dout, q, k, v, out, lse, **options)
+            if p.mode == "bwd":
+                saved = cuflash.attention(q, k, v, return_lse=True, **options)
+                fn = lambda: backward(*saved)  # noqa: E731
+            else:
+                fn = lambda: backward(*cuflash.attention(q, k, v, return_lse=True, **options))  # noqa: E731
+        timer = self._timers.cupy
+        try:
+            first_ms, _ = timing.first_call_ms(fn, timer.synchronize)
+            samples = timer.time(fn, warmup=warmup, rep=rep)
+        finally:
+            q = k = v = fn = saved = None  # noqa: F841
+            cupy.get_default_memory_pool().free_all_blocks()
+        return {"first_call_ms": first_ms, "samples_ms": samples,
+                "note": f"{len(p.lengths)} sequences padded to {longest} tokens"}
+
+
 _FACTORIES = {
     "sdpa-flash": lambda t: SdpaPeer("sdpa-flash", t),
     "sdpa-cudnn": lambda t: SdpaPeer("sdpa-cudnn", t),
@@ -512,6 +610,7 @@ _FACTORIES = {
     "flex": FlexPeer,
     "jax-cudnn": JaxCudnnPeer,
     "flashinfer": FlashInferPeer,
+    "cuflash-padded": CuflashPaddedPeer,
 }
 
 

@@ -99,7 +99,7 @@ struct BwdPrepareParams {
     int dq_accum_cols;   // columns of dq_accum to zero (the backward's compile-time D)
     int block_m;         // Br of the backward kernel: the rows one semaphore guards
     int m_blocks;        // seqlen_q_rounded / block_m
-    int dq_accum_padded; // 1: dq_accum has seqlen_q_rounded rows, all zeroed (bwd_sm90_ws.cu adds whole blocks)
+    int dq_accum_padded; // 1: each sequence's dq_accum rows are zeroed up to a multiple of block_m (bwd_sm90_ws.cu adds whole blocks)
     // Varlen (CUFLASH_VARLEN): sequence b's rows start at cu_seqlens_q[b] in o, dout,
     // lse, dlse and dq_accum (batch strides 0); lse_log2, delta and the semaphores keep
     // their (batch, nheads, rounded) layout, seqlen_q being the longest sequence.

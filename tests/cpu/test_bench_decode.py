@@ -263,7 +263,7 @@ def test_decode_peers():
     fwd = configs.Point("bf16", 128, 1024, 1024, 2, 16, 16, False, "fwd")
     assert peers.unsupported_reason("flashinfer", fwd) == "does not time fwd"
     assert peers.for_modes(peers.PEER_NAMES, {"decode"}) == (
-        ["sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flashinfer"], ["sdpa-math", "flex", "jax-cudnn"])
+        ["sdpa-flash", "sdpa-cudnn", "sdpa-eff", "flashinfer"], ["sdpa-math", "flex", "jax-cudnn", "cuflash-padded"])
     assert peers.for_modes(peers.PEER_NAMES, {"fwd", "bwd"})[1] == ["flashinfer"]
     assert peers.peer_modes("a-test-stand-in") == tuple(configs.MODES)
     assert set(peers.PEER_MODES) == set(peers.PEER_NAMES)

@@ -22,7 +22,7 @@ def point(causal=False, sq=64, sk=64, nheads=4, nheads_kv=4, mode="fwd", **varia
 
 
 SDPA_AND_JAX = ("sdpa-flash", "sdpa-cudnn", "sdpa-eff", "jax-cudnn")
-FWD_PEERS = [name for name in peers.PEER_NAMES if "fwd" in peers.peer_modes(name)]
+FWD_PEERS = [name for name in peers.PEER_NAMES if "fwd" in peers.peer_modes(name) and name not in peers.VARLEN_ONLY]
 
 
 @pytest.mark.parametrize("name", FWD_PEERS)
@@ -54,6 +54,7 @@ def test_peers_supporting():
     assert peers.peers_supporting("softcap") == ["flex"]
     assert peers.peers_supporting("alibi") == ["flex"]
     assert peers.peers_supporting("sink") == []
+    assert peers.peers_supporting("varlen") == ["flex", "cuflash-padded"]
     assert set(peers.PEER_FEATURES) <= set(peers.PEER_NAMES)
     for features in peers.PEER_FEATURES.values():
         assert set(features) <= set(configs.VARIANT_FEATURES)
@@ -73,6 +74,15 @@ def test_skip_rules_import_no_framework():
         assert found == [] and all("torch is not installed" in n for n in notes) and len(notes) == 2
 
 
+def test_the_padded_baseline_times_varlen_points_only():
+    assert peers.unsupported_reason("cuflash-padded", point()) == "times varlen points only"
+    for kind in configs.VARLEN_KINDS:
+        assert peers.unsupported_reason("cuflash-padded", point(True, varlen=kind, window=(8, 0), sink=True)) is None
+    assert peers.unsupported_reason("cuflash-padded", point(varlen="mix", bias="b,h,s,s")) == "cannot compute bias"
+    assert peers.unsupported_reason("flex", point(True, varlen="mix", softcap=2.0)) is None
+    assert peers.unsupported_reason("sdpa-flash", point(varlen="mix")) == "cannot compute varlen"
+
+
 # --------------------------------------------------------------------------
 # FlexAttention's mods against the reference (CPU, eager)
 # --------------------------------------------------------------------------
@@ -89,6 +99,9 @@ FLEX_CASES = [
     dict(sq=40, sk=72, window=(10, 2), alibi=True),      # bottom-right aligned, seqlen_q < seqlen_k
     dict(sq=72, sk=40, window=(10, 2), softcap=1.5),     # seqlen_q > seqlen_k: some rows see nothing
     dict(nheads=4, nheads_kv=2, window=(7, 0), alibi=True),
+    dict(varlen="mix"),                                  # the document mask alone
+    dict(causal=True, varlen="steps", alibi=True),       # causal and ALiBi inside each sequence
+    dict(varlen="mix", window=(9, 3), softcap=1.5),
 ]
 
 
@@ -100,20 +113,26 @@ def test_flex_mods_match_the_reference(case):
     p = point(**case)
     assert peers.unsupported_reason("flex", p) is None
     mask_mod, score_mod = peers.flex_mods(p, "cpu")
-    assert (mask_mod is None) == (p.mask_window == (-1, -1))
+    assert (mask_mod is None) == (p.mask_window == (-1, -1) and not p.varlen)
     assert (score_mod is None) == (not p.softcap and not p.alibi)
 
     rng = numpy.random.default_rng(0)
-    q = rng.standard_normal((1, p.seqlen_q, p.nheads, p.headdim))
-    k = rng.standard_normal((1, p.seqlen_k, p.nheads_kv, p.headdim))
-    v = rng.standard_normal((1, p.seqlen_k, p.nheads_kv, p.headdim))
+    total_q, total_k = (sum(p.lengths),) * 2 if p.varlen else (p.seqlen_q, p.seqlen_k)
+    q = rng.standard_normal((1, total_q, p.nheads, p.headdim))
+    k = rng.standard_normal((1, total_k, p.nheads_kv, p.headdim))
+    v = rng.standard_normal((1, total_k, p.nheads_kv, p.headdim))
     options = dict(causal=p.causal, window_size=p.window, softcap=p.softcap,
                    alibi_slopes=configs.alibi_slopes(p.nheads) if p.alibi else None)
-    ref, _ = reference.attention_forward(q, k, v, **options)
+    if p.varlen:     # the packed tokens, sequence by sequence
+        assert len(p.lengths) > 1
+        cu = numpy.concatenate([[0], numpy.cumsum(p.lengths)]).astype(numpy.int32)
+        ref = reference.attention_forward_varlen(q[0], k[0], v[0], cu, cu, **options)[0][None]
+    else:
+        ref, _ = reference.attention_forward(q, k, v, **options)
 
     block_mask = None
     if mask_mod is not None:
-        block_mask = flex_mod.create_block_mask(mask_mod, None, None, p.seqlen_q, p.seqlen_k, device="cpu")
+        block_mask = flex_mod.create_block_mask(mask_mod, None, None, total_q, total_k, device="cpu")
     # (FlexAttention has no backward on the CPU; the GPU backward differentiates the same mods)
     t = [torch.tensor(x, dtype=torch.float32).transpose(1, 2) for x in (q, k, v)]
     out = flex_mod.flex_attention(*t, score_mod=score_mod, block_mask=block_mask,

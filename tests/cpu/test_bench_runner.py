@@ -44,7 +44,7 @@ def fake_cuflash(error=0.0, backward=True, ignore=(), pages_in_order=False):
     the options named in ``ignore`` are dropped (a kernel that gets a variant wrong).
     attention_with_kvcache gathers a paged cache through its block table (``pages_in_order``: a
     kernel that ignores the table and reads each sequence's pages from the pool in order)."""
-    lib = types.SimpleNamespace(calls=0, options=[], kvcache_calls=[])
+    lib = types.SimpleNamespace(calls=0, options=[], kvcache_calls=[], varlen_checks=[])
 
     def attention(q, k, v, *, return_lse=False, **options):
         lib.calls += 1
@@ -59,8 +59,9 @@ def fake_cuflash(error=0.0, backward=True, ignore=(), pages_in_order=False):
         dq, dk, dv = reference.attention_backward(dout, q, k, v, precision="lowp", **options)[:3]
         return dq, dk + error, dv
 
-    def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, return_lse=False, **options):
+    def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, return_lse=False, check_lengths=True, **options):
         lib.calls += 1
+        lib.varlen_checks.append(check_lengths)
         lib.options.append(options)
         options = {name: value for name, value in options.items() if name not in ignore}
         assert max_q == int(numpy.diff(cu_q).max()) and max_k == int(numpy.diff(cu_k).max())
@@ -68,7 +69,8 @@ def fake_cuflash(error=0.0, backward=True, ignore=(), pages_in_order=False):
         out = out + error
         return (out, lse) if return_lse else out
 
-    def attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, **options):
+    def attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, check_lengths=True, **options):
+        lib.varlen_checks.append(check_lengths)
         options = {name: value for name, value in options.items() if name not in ignore}
         dq, dk, dv = reference.attention_backward_varlen(dout, q, k, v, cu_q, cu_k, precision="lowp", **options)[:3]
         return dq, dk + error, dv
@@ -323,31 +325,44 @@ def test_variant_flags_end_to_end(fake_gpu, tmp_path, capsys):
 
 
 def test_varlen_points_pack_the_batch_and_count_only_real_tokens():
-    (p,) = [x for x in small_points(modes=("fwd",), varlen=True) if x.seqlen_q == 64 and not x.causal]
-    assert p.lengths == (64, 16) and "varlen" in p.features and p.variant == "varlen"
+    (p,) = [x for x in small_points(modes=("fwd",), varlen="steps") if x.seqlen_q == 64 and not x.causal]
+    assert p.lengths == (64, 16) and "varlen" in p.features and p.variant == "varlen-steps"
     dense = configs.Point(p.dtype, p.headdim, 64, 64, 2, p.nheads, p.nheads_kv, False, "fwd")
     assert configs.work(p)["amount"] == 4 * p.nheads * (64 * 64 + 16 * 16) * p.headdim
     assert configs.work(p)["amount"] < configs.work(dense)["amount"]
     assert configs.work(p)["anchor_amount"] is None
-    assert configs.varlen_lengths(1000, 4) == (1000, 750, 500, 250) and configs.varlen_lengths(7, 1) == (7,)
+    assert configs.varlen_lengths("steps", 1000, 4) == (1000, 750, 500, 250)
+    assert configs.varlen_lengths("steps", 7, 1) == (7,) and configs.varlen_lengths("equal", 7, 3) == (7, 7, 7)
     assert all(peers.unsupported_reason(name, p) == "cannot compute varlen" for name in peers.PEER_NAMES
-               if "fwd" in peers.peer_modes(name))
+               if "fwd" in peers.peer_modes(name) and name not in peers.peers_supporting("varlen"))
+
+
+@pytest.mark.parametrize("seqlen", [64, 1000, 8192, 16384])
+def test_varlen_mix_fills_the_batch_with_lengths_between_the_bounds(seqlen):
+    lengths = configs.varlen_lengths("mix", seqlen, 16384 // seqlen)
+    assert sum(lengths) == 16384 // seqlen * seqlen and max(lengths) <= seqlen and len(lengths) >= 16384 // seqlen
+    assert min(lengths[:-1]) >= min(configs.VARLEN_MIX_SHORTEST, seqlen)     # the last one takes what is left
+    assert lengths == configs.varlen_lengths("mix", seqlen, 16384 // seqlen)   # a fixed draw
+    with pytest.raises(ValueError, match="unknown varlen kind 'zipf'"):
+        configs.varlen_lengths("zipf", seqlen, 2)
 
 
 def test_varlen_sweep_runs_checks_and_skips_the_peers(fake_gpu):
-    pts = small_points(varlen=True)
+    pts = small_points(varlen="mix")
     result = runner.run_sweep(pts, peer_names=["fast"], warmup=1, rep=2, check=True, progress=False)
     for p, row in zip(pts, result["rows"]):
-        assert row["varlen"] and row["variant"] == "varlen"
+        assert row["varlen"] == "mix" and row["variant"] == "varlen-mix"
         assert row["results"]["cuflash"]["status"] == "ok", row["results"]["cuflash"]
         assert row["check"]["status"] == "pass", row["check"]
         assert row["check"]["slice"].startswith("every sequence")
         assert row["results"]["fast"]["status"] == "skipped"
+    # the timed calls skip the host check of the offsets (a synchronisation), as a training loop would
+    assert fake_gpu["lib"].varlen_checks and not any(fake_gpu["lib"].varlen_checks)
 
 
 def test_varlen_check_catches_a_wrong_gradient(fake_gpu):
     fake_gpu["lib"] = fake_cuflash(error=0.5)
-    (p,) = [x for x in small_points(modes=("bwd",), varlen=True) if x.seqlen_q == 48 and x.causal]
+    (p,) = [x for x in small_points(modes=("bwd",), varlen="steps") if x.seqlen_q == 48 and x.causal]
     row = runner.run_sweep([p], peer_names=[], warmup=0, rep=1, check=True, progress=False)["rows"][0]
     assert row["check"]["status"] == "fail" and "dk" in row["check"]["message"]
 

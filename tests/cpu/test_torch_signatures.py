@@ -50,8 +50,11 @@ def test_flash_attn_2_signature(name):
     assert got == FLASH_ATTN_2[name]
     # cuflash's own options: keyword-only, after flash-attn's, each with a default
     assert all(d is not None for d in args.kw_defaults)
+    varlen = ["learnable_sink", "check_lengths"]
     extra = {"flash_attn_with_kvcache": ["learnable_sink", "check_indices"],
-             "flash_attn_func": ["learnable_sink", "bias"]}.get(name, ["learnable_sink"])
+             "flash_attn_func": ["learnable_sink", "bias"], "flash_attn_varlen_func": varlen,
+             "flash_attn_varlen_qkvpacked_func": varlen, "flash_attn_varlen_kvpacked_func": varlen,
+             }.get(name, ["learnable_sink"])
     assert [a.arg for a in args.kwonlyargs] == extra
 
 

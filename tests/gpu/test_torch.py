@@ -299,6 +299,22 @@ def test_varlen_matches_dense_per_sequence_values_and_gradients():
             assert torch.allclose(g[r], want[0], atol=2e-2, rtol=0), b
 
 
+def test_varlen_unchecked_lengths_give_the_same_values_and_gradients():
+    """check_lengths=False (no host copy of cu_seqlens) changes nothing but the synchronisation."""
+    lengths = [37, 0, 1, 130]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    qkv = rand(sum(lengths), 3 * 4, 64).reshape(-1, 3, 4, 64)
+    results = []
+    for checked in (True, False):
+        x = qkv.detach().clone().requires_grad_()
+        out = ct.flash_attn_varlen_qkvpacked_func(x, cu, max(lengths), causal=True, deterministic=True,
+                                                  check_lengths=checked)
+        out.backward(torch.ones_like(out))
+        results.append((out, x.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_varlen_dropout_is_cuflash_attention_varlen_with_the_drawn_seed(compiled):
     """flash_attn_varlen_func(dropout_p=...) draws its seed from torch's generator and then is

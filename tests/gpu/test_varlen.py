@@ -74,6 +74,38 @@ def test_equal_lengths_give_the_dense_bits():
     assert cp.array_equal(got.view(cp.uint16), dense.reshape(got.shape).view(cp.uint16))
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_equal_lengths_give_the_dense_gradient_bits(head_dim):
+    # deterministic: the same dQ additions in the same order, whatever the dQ accumulator's layout
+    lengths, dense = [192] * 3, lambda x: x.reshape(3, 192, *x.shape[1:])
+    q, k, v, cu_q, cu_k = packed(lengths, lengths, 4, 2, head_dim, "bf16")
+    dout = testing.random_like(q)
+    args = (cp.asarray(cu_q), cp.asarray(cu_k), 192, 192)
+    out, lse = cuflash.attention_varlen(q, k, v, *args, causal=True, return_lse=True)
+    got = cuflash.attention_varlen_backward(dout, q, k, v, out, lse, *args, causal=True, deterministic=True)
+    d_out, d_lse = cuflash.attention(dense(q), dense(k), dense(v), causal=True, return_lse=True)
+    want = cuflash.attention_backward(dense(dout), dense(q), dense(k), dense(v), d_out, d_lse, causal=True,
+                                      deterministic=True)
+    for a, b in zip(got, want):
+        assert cp.array_equal(a.view(cp.uint16), b.reshape(a.shape).view(cp.uint16))
+
+
+def test_unchecked_lengths_give_the_same_bits():
+    # check_lengths=False skips only the host copy of the offsets
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 8, 2, 128, "bf16")
+    dout = testing.random_like(q)
+    args = (cp.asarray(cu_q), cp.asarray(cu_k), 200, 300)
+    results = []
+    for checked in (True, False):
+        out, lse = cuflash.attention_varlen(q, k, v, *args, causal=True, return_lse=True, check_lengths=checked)
+        grads = cuflash.attention_varlen_backward(dout, q, k, v, out, lse, *args, causal=True, deterministic=True,
+                                                  check_lengths=checked)
+        results.append((out, lse.view(cp.uint32), *grads))
+    for a, b in zip(*results):
+        assert cp.array_equal(a.view(cp.uint16) if a.dtype != cp.uint32 else a,
+                              b.view(cp.uint16) if b.dtype != cp.uint32 else b)
+
+
 @pytest.mark.parametrize("bad, exc, match", [
     (dict(cu_seqlens_q=np.asarray([0, 5, 3], np.int32)), ValueError, "cu_seqlens_q must be non-decreasing"),
     (dict(cu_seqlens_q=np.asarray([0, 2, 8], np.int64)), TypeError, "cu_seqlens_q must be int32"),
