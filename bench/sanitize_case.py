@@ -98,6 +98,12 @@ def forward_cases():
     cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
     q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, 64, "bf16", xp=cp))
     cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), return_lse=True, causal=True)
+    # More tiles than SMs without a mask: on Hopper a persistent grid, each CTA walking several
+    # ragged tiles through both Q buffers and the K/V ring (fwd_sm90_ws.cu), a sink on one of them.
+    for d in (64, 128):
+        q, k, v = testing.random_qkv(1, 1000, 300, 40, 8, d, "bf16", xp=cp)
+        cuflash.attention(q, k, v, return_lse=True)
+        cuflash.attention(q, k, v, softcap=20.0, learnable_sink=cp.linspace(-1.0, 2.0, 40, dtype=cp.float32))
 
 
 # The backwards alone (on Hopper the warp-specialised kernel, bwd_sm90_ws.cu, at d 64 and 128):

@@ -1490,7 +1490,7 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
     if uses_decode_kernel(q, k_cache, v_cache, cache):
         features = _with_varlen(opts.features, False)
         nheads_kv = k_cache.shape[2]
-        sms = _sm_resources(q.device)
+        sms = launch.sm_resources(q.device)
         many_units = launch.decode_many_units(batch, nheads, nheads_kv, seqlen_q, cache.cache_map, sms[0])
         spec = support.decode_spec(dtype, head_dim, features, _compute_capability(q.device), _smem_limit(q.device),
                                    many_units)
@@ -1504,13 +1504,6 @@ def run_kvcache(q: Ref, k_cache: Ref, v_cache: Ref, k: Ref | None, v: Ref | None
     sequences = {"cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k, "seqused_k": seqused.ptr}
     run_varlen_forward(*rows, lse_rows, opts, sequences, seqlen_q, stream)
     del q_rot_owner
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_resources(device: int) -> tuple[int, int]:
-    """(SM count, shared memory per SM in bytes) of a device."""
-    attributes = _cupy().cuda.Device(device).attributes
-    return int(attributes["MultiProcessorCount"]), int(attributes["MaxSharedMemoryPerMultiprocessor"])
 
 
 def kvcache_options(q: Ref, softmax_scale, causal, window_size, softcap, alibi: Ref | None,

@@ -67,14 +67,15 @@ def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     kernels_cu/fwd.cu: Q (Br rows, pitch D + 16 bytes) + K + V (Bc rows each, swizzled_pitch).
     kernels_cu/fwd_sm90.cu: Q (Br rows) + two stages of K and V (Bc rows each),
     swizzled rows of D, plus 1 KB so the kernel can align the tiles to 1024 bytes.
-    kernels_cu/fwd_sm90_ws.cu: the same with t.stages stages, and its mbarriers
-    (1 + 4 stages, 8 bytes each).
+    kernels_cu/fwd_sm90_ws.cu: spec.q_buffers Q buffers, t.stages stages of K and V, and its
+    mbarriers (2 per Q buffer + 4 per stage, 8 bytes each).
     """
     t = spec.tiles
     if isinstance(spec, FwdSm90Spec):
         if not t.stages:
             return (t.block_m + 4 * t.block_n) * spec.head_dim * 2 + 1024
-        return (t.block_m + 2 * t.stages * t.block_n) * spec.head_dim * 2 + 1024 + 8 * (1 + 4 * t.stages)
+        q = spec.q_buffers
+        return (q * t.block_m + 2 * t.stages * t.block_n) * spec.head_dim * 2 + 1024 + 8 * (2 * q + 4 * t.stages)
     e, d = DTYPE_BYTES[spec.dtype], spec.head_dim
     return (t.block_m * (d + 16 // e) + 2 * t.block_n * swizzled_pitch(spec.dtype, d)) * e
 
@@ -90,9 +91,24 @@ def dynamic_smem_bytes(spec) -> int:
     return 0
 
 
-def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int) -> tuple[int, int, int]:
-    """One CTA per (query block, head, batch); blockIdx.x fastest so CTAs of one head share K/V in L2."""
-    return (-(-seqlen_q // spec.tiles.block_m), nheads, batch)
+def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int, device: int) -> tuple[int, int, int]:
+    """One CTA per (query block, head, batch); blockIdx.x fastest so CTAs of one head share K/V in L2.
+    The warp-specialised Hopper kernel numbers the same tiles along x alone (fwd_sm90_ws.cu tile_at):
+    one CTA per tile, or on a persistent grid (spec.persistent) one per SM, each walking every
+    gridDim.x-th tile."""
+    m_blocks = -(-seqlen_q // spec.tiles.block_m)
+    if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages):
+        return (m_blocks, nheads, batch)
+    tiles = m_blocks * nheads * batch
+    return (min(tiles, sm_resources(device)[0]) if spec.persistent else tiles, 1, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_resources(device: int) -> tuple[int, int]:
+    """(SM count, shared memory per SM in bytes) of a device."""
+    import cupy
+    attributes = cupy.cuda.Device(device).attributes
+    return int(attributes["MultiProcessorCount"]), int(attributes["MaxSharedMemoryPerMultiprocessor"])
 
 
 # ---------------------------------------------------------------- backward
@@ -317,7 +333,7 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
     fields = attention_fields(spec, q, k, v, option_fields)
     fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
     fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
-    run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q), (spec.threads, 1, 1), fwd_smem_bytes(spec),
+    run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q, q.device), (spec.threads, 1, 1), fwd_smem_bytes(spec),
         params.FWD, fields, stream)
 
 

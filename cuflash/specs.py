@@ -326,6 +326,14 @@ class FwdSm90Tiles:
         return t
 
 
+#: The largest head dim whose warp-specialised forward runs on a persistent grid
+#: (FwdSm90Spec.persistent): at 224 and 256 the tile loop's state spilled the consumers
+#: (48-184 bytes, NVRTC 12.9).
+FWD_SM90_PERSISTENT_MAX_D = 192
+
+#: Shared memory one block may opt in to on compute capability 9.0 (227 KB; support.SMEM_LIMITS).
+SM90_SMEM_PER_BLOCK = 232448
+
 # Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8):
 # the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu, two K/V stages)
 # everywhere, one tile whatever the query length (128x128s2 wins at every
@@ -402,6 +410,27 @@ class FwdSm90Spec(AttentionSpec):
         return 128 * (self.tiles.warpgroups + (1 if self.tiles.stages else 0))
 
     @property
+    def q_buffers(self) -> int:
+        """Q buffers of the warp-specialised kernel: on a persistent grid two where they fit Hopper's
+        227 KB beside the K/V ring (the producer loads the next tile's Q while the consumers finish
+        this one), else one."""
+        t = self.tiles
+        two = (2 * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + 8 * (4 + 4 * t.stages)
+        return 2 if self.persistent and two <= SM90_SMEM_PER_BLOCK else 1
+
+    @property
+    def persistent(self) -> bool:
+        """The warp-specialised kernel on a persistent grid (one CTA per SM walking the tiles, so a
+        tile's Q load and first K/V blocks overlap the previous tile's last products and epilogue):
+        where every tile does the same work (no mask, not varlen). Causal, windowed and varlen tiles
+        differ in work, and the hardware's dispatch of one CTA per tile balances them. Not with ALiBi
+        or dropout, nor above FWD_SM90_PERSISTENT_MAX_D: their per-tile state beside the tile loop's
+        spilled the consumers (d128: 84 bytes, NVRTC 12.9 and 13.5)."""
+        f = self.features
+        return (bool(self.tiles.stages) and f.mask == "none" and not f.varlen and not f.alibi and not f.dropout
+                and self.head_dim <= FWD_SM90_PERSISTENT_MAX_D)
+
+    @property
     def name(self) -> str:
         t = self.tiles
         occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
@@ -415,7 +444,8 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
-            **({"CUFLASH_STAGES": t.stages} if t.stages else {}),
+            **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
+                "CUFLASH_PERSISTENT": int(self.persistent)} if t.stages else {}),
         }
 
 

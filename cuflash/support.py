@@ -13,28 +13,29 @@ from .specs import (
     BWD_TILES,
     BWD_TILES_FP32,
     BWD_TILES_SMALLER_SMEM,
-    CAUSAL,
-    DTYPES,
-    FWD_TILES_FP32,
-    HALF_DTYPES,
-    FWD_SM90_NARROW_TILES,
-    FWD_SM90_TILES,
-    FWD_TILES,
-    FWD_TILES_SMALLER_SMEM,
-    MASKS,
-    MODIFIERS,
-    PLAIN,
-    DECODE_TILES,
-    DECODE_TILES_MANY_UNITS,
     BwdConvertSpec,
-    DecodeSpec,
-    KvAppendSpec,
     BwdPrepareSpec,
     BwdSm90Spec,
     BwdSpec,
+    CAUSAL,
+    DECODE_TILES,
+    DECODE_TILES_MANY_UNITS,
+    DTYPES,
+    DecodeSpec,
+    FWD_SM90_NARROW_TILES,
+    FWD_SM90_TILES,
+    FWD_TILES,
+    FWD_TILES_FP32,
+    FWD_TILES_SMALLER_SMEM,
     Features,
     FwdSm90Spec,
     FwdSpec,
+    HALF_DTYPES,
+    KvAppendSpec,
+    MASKS,
+    MODIFIERS,
+    PLAIN,
+    SM90_SMEM_PER_BLOCK,
     head_dim_bucket,
 )
 
@@ -55,7 +56,7 @@ MIN_COMPUTE_CAPABILITY = (8, 0)
 SMEM_LIMITS = {
     (8, 0): 166912, (8, 7): 166912,                  # A100, A30, Orin: 163 KB
     (8, 6): 101376, (8, 9): 101376,                  # RTX 30xx/40xx, A10, L4, L40: 99 KB
-    (9, 0): 232448, (10, 0): 232448, (10, 3): 232448,  # H100/H200, B200/B300: 227 KB
+    (9, 0): SM90_SMEM_PER_BLOCK, (10, 0): 232448, (10, 3): 232448,  # H100/H200, B200/B300: 227 KB
     (12, 0): 101376, (12, 1): 101376,                # RTX 50xx, DGX Spark: 99 KB
 }
 #: The least of them: what an unknown GPU is assumed to have.

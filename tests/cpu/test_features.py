@@ -220,12 +220,33 @@ def test_hopper_forward_is_warp_specialised_with_its_producer_and_ring():
     assert spec.tiles.stages == 2 and spec.source == "fwd_sm90_ws.cu"
     assert spec.threads == 128 * (spec.tiles.block_m // 64 + 1)  # the consumers and one producer warpgroup
     assert spec.defines()["CUFLASH_STAGES"] == 2 and spec.name.endswith("s2")
-    # Q, then `stages` slots of K and V, the 1 KB alignment slack and 1 + 4 stages mbarriers
+    # Q, then `stages` slots of K and V, the 1 KB alignment slack and 2 + 4 stages mbarriers
     t = spec.tiles
-    assert launch.fwd_smem_bytes(spec) == (t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 9
+    assert not spec.persistent and spec.q_buffers == 1 and spec.defines()["CUFLASH_PERSISTENT"] == 0
+    assert launch.fwd_smem_bytes(spec) == (t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 10
     for spec in support.declared_specs():
         if isinstance(spec, FwdSm90Spec):
             assert launch.fwd_smem_bytes(spec) <= 227 * 1024, spec.name
+
+
+def test_hopper_forward_without_a_mask_walks_its_tiles_on_a_persistent_grid(monkeypatch):
+    monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))
+    plain = support.select(Problem("fwd", "bf16", 128, PLAIN, compute_capability=(9, 0)))
+    assert plain.persistent and plain.q_buffers == 2 and plain.defines()["CUFLASH_PERSISTENT"] == 1
+    t = plain.tiles
+    # two Q buffers, so the next tile's Q loads while this one's last products run
+    assert launch.fwd_smem_bytes(plain) == (2 * t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 12
+    assert launch.fwd_grid(plain, 2, 16, 8192, 0) == (132, 1, 1)          # one CTA per SM
+    assert launch.fwd_grid(plain, 1, 1, 256, 0) == (2, 1, 1)              # fewer tiles than SMs
+    causal = support.select(Problem("fwd", "bf16", 128, CAUSAL, compute_capability=(9, 0)))
+    assert launch.fwd_grid(causal, 2, 16, 8192, 0) == (2 * 16 * 64, 1, 1)  # one CTA per tile
+    # work that differs per tile, and per-tile state that spilled the consumers beside the tile loop
+    for features in (CAUSAL, Features("local"), Features(varlen=True), Features(alibi=True),
+                     Features(dropout=True)):
+        assert not support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0))).persistent
+    assert not support.select(Problem("fwd", "bf16", 256, PLAIN, compute_capability=(9, 0))).persistent
+    assert support.select(Problem("fwd", "bf16", 64, Features(softcap=True, sink=True),
+                                  compute_capability=(9, 0))).persistent
 
 
 @pytest.mark.parametrize("features, block_m, stages", [

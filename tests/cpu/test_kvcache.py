@@ -154,7 +154,7 @@ def recorded(monkeypatch):
     monkeypatch.setattr(api, "_check_device", lambda device: None)
     monkeypatch.setattr(api, "_compute_capability", lambda device: (9, 0))
     monkeypatch.setattr(api, "_device_smem_limit", lambda device: 232448)
-    monkeypatch.setattr(api, "_sm_resources", lambda device: (132, 233472))
+    monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))
     return calls
 
 

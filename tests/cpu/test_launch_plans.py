@@ -58,6 +58,7 @@ def gpu(monkeypatch):
     monkeypatch.setattr(api, "_check_device", lambda device: None)
     monkeypatch.setattr(api, "_compute_capability", lambda device: {0: (9, 0)}[device])
     monkeypatch.setattr(api, "_device_smem_limit", lambda device: 232448)
+    monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))
     monkeypatch.setattr(launch, "get_pointer", lambda spec, device, smem=0: hash(spec.name) & 0xFFFFFF)
 
     class Driver:
@@ -117,7 +118,6 @@ def test_backward_replay_packs_what_the_validated_path_packs(gpu, monkeypatch):
 
 @pytest.mark.parametrize("paged", [False, True])
 def test_kvcache_replay_packs_what_the_validated_path_packs(gpu, monkeypatch, paged):
-    monkeypatch.setattr(api, "_sm_resources", lambda device: (132, 233472))
     q = gpu.empty((2, 1, 8, 128), "float16")
     shape = (6, 16, 2, 128) if paged else (2, 96, 2, 128)
     k_cache, v_cache = gpu.empty(shape, "float16"), gpu.empty(shape, "float16")

@@ -66,6 +66,14 @@ def test_gqa(dtype, causal, nheads_kv):
     run_and_check(q, k, v, causal=causal, label=f"gqa {8 // nheads_kv}")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 192])
+def test_more_tiles_than_sms(head_dim):
+    # Hopper, no mask: a persistent grid (FwdSm90Spec.persistent), each CTA walking several tiles
+    # of ragged query blocks through both Q buffers and the K/V ring; each row checked
+    q, k, v = testing.random_qkv(3, 777, 409, 48, 16, head_dim, "bf16", xp=cp)
+    run_and_check(q, k, v, causal=False, label=f"d={head_dim}")
+
+
 @pytest.mark.parametrize("batch", [1, 37])
 def test_batch(batch):
     q, k, v = testing.random_qkv(batch, 65, 130, 2, 1, 64, "bf16", xp=cp)
