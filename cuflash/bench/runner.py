@@ -376,9 +376,14 @@ def run_sweep(points, *, peer_names, warmup, rep, check, progress=True) -> dict:
     ours = CuflashBench(timers)
     modes = {p.mode for p in points}
     used_names, unused = peers_mod.for_modes(peer_names, modes)
+    varlen_only = [] if any(p.varlen for p in points) else [n for n in used_names if n in peers_mod.VARLEN_ONLY]
+    used_names = [n for n in used_names if n not in varlen_only]
     peers, notes = peers_mod.make_peers(used_names, timers)
-    if unused and list(peer_names) != list(peers_mod.PEER_NAMES):    # named on the command line: say why
-        notes.insert(0, f"peer(s) {', '.join(unused)} left out: they time none of {', '.join(sorted(modes))}")
+    if list(peer_names) != list(peers_mod.PEER_NAMES):    # named on the command line: say why
+        if varlen_only:
+            notes.insert(0, f"peer(s) {', '.join(varlen_only)} left out: they time varlen points only (--varlen)")
+        if unused:
+            notes.insert(0, f"peer(s) {', '.join(unused)} left out: they time none of {', '.join(sorted(modes))}")
     if not ours.has_backward and any(p.mode != "fwd" for p in points):
         notes.append("cuflash: backward not available (cuflash.attention_backward is missing); "
                      "bwd and fwd+bwd rows time the peers only")

@@ -526,7 +526,15 @@ def test_decode_peers_left_out_of_a_fwd_run(fake_gpu, monkeypatch):
     result = runner.run_sweep(small_points(modes=("fwd",))[:1], peer_names=list(peers.PEER_NAMES), warmup=0,
                               rep=1, check=False, progress=False)
     assert "flashinfer" not in asked[-1] and "sdpa-flash" in asked[-1]
+    assert "cuflash-padded" not in asked[-1]                                # no varlen point
     assert not any("left out" in n for n in result["meta"]["notes"])        # auto: no note
+    result = runner.run_sweep(small_points(modes=("fwd",))[:1], peer_names=["cuflash-padded", "flex"], warmup=0,
+                              rep=1, check=False, progress=False)
+    assert asked[-1] == ["flex"]
+    assert "peer(s) cuflash-padded left out: they time varlen points only (--varlen)" in result["meta"]["notes"]
+    runner.run_sweep(small_points(modes=("fwd",), varlen="mix")[:1], peer_names=["cuflash-padded", "flex"],
+                     warmup=0, rep=1, check=False, progress=False)
+    assert asked[-1] == ["cuflash-padded", "flex"]
     result = runner.run_sweep(small_points(modes=("fwd",))[:1], peer_names=["flashinfer", "sdpa-cudnn"],
                               warmup=0, rep=1, check=False, progress=False)
     assert asked[-1] == ["sdpa-cudnn"]
