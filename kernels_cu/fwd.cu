@@ -61,11 +61,12 @@ constexpr int PITCH = D + CHUNK;        // shared-memory row pitch in elements (
 // == 0 with 16-bit inputs (copy.cuh streamed_swizzled); Q stays padded.
 constexpr bool KV_SWIZZLE = streamed_swizzled<D>();
 constexpr int KV_PITCH = streamed_pitch<D>();
-// K's step addresses laundered (mma.cuh SwizzledB LAUNDER) under NVRTC 13, not
-// under 12: the d128 tile at 254-255 registers spilled 20 bytes for sm_90 under
-// NVRTC 13.5 without it and 8 bytes under 12.9 with it (laundering V as well,
-// or V alone, spilled 44-156 bytes under either).
-constexpr bool K_LAUNDER = __CUDACC_VER_MAJOR__ >= 13;
+// K's step addresses laundered (mma.cuh SwizzledB LAUNDER) under NVRTC 13.1 and
+// later, not under 12.x or 13.0: the d128 tile at 254-255 registers spilled 20
+// bytes for sm_90 under NVRTC 13.1-13.5 without it, and with it 8 bytes under
+// 12.9 and 8-20 bytes for sm_86/89/90 under 13.0 (laundering V as well, or V
+// alone, spilled 44-156 bytes under 12.9 and 13.5).
+constexpr bool K_LAUNDER = __CUDACC_VER_MAJOR__ > 13 || (__CUDACC_VER_MAJOR__ == 13 && __CUDACC_VER_MINOR__ >= 1);
 // Keep this warp's Q fragments (MT x D/16 k-steps x 4 registers) in registers
 // after the first block instead of re-reading them with ldmatrix every block:
 // a third less shared-memory traffic in S = Q K^T, for MT*D/4 more registers

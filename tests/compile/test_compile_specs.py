@@ -1,6 +1,6 @@
 """Every declared kernel (the default feature sets, every dtype) compiles with NVRTC for sm_80
 (A100's 163 KB), sm_86, sm_89 and sm_120 (the 99 KB RTX / L40 / RTX 50-class GPUs, with their own
-tiles) and sm_90a, no GPU needed; .ci/run runs this under NVRTC 12.x and 13.x. (sm_100 is not in
+tiles) and sm_90a, no GPU needed; .ci/run runs this under NVRTC 12.x, the newest 13.x and 13.0. (sm_100 is not in
 yet, issue 15.) A few float32 backward kernels spill on sm_120, which ones depending on the NVRTC
 (KNOWN_SPILLS).
 
@@ -25,7 +25,11 @@ ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a", "sm_120")
 #: them depends on the NVRTC (measured under 12.9 and 13.5). A lighter tile that splits d across
 #: four warps compiles at 160-203 registers without spills, but at D = 128 it needs 111 KB, and
 #: none is timed on a GPU yet, so these stay and are reported as expected failures when they spill.
+#: The 16-bit d160 causal deterministic backward for 99 KB GPUs spills 4 bytes on sm_120 under
+#: NVRTC 13.0 (which torch's CUDA 13.0 wheels install), not under 12.9 or 13.5.
 KNOWN_SPILLS = {
+    ("bwd_bf16_d160_causal_det_m32n64w4s4k4q2u2", "sm_120"),
+    ("bwd_fp16_d160_causal_det_m32n64w4s4k4q2u2", "sm_120"),
     ("bwd_fp32_d96_causal_det_m16n32w2s2k2q1u2", "sm_120"),
     ("bwd_fp32_d128_full_m16n32w2s2k2q1p32u2", "sm_120"),
     ("bwd_fp32_d128_full_det_m16n32w2s2k2q1p32u2", "sm_120"),
