@@ -68,14 +68,13 @@ def fwd_smem_bytes(spec: FwdSpec | FwdSm90Spec) -> int:
     kernels_cu/fwd_sm90.cu: Q (Br rows) + two stages of K and V (Bc rows each),
     swizzled rows of D, plus 1 KB so the kernel can align the tiles to 1024 bytes.
     kernels_cu/fwd_sm90_ws.cu: spec.q_buffers Q buffers, t.stages stages of K and V, and its
-    mbarriers (2 per Q buffer + 4 per stage, 8 bytes each).
+    mbarriers (FwdSm90Spec.ws_smem_bytes).
     """
     t = spec.tiles
     if isinstance(spec, FwdSm90Spec):
         if not t.stages:
             return (t.block_m + 4 * t.block_n) * spec.head_dim * 2 + 1024
-        q = spec.q_buffers
-        return (q * t.block_m + 2 * t.stages * t.block_n) * spec.head_dim * 2 + 1024 + 8 * (2 * q + 4 * t.stages)
+        return spec.ws_smem_bytes(spec.q_buffers)
     e, d = DTYPE_BYTES[spec.dtype], spec.head_dim
     return (t.block_m * (d + 16 // e) + 2 * t.block_n * swizzled_pitch(spec.dtype, d)) * e
 

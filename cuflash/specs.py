@@ -414,9 +414,15 @@ class FwdSm90Spec(AttentionSpec):
         """Q buffers of the warp-specialised kernel: on a persistent grid two where they fit Hopper's
         227 KB beside the K/V ring (the producer loads the next tile's Q while the consumers finish
         this one), else one."""
+        return 2 if self.persistent and self.ws_smem_bytes(2) <= SM90_SMEM_PER_BLOCK else 1
+
+    def ws_smem_bytes(self, q_buffers: int) -> int:
+        """Dynamic shared memory of kernels_cu/fwd_sm90_ws.cu with `q_buffers` Q buffers: those and
+        t.stages stages of K and V (swizzled rows of D), 1 KB so the kernel can align the tiles to
+        1024 bytes, and its mbarriers (2 per Q buffer + 4 per stage, 8 bytes each)."""
         t = self.tiles
-        two = (2 * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + 8 * (4 + 4 * t.stages)
-        return 2 if self.persistent and two <= SM90_SMEM_PER_BLOCK else 1
+        return (q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + 8 * (
+            2 * q_buffers + 4 * t.stages)
 
     @property
     def persistent(self) -> bool:

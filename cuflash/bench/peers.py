@@ -568,38 +568,20 @@ class CuflashPaddedPeer(Peer):
         return None
 
     def measure(self, p, *, warmup, rep):
-        import cupy
-        import cuflash
-        from cuflash.testing import random_like, random_qkv
-        from .runner import variant_options
+        """cuflash's own row (runner.CuflashBench) of the dense point of the padded sequences."""
+        import dataclasses
+
+        from .runner import CuflashBench
         if not p.varlen:
             raise ValueError("cuflash-padded times varlen points only")
         longest = max(p.lengths)
-        q, k, v = random_qkv(len(p.lengths), longest, longest, p.nheads, p.nheads_kv, p.headdim, p.dtype,
-                             seed=0, xp=cupy)
-        options = variant_options(p, alibi_slopes=cupy.asarray(configs.alibi_slopes(p.nheads)),
-                                  learnable_sink=cupy.asarray(configs.sink_logits(p.nheads)))
-        if p.mode == "fwd":
-            fn = lambda: cuflash.attention(q, k, v, **options)  # noqa: E731
-        else:
-            dout = random_like(q, seed=1)
-
-            def backward(out, lse):
-                return cuflash.attention_backward(dout, q, k, v, out, lse, **options)
-            if p.mode == "bwd":
-                saved = cuflash.attention(q, k, v, return_lse=True, **options)
-                fn = lambda: backward(*saved)  # noqa: E731
-            else:
-                fn = lambda: backward(*cuflash.attention(q, k, v, return_lse=True, **options))  # noqa: E731
-        timer = self._timers.cupy
+        dense = dataclasses.replace(p, varlen="", batch=len(p.lengths), seqlen_q=longest, seqlen_k=longest)
+        bench = CuflashBench(self._timers)
         try:
-            first_ms, _ = timing.first_call_ms(fn, timer.synchronize)
-            samples = timer.time(fn, warmup=warmup, rep=rep)
+            measured, _ = bench.measure(dense, warmup=warmup, rep=rep)
         finally:
-            q = k = v = fn = saved = None  # noqa: F841
-            cupy.get_default_memory_pool().free_all_blocks()
-        return {"first_call_ms": first_ms, "samples_ms": samples,
-                "note": f"{len(p.lengths)} sequences padded to {longest} tokens"}
+            bench.release()
+        return {**measured, "note": f"{len(p.lengths)} sequences padded to {longest} tokens"}
 
 
 _FACTORIES = {

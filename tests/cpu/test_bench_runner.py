@@ -360,6 +360,15 @@ def test_varlen_sweep_runs_checks_and_skips_the_peers(fake_gpu):
     assert fake_gpu["lib"].varlen_checks and not any(fake_gpu["lib"].varlen_checks)
 
 
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_the_padded_baseline_times_cuflash_on_the_padded_batch(fake_gpu, mode):
+    (p,) = [x for x in small_points(modes=(mode,), varlen="steps") if x.seqlen_q == 64 and x.causal]
+    lib = fake_gpu["lib"]
+    measured = peers.CuflashPaddedPeer(FakeTimers()).measure(p, warmup=0, rep=2)
+    assert len(measured["samples_ms"]) == 2 and measured["note"] == "2 sequences padded to 64 tokens"
+    assert lib.calls >= 1 and lib.options[-1]["causal"] and not lib.varlen_checks   # the dense call, not varlen
+
+
 def test_varlen_check_catches_a_wrong_gradient(fake_gpu):
     fake_gpu["lib"] = fake_cuflash(error=0.5)
     (p,) = [x for x in small_points(modes=("bwd",), varlen="steps") if x.seqlen_q == 48 and x.causal]
