@@ -326,10 +326,12 @@ class FwdSm90Tiles:
         return t
 
 
-#: The largest head dim whose warp-specialised forward runs on a persistent grid
-#: (FwdSm90Spec.persistent): at 224 and 256 the tile loop's state spilled the consumers
-#: (48-184 bytes, NVRTC 12.9).
-FWD_SM90_PERSISTENT_MAX_D = 192
+#: Head dims (buckets) whose warp-specialised forward runs on a persistent grid
+#: (FwdSm90Spec.persistent). Not 224 and 256: the tile loop's state spilled the consumers
+#: (48-184 bytes, NVRTC 12.9). Not 96: measured 4% slower than one CTA per tile from 2k on,
+#: causal or not (H200 bf16, 2k / 8k: 430 / 458 against 449 / 477 TFLOP/s non-causal; only 1k
+#: gained, 1-7%), where d128, d160 and d192 gain 3-13% at 1k-2k (bench/NOTES.md v11).
+FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 
 #: Shared memory one block may opt in to on compute capability 9.0 (227 KB; support.SMEM_LIMITS).
 SM90_SMEM_PER_BLOCK = 232448
@@ -428,13 +430,21 @@ class FwdSm90Spec(AttentionSpec):
     def persistent(self) -> bool:
         """The warp-specialised kernel on a persistent grid (one CTA per SM walking the tiles, so a
         tile's Q load and first K/V blocks overlap the previous tile's last products and epilogue):
-        where every tile does the same work (no mask, not varlen). Causal, windowed and varlen tiles
-        differ in work, and the hardware's dispatch of one CTA per tile balances them. Not with ALiBi
-        or dropout, nor above FWD_SM90_PERSISTENT_MAX_D: their per-tile state beside the tile loop's
-        spilled the consumers (d128: 84 bytes, NVRTC 12.9 and 13.5)."""
-        f = self.features
-        return (bool(self.tiles.stages) and f.mask == "none" and not f.varlen and not f.alibi and not f.dropout
-                and self.head_dim <= FWD_SM90_PERSISTENT_MAX_D)
+        where a static round-robin of the tiles keeps the CTAs equally busy: no mask (every tile does
+        the same work) and causal (tiles dealt in pairs of equal work: `paired`). Windowed and varlen
+        tiles differ in work, and the hardware's dispatch of one CTA per tile balances them. Only for
+        FWD_SM90_PERSISTENT_HEAD_DIMS (measured). Not with ALiBi or dropout, nor causal on three
+        consumer warpgroups (192 rows: 160 registers each): their per-tile state beside the tile
+        loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5; d64 causal: 100)."""
+        f, t = self.features, self.tiles
+        return (bool(t.stages) and (f.mask == "none" or f.mask == "causal" and t.block_m <= 128) and not f.varlen
+                and not f.alibi and not f.dropout and self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS)
+
+    @property
+    def paired(self) -> bool:
+        """A persistent causal grid deals each head's tiles in pairs, its k-th heaviest query block
+        with its k-th lightest (kernels_cu/fwd_sm90_ws.cu for_each_tile): one work unit per pair."""
+        return self.persistent and self.features.mask == "causal"
 
     @property
     def name(self) -> str:

@@ -1,35 +1,44 @@
-"""Time cuflash.attention (bf16, non-causal, H200 16k-token shapes) with the warp-specialised
-forward's grid as launch.py picks it (a persistent grid where FwdSm90Spec.persistent), or with
-argv[1] == "per-tile" one CTA per tile for the same kernel; any other argv[1] is a label (run it
-in an older tree's directory to time that tree). CUDA events, a 256 MB write between calls to
-flush the L2, median of 30 after 10 warm-up calls (bench/NOTES.md v10)."""
+"""Time cuflash.attention (bf16, H200 16k-token shapes: batch = 16384 / seqlen, nheads = 2048 / d,
+21 at d96, 12 at d160, 10 at d192), causal and not, 1k / 2k / 8k, with the warp-specialised
+forward's grid as cuflash picks it, or:
+  PERSIST=0  every kernel built and launched one CTA per tile (FwdSm90Spec.persistent forced off);
+  QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1).
+    python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
+Run it in an older tree's directory (PYTHONPATH there) to time that tree. CUDA events, a 256 MB
+write between calls to flush the L2, median of 15 after 10 warm-up calls (bench/NOTES.md v10, v11)."""
+import os
 import sys
+
 import cupy as cp
 import numpy as np
+
 import cuflash
-from cuflash import launch, testing
-mode = sys.argv[1]
-if mode == "per-tile":
-    orig = launch.fwd_grid
-    def per_tile(spec, batch, nheads, seqlen_q, *rest):
-        g = orig(spec, batch, nheads, seqlen_q, *rest)
-        m = -(-seqlen_q // spec.tiles.block_m)
-        return (m * nheads * batch, 1, 1) if g[1] == 1 else g
-    launch.fwd_grid = per_tile
+from cuflash import specs, testing
+
+if os.environ.get("PERSIST") == "0":
+    specs.FwdSm90Spec.persistent = property(lambda self: False)
+if os.environ.get("QBUF") == "1":
+    specs.FwdSm90Spec.q_buffers = property(lambda self: 1)
+label = sys.argv[1]
+dims = [int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "64,128").split(",")]
 flush = cp.empty(256 << 20, dtype=cp.uint8)
-for d, s in ((128, 8192), (128, 4096), (128, 2048), (64, 8192), (64, 4096)):
-    b, h = 16384 // s, 2048 // d
-    q, k, v = testing.random_qkv(b, s, s, h, h, d, "bf16", xp=cp, seed=0)
-    out = cuflash.attention(q, k, v)
-    if s == 2048:
-        ref = cuflash.attention(q[:1, :300], k[:1], v[:1])  # smoke: finite
-        assert bool(cp.isfinite(ref.astype(cp.float32)).all())
-    times = []
-    for i in range(40):
-        flush.fill(i & 255)
-        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-        e0.record(); cuflash.attention(q, k, v, out=out); e1.record(); e1.synchronize()
-        if i >= 10:
-            times.append(cp.cuda.get_elapsed_time(e0, e1))
-    ms = float(np.median(times))
-    print(f"{mode:9s} d{d} s{s}: {ms:.4f} ms {4 * b * h * s * s * d / ms / 1e9:.1f} TFLOP/s", flush=True)
+for d in dims:
+    for causal in (True, False):
+        for s in (1024, 2048, 8192):
+            h = {96: 21, 160: 12, 192: 10}.get(d, 2048 // d)
+            b = 16384 // s
+            q, k, v = testing.random_qkv(b, s, s, h, h, d, "bf16", xp=cp, seed=0)
+            out = cuflash.attention(q, k, v, causal=causal)
+            times = []
+            for i in range(25):
+                flush.fill(i & 255)
+                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                e0.record()
+                cuflash.attention(q, k, v, causal=causal, out=out)
+                e1.record()
+                e1.synchronize()
+                if i >= 10:
+                    times.append(cp.cuda.get_elapsed_time(e0, e1))
+            ms = float(np.median(times))
+            flops = 4 * b * h * s * s * d / (2 if causal else 1)
+            print(f"{label:8s} d{d} s{s} causal={int(causal)}: {ms:.4f} ms {flops / ms / 1e9:.1f} TFLOP/s", flush=True)

@@ -216,7 +216,7 @@ def test_select_hopper_forward_on_sm90():
 
 
 def test_hopper_forward_is_warp_specialised_with_its_producer_and_ring():
-    spec = support.select(Problem("fwd", "bf16", 128, CAUSAL, compute_capability=(9, 0)))
+    spec = support.select(Problem("fwd", "bf16", 128, Features("local"), compute_capability=(9, 0)))
     assert spec.tiles.stages == 2 and spec.source == "fwd_sm90_ws.cu"
     assert spec.threads == 128 * (spec.tiles.block_m // 64 + 1)  # the consumers and one producer warpgroup
     assert spec.defines()["CUFLASH_STAGES"] == 2 and spec.name.endswith("s2")
@@ -229,7 +229,7 @@ def test_hopper_forward_is_warp_specialised_with_its_producer_and_ring():
             assert launch.fwd_smem_bytes(spec) <= 227 * 1024, spec.name
 
 
-def test_hopper_forward_without_a_mask_walks_its_tiles_on_a_persistent_grid(monkeypatch):
+def test_hopper_forward_without_a_mask_or_causal_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))
     plain = support.select(Problem("fwd", "bf16", 128, PLAIN, compute_capability=(9, 0)))
     assert plain.persistent and plain.q_buffers == 2 and plain.defines()["CUFLASH_PERSISTENT"] == 1
@@ -238,12 +238,20 @@ def test_hopper_forward_without_a_mask_walks_its_tiles_on_a_persistent_grid(monk
     assert launch.fwd_smem_bytes(plain) == (2 * t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 12
     assert launch.fwd_grid(plain, 2, 16, 8192, 0) == (132, 1, 1)          # one CTA per SM
     assert launch.fwd_grid(plain, 1, 1, 256, 0) == (2, 1, 1)              # fewer tiles than SMs
+    # causal: a head's tiles in pairs of equal work, one unit each
     causal = support.select(Problem("fwd", "bf16", 128, CAUSAL, compute_capability=(9, 0)))
-    assert launch.fwd_grid(causal, 2, 16, 8192, 0) == (2 * 16 * 64, 1, 1)  # one CTA per tile
+    assert causal.persistent and causal.paired and not plain.paired and causal.q_buffers == 2
+    assert launch.fwd_grid(causal, 2, 16, 8192, 0) == (132, 1, 1)
+    assert launch.fwd_grid(causal, 1, 3, 640, 0) == (3 * 3, 1, 1)         # 5 blocks: 3 units per head
+    local = support.select(Problem("fwd", "bf16", 128, Features("local"), compute_capability=(9, 0)))
+    assert launch.fwd_grid(local, 2, 16, 8192, 0) == (2 * 16 * 64, 1, 1)  # one CTA per tile
     # work that differs per tile, and per-tile state that spilled the consumers beside the tile loop
-    for features in (CAUSAL, Features("local"), Features(varlen=True), Features(alibi=True),
-                     Features(dropout=True)):
+    # (causal on three consumer warpgroups: d64's 192-row tiles)
+    for features in (Features("local"), Features(varlen=True), Features(alibi=True), Features(dropout=True)):
         assert not support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0))).persistent
+    assert not support.select(Problem("fwd", "bf16", 64, CAUSAL, compute_capability=(9, 0))).persistent
+    for features in (PLAIN, CAUSAL):  # measured slower on a persistent grid from 2k on
+        assert not support.select(Problem("fwd", "bf16", 96, features, compute_capability=(9, 0))).persistent
     assert not support.select(Problem("fwd", "bf16", 256, PLAIN, compute_capability=(9, 0))).persistent
     assert support.select(Problem("fwd", "bf16", 64, Features(softcap=True, sink=True),
                                   compute_capability=(9, 0))).persistent
