@@ -2,7 +2,9 @@
 21 at d96, 12 at d160, 10 at d192), causal and not, 1k / 2k / 8k, with the warp-specialised
 forward's grid as cuflash picks it, or:
   PERSIST=0  every kernel built and launched one CTA per tile (FwdSm90Spec.persistent forced off);
-  QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1).
+  QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
+  TILES=64:128x128,...  other tiles (Br x Bc, two stages) for those head dims, e.g. d64 causal on
+             two consumer warpgroups, which goes persistent (compiles without spills, not yet timed).
     python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
 Run it in an older tree's directory (PYTHONPATH there) to time that tree. CUDA events, a 256 MB
 write between calls to flush the L2, median of 15 after 10 warm-up calls (bench/NOTES.md v10, v11)."""
@@ -19,6 +21,10 @@ if os.environ.get("PERSIST") == "0":
     specs.FwdSm90Spec.persistent = property(lambda self: False)
 if os.environ.get("QBUF") == "1":
     specs.FwdSm90Spec.q_buffers = property(lambda self: 1)
+for item in filter(None, os.environ.get("TILES", "").split(",")):
+    d, shape = item.split(":")
+    block_m, block_n = (int(x) for x in shape.split("x"))
+    specs.FWD_SM90_TILES[int(d)] = specs.FwdSm90Tiles(block_m, block_n, stages=2)
 label = sys.argv[1]
 dims = [int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "64,128").split(",")]
 flush = cp.empty(256 << 20, dtype=cp.uint8)
