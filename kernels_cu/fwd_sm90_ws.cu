@@ -112,8 +112,9 @@ CUFLASH_DEVICE int grid_units(int m_blocks, int bh) { return (PAIRED ? (m_blocks
 // gridDim.x-th unit after it (a unit is a tile, or a pair of tiles under PAIRED). Pairs
 // go in whole rounds (each CTA as many); the tiles of the pairs left over are dealt one
 // at a time, heavy ones first, so a last round of a few pairs ends after about one heavy
-// tile instead of a pair (d96 at 8k: 10.2 rounds of pairs measured 5% slower than one CTA
-// per tile). One call site, so the consumers' main loop is compiled once.
+// tile instead of a pair (a model of d96 at 8k, 10.2 rounds: 706 key blocks on the busiest
+// CTA instead of 715; bench/NOTES.md v11). One call site, so the consumers' main loop is
+// compiled once.
 template <class Work>
 CUFLASH_DEVICE void for_each_tile(int m_blocks, int bh, Work& work) {
     if (!PERSISTENT) {
