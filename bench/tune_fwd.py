@@ -180,7 +180,7 @@ def window_main(args):
         share = full_ms * visible / (s * s)
         want = api.attention(q, k, v, window_size=(left, right))  # the validated path, whatever tiles it picks
         local = api.Options(1 / math.sqrt(d), Features("local"), window=(left, right))
-        picked = api.fwd_spec(name, d, Features("local"), device, local.narrow_band)
+        picked = api.fwd_spec(name, d, Features("local"), device, local.band)
         candidates = [picked] + [spec_cls(name, D, Features("local"), t)
                                  for t in (parse_tiles(args.tiles, args.kernel) if args.tiles else [])]
         for spec in candidates:

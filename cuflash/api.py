@@ -24,7 +24,7 @@ import numpy as np
 from . import launch, reference, support
 from .compile import cache, env
 from .launch import Ref
-from .specs import DTYPE_BYTES, FWD_SM90_NARROW_BAND, HALF_DTYPES, PLAIN, Features, head_dim_bucket
+from .specs import DTYPE_BYTES, HALF_DTYPES, PLAIN, Features
 
 LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
@@ -248,12 +248,12 @@ class Options:
     dropout_rng: int = 0  # device address of the seed words the kernels read instead (Features.dropout 2)
     bias: Ref | None = None  # validated bias as (batch, nheads, seqlen_q, seqlen_k), 0 strides on broadcast dims
 
-    def narrow_band(self, head_dim: int) -> bool:
-        """A sliding window narrower than specs.FWD_SM90_NARROW_BAND keys per query at this head
-        dim (a tile choice)."""
+    @property
+    def band(self) -> int:
+        """Keys per query of a sliding window bounded on both sides (left + right + 1), else 0: a
+        tile and grid choice of the Hopper forward (specs.FwdSm90Spec.for_problem)."""
         left, right = self.window
-        limit = FWD_SM90_NARROW_BAND.get(head_dim_bucket(head_dim), 0)
-        return self.features.mask == "local" and 0 <= left and 0 <= right and left + right < limit
+        return left + right + 1 if self.features.mask == "local" and 0 <= left and 0 <= right else 0
 
     @property
     def fields(self) -> dict:
@@ -542,9 +542,9 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 # ---------------------------------------------------------------- running on Refs
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, narrow_band: bool = False):
+def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, band: int = 0):
     return support.fwd_spec(dtype, head_dim, features, _compute_capability(device), env.sm90_enabled(),
-                            _smem_limit(device), narrow_band)
+                            _smem_limit(device), band)
 
 
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
@@ -567,7 +567,7 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band(head_dim))
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band)
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
@@ -1058,7 +1058,7 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.narrow_band(head_dim))
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band)
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
                        out._replace(shape=(batch, rows, nheads, head_dim)), lse,

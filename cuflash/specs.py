@@ -356,13 +356,20 @@ FWD_SM90_TILES = {
 # 0.173 ms at d128 and 0.203 -> 0.173 at d64 against the tiles of the kernel without a producer.
 # Against the warp-specialised kernel's 128 x 128 (cuflash bench, d128, 2026-12-01): (128, 0) 0.129
 # narrow / 0.138 ms, (256, 0) 0.173 / 0.163 ms; 128 x 64 tiles with a producer 0.144-0.146 / 0.175-0.177.
-# Per head dim (bucket) the band below which the narrow tiles run: at d64 they stay ahead at (256, 0)
-# (0.173 against 0.272 ms for the warp-specialised 192 x 128).
-FWD_SM90_NARROW_BAND = {64: 512, 128: 256}
+# Per head dim (bucket) the band up to which the narrow tiles run: at d64 they stay ahead at (256, 0)
+# (0.173 against 0.272 ms for the warp-specialised 192 x 128, and 0.178 on the persistent grid). Not at
+# d128 since the warp-specialised kernel runs short bands on its persistent grid (below): (128, 0) 0.113
+# against 0.130 ms narrow, (256, 0) 0.144 against 0.162 (bench/NOTES.md v13).
+FWD_SM90_NARROW_BAND = {64: 512}
 FWD_SM90_NARROW_TILES = {
     64: FwdSm90Tiles(64, 64, ctas_per_sm=2),
-    128: FwdSm90Tiles(64, 64, ctas_per_sm=2),
 }
+# A band of at most FWD_SM90_PERSISTENT_BAND keys per query runs the warp-specialised kernel on its
+# persistent grid (FwdSm90Spec.short_band): its tiles see a few key blocks each, and the grid hides the
+# per-tile start. A wider band's ramp (the first query blocks see fewer keys) unbalances the static
+# round-robin: H200 bf16 16k, one CTA per tile against persistent (ms): (1024, 0) d64 0.448 / 0.419, d128
+# 0.318 / 0.309; (4096, 0) d64 1.103 / 1.128, d128 0.857 / 0.962 (bench/NOTES.md v13).
+FWD_SM90_PERSISTENT_BAND = 1025
 
 
 @dataclass(frozen=True)
@@ -370,6 +377,9 @@ class FwdSm90Spec(AttentionSpec):
     """The Hopper (sm_90a, wgmma) forward kernel in kernels_cu/fwd_sm90.cu."""
 
     tiles: FwdSm90Tiles
+    #: A local mask of at most FWD_SM90_PERSISTENT_BAND keys per query (for_problem): on the
+    #: warp-specialised kernel, the persistent grid.
+    short_band: bool = False
 
     @property
     def softcap_folded(self) -> bool:  # d64 measured 8% slower folded (bench/NOTES.md s2)
@@ -392,20 +402,27 @@ class FwdSm90Spec(AttentionSpec):
         if t.stages and (t.stages < 2 or t.ctas_per_sm != 1 or t.block_m > 192):
             raise ValueError(f"a warp-specialised tile has 2 or more stages, one CTA per SM and at most "
                              f"three consumer warpgroups, got {t}")
+        if self.short_band and self.features.mask != "local":
+            raise ValueError("short_band is a property of a local mask")
 
     @property
     def source(self) -> str:
         return "fwd_sm90_ws.cu" if self.tiles.stages else "fwd_sm90.cu"
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN,
-                    narrow_band: bool = False) -> "FwdSm90Spec":
-        """narrow_band: a local mask narrower than FWD_SM90_NARROW_BAND[head dim] keys per query."""
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0) -> "FwdSm90Spec":
+        """band: keys per query of a local mask bounded on both sides (left + right + 1; 0 when a
+        side is unbounded): up to FWD_SM90_NARROW_BAND[head dim] the narrow tiles, else up to
+        FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one."""
         d = head_dim_bucket(head_dim)
+        band = band if features.mask == "local" else 0
         tiles = FWD_SM90_TILES[d]
-        if narrow_band and features.mask == "local":
-            tiles = FWD_SM90_NARROW_TILES.get(d, tiles)
-        return cls(dtype, d, features, tiles.with_features(features))
+        if 0 < band <= FWD_SM90_NARROW_BAND.get(d, 0):
+            tiles = FWD_SM90_NARROW_TILES[d]
+        spec = cls(dtype, d, features, tiles.with_features(features))
+        if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
+            spec = replace(spec, short_band=True)
+        return spec
 
     @property
     def threads(self) -> int:
@@ -431,13 +448,15 @@ class FwdSm90Spec(AttentionSpec):
         """The warp-specialised kernel on a persistent grid (one CTA per SM walking the tiles, so a
         tile's Q load and first K/V blocks overlap the previous tile's last products and epilogue):
         where a static round-robin of the tiles keeps the CTAs equally busy: no mask (every tile does
-        the same work) and causal (tiles dealt in pairs of equal work: `paired`). Windowed and varlen
+        the same work), causal (tiles dealt in pairs of equal work: `paired`) and a short band (only
+        a few tiles at the start of a row see fewer keys: `short_band`). Wider windows and varlen
         tiles differ in work, and the hardware's dispatch of one CTA per tile balances them. Only for
-        FWD_SM90_PERSISTENT_HEAD_DIMS (measured). Not with ALiBi or dropout, nor causal on three
-        consumer warpgroups (192 rows: 160 registers each): their per-tile state beside the tile
-        loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5; d64 causal: 100)."""
+        FWD_SM90_PERSISTENT_HEAD_DIMS (measured). Not with ALiBi or dropout: their per-tile state
+        beside the tile loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5).
+        Causal on three consumer warpgroups (192 rows, 160 registers each) spilled 100 bytes until
+        the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12)."""
         f, t = self.features, self.tiles
-        return (bool(t.stages) and (f.mask == "none" or f.mask == "causal" and t.block_m <= 128) and not f.varlen
+        return (bool(t.stages) and (f.mask in ("none", "causal") or self.short_band) and not f.varlen
                 and not f.alibi and not f.dropout and self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS)
 
     @property
@@ -451,7 +470,8 @@ class FwdSm90Spec(AttentionSpec):
         t = self.tiles
         occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
         ws = f"s{t.stages}" if t.stages else ""
-        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}"
+        band = "p" if self.short_band else ""  # a short band on the persistent grid
+        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}{band}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles

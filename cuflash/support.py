@@ -22,7 +22,7 @@ from .specs import (
     DECODE_TILES_MANY_UNITS,
     DTYPES,
     DecodeSpec,
-    FWD_SM90_NARROW_TILES,
+    FWD_SM90_PERSISTENT_BAND,
     FWD_SM90_TILES,
     FWD_TILES,
     FWD_TILES_FP32,
@@ -104,7 +104,7 @@ class Problem:
     head_dim: int  # the actual head dim d
     features: Features = PLAIN
     compute_capability: tuple = (9, 0)
-    narrow_band: bool = False  # a local mask narrower than specs.FWD_SM90_NARROW_BAND[d] keys per query (tiles too)
+    band: int = 0  # keys per query of a local mask bounded on both sides, else 0 (FwdSm90Spec.for_problem)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -163,7 +163,7 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.narrow_band)
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units)
@@ -203,18 +203,18 @@ def supported_head_dims() -> list[int]:
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, sm90: bool = True,
-             smem_limit: int | None = None, narrow_band: bool = False):
+             smem_limit: int | None = None, band: int = 0):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
-    narrow_band: a sliding window narrower than FWD_SM90_NARROW_BAND[d] keys per query."""
+    band: keys per query of a sliding window bounded on both sides (api.Options.band), else 0."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
-    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, bool(narrow_band))
+    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, narrow_band):
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
-                          smem_limit=smem_limit, narrow_band=narrow_band))
+                          smem_limit=smem_limit, band=band))
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,8 +250,11 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
             if family.spec in (FwdSpec, DecodeSpec):
                 out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSm90Spec:
-                tables = (FWD_SM90_TILES,) + ((FWD_SM90_NARROW_TILES,) if features.mask == "local" else ())
-                out += [FwdSm90Spec(dtype, d, features, t[d].with_features(features)) for t in tables if d in t]
+                # A local mask's bands: wide, the narrowest, and the widest that runs persistent.
+                bands = (0, 1, FWD_SM90_PERSISTENT_BAND) if features.mask == "local" else (0,)
+                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band) for band in bands):
+                    if spec not in out:
+                        out.append(spec)
             elif family.spec is BwdSpec:
                 for det in (False, True):
                     out += portable_candidates(family, dtype, d, features, det)

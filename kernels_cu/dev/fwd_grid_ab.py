@@ -3,11 +3,14 @@
 forward's grid as cuflash picks it, or:
   PERSIST=0  every kernel built and launched one CTA per tile (FwdSm90Spec.persistent forced off);
   QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
-  TILES=64:128x128,...  other tiles (Br x Bc, two stages) for those head dims, e.g. d64 causal on
-             two consumer warpgroups, which goes persistent (compiles without spills, not yet timed).
+  TILES=64:128x128,...  other tiles (Br x Bc, two stages) for those head dims (d64 causal on two
+             consumer warpgroups: bench/NOTES.md v12);
+  PERSIST_LOCAL=1  every band on the persistent grid (specs.FWD_SM90_PERSISTENT_BAND unbounded);
+  NARROW=0   no narrow tiles for short bands (specs.FWD_SM90_NARROW_BAND emptied);
+  WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above.
     python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
 Run it in an older tree's directory (PYTHONPATH there) to time that tree. CUDA events, a 256 MB
-write between calls to flush the L2, median of 15 after 10 warm-up calls (bench/NOTES.md v10, v11)."""
+write between calls to flush the L2, median of 15 after 10 warm-up calls (bench/NOTES.md v10-v13)."""
 import os
 import sys
 
@@ -19,6 +22,10 @@ from cuflash import specs, testing
 
 if os.environ.get("PERSIST") == "0":
     specs.FwdSm90Spec.persistent = property(lambda self: False)
+if os.environ.get("PERSIST_LOCAL") == "1":
+    specs.FWD_SM90_PERSISTENT_BAND = 1 << 30
+if os.environ.get("NARROW") == "0":
+    specs.FWD_SM90_NARROW_BAND.clear()
 if os.environ.get("QBUF") == "1":
     specs.FwdSm90Spec.q_buffers = property(lambda self: 1)
 for item in filter(None, os.environ.get("TILES", "").split(",")):
@@ -28,23 +35,38 @@ for item in filter(None, os.environ.get("TILES", "").split(",")):
 label = sys.argv[1]
 dims = [int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "64,128").split(",")]
 flush = cp.empty(256 << 20, dtype=cp.uint8)
+
+
+def median_ms(call):
+    """Median of 15 timed calls after 10 warm-up ones, the L2 flushed before each."""
+    times = []
+    for i in range(25):
+        flush.fill(i & 255)
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record()
+        call()
+        e1.record()
+        e1.synchronize()
+        if i >= 10:
+            times.append(cp.cuda.get_elapsed_time(e0, e1))
+    return float(np.median(times))
+
+
+windows = [tuple(int(x) for x in w.split(":")) for w in filter(None, os.environ.get("WINDOWS", "").split(","))]
 for d in dims:
+    h = {96: 21, 160: 12, 192: 10}.get(d, 2048 // d)
+    if windows:
+        q, k, v = testing.random_qkv(1, 16384, 16384, h, h, d, "bf16", xp=cp, seed=0)
+        for window in windows:
+            out = cuflash.attention(q, k, v, window_size=window)
+            ms = median_ms(lambda: cuflash.attention(q, k, v, window_size=window, out=out))
+            print(f"{label:8s} d{d} s16384 window={window}: {ms:.4f} ms", flush=True)
+        continue
     for causal in (True, False):
         for s in (1024, 2048, 8192):
-            h = {96: 21, 160: 12, 192: 10}.get(d, 2048 // d)
             b = 16384 // s
             q, k, v = testing.random_qkv(b, s, s, h, h, d, "bf16", xp=cp, seed=0)
             out = cuflash.attention(q, k, v, causal=causal)
-            times = []
-            for i in range(25):
-                flush.fill(i & 255)
-                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-                e0.record()
-                cuflash.attention(q, k, v, causal=causal, out=out)
-                e1.record()
-                e1.synchronize()
-                if i >= 10:
-                    times.append(cp.cuda.get_elapsed_time(e0, e1))
-            ms = float(np.median(times))
+            ms = median_ms(lambda: cuflash.attention(q, k, v, causal=causal, out=out))
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
             print(f"{label:8s} d{d} s{s} causal={int(causal)}: {ms:.4f} ms {flops / ms / 1e9:.1f} TFLOP/s", flush=True)

@@ -1,6 +1,7 @@
 """Feature switches, kernel selection and params packing: pure Python, no CUDA."""
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import combinations
 
 import numpy as np
@@ -229,7 +230,7 @@ def test_hopper_forward_is_warp_specialised_with_its_producer_and_ring():
             assert launch.fwd_smem_bytes(spec) <= 227 * 1024, spec.name
 
 
-def test_hopper_forward_without_a_mask_or_causal_walks_its_tiles_on_a_persistent_grid(monkeypatch):
+def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))
     plain = support.select(Problem("fwd", "bf16", 128, PLAIN, compute_capability=(9, 0)))
     assert plain.persistent and plain.q_buffers == 2 and plain.defines()["CUFLASH_PERSISTENT"] == 1
@@ -245,11 +246,15 @@ def test_hopper_forward_without_a_mask_or_causal_walks_its_tiles_on_a_persistent
     assert launch.fwd_grid(causal, 1, 3, 640, 0) == (3 * 3, 1, 1)         # 5 blocks: 3 units per head
     local = support.select(Problem("fwd", "bf16", 128, Features("local"), compute_capability=(9, 0)))
     assert launch.fwd_grid(local, 2, 16, 8192, 0) == (2 * 16 * 64, 1, 1)  # one CTA per tile
+    # a short band: the persistent grid, one unit per tile
+    band = support.select(Problem("fwd", "bf16", 128, Features("local"), compute_capability=(9, 0), band=257))
+    assert band.persistent and not band.paired and launch.fwd_grid(band, 2, 16, 8192, 0) == (132, 1, 1)
     # work that differs per tile, and per-tile state that spilled the consumers beside the tile loop
-    # (causal on three consumer warpgroups: d64's 192-row tiles)
     for features in (Features("local"), Features(varlen=True), Features(alibi=True), Features(dropout=True)):
         assert not support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0))).persistent
-    assert not support.select(Problem("fwd", "bf16", 64, CAUSAL, compute_capability=(9, 0))).persistent
+    # causal on three consumer warpgroups (d64's 192-row tiles) since the element mask of two bounds per row
+    d64 = support.select(Problem("fwd", "bf16", 64, CAUSAL, compute_capability=(9, 0)))
+    assert d64.persistent and d64.paired and d64.tiles.block_m == 192
     for features in (PLAIN, CAUSAL):  # measured slower on a persistent grid from 2k on
         assert not support.select(Problem("fwd", "bf16", 96, features, compute_capability=(9, 0))).persistent
     assert not support.select(Problem("fwd", "bf16", 256, PLAIN, compute_capability=(9, 0))).persistent
@@ -315,30 +320,35 @@ def test_select_portable_forward(cc, sm90):
     assert spec.head_dim == 128  # 100 padded to the bucket
 
 
-@pytest.mark.parametrize("window, tiles", [((255, 0), {64: (64, 64), 128: (64, 64)}),
-                                           ((100, 100), {64: (64, 64), 128: (64, 64)}),
-                                           ((256, 0), {64: (64, 64), 128: None}),
-                                           ((200, 311), {64: (64, 64), 128: None}),
-                                           ((512, 0), {64: None, 128: None}), ((-1, 100), {64: None, 128: None}),
-                                           ((4096, 0), {64: None, 128: None})])
-def test_a_narrow_window_takes_the_small_hopper_tiles(window, tiles):
-    # narrower than specs.FWD_SM90_NARROW_BAND: 512 keys per query at d64, 256 at d128
+@pytest.mark.parametrize("window, narrow, persistent", [((255, 0), {64: True, 128: False}, {64: False, 128: True}),
+                                                        ((100, 100), {64: True, 128: False}, {64: False, 128: True}),
+                                                        ((511, 0), {64: True, 128: False}, {64: False, 128: True}),
+                                                        ((512, 0), {64: False, 128: False}, {64: True, 128: True}),
+                                                        ((1024, 0), {64: False, 128: False}, {64: True, 128: True}),
+                                                        ((1024, 1), {64: False, 128: False}, {64: False, 128: False}),
+                                                        ((-1, 100), {64: False, 128: False}, {64: False, 128: False}),
+                                                        ((4096, 0), {64: False, 128: False}, {64: False, 128: False})])
+def test_a_band_picks_the_hopper_tiles_and_grid(window, narrow, persistent):
+    # at most specs.FWD_SM90_NARROW_BAND keys per query (512 at d64) takes the narrow tiles; else at
+    # most FWD_SM90_PERSISTENT_BAND (1025) the warp-specialised kernel's persistent grid
     from cuflash import api
 
     local = Features.parse("window")
     for d in (64, 128):
         q = launch.Ref(0, (2, 4096, 8, d), (0, 0, 0, 1), "bfloat16", 0)
         opts = api.options(q, None, False, window, 0.0)
-        spec = support.fwd_spec("bf16", d, opts.features, (9, 0), narrow_band=opts.narrow_band(d))
+        spec = support.fwd_spec("bf16", d, opts.features, (9, 0), band=opts.band)
         usual = support.fwd_spec("bf16", d, local, (9, 0))
-        if tiles[d] is None:
-            assert spec == usual or opts.features.mask != "local"
-        else:
-            assert (spec.tiles.block_m, spec.tiles.block_n) == tiles[d] and spec != usual
-            assert spec.name in {s.name for s in support.declared_specs([local])}
-    # only the local mask changes tiles
-    assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), narrow_band=True) == support.fwd_spec(
-        "bf16", 128, CAUSAL, (9, 0))
+        assert not usual.persistent
+        assert (spec.tiles.block_m, spec.tiles.block_n, spec.tiles.stages) == ((64, 64, 0) if narrow[d] else (
+            usual.tiles.block_m, usual.tiles.block_n, usual.tiles.stages))
+        assert spec.persistent == spec.short_band == persistent[d]
+        assert (spec == usual) == (not narrow[d] and not persistent[d])
+        assert spec.name in {s.name for s in support.declared_specs([local])}
+    # only the local mask looks at the band
+    assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), band=100) == support.fwd_spec("bf16", 128, CAUSAL, (9, 0))
+    with pytest.raises(ValueError, match="short_band"):
+        replace(support.fwd_spec("bf16", 128, CAUSAL, (9, 0)), short_band=True)
 
 
 def test_select_keeps_the_features():

@@ -204,9 +204,10 @@ def test_window(seqlens, window, causal):
     run_and_check(q, k, v, options(causal=causal, window=window), label=f"{seqlens} {window} causal={causal}")
 
 
-# Bands either side of specs.FWD_SM90_NARROW_BAND (d64: the narrow Hopper tiles below 512 keys per
-# query, d128 below 256; the usual tiles above), forward and backward.
-@pytest.mark.parametrize("window", [(200, 0), (300, 0), (150, 150), (600, 0)], ids=win_id)
+# Bands either side of specs.FWD_SM90_NARROW_BAND (d64: the narrow Hopper tiles up to 512 keys per
+# query, the usual ones above) and FWD_SM90_PERSISTENT_BAND (the persistent grid up to 1025 keys),
+# forward and backward.
+@pytest.mark.parametrize("window", [(200, 0), (300, 0), (150, 150), (600, 0), (1024, 0), (1100, 0)], ids=win_id)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_bands_around_the_narrow_tiles(window, head_dim):
     q, k, v = qkv("bf16", (700, 900), head_dim=head_dim)
@@ -410,6 +411,19 @@ def test_long_window(seqlens, window, causal, head_dim):
     # gives the reference's result.
     q, k, v = qkv("bf16", seqlens, head_dim=head_dim, batch=1, nheads=2, ratio=1)
     run_and_check(q, k, v, options(causal=causal, window=window), label=f"{seqlens} {window} d={head_dim}")
+
+
+# A short band on the Hopper forward's persistent grid (specs.FWD_SM90_PERSISTENT_BAND): more tiles than
+# SMs, so each CTA walks several, the first query blocks of a row seeing fewer keys, and with more queries
+# than keys, blocks that see none.
+SHORT_BAND_CASES = [((3000, 3000), (300, 0)), ((3000, 2048), (1000, 24)), ((2048, 2500), (200, 200))]
+
+
+@pytest.mark.parametrize("seqlens,window", SHORT_BAND_CASES, ids=[f"{seq_id(s)}-{win_id(w)}" for s, w in SHORT_BAND_CASES])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_short_band_on_the_persistent_grid(seqlens, window, head_dim):
+    q, k, v = qkv("bf16", seqlens, head_dim=head_dim, batch=2, nheads=8)
+    run_and_check(q, k, v, options(window=window), label=f"{seqlens} {window} d={head_dim}")
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
