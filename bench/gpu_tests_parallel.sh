@@ -3,7 +3,8 @@
 # CPU-bound, so several processes keep the GPU busier), logs under OUTDIR. Each process gets
 # 2 BLAS threads: unbounded, five processes oversubscribed the H200 host's 16 cores and the
 # whole run did not finish in 530 s (measured); five with 3 threads took 160-230 s per group
-# apart from the variants group (below); seven with 2 use 14 of the 16 cores (not yet timed).
+# apart from the variants group (below); seven with 2 use 14 of the 16 cores. Six such groups
+# beside a sanitizer run took 73-245 s each, test_forward.py's the longest (2026-12-01).
 #   bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]
 set -uo pipefail
 out=${1:?usage: bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]}
