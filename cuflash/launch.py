@@ -127,9 +127,9 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
     buffers of Br); 1 KB alignment slack.
     kernels_cu/bwd_sm90_ws.cu: K, V, and t.stages slots of Q, dO, L2 and D; two
-    dS^T buffers; the fp32 dQ buffer (Br x D); the sink sums of the
-    256 consumer threads; the dQ turn (8 bytes); its mbarriers (3 + 2 stages, 8 bytes
-    each); the slack.
+    dS^T buffers and one fp32 dQ buffer (Br x D), or with ping-pong four and two; the
+    sink sums of the 256 consumer threads; the dQ turns (8 bytes); its mbarriers (1 + 2
+    per dQ buffer + 2 per stage, 8 bytes each); the slack.
     All: with a learnable sink, one fp32 running sum per computing thread (softmax.cuh sink_log2).
     """
     t = spec.tiles
@@ -137,9 +137,10 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     # a running dsink sum per computing thread (the warp-specialised kernel's producer has none)
     sink_parts = 4 * (spec.threads - (128 if stages else 0)) if spec.features.sink else 0
     if isinstance(spec, BwdSm90Spec) and stages:
-        tiles = 2 * (2 * t.block_n + 2 * stages * t.block_m) * spec.head_dim + 2 * 2 * t.block_n * t.block_m
-        dq = 4 * t.block_m * spec.head_dim
-        return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (3 + 2 * stages) + 1024
+        ds_buffers, dq_buffers = (4, 2) if t.pingpong else (2, 1)
+        tiles = 2 * (2 * t.block_n + 2 * stages * t.block_m) * spec.head_dim + ds_buffers * 2 * t.block_n * t.block_m
+        dq = dq_buffers * 4 * t.block_m * spec.head_dim
+        return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (1 + 2 * dq_buffers + 2 * stages) + 1024
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
         return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
@@ -475,7 +476,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             convert(dv_accum, _rows(dv, acc_batch, acc_k), group, spec.dtype, stream)
 
     if seqlen_q:
-        convert(_rows(dq_accum, acc_batch, acc_q), _rows(dq, acc_batch, acc_q), 1, spec.dtype, stream)
+        convert(_rows(dq_accum, acc_batch, acc_q), _rows(dq, acc_batch, acc_q), 1, spec.dtype, stream,
+                swizzled=spec.swizzled_dq_accum)
     return SinkPart(owner, offsets["dsink_part"], (batch, nheads, grid[0])) if spec.features.sink else None
 
 
@@ -489,8 +491,10 @@ def _rows(x: Ref, batch: int, rows: int) -> Ref:
     return x._replace(shape=(batch, rows, *x.shape[2:]))
 
 
-def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int) -> None:
-    """dst[b, s, h, :d] = sum_j src[b, s, h * group + j, :d] in dst's dtype (kernels_cu/bwd_convert.cu)."""
+def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int, swizzled: bool = False) -> None:
+    """dst[b, s, h, :d] = sum_j src[b, s, h * group + j, :d] in dst's dtype (kernels_cu/bwd_convert.cu);
+    swizzled: src row s holds its 8-column group c at c ^ 8 (s % 8) (the warp-specialised
+    Hopper backward's dq_accum)."""
     batch, seqlen, nheads, head_dim = dst.shape
     spec = _convert_spec(dtype)
     fields = {
@@ -498,6 +502,7 @@ def convert(src: Ref, dst: Ref, group: int, dtype: str, stream: int) -> None:
         "src_batch_stride": src.strides[0], "src_row_stride": src.strides[1], "src_head_stride": src.strides[2],
         "dst_batch_stride": dst.strides[0], "dst_row_stride": dst.strides[1], "dst_head_stride": dst.strides[2],
         "batch": batch, "seqlen": seqlen, "nheads": nheads, "group": group, "head_dim": head_dim,
+        "src_swizzled": int(swizzled),
     }
     run(spec, dst.device, bwd_convert_grid(spec, batch, seqlen, nheads, head_dim), (spec.threads, 1, 1), 0,
         params.BWD_CONVERT, fields, stream)

@@ -95,7 +95,7 @@ BWD_CONVERT_PARAMS = np.dtype(
         ("dst_batch_stride", _I64), ("dst_row_stride", _I64), ("dst_head_stride", _I64),
         ("batch", _I32), ("seqlen", _I32), ("nheads", _I32), ("group", _I32),
         ("head_dim", _I32),
-        ("pad_", _I32),
+        ("src_swizzled", _I32),
     ],
     align=True,
 )

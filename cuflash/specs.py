@@ -616,6 +616,7 @@ class BwdSpec(AttentionSpec):
     deterministic: bool  # dQ added in key-block order (bitwise reproducible)
     tiles: BwdTiles
     blocked_dq_accum = False  # dq_accum (batch, seqlen_q, nheads, D) (BwdSm90Spec.blocked_dq_accum)
+    swizzled_dq_accum = False  # its columns in order (BwdSm90Spec.swizzled_dq_accum)
 
     source = "bwd.cu"
     entry = "cuflash_bwd"
@@ -664,12 +665,16 @@ class BwdSm90Tiles:
     split_d, where they split the columns of dK and dV instead). stages > 0
     selects the warp-specialised kernel (kernels_cu/bwd_sm90_ws.cu: a producer
     warpgroup beside two consumers, a ring of `stages` Q/dO slots); 0 the
-    kernel whose warpgroups all load and compute (bwd_sm90.cu)."""
+    kernel whose warpgroups all load and compute (bwd_sm90.cu). pingpong: the
+    warp-specialised consumers take turns, one recomputing P^T and dS^T while the
+    other's products run (four dS^T buffers, two dQ buffers, three slots; bench/NOTES.md
+    b5); otherwise they meet at a barrier every block."""
 
     block_m: int
     block_n: int
     warps: int = 8
     stages: int = 0
+    pingpong: bool = False
 
     @property
     def split_d(self) -> bool:
@@ -712,11 +717,19 @@ class BwdSm90Spec(AttentionSpec):
         # Philox rounds beside d = 128's accumulators, spilled there (NVRTC 12.9).
         if self.features.bias or (self.features.dropout and self.head_dim == 128):
             return BwdSm90Tiles(64, 128)
+        if self.head_dim == 64:
+            return BwdSm90Tiles(64, 128, warps=12, stages=3, pingpong=True)
         return BwdSm90Tiles(64, 128, warps=12, stages=2)
 
     @property
     def source(self) -> str:
         return "bwd_sm90_ws.cu" if self.tiles.stages else "bwd_sm90.cu"
+
+    @property
+    def swizzled_dq_accum(self) -> bool:
+        """dq_accum's row r holds its 8-column group c at c ^ 8 (r % 8) (bwd_sm90_ws.cu
+        DQ_SWIZZLE: the ping-pong consumers' dQ stores free of bank conflicts)."""
+        return self.tiles.pingpong
 
     @property
     def blocked_dq_accum(self) -> bool:
@@ -732,7 +745,7 @@ class BwdSm90Spec(AttentionSpec):
     @property
     def name(self) -> str:
         det = "_det" if self.deterministic else ""
-        ws = f"_s{self.tiles.stages}" if self.tiles.stages else ""
+        ws = f"_s{self.tiles.stages}{'p' if self.tiles.pingpong else ''}" if self.tiles.stages else ""
         return f"bwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}{ws}"
 
     def defines(self) -> dict[str, int]:
@@ -741,7 +754,7 @@ class BwdSm90Spec(AttentionSpec):
             **super().defines(),
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
-            **({"CUFLASH_STAGES": t.stages} if t.stages else {}),
+            **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong)} if t.stages else {}),
         }
 
 

@@ -3,7 +3,8 @@
 //   dst[b, s, h, c] = sum_{j = 0 .. group-1} src[b, s, h * group + j, c]     (fp32, then rounded once)
 //
 // for c < head_dim. Used for
-//   dQ:     src = dq_accum (batch, seqlen_q, nheads, D), group = 1 (a plain conversion);
+//   dQ:     src = dq_accum (batch, seqlen_q, nheads, D), group = 1 (a plain conversion; from
+//           the warp-specialised Hopper backward its columns are swizzled per row: src_swizzled);
 //   dK, dV: src = dk_accum / dv_accum (batch, seqlen_k, nheads, head_dim), one
 //           slice per query head, group = nheads / nheads_kv: the GQA sum over
 //           the query heads that share a kv head.
@@ -33,7 +34,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_convert(const 
     const int h = (int)(rh % p.nheads);
     const i64 s = rh / p.nheads;
 
-    const float* src = p.src + b * p.src_batch_stride + s * p.src_row_stride + (i64)h * p.group * p.src_head_stride + c;
+    const int src_c = p.src_swizzled ? c ^ (8 * (int)(s % 8)) : c;  // columns stay within D (a multiple of 64)
+    const float* src =
+        p.src + b * p.src_batch_stride + s * p.src_row_stride + (i64)h * p.group * p.src_head_stride + src_c;
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int j = 0; j < p.group; ++j) {
         float4 lo = *reinterpret_cast<const float4*>(src + j * p.src_head_stride);

@@ -35,18 +35,26 @@
 //     warp 3 has nothing to do.
 //   Consumers (setmaxnreg up to CONSUMER_REGS), per query block i:
 //     S^T = K Q^T, dP^T = V dO^T (64 keys x Br per consumer); modifier, mask;
-//     P^T and dS^T in registers (softmax.cuh); dS^T -> shared memory (one of two
-//     buffers, alternating); dV += P^T dO (A = P^T from registers);
-//     both consumers' dS^T stored (named barrier); dK += dS^T Q, dQ_i
-//     (Br x D/2 per consumer, columns c*D/2..) = dS K over the Bc keys; free
-//     the slot; wait for the dQ buffer, put scale * dQ_i in it.
+//     P^T and dS^T in registers (softmax.cuh); dS^T -> shared memory;
+//     dV += P^T dO (A = P^T from registers); dK += dS^T Q; dQ_i (Br x D/2 per
+//     consumer, columns c*D/2..) = dS K over the Bc keys, which reads both
+//     consumers' dS^T; free the slot; put scale * dQ_i in a dQ buffer once the
+//     writer freed it. Two schedules (CUFLASH_PINGPONG):
+//     lockstep (d = 128): a block at a time, the consumers meeting at a named
+//       barrier once both stored dS^T (two dS^T buffers, one dQ buffer);
+//     ping-pong (d = 64): the consumers take turns to issue; in turn u a consumer
+//       issues S^T, dP^T of block u, dV, dK of block u - 1 and dQ of block u - 2,
+//       then recomputes block u while those and the other consumer's products
+//       run (four dS^T buffers, two dQ buffers, three slots; the loop says why).
+//       Its dQ buffers and dq_accum hold row r's 8-column group c at c ^ 8 (r % 8)
+//       (DQ_SWIZZLE), so the fp32 stores of eight rows fall on distinct banks.
 //   Epilogue: dK *= scale; dK, dV staged through sK / sV (16-bit) or, under
 //     GQA, fp32 per query head into dk_accum / dv_accum (bwd_convert.cu sums).
 //
 // Compile-time constants (cuflash/specs.py BwdSm90Spec with stages > 0):
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (64 or 128; columns >= the run-time d are
 // zero-filled and never stored), CUFLASH_BLOCK_N Bc = 128, CUFLASH_STAGES,
-// CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
+// CUFLASH_PINGPONG, CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
 // CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh).
 // Br = 64, 384 threads. No additive bias (bwd_sm90.cu runs it) and no D = 256
 // (bwd_sm90.cu's split of the columns).
@@ -55,9 +63,10 @@
 // rows per (batch, head), or for varlen total_q + Br rows per head (cuflash/launch.py
 // allocates them so).
 // Shared memory (cuflash/launch.py bwd_smem_bytes): 2 Bc D (K, V) + 2 STAGES Br D
-// (Q, dO) + 2 Bc Br (dS^T, two buffers) 16-bit elements, Br D fp32 (dQ),
+// (Q, dO) + DS_BUFFERS Bc Br (dS^T) 16-bit elements, DQ_BUFFERS Br D fp32 (dQ),
 // 8 STAGES Br bytes (L2, D), 4 bytes per consumer thread with a sink, 8 bytes
-// per mbarrier (3 + 2 STAGES), 8 bytes for the dQ turn and 1 KB alignment slack.
+// per mbarrier (1 + 2 DQ_BUFFERS + 2 STAGES), 8 bytes for the dQ turns and 1 KB
+// alignment slack.
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -76,6 +85,9 @@ constexpr int BM = 64;                 // Br: queries per step
 constexpr int BN = CUFLASH_BLOCK_N;    // Bc: keys per CTA
 constexpr int STAGES = CUFLASH_STAGES;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
+constexpr bool PINGPONG = CUFLASH_PINGPONG;      // the consumers' schedule (top of the file)
+constexpr int DS_BUFFERS = PINGPONG ? 4 : 2;     // dS^T buffers (why four: the ping-pong loop)
+constexpr int DQ_BUFFERS = PINGPONG ? 2 : 1;     // fp32 dQ blocks handed to the writer
 constexpr int THREADS = 384;
 constexpr int CONSUMERS = 256;         // threads of the two consumer warpgroups
 constexpr int LOADERS = 64;            // producer warps 0-1
@@ -86,6 +98,7 @@ constexpr int NT = BM / 8;             // n8 tiles of S^T per warp (queries)
 constexpr int DT = D / 8;              // n8 tiles of dK, dV per warp
 static_assert(D == 64 || D == 128, "head dims of this kernel (d = 256 runs on bwd_sm90.cu)");
 static_assert(BN == 128 && STAGES >= 2, "64 keys per consumer warpgroup; a ring of at least two slots");
+static_assert(!PINGPONG || STAGES >= 3, "ping-pong holds a block's slot until the next step's products: three slots");
 static_assert(!BIAS, "an additive bias runs on bwd_sm90.cu");
 
 // Register split (from 168 each at launch): the consumers hold dK and dV of 64
@@ -97,11 +110,18 @@ static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "reg
 
 constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
 constexpr u32 DQ_BYTES = BM * D * 4;  // the fp32 dQ block, rows of D as in dq_accum: one copy
+// With ping-pong, dq_accum's rows (and so the dQ buffer's) hold the 8-column group c of row
+// r at c ^ 8 (r % 8) (params.cuh BwdConvertParams.src_swizzled undoes it): the consumers'
+// float2 stores of eight rows D floats apart then fall on distinct banks (8-way conflicts
+// unswizzled, ncu). The lockstep d = 128 consumers have no register for it (4 bytes spilled).
+constexpr int DQ_SWIZZLE = PINGPONG ? 8 : 0;
+static_assert(D % 64 == 0, "the dQ swizzle permutes columns within 64");
 static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
 
 // Named barriers over the 256 consumer threads.
-constexpr int BAR_DS = 1;        // both consumers' dS^T stored
+constexpr int BAR_DS = 1;        // lockstep: both consumers' dS^T stored
 constexpr int BAR_EPILOGUE = 2;  // epilogue staging
+constexpr int BAR_TURN = 3;      // ping-pong: consumer c's turn to issue is barrier BAR_TURN + c
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -112,19 +132,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const u32 sV = sK + KV_BYTES;               // (BN, D)
     const u32 sQ0 = sV + KV_BYTES;              // STAGES slots of Q (BM, D)
     const u32 sdO0 = sQ0 + STAGES * QD_BYTES;   // STAGES slots of dO (BM, D)
-    const u32 sdSt0 = sdO0 + STAGES * QD_BYTES; // [2] (BN keys, BM queries), queries contiguous
-    const u32 sdQ = sdSt0 + 2 * DST_BYTES;      // (BM, D) fp32
-    float* sLse2 = reinterpret_cast<float*>(smem + (sdQ + DQ_BYTES - base));  // [STAGES][BM]
-    float* sDelta = sLse2 + STAGES * BM;                                      // [STAGES][BM]
+    const u32 sdSt0 = sdO0 + STAGES * QD_BYTES;      // [DS_BUFFERS] (BN keys, BM queries), queries contiguous
+    const u32 sdQ0 = sdSt0 + DS_BUFFERS * DST_BYTES;  // [DQ_BUFFERS] (BM, D) fp32
+    float* sLse2 = reinterpret_cast<float*>(smem + (sdQ0 + DQ_BUFFERS * DQ_BYTES - base));  // [STAGES][BM]
+    float* sDelta = sLse2 + STAGES * BM;                                                   // [STAGES][BM]
     float* sSinkPart = sDelta + STAGES * BM;  // [CONSUMERS] (SINK) softmax.cuh sink_log2
-    int* sTurn = reinterpret_cast<int*>(sSinkPart + (SINK ? CONSUMERS : 0));  // DETERMINISTIC: dQ turn of the buffer's block
+    int* sTurn = reinterpret_cast<int*>(sSinkPart + (SINK ? CONSUMERS : 0));  // [2] DETERMINISTIC: dQ turn of each dQ buffer's block
     const u32 bars = smem_addr(sTurn + 2);  // mbarriers, 8 bytes each
-    const u32 kv_full = bars, dq_full = bars + 8u, dq_empty = bars + 16u;
-    auto qdo_full = [&](int s) { return bars + 8u * (3 + s); };
-    auto qdo_empty = [&](int s) { return bars + 8u * (3 + STAGES + s); };
+    // kv_full, then dq_full and dq_empty per dQ buffer, then qdo_full and qdo_empty per slot.
+    const u32 kv_full = bars;
+    auto dq_full = [&](int b) { return bars + 8u * (1 + b); };
+    auto dq_empty = [&](int b) { return bars + 8u * (1 + DQ_BUFFERS + b); };
+    auto qdo_full = [&](int s) { return bars + 8u * (1 + 2 * DQ_BUFFERS + s); };
+    auto qdo_empty = [&](int s) { return bars + 8u * (1 + 2 * DQ_BUFFERS + STAGES + s); };
     auto sQ = [&](int s) { return sQ0 + (u32)s * QD_BYTES; };
     auto sdO = [&](int s) { return sdO0 + (u32)s * QD_BYTES; };
-    auto sdSt = [&](int u) { return sdSt0 + (u32)(u & 1) * DST_BYTES; };
+    auto sdSt = [&](int u) { return sdSt0 + (u32)(u % DS_BUFFERS) * DST_BYTES; };
+    auto sdQ = [&](int u) { return sdQ0 + (u32)(u % DQ_BUFFERS) * DQ_BYTES; };
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
@@ -144,8 +168,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 
     if (tid == 0) {
         mbar_init(kv_full, LOADERS);
-        mbar_init(dq_full, CONSUMERS);
-        mbar_init(dq_empty, 32);
+        for (int b = 0; b < DQ_BUFFERS; ++b) {
+            mbar_init(dq_full(b), CONSUMERS);
+            mbar_init(dq_empty(b), 32);
+        }
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(qdo_full(s), LOADERS);
             mbar_init(qdo_empty(s), CONSUMERS);
@@ -193,15 +219,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
 #pragma unroll 1
             for (int u = 0; u < count; ++u) {
-                const int m = m_begin + u, row0 = m * BM;
-                mbar_wait(dq_full, u & 1);
-                // Deterministic: this CTA's turn among those that add to block m (*sTurn).
+                const int m = m_begin + u, row0 = m * BM, buf = u % DQ_BUFFERS;
+                mbar_wait(dq_full(buf), (u / DQ_BUFFERS) & 1);
+                // Deterministic: this CTA's turn among those that add to block m (sTurn[buf]).
                 int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
-                if (DETERMINISTIC) warp_turn_wait(turn, *sTurn);
+                if (DETERMINISTIC) warp_turn_wait(turn, sTurn[buf]);
                 if (lane == 0) {
                     // dq_accum is (batch, head, rows, D) here (launch.py): the block is BM * D
                     // contiguous floats, padding rows included (varlen: see the top of the file).
-                    bulk_reduce_add_f32(dq_accum + (i64)row0 * p.dqa_row_stride, sdQ, BM * D * 4);
+                    bulk_reduce_add_f32(dq_accum + (i64)row0 * p.dqa_row_stride, sdQ(u), BM * D * 4);
                 }
                 bulk_commit();
                 if (DETERMINISTIC) {
@@ -210,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                 } else {
                     bulk_wait_all<true>();  // the buffer has been read
                 }
-                mbar_arrive(dq_empty);
+                mbar_arrive(dq_empty(buf));
             }
             // The reductions complete before the kernel does.
             bulk_wait_all<false>();
@@ -234,92 +260,185 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     if (SINK) sSinkPart[ctid] = 0.f;  // this thread's slot: no other thread reads it before the epilogue's barrier
     if (count > 0) mbar_wait(kv_full, 0);
 
-#pragma unroll 1
-    for (int u = 0; u < count; ++u) {
-        const int s = u % STAGES, row0 = (m_begin + u) * BM;
-        // Q, dO, L2, D of this block have landed; the fence makes them visible to wgmma.
-        mbar_wait(qdo_full(s), (u / STAGES) & 1);
-        fence_proxy_async();
-        // Tile addresses for this step's descriptors (wgmma.cuh opaque).
-        const u32 q_buf = opaque(sQ(s)), do_buf = opaque(sdO(s)), dst_buf = opaque(sdSt(u));
-        const u32 sK_ = opaque(sK), sV_ = opaque(sV);
-
-        // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x BM queries.
-        float acc_s[1][NT][4], acc_dp[1][NT][4];
-        wgmma_fence();
-        issue_keys_by_queries<BN, BM, D, AW, false>(acc_s[0], sK_, c * 64, q_buf);
-        issue_keys_by_queries<BN, BM, D, AW, false>(acc_dp[0], sV_, c * 64, do_buf);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(acc_s[0]);
-        fence_regs(acc_dp[0]);
-
-        // Modifier, mask (boundary blocks), then P^T and dS^T in place (acc_s
-        // becomes P^T, acc_dp dS^T; softmax.cuh). Element (nt, 2hh+j): key
-        // warp_key0 + hh*8 + g, query nt*8 + 2t + j.
+    // The steps of a query block u (slot u % STAGES, row0 its first query), shared
+    // by both schedules below. Tile addresses go through opaque() (wgmma.cuh).
+    auto row0_of = [&](int u) { return (m_begin + u) * BM; };
+    // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x BM queries.
+    auto issue_scores = [&](float (&acc_s)[1][NT][4], float (&acc_dp)[1][NT][4], int u) {
+        const int s = u % STAGES;
+        issue_keys_by_queries<BN, BM, D, AW, false>(acc_s[0], opaque(sK), c * 64, opaque(sQ(s)));
+        issue_keys_by_queries<BN, BM, D, AW, false>(acc_dp[0], opaque(sV), c * 64, opaque(sdO(s)));
+    };
+    // Modifier, mask (boundary blocks), then P^T and dS^T in place (acc_s becomes
+    // P^T, acc_dp dS^T; softmax.cuh). Element (nt, 2hh+j): key warp_key0 + hh*8 + g,
+    // query nt*8 + 2t + j. dS^T goes to shared memory, 16-bit swizzled [key][query],
+    // where dK and dQ read it.
+    auto recompute = [&](float (&acc_s)[1][NT][4], float (&acc_dp)[1][NT][4], int u) {
+        const int s = u % STAGES, row0 = row0_of(u);
         if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + warp_key0, row0, lane);
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + warp_key0, row0, lane);
         const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + s * BM, sDelta + s * BM, p.scale_log2,
                                                    mod, drop, dbias, sink2, key0 + warp_key0, row0, lane);
         if (SINK) sSinkPart[ctid] += sink_part;
-
-        // P^T as A fragments (k-step kk = queries 16kk..16kk+15); dS^T into
-        // shared memory, 16-bit swizzled [key][query], where dK and dQ read it.
-        u32 pt[BM / 16][4];
-        pack_a_fragments(acc_s[0], pt);
         store_keys_by_queries<BN, BM>(smem + (sdSt(u) - base), acc_dp[0], warp_key0, lane);
-
-        // dV += P^T dO: (64 keys x D) per warpgroup over BM queries; B = dO read transposed.
-        fence_regs(acc_dv);
-        wgmma_fence();
-        issue_keys_by_cols<BM, D, AW, D>(acc_dv, pt, do_buf);
-        wgmma_commit();
-
-        // Both warpgroups' dS^T is in shared memory (and visible to wgmma) before
-        // dK and dQ read it. It also means the other warpgroup finished the
-        // previous step (its wait below), so dS^T buffer u+1 is free to write.
-        fence_proxy_async();
-        named_sync(BAR_DS, CONSUMERS);
-
-        // dK += dS^T Q: A = this warpgroup's 64 rows of dS^T (K-major), B = Q read transposed.
-        fence_regs(acc_dk);
-        wgmma_fence();
-        issue_keys_by_cols<BN, BM, D, AW, D>(acc_dk, dst_buf, c * 64, q_buf);
-        wgmma_commit();
-        // dQ_i[:, c*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS,
-        // read transposed from dS^T), N = DQ_COLS (B = K read transposed).
-        float acc_dq[DQ_COLS / 8][4];
-        issue_queries_by_cols<BN, BM, D, AW, DQ_COLS>(acc_dq, dst_buf, sK_, c * DQ_COLS);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(pt);  // operands of the dV product: alive until it completed
-        fence_regs(acc_dq);
-        fence_regs(acc_dv);
-        fence_regs(acc_dk);
-        mbar_arrive(qdo_empty(s));  // Q, dO, L2 and D of slot s read
-
-        // scale * dQ_i -> the dQ buffer once the writer's reductions of the
-        // previous block have read it (phase u of the buffer's barriers).
-        mbar_wait(dq_empty, (u & 1) ^ 1);
-        {
-            const int g = lane / 4, t = lane % 4;
-            float* dq_rows = reinterpret_cast<float*>(smem + (sdQ - base)) + (warp_in_wg * 16 + g) * D +
-                             c * DQ_COLS + 2 * t;
+    };
+    // dV += P^T dO: (64 keys x D) per warpgroup over BM queries; A = P^T from
+    // registers (k-step kk = queries 16kk..16kk+15), B = dO read transposed.
+    auto issue_dv = [&](const u32 (&pt)[BM / 16][4], int u) {
+        issue_keys_by_cols<BM, D, AW, D>(acc_dv, pt, opaque(sdO(u % STAGES)));
+    };
+    // dK += dS^T Q: A = this warpgroup's 64 rows of dS^T (K-major), B = Q read transposed.
+    auto issue_dk = [&](int u) {
+        issue_keys_by_cols<BN, BM, D, AW, D>(acc_dk, opaque(sdSt(u)), c * 64, opaque(sQ(u % STAGES)));
+    };
+    // dQ_i[:, c*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS, read
+    // transposed from both warpgroups' dS^T), N = DQ_COLS (B = K read transposed).
+    auto issue_dq = [&](float (&acc_dq)[DQ_COLS / 8][4], int u) {
+        issue_queries_by_cols<BN, BM, D, AW, DQ_COLS>(acc_dq, opaque(sdSt(u)), opaque(sK), c * DQ_COLS);
+    };
+    // scale * dQ of block u -> its dQ buffer once the writer's reductions of the
+    // block before in that buffer have read it, then hand it to the writer.
+    auto put_dq = [&](const float (&acc_dq)[DQ_COLS / 8][4], int u) {
+        const int buf = u % DQ_BUFFERS;
+        mbar_wait(dq_empty(buf), ((u / DQ_BUFFERS) & 1) ^ 1);
+        // dq_accum's rows are swizzled (DQ_SWIZZLE): this thread's rows g, g + 8 (mod 8) of the
+        // block, whose first row in dq_accum is q_start + row0.
+        const int g = lane / 4, t = lane % 4, row0 = row0_of(u);
+        // Column c * DQ_COLS + nt * 8 + 2t goes to ((c * DQ_COLS) ^ xor) ^ (nt * 8) + 2t (disjoint bits).
+        const int cols = (c * DQ_COLS) ^ (DQ_SWIZZLE * ((si.q_start + row0 + g) & 7));
+        float* dq_rows = reinterpret_cast<float*>(smem + (sdQ(u) - base)) + (warp_in_wg * 16 + g) * D + 2 * t;
 #pragma unroll
-            for (int nt = 0; nt < DQ_COLS / 8; ++nt)
+        for (int nt = 0; nt < DQ_COLS / 8; ++nt)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh)
-                    *reinterpret_cast<float2*>(dq_rows + hh * 8 * D + nt * 8) =
-                        make_float2(acc_dq[nt][2 * hh] * p.scale, acc_dq[nt][2 * hh + 1] * p.scale);
-        }
+            for (int hh = 0; hh < 2; ++hh)
+                *reinterpret_cast<float2*>(dq_rows + hh * 8 * D + (cols ^ (nt * 8))) =
+                    make_float2(acc_dq[nt][2 * hh] * p.scale, acc_dq[nt][2 * hh + 1] * p.scale);
         // Deterministic: the CTAs of this (head, batch) that see query block m are
         // the key blocks of its range, so this CTA adds as number n_block - first
         // (bwd.cu explains why the turns cannot deadlock). The writer reads it
         // after dq_full, which this arrival completes.
-        if (DETERMINISTIC && ctid == 0) *sTurn = vis.dq_turn<BN>(row0, BM, n_block);
+        if (DETERMINISTIC && ctid == 0) sTurn[buf] = vis.dq_turn<BN>(row0, BM, n_block);
         // The bulk reductions read the buffer through the async proxy.
         fence_proxy_async();
-        mbar_arrive(dq_full);
+        mbar_arrive(dq_full(buf));
+    };
+    // Q, dO, L2, D of block u have landed; the fence makes them visible to wgmma.
+    auto wait_block = [&](int u) {
+        mbar_wait(qdo_full(u % STAGES), (u / STAGES) & 1);
+        fence_proxy_async();
+    };
+
+    if (!PINGPONG) {
+        // Lockstep (d = 128, whose registers hold one block's S^T, dP^T and dQ at a time):
+        // per block, both consumers' dS^T meet at a named barrier before dK and dQ.
+#pragma unroll 1
+        for (int u = 0; u < count; ++u) {
+            wait_block(u);
+            float acc_s[1][NT][4], acc_dp[1][NT][4];
+            wgmma_fence();
+            issue_scores(acc_s, acc_dp, u);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(acc_s[0]);
+            fence_regs(acc_dp[0]);
+            recompute(acc_s, acc_dp, u);
+            u32 pt[BM / 16][4];
+            pack_a_fragments(acc_s[0], pt);
+            fence_regs(acc_dv);
+            wgmma_fence();
+            issue_dv(pt, u);
+            wgmma_commit();
+            // Both warpgroups' dS^T is in shared memory (and visible to wgmma) before
+            // dK and dQ read it. It also means the other warpgroup finished the
+            // previous step (its wait below), so dS^T buffer u+1 is free to write.
+            fence_proxy_async();
+            named_sync(BAR_DS, CONSUMERS);
+            fence_regs(acc_dk);
+            wgmma_fence();
+            issue_dk(u);
+            wgmma_commit();
+            float acc_dq[DQ_COLS / 8][4];
+            issue_dq(acc_dq, u);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(pt);  // operands of the dV product: alive until it completed
+            fence_regs(acc_dq);
+            fence_regs(acc_dv);
+            fence_regs(acc_dk);
+            mbar_arrive(qdo_empty(u % STAGES));  // Q, dO, L2 and D of the slot read
+            put_dq(acc_dq, u);
+        }
+    } else if (count > 0) {
+        // Ping-pong (d = 64). Step u issues, in this consumer's turn, S^T and dP^T of
+        // block u, then dV and dK of block u - 1 and dQ of block u - 2; it recomputes
+        // P^T_u and dS^T_u while those run (its own products and then the other
+        // consumer's, which take their turn in between), then hands dQ_{u-2} over.
+        // The turns alternate 0, 1, 0, 1, ... (consumer 0's first needs no wait; its
+        // last sync meets consumer 1's last pass), so one consumer's recompute falls
+        // under the other's products, and they order the shared dS^T: the other
+        // consumer stored dS^T_{u-2} before its turn u - 1, which precedes this turn u
+        // (consumer 1 also has consumer 0's dS^T_{u-1}; consumer 0 does not have
+        // consumer 1's, hence dQ two steps late). A dS^T buffer is rewritten at step
+        // u + 4: consumer 0's turn u + 4 follows consumer 1's turn u + 3, so consumer 1
+        // finished step u + 2 and with it dQ_u, the last product reading the buffer
+        // (consumer 1's own step u + 4 follows consumer 0's, further still): four buffers.
+        // A slot of Q, dO, L2, D is freed once dV_u and dK_u completed (step u + 1).
+        int turn = 0;
+        auto take_turn = [&]() {
+            if (!(c == 0 && turn == 0)) named_sync(BAR_TURN + c, CONSUMERS);
+        };
+        auto pass_turn = [&]() {
+            named_arrive(BAR_TURN + (c ^ 1), CONSUMERS);
+            ++turn;
+        };
+        u32 pt[BM / 16][4];  // P^T of block u - 1: the A operand of its dV product
+        // One step. `scores` (block u exists) is a constant at each of the two call
+        // sites below, so the inlined last two steps are a copy of their own (NVRTC
+        // takes no generic lambdas): ptxas serialises every wgmma of the kernel when
+        // S^T and dP^T are issued under a run-time condition and read later (C7515;
+        // tests/compile checks for it); the conditions on dV, dK and dQ cost nothing.
+        auto step = [&](const bool scores, int u) {
+            const bool grads = u >= 1 && u <= count, dq = u >= 2;
+            if (scores) wait_block(u);
+            // Own dS^T_{u-1} (and P^T_{u-1}) complete before the products read them: the
+            // turn's barrier spans all of this warpgroup's threads, each fenced its stores.
+            take_turn();
+            float acc_s[1][NT][4], acc_dp[1][NT][4], acc_dq[DQ_COLS / 8][4];
+            fence_regs(acc_dv);
+            fence_regs(acc_dk);
+            wgmma_fence();
+            if (scores) issue_scores(acc_s, acc_dp, u);
+            wgmma_commit();
+            if (grads) {
+                issue_dv(pt, u - 1);
+                issue_dk(u - 1);
+            }
+            if (dq) issue_dq(acc_dq, u - 2);
+            wgmma_commit();
+            pass_turn();
+            if (scores) {
+                wgmma_wait<1>();  // S^T_u, dP^T_u
+                fence_regs(acc_s[0]);
+                fence_regs(acc_dp[0]);
+                recompute(acc_s, acc_dp, u);
+            }
+            wgmma_wait<0>();
+            fence_regs(pt);  // operands of the dV product: alive until it completed
+            fence_regs(acc_dq);
+            fence_regs(acc_dv);
+            fence_regs(acc_dk);
+            if (grads) mbar_arrive(qdo_empty((u - 1) % STAGES));  // Q, dO, L2 and D of block u - 1 read
+            if (scores) {
+                pack_a_fragments(acc_s[0], pt);
+                fence_proxy_async();  // dS^T_u visible to the async proxy before this consumer's next turn
+            }
+            if (dq) put_dq(acc_dq, u - 2);
+        };
+#pragma unroll 1
+        for (int u = 0; u < count; ++u) step(true, u);
+#pragma unroll 1
+        for (int u = count; u < count + 2; ++u) step(false, u);
+        if (c == 0) named_sync(BAR_TURN, CONSUMERS);  // consumer 1's last pass
     }
 
     // Epilogue: dK = scale * acc_dk, dV = acc_dv. Both warpgroups are past their

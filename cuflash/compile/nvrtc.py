@@ -49,6 +49,13 @@ class CompileResult:
         return self.spill_stores > 0 or self.spill_loads > 0
 
     @property
+    def wgmma_serialized(self) -> bool:
+        """ptxas made every wgmma of the kernel wait for the one before (its info C7514 / C7515:
+        an accumulator read or written by other instructions while a product may still be in
+        flight, e.g. a product issued under a run-time condition). bench/NOTES.md b5."""
+        return "wgmma.mma_async instructions are serialized" in self.log
+
+    @property
     def reported(self) -> bool:
         """False when NVRTC's log carried no ptxas report (figures are -1)."""
         return self.registers >= 0

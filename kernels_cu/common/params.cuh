@@ -199,5 +199,5 @@ struct BwdConvertParams {
     i64 dst_batch_stride, dst_row_stride, dst_head_stride;
     int batch, seqlen, nheads, group;
     int head_dim;
-    int pad_;            // keeps sizeof a multiple of 8 on both sides
+    int src_swizzled;    // 1: src row s holds its 8-column group c at c ^ 8 (s % 8) (bwd_sm90_ws.cu DQ_SWIZZLE)
 };

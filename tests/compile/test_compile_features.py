@@ -84,6 +84,7 @@ def test_feature_spec_compiles(outcomes, spec, arch):
     assert not result.cached
     assert result.reported
     assert 0 < result.registers <= 255
+    assert not result.wgmma_serialized, f"ptxas serialised the wgmma products of {spec.name} (bench/NOTES.md b5)"
     assert result.arch == cache.target_arch(spec, cache.parse_arch(arch))
 
 

@@ -11,6 +11,8 @@ is tested on toy kernels (tests/conftest.py), independent of the real ones.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cuflash import support
@@ -53,6 +55,7 @@ def test_declared_spec_compiles(outcomes, spec, arch):
     result = outcome.result
     assert not result.cached
     assert 0 < result.registers <= 255
+    assert not result.wgmma_serialized, f"ptxas serialised the wgmma products of {spec.name} (bench/NOTES.md b5)"
     if outcome.spills_forbidden and (spec.name, arch) in KNOWN_SPILLS:
         pytest.xfail(f"known spill on {arch} ({result.spill_stores} bytes stored), issue 15")
     assert not outcome.spills_forbidden, (
@@ -125,6 +128,17 @@ def test_spills_are_reported_and_fail_a_spec_that_forbids_them(toy_kernels, toy_
     assert outcome.result.spill_stores > 0 and outcome.result.spill_loads > 0
     assert outcome.result.registers <= 32
     assert outcome.spills_forbidden and not outcome.ok
+
+
+def test_serialised_wgmma_is_detected():
+    # ptxas's words (NVRTC 12.9, sm_90a) for bwd_sm90_ws.cu's first ping-pong loop (bench/NOTES.md b5)
+    log = ("ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
+           "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline "
+           "stage in the function 'cuflash_bwd_sm90'\nptxas info    : Used 168 registers, used 16 barriers\n")
+    result = nvrtc.CompileResult(name="k", arch="sm_90a", cubin=b"", log=log, registers=168, spill_stores=0,
+                                 spill_loads=0, shared_bytes=0, stack_frame=0, seconds=0.0)
+    assert result.wgmma_serialized
+    assert not dataclasses.replace(result, log=log.splitlines()[1]).wgmma_serialized
 
 
 def test_missing_entry_is_a_compile_error(toy_kernels, toy_spec):

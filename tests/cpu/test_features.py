@@ -300,8 +300,8 @@ def test_hopper_backward_is_warp_specialised_with_its_producer_and_ring():
 
 
 @pytest.mark.parametrize("head_dim, features, stages", [
-    (64, PLAIN, 2), (64, Features("local", softcap=True, alibi=True, sink=True, varlen=True), 2),
-    (64, Features("causal", dropout=1), 2),
+    (64, PLAIN, 3), (64, Features("local", softcap=True, alibi=True, sink=True, varlen=True), 3),
+    (64, Features("causal", dropout=1), 3), (128, PLAIN, 2),  # d64's consumers take turns (three slots)
     (128, Features("causal", dropout=1), 0),                  # dropout's Philox beside d128's accumulators
     (128, Features(bias=16), 0), (64, Features("causal", bias=32), 0),  # a bias: the kernel without a producer
     (256, PLAIN, 0),                                          # d = 256 splits dK/dV columns: bwd_sm90.cu
@@ -309,6 +309,7 @@ def test_hopper_backward_is_warp_specialised_with_its_producer_and_ring():
 def test_hopper_backward_kernel_per_head_dim_and_features(head_dim, features, stages):
     spec = support.select(Problem("bwd", "bf16", head_dim, features, compute_capability=(9, 0)))
     assert isinstance(spec, BwdSm90Spec) and spec.tiles.stages == stages, spec.name
+    assert spec.tiles.pingpong == (stages == 3), spec.name
     assert spec.source == ("bwd_sm90_ws.cu" if stages else "bwd_sm90.cu")
     assert spec.threads == (384 if stages else 256)
 
