@@ -29,7 +29,13 @@ ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a", "sm_120")
 #: none is timed on a GPU yet, so these stay and are reported as expected failures when they spill.
 #: The 16-bit d160 causal deterministic backward for 99 KB GPUs spills 4 bytes on sm_120 under
 #: NVRTC 13.0 (which torch's CUDA 13.0 wheels install), not under 12.9 or 13.5.
+#: Under NVRTC 13.5 only (clean under 12.9 and 13.0), the Hopper d128 causal deterministic backward
+#: holds one or two values from its prologue to its epilogue in local memory since the ping-pong
+#: loop joined its source (bench/NOTES.md b5): a store before the main loop and loads after it,
+#: none inside.
 KNOWN_SPILLS = {
+    ("bwd90_bf16_d128_causal_det_s2", "sm_90a"),
+    ("bwd90_fp16_d128_causal_det_s2", "sm_90a"),
     ("bwd_bf16_d160_causal_det_m32n64w4s4k4q2u2", "sm_120"),
     ("bwd_fp16_d160_causal_det_m32n64w4s4k4q2u2", "sm_120"),
     ("bwd_fp32_d96_causal_det_m16n32w2s2k2q1u2", "sm_120"),
