@@ -137,7 +137,7 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     # a running dsink sum per computing thread (the warp-specialised kernel's producer has none)
     sink_parts = 4 * (spec.threads - (128 if stages else 0)) if spec.features.sink else 0
     if isinstance(spec, BwdSm90Spec) and stages:
-        ds_buffers, dq_buffers = (4, 2) if t.pingpong else (2, 1)
+        ds_buffers, dq_buffers = t.buffers
         tiles = 2 * (2 * t.block_n + 2 * stages * t.block_m) * spec.head_dim + ds_buffers * 2 * t.block_n * t.block_m
         dq = dq_buffers * 4 * t.block_m * spec.head_dim
         return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (1 + 2 * dq_buffers + 2 * stages) + 1024

@@ -680,6 +680,11 @@ class BwdSm90Tiles:
     def split_d(self) -> bool:
         return self.block_n == 64
 
+    @property
+    def buffers(self) -> tuple[int, int]:
+        """(dS^T buffers, fp32 dQ buffers) of the warp-specialised kernel (its DS_BUFFERS, DQ_BUFFERS)."""
+        return (4, 2) if self.pingpong else (2, 1)
+
 
 #: Compile-time head dims the Hopper backward has (d <= 128: each warpgroup
 #: holds dK and dV of 64 keys x D; d = 256: half the columns); other head
