@@ -127,7 +127,7 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
     buffers of Br); 1 KB alignment slack.
     kernels_cu/bwd_sm90_ws.cu: K, V, and t.stages slots of Q, dO, L2 and D; two
-    dS^T buffers and one fp32 dQ buffer (Br x D), or with ping-pong four and two; the
+    dS^T buffers and one fp32 dQ buffer (Br x (D + pad)), or with ping-pong four and two; the
     sink sums of the 256 consumer threads; the dQ turns (8 bytes); its mbarriers (1 + 2
     per dQ buffer + 2 per stage, 8 bytes each); the slack.
     All: with a learnable sink, one fp32 running sum per computing thread (softmax.cuh sink_log2).
@@ -139,7 +139,7 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     if isinstance(spec, BwdSm90Spec) and stages:
         ds_buffers, dq_buffers = t.buffers
         tiles = 2 * (2 * t.block_n + 2 * stages * t.block_m) * spec.head_dim + ds_buffers * 2 * t.block_n * t.block_m
-        dq = dq_buffers * 4 * t.block_m * spec.head_dim
+        dq = dq_buffers * 4 * t.block_m * (spec.head_dim + spec.dq_accum_pad)
         return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (1 + 2 * dq_buffers + 2 * stages) + 1024
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
@@ -383,7 +383,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
       lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D;
-      the warp-specialised Hopper kernel: (batch, nheads, seqlen_q rounded, D), varlen (nheads, total_q + Br, D)),
+      the warp-specialised Hopper kernel: (batch, nheads, seqlen_q rounded, D + pad), varlen (nheads, total_q +
+      Br, D + pad), pad = spec.dq_accum_pad),
       deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); with a sink dsink_part
       (batch, nheads, key blocks); under GQA dk_accum, dv_accum
       (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
@@ -402,12 +403,12 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     acc_k = sequences["total_k"] if varlen else seqlen_k
 
     # The warp-specialised Hopper backward adds a whole block of dQ with one bulk copy: its
-    # dq_accum is (batch, head, rounded rows, D), or (1, head, total_q + Br, D) for varlen (a
-    # sequence's last block reaches into the next one's rows, or past the last row by < Br),
-    # seen below as (batch, rows, head, D) strides.
+    # dq_accum is (batch, head, rounded rows, D + pad), or (1, head, total_q + Br, D + pad) for
+    # varlen (a sequence's last block reaches into the next one's rows, or past the last row by
+    # < Br), seen below as (batch, rows, head, D) by strides; the pad columns are never read.
     blocked_dq = spec.blocked_dq_accum
     blocked_rows = acc_q + spec.tiles.block_m if varlen else rounded
-    dq_shape = ((acc_batch, nheads, blocked_rows, spec.head_dim) if blocked_dq
+    dq_shape = ((acc_batch, nheads, blocked_rows, spec.head_dim + spec.dq_accum_pad) if blocked_dq
                 else (acc_batch, acc_q, nheads, spec.head_dim))
     sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
              "dq_accum": (dq_shape, "float32")}

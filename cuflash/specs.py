@@ -617,6 +617,7 @@ class BwdSpec(AttentionSpec):
     tiles: BwdTiles
     blocked_dq_accum = False  # dq_accum (batch, seqlen_q, nheads, D) (BwdSm90Spec.blocked_dq_accum)
     swizzled_dq_accum = False  # its columns in order (BwdSm90Spec.swizzled_dq_accum)
+    dq_accum_pad = 0  # its rows D floats apart (BwdSm90Spec.dq_accum_pad)
 
     source = "bwd.cu"
     entry = "cuflash_bwd"
@@ -737,6 +738,13 @@ class BwdSm90Spec(AttentionSpec):
         return self.tiles.pingpong
 
     @property
+    def dq_accum_pad(self) -> int:
+        """Floats after the D of each dq_accum row: the lockstep consumers' dQ buffer has rows of
+        D + 8 floats, which the bulk reductions copy verbatim into dq_accum (bwd_sm90_ws.cu
+        DQ_ROW: their dQ stores free of bank conflicts without the swizzle's register)."""
+        return 8 if self.tiles.stages and not self.tiles.pingpong else 0
+
+    @property
     def blocked_dq_accum(self) -> bool:
         """dq_accum laid out (batch, head, rows rounded up to block_m, D), or for varlen (head,
         total_q + block_m, D): the warp-specialised kernel adds a block of dQ with one bulk copy
@@ -759,7 +767,8 @@ class BwdSm90Spec(AttentionSpec):
             **super().defines(),
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
-            **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong)} if t.stages else {}),
+            **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong), "CUFLASH_DQ_PAD": self.dq_accum_pad}
+               if t.stages else {}),
         }
 
 

@@ -23,7 +23,7 @@
 //     warp 2 (dQ writer): per query block, once the consumers have put
 //       scale * dS_i K_j (Br x D, fp32) into the dQ buffer, adds it to
 //       dq_accum with a bulk reduction (cp.reduce.async.bulk .add.f32, performed
-//       at L2; dq_accum is laid out (batch, head, row, D), so a block's rows are
+//       at L2; dq_accum is laid out (batch, head, row, DQ_ROW), so a block's rows are
 //       one contiguous range), and frees the buffer when the reductions have read it.
 //       Varlen: the rows of a sequence's last block past its end are the next
 //       sequence's first rows (or spare rows after the last sequence); their dQ
@@ -46,24 +46,26 @@
 //       issues S^T, dP^T of block u, dV, dK of block u - 1 and dQ of block u - 2,
 //       then recomputes block u while those and the other consumer's products
 //       run (four dS^T buffers, two dQ buffers, three slots; the loop says why).
-//       Its dQ buffers and dq_accum hold row r's 8-column group c at c ^ 8 (r % 8)
-//       (DQ_SWIZZLE), so the fp32 stores of eight rows fall on distinct banks.
+//     Either way the consumers' fp32 stores of dQ fall on distinct banks: the
+//     ping-pong dQ buffers and dq_accum hold row r's 8-column group c at c ^ 8 (r % 8)
+//     (DQ_SWIZZLE), the lockstep ones rows of D + 8 floats (DQ_ROW).
 //   Epilogue: dK *= scale; dK, dV staged through sK / sV (16-bit) or, under
 //     GQA, fp32 per query head into dk_accum / dv_accum (bwd_convert.cu sums).
 //
 // Compile-time constants (cuflash/specs.py BwdSm90Spec with stages > 0):
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (64 or 128; columns >= the run-time d are
 // zero-filled and never stored), CUFLASH_BLOCK_N Bc = 128, CUFLASH_STAGES,
-// CUFLASH_PINGPONG, CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
-// CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh).
+// CUFLASH_PINGPONG, CUFLASH_DQ_PAD (8 lockstep, 0 ping-pong), CUFLASH_DETERMINISTIC, and
+// the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT,
+// CUFLASH_VARLEN (seqinfo.cuh).
 // Br = 64, 384 threads. No additive bias (bwd_sm90.cu runs it) and no D = 256
 // (bwd_sm90.cu's split of the columns).
 // Memory: nothing of size seqlen_q x seqlen_k. Constraints: as bwd.cu; the
-// dq_accum rows (D fp32) are 16-byte aligned and D floats apart, with m_blocks * Br
+// dq_accum rows (D fp32) are 16-byte aligned and DQ_ROW floats apart, with m_blocks * Br
 // rows per (batch, head), or for varlen total_q + Br rows per head (cuflash/launch.py
 // allocates them so).
 // Shared memory (cuflash/launch.py bwd_smem_bytes): 2 Bc D (K, V) + 2 STAGES Br D
-// (Q, dO) + DS_BUFFERS Bc Br (dS^T) 16-bit elements, DQ_BUFFERS Br D fp32 (dQ),
+// (Q, dO) + DS_BUFFERS Bc Br (dS^T) 16-bit elements, DQ_BUFFERS Br DQ_ROW fp32 (dQ),
 // 8 STAGES Br bytes (L2, D), 4 bytes per consumer thread with a sink, 8 bytes
 // per mbarrier (1 + 2 DQ_BUFFERS + 2 STAGES), 8 bytes for the dQ turns and 1 KB
 // alignment slack.
@@ -109,13 +111,21 @@ constexpr int CONSUMER_REGS = 232;
 static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
 
 constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
-constexpr u32 DQ_BYTES = BM * D * 4;  // the fp32 dQ block, rows of D as in dq_accum: one copy
-// With ping-pong, dq_accum's rows (and so the dQ buffer's) hold the 8-column group c of row
-// r at c ^ 8 (r % 8) (params.cuh BwdConvertParams.src_swizzled undoes it): the consumers'
-// float2 stores of eight rows D floats apart then fall on distinct banks (8-way conflicts
-// unswizzled, ncu). The lockstep d = 128 consumers have no register for it (4 bytes spilled).
+// The fp32 dQ block, in the dQ buffer and in dq_accum alike (one bulk reduction copies it):
+// rows of DQ_ROW floats. The consumers' float2 stores of rows g = 0..7, D floats apart, would
+// fall on one bank group (an 8-way conflict, ncu). Two cures, by spec (specs.py BwdSm90Spec):
+// - ping-pong: row r holds its 8-column group c at c ^ 8 (r % 8) (DQ_SWIZZLE; params.cuh
+//   BwdConvertParams.src_swizzled undoes it), rows of D floats;
+// - lockstep: rows of D + 8 floats (CUFLASH_DQ_PAD; the pad columns are never written, and
+//   what the reduction adds to them is never read), so row g's stores start at bank 8g:
+//   each half-warp's 16 stores on 32 distinct banks. The lockstep d = 128 consumers have no
+//   register for the swizzle (4 bytes spilled); padded dq_accum rows at d = 64 measured 1%
+//   slower than swizzled ones (12% more bytes reduced).
 constexpr int DQ_SWIZZLE = PINGPONG ? 8 : 0;
+constexpr int DQ_ROW = D + CUFLASH_DQ_PAD;
+constexpr u32 DQ_BYTES = BM * DQ_ROW * 4;
 static_assert(D % 64 == 0, "the dQ swizzle permutes columns within 64");
+static_assert(CUFLASH_DQ_PAD == (PINGPONG ? 0 : 8), "one cure for the dQ stores' conflicts: padded or swizzled rows");
 static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
 
 // Named barriers over the 256 consumer threads.
@@ -133,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const u32 sQ0 = sV + KV_BYTES;              // STAGES slots of Q (BM, D)
     const u32 sdO0 = sQ0 + STAGES * QD_BYTES;   // STAGES slots of dO (BM, D)
     const u32 sdSt0 = sdO0 + STAGES * QD_BYTES;      // [DS_BUFFERS] (BN keys, BM queries), queries contiguous
-    const u32 sdQ0 = sdSt0 + DS_BUFFERS * DST_BYTES;  // [DQ_BUFFERS] (BM, D) fp32
+    const u32 sdQ0 = sdSt0 + DS_BUFFERS * DST_BYTES;  // [DQ_BUFFERS] (BM, DQ_ROW) fp32
     float* sLse2 = reinterpret_cast<float*>(smem + (sdQ0 + DQ_BUFFERS * DQ_BYTES - base));  // [STAGES][BM]
     float* sDelta = sLse2 + STAGES * BM;                                                   // [STAGES][BM]
     float* sSinkPart = sDelta + STAGES * BM;  // [CONSUMERS] (SINK) softmax.cuh sink_log2
@@ -225,9 +235,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                 int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
                 if (DETERMINISTIC) warp_turn_wait(turn, sTurn[buf]);
                 if (lane == 0) {
-                    // dq_accum is (batch, head, rows, D) here (launch.py): the block is BM * D
-                    // contiguous floats, padding rows included (varlen: see the top of the file).
-                    bulk_reduce_add_f32(dq_accum + (i64)row0 * p.dqa_row_stride, sdQ(u), BM * D * 4);
+                    // dq_accum is (batch, head, rows, DQ_ROW) here (launch.py): the block is
+                    // BM * DQ_ROW contiguous floats, padding rows included (varlen: see the top
+                    // of the file).
+                    bulk_reduce_add_f32(dq_accum + (i64)row0 * p.dqa_row_stride, sdQ(u), DQ_BYTES);
                 }
                 bulk_commit();
                 if (DETERMINISTIC) {
@@ -301,17 +312,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     auto put_dq = [&](const float (&acc_dq)[DQ_COLS / 8][4], int u) {
         const int buf = u % DQ_BUFFERS;
         mbar_wait(dq_empty(buf), ((u / DQ_BUFFERS) & 1) ^ 1);
-        // dq_accum's rows are swizzled (DQ_SWIZZLE): this thread's rows g, g + 8 (mod 8) of the
-        // block, whose first row in dq_accum is q_start + row0.
+        // Ping-pong: dq_accum's rows are swizzled (DQ_SWIZZLE; lockstep 0, rows padded instead):
+        // this thread's rows g, g + 8 (mod 8) of the block, whose first row in dq_accum is q_start + row0.
         const int g = lane / 4, t = lane % 4, row0 = row0_of(u);
         // Column c * DQ_COLS + nt * 8 + 2t goes to ((c * DQ_COLS) ^ xor) ^ (nt * 8) + 2t (disjoint bits).
         const int cols = (c * DQ_COLS) ^ (DQ_SWIZZLE * ((si.q_start + row0 + g) & 7));
-        float* dq_rows = reinterpret_cast<float*>(smem + (sdQ(u) - base)) + (warp_in_wg * 16 + g) * D + 2 * t;
+        float* dq_rows = reinterpret_cast<float*>(smem + (sdQ(u) - base)) + (warp_in_wg * 16 + g) * DQ_ROW + 2 * t;
 #pragma unroll
         for (int nt = 0; nt < DQ_COLS / 8; ++nt)
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh)
-                *reinterpret_cast<float2*>(dq_rows + hh * 8 * D + (cols ^ (nt * 8))) =
+                *reinterpret_cast<float2*>(dq_rows + hh * 8 * DQ_ROW + (cols ^ (nt * 8))) =
                     make_float2(acc_dq[nt][2 * hh] * p.scale, acc_dq[nt][2 * hh + 1] * p.scale);
         // Deterministic: the CTAs of this (head, batch) that see query block m are
         // the key blocks of its range, so this CTA adds as number n_block - first

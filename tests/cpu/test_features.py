@@ -290,10 +290,11 @@ def test_hopper_backward_is_warp_specialised_with_its_producer_and_ring():
     assert spec.tiles.stages == 2 and spec.source == "bwd_sm90_ws.cu"
     assert spec.threads == 384  # two consumer warpgroups and the producer
     assert spec.defines()["CUFLASH_STAGES"] == 2 and spec.name.endswith("_s2")
-    # K, V, two slots of Q and dO, two dS^T buffers, the fp32 dQ block, L2 and D per slot, the dQ
-    # turn, 3 + 2 * 2 mbarriers and the 1 KB alignment slack
-    assert launch.bwd_smem_bytes(spec) == (2 * (256 + 256) * 128 + 2 * 2 * 128 * 64 + 4 * 64 * 128 + 8 * 2 * 64
-                                           + 8 + 8 * 7 + 1024)
+    # K, V, two slots of Q and dO, two dS^T buffers, the fp32 dQ block (rows of 128 + 8 floats), L2
+    # and D per slot, the dQ turn, 3 + 2 * 2 mbarriers and the 1 KB alignment slack
+    assert spec.dq_accum_pad == 8
+    assert launch.bwd_smem_bytes(spec) == (2 * (256 + 256) * 128 + 2 * 2 * 128 * 64 + 4 * 64 * (128 + 8)
+                                           + 8 * 2 * 64 + 8 + 8 * 7 + 1024)
     for spec in support.declared_specs():
         if isinstance(spec, BwdSm90Spec):
             assert launch.bwd_smem_bytes(spec) <= 227 * 1024, spec.name
