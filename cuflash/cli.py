@@ -73,8 +73,11 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the selected specs and exit")
     p.set_defaults(run=cmd_compile)
 
-    p = sub.add_parser("info", help="GPU, CUDA, NVRTC, CuPy and cuflash versions, paths and settings",
-                       epilog=EPILOG)
+    p = sub.add_parser("info", help="GPU, CUDA, NVRTC, CuPy and cuflash versions, paths and settings, and the "
+                       "kernels each head dim runs on the GPU", epilog=EPILOG)
+    p.add_argument("--arch", default=None,
+                   help="show the kernels of a GPU of this arch instead of the visible one's, e.g. sm_80 or sm_100 "
+                        "(no GPU needed)")
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("bench", help="benchmark cuflash against the attention kernels installed beside it",
@@ -257,6 +260,11 @@ def _table(outcomes) -> str:
             seconds = f"{r.seconds:.2f}"
             rows.append((o.spec.name, r.arch, str(r.registers), f"{r.spill_stores}/{r.spill_loads}",
                          str(r.shared_bytes + dynamic_smem_bytes(o.spec)), seconds, _status(o)))
+    return _columns(header, rows)
+
+
+def _columns(header: tuple, rows: list) -> str:
+    """header and rows of strings as left-aligned columns, a rule under the header."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -317,7 +325,49 @@ def cmd_info(args) -> int:
     for var, value in env.current_values():
         shown = repr(value) if value is not None else f"(unset; default {var.default.replace('`', '')})"
         print(f"  {var.name:<{width}}  {shown}")
+    arch = getattr(args, "arch", None)
+    if arch is None and gpu:
+        arch = "sm_%d%d" % gpu["cc"]
+    if arch is not None:
+        from .compile import cache
+
+        try:
+            cc = cache.parse_arch(arch)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print()
+        print(_kernels_table(cc, arch))
     return 0
+
+
+def _kernels_table(cc: tuple[int, int], arch: str) -> str:
+    """The forward and backward kernel (spec name: family, dtype, head dim, tiles) and its dynamic
+    shared memory, per head dim bucket, of a plain call in bf16 and in float32 on a GPU of compute
+    capability cc, as selection picks them (support.select, with CUFLASH_DISABLE_SM90 and
+    CUFLASH_SMEM_LIMIT as set)."""
+    from . import support
+    from .launch import dynamic_smem_bytes
+
+    limit = env.smem_limit_override() or support.SMEM_LIMITS.get(cc, support.SMEM_LIMIT_MIN)
+    sm90 = env.sm90_enabled()
+
+    def cell(direction, dtype, d):
+        try:
+            spec = support.select(support.Problem(direction, dtype, d, compute_capability=cc, sm90=sm90,
+                                                  smem_limit=limit))
+        except ValueError:
+            return "none (shared memory)", "-"
+        return spec.name, str(dynamic_smem_bytes(spec))
+
+    header = ("d", "forward bf16", "smem B", "backward bf16", "smem B", "forward fp32", "smem B",
+              "backward fp32", "smem B")
+    rows = [(str(d), *cell("fwd", "bf16", d), *cell("bwd", "bf16", d), *cell("fwd", "fp32", d),
+             *cell("bwd", "fp32", d))
+            for d in range(32, support.HEAD_DIM_MAX + 1, 32)]
+    title = (f"kernels on {arch} (compute capability {cc[0]}.{cc[1]}, {limit} bytes of shared memory per block; "
+             f"a plain call, each head dim up to d):")
+    return title + "\n" + _columns(header, rows)
 
 
 def _cupy():

@@ -584,7 +584,7 @@ BWD_TILES_SMALLER_SMEM = {
     128: [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 123904
           (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 75264
     160: [(160, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 91648
-    192: [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 113152
+    192: [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 111104
     224: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920 (no 8-warp tile of D = 224 fits)
     256: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920
 }
@@ -606,6 +606,26 @@ BWD_TILES_FP32 = {
     192: [BwdTiles(32, 32, 4, 2, 2, 2, 32, k_unroll=2)],  # 160256
     224: [BwdTiles(32, 32, 4, 2, 2, 2, 16, k_unroll=2)],  # 184832
     256: [BwdTiles(32, 32, 4, 2, 2, 2, 16, k_unroll=1)],  # 209408 (32-column dQ passes spilled 4-8 B under NVRTC 13.5)
+}
+
+
+#: Portable tile lists that replace the ones above on one arch class, keyed by compute capability
+#: major, then (direction, dtype kind "16-bit" or "fp32", head dim bucket), as (compile-time D,
+#: tiles), best first (support.portable_candidates; cache.builds_for builds each list for its own
+#: arch class only). Compile-only choices, not yet timed on such a GPU:
+#: 10 (B200 / B300, sm_100, 227 KB): ptxas for sm_100 spills the 227 KB 16-bit backward tiles of
+#:   d128 (4-60 bytes under NVRTC 12.9 and 13.5) and d192 (20-24, 12.9), so they take A100's 163 KB
+#:   ones; float32's backward spills at d96 (4-8 bytes, 13.5) and at d128 in each listed tile, so d96
+#:   unrolls its k loops once and d128 takes a 154 KB tile that A100 would fit too. All clean
+#:   under 12.9, 13.0 and 13.5 (bench/NOTES.md g1, g2, g3).
+ARCH_CLASS_TILES = {
+    10: {
+        ("bwd", "16-bit", 128): [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 119808
+                                 (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 75264
+        ("bwd", "16-bit", 192): [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 111104
+        ("bwd", "fp32", 96): [(96, BwdTiles(16, 32, 2, 2, 2, 1, k_unroll=1))],       # 54016
+        ("bwd", "fp32", 128): [(128, BwdTiles(32, 64, 4, 2, 2, 2, 32, k_unroll=2))],  # 154112
+    },
 }
 
 

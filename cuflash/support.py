@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass
 
 from .specs import (
+    ARCH_CLASS_TILES,
     BWD_SM90_HEAD_DIMS,
     BWD_TILES,
     BWD_TILES_FP32,
@@ -166,30 +167,46 @@ def _spec_for(family: Family, problem: Problem):
         return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
-    fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units)
+    fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
+                                              problem.compute_capability)
                if smem_bytes(s) <= problem.smem_limit]
     return fitting[0] if fitting else None
 
 
 def portable_candidates(family: Family, dtype: str, d: int, features: Features, deterministic: bool = False,
-                        many_units: bool = False) -> list:
+                        many_units: bool = False, compute_capability: tuple | None = None) -> list:
     """The portable family's specs for compile-time head dim d, best first: the large-memory
     tiles, then those for GPUs with less shared memory (specs.*_TILES_SMALLER_SMEM); for a decode
-    of many units, specs.DECODE_TILES_MANY_UNITS first (all of them are in DECODE_TILES)."""
+    of many units, specs.DECODE_TILES_MANY_UNITS first (all of them are in DECODE_TILES). A GPU
+    whose arch class has its own list (specs.ARCH_CLASS_TILES) gets that one instead."""
     if family.spec is DecodeSpec:
         first = DECODE_TILES_MANY_UNITS.get(d, []) if many_units else []
         return [DecodeSpec(dtype, d, features, t) for t in first + [t for t in DECODE_TILES[d] if t not in first]]
+    kind = "fp32" if dtype == "fp32" else "16-bit"
+    tiles = ARCH_CLASS_TILES.get(compute_capability[0] if compute_capability else None, {}).get(
+        (family.direction, kind, d))
     if family.spec is FwdSpec:
-        if dtype == "fp32":
-            tiles = [(d, t) for t in FWD_TILES_FP32[d]]
-        else:
-            tiles = [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, [])
+        if tiles is None:
+            tiles = ([(d, t) for t in FWD_TILES_FP32[d]] if dtype == "fp32"
+                     else [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, []))
         return [FwdSpec(dtype, dd, features, t) for dd, t in tiles]
-    if dtype == "fp32":
-        tiles = [(d, t) for t in BWD_TILES_FP32[d]]
-    else:
-        tiles = [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, [])
+    if tiles is None:
+        tiles = ([(d, t) for t in BWD_TILES_FP32[d]] if dtype == "fp32"
+                 else [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, []))
     return [BwdSpec(dtype, dd, features, bool(deterministic), t) for dd, t in tiles]
+
+
+def offered_on(spec, compute_capability: tuple) -> bool:
+    """Whether selection can pick `spec` on a GPU of this compute capability as far as its arch class
+    goes: a portable forward or backward spec is among its family's candidates there (ARCH_CLASS_TILES
+    replaces some lists per class); other specs, yes. (Shared memory is cache.builds_for's test.)"""
+    if type(spec) not in (FwdSpec, BwdSpec):
+        return True
+    family = next(f for f in FAMILIES if f.spec is type(spec))
+    deterministic = getattr(spec, "deterministic", False)
+    return any(spec in portable_candidates(family, spec.dtype, d, spec.features, deterministic,
+                                           compute_capability=tuple(compute_capability))
+               for d in family.head_dims if d <= spec.head_dim)
 
 
 def smem_bytes(spec) -> int:
@@ -241,14 +258,23 @@ def decode_spec(dtype: str, head_dim: int, features: Features, compute_capabilit
     return select(Problem("decode", dtype, head_dim, features, cc, smem_limit=limit, many_units=many_units))
 
 
+#: A compute capability per arch class with its own tile lists, and None for the default lists.
+ARCH_CLASS_CCS = (None, *((major, 0) for major in ARCH_CLASS_TILES))
+
+
 def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) -> list:
     """Every spec of a family for one feature set: each of its dtypes among `dtypes` and head dim
-    (and for the Hopper forward each tile table; for the backward both modes)."""
+    (and for the Hopper forward each tile table; for the backward both modes; for the portable
+    families the lists of every arch class)."""
     out = []
     for dtype in (dt for dt in dtypes if dt in family.dtypes):
         for d in family.head_dims:
-            if family.spec in (FwdSpec, DecodeSpec):
+            if family.spec is DecodeSpec:
                 out += portable_candidates(family, dtype, d, features)
+            elif family.spec is FwdSpec:
+                for cc in ARCH_CLASS_CCS:
+                    out += [s for s in portable_candidates(family, dtype, d, features, compute_capability=cc)
+                            if s not in out]
             elif family.spec is FwdSm90Spec:
                 # A local mask's bands: wide, the narrowest, and the widest that runs persistent.
                 bands = (0, 1, FWD_SM90_PERSISTENT_BAND) if features.mask == "local" else (0,)
@@ -257,7 +283,9 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                         out.append(spec)
             elif family.spec is BwdSpec:
                 for det in (False, True):
-                    out += portable_candidates(family, dtype, d, features, det)
+                    for cc in ARCH_CLASS_CCS:
+                        out += [s for s in portable_candidates(family, dtype, d, features, det, compute_capability=cc)
+                                if s not in out]
             else:
                 for det in (False, True):
                     out.append(_spec_for(family, Problem("bwd", dtype, d, features, deterministic=det)))

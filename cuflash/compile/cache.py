@@ -69,7 +69,8 @@ def builds_for(spec, arch: str) -> bool:
     """Whether ``spec`` exists for GPUs of ``arch``: specs that declare
     ``compute_capabilities`` (sm_90a-only kernels) run on those GPUs only, and
     a tile whose shared memory exceeds what such GPUs allow per block
-    (support.SMEM_LIMITS; the least of them for an arch it does not list) is
+    (support.SMEM_LIMITS; the least of them for an arch it does not list), or
+    that the arch's class replaces with its own (specs.ARCH_CLASS_TILES), is
     never selected there, so it is not built for them either."""
     from .. import support
 
@@ -77,7 +78,8 @@ def builds_for(spec, arch: str) -> bool:
     only = getattr(spec, "compute_capabilities", None)
     if only is not None and cc not in only:
         return False
-    return support.smem_bytes(spec) <= support.SMEM_LIMITS.get(cc, support.SMEM_LIMIT_MIN)
+    return (support.smem_bytes(spec) <= support.SMEM_LIMITS.get(cc, support.SMEM_LIMIT_MIN)
+            and support.offered_on(spec, cc))
 
 
 def device_compute_capability(device_id: int) -> tuple[int, int]:

@@ -61,6 +61,22 @@ def test_info(tmp_path):
         assert "no GPU visible" in text
 
 
+def test_info_names_the_kernels_of_an_arch():
+    """`cuflash info --arch`: per head dim, the kernel and shared memory selection picks on such a GPU."""
+    b200 = cuflash("info", "--arch", "sm_100", CUFLASH_DISABLE_SM90="0")
+    assert b200.returncode == 0, b200.stderr
+    assert "kernels on sm_100 (compute capability 10.0, 232448 bytes" in b200.stdout
+    row = next(line for line in b200.stdout.splitlines() if line.startswith("128 "))
+    assert row.split()[1:5] == ["fwd_bf16_d128_full_m128n64w4", "67584", "bwd_bf16_d128_full_m64n64w8s2k4q4u2", "119808"]
+    h200 = cuflash("info", "--arch", "sm_90a", CUFLASH_DISABLE_SM90="0").stdout
+    assert "bwd90_bf16_d128_full_s2" in h200
+    rtx = cuflash("info", "--arch", "sm_86").stdout
+    row = next(line for line in rtx.splitlines() if line.startswith("192 "))
+    assert "none (shared memory)" in row  # no portable 16-bit backward above d160 within 99 KB
+    bad = cuflash("info", "--arch", "sm_xx")
+    assert bad.returncode == 2 and "sm_xx" in bad.stderr
+
+
 def test_info_counts_cached_kernels(toy_kernels, toy_spec):
     from cuflash.compile import cache
 
@@ -139,9 +155,16 @@ def test_compile_list():
 def test_compile_dtypes():
     from cuflash import support
 
+    from cuflash.compile import cache
+
     out = cuflash("compile", "--list", "--dtypes", "fp32")
     names = out.stdout.split()
-    assert out.returncode == 0 and names == [s.name for s in support.declared_specs(dtypes=("fp32",))]
+    # without a GPU, the specs for sm_80 and sm_90a (not those of sm_100's own lists)
+    declared = support.declared_specs(dtypes=("fp32",))
+    assert out.returncode == 0 and names == [s.name for s in declared
+                                             if any(cache.builds_for(s, a) for a in support.COMPILE_ARCHS)]
+    b200 = cuflash("compile", "--list", "--dtypes", "fp32", "--arch", "sm_100").stdout.split()
+    assert "bwd_fp32_d96_full_m16n32w2s2k2q1u1" in b200 and "bwd_fp32_d96_full_m16n32w2s2k2q1u1" not in names
     assert names and all("_fp32" in n for n in names) and not any(n.startswith(("fwd90", "bwd90", "decode")) for n in names)
     out = cuflash("compile", "--list", "--dtypes", "fp64")
     assert out.returncode == 2 and "--dtypes: expected a comma list of fp16, bf16, fp32" in out.stderr

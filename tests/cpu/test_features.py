@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from cuflash import launch, params, support
+from cuflash.compile import cache
 from cuflash.specs import (
+    ARCH_CLASS_TILES,
     BwdPrepareSpec,
     CAUSAL,
     MASKS,
@@ -410,7 +412,7 @@ def test_select_refuses_an_unknown_dtype_with_reasons():
     assert len(reasons) == len([f for f in support.FAMILIES if f.direction == "fwd"])
 
 
-@pytest.mark.parametrize("cc", [(8, 0), (8, 6), (9, 0), (12, 0)])
+@pytest.mark.parametrize("cc", [(8, 0), (8, 6), (9, 0), (10, 0), (12, 0)])
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_float32_tiles_fit_each_gpu(cc, direction):
     """Every float32 head dim has a tile within the GPU's shared memory, except the backward's
@@ -518,6 +520,26 @@ def test_every_head_dim_gets_tiles_that_fit_the_gpu(cc):
                 continue
             bwd = support.bwd_spec("bf16", d, CAUSAL, det, cc, sm90=False)
             assert support.smem_bytes(bwd) <= limit and bwd.head_dim >= d, (cc, d, bwd.name)
+
+
+def test_an_arch_class_list_replaces_the_default_tiles_there_only():
+    """specs.ARCH_CLASS_TILES: on compute capability 10.x (B200) the portable backward takes its own
+    lists (the 227 KB defaults spill under sm_100's ptxas); other GPUs keep theirs, and each list's
+    kernels are declared, and built for that class's archs only."""
+    assert 10 in ARCH_CLASS_TILES
+    names = {s.name for s in support.declared_specs(dtypes=support.SUPPORTED_DTYPES)}
+    for (direction, kind, d), tiles in ARCH_CLASS_TILES[10].items():
+        for dtype in (("fp32",) if kind == "fp32" else ("bf16", "fp16")):
+            problem = dict(dtype=dtype, head_dim=d, features=CAUSAL, sm90=False)
+            b200 = support.select(Problem(direction, compute_capability=(10, 0), smem_limit=232448, **problem))
+            h200 = support.select(Problem(direction, compute_capability=(9, 0), **problem))
+            assert (b200.head_dim, b200.tiles) == tiles[0] and b200.tiles != h200.tiles, (dtype, d)
+            assert b200.name in names
+            assert cache.builds_for(b200, "sm_100") and cache.builds_for(b200, "sm_103")
+            assert not cache.builds_for(h200, "sm_100") and cache.builds_for(h200, "sm_90")
+            family = next(f for f in support.FAMILIES if f.name == direction)
+            if b200 not in support.portable_candidates(family, dtype, d, CAUSAL):
+                assert not cache.builds_for(b200, "sm_80") and not cache.builds_for(b200, "sm_90")
 
 
 def test_declared_specs_hold_every_tile_any_gpu_selects():
