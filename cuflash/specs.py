@@ -240,7 +240,7 @@ FWD_TILES_FP32 = {
 #: the 128 x 128 tiles of D = 160 and 192 need 126 / 150 KB, more than 99 KB.
 FWD_TILES_SMALLER_SMEM = {
     160: [(160, FwdTiles(64, 64, 4))],  # 64512
-    192: [(192, FwdTiles(64, 64, 4))],  # 76800
+    192: [(192, FwdTiles(64, 64, 4))],  # 74752
 }
 
 
@@ -575,18 +575,18 @@ BWD_TILES = {
 #: tiles): a head dim whose own bucket has no tile that fits runs in a larger bucket (the
 #: actual d is a run-time value). Each entry compiles without spills for sm_80 in bf16 and
 #: fp16, causal or not, deterministic or not (tests/compile); shared memory in bytes beside
-#: it. Head dims above 160 have no portable backward within 99 KB.
+#: it (launch.bwd_smem_bytes; a bias adds up to 1 KB). Head dims above 160 have no portable backward within 99 KB.
 BWD_TILES_SMALLER_SMEM = {
     32: [(32, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2))],    # 78848
-    64: [(64, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2)),     # 111616
-         (64, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 74752
+    64: [(64, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2)),     # 107520
+         (64, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 70656
     96: [(96, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 99328
-    128: [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 123904
-          (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 75264
+    128: [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 119808
+          (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 73216
     160: [(160, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 91648
     192: [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 111104
-    224: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920 (no 8-warp tile of D = 224 fits)
-    256: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 145920
+    224: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 143872 (no 8-warp tile of D = 224 fits)
+    256: [(256, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 143872
 }
 
 
@@ -616,12 +616,19 @@ BWD_TILES_FP32 = {
 #: 10 (B200 / B300, sm_100, 227 KB): ptxas for sm_100 spills the 227 KB 16-bit backward tiles of
 #:   d128 (4-60 bytes under NVRTC 12.9 and 13.5) and d192 (20-24, 12.9), so they take A100's 163 KB
 #:   ones; float32's backward spills at d96 (4-8 bytes, 13.5) and at d128 in each listed tile, so d96
-#:   unrolls its k loops once and d128 takes a 154 KB tile that A100 would fit too. All clean
-#:   under 12.9, 13.0 and 13.5 (bench/NOTES.md g1, g2, g3).
+#:   unrolls its k loops once and d128 takes a 154 KB tile that A100 would fit too. The 16-bit
+#:   backward at d96 and d160 keeps its tile but unrolls its k loops by 2: fully unrolled, sm_100's
+#:   ptxas spends 70-107 s on each of those kernels (about 1 s unrolled by 2, and on every other
+#:   arch either way), the larger part of a B200 user's first compile and of CI's compile tier.
+#:   All clean under 12.9, 13.0 and 13.5 (bench/NOTES.md g1, g2, g3, g4).
 ARCH_CLASS_TILES = {
     10: {
+        ("bwd", "16-bit", 96): [(96, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2)),     # 144384
+                                (96, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 99328
         ("bwd", "16-bit", 128): [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 119808
-                                 (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 75264
+                                 (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 73216
+        ("bwd", "16-bit", 160): [(160, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 148480
+                                 (160, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 91648
         ("bwd", "16-bit", 192): [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 111104
         ("bwd", "fp32", 96): [(96, BwdTiles(16, 32, 2, 2, 2, 1, k_unroll=1))],       # 54016
         ("bwd", "fp32", 128): [(128, BwdTiles(32, 64, 4, 2, 2, 2, 32, k_unroll=2))],  # 154112

@@ -146,10 +146,16 @@ def test_compile_rejects_bad_arguments(tmp_path):
 
 def test_compile_list():
     from cuflash import support
+    from cuflash.compile import cache
 
     out = cuflash("compile", "--list")
     assert out.returncode == 0
-    assert out.stdout.split() == [s.name for s in support.declared_specs()]
+    # without a GPU, the specs for sm_80 and sm_90a; sm_100's own tiles with --arch sm_100
+    declared = support.declared_specs()
+    assert out.stdout.split() == [s.name for s in declared if any(cache.builds_for(s, a) for a in support.COMPILE_ARCHS)]
+    b200 = cuflash("compile", "--list", "--arch", "sm_100").stdout.split()
+    assert b200 == [s.name for s in declared if cache.builds_for(s, "sm_100")]
+    assert "bwd_bf16_d96_full_m64n128w8s4k4q4u2" in b200 and "bwd_bf16_d96_full_m64n128w8s4k4q4u0" not in b200
 
 
 def test_compile_dtypes():

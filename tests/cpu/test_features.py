@@ -193,10 +193,11 @@ def test_default_declared_specs():
     specs = support.declared_specs()
     # 156 for the large-memory tiles (one Hopper forward tile per head dim since v8), plus the
     # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
-    # in both modes; d224 runs d256's within 163 KB), plus
+    # in both modes; d224 runs d256's within 163 KB), plus sm_100's own backward tiles of d96 and
+    # d160 (2 dtypes x 2 masks x 2 modes x 2 head dims; its d128 and d192 ones are A100's), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
     # x 4 tiles + 4 x 2)), which merges its splits itself
-    assert len(specs) == 156 + 4 * (2 + 2 * 9) + 2 + 2 * 2 * (4 * 4 + 4 * 2)
+    assert len(specs) == 156 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
