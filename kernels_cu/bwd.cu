@@ -147,10 +147,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 
     const elem_t *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    const elem_t* dout = si.query_rows(static_cast<const elem_t*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride);
-    const float* lse2 = p.lse_log2 + si.row_stat(p.nheads, p.seqlen_q_rounded);
-    const float* delta = p.delta + si.row_stat(p.nheads, p.seqlen_q_rounded);
-    float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
+    const elem_t* dout = si.dout_rows<elem_t>(p);
+    const float* lse2 = p.lse_log2 + si.bwd_stat_row0(p);
+    const float* delta = p.delta + si.bwd_stat_row0(p);
+    float* dq_accum = si.dq_accum_rows(p);
 
     // Query blocks [m_begin, m_end) hold every query that sees a key of this block.
     const int2 query_blocks = vis.query_blocks<BM>(key0, BN);

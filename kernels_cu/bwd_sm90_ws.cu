@@ -200,11 +200,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             const bool second = warp == 1;
             const u16 *q, *k, *v;
             si.qkv_rows(p, q, k, v);
-            const u16* rows = second ? si.query_rows(static_cast<const u16*>(p.dout), p.do_batch_stride,
-                                                     p.do_row_stride, p.do_head_stride)
-                                     : q;
+            const u16* rows = second ? si.dout_rows<u16>(p) : q;
             const i64 row_stride = second ? p.do_row_stride : p.q_row_stride;
-            const float* stat = (second ? p.delta : p.lse_log2) + si.row_stat(p.nheads, p.seqlen_q_rounded);
+            const float* stat = (second ? p.delta : p.lse_log2) + si.bwd_stat_row0(p);
             const u32 s_rows = second ? sdO0 : sQ0;
             const u32 s_stat = smem_addr(second ? sDelta : sLse2);
             load_tile_swizzled<BN, D, 32, AW, true>(second ? sV : sK, second ? v : k,
@@ -226,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             cp_async_commit();
             cp_async_wait<0>();
         } else if (warp == DQ_WARP) {
-            float* dq_accum = si.query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
+            float* dq_accum = si.dq_accum_rows(p);
 #pragma unroll 1
             for (int u = 0; u < count; ++u) {
                 const int m = m_begin + u, row0 = m * BM, buf = u % DQ_BUFFERS;

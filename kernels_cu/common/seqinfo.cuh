@@ -98,6 +98,20 @@ struct SeqInfo {
     // Index of query row 0 in a (batch, nheads, rows) per-row array (the
     // backward's padded lse_log2 / delta).
     CUFLASH_DEVICE i64 row_stat(int nheads, int rows) const { return ((i64)b * nheads + h) * rows; }
+    // The backward's other per-(b, h) inputs and its dQ scratch: row 0 of dout
+    // (head h), the index of row 0 in lse_log2 and delta ((batch, nheads,
+    // seqlen_q_rounded): padded to whole query blocks by bwd_prepare.cu) and row 0
+    // of dq_accum (fp32, head h).
+    template <class T, class Params>
+    CUFLASH_DEVICE const T* dout_rows(const Params& p) const {
+        return query_rows(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+    }
+    template <class Params>
+    CUFLASH_DEVICE i64 bwd_stat_row0(const Params& p) const { return row_stat(p.nheads, p.seqlen_q_rounded); }
+    template <class Params>
+    CUFLASH_DEVICE float* dq_accum_rows(const Params& p) const {
+        return query_rows(p.dq_accum, p.dqa_batch_stride, p.dqa_row_stride, p.dqa_head_stride);
+    }
     // Index of query row 0 in the forward's lse: (batch, nheads, seqlen_q), or
     // (nheads, total_q) for a varlen batch.
     template <class Params>
