@@ -623,14 +623,11 @@ BWD_TILES_FP32 = {
 #:   All clean under 12.9, 13.0 and 13.5 (bench/NOTES.md g1, g2, g3, g4).
 ARCH_CLASS_TILES = {
     10: {
-        ("bwd", "16-bit", 96): [(96, BwdTiles(64, 128, 8, 4, 4, 4, k_unroll=2)),     # 144384
-                                (96, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2))],     # 99328
-        ("bwd", "16-bit", 128): [(128, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 119808
-                                 (128, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 73216
-        ("bwd", "16-bit", 160): [(160, BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2)),    # 148480
-                                 (160, BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2))],   # 91648
-        ("bwd", "16-bit", 192): [(192, BwdTiles(32, 64, 8, 4, 4, 2, k_unroll=2))],   # 111104
-        ("bwd", "fp32", 96): [(96, BwdTiles(16, 32, 2, 2, 2, 1, k_unroll=1))],       # 54016
+        ("bwd", "16-bit", 96): [(96, replace(BWD_TILES[96], k_unroll=2))] + BWD_TILES_SMALLER_SMEM[96],
+        ("bwd", "16-bit", 128): BWD_TILES_SMALLER_SMEM[128],
+        ("bwd", "16-bit", 160): [(160, replace(BWD_TILES[160], k_unroll=2))] + BWD_TILES_SMALLER_SMEM[160],
+        ("bwd", "16-bit", 192): BWD_TILES_SMALLER_SMEM[192],
+        ("bwd", "fp32", 96): [(96, replace(t, k_unroll=1)) for t in BWD_TILES_FP32[96]],
         ("bwd", "fp32", 128): [(128, BwdTiles(32, 64, 4, 2, 2, 2, 32, k_unroll=2))],  # 154112
     },
 }
