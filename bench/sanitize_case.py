@@ -82,7 +82,7 @@ def float32_cases():
 # varlen batch with empty sequences (query blocks past a sequence's end leave before any barrier).
 def forward_cases():
     for dtype in ("fp16", "bf16"):
-        for d in (40, 96, 128, 256):
+        for d in (40, 96, 128, 160, 192, 256):
             q, k, v = testing.random_qkv(2, 77, 131, 4, 2, d, dtype, xp=cp)
             for causal in (False, True):
                 cuflash.attention(q, k, v, causal=causal, return_lse=True)

@@ -306,19 +306,25 @@ class FwdSm90Tiles:
         """Warpgroups that compute (the producer of the warp-specialised kernel not counted)."""
         return self.block_m // 64
 
-    def with_features(self, features: "Features") -> "FwdSm90Tiles":
+    def with_features(self, features: "Features", head_dim: int) -> "FwdSm90Tiles":
         """These tiles for a feature set, where the features' registers do not fit them
         (each measured by a spill under NVRTC 12.9, bench/NOTES.md v8):
         - the bias's addresses and loads: the warp-specialised consumers (224 registers)
           spilled 8-84 bytes, so a bias runs on the kernel without a producer, at
-          128 rows and one CTA per SM;
+          128 rows, key blocks rounded down to a multiple of 64 (d160-d256: the 64
+          keys it has always run there) and one CTA per SM;
         - ALiBi, the sink or dropout beside three consumer warpgroups (160 registers each)
           spilled 8-116 bytes: two consumer warpgroups (128 rows) instead;
         - dropout's Philox rounds in a register-capped tile (ctas_per_sm > 1) spilled 76 bytes:
-          one CTA per SM."""
+          one CTA per SM;
+        - ALiBi beside key blocks wider than 64 from d160 on (the 80- and 96-key tiles) spilled
+          8-104 bytes with a window, dropout or softcap + sink (d160 96 keys, d256 80 keys):
+          64 keys, the tiles it had before."""
         t = self
         if features.bias and t.stages:
-            t = replace(t, block_m=128, stages=0)
+            t = replace(t, block_m=128, block_n=t.block_n // 64 * 64, stages=0)
+        if features.alibi and t.stages and t.block_n > 64 and head_dim >= 160:
+            t = replace(t, block_n=64)
         if (features.alibi or features.sink or features.dropout) and t.stages and t.block_m > 128:
             t = replace(t, block_m=128)
         if features.dropout or features.bias:
@@ -336,19 +342,22 @@ FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 #: Shared memory one block may opt in to on compute capability 9.0 (227 KB; support.SMEM_LIMITS).
 SM90_SMEM_PER_BLOCK = 232448
 
-# Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8):
+# Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8, v14):
 # the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu, two K/V stages)
 # everywhere, one tile whatever the query length (128x128s2 wins at every
-# length at d128, where v7's 192x64 won from 2k rows).
+# length at d128, where v7's 192x64 won from 2k rows). Key blocks of 80 and 96
+# (wgmma N a multiple of 16) from d160 on: against 128 x 64, d160 128x96 +4-10%,
+# d192 128x80 +2-6%, d256 128x80 +1-14% (H200 bf16, 1k-16k); d224 stays (mixed),
+# and d96 / d128 keep 128 x 128 (128 x 144 / 160 mixed).
 FWD_SM90_TILES = {
     32: FwdSm90Tiles(192, 128, stages=2),
     64: FwdSm90Tiles(192, 128, stages=2),
     96: FwdSm90Tiles(128, 128, stages=2),
     128: FwdSm90Tiles(128, 128, stages=2),
-    160: FwdSm90Tiles(128, 64, stages=2),
-    192: FwdSm90Tiles(128, 64, stages=2),
+    160: FwdSm90Tiles(128, 96, stages=2),
+    192: FwdSm90Tiles(128, 80, stages=2),
     224: FwdSm90Tiles(128, 64, stages=2),
-    256: FwdSm90Tiles(128, 64, stages=2),
+    256: FwdSm90Tiles(128, 80, stages=2),
 }
 # A sliding window of at most FWD_SM90_NARROW_BAND keys per query (left + right + 1) is nearly
 # bound by memory: 64-row tiles, two CTAs per SM, visit less of the rectangle around the band. On
@@ -395,8 +404,10 @@ class FwdSm90Spec(AttentionSpec):
         t = self.tiles
         if t.block_m % 64 or not 64 <= t.block_m <= 256:
             raise ValueError(f"block_m must be 64, 128, 192 or 256, got {t}")
-        if t.block_n % 32 or not 32 <= t.block_n <= 256:
-            raise ValueError(f"block_n must be a multiple of 32 in [32, 256], got {t}")
+        # wgmma's N: a multiple of 16 below 192 in the warp-specialised kernel (wgmma.cuh), else of 32.
+        if t.block_n % (16 if t.stages and t.block_n < 192 else 32) or not 32 <= t.block_n <= 256:
+            raise ValueError(f"block_n must be a multiple of 32 in [32, 256] (with stages, or of 16 below 192), "
+                             f"got {t}")
         if t.ctas_per_sm not in (1, 2, 3, 4):
             raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
         if t.stages and (t.stages < 2 or t.ctas_per_sm != 1 or t.block_m > 192):
@@ -419,7 +430,7 @@ class FwdSm90Spec(AttentionSpec):
         tiles = FWD_SM90_TILES[d]
         if 0 < band <= FWD_SM90_NARROW_BAND.get(d, 0):
             tiles = FWD_SM90_NARROW_TILES[d]
-        spec = cls(dtype, d, features, tiles.with_features(features))
+        spec = cls(dtype, d, features, tiles.with_features(features, d))
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
             spec = replace(spec, short_band=True)
         return spec

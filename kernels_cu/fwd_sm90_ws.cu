@@ -42,7 +42,7 @@
 // Compile-time constants (cuflash/specs.py FwdSm90Spec with stages > 0):
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (multiple of 32; columns >= the run-time d
 // are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per consumer
-// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 32), CUFLASH_STAGES, CUFLASH_PERSISTENT
+// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 16), CUFLASH_STAGES, CUFLASH_PERSISTENT
 // (the grid: FwdSm90Spec.persistent), CUFLASH_Q_BUFFERS (1 or 2: FwdSm90Spec.q_buffers), and the
 // features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK,
 // CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
@@ -72,7 +72,7 @@ constexpr int WGS = BM / 64;  // consumer warpgroups
 constexpr int THREADS = (WGS + 1) * 128;
 constexpr int NT = BN / 8;  // n8 tiles of S per warp
 constexpr int DT = D / 8;   // n8 tiles of O per warp
-static_assert(BM % 64 == 0 && BN % 32 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
+static_assert(BM % 64 == 0 && BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(WGS >= 1 && WGS <= 3, "one to three consumer warpgroups");
 static_assert(Q_BUFFERS == 1 || Q_BUFFERS == 2, "one or two Q buffers");
 static_assert(!BIAS, "an additive bias runs on fwd_sm90.cu");

@@ -103,6 +103,14 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 #define CUFLASH_WG_Q(d, c) \
     CUFLASH_WG_T(d, 4 * c), CUFLASH_WG_T(d, 4 * c + 1), CUFLASH_WG_T(d, 4 * c + 2), CUFLASH_WG_T(d, 4 * c + 3)
 
+// N = 80, 112, 144, 176 (a whole list and two n8-tiles more): the first 8 registers of list
+// R2..R5 and the "+f" operands of tiles 4c, 4c+1.
+#define CUFLASH_WG_H2 "%32, %33, %34, %35, %36, %37, %38, %39"
+#define CUFLASH_WG_H3 "%48, %49, %50, %51, %52, %53, %54, %55"
+#define CUFLASH_WG_H4 "%64, %65, %66, %67, %68, %69, %70, %71"
+#define CUFLASH_WG_H5 "%80, %81, %82, %83, %84, %85, %86, %87"
+#define CUFLASH_WG_P(d, c) CUFLASH_WG_T(d, 4 * c), CUFLASH_WG_T(d, 4 * c + 1)
+
 #define CUFLASH_WG_REGS_32 CUFLASH_WG_R0
 #define CUFLASH_WG_REGS_64 CUFLASH_WG_REGS_32 ", " CUFLASH_WG_R1
 #define CUFLASH_WG_REGS_96 CUFLASH_WG_REGS_64 ", " CUFLASH_WG_R2
@@ -111,6 +119,10 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 #define CUFLASH_WG_REGS_192 CUFLASH_WG_REGS_160 ", " CUFLASH_WG_R5
 #define CUFLASH_WG_REGS_224 CUFLASH_WG_REGS_192 ", " CUFLASH_WG_R6
 #define CUFLASH_WG_REGS_256 CUFLASH_WG_REGS_224 ", " CUFLASH_WG_R7
+#define CUFLASH_WG_REGS_80 CUFLASH_WG_REGS_64 ", " CUFLASH_WG_H2
+#define CUFLASH_WG_REGS_112 CUFLASH_WG_REGS_96 ", " CUFLASH_WG_H3
+#define CUFLASH_WG_REGS_144 CUFLASH_WG_REGS_128 ", " CUFLASH_WG_H4
+#define CUFLASH_WG_REGS_176 CUFLASH_WG_REGS_160 ", " CUFLASH_WG_H5
 #define CUFLASH_WG_OPS_32(d) CUFLASH_WG_Q(d, 0)
 #define CUFLASH_WG_OPS_64(d) CUFLASH_WG_OPS_32(d), CUFLASH_WG_Q(d, 1)
 #define CUFLASH_WG_OPS_96(d) CUFLASH_WG_OPS_64(d), CUFLASH_WG_Q(d, 2)
@@ -119,6 +131,10 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 #define CUFLASH_WG_OPS_192(d) CUFLASH_WG_OPS_160(d), CUFLASH_WG_Q(d, 5)
 #define CUFLASH_WG_OPS_224(d) CUFLASH_WG_OPS_192(d), CUFLASH_WG_Q(d, 6)
 #define CUFLASH_WG_OPS_256(d) CUFLASH_WG_OPS_224(d), CUFLASH_WG_Q(d, 7)
+#define CUFLASH_WG_OPS_80(d) CUFLASH_WG_OPS_64(d), CUFLASH_WG_P(d, 2)
+#define CUFLASH_WG_OPS_112(d) CUFLASH_WG_OPS_96(d), CUFLASH_WG_P(d, 3)
+#define CUFLASH_WG_OPS_144(d) CUFLASH_WG_OPS_128(d), CUFLASH_WG_P(d, 4)
+#define CUFLASH_WG_OPS_176(d) CUFLASH_WG_OPS_160(d), CUFLASH_WG_P(d, 5)
 
 // CUFLASH_WG_C(x) is the constraint of accumulator x: "+f" (read and
 // written) where D += A B, "=f" (written only) where D = A B, so the old
@@ -149,9 +165,13 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 #define CUFLASH_WGMMA_SS_BY_N                                                      \
     if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19", "20");                \
     else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35", "36");           \
+    else if constexpr (N == 80) CUFLASH_WGMMA_SS(80, "40", "41", "42", "43", "44");           \
     else if constexpr (N == 96) CUFLASH_WGMMA_SS(96, "48", "49", "50", "51", "52");           \
+    else if constexpr (N == 112) CUFLASH_WGMMA_SS(112, "56", "57", "58", "59", "60");         \
     else if constexpr (N == 128) CUFLASH_WGMMA_SS(128, "64", "65", "66", "67", "68");         \
+    else if constexpr (N == 144) CUFLASH_WGMMA_SS(144, "72", "73", "74", "75", "76");         \
     else if constexpr (N == 160) CUFLASH_WGMMA_SS(160, "80", "81", "82", "83", "84");         \
+    else if constexpr (N == 176) CUFLASH_WGMMA_SS(176, "88", "89", "90", "91", "92");         \
     else if constexpr (N == 192) CUFLASH_WGMMA_SS(192, "96", "97", "98", "99", "100");        \
     else if constexpr (N == 224) CUFLASH_WGMMA_SS(224, "112", "113", "114", "115", "116");    \
     else CUFLASH_WGMMA_SS(256, "128", "129", "130", "131", "132");
@@ -172,7 +192,7 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 // (K-major), 1: K x N (N contiguous).
 template <int N, int TRANS_A, int TRANS_B, bool ACCUM>
 CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b) {
-    static_assert(N % 32 == 0 && N <= 256, "N: a multiple of 32 up to 256");
+    static_assert((N % 32 == 0 || (N % 16 == 0 && N < 192)) && N <= 256, "N: a multiple of 32 up to 256, or 80, 112, 144, 176");
     const int scale_d = ACCUM;
     if constexpr (ACCUM) {
 #define CUFLASH_WG_C CUFLASH_WG_INOUT

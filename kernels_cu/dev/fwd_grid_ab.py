@@ -5,6 +5,8 @@ forward's grid as cuflash picks it, or:
   QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
   TILES=64:128x128,...  other tiles (Br x Bc, two stages) for those head dims (d64 causal on two
              consumer warpgroups: bench/NOTES.md v12);
+  PERSIST_DIMS=224,256  these head dims on the persistent grid too (specs.FWD_SM90_PERSISTENT_HEAD_DIMS);
+  SEQLENS=1024,4096,16384  these query lengths instead of 1k, 2k and 8k;
   PERSIST_LOCAL=1  every band on the persistent grid (specs.FWD_SM90_PERSISTENT_BAND unbounded);
   NARROW=0   no narrow tiles for short bands (specs.FWD_SM90_NARROW_BAND emptied);
   WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above.
@@ -22,6 +24,8 @@ from cuflash import specs, testing
 
 if os.environ.get("PERSIST") == "0":
     specs.FwdSm90Spec.persistent = property(lambda self: False)
+extra = [int(x) for x in filter(None, os.environ.get("PERSIST_DIMS", "").split(","))]
+specs.FWD_SM90_PERSISTENT_HEAD_DIMS = tuple(specs.FWD_SM90_PERSISTENT_HEAD_DIMS) + tuple(extra)
 if os.environ.get("PERSIST_LOCAL") == "1":
     specs.FWD_SM90_PERSISTENT_BAND = 1 << 30
 if os.environ.get("NARROW") == "0":
@@ -52,6 +56,7 @@ def median_ms(call):
     return float(np.median(times))
 
 
+seqlens = [int(x) for x in os.environ.get("SEQLENS", "1024,2048,8192").split(",")]
 windows = [tuple(int(x) for x in w.split(":")) for w in filter(None, os.environ.get("WINDOWS", "").split(","))]
 for d in dims:
     h = {96: 21, 160: 12, 192: 10}.get(d, 2048 // d)
@@ -63,7 +68,7 @@ for d in dims:
             print(f"{label:8s} d{d} s16384 window={window}: {ms:.4f} ms", flush=True)
         continue
     for causal in (True, False):
-        for s in (1024, 2048, 8192):
+        for s in seqlens:
             b = 16384 // s
             q, k, v = testing.random_qkv(b, s, s, h, h, d, "bf16", xp=cp, seed=0)
             out = cuflash.attention(q, k, v, causal=causal)

@@ -97,7 +97,7 @@ def test_bias_shapes(dtype, shape, causal, seqlens):
     check_case(q, k, v, bias, dict(causal=causal))
 
 
-@pytest.mark.parametrize("head_dim", [32, 96, 128, 256])
+@pytest.mark.parametrize("head_dim", [32, 96, 128, 160, 192, 256])
 def test_bias_head_dims(head_dim):
     q, k, v = draw("bf16", (200, 300), head_dim=head_dim)
     check_case(q, k, v, random_bias((BATCH, NHEADS, 200, 300), "bf16"), dict(causal=True))
