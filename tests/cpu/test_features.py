@@ -569,3 +569,23 @@ def test_a_softcap_alone_folds_into_the_exp2_multiply_where_measured():
     opts = {"scale": 0.125, "scale_log2": 0.125 * 1.4426950408889634, "softcap_in": 0.125 / 30, "softcap_out": 240.0}
     assert launch.attention_fields(spec, x, x, x, opts)["scale_log2"] == pytest.approx(30 * 1.4426950408889634)
     assert launch.attention_fields(portable, x, x, x, opts)["scale_log2"] == opts["scale_log2"]
+
+
+def test_hopper_forward_tiles_fit_and_suit_their_kernel():
+    """Every Hopper forward any feature set selects fits 227 KB and has key blocks its kernel takes:
+    a multiple of 16 below 192 on the warp-specialised kernel (wgmma.cuh's N lists: 80, 112, 144, 176
+    besides the multiples of 32), of 32 on the kernel without a producer. From d160 on the tiles take
+    80 or 96 keys, except beside ALiBi (it spilled there) and a bias (the kernel without a producer),
+    which keep 64 (bench/NOTES.md v14)."""
+    sets = ["causal", "window", "alibi", "bias", "dropout", "sink", "softcap", "varlen", "causal,alibi,sink",
+            "window,softcap,alibi,sink,dropout"]
+    for d in support.supported_head_dims():
+        for f in [PLAIN] + [Features.parse(w) for w in sets]:
+            spec = support.fwd_spec("bf16", d, f, (9, 0))
+            t = spec.tiles
+            assert support.smem_bytes(spec) <= support.SMEM_LIMITS[(9, 0)], spec.name
+            assert t.block_n % (16 if t.stages else 32) == 0 and (t.stages or spec.source == "fwd_sm90.cu")
+            if spec.head_dim in (160, 192, 256):
+                assert t.block_n == (64 if f.alibi or f.bias else 96 if spec.head_dim == 160 else 80), spec.name
+    with pytest.raises(ValueError, match="block_n"):
+        FwdSm90Spec("bf16", 256, PLAIN, FwdSm90Tiles(128, 80))  # 80 keys need the warp-specialised kernel
