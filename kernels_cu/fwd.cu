@@ -103,11 +103,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
     const elem_t *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    elem_t* o = si.query_rows(static_cast<elem_t*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    elem_t* o = si.out_rows<elem_t>(p);
     float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p);
-    // The sink's logit: the lse of a row that sees no key (-inf without a sink).
-    // Read where it is used, so no register holds it through the main loop.
-    auto sink = [&]() { return SINK ? p.sink[si.h] : -INFINITY; };
 
     // Key blocks [n_begin, n_end) hold every key some row of this block may see.
     const int2 key_blocks = vis.key_blocks<BN>(row0, BM);
@@ -118,7 +115,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
     if (n_begin >= n_end) {
         // No row of this block sees any key: output 0 and lse = -inf (or the sink).
-        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, sink(), row0,
+        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, sink_logit(p, si), row0,
                                          si.seqlen_q, p.head_dim, tid);
         return;
     }
@@ -225,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
     // 3. Epilogue.
     float inv_l[MT][2], lse[MT][2];
-    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink());
+    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink_logit(p, si));
     drop.scale_rows(inv_l);  // O / (1 - p) under dropout
 
     // This warp's rows of sQ are read only by this warp; wait until all its

@@ -89,11 +89,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);
-    u16* o = si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    u16* o = si.out_rows<u16>(p);
     float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p);
-    // The sink's logit: the lse of a row that sees no key (-inf without a sink).
-    // Read where it is used, so no register holds it through the main loop.
-    auto sink = [&]() { return SINK ? p.sink[si.h] : -INFINITY; };
 
     // Key blocks [first, last] hold every key some row of this block may see.
     const int2 key_blocks = vis.key_blocks<BN>(row0, BM);
@@ -102,7 +99,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
 
     if (first > last) {
         // No row of this block sees any key: output 0 and lse = -inf (or the sink).
-        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, sink(), row0,
+        store_empty_rows<BM, D, THREADS>(o, p.o_row_stride, lse_rows, sink_logit(p, si), row0,
                                          si.seqlen_q, p.head_dim, tid);
         return;
     }
@@ -224,7 +221,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
 
     // 3. Epilogue.
     float inv_l[1][2], lse[1][2];
-    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink());
+    softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink_logit(p, si));
     drop.scale_rows(inv_l);  // O / (1 - p) under dropout
 
     // This warpgroup's 64 rows of sQ were read only by its own wgmmas, all

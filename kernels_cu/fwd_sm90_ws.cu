@@ -259,12 +259,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         fence_proxy_async();  // the copies were generic-proxy writes; wgmma reads through the async proxy
     };
 
-    // Where a tile's outputs go: its rows of o and lse, and the sink's logit (-inf without).
-    auto o_rows = [&](const SeqInfo& si) {
-        return si.query_rows(static_cast<u16*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
-    };
+    // A tile's rows of lse (none where the caller wants no lse).
     auto lse_rows = [&](const SeqInfo& si) { return p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p); };
-    auto sink = [&](const SeqInfo& si) { return SINK ? p.sink[si.h] : -INFINITY; };
 
     int kq = 0, g0 = 0;  // tiles and K/V blocks consumed so far
     auto consume = [&](int t) {
@@ -279,8 +275,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         const int first = key_blocks.x, last = key_blocks.y - 1;
         if (first > last) {
             // No row of this block sees any key: output 0 and lse = -inf (or the sink).
-            store_empty_rows<BM, D, 128 * WGS>(o_rows(si), p.o_row_stride, lse_rows(si), sink(si), row0, si.seqlen_q,
-                                               p.head_dim, tid - 128);
+            store_empty_rows<BM, D, 128 * WGS>(si.out_rows<u16>(p), p.o_row_stride, lse_rows(si), sink_logit(p, si),
+                                               row0, si.seqlen_q, p.head_dim, tid - 128);
             return;
         }
         const int count = last - first + 1;  // blocks to visit
@@ -382,7 +378,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         const SeqInfo so(p, at.b, at.h);
         const int orow0 = at.m_block * BM;
         float inv_l[1][2], lse[1][2];
-        softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink(so));
+        softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink_logit(p, so));
         drop.scale_rows(inv_l);  // O / (1 - p) under dropout
 
         // This warpgroup's 64 rows of the Q buffer were read only by its own wgmmas, all
@@ -397,7 +393,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // The 16-byte stores below read rows that other lanes of this warp wrote.
         __syncwarp();
         auto warp_rows = [&](int r, int col) { return swizzled_offset<BM, D>(warp_row0 + r, col); };
-        store_staged_rows<16, D>(o_rows(so), p.o_row_stride, staged, warp_rows, orow0 + warp_row0, so.seqlen_q,
+        store_staged_rows<16, D>(so.out_rows<u16>(p), p.o_row_stride, staged, warp_rows, orow0 + warp_row0, so.seqlen_q,
                                  p.head_dim, elane, 32);
         store_lse(lse_rows(so), lse, orow0 + warp_row0, so.seqlen_q, elane);
         // This thread's reads of the staged rows are done: the producer may load the

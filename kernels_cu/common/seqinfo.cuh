@@ -122,6 +122,11 @@ struct SeqInfo {
         return row_stat(p.nheads, p.seqlen_q);
 #endif
     }
+    // Row 0 of the forward's output o (head h).
+    template <class T, class Params>
+    CUFLASH_DEVICE T* out_rows(const Params& p) const {
+        return query_rows(static_cast<T*>(p.o), p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    }
     // Whether query rows from row0 on lie past this sequence (a varlen grid covers the
     // longest sequence; shorter ones' surplus query blocks exit at once).
     CUFLASH_DEVICE bool past_end(int row0) const { return CUFLASH_VARLEN && row0 >= seqlen_q; }

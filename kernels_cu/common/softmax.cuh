@@ -129,6 +129,14 @@ CUFLASH_DEVICE float sink_log2(const Params& p, const SeqInfo& si) {
     return SINK ? p.sink[si.h] * LOG2E : 0.f;
 }
 
+// The sink's logit for the forward's epilogue: the lse of a row that sees no key
+// (-inf without a sink). The kernels call it where it is used, so that no
+// register holds it through the main loop.
+template <class Params>
+CUFLASH_DEVICE float sink_logit(const Params& p, const SeqInfo& si) {
+    return SINK ? p.sink[si.h] : -INFINITY;
+}
+
 // The backward's recompute of P and dS (FlashAttention-2, Alg. 2) on a
 // transposed tile, keys as rows (fragment.cuh layout): s holds S^T (raw
 // scores, already modified and masked) and becomes P^T = exp2(s * c - L2);
