@@ -339,14 +339,18 @@ class FwdSm90Tiles:
 #: gained, 1-7%), where d128, d160 and d192 gain 3-13% at 1k-2k (bench/NOTES.md v11).
 FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 
+#: wgmma N values besides the multiples of 32 that kernels_cu/common/wgmma.cuh issues (its
+#: operand lists; S = Q K^T of the warp-specialised forward, key blocks of Bc = N).
+WGMMA_EXTRA_N = (80, 112, 144, 176)
+
 #: Shared memory one block may opt in to on compute capability 9.0 (227 KB; support.SMEM_LIMITS).
 SM90_SMEM_PER_BLOCK = 232448
 
 # Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8, v14):
 # the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu, two K/V stages)
 # everywhere, one tile whatever the query length (128x128s2 wins at every
-# length at d128, where v7's 192x64 won from 2k rows). Key blocks of 80 and 96
-# (wgmma N a multiple of 16) from d160 on: against 128 x 64, d160 128x96 +4-10%,
+# length at d128, where v7's 192x64 won from 2k rows). Key blocks of 80 (one of
+# WGMMA_EXTRA_N) and 96 from d160 on: against 128 x 64, d160 128x96 +4-10%,
 # d192 128x80 +2-6%, d256 128x80 +1-14% (H200 bf16, 1k-16k); d224 stays (mixed),
 # and d96 / d128 keep 128 x 128 (128 x 144 / 160 mixed).
 FWD_SM90_TILES = {
@@ -404,10 +408,11 @@ class FwdSm90Spec(AttentionSpec):
         t = self.tiles
         if t.block_m % 64 or not 64 <= t.block_m <= 256:
             raise ValueError(f"block_m must be 64, 128, 192 or 256, got {t}")
-        # wgmma's N: a multiple of 16 below 192 in the warp-specialised kernel (wgmma.cuh), else of 32.
-        if t.block_n % (16 if t.stages and t.block_n < 192 else 32) or not 32 <= t.block_n <= 256:
-            raise ValueError(f"block_n must be a multiple of 32 in [32, 256] (with stages, or of 16 below 192), "
-                             f"got {t}")
+        # wgmma's N (wgmma.cuh wgmma_ss): a multiple of 32, or on the warp-specialised kernel one of WGMMA_EXTRA_N.
+        n_ok = t.block_n % 32 == 0 or (t.stages and t.block_n in WGMMA_EXTRA_N)
+        if not n_ok or not 32 <= t.block_n <= 256:
+            raise ValueError(f"block_n must be a multiple of 32 in [32, 256] (with stages, or one of "
+                             f"{WGMMA_EXTRA_N}), got {t}")
         if t.ctas_per_sm not in (1, 2, 3, 4):
             raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
         if t.stages and (t.stages < 2 or t.ctas_per_sm != 1 or t.block_m > 192):

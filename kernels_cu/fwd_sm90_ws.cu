@@ -42,10 +42,10 @@
 // Compile-time constants (cuflash/specs.py FwdSm90Spec with stages > 0):
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (multiple of 32; columns >= the run-time d
 // are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per consumer
-// warpgroup), CUFLASH_BLOCK_N Bc (multiple of 16), CUFLASH_STAGES, CUFLASH_PERSISTENT
-// (the grid: FwdSm90Spec.persistent), CUFLASH_Q_BUFFERS (1 or 2: FwdSm90Spec.q_buffers), and the
-// features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK,
-// CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
+// warpgroup), CUFLASH_BLOCK_N Bc (a multiple of 32, or 80, 112, 144, 176: wgmma.cuh),
+// CUFLASH_STAGES, CUFLASH_PERSISTENT (the grid: FwdSm90Spec.persistent), CUFLASH_Q_BUFFERS
+// (1 or 2: FwdSm90Spec.q_buffers), and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
+// CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
 // not fit the consumers' registers, and fwd_sm90.cu runs it (FwdSm90Tiles.with_features).
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
 // Shared memory: (Q_BUFFERS Br + 2 STAGES Bc) * D * 2 bytes, 8 bytes per mbarrier

@@ -192,7 +192,8 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
 // (K-major), 1: K x N (N contiguous).
 template <int N, int TRANS_A, int TRANS_B, bool ACCUM>
 CUFLASH_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b) {
-    static_assert((N % 32 == 0 || (N % 16 == 0 && N < 192)) && N <= 256, "N: a multiple of 32 up to 256, or 80, 112, 144, 176");
+    static_assert((N % 32 == 0 && 32 <= N && N <= 256) || N == 80 || N == 112 || N == 144 || N == 176,
+                  "N: a multiple of 32 up to 256, or 80, 112, 144, 176 (the operand lists above)");
     const int scale_d = ACCUM;
     if constexpr (ACCUM) {
 #define CUFLASH_WG_C CUFLASH_WG_INOUT

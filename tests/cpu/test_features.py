@@ -573,8 +573,8 @@ def test_a_softcap_alone_folds_into_the_exp2_multiply_where_measured():
 
 def test_hopper_forward_tiles_fit_and_suit_their_kernel():
     """Every Hopper forward any feature set selects fits 227 KB and has key blocks its kernel takes:
-    a multiple of 16 below 192 on the warp-specialised kernel (wgmma.cuh's N lists: 80, 112, 144, 176
-    besides the multiples of 32), of 32 on the kernel without a producer. From d160 on the tiles take
+    on the warp-specialised kernel a multiple of 32 or one of specs.WGMMA_EXTRA_N (wgmma.cuh's N
+    lists), on the kernel without a producer a multiple of 32. From d160 on the tiles take
     80 or 96 keys, except beside ALiBi (it spilled there) and a bias (the kernel without a producer),
     which keep 64 (bench/NOTES.md v14)."""
     sets = ["causal", "window", "alibi", "bias", "dropout", "sink", "softcap", "varlen", "causal,alibi,sink",
