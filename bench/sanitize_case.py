@@ -114,19 +114,20 @@ def forward_cases():
             cuflash.attention(q, k, v, window_size=(600, 24), return_lse=True)
 
 
-# The backwards alone (on Hopper the warp-specialised kernel, bwd_sm90_ws.cu, at d 64 and 128):
-# ragged GQA shapes, causal and not, deterministic and not, the variants with dropout, dropout alone, and
-# a varlen batch with empty sequences (key blocks past a sequence's end, blocks no query sees).
+# The backwards alone (on Hopper the warp-specialised kernel, bwd_sm90_ws.cu, at d 64 and 128; bwd_sm90.cu
+# at d 256, whose warpgroups split the queries of S^T and dP^T): ragged GQA shapes, causal and not,
+# deterministic and not, the variants with dropout, dropout alone, and a varlen batch with empty sequences
+# (key blocks past a sequence's end, blocks no query sees).
 def backward_cases():
     for dtype in ("fp16", "bf16"):
-        for d in (64, 128):
+        for d in (64, 128, 256):
             q, k, v = testing.random_qkv(2, 131, 77, 4, 2, d, dtype, xp=cp)
             dout = testing.random_like(q)
             for causal in (False, True):
                 out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True)
                 for deterministic in (False, True):
                     cuflash.attention_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic)
-    for d in (64, 128):
+    for d in (64, 128, 256):
         q, k, v = testing.random_qkv(2, 300, 200, 4, 2, d, "bf16", xp=cp)
         dout = testing.random_like(q)
         opts = dict(window_size=(40, 8), softcap=20.0, alibi_slopes=cp.linspace(0.05, 0.4, 4, dtype=cp.float32),

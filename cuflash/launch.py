@@ -402,7 +402,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     acc_q = sequences["total_q"] if varlen else seqlen_q
     acc_k = sequences["total_k"] if varlen else seqlen_k
 
-    # The warp-specialised Hopper backward adds a whole block of dQ with one bulk copy: its
+    # The Hopper backwards add a whole block of dQ with one bulk copy: their
     # dq_accum is (batch, head, rounded rows, D + pad), or (1, head, total_q + Br, D + pad) for
     # varlen (a sequence's last block reaches into the next one's rows, or past the last row by
     # < Br), seen below as (batch, rows, head, D) by strides; the pad columns are never read.

@@ -773,9 +773,10 @@ class BwdSm90Spec(AttentionSpec):
 
     @property
     def swizzled_dq_accum(self) -> bool:
-        """dq_accum's row r holds its 8-column group c at c ^ 8 (r % 8) (bwd_sm90_ws.cu
-        DQ_SWIZZLE: the ping-pong consumers' dQ stores free of bank conflicts)."""
-        return self.tiles.pingpong
+        """dq_accum's row r holds its 8-column group c at c ^ 8 (r % 8) (DQ_SWIZZLE: dQ stored to
+        shared memory free of bank conflicts, by bwd_sm90_ws.cu's ping-pong consumers and by
+        bwd_sm90.cu); the lockstep consumers pad the rows instead (dq_accum_pad)."""
+        return self.tiles.pingpong or not self.tiles.stages
 
     @property
     def dq_accum_pad(self) -> int:
@@ -787,9 +788,9 @@ class BwdSm90Spec(AttentionSpec):
     @property
     def blocked_dq_accum(self) -> bool:
         """dq_accum laid out (batch, head, rows rounded up to block_m, D), or for varlen (head,
-        total_q + block_m, D): the warp-specialised kernel adds a block of dQ with one bulk copy
-        (a varlen sequence's last block adds exact zeros to the rows after it: bwd_sm90_ws.cu)."""
-        return bool(self.tiles.stages)
+        total_q + block_m, D): both Hopper kernels add a block of dQ with one bulk copy (a
+        varlen sequence's last block adds exact zeros to the rows after it: bwd_sm90_ws.cu)."""
+        return True
 
     @property
     def threads(self) -> int:

@@ -4,7 +4,7 @@
 //
 // for c < head_dim. Used for
 //   dQ:     src = dq_accum (batch, seqlen_q, nheads, D), group = 1 (a plain conversion; from
-//           the warp-specialised Hopper backward its columns are swizzled per row: src_swizzled);
+//           the Hopper backwards its columns may be swizzled per row: src_swizzled);
 //   dK, dV: src = dk_accum / dv_accum (batch, seqlen_k, nheads, head_dim), one
 //           slice per query head, group = nheads / nheads_kv: the GQA sum over
 //           the query heads that share a kv head.

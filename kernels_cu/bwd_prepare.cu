@@ -9,7 +9,7 @@
 // and for the padding rows seqlen_q <= i < seqlen_q_rounded (so the backward
 // reads whole Br-row blocks without a bounds check):
 //   delta = 0, lse_log2 = +inf (and, up to the next multiple of block_m, dq_accum = 0
-//   when dq_accum_padded: the warp-specialised Hopper backward adds whole blocks of dQ,
+//   when dq_accum_padded: the Hopper backwards add whole blocks of dQ,
 //   padding included; for varlen these rows are the next sequence's, or the spare rows
 //   after the last).
 // With a semaphore buffer (deterministic backward) its counters are zeroed too.

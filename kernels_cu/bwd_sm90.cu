@@ -14,23 +14,28 @@
 //
 // Steps: one CTA per (key block, head, batch); two warpgroups, warpgroup w
 // owning keys 64w..64w+63 of the block (Bc = 128), Br = 64 queries per step.
-// (SPLIT_D, d = 256: Bc = 64 keys shared by both warpgroups, which own columns
-// wg*D/2.. of dK and dV; see "SPLIT_D" below for how step 2 differs.)
+// (SPLIT_D, d = 256: Bc = 64 keys shared by both warpgroups, which own queries
+// wg*Br/2.. of S^T and dP^T and columns wg*D/2.. of dK and dV; see "SPLIT_D"
+// below for how step 2 differs.)
 //   1. cp.async K_j, V_j (once) and Q, dO, L2, D of the first query block that
 //      sees a key of j, into swizzled shared memory (copy.cuh).
 //   2. For each query block i that sees a key of j (mask.cuh query_blocks; only
 //      blocks crossing an edge of the band or seqlen_k are masked), Q/dO
 //      double-buffered:
-//        wait for block i; start copying block i+1 into the other buffer;
+//        wait for block i; warp 0 adds the dQ block of step i-1, staged in
+//        the other buffer, to dq_accum (one bulk reduction);
 //        S^T = K Q^T, dP^T = V dO^T     per warpgroup 64 keys x Br, A and B K-major;
 //        score modifier, mask; P^T = exp2(S^T * scale_log2 - L2),
 //        dS^T = P^T ∘ (dP^T - D) ∘ mod' in registers (softmax.cuh);
 //        dS^T -> shared memory (16-bit, [key][query], swizzled);
+//        once the bulk reduction has read the other buffer, start copying block
+//        i+1 into it;
 //        dV += P^T dO, dK += dS^T Q      A = P^T from registers, dS^T from shared
 //                                        memory; B = dO / Q read transposed;
 //        dQ_i (Br x D/2, columns w*D/2..) = dS K over all Bc keys: A = dS read
-//        transposed from dS^T, B = K read transposed; fp32 reductions into
-//        dq_accum (CUFLASH_DETERMINISTIC: in a fixed key-block order, mask.cuh dq_key_block).
+//        transposed from dS^T, B = K read transposed; scale * dQ_i staged in
+//        block i's Q/dO buffer as fp32 rows of dq_accum (see "dQ" below;
+//        CUFLASH_DETERMINISTIC: added in a fixed key-block order, mask.cuh dq_key_block).
 //   3. dK *= scale; write dK, dV (16-bit, staged through shared memory) or, under
 //      GQA, fp32 per query head into dk_accum/dv_accum (bwd_convert.cu sums).
 // Every product is held transposed (keys as the M dimension of wgmma), so dV
@@ -45,7 +50,8 @@
 // (seqinfo.cuh). Br = 64, 256 threads.
 // Memory: nothing of size seqlen_q x seqlen_k; S, P, dP, dS exist only as
 // (Bc x Br) tiles. Constraints: as bwd.cu.
-// Shared memory: 2 Bc D (K, V) + 4 Br D (Q, dO, two buffers) + Bc Br (dS^T;
+// Shared memory: 2 Bc D (K, V) + 4 Br D (Q and dO, two buffers; each buffer's
+// Q and dO also hold a Br x D fp32 dQ block at the end of its step) + Bc Br (dS^T;
 // twice under SPLIT_D, for P^T) 16-bit elements, 16 Br bytes (L2, D), 4 bytes
 // per thread with a sink and 1 KB alignment slack (launch.py).
 #include "common/platform.cuh"
@@ -58,6 +64,8 @@
 #include "common/score_mod.cuh"
 #include "common/softmax.cuh"
 #include "common/epilogue.cuh"
+#include "common/atomic.cuh"
+#include "common/pipeline.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = 64;                 // Br: queries per step
@@ -66,27 +74,41 @@ constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
 constexpr int THREADS = 256;
 // SPLIT_D (D = 256): dK and dV of 64 keys x D do not fit one warpgroup's
 // registers, so both warpgroups own the same Bc = 64 keys and split the
-// columns of dK, dV (and dQ) in halves. In step 2 warpgroup 0 computes S^T and
-// warpgroup 1 dP^T; dP^T goes to warpgroup 0 through shared memory (fp32),
-// which forms P^T and dS^T and stores both (16-bit); then each warpgroup
-// takes both from shared memory for its halves of dV and dK. Otherwise (D <= 128) each
-// warpgroup owns 64 of Bc = 128 keys and all D columns of their dK, dV.
+// columns of dK, dV (and dQ) in halves. In step 2 each warpgroup computes S^T
+// and dP^T on its half of the Br queries (wgmma N = Br/2), forms P^T and dS^T
+// there and stores both (16-bit); then each takes both from shared memory for
+// its halves of dV and dK. Otherwise (D <= 128) each warpgroup owns 64 of
+// Bc = 128 keys, all Br queries of S^T and dP^T and all D columns of dK, dV.
 constexpr bool SPLIT_D = D > 128;
 constexpr int KV_COLS = SPLIT_D ? D / 2 : D;  // dK, dV columns per warpgroup
 constexpr int DQ_COLS = D / 2;                // dQ columns per warpgroup
+constexpr int NQ = SPLIT_D ? BM / 2 : BM;     // queries of S^T and dP^T per warpgroup
 // K, V, Q, dO tiles use swizzle atoms of DQ_COLS or 64 columns, so that each
 // warpgroup's half of a tile starts on an atom (a whole column block).
 constexpr int AW = DQ_COLS % 64 == 0 ? 64 : 32;
-constexpr int NT = BM / 8;        // n8 tiles of S^T per warp (queries)
+constexpr int NT = NQ / 8;        // n8 tiles of S^T per warp (queries)
 constexpr int DT = KV_COLS / 8;   // n8 tiles of dK, dV per warp
 static_assert(D == 64 || D == 128 || D == 256, "head dim bucket of this kernel");
 static_assert(BN == (SPLIT_D ? 64 : 128), "keys per CTA: 64 per warpgroup, or 64 shared (SPLIT_D)");
 
 constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
-// The exchange region: dS^T (16-bit); under SPLIT_D also P^T (16-bit), which
-// alias the fp32 dP^T that warpgroup 1 hands to warpgroup 0 earlier in a step.
+// dQ leaves through shared memory: once both warpgroups' products of step i
+// are done, each thread puts its part of scale * dQ_i into the step's Q/dO
+// buffer (Q then dO, contiguous: Br x D fp32 fills both), laid out as the Br
+// rows of dq_accum (launch.py: (batch, head, rows, D), or (head, total_q + Br,
+// D) for varlen), row r holding its 8-column group c at c ^ (r % 8), r counted
+// in dq_accum: the stores are free of bank conflicts and bwd_convert.cu undoes
+// the swizzle (BwdSm90Spec.swizzled_dq_accum). After the next barrier warp 0
+// adds the block with one bulk reduction (pipeline.cuh), which must have read
+// it before block i+2 is loaded there. Rows past seqlen_q add exact zeros (Q
+// and dO load as zeros, L2 = +inf there: P = dS = 0), columns past head_dim
+// too (K's are zero); whole-block reductions instead of per-element ones from
+// registers took the warps' load/store queue off the critical path.
+constexpr u32 DQ_BYTES = BM * D * 4;
+constexpr int DQ_SWIZZLE = 8;
+static_assert(DQ_BYTES == 2 * QD_BYTES && D % 64 == 0, "a dQ block fills one Q/dO buffer; the swizzle stays within 64 columns");
+// The exchange region: dS^T (16-bit); under SPLIT_D also P^T (16-bit).
 constexpr u32 XCHG_BYTES = SPLIT_D ? 2 * DST_BYTES : DST_BYTES;
-static_assert(!SPLIT_D || 2 * DST_BYTES == BN * BM * 4, "fp32 dP^T fills the exchange region");
 static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
@@ -96,11 +118,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
     const u32 sK = base;                  // (BN, D)
     const u32 sV = sK + KV_BYTES;         // (BN, D)
-    const u32 sQ = sV + KV_BYTES;         // [2] (BM, D)
-    const u32 sdO = sQ + 2 * QD_BYTES;    // [2] (BM, D)
-    const u32 sdSt = sdO + 2 * QD_BYTES;  // (BN keys, BM queries), queries contiguous
+    const u32 sQdO = sV + KV_BYTES;       // [2] {Q (BM, D), dO (BM, D)}, or the buffer's fp32 dQ block (BM, D)
+    auto sQ = [&](int buf) { return sQdO + (u32)buf * DQ_BYTES; };
+    auto sdO = [&](int buf) { return sQdO + (u32)buf * DQ_BYTES + QD_BYTES; };
+    const u32 sdSt = sQdO + 2 * DQ_BYTES;  // (BN keys, BM queries), queries contiguous
     const u32 sPt = sdSt + DST_BYTES;     // SPLIT_D: P^T, as dS^T
-    float* sdPt = reinterpret_cast<float*>(smem + (sdSt - base));  // SPLIT_D: fp32 dP^T [32 regs][128 threads]
     float* sLse2 = reinterpret_cast<float*>(smem + (sdSt + XCHG_BYTES - base));  // [2][BM]
     float* sDelta = sLse2 + 2 * BM;                                             // [2][BM]
     float* sSinkPart = sDelta + 2 * BM;  // [THREADS] (SINK) softmax.cuh sink_log2
@@ -112,6 +134,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int key0 = n_block * BN;
     const int warp_key0 = (SPLIT_D ? 0 : wg * 64) + warp_in_wg * 16;  // first key of this warp within the block
     const int kv_col0 = SPLIT_D ? wg * KV_COLS : 0;                    // first dK/dV column of this warpgroup
+    const int q_off = SPLIT_D ? wg * NQ : 0;                           // first query of this warpgroup's S^T
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
     if (key_block_past_end<SINK>(p, si, key0)) return;  // varlen: a key block no query sees
     const Visibility vis(p, si);
@@ -131,14 +154,34 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int m_begin = query_blocks.x, m_end = query_blocks.y;
 
     auto load_query_block = [&](int m, int buf) {
-        load_tile_swizzled<BM, D, THREADS, AW>(sQ + buf * QD_BYTES, q, p.q_row_stride, m * BM, si.seqlen_q,
-                                               p.head_dim, tid);
-        load_tile_swizzled<BM, D, THREADS, AW>(sdO + buf * QD_BYTES, dout, p.do_row_stride, m * BM, si.seqlen_q,
-                                               p.head_dim, tid);
+        load_tile_swizzled<BM, D, THREADS, AW>(sQ(buf), q, p.q_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
+        load_tile_swizzled<BM, D, THREADS, AW>(sdO(buf), dout, p.do_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
         // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
         if (tid < BM / 4) {
             cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
             cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), delta + (i64)m * BM + tid * 4, true);
+        }
+    };
+
+    // Warp 0: the bulk reduction of dQ block m, staged in buffer buf (see "dQ"
+    // above), after the barrier that followed the staging. Deterministic: in
+    // this CTA's turn among the key blocks that add to block m (mask.cuh
+    // dq_key_block: the order, and why it cannot deadlock); the turn passes
+    // once the sums are in memory (dq_done).
+    auto add_dq = [&](int m, int buf) {
+        if (DETERMINISTIC) warp_turn_wait(p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m,
+                                          vis.dq_turn<BN>(m * BM, BM, n_block));
+        if (lane == 0) bulk_reduce_add_f32(dq_accum + (i64)(m * BM) * p.dqa_row_stride, sQ(buf), DQ_BYTES);
+        bulk_commit();
+    };
+    // Warp 0: the reduction of block m has read its buffer (deterministic: has
+    // completed, and the turn is passed on).
+    auto dq_done = [&](int m) {
+        if (DETERMINISTIC) {
+            bulk_wait_all<false>();
+            warp_turn_pass(p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m);
+        } else {
+            bulk_wait_all<true>();
         }
     };
 
@@ -164,45 +207,55 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // Block m (and the first time K, V) has landed for this thread; the fence
         // makes it visible to wgmma and the barrier publishes every thread's
         // copies. The barrier also guarantees that every warpgroup finished step
-        // m-1 (its products read buffer buf ^ 1 and sdSt), so both may be
-        // overwritten from here on.
+        // m-1 (its products read sdSt) and staged its part of dQ_{m-1} in buffer
+        // buf ^ 1 (each thread fenced its stores for the async proxy).
         cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();
-        if (m + 1 < m_end) {
-            load_query_block(m + 1, buf ^ 1);
-            cp_async_commit();
-            mod.prefetch<BM, BN, THREADS>((m + 1) * BM, key0, tid);  // the bias of block m+1 (score_mod.cuh)
-        }
-        const u32 q_buf = sQ + buf * QD_BYTES, do_buf = sdO + buf * QD_BYTES;
+        if (warp_in_wg == 0 && wg == 0 && m > m_begin) add_dq(m - 1, buf ^ 1);
+        const u32 q_buf = sQ(buf), do_buf = sdO(buf);
         // Tile addresses for this step's descriptors (wgmma.cuh opaque).
         const u32 sK_ = opaque(sK), sV_ = opaque(sV), sdSt_ = opaque(sdSt);
 
         const u32 sPt_ = opaque(sPt);
         const bool need_mask = vis.needs_mask(row0, BM, key0, BN);
 
-        // x = op(A) B over D for a (64 keys x BM queries) tile: A = K or V rows
-        // key_row0.., B = Q or dO (both K-major); onto x's value when `onto`
-        // (S^T onto the bias, score_mod.cuh BIAS_IN_ACC; x was written before
-        // the caller's wgmma_fence), else overwriting it.
-        auto keys_by_queries = [&](float (&x)[1][NT][4], u32 a_tile, u32 b_tile, int key_row0, bool onto) {
-            if (onto) issue_keys_by_queries<BN, BM, D, AW, true>(x[0], a_tile, key_row0, b_tile);
-            else issue_keys_by_queries<BN, BM, D, AW, false>(x[0], a_tile, key_row0, b_tile);
-        };
-        // Score modifier, mask (boundary blocks), then P^T and dS^T in place (s
-        // becomes P^T, dp becomes dS^T; softmax.cuh). Element (nt, 2hh+j): key
-        // warp_key0 + hh*8 + g, query nt*8 + 2t + j.
-        auto p_and_ds = [&](float (&s)[1][NT][4], float (&dp)[1][NT][4]) {
-            if (ScoreMod::ACTIVE) mod.apply<true>(s, key0 + warp_key0, row0, lane);
-            if (need_mask) vis.apply<true>(s, key0 + warp_key0, row0, lane);
-            const float sink_part = softmax_backward_t(s, dp, sLse2 + buf * BM, sDelta + buf * BM, p.scale_log2, mod,
-                                                       drop, dbias, sink_log2(p, si), key0 + warp_key0, row0, lane);
-            if (SINK) sSinkPart[tid] += sink_part;
-        };
-        // A (64 keys x BM queries) tile of this warp's rows -> shared memory,
-        // 16-bit, swizzled [key][query].
+        // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys (rows
+        // wg*64.., or the Bc = 64 under SPLIT_D) x its NQ queries (q_off..), the
+        // S^T product onto the bias (score_mod.cuh BIAS_IN_ACC; written before
+        // the wgmma_fence), else overwriting it. One committed group.
+        float acc_s[1][NT][4], acc_dp[1][NT][4];
+        if (ScoreMod::BIAS_IN_ACC) mod.init<true>(acc_s, key0 + warp_key0, row0 + q_off, lane);
+        wgmma_fence();
+        issue_keys_by_queries<BN, BM, D, AW, ScoreMod::BIAS_IN_ACC, NQ>(acc_s[0], sK_, SPLIT_D ? 0 : wg * 64, q_buf,
+                                                                       q_off);
+        issue_keys_by_queries<BN, BM, D, AW, false, NQ>(acc_dp[0], sV_, SPLIT_D ? 0 : wg * 64, do_buf, q_off);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_s[0]);
+        fence_regs(acc_dp[0]);
+        // Score modifier, mask (boundary blocks), then P^T and dS^T in place
+        // (acc_s becomes P^T, acc_dp dS^T; softmax.cuh). Element (nt, 2hh+j):
+        // key warp_key0 + hh*8 + g, query q_off + nt*8 + 2t + j.
+        if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + warp_key0, row0 + q_off, lane);
+        if (need_mask) vis.apply<true>(acc_s, key0 + warp_key0, row0 + q_off, lane);
+        const float sink_part =
+            softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + q_off, sDelta + buf * BM + q_off, p.scale_log2, mod,
+                               drop, dbias, sink_log2(p, si), key0 + warp_key0, row0 + q_off, lane);
+        if (SINK) sSinkPart[tid] += sink_part;
+        // This warp's rows of a (64 keys x NQ queries) tile -> shared memory,
+        // 16-bit, swizzled [key][query], queries q_off...
         auto store_keys_by_queries = [&](u32 tile, const float (&x)[1][NT][4]) {
-            ::store_keys_by_queries<BN, BM>(smem + (tile - base), x[0], warp_key0, lane);
+            ::store_keys_by_queries<BN, BM, NQ>(smem + (tile - base), x[0], warp_key0, lane, q_off);
+        };
+        // Block m+1 into buffer buf ^ 1, after the barrier by which warp 0's
+        // reduction of dQ_{m-1} has read it (dq_done before the barrier).
+        auto load_next = [&]() {
+            if (m + 1 < m_end) {
+                load_query_block(m + 1, buf ^ 1);
+                cp_async_commit();
+                mod.prefetch<BM, BN, THREADS>((m + 1) * BM, key0, tid);  // the bias of block m+1 (score_mod.cuh)
+            }
         };
         // dQ_i[:, wg*DQ_COLS ..] = dS K over the BN keys: M = BM queries (A = dS,
         // read transposed from dS^T), N = DQ_COLS (B = K read transposed).
@@ -213,34 +266,24 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         };
 
         if constexpr (!SPLIT_D) {
-            // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x BM queries.
-            float acc_s[1][NT][4], acc_dp[1][NT][4];
-            if (ScoreMod::BIAS_IN_ACC) mod.init<true>(acc_s, key0 + warp_key0, row0, lane);
-            wgmma_fence();
-            keys_by_queries(acc_s, sK_, q_buf, wg * 64, ScoreMod::BIAS_IN_ACC);
-            keys_by_queries(acc_dp, sV_, do_buf, wg * 64, false);
-            wgmma_commit();
-            wgmma_wait<0>();
-            fence_regs(acc_s[0]);
-            fence_regs(acc_dp[0]);
-            p_and_ds(acc_s, acc_dp);
-
             // P^T as A fragments (k-step kk = queries 16kk..16kk+15 = n8 tiles
             // 2kk, 2kk+1); dS^T into shared memory, where dK and dQ read it.
-            u32 pt[BM / 16][4];
+            u32 pt[NQ / 16][4];  // NQ = BM here
             pack_a_fragments(acc_s[0], pt);
             store_keys_by_queries(sdSt, acc_dp);
 
             // dV += P^T dO: (64 keys x D) per warpgroup, over BM queries; B = dO read transposed.
             fence_regs(acc_dv);
             wgmma_fence();
-            issue_keys_by_cols<BM, D, AW, KV_COLS>(acc_dv, pt, do_buf);
+            issue_keys_by_cols<NQ, D, AW, KV_COLS>(acc_dv, pt, do_buf);
             wgmma_commit();
 
             // dS^T of both warpgroups is in shared memory (and visible to wgmma)
             // before dK and dQ read it.
             fence_proxy_async();
+            if (warp_in_wg == 0 && wg == 0 && m > m_begin) dq_done(m - 1);
             __syncthreads();
+            load_next();
 
             // dK += dS^T Q: A = this warpgroup's 64 rows of dS^T (K-major: queries
             // contiguous), B = Q read transposed.
@@ -252,41 +295,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             wgmma_wait<0>();
             fence_regs(pt);  // operands of the dV product: alive until it completed
         } else {
-            // S^T = K Q^T (warpgroup 0) or dP^T = V dO^T (warpgroup 1), 64 keys x BM queries.
-            float acc_x[1][NT][4];
-            if (ScoreMod::BIAS_IN_ACC && wg == 0) mod.init<true>(acc_x, key0 + warp_key0, row0, lane);
-            wgmma_fence();
-            keys_by_queries(acc_x, wg == 0 ? sK_ : sV_, wg == 0 ? q_buf : do_buf, 0, ScoreMod::BIAS_IN_ACC && wg == 0);
-            wgmma_commit();
-            wgmma_wait<0>();
-            fence_regs(acc_x[0]);
-            // dP^T to warpgroup 0 in fp32: thread tw of warpgroup 1 holds the
-            // elements that thread tw of warpgroup 0 needs.
-            const int tw = tid % 128;
-            if (wg == 1) {
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) sdPt[(nt * 4 + e) * 128 + tw] = acc_x[0][nt][e];
-            }
-            // dP^T is in shared memory before warpgroup 0 reads it.
-            __syncthreads();
-            if (wg == 0) {
-                float acc_dp[1][NT][4];
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) acc_dp[0][nt][e] = sdPt[(nt * 4 + e) * 128 + tw];
-                p_and_ds(acc_x, acc_dp);
-                // Every thread of warpgroup 0 has read dP^T before P^T and dS^T overwrite it.
-                asm volatile("bar.sync 1, 128;\n" ::: "memory");
-                store_keys_by_queries(sPt, acc_x);
-                store_keys_by_queries(sdSt, acc_dp);
-            }
-            // P^T and dS^T are in shared memory (and visible to wgmma) before
-            // either warpgroup's products read them.
+            // P^T and dS^T of this warpgroup's queries -> shared memory; then
+            // both (all Br queries, both warpgroups' halves) are there and
+            // visible to wgmma before either warpgroup's products read them.
+            store_keys_by_queries(sPt, acc_s);
+            store_keys_by_queries(sdSt, acc_dp);
             fence_proxy_async();
+            if (warp_in_wg == 0 && wg == 0 && m > m_begin) dq_done(m - 1);
             __syncthreads();
+            load_next();
 
             // dV[:, kv_col0..] += P^T dO and dK[:, kv_col0..] += dS^T Q over BM
             // queries: A from shared memory (K-major), B = dO / Q read transposed.
@@ -303,21 +320,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         fence_regs(acc_dv);
         fence_regs(acc_dk);
 
-        // Deterministic: the CTAs of this (head, batch) that see query block m
-        // are the key blocks of its range; this CTA adds as number dq_turn
-        // (mask.cuh dq_key_block: the order, and why it cannot deadlock). Warp
-        // w_in_wg of warpgroup wg adds rows 16 w_in_wg + g (+8), columns
-        // wg*DQ_COLS + 8j + 2t.
-        int* turn = DETERMINISTIC ? p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m : nullptr;
-        if (DETERMINISTIC) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
-        write_f32_tile<true>(dq_accum, p.dqa_row_stride, as_tile(acc_dq), p.scale, row0 + warp_in_wg * 16,
-                             wg * DQ_COLS, si.seqlen_q, p.head_dim, lane);
-        if (DETERMINISTIC) turn_pass(turn);
+        // Both warpgroups' products of step m have read Q and dO of buffer buf.
+        __syncthreads();
+        // scale * dQ_m -> buffer buf (see "dQ" above): this thread's rows
+        // 16 warp_in_wg + g (+8), columns wg*DQ_COLS + nt*8 + 2t, the 8-column
+        // group swizzled by the row's place in dq_accum (si.q_start + row0 + g, mod 8).
+        {
+            const int g = lane / 4, t = lane % 4;
+            const int cols = (wg * DQ_COLS) ^ (DQ_SWIZZLE * ((si.q_start + row0 + g) & 7));
+            float* dq_rows = reinterpret_cast<float*>(smem + (sQ(buf) - base)) + (warp_in_wg * 16 + g) * D + 2 * t;
+            store_dq_rows<DQ_COLS, D>(dq_rows, acc_dq, p.scale, cols);
+        }
+        // The bulk reduction reads the block through the async proxy.
+        fence_proxy_async();
     }
 
     // 3. Epilogue: dK = scale * acc_dk, dV = acc_dv. Every warpgroup is past
-    // its last product reading sK/sV before they are reused to stage dK and dV.
+    // its last product reading sK/sV before they are reused to stage dK and dV,
+    // and has staged its part of the last dQ block, which warp 0 adds.
     __syncthreads();
+    if (warp_in_wg == 0 && wg == 0 && m_begin < m_end) {
+        add_dq(m_end - 1, (m_end - 1 - m_begin) & 1);
+        if (DETERMINISTIC) dq_done(m_end - 1);
+    }
     // dsink's part of this CTA (softmax.cuh sink_log2): sLse2 is free, its last
     // read precedes the barrier above.
     if (SINK) block_sum_store<THREADS>(sSinkPart[tid], sLse2, p.dsink_part + cta_slot());
@@ -345,4 +370,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         write_f32_tile<false>(dva, p.dka_row_stride, as_tile(acc_dv), 1.f, key0 + warp_key0, kv_col0, si.seqlen_k,
                               p.head_dim, lane);
     }
+    // Warp 0's last bulk reduction completes before the kernel does.
+    if (warp_in_wg == 0 && wg == 0) bulk_wait_all<false>();
 }

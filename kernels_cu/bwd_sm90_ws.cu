@@ -316,12 +316,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // Column c * DQ_COLS + nt * 8 + 2t goes to ((c * DQ_COLS) ^ xor) ^ (nt * 8) + 2t (disjoint bits).
         const int cols = (c * DQ_COLS) ^ (DQ_SWIZZLE * ((si.q_start + row0 + g) & 7));
         float* dq_rows = reinterpret_cast<float*>(smem + (sdQ(u) - base)) + (warp_in_wg * 16 + g) * DQ_ROW + 2 * t;
-#pragma unroll
-        for (int nt = 0; nt < DQ_COLS / 8; ++nt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh)
-                *reinterpret_cast<float2*>(dq_rows + hh * 8 * DQ_ROW + (cols ^ (nt * 8))) =
-                    make_float2(acc_dq[nt][2 * hh] * p.scale, acc_dq[nt][2 * hh + 1] * p.scale);
+        store_dq_rows<DQ_COLS, DQ_ROW>(dq_rows, acc_dq, p.scale, cols);
         // Deterministic: the CTAs of this (head, batch) that see query block m are
         // the key blocks of its range, so this CTA adds as number n_block - first
         // (bwd.cu explains why the turns cannot deadlock). The writer reads it

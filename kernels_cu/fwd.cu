@@ -103,6 +103,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
     const elem_t *q, *k, *v;
     si.qkv_rows(p, q, k, v);
+    // Where the block's outputs go (found again after the main loop under varlen: below).
     elem_t* o = si.out_rows<elem_t>(p);
     float* lse_rows = p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p);
 
@@ -220,7 +221,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         warp_product<MT, DT, BN / KSTEP, BN / KSTEP, PV_ROUND>(acc_o, p_frag, v_frag);
     }
 
-    // 3. Epilogue.
+    // 3. Epilogue. Under varlen the block's rows are found again from a laundered batch
+    // index: held across the main loop, the sequence's offsets spilled the sm_80 build
+    // (d128: 64-88 bytes under NVRTC 12.9).
+    const SeqInfo so = CUFLASH_VARLEN ? SeqInfo(p, (int)opaque((u32)blockIdx.z), blockIdx.y) : si;
+    if (CUFLASH_VARLEN) {
+        o = so.out_rows<elem_t>(p);
+        lse_rows = p.lse == nullptr ? nullptr : p.lse + so.lse_row0(p);
+    }
     float inv_l[MT][2], lse[MT][2];
     softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink_logit(p, si));
     drop.scale_rows(inv_l);  // O / (1 - p) under dropout
@@ -233,7 +241,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
     stage_tile(sO, pitched, acc_o, inv_l, 0, 0, lane);
     // The 16-byte stores below read rows other lanes of this warp wrote.
     __syncwarp();
-    store_staged_rows<ROWS_PER_WARP, D>(o, p.o_row_stride, sO, pitched, row0 + warp_row0, si.seqlen_q, p.head_dim,
+    store_staged_rows<ROWS_PER_WARP, D>(o, p.o_row_stride, sO, pitched, row0 + warp_row0, so.seqlen_q, p.head_dim,
                                         lane, 32);
-    store_lse(lse_rows, lse, row0 + warp_row0, si.seqlen_q, lane);
+    store_lse(lse_rows, lse, row0 + warp_row0, so.seqlen_q, lane);
 }

@@ -99,6 +99,22 @@ CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[
         }
 }
 
+// scale * a warp's dQ fragment (rows g, g + 8 of its 16; COLS columns) -> fp32
+// rows ROW floats apart in shared memory, for a bulk reduction into dq_accum
+// (bwd_sm90.cu, bwd_sm90_ws.cu). `rows`: the thread's row g, column 2t; column
+// nt*8 + 2t of the fragment goes to cols ^ (nt*8) (cols: the first column,
+// with the row's swizzle XORed into bits 3-5, disjoint from nt*8's when the
+// fragment's columns start on a multiple of 64).
+template <int COLS, int ROW>
+CUFLASH_DEVICE void store_dq_rows(float* rows, const float (&acc)[COLS / 8][4], float scale, int cols) {
+#pragma unroll
+    for (int nt = 0; nt < COLS / 8; ++nt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+            *reinterpret_cast<float2*>(rows + hh * 8 * ROW + (cols ^ (nt * 8))) =
+                make_float2(acc[nt][2 * hh] * scale, acc[nt][2 * hh + 1] * scale);
+}
+
 // The sum of one float per thread over a group of THREADS threads (worker =
 // 0 .. THREADS-1 within it), stored by worker 0 at *dst in a fixed order (warp
 // shuffles, then the warps' sums in warp order), so it is the same on every

@@ -99,7 +99,7 @@ struct BwdPrepareParams {
     int dq_accum_cols;   // columns of dq_accum to zero (the backward's compile-time D)
     int block_m;         // Br of the backward kernel: the rows one semaphore guards
     int m_blocks;        // seqlen_q_rounded / block_m
-    int dq_accum_padded; // 1: each sequence's dq_accum rows are zeroed up to a multiple of block_m (bwd_sm90_ws.cu adds whole blocks)
+    int dq_accum_padded; // 1: each sequence's dq_accum rows are zeroed up to a multiple of block_m (the Hopper backwards add whole blocks)
     // Varlen (CUFLASH_VARLEN): sequence b's rows start at cu_seqlens_q[b] in o, dout,
     // lse, dlse and dq_accum (batch strides 0); lse_log2, delta and the semaphores keep
     // their (batch, nheads, rounded) layout, seqlen_q being the longest sequence.
@@ -199,5 +199,5 @@ struct BwdConvertParams {
     i64 dst_batch_stride, dst_row_stride, dst_head_stride;
     int batch, seqlen, nheads, group;
     int head_dim;
-    int src_swizzled;    // 1: src row s holds its 8-column group c at c ^ 8 (s % 8) (bwd_sm90_ws.cu DQ_SWIZZLE)
+    int src_swizzled;    // 1: src row s holds its 8-column group c at c ^ 8 (s % 8) (bwd_sm90.cu, bwd_sm90_ws.cu DQ_SWIZZLE)
 };

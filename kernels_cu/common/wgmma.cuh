@@ -250,17 +250,19 @@ CUFLASH_DEVICE void issue_pv(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], 
 
 // The backward's products (bwd_sm90.cu, bwd_sm90_ws.cu), keys as the M
 // dimension. None commits: the callers group them.
-// x = K Q^T or V dO^T (64 keys x BM queries): rows key_row0.. of the swizzled
-// BN x D key-side tile times the BM x D query-side tile, both K-major. ACCUM:
-// onto x (a bias loaded into it); otherwise the first k-step overwrites x.
-template <int BN, int BM, int D, int AW, bool ACCUM>
-CUFLASH_DEVICE void issue_keys_by_queries(float (&x)[BM / 8][4], u32 key_tile, int key_row0, u32 query_tile) {
-    wgmma_ss<BM, 0, 0, ACCUM>(x, desc_k_major<BN, D, AW>(key_tile, key_row0, 0),
-                              desc_k_major<BM, D, AW>(query_tile, 0, 0));
+// x = K Q^T or V dO^T (64 keys x NQ queries): rows key_row0.. of the swizzled
+// BN x D key-side tile times rows query_row0.. (a multiple of 8) of the BM x D
+// query-side tile, both K-major. ACCUM: onto x (a bias loaded into it);
+// otherwise the first k-step overwrites x.
+template <int BN, int BM, int D, int AW, bool ACCUM, int NQ = BM>
+CUFLASH_DEVICE void issue_keys_by_queries(float (&x)[NQ / 8][4], u32 key_tile, int key_row0, u32 query_tile,
+                                          int query_row0 = 0) {
+    wgmma_ss<NQ, 0, 0, ACCUM>(x, desc_k_major<BN, D, AW>(key_tile, key_row0, 0),
+                              desc_k_major<BM, D, AW>(query_tile, query_row0, 0));
 #pragma unroll
     for (int ks = 1; ks < D / 16; ++ks)
-        wgmma_ss<BM, 0, 0, true>(x, desc_k_major<BN, D, AW>(key_tile, key_row0, ks),
-                                 desc_k_major<BM, D, AW>(query_tile, 0, ks));
+        wgmma_ss<NQ, 0, 0, true>(x, desc_k_major<BN, D, AW>(key_tile, key_row0, ks),
+                                 desc_k_major<BM, D, AW>(query_tile, query_row0, ks));
 }
 
 // acc (64 keys x COLS) += A B over BM queries, B the BM x D query-side tile (dO
@@ -295,16 +297,17 @@ CUFLASH_DEVICE void issue_queries_by_cols(float (&acc)[COLS / 8][4], u32 dst_til
                                    desc_mn_major<BN, D, AW>(k_tile, kk * 16, col0));
 }
 
-// A 64-key x BM tile of one warp's rows (fragment layout; this warp's keys
-// start at row key0 of the tile) -> a swizzled BN x BM tile [key][query] in
-// shared memory, 16-bit.
-template <int BN, int BM>
-CUFLASH_DEVICE void store_keys_by_queries(unsigned char* tile, const float (&x)[BM / 8][4], int key0, int lane) {
+// A 64-key x NQ tile of one warp's rows (fragment layout; this warp's keys
+// start at row key0 of the tile) -> queries query0.. of a swizzled BN x BM
+// tile [key][query] in shared memory, 16-bit.
+template <int BN, int BM, int NQ = BM>
+CUFLASH_DEVICE void store_keys_by_queries(unsigned char* tile, const float (&x)[NQ / 8][4], int key0, int lane,
+                                          int query0 = 0) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int nt = 0; nt < BM / 8; ++nt)
+    for (int nt = 0; nt < NQ / 8; ++nt)
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh)
-            *reinterpret_cast<u32*>(tile + swizzled_offset<BN, BM>(key0 + hh * 8 + g, nt * 8) + 4 * t) =
+            *reinterpret_cast<u32*>(tile + swizzled_offset<BN, BM>(key0 + hh * 8 + g, query0 + nt * 8) + 4 * t) =
                 pack_float2(x[nt][2 * hh], x[nt][2 * hh + 1]);
 }
