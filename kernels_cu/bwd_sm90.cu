@@ -322,15 +322,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 
         // Both warpgroups' products of step m have read Q and dO of buffer buf.
         __syncthreads();
-        // scale * dQ_m -> buffer buf (see "dQ" above): this thread's rows
-        // 16 warp_in_wg + g (+8), columns wg*DQ_COLS + nt*8 + 2t, the 8-column
-        // group swizzled by the row's place in dq_accum (si.q_start + row0 + g, mod 8).
-        {
-            const int g = lane / 4, t = lane % 4;
-            const int cols = (wg * DQ_COLS) ^ (DQ_SWIZZLE * ((si.q_start + row0 + g) & 7));
-            float* dq_rows = reinterpret_cast<float*>(smem + (sQ(buf) - base)) + (warp_in_wg * 16 + g) * D + 2 * t;
-            store_dq_rows<DQ_COLS, D>(dq_rows, acc_dq, p.scale, cols);
-        }
+        // scale * dQ_m -> buffer buf (see "dQ" above): this warp's 16 rows,
+        // this warpgroup's DQ_COLS columns; the block's first row in dq_accum is
+        // si.q_start + row0.
+        store_dq_rows<DQ_COLS, D, DQ_SWIZZLE>(reinterpret_cast<float*>(smem + (sQ(buf) - base)), acc_dq, p.scale,
+                                              warp_in_wg * 16, wg * DQ_COLS, si.q_start + row0, lane);
         // The bulk reduction reads the block through the async proxy.
         fence_proxy_async();
     }

@@ -310,13 +310,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     auto put_dq = [&](const float (&acc_dq)[DQ_COLS / 8][4], int u) {
         const int buf = u % DQ_BUFFERS;
         mbar_wait(dq_empty(buf), ((u / DQ_BUFFERS) & 1) ^ 1);
-        // Ping-pong: dq_accum's rows are swizzled (DQ_SWIZZLE; lockstep 0, rows padded instead):
-        // this thread's rows g, g + 8 (mod 8) of the block, whose first row in dq_accum is q_start + row0.
-        const int g = lane / 4, t = lane % 4, row0 = row0_of(u);
-        // Column c * DQ_COLS + nt * 8 + 2t goes to ((c * DQ_COLS) ^ xor) ^ (nt * 8) + 2t (disjoint bits).
-        const int cols = (c * DQ_COLS) ^ (DQ_SWIZZLE * ((si.q_start + row0 + g) & 7));
-        float* dq_rows = reinterpret_cast<float*>(smem + (sdQ(u) - base)) + (warp_in_wg * 16 + g) * DQ_ROW + 2 * t;
-        store_dq_rows<DQ_COLS, DQ_ROW>(dq_rows, acc_dq, p.scale, cols);
+        // Ping-pong: dq_accum's rows are swizzled (DQ_SWIZZLE; lockstep 0, rows padded instead);
+        // the block's first row in dq_accum is q_start + row0.
+        const int row0 = row0_of(u);
+        store_dq_rows<DQ_COLS, DQ_ROW, DQ_SWIZZLE>(reinterpret_cast<float*>(smem + (sdQ(u) - base)), acc_dq, p.scale,
+                                                   warp_in_wg * 16, c * DQ_COLS, si.q_start + row0, lane);
         // Deterministic: the CTAs of this (head, batch) that see query block m are
         // the key blocks of its range, so this CTA adds as number n_block - first
         // (bwd.cu explains why the turns cannot deadlock). The writer reads it

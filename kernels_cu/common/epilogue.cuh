@@ -99,14 +99,20 @@ CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[
         }
 }
 
-// scale * a warp's dQ fragment (rows g, g + 8 of its 16; COLS columns) -> fp32
-// rows ROW floats apart in shared memory, for a bulk reduction into dq_accum
-// (bwd_sm90.cu, bwd_sm90_ws.cu). `rows`: the thread's row g, column 2t; column
-// nt*8 + 2t of the fragment goes to cols ^ (nt*8) (cols: the first column,
-// with the row's swizzle XORed into bits 3-5, disjoint from nt*8's when the
-// fragment's columns start on a multiple of 64).
-template <int COLS, int ROW>
-CUFLASH_DEVICE void store_dq_rows(float* rows, const float (&acc)[COLS / 8][4], float scale, int cols) {
+// scale * a warp's dQ fragment (its rows warp_row0 + g, + 8 of a block;
+// columns col0 + nt*8 + 2t, COLS of them) -> the block in shared memory as fp32
+// rows ROW floats apart, as the bulk reduction copies it into dq_accum
+// (bwd_sm90.cu, bwd_sm90_ws.cu). SWIZZLE = 8: row r of dq_accum holds its
+// 8-column group c at c ^ (r % 8) (bwd_convert.cu src_swizzled undoes it), r
+// = accum_row0 + the row (warp_row0 is a multiple of 8, so r % 8 follows g);
+// the XOR stays in bits 3-5, disjoint from col0's when col0 is a multiple of
+// 64. SWIZZLE = 0: columns in order.
+template <int COLS, int ROW, int SWIZZLE>
+CUFLASH_DEVICE void store_dq_rows(float* block, const float (&acc)[COLS / 8][4], float scale, int warp_row0,
+                                  int col0, int accum_row0, int lane) {
+    const int g = lane / 4, t = lane % 4;
+    const int cols = col0 ^ (SWIZZLE * ((accum_row0 + g) & 7));
+    float* rows = block + (warp_row0 + g) * ROW + 2 * t;
 #pragma unroll
     for (int nt = 0; nt < COLS / 8; ++nt)
 #pragma unroll
