@@ -542,9 +542,9 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 # ---------------------------------------------------------------- running on Refs
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, band: int = 0):
+def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, band: int = 0, seqlen_q: int = 0):
     return support.fwd_spec(dtype, head_dim, features, _compute_capability(device), env.sm90_enabled(),
-                            _smem_limit(device), band)
+                            _smem_limit(device), band, seqlen_q)
 
 
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
@@ -567,7 +567,7 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, seqlen_q)
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
@@ -1058,7 +1058,7 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, rows)
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
                        out._replace(shape=(batch, rows, nheads, head_dim)), lse,

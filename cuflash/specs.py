@@ -383,6 +383,13 @@ FWD_SM90_NARROW_TILES = {
 # round-robin: H200 bf16 16k, one CTA per tile against persistent (ms): (1024, 0) d64 0.448 / 0.419, d128
 # 0.318 / 0.309; (4096, 0) d64 1.103 / 1.128, d128 0.857 / 0.962 (bench/NOTES.md v13).
 FWD_SM90_PERSISTENT_BAND = 1025
+# A causal forward of at most FWD_SM90_SHORT_CAUSAL[head dim] query rows takes FWD_SM90_SHORT_CAUSAL_TILES:
+# at d64 the 192-row tiles cross the diagonal in three key blocks of 128, which at short lengths is much
+# of the work. H200 bf16 16k tokens, TFLOP/s 192 x 128 / 128 x 128 (bench/tune_fwd.py, two runs): 512
+# 150 / 203, 1k 253-258 / 276-278, 2k 324-333 / 340-341, 4k 414 / 383; non-causal 1k 395 / 367
+# (bench/NOTES.md v15).
+FWD_SM90_SHORT_CAUSAL = {64: 2048}
+FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2)}
 
 
 @dataclass(frozen=True)
@@ -426,15 +433,20 @@ class FwdSm90Spec(AttentionSpec):
         return "fwd_sm90_ws.cu" if self.tiles.stages else "fwd_sm90.cu"
 
     @classmethod
-    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0) -> "FwdSm90Spec":
+    def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0,
+                    seqlen_q: int = 0) -> "FwdSm90Spec":
         """band: keys per query of a local mask bounded on both sides (left + right + 1; 0 when a
         side is unbounded): up to FWD_SM90_NARROW_BAND[head dim] the narrow tiles, else up to
-        FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one."""
+        FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one. seqlen_q: query rows
+        (of the longest sequence; 0 when unknown): a causal mask's short ones take
+        FWD_SM90_SHORT_CAUSAL_TILES."""
         d = head_dim_bucket(head_dim)
         band = band if features.mask == "local" else 0
         tiles = FWD_SM90_TILES[d]
         if 0 < band <= FWD_SM90_NARROW_BAND.get(d, 0):
             tiles = FWD_SM90_NARROW_TILES[d]
+        if features.mask == "causal" and 0 < seqlen_q <= FWD_SM90_SHORT_CAUSAL.get(d, 0):
+            tiles = FWD_SM90_SHORT_CAUSAL_TILES[d]
         spec = cls(dtype, d, features, tiles.with_features(features, d))
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
             spec = replace(spec, short_band=True)

@@ -24,6 +24,7 @@ from .specs import (
     DTYPES,
     DecodeSpec,
     FWD_SM90_PERSISTENT_BAND,
+    FWD_SM90_SHORT_CAUSAL,
     FWD_SM90_TILES,
     FWD_TILES,
     FWD_TILES_FP32,
@@ -106,6 +107,7 @@ class Problem:
     features: Features = PLAIN
     compute_capability: tuple = (9, 0)
     band: int = 0  # keys per query of a local mask bounded on both sides, else 0 (FwdSm90Spec.for_problem)
+    short_causal: bool = False  # a causal forward of few query rows (specs.FWD_SM90_SHORT_CAUSAL)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -164,7 +166,8 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band)
+        seqlen_q = FWD_SM90_SHORT_CAUSAL.get(d, 0) if problem.short_causal else 0
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, seqlen_q)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
@@ -220,18 +223,21 @@ def supported_head_dims() -> list[int]:
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, sm90: bool = True,
-             smem_limit: int | None = None, band: int = 0):
+             smem_limit: int | None = None, band: int = 0, seqlen_q: int = 0):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
-    band: keys per query of a sliding window bounded on both sides (api.Options.band), else 0."""
+    band: keys per query of a sliding window bounded on both sides (api.Options.band), else 0.
+    seqlen_q: query rows (varlen: max_seqlen_q), 0 when unknown; only whether a causal call's rows
+    are few enough for FwdSm90Spec's short tiles reaches the (memoised) selection."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
-    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band))
+    short = features.mask == "causal" and 0 < seqlen_q <= FWD_SM90_SHORT_CAUSAL.get(head_dim_bucket(head_dim), 0)
+    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short)
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band):
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short_causal):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
-                          smem_limit=smem_limit, band=band))
+                          smem_limit=smem_limit, band=band, short_causal=short_causal))
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,9 +282,11 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                     out += [s for s in portable_candidates(family, dtype, d, features, compute_capability=cc)
                             if s not in out]
             elif family.spec is FwdSm90Spec:
-                # A local mask's bands: wide, the narrowest, and the widest that runs persistent.
+                # A local mask's bands: wide, the narrowest, and the widest that runs persistent;
+                # a causal mask's long and short query lengths.
                 bands = (0, 1, FWD_SM90_PERSISTENT_BAND) if features.mask == "local" else (0,)
-                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band) for band in bands):
+                lengths = (0, FWD_SM90_SHORT_CAUSAL.get(d, 0)) if features.mask == "causal" else (0,)
+                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, n) for band in bands for n in lengths):
                     if spec not in out:
                         out.append(spec)
             elif family.spec is BwdSpec:

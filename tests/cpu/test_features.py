@@ -191,13 +191,14 @@ def test_plain_names_have_no_modifier_suffix():
 
 def test_default_declared_specs():
     specs = support.declared_specs()
-    # 156 for the large-memory tiles (one Hopper forward tile per head dim since v8), plus the
+    # 158 for the large-memory tiles (one Hopper forward tile per head dim since v8, and d64 causal's
+    # second for short query lengths since v15), plus the
     # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
     # in both modes; d224 runs d256's within 163 KB), plus sm_100's own backward tiles of d96 and
     # d160 (2 dtypes x 2 masks x 2 modes x 2 head dims; its d128 and d192 ones are A100's), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
     # x 4 tiles + 4 x 2)), which merges its splits itself
-    assert len(specs) == 156 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
+    assert len(specs) == 158 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
@@ -354,6 +355,21 @@ def test_a_band_picks_the_hopper_tiles_and_grid(window, narrow, persistent):
     assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), band=100) == support.fwd_spec("bf16", 128, CAUSAL, (9, 0))
     with pytest.raises(ValueError, match="short_band"):
         replace(support.fwd_spec("bf16", 128, CAUSAL, (9, 0)), short_band=True)
+
+
+def test_short_causal_forwards_take_their_own_hopper_tiles():
+    # specs.FWD_SM90_SHORT_CAUSAL: a d64 causal forward of at most 2048 query rows runs 128 x 128
+    # tiles; longer ones, non-causal ones, other head dims and the portable kernels are unchanged
+    long = support.fwd_spec("bf16", 64, CAUSAL, (9, 0))
+    for rows in (1, 512, 2048):
+        short = support.fwd_spec("bf16", 64, CAUSAL, (9, 0), seqlen_q=rows)
+        assert (short.tiles.block_m, short.tiles.block_n) == (128, 128) != (long.tiles.block_m, long.tiles.block_n)
+        assert short.name in {s.name for s in support.declared_specs([CAUSAL])}
+    assert support.fwd_spec("bf16", 64, CAUSAL, (9, 0), seqlen_q=2049) == long
+    assert support.fwd_spec("bf16", 64, PLAIN, (9, 0), seqlen_q=1024) == support.fwd_spec("bf16", 64, PLAIN, (9, 0))
+    assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), seqlen_q=1024) == support.fwd_spec("bf16", 128, CAUSAL, (9, 0))
+    assert (support.fwd_spec("bf16", 64, CAUSAL, (8, 0), seqlen_q=1024)
+            == support.fwd_spec("bf16", 64, CAUSAL, (8, 0)))
 
 
 def test_select_keeps_the_features():
