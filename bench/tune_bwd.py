@@ -134,7 +134,8 @@ def main():
         base, det = timed.get((current, False)), timed.get((current, True))
         if base and det:
             print(f"{d:>4} {s:>6} {causal!s:>6} det/nondet = {det / base:.3f}", flush=True)
-        del q, k, v, dout, out, lse, tq, tk, tv, tdo, tout, ref, grads
+        # Free the GPU arrays before the next point (rebound, not deleted: closures above use them).
+        q = k = v = dout = out = lse = tq = tk = tv = tdo = tout = ref = grads = None
 
 
 def parse_tiles(text: str) -> BwdTiles:

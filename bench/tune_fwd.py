@@ -155,7 +155,8 @@ def main():
                 f"{flops / ms / 1e9:8.1f} {flops / peer_ms / 1e9:8.1f} {peer_ms / ms:6.2f}  err={err:.3g}{mark}",
                 flush=True,
             )
-        del q, k, v, tq, tk, tv, ref, out
+        # Free the GPU arrays before the next point (rebound, not deleted: closures above use them).
+        q = k = v = tq = tk = tv = ref = out = None
 
 
 def window_main(args):

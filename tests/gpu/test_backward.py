@@ -8,7 +8,6 @@ each gradient against reference.attention_backward for the same q, k, v:
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import cuflash
