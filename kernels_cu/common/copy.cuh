@@ -130,7 +130,7 @@ CUFLASH_DEVICE u32 swizzled_offset(int r, int col) {
 // head_dim == D: every block of a long sequence but its last) takes a path
 // without bounds tests (UNTESTED_INSIDE), whose round i reads at a 32-bit byte
 // offset i * ROW_STEP * row_stride * 2 from the thread's first chunk (when the
-// tile spans less than 2^31 bytes). The tested path forms each round's
+// row stride is not negative and the tile spans less than 2^31 bytes). The tested path forms each round's
 // predicate and its null-or-real 64-bit source: about 14 instructions per
 // 16-byte copy in fwd_sm90_ws.cu's producer warps, which share their schedulers
 // with the consumers' softmax (bench/NOTES.md v15). A caller whose registers
@@ -147,7 +147,9 @@ CUFLASH_DEVICE void load_tile_swizzled(u32 smem, const u16* gmem, i64 row_stride
     if (THREADS % CHUNKS_PER_ROW != 0 && tid >= ROW_STEP * CHUNKS_PER_ROW) return;
     const int r = tid / CHUNKS_PER_ROW, col = (tid % CHUNKS_PER_ROW) * 8;
     const u16* src = gmem + (i64)(row0 + r) * row_stride + col;
-    if (UNTESTED_INSIDE && row0 + ROWS <= seqlen && head_dim == D && row_stride <= (i64)(0x7fffffff / (2 * ROWS))) {
+    // A negative row stride (a CuPy view reversed along the sequence) keeps the tested path's signed offsets.
+    if (UNTESTED_INSIDE && row0 + ROWS <= seqlen && head_dim == D && row_stride >= 0 &&
+        row_stride <= (i64)(0x7fffffff / (2 * ROWS))) {
         const char* first = reinterpret_cast<const char*>(src);
         const u32 step = (u32)(ROW_STEP * row_stride) * 2u;  // bytes between a thread's rounds
 #pragma unroll

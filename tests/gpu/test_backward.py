@@ -121,6 +121,21 @@ def test_strided_inputs_and_outputs(causal):
     check(got, q, k, v, dout, causal=causal, label="strided")
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_inputs_reversed_along_the_sequence(head_dim):
+    # negative row strides (CuPy x[:, ::-1]) give the gradients of the contiguous copies, bit for bit
+    q, k, v = testing.random_qkv(1, 300, 400, 2, 2, head_dim, "bf16", xp=cp)
+    dout = testing.random_like(q)
+    rev = [x[:, ::-1] for x in (q, k, v, dout)]
+    flat = [cp.ascontiguousarray(x) for x in rev]
+    for causal in (False, True):
+        out, lse = cuflash.attention(*flat[:3], causal=causal, return_lse=True)
+        out_rev = cp.ascontiguousarray(out[:, ::-1])[:, ::-1]  # out's values, row stride negative
+        got = cuflash.attention_backward(rev[3], *rev[:3], out_rev, lse, causal=causal, deterministic=True)
+        want = cuflash.attention_backward(flat[3], *flat[:3], out, lse, causal=causal, deterministic=True)
+        assert all(bool(cp.array_equal(a, b)) for a, b in zip(got, want)), causal
+
+
 def test_softmax_scale():
     q, k, v = testing.random_qkv(1, 100, 120, 2, 2, 64, "bf16", xp=cp)
     run_and_check(q, k, v, causal=False, softmax_scale=0.37, label="scale")

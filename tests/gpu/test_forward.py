@@ -92,6 +92,19 @@ def test_strided_inputs(causal):
     run_and_check(qs, ks, vs, causal=causal, label="strided")
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_inputs_reversed_along_the_sequence(head_dim):
+    # CuPy views with negative row strides (x[:, ::-1]) pass validation; the kernels must read them as
+    # the contiguous copies, also where a tile lies inside the tensor (copy.cuh's untested path)
+    q, k, v = testing.random_qkv(2, 300, 400, 2, 2, head_dim, "bf16", xp=cp)
+    qr, kr, vr = (x[:, ::-1] for x in (q, k, v))
+    assert qr.strides[1] < 0
+    for causal in (False, True):
+        got, lse = cuflash.attention(qr, kr, vr, causal=causal, return_lse=True)
+        want, want_lse = cuflash.attention(*map(cp.ascontiguousarray, (qr, kr, vr)), causal=causal, return_lse=True)
+        assert bool(cp.array_equal(got, want)) and bool(cp.array_equal(lse, want_lse)), causal
+
+
 def test_softmax_scale():
     q, k, v = testing.random_qkv(1, 100, 120, 2, 2, 64, "bf16", xp=cp)
     run_and_check(q, k, v, causal=False, softmax_scale=0.37, label="scale")
