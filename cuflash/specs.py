@@ -392,6 +392,12 @@ FWD_SM90_SHORT_CAUSAL = {64: 2048}
 FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2)}
 
 
+def short_causal(features: "Features", head_dim: int, seqlen_q: int) -> bool:
+    """Whether a forward of seqlen_q query rows (varlen: the longest; 0 when unknown) takes
+    FWD_SM90_SHORT_CAUSAL_TILES: causal, and at most FWD_SM90_SHORT_CAUSAL[head dim] rows."""
+    return features.mask == "causal" and 0 < seqlen_q <= FWD_SM90_SHORT_CAUSAL.get(head_dim_bucket(head_dim), 0)
+
+
 @dataclass(frozen=True)
 class FwdSm90Spec(AttentionSpec):
     """The Hopper (sm_90a, wgmma) forward kernel in kernels_cu/fwd_sm90.cu."""
@@ -434,18 +440,17 @@ class FwdSm90Spec(AttentionSpec):
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0,
-                    seqlen_q: int = 0) -> "FwdSm90Spec":
+                    short: bool = False) -> "FwdSm90Spec":
         """band: keys per query of a local mask bounded on both sides (left + right + 1; 0 when a
         side is unbounded): up to FWD_SM90_NARROW_BAND[head dim] the narrow tiles, else up to
-        FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one. seqlen_q: query rows
-        (of the longest sequence; 0 when unknown): a causal mask's short ones take
-        FWD_SM90_SHORT_CAUSAL_TILES."""
+        FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one. short: the call's
+        query rows are few enough for FWD_SM90_SHORT_CAUSAL_TILES (short_causal())."""
         d = head_dim_bucket(head_dim)
         band = band if features.mask == "local" else 0
         tiles = FWD_SM90_TILES[d]
         if 0 < band <= FWD_SM90_NARROW_BAND.get(d, 0):
             tiles = FWD_SM90_NARROW_TILES[d]
-        if features.mask == "causal" and 0 < seqlen_q <= FWD_SM90_SHORT_CAUSAL.get(d, 0):
+        if short:
             tiles = FWD_SM90_SHORT_CAUSAL_TILES[d]
         spec = cls(dtype, d, features, tiles.with_features(features, d))
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:

@@ -24,7 +24,6 @@ from .specs import (
     DTYPES,
     DecodeSpec,
     FWD_SM90_PERSISTENT_BAND,
-    FWD_SM90_SHORT_CAUSAL,
     FWD_SM90_TILES,
     FWD_TILES,
     FWD_TILES_FP32,
@@ -39,6 +38,7 @@ from .specs import (
     PLAIN,
     SM90_SMEM_PER_BLOCK,
     head_dim_bucket,
+    short_causal,
 )
 
 #: Input dtypes by name (numpy dtypes resolved in api.py).
@@ -107,7 +107,7 @@ class Problem:
     features: Features = PLAIN
     compute_capability: tuple = (9, 0)
     band: int = 0  # keys per query of a local mask bounded on both sides, else 0 (FwdSm90Spec.for_problem)
-    short_causal: bool = False  # a causal forward of few query rows (specs.FWD_SM90_SHORT_CAUSAL)
+    short_causal: bool = False  # a causal forward of few query rows (specs.short_causal)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -166,8 +166,7 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        seqlen_q = FWD_SM90_SHORT_CAUSAL.get(d, 0) if problem.short_causal else 0
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, seqlen_q)
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, problem.short_causal)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
@@ -230,14 +229,14 @@ def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, 
     are few enough for FwdSm90Spec's short tiles reaches the (memoised) selection."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
-    short = features.mask == "causal" and 0 < seqlen_q <= FWD_SM90_SHORT_CAUSAL.get(head_dim_bucket(head_dim), 0)
+    short = short_causal(features, head_dim, seqlen_q)
     return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short)
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short_causal):
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
-                          smem_limit=smem_limit, band=band, short_causal=short_causal))
+                          smem_limit=smem_limit, band=band, short_causal=short))
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,8 +284,9 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                 # A local mask's bands: wide, the narrowest, and the widest that runs persistent;
                 # a causal mask's long and short query lengths.
                 bands = (0, 1, FWD_SM90_PERSISTENT_BAND) if features.mask == "local" else (0,)
-                lengths = (0, FWD_SM90_SHORT_CAUSAL.get(d, 0)) if features.mask == "causal" else (0,)
-                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, n) for band in bands for n in lengths):
+                shorts = {False, short_causal(features, d, 1)}
+                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short)
+                             for band in bands for short in sorted(shorts)):
                     if spec not in out:
                         out.append(spec)
             elif family.spec is BwdSpec:

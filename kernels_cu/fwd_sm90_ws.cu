@@ -213,8 +213,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_wait(q_empty(qb), ((kq / Q_BUFFERS) & 1) ^ 1);
             // tid laundered: the Q tile's shared-memory offsets, hoisted out of the tile loop, spilled;
             // the tested path alone (the K/V blocks' untested one beside it spilled 20-52 bytes).
-            load_tile_swizzled<BM, D, 128, SwizzleFor<D>::AW, false, false>(sQ(qb), q, p.q_row_stride, row0, si.seqlen_q, p.head_dim,
-                                           (int)opaque((u32)tid));
+            load_tile_swizzled<BM, D, 128, SwizzleFor<D>::AW, false, false>(
+                sQ(qb), q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, (int)opaque((u32)tid));
             cp_async_arrive(q_full(qb));
             ++kq;
 #pragma unroll 1

@@ -130,10 +130,10 @@ CUFLASH_DEVICE u32 swizzled_offset(int r, int col) {
 // head_dim == D: every block of a long sequence but its last) takes a path
 // without bounds tests (UNTESTED_INSIDE), whose round i reads at a 32-bit byte
 // offset i * ROW_STEP * row_stride * 2 from the thread's first chunk (when the
-// row stride is not negative and the tile spans less than 2^31 bytes). The tested path forms each round's
-// predicate and its null-or-real 64-bit source: about 14 instructions per
-// 16-byte copy in fwd_sm90_ws.cu's producer warps, which share their schedulers
-// with the consumers' softmax (bench/NOTES.md v15). A caller whose registers
+// row stride is not negative and the tile spans less than 2^31 bytes). The
+// tested path forms each round's predicate and its null-or-real 64-bit source:
+// about 14 instructions per 16-byte copy in fwd_sm90_ws.cu's producer warps,
+// which share their schedulers with the consumers' softmax (bench/NOTES.md v15). A caller whose registers
 // cannot hold both paths (a Q tile loaded once per tile) passes false.
 template <int ROWS, int D, int THREADS, int AW = SwizzleFor<D>::AW, bool ROLLED = false,
           bool UNTESTED_INSIDE = !ROLLED>
