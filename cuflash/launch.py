@@ -16,7 +16,8 @@ import struct
 import threading
 from typing import Callable, NamedTuple
 
-from . import params
+from . import params, tma
+from .compile import env
 from .compile.cache import get_pointer
 from .specs import (DTYPE_BYTES, BwdConvertSpec, BwdPrepareSpec, BwdSm90Spec, BwdSpec, DecodeSpec, FwdSm90Spec,
                     FwdSpec, KvAppendSpec)
@@ -203,18 +204,24 @@ def _make_context_current(device: int | None) -> None:
     _thread.context = True
 
 
-def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields: dict, stream: int) -> None:
+def run(spec, device: int, grid, block, smem: int, packer: params.Packer, fields: dict, stream: int,
+        maps: dict | None = None) -> None:
     """Pack `fields` into the spec's params struct and launch its kernel (from the compile
     cache, allowed `smem` bytes of dynamic shared memory) on `stream`; inside record(), note the
-    launch in the plan instead."""
+    launch in the plan instead. maps: {tensor-map field: (tma.TensorMap, address)}, encoded into
+    the struct after the fields (a plan encodes them again with each call's addresses)."""
     fn = get_pointer(spec, device, smem)
     steps = getattr(_recording, "steps", None)
     if steps is not None:
-        steps.append(_Step(fn, grid, block, smem, packer, *packer.template(fields, _placeholder_slot)))
+        map_slots = tuple((name, m, *_placeholder_slot(ptr)) for name, (m, ptr) in (maps or {}).items())
+        steps.append(_Step(fn, grid, block, smem, packer, *packer.template(fields, _placeholder_slot), map_slots))
         return
     if not getattr(_thread, "context", False):
         _make_context_current(device)
     argv = packer.pack(fields)
+    if maps:
+        for name, (m, ptr) in maps.items():
+            packer.put_map(name, tma.encode(m, ptr))
     _driver().launchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
 
 
@@ -261,6 +268,7 @@ class _Step(NamedTuple):
     packer: params.Packer
     template: bytes  # the packed params with 0 where pointers go
     slots: tuple  # (byte offset in the struct, argument slot, byte offset added to its pointer)
+    maps: tuple  # (tensor-map field, tma.TensorMap, argument slot, byte offset added to its pointer)
 
 
 class Plan(NamedTuple):
@@ -276,11 +284,13 @@ class Plan(NamedTuple):
         if not getattr(_thread, "context", False):
             _make_context_current(None)
         launch_kernel = _driver().launchKernel
-        for fn, grid, block, smem, packer, template, slots in self.steps:
+        for fn, grid, block, smem, packer, template, slots, maps in self.steps:
             buf, argv = packer.buffers()
             buf[:] = template
             for at, slot, offset in slots:
                 _POINTER.pack_into(buf, at, pointers[slot] + offset)
+            for name, m, slot, offset in maps:
+                packer.put_map(name, tma.encode(m, pointers[slot] + offset))
             launch_kernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, argv, 0)
 
 
@@ -336,8 +346,29 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
     fields = attention_fields(spec, q, k, v, option_fields)
     fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
     fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
+    maps = fwd_tensor_maps(spec, q, k, v)
+    fields["tma"] = int(bool(maps))
     run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q, q.device), (spec.threads, 1, 1), fwd_smem_bytes(spec),
-        params.FWD, fields, stream)
+        params.FWD, fields, stream, maps)
+
+
+def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref) -> dict:
+    """{tma_q, tma_k, tma_v: (map, address)} for the warp-specialised Hopper forward's TMA loads
+    (kernels_cu/fwd_sm90_ws.cu), or {} where it copies with cp.async: another kernel, a varlen
+    batch (TMA would read the next sequence's rows where cp.async reads zeros), arrays TMA
+    cannot address (tma.tile_map), no encoder in the driver, or CUFLASH_TMA=0."""
+    if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages) or spec.features.varlen:
+        return {}
+    if not env.tma_enabled() or not tma.available():
+        return {}
+    t, d = spec.tiles, spec.head_dim
+    maps = {}
+    for name, x, rows in (("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n)):
+        m = tma.tile_map(x.shape, x.strides, x.ptr, rows, d)
+        if m is None:
+            return {}
+        maps[name] = (m, x.ptr)
+    return maps
 
 
 _prepare_spec = functools.lru_cache(maxsize=None)(BwdPrepareSpec)

@@ -39,14 +39,38 @@ SEQUENCE_FIELDS = [
     ("total_q", _I32), ("total_k", _I32),
 ]
 
-FWD_PARAMS = np.dtype(
+#: TMA tensor maps (params.cuh TmaMap): 128 opaque bytes on 128-byte boundaries, written by
+#: cuflash/tma.py after the other fields are packed (Packer.put_map). NumPy holds each as 16 uint64.
+TENSOR_MAP_BYTES = 128
+TENSOR_MAP_FIELDS = ("tma_q", "tma_k", "tma_v")
+
+
+def _with_tensor_maps(fields: list, maps: tuple) -> np.dtype:
+    """The C layout of `fields` followed by the tensor maps `maps`, each aligned to 128 bytes (so is
+    the struct, as alignas(128) makes it in CUDA)."""
+    base = np.dtype(fields, align=True)
+    names = list(base.names)
+    formats = [base.fields[n][0] for n in names]
+    offsets = [base.fields[n][1] for n in names]
+    end = base.itemsize
+    for name in maps:
+        end = -(-end // TENSOR_MAP_BYTES) * TENSOR_MAP_BYTES
+        names.append(name)
+        formats.append(np.dtype((np.uint64, (TENSOR_MAP_BYTES // 8,))))
+        offsets.append(end)
+        end += TENSOR_MAP_BYTES
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": end})
+
+
+FWD_PARAMS = _with_tensor_maps(
     ATTENTION_FIELDS
     + [
         ("o", _PTR), ("lse", _PTR),
         ("o_batch_stride", _I64), ("o_row_stride", _I64), ("o_head_stride", _I64),
     ]
-    + SEQUENCE_FIELDS,
-    align=True,
+    + SEQUENCE_FIELDS
+    + [("tma", _I32)],
+    TENSOR_MAP_FIELDS,
 )
 
 BWD_PREPARE_PARAMS = np.dtype(
@@ -188,12 +212,14 @@ class Packer:
         self.dtype = dtype
         self.names = tuple(sorted(dtype.names, key=lambda n: dtype.fields[n][1]))
         self._nameset = frozenset(self.names)
-        self._zeros = (0,) * len(self.names)
+        # Tensor maps are packed as zero bytes here and written by put_map.
+        self.maps = {n: dtype.fields[n][1] for n in self.names if n in TENSOR_MAP_FIELDS}
+        self._zeros = tuple(b"" if n in self.maps else 0 for n in self.names)
         self.pointers = tuple(n for n in self.names if dtype.fields[n][0] == np.dtype(_PTR))
         fmt, pos = "<", 0
         for name in self.names:
             sub, offset = dtype.fields[name][:2]
-            fmt += "x" * (offset - pos) + _STRUCT_CODES[sub]
+            fmt += "x" * (offset - pos) + (f"{TENSOR_MAP_BYTES}s" if name in self.maps else _STRUCT_CODES[sub])
             pos = offset + sub.itemsize
         fmt += "x" * (dtype.itemsize - pos)
         self._struct = struct.Struct(fmt)
@@ -221,6 +247,11 @@ class Packer:
         buf, argv_address = self.buffers()
         self._struct.pack_into(buf, 0, *map(fields.get, self.names, self._zeros))
         return argv_address
+
+    def put_map(self, name: str, encoded: bytes) -> None:
+        """Write an encoded tensor map (TENSOR_MAP_BYTES) into this thread's buffer, after pack()."""
+        at = self.maps[name]
+        self._local.buf[at:at + TENSOR_MAP_BYTES] = encoded
 
     def template(self, fields: dict, slot_of) -> tuple[bytes, tuple]:
         """(packed bytes, pointer slots) for launch.record: each nonzero pointer field is replaced

@@ -21,10 +21,13 @@
 // The visible key blocks are visited in descending order, last .. first (the
 // causal diagonal's masked blocks first; a sliding window's band only); the
 // i-th of them, j = last - i, lives in slot i % STAGES (pipeline.cuh).
-//   Producer (setmaxnreg down to PRODUCER_REGS), per tile: cp.async Q (Br x D)
-//     into its Q buffer once the consumers have freed it, then for each block K[j]
-//     and V[j] (Bc x D each, swizzled, copy.cuh) into its slot as soon as the
-//     consumers freed it; each copy signals the buffer's full barrier when it lands.
+//   Producer (setmaxnreg down to PRODUCER_REGS), per tile: Q (Br x D) into its Q
+//     buffer once the consumers have freed it, then for each block K[j] and V[j]
+//     (Bc x D each, swizzled, copy.cuh) into its slot as soon as the consumers
+//     freed it; each copy signals the buffer's full barrier when it lands. One
+//     thread issues TMA copies (p.tma: tensor maps of q, k, v, cuflash/tma.py;
+//     dense batches), or all 128 threads cp.async (varlen, arrays TMA cannot
+//     address, CUFLASH_TMA=0).
 //   Consumers (setmaxnreg up to CONSUMER_REGS), as fwd_sm90.cu's main loop:
 //     S[last] = Q K[last]^T and its softmax; then per step n = last .. first+1
 //     (in three loops: the blocks that need the element mask, those that do not,
@@ -47,7 +50,8 @@
 // (1 or 2: FwdSm90Spec.q_buffers), and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
 // CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
 // not fit the consumers' registers, and fwd_sm90.cu runs it (FwdSm90Tiles.with_features).
-// Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0).
+// Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0); the
+// parameter is __grid_constant__, as TMA reads its tensor maps in place.
 // Shared memory: (Q_BUFFERS Br + 2 STAGES Bc) * D * 2 bytes, 8 bytes per mbarrier
 // (2 Q_BUFFERS + 4 STAGES), plus 1 KB of alignment slack (cuflash/launch.py).
 #include "common/platform.cuh"
@@ -151,7 +155,7 @@ CUFLASH_DEVICE void for_each_tile(int m_blocks, int bh, Work& work) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const FwdParams p) {
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const __grid_constant__ FwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
     const u32 smem_base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -173,15 +177,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
     // A varlen grid covers the longest sequence (p.seqlen_q).
     const int m_blocks = (p.seqlen_q + BM - 1) / BM;
+    // TMA loads (never varlen: past a sequence's end a box would read the next one's rows, where cp.async reads zeros).
+    const bool tma = !CUFLASH_VARLEN && p.tma;
+    const u32 producers = tma ? 1 : 128;  // arrivals that a full barrier's phase needs
 
     if (tid == 0) {
         for (int qb = 0; qb < Q_BUFFERS; ++qb) {
-            mbar_init(q_full(qb), 128);
+            mbar_init(q_full(qb), producers);
             mbar_init(q_empty(qb), 128 * WGS);
         }
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(k_full(s), 128);
-            mbar_init(v_full(s), 128);
+            mbar_init(k_full(s), producers);
+            mbar_init(v_full(s), producers);
             mbar_init(k_empty(s), 128 * WGS);
             mbar_init(v_empty(s), 128 * WGS);
         }
@@ -198,6 +205,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     if (wg == 0) {
         // ---- Producer.
         setmaxnreg_dec<PRODUCER_REGS>();
+        // With TMA one thread issues every copy, arriving once on a full barrier with the bytes to come.
+        if (tma && tid != 0) return;
         int kq = 0, g = 0;
         auto produce = [&](int t) {
             const Tile tile = tile_at(t, m_blocks, p.nheads);
@@ -211,29 +220,49 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             si.qkv_rows(p, q, k, v);
             const int qb = kq % Q_BUFFERS;
             mbar_wait(q_empty(qb), ((kq / Q_BUFFERS) & 1) ^ 1);
-            // tid laundered: the Q tile's shared-memory offsets, hoisted out of the tile loop, spilled;
-            // the tested path alone (the K/V blocks' untested one beside it spilled 20-52 bytes).
-            load_tile_swizzled<BM, D, 128, SwizzleFor<D>::AW, false, false>(
-                sQ(qb), q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, (int)opaque((u32)tid));
-            cp_async_arrive(q_full(qb));
+            if (tma) {
+                mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
+                tma_load_tile<BM, D>(sQ(qb), p.tma_q, row0, si.h, si.b, q_full(qb));
+            } else {
+                // tid laundered: the Q tile's shared-memory offsets, hoisted out of the tile loop, spilled;
+                // the tested path alone (the K/V blocks' untested one beside it spilled 20-52 bytes).
+                load_tile_swizzled<BM, D, 128, SwizzleFor<D>::AW, false, false>(
+                    sQ(qb), q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, (int)opaque((u32)tid));
+                cp_async_arrive(q_full(qb));
+            }
             ++kq;
+            // One loop for both ways of copying: one per way spilled the cp.async producer at d256 (36 bytes,
+            // its hoisted Q-tile offsets), and the test per copy is one uniform branch.
 #pragma unroll 1
             for (int j = last; j >= first; --j, ++g) {
                 const int s = g % STAGES;
                 const u32 free_parity = ((g / STAGES) & 1) ^ 1;
                 mbar_wait(k_empty(s), free_parity);
-                load_tile_swizzled<BN, D, 128>(sK(s), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
-                cp_async_arrive(k_full(s));
+                if (tma) {
+                    mbar_arrive_expect_tx(k_full(s), KV_BYTES);
+                    tma_load_tile<BN, D>(sK(s), p.tma_k, j * BN, si.h_kv, si.b, k_full(s));
+                } else {
+                    load_tile_swizzled<BN, D, 128>(sK(s), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
+                    cp_async_arrive(k_full(s));
+                }
                 mbar_wait(v_empty(s), free_parity);
-                load_tile_swizzled<BN, D, 128>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
-                cp_async_arrive(v_full(s));
+                if (tma) {
+                    mbar_arrive_expect_tx(v_full(s), KV_BYTES);
+                    tma_load_tile<BN, D>(sV(s), p.tma_v, j * BN, si.h_kv, si.b, v_full(s));
+                } else {
+                    load_tile_swizzled<BN, D, 128>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
+                    cp_async_arrive(v_full(s));
+                }
             }
         };
         for_each_tile(m_blocks, p.nheads * p.batch, produce);
-        // Leave only after this thread's copies landed: they belong to no commit
-        // group yet (the mbarriers track them), so close one and wait for it.
-        cp_async_commit();
-        cp_async_wait<0>();
+        // Leave only after this thread's cp.async copies landed: they belong to no
+        // commit group yet (the mbarriers track them), so close one and wait for it.
+        // (TMA copies need no wait: the consumers wait for them, and the CTA lives on.)
+        if (!tma) {
+            cp_async_commit();
+            cp_async_wait<0>();
+        }
         return;
     }
 
@@ -257,7 +286,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     // Data of ring position g (slot g % STAGES) has landed, visible to this thread's wgmmas.
     auto wait_full = [&](u32 bar, int g) {
         mbar_wait(bar, (g / STAGES) & 1);
-        fence_proxy_async();  // the copies were generic-proxy writes; wgmma reads through the async proxy
+        // cp.async copies are generic-proxy writes, and wgmma reads through the async proxy (TMA's writes are its own).
+        if (!tma) fence_proxy_async();
     };
 
     // A tile's rows of lse (none where the caller wants no lse).
@@ -398,7 +428,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                                  p.head_dim, elane, 32);
         store_lse(lse_rows(so), lse, orow0 + warp_row0, so.seqlen_q, elane);
         // This thread's reads of the staged rows are done: the producer may load the
-        // next Q into this buffer once every consumer thread arrived.
+        // next Q into this buffer once every consumer thread arrived. A TMA load writes
+        // through the async proxy, after this thread's generic-proxy staging: fence them apart.
+        if (tma) fence_proxy_async();
         mbar_arrive(q_empty(qb));
         ++kq;
         g0 += count;

@@ -62,6 +62,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "Bytes of shared memory per block that the tile choice assumes, e.g. `166912` (A100) or `101376` "
         "(RTX 3090/4090): tests use it to run the tiles of a smaller GPU on a larger one.",
     ),
+    EnvVar(
+        "CUFLASH_TMA",
+        "`1`",
+        "`0` = the Hopper forward loads q, k, v with cp.async instead of TMA tensor maps (for comparison; "
+        "calls TMA cannot address, and varlen calls, use cp.async anyway).",
+    ),
 )
 
 ENV_VAR_NAMES = frozenset(v.name for v in ENV_VARS)
@@ -107,13 +113,26 @@ def sm90_enabled() -> bool:
     return _sm90_enabled(os.environ.get("CUFLASH_DISABLE_SM90"))
 
 
-def selection_key() -> tuple:
-    """The raw values of the variables that steer spec selection (CUFLASH_DISABLE_SM90,
-    CUFLASH_SMEM_LIMIT), for keys of memoised launch plans: a plan made under other values
-    is not reused."""
+def tma_enabled() -> bool:
+    """Whether the Hopper forward may load with TMA (CUFLASH_TMA, default on; read on every call)."""
     if _ENVIRON_BYTES is not None:
-        return _ENVIRON_BYTES.get(b"CUFLASH_DISABLE_SM90"), _ENVIRON_BYTES.get(b"CUFLASH_SMEM_LIMIT")
-    return os.environ.get("CUFLASH_DISABLE_SM90"), os.environ.get("CUFLASH_SMEM_LIMIT")
+        return _tma_enabled(_ENVIRON_BYTES.get(b"CUFLASH_TMA"))
+    return _tma_enabled(os.environ.get("CUFLASH_TMA"))
+
+
+@functools.lru_cache(maxsize=8)
+def _tma_enabled(raw) -> bool:
+    return raw is None or _flag("CUFLASH_TMA")
+
+
+def selection_key() -> tuple:
+    """The raw values of the variables that steer spec selection and launches (CUFLASH_DISABLE_SM90,
+    CUFLASH_SMEM_LIMIT, CUFLASH_TMA), for keys of memoised launch plans: a plan made under other
+    values is not reused."""
+    if _ENVIRON_BYTES is not None:
+        return (_ENVIRON_BYTES.get(b"CUFLASH_DISABLE_SM90"), _ENVIRON_BYTES.get(b"CUFLASH_SMEM_LIMIT"),
+                _ENVIRON_BYTES.get(b"CUFLASH_TMA"))
+    return os.environ.get("CUFLASH_DISABLE_SM90"), os.environ.get("CUFLASH_SMEM_LIMIT"), os.environ.get("CUFLASH_TMA")
 
 
 def smem_limit_override() -> int | None:

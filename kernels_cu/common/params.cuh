@@ -70,12 +70,24 @@
     int total_q;             /* rows of q in a varlen call */          \
     int total_k;             /* rows of k and v */
 
+// A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes that cuflash/tma.py
+// encodes on the host), read by cp.async.bulk.tensor from the kernel's
+// __grid_constant__ parameter (pipeline.cuh tma_load_tile).
+struct alignas(128) TmaMap {
+    u64 opaque[16];
+};
+
 struct FwdParams {
     CUFLASH_ATTENTION_FIELDS
     void* o;         // (batch, seqlen_q, nheads, head_dim); varlen: (total_q, nheads, head_dim)
     float* lse;      // (batch, nheads, seqlen_q) contiguous, or null when not asked for; varlen: (nheads, total_q)
     i64 o_batch_stride, o_row_stride, o_head_stride;
     CUFLASH_SEQUENCE_FIELDS
+    // fwd_sm90_ws.cu only: 1 when the host encoded tensor maps of q, k and v (dense
+    // 16-bit tensors whose strides TMA can address: cuflash/tma.py), and the producer
+    // loads with TMA instead of cp.async; 0 otherwise (the maps are then all zero).
+    int tma;
+    TmaMap tma_q, tma_k, tma_v;  // (head_dim, seqlen, heads, batch) boxes of one swizzle atom's columns
 };
 
 // kernels_cu/bwd_prepare.cu: delta, lse in the exp2 domain, zeroed dQ accumulator.

@@ -15,7 +15,12 @@
 // both barriers: consumers wait for full's phase parity u & 1; the producer
 // waits for empty's parity (u & 1) ^ 1, which a fresh barrier reports as
 // complete, so the first round through the ring does not wait.
+// With TMA (tma_load_tile) one producer thread fills a slot: full[s] then counts
+// that one arrival (mbar_arrive_expect_tx) and the bytes the copies deliver.
 #pragma once
+#include "platform.cuh"
+#include "params.cuh"  // TmaMap
+#include "copy.cuh"    // SwizzleFor
 
 // One 8-byte mbarrier in shared memory, by its shared-window address.
 CUFLASH_DEVICE void mbar_init(u32 bar, u32 count) {
@@ -37,6 +42,15 @@ CUFLASH_DEVICE void mbar_arrive(u32 bar) {
 // pending count is not raised first).
 CUFLASH_DEVICE void cp_async_arrive(u32 bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// One arrival that also raises the phase's expected transaction bytes by `bytes`:
+// the phase completes once its arrivals are in and TMA copies signalling this
+// barrier (complete_tx) have delivered that many bytes.
+CUFLASH_DEVICE void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
+                 "r"(bytes)
+                 : "memory");
 }
 
 // Block until the phase of the given parity has completed (acquire: what the
@@ -92,6 +106,27 @@ template <bool READ>
 CUFLASH_DEVICE void bulk_wait_all() {
     if (READ) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     else asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+// TMA (sm_90): rows [row0, row0 + ROWS) of head h, batch b of the tensor that
+// `map` describes ((d, seqlen, heads, batch), cuflash/tma.py) into a swizzled
+// ROWS x D tile at `smem` (copy.cuh SwizzleFor: D / AW column blocks of ROWS x AW,
+// each one box of the map, which carries the same swizzle), signalling `bar`
+// with the ROWS * D * 2 bytes. Rows >= seqlen and columns >= d arrive as zeros.
+// The writes are the async proxy's, which wgmma reads without a proxy fence.
+// `map` lies in the kernel's __grid_constant__ parameter: its generic address is
+// what the instruction takes. Issued by one thread.
+template <int ROWS, int D>
+CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, int b, u32 bar) {
+    using S = SwizzleFor<D>;
+    const u64 desc = reinterpret_cast<u64>(&map);
+#pragma unroll
+    for (int cb = 0; cb < D / S::AW; ++cb)
+        asm volatile(
+            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+            " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem + (u32)(cb * ROWS * S::ROW_BYTES)),
+            "l"(desc), "r"(cb * S::AW), "r"(row0), "r"(h), "r"(b), "r"(bar)
+            : "memory");
 }
 
 // Registers per thread of the executing warpgroup, from here on (every thread

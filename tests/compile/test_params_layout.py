@@ -18,9 +18,10 @@ from cuflash.compile import env, nvrtc
 
 def layout_ptx(struct: str, fields: list[str], arch: str) -> str:
     common = env.kernels_dir() / "common"
+    # A tensor map (128 opaque bytes) is read by its first word.
     kernels = [
         f'extern "C" __global__ void get_{f}(const {struct} p, unsigned long long* out) '
-        f"{{ *out = (unsigned long long)(p.{f}); }}"
+        f"{{ *out = (unsigned long long)(p.{f}{'.opaque[0]' if f in params.TENSOR_MAP_FIELDS else ''}); }}"
         for f in fields
     ]
     return nvrtc.compile_ptx('#include "params.cuh"\n' + "\n".join(kernels) + "\n", "layout", arch,

@@ -478,7 +478,7 @@ def test_pack_named_sets_named_fields_and_zeroes_the_rest():
     named = {"q", "seqlen_q", "scale", "window_left"}
     for name in params.FWD_PARAMS.names:
         if name not in named:
-            assert value[name] == 0, name
+            assert np.all(value[name] == 0), name  # tensor maps: 16 words
     assert value.dtype == params.FWD_PARAMS
 
 

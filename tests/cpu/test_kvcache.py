@@ -149,7 +149,7 @@ def ref(shape, dtype="bfloat16", ptr=1 << 20):
 def recorded(monkeypatch):
     """launch.run replaced by a recorder of (kernel name, grid, fields); a Hopper-class GPU 0."""
     calls = []
-    monkeypatch.setattr(launch, "run", lambda spec, device, grid, block, smem, packer, fields, stream:
+    monkeypatch.setattr(launch, "run", lambda spec, device, grid, block, smem, packer, fields, stream, maps=None:
                         calls.append((spec.name, grid, dict(fields))))
     monkeypatch.setattr(api, "_check_device", lambda device: None)
     monkeypatch.setattr(api, "_compute_capability", lambda device: (9, 0))

@@ -96,6 +96,32 @@ def test_forward_replay_packs_what_the_validated_path_packs(gpu, monkeypatch, op
     assert gpu.launches == replayed
 
 
+def test_forward_replay_encodes_the_tensor_maps_at_each_calls_addresses(gpu, monkeypatch):
+    from cuflash import tma
+
+    monkeypatch.setattr(tma, "available", lambda: True)
+    monkeypatch.delenv("CUFLASH_TMA", raising=False)
+    # A stand-in encoding: the address and the box rows, so the bytes show which array a map is of.
+    monkeypatch.setattr(tma, "encode", lambda m, ptr: (ptr.to_bytes(8, "little") + m.box[1].to_bytes(8, "little")) * 8)
+    cuflash.attention(*qkv(gpu))  # records the plan
+    q, k, v = qkv(gpu)  # other arrays of the same kind: the plan replays with their addresses
+    gpu.launches.clear()
+    start = gpu.next
+    cuflash.attention(q, k, v)
+    replayed = list(gpu.launches)
+    gpu.next = start
+    gpu.launches.clear()
+    monkeypatch.setattr(api, "recorded_plan", lambda key: None)
+    cuflash.attention(q, k, v)
+    assert len(replayed) == 1 and gpu.launches == replayed
+    fields = launch.params.FWD_PARAMS
+    packed = replayed[0][-1]
+    assert int.from_bytes(packed[fields.fields["tma"][1]:][:4], "little") == 1
+    for name, x in (("tma_q", q), ("tma_k", k), ("tma_v", v)):
+        at = fields.fields[name][1]
+        assert int.from_bytes(packed[at:at + 8], "little") == x.data.ptr, name
+
+
 def test_backward_replay_packs_what_the_validated_path_packs(gpu, monkeypatch):
     q, k, v = qkv(gpu)
     out, dout, lse = gpu.empty(q.shape, q.dtype), gpu.empty(q.shape, q.dtype), gpu.empty((2, 8, 33), np.float32)

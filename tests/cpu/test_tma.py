@@ -1,0 +1,85 @@
+"""TMA tensor maps (cuflash/tma.py) without a GPU: which arrays TMA can address, the map each
+gets, and which forward calls take maps (launch.fwd_tensor_maps). The encoding itself is the
+driver's; the GPU tests run it (tests/gpu/test_forward.py)."""
+from __future__ import annotations
+
+import pytest
+
+from cuflash import launch, tma
+from cuflash.specs import Features, FwdSm90Spec, FwdSpec
+
+
+def contiguous(shape):
+    strides, size = [], 1
+    for n in reversed(shape):
+        strides.append(size)
+        size *= n
+    return tuple(reversed(strides))
+
+
+def test_a_contiguous_array_maps_to_d_seqlen_heads_batch():
+    shape = (2, 1000, 16, 128)
+    m = tma.tile_map(shape, contiguous(shape), 1 << 20, 80, 128)
+    assert m == tma.TensorMap((128, 1000, 16, 2), (16 * 128 * 2, 128 * 2, 1000 * 16 * 128 * 2), (64, 80, 1, 1))
+
+
+@pytest.mark.parametrize("bucket, atom", [(32, 32), (64, 64), (96, 32), (128, 64), (160, 32), (192, 64), (224, 32),
+                                          (256, 64)])
+def test_the_box_is_one_swizzle_atom_wide(bucket, atom):
+    shape = (1, 64, 4, bucket - 8)  # d below the compiled D: the box reaches past it, TMA fills zeros
+    m = tma.tile_map(shape, contiguous(shape), 1 << 20, 128, bucket)
+    assert m.box == (atom, 128, 1, 1) and m.dims[0] == bucket - 8
+    assert tma.atom_columns(bucket) == atom
+
+
+def test_unit_dims_take_a_stride_tma_accepts():
+    # A batch of 1 and one head may arrive with any stride (0, or a view's leftover): never stepped over.
+    m = tma.tile_map((1, 300, 1, 64), (0, 64, 7, 1), 1 << 20, 128, 64)
+    assert m.strides == (128, 300 * 128, 300 * 128)
+
+
+@pytest.mark.parametrize("shape, strides, ptr, why", [
+    ((2, 64, 4, 64), (-64 * 4 * 64, -4 * 64, 64, 1), 1 << 20, "reversed rows"),
+    ((2, 64, 4, 64), (64 * 4 * 72, 4 * 72 + 4, 72, 1), 1 << 20, "a row stride of 8 bytes past 16"),
+    ((2, 64, 4, 64), contiguous((2, 64, 4, 64)), (1 << 20) + 8, "an address 8 bytes off 16"),
+    ((2, 64, 4, 64), (1 << 39, 4 * 64, 64, 1), 1 << 20, "a batch stride of 2^40 bytes"),
+    ((2, 64, 4, 64), (64 * 4 * 128, 4 * 128, 128, 2), 1 << 20, "columns not contiguous"),
+])
+def test_arrays_tma_cannot_address_get_no_map(shape, strides, ptr, why):
+    assert tma.tile_map(shape, strides, ptr, 128, 64) is None, why
+
+
+def ref(shape, ptr, dtype="bfloat16"):
+    return launch.Ref(ptr, shape, contiguous(shape), dtype, 0)
+
+
+@pytest.fixture
+def encoder(monkeypatch):
+    monkeypatch.setattr(tma, "available", lambda: True)
+    monkeypatch.delenv("CUFLASH_TMA", raising=False)
+
+
+def test_the_warp_specialised_forward_gets_maps_of_q_k_v(encoder):
+    spec = FwdSm90Spec.for_problem("bf16", 128)
+    assert spec.tiles.stages
+    q, k, v = ref((2, 500, 8, 128), 1 << 30), ref((2, 700, 2, 128), 1 << 31), ref((2, 700, 2, 128), 1 << 32)
+    maps = launch.fwd_tensor_maps(spec, q, k, v)
+    assert set(maps) == {"tma_q", "tma_k", "tma_v"}
+    assert maps["tma_q"][0].box[1] == spec.tiles.block_m and maps["tma_k"][0].box[1] == spec.tiles.block_n
+    assert [ptr for _, ptr in maps.values()] == [q.ptr, k.ptr, v.ptr]
+    assert maps["tma_k"][0].dims == (128, 700, 2, 2)
+
+
+def test_calls_that_keep_cp_async(encoder, monkeypatch):
+    q, k, v = ref((2, 500, 8, 128), 1 << 30), ref((2, 700, 2, 128), 1 << 31), ref((2, 700, 2, 128), 1 << 32)
+    ws = FwdSm90Spec.for_problem("bf16", 128)
+    assert not launch.fwd_tensor_maps(FwdSm90Spec.for_problem("bf16", 128, Features.parse("varlen")), q, k, v)
+    assert not launch.fwd_tensor_maps(FwdSpec.for_problem("bf16", 128), q, k, v)  # the portable kernel
+    reversed_k = k._replace(strides=(k.strides[0], -k.strides[1], *k.strides[2:]))
+    assert not launch.fwd_tensor_maps(ws, q, reversed_k, v)  # one array TMA cannot address: none of them
+    monkeypatch.setenv("CUFLASH_TMA", "0")
+    assert not launch.fwd_tensor_maps(ws, q, k, v)
+    monkeypatch.setenv("CUFLASH_TMA", "1")
+    assert launch.fwd_tensor_maps(ws, q, k, v)
+    monkeypatch.setattr(tma, "available", lambda: False)  # a driver without the encoder
+    assert not launch.fwd_tensor_maps(ws, q, k, v)
