@@ -355,9 +355,13 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
 def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref) -> dict:
     """{tma_q, tma_k, tma_v: (map, address)} for the warp-specialised Hopper forward's TMA loads
     (kernels_cu/fwd_sm90_ws.cu), or {} where it copies with cp.async: another kernel, a varlen
-    batch (TMA would read the next sequence's rows where cp.async reads zeros), arrays TMA
-    cannot address (tma.tile_map), no encoder in the driver, or CUFLASH_TMA=0."""
+    batch (TMA would read the next sequence's rows where cp.async reads zeros), a call of little
+    work (tma.MIN_FLOP), arrays TMA cannot address (tma.tile_map), no encoder in the driver, or
+    CUFLASH_TMA=0."""
     if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages) or spec.features.varlen:
+        return {}
+    batch, seqlen_q, nheads, head_dim = q.shape
+    if 4 * batch * nheads * seqlen_q * k.shape[1] * head_dim < tma.MIN_FLOP:
         return {}
     if not env.tma_enabled() or not tma.available():
         return {}

@@ -14,8 +14,8 @@ swizzle atom of copy.cuh SwizzleFor (64 columns, 128-byte rows: SWIZZLE_128B; el
 64-byte rows: SWIZZLE_64B), so a box lands exactly as load_tile_swizzled's rows do, and
 columns >= d and rows >= seqlen arrive as zeros. TMA needs a 16-byte aligned address
 and strides that are positive multiples of 16 bytes below 2^40; arrays it cannot map
-(a reversed view, odd strides) take the kernel's cp.async path, as does everything when
-CUFLASH_TMA=0 or the driver has no encoder.
+(a reversed view, odd strides) take the kernel's cp.async path, as do calls of little work
+(MIN_FLOP), varlen calls, and everything when CUFLASH_TMA=0 or the driver has no encoder.
 """
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ _L2_PROMOTION_256B = 3
 _OOB_FILL_ZEROS = 0  # CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: out-of-bounds elements read as 0
 
 _MAX_STRIDE = 1 << 40
+
+#: Calls below this many forward FLOPs (4 b h s_q s_k d, ~30 µs of tensor work on an H200) keep
+#: cp.async. TMA saves the kernel 1-8% (bench/NOTES.md v17), at most ~2 µs there, while the host pays
+#: ~7 µs per map for arrays at new addresses (~0.5 µs at addresses seen before): small calls, whose
+#: time is the host's, would lose.
+MIN_FLOP = 1 << 34
 
 
 class TensorMap(NamedTuple):
@@ -76,9 +82,11 @@ def _encoder():
     """cuTensorMapEncodeTiled from the driver library, or None where there is none."""
     name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
     try:
-        fn = ctypes.CDLL(name).cuTensorMapEncodeTiled
+        lib = ctypes.CDLL(name)
+        fn = lib.cuTensorMapEncodeTiled
     except (OSError, AttributeError):
         return None
+    lib.cuInit(0)  # the encoder answers CUDA_ERROR_NOT_INITIALIZED in a process that has not initialised the driver
     u32, u64p, u32p = ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, u32, ctypes.c_void_p, u64p, u64p, u32p, u32p,
                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]

@@ -66,7 +66,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "CUFLASH_TMA",
         "`1`",
         "`0` = the Hopper forward loads q, k, v with cp.async instead of TMA tensor maps (for comparison; "
-        "calls TMA cannot address, and varlen calls, use cp.async anyway).",
+        "calls TMA cannot address, varlen calls and calls of little work use cp.async anyway: cuflash/tma.py).",
     ),
 )
 

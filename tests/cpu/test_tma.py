@@ -62,17 +62,20 @@ def encoder(monkeypatch):
 def test_the_warp_specialised_forward_gets_maps_of_q_k_v(encoder):
     spec = FwdSm90Spec.for_problem("bf16", 128)
     assert spec.tiles.stages
-    q, k, v = ref((2, 500, 8, 128), 1 << 30), ref((2, 700, 2, 128), 1 << 31), ref((2, 700, 2, 128), 1 << 32)
+    q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
     maps = launch.fwd_tensor_maps(spec, q, k, v)
     assert set(maps) == {"tma_q", "tma_k", "tma_v"}
     assert maps["tma_q"][0].box[1] == spec.tiles.block_m and maps["tma_k"][0].box[1] == spec.tiles.block_n
     assert [ptr for _, ptr in maps.values()] == [q.ptr, k.ptr, v.ptr]
-    assert maps["tma_k"][0].dims == (128, 700, 2, 2)
+    assert maps["tma_k"][0].dims == (128, 7000, 2, 2)
 
 
 def test_calls_that_keep_cp_async(encoder, monkeypatch):
-    q, k, v = ref((2, 500, 8, 128), 1 << 30), ref((2, 700, 2, 128), 1 << 31), ref((2, 700, 2, 128), 1 << 32)
+    q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
     ws = FwdSm90Spec.for_problem("bf16", 128)
+    assert launch.fwd_tensor_maps(ws, q, k, v)
+    small = [x._replace(shape=(1, 256, *x.shape[2:])) for x in (q, k, v)]  # 4 b h s_q s_k d below tma.MIN_FLOP
+    assert not launch.fwd_tensor_maps(ws, *small)
     assert not launch.fwd_tensor_maps(FwdSm90Spec.for_problem("bf16", 128, Features.parse("varlen")), q, k, v)
     assert not launch.fwd_tensor_maps(FwdSpec.for_problem("bf16", 128), q, k, v)  # the portable kernel
     reversed_k = k._replace(strides=(k.strides[0], -k.strides[1], *k.strides[2:]))
