@@ -4,6 +4,16 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def tma_for_small_calls(monkeypatch):
+    """The Hopper forward takes TMA loads only for calls of at least tma.MIN_FLOP; the tests' small
+    shapes take them too, so that they test that path (the cp.async one: CUFLASH_TMA=0 and the
+    arrays TMA cannot address, tests/gpu/test_forward.py)."""
+    from cuflash import tma
+
+    monkeypatch.setattr(tma, "MIN_FLOP", 0)
+
+
 @pytest.fixture(params=["sm90", "portable"])
 def kernel_path(request, monkeypatch):
     """Run a test once per kernel family the GPU has: the portable kernels

@@ -114,7 +114,6 @@ def test_tma_and_cp_async_loads_agree_bitwise(head_dim, monkeypatch):
 
     if not tma.available():
         pytest.skip("the driver has no tensor-map encoder")
-    monkeypatch.setattr(tma, "MIN_FLOP", 0)  # TMA for these small arrays too
     q, k, v = testing.random_qkv(3, 333, 419, 6, 2, head_dim, "bf16", xp=cp)
     for opts in ({}, {"causal": True}, {"window_size": (100, 0)}, {"causal": True, "softcap": 20.0}):
         results = []
