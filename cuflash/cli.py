@@ -300,6 +300,17 @@ def _gpu_info() -> dict | None:
 # ---------------------------------------------------------------- info
 
 
+def _tma_summary() -> str:
+    """Whether the Hopper forward can load with TMA here (cuflash/tma.py)."""
+    from . import tma
+
+    if not tma.available():
+        return "no driver with a tensor-map encoder (CUDA 12 or newer): the Hopper forward loads with cp.async"
+    if not env.tma_enabled():
+        return "off (CUFLASH_TMA=0): the Hopper forward loads with cp.async"
+    return "the driver's encoder: the Hopper forward loads dense calls with TMA"
+
+
 def cmd_info(args) -> int:
     rows: list[tuple[str, str]] = []
     gpu = _gpu_info()
@@ -314,6 +325,7 @@ def cmd_info(args) -> int:
     rows.append(("CUDA runtime", _try(lambda: _cuda_version(_cupy().cuda.runtime.runtimeGetVersion()))))
     rows.append(("NVRTC", _try(lambda: "%d.%d" % nvrtc_version())))
     rows.append(("CuPy", _try(lambda: _cupy().__version__)))
+    rows.append(("TMA tensor maps", _tma_summary()))
     rows.append(("cuflash", cuflash_version()))
     rows.append(("kernels dir", _try(lambda: str(env.kernels_dir()))))
     rows.append(("cache dir", _cache_summary()))

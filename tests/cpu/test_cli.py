@@ -50,13 +50,15 @@ def test_info(tmp_path):
     out = cuflash("info", CUFLASH_CACHE_DIR=str(cache), CUFLASH_NVRTC_OPTIONS="-lineinfo")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for label in ("GPU", "CUDA driver", "CUDA runtime", "NVRTC", "CuPy", "cuflash", "kernels dir", "cache dir"):
+    for label in ("GPU", "CUDA driver", "CUDA runtime", "NVRTC", "CuPy", "TMA tensor maps", "cuflash", "kernels dir",
+                  "cache dir"):
         assert any(line.startswith(label + " ") for line in text.splitlines()), label
     for var in env.ENV_VARS:
         assert var.name in text
     assert f"{cache} (empty)" in text
     assert "'-lineinfo'" in text
     assert str(REPO / "kernels_cu") in text
+    assert "cp.async" in cuflash("info", CUFLASH_TMA="0").stdout  # off, or no encoder: either way cp.async
     if _gpu_count() == 0:
         assert "no GPU visible" in text
 
