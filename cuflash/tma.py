@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import NamedTuple
 
-MAP_BYTES = 128
+from .params import TENSOR_MAP_BYTES as MAP_BYTES
 
 # cuda.h enums (CUtensorMapDataType, ...Interleave, ...Swizzle, ...L2promotion, ...FloatOOBfill).
 _UINT16 = 1
@@ -62,6 +62,8 @@ def tile_map(shape: tuple, strides: tuple, ptr: int, box_rows: int, head_dim_buc
     if ptr % 16 or not 0 < box_rows <= 256:
         return None
     batch, seqlen, heads, d = shape
+    if strides[3] != 1 and d > 1:
+        return None
     sizes = (seqlen, heads, batch)
     byte_strides = []
     packed = d * 2  # what a unit dim's stride is replaced by (it is never stepped over)
@@ -71,8 +73,6 @@ def tile_map(shape: tuple, strides: tuple, ptr: int, box_rows: int, head_dim_buc
             return None
         byte_strides.append(s)
         packed = s * n
-    if strides[3] != 1 and d > 1:
-        return None
     aw = atom_columns(head_dim_bucket)
     return TensorMap((d, seqlen, heads, batch), tuple(byte_strides), (aw, box_rows, 1, 1))
 

@@ -99,7 +99,7 @@ def test_packer_matches_the_numpy_layout(packer, dtype):
     fields = {}
     for i, name in enumerate(dtype.names):
         if name in params.TENSOR_MAP_FIELDS:
-            continue  # written by put_map (test_tensor_maps_go_where_the_struct_has_them)
+            continue  # written by put_map (tests/cpu/test_launch_plans.py, the tensor-map replay test)
         sub = dtype.fields[name][0]
         if sub.kind == "u" and sub.itemsize == 4:
             fields[name] = (i + 1) | 1 << 31  # a uint32 above int32's range
