@@ -301,14 +301,14 @@ def _gpu_info() -> dict | None:
 
 
 def _tma_summary() -> str:
-    """Whether the Hopper forward can load with TMA here (cuflash/tma.py)."""
+    """Whether the Hopper forward and backward can load with TMA here (cuflash/tma.py)."""
     from . import tma
 
     if not tma.available():
-        return "no driver with a tensor-map encoder (CUDA 12 or newer): the Hopper forward loads with cp.async"
+        return "no driver with a tensor-map encoder (CUDA 12 or newer): the Hopper kernels load with cp.async"
     if not env.tma_enabled():
-        return "off (CUFLASH_TMA=0): the Hopper forward loads with cp.async"
-    return "the driver's encoder: the Hopper forward loads dense calls with TMA"
+        return "off (CUFLASH_TMA=0): the Hopper kernels load with cp.async"
+    return "the driver's encoder: the Hopper forward (dense and varlen) and the d64/d128 backward load with TMA"
 
 
 def cmd_info(args) -> int:

@@ -346,29 +346,65 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
     fields = attention_fields(spec, q, k, v, option_fields)
     fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
     fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
-    maps = fwd_tensor_maps(spec, q, k, v)
+    maps = fwd_tensor_maps(spec, q, k, v, option_fields)
     fields["tma"] = int(bool(maps))
     run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q, q.device), (spec.threads, 1, 1), fwd_smem_bytes(spec),
         params.FWD, fields, stream, maps)
 
 
-def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref) -> dict:
+def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
     """{tma_q, tma_k, tma_v: (map, address)} for the warp-specialised Hopper forward's TMA loads
-    (kernels_cu/fwd_sm90_ws.cu), or {} where it copies with cp.async: another kernel, a varlen
-    batch (TMA would read the next sequence's rows where cp.async reads zeros), a call of little
-    work (tma.MIN_FLOP), arrays TMA cannot address (tma.tile_map), no encoder in the driver, or
-    CUFLASH_TMA=0."""
-    if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages) or spec.features.varlen:
+    (kernels_cu/fwd_sm90_ws.cu), or {} where it copies with cp.async: another kernel, a call of
+    little work (tma.MIN_FLOP), arrays TMA cannot address (tma.tile_map), no encoder in the
+    driver, or CUFLASH_TMA=0. Varlen (q, k, v with batch stride 0, total_q / total_k in
+    option_fields): the maps span every sequence's rows as one batch."""
+    if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages):
+        return {}
+    batch, seqlen_q, nheads, head_dim = q.shape
+    if spec.features.varlen:  # rows of all sequences, one batch (the kernel starts at each sequence's first)
+        total_q, total_k = option_fields["total_q"], option_fields["total_k"]
+        pairs = total_q * total_k // max(batch, 1)  # (query, key) pairs, exact for equal lengths
+        q = q._replace(shape=(1, total_q, *q.shape[2:]))
+        k, v = (x._replace(shape=(1, total_k, *x.shape[2:])) for x in (k, v))
+    else:
+        pairs = batch * seqlen_q * k.shape[1]
+    if 4 * nheads * pairs * head_dim < tma.MIN_FLOP:
+        return {}
+    if not env.tma_enabled() or not tma.available():
+        return {}
+    t = spec.tiles
+    return _tensor_maps(((("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n))),
+                        tma.atom_columns(spec.head_dim))
+
+
+def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref) -> dict:
+    """{tma_q, tma_k, tma_v, tma_do: (map, address)} for the warp-specialised Hopper backward's TMA
+    loads (kernels_cu/bwd_sm90_ws.cu), or {} where it copies with cp.async, for the reasons of
+    fwd_tensor_maps."""
+    if not _takes_tensor_maps(spec) or spec.features.varlen:
         return {}
     batch, seqlen_q, nheads, head_dim = q.shape
     if 4 * batch * nheads * seqlen_q * k.shape[1] * head_dim < tma.MIN_FLOP:
         return {}
     if not env.tma_enabled() or not tma.available():
         return {}
-    t, d = spec.tiles, spec.head_dim
+    t = spec.tiles
+    return _tensor_maps((("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n),
+                         ("tma_do", dout, t.block_m)), spec.swizzle_atom)
+
+
+def _takes_tensor_maps(spec) -> bool:
+    """Whether the backward kernel's parameter is params.cuh BwdTmaParams (the warp-specialised
+    Hopper backward) rather than BwdParams."""
+    return isinstance(spec, BwdSm90Spec) and bool(spec.tiles.stages)
+
+
+def _tensor_maps(arrays, atom: int) -> dict:
+    """{field: (map, address)} of (field, array, box rows) with boxes of `atom` columns; {} when TMA
+    cannot address one of them."""
     maps = {}
-    for name, x, rows in (("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n)):
-        m = tma.tile_map(x.shape, x.strides, x.ptr, rows, d)
+    for name, x, rows in arrays:
+        m = tma.tile_map(x.shape, x.strides, x.ptr, rows, atom)
         if m is None:
             return {}
         maps[name] = (m, x.ptr)
@@ -505,8 +541,11 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             dk_accum, dv_accum = s["dk_accum"], s["dv_accum"]
             fields.update({"dk_accum": dk_accum.ptr, "dv_accum": dv_accum.ptr,
                            **strides_named("dka", _batchless(dk_accum) if varlen else dk_accum)})
-        run(spec, device, grid, (spec.threads, 1, 1), bwd_smem_bytes(spec),
-            params.BWD, fields, stream)
+        packer, maps = params.BWD, {}
+        if _takes_tensor_maps(spec):
+            packer, maps = params.BWD_TMA, bwd_tensor_maps(spec, q, k, v, dout)
+            fields["tma"] = int(bool(maps))
+        run(spec, device, grid, (spec.threads, 1, 1), bwd_smem_bytes(spec), packer, fields, stream, maps)
         if group > 1:
             convert(dk_accum, _rows(dk, acc_batch, acc_k), group, spec.dtype, stream)
             convert(dv_accum, _rows(dv, acc_batch, acc_k), group, spec.dtype, stream)

@@ -42,7 +42,7 @@ SEQUENCE_FIELDS = [
 #: TMA tensor maps (params.cuh TmaMap): 128 opaque bytes on 128-byte boundaries, written by
 #: cuflash/tma.py after the other fields are packed (Packer.put_map). NumPy holds each as 16 uint64.
 TENSOR_MAP_BYTES = 128
-TENSOR_MAP_FIELDS = ("tma_q", "tma_k", "tma_v")
+TENSOR_MAP_FIELDS = ("tma_q", "tma_k", "tma_v", "tma_do")
 
 
 def _with_tensor_maps(fields: list, maps: tuple) -> np.dtype:
@@ -70,7 +70,7 @@ FWD_PARAMS = _with_tensor_maps(
     ]
     + SEQUENCE_FIELDS
     + [("tma", _I32)],
-    TENSOR_MAP_FIELDS,
+    ("tma_q", "tma_k", "tma_v"),
 )
 
 BWD_PREPARE_PARAMS = np.dtype(
@@ -94,7 +94,7 @@ BWD_PREPARE_PARAMS = np.dtype(
     align=True,
 )
 
-BWD_PARAMS = np.dtype(
+BWD_FIELDS = (
     ATTENTION_FIELDS
     + [
         ("dout", _PTR), ("lse_log2", _PTR), ("delta", _PTR), ("dq_accum", _PTR),
@@ -108,9 +108,13 @@ BWD_PARAMS = np.dtype(
         ("dbias", _PTR), ("dbias_batch_stride", _I64), ("dbias_head_stride", _I64), ("dbias_row_stride", _I64),
         ("dbias_atomic", _I32), ("dbias_f32", _I32),
     ]
-    + SEQUENCE_FIELDS,
-    align=True,
+    + SEQUENCE_FIELDS
 )
+BWD_PARAMS = np.dtype(BWD_FIELDS, align=True)
+#: params.cuh BwdTmaParams (bwd_sm90_ws.cu's parameter): BwdParams, `tma`, then the maps from the
+#: next 128-byte boundary (the C struct derives from BwdParams, whose fields end on its size, so
+#: `tma` follows the last one as NumPy places it; tests/compile/test_params_layout.py checks).
+BWD_TMA_PARAMS = _with_tensor_maps(BWD_FIELDS + [("tma", _I32)], ("tma_q", "tma_k", "tma_v", "tma_do"))
 
 BWD_CONVERT_PARAMS = np.dtype(
     [
@@ -166,6 +170,7 @@ STRUCTS = {
     "FwdParams": FWD_PARAMS,
     "BwdPrepareParams": BWD_PREPARE_PARAMS,
     "BwdParams": BWD_PARAMS,
+    "BwdTmaParams": BWD_TMA_PARAMS,
     "BwdConvertParams": BWD_CONVERT_PARAMS,
     "KvAppendParams": KV_APPEND_PARAMS,
     "DecodeParams": DECODE_PARAMS,
@@ -273,6 +278,7 @@ class Packer:
 FWD = Packer(FWD_PARAMS)
 BWD_PREPARE = Packer(BWD_PREPARE_PARAMS)
 BWD = Packer(BWD_PARAMS)
+BWD_TMA = Packer(BWD_TMA_PARAMS)
 BWD_CONVERT = Packer(BWD_CONVERT_PARAMS)
 KV_APPEND = Packer(KV_APPEND_PARAMS)
 DECODE = Packer(DECODE_PARAMS)

@@ -789,6 +789,13 @@ class BwdSm90Spec(AttentionSpec):
         return "bwd_sm90_ws.cu" if self.tiles.stages else "bwd_sm90.cu"
 
     @property
+    def swizzle_atom(self) -> int:
+        """Columns of the swizzle atom of the warp-specialised kernel's tiles (CUFLASH_SWIZZLE_ATOM):
+        each consumer's half of D (its dQ columns) starts on an atom, so 64 where D / 2 is a multiple
+        of 64 (d128), else 32 (d64). TMA boxes are one atom wide (cuflash/tma.py)."""
+        return 64 if (self.head_dim // 2) % 64 == 0 else 32
+
+    @property
     def swizzled_dq_accum(self) -> bool:
         """dq_accum's row r holds its 8-column group c at c ^ 8 (r % 8) (DQ_SWIZZLE: dQ stored to
         shared memory free of bank conflicts, by bwd_sm90_ws.cu's ping-pong consumers and by
@@ -825,8 +832,8 @@ class BwdSm90Spec(AttentionSpec):
             **super().defines(),
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
-            **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong), "CUFLASH_DQ_PAD": self.dq_accum_pad}
-               if t.stages else {}),
+            **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong), "CUFLASH_DQ_PAD": self.dq_accum_pad,
+                "CUFLASH_SWIZZLE_ATOM": self.swizzle_atom} if t.stages else {}),
         }
 
 

@@ -15,7 +15,8 @@ swizzle atom of copy.cuh SwizzleFor (64 columns, 128-byte rows: SWIZZLE_128B; el
 columns >= d and rows >= seqlen arrive as zeros. TMA needs a 16-byte aligned address
 and strides that are positive multiples of 16 bytes below 2^40; arrays it cannot map
 (a reversed view, odd strides) take the kernel's cp.async path, as do calls of little work
-(MIN_FLOP), varlen calls, and everything when CUFLASH_TMA=0 or the driver has no encoder.
+(MIN_FLOP), a varlen sequence's last partial K/V block, and everything when CUFLASH_TMA=0 or the
+driver has no encoder.
 """
 from __future__ import annotations
 
@@ -56,9 +57,10 @@ def atom_columns(head_dim_bucket: int) -> int:
     return 64 if head_dim_bucket % 64 == 0 else 32
 
 
-def tile_map(shape: tuple, strides: tuple, ptr: int, box_rows: int, head_dim_bucket: int) -> TensorMap | None:
+def tile_map(shape: tuple, strides: tuple, ptr: int, box_rows: int, atom: int) -> TensorMap | None:
     """The map of a (batch, seqlen, heads, d) 16-bit array (strides in elements) whose tiles are
-    box_rows x D, or None when TMA cannot address it (the kernel then copies with cp.async)."""
+    box_rows rows of swizzle atoms of `atom` columns (atom_columns, or the kernel's own choice), or
+    None when TMA cannot address it (the kernel then copies with cp.async)."""
     if ptr % 16 or not 0 < box_rows <= 256:
         return None
     batch, seqlen, heads, d = shape
@@ -73,8 +75,7 @@ def tile_map(shape: tuple, strides: tuple, ptr: int, box_rows: int, head_dim_buc
             return None
         byte_strides.append(s)
         packed = s * n
-    aw = atom_columns(head_dim_bucket)
-    return TensorMap((d, seqlen, heads, batch), tuple(byte_strides), (aw, box_rows, 1, 1))
+    return TensorMap((d, seqlen, heads, batch), tuple(byte_strides), (atom, box_rows, 1, 1))
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,7 +19,9 @@
 //     warps 0-1 (loaders; warp 0 K_j, Q_i, L2_i, warp 1 V_j, dO_i, D_i): cp.async
 //       K_j, V_j once; then per query block Q_i, dO_i (Br x D each, swizzled,
 //       copy.cuh), L2_i and D_i into the block's slot as soon as the consumers
-//       freed it; each copy signals the slot's full barrier when it lands.
+//       freed it; each copy signals the slot's full barrier when it lands. Or
+//       (p.tma: tensor maps of q, k, v, dout, cuflash/tma.py; dense batches) thread
+//       0 alone issues TMA copies of the tiles and bulk copies of L2_i and D_i.
 //     warp 2 (dQ writer): per query block, once the consumers have put
 //       scale * dS_i K_j (Br x D, fp32) into the dQ buffer, adds it to
 //       dq_accum with a bulk reduction (cp.reduce.async.bulk .add.f32, performed
@@ -95,7 +97,8 @@ constexpr int CONSUMERS = 256;         // threads of the two consumer warpgroups
 constexpr int LOADERS = 64;            // producer warps 0-1
 constexpr int DQ_WARP = 2;             // the producer's warp that reduces dQ
 constexpr int DQ_COLS = D / 2;         // dQ columns per consumer
-constexpr int AW = DQ_COLS % 64 == 0 ? 64 : 32;  // swizzle atom: each consumer's half of a tile starts on one
+constexpr int AW = CUFLASH_SWIZZLE_ATOM;  // swizzle atom (specs.py BwdSm90Spec.swizzle_atom): each consumer's half of a tile starts on one
+static_assert(DQ_COLS % AW == 0 && (AW == 64 || AW == 32), "a consumer's columns start on a swizzle atom");
 constexpr int NT = BM / 8;             // n8 tiles of S^T per warp (queries)
 constexpr int DT = D / 8;              // n8 tiles of dK, dV per warp
 static_assert(D == 64 || D == 128, "head dims of this kernel (d = 256 runs on bwd_sm90.cu)");
@@ -133,7 +136,7 @@ constexpr int BAR_DS = 1;        // lockstep: both consumers' dS^T stored
 constexpr int BAR_EPILOGUE = 2;  // epilogue staging
 constexpr int BAR_TURN = 3;      // ping-pong: consumer c's turn to issue is barrier BAR_TURN + c
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const __grid_constant__ BwdTmaParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
     const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -176,14 +179,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         m_begin = query_blocks.x, count = query_blocks.y - query_blocks.x;
     }
 
+    // TMA loads (never varlen: past a sequence's end a box would read the next one's rows, where cp.async reads zeros).
+    const bool tma = !CUFLASH_VARLEN && p.tma;
+    const u32 loaders = tma ? 1 : LOADERS;  // arrivals that a full barrier's phase needs
+
     if (tid == 0) {
-        mbar_init(kv_full, LOADERS);
+        mbar_init(kv_full, loaders);
         for (int b = 0; b < DQ_BUFFERS; ++b) {
             mbar_init(dq_full(b), CONSUMERS);
             mbar_init(dq_empty(b), 32);
         }
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(qdo_full(s), LOADERS);
+            mbar_init(qdo_full(s), loaders);
             mbar_init(qdo_empty(s), CONSUMERS);
         }
         mbar_init_fence();
@@ -195,7 +202,30 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // ---- Producer.
         setmaxnreg_dec<PRODUCER_REGS>();
         const int warp = tid / 32;
-        if (warp < 2 && count > 0) {
+        if (tma && warp < 2) {
+            // One thread issues every copy: K and V once, then per block Q and dO by their tensor
+            // maps and L2 and D (padded rows: whole) as plain bulk copies, arriving once on a full
+            // barrier with the bytes to come.
+            if (tid == 0 && count > 0) {
+                mbar_arrive_expect_tx(kv_full, 2 * KV_BYTES);
+                tma_load_tile<BN, D, AW>(sK, p.tma_k, key0, si.h_kv, si.b, kv_full);
+                tma_load_tile<BN, D, AW>(sV, p.tma_v, key0, si.h_kv, si.b, kv_full);
+                const float* lse2 = p.lse_log2 + si.bwd_stat_row0(p);
+                const float* delta = p.delta + si.bwd_stat_row0(p);
+#pragma unroll 1
+                for (int u = 0; u < count; ++u) {
+                    const int s = u % STAGES, row0 = (m_begin + u) * BM;
+                    const u32 full = qdo_full(s);
+                    mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
+                    mbar_arrive_expect_tx(full, 2 * QD_BYTES + 2 * BM * 4);
+                    tma_load_tile<BM, D, AW>(sQ(s), p.tma_q, row0, si.h, si.b, full);
+                    tma_load_tile<BM, D, AW>(sdO(s), p.tma_do, row0, si.h, si.b, full);
+                    bulk_load(smem_addr(sLse2 + s * BM), lse2 + row0, BM * 4, full);
+                    bulk_load(smem_addr(sDelta + s * BM), delta + row0, BM * 4, full);
+                }
+            }
+            // No wait before leaving: the consumers wait for these copies, and the CTA lives on with them.
+        } else if (warp < 2 && count > 0) {
             // Warp 0 loads K, then Q and L2 of each block; warp 1 V, then dO and D.
             const bool second = warp == 1;
             const u16 *q, *k, *v;
@@ -324,10 +354,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         fence_proxy_async();
         mbar_arrive(dq_full(buf));
     };
-    // Q, dO, L2, D of block u have landed; the fence makes them visible to wgmma.
+    // Q, dO, L2, D of block u have landed; after cp.async (generic-proxy writes) the fence makes
+    // them visible to wgmma (TMA's writes are the async proxy's own).
     auto wait_block = [&](int u) {
         mbar_wait(qdo_full(u % STAGES), (u / STAGES) & 1);
-        fence_proxy_async();
+        if (!tma) fence_proxy_async();
     };
 
     if (!PINGPONG) {

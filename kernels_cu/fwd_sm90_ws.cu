@@ -26,8 +26,8 @@
 //     (Bc x D each, swizzled, copy.cuh) into its slot as soon as the consumers
 //     freed it; each copy signals the buffer's full barrier when it lands. One
 //     thread issues TMA copies (p.tma: tensor maps of q, k, v, cuflash/tma.py;
-//     dense batches), or all 128 threads cp.async (varlen, arrays TMA cannot
-//     address, CUFLASH_TMA=0).
+//     varlen: but a sequence's last, partial K/V block), or all 128 threads
+//     cp.async (arrays TMA cannot address, small calls, CUFLASH_TMA=0).
 //   Consumers (setmaxnreg up to CONSUMER_REGS), as fwd_sm90.cu's main loop:
 //     S[last] = Q K[last]^T and its softmax; then per step n = last .. first+1
 //     (in three loops: the blocks that need the element mask, those that do not,
@@ -177,9 +177,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
     // A varlen grid covers the longest sequence (p.seqlen_q).
     const int m_blocks = (p.seqlen_q + BM - 1) / BM;
-    // TMA loads (never varlen: past a sequence's end a box would read the next one's rows, where cp.async reads zeros).
-    const bool tma = !CUFLASH_VARLEN && p.tma;
-    const u32 producers = tma ? 1 : 128;  // arrivals that a full barrier's phase needs
+    // TMA loads. Dense: thread 0 alone issues them (one arrival per full phase). Varlen: a box
+    // past a sequence's end would read the next sequence's rows where cp.async reads zeros, and
+    // a non-finite value there would reach P V (0 * inf); so a sequence's last, partial K/V
+    // block is copied with cp.async by all 128 threads, and every full phase counts 128
+    // arrivals: thread 0's with the TMA bytes, the others' plain ones. (Q rows past the end
+    // are other sequences' rows, whose outputs are never stored.)
+    const bool tma = p.tma;
+    const bool tma_alone = !CUFLASH_VARLEN && tma;
+    const u32 producers = tma_alone ? 1 : 128;  // arrivals that a full barrier's phase needs
 
     if (tid == 0) {
         for (int qb = 0; qb < Q_BUFFERS; ++qb) {
@@ -205,8 +211,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     if (wg == 0) {
         // ---- Producer.
         setmaxnreg_dec<PRODUCER_REGS>();
-        // With TMA one thread issues every copy, arriving once on a full barrier with the bytes to come.
-        if (tma && tid != 0) return;
+        // Dense with TMA: one thread issues every copy, arriving once on a full barrier with the bytes to come.
+        if (tma_alone && tid != 0) return;
+        // The maps' batch index: varlen maps hold every sequence's rows as one batch.
+        auto map_batch = [&](const SeqInfo& si) { return CUFLASH_VARLEN ? 0 : si.b; };
         int kq = 0, g = 0;
         auto produce = [&](int t) {
             const Tile tile = tile_at(t, m_blocks, p.nheads);
@@ -221,8 +229,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             const int qb = kq % Q_BUFFERS;
             mbar_wait(q_empty(qb), ((kq / Q_BUFFERS) & 1) ^ 1);
             if (tma) {
-                mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
-                tma_load_tile<BM, D>(sQ(qb), p.tma_q, row0, si.h, si.b, q_full(qb));
+                if (!CUFLASH_VARLEN || tid == 0) {
+                    mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
+                    tma_load_tile<BM, D>(sQ(qb), p.tma_q, si.q_start + row0, si.h, map_batch(si), q_full(qb));
+                } else {
+                    mbar_arrive(q_full(qb));
+                }
             } else {
                 // tid laundered: the Q tile's shared-memory offsets, hoisted out of the tile loop, spilled;
                 // the tested path alone (the K/V blocks' untested one beside it spilled 20-52 bytes).
@@ -237,18 +249,28 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             for (int j = last; j >= first; --j, ++g) {
                 const int s = g % STAGES;
                 const u32 free_parity = ((g / STAGES) & 1) ^ 1;
+                // Varlen: a block partly past the sequence's end by cp.async (zeros there).
+                const bool by_tma = tma && (!CUFLASH_VARLEN || (j + 1) * BN <= si.seqlen_k);
                 mbar_wait(k_empty(s), free_parity);
-                if (tma) {
-                    mbar_arrive_expect_tx(k_full(s), KV_BYTES);
-                    tma_load_tile<BN, D>(sK(s), p.tma_k, j * BN, si.h_kv, si.b, k_full(s));
+                if (by_tma) {
+                    if (!CUFLASH_VARLEN || tid == 0) {
+                        mbar_arrive_expect_tx(k_full(s), KV_BYTES);
+                        tma_load_tile<BN, D>(sK(s), p.tma_k, si.k_start + j * BN, si.h_kv, map_batch(si), k_full(s));
+                    } else {
+                        mbar_arrive(k_full(s));
+                    }
                 } else {
                     load_tile_swizzled<BN, D, 128>(sK(s), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
                     cp_async_arrive(k_full(s));
                 }
                 mbar_wait(v_empty(s), free_parity);
-                if (tma) {
-                    mbar_arrive_expect_tx(v_full(s), KV_BYTES);
-                    tma_load_tile<BN, D>(sV(s), p.tma_v, j * BN, si.h_kv, si.b, v_full(s));
+                if (by_tma) {
+                    if (!CUFLASH_VARLEN || tid == 0) {
+                        mbar_arrive_expect_tx(v_full(s), KV_BYTES);
+                        tma_load_tile<BN, D>(sV(s), p.tma_v, si.k_start + j * BN, si.h_kv, map_batch(si), v_full(s));
+                    } else {
+                        mbar_arrive(v_full(s));
+                    }
                 } else {
                     load_tile_swizzled<BN, D, 128>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
                     cp_async_arrive(v_full(s));
@@ -259,7 +281,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // Leave only after this thread's cp.async copies landed: they belong to no
         // commit group yet (the mbarriers track them), so close one and wait for it.
         // (TMA copies need no wait: the consumers wait for them, and the CTA lives on.)
-        if (!tma) {
+        if (!tma_alone) {
             cp_async_commit();
             cp_async_wait<0>();
         }
@@ -287,7 +309,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     auto wait_full = [&](u32 bar, int g) {
         mbar_wait(bar, (g / STAGES) & 1);
         // cp.async copies are generic-proxy writes, and wgmma reads through the async proxy (TMA's writes are its own).
-        if (!tma) fence_proxy_async();
+        if (!tma_alone) fence_proxy_async();
     };
 
     // A tile's rows of lse (none where the caller wants no lse).

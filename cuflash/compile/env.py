@@ -65,8 +65,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar(
         "CUFLASH_TMA",
         "`1`",
-        "`0` = the Hopper forward loads q, k, v with cp.async instead of TMA tensor maps (for comparison; "
-        "calls TMA cannot address, varlen calls and calls of little work use cp.async anyway: cuflash/tma.py).",
+        "`0` = the Hopper forward (q, k, v) and the d64/d128 Hopper backward (q, k, v, dout) load with "
+        "cp.async instead of TMA tensor maps (for comparison; calls TMA cannot address, calls of little work "
+        "and the varlen backward use cp.async anyway: cuflash/tma.py).",
     ),
 )
 
@@ -114,7 +115,7 @@ def sm90_enabled() -> bool:
 
 
 def tma_enabled() -> bool:
-    """Whether the Hopper forward may load with TMA (CUFLASH_TMA, default on; read on every call)."""
+    """Whether the Hopper forward and backward may load with TMA (CUFLASH_TMA, default on; read on every call)."""
     if _ENVIRON_BYTES is not None:
         return _tma_enabled(_ENVIRON_BYTES.get(b"CUFLASH_TMA"))
     return _tma_enabled(os.environ.get("CUFLASH_TMA"))

@@ -147,6 +147,18 @@ struct BwdParams {
     CUFLASH_SEQUENCE_FIELDS          // varlen: q, dout, dq_accum by query row, k, v, dk, dv, dk_accum by key row
 };
 
+// bwd_sm90_ws.cu's parameter: BwdParams, then `tma` (1 when the host encoded the tensor maps
+// of q, k, v and dout: dense 16-bit tensors TMA can address, cuflash/tma.py; the producer then
+// loads with TMA instead of cp.async; 0 otherwise, the maps all zero) and the maps, boxes of one
+// swizzle atom's columns (BwdSm90Spec.swizzle_atom). They stay out of BwdParams: with them (1152
+// bytes instead of 512, 128-byte aligned) ptxas spilled 8 bytes in two portable backwards for
+// sm_90 that never read them (d128 causal m64n128, d160 m32n64; NVRTC 12.9 and 13.0). BwdParams
+// is trivial, so `tma` lies at sizeof(BwdParams) and the maps from the next 128-byte boundary.
+struct BwdTmaParams : BwdParams {
+    int tma;
+    TmaMap tma_q, tma_k, tma_v, tma_do;
+};
+
 // Where a KV cache's keys live (kvcache.cuh CacheMap): contiguous (block_table
 // null) with an optional batch-row -> cache-row map, or paged. Shared by
 // KvAppendParams and DecodeParams; added once more in cuflash/params.py

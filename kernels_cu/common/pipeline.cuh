@@ -116,9 +116,9 @@ CUFLASH_DEVICE void bulk_wait_all() {
 // The writes are the async proxy's, which wgmma reads without a proxy fence.
 // `map` lies in the kernel's __grid_constant__ parameter: its generic address is
 // what the instruction takes. Issued by one thread.
-template <int ROWS, int D>
+template <int ROWS, int D, int AW = SwizzleFor<D>::AW>
 CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, int b, u32 bar) {
-    using S = SwizzleFor<D>;
+    using S = SwizzleFor<D, AW>;
     const u64 desc = reinterpret_cast<u64>(&map);
 #pragma unroll
     for (int cb = 0; cb < D / S::AW; ++cb)
@@ -127,6 +127,14 @@ CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, 
             " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem + (u32)(cb * ROWS * S::ROW_BYTES)),
             "l"(desc), "r"(cb * S::AW), "r"(row0), "r"(h), "r"(b), "r"(bar)
             : "memory");
+}
+
+// A plain bulk copy (sm_90) of `bytes` contiguous global bytes into shared memory,
+// signalling `bar` with them: 16-byte aligned addresses, bytes % 16 == 0. Issued by one thread.
+CUFLASH_DEVICE void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
 }
 
 // Registers per thread of the executing warpgroup, from here on (every thread

@@ -93,6 +93,7 @@ def test_options_are_memoised_and_validated():
 
 
 @pytest.mark.parametrize("packer, dtype", [(params.FWD, params.FWD_PARAMS), (params.BWD, params.BWD_PARAMS),
+                                           (params.BWD_TMA, params.BWD_TMA_PARAMS),
                                            (params.BWD_PREPARE, params.BWD_PREPARE_PARAMS),
                                            (params.BWD_CONVERT, params.BWD_CONVERT_PARAMS)])
 def test_packer_matches_the_numpy_layout(packer, dtype):

@@ -43,7 +43,8 @@ class FakeGpu:
 def gpu(monkeypatch):
     fake = FakeGpu()
     params = launch.params
-    packers = [params.FWD, params.BWD, params.BWD_PREPARE, params.BWD_CONVERT, params.KV_APPEND, params.DECODE]
+    packers = [params.FWD, params.BWD, params.BWD_TMA, params.BWD_PREPARE, params.BWD_CONVERT, params.KV_APPEND,
+               params.DECODE]
     fake.sizes = {}
     for p in packers:
         buf, _ = p.buffers()

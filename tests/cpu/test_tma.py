@@ -19,7 +19,7 @@ def contiguous(shape):
 
 def test_a_contiguous_array_maps_to_d_seqlen_heads_batch():
     shape = (2, 1000, 16, 128)
-    m = tma.tile_map(shape, contiguous(shape), 1 << 20, 80, 128)
+    m = tma.tile_map(shape, contiguous(shape), 1 << 20, 80, 64)
     assert m == tma.TensorMap((128, 1000, 16, 2), (16 * 128 * 2, 128 * 2, 1000 * 16 * 128 * 2), (64, 80, 1, 1))
 
 
@@ -27,7 +27,7 @@ def test_a_contiguous_array_maps_to_d_seqlen_heads_batch():
                                           (256, 64)])
 def test_the_box_is_one_swizzle_atom_wide(bucket, atom):
     shape = (1, 64, 4, bucket - 8)  # d below the compiled D: the box reaches past it, TMA fills zeros
-    m = tma.tile_map(shape, contiguous(shape), 1 << 20, 128, bucket)
+    m = tma.tile_map(shape, contiguous(shape), 1 << 20, 128, tma.atom_columns(bucket))
     assert m.box == (atom, 128, 1, 1) and m.dims[0] == bucket - 8
     assert tma.atom_columns(bucket) == atom
 
@@ -63,7 +63,7 @@ def test_the_warp_specialised_forward_gets_maps_of_q_k_v(encoder):
     spec = FwdSm90Spec.for_problem("bf16", 128)
     assert spec.tiles.stages
     q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
-    maps = launch.fwd_tensor_maps(spec, q, k, v)
+    maps = launch.fwd_tensor_maps(spec, q, k, v, {})
     assert set(maps) == {"tma_q", "tma_k", "tma_v"}
     assert maps["tma_q"][0].box[1] == spec.tiles.block_m and maps["tma_k"][0].box[1] == spec.tiles.block_n
     assert [ptr for _, ptr in maps.values()] == [q.ptr, k.ptr, v.ptr]
@@ -73,16 +73,43 @@ def test_the_warp_specialised_forward_gets_maps_of_q_k_v(encoder):
 def test_calls_that_keep_cp_async(encoder, monkeypatch):
     q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
     ws = FwdSm90Spec.for_problem("bf16", 128)
-    assert launch.fwd_tensor_maps(ws, q, k, v)
+    assert launch.fwd_tensor_maps(ws, q, k, v, {})
     small = [x._replace(shape=(1, 256, *x.shape[2:])) for x in (q, k, v)]  # 4 b h s_q s_k d below tma.MIN_FLOP
-    assert not launch.fwd_tensor_maps(ws, *small)
-    assert not launch.fwd_tensor_maps(FwdSm90Spec.for_problem("bf16", 128, Features.parse("varlen")), q, k, v)
-    assert not launch.fwd_tensor_maps(FwdSpec.for_problem("bf16", 128), q, k, v)  # the portable kernel
+    assert not launch.fwd_tensor_maps(ws, *small, {})
+    assert not launch.fwd_tensor_maps(FwdSpec.for_problem("bf16", 128), q, k, v, {})  # the portable kernel
     reversed_k = k._replace(strides=(k.strides[0], -k.strides[1], *k.strides[2:]))
-    assert not launch.fwd_tensor_maps(ws, q, reversed_k, v)  # one array TMA cannot address: none of them
+    assert not launch.fwd_tensor_maps(ws, q, reversed_k, v, {})  # one array TMA cannot address: none of them
     monkeypatch.setenv("CUFLASH_TMA", "0")
-    assert not launch.fwd_tensor_maps(ws, q, k, v)
+    assert not launch.fwd_tensor_maps(ws, q, k, v, {})
     monkeypatch.setenv("CUFLASH_TMA", "1")
-    assert launch.fwd_tensor_maps(ws, q, k, v)
+    assert launch.fwd_tensor_maps(ws, q, k, v, {})
     monkeypatch.setattr(tma, "available", lambda: False)  # a driver without the encoder
-    assert not launch.fwd_tensor_maps(ws, q, k, v)
+    assert not launch.fwd_tensor_maps(ws, q, k, v, {})
+
+
+def test_the_warp_specialised_backward_gets_maps_of_q_k_v_dout(encoder):
+    from cuflash.specs import BwdSm90Spec
+
+    q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
+    dout = ref((2, 5000, 8, 128), 1 << 33)
+    for d, atom in ((128, 64), (64, 32)):  # each consumer's D / 2 columns start on an atom
+        spec = BwdSm90Spec("bf16", d, Features.parse(""), False)
+        assert spec.tiles.stages and spec.swizzle_atom == atom
+        assert spec.defines()["CUFLASH_SWIZZLE_ATOM"] == atom
+        x = [r._replace(shape=(*r.shape[:3], d)) for r in (q, k, v, dout)]
+        maps = launch.bwd_tensor_maps(spec, *x)
+        assert set(maps) == {"tma_q", "tma_k", "tma_v", "tma_do"}
+        assert {m.box for m, _ in maps.values()} == {(atom, 64, 1, 1), (atom, 128, 1, 1)}
+        assert maps["tma_do"][1] == dout.ptr
+    assert not launch.bwd_tensor_maps(BwdSm90Spec("bf16", 128, Features.parse("varlen"), False), q, k, v, dout)
+    assert not launch.bwd_tensor_maps(BwdSm90Spec("bf16", 256, Features.parse(""), False), q, k, v, dout)  # bwd_sm90.cu: cp.async
+
+
+def test_a_varlen_forward_maps_every_sequence_as_one_batch(encoder):
+    spec = FwdSm90Spec.for_problem("bf16", 128, Features.parse("varlen"))
+    total_q, total_k = 20000, 30000
+    # as api.run_varlen_forward passes them: (batch, rows, heads, d) with batch stride 0
+    q = launch.Ref(1 << 30, (4, 8000, 8, 128), (0, 8 * 128, 128, 1), "bfloat16", 0)
+    k = launch.Ref(1 << 31, (4, total_k, 2, 128), (0, 2 * 128, 128, 1), "bfloat16", 0)
+    maps = launch.fwd_tensor_maps(spec, q, k, k, {"total_q": total_q, "total_k": total_k})
+    assert maps["tma_q"][0].dims == (128, total_q, 8, 1) and maps["tma_k"][0].dims == (128, total_k, 2, 1)

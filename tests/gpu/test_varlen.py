@@ -65,6 +65,32 @@ def test_seqused_k():
     check(q, k, v, cu_q, cu_k, "bf16", causal=True, seqused_k=np.asarray([10, 0, 1, 150, 17], np.int32))
 
 
+def test_tma_loads_keep_each_sequence_to_its_own_rows(monkeypatch):
+    # The Hopper forward loads a varlen batch's full K/V blocks and Q with TMA (maps over every
+    # sequence's rows) and a sequence's last, partial block with cp.async: the output bits equal the
+    # all-cp.async run (CUFLASH_TMA=0), and infinities in the rows of one sequence reach no other.
+    from cuflash import tma
+
+    if not tma.available():
+        pytest.skip("the driver has no tensor-map encoder")
+    lengths_q, lengths_k = [37, 0, 300, 1, 200, 129], [64, 5, 400, 1, 150, 300]
+    q, k, v, cu_q, cu_k = packed(lengths_q, lengths_k, 8, 2, 128, "bf16")
+    v[int(cu_k[2]):int(cu_k[3])] = cp.inf  # sequence 2's values: infinite
+    max_q, max_k = max(lengths_q), max(lengths_k)
+    for opts in ({}, {"causal": True}):
+        results = []
+        for flag in ("1", "0"):
+            monkeypatch.setenv("CUFLASH_TMA", flag)
+            out = testing.poison(cp.empty_like(q))
+            results.append(cuflash.attention_varlen(q, k, v, cp.asarray(cu_q), cp.asarray(cu_k), max_q, max_k,
+                                                    return_lse=True, out=out, **opts))
+        (o1, l1), (o0, l0) = results
+        # (sequence 2's own rows hold inf and NaN: 0 * inf)
+        assert bool(cp.array_equal(o1, o0, equal_nan=True)) and bool(cp.array_equal(l1, l0, equal_nan=True)), opts
+        others = cp.concatenate([o1[:int(cu_q[2])], o1[int(cu_q[3]):]])
+        assert bool(cp.isfinite(others).all()), opts
+
+
 def test_equal_lengths_give_the_dense_bits():
     lengths = [256] * 3
     q, k, v, cu_q, cu_k = packed(lengths, lengths, 8, 4, 128, "bf16")
