@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import tma
+
 #: Head dims are padded up to a multiple of this for the compile-time tile
 #: width; the exact head dim is a run-time parameter (extra columns are
 #: zero-filled on load and never stored).
@@ -793,7 +795,7 @@ class BwdSm90Spec(AttentionSpec):
         """Columns of the swizzle atom of the warp-specialised kernel's tiles (CUFLASH_SWIZZLE_ATOM):
         each consumer's half of D (its dQ columns) starts on an atom, so 64 where D / 2 is a multiple
         of 64 (d128), else 32 (d64). TMA boxes are one atom wide (cuflash/tma.py)."""
-        return 64 if (self.head_dim // 2) % 64 == 0 else 32
+        return tma.atom_columns(self.head_dim // 2)
 
     @property
     def swizzled_dq_accum(self) -> bool:
