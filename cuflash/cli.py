@@ -308,7 +308,7 @@ def _tma_summary() -> str:
         return "no driver with a tensor-map encoder (CUDA 12 or newer): the Hopper kernels load with cp.async"
     if not env.tma_enabled():
         return "off (CUFLASH_TMA=0): the Hopper kernels load with cp.async"
-    return "the driver's encoder: the Hopper forward (dense and varlen) and the d64/d128 backward load with TMA"
+    return "the driver's encoder: the Hopper forward (dense and varlen) and backward (dense) load with TMA"
 
 
 def cmd_info(args) -> int:

@@ -126,7 +126,7 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     Br + 16 bytes) and P^T unless it stays in registers (in the input dtype).
     kernels_cu/bwd_sm90.cu: K, V (Bc rows), Q, dO (two buffers of Br rows), swizzled
     rows of D; dS^T (Bc x Br, 16-bit; with split_d also P^T); L2 and D (two
-    buffers of Br); 1 KB alignment slack.
+    buffers of Br); two mbarriers (16 bytes); 1 KB alignment slack.
     kernels_cu/bwd_sm90_ws.cu: K, V, and t.stages slots of Q, dO, L2 and D; two
     dS^T buffers and one fp32 dQ buffer (Br x (D + pad)), or with ping-pong four and two; the
     sink sums of the 256 consumer threads; the dQ turns (8 bytes); its mbarriers (1 + 2
@@ -144,7 +144,7 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
         return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (1 + 2 * dq_buffers + 2 * stages) + 1024
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
-        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 1024
+        return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 16 + 1024
     e = DTYPE_BYTES[spec.dtype]
     pitch, pitch_t = spec.head_dim + 16 // e, t.block_m + 16 // e
     q_pitch = swizzled_pitch(spec.dtype, spec.head_dim)
@@ -378,9 +378,9 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
 
 
 def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref) -> dict:
-    """{tma_q, tma_k, tma_v, tma_do: (map, address)} for the warp-specialised Hopper backward's TMA
-    loads (kernels_cu/bwd_sm90_ws.cu), or {} where it copies with cp.async, for the reasons of
-    fwd_tensor_maps."""
+    """{tma_q, tma_k, tma_v, tma_do: (map, address)} for the Hopper backwards' TMA loads
+    (kernels_cu/bwd_sm90_ws.cu, bwd_sm90.cu), or {} where they copy with cp.async, for the reasons
+    of fwd_tensor_maps."""
     if not _takes_tensor_maps(spec) or spec.features.varlen:
         return {}
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -394,9 +394,9 @@ def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref) -> dict:
 
 
 def _takes_tensor_maps(spec) -> bool:
-    """Whether the backward kernel's parameter is params.cuh BwdTmaParams (the warp-specialised
-    Hopper backward) rather than BwdParams."""
-    return isinstance(spec, BwdSm90Spec) and bool(spec.tiles.stages)
+    """Whether the backward kernel's parameter is params.cuh BwdTmaParams (the Hopper backwards,
+    bwd_sm90_ws.cu and bwd_sm90.cu) rather than BwdParams (the portable one)."""
+    return isinstance(spec, BwdSm90Spec)
 
 
 def _tensor_maps(arrays, atom: int) -> dict:

@@ -792,9 +792,10 @@ class BwdSm90Spec(AttentionSpec):
 
     @property
     def swizzle_atom(self) -> int:
-        """Columns of the swizzle atom of the warp-specialised kernel's tiles (CUFLASH_SWIZZLE_ATOM):
-        each consumer's half of D (its dQ columns) starts on an atom, so 64 where D / 2 is a multiple
-        of 64 (d128), else 32 (d64). TMA boxes are one atom wide (cuflash/tma.py)."""
+        """Columns of the swizzle atom of the kernel's tiles (bwd_sm90_ws.cu: CUFLASH_SWIZZLE_ATOM;
+        bwd_sm90.cu computes the same AW): each warpgroup's half of D (its dQ columns) starts on an
+        atom, so 64 where D / 2 is a multiple of 64 (d128, d256), else 32 (d64). TMA boxes are one
+        atom wide (cuflash/tma.py)."""
         return tma.atom_columns(self.head_dim // 2)
 
     @property

@@ -1,5 +1,5 @@
 // bwd_sm90.cu: exact attention backward, the Hopper path (sm_90a: wgmma with
-// operands in swizzled shared memory, cp.async loads, fp32 accumulators).
+// operands in swizzled shared memory, TMA or cp.async loads, fp32 accumulators).
 //
 // Computes what bwd.cu computes (FlashAttention-2, Algorithm 2, P recomputed
 // from the forward's lse), with the same parameters, preprocess (bwd_prepare.cu)
@@ -17,8 +17,12 @@
 // (SPLIT_D, d = 256: Bc = 64 keys shared by both warpgroups, which own queries
 // wg*Br/2.. of S^T and dP^T and columns wg*D/2.. of dK and dV; see "SPLIT_D"
 // below for how step 2 differs.)
-//   1. cp.async K_j, V_j (once) and Q, dO, L2, D of the first query block that
-//      sees a key of j, into swizzled shared memory (copy.cuh).
+//   1. K_j, V_j (once) and Q, dO, L2, D of the first query block that sees a
+//      key of j, into swizzled shared memory: with p.tma (dense calls whose
+//      tensor maps the host encoded, cuflash/tma.py) thread 0 issues one TMA
+//      box per swizzle atom and plain bulk copies of L2 and D, arriving on the
+//      buffer's mbarrier with the bytes to come; else every thread copies with
+//      cp.async (copy.cuh).
 //   2. For each query block i that sees a key of j (mask.cuh query_blocks; only
 //      blocks crossing an edge of the band or seqlen_k are masked), Q/dO
 //      double-buffered:
@@ -53,7 +57,8 @@
 // Shared memory: 2 Bc D (K, V) + 4 Br D (Q and dO, two buffers; each buffer's
 // Q and dO also hold a Br x D fp32 dQ block at the end of its step) + Bc Br (dS^T;
 // twice under SPLIT_D, for P^T) 16-bit elements, 16 Br bytes (L2, D), 4 bytes
-// per thread with a sink and 1 KB alignment slack (launch.py).
+// per thread with a sink, two mbarriers (16 bytes) and 1 KB alignment slack
+// (launch.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -111,7 +116,7 @@ static_assert(DQ_BYTES == 2 * QD_BYTES && D % 64 == 0, "a dQ block fills one Q/d
 constexpr u32 XCHG_BYTES = SPLIT_D ? 2 * DST_BYTES : DST_BYTES;
 static_assert(KV_BYTES % 1024 == 0 && QD_BYTES % 1024 == 0 && DST_BYTES % 1024 == 0, "1024-byte aligned tiles");
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const BwdParams p) {
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const __grid_constant__ BwdTmaParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
     const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -125,7 +130,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const u32 sPt = sdSt + DST_BYTES;     // SPLIT_D: P^T, as dS^T
     float* sLse2 = reinterpret_cast<float*>(smem + (sdSt + XCHG_BYTES - base));  // [2][BM]
     float* sDelta = sLse2 + 2 * BM;                                             // [2][BM]
-    float* sSinkPart = sDelta + 2 * BM;  // [THREADS] (SINK) softmax.cuh sink_log2
+    const u32 full0 = smem_addr(sDelta + 2 * BM);  // [2] mbarriers: Q/dO buffer b's TMA copies have landed
+    auto full = [&](int buf) { return full0 + 8u * (u32)buf; };
+    float* sSinkPart = sDelta + 2 * BM + 4;  // [THREADS] (SINK) softmax.cuh sink_log2
     const u32 sLse2_addr = smem_addr(sLse2), sDelta_addr = smem_addr(sDelta);
 
     const int tid = threadIdx.x, lane = tid % 32;
@@ -153,7 +160,32 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int2 query_blocks = vis.query_blocks<BM>(key0, BN);
     const int m_begin = query_blocks.x, m_end = query_blocks.y;
 
+    // TMA loads (never varlen: past a sequence's end a box would read the next one's rows, where
+    // cp.async reads zeros). Buffer b's barrier completes a phase per block loaded into it.
+    const bool tma = !CUFLASH_VARLEN && p.tma;
+    if (tma && tid == 0) {
+        mbar_init(full(0), 1);
+        mbar_init(full(1), 1);
+        mbar_init_fence();
+    }
+    // The barriers are initialised before thread 0 arrives on one or any thread waits.
+    if (tma) __syncthreads();
+
+    // Thread 0: block m's Q and dO by their tensor maps and its L2 and D (padded by bwd_prepare to
+    // m_blocks * Br rows: whole) as plain bulk copies into buffer buf, arriving on its barrier once
+    // with every byte to come (`extra`: K and V, copied with the first block).
+    auto tma_query_block = [&](int m, int buf, u32 extra) {
+        mbar_arrive_expect_tx(full(buf), 2 * QD_BYTES + 2 * BM * 4 + extra);
+        tma_load_tile<BM, D, AW>(sQ(buf), p.tma_q, m * BM, si.h, si.b, full(buf));
+        tma_load_tile<BM, D, AW>(sdO(buf), p.tma_do, m * BM, si.h, si.b, full(buf));
+        bulk_load(sLse2_addr + (u32)(buf * BM * 4), lse2 + (i64)m * BM, BM * 4, full(buf));
+        bulk_load(sDelta_addr + (u32)(buf * BM * 4), delta + (i64)m * BM, BM * 4, full(buf));
+    };
     auto load_query_block = [&](int m, int buf) {
+        if (tma) {
+            if (tid == 0) tma_query_block(m, buf, 0);
+            return;
+        }
         load_tile_swizzled<BM, D, THREADS, AW>(sQ(buf), q, p.q_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
         load_tile_swizzled<BM, D, THREADS, AW>(sdO(buf), dout, p.do_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
         // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
@@ -194,7 +226,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
 
     // When no query sees a key of this block (seqlen_q = 0, or a window that
     // misses it) the loop is empty and dK = dV = 0 are written.
-    if (m_begin < m_end) {
+    if (m_begin < m_end && tma) {
+        if (tid == 0) {
+            tma_query_block(m_begin, 0, 2 * KV_BYTES);
+            tma_load_tile<BN, D, AW>(sK, p.tma_k, key0, si.h_kv, si.b, full(0));
+            tma_load_tile<BN, D, AW>(sV, p.tma_v, key0, si.h_kv, si.b, full(0));
+        }
+    } else if (m_begin < m_end) {
         load_tile_swizzled<BN, D, THREADS, AW>(sK, k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
         load_tile_swizzled<BN, D, THREADS, AW>(sV, v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
         load_query_block(m_begin, 0);
@@ -204,13 +242,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     for (int m = m_begin; m < m_end; ++m) {
         const int buf = (m - m_begin) & 1;
         const int row0 = m * BM;
-        // Block m (and the first time K, V) has landed for this thread; the fence
-        // makes it visible to wgmma and the barrier publishes every thread's
-        // copies. The barrier also guarantees that every warpgroup finished step
-        // m-1 (its products read sdSt) and staged its part of dQ_{m-1} in buffer
+        // Block m (and the first time K, V) has landed: TMA's copies once the
+        // buffer's barrier completes their phase (async-proxy writes, which
+        // wgmma reads without a fence); cp.async's for this thread, the fence
+        // making them visible to wgmma and the barrier publishing every
+        // thread's (a bias's prefetched tile is a cp.async group either way).
+        // The barrier also guarantees that every warpgroup finished step m-1
+        // (its products read sdSt) and staged its part of dQ_{m-1} in buffer
         // buf ^ 1 (each thread fenced its stores for the async proxy).
+        if (tma) mbar_wait(full(buf), ((m - m_begin) >> 1) & 1);
         cp_async_wait<0>();
-        fence_proxy_async();
+        if (!tma) fence_proxy_async();
         __syncthreads();
         if (warp_in_wg == 0 && wg == 0 && m > m_begin) add_dq(m - 1, buf ^ 1);
         const u32 q_buf = sQ(buf), do_buf = sdO(buf);

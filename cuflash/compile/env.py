@@ -65,7 +65,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar(
         "CUFLASH_TMA",
         "`1`",
-        "`0` = the Hopper forward (q, k, v) and the d64/d128 Hopper backward (q, k, v, dout) load with "
+        "`0` = the Hopper forward (q, k, v) and backward (q, k, v, dout) load with "
         "cp.async instead of TMA tensor maps (for comparison; calls TMA cannot address, calls of little work "
         "and the varlen backward use cp.async anyway: cuflash/tma.py).",
     ),

@@ -87,7 +87,7 @@ def test_calls_that_keep_cp_async(encoder, monkeypatch):
     assert not launch.fwd_tensor_maps(ws, q, k, v, {})
 
 
-def test_the_warp_specialised_backward_gets_maps_of_q_k_v_dout(encoder):
+def test_the_hopper_backwards_get_maps_of_q_k_v_dout(encoder):
     from cuflash.specs import BwdSm90Spec
 
     q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
@@ -101,8 +101,14 @@ def test_the_warp_specialised_backward_gets_maps_of_q_k_v_dout(encoder):
         assert set(maps) == {"tma_q", "tma_k", "tma_v", "tma_do"}
         assert {m.box for m, _ in maps.values()} == {(atom, 64, 1, 1), (atom, 128, 1, 1)}
         assert maps["tma_do"][1] == dout.ptr
+    # bwd_sm90.cu (d256: 64 keys per CTA; bias and dropout at d128): boxes of its AW columns
+    for d, features, key_rows in ((256, "", 64), (128, "dropout", 128)):
+        spec = BwdSm90Spec("bf16", d, Features.parse(features), False)
+        assert not spec.tiles.stages and spec.tiles.block_n == key_rows
+        x = [r._replace(shape=(*r.shape[:3], d)) for r in (q, k, v, dout)]
+        maps = launch.bwd_tensor_maps(spec, *x)
+        assert {m.box for m, _ in maps.values()} == {(64, 64, 1, 1), (64, key_rows, 1, 1)}
     assert not launch.bwd_tensor_maps(BwdSm90Spec("bf16", 128, Features.parse("varlen"), False), q, k, v, dout)
-    assert not launch.bwd_tensor_maps(BwdSm90Spec("bf16", 256, Features.parse(""), False), q, k, v, dout)  # bwd_sm90.cu: cp.async
 
 
 def test_a_varlen_forward_maps_every_sequence_as_one_batch(encoder):

@@ -136,18 +136,21 @@ def test_inputs_reversed_along_the_sequence(head_dim):
         assert all(bool(cp.array_equal(a, b)) for a, b in zip(got, want)), causal
 
 
-@pytest.mark.parametrize("head_dim", [64, 72, 128])
+@pytest.mark.parametrize("head_dim", [64, 72, 128, 200, 256])
 def test_tma_and_cp_async_loads_agree_bitwise(head_dim, monkeypatch):
-    # The warp-specialised Hopper backward loads dense q, k, v, dout with TMA (cuflash/tma.py) and
-    # otherwise with cp.async (CUFLASH_TMA=0): the same tiles land in shared memory, so the
-    # deterministic gradients must agree bit for bit; ragged lengths, d below D, GQA, masks.
+    # The Hopper backwards load dense q, k, v, dout with TMA (cuflash/tma.py) and otherwise with
+    # cp.async (CUFLASH_TMA=0): the same tiles land in shared memory, so the deterministic
+    # gradients must agree bit for bit; ragged lengths, d below D, GQA, masks. bwd_sm90_ws.cu at
+    # d64 / d128; bwd_sm90.cu at d256 and with dropout or a bias (whose tiles stay on cp.async).
     from cuflash import tma
 
     if not tma.available():
         pytest.skip("the driver has no tensor-map encoder")
     q, k, v = testing.random_qkv(3, 333, 419, 6, 2, head_dim, "bf16", xp=cp)
     dout = testing.random_like(q)
-    for opts in ({}, {"causal": True}, {"window_size": (100, 0)}, {"causal": True, "softcap": 20.0}):
+    bias = cp.random.standard_normal((3, 1, 1, 419), dtype=cp.float32)
+    for opts in ({}, {"causal": True}, {"window_size": (100, 0)}, {"causal": True, "softcap": 20.0},
+                 {"causal": True, "dropout_p": 0.2, "seed": 5}, {"bias": bias}):
         out, lse = cuflash.attention(q, k, v, return_lse=True, **opts)
         results = []
         for flag in ("1", "0"):
