@@ -341,6 +341,16 @@ class FwdSm90Tiles:
 #: gained, 1-7%), where d128, d160 and d192 gain 3-13% at 1k-2k (bench/NOTES.md v11).
 FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 
+#: A varlen batch on the warp-specialised forward's persistent grid: the most sequences whose
+#: tiles it lists in shared memory (kernels_cu/fwd_sm90_ws.cu TileList: 8 bytes each), and the
+#: longest sequence (max_seqlen_q) for which it walks that list; other batches run one CTA per
+#: tile of the grid's numbering (FwdSm90Spec.lists_tiles). Against one CTA per tile (H200 bf16
+#: d128, 16k tokens of equal lengths, TFLOP/s, same session): 512 rows 433 / 393, causal 275 /
+#: 244; 1k 542 / 514, 398 / 362; 4k 657 / 656, 597 / 569; but 16k 612 / 623, causal 636 / 689
+#: (bench/NOTES.md v19).
+FWD_SM90_LISTED_SEQS = 512
+FWD_SM90_LISTED_ROWS = 4096
+
 #: wgmma N values besides the multiples of 32 that kernels_cu/common/wgmma.cuh issues (its
 #: operand lists; S = Q K^T of the warp-specialised forward, key blocks of Bc = N).
 WGMMA_EXTRA_N = (80, 112, 144, 176)
@@ -473,10 +483,22 @@ class FwdSm90Spec(AttentionSpec):
     def ws_smem_bytes(self, q_buffers: int) -> int:
         """Dynamic shared memory of kernels_cu/fwd_sm90_ws.cu with `q_buffers` Q buffers: those and
         t.stages stages of K and V (swizzled rows of D), 1 KB so the kernel can align the tiles to
-        1024 bytes, and its mbarriers (2 per Q buffer + 4 per stage, 8 bytes each)."""
+        1024 bytes, its mbarriers (2 per Q buffer + 4 per stage, 8 bytes each) and on a varlen
+        persistent grid its tile list (listed_seqs)."""
         t = self.tiles
         return (q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + 8 * (
-            2 * q_buffers + 4 * t.stages)
+            2 * q_buffers + 4 * t.stages) + 8 * (self.listed_seqs + 1 if self.listed_seqs else 0)
+
+    @property
+    def listed_seqs(self) -> int:
+        """The most sequences of a varlen batch whose tiles the persistent grid walks from a list
+        (FWD_SM90_LISTED_SEQS); 0 off the varlen persistent grid."""
+        return FWD_SM90_LISTED_SEQS if self.persistent and self.features.varlen else 0
+
+    def lists_tiles(self, batch: int, seqlen_q: int) -> bool:
+        """Whether a varlen batch of `batch` sequences, the longest seqlen_q rows, walks the tile
+        list (kernels_cu/fwd_sm90_ws.cu TileList.listed: the same test)."""
+        return bool(self.listed_seqs) and batch <= self.listed_seqs and seqlen_q <= FWD_SM90_LISTED_ROWS
 
     @property
     def persistent(self) -> bool:
@@ -484,14 +506,16 @@ class FwdSm90Spec(AttentionSpec):
         tile's Q load and first K/V blocks overlap the previous tile's last products and epilogue):
         where a static round-robin of the tiles keeps the CTAs equally busy: no mask (every tile does
         the same work), causal (tiles dealt in pairs of equal work: `paired`) and a short band (only
-        a few tiles at the start of a row see fewer keys: `short_band`). Wider windows and varlen
-        tiles differ in work, and the hardware's dispatch of one CTA per tile balances them. Only for
+        a few tiles at the start of a row see fewer keys: `short_band`), each also varlen (the grid
+        walks a list of the sequences' tiles, not the rectangle of max_seqlen_q rows each:
+        `listed_seqs`). Wider windows' tiles differ in work, and the hardware's dispatch of one CTA
+        per tile balances them. Only for
         FWD_SM90_PERSISTENT_HEAD_DIMS (measured). Not with ALiBi or dropout: their per-tile state
         beside the tile loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5).
         Causal on three consumer warpgroups (192 rows, 160 registers each) spilled 100 bytes until
         the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12)."""
         f, t = self.features, self.tiles
-        return (bool(t.stages) and (f.mask in ("none", "causal") or self.short_band) and not f.varlen
+        return (bool(t.stages) and (f.mask in ("none", "causal") or self.short_band)
                 and not f.alibi and not f.dropout and self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS)
 
     @property
@@ -516,7 +540,9 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
-                "CUFLASH_PERSISTENT": int(self.persistent)} if t.stages else {}),
+                "CUFLASH_PERSISTENT": int(self.persistent),
+                **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}
+                   if self.listed_seqs else {})} if t.stages else {}),
         }
 
 

@@ -15,7 +15,8 @@
 // tile per CTA, or on a persistent grid (one CTA per SM; cuflash/launch.py fwd_grid)
 // many, so that a tile's Q and first K/V blocks load while the consumers finish the
 // previous tile (Q_BUFFERS Q buffers; the K/V ring runs on across tiles). A causal
-// persistent grid deals a head's tiles in pairs of equal work (for_each_tile).
+// persistent grid deals a head's tiles in pairs of equal work (for_each_tile); a
+// varlen one walks a list of the sequences' own tiles built in shared memory (TileList).
 // Warpgroups (128 threads each): warpgroup 0 is the producer, warpgroups
 // 1..WGS the consumers, consumer c owning query rows 64c..64c+63 of the block.
 // The visible key blocks are visited in descending order, last .. first (the
@@ -46,14 +47,17 @@
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (multiple of 32; columns >= the run-time d
 // are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per consumer
 // warpgroup), CUFLASH_BLOCK_N Bc (a multiple of 32, or 80, 112, 144, 176: wgmma.cuh),
-// CUFLASH_STAGES, CUFLASH_PERSISTENT (the grid: FwdSm90Spec.persistent), CUFLASH_Q_BUFFERS
+// CUFLASH_STAGES, CUFLASH_PERSISTENT (the grid: FwdSm90Spec.persistent), CUFLASH_LISTED_SEQS and
+// CUFLASH_LISTED_ROWS (varlen on the persistent grid: the most sequences its tile list holds, the
+// longest sequence that walks it), CUFLASH_Q_BUFFERS
 // (1 or 2: FwdSm90Spec.q_buffers), and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
 // CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
 // not fit the consumers' registers, and fwd_sm90.cu runs it (FwdSm90Tiles.with_features).
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0); the
 // parameter is __grid_constant__, as TMA reads its tensor maps in place.
 // Shared memory: (Q_BUFFERS Br + 2 STAGES Bc) * D * 2 bytes, 8 bytes per mbarrier
-// (2 Q_BUFFERS + 4 STAGES), plus 1 KB of alignment slack (cuflash/launch.py).
+// (2 Q_BUFFERS + 4 STAGES), a varlen persistent grid's tile list (8 (LISTED_SEQS + 1)
+// bytes), plus 1 KB of alignment slack (cuflash/launch.py).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -114,17 +118,95 @@ constexpr bool PAIRED = PERSISTENT && CUFLASH_MASK == CUFLASH_MASK_CAUSAL;
 // Work units of the grid (cuflash/launch.py fwd_grid makes one CTA per unit, or one per SM).
 CUFLASH_DEVICE int grid_units(int m_blocks, int bh) { return (PAIRED ? (m_blocks + 1) / 2 : m_blocks) * bh; }
 
-// work(t) for this CTA's tiles t: blockIdx.x, and on a persistent grid those of every
-// gridDim.x-th unit after it (a unit is a tile, or a pair of tiles under PAIRED). Pairs
-// go in whole rounds (each CTA as many); the tiles of the pairs left over are dealt one
-// at a time, heavy ones first, so a last round of a few pairs ends after about one heavy
-// tile instead of a pair (a model of d96 at 8k, 10.2 rounds: 706 key blocks on the busiest
-// CTA instead of 715; bench/NOTES.md v11). One call site, so the consumers' main loop is
-// compiled once.
+// A varlen batch on the persistent grid walks a list of its sequences' own tiles, not the
+// grid's numbering: that covers max_seqlen_q rows per sequence, and a static round-robin
+// over it would hand the CTAs empty tiles past short sequences' ends while others work. The
+// list, in shared memory, is built by each CTA from cu_seqlens_q (build_tile_list) where the
+// batch has at most LISTED_SEQS sequences and the longest at most LISTED_ROWS rows (long
+// causal sequences ran 8% faster one CTA per tile, cuflash/specs.py FWD_SM90_LISTED_ROWS;
+// other batches: the host launches one CTA per tile of the numbering, cuflash/launch.py
+// fwd_grid, FwdSm90Spec.lists_tiles). Sequence b's units are units0[b] ..
+// units0[b + 1] - 1, nheads runs of units of its blocks[b] query blocks (a unit is a
+// tile, or under PAIRED a pair of them).
+constexpr bool LISTED = PERSISTENT && CUFLASH_VARLEN;
+#ifndef CUFLASH_LISTED_SEQS
+#define CUFLASH_LISTED_SEQS 0
+#define CUFLASH_LISTED_ROWS 0
+#endif
+constexpr int LISTED_SEQS = CUFLASH_LISTED_SEQS, LISTED_ROWS = CUFLASH_LISTED_ROWS;
+static_assert(!LISTED || LISTED_SEQS > 0, "a varlen persistent grid lists its sequences");
+
+struct TileList {
+    int* units0;  // (LISTED_SEQS + 1,): the first unit of each sequence, units0[batch] = every unit
+    int* blocks;  // (LISTED_SEQS,): query blocks of each sequence
+    bool listed;  // the batch walks the list (else the grid's numbering, one CTA per tile)
+};
+
+// Warp 0 fills the list (the caller syncs the CTA after): first every sequence's block
+// count (independent loads), then the prefix of its units over the batch, 32 sequences a
+// pass (inclusive warp scan, the running total carried in lane 31).
+CUFLASH_DEVICE void build_tile_list(const FwdParams& p, const TileList& list, int lane) {
+    for (int b = lane; b < p.batch; b += 32) list.blocks[b] = (query_range(p, b).y + BM - 1) / BM;
+    __syncwarp();
+    int carry = 0;
+    for (int b0 = 0; b0 < p.batch; b0 += 32) {
+        const int b = b0 + lane;
+        const int n = b < p.batch ? list.blocks[b] : 0;
+        int units = (PAIRED ? (n + 1) / 2 : n) * p.nheads;
+#pragma unroll
+        for (int d = 1; d < 32; d *= 2) {
+            const int below = __shfl_up_sync(0xffffffffu, units, d);
+            if (lane >= d) units += below;
+        }
+        if (b < p.batch) list.units0[b + 1] = carry + units;
+        carry += __shfl_sync(0xffffffffu, units, 31);
+    }
+    if (lane == 0) list.units0[0] = 0;
+}
+
+// The sequence holding unit u of the list: the last b with units0[b] <= u (binary search).
+CUFLASH_DEVICE int listed_sequence(const TileList& list, int batch, int u) {
+    int lo = 0, hi = batch - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (list.units0[mid] <= u) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// work(t) for this CTA's tiles t (in the grid's numbering, tile_at): blockIdx.x, and on a
+// persistent grid those of every gridDim.x-th unit after it (a unit is a tile, or a pair of
+// tiles under PAIRED). Dense pairs go in whole rounds (each CTA as many); the tiles of the
+// pairs left over are dealt one at a time, heavy ones first, so a last round of a few pairs
+// ends after about one heavy tile instead of a pair (a model of d96 at 8k, 10.2 rounds: 706
+// key blocks on the busiest CTA instead of 715; bench/NOTES.md v11). A listed varlen batch
+// deals its units round-robin, each pair's heavy tile first. One call site, so the
+// consumers' main loop is compiled once.
 template <class Work>
-CUFLASH_DEVICE void for_each_tile(int m_blocks, int bh, Work& work) {
+CUFLASH_DEVICE void for_each_tile(int m_blocks, int nheads, int batch, const TileList& list, Work& work) {
+    const int bh = nheads * batch;
     if (!PERSISTENT) {
         work((int)blockIdx.x);
+        return;
+    }
+    if (LISTED) {
+        const int units = list.listed ? list.units0[batch] : m_blocks * bh;
+#pragma unroll 1
+        for (int n = 0;; ++n) {
+            const int u = blockIdx.x + (PAIRED && list.listed ? n >> 1 : n) * gridDim.x;
+            if (u >= units) break;
+            int t = u;
+            if (list.listed) {
+                const int b = listed_sequence(list, batch, u);
+                const int nb = list.blocks[b], per_head = PAIRED ? (nb + 1) / 2 : nb;
+                const int local = u - list.units0[b], h = local / per_head, k = local - h * per_head;
+                const bool light = PAIRED && (n & 1);
+                const int i = light ? nb - 1 - k : k;  // position in the head's heaviest-first order
+                if (light && i == k) continue;         // the middle block of an odd count
+                t = (b * nheads + h) * m_blocks + m_blocks - nb + i;  // query block nb - 1 - i
+            }
+            work(t);
+        }
         return;
     }
     const int units = grid_units(m_blocks, bh);
@@ -162,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
     const u32 sK0 = smem_base + Q_BUFFERS * Q_BYTES;  // Q_BUFFERS buffers of Q (BM, D), then
     const u32 sV0 = sK0 + STAGES * KV_BYTES;          // STAGES slots of K (BN, D), of V (BN, D)
-    const u32 bars = sV0 + STAGES * KV_BYTES;         // mbarriers, 8 bytes each
+    const u32 bars = sV0 + STAGES * KV_BYTES;         // mbarriers, 8 bytes each, then (LISTED) the tile list
     auto sQ = [&](int qb) { return smem_base + (u32)qb * Q_BYTES; };
     auto q_full = [&](int qb) { return bars + 8u * qb; };
     auto q_empty = [&](int qb) { return bars + 8u * (Q_BUFFERS + qb); };
@@ -172,6 +254,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     auto v_empty = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 3 * STAGES + s); };
     auto sK = [&](int s) { return sK0 + (u32)s * KV_BYTES; };
     auto sV = [&](int s) { return sV0 + (u32)s * KV_BYTES; };
+    int* const list_words = reinterpret_cast<int*>(smem + (bars + 8u * (2 * Q_BUFFERS + 4 * STAGES) - smem_base));
+    const TileList list{list_words, list_words + LISTED_SEQS + 1, LISTED && p.batch <= LISTED_SEQS && p.seqlen_q <= LISTED_ROWS};
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
@@ -200,7 +284,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         }
         mbar_init_fence();
     }
-    // The barriers are initialised before any thread arrives on or waits for one.
+    if (LISTED && list.listed && wg == 0 && warp_in_wg == 0) build_tile_list(p, list, lane);
+    // The barriers are initialised before any thread arrives on or waits for one, and the
+    // tile list is written before any thread reads it.
     __syncthreads();
 
     // Producer and consumers walk the same tiles and skip the same ones (a varlen block
@@ -277,7 +363,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                 }
             }
         };
-        for_each_tile(m_blocks, p.nheads * p.batch, produce);
+        for_each_tile(m_blocks, p.nheads, p.batch, list, produce);
         // Leave only after this thread's cp.async copies landed: they belong to no
         // commit group yet (the mbarriers track them), so close one and wait for it.
         // (TMA copies need no wait: the consumers wait for them, and the CTA lives on.)
@@ -457,6 +543,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         ++kq;
         g0 += count;
     };
-    for_each_tile(m_blocks, p.nheads * p.batch, consume);
+    for_each_tile(m_blocks, p.nheads, p.batch, list, consume);
     if (WGS > 1 && c == 0 && turn > 0) named_sync(BAR_TURN, 256);  // the last consumer's last pass
 }

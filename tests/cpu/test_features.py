@@ -7,7 +7,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from cuflash import launch, params, support
+from cuflash import launch, params, specs, support
 from cuflash.compile import cache
 from cuflash.specs import (
     ARCH_CLASS_TILES,
@@ -254,8 +254,23 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     band = support.select(Problem("fwd", "bf16", 128, Features("local"), compute_capability=(9, 0), band=257))
     assert band.persistent and not band.paired and launch.fwd_grid(band, 2, 16, 8192, 0) == (132, 1, 1)
     # work that differs per tile, and per-tile state that spilled the consumers beside the tile loop
-    for features in (Features("local"), Features(varlen=True), Features(alibi=True), Features(dropout=True)):
+    for features in (Features("local"), Features("local", varlen=True), Features(alibi=True), Features(dropout=True)):
         assert not support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0))).persistent
+    # varlen: a list of the sequences' own tiles in shared memory, for batches that fit it
+    for features in (Features(varlen=True), Features("causal", varlen=True)):
+        spec = support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0)))
+        seqs = spec.listed_seqs
+        assert spec.persistent and seqs == specs.FWD_SM90_LISTED_SEQS and spec.defines()["CUFLASH_LISTED_SEQS"] == seqs
+        assert launch.fwd_smem_bytes(spec) == launch.fwd_smem_bytes(causal) + 8 * (seqs + 1)
+        rows = specs.FWD_SM90_LISTED_ROWS
+        assert spec.defines()["CUFLASH_LISTED_ROWS"] == rows and spec.lists_tiles(seqs, rows)
+        assert launch.fwd_grid(spec, seqs, 16, rows, 0) == (132, 1, 1)
+        m_blocks = -(-rows // spec.tiles.block_m)
+        # more sequences than the list holds, or a longer one: one CTA per tile
+        assert launch.fwd_grid(spec, seqs + 1, 16, rows, 0) == ((seqs + 1) * 16 * m_blocks, 1, 1)
+        m_blocks = -(-(rows + 1) // spec.tiles.block_m)
+        assert launch.fwd_grid(spec, 4, 16, rows + 1, 0) == (4 * 16 * m_blocks, 1, 1)
+    assert plain.listed_seqs == 0 and "CUFLASH_LISTED_SEQS" not in plain.defines()
     # causal on three consumer warpgroups (d64's 192-row tiles) since the element mask of two bounds per row
     d64 = support.select(Problem("fwd", "bf16", 64, CAUSAL, compute_capability=(9, 0)))
     assert d64.persistent and d64.paired and d64.tiles.block_m == 192
