@@ -349,18 +349,19 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
     fields = attention_fields(spec, q, k, v, option_fields)
     fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
     fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
-    maps = fwd_tensor_maps(spec, q, k, v, option_fields)
+    maps = fwd_tensor_maps(spec, q, k, v, out, option_fields)
     fields["tma"] = int(bool(maps))
     run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q, q.device), (spec.threads, 1, 1), fwd_smem_bytes(spec),
         params.FWD, fields, stream, maps)
 
 
-def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
-    """{tma_q, tma_k, tma_v: (map, address)} for the warp-specialised Hopper forward's TMA loads
-    (kernels_cu/fwd_sm90_ws.cu), or {} where it copies with cp.async: another kernel, a call of
-    little work (tma.MIN_FLOP), arrays TMA cannot address (tma.tile_map), no encoder in the
-    driver, or CUFLASH_TMA=0. Varlen (q, k, v with batch stride 0, total_q / total_k in
-    option_fields): the maps span every sequence's rows as one batch."""
+def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict) -> dict:
+    """{tma_q, tma_k, tma_v, tma_o: (map, address)} for the warp-specialised Hopper forward's TMA
+    loads and O stores (kernels_cu/fwd_sm90_ws.cu), or {} where it copies with cp.async and stores
+    16-byte chunks: another kernel, a call of little work (tma.MIN_FLOP), arrays TMA cannot address
+    (tma.tile_map), no encoder in the driver, or CUFLASH_TMA=0. Varlen (q, k, v with batch stride
+    0, total_q / total_k in option_fields): the maps of q, k, v span every sequence's rows as one
+    batch, and O leaves by 16-byte stores (no tma_o)."""
     if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages):
         return {}
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -376,8 +377,10 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, option_fields: dict) -> dict:
     if not env.tma_enabled() or not tma.available():
         return {}
     t = spec.tiles
-    return _tensor_maps(((("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n))),
-                        tma.atom_columns(spec.head_dim))
+    arrays = [("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n)]
+    if not spec.features.varlen:  # O leaves in boxes of one consumer warpgroup's 64 rows (dense only)
+        arrays.append(("tma_o", out, 64))
+    return _tensor_maps(arrays, tma.atom_columns(spec.head_dim))
 
 
 def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref) -> dict:

@@ -1,12 +1,14 @@
-"""TMA tensor maps for the Hopper forward's producer (kernels_cu/fwd_sm90_ws.cu).
+"""TMA tensor maps for the Hopper kernels' loads and the forward's O stores (kernels_cu/fwd_sm90_ws.cu,
+bwd_sm90_ws.cu, bwd_sm90.cu).
 
 A tensor map is the 128-byte descriptor that `cp.async.bulk.tensor` reads: a tensor's
 address, sizes and strides, and the box one copy moves into shared memory, with the
 swizzle wgmma reads. The driver encodes it on the host (cuTensorMapEncodeTiled); it is
 reached here through ctypes in the driver library every CUDA program already loads, so
 no package is added. The kernel takes the maps in its parameter struct (FwdParams tma_q,
-tma_k, tma_v): one copy instruction moves a whole box, where cp.async took 16 bytes and
-about ten address instructions per copy.
+tma_k, tma_v, tma_o): one copy instruction moves a whole box, where cp.async took 16 bytes and
+about ten address instructions per copy; the forward's consumers store O through tma_o the same
+way (boxes of 64 rows, dense calls).
 
 A (batch, seqlen, heads, d) 16-bit array is mapped as 4 dimensions, innermost first
 (d, seqlen, heads, batch), and copied in boxes of (AW columns, rows, 1, 1): AW is the

@@ -41,7 +41,11 @@
 //     issue their products, so one warpgroup's softmax runs while the tensor
 //     cores work on the next one's products.
 //   Epilogue per consumer: O /= l (l with the sink), staged through its rows of
-//     the tile's Q buffer, 16-byte stores (epilogue.cuh); lse; then the Q buffer is freed.
+//     the tile's Q buffer; dense with TMA one thread stores them as a box of 64 rows
+//     (p.tma_o) and frees the buffer once the store has read it; otherwise 16-byte
+//     stores (epilogue.cuh) and the buffer is freed at once; lse. With two Q buffers
+//     and D <= 64 it runs once the next tile's first product is issued (deferred),
+//     else where the tile ends.
 //
 // Compile-time constants (cuflash/specs.py FwdSm90Spec with stages > 0):
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (multiple of 32; columns >= the run-time d
@@ -84,6 +88,10 @@ static_assert(BM % 64 == 0 && BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile 
 static_assert(WGS >= 1 && WGS <= 3, "one to three consumer warpgroups");
 static_assert(Q_BUFFERS == 1 || Q_BUFFERS == 2, "one or two Q buffers");
 static_assert(!BIAS, "an additive bias runs on fwd_sm90.cu");
+// The epilogue of a tile waits until the next tile's first product is issued, so that the
+// tensor cores work through it. Measured (bench/NOTES.md v20): +4-7% at d64 causal 512-2k,
+// -2-3% at d128 causal 512-1k; it needs a free Q buffer for the next tile.
+constexpr bool DEFER_EPILOGUE = Q_BUFFERS == 2 && D <= 64;
 
 // Register split (65536 per SM, one CTA): the producer needs few, the consumers' accumulators many.
 constexpr int PRODUCER_REGS = WGS == 3 ? 32 : 56;
@@ -93,6 +101,12 @@ static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "reg
 constexpr u32 Q_BYTES = BM * D * 2;
 constexpr u32 KV_BYTES = BN * D * 2;
 static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "swizzled tiles start on 1024-byte boundaries");
+
+// O leaves by TMA (p.tma_o) in dense calls with TMA. Not varlen: there a box could only
+// store a sequence's blocks that end inside it, and the two ways of storing side by side
+// spilled the d64 consumers (92-96 bytes at 160 registers, NVRTC 12.9); varlen keeps the
+// 16-byte stores (bench/NOTES.md v20).
+constexpr bool TMA_STORE = !CUFLASH_VARLEN;
 
 // Named barriers: 1 + c is consumer c's own (epilogue), 1 + WGS + c its turn to issue products.
 constexpr int BAR_EPILOGUE = 1, BAR_TURN = 1 + WGS;
@@ -269,6 +283,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     // are other sequences' rows, whose outputs are never stored.)
     const bool tma = p.tma;
     const bool tma_alone = !CUFLASH_VARLEN && tma;
+
     const u32 producers = tma_alone ? 1 : 128;  // arrivals that a full barrier's phase needs
 
     if (tid == 0) {
@@ -402,6 +417,79 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     auto lse_rows = [&](const SeqInfo& si) { return p.lse == nullptr ? nullptr : p.lse + si.lse_row0(p); };
 
     int kq = 0, g0 = 0;  // tiles and K/V blocks consumed so far
+
+    // O of the last tile consumed waits in acc_o (unscaled) for the epilogue, with that
+    // tile (done_t; -1: none), its Q buffer and its rows' 1/l and lse. DEFER_EPILOGUE: it
+    // runs in the next tile's consume, once that tile's first product is issued; else
+    // where the tile ends.
+    float acc_o[DT][4];
+    int done_t = -1, done_qb = 0, held_q = -1;
+    float done_inv_l[1][2], done_lse[1][2];
+    auto epilogue = [&]() {
+        if (done_t < 0) return;
+        // Where the tile's rows lie is found again from done_t, laundered: held across the
+        // main loop, those values spilled (ptxas does not recompute them).
+        const Tile at = tile_at((int)opaque((u32)done_t), m_blocks, p.nheads);
+        const SeqInfo so(p, at.b, at.h);
+        const int orow0 = at.m_block * BM;
+        const u32 sQt = sQ(done_qb);
+        // This warpgroup's 64 rows of the Q buffer were read only by its own wgmmas, all
+        // complete (waited at the tile's end) in every warp once all 128 threads pass here.
+        named_sync(BAR_EPILOGUE + c, 128);
+        unsigned char* staged = smem + (sQt - smem_base);
+        // The lane, laundered: the staging offsets derived from it are the same for every
+        // tile, and hoisted out of the tile loop they spilled the consumers (d128 causal).
+        const int elane = PERSISTENT ? (int)opaque((u32)lane) : lane;
+        auto swizzled = [](int r, int col) { return swizzled_offset<BM, D>(r, col); };
+        stage_tile(staged, swizzled, as_tile(acc_o), done_inv_l, warp_row0, 0, elane);
+        // Dense with TMA: the warpgroup's 64 rows leave in one box of the map of o (rows
+        // past seqlen_q are not written), issued by one thread.
+        const bool store_by_tma = TMA_STORE && tma;
+        if (store_by_tma) {
+            // The staged rows are generic-proxy writes and the bulk copy reads through the
+            // async proxy: every thread fences its own, and all 128 have before one issues it.
+            fence_proxy_async();
+            named_sync(BAR_EPILOGUE + c, 128);
+            if (tid % 128 == 0) {
+                tma_store_rows<BM, D>(sQt, c * 64, p.tma_o, orow0 + c * 64, so.h, so.b);
+                bulk_commit();
+            }
+        } else {
+            // The 16-byte stores below read rows that other lanes of this warp wrote.
+            __syncwarp();
+            auto warp_rows = [&](int r, int col) { return swizzled_offset<BM, D>(warp_row0 + r, col); };
+            store_staged_rows<16, D>(so.out_rows<u16>(p), p.o_row_stride, staged, warp_rows, orow0 + warp_row0,
+                                     so.seqlen_q, p.head_dim, elane, 32);
+            // A TMA load writes through the async proxy, after this thread's generic-proxy
+            // staging: fence them apart.
+            if (tma) fence_proxy_async();
+        }
+        store_lse(lse_rows(so), done_lse, orow0 + warp_row0, so.seqlen_q, elane);
+        // This thread is done with the staged rows: the producer may load the next Q into
+        // this buffer once every consumer thread arrived. The thread that issued a bulk
+        // store arrives once the store has read the rows: where the epilogue ends a tile
+        // and two Q buffers take turns, after the next tile's first product is issued
+        // (release_q), so that the wait costs the warpgroup nothing.
+        if (store_by_tma && tid % 128 == 0) {
+            if (!DEFER_EPILOGUE && Q_BUFFERS == 2) {
+                held_q = done_qb;
+            } else {
+                bulk_wait_all<true>();
+                mbar_arrive(q_empty(done_qb));
+            }
+        } else {
+            mbar_arrive(q_empty(done_qb));
+        }
+        done_t = -1;
+    };
+    // The Q buffer that this thread's bulk store of O may still be reading (-1: none), and
+    // its release once the store has read it.
+    auto release_q = [&]() {
+        if (held_q < 0) return;
+        bulk_wait_all<true>();
+        mbar_arrive(q_empty(held_q));
+        held_q = -1;
+    };
     auto consume = [&](int t) {
         const Tile tile = tile_at(t, m_blocks, p.nheads);
         const int row0 = tile.m_block * BM;
@@ -424,9 +512,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         const ScoreMod mod(p, si);
         const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
         const int2 masked = vis.masked_key_blocks<BN>(row0, BM);  // blocks that need the element mask
-
-        float acc_o[DT][4];
-        zero_acc(as_tile(acc_o));
 
         OnlineSoftmax<1> softmax;
         softmax.init();
@@ -456,6 +541,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             take_turn();
             issue_s(g0 % STAGES);
             pass_turn();
+            if (DEFER_EPILOGUE) epilogue();  // the previous tile's O, while S runs
+            release_q();                     // the previous tile's Q buffer
+            zero_acc(as_tile(acc_o));
             wgmma_wait<0>();
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(g0 % STAGES));
@@ -511,38 +599,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_arrive(v_empty(g % STAGES));
         }
 
-        // Epilogue. Where the tile's rows lie is found again from t, laundered: held
-        // across the main loop, those values spilled (ptxas does not recompute them).
+        // O waits for the epilogue (above). The sink's logit is found again from t,
+        // laundered (as the epilogue's rows).
         const Tile at = tile_at((int)opaque((u32)t), m_blocks, p.nheads);
-        const SeqInfo so(p, at.b, at.h);
-        const int orow0 = at.m_block * BM;
-        float inv_l[1][2], lse[1][2];
-        softmax.finalize<SINK>(p.scale_log2, inv_l, lse, sink_logit(p, so));
-        drop.scale_rows(inv_l);  // O / (1 - p) under dropout
-
-        // This warpgroup's 64 rows of the Q buffer were read only by its own wgmmas, all
-        // complete (waited above) in every warp once all 128 threads pass here.
-        named_sync(BAR_EPILOGUE + c, 128);
-        unsigned char* staged = smem + (sQt - smem_base);
-        // The lane, laundered: the staging offsets derived from it are the same for every
-        // tile, and hoisted out of the tile loop they spilled the consumers (d128 causal).
-        const int elane = PERSISTENT ? (int)opaque((u32)lane) : lane;
-        auto swizzled = [](int r, int col) { return swizzled_offset<BM, D>(r, col); };
-        stage_tile(staged, swizzled, as_tile(acc_o), inv_l, warp_row0, 0, elane);
-        // The 16-byte stores below read rows that other lanes of this warp wrote.
-        __syncwarp();
-        auto warp_rows = [&](int r, int col) { return swizzled_offset<BM, D>(warp_row0 + r, col); };
-        store_staged_rows<16, D>(so.out_rows<u16>(p), p.o_row_stride, staged, warp_rows, orow0 + warp_row0, so.seqlen_q,
-                                 p.head_dim, elane, 32);
-        store_lse(lse_rows(so), lse, orow0 + warp_row0, so.seqlen_q, elane);
-        // This thread's reads of the staged rows are done: the producer may load the
-        // next Q into this buffer once every consumer thread arrived. A TMA load writes
-        // through the async proxy, after this thread's generic-proxy staging: fence them apart.
-        if (tma) fence_proxy_async();
-        mbar_arrive(q_empty(qb));
+        softmax.finalize<SINK>(p.scale_log2, done_inv_l, done_lse, sink_logit(p, SeqInfo(p, at.b, at.h)));
+        drop.scale_rows(done_inv_l);  // O / (1 - p) under dropout
+        done_t = t;
+        done_qb = qb;
+        if (!DEFER_EPILOGUE) epilogue();
         ++kq;
         g0 += count;
     };
     for_each_tile(m_blocks, p.nheads, p.batch, list, consume);
+    if (DEFER_EPILOGUE) epilogue();  // the last tile's O
+    release_q();                     // shared memory stays while the last bulk store reads it
     if (WGS > 1 && c == 0 && turn > 0) named_sync(BAR_TURN, 256);  // the last consumer's last pass
 }

@@ -129,6 +129,26 @@ CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, 
             : "memory");
 }
 
+// TMA (sm_90), the other way: the rows of a swizzled TILE_ROWS x D tile at
+// `smem` (tma_load_tile's layout) from tile row r0 on (a multiple of 8), as
+// many as the box of `map` has (AW columns by R rows), into rows
+// [row0, row0 + R) of head h, batch b of the tensor `map` describes; rows >=
+// seqlen and columns >= d are not written. The
+// rows were written through the generic proxy: each writer fences
+// (fence_proxy_async) and the writers sync before one thread issues this and
+// then commits the group (bulk_commit); the rows may be written again once
+// that thread's bulk_wait_all<true> returns.
+template <int TILE_ROWS, int D, int AW = SwizzleFor<D>::AW>
+CUFLASH_DEVICE void tma_store_rows(u32 smem, int r0, const TmaMap& map, int row0, int h, int b) {
+    using S = SwizzleFor<D, AW>;
+    const u64 desc = reinterpret_cast<u64>(&map);
+#pragma unroll
+    for (int cb = 0; cb < D / S::AW; ++cb)
+        asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(desc),
+                     "r"(smem + (u32)((cb * TILE_ROWS + r0) * S::ROW_BYTES)), "r"(cb * S::AW), "r"(row0), "r"(h), "r"(b)
+                     : "memory");
+}
+
 // A plain bulk copy (sm_90) of `bytes` contiguous global bytes into shared memory,
 // signalling `bar` with them: 16-byte aligned addresses, bytes % 16 == 0. Issued by one thread.
 CUFLASH_DEVICE void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {

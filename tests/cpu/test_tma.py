@@ -59,32 +59,37 @@ def encoder(monkeypatch):
     monkeypatch.delenv("CUFLASH_TMA", raising=False)
 
 
-def test_the_warp_specialised_forward_gets_maps_of_q_k_v(encoder):
+def test_the_warp_specialised_forward_gets_maps_of_q_k_v_o(encoder):
     spec = FwdSm90Spec.for_problem("bf16", 128)
     assert spec.tiles.stages
     q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
-    maps = launch.fwd_tensor_maps(spec, q, k, v, {})
-    assert set(maps) == {"tma_q", "tma_k", "tma_v"}
+    out = ref((2, 5000, 8, 128), 1 << 33)
+    maps = launch.fwd_tensor_maps(spec, q, k, v, out, {})
+    assert set(maps) == {"tma_q", "tma_k", "tma_v", "tma_o"}
     assert maps["tma_q"][0].box[1] == spec.tiles.block_m and maps["tma_k"][0].box[1] == spec.tiles.block_n
-    assert [ptr for _, ptr in maps.values()] == [q.ptr, k.ptr, v.ptr]
+    assert maps["tma_o"][0].box == (64, 64, 1, 1)  # one consumer warpgroup's rows, one swizzle atom's columns
+    assert [ptr for _, ptr in maps.values()] == [q.ptr, k.ptr, v.ptr, out.ptr]
     assert maps["tma_k"][0].dims == (128, 7000, 2, 2)
 
 
 def test_calls_that_keep_cp_async(encoder, monkeypatch):
     q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
+    o = ref((2, 5000, 8, 128), 1 << 33)
     ws = FwdSm90Spec.for_problem("bf16", 128)
-    assert launch.fwd_tensor_maps(ws, q, k, v, {})
-    small = [x._replace(shape=(1, 256, *x.shape[2:])) for x in (q, k, v)]  # 4 b h s_q s_k d below tma.MIN_FLOP
+    assert launch.fwd_tensor_maps(ws, q, k, v, o, {})
+    small = [x._replace(shape=(1, 256, *x.shape[2:])) for x in (q, k, v, o)]  # 4 b h s_q s_k d below tma.MIN_FLOP
     assert not launch.fwd_tensor_maps(ws, *small, {})
-    assert not launch.fwd_tensor_maps(FwdSpec.for_problem("bf16", 128), q, k, v, {})  # the portable kernel
+    assert not launch.fwd_tensor_maps(FwdSpec.for_problem("bf16", 128), q, k, v, o, {})  # the portable kernel
     reversed_k = k._replace(strides=(k.strides[0], -k.strides[1], *k.strides[2:]))
-    assert not launch.fwd_tensor_maps(ws, q, reversed_k, v, {})  # one array TMA cannot address: none of them
+    assert not launch.fwd_tensor_maps(ws, q, reversed_k, v, o, {})  # one array TMA cannot address: none of them
+    odd_out = o._replace(strides=(o.strides[0], o.strides[1] + 4, *o.strides[2:]))  # rows 8 bytes off 16
+    assert not launch.fwd_tensor_maps(ws, q, k, v, odd_out, {})
     monkeypatch.setenv("CUFLASH_TMA", "0")
-    assert not launch.fwd_tensor_maps(ws, q, k, v, {})
+    assert not launch.fwd_tensor_maps(ws, q, k, v, o, {})
     monkeypatch.setenv("CUFLASH_TMA", "1")
-    assert launch.fwd_tensor_maps(ws, q, k, v, {})
+    assert launch.fwd_tensor_maps(ws, q, k, v, o, {})
     monkeypatch.setattr(tma, "available", lambda: False)  # a driver without the encoder
-    assert not launch.fwd_tensor_maps(ws, q, k, v, {})
+    assert not launch.fwd_tensor_maps(ws, q, k, v, o, {})
 
 
 def test_the_hopper_backwards_get_maps_of_q_k_v_dout(encoder):
@@ -117,5 +122,6 @@ def test_a_varlen_forward_maps_every_sequence_as_one_batch(encoder):
     # as api.run_varlen_forward passes them: (batch, rows, heads, d) with batch stride 0
     q = launch.Ref(1 << 30, (4, 8000, 8, 128), (0, 8 * 128, 128, 1), "bfloat16", 0)
     k = launch.Ref(1 << 31, (4, total_k, 2, 128), (0, 2 * 128, 128, 1), "bfloat16", 0)
-    maps = launch.fwd_tensor_maps(spec, q, k, k, {"total_q": total_q, "total_k": total_k})
+    maps = launch.fwd_tensor_maps(spec, q, k, k, q, {"total_q": total_q, "total_k": total_k})
     assert maps["tma_q"][0].dims == (128, total_q, 8, 1) and maps["tma_k"][0].dims == (128, total_k, 2, 1)
+    assert "tma_o" not in maps  # a varlen O leaves by 16-byte stores

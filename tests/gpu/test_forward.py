@@ -107,9 +107,11 @@ def test_inputs_reversed_along_the_sequence(head_dim):
 
 @pytest.mark.parametrize("head_dim", [32, 64, 72, 96, 128, 160, 200, 256])
 def test_tma_and_cp_async_loads_agree_bitwise(head_dim, monkeypatch):
-    # The Hopper forward loads dense q, k, v with TMA (cuflash/tma.py) and otherwise with cp.async
-    # (CUFLASH_TMA=0): the same tiles land in shared memory, so every output bit must agree; ragged
-    # lengths, d below the compiled D, GQA, and each grid (per tile, persistent, paired causal, short band).
+    # The Hopper forward loads dense q, k, v and stores O with TMA (cuflash/tma.py), and otherwise
+    # with cp.async and 16-byte stores (CUFLASH_TMA=0): the same tiles land in shared memory, so every
+    # output bit must agree (out is poisoned first, so a row either way leaves unwritten shows);
+    # ragged lengths (a last box partly past seqlen_q), d below the compiled D, GQA, and each grid
+    # (per tile, persistent, paired causal, short band).
     from cuflash import tma
 
     if not tma.available():
