@@ -283,7 +283,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     // are other sequences' rows, whose outputs are never stored.)
     const bool tma = p.tma;
     const bool tma_alone = !CUFLASH_VARLEN && tma;
-
     const u32 producers = tma_alone ? 1 : 128;  // arrivals that a full barrier's phase needs
 
     if (tid == 0) {
@@ -483,7 +482,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         done_t = -1;
     };
     // The Q buffer that this thread's bulk store of O may still be reading (-1: none), and
-    // its release once the store has read it.
+    // its release once the store has read it. (The epilogue's own wait and arrival, where it
+    // holds no buffer, written as held_q = done_qb; release_q() spilled d64 causal's
+    // three-warpgroup consumers: 4 bytes, NVRTC 12.9.)
     auto release_q = [&]() {
         if (held_q < 0) return;
         bulk_wait_all<true>();

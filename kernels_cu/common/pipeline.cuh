@@ -133,11 +133,10 @@ CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, 
 // `smem` (tma_load_tile's layout) from tile row r0 on (a multiple of 8), as
 // many as the box of `map` has (AW columns by R rows), into rows
 // [row0, row0 + R) of head h, batch b of the tensor `map` describes; rows >=
-// seqlen and columns >= d are not written. The
-// rows were written through the generic proxy: each writer fences
-// (fence_proxy_async) and the writers sync before one thread issues this and
-// then commits the group (bulk_commit); the rows may be written again once
-// that thread's bulk_wait_all<true> returns.
+// seqlen and columns >= d are not written. The rows were written through the
+// generic proxy: each writer fences (fence_proxy_async) and the writers sync
+// before one thread issues this and then commits the group (bulk_commit); the
+// rows may be written again once that thread's bulk_wait_all<true> returns.
 template <int TILE_ROWS, int D, int AW = SwizzleFor<D>::AW>
 CUFLASH_DEVICE void tma_store_rows(u32 smem, int r0, const TmaMap& map, int row0, int h, int b) {
     using S = SwizzleFor<D, AW>;
