@@ -351,6 +351,16 @@ FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 FWD_SM90_LISTED_SEQS = 512
 FWD_SM90_LISTED_ROWS = 4096
 
+#: A dense forward without a band (no mask or causal) of more query rows than this takes the
+#: warp-specialised kernel built for one CTA per tile (FwdSm90Spec.long_rows) where it would run on
+#: the persistent grid, at the head dims FWD_SM90_LONG_ROWS_HEAD_DIMS (measured; d32, d160 and d192
+#: were not). H200 bf16 16k tokens, TFLOP/s, persistent grid / one CTA per tile
+#: (bench/NOTES.md v21): 4k d64 causal 440 / 422, d128 causal 621 / 588; 8k d64 484 / 489,
+#: non-causal 540 / 553, d128 causal 662 / 647, non-causal 693 / 699; 16k d64 causal 510 / 524,
+#: non-causal 542 / 564, d128 causal 665 / 706, non-causal 696 / 707.
+FWD_SM90_PERSISTENT_ROWS = 8192
+FWD_SM90_LONG_ROWS_HEAD_DIMS = (64, 128)
+
 #: wgmma N values besides the multiples of 32 that kernels_cu/common/wgmma.cuh issues (its
 #: operand lists; S = Q K^T of the warp-specialised forward, key blocks of Bc = N).
 WGMMA_EXTRA_N = (80, 112, 144, 176)
@@ -404,6 +414,13 @@ FWD_SM90_SHORT_CAUSAL = {64: 2048}
 FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2)}
 
 
+def long_rows(features: "Features", head_dim: int, seqlen_q: int) -> bool:
+    """Whether a forward of seqlen_q query rows takes FwdSm90Spec.long_rows: dense, no mask or
+    causal, more than FWD_SM90_PERSISTENT_ROWS rows, a head dim of FWD_SM90_LONG_ROWS_HEAD_DIMS."""
+    return (not features.varlen and features.mask in ("none", "causal") and seqlen_q > FWD_SM90_PERSISTENT_ROWS
+            and head_dim_bucket(head_dim) in FWD_SM90_LONG_ROWS_HEAD_DIMS)
+
+
 def short_causal(features: "Features", head_dim: int, seqlen_q: int) -> bool:
     """Whether a forward of seqlen_q query rows (varlen: the longest; 0 when unknown) takes
     FWD_SM90_SHORT_CAUSAL_TILES: causal, and at most FWD_SM90_SHORT_CAUSAL[head dim] rows."""
@@ -418,6 +435,9 @@ class FwdSm90Spec(AttentionSpec):
     #: A local mask of at most FWD_SM90_PERSISTENT_BAND keys per query (for_problem): on the
     #: warp-specialised kernel, the persistent grid.
     short_band: bool = False
+    #: A dense call of more than FWD_SM90_PERSISTENT_ROWS query rows (for_problem): one CTA per
+    #: tile where the kernel would otherwise run on the persistent grid.
+    long_rows: bool = False
 
     @property
     def softcap_folded(self) -> bool:  # d64 measured 8% slower folded (bench/NOTES.md s2)
@@ -445,6 +465,8 @@ class FwdSm90Spec(AttentionSpec):
                              f"three consumer warpgroups, got {t}")
         if self.short_band and self.features.mask != "local":
             raise ValueError("short_band is a property of a local mask")
+        if self.long_rows and (self.features.varlen or self.features.mask not in ("none", "causal")):
+            raise ValueError("long_rows is a property of a dense call without a band")
 
     @property
     def source(self) -> str:
@@ -452,11 +474,12 @@ class FwdSm90Spec(AttentionSpec):
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0,
-                    short: bool = False) -> "FwdSm90Spec":
+                    short: bool = False, long: bool = False) -> "FwdSm90Spec":
         """band: keys per query of a local mask bounded on both sides (left + right + 1; 0 when a
         side is unbounded): up to FWD_SM90_NARROW_BAND[head dim] the narrow tiles, else up to
         FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one. short: the call's
-        query rows are few enough for FWD_SM90_SHORT_CAUSAL_TILES (short_causal())."""
+        query rows are few enough for FWD_SM90_SHORT_CAUSAL_TILES (short_causal()). long: many
+        enough for one CTA per tile (long_rows())."""
         d = head_dim_bucket(head_dim)
         band = band if features.mask == "local" else 0
         tiles = FWD_SM90_TILES[d]
@@ -467,6 +490,8 @@ class FwdSm90Spec(AttentionSpec):
         spec = cls(dtype, d, features, tiles.with_features(features, d))
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
             spec = replace(spec, short_band=True)
+        if long and spec.persistent:
+            spec = replace(spec, long_rows=True)
         return spec
 
     @property
@@ -515,7 +540,7 @@ class FwdSm90Spec(AttentionSpec):
         Causal on three consumer warpgroups (192 rows, 160 registers each) spilled 100 bytes until
         the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12)."""
         f, t = self.features, self.tiles
-        return (bool(t.stages) and (f.mask in ("none", "causal") or self.short_band)
+        return (bool(t.stages) and not self.long_rows and (f.mask in ("none", "causal") or self.short_band)
                 and not f.alibi and not f.dropout and self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS)
 
     @property
@@ -530,7 +555,8 @@ class FwdSm90Spec(AttentionSpec):
         occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
         ws = f"s{t.stages}" if t.stages else ""
         band = "p" if self.short_band else ""  # a short band on the persistent grid
-        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}{band}"
+        rows = "l" if self.long_rows else ""  # a long call, one CTA per tile
+        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}{band}{rows}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles

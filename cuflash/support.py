@@ -24,6 +24,7 @@ from .specs import (
     DTYPES,
     DecodeSpec,
     FWD_SM90_PERSISTENT_BAND,
+    FWD_SM90_PERSISTENT_ROWS,
     FWD_SM90_TILES,
     FWD_TILES,
     FWD_TILES_FP32,
@@ -38,6 +39,7 @@ from .specs import (
     PLAIN,
     SM90_SMEM_PER_BLOCK,
     head_dim_bucket,
+    long_rows,
     short_causal,
 )
 
@@ -108,6 +110,7 @@ class Problem:
     compute_capability: tuple = (9, 0)
     band: int = 0  # keys per query of a local mask bounded on both sides, else 0 (FwdSm90Spec.for_problem)
     short_causal: bool = False  # a causal forward of few query rows (specs.short_causal)
+    long_rows: bool = False  # a dense forward of many query rows (specs.long_rows)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -166,7 +169,7 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, problem.short_causal)
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, problem.short_causal, problem.long_rows)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
@@ -226,17 +229,18 @@ def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, 
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
     band: keys per query of a sliding window bounded on both sides (api.Options.band), else 0.
     seqlen_q: query rows (varlen: max_seqlen_q), 0 when unknown; only whether a causal call's rows
-    are few enough for FwdSm90Spec's short tiles reaches the (memoised) selection."""
+    are few enough for FwdSm90Spec's short tiles, or many enough for its long_rows, reaches the
+    (memoised) selection."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
     short = short_causal(features, head_dim, seqlen_q)
-    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short)
+    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short, long_rows(features, head_dim, seqlen_q))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short):
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short, long):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
-                          smem_limit=smem_limit, band=band, short_causal=short))
+                          smem_limit=smem_limit, band=band, short_causal=short, long_rows=long))
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,11 +286,13 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                             if s not in out]
             elif family.spec is FwdSm90Spec:
                 # A local mask's bands: wide, the narrowest, and the widest that runs persistent;
-                # a causal mask's long and short query lengths.
+                # a causal mask's long and short query lengths; a dense call's many query rows.
                 bands = (0, 1, FWD_SM90_PERSISTENT_BAND) if features.mask == "local" else (0,)
                 shorts = {False, short_causal(features, d, 1)}
-                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short)
-                             for band in bands for short in sorted(shorts)):
+                longs = {False, long_rows(features, d, FWD_SM90_PERSISTENT_ROWS + 1)}
+                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short, long)
+                             for band in bands for short in sorted(shorts) for long in sorted(longs)
+                             if not (short and long)):
                     if spec not in out:
                         out.append(spec)
             elif family.spec is BwdSpec:

@@ -8,6 +8,8 @@ forward's grid as cuflash picks it, or:
   PERSIST_DIMS=224,256  these head dims on the persistent grid too (specs.FWD_SM90_PERSISTENT_HEAD_DIMS);
   SEQLENS=1024,4096,16384  these query lengths instead of 1k, 2k and 8k;
   PERSIST_LOCAL=1  every band on the persistent grid (specs.FWD_SM90_PERSISTENT_BAND unbounded);
+  PERSIST_ROWS=N  dense calls past N query rows on the kernels built for one CTA per tile
+             (specs.FWD_SM90_PERSISTENT_ROWS; 1000000: never);
   NARROW=0   no narrow tiles for short bands (specs.FWD_SM90_NARROW_BAND emptied);
   WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above.
     python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
@@ -28,6 +30,8 @@ extra = [int(x) for x in filter(None, os.environ.get("PERSIST_DIMS", "").split("
 specs.FWD_SM90_PERSISTENT_HEAD_DIMS = tuple(specs.FWD_SM90_PERSISTENT_HEAD_DIMS) + tuple(extra)
 if os.environ.get("PERSIST_LOCAL") == "1":
     specs.FWD_SM90_PERSISTENT_BAND = 1 << 30
+if "PERSIST_ROWS" in os.environ:
+    specs.FWD_SM90_PERSISTENT_ROWS = int(os.environ["PERSIST_ROWS"])
 if os.environ.get("NARROW") == "0":
     specs.FWD_SM90_NARROW_BAND.clear()
 if os.environ.get("QBUF") == "1":

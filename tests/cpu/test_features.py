@@ -192,13 +192,14 @@ def test_plain_names_have_no_modifier_suffix():
 def test_default_declared_specs():
     specs = support.declared_specs()
     # 158 for the large-memory tiles (one Hopper forward tile per head dim since v8, and d64 causal's
-    # second for short query lengths since v15), plus the
+    # second for short query lengths since v15), plus 8 built for one CTA per tile for long calls
+    # (v21: d64 and d128 x 2 masks x 2 dtypes), plus the
     # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
     # in both modes; d224 runs d256's within 163 KB), plus sm_100's own backward tiles of d96 and
     # d160 (2 dtypes x 2 masks x 2 modes x 2 head dims; its d128 and d192 ones are A100's), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
     # x 4 tiles + 4 x 2)), which merges its splits itself
-    assert len(specs) == 158 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
+    assert len(specs) == 158 + 8 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
@@ -253,6 +254,21 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     # a short band: the persistent grid, one unit per tile
     band = support.select(Problem("fwd", "bf16", 128, Features("local"), compute_capability=(9, 0), band=257))
     assert band.persistent and not band.paired and launch.fwd_grid(band, 2, 16, 8192, 0) == (132, 1, 1)
+    # past FWD_SM90_PERSISTENT_ROWS query rows a dense call without a band takes the kernel built for
+    # one CTA per tile (one Q buffer); a band and varlen keep theirs
+    rows = specs.FWD_SM90_PERSISTENT_ROWS
+    for mask in ("none", "causal"):
+        f = Features(mask)
+        assert support.fwd_spec("bf16", 128, f, (9, 0), seqlen_q=rows).persistent
+        long = support.fwd_spec("bf16", 128, f, (9, 0), seqlen_q=rows + 1)
+        assert long.long_rows and not long.persistent and long.q_buffers == 1 and long.name.endswith("l")
+        assert launch.fwd_grid(long, 1, 16, 2 * rows, 0) == (2 * rows // 128 * 16, 1, 1)
+        assert not support.fwd_spec("bf16", 128, Features(mask, varlen=True), (9, 0), seqlen_q=2 * rows).long_rows
+    assert support.fwd_spec("bf16", 128, Features("local"), (9, 0), band=257, seqlen_q=2 * rows).short_band
+    assert not support.fwd_spec("bf16", 256, PLAIN, (9, 0), seqlen_q=2 * rows).long_rows  # never persistent
+    assert support.fwd_spec("bf16", 192, PLAIN, (9, 0), seqlen_q=2 * rows).persistent  # not measured
+    with pytest.raises(ValueError, match="long_rows"):
+        replace(band, long_rows=True)
     # work that differs per tile, and per-tile state that spilled the consumers beside the tile loop
     for features in (Features("local"), Features("local", varlen=True), Features(alibi=True), Features(dropout=True)):
         assert not support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0))).persistent

@@ -128,6 +128,22 @@ def test_tma_and_cp_async_loads_agree_bitwise(head_dim, monkeypatch):
     run_and_check(q, k, v, causal=True, label="tma")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_long_calls_take_the_kernel_built_for_one_cta_per_tile(head_dim, monkeypatch):
+    # Past specs.FWD_SM90_PERSISTENT_ROWS query rows a dense Hopper forward takes the kernel built for
+    # one CTA per tile (FwdSm90Spec.long_rows); the limit lowered so that a short call takes it too:
+    # ragged lengths, GQA, causal and not, against the reference.
+    from cuflash import api, specs
+
+    monkeypatch.setattr(specs, "FWD_SM90_PERSISTENT_ROWS", 256)  # read at each selection (specs.long_rows)
+    q, k, v = testing.random_qkv(2, 1100, 1000, 6, 2, head_dim, "bf16", xp=cp)
+    spec = api.fwd_spec("bf16", head_dim, specs.PLAIN, cp.cuda.Device().id, 0, 1100)
+    if isinstance(spec, specs.FwdSm90Spec):
+        assert spec.long_rows and not spec.persistent, spec.name
+    for causal in (False, True):
+        run_and_check(q, k, v, causal=causal, label=f"long rows d{head_dim}")
+
+
 def test_softmax_scale():
     q, k, v = testing.random_qkv(1, 100, 120, 2, 2, 64, "bf16", xp=cp)
     run_and_check(q, k, v, causal=False, softmax_scale=0.37, label="scale")
