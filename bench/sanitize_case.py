@@ -106,10 +106,11 @@ def forward_cases():
         q, k, v = testing.random_qkv(1, 1000, 300, 40, 8, d, "bf16", xp=cp)
         cuflash.attention(q, k, v, return_lse=True)
         cuflash.attention(q, k, v, softcap=20.0, learnable_sink=cp.linspace(-1.0, 2.0, 40, dtype=cp.float32))
-    # Causal at d64 / d128 / d192: the tiles dealt in pairs, whole rounds of pairs and then the tiles
-    # left one at a time (160 pairs on 132 SMs at d128); an odd block count with rows that see no key,
-    # and an even one. A short band (specs.FWD_SM90_PERSISTENT_BAND) on the persistent grid too.
-    for d in (64, 128, 192):
+    # Causal at d64 / d128 / d192 / d256: the tiles dealt in pairs, whole rounds of pairs and then the
+    # tiles left one at a time (160 pairs on 132 SMs at d128; d256 through its one Q buffer, short
+    # calls only: specs.FWD_SM90_SHORT_CAUSAL); an odd block count with rows that see no key, and an
+    # even one. A short band (specs.FWD_SM90_PERSISTENT_BAND) on the persistent grid too.
+    for d in (64, 128, 192, 256):
         for seqlens in ((1000, 1100), (777, 409)):
             q, k, v = testing.random_qkv(1, *seqlens, 40, 8, d, "bf16", xp=cp)
             cuflash.attention(q, k, v, causal=True, return_lse=True)

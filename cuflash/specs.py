@@ -409,9 +409,12 @@ FWD_SM90_PERSISTENT_BAND = 1025
 # at d64 the 192-row tiles cross the diagonal in three key blocks of 128, which at short lengths is much
 # of the work. H200 bf16 16k tokens, TFLOP/s 192 x 128 / 128 x 128 (bench/tune_fwd.py, two runs): 512
 # 150 / 203, 1k 253-258 / 276-278, 2k 324-333 / 340-341, 4k 414 / 383; non-causal 1k 395 / 367
-# (bench/NOTES.md v15).
-FWD_SM90_SHORT_CAUSAL = {64: 2048}
-FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2)}
+# (bench/NOTES.md v15). At d256 (one Q buffer, otherwise one CTA per tile) a short causal call runs
+# 128 x 64 tiles on the persistent grid (FwdSm90Spec.short_causal): 128 x 80 one CTA per tile / 128 x 64
+# persistent, TFLOP/s: 512 288 / 296, 1k 420 / 431, 2k 540 / 552, 4k 629 / 638, 8k 690 / 656, 16k 773 /
+# 699 (bench/NOTES.md v22).
+FWD_SM90_SHORT_CAUSAL = {64: 2048, 256: 4096}
+FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2), 256: FwdSm90Tiles(128, 64, stages=2)}
 
 
 def long_rows(features: "Features", head_dim: int, seqlen_q: int) -> bool:
@@ -438,6 +441,9 @@ class FwdSm90Spec(AttentionSpec):
     #: A dense call of more than FWD_SM90_PERSISTENT_ROWS query rows (for_problem): one CTA per
     #: tile where the kernel would otherwise run on the persistent grid.
     long_rows: bool = False
+    #: A causal call of few query rows (for_problem, short_causal()) at a head dim whose kernels run
+    #: one CTA per tile: its FWD_SM90_SHORT_CAUSAL_TILES on the persistent grid (d256).
+    short_causal: bool = False
 
     @property
     def softcap_folded(self) -> bool:  # d64 measured 8% slower folded (bench/NOTES.md s2)
@@ -467,6 +473,8 @@ class FwdSm90Spec(AttentionSpec):
             raise ValueError("short_band is a property of a local mask")
         if self.long_rows and (self.features.varlen or self.features.mask not in ("none", "causal")):
             raise ValueError("long_rows is a property of a dense call without a band")
+        if self.short_causal and (self.features.mask != "causal" or self.long_rows):
+            raise ValueError("short_causal is a property of a causal call of few rows")
 
     @property
     def source(self) -> str:
@@ -490,6 +498,12 @@ class FwdSm90Spec(AttentionSpec):
         spec = cls(dtype, d, features, tiles.with_features(features, d))
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
             spec = replace(spec, short_band=True)
+        if short and d not in FWD_SM90_PERSISTENT_HEAD_DIMS:
+            # Short tiles at a head dim off the persistent grid were measured on it only (d256): where
+            # a feature keeps the kernel off it (ALiBi, dropout), the call keeps the head dim's tiles.
+            spec = replace(spec, short_causal=True)
+            if not spec.persistent:
+                return cls.for_problem(dtype, d, features, band, long=long)
         if long and spec.persistent:
             spec = replace(spec, long_rows=True)
         return spec
@@ -535,13 +549,14 @@ class FwdSm90Spec(AttentionSpec):
         walks a list of the sequences' tiles, not the rectangle of max_seqlen_q rows each:
         `listed_seqs`). Wider windows' tiles differ in work, and the hardware's dispatch of one CTA
         per tile balances them. Only for
-        FWD_SM90_PERSISTENT_HEAD_DIMS (measured). Not with ALiBi or dropout: their per-tile state
+        FWD_SM90_PERSISTENT_HEAD_DIMS (measured), and the short causal tiles (short_causal). Not with ALiBi or dropout: their per-tile state
         beside the tile loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5).
         Causal on three consumer warpgroups (192 rows, 160 registers each) spilled 100 bytes until
         the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12)."""
         f, t = self.features, self.tiles
         return (bool(t.stages) and not self.long_rows and (f.mask in ("none", "causal") or self.short_band)
-                and not f.alibi and not f.dropout and self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS)
+                and not f.alibi and not f.dropout
+                and (self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS or self.short_causal))
 
     @property
     def paired(self) -> bool:
@@ -554,7 +569,7 @@ class FwdSm90Spec(AttentionSpec):
         t = self.tiles
         occupancy = f"c{t.ctas_per_sm}" if t.ctas_per_sm > 1 else ""
         ws = f"s{t.stages}" if t.stages else ""
-        band = "p" if self.short_band else ""  # a short band on the persistent grid
+        band = "p" if self.short_band or self.short_causal else ""  # persistent where the mask or head dim is not
         rows = "l" if self.long_rows else ""  # a long call, one CTA per tile
         return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}{band}{rows}"
 

@@ -5,6 +5,10 @@ forward's grid as cuflash picks it, or:
   QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
   TILES=64:128x128,...  other tiles (Br x Bc, two stages) for those head dims (d64 causal on two
              consumer warpgroups: bench/NOTES.md v12);
+  SHORT_TILES=64:128x64,...  other tiles for the short causal calls (specs.FWD_SM90_SHORT_CAUSAL_TILES);
+  SHORT_ROWS=64:2048,...  the short causal calls' row limits instead (specs.FWD_SM90_SHORT_CAUSAL;
+             "none": no short tiles);
+  VARLEN=1   the same tokens as a varlen batch of equal lengths (cuflash.attention_varlen);
   PERSIST_DIMS=224,256  these head dims on the persistent grid too (specs.FWD_SM90_PERSISTENT_HEAD_DIMS);
   SEQLENS=1024,4096,16384  these query lengths instead of 1k, 2k and 8k;
   PERSIST_LOCAL=1  every band on the persistent grid (specs.FWD_SM90_PERSISTENT_BAND unbounded);
@@ -40,6 +44,14 @@ for item in filter(None, os.environ.get("TILES", "").split(",")):
     d, shape = item.split(":")
     block_m, block_n = (int(x) for x in shape.split("x"))
     specs.FWD_SM90_TILES[int(d)] = specs.FwdSm90Tiles(block_m, block_n, stages=2)
+for item in filter(None, os.environ.get("SHORT_TILES", "").split(",")):
+    d, shape = item.split(":")
+    block_m, block_n = (int(x) for x in shape.split("x"))
+    specs.FWD_SM90_SHORT_CAUSAL_TILES[int(d)] = specs.FwdSm90Tiles(block_m, block_n, stages=2)
+if "SHORT_ROWS" in os.environ:
+    specs.FWD_SM90_SHORT_CAUSAL = {int(d): int(rows) for d, rows in (
+        item.split(":") for item in os.environ["SHORT_ROWS"].split(",") if ":" in item)}
+varlen = os.environ.get("VARLEN") == "1"
 label = sys.argv[1]
 dims = [int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "64,128").split(",")]
 flush = cp.empty(256 << 20, dtype=cp.uint8)
@@ -75,7 +87,14 @@ for d in dims:
         for s in seqlens:
             b = 16384 // s
             q, k, v = testing.random_qkv(b, s, s, h, h, d, "bf16", xp=cp, seed=0)
-            out = cuflash.attention(q, k, v, causal=causal)
-            ms = median_ms(lambda: cuflash.attention(q, k, v, causal=causal, out=out))
+            if varlen:
+                q, k, v = (x.reshape(b * s, h, d) for x in (q, k, v))
+                cu = cp.arange(0, b * s + 1, s, dtype=cp.int32)
+                out = cuflash.attention_varlen(q, k, v, cu, cu, s, s, causal=causal)
+                ms = median_ms(lambda: cuflash.attention_varlen(q, k, v, cu, cu, s, s, causal=causal, out=out,
+                                                                check_lengths=False))
+            else:
+                out = cuflash.attention(q, k, v, causal=causal)
+                ms = median_ms(lambda: cuflash.attention(q, k, v, causal=causal, out=out))
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
             print(f"{label:8s} d{d} s{s} causal={int(causal)}: {ms:.4f} ms {flops / ms / 1e9:.1f} TFLOP/s", flush=True)

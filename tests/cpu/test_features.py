@@ -193,13 +193,14 @@ def test_default_declared_specs():
     specs = support.declared_specs()
     # 158 for the large-memory tiles (one Hopper forward tile per head dim since v8, and d64 causal's
     # second for short query lengths since v15), plus 8 built for one CTA per tile for long calls
-    # (v21: d64 and d128 x 2 masks x 2 dtypes), plus the
+    # (v21: d64 and d128 x 2 masks x 2 dtypes), plus 2 of d256 causal's short query lengths on the
+    # persistent grid (v22: 2 dtypes), plus the
     # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
     # in both modes; d224 runs d256's within 163 KB), plus sm_100's own backward tiles of d96 and
     # d160 (2 dtypes x 2 masks x 2 modes x 2 head dims; its d128 and d192 ones are A100's), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
     # x 4 tiles + 4 x 2)), which merges its splits itself
-    assert len(specs) == 158 + 8 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
+    assert len(specs) == 158 + 8 + 2 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
@@ -401,6 +402,28 @@ def test_short_causal_forwards_take_their_own_hopper_tiles():
     assert support.fwd_spec("bf16", 128, CAUSAL, (9, 0), seqlen_q=1024) == support.fwd_spec("bf16", 128, CAUSAL, (9, 0))
     assert (support.fwd_spec("bf16", 64, CAUSAL, (8, 0), seqlen_q=1024)
             == support.fwd_spec("bf16", 64, CAUSAL, (8, 0)))
+
+
+def test_short_causal_d256_forwards_take_the_persistent_grid():
+    # specs.FWD_SM90_SHORT_CAUSAL[256]: up to 4096 query rows, 128 x 64 tiles on the persistent grid
+    # (FwdSm90Spec.short_causal, "p" in the name), dense and varlen; longer calls, and features that
+    # keep the kernel off that grid (ALiBi, dropout), keep d256's tiles one CTA per tile
+    long = support.fwd_spec("bf16", 256, CAUSAL, (9, 0))
+    assert not long.persistent and not long.short_causal
+    for f in (CAUSAL, Features.parse("causal,varlen"), Features.parse("causal,softcap,sink")):
+        for rows in (1, 4096):
+            short = support.fwd_spec("bf16", 256, f, (9, 0), seqlen_q=rows)
+            assert short.short_causal and short.persistent and short.q_buffers == 1, short.name
+            assert (short.tiles.block_m, short.tiles.block_n) == (128, 64) and short.name.endswith("p")
+            assert short.name in {s.name for s in support.declared_specs([f])}
+    assert support.fwd_spec("bf16", 256, CAUSAL, (9, 0), seqlen_q=4097) == long
+    for f in ("causal,alibi", "causal,dropout"):
+        f = Features.parse(f)
+        assert support.fwd_spec("bf16", 256, f, (9, 0), seqlen_q=1024) == support.fwd_spec("bf16", 256, f, (9, 0))
+    # the head dims already on the persistent grid keep their specs (d64's short tiles, d128's own)
+    assert not support.fwd_spec("bf16", 64, CAUSAL, (9, 0), seqlen_q=1024).short_causal
+    with pytest.raises(ValueError, match="short_causal"):
+        replace(support.fwd_spec("bf16", 256, PLAIN, (9, 0)), short_causal=True)
 
 
 def test_select_keeps_the_features():

@@ -66,14 +66,15 @@ def test_gqa(dtype, causal, nheads_kv):
     run_and_check(q, k, v, causal=causal, label=f"gqa {8 // nheads_kv}")
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 192])
+@pytest.mark.parametrize("head_dim", [64, 128, 192, 256])
 @pytest.mark.parametrize("causal, seqlens", [(False, (777, 409)), (True, (777, 409)), (True, (1000, 1100))],
                          ids=["full", "causal-odd-blocks", "causal-even-blocks"])
 def test_more_tiles_than_sms(head_dim, causal, seqlens):
     # Hopper: a persistent grid (FwdSm90Spec.persistent), each CTA walking several tiles of ragged
     # query blocks through both Q buffers and the K/V ring; causal at d128/d192 in pairs of tiles
     # (FwdSm90Spec.paired; an odd block count leaves a middle block alone; 777 x 409 has rows that
-    # see no key); each row checked
+    # see no key); d256 causal there through its one Q buffer (FwdSm90Spec.short_causal, up to
+    # 4096 rows; non-causal one CTA per tile); each row checked
     q, k, v = testing.random_qkv(3, *seqlens, 48, 16, head_dim, "bf16", xp=cp)
     run_and_check(q, k, v, causal=causal, label=f"d={head_dim} {seqlens}")
 

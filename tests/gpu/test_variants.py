@@ -426,6 +426,15 @@ def test_short_band_on_the_persistent_grid(seqlens, window, head_dim):
     run_and_check(q, k, v, options(window=window), label=f"{seqlens} {window} d={head_dim}")
 
 
+@pytest.mark.parametrize("seqlens", [(777, 409), (1000, 1100)], ids=seq_id)
+def test_short_causal_d256_on_the_persistent_grid(seqlens):
+    # d256 causal calls of at most 4096 rows (specs.FWD_SM90_SHORT_CAUSAL) run the warp-specialised
+    # forward on its persistent grid with one Q buffer: more tile pairs than SMs, with softcap and
+    # the sink, forward and backward (777 x 409 has rows that see no key)
+    q, k, v = qkv("bf16", seqlens, head_dim=256, batch=3, nheads=48, ratio=4)
+    run_and_check(q, k, v, options(causal=True, softcap=30.0, sink=True, q=q), label=f"{seqlens} d=256")
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_unseen_keys_are_never_read(deterministic):
     # seqlen 2048 x 3000, window (128, 0): query i sees keys i + 952 - 128 .. i + 952,
