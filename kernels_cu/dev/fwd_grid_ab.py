@@ -3,7 +3,7 @@
 forward's grid as cuflash picks it, or:
   PERSIST=0  every kernel built and launched one CTA per tile (FwdSm90Spec.persistent forced off);
   QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
-  TILES=64:128x128,...  other tiles (Br x Bc, two stages) for those head dims (d64 causal on two
+  TILES=64:128x128,...  other tiles (Br x Bc, two stages; 128x128s3: three) for those head dims (d64 causal on two
              consumer warpgroups: bench/NOTES.md v12);
   SHORT_TILES=64:128x64,...  other tiles for the short causal calls (specs.FWD_SM90_SHORT_CAUSAL_TILES);
   SHORT_ROWS=64:2048,...  the short causal calls' row limits instead (specs.FWD_SM90_SHORT_CAUSAL;
@@ -40,14 +40,19 @@ if os.environ.get("NARROW") == "0":
     specs.FWD_SM90_NARROW_BAND.clear()
 if os.environ.get("QBUF") == "1":
     specs.FwdSm90Spec.q_buffers = property(lambda self: 1)
-for item in filter(None, os.environ.get("TILES", "").split(",")):
-    d, shape = item.split(":")
+
+
+def tiles(shape):
+    """FwdSm90Tiles of "BRxBC" (two stages) or "BRxBCsS"."""
+    shape, _, stages = shape.partition("s")
     block_m, block_n = (int(x) for x in shape.split("x"))
-    specs.FWD_SM90_TILES[int(d)] = specs.FwdSm90Tiles(block_m, block_n, stages=2)
-for item in filter(None, os.environ.get("SHORT_TILES", "").split(",")):
-    d, shape = item.split(":")
-    block_m, block_n = (int(x) for x in shape.split("x"))
-    specs.FWD_SM90_SHORT_CAUSAL_TILES[int(d)] = specs.FwdSm90Tiles(block_m, block_n, stages=2)
+    return specs.FwdSm90Tiles(block_m, block_n, stages=int(stages or 2))
+
+
+for name, table in (("TILES", specs.FWD_SM90_TILES), ("SHORT_TILES", specs.FWD_SM90_SHORT_CAUSAL_TILES)):
+    for item in filter(None, os.environ.get(name, "").split(",")):
+        d, shape = item.split(":")
+        table[int(d)] = tiles(shape)
 if "SHORT_ROWS" in os.environ:
     specs.FWD_SM90_SHORT_CAUSAL = {int(d): int(rows) for d, rows in (
         item.split(":") for item in os.environ["SHORT_ROWS"].split(",") if ":" in item)}

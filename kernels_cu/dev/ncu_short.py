@@ -1,0 +1,34 @@
+"""One forward per case under Nsight Compute, cuflash beside SDPA's cuDNN backend on the same inputs
+(bf16, 16k tokens, the short lengths where cuflash trails cuDNN: bench/NOTES.md v20-v23). Run as
+    ncu --profile-from-start off --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        --section WarpStateStats --section Occupancy python kernels_cu/dev/ncu_short.py
+Each case is called twice first (compile, cache, plan), then once between profiler start and stop."""
+import cupy as cp
+import torch
+
+import cuflash
+from cuflash import testing
+
+CASES = [(64, 512, True), (256, 512, True), (256, 512, False)]  # (head dim, seqlen, causal)
+
+for d, s, causal in CASES:
+    b, h = 16384 // s, 2048 // d
+    q, k, v = testing.random_qkv(b, s, s, h, h, d, "bf16", xp=cp, seed=0)
+    tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2) for x in (q, k, v))
+
+    def sdpa():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+
+    for _ in range(2):
+        cuflash.attention(q, k, v, causal=causal)
+        sdpa()
+    torch.cuda.synchronize()
+    cp.cuda.runtime.deviceSynchronize()
+    print(f"case d{d} s{s} causal={causal}: cuflash, then cudnn", flush=True)
+    cp.cuda.runtime.profilerStart()
+    cuflash.attention(q, k, v, causal=causal)
+    cp.cuda.runtime.deviceSynchronize()
+    sdpa()
+    torch.cuda.synchronize()
+    cp.cuda.runtime.profilerStop()
