@@ -548,9 +548,9 @@ class FwdSm90Spec(AttentionSpec):
         a few tiles at the start of a row see fewer keys: `short_band`), each also varlen (the grid
         walks a list of the sequences' tiles, not the rectangle of max_seqlen_q rows each:
         `listed_seqs`). Wider windows' tiles differ in work, and the hardware's dispatch of one CTA
-        per tile balances them. Only for
-        FWD_SM90_PERSISTENT_HEAD_DIMS (measured), and the short causal tiles (short_causal). Not with ALiBi or dropout: their per-tile state
-        beside the tile loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5).
+        per tile balances them. Only for FWD_SM90_PERSISTENT_HEAD_DIMS (measured) and the short
+        causal tiles of the others (short_causal: d256). Not with ALiBi or dropout: their per-tile
+        state beside the tile loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5).
         Causal on three consumer warpgroups (192 rows, 160 registers each) spilled 100 bytes until
         the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12)."""
         f, t = self.features, self.tiles
