@@ -134,7 +134,7 @@ def test_long_calls_take_the_kernel_built_for_one_cta_per_tile(head_dim, monkeyp
     # Past specs.FWD_SM90_PERSISTENT_ROWS query rows a dense Hopper forward takes the kernel built for
     # one CTA per tile (FwdSm90Spec.long_rows); the limit lowered so that a short call takes it too:
     # ragged lengths, GQA, causal and not, against the reference.
-    from cuflash import api, specs
+    from cuflash import api
 
     monkeypatch.setattr(specs, "FWD_SM90_PERSISTENT_ROWS", 256)  # read at each selection (specs.long_rows)
     q, k, v = testing.random_qkv(2, 1100, 1000, 6, 2, head_dim, "bf16", xp=cp)
