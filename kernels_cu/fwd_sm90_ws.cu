@@ -78,6 +78,11 @@ constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
 constexpr int BN = CUFLASH_BLOCK_N;
 constexpr int STAGES = CUFLASH_STAGES;
+// Skip O's rescale while no row's max rises past 2^8 (softmax.cuh update<LAZY>): at d256 O is
+// 128 fp32 registers per thread, so a skipped rescale saves 128 multiplies per block; measured
+// +2-4% at d256 and 1-13% slower at d64 (the warp vote and branch cost more than 32 multiplies;
+// bench/NOTES.md v24).
+constexpr bool LAZY_RESCALE = D >= 256;
 constexpr int Q_BUFFERS = CUFLASH_Q_BUFFERS;
 constexpr bool PERSISTENT = CUFLASH_PERSISTENT;
 constexpr int WGS = BM / 64;  // consumer warpgroups
@@ -526,11 +531,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // O += P V (16 keys per k-step), V from slot s.
         auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
         // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
-        // and corr the factor that rescales O.
-        auto softmax_s = [&](int j, float (&corr)[1][2], bool masked_block) {
+        // and corr the factor that rescales O; false when O needs no rescale (the
+        // lazy update, LAZY_RESCALE: no row of the warp raised its max by more than 2^8).
+        auto softmax_s = [&](int j, float (&corr)[1][2], bool masked_block, bool& rescale) {
             if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
             if (masked_block) vis.apply_rows(acc_s, row0 + warp_row0, j * BN, lane);
-            softmax.update(acc_s, p.scale_log2, corr);
+            rescale = softmax.template update<LAZY_RESCALE>(acc_s, p.scale_log2, corr);
             // Dropout on P after its row sums: l stays the undropped sum.
             if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
         };
@@ -549,7 +555,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(g0 % STAGES));
             float corr[1][2];
-            softmax_s(last, corr, last <= masked.x || last >= masked.y);
+            bool rescale;  // O is 0: nothing to rescale
+            softmax_s(last, corr, last <= masked.x || last >= masked.y, rescale);
             pack_a_fragments(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
         }
 
@@ -566,13 +573,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(s_k));  // K[n-1] read
             float corr[1][2];
-            softmax_s(n - 1, corr, masked_block);
+            bool rescale;
+            softmax_s(n - 1, corr, masked_block, rescale);
             wgmma_wait<0>();
             // pa was an operand of the product that just completed: only now may it change.
             fence_regs(acc_o);
             fence_regs(pa);
             mbar_arrive(v_empty(s_v));  // V[n] read
-            scale_rows(acc_o, corr[0][0], corr[0][1]);
+            if (!LAZY_RESCALE || rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);
             pack_a_fragments(acc_s[0], pa);
         };
         // The blocks that need the element mask are visited first (j >= masked.y: the

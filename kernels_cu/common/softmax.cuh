@@ -50,34 +50,94 @@ struct OnlineSoftmax {
     // Fold one block of masked scores s[MT][NT][4] into the state: s becomes
     // P = exp2(s*c - offset(m_new)) in place, and corr[mt][h] =
     // exp2(offset(m_old) - offset(m_new)) is the factor by which the caller must
-    // rescale its O rows.
+    // rescale its O rows. Returns whether it must (always, unless LAZY).
+    //
+    // LAZY (conditional rescaling, as FlashAttention-4 does): while the new max
+    // of every row of the warp lies within LAZY_LOG2 of the offset the row has
+    // accumulated at, the rows keep that offset (m stays the old max), corr is 1
+    // and the call returns false, so the caller skips the O rescale (D/2 fp32
+    // multiplies per thread and block for a 64-row warpgroup tile). P is then at
+    // most 2^LAZY_LOG2 = 256: within fp16's range when packed for P V, l and O
+    // far from fp32's. finalize() and the lse see the same offset, so the result
+    // is the same function. A row that saw no visible key yet (m = -inf; its l
+    // and O are 0) takes the new max either way. The test is on the rounded-up
+    // offsets themselves, not (m_new - m_old) c: at |m c| ~ 1e9 their rounding
+    // alone is 64. The decision is warp-uniform (__all_sync), so the caller's
+    // branch around the rescale does not diverge.
+    static constexpr float LAZY_LOG2 = 8.f;
+
+    template <bool LAZY = false, int NT>
+    CUFLASH_DEVICE bool update(float (&s)[MT][NT][4], float c, float (&corr)[MT][2]) {
+        if constexpr (LAZY) {
+            return update_lazy(s, c, corr);
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const float mx = row_max(s, mt, h);
+                    // A row with no visible key so far keeps m = -inf. Subtracting
+                    // -inf would give NaN (-inf - -inf), so use offset 0 instead:
+                    // every exp2(-inf - 0) is then 0 and corr is 0 (l and O are 0).
+                    const float offset = (mx == -INFINITY) ? 0.f : offset_of(mx, c);
+                    corr[mt][h] = fast_exp2(offset_of(m[mt][h], c) - offset);
+                    m[mt][h] = mx;
+                    const float sum = exponentiate(s, mt, h, c, offset);
+                    l[mt][h] = l[mt][h] * corr[mt][h] + sum;
+                }
+            return true;
+        }
+    }
+
+    // The running max of row (mt, h) with this block's scores, across the quad.
     template <int NT>
-    CUFLASH_DEVICE void update(float (&s)[MT][NT][4], float c, float (&corr)[MT][2]) {
+    CUFLASH_DEVICE float row_max(const float (&s)[MT][NT][4], int mt, int h) const {
+        float mx = m[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        return quad_max(mx);
+    }
+
+    // Row (mt, h) of s becomes P = exp2(s*c - offset); returns this lane's share of its sum.
+    template <int NT>
+    static CUFLASH_DEVICE float exponentiate(float (&s)[MT][NT][4], int mt, int h, float c, float offset) {
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float p = fast_exp2(fmaf(s[mt][nt][2 * h + j], c, -offset));
+                s[mt][nt][2 * h + j] = p;
+                sum += p;
+            }
+        return sum;
+    }
+
+    template <int NT>
+    CUFLASH_DEVICE bool update_lazy(float (&s)[MT][NT][4], float c, float (&corr)[MT][2]) {
+        float mx[MT][2];
+        bool fits = true;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                float mx = m[mt][h];
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-                mx = quad_max(mx);
-                // A row with no visible key so far keeps m = -inf. Subtracting
-                // -inf would give NaN (-inf - -inf), so use offset 0 instead:
-                // every exp2(-inf - 0) is then 0 and corr is 0 (l and O are 0).
-                float offset = (mx == -INFINITY) ? 0.f : offset_of(mx, c);
-                corr[mt][h] = fast_exp2(offset_of(m[mt][h], c) - offset);
-                m[mt][h] = mx;
-                float sum = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        float p = fast_exp2(fmaf(s[mt][nt][2 * h + j], c, -offset));
-                        s[mt][nt][2 * h + j] = p;
-                        sum += p;
-                    }
-                l[mt][h] = l[mt][h] * corr[mt][h] + sum;
+                mx[mt][h] = row_max(s, mt, h);
+                fits = fits && (m[mt][h] == -INFINITY ||
+                                offset_of(mx[mt][h], c) - offset_of(m[mt][h], c) <= LAZY_LOG2);
             }
+        const bool rescale = !__all_sync(0xffffffffu, fits);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float m_new = rescale || m[mt][h] == -INFINITY ? mx[mt][h] : m[mt][h];
+                const float offset = (m_new == -INFINITY) ? 0.f : offset_of(m_new, c);  // as in update
+                corr[mt][h] = rescale ? fast_exp2(offset_of(m[mt][h], c) - offset) : 1.f;
+                m[mt][h] = m_new;
+                const float sum = exponentiate(s, mt, h, c, offset);
+                l[mt][h] = rescale ? l[mt][h] * corr[mt][h] + sum : l[mt][h] + sum;
+            }
+        return rescale;
     }
 
     // Row sums across the quad; inv_l = 1/l and lse = ln(sum_j exp(s_j*scale)).
