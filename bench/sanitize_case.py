@@ -96,6 +96,9 @@ def forward_cases():
                     learnable_sink=cp.linspace(-1.0, 2.0, 4, dtype=cp.float32))
         cuflash.attention(q, k, v, causal=True, return_lse=True, **opts)
         cuflash.attention(q, k, v, causal=True, return_lse=True, dropout_p=0.2, seed=7, **opts)
+        # without ALiBi: the bf16 softmax at a fixed offset (specs.fixed_offset)
+        cuflash.attention(q, k, v, return_lse=True, window_size=(40, 8), softcap=20.0,
+                          learnable_sink=opts["learnable_sink"])
     lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
     cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
     q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, 64, "bf16", xp=cp))

@@ -24,9 +24,8 @@ import numpy as np
 from . import launch, reference, support
 from .compile import cache, env
 from .launch import Ref
-from .specs import DTYPE_BYTES, HALF_DTYPES, PLAIN, Features
+from .specs import DTYPE_BYTES, HALF_DTYPES, LOG2E, PLAIN, Features
 
-LOG2E = 1.4426950408889634
 #: An unbounded side of the window in the params (kernels_cu/common/mask.cuh UNBOUNDED).
 UNBOUNDED = 1 << 30
 #: Kernel dtype name of each supported input dtype (NumPy names, as in Ref.dtype).
@@ -542,9 +541,10 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 # ---------------------------------------------------------------- running on Refs
 
 
-def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, band: int = 0, seqlen_q: int = 0):
+def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, band: int = 0, seqlen_q: int = 0,
+             softcap: float = 0.0):
     return support.fwd_spec(dtype, head_dim, features, _compute_capability(device), env.sm90_enabled(),
-                            _smem_limit(device), band, seqlen_q)
+                            _smem_limit(device), band, seqlen_q, softcap)
 
 
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
@@ -567,7 +567,8 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, seqlen_q)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, seqlen_q,
+                        opts.softcap)
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 
@@ -1058,7 +1059,7 @@ def run_varlen_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: 
     batch, total_q, nheads, head_dim = q.shape
     rows = int(max_seqlen_q)
     if batch and nheads and rows and total_q:
-        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, rows)
+        spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, rows, opts.softcap)
         # the grid covers max_seqlen_q rows per sequence (launch.fwd_grid reads q's shape)
         launch.forward(spec, q._replace(shape=(batch, rows, nheads, head_dim)), k, v,
                        out._replace(shape=(batch, rows, nheads, head_dim)), lse,

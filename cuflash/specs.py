@@ -417,6 +417,22 @@ FWD_SM90_SHORT_CAUSAL = {64: 2048, 256: 4096}
 FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2), 256: FwdSm90Tiles(128, 64, stages=2)}
 
 
+#: A bf16 forward whose only score modifier is a softcap with softcap * log2(e) at most this takes the
+#: softmax at one fixed offset (FwdSm90Spec.fixed_offset; kernels_cu/common/softmax.cuh SOFTMAX_FIXED,
+#: FIXED_OFFSET_LOG2_MAX there): its scores are bounded, so no running max and no rescale of O. Up to
+#: softcap ~51.3 (Gemma 2's 50 included) P stays within [2^-124, 2^24].
+FIXED_OFFSET_LOG2_MAX = 74.0
+#: log2(e): the kernels' exp2 multiply is softmax_scale * LOG2E (api.Options.fields).
+LOG2E = 1.4426950408889634
+
+
+def fixed_offset(dtype: str, features: "Features", softcap: float) -> bool:
+    """Whether a forward of these features and softcap value (0: none) takes FwdSm90Spec.fixed_offset:
+    bf16 (fp16's P would lose the small terms), a softcap and no ALiBi or bias (unbounded terms), and
+    softcap * log2(e) <= FIXED_OFFSET_LOG2_MAX."""
+    return dtype == "bf16" and features.softcap_alone and 0 < softcap * LOG2E <= FIXED_OFFSET_LOG2_MAX
+
+
 def long_rows(features: "Features", head_dim: int, seqlen_q: int) -> bool:
     """Whether a forward of seqlen_q query rows takes FwdSm90Spec.long_rows: dense, no mask or
     causal, more than FWD_SM90_PERSISTENT_ROWS rows, a head dim of FWD_SM90_LONG_ROWS_HEAD_DIMS."""
@@ -444,10 +460,14 @@ class FwdSm90Spec(AttentionSpec):
     #: A causal call of few query rows (for_problem, short_causal()) at a head dim whose kernels run
     #: one CTA per tile: its FWD_SM90_SHORT_CAUSAL_TILES on the persistent grid (d256).
     short_causal: bool = False
+    #: bf16 scores bounded by a softcap alone (for_problem, fixed_offset()): the softmax at one
+    #: constant offset, no running max and no rescale of O (bench/NOTES.md s4).
+    fixed_offset: bool = False
 
     @property
-    def softcap_folded(self) -> bool:  # d64 measured 8% slower folded (bench/NOTES.md s2)
-        return self.features.softcap_alone and self.head_dim > 64
+    def softcap_folded(self) -> bool:
+        # d64 measured 8% slower folded (bench/NOTES.md s2), but the fixed offset needs it (C = c)
+        return self.features.softcap_alone and (self.head_dim > 64 or self.fixed_offset)
 
     entry = "cuflash_fwd_sm90"
     #: wgmma exists only in sm_90a code, which runs only on compute capability 9.0.
@@ -475,6 +495,8 @@ class FwdSm90Spec(AttentionSpec):
             raise ValueError("long_rows is a property of a dense call without a band")
         if self.short_causal and (self.features.mask != "causal" or self.long_rows):
             raise ValueError("short_causal is a property of a causal call of few rows")
+        if self.fixed_offset and not (self.dtype == "bf16" and self.features.softcap_alone):
+            raise ValueError("fixed_offset needs bf16 scores bounded by a softcap alone")
 
     @property
     def source(self) -> str:
@@ -482,12 +504,13 @@ class FwdSm90Spec(AttentionSpec):
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0,
-                    short: bool = False, long: bool = False) -> "FwdSm90Spec":
+                    short: bool = False, long: bool = False, fixed: bool = False) -> "FwdSm90Spec":
         """band: keys per query of a local mask bounded on both sides (left + right + 1; 0 when a
         side is unbounded): up to FWD_SM90_NARROW_BAND[head dim] the narrow tiles, else up to
         FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one. short: the call's
         query rows are few enough for FWD_SM90_SHORT_CAUSAL_TILES (short_causal()). long: many
-        enough for one CTA per tile (long_rows())."""
+        enough for one CTA per tile (long_rows()). fixed: the softmax at a fixed offset
+        (fixed_offset())."""
         d = head_dim_bucket(head_dim)
         band = band if features.mask == "local" else 0
         tiles = FWD_SM90_TILES[d]
@@ -495,15 +518,19 @@ class FwdSm90Spec(AttentionSpec):
             tiles = FWD_SM90_NARROW_TILES[d]
         if short:
             tiles = FWD_SM90_SHORT_CAUSAL_TILES[d]
-        spec = cls(dtype, d, features, tiles.with_features(features, d))
+        spec = cls(dtype, d, features, tiles.with_features(features, d), fixed_offset=fixed)
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
             spec = replace(spec, short_band=True)
+            if spec.tiles.warpgroups == 3:
+                # three consumer warpgroups (d32, d64) on the persistent band grid: d64's spilled 4
+                # bytes with the fixed offset's folded softcap (NVRTC 12.9), so they keep the running max
+                spec = replace(spec, fixed_offset=False)
         if short and d not in FWD_SM90_PERSISTENT_HEAD_DIMS:
             # Short tiles at a head dim off the persistent grid were measured on it only (d256): where
             # a feature keeps the kernel off it (ALiBi, dropout), the call keeps the head dim's tiles.
             spec = replace(spec, short_causal=True)
             if not spec.persistent:
-                return cls.for_problem(dtype, d, features, band, long=long)
+                return cls.for_problem(dtype, d, features, band, long=long, fixed=fixed)
         if long and spec.persistent:
             spec = replace(spec, long_rows=True)
         return spec
@@ -571,7 +598,9 @@ class FwdSm90Spec(AttentionSpec):
         ws = f"s{t.stages}" if t.stages else ""
         band = "p" if self.short_band or self.short_causal else ""  # persistent where the mask or head dim is not
         rows = "l" if self.long_rows else ""  # a long call, one CTA per tile
-        return f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}{occupancy}{ws}{band}{rows}"
+        fixed = "f" if self.fixed_offset else ""  # the softmax at a fixed offset
+        return (f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}"
+                f"{occupancy}{ws}{band}{rows}{fixed}")
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -580,6 +609,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_BLOCK_M": t.block_m,
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
+            "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
                 "CUFLASH_PERSISTENT": int(self.persistent),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}

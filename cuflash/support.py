@@ -38,6 +38,7 @@ from .specs import (
     MODIFIERS,
     PLAIN,
     SM90_SMEM_PER_BLOCK,
+    fixed_offset,
     head_dim_bucket,
     long_rows,
     short_causal,
@@ -111,6 +112,7 @@ class Problem:
     band: int = 0  # keys per query of a local mask bounded on both sides, else 0 (FwdSm90Spec.for_problem)
     short_causal: bool = False  # a causal forward of few query rows (specs.short_causal)
     long_rows: bool = False  # a dense forward of many query rows (specs.long_rows)
+    fixed_offset: bool = False  # bf16 scores bounded by a softcap alone (specs.fixed_offset)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -169,7 +171,8 @@ def _spec_for(family: Family, problem: Problem):
     d = head_dim_bucket(problem.head_dim)
     f = problem.features
     if family.spec is FwdSm90Spec:
-        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, problem.short_causal, problem.long_rows)
+        return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, problem.short_causal, problem.long_rows,
+                                       problem.fixed_offset)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
@@ -225,22 +228,24 @@ def supported_head_dims() -> list[int]:
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, sm90: bool = True,
-             smem_limit: int | None = None, band: int = 0, seqlen_q: int = 0):
+             smem_limit: int | None = None, band: int = 0, seqlen_q: int = 0, softcap: float = 0.0):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
     band: keys per query of a sliding window bounded on both sides (api.Options.band), else 0.
     seqlen_q: query rows (varlen: max_seqlen_q), 0 when unknown; only whether a causal call's rows
     are few enough for FwdSm90Spec's short tiles, or many enough for its long_rows, reaches the
-    (memoised) selection."""
+    (memoised) selection. softcap: its value (0: none); only whether it bounds the scores enough for
+    FwdSm90Spec.fixed_offset reaches the selection."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
     short = short_causal(features, head_dim, seqlen_q)
-    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short, long_rows(features, head_dim, seqlen_q))
+    return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short,
+                     long_rows(features, head_dim, seqlen_q), fixed_offset(dtype, features, softcap))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short, long):
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short, long, fixed):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
-                          smem_limit=smem_limit, band=band, short_causal=short, long_rows=long))
+                          smem_limit=smem_limit, band=band, short_causal=short, long_rows=long, fixed_offset=fixed))
 
 
 @functools.lru_cache(maxsize=None)
@@ -290,9 +295,11 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                 bands = (0, 1, FWD_SM90_PERSISTENT_BAND) if features.mask == "local" else (0,)
                 shorts = {False, short_causal(features, d, 1)}
                 longs = {False, long_rows(features, d, FWD_SM90_PERSISTENT_ROWS + 1)}
-                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short, long)
+                # a softcap's two softmaxes: at a fixed offset (bf16, a softcap of at most ~51) or not
+                fixeds = {False, fixed_offset(dtype, features, 1.0)}
+                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short, long, fixed)
                              for band in bands for short in sorted(shorts) for long in sorted(longs)
-                             if not (short and long)):
+                             for fixed in sorted(fixeds) if not (short and long)):
                     if spec not in out:
                         out.append(spec)
             elif family.spec is BwdSpec:

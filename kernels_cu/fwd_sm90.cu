@@ -152,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         wgmma_commit();
     };
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
-    // and corr the factor that rescales O.
+    // and corr the factor that rescales O (1 under SOFTMAX_FIXED: no rescale).
     auto softmax_s = [&](int j, float (&corr)[1][2]) {
         if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         if (j <= masked.x || j >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
@@ -211,7 +211,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         // pa was an operand of the product that just completed: only now may it change.
         fence_regs(acc_o);
         fence_regs(pa);
-        scale_rows(acc_o, corr[0][0], corr[0][1]);
+        if (!SOFTMAX_FIXED) scale_rows(acc_o, corr[0][0], corr[0][1]);
         pack_a_fragments(acc_s[0], pa);
     }
     sync_copies();  // V[first] landed

@@ -532,7 +532,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
         // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
         // and corr the factor that rescales O; false when O needs no rescale (the
-        // lazy update, LAZY_RESCALE: no row of the warp raised its max by more than 2^8).
+        // lazy update, LAZY_RESCALE: no row of the warp raised its max by more than 2^8;
+        // always under SOFTMAX_FIXED, softmax.cuh).
         auto softmax_s = [&](int j, float (&corr)[1][2], bool masked_block, bool& rescale) {
             if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
             if (masked_block) vis.apply_rows(acc_s, row0 + warp_row0, j * BN, lane);
@@ -580,7 +581,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_o);
             fence_regs(pa);
             mbar_arrive(v_empty(s_v));  // V[n] read
-            if (!LAZY_RESCALE || rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);
+            if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);  // a constant unless LAZY_RESCALE
             pack_a_fragments(acc_s[0], pa);
         };
         // The blocks that need the element mask are visited first (j >= masked.y: the

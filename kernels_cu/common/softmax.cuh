@@ -10,10 +10,33 @@
 //      adds the shares (the rescale factors are equal across the quad).
 // Folding the scale into one FFMA per element (s*c - m*c) needs c > 0; the
 // Python layer rejects softmax_scale <= 0.
+//
+// CUFLASH_SOFTMAX_FIXED (a bf16 forward whose only score modifier is a folded
+// softcap of at most ~51.3; cuflash/specs.py fixed_offset): such scores are bounded, s' = tanh(.) in [-1, 1] and c =
+// softcap * log2(e) = C (score_mod.cuh SOFTCAP_FOLDED), so every row can take
+// one constant offset M = min(C, FIXED_OFFSET_FLOOR - C) instead of its running
+// max: P = exp2(s'*c - M) lies in [2^-124, 2^24] (fp32's and bf16's normal
+// range, 2^-126..2^127, with l and O, sums of at most 2^31 such terms, far
+// below overflow), and no block rescales O. So the max, its quad shuffles, corr
+// and O's rescale (D/2 multiplies per thread and block) all go, and m is
+// unused. fp16 P (normal from 2^-14 only) would lose the small terms, so fp16
+// keeps the running max.
 #pragma once
 #include "numeric.cuh"
 #include "score_mod.cuh"
 #include "dropout.cuh"
+
+#ifndef CUFLASH_SOFTMAX_FIXED
+#define CUFLASH_SOFTMAX_FIXED 0
+#endif
+constexpr bool SOFTMAX_FIXED = CUFLASH_SOFTMAX_FIXED;
+static_assert(!SOFTMAX_FIXED || (CUFLASH_DTYPE == CUFLASH_BF16 && ScoreMod::SOFTCAP_FOLDED),
+              "a fixed softmax offset needs bf16 scores bounded by a folded softcap alone");
+// P's least exponent (-C - M >= -FIXED_OFFSET_FLOOR, 2 above bf16's and fp32's least normal
+// exponent, so tanh.approx's error of 2^-11 cannot push it below) and, for C above
+// FIXED_OFFSET_FLOOR / 2, its greatest (C - M = 2C - FIXED_OFFSET_FLOOR <= 24 at the largest C,
+// cuflash/specs.py FIXED_OFFSET_LOG2_MAX = 74).
+constexpr float FIXED_OFFSET_FLOOR = 124.f;
 
 CUFLASH_DEVICE float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -46,11 +69,18 @@ struct OnlineSoftmax {
     // magnitude 1e4) would enter the exponent and exp2(+64) would overflow P.
     // -inf stays -inf.
     static CUFLASH_DEVICE float offset_of(float m, float c) { return __fmul_ru(m, c); }
+    // SOFTMAX_FIXED's offset M of every row, for c = C.
+    static CUFLASH_DEVICE float fixed_offset(float c) { return fminf(c, FIXED_OFFSET_FLOOR - c); }
+    // The offset that row (mt, h) has accumulated l and O at.
+    CUFLASH_DEVICE float offset(int mt, int h, float c) const {
+        return SOFTMAX_FIXED ? fixed_offset(c) : offset_of(m[mt][h], c);
+    }
 
     // Fold one block of masked scores s[MT][NT][4] into the state: s becomes
     // P = exp2(s*c - offset(m_new)) in place, and corr[mt][h] =
     // exp2(offset(m_old) - offset(m_new)) is the factor by which the caller must
-    // rescale its O rows. Returns whether it must (always, unless LAZY).
+    // rescale its O rows. Returns whether it must (always, unless LAZY; never
+    // under SOFTMAX_FIXED, where corr is 1).
     //
     // LAZY (conditional rescaling, as FlashAttention-4 does): while the new max
     // of every row of the warp lies within LAZY_LOG2 of the offset the row has
@@ -68,7 +98,16 @@ struct OnlineSoftmax {
 
     template <bool LAZY = false, int NT>
     CUFLASH_DEVICE bool update(float (&s)[MT][NT][4], float c, float (&corr)[MT][2]) {
-        if constexpr (LAZY) {
+        if constexpr (SOFTMAX_FIXED) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    corr[mt][h] = 1.f;
+                    l[mt][h] += exponentiate(s, mt, h, c, fixed_offset(c));
+                }
+            return false;
+        } else if constexpr (LAZY) {
             return update_lazy(s, c, corr);
         } else {
 #pragma unroll
@@ -160,7 +199,7 @@ struct OnlineSoftmax {
                 bool empty = total == 0.f;
                 if constexpr (SINK) {
                     // m = -inf only when empty: use sink2 as the offset then (no -inf - -inf).
-                    const float mc = empty ? sink2 : offset_of(m[mt][h], c);
+                    const float mc = empty ? sink2 : offset(mt, h, c);
                     // A sink of -inf on a row with no key: offset 0, so total = 0 and lse = -inf (no NaN).
                     const float top = fmaxf(mc, sink2) == -INFINITY ? 0.f : fmaxf(mc, sink2);
                     const float rescale = fast_exp2(mc - top);
@@ -169,7 +208,7 @@ struct OnlineSoftmax {
                     lse[mt][h] = (top + fast_log2(total)) * LN2;
                 } else {
                     inv_l[mt][h] = empty ? 0.f : 1.f / total;
-                    lse[mt][h] = empty ? -INFINITY : (offset_of(m[mt][h], c) + fast_log2(total)) * LN2;
+                    lse[mt][h] = empty ? -INFINITY : (offset(mt, h, c) + fast_log2(total)) * LN2;
                 }
             }
     }

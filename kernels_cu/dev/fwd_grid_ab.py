@@ -16,6 +16,8 @@ forward's grid as cuflash picks it, or:
              (specs.FWD_SM90_PERSISTENT_ROWS; 1000000: never);
   NARROW=0   no narrow tiles for short bands (specs.FWD_SM90_NARROW_BAND emptied);
   WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above.
+  SOFTCAP=30  every call with this softcap; FIXED=0 keeps its softmax off the fixed offset
+             (specs.fixed_offset), FOLD=1 folds it at every head dim (FwdSm90Spec.softcap_folded).
     python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
 Run it in an older tree's directory (PYTHONPATH there) to time that tree. CUDA events, a 256 MB
 write between calls to flush the L2, median of 15 after 10 warm-up calls (bench/NOTES.md v10-v13)."""
@@ -26,7 +28,7 @@ import cupy as cp
 import numpy as np
 
 import cuflash
-from cuflash import specs, testing
+from cuflash import specs, support, testing
 
 if os.environ.get("PERSIST") == "0":
     specs.FwdSm90Spec.persistent = property(lambda self: False)
@@ -38,6 +40,11 @@ if "PERSIST_ROWS" in os.environ:
     specs.FWD_SM90_PERSISTENT_ROWS = int(os.environ["PERSIST_ROWS"])
 if os.environ.get("NARROW") == "0":
     specs.FWD_SM90_NARROW_BAND.clear()
+if os.environ.get("FIXED") == "0":
+    support.fixed_offset = lambda dtype, features, softcap: False
+if os.environ.get("FOLD") == "1":
+    specs.FwdSm90Spec.softcap_folded = property(lambda self: self.features.softcap_alone)
+softcap = float(os.environ.get("SOFTCAP", "0"))
 if os.environ.get("QBUF") == "1":
     specs.FwdSm90Spec.q_buffers = property(lambda self: 1)
 
@@ -99,7 +106,7 @@ for d in dims:
                 ms = median_ms(lambda: cuflash.attention_varlen(q, k, v, cu, cu, s, s, causal=causal, out=out,
                                                                 check_lengths=False))
             else:
-                out = cuflash.attention(q, k, v, causal=causal)
-                ms = median_ms(lambda: cuflash.attention(q, k, v, causal=causal, out=out))
+                out = cuflash.attention(q, k, v, causal=causal, softcap=softcap)
+                ms = median_ms(lambda: cuflash.attention(q, k, v, causal=causal, softcap=softcap, out=out))
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
             print(f"{label:8s} d{d} s{s} causal={int(causal)}: {ms:.4f} ms {flops / ms / 1e9:.1f} TFLOP/s", flush=True)

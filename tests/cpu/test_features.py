@@ -659,3 +659,36 @@ def test_hopper_forward_tiles_fit_and_suit_their_kernel():
                 assert t.block_n == (64 if f.alibi or f.bias else 96 if spec.head_dim == 160 else 80), spec.name
     with pytest.raises(ValueError, match="block_n"):
         FwdSm90Spec("bf16", 256, PLAIN, FwdSm90Tiles(128, 80))  # 80 keys need the warp-specialised kernel
+
+
+def test_bounded_softcaps_take_the_fixed_offset():
+    # specs.fixed_offset: a bf16 forward whose only score modifier is a softcap of at most ~51.3
+    # (softcap * log2(e) <= FIXED_OFFSET_LOG2_MAX) runs its softmax at a fixed offset, with the
+    # softcap folded into the exp2 multiply (the kernel's offset is computed from that multiply)
+    capped = Features(softcap=True)
+    for d in (64, 128, 256):
+        for mask in ("none", "causal"):
+            f = replace(capped, mask=mask)
+            for softcap, fixed in ((5.0, True), (50.0, True), (51.2, True), (51.4, False), (0.0, False)):
+                spec = support.fwd_spec("bf16", d, f, (9, 0), softcap=softcap)
+                assert spec.fixed_offset == fixed, (d, mask, softcap)
+                assert spec.name.endswith("f") == fixed
+                if fixed:
+                    assert spec.softcap_folded and spec.defines()["CUFLASH_SOFTMAX_FIXED"] == 1
+                    assert spec.name in {s.name for s in support.declared_specs([f])}
+                    assert replace(spec, fixed_offset=False).name != spec.name
+            # fp16 P would lose the small terms; ALiBi, a bias and the portable kernels keep the running max
+            assert not support.fwd_spec("fp16", d, f, (9, 0), softcap=30.0).fixed_offset
+            assert not support.fwd_spec("bf16", d, replace(f, alibi=True), (9, 0), softcap=30.0).fixed_offset
+            assert not support.fwd_spec("bf16", d, replace(f, bias=16), (9, 0), softcap=30.0).fixed_offset
+            assert not hasattr(support.fwd_spec("bf16", d, f, (8, 0), softcap=30.0), "fixed_offset")
+    # the sink, dropout and short causal calls keep it
+    assert support.fwd_spec("bf16", 256, Features("causal", softcap=True, sink=True), (9, 0), seqlen_q=1000,
+                            softcap=30.0).fixed_offset
+    assert support.fwd_spec("bf16", 128, Features(softcap=True, dropout=1), (9, 0), softcap=30.0).fixed_offset
+    # d64 keeps its unfolded softcap without it
+    assert not support.fwd_spec("bf16", 64, capped, (9, 0), softcap=60.0).softcap_folded
+    with pytest.raises(ValueError, match="fixed_offset"):
+        replace(support.fwd_spec("fp16", 128, capped, (9, 0)), fixed_offset=True)
+    with pytest.raises(ValueError, match="fixed_offset"):
+        replace(support.fwd_spec("bf16", 128, PLAIN, (9, 0)), fixed_offset=True)
