@@ -418,9 +418,9 @@ FWD_SM90_SHORT_CAUSAL_TILES = {64: FwdSm90Tiles(128, 128, stages=2), 256: FwdSm9
 
 
 #: A bf16 forward whose only score modifier is a softcap with softcap * log2(e) at most this takes the
-#: softmax at one fixed offset (FwdSm90Spec.fixed_offset; kernels_cu/common/softmax.cuh SOFTMAX_FIXED,
-#: FIXED_OFFSET_LOG2_MAX there): its scores are bounded, so no running max and no rescale of O. Up to
-#: softcap ~51.3 (Gemma 2's 50 included) P stays within [2^-124, 2^24].
+#: softmax at one fixed offset (FwdSm90Spec.fixed_offset; kernels_cu/common/softmax.cuh SOFTMAX_FIXED and
+#: its FIXED_OFFSET_FLOOR): its scores are bounded, so no running max and no rescale of O. Up to softcap
+#: ~51.3 (Gemma 2's 50 included) P stays within [2^-124, 2^24].
 FIXED_OFFSET_LOG2_MAX = 74.0
 #: log2(e): the kernels' exp2 multiply is softmax_scale * LOG2E (api.Options.fields).
 LOG2E = 1.4426950408889634
