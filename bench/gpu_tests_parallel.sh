@@ -3,8 +3,9 @@
 # CPU-bound, so several processes keep the GPU busier), logs under OUTDIR. Each process gets
 # 2 BLAS threads: unbounded, five processes oversubscribed the H200 host's 16 cores and the
 # whole run did not finish in 530 s (measured); five with 3 threads took 160-230 s per group
-# apart from the variants group (below); seven with 2 use 14 of the 16 cores. Six such groups
-# beside a sanitizer run took 73-245 s each, test_forward.py's the longest (2026-12-01).
+# apart from the variants group (below); seven with 2 use 14 of the 16 cores (nine, since test_variants
+# runs in four parts, 18: not yet measured). Six such groups beside a sanitizer run took 73-245 s
+# each, test_forward.py's the longest (2026-12-01).
 #   bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]
 set -uo pipefail
 out=${1:?usage: bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]}
@@ -15,13 +16,16 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2
 export CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-/tmp/cuflash-gpu-check-cache}
-# test_variants.py runs in two halves, one per kernel family (-k sm90 / -k portable: the ids of the
-# conftest's family fixture): whole, with the dropout tests, it took over 455 s (2026-12-01), the
-# other groups 160-230 s.
+# test_variants.py runs in four parts, per kernel family (-k sm90 / -k portable: the ids of the
+# conftest's family fixture) test_all_four and the rest: whole, with the dropout tests, it took over
+# 455 s (2026-12-01); in two halves, one per family, each hit a 300 s limit at ~95% (2026-12-04), the
+# other groups 144-245 s.
 groups=(
   "tests/gpu/test_forward.py tests/gpu/test_validation.py tests/gpu/test_launch_plans.py tests/gpu/test_reliability.py tests/gpu/test_cache.py"
-  "tests/gpu/test_variants.py -k sm90"
-  "tests/gpu/test_variants.py -k portable"
+  "tests/gpu/test_variants.py::test_all_four -k sm90"
+  "tests/gpu/test_variants.py -k sm90 --deselect tests/gpu/test_variants.py::test_all_four"
+  "tests/gpu/test_variants.py::test_all_four -k portable"
+  "tests/gpu/test_variants.py -k portable --deselect tests/gpu/test_variants.py::test_all_four"
   "tests/gpu/test_dropout.py tests/gpu/test_dropout_mask.py tests/gpu/test_merge.py tests/gpu/test_smaller_gpus.py"
   "tests/gpu/test_bias.py tests/gpu/test_varlen.py tests/gpu/test_packed.py"
   "tests/gpu/test_backward.py tests/gpu/test_float32.py"
