@@ -152,13 +152,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         wgmma_commit();
     };
     // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
-    // and corr the factor that rescales O (1 under SOFTMAX_FIXED: no rescale).
+    // and corr the factor that rescales O; returns whether O needs it (a constant:
+    // never under SOFTMAX_FIXED, softmax.cuh).
     auto softmax_s = [&](int j, float (&corr)[1][2]) {
         if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         if (j <= masked.x || j >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
-        softmax.update(acc_s, p.scale_log2, corr);
+        const bool rescale = softmax.update(acc_s, p.scale_log2, corr);
         // Dropout on P after its row sums: l stays the undropped sum.
         if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
+        return rescale;
     };
 
     // S[last] and its softmax before the loop (O is still 0: no rescale).
@@ -206,12 +208,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         wgmma_wait<1>();  // S[n-1] is complete; P[n] V[n] may still run
         fence_regs(acc_s[0]);
         float corr[1][2];
-        softmax_s(n - 1, corr);
+        const bool rescale = softmax_s(n - 1, corr);
         wgmma_wait<0>();
         // pa was an operand of the product that just completed: only now may it change.
         fence_regs(acc_o);
         fence_regs(pa);
-        if (!SOFTMAX_FIXED) scale_rows(acc_o, corr[0][0], corr[0][1]);
+        if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);
         pack_a_fragments(acc_s[0], pa);
     }
     sync_copies();  // V[first] landed

@@ -531,15 +531,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // O += P V (16 keys per k-step), V from slot s.
         auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
         // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
-        // and corr the factor that rescales O; false when O needs no rescale (the
-        // lazy update, LAZY_RESCALE: no row of the warp raised its max by more than 2^8;
-        // always under SOFTMAX_FIXED, softmax.cuh).
-        auto softmax_s = [&](int j, float (&corr)[1][2], bool masked_block, bool& rescale) {
+        // and corr the factor that rescales O; returns false when O needs no rescale
+        // (the lazy update, LAZY_RESCALE: no row of the warp raised its max by more
+        // than 2^8; always under SOFTMAX_FIXED, softmax.cuh).
+        auto softmax_s = [&](int j, float (&corr)[1][2], bool masked_block) {
             if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
             if (masked_block) vis.apply_rows(acc_s, row0 + warp_row0, j * BN, lane);
-            rescale = softmax.template update<LAZY_RESCALE>(acc_s, p.scale_log2, corr);
+            const bool rescale = softmax.template update<LAZY_RESCALE>(acc_s, p.scale_log2, corr);
             // Dropout on P after its row sums: l stays the undropped sum.
             if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
+            return rescale;
         };
 
         // S[last] (the tile's first block, ring position g0) and its softmax (O is still 0: no rescale).
@@ -556,8 +557,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(g0 % STAGES));
             float corr[1][2];
-            bool rescale;  // O is 0: nothing to rescale
-            softmax_s(last, corr, last <= masked.x || last >= masked.y, rescale);
+            softmax_s(last, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
             pack_a_fragments(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
         }
 
@@ -574,8 +574,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(s_k));  // K[n-1] read
             float corr[1][2];
-            bool rescale;
-            softmax_s(n - 1, corr, masked_block, rescale);
+            const bool rescale = softmax_s(n - 1, corr, masked_block);
             wgmma_wait<0>();
             // pa was an operand of the product that just completed: only now may it change.
             fence_regs(acc_o);

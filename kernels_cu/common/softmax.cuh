@@ -12,8 +12,9 @@
 // Python layer rejects softmax_scale <= 0.
 //
 // CUFLASH_SOFTMAX_FIXED (a bf16 forward whose only score modifier is a folded
-// softcap of at most ~51.3; cuflash/specs.py fixed_offset): such scores are bounded, s' = tanh(.) in [-1, 1] and c =
-// softcap * log2(e) = C (score_mod.cuh SOFTCAP_FOLDED), so every row can take
+// softcap of at most ~51.3; cuflash/specs.py fixed_offset): such scores are
+// bounded, s' = tanh(.) in [-1, 1] and c = softcap * log2(e) = C
+// (score_mod.cuh SOFTCAP_FOLDED), so every row can take
 // one constant offset M = min(C, FIXED_OFFSET_FLOOR - C) instead of its running
 // max: P = exp2(s'*c - M) lies in [2^-124, 2^24] (fp32's and bf16's normal
 // range, 2^-126..2^127, with l and O, sums of at most 2^31 such terms, far
