@@ -46,8 +46,8 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         description=(
             "Compile every kernel specialisation cuflash declares (cuflash.support.declared_specs) for the "
             "given GPU archs, without a GPU, in parallel processes; write the cubins to the disk cache; print "
-            "registers, spills and shared memory. Exits non-zero on a compile error or on register spills in "
-            "a kernel that forbids them."
+            "registers, spills and shared memory. Exits non-zero on a compile error, on register spills in "
+            "a kernel that forbids them, or on wgmma products that ptxas serialised (status SERIAL)."
         ),
         epilog=EPILOG,
     )
@@ -200,10 +200,14 @@ def cmd_compile(args) -> int:
     for o in failed:
         if o.error:
             print(f"\nERROR {o.spec.name} for {o.arch}:\n{o.error}", file=sys.stderr)
-        else:
+        elif o.spills_forbidden:
             r = o.result
             print(f"\nSPILLS {o.spec.name} for {r.arch}: {r.spill_stores} bytes stored, {r.spill_loads} loaded; "
                   "the spec forbids spills (allow_spills=False): shrink its tiles or registers", file=sys.stderr)
+        else:
+            print(f"\nSERIAL {o.spec.name} for {o.result.arch}: ptxas serialised its wgmma products (a register "
+                  "operand of a product defined while it may run; bench/NOTES.md b5, s5): it runs, about a third "
+                  "slower; move that definition out of the product's wait", file=sys.stderr)
     summary = f"{len(outcomes) - len(failed)}/{total} ok in {_elapsed(start)}"
     print(summary + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
@@ -238,6 +242,8 @@ def _status(o) -> str:
         return "ERROR"
     if o.spills_forbidden:
         return "SPILLS"
+    if o.serialized:
+        return "SERIAL"
     return "cached" if o.result.cached else "ok"
 
 

@@ -251,9 +251,18 @@ class FwdSpec(AttentionSpec):
     """The portable (mma.sync) forward kernel in kernels_cu/fwd.cu."""
 
     tiles: FwdTiles
+    #: bf16 scores bounded by a softcap alone (fixed_offset()): the softmax at one constant offset,
+    #: no running max and no rescale of O, as FwdSm90Spec.fixed_offset (bench/NOTES.md s4).
+    fixed_offset: bool = False
 
     source = "fwd.cu"
     entry = "cuflash_fwd"
+
+    @property
+    def softcap_folded(self) -> bool:
+        # the portable kernels keep softcap_out's multiply (not measured folded), but the fixed offset
+        # needs it folded (its offset comes from the exp2 multiply)
+        return self.fixed_offset
 
     def __post_init__(self):
         super().__post_init__()
@@ -262,6 +271,8 @@ class FwdSpec(AttentionSpec):
             raise ValueError(f"block_m / warps must be 16 or 32, got {t}")
         if t.block_n % 16:
             raise ValueError(f"block_n must be a multiple of 16, got {t.block_n}")
+        if self.fixed_offset and not fixed_offset(self.dtype, self.features, 1.0):
+            raise ValueError("fixed_offset needs bf16 scores bounded by a softcap alone, without dropout")
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN) -> "FwdSpec":
@@ -276,7 +287,8 @@ class FwdSpec(AttentionSpec):
     def name(self) -> str:
         t = self.tiles
         q = "q" if t.q_in_regs else ""
-        return f"fwd_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}w{t.warps}{q}"
+        fixed = "f" if self.fixed_offset else ""  # the softmax at a fixed offset
+        return f"fwd_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}w{t.warps}{q}{fixed}"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -286,6 +298,7 @@ class FwdSpec(AttentionSpec):
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_WARPS": t.warps,
             "CUFLASH_Q_IN_REGS": int(t.q_in_regs),
+            "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
         }
 
 
@@ -429,8 +442,10 @@ LOG2E = 1.4426950408889634
 def fixed_offset(dtype: str, features: "Features", softcap: float) -> bool:
     """Whether a forward of these features and softcap value (0: none) takes FwdSm90Spec.fixed_offset:
     bf16 (fp16's P would lose the small terms), a softcap and no ALiBi or bias (unbounded terms), and
-    softcap * log2(e) <= FIXED_OFFSET_LOG2_MAX."""
-    return dtype == "bf16" and features.softcap_alone and 0 < softcap * LOG2E <= FIXED_OFFSET_LOG2_MAX
+    softcap * log2(e) <= FIXED_OFFSET_LOG2_MAX. Not with dropout: the row sums are taken from P as
+    packed for P V (softmax.cuh add_rounded), which dropout has changed by then."""
+    return (dtype == "bf16" and features.softcap_alone and not features.dropout
+            and 0 < softcap * LOG2E <= FIXED_OFFSET_LOG2_MAX)
 
 
 def long_rows(features: "Features", head_dim: int, seqlen_q: int) -> bool:
@@ -495,8 +510,8 @@ class FwdSm90Spec(AttentionSpec):
             raise ValueError("long_rows is a property of a dense call without a band")
         if self.short_causal and (self.features.mask != "causal" or self.long_rows):
             raise ValueError("short_causal is a property of a causal call of few rows")
-        if self.fixed_offset and not (self.dtype == "bf16" and self.features.softcap_alone):
-            raise ValueError("fixed_offset needs bf16 scores bounded by a softcap alone")
+        if self.fixed_offset and not fixed_offset(self.dtype, self.features, 1.0):
+            raise ValueError("fixed_offset needs bf16 scores bounded by a softcap alone, without dropout")
 
     @property
     def source(self) -> str:

@@ -176,17 +176,19 @@ def _spec_for(family: Family, problem: Problem):
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
-                                              problem.compute_capability)
+                                              problem.compute_capability, problem.fixed_offset)
                if smem_bytes(s) <= problem.smem_limit]
     return fitting[0] if fitting else None
 
 
 def portable_candidates(family: Family, dtype: str, d: int, features: Features, deterministic: bool = False,
-                        many_units: bool = False, compute_capability: tuple | None = None) -> list:
+                        many_units: bool = False, compute_capability: tuple | None = None,
+                        fixed: bool = False) -> list:
     """The portable family's specs for compile-time head dim d, best first: the large-memory
     tiles, then those for GPUs with less shared memory (specs.*_TILES_SMALLER_SMEM); for a decode
     of many units, specs.DECODE_TILES_MANY_UNITS first (all of them are in DECODE_TILES). A GPU
-    whose arch class has its own list (specs.ARCH_CLASS_TILES) gets that one instead."""
+    whose arch class has its own list (specs.ARCH_CLASS_TILES) gets that one instead. fixed: the
+    forward's softmax at a fixed offset (specs.fixed_offset)."""
     if family.spec is DecodeSpec:
         first = DECODE_TILES_MANY_UNITS.get(d, []) if many_units else []
         return [DecodeSpec(dtype, d, features, t) for t in first + [t for t in DECODE_TILES[d] if t not in first]]
@@ -197,7 +199,7 @@ def portable_candidates(family: Family, dtype: str, d: int, features: Features, 
         if tiles is None:
             tiles = ([(d, t) for t in FWD_TILES_FP32[d]] if dtype == "fp32"
                      else [(d, FWD_TILES[d])] + FWD_TILES_SMALLER_SMEM.get(d, []))
-        return [FwdSpec(dtype, dd, features, t) for dd, t in tiles]
+        return [FwdSpec(dtype, dd, features, t, fixed) for dd, t in tiles]
     if tiles is None:
         tiles = ([(d, t) for t in BWD_TILES_FP32[d]] if dtype == "fp32"
                  else [(d, BWD_TILES[d])] + BWD_TILES_SMALLER_SMEM.get(d, []))
@@ -213,7 +215,8 @@ def offered_on(spec, compute_capability: tuple) -> bool:
     family = next(f for f in FAMILIES if f.spec is type(spec))
     deterministic = getattr(spec, "deterministic", False)
     return any(spec in portable_candidates(family, spec.dtype, d, spec.features, deterministic,
-                                           compute_capability=tuple(compute_capability))
+                                           compute_capability=tuple(compute_capability),
+                                           fixed=getattr(spec, "fixed_offset", False))
                for d in family.head_dims if d <= spec.head_dim)
 
 
@@ -287,8 +290,9 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                 out += portable_candidates(family, dtype, d, features)
             elif family.spec is FwdSpec:
                 for cc in ARCH_CLASS_CCS:
-                    out += [s for s in portable_candidates(family, dtype, d, features, compute_capability=cc)
-                            if s not in out]
+                    for fixed in sorted({False, fixed_offset(dtype, features, 1.0)}):
+                        out += [s for s in portable_candidates(family, dtype, d, features, compute_capability=cc,
+                                                               fixed=fixed) if s not in out]
             elif family.spec is FwdSm90Spec:
                 # A local mask's bands: wide, the narrowest, and the widest that runs persistent;
                 # a causal mask's long and short query lengths; a dense call's many query rows.

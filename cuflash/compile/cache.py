@@ -392,8 +392,14 @@ class Outcome:
         return self.result is not None and self.result.spills and not getattr(self.spec, "allow_spills", True)
 
     @property
+    def serialized(self) -> bool:
+        """ptxas serialised the kernel's wgmma products (nvrtc.CompileResult.wgmma_serialized: a
+        fresh compile's log only; a cached result has no log)."""
+        return self.result is not None and self.result.wgmma_serialized
+
+    @property
     def ok(self) -> bool:
-        return self.error is None and not self.spills_forbidden
+        return self.error is None and not self.spills_forbidden and not self.serialized
 
 
 def _job(spec, arch: str, force: bool) -> Outcome:

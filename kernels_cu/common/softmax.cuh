@@ -22,6 +22,21 @@
 // and O's rescale (D/2 multiplies per thread and block) all go, and m is
 // unused. fp16 P (normal from 2^-14 only) would lose the small terms, so fp16
 // keeps the running max.
+// Under the fixed offset l sums P as rounded to bf16 for P V, not P itself.
+// A running max makes a row's largest P exactly 1, so the term that dominates a
+// row of few visible keys (the first rows of a causal mask, a window's edge)
+// enters O without rounding; at a fixed offset it is rounded like every other
+// (relative error up to 2^-9), and out = sum_j bf16(P_j) v_j / sum_j P_j would
+// carry that error in full (a row of one key: out = v (1 + e)), as would the
+// backward's D = rowsum(dO o out). Normalised by the rounded sum the weights
+// bf16(P_j) / sum_k bf16(P_k) add up to 1 again (one key: out = v), and the
+// lse (from the same sum) stays what the backward's P = exp(s - lse) needs.
+// So update() leaves l alone there, and the kernel adds the row sums of the
+// packed P V operand (add_rounded): one integer operation per score to widen
+// the halves back to floats. Dropout (which changes P before it is packed)
+// keeps the running max (specs.fixed_offset). Measured (bench/NOTES.md s5):
+// with the unrounded sum the bf16 softcap-5 causal dK error reached 3.3x the
+// plain computation's (the rule allows 2), against 1.2x with a running max.
 #pragma once
 #include "numeric.cuh"
 #include "score_mod.cuh"
@@ -31,8 +46,8 @@
 #define CUFLASH_SOFTMAX_FIXED 0
 #endif
 constexpr bool SOFTMAX_FIXED = CUFLASH_SOFTMAX_FIXED;
-static_assert(!SOFTMAX_FIXED || (CUFLASH_DTYPE == CUFLASH_BF16 && ScoreMod::SOFTCAP_FOLDED),
-              "a fixed softmax offset needs bf16 scores bounded by a folded softcap alone");
+static_assert(!SOFTMAX_FIXED || (CUFLASH_DTYPE == CUFLASH_BF16 && ScoreMod::SOFTCAP_FOLDED && !DROPOUT),
+              "a fixed softmax offset needs bf16 scores bounded by a folded softcap alone, without dropout");
 // P's least exponent (-C - M >= -FIXED_OFFSET_FLOOR, 2 above bf16's and fp32's least normal
 // exponent, so tanh.approx's error of 2^-11 cannot push it below) and, for C above
 // FIXED_OFFSET_FLOOR / 2, its greatest (C - M = 2C - FIXED_OFFSET_FLOOR <= 24 at the largest C,
@@ -105,7 +120,7 @@ struct OnlineSoftmax {
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     corr[mt][h] = 1.f;
-                    l[mt][h] += exponentiate(s, mt, h, c, fixed_offset(c));
+                    exponentiate(s, mt, h, c, fixed_offset(c));  // l: add_rounded, once P is packed
                 }
             return false;
         } else if constexpr (LAZY) {
@@ -151,6 +166,34 @@ struct OnlineSoftmax {
                 sum += p;
             }
         return sum;
+    }
+
+    // SOFTMAX_FIXED (above): l += the row sums of P as packed to bf16 for P V. a: m-tile mt's
+    // A fragments (fragment.cuh pack_a_fragments, mma.cuh a_from_c): k-step kk holds row g in
+    // a[kk][0] and a[kk][2], row g + 8 in a[kk][1] and a[kk][3]. No-op under a running max.
+    template <int KS>
+    CUFLASH_DEVICE void add_rounded(int mt, const u32 (&a)[KS][4]) {
+        if constexpr (SOFTMAX_FIXED) {
+            float sum[2] = {0.f, 0.f};
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 r = unpack_float2(a[kk][e]);
+                    sum[e & 1] += r.x;
+                    sum[e & 1] += r.y;
+                }
+            l[mt][0] += sum[0];
+            l[mt][1] += sum[1];
+        }
+    }
+    // The same for every m-tile of an operand held as mma.cuh RegA<MT, K> (16-bit: r[MT][K / 16][4]).
+    template <class PackedA>
+    CUFLASH_DEVICE void add_rounded(const PackedA& pa) {
+        if constexpr (SOFTMAX_FIXED) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) add_rounded(mt, pa.r[mt]);
+        }
     }
 
     template <int NT>

@@ -15,7 +15,8 @@ forward's grid as cuflash picks it, or:
   PERSIST_ROWS=N  dense calls past N query rows on the kernels built for one CTA per tile
              (specs.FWD_SM90_PERSISTENT_ROWS; 1000000: never);
   NARROW=0   no narrow tiles for short bands (specs.FWD_SM90_NARROW_BAND emptied);
-  WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above.
+  WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above,
+             beside a copy of as many bytes as Q, K, V and O (the DRAM floor of a narrow band).
   SOFTCAP=30  every call with this softcap; FIXED=0 keeps its softmax off the fixed offset
              (specs.fixed_offset), FOLD=1 folds it at every head dim (FwdSm90Spec.softcap_folded).
     python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
@@ -90,6 +91,11 @@ for d in dims:
     h = {96: 21, 160: 12, 192: 10}.get(d, 2048 // d)
     if windows:
         q, k, v = testing.random_qkv(1, 16384, 16384, h, h, d, "bf16", xp=cp, seed=0)
+        # the DRAM floor of a band call: reading Q, K and V and writing O, timed as copies of as many bytes
+        src, dst = cp.empty(2 * q.size, q.dtype), cp.empty(2 * q.size, q.dtype)
+        ms = median_ms(lambda: cp.copyto(dst, src))
+        print(f"{label:8s} d{d} s16384 copy of Q, K, V and O's bytes: {ms:.4f} ms "
+              f"{4 * q.nbytes / ms / 1e9:.2f} TB/s", flush=True)
         for window in windows:
             out = cuflash.attention(q, k, v, window_size=window)
             ms = median_ms(lambda: cuflash.attention(q, k, v, window_size=window, out=out))

@@ -160,6 +160,14 @@ def test_serialised_wgmma_is_detected():
                                  spill_loads=0, shared_bytes=0, stack_frame=0, seconds=0.0)
     assert result.wgmma_serialized
     assert not dataclasses.replace(result, log=log.splitlines()[1]).wgmma_serialized
+    # `cuflash compile` fails such a kernel (status SERIAL): it runs, but about a third slower
+    # (bench/NOTES.md s5), which a spill-free report would hide
+    from cuflash import cli
+
+    outcome = cache.Outcome(object(), "sm_90a", result, None)
+    assert outcome.serialized and not outcome.ok and cli._status(outcome) == "SERIAL"
+    fine = cache.Outcome(object(), "sm_90a", dataclasses.replace(result, log=log.splitlines()[1]), None)
+    assert not fine.serialized and fine.ok and cli._status(fine) == "ok"
 
 
 def test_missing_entry_is_a_compile_error(toy_kernels, toy_spec):

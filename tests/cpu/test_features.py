@@ -677,18 +677,29 @@ def test_bounded_softcaps_take_the_fixed_offset():
                     assert spec.softcap_folded and spec.defines()["CUFLASH_SOFTMAX_FIXED"] == 1
                     assert spec.name in {s.name for s in support.declared_specs([f])}
                     assert replace(spec, fixed_offset=False).name != spec.name
-            # fp16 P would lose the small terms; ALiBi, a bias and the portable kernels keep the running max
-            assert not support.fwd_spec("fp16", d, f, (9, 0), softcap=30.0).fixed_offset
-            assert not support.fwd_spec("bf16", d, replace(f, alibi=True), (9, 0), softcap=30.0).fixed_offset
-            assert not support.fwd_spec("bf16", d, replace(f, bias=16), (9, 0), softcap=30.0).fixed_offset
-            assert not hasattr(support.fwd_spec("bf16", d, f, (8, 0), softcap=30.0), "fixed_offset")
-    # the sink, dropout and short causal calls keep it
+            # fp16 P would lose the small terms; ALiBi and a bias keep the running max
+            for cc in ((9, 0), (8, 0), (8, 6)):
+                assert not support.fwd_spec("fp16", d, f, cc, softcap=30.0).fixed_offset
+                assert not support.fwd_spec("bf16", d, replace(f, alibi=True), cc, softcap=30.0).fixed_offset
+                assert not support.fwd_spec("bf16", d, replace(f, bias=16), cc, softcap=30.0).fixed_offset
+            # the portable kernels too, on every arch class
+            for cc in ((8, 0), (8, 6), (12, 0)):
+                portable = support.fwd_spec("bf16", d, f, cc, softcap=30.0)
+                assert portable.fixed_offset and portable.softcap_folded and portable.name.endswith("f")
+                assert support.offered_on(portable, cc)
+                assert portable.name in {s.name for s in support.declared_specs([f])}
+                assert not support.fwd_spec("bf16", d, f, cc, softcap=60.0).softcap_folded
+    # the sink and short causal calls keep it; dropout changes P before the row sums are taken from
+    # it as packed (softmax.cuh add_rounded), so it keeps the running max
     assert support.fwd_spec("bf16", 256, Features("causal", softcap=True, sink=True), (9, 0), seqlen_q=1000,
                             softcap=30.0).fixed_offset
-    assert support.fwd_spec("bf16", 128, Features(softcap=True, dropout=1), (9, 0), softcap=30.0).fixed_offset
+    for cc in ((9, 0), (8, 0)):
+        assert not support.fwd_spec("bf16", 128, Features(softcap=True, dropout=1), cc, softcap=30.0).fixed_offset
     # d64 keeps its unfolded softcap without it
     assert not support.fwd_spec("bf16", 64, capped, (9, 0), softcap=60.0).softcap_folded
     with pytest.raises(ValueError, match="fixed_offset"):
         replace(support.fwd_spec("fp16", 128, capped, (9, 0)), fixed_offset=True)
     with pytest.raises(ValueError, match="fixed_offset"):
         replace(support.fwd_spec("bf16", 128, PLAIN, (9, 0)), fixed_offset=True)
+    with pytest.raises(ValueError, match="fixed_offset"):
+        replace(support.fwd_spec("bf16", 128, Features(softcap=True, dropout=1), (9, 0)), fixed_offset=True)

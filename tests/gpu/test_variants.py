@@ -272,6 +272,28 @@ def test_softcap_scores_at_both_ends(head_dim, mask, softcap):
     checks.done()
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("softcap", [5.0, 30.0, 60.0])
+def test_rows_of_one_key_return_its_value(dtype, head_dim, softcap):
+    # A row that sees one key puts weight 1 on it: out = v exactly, whichever softmax offset the
+    # kernel takes. bf16 softcaps up to ~51.3 run at a fixed offset (specs.fixed_offset), where
+    # that key's P is not 1 and is rounded for P V like any other: only a row sum of P as rounded
+    # (softmax.cuh add_rounded) gives back v; the sum of P itself gave v (1 + e), |e| up to 2^-9
+    # (bench/NOTES.md s5). Window (0, 0) gives every row one key (the band's kernels), causal
+    # the first row. fp16 and softcap 60 keep the running max (P = 1 there).
+    q, k, v = qkv(dtype, (203, 203), head_dim=head_dim)
+    for window, causal, rows in (((0, 0), False, slice(None)), (None, True, slice(0, 1))):
+        opts = options(causal=causal, window=window, softcap=softcap, softmax_scale=capping_scale(head_dim))
+        label = f"softcap={softcap} window={window} causal={causal} d={head_dim}"
+        checks = Checks(label)
+        out, lse = forward(q, k, v, opts)
+        checks.forward(q, k, v, opts, out, lse)
+        checks.done()
+        off = int(cp.count_nonzero(bits(out[:, rows]) != bits(v[:, rows])))
+        assert off == 0, f"{off} entries of out differ from v in rows that see one key ({label})"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("slopes", ["h", "bh"], ids=["slopes_h", "slopes_bh"])
