@@ -443,7 +443,7 @@ def fixed_offset(dtype: str, features: "Features", softcap: float) -> bool:
     """Whether a forward of these features and softcap value (0: none) takes FwdSm90Spec.fixed_offset:
     bf16 (fp16's P would lose the small terms), a softcap and no ALiBi or bias (unbounded terms), and
     softcap * log2(e) <= FIXED_OFFSET_LOG2_MAX. Not with dropout: the row sums are taken from P as
-    packed for P V (softmax.cuh add_rounded), which dropout has changed by then."""
+    packed for P V (softmax.cuh pack_p), which dropout has changed by then."""
     return (dtype == "bf16" and features.softcap_alone and not features.dropout
             and 0 < softcap * LOG2E <= FIXED_OFFSET_LOG2_MAX)
 

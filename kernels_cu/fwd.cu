@@ -194,17 +194,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         if (n <= masked.x || n >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, n * BN, lane);
 
         float corr[MT][2];
-        softmax.update(acc_s, p.scale_log2, corr);
+        const bool rescale = softmax.update(acc_s, p.scale_log2, corr);  // never under SOFTMAX_FIXED
         // Dropout on P after its row sums: l stays the undropped sum.
         if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, n * BN, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
-            if (!SOFTMAX_FIXED) scale_rows(acc_o[mt], corr[mt][0], corr[mt][1]);  // corr = 1 under SOFTMAX_FIXED
+            if (rescale) scale_rows(acc_o[mt], corr[mt][0], corr[mt][1]);
 
         // P as the A operand of P V (mma.cuh RegA: 16-bit, packed now, which frees acc_s early).
         RegA<MT, BN> pa;
-        pa.set(acc_s);
-        softmax.add_rounded(pa);  // l under SOFTMAX_FIXED (softmax.cuh)
+        softmax.pack_p(acc_s, pa);
 
         // V[n] has landed; the barrier also guarantees all warps finished
         // reading K[n], so K[n-1] may overwrite it.

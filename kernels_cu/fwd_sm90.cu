@@ -174,8 +174,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         fence_regs(acc_s[0]);
         float corr[1][2];
         softmax_s(last, corr);
-        pack_a_fragments(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
-        softmax.add_rounded(0, pa);      // l under SOFTMAX_FIXED (softmax.cuh)
+        softmax.pack_p(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
     }
 
     // Copies are waited for (this thread), made visible to wgmma (proxy fence)
@@ -215,8 +214,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         fence_regs(acc_o);
         fence_regs(pa);
         if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);
-        pack_a_fragments(acc_s[0], pa);
-        softmax.add_rounded(0, pa);
+        softmax.pack_p(acc_s[0], pa);
     }
     sync_copies();  // V[first] landed
     issue_o(first);

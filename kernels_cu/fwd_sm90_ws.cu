@@ -558,8 +558,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_arrive(k_empty(g0 % STAGES));
             float corr[1][2];
             softmax_s(last, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
-            pack_a_fragments(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
-            softmax.add_rounded(0, pa);      // l under SOFTMAX_FIXED (softmax.cuh)
+            softmax.pack_p(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
         }
 
         // Step n (block n is ring position g = g0 + last - n, block n - 1 position g + 1).
@@ -582,8 +581,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(pa);
             mbar_arrive(v_empty(s_v));  // V[n] read
             if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);  // a constant unless LAZY_RESCALE
-            pack_a_fragments(acc_s[0], pa);
-            softmax.add_rounded(0, pa);
+            softmax.pack_p(acc_s[0], pa);
         };
         // The blocks that need the element mask are visited first (j >= masked.y: the
         // causal diagonal, seqlen_k's edge) and, under a left window, last (j <= masked.x):

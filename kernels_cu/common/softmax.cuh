@@ -31,14 +31,15 @@
 // backward's D = rowsum(dO o out). Normalised by the rounded sum the weights
 // bf16(P_j) / sum_k bf16(P_k) add up to 1 again (one key: out = v), and the
 // lse (from the same sum) stays what the backward's P = exp(s - lse) needs.
-// So update() leaves l alone there, and the kernel adds the row sums of the
-// packed P V operand (add_rounded): one integer operation per score to widen
-// the halves back to floats. Dropout (which changes P before it is packed)
+// So update() leaves l alone there, and the kernel packs P with pack_p, which
+// adds the row sums of the packed P V operand: one integer operation per score
+// to widen the halves back to floats. Dropout (which changes P before it is packed)
 // keeps the running max (specs.fixed_offset). Measured (bench/NOTES.md s5):
 // with the unrounded sum the bf16 softcap-5 causal dK error reached 3.3x the
 // plain computation's (the rule allows 2), against 1.2x with a running max.
 #pragma once
 #include "numeric.cuh"
+#include "fragment.cuh"  // pack_a_fragments
 #include "score_mod.cuh"
 #include "dropout.cuh"
 
@@ -120,7 +121,7 @@ struct OnlineSoftmax {
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     corr[mt][h] = 1.f;
-                    exponentiate(s, mt, h, c, fixed_offset(c));  // l: add_rounded, once P is packed
+                    exponentiate(s, mt, h, c, fixed_offset(c));  // l: pack_p, once P is packed
                 }
             return false;
         } else if constexpr (LAZY) {
@@ -168,9 +169,28 @@ struct OnlineSoftmax {
         return sum;
     }
 
-    // SOFTMAX_FIXED (above): l += the row sums of P as packed to bf16 for P V. a: m-tile mt's
-    // A fragments (fragment.cuh pack_a_fragments, mma.cuh a_from_c): k-step kk holds row g in
-    // a[kk][0] and a[kk][2], row g + 8 in a[kk][1] and a[kk][3]. No-op under a running max.
+    // P (fp32, after update) packed to 16 bits as the A operand of P V, and under
+    // SOFTMAX_FIXED (above) its rows' sums as packed added to l. One m-tile's
+    // fragments (fragment.cuh pack_a_fragments; the Hopper kernels' warps, MT = 1):
+    template <int NT>
+    CUFLASH_DEVICE void pack_p(const float (&p)[NT][4], u32 (&a)[NT / 2][4]) {
+        static_assert(MT == 1, "one m-tile per warp");
+        pack_a_fragments(p, a);
+        add_rounded(0, a);
+    }
+    // or every m-tile into an operand held as mma.cuh RegA<MT, K> (16-bit: r[MT][K / 16][4]).
+    template <int NT, class PackedA>
+    CUFLASH_DEVICE void pack_p(const float (&p)[MT][NT][4], PackedA& pa) {
+        pa.set(p);
+        if constexpr (SOFTMAX_FIXED) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) add_rounded(mt, pa.r[mt]);
+        }
+    }
+
+    // SOFTMAX_FIXED: l += the row sums of m-tile mt's A fragments a (k-step kk holds row g in
+    // a[kk][0] and a[kk][2], row g + 8 in a[kk][1] and a[kk][3]: pack_a_fragments, mma.cuh
+    // a_from_c). No-op under a running max.
     template <int KS>
     CUFLASH_DEVICE void add_rounded(int mt, const u32 (&a)[KS][4]) {
         if constexpr (SOFTMAX_FIXED) {
@@ -185,14 +205,6 @@ struct OnlineSoftmax {
                 }
             l[mt][0] += sum[0];
             l[mt][1] += sum[1];
-        }
-    }
-    // The same for every m-tile of an operand held as mma.cuh RegA<MT, K> (16-bit: r[MT][K / 16][4]).
-    template <class PackedA>
-    CUFLASH_DEVICE void add_rounded(const PackedA& pa) {
-        if constexpr (SOFTMAX_FIXED) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) add_rounded(mt, pa.r[mt]);
         }
     }
 

@@ -690,7 +690,7 @@ def test_bounded_softcaps_take_the_fixed_offset():
                 assert portable.name in {s.name for s in support.declared_specs([f])}
                 assert not support.fwd_spec("bf16", d, f, cc, softcap=60.0).softcap_folded
     # the sink and short causal calls keep it; dropout changes P before the row sums are taken from
-    # it as packed (softmax.cuh add_rounded), so it keeps the running max
+    # it as packed (softmax.cuh pack_p), so it keeps the running max
     assert support.fwd_spec("bf16", 256, Features("causal", softcap=True, sink=True), (9, 0), seqlen_q=1000,
                             softcap=30.0).fixed_offset
     for cc in ((9, 0), (8, 0)):

@@ -279,7 +279,7 @@ def test_rows_of_one_key_return_its_value(dtype, head_dim, softcap):
     # A row that sees one key puts weight 1 on it: out = v exactly, whichever softmax offset the
     # kernel takes. bf16 softcaps up to ~51.3 run at a fixed offset (specs.fixed_offset), where
     # that key's P is not 1 and is rounded for P V like any other: only a row sum of P as rounded
-    # (softmax.cuh add_rounded) gives back v; the sum of P itself gave v (1 + e), |e| up to 2^-9
+    # (softmax.cuh pack_p) gives back v; the sum of P itself gave v (1 + e), |e| up to 2^-9
     # (bench/NOTES.md s5). Window (0, 0) gives every row one key (the band's kernels), causal
     # the first row. fp16 and softcap 60 keep the running max (P = 1 there).
     q, k, v = qkv(dtype, (203, 203), head_dim=head_dim)
