@@ -9,8 +9,11 @@ import dataclasses
 import datetime
 import importlib.metadata
 import platform
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 
 import numpy
 
@@ -399,20 +402,22 @@ def run_sweep(points, *, peer_names, warmup, rep, check, progress=True) -> dict:
     rows = []
     peer_results = {}    # decode: a peer's result on a contiguous cache, shared by the paged rows of its shape
     interrupted = False
-    for i, p in enumerate(points, 1):
-        if progress:
-            log(f"[{i}/{len(points)}] {p.label} ...", end=" ")
-        try:
-            rows.append(_measure_point(p, ours, peers, ceilings, warmup=warmup, rep=rep, check=check,
-                                       peer_results=peer_results))
-        except KeyboardInterrupt:
-            interrupted = True
-            notes.append(f"interrupted by the user at point {i} of {len(points)}; rows after it are missing")
-            log("\n" + notes[-1])
-            break
-        ours.trim()   # the check's temporaries
-        if progress:
-            log(_progress_tail(rows[-1], names))
+    with _terminate_as_interrupt():
+        for i, p in enumerate(points, 1):
+            if progress:
+                log(f"[{i}/{len(points)}] {p.label} ...", end=" ")
+            try:
+                rows.append(_measure_point(p, ours, peers, ceilings, warmup=warmup, rep=rep, check=check,
+                                           peer_results=peer_results))
+            except KeyboardInterrupt:
+                interrupted = True
+                notes.append(f"interrupted (Ctrl-C or SIGTERM) at point {i} of {len(points)}; "
+                             "rows from it on are missing")
+                log("\n" + notes[-1])
+                break
+            ours.trim()   # the check's temporaries
+            if progress:
+                log(_progress_tail(rows[-1], names))
     ours.release()
     report.set_contiguous_ratios(rows)
 
@@ -442,6 +447,25 @@ def run_sweep(points, *, peer_names, warmup, rep, check, progress=True) -> dict:
         "interrupted": interrupted,
     }
     return {"meta": meta, "rows": rows}
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (what `timeout` and job schedulers send) ends the sweep as Ctrl-C does: the rows
+    measured so far are kept, reported and written (--json, --csv), and the exit code is 130. Only
+    the main thread can take signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _measure_point(p, ours, peers, ceilings, *, warmup, rep, check, peer_results=None) -> dict:

@@ -138,15 +138,17 @@ struct ScoreMod {
     }
 
     // ds'/ds at (i, j), from the modified (and possibly masked) score x = s'.
-    // tanh is recovered as t = (x + alibi - bias) * cap_in (x itself when folded), clamped to [-1, 1]:
+    // tanh is recovered as t = (x + alibi - bias) * cap_in, clamped to [-1, 1]:
     // a masked x = -inf gives t = -1, and a bias of -inf gives NaN, which the
     // clamp turns into -1 (fmaxf returns its non-NaN operand): a derivative of
-    // 0, never NaN, and P = 0 there already makes dS = 0.
+    // 0, never NaN, and P = 0 there already makes dS = 0. Folded, x is tanh's
+    // own result, in [-1, 1], or -inf where masked (no ALiBi or bias to give
+    // NaN), so the lower clamp alone does that: one instruction per score less.
     CUFLASH_DEVICE float grad(float x, int i, int j) const {
         if (!SOFTCAP) return 1.f;
         if (ALIBI) x += alibi(i, j);
         if (BIAS) x -= bias_at(i, j);
-        const float t = fminf(1.f, fmaxf(-1.f, SOFTCAP_FOLDED ? x : x * cap_in));
+        const float t = SOFTCAP_FOLDED ? fmaxf(-1.f, x) : fminf(1.f, fmaxf(-1.f, x * cap_in));
         return 1.f - t * t;
     }
 

@@ -246,6 +246,28 @@ def test_run_exit_1_and_loud_on_failed_check(fake_gpu, capsys):
     assert "correctness check(s) failed" in captured.err
 
 
+def test_sigterm_keeps_the_rows_measured_so_far(fake_gpu, tmp_path, capsys):
+    # `timeout` sends SIGTERM: the sweep stops as on Ctrl-C, writes the rows it has and exits 130
+    import os
+    import signal
+
+    lib = fake_gpu["lib"]
+    forward = lib.attention
+
+    def attention(*args, **options):
+        if options.get("causal"):        # point 3 of 4 (full fwd, full bwd, causal fwd, causal bwd)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **options)
+    lib.attention = attention
+    before = signal.getsignal(signal.SIGTERM)
+    js = tmp_path / "r.json"
+    assert cli.run(_args(*SMALL, "--json", str(js), "--no-progress")) == 130
+    data = json.loads(js.read_text())
+    assert len(data["rows"]) == 2 and data["meta"]["interrupted"]
+    assert any("SIGTERM) at point 3 of 4" in note for note in data["meta"]["notes"])
+    assert signal.getsignal(signal.SIGTERM) is before     # the handler is the caller's again
+
+
 def test_run_rejects_missing_output_folder(fake_gpu, tmp_path, capsys):
     assert cli.run(_args(*SMALL, "--json", str(tmp_path / "nope" / "r.json"))) == 2
     assert "does not exist" in capsys.readouterr().err
