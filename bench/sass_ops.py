@@ -1,6 +1,6 @@
 """Read a compiled kernel's machine code without a GPU: opcode counts, or the whole listing.
 
-    python bench/sass_ops.py CUBIN_OR_CACHE_DIR [CUBIN_OR_CACHE_DIR ...] [--only SUBSTR] [--dump DIR]
+    python bench/sass_ops.py CUBIN_OR_CACHE_DIR [OTHER] [--only SUBSTR] [--dump DIR]
 
 Fill a cache folder with `CUFLASH_CACHE_DIR=DIR cuflash compile --arch sm_90a --only ...`. For every
 cubin (of a folder: those whose kernel name contains --only) this prints the instruction count and the
@@ -37,14 +37,13 @@ def nvdisasm() -> str:
     return path
 
 
-def cubins(paths: list[Path], only: str) -> dict:
-    """{(kernel name, arch): cubin path} for the cubins named and those in the folders named."""
+def cubins(path: Path, only: str) -> dict:
+    """{(kernel name, arch): cubin path} for one cubin, or those of a cache folder."""
     found = {}
-    for path in paths:
-        for cubin in sorted(path.glob("*.cubin")) if path.is_dir() else [path]:
-            name, arch = cubin.name.split(".")[:2]
-            if only in name:
-                found[(name, arch)] = cubin
+    for cubin in sorted(path.glob("*.cubin")) if path.is_dir() else [path]:
+        name, arch = cubin.name.split(".")[:2]
+        if only in name:
+            found[(name, arch)] = cubin
     return found
 
 
@@ -86,7 +85,7 @@ def main(argv=None) -> int:
     if len(args.paths) > 2:
         ap.error("one path, or two to compare")
     tool = nvdisasm()
-    found = [cubins([p], args.only) for p in args.paths]
+    found = [cubins(p, args.only) for p in args.paths]
     for key in sorted(found[0]):
         name, arch = key
         counts = []

@@ -5,11 +5,11 @@ the sweep for one point: an exception becomes "-" with its reason in the row.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
 import platform
-import contextlib
 import shlex
 import signal
 import sys
