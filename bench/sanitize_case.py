@@ -140,6 +140,10 @@ def backward_cases():
                     learnable_sink=cp.linspace(-1.0, 2.0, 4, dtype=cp.float32), dropout_p=0.2, seed=7)
         out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, **opts)
         cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True, **opts)
+        # a lone softcap (folded into the exponent on Hopper: score_mod.cuh), with and without a window
+        for window in ((-1, -1), (40, 8)):
+            out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, softcap=20.0, window_size=window)
+            cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, softcap=20.0, window_size=window)
         # dropout alone (a lane pair's shuffled keep bits, dropout.cuh), causal and not
         for causal in (False, True):
             out, lse = cuflash.attention(q, k, v, causal=causal, return_lse=True, dropout_p=0.2, seed=9)

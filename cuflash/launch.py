@@ -459,9 +459,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     zeroed buffer the caller owns; None: no bias gradient.
 
     Scratch (one fp32 allocation from `alloc`; nothing grows with seqlen_q * seqlen_k):
-      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum (batch, seqlen_q, nheads, D;
-      the warp-specialised Hopper kernel: (batch, nheads, seqlen_q rounded, D + pad), varlen (nheads, total_q +
-      Br, D + pad), pad = spec.dq_accum_pad),
+      lse_log2, delta (batch, nheads, seqlen_q rounded up to Br), dq_accum ((batch, nheads, seqlen_q
+      rounded, D + pad), varlen (nheads, total_q + Br, D + pad), pad = spec.dq_accum_pad),
       deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); with a sink dsink_part
       (batch, nheads, key blocks); under GQA dk_accum, dv_accum
       (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
@@ -479,14 +478,13 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
     acc_q = sequences["total_q"] if varlen else seqlen_q
     acc_k = sequences["total_k"] if varlen else seqlen_k
 
-    # The Hopper backwards add a whole block of dQ with one bulk copy: their
-    # dq_accum is (batch, head, rounded rows, D + pad), or (1, head, total_q + Br, D + pad) for
-    # varlen (a sequence's last block reaches into the next one's rows, or past the last row by
-    # < Br), seen below as (batch, rows, head, D) by strides; the pad columns are never read.
-    blocked_dq = spec.blocked_dq_accum
+    # Every backward adds whole blocks of dQ, Br rows by D columns (the Hopper ones with one bulk
+    # copy, the portable one with no bounds test): dq_accum is (batch, head, rounded rows, D + pad),
+    # or (1, head, total_q + Br, D + pad) for varlen (a sequence's last block reaches into the next
+    # one's rows, or past the last row by < Br, adding exact zeros there), seen below as (batch,
+    # rows, head, D) by strides; the pad columns are never read.
     blocked_rows = acc_q + spec.tiles.block_m if varlen else rounded
-    dq_shape = ((acc_batch, nheads, blocked_rows, spec.head_dim + spec.dq_accum_pad) if blocked_dq
-                else (acc_batch, acc_q, nheads, spec.head_dim))
+    dq_shape = (acc_batch, nheads, blocked_rows, spec.head_dim + spec.dq_accum_pad)
     sizes = {"lse_log2": ((batch, nheads, rounded), "float32"), "delta": ((batch, nheads, rounded), "float32"),
              "dq_accum": (dq_shape, "float32")}
     if spec.deterministic:
@@ -499,10 +497,9 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
         sizes["dv_accum"] = ((acc_batch, acc_k, nheads, head_dim), "float32")
     owner, s, offsets = _scratch(alloc, sizes)
     lse_log2, delta, dq_accum, semaphore = s["lse_log2"], s["delta"], s["dq_accum"], s.get("semaphore")
-    if blocked_dq:
-        b_stride, h_stride, r_stride, _ = dq_accum.strides
-        dq_accum = dq_accum._replace(shape=(acc_batch, blocked_rows, nheads, spec.head_dim),
-                                     strides=(b_stride, r_stride, h_stride, 1))
+    b_stride, h_stride, r_stride, _ = dq_accum.strides
+    dq_accum = dq_accum._replace(shape=(acc_batch, blocked_rows, nheads, spec.head_dim),
+                                 strides=(b_stride, r_stride, h_stride, 1))
     seq_fields = {}
     if varlen:  # sequences index the accumulators by row: batch stride 0
         seq_fields = {key: sequences[key] for key in ("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "total_q",
@@ -520,7 +517,6 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
             "lse_batch_stride": lse_strides[0], "lse_head_stride": lse_strides[1], "lse_row_stride": lse_strides[2],
             "batch": batch, "nheads": nheads, "seqlen_q": seqlen_q, "seqlen_q_rounded": rounded,
             "head_dim": head_dim, "dq_accum_cols": spec.head_dim, "block_m": spec.tiles.block_m, "m_blocks": m_blocks,
-            "dq_accum_padded": int(blocked_dq),
             **seq_fields,
         }
         if dlse is not None:

@@ -88,7 +88,6 @@ BWD_PREPARE_PARAMS = np.dtype(
         ("dq_accum_cols", _I32),
         ("block_m", _I32),
         ("m_blocks", _I32),
-        ("dq_accum_padded", _I32),
     ]
     + SEQUENCE_FIELDS,
     align=True,

@@ -786,7 +786,6 @@ class BwdSpec(AttentionSpec):
 
     deterministic: bool  # dQ added in key-block order (bitwise reproducible)
     tiles: BwdTiles
-    blocked_dq_accum = False  # dq_accum (batch, seqlen_q, nheads, D) (BwdSm90Spec.blocked_dq_accum)
     swizzled_dq_accum = False  # its columns in order (BwdSm90Spec.swizzled_dq_accum)
     dq_accum_pad = 0  # its rows D floats apart (BwdSm90Spec.dq_accum_pad)
 
@@ -923,13 +922,6 @@ class BwdSm90Spec(AttentionSpec):
         D + 8 floats, which the bulk reductions copy verbatim into dq_accum (bwd_sm90_ws.cu
         DQ_ROW: their dQ stores free of bank conflicts without the swizzle's register)."""
         return 8 if self.tiles.stages and not self.tiles.pingpong else 0
-
-    @property
-    def blocked_dq_accum(self) -> bool:
-        """dq_accum laid out (batch, head, rows rounded up to block_m, D), or for varlen (head,
-        total_q + block_m, D): both Hopper kernels add a block of dQ with one bulk copy (a
-        varlen sequence's last block adds exact zeros to the rows after it: bwd_sm90_ws.cu)."""
-        return True
 
     @property
     def threads(self) -> int:

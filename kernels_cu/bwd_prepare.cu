@@ -8,10 +8,9 @@
 //   dq_accum[b, i, h, 0:D] = 0
 // and for the padding rows seqlen_q <= i < seqlen_q_rounded (so the backward
 // reads whole Br-row blocks without a bounds check):
-//   delta = 0, lse_log2 = +inf (and, up to the next multiple of block_m, dq_accum = 0
-//   when dq_accum_padded: the Hopper backwards add whole blocks of dQ,
-//   padding included; for varlen these rows are the next sequence's, or the spare rows
-//   after the last).
+//   delta = 0, lse_log2 = +inf (and, up to the next multiple of block_m, dq_accum = 0:
+//   the backwards add whole blocks of dQ, padding included; for varlen these rows are
+//   the next sequence's, or the spare rows after the last).
 // With a semaphore buffer (deterministic backward) its counters are zeroed too.
 //
 // Why +inf: the backward recomputes P_ij = exp2(S_ij * scale * log2(e) - lse_log2_i).
@@ -72,7 +71,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) cuflash_bwd_prepare(const 
                 for (int e = 0; e < CHUNK; ++e) dot = fmaf(a[e], d[e], dot);
             }
         }
-        if (row < seqlen_q || (p.dq_accum_padded && row < (seqlen_q + p.block_m - 1) / p.block_m * p.block_m)) {
+        if (row < (seqlen_q + p.block_m - 1) / p.block_m * p.block_m) {
             // Zero this row's dQ accumulator: 8 lanes x 4 floats per step.
             float* dqa = p.dq_accum + b * p.dqa_batch_stride + (i64)(q_start + row) * p.dqa_row_stride +
                          h * p.dqa_head_stride;

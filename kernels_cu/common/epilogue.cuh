@@ -74,11 +74,10 @@ CUFLASH_DEVICE void store_staged_rows(elem_t* dst, i64 row_stride, const unsigne
     }
 }
 
-// fp32 pairs of a tile -> global rows (row0, col0: the fragment's origin in
-// dst's rows and columns); rows >= limit and columns >= head_dim skipped
-// (d % 8 == 0: whole n8 tiles). ADD = true adds with reductions at L2
-// (dQ), scaled by `scale`; false stores (GQA dK/dV per query head).
-template <bool ADD, int MT, int NT>
+// scale * fp32 pairs of a tile -> global rows (row0, col0: the fragment's
+// origin in dst's rows and columns); rows >= limit and columns >= head_dim
+// skipped (d % 8 == 0: whole n8 tiles). GQA dK/dV per query head.
+template <int MT, int NT>
 CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[MT][NT][4], float scale, int row0,
                                    int col0, int limit, int head_dim, int lane) {
     const int g = lane / 4, t = lane % 4;
@@ -92,11 +91,32 @@ CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 if (col0 + nt * 8 >= head_dim) continue;
-                const float a = x[mt][nt][2 * h] * scale, b = x[mt][nt][2 * h + 1] * scale;
-                if (ADD) red_add_f32x2(dst_row + nt * 8, a, b);
-                else *reinterpret_cast<float2*>(dst_row + nt * 8) = make_float2(a, b);
+                *reinterpret_cast<float2*>(dst_row + nt * 8) =
+                    make_float2(x[mt][nt][2 * h] * scale, x[mt][nt][2 * h + 1] * scale);
             }
         }
+}
+
+// scale * fp32 pairs of a tile added (reductions at L2) into rows ROW floats
+// apart (row0, col0: the fragment's origin in dst's rows and columns), every
+// row and column of the tile: the portable backward's dQ into dq_accum, whose
+// rows are whole query blocks of D columns (cuflash/launch.py), rows past
+// seqlen_q and columns past head_dim receiving exact zeros (bwd.cu). With no
+// bounds to test, each lane's adds are one address plus constants (with
+// tests, ptxas rebuilt the 64-bit address for each add: half the d256
+// kernel's instructions).
+template <int ROW, int MT, int NT>
+CUFLASH_DEVICE void add_f32_tile(float* dst, const float (&x)[MT][NT][4], float scale, int row0, int col0, int lane) {
+    const int g = lane / 4, t = lane % 4;
+    float* at = dst + (i64)(row0 + g) * ROW + col0 + 2 * t;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                red_add_f32x2(at + (mt * 16 + h * 8) * ROW + nt * 8, x[mt][nt][2 * h] * scale,
+                              x[mt][nt][2 * h + 1] * scale);
 }
 
 // scale * a warp's dQ fragment (its rows warp_row0 + g, + 8 of a block;

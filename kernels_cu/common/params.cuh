@@ -99,7 +99,7 @@ struct BwdPrepareParams {
     const float* lse;    // (batch, nheads, seqlen_q): the forward's lse, natural log, any strides
     float* lse_log2;     // (batch, nheads, seqlen_q_rounded) contiguous: lse * log2(e); +inf where lse = -inf and for padding rows
     float* delta;        // (batch, nheads, seqlen_q_rounded) contiguous: rowsum(dO * O); 0 for padding rows
-    float* dq_accum;     // (batch, seqlen_q, nheads, dq_accum_cols) fp32 by its strides, zeroed here
+    float* dq_accum;     // (batch, seqlen_q_rounded, nheads, dq_accum_cols) fp32 by its strides, zeroed here
     int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed here, or null (not deterministic)
     const float* dlse;   // (batch, nheads, seqlen_q), any strides, or null: delta -= dlse
     i64 o_batch_stride, o_row_stride, o_head_stride;
@@ -113,7 +113,6 @@ struct BwdPrepareParams {
     int dq_accum_cols;   // columns of dq_accum to zero (the backward's compile-time D)
     int block_m;         // Br of the backward kernel: the rows one semaphore guards
     int m_blocks;        // seqlen_q_rounded / block_m
-    int dq_accum_padded; // 1: each sequence's dq_accum rows are zeroed up to a multiple of block_m (the Hopper backwards add whole blocks)
     // Varlen (CUFLASH_VARLEN): sequence b's rows start at cu_seqlens_q[b] in o, dout,
     // lse, dlse and dq_accum (batch strides 0); lse_log2, delta and the semaphores keep
     // their (batch, nheads, rounded) layout, seqlen_q being the longest sequence.

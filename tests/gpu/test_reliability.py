@@ -309,10 +309,9 @@ def test_memory_formula_and_no_growth():
     assert rows * d * 2 + rows * 4 <= fwd_bytes <= rows * d * 2 + rows * 4 + 2 * slack, fwd_bytes  # out, lse
     spec = api.bwd_spec("bf16", d, PLAIN, False, q.device.id)
     r = spec.tiles.block_m * -(-seqlen // spec.tiles.block_m)
-    # dq_accum: a row per query row, or per padded row (rounded up to Br, dq_accum_pad floats
-    # longer at d128) for the warp-specialised Hopper backward, which adds whole blocks
-    dq_rows = batch * nheads * r if spec.blocked_dq_accum else rows
-    scratch = 4 * (2 * batch * nheads * r + dq_rows * (spec.head_dim + spec.dq_accum_pad)
+    # dq_accum: a row per padded query row (rounded up to Br; dq_accum_pad floats longer for the
+    # warp-specialised Hopper backward at d128): every backward adds whole blocks
+    scratch = 4 * (2 * batch * nheads * r + batch * nheads * r * (spec.head_dim + spec.dq_accum_pad)
                    + 2 * batch * seqlen * nheads * d)
     grads = 2 * (rows * d + 2 * batch * seqlen * nheads_kv * d)
     # the scratch's pieces start on 256-byte boundaries
