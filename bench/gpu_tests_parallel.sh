@@ -4,7 +4,9 @@
 # 2 BLAS threads: unbounded, five processes oversubscribed the H200 host's 16 cores and the
 # whole run did not finish in 530 s (measured); five with 3 threads took 160-230 s per group
 # apart from the variants group (below); seven with 2 use 14 of the 16 cores (nine, since test_variants
-# runs in four parts, 18: not yet measured). Six such groups beside a sanitizer run took 73-245 s
+# runs in four parts, 18: measured 2026-12-04 with a 330 s limit, groups 2, 4, 5, 7, 8 took 224-308 s and
+# groups 0, 1, 3, 6 were cut at 76-96%: the whole run needs ~420 s, within the default limit; groups 0, 3
+# and 6 alone, three processes, took 179-285 s). Six such groups beside a sanitizer run took 73-245 s
 # each, test_forward.py's the longest (2026-12-01).
 #   bench/gpu_tests_parallel.sh OUTDIR [TIMEOUT_S] [PYTEST_ARGS...]
 set -uo pipefail
