@@ -99,7 +99,7 @@ struct BwdPrepareParams {
     const float* lse;    // (batch, nheads, seqlen_q): the forward's lse, natural log, any strides
     float* lse_log2;     // (batch, nheads, seqlen_q_rounded) contiguous: lse * log2(e); +inf where lse = -inf and for padding rows
     float* delta;        // (batch, nheads, seqlen_q_rounded) contiguous: rowsum(dO * O); 0 for padding rows
-    float* dq_accum;     // (batch, seqlen_q_rounded, nheads, dq_accum_cols) fp32 by its strides, zeroed here
+    float* dq_accum;     // (batch, rows, nheads, dq_accum_cols) fp32 by its strides (BwdParams), zeroed here
     int* dq_semaphore;   // (batch, nheads, m_blocks) zeroed here, or null (not deterministic)
     const float* dlse;   // (batch, nheads, seqlen_q), any strides, or null: delta -= dlse
     i64 o_batch_stride, o_row_stride, o_head_stride;
@@ -125,7 +125,9 @@ struct BwdParams {
     const void* dout;    // (batch, seqlen_q, nheads, head_dim)
     const float* lse_log2;  // from bwd_prepare, (batch, nheads, seqlen_q_rounded)
     const float* delta;     // from bwd_prepare, (batch, nheads, seqlen_q_rounded)
-    float* dq_accum;     // (batch, seqlen_q, nheads, D) fp32, zeroed; receives scale * dS K
+    float* dq_accum;     // (batch, rows, nheads, D) fp32 by its strides, each head's rows contiguous and whole
+                         // Br-row blocks (rows: seqlen_q_rounded, varlen total_q + Br; launch.py), zeroed;
+                         // receives scale * dS K
     void* dk;            // (batch, seqlen_k, nheads_kv, head_dim) outputs, written when dk_accum is null
     void* dv;
     float* dk_accum;     // (batch, seqlen_k, nheads, head_dim) fp32 per query head (GQA), or null
