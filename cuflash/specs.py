@@ -650,6 +650,10 @@ class BwdTiles:
     k_unroll: k16 steps per unrolled loop body of the products read from shared
       memory (0: fully unrolled). Full unrolling lets ptxas hoist ldmatrix
       loads far ahead, which exhausts the 255 registers at some shapes.
+    dq_tested: dQ added with a bounds test per row and n8 tile (epilogue.cuh
+      add_f32_tile TESTED) instead of whole blocks at constant offsets, for the
+      tiles whose straight-line adds spill at 255 registers (float32 inputs always:
+      BwdSpec.dq_tested; bench/NOTES.md pb1).
     Every warp tile must be a multiple of 16 in both dims. When sdp_warps_n ==
     dkv_warps_n == warps, each warp owns whole rows of P^T and dS^T and feeds
     them to dV/dK from registers (p_in_regs).
@@ -663,6 +667,7 @@ class BwdTiles:
     dq_warps_m: int
     dq_pass_dims: int = 0
     k_unroll: int = 0
+    dq_tested: bool = False
 
     @property
     def p_in_regs(self) -> bool:
@@ -709,7 +714,7 @@ BWD_TILES = {
     32: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
     64: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
     96: BwdTiles(64, 128, 8, 4, 4, 4),
-    128: BwdTiles(64, 128, 8, 4, 4, 2),
+    128: BwdTiles(64, 128, 8, 4, 4, 2, dq_tested=True),  # whole-block dQ adds spilled 12 B under NVRTC 13.5
     160: BwdTiles(64, 64, 8, 2, 4, 4),
     192: BwdTiles(64, 64, 8, 2, 2, 2),
     224: BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2),
@@ -767,6 +772,8 @@ BWD_TILES_FP32 = {
 #:   backward at d96 and d160 keeps its tile but unrolls its k loops by 2: fully unrolled, sm_100's
 #:   ptxas spends 70-107 s on each of those kernels (about 1 s unrolled by 2, and on every other
 #:   arch either way), the larger part of a B200 user's first compile and of CI's compile tier.
+#:   The 16-bit d256 tile adds dQ with bounds tests there (dq_tested: its whole-block adds spilled
+#:   4 bytes under NVRTC 13.0 on sm_100, bench/NOTES.md pb1).
 #:   All clean under 12.9, 13.0 and 13.5 (bench/NOTES.md g1, g2, g3, g4).
 ARCH_CLASS_TILES = {
     10: {
@@ -774,6 +781,7 @@ ARCH_CLASS_TILES = {
         ("bwd", "16-bit", 128): BWD_TILES_SMALLER_SMEM[128],
         ("bwd", "16-bit", 160): [(160, replace(BWD_TILES[160], k_unroll=2))] + BWD_TILES_SMALLER_SMEM[160],
         ("bwd", "16-bit", 192): BWD_TILES_SMALLER_SMEM[192],
+        ("bwd", "16-bit", 256): [(256, replace(BWD_TILES[256], dq_tested=True))] + BWD_TILES_SMALLER_SMEM[256],
         ("bwd", "fp32", 96): [(96, replace(t, k_unroll=1)) for t in BWD_TILES_FP32[96]],
         ("bwd", "fp32", 128): [(128, BwdTiles(32, 64, 4, 2, 2, 2, 32, k_unroll=2))],  # 154112
     },
@@ -811,7 +819,13 @@ class BwdSpec(AttentionSpec):
         det = "_det" if self.deterministic else ""
         passes = f"p{t.dq_pass_dims}" if t.dq_pass_dims else ""
         return (f"bwd_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}_m{t.block_m}n{t.block_n}w{t.warps}"
-                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}{passes}u{t.k_unroll}")
+                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}{passes}u{t.k_unroll}{'t' if t.dq_tested else ''}")
+
+    @property
+    def dq_tested(self) -> bool:
+        """dQ added with bounds tests (BwdTiles.dq_tested): the tile says so, or float32 inputs, whose
+        Hopper-sized tiles spilled 4-28 bytes with whole-block adds (bench/NOTES.md pb1)."""
+        return self.tiles.dq_tested or self.dtype == "fp32"
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -825,6 +839,7 @@ class BwdSpec(AttentionSpec):
             "CUFLASH_DQ_WARPS_M": t.dq_warps_m,
             "CUFLASH_DQ_PASS_DIMS": t.dq_pass_dims or t.dq_dims(self.head_dim),
             "CUFLASH_K_UNROLL": t.k_unroll,
+            "CUFLASH_DQ_TESTED": int(self.dq_tested),
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
         }
 

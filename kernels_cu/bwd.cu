@@ -38,7 +38,8 @@
 //        passes of DQ_PASS_DIMS columns): fp32 reductions into dq_accum, whole
 //        rows and columns (its rows past seqlen_q are padding or, varlen, the next
 //        sequence's, and receive exact zeros: their Q and dO load as zeros and
-//        lse_log2 = +inf, so P and dS are 0; K's columns past d are zero); with
+//        lse_log2 = +inf, so P and dS are 0; K's columns past d are zero; with
+//        DQ_TESTED they are skipped all the same, epilogue.cuh add_f32_tile); with
 //        CUFLASH_DETERMINISTIC the CTAs of one (head, batch) add to query block i
 //        in a fixed key-block order (atomic.cuh turns, mask.cuh dq_key_block), so the
 //        sums are reproducible.
@@ -54,7 +55,7 @@
 //   CUFLASH_DTYPE (fp16 | bf16 | fp32), CUFLASH_HEAD_DIM D (multiple of 32; the actual
 //   d <= D is a run-time value, columns >= d are zero-filled and never stored),
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
-//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL,
+//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL, CUFLASH_DQ_TESTED,
 //   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI,
 //   CUFLASH_BIAS (dB = P ∘ (dP - D) into dbias when asked, softmax.cuh), CUFLASH_SINK, CUFLASH_DROPOUT,
 //   CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
@@ -87,6 +88,8 @@ constexpr int WARPS = CUFLASH_WARPS;
 // mma_ss; 0 = fully unrolled).
 constexpr int K_UNROLL = CUFLASH_K_UNROLL > 0 ? CUFLASH_K_UNROLL : 1024;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
+// dQ's adds test rows and columns (specs.BwdTiles.dq_tested: where whole-block adds spill).
+constexpr bool DQ_TESTED = CUFLASH_DQ_TESTED;
 constexpr int THREADS = WARPS * 32;
 
 // S^T and dP^T (Bc x Br): SDP_WN warps along keys x (WARPS / SDP_WN) along queries.
@@ -304,7 +307,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
             mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL>(
                 acc_dq, dq_a, dq_b + (u32)(pass * DQ_PASS_NT * 8 * ELEM_BYTES));
             if (DETERMINISTIC && pass == 0) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
-            add_f32_tile<D>(dq_accum, acc_dq, p.scale, row0 + dq_q0, dq_d0 + pass * DQ_PASS_NT * 8, lane);
+            add_f32_tile<D, DQ_TESTED>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
+                                       dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
         }
         if (DETERMINISTIC) turn_pass(turn);
     }

@@ -98,25 +98,34 @@ CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[
 }
 
 // scale * fp32 pairs of a tile added (reductions at L2) into rows ROW floats
-// apart (row0, col0: the fragment's origin in dst's rows and columns), every
-// row and column of the tile: the portable backward's dQ into dq_accum, whose
-// rows are whole query blocks of D columns (cuflash/launch.py), rows past
-// seqlen_q and columns past head_dim receiving exact zeros (bwd.cu). With no
-// bounds to test, each lane's adds are one address plus constants (with
-// tests, ptxas rebuilt the 64-bit address for each add: half the d256
-// kernel's instructions).
-template <int ROW, int MT, int NT>
-CUFLASH_DEVICE void add_f32_tile(float* dst, const float (&x)[MT][NT][4], float scale, int row0, int col0, int lane) {
+// apart (row0, col0: the fragment's origin in dst's rows and columns): the
+// portable backward's dQ into dq_accum, whose rows are whole query blocks of
+// D columns (cuflash/launch.py), rows past seqlen_q and columns past head_dim
+// receiving exact zeros (bwd.cu). So every row and column of the tile is
+// added, one lane address plus constants; with a test per row and n8 tile,
+// ptxas rebuilt the 64-bit address for each add (half the d256 kernel's
+// instructions, bench/NOTES.md pb1). TESTED (the tiles whose straight-line
+// adds spilled at 255 registers: specs.BwdTiles.dq_tested): rows >= limit and
+// columns >= head_dim skipped, each row addressed by the run-time row_stride
+// (= ROW), which is the code those tiles had before.
+template <int ROW, bool TESTED, int MT, int NT>
+CUFLASH_DEVICE void add_f32_tile(float* dst, i64 row_stride, const float (&x)[MT][NT][4], float scale, int row0,
+                                 int col0, int limit, int head_dim, int lane) {
     const int g = lane / 4, t = lane % 4;
     float* at = dst + (i64)(row0 + g) * ROW + col0 + 2 * t;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + mt * 16 + h * 8 + g;
+            if (TESTED && row >= limit) continue;
+            float* row_at = TESTED ? dst + (i64)row * row_stride + col0 + 2 * t : at + (mt * 16 + h * 8) * ROW;
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-                red_add_f32x2(at + (mt * 16 + h * 8) * ROW + nt * 8, x[mt][nt][2 * h] * scale,
-                              x[mt][nt][2 * h + 1] * scale);
+            for (int nt = 0; nt < NT; ++nt) {
+                if (TESTED && col0 + nt * 8 >= head_dim) continue;
+                red_add_f32x2(row_at + nt * 8, x[mt][nt][2 * h] * scale, x[mt][nt][2 * h + 1] * scale);
+            }
+        }
 }
 
 // scale * a warp's dQ fragment (its rows warp_row0 + g, + 8 of a block;

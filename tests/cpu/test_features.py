@@ -196,11 +196,12 @@ def test_default_declared_specs():
     # (v21: d64 and d128 x 2 masks x 2 dtypes), plus 2 of d256 causal's short query lengths on the
     # persistent grid (v22: 2 dtypes), plus the
     # tiles of GPUs with less shared memory (2 dtypes x 2 masks: 2 forward and 9 backward tiles
-    # in both modes; d224 runs d256's within 163 KB), plus sm_100's own backward tiles of d96 and
-    # d160 (2 dtypes x 2 masks x 2 modes x 2 head dims; its d128 and d192 ones are A100's), plus
+    # in both modes; d224 runs d256's within 163 KB), plus sm_100's own backward tiles of d96, d160
+    # and d256 (2 dtypes x 2 masks x 2 modes x 3 head dims; d256's adds dQ with bounds tests; its d128
+    # and d192 ones are A100's), plus
     # the KV-cache append of each dtype; then the decode kernel (2 dtypes x 2 masks x (4 head dims
     # x 4 tiles + 4 x 2)), which merges its splits itself
-    assert len(specs) == 158 + 8 + 2 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 2 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
+    assert len(specs) == 158 + 8 + 2 + 4 * (2 + 2 * 9) + 2 * 2 * 2 * 3 + 2 + 2 * 2 * (4 * 4 + 4 * 2)
     features = {s.features for s in specs if isinstance(s, AttentionSpec)}
     assert features == {PLAIN, CAUSAL}
     assert support.declared_specs((PLAIN, CAUSAL)) == specs
