@@ -651,7 +651,7 @@ class BwdTiles:
       memory (0: fully unrolled). Full unrolling lets ptxas hoist ldmatrix
       loads far ahead, which exhausts the 255 registers at some shapes.
     dq_tested: dQ added with a bounds test per row and n8 tile (epilogue.cuh
-      add_f32_tile TESTED) instead of whole blocks at constant offsets, for the
+      write_f32_tile with its tests) instead of whole blocks at constant offsets, for the
       tiles whose straight-line adds spill at 255 registers (float32 inputs always:
       BwdSpec.dq_tested; bench/NOTES.md pb1).
     Every warp tile must be a multiple of 16 in both dims. When sdp_warps_n ==

@@ -39,11 +39,11 @@
 //        rows and columns (its rows past seqlen_q are padding or, varlen, the next
 //        sequence's, and receive exact zeros: their Q and dO load as zeros and
 //        lse_log2 = +inf, so P and dS are 0; K's columns past d are zero; with
-//        DQ_TESTED they are skipped all the same, epilogue.cuh add_f32_tile); with
+//        DQ_TESTED they are skipped all the same, epilogue.cuh write_f32_tile); with
 //        CUFLASH_DETERMINISTIC the CTAs of one (head, batch) add to query block i
 //        in a fixed key-block order (atomic.cuh turns, mask.cuh dq_key_block), so the
 //        sums are reproducible.
-//        (epilogue.cuh add_f32_tile)
+//        (epilogue.cuh write_f32_tile)
 //   3. dK *= scale; write dK, dV: to dk/dv in the input dtype (staged through
 //      shared memory for 16-byte stores), or fp32 per query head into
 //      dk_accum/dv_accum under GQA (bwd_convert.cu sums the group).
@@ -307,8 +307,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
             mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL>(
                 acc_dq, dq_a, dq_b + (u32)(pass * DQ_PASS_NT * 8 * ELEM_BYTES));
             if (DETERMINISTIC && pass == 0) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
-            add_f32_tile<D, DQ_TESTED>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
-                                       dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
+            write_f32_tile<true, DQ_TESTED ? 0 : D>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
+                                                    dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
         }
         if (DETERMINISTIC) turn_pass(turn);
     }
@@ -343,8 +343,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
         float* dka = si.key_rows_of_query_head(p.dk_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
         float* dva = si.key_rows_of_query_head(p.dv_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
-        write_f32_tile(dka, p.dka_row_stride, acc_dk, p.scale, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim,
+        write_f32_tile<false>(dka, p.dka_row_stride, acc_dk, p.scale, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim,
                               lane);
-        write_f32_tile(dva, p.dka_row_stride, acc_dv, 1.f, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim, lane);
+        write_f32_tile<false>(dva, p.dka_row_stride, acc_dv, 1.f, key0 + kv_key0, kv_d0, si.seqlen_k, p.head_dim, lane);
     }
 }

@@ -403,9 +403,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         // GQA: fp32 per query head; bwd_convert.cu adds the group in a fixed order.
         float* dka = si.key_rows_of_query_head(p.dk_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
         float* dva = si.key_rows_of_query_head(p.dv_accum, p.dka_batch_stride, p.dka_row_stride, p.dka_head_stride);
-        write_f32_tile(dka, p.dka_row_stride, as_tile(acc_dk), p.scale, key0 + warp_key0, kv_col0, si.seqlen_k,
+        write_f32_tile<false>(dka, p.dka_row_stride, as_tile(acc_dk), p.scale, key0 + warp_key0, kv_col0, si.seqlen_k,
                               p.head_dim, lane);
-        write_f32_tile(dva, p.dka_row_stride, as_tile(acc_dv), 1.f, key0 + warp_key0, kv_col0, si.seqlen_k,
+        write_f32_tile<false>(dva, p.dka_row_stride, as_tile(acc_dv), 1.f, key0 + warp_key0, kv_col0, si.seqlen_k,
                               p.head_dim, lane);
     }
     // Warp 0's last bulk reduction completes before the kernel does.

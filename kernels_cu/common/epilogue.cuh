@@ -76,54 +76,35 @@ CUFLASH_DEVICE void store_staged_rows(elem_t* dst, i64 row_stride, const unsigne
 
 // scale * fp32 pairs of a tile -> global rows (row0, col0: the fragment's
 // origin in dst's rows and columns); rows >= limit and columns >= head_dim
-// skipped (d % 8 == 0: whole n8 tiles). GQA dK/dV per query head.
-template <int MT, int NT>
+// skipped (d % 8 == 0: whole n8 tiles). ADD = true adds with reductions at L2
+// (dQ); false stores (GQA dK/dV per query head).
+// BLOCK_ROW > 0 (the portable backward's dQ, bwd.cu): dst's rows are whole query
+// blocks BLOCK_ROW = D floats apart (cuflash/launch.py), rows past seqlen_q and
+// columns past head_dim receiving exact zeros, so every row and column of the
+// tile is added, without tests, at one lane address plus constants. With the
+// tests ptxas rebuilt the 64-bit address inside each one: half the d256
+// kernel's instructions (bench/NOTES.md pb1). Tiles whose straight-line adds
+// spill at 255 registers keep the tests (specs.BwdTiles.dq_tested).
+template <bool ADD, int BLOCK_ROW = 0, int MT, int NT>
 CUFLASH_DEVICE void write_f32_tile(float* dst, i64 row_stride, const float (&x)[MT][NT][4], float scale, int row0,
                                    int col0, int limit, int head_dim, int lane) {
+    constexpr bool TESTED = BLOCK_ROW == 0;
+    static_assert(TESTED || ADD, "untested whole blocks are dQ's adds");
     const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = row0 + mt * 16 + h * 8 + g;
-            if (row >= limit) continue;
-            float* dst_row = dst + (i64)row * row_stride + col0 + 2 * t;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                if (col0 + nt * 8 >= head_dim) continue;
-                *reinterpret_cast<float2*>(dst_row + nt * 8) =
-                    make_float2(x[mt][nt][2 * h] * scale, x[mt][nt][2 * h + 1] * scale);
-            }
-        }
-}
-
-// scale * fp32 pairs of a tile added (reductions at L2) into rows ROW floats
-// apart (row0, col0: the fragment's origin in dst's rows and columns): the
-// portable backward's dQ into dq_accum, whose rows are whole query blocks of
-// D columns (cuflash/launch.py), rows past seqlen_q and columns past head_dim
-// receiving exact zeros (bwd.cu). So every row and column of the tile is
-// added, one lane address plus constants; with a test per row and n8 tile,
-// ptxas rebuilt the 64-bit address for each add (half the d256 kernel's
-// instructions, bench/NOTES.md pb1). TESTED (the tiles whose straight-line
-// adds spilled at 255 registers: specs.BwdTiles.dq_tested): rows >= limit and
-// columns >= head_dim skipped, each row addressed by the run-time row_stride
-// (= ROW), which is the code those tiles had before.
-template <int ROW, bool TESTED, int MT, int NT>
-CUFLASH_DEVICE void add_f32_tile(float* dst, i64 row_stride, const float (&x)[MT][NT][4], float scale, int row0,
-                                 int col0, int limit, int head_dim, int lane) {
-    const int g = lane / 4, t = lane % 4;
-    float* at = dst + (i64)(row0 + g) * ROW + col0 + 2 * t;
+    float* at = dst + (i64)(row0 + g) * BLOCK_ROW + col0 + 2 * t;  // untested: row g of the tile
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int row = row0 + mt * 16 + h * 8 + g;
             if (TESTED && row >= limit) continue;
-            float* row_at = TESTED ? dst + (i64)row * row_stride + col0 + 2 * t : at + (mt * 16 + h * 8) * ROW;
+            float* dst_row = TESTED ? dst + (i64)row * row_stride + col0 + 2 * t : at + (mt * 16 + h * 8) * BLOCK_ROW;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 if (TESTED && col0 + nt * 8 >= head_dim) continue;
-                red_add_f32x2(row_at + nt * 8, x[mt][nt][2 * h] * scale, x[mt][nt][2 * h + 1] * scale);
+                const float a = x[mt][nt][2 * h] * scale, b = x[mt][nt][2 * h + 1] * scale;
+                if (ADD) red_add_f32x2(dst_row + nt * 8, a, b);
+                else *reinterpret_cast<float2*>(dst_row + nt * 8) = make_float2(a, b);
             }
         }
 }
