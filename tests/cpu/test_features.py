@@ -305,13 +305,31 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     (Features(alibi=True), 128, 2),                       # ALiBi, sink, dropout: two consumers
     (Features(sink=True), 128, 2),
     (Features("causal", dropout=1), 128, 2),
-    (Features(bias=16), 128, 0),                          # a bias: the kernel without a producer
+    (Features(bias=16), 128, 2),                          # a 16-bit bias: staged by the producer
+    (Features("causal", bias=16, varlen=True), 128, 0),   # float32 or varlen: the kernel without a producer
     (Features("local", bias=32, dropout=1), 128, 0),
 ])
 def test_hopper_forward_tiles_for_features_that_need_registers(features, block_m, stages):
     spec = support.select(Problem("fwd", "bf16", 64, features, compute_capability=(9, 0)))
     assert (spec.tiles.block_m, spec.tiles.stages) == (block_m, stages), spec.name
     assert spec.source == ("fwd_sm90_ws.cu" if stages else "fwd_sm90.cu")
+
+
+def test_hopper_forward_stages_a_bias_in_whole_swizzle_atoms_within_shared_memory():
+    # kernels_cu/common/bias_tile.cuh: key blocks of a multiple of 64, a ring of bias tiles beside K/V's
+    for d in (32, 64, 96, 128, 160, 192, 224, 256):
+        for mask in ("none", "causal"):
+            spec = support.select(Problem("fwd", "bf16", d, Features(mask, bias=16), compute_capability=(9, 0)))
+            t = spec.tiles
+            assert t.stages and t.block_n % 64 == 0 and t.block_m == 128, spec.name
+            assert launch.fwd_smem_bytes(spec) <= specs.SM90_SMEM_PER_BLOCK, spec.name
+            plain = replace(spec, features=Features(mask))
+            assert spec.ws_smem_bytes(1) == plain.ws_smem_bytes(1) + t.stages * (t.block_m * t.block_n * 2 + 16)
+            assert spec.persistent == (plain.persistent and spec.kv_rolled), spec.name
+    with pytest.raises(ValueError, match="stages a dense 16-bit bias"):
+        FwdSm90Spec("bf16", 128, Features(bias=16), FwdSm90Tiles(128, 80, stages=2))
+    with pytest.raises(ValueError, match="stages a dense 16-bit bias"):
+        FwdSm90Spec("bf16", 128, Features(bias=32), FwdSm90Tiles(128, 128, stages=2))
 
 
 @pytest.mark.parametrize("tiles", [FwdSm90Tiles(128, 128, stages=1), FwdSm90Tiles(128, 64, ctas_per_sm=2, stages=2),
