@@ -923,9 +923,15 @@ class BwdSm90Spec(AttentionSpec):
     def tiles(self) -> BwdSm90Tiles:
         if self.head_dim > 128:
             return BwdSm90Tiles(64, 64)
-        # The warp-specialised consumers have 232 registers: a bias's loads, and dropout's
-        # Philox rounds beside d = 128's accumulators, spilled there (NVRTC 12.9).
-        if self.features.bias or (self.features.dropout and self.head_dim == 128):
+        # The warp-specialised consumers have 232 registers: a bias's loads from global memory, and
+        # dropout's Philox rounds beside d = 128's accumulators, spilled there (NVRTC 12.9). At d = 64 a
+        # 16-bit dense bias without softcap is staged in shared memory instead (bias_stages). At d = 128
+        # the lockstep consumers still spill with it (24-92 bytes, NVRTC 12.9): dbias's writes from
+        # registers, not the staged loads (without dbias's writes they compile clean). A float32 or varlen
+        # bias, or one beside softcap (whose derivative reads the bias again), keeps bwd_sm90.cu too.
+        f = self.features
+        staged_bias = f.bias == 16 and not f.varlen and not f.softcap and self.head_dim == 64
+        if (f.bias and not staged_bias) or (f.dropout and self.head_dim == 128):
             return BwdSm90Tiles(64, 128)
         if self.head_dim == 64:
             return BwdSm90Tiles(64, 128, warps=12, stages=3, pingpong=True)
@@ -934,6 +940,14 @@ class BwdSm90Spec(AttentionSpec):
     @property
     def source(self) -> str:
         return "bwd_sm90_ws.cu" if self.tiles.stages else "bwd_sm90.cu"
+
+    @property
+    def bias_stages(self) -> int:
+        """Bias tiles (64 queries x 128 keys, 16-bit) in flight in bwd_sm90_ws.cu (CUFLASH_BIAS_STAGES):
+        two beside the ping-pong consumers (d64, 227 KB holds them; the kernel also takes one, which the
+        consumers free early in a block's recompute, for tiles where two would not fit); 0 without a
+        staged bias."""
+        return 2 if self.tiles.stages and self.features.bias else 0
 
     @property
     def swizzle_atom(self) -> int:
@@ -975,6 +989,7 @@ class BwdSm90Spec(AttentionSpec):
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong), "CUFLASH_DQ_PAD": self.dq_accum_pad,
                 "CUFLASH_SWIZZLE_ATOM": self.swizzle_atom} if t.stages else {}),
+            **({"CUFLASH_BIAS_STAGES": self.bias_stages} if self.bias_stages else {}),
         }
 
 

@@ -332,6 +332,25 @@ def test_hopper_forward_stages_a_bias_in_whole_swizzle_atoms_within_shared_memor
         FwdSm90Spec("bf16", 128, Features(bias=32), FwdSm90Tiles(128, 128, stages=2))
 
 
+def test_hopper_backward_stages_a_bias_at_d64_only():
+    # bwd_sm90_ws.cu stages a 16-bit dense bias without softcap at d = 64 (BwdSm90Spec.bias_stages); at d = 128
+    # dbias's writes spill its lockstep consumers, and softcap's derivative reads the bias again: bwd_sm90.cu
+    for mask in ("none", "causal"):
+        for deterministic in (False, True):
+            spec = support.select(Problem("bwd", "bf16", 64, Features(mask, bias=16), compute_capability=(9, 0),
+                                          deterministic=deterministic))
+            assert spec.source == "bwd_sm90_ws.cu" and spec.bias_stages == 2, spec.name
+            assert spec.defines()["CUFLASH_BIAS_STAGES"] == 2
+            assert launch.bwd_smem_bytes(spec) <= specs.SM90_SMEM_PER_BLOCK
+            plain = replace(spec, features=Features(mask))
+            assert launch.bwd_smem_bytes(spec) == launch.bwd_smem_bytes(plain) + 2 * (2 * 64 * 128 + 16)
+            assert "CUFLASH_BIAS_STAGES" not in plain.defines() and plain.bias_stages == 0
+    for d, features in ((128, Features(bias=16)), (64, Features(softcap=True, bias=16)), (64, Features(bias=32)),
+                        (64, Features(bias=16, varlen=True))):
+        spec = support.select(Problem("bwd", "bf16", d, features, compute_capability=(9, 0)))
+        assert spec.source == "bwd_sm90.cu" and spec.bias_stages == 0, spec.name
+
+
 @pytest.mark.parametrize("tiles", [FwdSm90Tiles(128, 128, stages=1), FwdSm90Tiles(128, 64, ctas_per_sm=2, stages=2),
                                    FwdSm90Tiles(256, 64, stages=2)])
 def test_warp_specialised_tiles_are_refused_where_the_kernel_cannot_run_them(tiles):

@@ -29,4 +29,14 @@ for shape in b,h,s,s 1,h,s,s b,1,1,s; do
     pack
   done
 done
+# The backward at d64 (bwd_sm90_ws.cu with the staged bias), same shapes, against main's bwd_sm90.cu.
+for shape in b,h,s,s 1,h,s,s b,1,1,s; do
+  for tree in . ab/main; do
+    name=$([ $tree = . ] && echo staged || echo main)
+    PYTHONPATH=$tree CUFLASH_KERNELS_DIR=$tree/kernels_cu CUFLASH_CACHE_DIR=/tmp/cc-$name timeout 120 python3 -m cuflash bench \
+      --mode bwd --headdim 64 --seqlen 8k --batch 2 --nheads 32 --causal both --bias $shape --peers none \
+      --no-progress > $o/bench-bwd64-$name-${shape//,/}.txt 2>&1
+    pack
+  done
+done
 tail -n 3 $o/test-bias.txt $o/test-bias-others.txt; cat $o/sanitizer-summary.txt; tail -n 8 $o/bench-*.txt
