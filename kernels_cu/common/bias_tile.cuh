@@ -1,7 +1,8 @@
-// bias_tile.cuh: the additive bias staged in shared memory, one tile per key
-// block (fwd_sm90_ws.cu: its consumers have no registers to spare for the
-// bias's global addresses and loads, which score_mod.cuh ScoreMod::bias_tile
-// gives every thread; DESIGN 3, score_mod.cuh for what B is).
+// bias_tile.cuh: the additive bias staged in shared memory by a producer, one
+// tile per block of the main loop (fwd_sm90_ws.cu, bwd_sm90_ws.cu: their
+// consumers have no registers to spare for the bias's global addresses and
+// loads, which score_mod.cuh ScoreMod::bias_tile gives every thread; DESIGN 3,
+// score_mod.cuh for what B is).
 //
 // Tile: B[b, h] rows [row0, row0 + ROWS) x keys [col0, col0 + KEYS) as ROWS
 // rows of KEYS 16-bit elements (the kernel's dtype: CUFLASH_BIAS == 16), the
@@ -13,11 +14,11 @@
 //
 // Producer (copy): THREADS threads, each one fixed chunk column of every
 // ROW_STEP-th row, so the source advances by a constant (and, where ROW_STEP %
-// 8 == 0, the destination too: the swizzle stays the same). Where the bias allows (16-byte aligned rows:
-// the (b, h) slice's start and the row stride) by cp.async, a chunk cut by
-// seqlen_k reading only its keys; otherwise element by element into registers
-// and one 16-byte store. The caller signals the arrival accordingly
-// (cp_async_arrive, or mbar_arrive after the stores).
+// 8 == 0, the destination too: the swizzle stays the same). Where the bias
+// allows (16-byte aligned rows: the (b, h) slice's start and the row stride)
+// by cp.async, a chunk cut by seqlen_k reading only its keys; otherwise element
+// by element into registers and one 16-byte store. The caller signals the
+// arrival accordingly (cp_async_arrive, or mbar_arrive after the stores).
 //
 // Consumers (add): a warp's 16 rows of S (the wgmma / mma m16n8 accumulator
 // layout, fragment.cuh: rows g and g + 8, keys 2t and 2t + 1 of each n8 tile)
