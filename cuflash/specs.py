@@ -614,9 +614,9 @@ class FwdSm90Spec(AttentionSpec):
 
     @property
     def kv_rolled(self) -> bool:
-        """The warp-specialised producer's K/V copies by cp.async in a rolled loop (kernels_cu/
-        fwd_sm90_ws.cu KV_ROLLED): beside a bias, where its 128 threads cover block_n rows in whole
-        rounds of 128 / (head_dim / 8)."""
+        """The warp-specialised producer's K/V copies by cp.async in a rolled loop (CUFLASH_KV_ROLLED):
+        beside a bias, where its 128 threads cover block_n rows in whole rounds of 128 / (head_dim / 8)
+        rows (not d96, d160, d192)."""
         return bool(self.features.bias) and self.tiles.block_n % (128 // (self.head_dim // 8)) == 0
 
     @property
@@ -645,7 +645,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
             "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
-                "CUFLASH_PERSISTENT": int(self.persistent),
+                "CUFLASH_PERSISTENT": int(self.persistent), **({"CUFLASH_KV_ROLLED": 1} if self.kv_rolled else {}),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}
                    if self.listed_seqs else {})} if t.stages else {}),
         }

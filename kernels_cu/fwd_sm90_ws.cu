@@ -102,10 +102,13 @@ static_assert(Q_BUFFERS == 1 || Q_BUFFERS == 2, "one or two Q buffers");
 // (bias_tile.cuh); a float32 or varlen bias runs on fwd_sm90.cu (FwdSm90Tiles.with_features).
 static_assert(!BIAS || (CUFLASH_BIAS == 16 && !CUFLASH_VARLEN && BN % 64 == 0), "a dense 16-bit bias, 64-key atoms");
 using Bias = BiasTile<BM, BN>;
-// The producer's K/V copies by cp.async in a rolled loop beside a bias: unrolled, their addresses and the
-// bias copy's spilled the 56-register producer of the persistent grid (16-40 bytes, NVRTC 12.9). (The
-// rolled loop takes whole rounds of 128 / (D / 8) rows: not d96, d160, d192.)
-constexpr bool KV_ROLLED = BIAS && BN % (128 / (D / 8)) == 0;
+// The producer's K/V copies by cp.async in a rolled loop beside a bias (FwdSm90Spec.kv_rolled): unrolled,
+// their addresses and the bias copy's spilled the 56-register producer of the persistent grid (16-40
+// bytes, NVRTC 12.9).
+#ifndef CUFLASH_KV_ROLLED
+#define CUFLASH_KV_ROLLED 0
+#endif
+constexpr bool KV_ROLLED = CUFLASH_KV_ROLLED;
 constexpr u32 BIAS_BYTES = BIAS ? Bias::BYTES : 0;
 // The epilogue of a tile waits until the next tile's first product is issued, so that the
 // tensor cores work through it. Measured (bench/NOTES.md v20): +4-7% at d64 causal 512-2k,
@@ -395,7 +398,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                             mbar_arrive(k_full(s));
                         }
                     } else {
-                        load_tile_swizzled<BN, D, 128, SwizzleFor<D>::AW, KV_ROLLED>(sK(s), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
+                        load_tile_swizzled<BN, D, 128, SwizzleFor<D>::AW, KV_ROLLED>(sK(s), k, p.k_row_stride,
+                                                                                      j * BN, si.seqlen_k, p.head_dim, tid);
                         cp_async_arrive(k_full(s));
                     }
                 }
@@ -415,7 +419,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                             mbar_arrive(v_full(s));
                         }
                     } else {
-                        load_tile_swizzled<BN, D, 128, SwizzleFor<D>::AW, KV_ROLLED>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
+                        load_tile_swizzled<BN, D, 128, SwizzleFor<D>::AW, KV_ROLLED>(sV(s), v, p.v_row_stride,
+                                                                                      j * BN, si.seqlen_k, p.head_dim, tid);
                         cp_async_arrive(v_full(s));
                     }
                 }
