@@ -15,16 +15,19 @@ tma.MIN_FLOP = 0  # the small cases below take the Hopper forward's TMA loads to
 # The additive bias with its gradient (issue 10), with dropout: ragged shapes (an odd
 # seqlen_k, so bias rows start unaligned), a full bias (dbias stored), a per-key and a
 # per-head one (dbias by atomics), deterministic (expanded buffers), fully masked rows.
+# Each in float32 and in q's dtype (bf16, which the warp-specialised Hopper forward stages
+# in shared memory: element by element where rows are unaligned, by cp.async at seqlen_k 136).
 def bias_cases():
-    for d, (seqlen_q, seqlen_k) in ((64, (77, 131)), (128, (131, 77))):
+    for d, (seqlen_q, seqlen_k) in ((64, (77, 131)), (128, (131, 77)), (128, (100, 136))):
         q, k, v = testing.random_qkv(2, seqlen_q, seqlen_k, 4, 2, d, "bf16", xp=cp)
         dout = testing.random_like(q)
         for shape in ((2, 4, seqlen_q, seqlen_k), (2, 1, 1, seqlen_k), (1, 4, seqlen_q, seqlen_k)):
-            bias = cp.random.standard_normal(shape, dtype=cp.float32)
-            out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, bias=bias, dropout_p=0.2, seed=3)
-            for deterministic in (False, True):
-                cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=deterministic,
-                                           bias=bias, bias_requires_grad=True, dropout_p=0.2, seed=3)
+            in_dtype = testing.random_like(cp.empty(shape, cp.uint16).view(q.dtype))
+            for bias in (cp.random.standard_normal(shape, dtype=cp.float32), in_dtype):
+                out, lse = cuflash.attention(q, k, v, causal=True, return_lse=True, bias=bias, dropout_p=0.2, seed=3)
+                for deterministic in (False, True):
+                    cuflash.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=deterministic,
+                                               bias=bias, bias_requires_grad=True, dropout_p=0.2, seed=3)
 
 
 # Repeated calls that replay launch plans (api.py: forward, backward, a paged decode step with an

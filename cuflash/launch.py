@@ -133,7 +133,8 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
     kernels_cu/bwd_sm90_ws.cu: K, V, and t.stages slots of Q, dO, L2 and D; two
     dS^T buffers and one fp32 dQ buffer (Br x (D + pad)), or with ping-pong four and two; the
     sink sums of the 256 consumer threads; the dQ turns (8 bytes); its mbarriers (1 + 2
-    per dQ buffer + 2 per stage, 8 bytes each); the slack.
+    per dQ buffer + 2 per stage, 8 bytes each); a staged bias's tiles (Br x Bc, 16-bit) and
+    their 2 mbarriers each (BwdSm90Spec.bias_stages); the slack.
     All: with a learnable sink, one fp32 running sum per computing thread (softmax.cuh sink_log2).
     """
     t = spec.tiles
@@ -144,7 +145,8 @@ def bwd_smem_bytes(spec: BwdSpec | BwdSm90Spec) -> int:
         ds_buffers, dq_buffers = t.buffers
         tiles = 2 * (2 * t.block_n + 2 * stages * t.block_m) * spec.head_dim + ds_buffers * 2 * t.block_n * t.block_m
         dq = dq_buffers * 4 * t.block_m * (spec.head_dim + spec.dq_accum_pad)
-        return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (1 + 2 * dq_buffers + 2 * stages) + 1024
+        bias = spec.bias_stages * (2 * t.block_m * t.block_n + 16)  # staged bias tiles and their two mbarriers
+        return tiles + dq + 8 * stages * t.block_m + sink_parts + 8 + 8 * (1 + 2 * dq_buffers + 2 * stages) + bias + 1024
     if isinstance(spec, BwdSm90Spec):
         exchange = (2 if t.split_d else 1) * 2 * t.block_n * t.block_m
         return 2 * (2 * t.block_n + 4 * t.block_m) * spec.head_dim + exchange + 16 * t.block_m + sink_parts + 16 + 1024

@@ -324,10 +324,12 @@ class FwdSm90Tiles:
     def with_features(self, features: "Features", head_dim: int) -> "FwdSm90Tiles":
         """These tiles for a feature set, where the features' registers do not fit them
         (each measured by a spill under NVRTC 12.9, bench/NOTES.md v8):
-        - the bias's addresses and loads: the warp-specialised consumers (224 registers)
-          spilled 8-84 bytes, so a bias runs on the kernel without a producer, at
-          128 rows, key blocks rounded down to a multiple of 64 (d160-d256: the 64
-          keys it has always run there) and one CTA per SM;
+        - a bias: the warp-specialised kernel stages a 16-bit dense one in shared memory
+          (kernels_cu/common/bias_tile.cuh), at 128 rows and key blocks rounded down to a
+          multiple of 64 (whole swizzle atoms; a ring of bias tiles beside K/V's fits 227 KB);
+          a float32 or varlen bias, whose global addresses and loads spilled the consumers
+          (224 registers, 8-84 bytes), runs on the kernel without a producer, at those
+          tiles and one CTA per SM;
         - ALiBi, the sink or dropout beside three consumer warpgroups (160 registers each)
           spilled 8-116 bytes: two consumer warpgroups (128 rows) instead;
         - dropout's Philox rounds in a register-capped tile (ctas_per_sm > 1) spilled 76 bytes:
@@ -337,7 +339,8 @@ class FwdSm90Tiles:
           64 keys, the tiles it had before."""
         t = self
         if features.bias and t.stages:
-            t = replace(t, block_m=128, block_n=t.block_n // 64 * 64, stages=0)
+            staged = features.bias == 16 and not features.varlen
+            t = replace(t, block_m=min(t.block_m, 128), block_n=t.block_n // 64 * 64, stages=t.stages if staged else 0)
         if features.alibi and t.stages and t.block_n > 64 and head_dim >= 160:
             t = replace(t, block_n=64)
         if (features.alibi or features.sink or features.dropout) and t.stages and t.block_m > 128:
@@ -504,6 +507,9 @@ class FwdSm90Spec(AttentionSpec):
         if t.stages and (t.stages < 2 or t.ctas_per_sm != 1 or t.block_m > 192):
             raise ValueError(f"a warp-specialised tile has 2 or more stages, one CTA per SM and at most "
                              f"three consumer warpgroups, got {t}")
+        if t.stages and self.features.bias and (self.features.bias != 16 or self.features.varlen or t.block_n % 64):
+            raise ValueError(f"the warp-specialised kernel stages a dense 16-bit bias in key blocks of a multiple "
+                             f"of 64 (kernels_cu/common/bias_tile.cuh), got {t} with {self.features}")
         if self.short_band and self.features.mask != "local":
             raise ValueError("short_band is a property of a local mask")
         if self.long_rows and (self.features.varlen or self.features.mask not in ("none", "causal")):
@@ -564,11 +570,15 @@ class FwdSm90Spec(AttentionSpec):
     def ws_smem_bytes(self, q_buffers: int) -> int:
         """Dynamic shared memory of kernels_cu/fwd_sm90_ws.cu with `q_buffers` Q buffers: those and
         t.stages stages of K and V (swizzled rows of D), 1 KB so the kernel can align the tiles to
-        1024 bytes, its mbarriers (2 per Q buffer + 4 per stage, 8 bytes each) and on a varlen
-        persistent grid its tile list (listed_seqs)."""
+        1024 bytes, its mbarriers (2 per Q buffer + 4 per stage, 8 bytes each), with a bias t.stages
+        bias tiles (block_m x block_n, 16-bit) and 2 mbarriers per stage, and on a varlen persistent
+        grid its tile list (listed_seqs)."""
         t = self.tiles
-        return (q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + 8 * (
-            2 * q_buffers + 4 * t.stages) + 8 * (self.listed_seqs + 1 if self.listed_seqs else 0)
+        bias = self.features.bias == 16  # a ring of 16-bit bias tiles (block_m, block_n) and its 2 barriers a slot
+        return ((q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024
+                + 8 * (2 * q_buffers + (6 if bias else 4) * t.stages)
+                + (t.stages * t.block_m * t.block_n * 2 if bias else 0)
+                + 8 * (self.listed_seqs + 1 if self.listed_seqs else 0))
 
     @property
     def listed_seqs(self) -> int:
@@ -594,11 +604,20 @@ class FwdSm90Spec(AttentionSpec):
         causal tiles of the others (short_causal: d256). Not with ALiBi or dropout: their per-tile
         state beside the tile loop's spilled the consumers (d128 ALiBi: 84 bytes, NVRTC 12.9 and 13.5).
         Causal on three consumer warpgroups (192 rows, 160 registers each) spilled 100 bytes until
-        the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12)."""
+        the element mask took two bounds per row (mask.cuh Visibility.apply_rows; bench/NOTES.md v12).
+        A bias keeps it where the producer's K/V copies roll beside the bias's (kv_rolled): at d160 and
+        d192 the unrolled ones spilled its 56 registers (28-40 bytes, NVRTC 12.9)."""
         f, t = self.features, self.tiles
         return (bool(t.stages) and not self.long_rows and (f.mask in ("none", "causal") or self.short_band)
-                and not f.alibi and not f.dropout
+                and not f.alibi and not f.dropout and (not f.bias or self.kv_rolled)
                 and (self.head_dim in FWD_SM90_PERSISTENT_HEAD_DIMS or self.short_causal))
+
+    @property
+    def kv_rolled(self) -> bool:
+        """The warp-specialised producer's K/V copies by cp.async in a rolled loop (CUFLASH_KV_ROLLED):
+        beside a bias, where its 128 threads cover block_n rows in whole rounds of 128 / (head_dim / 8)
+        rows (not d96, d160, d192)."""
+        return bool(self.features.bias) and self.tiles.block_n % (128 // (self.head_dim // 8)) == 0
 
     @property
     def paired(self) -> bool:
@@ -626,7 +645,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
             "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
-                "CUFLASH_PERSISTENT": int(self.persistent),
+                "CUFLASH_PERSISTENT": int(self.persistent), **({"CUFLASH_KV_ROLLED": 1} if self.kv_rolled else {}),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}
                    if self.listed_seqs else {})} if t.stages else {}),
         }
@@ -904,9 +923,15 @@ class BwdSm90Spec(AttentionSpec):
     def tiles(self) -> BwdSm90Tiles:
         if self.head_dim > 128:
             return BwdSm90Tiles(64, 64)
-        # The warp-specialised consumers have 232 registers: a bias's loads, and dropout's
-        # Philox rounds beside d = 128's accumulators, spilled there (NVRTC 12.9).
-        if self.features.bias or (self.features.dropout and self.head_dim == 128):
+        # The warp-specialised consumers have 232 registers: a bias's loads from global memory, and
+        # dropout's Philox rounds beside d = 128's accumulators, spilled there (NVRTC 12.9). At d = 64 a
+        # 16-bit dense bias without softcap is staged in shared memory instead (bias_stages). At d = 128
+        # the lockstep consumers still spill with it (24-92 bytes, NVRTC 12.9): dbias's writes from
+        # registers, not the staged loads (without dbias's writes they compile clean). A float32 or varlen
+        # bias, or one beside softcap (whose derivative reads the bias again), keeps bwd_sm90.cu too.
+        f = self.features
+        staged_bias = f.bias == 16 and not f.varlen and not f.softcap and self.head_dim == 64
+        if (f.bias and not staged_bias) or (f.dropout and self.head_dim == 128):
             return BwdSm90Tiles(64, 128)
         if self.head_dim == 64:
             return BwdSm90Tiles(64, 128, warps=12, stages=3, pingpong=True)
@@ -915,6 +940,14 @@ class BwdSm90Spec(AttentionSpec):
     @property
     def source(self) -> str:
         return "bwd_sm90_ws.cu" if self.tiles.stages else "bwd_sm90.cu"
+
+    @property
+    def bias_stages(self) -> int:
+        """Bias tiles (64 queries x 128 keys, 16-bit) in flight in bwd_sm90_ws.cu (CUFLASH_BIAS_STAGES):
+        two beside the ping-pong consumers (d64, 227 KB holds them; the kernel also takes one, which the
+        consumers free early in a block's recompute, for tiles where two would not fit); 0 without a
+        staged bias."""
+        return 2 if self.tiles.stages and self.features.bias else 0
 
     @property
     def swizzle_atom(self) -> int:
@@ -956,6 +989,7 @@ class BwdSm90Spec(AttentionSpec):
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_PINGPONG": int(t.pingpong), "CUFLASH_DQ_PAD": self.dq_accum_pad,
                 "CUFLASH_SWIZZLE_ATOM": self.swizzle_atom} if t.stages else {}),
+            **({"CUFLASH_BIAS_STAGES": self.bias_stages} if self.bias_stages else {}),
         }
 
 

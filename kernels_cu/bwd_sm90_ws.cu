@@ -34,9 +34,12 @@
 //       too is one reduction.
 //       Deterministic: in a fixed key-block order (mask.cuh dq_key_block; held by this warp
 //       alone, so the consumers never wait for other CTAs).
-//     warp 3 has nothing to do.
+//     warp 3: with an additive bias, per query block its Br x Bc tile (queries x
+//       this CTA's keys) into a ring of BIAS_STAGES tiles (bias_tile.cuh), as soon
+//       as the consumers freed the stage; otherwise nothing.
 //   Consumers (setmaxnreg up to CONSUMER_REGS), per query block i:
-//     S^T = K Q^T, dP^T = V dO^T (64 keys x Br per consumer); modifier, mask;
+//     S^T = K Q^T, dP^T = V dO^T (64 keys x Br per consumer); modifier (a bias
+//     from its staged tile by ldmatrix.trans, then freeing the stage), mask;
 //     P^T and dS^T in registers (softmax.cuh); dS^T -> shared memory;
 //     dV += P^T dO (A = P^T from registers); dK += dS^T Q; dQ_i (Br x D/2 per
 //     consumer, columns c*D/2..) = dS K over the Bc keys, which reads both
@@ -60,17 +63,17 @@
 // CUFLASH_PINGPONG, CUFLASH_DQ_PAD (8 lockstep, 0 ping-pong), CUFLASH_DETERMINISTIC, and
 // the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT,
 // CUFLASH_VARLEN (seqinfo.cuh).
-// Br = 64, 384 threads. No additive bias (bwd_sm90.cu runs it) and no D = 256
-// (bwd_sm90.cu's split of the columns).
+// Br = 64, 384 threads. CUFLASH_BIAS (16 only, dense, without softcap) with CUFLASH_BIAS_STAGES;
+// a float32, varlen or softcapped bias runs on bwd_sm90.cu, as does D = 256 (its split of the columns).
 // Memory: nothing of size seqlen_q x seqlen_k. Constraints: as bwd.cu; the
 // dq_accum rows (D fp32) are 16-byte aligned and DQ_ROW floats apart, with m_blocks * Br
 // rows per (batch, head), or for varlen total_q + Br rows per head (cuflash/launch.py
 // allocates them so).
 // Shared memory (cuflash/launch.py bwd_smem_bytes): 2 Bc D (K, V) + 2 STAGES Br D
 // (Q, dO) + DS_BUFFERS Bc Br (dS^T) 16-bit elements, DQ_BUFFERS Br DQ_ROW fp32 (dQ),
-// 8 STAGES Br bytes (L2, D), 4 bytes per consumer thread with a sink, 8 bytes
-// per mbarrier (1 + 2 DQ_BUFFERS + 2 STAGES), 8 bytes for the dQ turns and 1 KB
-// alignment slack.
+// 8 STAGES Br bytes (L2, D), with a bias BIAS_STAGES Br Bc 16-bit elements, 4 bytes
+// per consumer thread with a sink, 8 bytes per mbarrier (1 + 2 DQ_BUFFERS + 2 STAGES,
+// with a bias 2 BIAS_STAGES more), 8 bytes for the dQ turns and 1 KB alignment slack.
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -83,6 +86,7 @@
 #include "common/score_mod.cuh"
 #include "common/softmax.cuh"
 #include "common/epilogue.cuh"
+#include "common/bias_tile.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = 64;                 // Br: queries per step
@@ -104,7 +108,20 @@ constexpr int DT = D / 8;              // n8 tiles of dK, dV per warp
 static_assert(D == 64 || D == 128, "head dims of this kernel (d = 256 runs on bwd_sm90.cu)");
 static_assert(BN == 128 && STAGES >= 2, "64 keys per consumer warpgroup; a ring of at least two slots");
 static_assert(!PINGPONG || STAGES >= 3, "ping-pong holds a block's slot until the next step's products: three slots");
-static_assert(!BIAS, "an additive bias runs on bwd_sm90.cu");
+// An additive bias (16-bit, dense, no softcap: softcap's derivative reads the bias again) is staged
+// per query block in shared memory by producer warp 3 (bias_tile.cuh); others run on bwd_sm90.cu
+// (BwdSm90Spec.tiles).
+static_assert(!BIAS || (CUFLASH_BIAS == 16 && !CUFLASH_VARLEN && !SOFTCAP), "a dense 16-bit bias without softcap");
+#ifndef CUFLASH_BIAS_STAGES
+#define CUFLASH_BIAS_STAGES 0
+#endif
+// Bias tiles (BM queries x BN keys) in flight (BwdSm90Spec.bias_stages): two where shared memory
+// holds them (ping-pong, d = 64), else one, which the consumers free early in a block's recompute.
+constexpr int BIAS_STAGES = BIAS ? CUFLASH_BIAS_STAGES : 1;  // 1 without a bias: never used, never 0
+static_assert(!BIAS || BIAS_STAGES >= 1, "a bias needs its ring");
+using Bias = BiasTile<BM, BN>;
+constexpr u32 BIAS_BYTES = BIAS ? Bias::BYTES : 0;
+constexpr int BIAS_WARP = 3;  // the producer's warp that copies the bias
 
 // Register split (from 168 each at launch): the consumers hold dK and dV of 64
 // keys x D (2 D fp32 per thread) beside S^T, dP^T and dQ; 40 is what the
@@ -147,7 +164,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const u32 sdO0 = sQ0 + STAGES * QD_BYTES;   // STAGES slots of dO (BM, D)
     const u32 sdSt0 = sdO0 + STAGES * QD_BYTES;      // [DS_BUFFERS] (BN keys, BM queries), queries contiguous
     const u32 sdQ0 = sdSt0 + DS_BUFFERS * DST_BYTES;  // [DQ_BUFFERS] (BM, DQ_ROW) fp32
-    float* sLse2 = reinterpret_cast<float*>(smem + (sdQ0 + DQ_BUFFERS * DQ_BYTES - base));  // [STAGES][BM]
+    const u32 sB0 = sdQ0 + DQ_BUFFERS * DQ_BYTES;     // BIAS: [BIAS_STAGES] (BM queries, BN keys), bias_tile.cuh
+    float* sLse2 = reinterpret_cast<float*>(smem + (sB0 + BIAS_STAGES * BIAS_BYTES - base));  // [STAGES][BM]
     float* sDelta = sLse2 + STAGES * BM;                                                   // [STAGES][BM]
     float* sSinkPart = sDelta + STAGES * BM;  // [CONSUMERS] (SINK) softmax.cuh sink_log2
     int* sTurn = reinterpret_cast<int*>(sSinkPart + (SINK ? CONSUMERS : 0));  // [2] DETERMINISTIC: dQ turn of each dQ buffer's block
@@ -158,6 +176,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     auto dq_empty = [&](int b) { return bars + 8u * (1 + DQ_BUFFERS + b); };
     auto qdo_full = [&](int s) { return bars + 8u * (1 + 2 * DQ_BUFFERS + s); };
     auto qdo_empty = [&](int s) { return bars + 8u * (1 + 2 * DQ_BUFFERS + STAGES + s); };
+    // BIAS: then b_full and b_empty per bias stage; block u's tile is in stage u % BIAS_STAGES.
+    auto b_full = [&](int s) { return bars + 8u * (1 + 2 * DQ_BUFFERS + 2 * STAGES + s); };
+    auto b_empty = [&](int s) { return bars + 8u * (1 + 2 * DQ_BUFFERS + 2 * STAGES + BIAS_STAGES + s); };
+    auto sB = [&](int s) { return sB0 + (u32)s * BIAS_BYTES; };
     auto sQ = [&](int s) { return sQ0 + (u32)s * QD_BYTES; };
     auto sdO = [&](int s) { return sdO0 + (u32)s * QD_BYTES; };
     auto sdSt = [&](int u) { return sdSt0 + (u32)(u % DS_BUFFERS) * DST_BYTES; };
@@ -192,6 +214,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(qdo_full(s), loaders);
             mbar_init(qdo_empty(s), CONSUMERS);
+        }
+        for (int s = 0; s < (BIAS ? BIAS_STAGES : 0); ++s) {
+            mbar_init(b_full(s), 32);  // the bias warp's threads
+            mbar_init(b_empty(s), CONSUMERS);
         }
         mbar_init_fence();
     }
@@ -279,6 +305,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             }
             // The reductions complete before the kernel does.
             bulk_wait_all<false>();
+        } else if (BIAS && warp == BIAS_WARP) {
+            // Block u's bias tile (its queries x this CTA's keys) once the consumers freed the stage.
+#pragma unroll 1
+            for (int u = 0; u < count; ++u) {
+                const int s = u % BIAS_STAGES;
+                mbar_wait(b_empty(s), ((u / BIAS_STAGES) & 1) ^ 1);
+                if (Bias::template copy<32>(sB(s), p, si, (m_begin + u) * BM, key0, lane)) cp_async_arrive(b_full(s));
+                else mbar_arrive(b_full(s));
+            }
+            cp_async_commit();  // as the loaders: leave once this thread's copies landed
+            cp_async_wait<0>();
         }
         return;
     }
@@ -290,7 +327,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
-    const BiasGrad dbias(p, si);        // inactive: no bias in this kernel
+    const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
+    // BIAS: this lane's ldmatrix.trans address in a staged bias tile and the step to its next 16 queries.
+    const bool one_row = BIAS && p.bias_row_stride == 0;
+    const u32 bias_lane = BIAS ? Bias::lane_offset_t(warp_key0, lane, one_row) : 0u;
     const float sink2 = sink_log2(p, si);
 
     float acc_dk[DT][4], acc_dv[DT][4];
@@ -314,7 +354,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     // where dK and dQ read it.
     auto recompute = [&](float (&acc_s)[1][NT][4], float (&acc_dp)[1][NT][4], int u) {
         const int s = u % STAGES, row0 = row0_of(u);
-        if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + warp_key0, row0, lane);
+        if (ScoreMod::ACTIVE) mod.apply<true, true>(acc_s, key0 + warp_key0, row0, lane);
+        if (BIAS) {  // after ALiBi, before the mask (a masked score stays -inf)
+            const int bs = u % BIAS_STAGES;
+            mbar_wait(b_full(bs), (u / BIAS_STAGES) & 1);
+            Bias::add_t(acc_s[0], sB(bs), bias_lane, Bias::row_step_t(one_row), mod.inv_scale);
+            mbar_arrive(b_empty(bs));  // the tile is in registers: the bias warp may copy the next block's
+        }
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + warp_key0, row0, lane);
         const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + s * BM, sDelta + s * BM, p.scale_log2,
                                                    mod, drop, dbias, sink2, key0 + warp_key0, row0, lane);

@@ -132,12 +132,34 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_decode(const De
     // past head_dim are zero-filled (never read from the cache: unused slots
     // may hold anything, NaN included). Always one commit, so that the wait
     // below counts groups uniformly.
+    constexpr int LANE_ROWS = BN / ROW_STEP;  // rows a lane copies per block (ROW_STEP is 1, 2, 4 or 8)
+    static_assert(BN % ROW_STEP == 0, "whole rounds of rows");
     auto load = [&](int t) {
         if (t < count && lane_copies) {
             const int key0 = (first + t * WARPS) * BN;
             const int kv_row = (t % STAGES) * 2 * BN + lane_row;  // K's; V's are BN rows on
+            if (cache.pages == nullptr && pad + key0 + BN <= key_end && lane_col < p.head_dim) {
+                // A block of a contiguous cache inside the used keys (every block of a row but its
+                // last): the lane's rows are its first row's address plus multiples of ROW_STEP rows,
+                // copied without a slot, a bound or a predicate each (the general path below forms
+                // each row's 64-bit address from its slot: ~20 instructions per copy).
+                const int j = pad + key0 + lane_row;
+                const u16* ks = kbase + CacheMap::at(make_int2(cache.cache_row, j), p.k_batch_stride, p.k_row_stride,
+                                                     p.k_head_stride, h_kv) + lane_col;
+                const u16* vs = vbase + CacheMap::at(make_int2(cache.cache_row, j), p.v_batch_stride, p.v_row_stride,
+                                                     p.v_head_stride, h_kv) + lane_col;
+#pragma unroll
+                for (int k = 0; k < LANE_ROWS; ++k) {
+                    const int r = kv_row + k * ROW_STEP;
+                    cp_async_16_full(ring_addr + chunk_offset<RPITCH, SWIZZLE>(r, lane % CHUNKS),
+                                     ks + k * ROW_STEP * p.k_row_stride);
+                    cp_async_16_full(ring_addr + chunk_offset<RPITCH, SWIZZLE>(r + BN, lane % CHUNKS),
+                                     vs + k * ROW_STEP * p.v_row_stride);
+                }
+                cp_async_commit();
+                return;
+            }
             // First every row's slot (their block-table reads overlap), then the copies.
-            constexpr int LANE_ROWS = (BN + ROW_STEP - 1) / ROW_STEP;  // rows this lane copies
             int2 slot[LANE_ROWS];
             bool ok[LANE_ROWS];
             CacheCursor at(cache, pad + key0 + lane_row, key_end);

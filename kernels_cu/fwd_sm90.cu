@@ -2,8 +2,8 @@
 // warpgroup (sm_90a: wgmma with operands in shared memory, cp.async loads by
 // every thread, fp32 accumulators). The warp-specialised fwd_sm90_ws.cu is the
 // default; this kernel runs the tiles it cannot (cuflash/specs.py
-// FwdSm90Tiles.with_features: an additive bias; the narrow sliding-window
-// tiles of two CTAs per SM).
+// FwdSm90Tiles.with_features: a float32 or varlen additive bias; the narrow
+// sliding-window tiles of two CTAs per SM).
 //
 // Computes the same as fwd.cu, for one (batch b, query head h) and a block of
 // Br query rows:

@@ -28,13 +28,16 @@
 //     freed it; each copy signals the buffer's full barrier when it lands. One
 //     thread issues TMA copies (p.tma: tensor maps of q, k, v, cuflash/tma.py;
 //     varlen: but a sequence's last, partial K/V block), or all 128 threads
-//     cp.async (arrays TMA cannot address, small calls, CUFLASH_TMA=0).
+//     cp.async (arrays TMA cannot address, small calls, CUFLASH_TMA=0). With an
+//     additive bias all 128 threads also copy block j's Br x Bc tile of it into
+//     slot i % STAGES of a ring of bias tiles (bias_tile.cuh), beside K[j].
 //   Consumers (setmaxnreg up to CONSUMER_REGS), as fwd_sm90.cu's main loop:
 //     S[last] = Q K[last]^T and its softmax; then per step n = last .. first+1
 //     (in three loops: the blocks that need the element mask, those that do not,
 //     and under a left window the masked ones again):
 //       issue S[n-1] = Q K[n-1]^T and O += P[n] V[n]; wait for S[n-1], free
-//       K[n-1]'s slot; modifier, mask, online softmax -> P[n-1], while P[n] V[n]
+//       K[n-1]'s slot; modifier (the bias from its staged tile, then freeing
+//       that slot), mask, online softmax -> P[n-1], while P[n] V[n]
 //       runs (intra-warpgroup overlap); wait for it, free V[n]'s slot; rescale
 //       O; pack P[n-1] to 16 bits. Last: O += P[first] V[first].
 //     Ping-pong: the consumers take turns (named barriers, in ring order) to
@@ -55,13 +58,15 @@
 // CUFLASH_LISTED_ROWS (varlen on the persistent grid: the most sequences its tile list holds, the
 // longest sequence that walks it), CUFLASH_Q_BUFFERS
 // (1 or 2: FwdSm90Spec.q_buffers), and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
-// CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh). No additive bias: its loads do
-// not fit the consumers' registers, and fwd_sm90.cu runs it (FwdSm90Tiles.with_features).
+// CUFLASH_ALIBI, CUFLASH_SINK, CUFLASH_DROPOUT, CUFLASH_VARLEN (seqinfo.cuh), CUFLASH_BIAS (16 only, dense,
+// Bc % 64 == 0: staged in shared memory; a float32 or varlen bias, whose loads from global memory do not
+// fit the consumers' registers, runs on fwd_sm90.cu: FwdSm90Tiles.with_features).
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0); the
 // parameter is __grid_constant__, as TMA reads its tensor maps in place.
-// Shared memory: (Q_BUFFERS Br + 2 STAGES Bc) * D * 2 bytes, 8 bytes per mbarrier
-// (2 Q_BUFFERS + 4 STAGES), a varlen persistent grid's tile list (8 (LISTED_SEQS + 1)
-// bytes), plus 1 KB of alignment slack (cuflash/launch.py).
+// Shared memory: (Q_BUFFERS Br + 2 STAGES Bc) * D * 2 bytes, with a bias STAGES Br * Bc * 2
+// more, 8 bytes per mbarrier (2 Q_BUFFERS + 4 STAGES, with a bias 2 STAGES more), a varlen
+// persistent grid's tile list (8 (LISTED_SEQS + 1) bytes), plus 1 KB of alignment slack
+// (cuflash/specs.py FwdSm90Spec.ws_smem_bytes).
 #include "common/platform.cuh"
 #include "common/params.cuh"
 #include "common/numeric.cuh"
@@ -73,6 +78,7 @@
 #include "common/mask.cuh"
 #include "common/score_mod.cuh"
 #include "common/epilogue.cuh"
+#include "common/bias_tile.cuh"
 
 constexpr int D = CUFLASH_HEAD_DIM;
 constexpr int BM = CUFLASH_BLOCK_M;
@@ -92,7 +98,18 @@ constexpr int DT = D / 8;   // n8 tiles of O per warp
 static_assert(BM % 64 == 0 && BN % 16 == 0 && D % 32 == 0 && STAGES >= 2, "tile shape");
 static_assert(WGS >= 1 && WGS <= 3, "one to three consumer warpgroups");
 static_assert(Q_BUFFERS == 1 || Q_BUFFERS == 2, "one or two Q buffers");
-static_assert(!BIAS, "an additive bias runs on fwd_sm90.cu");
+// An additive bias (16-bit, dense) is staged tile by tile in shared memory by the producer
+// (bias_tile.cuh); a float32 or varlen bias runs on fwd_sm90.cu (FwdSm90Tiles.with_features).
+static_assert(!BIAS || (CUFLASH_BIAS == 16 && !CUFLASH_VARLEN && BN % 64 == 0), "a dense 16-bit bias, 64-key atoms");
+using Bias = BiasTile<BM, BN>;
+// The producer's K/V copies by cp.async in a rolled loop beside a bias (FwdSm90Spec.kv_rolled): unrolled,
+// their addresses and the bias copy's spilled the 56-register producer of the persistent grid (16-40
+// bytes, NVRTC 12.9).
+#ifndef CUFLASH_KV_ROLLED
+#define CUFLASH_KV_ROLLED 0
+#endif
+constexpr bool KV_ROLLED = CUFLASH_KV_ROLLED;
+constexpr u32 BIAS_BYTES = BIAS ? Bias::BYTES : 0;
 // The epilogue of a tile waits until the next tile's first product is issued, so that the
 // tensor cores work through it. Measured (bench/NOTES.md v20): +4-7% at d64 causal 512-2k,
 // -2-3% at d128 causal 512-1k; it needs a free Q buffer for the next tile.
@@ -263,7 +280,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
     const u32 sK0 = smem_base + Q_BUFFERS * Q_BYTES;  // Q_BUFFERS buffers of Q (BM, D), then
     const u32 sV0 = sK0 + STAGES * KV_BYTES;          // STAGES slots of K (BN, D), of V (BN, D)
-    const u32 bars = sV0 + STAGES * KV_BYTES;         // mbarriers, 8 bytes each, then (LISTED) the tile list
+    const u32 sB0 = sV0 + STAGES * KV_BYTES;          // BIAS: STAGES slots of the bias (BM, BN)
+    const u32 bars = sB0 + STAGES * BIAS_BYTES;       // mbarriers, 8 bytes each, then (LISTED) the tile list
     auto sQ = [&](int qb) { return smem_base + (u32)qb * Q_BYTES; };
     auto q_full = [&](int qb) { return bars + 8u * qb; };
     auto q_empty = [&](int qb) { return bars + 8u * (Q_BUFFERS + qb); };
@@ -273,7 +291,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     auto v_empty = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 3 * STAGES + s); };
     auto sK = [&](int s) { return sK0 + (u32)s * KV_BYTES; };
     auto sV = [&](int s) { return sV0 + (u32)s * KV_BYTES; };
-    int* const list_words = reinterpret_cast<int*>(smem + (bars + 8u * (2 * Q_BUFFERS + 4 * STAGES) - smem_base));
+    // BIAS: the bias slots' barriers, as K's (the bias of K[j]'s block shares its slot index).
+    auto b_full = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 4 * STAGES + s); };
+    auto b_empty = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 5 * STAGES + s); };
+    auto sB = [&](int s) { return sB0 + (u32)s * BIAS_BYTES; };
+    int* const list_words =
+        reinterpret_cast<int*>(smem + (bars + 8u * (2 * Q_BUFFERS + (BIAS ? 6 : 4) * STAGES) - smem_base));
     const TileList list{list_words, list_words + LISTED_SEQS + 1, LISTED && p.batch <= LISTED_SEQS && p.seqlen_q <= LISTED_ROWS};
 
     const int tid = threadIdx.x, lane = tid % 32;
@@ -300,6 +323,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_init(v_full(s), producers);
             mbar_init(k_empty(s), 128 * WGS);
             mbar_init(v_empty(s), 128 * WGS);
+            if (BIAS) {
+                mbar_init(b_full(s), 128);  // every producer thread copies part of the bias
+                mbar_init(b_empty(s), 128 * WGS);
+            }
         }
         mbar_init_fence();
     }
@@ -316,8 +343,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     if (wg == 0) {
         // ---- Producer.
         setmaxnreg_dec<PRODUCER_REGS>();
-        // Dense with TMA: one thread issues every copy, arriving once on a full barrier with the bytes to come.
-        if (tma_alone && tid != 0) return;
+        // Dense with TMA: one thread issues every copy of Q, K and V, arriving once on a full barrier with
+        // the bytes to come. A bias is copied by all 128 threads (bias_tile.cuh), each arriving on its barrier.
+        if (tma_alone && !BIAS && tid != 0) return;
+        const bool loads_qkv = !tma_alone || tid == 0;
         // The maps' batch index: varlen maps hold every sequence's rows as one batch.
         auto map_batch = [&](const SeqInfo& si) { return CUFLASH_VARLEN ? 0 : si.b; };
         int kq = 0, g = 0;
@@ -332,20 +361,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             const u16 *q, *k, *v;
             si.qkv_rows(p, q, k, v);
             const int qb = kq % Q_BUFFERS;
-            mbar_wait(q_empty(qb), ((kq / Q_BUFFERS) & 1) ^ 1);
-            if (tma) {
-                if (!CUFLASH_VARLEN || tid == 0) {
-                    mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
-                    tma_load_tile<BM, D>(sQ(qb), p.tma_q, si.q_start + row0, si.h, map_batch(si), q_full(qb));
+            if (!BIAS || loads_qkv) {
+                mbar_wait(q_empty(qb), ((kq / Q_BUFFERS) & 1) ^ 1);
+                if (tma) {
+                    if (!CUFLASH_VARLEN || tid == 0) {
+                        mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
+                        tma_load_tile<BM, D>(sQ(qb), p.tma_q, si.q_start + row0, si.h, map_batch(si), q_full(qb));
+                    } else {
+                        mbar_arrive(q_full(qb));
+                    }
                 } else {
-                    mbar_arrive(q_full(qb));
+                    // tid laundered: the Q tile's shared-memory offsets, hoisted out of the tile loop, spilled;
+                    // the tested path alone (the K/V blocks' untested one beside it spilled 20-52 bytes).
+                    load_tile_swizzled<BM, D, 128, SwizzleFor<D>::AW, false, false>(
+                        sQ(qb), q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, (int)opaque((u32)tid));
+                    cp_async_arrive(q_full(qb));
                 }
-            } else {
-                // tid laundered: the Q tile's shared-memory offsets, hoisted out of the tile loop, spilled;
-                // the tested path alone (the K/V blocks' untested one beside it spilled 20-52 bytes).
-                load_tile_swizzled<BM, D, 128, SwizzleFor<D>::AW, false, false>(
-                    sQ(qb), q, p.q_row_stride, row0, si.seqlen_q, p.head_dim, (int)opaque((u32)tid));
-                cp_async_arrive(q_full(qb));
             }
             ++kq;
             // One loop for both ways of copying: one per way spilled the cp.async producer at d256 (36 bytes,
@@ -356,29 +387,42 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                 const u32 free_parity = ((g / STAGES) & 1) ^ 1;
                 // Varlen: a block partly past the sequence's end by cp.async (zeros there).
                 const bool by_tma = tma && (!CUFLASH_VARLEN || (j + 1) * BN <= si.seqlen_k);
-                mbar_wait(k_empty(s), free_parity);
-                if (by_tma) {
-                    if (!CUFLASH_VARLEN || tid == 0) {
-                        mbar_arrive_expect_tx(k_full(s), KV_BYTES);
-                        tma_load_tile<BN, D>(sK(s), p.tma_k, si.k_start + j * BN, si.h_kv, map_batch(si), k_full(s));
+                if (!BIAS || loads_qkv) {
+                    mbar_wait(k_empty(s), free_parity);
+                    if (by_tma) {
+                        if (!CUFLASH_VARLEN || tid == 0) {
+                            mbar_arrive_expect_tx(k_full(s), KV_BYTES);
+                            tma_load_tile<BN, D>(sK(s), p.tma_k, si.k_start + j * BN, si.h_kv, map_batch(si),
+                                                 k_full(s));
+                        } else {
+                            mbar_arrive(k_full(s));
+                        }
                     } else {
-                        mbar_arrive(k_full(s));
+                        load_tile_swizzled<BN, D, 128, SwizzleFor<D>::AW, KV_ROLLED>(sK(s), k, p.k_row_stride,
+                                                                                      j * BN, si.seqlen_k, p.head_dim, tid);
+                        cp_async_arrive(k_full(s));
                     }
-                } else {
-                    load_tile_swizzled<BN, D, 128>(sK(s), k, p.k_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
-                    cp_async_arrive(k_full(s));
                 }
-                mbar_wait(v_empty(s), free_parity);
-                if (by_tma) {
-                    if (!CUFLASH_VARLEN || tid == 0) {
-                        mbar_arrive_expect_tx(v_full(s), KV_BYTES);
-                        tma_load_tile<BN, D>(sV(s), p.tma_v, si.k_start + j * BN, si.h_kv, map_batch(si), v_full(s));
+                if (BIAS) {  // the bias of block j, beside K[j]: the consumers add it to S[j]
+                    mbar_wait(b_empty(s), free_parity);
+                    if (Bias::copy<128>(sB(s), p, si, row0, j * BN, tid)) cp_async_arrive(b_full(s));
+                    else mbar_arrive(b_full(s));
+                }
+                if (!BIAS || loads_qkv) {
+                    mbar_wait(v_empty(s), free_parity);
+                    if (by_tma) {
+                        if (!CUFLASH_VARLEN || tid == 0) {
+                            mbar_arrive_expect_tx(v_full(s), KV_BYTES);
+                            tma_load_tile<BN, D>(sV(s), p.tma_v, si.k_start + j * BN, si.h_kv, map_batch(si),
+                                                 v_full(s));
+                        } else {
+                            mbar_arrive(v_full(s));
+                        }
                     } else {
-                        mbar_arrive(v_full(s));
+                        load_tile_swizzled<BN, D, 128, SwizzleFor<D>::AW, KV_ROLLED>(sV(s), v, p.v_row_stride,
+                                                                                      j * BN, si.seqlen_k, p.head_dim, tid);
+                        cp_async_arrive(v_full(s));
                     }
-                } else {
-                    load_tile_swizzled<BN, D, 128>(sV(s), v, p.v_row_stride, j * BN, si.seqlen_k, p.head_dim, tid);
-                    cp_async_arrive(v_full(s));
                 }
             }
         };
@@ -386,7 +430,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // Leave only after this thread's cp.async copies landed: they belong to no
         // commit group yet (the mbarriers track them), so close one and wait for it.
         // (TMA copies need no wait: the consumers wait for them, and the CTA lives on.)
-        if (!tma_alone) {
+        if (!tma_alone || BIAS) {
             cp_async_commit();
             cp_async_wait<0>();
         }
@@ -397,6 +441,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     setmaxnreg_inc<CONSUMER_REGS>();
     const int c = wg - 1;                            // consumer index
     const int warp_row0 = c * 64 + warp_in_wg * 16;  // first row of this warp within the block
+    // BIAS: this lane's ldmatrix address in a staged bias tile (a per-key bias stages one row).
+    const u32 bias_lane = BIAS ? Bias::lane_offset(warp_row0, lane, p.bias_row_stride == 0) : 0u;
 
     // Turns: consumer c issues its products after consumer c - 1 issued its own
     // (the ring wraps), so their softmaxes fall between each other's products.
@@ -530,12 +576,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         auto issue_s = [&](int s) { issue_qk<BM, BN, D, false>(acc_s[0], opaque(sQt), c * 64, opaque(sK(s))); };
         // O += P V (16 keys per k-step), V from slot s.
         auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
-        // Mask and fold S of block j into the softmax state: acc_s becomes P (fp32)
+        // Mask and fold S of block j (ring position g) into the softmax state: acc_s becomes P (fp32)
         // and corr the factor that rescales O; returns false when O needs no rescale
         // (the lazy update, LAZY_RESCALE: no row of the warp raised its max by more
         // than 2^8; always under SOFTMAX_FIXED, softmax.cuh).
-        auto softmax_s = [&](int j, float (&corr)[1][2], bool masked_block) {
-            if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
+        auto softmax_s = [&](int j, int g, float (&corr)[1][2], bool masked_block) {
+            if (ScoreMod::ACTIVE) mod.apply<false, true>(acc_s, row0 + warp_row0, j * BN, lane);
+            if (BIAS) {  // after softcap and ALiBi, before the mask (a masked score stays -inf)
+                const int s = g % STAGES;
+                mbar_wait(b_full(s), (g / STAGES) & 1);
+                Bias::add(acc_s[0], sB(s), bias_lane, mod.inv_scale);
+                mbar_arrive(b_empty(s));  // the tile is in registers (the arrival orders the reads before it)
+            }
             if (masked_block) vis.apply_rows(acc_s, row0 + warp_row0, j * BN, lane);
             const bool rescale = softmax.template update<LAZY_RESCALE>(acc_s, p.scale_log2, corr);
             // Dropout on P after its row sums: l stays the undropped sum.
@@ -557,7 +609,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(g0 % STAGES));
             float corr[1][2];
-            softmax_s(last, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
+            softmax_s(last, g0, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
             softmax.pack_p(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
         }
 
@@ -574,7 +626,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(s_k));  // K[n-1] read
             float corr[1][2];
-            const bool rescale = softmax_s(n - 1, corr, masked_block);
+            const bool rescale = softmax_s(n - 1, g + 1, corr, masked_block);
             wgmma_wait<0>();
             // pa was an operand of the product that just completed: only now may it change.
             fence_regs(acc_o);

@@ -24,6 +24,17 @@ CUFLASH_DEVICE void cp_async_16(u32 dst, const void* src, bool pred) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
 
+// The same, reading only the first `bytes` (0 to 16) of the 16 and zero-filling
+// the rest (a chunk that the end of a row cuts; with 0, src is never read).
+CUFLASH_DEVICE void cp_async_16_bytes(u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+// 16 bytes from registers into shared memory (a chunk assembled where cp.async cannot copy it).
+CUFLASH_DEVICE void st_shared_16(u32 dst, u32 a, u32 b, u32 c, u32 d) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+
 // The same for a chunk known to be in range: no source-size operand to form.
 CUFLASH_DEVICE void cp_async_16_full(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));

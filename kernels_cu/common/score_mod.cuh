@@ -13,8 +13,9 @@
 // so that the two adjacent keys of a fragment pair are one load where they
 // are aligned: cuflash/api.py copies a bias whose keys are not), read
 // from global memory by the threads that need it (L1/L2 serve the
-// neighbours; nothing is staged or materialised). A bias of -inf masks its
-// entry. The forward applies it to S after the
+// neighbours; nothing is materialised; the warp-specialised Hopper forward
+// instead stages a 16-bit one in shared memory, bias_tile.cuh). A bias of
+// -inf masks its entry. The forward applies it to S after the
 // product and before the mask (a masked score must stay -inf, so the mask
 // comes after); the backward applies it to S^T the same way and multiplies dS
 // by its derivative ds'/ds (grad), which for softcap is 1 - tanh^2 (ALiBi and
@@ -166,12 +167,13 @@ struct ScoreMod {
         else zero_acc(s);
     }
 
-    // s' for every score of a tile (fragment.cuh layout; S or S^T).
-    template <bool KEYS_AS_ROWS, int MT, int NT>
+    // s' for every score of a tile (fragment.cuh layout; S or S^T). STAGED_BIAS: the
+    // caller adds the bias itself, from shared memory (bias_tile.cuh).
+    template <bool KEYS_AS_ROWS, bool STAGED_BIAS = false, int MT, int NT>
     CUFLASH_DEVICE void apply(float (&s)[MT][NT][4], int row0, int col0, int lane) const {
         if (SOFTCAP || ALIBI)
             for_each_score<KEYS_AS_ROWS>(s, row0, col0, lane, [&](float& x, int i, int j) { x = (*this)(x, i, j); });
-        if (BIAS && !BIAS_IN_ACC) bias_tile<KEYS_AS_ROWS, true>(s, row0, col0, lane);
+        if (BIAS && !BIAS_IN_ACC && !STAGED_BIAS) bias_tile<KEYS_AS_ROWS, true>(s, row0, col0, lane);
     }
 
     // Ask L2 for the bias of the (queries [q0, q0 + QUERIES), keys [k0, k0 + KEYS))

@@ -305,13 +305,50 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     (Features(alibi=True), 128, 2),                       # ALiBi, sink, dropout: two consumers
     (Features(sink=True), 128, 2),
     (Features("causal", dropout=1), 128, 2),
-    (Features(bias=16), 128, 0),                          # a bias: the kernel without a producer
+    (Features(bias=16), 128, 2),                          # a 16-bit bias: staged by the producer
+    (Features("causal", bias=16, varlen=True), 128, 0),   # float32 or varlen: the kernel without a producer
     (Features("local", bias=32, dropout=1), 128, 0),
 ])
 def test_hopper_forward_tiles_for_features_that_need_registers(features, block_m, stages):
     spec = support.select(Problem("fwd", "bf16", 64, features, compute_capability=(9, 0)))
     assert (spec.tiles.block_m, spec.tiles.stages) == (block_m, stages), spec.name
     assert spec.source == ("fwd_sm90_ws.cu" if stages else "fwd_sm90.cu")
+
+
+def test_hopper_forward_stages_a_bias_in_whole_swizzle_atoms_within_shared_memory():
+    # kernels_cu/common/bias_tile.cuh: key blocks of a multiple of 64, a ring of bias tiles beside K/V's
+    for d in (32, 64, 96, 128, 160, 192, 224, 256):
+        for mask in ("none", "causal"):
+            spec = support.select(Problem("fwd", "bf16", d, Features(mask, bias=16), compute_capability=(9, 0)))
+            t = spec.tiles
+            assert t.stages and t.block_n % 64 == 0 and t.block_m == 128, spec.name
+            assert launch.fwd_smem_bytes(spec) <= specs.SM90_SMEM_PER_BLOCK, spec.name
+            plain = replace(spec, features=Features(mask))
+            assert spec.ws_smem_bytes(1) == plain.ws_smem_bytes(1) + t.stages * (t.block_m * t.block_n * 2 + 16)
+            assert spec.persistent == (plain.persistent and spec.kv_rolled), spec.name
+    with pytest.raises(ValueError, match="stages a dense 16-bit bias"):
+        FwdSm90Spec("bf16", 128, Features(bias=16), FwdSm90Tiles(128, 80, stages=2))
+    with pytest.raises(ValueError, match="stages a dense 16-bit bias"):
+        FwdSm90Spec("bf16", 128, Features(bias=32), FwdSm90Tiles(128, 128, stages=2))
+
+
+def test_hopper_backward_stages_a_bias_at_d64_only():
+    # bwd_sm90_ws.cu stages a 16-bit dense bias without softcap at d = 64 (BwdSm90Spec.bias_stages); at d = 128
+    # dbias's writes spill its lockstep consumers, and softcap's derivative reads the bias again: bwd_sm90.cu
+    for mask in ("none", "causal"):
+        for deterministic in (False, True):
+            spec = support.select(Problem("bwd", "bf16", 64, Features(mask, bias=16), compute_capability=(9, 0),
+                                          deterministic=deterministic))
+            assert spec.source == "bwd_sm90_ws.cu" and spec.bias_stages == 2, spec.name
+            assert spec.defines()["CUFLASH_BIAS_STAGES"] == 2
+            assert launch.bwd_smem_bytes(spec) <= specs.SM90_SMEM_PER_BLOCK
+            plain = replace(spec, features=Features(mask))
+            assert launch.bwd_smem_bytes(spec) == launch.bwd_smem_bytes(plain) + 2 * (2 * 64 * 128 + 16)
+            assert "CUFLASH_BIAS_STAGES" not in plain.defines() and plain.bias_stages == 0
+    for d, features in ((128, Features(bias=16)), (64, Features(softcap=True, bias=16)), (64, Features(bias=32)),
+                        (64, Features(bias=16, varlen=True))):
+        spec = support.select(Problem("bwd", "bf16", d, features, compute_capability=(9, 0)))
+        assert spec.source == "bwd_sm90.cu" and spec.bias_stages == 0, spec.name
 
 
 @pytest.mark.parametrize("tiles", [FwdSm90Tiles(128, 128, stages=1), FwdSm90Tiles(128, 64, ctas_per_sm=2, stages=2),

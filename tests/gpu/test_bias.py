@@ -120,6 +120,49 @@ def test_stride_zero_views_and_strided_keys():
     check_case(q, k, v, odd)
 
 
+#: Biases whose rows are 16-byte aligned, which the warp-specialised Hopper forward copies into shared
+#: memory with cp.async (kernels_cu/common/bias_tile.cuh; the shapes above, of odd or unaligned row
+#: strides, take its element-by-element copy): every row aligned, rows cut inside a 16-byte chunk
+#: (keys sliced from wider rows), one row for every query (stride 0), heads shared.
+ALIGNED = {
+    "full": lambda sq, sk: random_bias((BATCH, NHEADS, sq, sk), "bf16"),
+    "cut_chunk": lambda sq, sk: random_bias((BATCH, NHEADS, sq, sk + 11), "bf16")[..., :sk],
+    "per_key": lambda sq, sk: random_bias((BATCH, 1, 1, sk), "bf16"),
+    "heads": lambda sq, sk: random_bias((1, NHEADS, sq, sk), "bf16"),
+}
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("case", list(ALIGNED))
+def test_aligned_biases(case, head_dim):
+    sq, sk = (200, 261) if case == "cut_chunk" else (200, 320)
+    q, k, v = draw("bf16", (sq, sk), head_dim=head_dim)
+    bias = ALIGNED[case](sq, sk)
+    for causal in (False, True):
+        check_case(q, k, v, bias, dict(causal=causal))
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 160])
+def test_bias_tma_and_cp_async_loads_agree_bitwise(head_dim, monkeypatch):
+    # With TMA the Hopper forward's producer has one thread load Q, K and V and all 128 copy the bias
+    # tiles; with CUFLASH_TMA=0 all 128 do everything: the same tiles land in shared memory, so every
+    # output bit must agree, for a bias copied by cp.async and one copied element by element.
+    from cuflash import tma
+
+    if not tma.available():
+        pytest.skip("the driver has no tensor-map encoder")
+    q, k, v = testing.random_qkv(BATCH, 333, 416, 6, 2, head_dim, "bf16", xp=cp)
+    for bias in (random_bias((BATCH, 6, 333, 416), "bf16"), random_bias((BATCH, 6, 333, 419), "bf16")[..., :416]):
+        for causal in (False, True):
+            results = []
+            for flag in ("1", "0"):
+                monkeypatch.setenv("CUFLASH_TMA", flag)
+                out = testing.poison(cp.empty(q.shape, dtype=q.dtype))
+                results.append(cuflash.attention(q, k, v, bias=bias, causal=causal, return_lse=True, out=out))
+            (o1, l1), (o0, l0) = results
+            assert bool(cp.array_equal(o1, o0)) and bool(cp.array_equal(l1, l0)), (bias.strides, causal)
+
+
 @pytest.mark.parametrize("case", ["gqa_window", "softcap_alibi", "sink", "dropout", "everything"])
 def test_bias_with_other_features(case):
     q, k, v = draw("bf16", (203, 257), head_dim=128, nheads=8, nheads_kv=2)
