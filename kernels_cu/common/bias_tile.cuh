@@ -33,7 +33,7 @@
 #include "numeric.cuh"    // unpack_float2
 #include "copy.cuh"       // cp_async_16_bytes, st_shared_16
 #include "mma.cuh"        // ldmatrix_x4
-#include "score_mod.cuh"  // ScoreMod, BiasT
+#include "score_mod.cuh"  // BiasT, bias_slice
 
 template <int ROWS, int KEYS>
 struct BiasTile {
@@ -51,7 +51,7 @@ struct BiasTile {
     static CUFLASH_DEVICE bool copy(u32 smem, const Params& p, const SeqInfo& si, int row0, int col0, int tid) {
         constexpr int ROW_STEP = THREADS / CHUNKS;
         static_assert(!BIAS || (THREADS % CHUNKS == 0 && ROW_STEP > 0), "a chunk column per thread");
-        const BiasT* bias = static_cast<const BiasT*>(p.bias) + si.b * p.bias_batch_stride + si.h * p.bias_head_stride;
+        const BiasT* bias = bias_slice(p, si);
         const i64 rs = p.bias_row_stride;
         const int rows = rs == 0 ? 1 : ROWS;
         const int r0 = tid / CHUNKS, c = tid % CHUNKS, j = col0 + c * 8;

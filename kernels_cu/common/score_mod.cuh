@@ -82,6 +82,12 @@ CUFLASH_DEVICE float softcap_tanh(float x) {
 #endif
 }
 
+// B[b, h]: the start of this (batch, head)'s bias (ScoreMod here, bias_tile.cuh's staged copies).
+template <class Params>
+CUFLASH_DEVICE const BiasT* bias_slice(const Params& p, const SeqInfo& si) {
+    return static_cast<const BiasT*>(p.bias) + si.b * p.bias_batch_stride + si.h * p.bias_head_stride;
+}
+
 struct ScoreMod {
     static constexpr bool ACTIVE = SOFTCAP || ALIBI || BIAS;
     static constexpr bool SOFTCAP_FOLDED = CUFLASH_SOFTCAP_FOLDED;
@@ -101,7 +107,7 @@ struct ScoreMod {
         : cap_in(p.softcap_in), cap_out(p.softcap_out), slope(0.f), off(si.seqlen_k - si.seqlen_q) {
         if (ALIBI) slope = p.alibi_slopes[si.b * p.alibi_batch_stride + si.h] / p.scale;
         if (BIAS) {
-            bias = static_cast<const BiasT*>(p.bias) + si.b * p.bias_batch_stride + si.h * p.bias_head_stride;
+            bias = bias_slice(p, si);
             bias_rs = p.bias_row_stride;
             inv_scale = 1.f / p.scale;
             seqlen_q = si.seqlen_q;
