@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Call 1 on the branch `dbias-staged` (bench/NOTES.md v27 and b10: the bias tiles asked of L2 ahead of their copy,
-# and dbias written by the backward's bias warp from the dS^T tile, which puts the d128 biased backward on
-# bwd_sm90_ws.cu): the bias GPU tests (test_bias.py runs its shapes at d64 and d128 now), the bias tests of the
-# other files, then memcheck and racecheck of sanitize_case.py's bias section. Timings: call2.sh.
+# Call 1 on the branch `dbias-staged`, run from its tree at ab/ds of main's checkout (bench/NOTES.md v27, v28,
+# b10): the bias GPU tests (test_bias.py runs its shapes at d64 and d128 here), the bias tests of the other
+# files, then memcheck and racecheck of sanitize_case.py's bias section. Timings: call2.sh.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 CUFLASH_CACHE_DIR=/tmp/cc
 o=$OUT
