@@ -14,7 +14,7 @@ import cupy as cp
 
 import cuflash
 from cuflash import testing
-from cuflash.bench.configs import parse_bias
+from cuflash.bench.configs import bias_shape, parse_bias
 from cuflash.bench.runner import random_normal
 
 ap = argparse.ArgumentParser()
@@ -31,9 +31,7 @@ s = int(args.seqlen[:-1]) * 1024 if args.seqlen.endswith("k") else int(args.seql
 batch = args.batch or max(1, 16384 // s)
 nheads = args.nheads or 2048 // args.headdim
 q, k, v = testing.random_qkv(batch, s, s, nheads, nheads, args.headdim, args.dtype, xp=cp)
-full = {"b": batch, "h": nheads, "s": s}
-bias = random_normal(cp, [full[w] if w != "1" else 1 for w in args.bias.split(",")], args.dtype, seed=3) \
-    if args.bias else None
+bias = random_normal(cp, bias_shape(args.bias, batch, nheads, s, s), args.dtype, seed=3) if args.bias else None
 out, lse = cuflash.attention(q, k, v, causal=args.causal, bias=bias, return_lse=True)
 if args.mode == "bwd":
     cuflash.attention_backward(testing.random_like(q), q, k, v, out, lse, causal=args.causal, bias=bias)

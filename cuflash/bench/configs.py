@@ -124,13 +124,7 @@ class Point:
     @property
     def bias_shape(self) -> tuple:
         """The bias's (batch|1, nheads|1, seqlen_q|1, seqlen_k) shape, () without one."""
-        if not self.bias:
-            return ()
-        full = {"b": self.batch, "h": self.nheads, "s": None}
-        words = self.bias.split(",")
-        dims = [full[w] if w != "1" else 1 for w in words]
-        return tuple(self.seqlen_q if i == 2 and d is None else self.seqlen_k if d is None else d
-                     for i, d in enumerate(dims))
+        return bias_shape(self.bias, self.batch, self.nheads, self.seqlen_q, self.seqlen_k)
 
     @property
     def cache(self) -> str:
@@ -399,6 +393,16 @@ def parse_bias(text: str) -> str:
         raise ValueError(f"--bias takes the bias's shape as b|1,h|1,s|1,s (e.g. b,h,s,s or 1,h,s,s or b,1,1,s), "
                          f"got {text!r}")
     return ",".join(words)
+
+
+def bias_shape(bias: str, batch: int, nheads: int, seqlen_q: int, seqlen_k: int) -> tuple:
+    """The shape of a parse_bias text ('' none: ()) for these sizes, e.g. "1,h,s,s" -> (1, nheads,
+    seqlen_q, seqlen_k)."""
+    if not bias:
+        return ()
+    full = {"b": batch, "h": nheads, "s": None}
+    dims = [full[w] if w != "1" else 1 for w in bias.split(",")]
+    return tuple(seqlen_q if i == 2 and d is None else seqlen_k if d is None else d for i, d in enumerate(dims))
 
 
 #: The seed of every dropout point's mask (cuflash's; the peers draw their own).
