@@ -352,7 +352,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     // P^T, acc_dp dS^T; softmax.cuh). Element (nt, 2hh+j): key warp_key0 + hh*8 + g,
     // query nt*8 + 2t + j. dS^T goes to shared memory, 16-bit swizzled [key][query],
     // where dK and dQ read it.
-    auto recompute = [&](float (&acc_s)[1][NT][4], float (&acc_dp)[1][NT][4], int u) {
+    // keep: dropout's keep words of the tile, drawn ahead (Dropout::draw_t), or nullptr.
+    auto recompute = [&](float (&acc_s)[1][NT][4], float (&acc_dp)[1][NT][4], int u, const u32 (*keep)[NT / 2]) {
         const int s = u % STAGES, row0 = row0_of(u);
         if (ScoreMod::ACTIVE) mod.apply<true, true>(acc_s, key0 + warp_key0, row0, lane);
         if (BIAS) {  // after ALiBi, before the mask (a masked score stays -inf)
@@ -363,7 +364,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         }
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + warp_key0, row0, lane);
         const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + s * BM, sDelta + s * BM, p.scale_log2,
-                                                   mod, drop, dbias, sink2, key0 + warp_key0, row0, lane);
+                                                   mod, drop, dbias, sink2, key0 + warp_key0, row0, lane, keep);
         if (SINK) sSinkPart[ctid] += sink_part;
         store_keys_by_queries<BN, BM>(smem + (sdSt(u) - base), acc_dp[0], warp_key0, lane);
     };
@@ -420,7 +421,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             wgmma_wait<0>();
             fence_regs(acc_s[0]);
             fence_regs(acc_dp[0]);
-            recompute(acc_s, acc_dp, u);
+            recompute(acc_s, acc_dp, u, nullptr);
             u32 pt[BM / 16][4];
             pack_a_fragments(acc_s[0], pt);
             fence_regs(acc_dv);
@@ -496,10 +497,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             wgmma_commit();
             pass_turn();
             if (scores) {
+                // Dropout's keep bits drawn while S^T_u and dP^T_u run (Dropout::draw_t).
+                u32 keep[1][NT / 2];
+                if (KEEP_DRAWN_AHEAD) drop.draw_t(keep, key0 + warp_key0, row0_of(u), lane);
                 wgmma_wait<1>();  // S^T_u, dP^T_u
                 fence_regs(acc_s[0]);
                 fence_regs(acc_dp[0]);
-                recompute(acc_s, acc_dp, u);
+                recompute(acc_s, acc_dp, u, KEEP_DRAWN_AHEAD ? keep : nullptr);
             }
             wgmma_wait<0>();
             fence_regs(pt);  // operands of the dV product: alive until it completed

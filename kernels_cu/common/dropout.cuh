@@ -146,6 +146,23 @@ struct Dropout {
             x[1] = h0 ? own : got;
         }
     }
+    // The keep_bits words of a whole S^T tile (keys as rows: MT m16 tiles of keys x NT n8
+    // tiles of queries), x[mt][u] for n8 pair u, drawn ahead of softmax_backward_t (its
+    // `drawn`) where the backward has products to hide the Philox rounds under
+    // (bwd_sm90_ws.cu's ping-pong: between issuing S^T, dP^T and waiting for them).
+    template <int MT, int PAIRS_OF_NT>
+    CUFLASH_DEVICE void draw_t(u32 (&x)[MT][PAIRS_OF_NT], int key0, int query0, int lane) const {
+        constexpr int NT = 2 * PAIRS_OF_NT, PAIRS = pairs<NT>();
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int u0 = 0; u0 < NT / 2; u0 += PAIRS) {
+                u32 w[PAIRS];
+                keep_bits<true, PAIRS>(key0 + mt * 16, query0, u0, lane, w);
+#pragma unroll
+                for (int k = 0; k < PAIRS; ++k) x[mt][u0 + k] = opaque(w[k]);  // drawn here, not sunk past the wait
+            }
+    }
     // Whether element (2u + a, 2h + j) of an S^T tile (keys as rows: the backward) is
     // kept, x = keep_bits' word of pair u (the forward folds its words, drop()).
     static CUFLASH_DEVICE bool kept(u32 x, int a, int h, int j) { return (x >> (7 - (j + 2 * a) + 16 * h)) & 1u; }

@@ -292,6 +292,12 @@ CUFLASH_DEVICE float sink_logit(const Params& p, const SeqInfo& si) {
     return SINK ? p.sink[si.h] : -INFINITY;
 }
 
+// Whether bwd_sm90_ws.cu's ping-pong consumers draw the keep words ahead, while S^T and
+// dP^T run (Dropout::draw_t, softmax_backward_t's `drawn`; bench/NOTES.md dr3): not beside
+// softcap and the sink, where the words held through the products spilled (4-8 bytes,
+// NVRTC 13.5).
+constexpr bool KEEP_DRAWN_AHEAD = DROPOUT && !(SOFTCAP && SINK);
+
 // The backward's recompute of P and dS (FlashAttention-2, Alg. 2) on a
 // transposed tile, keys as rows (fragment.cuh layout): s holds S^T (raw
 // scores, already modified and masked) and becomes P^T = exp2(s * c - L2);
@@ -308,6 +314,8 @@ CUFLASH_DEVICE float sink_logit(const Params& p, const SeqInfo& si) {
 // Returns, under SINK, this thread's share of the tile's sum_i P_sink,i sum_j
 // P_ij dP_ij with P_sink,i = exp2(sink2 - L2_i) (else 0).
 // lse2 and delta point at the tile's first query column in shared memory.
+// drawn: the tile's keep words under DROPOUT, drawn ahead by the caller
+// (Dropout::draw_t), or nullptr to draw them here, a pair of n8 tiles at a time.
 // No NaN can arise: L2 is finite or +inf (never -inf, bwd_prepare), so the
 // exponent is finite or -inf (masked S = -inf, or L2 = +inf for a row that
 // sees no key / a padding row), and exp2(-inf) = 0 makes P and then dS
@@ -316,7 +324,8 @@ CUFLASH_DEVICE float sink_logit(const Params& p, const SeqInfo& si) {
 template <int MT, int NT>
 CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
                                         const float* delta, float c, const ScoreMod& mod, const Dropout& drop,
-                                        const BiasGrad& dbias, float sink2, int key0, int query0, int lane) {
+                                        const BiasGrad& dbias, float sink2, int key0, int query0, int lane,
+                                        const u32 (*drawn)[NT / 2] = nullptr) {
     const int g = lane / 4, t = lane % 4;
     float sink_part = 0.f;
     const bool dbias_entries = dbias.active() && !dbias.sums_queries();
@@ -331,7 +340,7 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
         const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + 2 * t);
         const float2 dd = *reinterpret_cast<const float2*>(delta + nt * 8 + 2 * t);
         float pdp0 = 0.f, pdp1 = 0.f;  // sum over this thread's keys of P dP, queries 2t and 2t + 1
-        if (DROPOUT && nt % (2 * PAIRS) == 0)
+        if (DROPOUT && !drawn && nt % (2 * PAIRS) == 0)
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) drop.keep_bits<true, PAIRS>(key0 + mt * 16, query0, nt / 2, lane, keep[mt]);
 #pragma unroll
@@ -344,8 +353,9 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 const float p0 = fast_exp2(fmaf(s0, c, -l2.x));
                 const float p1 = fast_exp2(fmaf(s1, c, -l2.y));
                 float dp0 = dp[mt][nt][2 * h], dp1 = dp[mt][nt][2 * h + 1];
-                const bool keep0 = Dropout::kept(keep[mt][nt / 2 % PAIRS], nt % 2, h, 0);
-                const bool keep1 = Dropout::kept(keep[mt][nt / 2 % PAIRS], nt % 2, h, 1);
+                const u32 word = drawn ? drawn[mt][nt / 2] : keep[mt][nt / 2 % PAIRS];
+                const bool keep0 = Dropout::kept(word, nt % 2, h, 0);
+                const bool keep1 = Dropout::kept(word, nt % 2, h, 1);
                 if (DROPOUT) {
                     dp0 = keep0 ? dp0 * drop.scale : 0.f;
                     dp1 = keep1 ? dp1 * drop.scale : 0.f;
