@@ -336,12 +336,16 @@ class FwdSm90Tiles:
           one CTA per SM;
         - ALiBi beside key blocks wider than 64 from d160 on (the 80- and 96-key tiles) spilled
           8-104 bytes with a window, dropout or softcap + sink (d160 96 keys, d256 80 keys):
-          64 keys, the tiles it had before."""
+          64 keys, the tiles it had before;
+        - a window beside dropout at d256 (80 keys) spilled 96 bytes under NVRTC 12.9, 13.0 and
+          13.5 (not measured on a GPU; bench/NOTES.md g6): 64 keys, as with ALiBi."""
         t = self
         if features.bias and t.stages:
             staged = features.bias == 16 and not features.varlen
             t = replace(t, block_m=min(t.block_m, 128), block_n=t.block_n // 64 * 64, stages=t.stages if staged else 0)
         if features.alibi and t.stages and t.block_n > 64 and head_dim >= 160:
+            t = replace(t, block_n=64)
+        if features.dropout and features.mask == "local" and t.stages and t.block_n > 64 and head_dim >= 256:
             t = replace(t, block_n=64)
         if (features.alibi or features.sink or features.dropout) and t.stages and t.block_m > 128:
             t = replace(t, block_m=128)

@@ -105,3 +105,13 @@ def test_spill_summary(outcomes):
     if spilling:
         warnings.warn(summary, UserWarning, stacklevel=1)
     assert not any(f in (PLAIN, CAUSAL) for f in {s.features for s in SPECS}), "plain/causal: test_compile_specs.py"
+
+
+def test_the_d256_windowed_dropout_forward_does_not_spill(compile_all):
+    """At d256 a window beside dropout takes 64-key blocks (FwdSm90Tiles.with_features): with
+    80 the Philox rounds and the window's bounds spilled 96 bytes under every NVRTC."""
+    spec = next(s for s in support.declared_specs([Features.parse("window,dropout")])
+                if s.name.startswith("fwd90_bf16_d256_"))
+    outcome = compile_all([spec], ("sm_90a",))[(spec.name, "sm_90a")]
+    assert outcome.error is None, outcome.error
+    assert not outcome.result.spills, f"{spec.name}: {outcome.result.spill_stores} bytes stored"
