@@ -343,9 +343,9 @@ class FwdSm90Tiles:
         if features.bias and t.stages:
             staged = features.bias == 16 and not features.varlen
             t = replace(t, block_m=min(t.block_m, 128), block_n=t.block_n // 64 * 64, stages=t.stages if staged else 0)
-        if features.alibi and t.stages and t.block_n > 64 and head_dim >= 160:
-            t = replace(t, block_n=64)
-        if features.dropout and features.mask == "local" and t.stages and t.block_n > 64 and head_dim >= 256:
+        wide_keys_spill = ((features.alibi and head_dim >= 160)
+                           or (features.dropout and features.mask == "local" and head_dim >= 256))
+        if wide_keys_spill and t.stages and t.block_n > 64:
             t = replace(t, block_n=64)
         if (features.alibi or features.sink or features.dropout) and t.stages and t.block_m > 128:
             t = replace(t, block_m=128)

@@ -129,6 +129,10 @@ constexpr int BIAS_WARP = 3;  // the producer's warp that copies the bias
 constexpr int PRODUCER_REGS = 40;
 constexpr int CONSUMER_REGS = 232;
 static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
+// Dropout's keep words drawn by the ping-pong consumers while S^T and dP^T run
+// (Dropout::draw_t, softmax_backward_t's `drawn`; bench/NOTES.md dr3): not beside softcap
+// and the sink, where the words held through the products spilled (4-8 bytes, NVRTC 13.5).
+constexpr bool KEEP_DRAWN_AHEAD = DROPOUT && !(SOFTCAP && SINK);
 
 constexpr u32 KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DST_BYTES = BN * BM * 2;
 // The fp32 dQ block, in the dQ buffer and in dq_accum alike (one bulk reduction copies it):

@@ -292,12 +292,6 @@ CUFLASH_DEVICE float sink_logit(const Params& p, const SeqInfo& si) {
     return SINK ? p.sink[si.h] : -INFINITY;
 }
 
-// Whether bwd_sm90_ws.cu's ping-pong consumers draw the keep words ahead, while S^T and
-// dP^T run (Dropout::draw_t, softmax_backward_t's `drawn`; bench/NOTES.md dr3): not beside
-// softcap and the sink, where the words held through the products spilled (4-8 bytes,
-// NVRTC 13.5).
-constexpr bool KEEP_DRAWN_AHEAD = DROPOUT && !(SOFTCAP && SINK);
-
 // The backward's recompute of P and dS (FlashAttention-2, Alg. 2) on a
 // transposed tile, keys as rows (fragment.cuh layout): s holds S^T (raw
 // scores, already modified and masked) and becomes P^T = exp2(s * c - L2);
