@@ -814,14 +814,20 @@ _PHILOX_M0, _PHILOX_M1 = numpy.uint64(0xD2511F53), numpy.uint64(0xCD9E8D57)
 _PHILOX_W0, _PHILOX_W1 = numpy.uint32(0x9E3779B9), numpy.uint32(0xBB67AE85)
 
 
-def philox4x32_10(counter, key):
-    """Philox4x32-10 (Salmon et al. 2011) on NumPy arrays: counter (..., 4) and key (..., 2) uint32
-    (broadcast together) -> (..., 4) uint32. The same function as kernels_cu/common/dropout.cuh."""
+#: Philox rounds per call of the dropout mask: seven, as flash-attn 2.x draws, which Salmon et al. report
+#: passing TestU01's BigCrush (kernels_cu/common/dropout.cuh PHILOX_ROUNDS).
+PHILOX_ROUNDS = 7
+
+
+def philox4x32(counter, key, rounds: int = PHILOX_ROUNDS):
+    """Philox4x32 with `rounds` rounds (Salmon et al. 2011) on NumPy arrays: counter (..., 4) and key
+    (..., 2) uint32 (broadcast together) -> (..., 4) uint32. With the default rounds, the same
+    function as kernels_cu/common/dropout.cuh."""
     c = [numpy.asarray(counter, numpy.uint32)[..., n].astype(numpy.uint64) for n in range(4)]
     k0, k1 = (numpy.asarray(key, numpy.uint32)[..., n] for n in range(2))
     mask = numpy.uint64(0xFFFFFFFF)
     with numpy.errstate(over="ignore"):  # the key's uint32 additions wrap, as in CUDA
-        for round_ in range(10):
+        for round_ in range(rounds):
             if round_:
                 k0, k1 = k0 + _PHILOX_W0, k1 + _PHILOX_W1
             p0, p1 = _PHILOX_M0 * c[0], _PHILOX_M1 * c[2]
@@ -853,7 +859,7 @@ def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q:
     """The keep-mask (batch, nheads, seqlen_q, seqlen_k) bool that cuflash's kernels draw for
     dropout_p with (seed, offset), from absolute coordinates only (DESIGN 3).
 
-    One Philox4x32-10 call per group of sixteen entries {i, i + 1, i + 8, i + 9} x {j, j + 1,
+    One Philox4x32-7 call per group of sixteen entries {i, i + 1, i + 8, i + 9} x {j, j + 1,
     j + 8, j + 9} (query i and key j even, i % 16 < 8, j % 16 < 8): counter (i, j, b * nheads + h,
     offset), key (seed % 2^32, seed // 2^32); each entry keeps when its byte (DROPOUT_GROUP) is >=
     dropout_threshold(p). The group is square, so an mma fragment holds half of it with queries
@@ -869,7 +875,7 @@ def dropout_keep_mask(seed: int, offset: int, batch: int, nheads: int, seqlen_q:
     ctr[..., 2] = bh[:, None, None]
     ctr[..., 3] = offset & 0xFFFFFFFF
     key = numpy.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], numpy.uint32)
-    words = philox4x32_10(ctr, key)                                      # (bh, nq, nk, 4)
+    words = philox4x32(ctr, key)                                         # (bh, nq, nk, 4)
     threshold = dropout_threshold(dropout_p)
     mask = numpy.empty((len(bh), sq16, sk16), bool)
     for di, dj, word, byte in DROPOUT_GROUP:

@@ -195,8 +195,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 
         float corr[MT][2];
         const bool rescale = softmax.update(acc_s, p.scale_log2, corr);  // never under SOFTMAX_FIXED
-        // Dropout on P after its row sums: l stays the undropped sum.
-        if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, n * BN, lane);
+        // Dropout on P after its row sums: l stays the undropped sum (16-bit: on the packed P below).
+        if (DROPOUT && FP32) drop.drop(acc_s, row0 + warp_row0, n * BN, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
             if (rescale) scale_rows(acc_o[mt], corr[mt][0], corr[mt][1]);
@@ -204,6 +204,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
         // P as the A operand of P V (mma.cuh RegA: 16-bit, packed now, which frees acc_s early).
         RegA<MT, BN> pa;
         softmax.pack_p(acc_s, pa);
+#if CUFLASH_DTYPE != CUFLASH_FP32
+        if (DROPOUT)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) drop.drop_packed(pa.r[mt], row0 + warp_row0 + mt * 16, n * BN, lane);
+#endif
 
         // V[n] has landed; the barrier also guarantees all warps finished
         // reading K[n], so K[n-1] may overwrite it.

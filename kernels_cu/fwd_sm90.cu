@@ -158,9 +158,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         if (ScoreMod::ACTIVE) mod.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         if (j <= masked.x || j >= masked.y) vis.apply<false>(acc_s, row0 + warp_row0, j * BN, lane);
         const bool rescale = softmax.update(acc_s, p.scale_log2, corr);
-        // Dropout on P after its row sums: l stays the undropped sum.
-        if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
         return rescale;
+    };
+    // P of block j (16 bits) as the A fragments of P V; dropout clears the dropped
+    // entries of the packed P, after the row sums (l stays the undropped sum).
+    auto pack_block = [&](int j) {
+        softmax.pack_p(acc_s[0], pa);
+        if (DROPOUT) drop.drop_packed(pa, row0 + warp_row0, j * BN, lane);
     };
 
     // S[last] and its softmax before the loop (O is still 0: no rescale).
@@ -174,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         fence_regs(acc_s[0]);
         float corr[1][2];
         softmax_s(last, corr);
-        softmax.pack_p(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
+        pack_block(last);
     }
 
     // Copies are waited for (this thread), made visible to wgmma (proxy fence)
@@ -214,7 +218,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
         fence_regs(acc_o);
         fence_regs(pa);
         if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);
-        softmax.pack_p(acc_s[0], pa);
+        pack_block(n - 1);
     }
     sync_copies();  // V[first] landed
     issue_o(first);

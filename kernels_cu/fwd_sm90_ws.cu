@@ -590,9 +590,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             }
             if (masked_block) vis.apply_rows(acc_s, row0 + warp_row0, j * BN, lane);
             const bool rescale = softmax.template update<LAZY_RESCALE>(acc_s, p.scale_log2, corr);
-            // Dropout on P after its row sums: l stays the undropped sum.
-            if (DROPOUT) drop.drop(acc_s, row0 + warp_row0, j * BN, lane);
             return rescale;
+        };
+        // P of block j (16 bits) as the A fragments of P V; dropout clears the dropped
+        // entries of the packed P, after the row sums (l stays the undropped sum).
+        auto pack_block = [&](int j) {
+            softmax.pack_p(acc_s[0], pa);
+            if (DROPOUT) drop.drop_packed(pa, row0 + warp_row0, j * BN, lane);
         };
 
         // S[last] (the tile's first block, ring position g0) and its softmax (O is still 0: no rescale).
@@ -610,7 +614,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_arrive(k_empty(g0 % STAGES));
             float corr[1][2];
             softmax_s(last, g0, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
-            softmax.pack_p(acc_s[0], pa);  // P (16 bits) as the A fragments of P V
+            pack_block(last);
         }
 
         // Step n (block n is ring position g = g0 + last - n, block n - 1 position g + 1).
@@ -633,7 +637,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             fence_regs(pa);
             mbar_arrive(v_empty(s_v));  // V[n] read
             if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);  // a constant unless LAZY_RESCALE
-            softmax.pack_p(acc_s[0], pa);
+            pack_block(n - 1);
         };
         // The blocks that need the element mask are visited first (j >= masked.y: the
         // causal diagonal, seqlen_k's edge) and, under a left window, last (j <= masked.x):

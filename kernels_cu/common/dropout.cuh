@@ -1,7 +1,9 @@
 // dropout.cuh: the dropout keep-mask from absolute coordinates (DESIGN 3 and 4a).
 //
-// Philox4x32-10 (Salmon, Moraes, Dror, Shaw 2011: "Parallel random numbers: as
-// easy as 1, 2, 3") keyed by the seed, counted by where an entry is, so the
+// Philox4x32-7 (Salmon, Moraes, Dror, Shaw 2011: "Parallel random numbers: as
+// easy as 1, 2, 3"; seven rounds, which the paper reports passing TestU01's
+// BigCrush, as flash-attn 2.x draws its dropout) keyed by the seed, counted by
+// where an entry is, so the
 // forward, the backward, return_attn_probs and cuflash.reference
 // (dropout_keep_mask, the NumPy twin of this file) draw the same mask whatever
 // the kernel family or tile shape:
@@ -24,7 +26,7 @@
 //
 // In the kernels (CUFLASH_DROPOUT): Dropout holds a (b, h)'s Philox key and
 // counter word; keep_bits() draws the bits of n8 pairs, kept() tests one entry
-// of S^T and drop() applies them to S.
+// of S^T, drop() applies them to S and drop_packed() to a packed P.
 // The forward zeroes the dropped entries of P after the softmax (l keeps the
 // undropped sum) and divides O by 1 - p in the epilogue; the backward scales
 // dP by keep / (1 - p) before dS = P (dP - D) and uses P keep / (1 - p) for dV
@@ -40,12 +42,18 @@ struct PhiloxKey {
     u32 k0, k1;
 };
 
-// Philox4x32-10 of counter c under key k (the Random123 reference's known
-// answers hold: tests/cpu/test_dropout_mask.py checks the NumPy twin).
-CUFLASH_DEVICE uint4 philox4x32_10(uint4 c, PhiloxKey k) {
+// Philox rounds per call. Each round's two 32 x 32 -> 64-bit products run on the
+// slow integer-multiply path and bound the mask's cost (bench/NOTES.md dr1); seven
+// rounds against Random123's default ten: bench/NOTES.md dr4.
+constexpr int PHILOX_ROUNDS = 7;
+
+// Philox4x32 of counter c under key k, PHILOX_ROUNDS rounds (the Random123
+// reference's known answers hold: tests/cpu/test_dropout_mask.py checks the NumPy
+// twin, cuflash.reference.philox4x32).
+CUFLASH_DEVICE uint4 philox4x32(uint4 c, PhiloxKey k) {
     constexpr u32 M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
 #pragma unroll
-    for (int round = 0; round < 10; ++round) {
+    for (int round = 0; round < PHILOX_ROUNDS; ++round) {
         if (round) k.k0 += W0, k.k1 += W1;
         const u32 hi0 = __umulhi(M0, c.x), lo0 = M0 * c.x;
         const u32 hi1 = __umulhi(M1, c.z), lo1 = M1 * c.z;
@@ -63,7 +71,7 @@ CUFLASH_DEVICE uint4 philox4x32_10(uint4 c, PhiloxKey k) {
 // across bytes: each byte of d is at least 1), and the byte is >= T when its
 // top bit is set and T's is not, or both top bits agree and d's is set.
 CUFLASH_DEVICE uint4 dropout_keep_words(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
-    const uint4 r = philox4x32_10(make_uint4((u32)i, (u32)j, (u32)bh, offset), key);
+    const uint4 r = philox4x32(make_uint4((u32)i, (u32)j, (u32)bh, offset), key);
     const u32 t = __byte_perm(threshold, 0u, 0u);  // the threshold byte in all four bytes
     auto ge = [t](u32 x) {
         const u32 d = (x | 0x80808080u) - (t & 0x7F7F7F7Fu);
@@ -174,7 +182,8 @@ struct Dropout {
     }
 
     // The forward's P (queries as rows) after the softmax: dropped entries 0
-    // (the epilogue divides O by 1 - p, scale_rows). With several m16 tiles the
+    // (the epilogue divides O by 1 - p, scale_rows); float32 inputs, whose P V
+    // operand stays in fp32 (16-bit inputs: drop_packed). With several m16 tiles the
     // tiles' bits are drawn one tile at a time (no unrolling: each call holds ~10
     // registers through its rounds, and the portable main loop runs near its
     // register limit) and packed 8 per tile: keep_bits' bits 8b + 7 - h (byte
@@ -209,6 +218,33 @@ struct Dropout {
                             for (int j = 0; j < 2; ++j)
                                 if (!((packed[k] >> (8 * mt + 2 * (j + 2 * a) + 1 - h)) & 1u))
                                     s[mt][2 * (u0 + k) + a][2 * h + j] = 0.f;
+        }
+    }
+
+    // The forward's P V operand after packing (one m16 tile of queries as rows, the
+    // Hopper forwards): the 16-bit halves of dropped entries cleared, one prmt and one
+    // and per two entries instead of a test and a select per entry on P in fp32.
+    // a[kk][r] holds row g + 8 (r & 1), columns 16 kk + 8 (r >> 1) + 2t + j in half j
+    // (fragment.cuh pack_a_fragments); keep_bits' word of pair kk has entry (a, h, j)
+    // at bit 8 (j + 2a) + 7 - h. Shifted left by h, the bit of half j is the top bit
+    // of byte j + 2a, and prmt's sign mode (selector nibble 8 + byte) spreads it over
+    // the half: 0xFFFF where kept, 0 where dropped (+0 in fp16 and bf16).
+    template <int NK>
+    CUFLASH_DEVICE void drop_packed(u32 (&a)[NK][4], int row0, int col0, int lane) const {
+        constexpr int PAIRS = pairs<2 * NK>();
+#pragma unroll
+        for (int u0 = 0; u0 < NK; u0 += PAIRS) {
+            u32 x[PAIRS];
+            keep_bits<false, PAIRS>(row0, col0, u0, lane, x);
+#pragma unroll
+            for (int k = 0; k < PAIRS; ++k)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const u32 sel = r >> 1 ? 0xBBAAu : 0x9988u;  // bytes 2, 3 or 0, 1, sign-spread
+                    u32 halves;
+                    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(halves) : "r"(x[k] << (r & 1)), "r"(sel));
+                    a[u0 + k][r] &= halves;
+                }
         }
     }
 

@@ -1,5 +1,5 @@
-"""The dropout keep-mask of cuflash.reference (issue 10's foundation): Philox4x32-10 against the
-Random123 reference's known answers, and the mask's rules (DESIGN 3): a function of (seed, offset)
+"""The dropout keep-mask of cuflash.reference (issue 10's foundation): Philox4x32 (7 rounds for the
+mask, 10 as a check of the round loop) against the Random123 reference's known answers, and the mask's rules (DESIGN 3): a function of (seed, offset)
 and absolute (batch, head, query, key) only, keep rate 1 - round(256 p) / 256, one Philox call per
 group {i, i + 1, i + 8, i + 9} x {j, j + 1, j + 8, j + 9}, a random byte per entry. kernels_cu/common/dropout.cuh is its CUDA twin
 (tests/compile/test_dropout_header.py compiles it, tests/gpu/test_dropout_mask.py compares them)."""
@@ -10,24 +10,35 @@ import pytest
 
 from cuflash import reference
 
-# Random123's kat_vectors for philox4x32_10: counter, key, output.
+# Random123's kat_vectors for philox4x32 with 7 rounds (the mask's) and 10: rounds, counter, key, output.
 KNOWN_ANSWERS = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+    (7, (0, 0, 0, 0), (0, 0), (0x5F6FB709, 0x0D893F64, 0x4F121F81, 0x4F730A48)),
+    (7, (0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x5207DDC2, 0x45165E59, 0x4D8EE751, 0x8C52F662)),
+    (7, (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A)),
+    (10, (0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    (10, (0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (10, (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
      (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
 ]
 
 
-@pytest.mark.parametrize("counter, key, want", KNOWN_ANSWERS)
-def test_philox_known_answers(counter, key, want):
-    assert tuple(int(x) for x in reference.philox4x32_10(counter, key)) == want
+@pytest.mark.parametrize("rounds, counter, key, want", KNOWN_ANSWERS)
+def test_philox_known_answers(rounds, counter, key, want):
+    assert tuple(int(x) for x in reference.philox4x32(counter, key, rounds)) == want
+
+
+def test_the_mask_draws_seven_rounds():
+    assert reference.PHILOX_ROUNDS == 7
+    counter, key = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)
+    assert tuple(int(x) for x in reference.philox4x32(counter, key)) == KNOWN_ANSWERS[2][3]
 
 
 def test_philox_broadcasts_over_counters():
-    counters = np.array([c for c, _, _ in KNOWN_ANSWERS], np.uint32)
-    keys = np.array([k for _, k, _ in KNOWN_ANSWERS], np.uint32)
-    assert np.array_equal(reference.philox4x32_10(counters, keys), np.array([w for _, _, w in KNOWN_ANSWERS]))
+    seven = [a for a in KNOWN_ANSWERS if a[0] == 7]
+    counters = np.array([c for _, c, _, _ in seven], np.uint32)
+    keys = np.array([k for _, _, k, _ in seven], np.uint32)
+    assert np.array_equal(reference.philox4x32(counters, keys), np.array([w for _, _, _, w in seven]))
 
 
 def test_each_entry_follows_its_group_rule():
@@ -38,7 +49,7 @@ def test_each_entry_follows_its_group_rule():
         b, h, i, j = (int(rng.integers(n)) for n in (2, 3, 45, 70))
         low_i = (i - 8 * ((i % 16) >= 8)) & ~1
         low_j = (j - 8 * ((j % 16) >= 8)) & ~1
-        out = reference.philox4x32_10((low_i, low_j, b * 3 + h, offset), (seed & 0xFFFFFFFF, seed >> 32))
+        out = reference.philox4x32((low_i, low_j, b * 3 + h, offset), (seed & 0xFFFFFFFF, seed >> 32))
         word = (i - low_i) % 2 + 2 * (i - low_i >= 8)
         byte = (j - low_j) % 2 + 2 * (j - low_j >= 8)
         bits = (int(out[word]) >> (8 * byte)) & 0xFF

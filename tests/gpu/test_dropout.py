@@ -86,9 +86,10 @@ def test_dropout_rates(p):
     check_case(q, k, v, p, (12345, 77), {})
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])  # d256: 64-key blocks with a window (specs.FwdSm90Tiles.with_features)
 @pytest.mark.parametrize("case", ["gqa_window", "softcap_alibi", "sink_window", "everything"])
-def test_dropout_with_other_features(case):
-    q, k, v = draw("bf16", (203, 257), nheads=8, nheads_kv=2)
+def test_dropout_with_other_features(case, head_dim):
+    q, k, v = draw("bf16", (203, 257), head_dim=head_dim, nheads=8, nheads_kv=2)
     scale = 3.0 / np.sqrt(q.shape[-1])
     slopes = cp.asarray((2.0 ** -np.arange(1, 9)).astype(np.float32))
     sink = cp.asarray(np.linspace(-2, 4, 8).astype(np.float32))
