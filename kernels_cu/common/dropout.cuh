@@ -221,9 +221,10 @@ struct Dropout {
         }
     }
 
-    // The forward's P V operand after packing (one m16 tile of queries as rows, the
-    // Hopper forwards): the 16-bit halves of dropped entries cleared, one prmt and one
-    // and per two entries instead of a test and a select per entry on P in fp32.
+    // The forward's P V operand after packing (one m16 tile of queries as rows; the
+    // 16-bit forwards call it per m16 tile): the 16-bit halves of dropped entries
+    // cleared, one prmt and one and per two entries instead of a test and a select
+    // per entry on P in fp32 (drop()).
     // a[kk][r] holds row g + 8 (r & 1), columns 16 kk + 8 (r >> 1) + 2t + j in half j
     // (fragment.cuh pack_a_fragments); keep_bits' word of pair kk has entry (a, h, j)
     // at bit 8 (j + 2a) + 7 - h. Shifted left by h, the bit of half j is the top bit

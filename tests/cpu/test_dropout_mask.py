@@ -1,7 +1,8 @@
 """The dropout keep-mask of cuflash.reference (issue 10's foundation): Philox4x32 (7 rounds for the
-mask, 10 as a check of the round loop) against the Random123 reference's known answers, and the mask's rules (DESIGN 3): a function of (seed, offset)
-and absolute (batch, head, query, key) only, keep rate 1 - round(256 p) / 256, one Philox call per
-group {i, i + 1, i + 8, i + 9} x {j, j + 1, j + 8, j + 9}, a random byte per entry. kernels_cu/common/dropout.cuh is its CUDA twin
+mask, 10 as a check of the round loop) against the Random123 reference's known answers, and the
+mask's rules (DESIGN 3): a function of (seed, offset) and absolute (batch, head, query, key) only,
+keep rate 1 - round(256 p) / 256, one Philox call per group {i, i + 1, i + 8, i + 9} x {j, j + 1,
+j + 8, j + 9}, a random byte per entry. kernels_cu/common/dropout.cuh is its CUDA twin
 (tests/compile/test_dropout_header.py compiles it, tests/gpu/test_dropout_mask.py compares them)."""
 from __future__ import annotations
 
