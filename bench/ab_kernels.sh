@@ -8,7 +8,9 @@
 #
 # OLD_KERNELS_DIR: a kernels_cu/ folder of the old tree (on the CPU side:
 # `git archive REV kernels_cu | tar -x -C DIR` puts it at DIR/kernels_cu; the
-# device copy of the working tree carries it when it is not git-ignored).
+# device copy of the working tree carries it when it is not git-ignored), or a
+# comma list of such folders: each tree is then named by the folder above its
+# kernels_cu/ (ab/mid/kernels_cu: "mid") and runs in every round after "new".
 # Each run writes OUTDIR/{new,old}-N.log and .json; the last lines printed are
 # the ms column of every run side by side, one row per benchmark point.
 set -uo pipefail
@@ -21,10 +23,17 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then rounds=$1; shift; fi
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
-old=$(cd "$old" && pwd)
+declare -A dirs=([new]="")
+trees=(new)
+IFS=, read -ra olds <<< "$old"
+for d in "${olds[@]}"; do
+  d=$(cd "$d" && pwd)
+  name=old; [ ${#olds[@]} -gt 1 ] && name=$(basename "$(dirname "$d")")
+  dirs[$name]=$d; trees+=("$name")
+done
 for ((r = 1; r <= rounds; r++)); do
-  for tree in new old; do
-    dir=""; [ $tree = old ] && dir=$old
+  for tree in "${trees[@]}"; do
+    dir=${dirs[$tree]}
     # Separate kernel caches: the source hash keys the cache anyway, this keeps either tree's
     # first call from paying the other's compile.
     CUFLASH_KERNELS_DIR=$dir CUFLASH_CACHE_DIR=${CUFLASH_CACHE_DIR:-/tmp/cuflash-ab}-$tree \
@@ -32,10 +41,10 @@ for ((r = 1; r <= rounds; r++)); do
       || { echo "ab_kernels: the $tree run $r failed:"; tail -n 5 "$out/$tree-$r.log"; }
   done
 done
-python3 - "$out" "$rounds" <<'EOF'
+python3 - "$out" "$rounds" "${trees[@]}" <<'EOF'
 import json, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
-runs = [(f"{t}-{r}", f"{out}/{t}-{r}.json") for r in range(1, rounds + 1) for t in ("new", "old")]
+out, rounds, trees = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+runs = [(f"{t}-{r}", f"{out}/{t}-{r}.json") for r in range(1, rounds + 1) for t in trees]
 table = {}
 for name, path in runs:
     try:
@@ -46,10 +55,11 @@ for name, path in runs:
         key = f"{row['label']} {row['variant']}".strip()
         table.setdefault(key, {})[name] = row["results"]["cuflash"].get("ms")
 names = [n for n, _ in runs]
-print("point".ljust(40), *(n.rjust(8) for n in names), "old/new".rjust(8))
+# old/new: the fastest round of each other tree over the fastest of "new" (> 1: new is faster).
+print("point".ljust(40), *(n.rjust(8) for n in names), *(f"{t}/new".rjust(8) for t in trees[1:]))
 for key, ms in table.items():
-    new = [ms[n] for n in names if n.startswith("new") and ms.get(n)]
-    old = [ms[n] for n in names if n.startswith("old") and ms.get(n)]
-    ratio = f"{min(old) / min(new):.3f}" if new and old else "-"
-    print(key.ljust(40), *(f"{ms[n]:.3f}".rjust(8) if ms.get(n) else "-".rjust(8) for n in names), ratio.rjust(8))
+    best = {t: min((ms[n] for n in names if n.rsplit("-", 1)[0] == t and ms.get(n)), default=None) for t in trees}
+    ratios = [f"{best[t] / best['new']:.3f}" if best[t] and best["new"] else "-" for t in trees[1:]]
+    print(key.ljust(40), *(f"{ms[n]:.3f}".rjust(8) if ms.get(n) else "-".rjust(8) for n in names),
+          *(r.rjust(8) for r in ratios))
 EOF

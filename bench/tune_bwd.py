@@ -29,6 +29,7 @@ from cuflash.specs import BWD_TILES, BWD_TILES_FP32, BwdSpec, BwdTiles, Features
 CANDIDATES = [
     BwdTiles(128, 128, 8, 4, 4, 4),
     BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
+    BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2, k_ahead=True),
     BwdTiles(64, 128, 8, 4, 4, 2),
     BwdTiles(64, 128, 8, 4, 4, 2, k_unroll=2),
     BwdTiles(64, 128, 8, 4, 4, 4),
@@ -38,6 +39,7 @@ CANDIDATES = [
     BwdTiles(64, 64, 8, 2, 4, 4, k_unroll=2),
     BwdTiles(64, 64, 8, 2, 2, 2),
     BwdTiles(64, 64, 8, 2, 2, 2, k_unroll=2),
+    BwdTiles(64, 64, 8, 2, 2, 2, k_unroll=2, k_ahead=True),
     BwdTiles(64, 64, 8, 4, 4, 2),
     BwdTiles(64, 64, 4, 4, 4, 2),
     BwdTiles(64, 128, 8, 8, 8, 2),  # P^T and dS^T in registers for dV, dK
@@ -46,7 +48,9 @@ CANDIDATES = [
 
 def describe(t: BwdTiles) -> str:
     extra = f"/p{t.dq_pass_dims}" if t.dq_pass_dims else ""
-    return f"{t.block_m}x{t.block_n}w{t.warps}s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}u{t.k_unroll}{extra}"
+    ahead = "a" if t.k_ahead else ""
+    return (f"{t.block_m}x{t.block_n}w{t.warps}s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}u{t.k_unroll}{ahead}"
+            f"{extra}")
 
 
 def main():
@@ -139,9 +143,10 @@ def main():
 
 
 def parse_tiles(text: str) -> BwdTiles:
-    """'32x64x4x4x4x2u2' -> BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2)."""
+    """'32x64x4x4x4x2u2' -> BwdTiles(32, 64, 4, 4, 4, 2, k_unroll=2); a trailing 'a' sets k_ahead."""
     shape, _, unroll = text.strip().partition("u")
-    return BwdTiles(*(int(x) for x in shape.split("x")), k_unroll=int(unroll or 0))
+    ahead = unroll.endswith("a")
+    return BwdTiles(*(int(x) for x in shape.split("x")), k_unroll=int(unroll.rstrip("a") or 0), k_ahead=ahead)
 
 
 if __name__ == "__main__":

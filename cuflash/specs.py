@@ -673,6 +673,10 @@ class BwdTiles:
     k_unroll: k16 steps per unrolled loop body of the products read from shared
       memory (0: fully unrolled). Full unrolling lets ptxas hoist ldmatrix
       loads far ahead, which exhausts the 255 registers at some shapes.
+    k_ahead: in those rolled loops, load the next k-step's fragments before the
+      current step's products (mma.cuh warp_product AHEAD; needs k_unroll > 0).
+      Measured: d64's 128x128 tile +1.4-4% on the H100 and H200, d256's 64x64
+      -0.5-1.2% (bench/NOTES.md pb2).
     dq_tested: dQ added with a bounds test per row and n8 tile (epilogue.cuh
       write_f32_tile with its tests) instead of whole blocks at constant offsets, for the
       tiles whose straight-line adds spill at 255 registers (float32 inputs always:
@@ -691,6 +695,7 @@ class BwdTiles:
     dq_pass_dims: int = 0
     k_unroll: int = 0
     dq_tested: bool = False
+    k_ahead: bool = False
 
     @property
     def p_in_regs(self) -> bool:
@@ -716,6 +721,8 @@ class BwdTiles:
                 raise ValueError(f"{name}: {extent} split {parts} ways is not a multiple of 16 ({self})")
         if self.k_unroll < 0:
             raise ValueError(f"k_unroll must be >= 0 (0: full), got {self.k_unroll}")
+        if self.k_ahead and not self.k_unroll:
+            raise ValueError(f"k_ahead loads ahead in rolled k loops: it needs k_unroll > 0 ({self})")
         dims = self.dq_dims(head_dim)
         if self.dq_pass_dims and (self.dq_pass_dims % 16 or dims % self.dq_pass_dims):
             raise ValueError(f"dq_pass_dims={self.dq_pass_dims} must be a multiple of 16 dividing {dims} ({self})")
@@ -735,7 +742,7 @@ class BwdTiles:
 # bench/tune_bwd.py times the alternatives against SDPA's flash backward.
 BWD_TILES = {
     32: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
-    64: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2),
+    64: BwdTiles(128, 128, 8, 4, 4, 4, k_unroll=2, k_ahead=True),
     96: BwdTiles(64, 128, 8, 4, 4, 4),
     128: BwdTiles(64, 128, 8, 4, 4, 2, dq_tested=True),  # whole-block dQ adds spilled 12 B under NVRTC 13.5
     160: BwdTiles(64, 64, 8, 2, 4, 4),
@@ -842,7 +849,8 @@ class BwdSpec(AttentionSpec):
         det = "_det" if self.deterministic else ""
         passes = f"p{t.dq_pass_dims}" if t.dq_pass_dims else ""
         return (f"bwd_{self.dtype}_d{self.head_dim}_{self.features.tag}{det}_m{t.block_m}n{t.block_n}w{t.warps}"
-                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}{passes}u{t.k_unroll}{'t' if t.dq_tested else ''}")
+                f"s{t.sdp_warps_n}k{t.dkv_warps_n}q{t.dq_warps_m}{passes}u{t.k_unroll}{'a' if t.k_ahead else ''}"
+                f"{'t' if t.dq_tested else ''}")
 
     @property
     def dq_tested(self) -> bool:
@@ -862,6 +870,7 @@ class BwdSpec(AttentionSpec):
             "CUFLASH_DQ_WARPS_M": t.dq_warps_m,
             "CUFLASH_DQ_PASS_DIMS": t.dq_pass_dims or t.dq_dims(self.head_dim),
             "CUFLASH_K_UNROLL": t.k_unroll,
+            "CUFLASH_K_AHEAD": int(t.k_ahead),
             "CUFLASH_DQ_TESTED": int(self.dq_tested),
             "CUFLASH_DETERMINISTIC": int(self.deterministic),
         }

@@ -55,7 +55,8 @@
 //   CUFLASH_DTYPE (fp16 | bf16 | fp32), CUFLASH_HEAD_DIM D (multiple of 32; the actual
 //   d <= D is a run-time value, columns >= d are zero-filled and never stored),
 //   CUFLASH_BLOCK_M Br, CUFLASH_BLOCK_N Bc, CUFLASH_WARPS, CUFLASH_SDP_WARPS_N,
-//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL, CUFLASH_DQ_TESTED,
+//   CUFLASH_DKV_WARPS_N, CUFLASH_DQ_WARPS_M, CUFLASH_DQ_PASS_DIMS, CUFLASH_K_UNROLL, CUFLASH_K_AHEAD,
+//   CUFLASH_DQ_TESTED,
 //   CUFLASH_DETERMINISTIC, and the features CUFLASH_MASK, CUFLASH_SOFTCAP, CUFLASH_ALIBI,
 //   CUFLASH_BIAS (dB = P ∘ (dP - D) into dbias when asked, softmax.cuh), CUFLASH_SINK, CUFLASH_DROPOUT,
 //   CUFLASH_VARLEN (per-sequence rows and lengths, seqinfo.cuh; key blocks past a sequence exit).
@@ -87,6 +88,8 @@ constexpr int WARPS = CUFLASH_WARPS;
 // k-steps per unrolled loop body of each product from shared memory (mma.cuh
 // mma_ss; 0 = fully unrolled).
 constexpr int K_UNROLL = CUFLASH_K_UNROLL > 0 ? CUFLASH_K_UNROLL : 1024;
+// The next k-step's fragments loaded ahead in those loops (mma.cuh warp_product AHEAD).
+constexpr bool K_AHEAD = CUFLASH_K_AHEAD;
 constexpr bool DETERMINISTIC = CUFLASH_DETERMINISTIC;
 // dQ's adds test rows and columns (specs.BwdTiles.dq_tested: where whole-block adds spill).
 constexpr bool DQ_TESTED = CUFLASH_DQ_TESTED;
@@ -243,9 +246,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         float acc_s[S_MT][S_NT][4], acc_dp[S_MT][S_NT][4];
         mod.init<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);  // 0, or the bias (score_mod.cuh)
         zero_acc(acc_dp);
-        mma_ss<S_MT, S_NT, D, PITCH, false, Q_PITCH, false, K_UNROLL>(acc_s, sK_addr + s_a, s_b(sQ_buf));
+        mma_ss<S_MT, S_NT, D, PITCH, false, Q_PITCH, false, K_UNROLL, ROUND_NONE, K_AHEAD>(acc_s, sK_addr + s_a,
+                                                                                           s_b(sQ_buf));
         // (float32: dP rounded every k-step, as D is subtracted from it: mma.cuh ROUND_STEP)
-        mma_ss<S_MT, S_NT, D, PITCH, false, Q_PITCH, false, K_UNROLL, ROUND_STEP>(acc_dp, sV_addr + s_a, s_b(sdO_buf));
+        mma_ss<S_MT, S_NT, D, PITCH, false, Q_PITCH, false, K_UNROLL, ROUND_STEP, K_AHEAD>(acc_dp, sV_addr + s_a,
+                                                                                           s_b(sdO_buf));
 
         // Score modifier, then the mask (only blocks that cross seqlen_k or an
         // edge of the band need it), then P^T and dS^T in place.
@@ -285,10 +290,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
 #else
         // P^T and dS^T of every warp are in shared memory before dV and dK read them.
         __syncthreads();
-        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, Q_PITCH, true, K_UNROLL, ROUND_PASS>(acc_dv, sPt_addr + kv_a,
-                                                                                     kv_b(sdO_buf));
-        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, Q_PITCH, true, K_UNROLL, ROUND_PASS>(acc_dk, sdSt_addr + kv_a,
-                                                                                     kv_b(sQ_buf));
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, Q_PITCH, true, K_UNROLL, ROUND_PASS, K_AHEAD>(acc_dv, sPt_addr + kv_a,
+                                                                                               kv_b(sdO_buf));
+        mma_ss<KV_MT, KV_NT, BM, PITCH_T, false, Q_PITCH, true, K_UNROLL, ROUND_PASS, K_AHEAD>(acc_dk, sdSt_addr + kv_a,
+                                                                                               kv_b(sQ_buf));
 #endif
 
         // dQ_i += scale * dS K_j: (DQ_ROWS x DQ_DIMS) per warp, reduced over Bc keys,
@@ -304,7 +309,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         for (int pass = 0; pass < DQ_PASSES; ++pass) {
             float acc_dq[DQ_MT][DQ_PASS_NT][4];
             zero_acc(acc_dq);
-            mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL>(
+            mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL, ROUND_NONE, K_AHEAD>(
                 acc_dq, dq_a, dq_b + (u32)(pass * DQ_PASS_NT * 8 * ELEM_BYTES));
             if (DETERMINISTIC && pass == 0) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
             write_f32_tile<true, DQ_TESTED ? 0 : D>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,

@@ -325,7 +325,12 @@ constexpr int ROUND_NONE = 0, ROUND_PASS = 1, ROUND_STEP = 2;
 // get_a(FragA&, mt, ks) and get_b(FragB (&)[2], np, ks) giving the fragments of
 // m16 tile mt and of n8 tiles 2np, 2np+1 at k-step ks. UNROLL: k-steps per
 // unrolled loop body. ROUND: ROUND_NONE, ROUND_PASS or ROUND_STEP (above).
-template <int MT, int NT, int KSTEPS, int UNROLL, int ROUND, class GetA, class GetB>
+// AHEAD (rolled loops only: UNROLL < KSTEPS; not with float32's ROUND): step ks + 1's fragments
+// are loaded before step ks's products are issued, so each loop body opens with
+// products whose operands are already in registers instead of waiting for
+// ldmatrix (the last step, peeled, loads nothing). Costs MT * 4 + NT * 2
+// registers for the fragments in flight; measured per tile (specs.BwdTiles.k_ahead).
+template <int MT, int NT, int KSTEPS, int UNROLL, int ROUND, bool AHEAD = false, class GetA, class GetB>
 CUFLASH_DEVICE void warp_product(float (&acc)[MT][NT][4], GetA&& get_a, GetB&& get_b) {
     static_assert(NT % 2 == 0, "B is loaded two n8 tiles at a time");
     if constexpr (FP32 && ROUND != ROUND_NONE) {
@@ -359,6 +364,37 @@ CUFLASH_DEVICE void warp_product(float (&acc)[MT][NT][4], GetA&& get_a, GetB&& g
             }
             if (ROUND == ROUND_PASS) add(t, np);
         }
+    } else if constexpr (AHEAD && UNROLL < KSTEPS) {
+        FragA af[MT];
+        FragB bf[NT / 2][2];
+        auto load = [&](FragA(&a)[MT], FragB(&b)[NT / 2][2], int ks) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) get_a(a[mt], mt, ks);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) get_b(b[np], np, ks);
+        };
+        auto products = [&](const FragA(&a)[MT], const FragB(&b)[NT / 2][2]) {
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma(acc[mt][2 * np], a[mt], b[np][0]);
+                    mma(acc[mt][2 * np + 1], a[mt], b[np][1]);
+                }
+        };
+        load(af, bf, 0);
+#pragma unroll(UNROLL)
+        for (int ks = 0; ks < KSTEPS - 1; ++ks) {
+            FragA an[MT];
+            FragB bn[NT / 2][2];
+            load(an, bn, ks + 1);
+            products(af, bf);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) af[mt] = an[mt];
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) bf[np][0] = bn[np][0], bf[np][1] = bn[np][1];
+        }
+        products(af, bf);
     } else {
 #pragma unroll(UNROLL)
         for (int ks = 0; ks < KSTEPS; ++ks) {
@@ -437,9 +473,9 @@ CUFLASH_DEVICE void load_b_step(FragB (&bf)[2], SwizzledB<ALIGNED, LAUNDER> b, i
 // UNROLL: k-steps per unrolled loop body (default all). A fully unrolled
 // loop lets the scheduler hoist the loads of many steps ahead, which can
 // exhaust registers in kernels that also hold large accumulators. ROUND: ROUND_NONE,
-// ROUND_PASS or ROUND_STEP (warp_product).
+// ROUND_PASS or ROUND_STEP, AHEAD: as warp_product.
 template <int MT, int NT, int K, int PITCH_A, bool A_T, int PITCH_B, bool B_T, int UNROLL = K / KSTEP,
-          int ROUND = ROUND_NONE, class BAddr = u32>
+          int ROUND = ROUND_NONE, bool AHEAD = false, class BAddr = u32>
 CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, BAddr b) {
     static_assert(K % KSTEP == 0, "whole k-steps");
     static_assert(!FP32 || B_T || !A_T, "float32: no paired load for an untransposed B");
@@ -453,7 +489,7 @@ CUFLASH_DEVICE void mma_ss(float (&acc)[MT][NT][4], u32 a, BAddr b) {
             load_a(af, a + (u32)((mt * 16 * PITCH_A + ks * KSTEP) * ELEM_BYTES));
     };
     auto get_b = [&](FragB (&bf)[2], int np, int ks) { load_b_step<PITCH_B, B_T>(bf, b, np, ks); };
-    warp_product<MT, NT, K / KSTEP, UNROLL, ROUND>(acc, get_a, get_b);
+    warp_product<MT, NT, K / KSTEP, UNROLL, ROUND, AHEAD>(acc, get_a, get_b);
 }
 
 // acc[MT][NT][4] += A * B where A (MT*16 x K) is held by this warp as fp32 C

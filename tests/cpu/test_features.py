@@ -651,6 +651,17 @@ def test_an_arch_class_list_replaces_the_default_tiles_there_only():
                 assert not cache.builds_for(b200, "sm_80") and not cache.builds_for(b200, "sm_90")
 
 
+def test_loads_ahead_are_a_tile_choice_of_rolled_loops():
+    """BwdTiles.k_ahead (mma.cuh warp_product AHEAD) is compiled in as CUFLASH_K_AHEAD and named in the
+    kernel (suffix 'a'); it needs rolled k loops, so a fully unrolled tile that asks for it is refused."""
+    d64 = BwdSpec.for_problem("bf16", 64)
+    assert d64.tiles.k_ahead and d64.name.endswith("u2a") and d64.defines()["CUFLASH_K_AHEAD"] == 1
+    d256 = BwdSpec.for_problem("bf16", 256)
+    assert not d256.tiles.k_ahead and d256.name.endswith("u2") and d256.defines()["CUFLASH_K_AHEAD"] == 0
+    with pytest.raises(ValueError, match="k_ahead .* needs k_unroll > 0"):
+        replace(d64.tiles, k_unroll=0).check(64)
+
+
 def test_declared_specs_hold_every_tile_any_gpu_selects():
     names = {s.name for s in support.declared_specs()}
     for cc in support.SMEM_LIMITS:
