@@ -1007,14 +1007,6 @@ def check_sequence_arrays(cu_q: Ref, cu_k: Ref, used: Ref | None, q_device: int)
     return batch
 
 
-def check_varlen_backward_support(seqused: bool, q: Ref, k: Ref) -> None:
-    """The varlen backward has no seqused_k under GQA/MQA: the per-query-head dK/dV accumulators of
-    unused keys are never written, and their group sum would read them."""
-    if seqused and k.shape[2] != q.shape[2]:
-        raise NotImplementedError("seqused_k in the backward with GQA/MQA (nheads_kv < nheads) is not "
-                                  "implemented yet in cuflash")
-
-
 def check_varlen_lse(x: Ref | None, q: Ref, name: str = "lse") -> None:
     """lse (or dlse) of a varlen call: float32 (nheads, total_q) on q's device (q as _varlen_ref gives it)."""
     nheads, total_q = q.shape[2], q.shape[1]
@@ -1258,7 +1250,6 @@ def attention_varlen_backward(
     check_varlen_lse(lser, qr)
     check_varlen_lse(dlser, qr, "dlse")
     opts = with_dropout(_varlen_options(qr, softmax_scale, causal, window_size, softcap, ar, sr), drop)
-    check_varlen_backward_support(used is not None, qr, kr)
     with device_scope(qr.device):
         grads = []
         for x, like, n in ((dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):

@@ -633,9 +633,6 @@ def _backward(st: _Static, residuals, dout, dlse):
     """Cotangents of (q, k, v, seqs, ex): alibi_slopes gets zeros, the integer arrays None, the bias
     dbias (its own shape and dtype) or zeros when bias_requires_grad was False."""
     q, k, v, seqs, ex, out, lse = residuals
-    if st.varlen is not None:
-        api.check_varlen_backward_support("seqused_k" in seqs, _layout(q)._replace(shape=(1, *q.shape)),
-                                          _layout(k)._replace(shape=(1, *k.shape)))
     ldbias = _dbias_layout(st, q.shape, k.shape)
     result = (_like(q), _like(k), _like(v), _like(ex["learnable_sink"]) if "learnable_sink" in ex else None,
               None if ldbias is None else jax.ShapeDtypeStruct(ldbias.shape, ldbias.dtype))
@@ -803,7 +800,7 @@ def attention_varlen(
 
     The lengths are checked on the host in an eager call; under jit they cannot be, and the
     kernels then clamp each sequence to the tensors (invalid offsets give wrong values, never an
-    out-of-bounds access). The backward refuses seqused_k under GQA/MQA (as the CuPy one does).
+    out-of-bounds access). With seqused_k the keys past each sequence's used ones get zero gradients.
     """
     q, k, v = _as_array(q, "q"), _as_array(k, "k"), _as_array(v, "v")
     seqs = _arrays(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_k=seqused_k)

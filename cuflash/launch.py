@@ -447,6 +447,21 @@ def _scratch(alloc: Alloc, sizes: dict) -> tuple:
     return owner, refs, {name: entry[0] for name, entry in layout.items()}
 
 
+def clear(x: Ref, stream: int) -> None:
+    """Zero a contiguous float32 or int32 scratch array on `stream` (cudaMemsetAsync). Not recordable: only the
+    varlen backward clears, and no launch plan holds a varlen call."""
+    if getattr(_recording, "steps", None) is not None:
+        raise RuntimeError("cuflash internal error: a launch plan cannot hold a cleared buffer")
+    if not getattr(_thread, "context", False):
+        _make_context_current(x.device)
+    from cupy_backends.cuda.api import runtime
+
+    size = 1
+    for n in x.shape:
+        size *= n
+    runtime.memsetAsync(x.ptr, 0, 4 * size, stream)
+
+
 def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Ref, dk: Ref, dv: Ref,
              option_fields: dict, dlse: Ref | None, alloc: Alloc, stream: int, sequences: dict | None = None,
              dbias_fields: dict | None = None):
@@ -466,7 +481,8 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
       deterministic: int32 turn counters (batch, nheads, seqlen_q / Br); with a sink dsink_part
       (batch, nheads, key blocks); under GQA dk_accum, dv_accum
       (batch, seqlen_k, nheads, headdim): dK, dV per query head, summed over each group by the convert
-      kernel in a fixed order.
+      kernel in a fixed order; with seqused_k these are cleared first (the main kernel leaves the
+      rows of each sequence's unused keys alone, and the group sum reads every row).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     _, seqlen_k, nheads_kv, _ = k.shape
@@ -543,6 +559,9 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
         }
         if group > 1:
             dk_accum, dv_accum = s["dk_accum"], s["dv_accum"]
+            if varlen and sequences["seqused_k"]:
+                clear(dk_accum, stream)
+                clear(dv_accum, stream)
             fields.update({"dk_accum": dk_accum.ptr, "dv_accum": dv_accum.ptr,
                            **strides_named("dka", _batchless(dk_accum) if varlen else dk_accum)})
         packer, maps = params.BWD, {}

@@ -496,7 +496,6 @@ def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, 
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
         softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths,
         dropout=_saved_dropout(dropout_p, rng))
-    api.check_varlen_backward_support(seqused_k is not None, qr, kr)
     for x, like, n in ((dout, q, "dout"), (out, q, "out")):
         api.check_like(_ref(x, n), _ref(like, "q"), n, "q")
     api.check_varlen_lse(_ref(lse, "lse"), qr)

@@ -468,8 +468,9 @@ def test_varlen_forward_and_gradients(fake_kernels, mode):
 
 
 @needs_jax
-def test_varlen_seqused_k_clears_the_unused_keys(fake_kernels):
-    host, (q, k, v), cu_q, cu_k = packed_inputs(nheads_kv=4)
+@pytest.mark.parametrize("nheads_kv", [4, 2], ids=["mha", "gqa"])
+def test_varlen_seqused_k_clears_the_unused_keys(fake_kernels, nheads_kv):
+    host, (q, k, v), cu_q, cu_k = packed_inputs(nheads_kv=nheads_kv)
     used = np.array([2, 1, 6], np.int32)
     dout_h = testing.random_like(host[0])
 
@@ -500,18 +501,6 @@ def test_varlen_bad_input_is_named(no_gpu, change, error, match):
     with pytest.raises(error, match=match):
         cj.attention_varlen(q, k, v, arrays.pop("cu_seqlens_q"), arrays.pop("cu_seqlens_k"), args["max_seqlen_q"],
                             args["max_seqlen_k"], **arrays)
-
-
-@needs_jax
-def test_varlen_seqused_backward_under_gqa_is_refused_at_trace_time(no_gpu):
-    host, (q, k, v), cu_q, cu_k = packed_inputs()
-
-    def loss(q):
-        return jnp.sum(cj.attention_varlen(q, k, v, jnp.asarray(cu_q), jnp.asarray(cu_k), 5, 6,
-                                           seqused_k=jnp.asarray(np.array([1, 1, 1], np.int32))).astype(jnp.float32))
-
-    with pytest.raises(NotImplementedError, match="seqused_k in the backward with GQA"):
-        jax.eval_shape(jax.grad(loss), q)
 
 
 # ---- additive bias

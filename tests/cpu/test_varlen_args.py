@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cuflash import api, reference
+from cuflash import api, launch, reference
 
 
 @pytest.mark.parametrize("cu, total, max_seqlen, match", [
@@ -63,3 +63,50 @@ def test_reference_varlen_backward_is_the_dense_backward_per_sequence():
         assert np.array_equal(dq[rq], g[0][0]) and np.array_equal(dk[rk], g[1][0]) and np.array_equal(dv[rk], g[2][0])
         total += g[4]
     assert np.allclose(dsink, total)
+
+
+def _ref(shape, dtype, ptr):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.insert(0, acc)
+        acc *= n
+    return launch.Ref(ptr, tuple(shape), tuple(strides), dtype, 0)
+
+
+@pytest.mark.parametrize("nheads_kv, seqused", [(2, True), (2, False), (8, True)], ids=["gqa-seqused", "gqa", "mha"])
+def test_varlen_backward_clears_the_group_accumulators_under_seqused_k(monkeypatch, nheads_kv, seqused):
+    """Under GQA the kernels write dK, dV per query head into fp32 accumulators, and the convert
+    kernel sums every row of each group; with seqused_k no kernel writes the unused keys' rows, so
+    both accumulators are cleared on the stream before the main kernel (an A100-class GPU, no launch)."""
+    events = []
+    monkeypatch.setattr(api, "_compute_capability", lambda device: (8, 0))
+    monkeypatch.setattr(api, "_device_smem_limit", lambda device: 166912)
+    monkeypatch.setattr(launch, "run", lambda spec, device, grid, block, smem, packer, fields, stream, maps=None:
+                        events.append(("run", fields.get("dk_accum"), fields.get("dv_accum"))))
+    monkeypatch.setattr(launch, "convert", lambda src, dst, group, dtype, stream, swizzled=False:
+                        events.append(("convert", src.ptr)))
+    monkeypatch.setattr(launch, "clear", lambda x, stream: events.append(("clear", x.ptr, x.shape, stream)))
+    total_q, total_k, nheads, d = 40, 56, 8, 64
+    q = _ref((1, total_q, nheads, d), "bfloat16", 1 << 24)
+    k = _ref((1, total_k, nheads_kv, d), "bfloat16", 2 << 24)
+    lse = _ref((nheads, total_q), "float32", 3 << 24)
+    opts = api._varlen_options(q, None, True, (-1, -1), 0.0, None, None)
+    sequences = {"cu_seqlens_q": 4 << 24, "cu_seqlens_k": 5 << 24, "seqused_k": (6 << 24) if seqused else 0}
+
+    def alloc(shape, dtype):
+        return None, _ref(shape, dtype, 7 << 24)
+
+    api.run_varlen_backward(q, q, k, k, q, lse, q, k, k, opts, False, None, alloc, 99, sequences, 20, 30)
+    runs = [e for e in events if e[0] == "run"]
+    main = runs[-1]  # after the prepare kernel
+    clears = [e for e in events if e[0] == "clear"]
+    if nheads_kv == nheads:
+        assert main[1:] == (None, None) and not clears
+        return
+    assert main[1] and main[2]
+    if not seqused:
+        assert not clears
+        return
+    assert [c[1] for c in clears] == [main[1], main[2]]
+    assert all(c[2] == (1, total_k, nheads, d) and c[3] == 99 for c in clears)
+    assert events.index(clears[-1]) < events.index(main)  # cleared before the kernel adds into them

@@ -210,6 +210,19 @@ def test_varlen_backward_head_dims_alibi_dlse_seqused(head_dim):
                    seqused_k=np.asarray([10, 0, 1, 150, 17], np.int32))
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_varlen_backward_seqused_under_gqa(head_dim, deterministic):
+    """GQA 8/2 with seqused_k: the keys past each sequence's used ones get dk = dv = 0 from the
+    group sum of per-query-head accumulators the kernels leave alone there (cleared first)."""
+    q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 8, 2, head_dim, "bf16")
+    used = np.asarray([10, 0, 1, 150, 17], np.int32)
+    _, dk, dv = check_backward(q, k, v, cu_q, cu_k, "bf16", causal=True, seqused_k=used, deterministic=deterministic)
+    for b, n in enumerate(used):
+        assert not cp.any(dk[int(cu_k[b]) + int(n): int(cu_k[b + 1])]), f"dk past seqused_k[{b}]"
+        assert not cp.any(dv[int(cu_k[b]) + int(n): int(cu_k[b + 1])]), f"dv past seqused_k[{b}]"
+
+
 def test_varlen_backward_deterministic_is_bitwise_repeatable():
     q, k, v, cu_q, cu_k = packed(*LENGTHS["mixed"], 8, 2, 128, "bf16")
     dout = testing.random_like(q)
