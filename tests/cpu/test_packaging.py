@@ -93,7 +93,7 @@ def test_ci_runs_the_readme_test_commands():
     section = readme.split("## Tests", 1)[1]
     block = section.split("```bash\n", 1)[1].split("\n```", 1)[0]
     install, command = (line.split("#", 1)[0].strip() for line in block.strip().splitlines())
-    assert install == 'pip install -e ".[cuda12,test]"', install
+    assert install == 'pip install -e ".[cuda12,test,jax]"', install
     assert command.startswith("python -m pytest"), command
     ci = (REPO / ".ci" / "run").read_text()
     assert command in ci.splitlines() or f"{command} " in ci or f"{command}\n" in ci, f".ci/run does not run {command!r}"
