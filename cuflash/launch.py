@@ -352,7 +352,7 @@ def forward(spec, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, option_fiel
     fields["o"], fields["lse"] = out.ptr, 0 if lse is None else lse.ptr
     fields["o_batch_stride"], fields["o_row_stride"], fields["o_head_stride"] = os_[0], os_[1], os_[2]
     maps = fwd_tensor_maps(spec, q, k, v, out, option_fields)
-    fields["tma"] = int(bool(maps))
+    fields["tma"] = (1 if maps else 0) | (2 if "tma_bias" in maps else 0)  # params.cuh FwdParams tma
     run(spec, q.device, fwd_grid(spec, batch, nheads, seqlen_q, q.device), (spec.threads, 1, 1), fwd_smem_bytes(spec),
         params.FWD, fields, stream, maps)
 
@@ -363,7 +363,8 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict)
     16-byte chunks: another kernel, a call of little work (tma.MIN_FLOP), arrays TMA cannot address
     (tma.tile_map), no encoder in the driver, or CUFLASH_TMA=0. Varlen (q, k, v with batch stride
     0, total_q / total_k in option_fields): the maps of q, k, v span every sequence's rows as one
-    batch, and O leaves by 16-byte stores (no tma_o)."""
+    batch, and O leaves by 16-byte stores (no tma_o). A dense call's bias with query rows (not a
+    per-key one) adds tma_bias where TMA can address it (_bias_map); else the kernel copies it."""
     if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages):
         return {}
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -382,7 +383,23 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict)
     arrays = [("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n)]
     if not spec.features.varlen:  # O leaves in boxes of one consumer warpgroup's 64 rows (dense only)
         arrays.append(("tma_o", out, 64))
-    return _tensor_maps(arrays, tma.atom_columns(spec.head_dim))
+    maps = _tensor_maps(arrays, tma.atom_columns(spec.head_dim))
+    if maps and spec.features.bias and not spec.features.varlen and option_fields["bias_row_stride"]:
+        bias = _bias_map(option_fields, batch, nheads, seqlen_q, k.shape[1], t.block_m)
+        if bias is not None:
+            maps["tma_bias"] = bias
+    return maps
+
+
+def _bias_map(option_fields: dict, batch: int, nheads: int, seqlen_q: int, seqlen_k: int, rows: int):
+    """(map, address) of a dense 16-bit bias for the forward's tiles of `rows` queries x 64 keys
+    (kernels_cu/common/bias_tile.cuh load), the bias seen as a (batch, seqlen_q, heads, seqlen_k)
+    array whose broadcast dims (stride 0) have one entry (the kernel asks for index 0 there); or
+    None where TMA cannot address it."""
+    bs, hs, rs = (option_fields[f"bias_{n}_stride"] for n in ("batch", "head", "row"))
+    shape = (batch if bs else 1, seqlen_q, nheads if hs else 1, seqlen_k)
+    m = tma.tile_map(shape, (bs, rs, hs, 1), option_fields["bias"], rows, 64)
+    return None if m is None else (m, option_fields["bias"])
 
 
 def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref) -> dict:

@@ -42,7 +42,7 @@ SEQUENCE_FIELDS = [
 #: TMA tensor maps (params.cuh TmaMap): 128 opaque bytes on 128-byte boundaries, written by
 #: cuflash/tma.py after the other fields are packed (Packer.put_map). NumPy holds each as 16 uint64.
 TENSOR_MAP_BYTES = 128
-TENSOR_MAP_FIELDS = ("tma_q", "tma_k", "tma_v", "tma_o", "tma_do")
+TENSOR_MAP_FIELDS = ("tma_q", "tma_k", "tma_v", "tma_o", "tma_bias", "tma_do")
 
 
 def _with_tensor_maps(fields: list, maps: tuple) -> np.dtype:
@@ -70,7 +70,7 @@ FWD_PARAMS = _with_tensor_maps(
     ]
     + SEQUENCE_FIELDS
     + [("tma", _I32)],
-    ("tma_q", "tma_k", "tma_v", "tma_o"),
+    ("tma_q", "tma_k", "tma_v", "tma_o", "tma_bias"),
 )
 
 BWD_PREPARE_PARAMS = np.dtype(

@@ -29,8 +29,10 @@
 //     thread issues TMA copies (p.tma: tensor maps of q, k, v, cuflash/tma.py;
 //     varlen: but a sequence's last, partial K/V block), or all 128 threads
 //     cp.async (arrays TMA cannot address, small calls, CUFLASH_TMA=0). With an
-//     additive bias all 128 threads also copy block j's Br x Bc tile of it into
-//     slot i % STAGES of a ring of bias tiles (bias_tile.cuh), beside K[j].
+//     additive bias block j's Br x Bc tile of it goes into slot i % STAGES of a
+//     ring of bias tiles (bias_tile.cuh), beside K[j]: by TMA from the same thread
+//     (p.tma bit 1: a bias with query rows that TMA can address), else copied by
+//     all 128 threads.
 //   Consumers (setmaxnreg up to CONSUMER_REGS), as fwd_sm90.cu's main loop:
 //     S[last] = Q K[last]^T and its softmax; then per step n = last .. first+1
 //     (in three loops: the blocks that need the element mask, those that do not,
@@ -312,6 +314,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     const bool tma = p.tma;
     const bool tma_alone = !CUFLASH_VARLEN && tma;
     const u32 producers = tma_alone ? 1 : 128;  // arrivals that a full barrier's phase needs
+    // The bias by TMA too (the host sets bit 1 only for dense calls with TMA): thread 0 alone.
+    const bool tma_bias = BIAS && tma_alone && (p.tma & 2);
 
     if (tid == 0) {
         for (int qb = 0; qb < Q_BUFFERS; ++qb) {
@@ -324,7 +328,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             mbar_init(k_empty(s), 128 * WGS);
             mbar_init(v_empty(s), 128 * WGS);
             if (BIAS) {
-                mbar_init(b_full(s), 128);  // every producer thread copies part of the bias
+                mbar_init(b_full(s), tma_bias ? 1 : 128);  // thread 0's TMA, or every producer thread's part
                 mbar_init(b_empty(s), 128 * WGS);
             }
         }
@@ -343,9 +347,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     if (wg == 0) {
         // ---- Producer.
         setmaxnreg_dec<PRODUCER_REGS>();
-        // Dense with TMA: one thread issues every copy of Q, K and V, arriving once on a full barrier with
-        // the bytes to come. A bias is copied by all 128 threads (bias_tile.cuh), each arriving on its barrier.
-        if (tma_alone && !BIAS && tid != 0) return;
+        // Dense with TMA: one thread issues every copy of Q, K and V (and the bias's, tma_bias), arriving
+        // once on a full barrier with the bytes to come. Else a bias is copied by all 128 threads
+        // (bias_tile.cuh), each arriving on its barrier.
+        if (tma_alone && (!BIAS || tma_bias) && tid != 0) return;
         const bool loads_qkv = !tma_alone || tid == 0;
         // The maps' batch index: varlen maps hold every sequence's rows as one batch.
         auto map_batch = [&](const SeqInfo& si) { return CUFLASH_VARLEN ? 0 : si.b; };
@@ -405,8 +410,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                 }
                 if (BIAS) {  // the bias of block j, beside K[j]: the consumers add it to S[j]
                     mbar_wait(b_empty(s), free_parity);
-                    if (Bias::copy<128>(sB(s), p, si, row0, j * BN, tid)) cp_async_arrive(b_full(s));
-                    else mbar_arrive(b_full(s));
+                    // tma_bias read again from the parameter: held across the loop, it cost the 56-register
+                    // producer a spill at d32 / d64 (NVRTC 13.5).
+                    if (BIAS && tma_alone && (p.tma & 2)) {
+                        mbar_arrive_expect_tx(b_full(s), Bias::BYTES);
+                        Bias::load(sB(s), p, si, row0, j * BN, b_full(s));
+                    } else if (Bias::copy<128>(sB(s), p, si, row0, j * BN, tid)) {
+                        cp_async_arrive(b_full(s));
+                    } else {
+                        mbar_arrive(b_full(s));
+                    }
                 }
                 if (!BIAS || loads_qkv) {
                     mbar_wait(v_empty(s), free_parity);

@@ -83,13 +83,15 @@ struct FwdParams {
     float* lse;      // (batch, nheads, seqlen_q) contiguous, or null when not asked for; varlen: (nheads, total_q)
     i64 o_batch_stride, o_row_stride, o_head_stride;
     CUFLASH_SEQUENCE_FIELDS
-    // fwd_sm90_ws.cu only: 1 when the host encoded tensor maps of q, k, v and o (16-bit
-    // tensors whose strides TMA can address: cuflash/tma.py), and the producer loads with
-    // TMA instead of cp.async, the consumers store O with it; 0 otherwise (the maps are
-    // then all zero).
+    // fwd_sm90_ws.cu only: bit 0 set when the host encoded tensor maps of q, k, v and o
+    // (16-bit tensors whose strides TMA can address: cuflash/tma.py), and the producer loads
+    // with TMA instead of cp.async, the consumers store O with it; bit 1 also when it encoded
+    // tma_bias (a dense 16-bit bias with query rows, CUFLASH_BIAS: bias_tile.cuh load); 0
+    // otherwise (the maps are then all zero).
     int tma;
     TmaMap tma_q, tma_k, tma_v;  // (head_dim, seqlen, heads, batch) boxes of one swizzle atom's columns
     TmaMap tma_o;                // the same, boxes of 64 rows (one consumer warpgroup's)
+    TmaMap tma_bias;             // (seqlen_k, seqlen_q, heads, batch), 1 on a broadcast dim: boxes of 64 keys x Br rows
 };
 
 // kernels_cu/bwd_prepare.cu: delta, lse in the exp2 domain, zeroed dQ accumulator.

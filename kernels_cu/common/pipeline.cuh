@@ -115,9 +115,10 @@ CUFLASH_DEVICE void bulk_wait_all() {
 // with the ROWS * D * 2 bytes. Rows >= seqlen and columns >= d arrive as zeros.
 // The writes are the async proxy's, which wgmma reads without a proxy fence.
 // `map` lies in the kernel's __grid_constant__ parameter: its generic address is
-// what the instruction takes. Issued by one thread.
+// what the instruction takes. Issued by one thread. col0: the tile's first column
+// (a bias tile's first key; 0 for Q, K, V rows).
 template <int ROWS, int D, int AW = SwizzleFor<D>::AW>
-CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, int b, u32 bar) {
+CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, int b, u32 bar, int col0 = 0) {
     using S = SwizzleFor<D, AW>;
     const u64 desc = reinterpret_cast<u64>(&map);
 #pragma unroll
@@ -125,7 +126,7 @@ CUFLASH_DEVICE void tma_load_tile(u32 smem, const TmaMap& map, int row0, int h, 
         asm volatile(
             "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
             " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem + (u32)(cb * ROWS * S::ROW_BYTES)),
-            "l"(desc), "r"(cb * S::AW), "r"(row0), "r"(h), "r"(b), "r"(bar)
+            "l"(desc), "r"(col0 + cb * S::AW), "r"(row0), "r"(h), "r"(b), "r"(bar)
             : "memory");
 }
 

@@ -125,3 +125,62 @@ def test_a_varlen_forward_maps_every_sequence_as_one_batch(encoder):
     maps = launch.fwd_tensor_maps(spec, q, k, k, q, {"total_q": total_q, "total_k": total_k})
     assert maps["tma_q"][0].dims == (128, total_q, 8, 1) and maps["tma_k"][0].dims == (128, total_k, 2, 1)
     assert "tma_o" not in maps  # a varlen O leaves by 16-byte stores
+
+
+def bias_fields(shape, ptr=1 << 34, row_stride=None):
+    """The bias fields of api.Options for a bias of 4-D shape `shape` broadcast to (2, 8, 5000, 7000):
+    keys contiguous, stride 0 on each broadcast dim (api.check_bias's view)."""
+    strides = list(contiguous(shape))
+    if row_stride is not None:
+        strides[2], strides[1], strides[0] = row_stride, row_stride * shape[2], row_stride * shape[2] * shape[1]
+    full = (2, 8, 5000, 7000)
+    strides = [0 if n == 1 and f > 1 else s for n, f, s in zip(shape, full, strides)]
+    return {"bias": ptr, "bias_batch_stride": strides[0], "bias_head_stride": strides[1],
+            "bias_row_stride": strides[2]}
+
+
+@pytest.mark.parametrize("shape, dims", [((2, 8, 5000, 7000), (7000, 5000, 8, 2)),
+                                         ((1, 8, 5000, 7000), (7000, 5000, 8, 1)),
+                                         ((2, 1, 5000, 7000), (7000, 5000, 1, 2)),
+                                         ((1, 1, 5000, 7000), (7000, 5000, 1, 1))],
+                         ids=["b,h,s,s", "1,h,s,s", "b,1,s,s", "1,1,s,s"])
+def test_a_bias_with_query_rows_is_loaded_by_tma(encoder, monkeypatch, shape, dims):
+    # kernels_cu/common/bias_tile.cuh load: boxes of 64 keys x Br queries; a broadcast dim is one entry
+    # (the kernel asks for index 0 there), so the map never steps over a stride of 0.
+    spec = FwdSm90Spec.for_problem("bf16", 128, Features.parse("bias"))
+    assert spec.tiles.stages
+    q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
+    out = ref((2, 5000, 8, 128), 1 << 33)
+    fields = bias_fields(shape)
+    maps = launch.fwd_tensor_maps(spec, q, k, v, out, fields)
+    assert set(maps) == {"tma_q", "tma_k", "tma_v", "tma_o", "tma_bias"}
+    m, ptr = maps["tma_bias"]
+    assert ptr == fields["bias"] and m.dims == dims and m.box == (64, spec.tiles.block_m, 1, 1)
+    assert m.strides[0] == 7000 * 2 and all(s > 0 and s % 16 == 0 for s in m.strides)
+    launched = []
+    monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))  # an H100 / H200
+    monkeypatch.setattr(launch, "run", lambda spec, device, grid, block, smem, packer, f, stream, maps=None:
+                        launched.append((f["tma"], set(maps))))
+    launch.forward(spec, q, k, v, out, None, fields, 0)
+    assert launched == [(3, set(maps))]  # params.cuh FwdParams tma: bit 1 for tma_bias
+
+
+@pytest.mark.parametrize("case", ["per_key", "odd_rows", "unaligned", "no_bias_switch"])
+def test_biases_tma_cannot_take_are_copied_by_the_producer(encoder, monkeypatch, case):
+    spec = FwdSm90Spec.for_problem("bf16", 128, Features.parse("bias"))
+    q, k, v = ref((2, 5000, 8, 128), 1 << 30), ref((2, 7000, 2, 128), 1 << 31), ref((2, 7000, 2, 128), 1 << 32)
+    out = ref((2, 5000, 8, 128), 1 << 33)
+    fields = {"per_key": bias_fields((2, 1, 1, 7000)),  # one row for every query: the kernel stages it once
+              "odd_rows": bias_fields((2, 8, 5000, 7000), row_stride=7003),  # rows not 16-byte aligned
+              "unaligned": bias_fields((2, 8, 5000, 7000), ptr=(1 << 34) + 2),
+              "no_bias_switch": bias_fields((2, 8, 5000, 7000))}[case]
+    if case == "no_bias_switch":
+        spec = FwdSm90Spec.for_problem("bf16", 128)
+    maps = launch.fwd_tensor_maps(spec, q, k, v, out, fields)
+    assert set(maps) == {"tma_q", "tma_k", "tma_v", "tma_o"}  # Q, K, V and O still by TMA
+    launched = []
+    monkeypatch.setattr(launch, "sm_resources", lambda device: (132, 233472))
+    monkeypatch.setattr(launch, "run", lambda spec, device, grid, block, smem, packer, f, stream, maps=None:
+                        launched.append(f["tma"]))
+    launch.forward(spec, q, k, v, out, None, fields, 0)
+    assert launched == [1]

@@ -144,15 +144,19 @@ def test_aligned_biases(case, head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 128, 160])
 def test_bias_tma_and_cp_async_loads_agree_bitwise(head_dim, monkeypatch):
-    # With TMA the Hopper forward's producer has one thread load Q, K and V and all 128 copy the bias
-    # tiles; with CUFLASH_TMA=0 all 128 do everything: the same tiles land in shared memory, so every
-    # output bit must agree, for a bias copied by cp.async and one copied element by element.
+    # With TMA the Hopper forward's producer has one thread load Q, K, V and a bias with 16-byte
+    # aligned query rows (bias_tile.cuh load; broadcast dims as index 0 of the map), and all 128
+    # threads copy the other biases' tiles; with CUFLASH_TMA=0 all 128 do everything: the same tiles
+    # land in shared memory, so every output bit must agree, for a bias loaded by TMA (full, and
+    # broadcast over the batch or the heads), copied by cp.async (per key) and element by element.
     from cuflash import tma
 
     if not tma.available():
         pytest.skip("the driver has no tensor-map encoder")
     q, k, v = testing.random_qkv(BATCH, 333, 416, 6, 2, head_dim, "bf16", xp=cp)
-    for bias in (random_bias((BATCH, 6, 333, 416), "bf16"), random_bias((BATCH, 6, 333, 419), "bf16")[..., :416]):
+    for bias in (random_bias((BATCH, 6, 333, 416), "bf16"), random_bias((6, 333, 416), "bf16"),
+                 random_bias((BATCH, 1, 333, 416), "bf16"), random_bias((BATCH, 1, 1, 416), "bf16"),
+                 random_bias((BATCH, 6, 333, 419), "bf16")[..., :416]):
         for causal in (False, True):
             results = []
             for flag in ("1", "0"):
