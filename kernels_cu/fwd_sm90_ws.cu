@@ -408,7 +408,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                         cp_async_arrive(k_full(s));
                     }
                 }
-                if (BIAS) {  // the bias of block j, beside K[j]: the consumers add it to S[j]
+                // The bias of block j, beside K[j]: the consumers add it to S[j]. (constexpr: the tile's
+                // helpers need Bc % 64 == 0, which only the kernels with a bias are held to.)
+                if constexpr (BIAS) {
                     mbar_wait(b_empty(s), free_parity);
                     // tma_bias read again from the parameter: held across the loop, it cost the 56-register
                     // producer a spill at d32 / d64 (NVRTC 13.5).
