@@ -414,7 +414,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                     mbar_wait(b_empty(s), free_parity);
                     // tma_bias read again from the parameter: held across the loop, it cost the 56-register
                     // producer a spill at d32 / d64 (NVRTC 13.5).
-                    if (BIAS && tma_alone && (p.tma & 2)) {
+                    if (tma_alone && (p.tma & 2)) {
                         mbar_arrive_expect_tx(b_full(s), Bias::BYTES);
                         Bias::load(sB(s), p, si, row0, j * BN, b_full(s));
                     } else if (Bias::copy<128>(sB(s), p, si, row0, j * BN, tid)) {

@@ -17,14 +17,13 @@
 // Producer, by TMA (load; the forward, a dense call whose bias TMA can address,
 // cuflash/launch.py fwd_tensor_maps): one thread, KEYS / 64 boxes of the bias's
 // map (keys, queries, heads, batch), signalling the tile's bytes on an mbarrier.
-// Otherwise (copy): THREADS
-// threads, each one fixed chunk column of every ROW_STEP-th row, so the source
-// advances by a constant (and, where ROW_STEP % 8 == 0, the destination too: the
-// swizzle stays the same). Where the bias allows (16-byte aligned rows: the
-// (b, h) slice's start and the row stride) by cp.async, a chunk cut by seqlen_k
-// reading only its keys; otherwise element by element into registers and one
-// 16-byte store. The caller signals the arrival accordingly (cp_async_arrive, or
-// mbar_arrive after the stores).
+// Otherwise (copy): THREADS threads, each one fixed chunk column of every
+// ROW_STEP-th row, so the source advances by a constant (and, where ROW_STEP % 8
+// == 0, the destination too: the swizzle stays the same). Where the bias allows
+// (16-byte aligned rows: the (b, h) slice's start and the row stride) by
+// cp.async, a chunk cut by seqlen_k reading only its keys; otherwise element by
+// element into registers and one 16-byte store. The caller signals the arrival
+// accordingly (cp_async_arrive, or mbar_arrive after the stores).
 //
 // Consumers (add): a warp's 16 rows of S (the wgmma / mma m16n8 accumulator
 // layout, fragment.cuh: rows g and g + 8, keys 2t and 2t + 1 of each n8 tile)

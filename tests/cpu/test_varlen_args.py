@@ -66,11 +66,7 @@ def test_reference_varlen_backward_is_the_dense_backward_per_sequence():
 
 
 def _ref(shape, dtype, ptr):
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.insert(0, acc)
-        acc *= n
-    return launch.Ref(ptr, tuple(shape), tuple(strides), dtype, 0)
+    return launch.Ref(ptr, tuple(shape), launch._contiguous(tuple(shape))[0], dtype, 0)
 
 
 @pytest.mark.parametrize("nheads_kv, seqused", [(2, True), (2, False), (8, True)], ids=["gqa-seqused", "gqa", "mha"])
