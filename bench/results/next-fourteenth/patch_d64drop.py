@@ -1,6 +1,7 @@
-"""Experiment (not for main): the Hopper forward's d <= 64 dropout tiles at 192 x 64 (three consumer
-warpgroups, spill-free under NVRTC 12.9 / 13.0 / 13.5) instead of 128 x 128. Imported before cuflash
-selects a kernel (a pytest plugin, or imported by a wrapper of the CLI)."""
+"""Experiment (not for main): kernels_cu/dev/fwd90_dropout_d64_three_warpgroups.patch's rule without applying
+it. A Hopper forward with dropout alone (no ALiBi, sink or bias) keeps the plain tiles' rows (192 at d32 and
+d64: three consumer warpgroups) on 64-key blocks instead of dropping to 128 rows. Import it before cuflash
+selects a kernel: as a pytest plugin (-p patch_d64drop), or through bench_d64drop.py. D64DROP=0 turns it off."""
 import os
 from dataclasses import replace
 
@@ -11,9 +12,9 @@ _orig = specs.FwdSm90Tiles.with_features
 
 def _with_features(self, features, head_dim):
     t = _orig(self, features, head_dim)
-    if (os.environ.get("D64DROP", "1") == "1" and features.dropout and 32 < head_dim <= 64 and self.block_m == 192
-            and not (features.alibi or features.sink or features.bias)):
-        t = replace(t, block_m=192, block_n=64)
+    alone = features.dropout and not (features.alibi or features.sink or features.bias)
+    if os.environ.get("D64DROP", "1") == "1" and alone and self.stages and self.block_m > 128:
+        t = replace(t, block_m=self.block_m, block_n=64)
     return t
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the CPU side from the repo root before call1.sh: the old kernel trees of its A/B, under ab/
-# (git-ignored? no: untracked, so they travel to the device; remove ab/ before committing).
+# (untracked, so they travel to the device with the working tree; remove ab/ before committing).
 #   ab/v4     HEAD + kernels_cu/dev/bwd_dq_red_v4.patch
 #   ab/split  HEAD + kernels_cu/dev/bwd_dq_split_after_products.patch
 #   ab/both   HEAD + both
