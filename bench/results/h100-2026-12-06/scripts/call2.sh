@@ -3,12 +3,12 @@
 # the SASS page's stall summary, to see what the biased kernel waits for beside the plain one.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 CUFLASH_CACHE_DIR=/tmp/cc
-o=$OUT
+o=/tmp/o; mkdir -p $o  # outside $OUT: only the archive comes back (the device tool returns 8 files at most)
 pack() { tar -czf $OUT/logs.tgz -C $o --exclude logs.tgz --exclude '*.ncu-rep' --exclude '*.sass.csv' . 2>/dev/null; }
 for b in b,h,s,s 1,h,s,s none; do
   n=${b//,/}
   arg="--bias $b"; [ $b = none ] && arg=""
-  timeout 150 ncu -k regex:cuflash_fwd -c 1 --set full --import-source no -o $o/fwd-$n \
+  timeout 100 ncu -k regex:cuflash_fwd -c 1 --set full --import-source no -o $o/fwd-$n \
     python3 bench/profile_case.py --batch 2 --nheads 16 $arg > $o/ncu-$n.log 2>&1
   ncu -i $o/fwd-$n.ncu-rep --page details --csv > $o/fwd-$n.details.csv 2>&1
   ncu -i $o/fwd-$n.ncu-rep --page source --csv --print-source sass > $o/fwd-$n.sass.csv 2>&1

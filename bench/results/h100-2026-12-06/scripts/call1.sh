@@ -1,5 +1,5 @@
 # Next session's first device call (written 2026-12-05, fourteenth session, when no machine started).
-# bash bench/results/next-fourteenth/prepare.sh first (CPU side). Most important first; each part has
+# bash bench/results/h100-2026-12-06/scripts/prepare.sh first (CPU side). Most important first; each part has
 # its own timeout so that a cut call still returns what ran.
 # (a) Issue 10: the Hopper d64 dropout forward at 192 x 64 tiles (three consumer warpgroups;
 #     kernels_cu/dev/fwd90_dropout_d64_three_warpgroups.patch, here by patch_d64drop.py, D64DROP=1)
@@ -8,7 +8,7 @@
 #     v4 (red.global.add.v4.f32), split (dQ's halves after dV's and dK's products), both.
 # (c) Tests in parallel: the Hopper dropout tests with 192 x 64; the portable tests of the "both" tree.
 set -x
-H=bench/results/next-fourteenth
+H=bench/results/h100-2026-12-06/scripts
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > $OUT/gpu.txt
 mkdir -p $OUT/drop $OUT/t
