@@ -64,18 +64,20 @@ CUFLASH_DEVICE uint4 philox4x32(uint4 c, PhiloxKey k) {
 
 // The keep tests of the group whose low corner is (query i, key j) of (b, h)
 // (bh = b * nheads + h): word w of the result has bit 8b + 7 set when byte b
-// of Philox output word w is >= the threshold byte (its entry is kept), its
-// other bits 0. All four bytes of a word at once (SWAR): with x a word and T
-// the threshold in every byte, d = (x | 0x80..) - (T & 0x7f..) has bit 7 of a
-// byte set when its low seven bits are >= T's (the subtraction never borrows
-// across bytes: each byte of d is at least 1), and the byte is >= T when its
-// top bit is set and T's is not, or both top bits agree and d's is set.
+// of Philox output word w is >= the threshold byte (its entry is kept); its
+// other bits are left as they fall (every reader masks or tests bits 8b + 7
+// alone: keep_bits, dropout_keep_group), which saves an and per word. All four
+// bytes of a word at once (SWAR): with x a word and T the threshold in every
+// byte, d = (x | 0x80..) - (T & 0x7f..) has bit 7 of a byte set when its low
+// seven bits are >= T's (the subtraction never borrows across bytes: each byte
+// of d is at least 1), and the byte is >= T when its top bit is set and T's is
+// not, or both top bits agree and d's is set: the majority of x, d and ~T.
 CUFLASH_DEVICE uint4 dropout_keep_words(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
     const uint4 r = philox4x32(make_uint4((u32)i, (u32)j, (u32)bh, offset), key);
     const u32 t = __byte_perm(threshold, 0u, 0u);  // the threshold byte in all four bytes
     auto ge = [t](u32 x) {
         const u32 d = (x | 0x80808080u) - (t & 0x7F7F7F7Fu);
-        return ((x & ~t) | (~(x ^ t) & d)) & 0x80808080u;
+        return (x & ~t) | (~(x ^ t) & d);  // bit 7 of each byte; one lop3
     };
     return make_uint4(ge(r.x), ge(r.y), ge(r.z), ge(r.w));
 }
@@ -136,10 +138,13 @@ struct Dropout {
         // element (2u + a, 2h + j) of the tile, row g + 8h and column 2t + 8a + j, is
         //   queries as rows: word h0 + 2h, byte j + 2a: bit 8 (j + 2a) + 7 - h;
         //   keys as rows: word j + 2a, byte h0 + 2h: bit 7 - (j + 2a) + 16h.
+        // Only the bits named are defined (dropout_keep_words' other bits are not).
         u32 own, other;
         if (!KEYS_AS_ROWS) {
-            own = (h0 ? r.y : r.x) | ((h0 ? r.w : r.z) >> 1);
-            other = (h0 ? r.x : r.y) | ((h0 ? r.z : r.w) >> 1);
+            // Bit 7 of each byte from hi, bits 0-6 from lo shifted (its bit 7 at 6): one lop3 (a select).
+            auto join = [](u32 hi, u32 lo) { return (hi & 0x80808080u) | ((lo >> 1) & 0x7F7F7F7Fu); };
+            own = join(h0 ? r.y : r.x, h0 ? r.w : r.z);
+            other = join(h0 ? r.x : r.y, h0 ? r.z : r.w);
         } else {
             auto bytes = [&r](u32 m) { return (r.x & m) | ((r.y & m) >> 1) | ((r.z & m) >> 2) | ((r.w & m) >> 3); };
             own = bytes(h0 ? 0x80008000u : 0x00800080u) >> (8 * h0);      // bytes h0, h0 + 2 of each word
