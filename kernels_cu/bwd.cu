@@ -256,7 +256,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // edge of the band need it), then P^T and dS^T in place.
         if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + s_key0, row0 + s_q0, lane);
-        const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0,
+        const float sink_part = softmax_backward_t<false>(acc_s, acc_dp, sLse2 + buf * BM + s_q0, sDelta + buf * BM + s_q0,
                                                    p.scale_log2, mod, drop, dbias, sink_log2(p, si), key0 + s_key0,
                                                    row0 + s_q0, lane);
         if (SINK) sSinkPart[tid] += sink_part;

@@ -282,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         if (ScoreMod::ACTIVE) mod.apply<true>(acc_s, key0 + warp_key0, row0 + q_off, lane);
         if (need_mask) vis.apply<true>(acc_s, key0 + warp_key0, row0 + q_off, lane);
         const float sink_part =
-            softmax_backward_t(acc_s, acc_dp, sLse2 + buf * BM + q_off, sDelta + buf * BM + q_off, p.scale_log2, mod,
+            softmax_backward_t<true>(acc_s, acc_dp, sLse2 + buf * BM + q_off, sDelta + buf * BM + q_off, p.scale_log2, mod,
                                drop, dbias, sink_log2(p, si), key0 + warp_key0, row0 + q_off, lane);
         if (SINK) sSinkPart[tid] += sink_part;
         // This warp's rows of a (64 keys x NQ queries) tile -> shared memory,

@@ -367,7 +367,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             mbar_arrive(b_empty(bs));  // the tile is in registers: the bias warp may copy the next block's
         }
         if (vis.needs_mask(row0, BM, key0, BN)) vis.apply<true>(acc_s, key0 + warp_key0, row0, lane);
-        const float sink_part = softmax_backward_t(acc_s, acc_dp, sLse2 + s * BM, sDelta + s * BM, p.scale_log2,
+        const float sink_part = softmax_backward_t<true>(acc_s, acc_dp, sLse2 + s * BM, sDelta + s * BM, p.scale_log2,
                                                    mod, drop, dbias, sink2, key0 + warp_key0, row0, lane, keep);
         if (SINK) sSinkPart[ctid] += sink_part;
         store_keys_by_queries<BN, BM>(smem + (sdSt(u) - base), acc_dp[0], warp_key0, lane);

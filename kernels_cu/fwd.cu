@@ -207,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd(const FwdPa
 #if CUFLASH_DTYPE != CUFLASH_FP32
         if (DROPOUT)
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) drop.drop_packed(pa.r[mt], row0 + warp_row0 + mt * 16, n * BN, lane);
+            for (int mt = 0; mt < MT; ++mt) drop.drop_packed<true>(pa.r[mt], row0 + warp_row0 + mt * 16, n * BN, lane);
 #endif
 
         // V[n] has landed; the barrier also guarantees all warps finished

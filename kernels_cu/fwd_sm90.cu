@@ -164,7 +164,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     // entries of the packed P, after the row sums (l stays the undropped sum).
     auto pack_block = [&](int j) {
         softmax.pack_p(acc_s[0], pa);
-        if (DROPOUT) drop.drop_packed(pa, row0 + warp_row0, j * BN, lane);
+        if (DROPOUT) drop.drop_packed<false>(pa, row0 + warp_row0, j * BN, lane);
     };
 
     // S[last] and its softmax before the loop (O is still 0: no rescale).

@@ -230,27 +230,79 @@ struct Dropout {
     // 16-bit forwards call it per m16 tile): the 16-bit halves of dropped entries
     // cleared, one prmt and one and per two entries instead of a test and a select
     // per entry on P in fp32 (drop()).
-    // a[kk][r] holds row g + 8 (r & 1), columns 16 kk + 8 (r >> 1) + 2t + j in half j
-    // (fragment.cuh pack_a_fragments); keep_bits' word of pair kk has entry (a, h, j)
-    // at bit 8 (j + 2a) + 7 - h. Shifted left by h, the bit of half j is the top bit
-    // of byte j + 2a, and prmt's sign mode (selector nibble 8 + byte) spreads it over
-    // the half: 0xFFFF where kept, 0 where dropped (+0 in fp16 and bf16).
-    template <int NK>
+    // a[kk][r] holds row g + 8h (h = r & 1), columns 16 kk + 8a + 2t + j (a = r >> 1)
+    // in half j (fragment.cuh pack_a_fragments): of the group of pair kk, entry
+    // (di, dj) = (h0 + 8h, 8a + j), kept when bit 7 of byte j + 2a of its Philox
+    // word h0 + 2h is set (dropout_keep_words). prmt's sign mode (selector nibble
+    // 8 + byte) spreads that bit over the half: 0xFFFF where kept, 0 where dropped
+    // (+0 in fp16 and bf16). The words are not joined (keep_bits): prmt reads each
+    // from two sources, the word this lane drew (bytes 0-3) or the one its partner
+    // sent (bytes 4-7), chosen by a selector that depends on the lane only, so no
+    // select, join or shift per call (two shuffles instead of one; the Hopper d64
+    // forward's step 767 -> 723 instructions, bench/NOTES.md dr7).
+    // JOINED: keep_bits' joined word of a pair, shifted left by h to bring row half
+    // h's bit to the top of its byte: more instructions, fewer words live, for the
+    // portable forward at its register limit (the unjoined form spilled 24-64 bytes
+    // there, d96 / d128 on every arch, NVRTC 12.9).
+    template <bool JOINED, int NK>
     CUFLASH_DEVICE void drop_packed(u32 (&a)[NK][4], int row0, int col0, int lane) const {
         constexpr int PAIRS = pairs<2 * NK>();
+        if constexpr (JOINED) {
+#pragma unroll
+            for (int u0 = 0; u0 < NK; u0 += PAIRS) {
+                u32 x[PAIRS];
+                keep_bits<false, PAIRS>(row0, col0, u0, lane, x);
+#pragma unroll
+                for (int kp = 0; kp < PAIRS; ++kp)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const u32 sel = r >> 1 ? 0xBBAAu : 0x9988u;  // bytes 2, 3 or 0, 1, sign-spread
+                        u32 halves;
+                        asm("prmt.b32 %0, %1, 0, %2;" : "=r"(halves) : "r"(x[kp] << (r & 1)), "r"(sel));
+                        a[u0 + kp][r] &= halves;
+                    }
+            }
+            return;
+        }
+        const int g = lane / 4, t = lane % 4, h0 = g & 1;
+        PhiloxKey k;
+        u32 off;
 #pragma unroll
         for (int u0 = 0; u0 < NK; u0 += PAIRS) {
-            u32 x[PAIRS];
-            keep_bits<false, PAIRS>(row0, col0, u0, lane, x);
+            // PAIRS = 2: lane pair (g, g ^ 1) draws the groups of pairs u0 + h0 (as keep_bits).
+            const int row = row0 + (g & ~1), col = col0 + (u0 + (PAIRS == 2 ? h0 : 0)) * 16 + 2 * t;
+            load_key(k, off);
+            const uint4 r = dropout_keep_words(k, off, threshold, bh, row, col);
+            const u32 w[4] = {r.x, r.y, r.z, r.w};
+            // Row half h of pair u0 + kp reads its word from two sources: src0, drawn by this lane
+            // (selector bytes 0-3), or src1 (bytes 4-7). The halves one at a time (fewer words live).
 #pragma unroll
-            for (int k = 0; k < PAIRS; ++k)
+            for (int h = 0; h < 2; ++h) {
+                u32 src0[PAIRS], src1[PAIRS];
+                bool second[PAIRS];
+                if constexpr (PAIRS == 2) {
+                    // The partner (parity 1 - h0) drew the other pair and needs its word (1 - h0) + 2h.
+                    const u32 got = __shfl_xor_sync(0xffffffffu, h0 ? w[2 * h] : w[1 + 2 * h], 4);
+                    // Pair u0 + kp was drawn by the lane of parity kp, which reads its own word kp + 2h;
+                    // the other lane reads what it was sent.
 #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const u32 sel = r >> 1 ? 0xBBAAu : 0x9988u;  // bytes 2, 3 or 0, 1, sign-spread
-                    u32 halves;
-                    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(halves) : "r"(x[k] << (r & 1)), "r"(sel));
-                    a[u0 + k][r] &= halves;
+                    for (int kp = 0; kp < 2; ++kp) src0[kp] = w[kp + 2 * h], src1[kp] = got;
+                    second[0] = h0 != 0, second[1] = h0 == 0;
+                } else {
+                    // Both lanes drew pair u0's group: word h0 + 2h.
+                    src0[0] = w[2 * h], src1[0] = w[1 + 2 * h], second[0] = h0 != 0;
                 }
+#pragma unroll
+                for (int kp = 0; kp < PAIRS; ++kp)
+#pragma unroll
+                    for (int ah = 0; ah < 2; ++ah) {
+                        // bytes 2, 3 (columns 8-15) or 0, 1 sign-spread, of src0 or of src1
+                        const u32 sel = (ah ? 0xBBAAu : 0x9988u) + (second[kp] ? 0x4444u : 0u);
+                        u32 halves;
+                        asm("prmt.b32 %0, %1, %2, %3;" : "=r"(halves) : "r"(src0[kp]), "r"(src1[kp]), "r"(sel));
+                        a[u0 + kp][2 * ah + h] &= halves;
+                    }
+            }
         }
     }
 

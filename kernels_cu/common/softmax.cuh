@@ -310,12 +310,15 @@ CUFLASH_DEVICE float sink_logit(const Params& p, const SeqInfo& si) {
 // lse2 and delta point at the tile's first query column in shared memory.
 // drawn: the tile's keep words under DROPOUT, drawn ahead by the caller
 // (Dropout::draw_t), or nullptr to draw them here, a pair of n8 tiles at a time.
+// DROP_FACTOR (the Hopper kernels): keep / (1 - p) as one factor per entry, one
+// instruction fewer an entry than selecting the dP and P products apart, with a
+// register more live (the portable backward, at its limit, spilled with it).
 // No NaN can arise: L2 is finite or +inf (never -inf, bwd_prepare), so the
 // exponent is finite or -inf (masked S = -inf, or L2 = +inf for a row that
 // sees no key / a padding row), and exp2(-inf) = 0 makes P and then dS
 // exactly 0 there (dP, D and mod' are finite); likewise P_sink = 0 for
 // L2 = +inf or a sink of -inf (sink2 - L2 is never inf - inf: L2 > -inf).
-template <int MT, int NT>
+template <bool DROP_FACTOR, int MT, int NT>
 CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][NT][4], const float* lse2,
                                         const float* delta, float c, const ScoreMod& mod, const Dropout& drop,
                                         const BiasGrad& dbias, float sink2, int key0, int query0, int lane,
@@ -350,9 +353,13 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 const u32 word = drawn ? drawn[mt][nt / 2] : keep[mt][nt / 2 % PAIRS];
                 const bool keep0 = Dropout::kept(word, nt % 2, h, 0);
                 const bool keep1 = Dropout::kept(word, nt % 2, h, 1);
+                // Z / (1 - p) per entry. DROP_FACTOR: selected once, then multiplied into dP (the
+                // product fuses with dS's - D) and into P; dP and P are finite, so a dropped entry
+                // gives 0 as a select of each product does, the other form's (bench/NOTES.md dr7).
+                const float z0 = keep0 ? drop.scale : 0.f, z1 = keep1 ? drop.scale : 0.f;
                 if (DROPOUT) {
-                    dp0 = keep0 ? dp0 * drop.scale : 0.f;
-                    dp1 = keep1 ? dp1 * drop.scale : 0.f;
+                    dp0 = DROP_FACTOR ? dp0 * z0 : (keep0 ? dp0 * drop.scale : 0.f);
+                    dp1 = DROP_FACTOR ? dp1 * z1 : (keep1 ? dp1 * drop.scale : 0.f);
                 }
                 if (SINK) {
                     pdp0 = fmaf(p0, dp0, pdp0);
@@ -372,8 +379,8 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 s0 = p0;
                 s1 = p1;
                 if (DROPOUT) {
-                    s0 = keep0 ? p0 * drop.scale : 0.f;
-                    s1 = keep1 ? p1 * drop.scale : 0.f;
+                    s0 = DROP_FACTOR ? p0 * z0 : (keep0 ? p0 * drop.scale : 0.f);
+                    s1 = DROP_FACTOR ? p1 * z1 : (keep1 ? p1 * drop.scale : 0.f);
                 }
                 dp[mt][nt][2 * h] = ds0;
                 dp[mt][nt][2 * h + 1] = ds1;
