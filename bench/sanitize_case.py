@@ -154,7 +154,7 @@ def backward_cases():
     lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
     cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
     q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, 128, "bf16", xp=cp))
-    # with dropout (each sequence's own coordinates; the Hopper forward's keep words at d128)
+    # with dropout (each sequence's coordinates)
     cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True, dropout_p=0.2, seed=5)
     out, lse = cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), return_lse=True,
                                         causal=True)

@@ -82,6 +82,15 @@ CUFLASH_DEVICE uint4 dropout_keep_words(PhiloxKey key, u32 offset, u32 threshold
     return make_uint4(ge(r.x), ge(r.y), ge(r.z), ge(r.w));
 }
 
+// prmt in sign mode: byte n of the result is 0xFF or 0 by the top bit of byte
+// sel's nibble n & 7 of {b, a} (bytes 0-3 of a, 4-7 of b; nibble 8 + byte):
+// drop_packed's mask of two 16-bit halves from two keep bits.
+CUFLASH_DEVICE u32 prmt_sign(u32 a, u32 b, u32 sel) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
 // The group's sixteen keep bits, entry (i + di, j + dj) at bit 4 word + byte
 // (the probe of tests/gpu/test_dropout_mask.py; the kernels use the words).
 CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, int bh, int i, int j) {
@@ -257,9 +266,7 @@ struct Dropout {
 #pragma unroll
                     for (int r = 0; r < 4; ++r) {
                         const u32 sel = r >> 1 ? 0xBBAAu : 0x9988u;  // bytes 2, 3 or 0, 1, sign-spread
-                        u32 halves;
-                        asm("prmt.b32 %0, %1, 0, %2;" : "=r"(halves) : "r"(x[kp] << (r & 1)), "r"(sel));
-                        a[u0 + kp][r] &= halves;
+                        a[u0 + kp][r] &= prmt_sign(x[kp] << (r & 1), 0u, sel);
                     }
             }
             return;
@@ -298,9 +305,7 @@ struct Dropout {
                     for (int ah = 0; ah < 2; ++ah) {
                         // bytes 2, 3 (columns 8-15) or 0, 1 sign-spread, of src0 or of src1
                         const u32 sel = (ah ? 0xBBAAu : 0x9988u) + (second[kp] ? 0x4444u : 0u);
-                        u32 halves;
-                        asm("prmt.b32 %0, %1, %2, %3;" : "=r"(halves) : "r"(src0[kp]), "r"(src1[kp]), "r"(sel));
-                        a[u0 + kp][2 * ah + h] &= halves;
+                        a[u0 + kp][2 * ah + h] &= prmt_sign(src0[kp], src1[kp], sel);
                     }
             }
         }

@@ -356,7 +356,7 @@ CUFLASH_DEVICE float softmax_backward_t(float (&s)[MT][NT][4], float (&dp)[MT][N
                 // Z / (1 - p) per entry. DROP_FACTOR: selected once, then multiplied into dP (the
                 // product fuses with dS's - D) and into P; dP and P are finite, so a dropped entry
                 // gives 0 as a select of each product does, the other form's (bench/NOTES.md dr7).
-                const float z0 = keep0 ? drop.scale : 0.f, z1 = keep1 ? drop.scale : 0.f;
+                const float z0 = DROP_FACTOR && keep0 ? drop.scale : 0.f, z1 = DROP_FACTOR && keep1 ? drop.scale : 0.f;
                 if (DROPOUT) {
                     dp0 = DROP_FACTOR ? dp0 * z0 : (keep0 ? dp0 * drop.scale : 0.f);
                     dp1 = DROP_FACTOR ? dp1 * z1 : (keep1 ? dp1 * drop.scale : 0.f);

@@ -103,11 +103,10 @@ def test_dropout_with_other_features(case, head_dim):
     check_case(q, k, v, 0.2, 2024, opts, dlse=case == "everything")
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])  # d128: the keep words staged by the producer (fwd_sm90_ws.cu)
+@pytest.mark.parametrize("head_dim", [64, 128])  # Hopper: d64 ping-pong backward, d128 bwd_sm90.cu
 def test_long_queries_use_the_same_mask(head_dim):
     # Many query blocks of the warp-specialised Hopper forward (a long walk through its
-    # K/V ring and, at d128, its ring of keep words) and the backward's own tiles: the
-    # mask must not depend on either.
+    # K/V ring) and the backward's own tiles: the mask must not depend on either.
     q, k, v = draw("bf16", (2048, 384), head_dim=head_dim, batch=1, nheads=2)
     check_case(q, k, v, 0.25, 99, dict(causal=True))
 
