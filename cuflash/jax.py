@@ -268,7 +268,7 @@ def _dropout(dropout_p, seed) -> tuple:
 
 
 def _validate_varlen(q, k, v, seqs: dict, ex: dict, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                     window_size, softcap, deterministic) -> _Static:
+                     window_size, softcap, deterministic, dropout: api.DropoutRng | None) -> _Static:
     """The varlen checks of api.py on shapes and dtypes; the lengths themselves are checked on the
     host when cu_seqlens are concrete (an eager call: one copy from the GPU), and under jit they
     cannot be: the kernels clamp every sequence to the tensors (seqinfo.cuh), so invalid ones give
@@ -290,7 +290,7 @@ def _validate_varlen(q, k, v, seqs: dict, ex: dict, max_seqlen_q, max_seqlen_k, 
     qr, kr, vr = (api._varlen_ref(_abstract_ref(x, device), batch, x.shape[0]) for x in (q, k, v))
     api.validate_qkv(qr, kr, vr)
     st = _static_options(qr, device, ex, softmax_scale, causal, window_size, softcap, deterministic)
-    return st._replace(varlen=_Varlen(int(max_seqlen_q), int(max_seqlen_k), batch))
+    return st._replace(varlen=_Varlen(int(max_seqlen_q), int(max_seqlen_k), batch), dropout=dropout)
 
 
 class _KvCall(NamedTuple):
@@ -785,6 +785,8 @@ def attention_varlen(
     softcap=0.0,
     alibi_slopes=None,
     learnable_sink=None,
+    dropout_p=0.0,
+    seed=None,
     deterministic=False,
     return_lse=False,
 ):
@@ -795,8 +797,11 @@ def attention_varlen(
     cu_seqlens_k: int32 (batch + 1,) cumulative offsets (sequence b is rows cu[b]:cu[b + 1];
     empty sequences allowed); seqused_k: int32 (batch,), the keys of each sequence that count.
     max_seqlen_q, max_seqlen_k: Python ints, the longest lengths (static: they size the grid).
-    Options as attention(); alibi_slopes (nheads,) or (batch, nheads). Returns out (total_q,
-    nheads, headdim) and with return_lse=True also lse (nheads, total_q) float32.
+    Options as attention(); alibi_slopes (nheads,) or (batch, nheads). dropout_p and seed as
+    attention(), the mask's coordinates each sequence's own (query and key positions from its
+    start, batch index b), as cuflash.attention_varlen draws it: reference.dropout_keep_mask with
+    the longest lengths, read at [b, :, :its queries, :its keys]. Returns out (total_q, nheads,
+    headdim) and with return_lse=True also lse (nheads, total_q) float32.
 
     The lengths are checked on the host in an eager call; under jit they cannot be, and the
     kernels then clamp each sequence to the tensors (invalid offsets give wrong values, never an
@@ -805,8 +810,11 @@ def attention_varlen(
     q, k, v = _as_array(q, "q"), _as_array(k, "k"), _as_array(v, "v")
     seqs = _arrays(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_k=seqused_k)
     ex = _arrays(alibi_slopes=alibi_slopes, learnable_sink=learnable_sink)
+    dropout, words = _dropout(dropout_p, seed)
+    if words is not None:
+        ex["rng"] = words
     st = _validate_varlen(q, k, v, seqs, ex, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap,
-                          deterministic)
+                          deterministic, dropout)
     call = _attention_lse_jit if return_lse else _attention_jit
     return call(q, k, v, seqs, ex, st)
 

@@ -176,9 +176,10 @@ def seed_of(words):
     return lo | hi << 32, offset
 
 
-def reference_options(opts, q=None, k=None):
+def reference_options(opts, q=None, k=None, mask_shape=None):
     """The reference's keywords for the Options a fake kernel gets; q, k: the Refs (batch, seqlen,
-    heads, dim) that size the dropout mask, read from the words the params' dropout_rng points to."""
+    heads, dim) that size the dropout mask, read from the words the params' dropout_rng points to;
+    mask_shape: (batch, nheads, seqlen_q, seqlen_k) of that mask instead (varlen: the longest lengths)."""
     ropts = {"softmax_scale": opts.scale, "window_size": opts.window, "softcap": opts.softcap}
     if opts.alibi_slopes is not None:
         ropts["alibi_slopes"] = host_view(opts.alibi_slopes)
@@ -190,10 +191,10 @@ def reference_options(opts, q=None, k=None):
         fields = opts.fields
         assert fields["dropout_rng"] and opts.features.dropout == 2, "dropout without the seed words in memory"
         seed, offset = seed_of(host_view(launch.Ref(fields["dropout_rng"], (3,), (1,), "uint32", 0)))
-        batch, seqlen_q, nheads, _ = q.shape
+        if mask_shape is None:
+            mask_shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
         ropts["dropout_p"] = opts.dropout.p
-        ropts["dropout_mask"] = reference.dropout_keep_mask(seed, offset, batch, nheads, seqlen_q, k.shape[1],
-                                                            opts.dropout.p)
+        ropts["dropout_mask"] = reference.dropout_keep_mask(seed, offset, *mask_shape, opts.dropout.p)
     return ropts
 
 
@@ -264,10 +265,17 @@ def varlen_inputs(ref, sequences):
     return cu_q, cu_k, used
 
 
+def varlen_mask_shape(q, cu_q, cu_k):
+    """(batch, nheads, longest seqlen_q, longest seqlen_k): a varlen dropout mask's shape
+    (reference.attention_forward_varlen reads sequence b's part of it)."""
+    longest = [int(np.diff(cu).max(initial=0)) for cu in (cu_q, cu_k)]
+    return (len(cu_q) - 1, q.shape[2], *longest)
+
+
 def fake_varlen_forward(q, k, v, out, lse, opts, sequences, max_seqlen_q, stream):
     cu_q, cu_k, used = varlen_inputs(q, sequences)
     o, l = reference.attention_forward_varlen(rows_view(q), rows_view(k), rows_view(v), cu_q, cu_k, seqused_k=used,
-                                              **reference_options(opts))
+                                              **reference_options(opts, mask_shape=varlen_mask_shape(q, cu_q, cu_k)))
     rows_view(out)[...] = o.astype(rows_view(out).dtype)
     if lse is not None:
         host_view(lse)[...] = l
@@ -279,7 +287,7 @@ def fake_varlen_backward(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministi
     cu_q, cu_k, used = varlen_inputs(q, sequences)
     grads = reference.attention_backward_varlen(rows_view(dout), rows_view(q), rows_view(k), rows_view(v), cu_q,
                                                 cu_k, seqused_k=used, dlse=None if dlse is None else host_view(dlse),
-                                                **reference_options(opts))
+                                                **reference_options(opts, mask_shape=varlen_mask_shape(q, cu_q, cu_k)))
     for ref, g in zip((dq, dk, dv), grads[:3]):
         view = rows_view(ref)
         keep = np.ones(len(view), bool) if used is None or view.shape[0] == rows_view(q).shape[0] else None
@@ -671,6 +679,38 @@ def test_a_traced_key_changes_the_mask_without_recompiling(fake_kernels):
     assert f._cache_size() == 1
 
 
+@needs_jax
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_varlen_dropout_uses_each_sequences_own_coordinates(fake_kernels, mode):
+    # Sequence b reads the mask of batch row b at its own query and key positions (as
+    # cuflash.attention_varlen), forward and backward, with a traced key.
+    host, (q, k, v), cu_q, cu_k = packed_inputs()
+    p, key = 0.3, jax.random.key(5)
+    mask = reference.dropout_keep_mask(*seed_of(cj.seed_words(key)), 3, 4, 5, 6, p)
+    dout_h = testing.random_like(host[0])
+    cus = (jnp.asarray(cu_q), jnp.asarray(cu_k))
+
+    def fwd(q, k, v, key):
+        return cj.attention_varlen(q, k, v, *cus, 5, 6, causal=True, dropout_p=p, seed=key, return_lse=True)
+
+    def loss(q, k, v, key):
+        return jnp.sum(fwd(q, k, v, key)[0].astype(jnp.float32) * dout_h)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    if mode == "jit":
+        fwd, grad = jax.jit(fwd), jax.jit(grad)
+    out, lse = fwd(q, k, v, key)
+    opts = dict(causal=True, dropout_p=p, dropout_mask=mask)
+    o64, l64 = reference.attention_forward_varlen(*host, cu_q, cu_k, **opts)
+    assert_close("out", out, o64, 2e-3)
+    assert_close("lse", lse, l64, 1e-5)
+    plain = reference.attention_forward_varlen(*host, cu_q, cu_k, causal=True)[0]
+    assert np.abs(np.asarray(out, np.float32) - plain).max() > 0.1, "the mask dropped nothing"
+    want = reference.attention_backward_varlen(dout_h, *host, cu_q, cu_k, **opts)
+    for name, g, w in zip(("dq", "dk", "dv"), grad(q, k, v, key), want):
+        assert_close(name, g, w, 4e-3)
+
+
 BAD_DROPOUT = [
     ({"dropout_p": 1.0, "seed": 1}, ValueError, r"dropout_p must be in \[0, 1\)"),
     ({"dropout_p": "x", "seed": 1}, TypeError, r"dropout_p must be a number"),
@@ -685,6 +725,14 @@ BAD_DROPOUT = [
 def test_bad_dropout_is_named(no_gpu, options, error, match):
     with pytest.raises(error, match=match):
         shapes(**options)
+
+
+@needs_jax
+@pytest.mark.parametrize("options, error, match", BAD_DROPOUT, ids=lambda x: None)
+def test_varlen_bad_dropout_is_named(no_gpu, options, error, match):
+    _, (q, k, v), cu_q, cu_k = packed_inputs()
+    with pytest.raises(error, match=match):
+        cj.attention_varlen(q, k, v, jnp.asarray(cu_q), jnp.asarray(cu_k), 5, 6, **options)
 
 
 @needs_jax

@@ -321,10 +321,13 @@ def test_bad_input_raises_naming_the_argument(bad, mode):
         fn(q, k, v, arrays)
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2], ids=["plain", "dropout"])
 @pytest.mark.parametrize("mode", MODES)
-def test_varlen_matches_reference(mode):
+def test_varlen_matches_reference(mode, dropout_p):
     # Packed sequences (an empty one, GQA 4/2, causal, a sink and dlse): out, lse and every gradient
-    # under the accuracy rule against the float64 reference per sequence (issue 11).
+    # under the accuracy rule against the float64 reference per sequence (issue 11); with dropout, a
+    # fresh key as seed and the mask of each sequence's own coordinates (batch row b, positions from
+    # its start: reference.dropout_keep_mask with the longest lengths).
     lengths_q, lengths_k = [37, 0, 1, 200], [64, 5, 1, 150]
     cu_q, cu_k = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lengths_q, lengths_k))
     q, k, v = testing.random_qkv(1, int(cu_q[-1]), int(cu_k[-1]), 4, 2, 64, "bf16")
@@ -333,27 +336,31 @@ def test_varlen_matches_reference(mode):
     dout = testing.random_like(host[0])
     dlse = np.random.default_rng().standard_normal((4, host[0].shape[0])).astype(np.float32)
     dout_j = jnp.asarray(dout).astype(jnp.float32)
+    seed = fresh_key() if dropout_p else None
+    ropts = dict(causal=True, learnable_sink=sink)
+    if dropout_p:
+        ropts.update(dropout_p=dropout_p, dropout_mask=keep_mask(seed, 4, 4, max(lengths_q), max(lengths_k), dropout_p))
 
-    def run(q, k, v, sink, cu_q, cu_k):
+    def run(q, k, v, sink, cu_q, cu_k, seed):
         return cj.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True,
-                                   learnable_sink=sink, return_lse=True)
+                                   learnable_sink=sink, dropout_p=dropout_p, seed=seed, return_lse=True)
 
-    def loss(q, k, v, sink, cu_q, cu_k):
-        out, lse = run(q, k, v, sink, cu_q, cu_k)
+    def loss(q, k, v, sink, cu_q, cu_k, seed):
+        out, lse = run(q, k, v, sink, cu_q, cu_k, seed)
         return jnp.sum(out.astype(jnp.float32) * dout_j) + jnp.sum(lse * dlse)
 
     grad = jax.grad(loss, argnums=(0, 1, 2, 3))
     if mode == "jit":
         run, grad = jax.jit(run), jax.jit(grad)
-    args = [jnp.asarray(x) for x in (*host, sink, cu_q, cu_k)]
+    args = [jnp.asarray(x) for x in (*host, sink, cu_q, cu_k)] + [seed]
     out, lse = run(*args)
     grads = grad(*args)
-    checks = testing.AccuracyChecks(f"varlen {mode}")
-    f64 = reference.attention_forward_varlen(*host, cu_q, cu_k, causal=True, learnable_sink=sink)
-    flp = reference.attention_forward_varlen(*host, cu_q, cu_k, causal=True, learnable_sink=sink, precision="lowp")
+    checks = testing.AccuracyChecks(f"varlen {mode} dropout {dropout_p}")
+    f64 = reference.attention_forward_varlen(*host, cu_q, cu_k, **ropts)
+    flp = reference.attention_forward_varlen(*host, cu_q, cu_k, precision="lowp", **ropts)
     checks.rule("out", out, f64[0], flp[0], "bf16", "fwd")
     checks.rule("lse", lse, f64[1], flp[1], "bf16", "fwd")
-    opts = dict(causal=True, learnable_sink=sink, dlse=dlse)
+    opts = dict(ropts, dlse=dlse)
     b64 = reference.attention_backward_varlen(dout, *host, cu_q, cu_k, **opts)
     blp = reference.attention_backward_varlen(dout, *host, cu_q, cu_k, precision="lowp", **opts)
     for name, got, x64, xlp in zip(("dq", "dk", "dv", "dsink"), grads, b64, blp):
