@@ -106,14 +106,15 @@ def _alloc(device: int):
 
 
 def _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right, softcap,
-              real: bool = True, dropout: api.DropoutRng | None = None):
-    """Refs of q, k, v and the validated Options; every error names its argument."""
+              real: bool = True, dropout: api.DropoutRng | None = None, seed_address: int = 0):
+    """Refs of q, k, v and the validated Options; every error names its argument. seed_address:
+    where the kernels read the dropout seed (_seed_address), 0 when it is dropout's own."""
     qr, kr, vr = _ref(q, "q", real), _ref(k, "k", real), _ref(v, "v", real)
     api.validate_qkv(qr, kr, vr)
     ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes", real)
     sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink", real)
     opts = api.options(qr, softmax_scale, causal, (window_left, window_right), softcap, ar, sr)
-    return qr, kr, vr, api.with_dropout(opts, dropout)
+    return qr, kr, vr, api.with_dropout(opts, dropout, seed_address)
 
 
 def _convert(t, dtype: str | None):
@@ -129,33 +130,57 @@ def _with_bias(opts, bias, qr: Ref, kr: Ref, real: bool = True):
     return api.with_bias(opts, checked), checked
 
 
-def _draw_dropout(dropout_p) -> tuple[api.DropoutRng | None, torch.Tensor]:
-    """The forward's dropout (None without) and its rng state: int64 (2,) on the host, (seed,
-    offset), or (0,) without dropout. The seed comes from torch's default generator, so
-    torch.manual_seed makes the mask reproducible; it is drawn when the forward runs (eagerly, or
-    inside a compiled graph's custom op), never baked into a trace. A CUDA graph would replay one
-    mask forever, so dropout is refused while one is captured."""
+def _draw_dropout(dropout_p, device) -> tuple[api.DropoutRng | None, torch.Tensor]:
+    """The forward's dropout (None without) and its rng state: int64 (2,) (seed, offset) on `device`,
+    or an empty host tensor without dropout. The kernels read the seed from the state (_seed_address),
+    as flash-attn's read its rng state on the GPU, so
+    - torch.manual_seed makes the mask reproducible (the state comes from torch's CUDA generator);
+    - it is drawn when the forward runs (eagerly, or inside a compiled graph's custom op), never
+      baked into a trace, and the backward reads it where it is, with no copy to the host;
+    - a CUDA graph that captured the call draws a fresh state on every replay (torch advances its
+      generator per replay), so each replay drops other entries."""
     if not dropout_p:
         return None, _NO_RNG
-    if torch.cuda.is_current_stream_capturing():
-        raise NotImplementedError("dropout_p > 0 inside CUDA-graph capture is not supported by cuflash: a replay "
-                                  "would reuse the captured seed, so every step would drop the same entries")
-    seed = int(torch.empty((), dtype=torch.int64).random_())  # [0, 2^63)
-    drop = api.dropout_options(dropout_p, (seed, 0))
-    return drop, torch.tensor([seed, 0], dtype=torch.int64)
+    return api.dropout_options(dropout_p, (0, 0)), _draw_rng(device)
 
 
-_NO_RNG = torch.empty((0,), dtype=torch.int64)
+def _draw_rng(device) -> torch.Tensor:
+    """A fresh rng state, int64 (seed, offset) on `device`, both from torch's CUDA generator in [0, 2^32):
+    64 random bits, of the Philox key (seed) and counter (offset) that reference.dropout_keep_mask takes."""
+    return torch.randint(0, 2**32, (2,), dtype=torch.int64, device=device)
 
 
-def _saved_dropout(dropout_p, rng: Optional[torch.Tensor]) -> api.DropoutRng | None:
-    """The backward's dropout from the forward's rng state (_draw_dropout)."""
+def _seed_address(rng: Optional[torch.Tensor]) -> int:
+    """The device address the kernels read the dropout seed from for an rng state on the GPU: int64
+    (seed, offset) is, as little-endian uint32 words, (seed_lo, seed_hi, offset, 0), the words of
+    api.with_dropout's seed_address (offset < 2^32). 0 for a state on the host (its seed is a launch
+    value)."""
+    return rng.data_ptr() if rng is not None and rng.is_cuda else 0
+
+
+_NO_RNG = torch.empty((0,), dtype=torch.int64)  # the rng state of a call without dropout
+
+
+def _fake_rng(q, dropout_p) -> torch.Tensor:
+    """The rng state output of a fake forward, where _draw_dropout puts it."""
+    return q.new_empty((2,), dtype=torch.int64) if dropout_p else torch.empty((0,), dtype=torch.int64, device="cpu")
+
+
+def _saved_dropout(dropout_p, rng: Optional[torch.Tensor], q: torch.Tensor) -> tuple[api.DropoutRng | None, int]:
+    """The backward's dropout from the forward's rng state (_draw_dropout), and _seed_address of it:
+    a state on the host gives its seed as a launch value; one on q's GPU is read there by the kernels
+    (no copy, no synchronisation)."""
     if not dropout_p:
-        return None
-    if rng is None or rng.numel() != 2:
-        raise ValueError("dropout_p > 0 in the backward needs the forward's rng state (seed, offset)")
-    seed, offset = (int(x) for x in rng.tolist())
-    return api.dropout_options(dropout_p, (seed, offset), backward=True)
+        return None, 0
+    if rng is None or rng.numel() != 2 or rng.dtype not in (torch.int64, torch.uint64):
+        raise ValueError("dropout_p > 0 in the backward needs the forward's rng state, int64 (seed, offset)")
+    if rng.is_cuda:
+        if rng.get_device() != q.get_device() or not rng.is_contiguous():
+            raise ValueError(f"the rng state must be contiguous on q's device (cuda:{q.get_device()}), got "
+                             f"{rng.device}")
+        return api.dropout_options(dropout_p, (0, 0), backward=True), _seed_address(rng)
+    seed, offset = (int(x) for x in rng.tolist())  # a state kept on the host: its seed as a launch value
+    return api.dropout_options(dropout_p, (seed, offset), backward=True), 0
 
 
 def _plan_key(kind: str, tensors: tuple, *options):
@@ -190,9 +215,9 @@ def _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, windo
             plan.replay((q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr()),
                         _stream(device))
             return out, lse, _NO_RNG
-    drop, rng = _draw_dropout(dropout_p)
+    drop, rng = _draw_dropout(dropout_p, q.device)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                                 window_right, softcap, dropout=drop)
+                                 window_right, softcap, dropout=drop, seed_address=_seed_address(rng))
     opts, _ = _with_bias(opts, bias, qr, kr)
     batch, seqlen_q, nheads, _ = q.shape
     device = qr.device
@@ -225,8 +250,9 @@ def _backward(dout, q, k, v, out, lse, dlse, alibi_slopes, learnable_sink, softm
             plan.replay((dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
                          dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), scratch.data_ptr()), _stream(device))
             return dq, dk, dv, q.new_empty((0,), dtype=torch.float32), q.new_empty((0,))
+    drop, seed_address = _saved_dropout(dropout_p, rng, q)
     qr, kr, vr, opts = _validate(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left,
-                                 window_right, softcap, dropout=_saved_dropout(dropout_p, rng))
+                                 window_right, softcap, dropout=drop, seed_address=seed_address)
     opts, checked = _with_bias(opts, bias, qr, kr)
     doutr, outr, lser = _ref(dout, "dout"), _ref(out, "out"), _ref(lse, "lse")
     api.check_like(doutr, qr, "dout", "q")
@@ -268,7 +294,7 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slopes: Opt
             window_right: int, softcap: float, deterministic: bool, dropout_p: float,
             bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q) float32, rng state
-    (int64 (seed, offset) on the host, empty without dropout)). deterministic is carried for the
+    (int64 (seed, offset) on q's GPU, empty without dropout)). deterministic is carried for the
     backward only. bias: broadcastable to (batch, nheads, seqlen_q, seqlen_k) (cuflash.attention)."""
     return _forward(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, window_left, window_right,
                     softcap, True, dropout_p, bias)
@@ -282,7 +308,7 @@ def _fwd_fake(q, k, v, alibi_slopes, learnable_sink, softmax_scale, causal, wind
     _with_bias(opts, bias, qr, kr, real=False)
     api.dropout_options(dropout_p, 0)
     batch, seqlen_q, nheads, _ = q.shape
-    rng = torch.empty((2 if dropout_p else 0,), dtype=torch.int64, device="cpu")
+    rng = _fake_rng(q, dropout_p)
     return q.new_empty(q.shape), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32), rng
 
 
@@ -402,8 +428,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     (batch, seqlen_k, nheads_kv, headdim); fp16/bf16 CUDA tensors (float32 too, unlike flash-attn).
     Returns out like q, or with return_attn_probs=True (out, softmax_lse (batch, nheads, seqlen_q)
     float32, None): the third element, flash-attn's debug tensor of probabilities, is not produced (cuflash.attention's
-    return_attn_probs gives it on CuPy arrays). dropout_p > 0 draws the mask's seed from torch's
-    default generator (torch.manual_seed makes it reproducible); the backward uses the same mask.
+    return_attn_probs gives it on CuPy arrays). dropout_p > 0 draws the mask's seed on q's GPU from torch's
+    CUDA generator (torch.manual_seed makes it reproducible; a CUDA graph replay draws a fresh one); the
+    backward uses the same mask.
     learnable_sink (cuflash only): float32 (nheads,) sink logits, differentiable. bias (cuflash
     only): an additive bias broadcastable to (batch, nheads, seqlen_q, seqlen_k), fp16, bf16 or
     float32 (cuflash.attention's rules), differentiable: its gradient has its shape and dtype."""
@@ -438,7 +465,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
                      learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real: bool = True,
-                     check_lengths: bool = True, dropout: api.DropoutRng | None = None):
+                     check_lengths: bool = True, dropout: api.DropoutRng | None = None, seed_address: int = 0):
     """Refs of q, k, v as (batch, total rows, heads, dim) with batch stride 0, the validated Options,
     the sequence pointers and batch. The lengths are checked on the host (one copy from the GPU)
     unless tracing (fake tensors) or capturing a CUDA graph, where no copy may happen: there, as in
@@ -459,7 +486,7 @@ def _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     ar = None if alibi_slopes is None else _ref(alibi_slopes, "alibi_slopes", real)
     sr = None if learnable_sink is None else _ref(learnable_sink, "learnable_sink", real)
     opts = api.with_dropout(api._varlen_options(qr, softmax_scale, causal, (window_left, window_right), softcap,
-                                                ar, sr), dropout)
+                                                ar, sr), dropout, seed_address)
     sequences = {"cu_seqlens_q": cu_q.ptr, "cu_seqlens_k": cu_k.ptr, "seqused_k": 0 if used is None else used.ptr}
     return qr, kr, vr, opts, sequences, batch
 
@@ -468,10 +495,11 @@ def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
                     learnable_sink, softmax_scale, causal, window_left, window_right, softcap, dropout_p=0.0,
                     check_lengths=True):
     """(out (total_q, nheads, headdim), lse (nheads, total_q) float32, rng state (_draw_dropout))."""
-    drop, rng = _draw_dropout(dropout_p)
+    drop, rng = _draw_dropout(dropout_p, q.device)
     qr, kr, vr, opts, sequences, batch = _varlen_validate(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
-        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths, dropout=drop)
+        softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths, dropout=drop,
+        seed_address=_seed_address(rng))
     with _on_device(qr.device):
         out = q.new_empty(q.shape)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
@@ -492,10 +520,11 @@ def _varlen_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, 
     """(dq, dk, dv, dsink): dsink (nheads,) float32 with a learnable sink, else an empty tensor. rng:
     the forward's rng state."""
     dout = _maybe_contiguous(dout)
+    drop, seed_address = _saved_dropout(dropout_p, rng, q)
     qr, kr, vr, opts, sequences, batch = _varlen_validate(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes, learnable_sink,
         softmax_scale, causal, window_left, window_right, softcap, check_lengths=check_lengths,
-        dropout=_saved_dropout(dropout_p, rng))
+        dropout=drop, seed_address=seed_address)
     for x, like, n in ((dout, q, "dout"), (out, q, "out")):
         api.check_like(_ref(x, n), _ref(like, "q"), n, "q")
     api.check_varlen_lse(_ref(lse, "lse"), qr)
@@ -541,7 +570,7 @@ def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _varlen_validate(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, alibi_slopes,
                      learnable_sink, softmax_scale, causal, window_left, window_right, softcap, real=False)
     api.dropout_options(dropout_p, 0)
-    rng = torch.empty((2 if dropout_p else 0,), dtype=torch.int64, device="cpu")
+    rng = _fake_rng(q, dropout_p)
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32), rng
 
 
@@ -642,7 +671,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """flash-attn 2.x's flash_attn_varlen_func: q (total_q, nheads, headdim), k, v (total_k, nheads_kv,
     headdim), cu_seqlens int32 (batch + 1,). Returns out, or (out, softmax_lse (nheads, total_q), None).
     block_table (paged KV) raises NotImplementedError. dropout_p > 0 draws the mask's seed from torch's
-    default generator, as flash_attn_func does. The lengths are checked on the host (one copy of
+    CUDA generator, as flash_attn_func does. The lengths are checked on the host (one copy of
     cu_seqlens, a synchronisation per call) unless check_lengths=False (cuflash only; flash-attn never
     checks them) or a CUDA graph is being captured: the kernels then clamp every sequence into the
     tensors (cuflash.attention_varlen)."""
@@ -811,16 +840,15 @@ def _sdpa_forward(query, key, value, dropout_p=0.0, is_causal=False, return_debu
     q, k, v, o = (t.transpose(1, 2) for t in (query, key, value, out))  # (B, S, H, D) views, no copies
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    drop, rng = _draw_dropout(dropout_p)
-    qr, kr, vr, opts = _validate(q, k, v, None, None, scale, is_causal, -1, -1, 0.0, dropout=drop)
+    drop, rng = _draw_dropout(dropout_p, query.device)
+    qr, kr, vr, opts = _validate(q, k, v, None, None, scale, is_causal, -1, -1, 0.0, dropout=drop,
+                                 seed_address=_seed_address(rng))
     batch, seqlen_q, nheads, _ = q.shape
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
     with _on_device(qr.device):
         api.run_forward(qr, kr, vr, _ref(o, "out"), _ref(lse, "lse"), opts, _stream(qr.device))
-    if drop is None:
-        rng_state = torch.zeros((2,), dtype=torch.uint64, device=query.device)
-    else:  # (seed, offset) of the dropout mask where torch keeps its own; the backward reads it back
-        rng_state = rng.to(torch.uint64).to(query.device, non_blocking=True)
+    # (seed, offset) of the dropout mask where torch keeps its own, on the GPU, as flash's
+    rng_state = torch.zeros((2,), dtype=torch.uint64, device=query.device) if drop is None else rng.view(torch.uint64)
     philox_offset = torch.zeros((), dtype=torch.uint64, device=query.device)
     debug_mask = torch.empty(0, dtype=query.dtype, device=query.device)
     return out, lse, None, None, query.shape[2], key.shape[2], rng_state, philox_offset, debug_mask
@@ -832,7 +860,7 @@ def _sdpa_backward(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_s
     if scale is None:
         scale = query.shape[-1] ** -0.5
     q, k, v, o, do = (t.transpose(1, 2) for t in (query, key, value, out, grad_out))
-    rng = philox_seed.to(torch.int64).cpu() if dropout_p else None  # one host synchronisation, with dropout only
+    rng = philox_seed.view(torch.int64) if dropout_p else None  # read by the kernels on the GPU: no synchronisation
     dq, dk, dv, _, _ = _backward(do, q, k, v, o, logsumexp, None, None, None, scale, is_causal, -1, -1, 0.0, False,
                                  dropout_p, rng)
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)

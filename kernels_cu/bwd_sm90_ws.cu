@@ -330,7 +330,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const int warp_key0 = c * 64 + warp_in_wg * 16;  // first key of this warp within the block
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
-    const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
+    const Dropout drop(p, si.b, si.h, SeedReadOnce{});  // used under CUFLASH_DROPOUT only
     const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
     // BIAS: this lane's ldmatrix.trans address in a staged bias tile and the step to its next 16 queries.
     const bool one_row = BIAS && p.bias_row_stride == 0;

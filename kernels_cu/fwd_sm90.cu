@@ -85,7 +85,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_s
     if (si.past_end(row0)) return;
     const Visibility vis(p, si);
     const ScoreMod mod(p, si);
-    const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
+    const Dropout drop(p, si.b, si.h, SeedReadOnce{});  // used under CUFLASH_DROPOUT only
 
     const u16 *q, *k, *v;
     si.qkv_rows(p, q, k, v);

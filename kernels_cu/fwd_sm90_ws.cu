@@ -577,7 +577,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         const int qb = kq % Q_BUFFERS;
         const u32 sQt = sQ(qb);
         const ScoreMod mod(p, si);
-        const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
+        const Dropout drop(p, si.b, si.h, SeedReadOnce{});  // used under CUFLASH_DROPOUT only
         const int2 masked = vis.masked_key_blocks<BN>(row0, BM);  // blocks that need the element mask
 
         OnlineSoftmax<1> softmax;

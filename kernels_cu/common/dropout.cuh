@@ -107,24 +107,48 @@ CUFLASH_DEVICE u32 dropout_keep_group(PhiloxKey key, u32 offset, u32 threshold, 
 // The dropout of one (batch b, query head h): the run-time values of
 // params.cuh (CUFLASH_ATTENTION_FIELDS dropout_*).
 
+// Construction tag: a seed in device memory (DROPOUT_SEED_IN_MEMORY) read once, when the
+// Dropout is made (Dropout's second constructor), instead of at each use.
+struct SeedReadOnce {};
+
 struct Dropout {
     PhiloxKey key;
     u32 offset, threshold;
     int bh;          // b * nheads + h: the counter's third word
     float scale;     // 1 / (1 - p)
     const u32* rng;  // DROPOUT_SEED_IN_MEMORY: (seed_lo, seed_hi, offset), read instead of key and offset
+    bool read_at_use;  // rng read at each use (a literal in each constructor: folded away)
 
+    // A seed in device memory is read at each use (load_key), not held by the object:
+    // words loaded once would hold three registers through the main loop (key and offset
+    // are parameters, which the compiler re-reads from constant memory). The portable
+    // kernels: held, the d128 causal forward spilled for sm_80 (4-24 bytes, NVRTC 12.9).
     template <class Params>
     CUFLASH_DEVICE Dropout(const Params& p, int b, int h)
         : key{p.dropout_seed_lo, p.dropout_seed_hi}, offset(p.dropout_offset), threshold(p.dropout_threshold),
-          bh(b * p.nheads + h), scale(p.dropout_scale), rng(p.dropout_rng) {}
+          bh(b * p.nheads + h), scale(p.dropout_scale), rng(p.dropout_rng), read_at_use(true) {}
 
-    // The Philox key and offset. A seed in device memory is read here, at each use, not
-    // held by the object: words loaded once would hold three registers through the main
-    // loop (key and offset are parameters, which the compiler re-reads from constant memory).
+    // The seed read here, once (the Hopper kernels), by whole warps: each word through
+    // redux.sync, whose result ptxas keeps in a uniform register as it keeps the
+    // parameters, so the key's per-round sums stay loop-invariant uniform values, as with
+    // a seed passed by value (read at each use, the words came in vector registers and the
+    // sums were formed every key block: the d64 forward's step 722 -> 743 instructions;
+    // read once, 720). The kernels make it outside any lane-dependent branch.
+    template <class Params>
+    CUFLASH_DEVICE Dropout(const Params& p, int b, int h, SeedReadOnce)
+        : Dropout(p, b, h) {
+        read_at_use = false;
+        if (DROPOUT_SEED_IN_MEMORY) {
+            auto uniform = [](u32 x) { return __reduce_or_sync(0xffffffffu, x); };
+            key = PhiloxKey{uniform(__ldg(rng)), uniform(__ldg(rng + 1))};
+            offset = uniform(__ldg(rng + 2));
+        }
+    }
+
+    // The Philox key and offset.
     CUFLASH_DEVICE void load_key(PhiloxKey& k, u32& off) const {
         k = key, off = offset;
-        if (DROPOUT_SEED_IN_MEMORY) k = PhiloxKey{__ldg(rng), __ldg(rng + 1)}, off = __ldg(rng + 2);
+        if (DROPOUT_SEED_IN_MEMORY && read_at_use) k = PhiloxKey{__ldg(rng), __ldg(rng + 1)}, off = __ldg(rng + 2);
     }
 
     // The keep bits of n8 pairs u0 .. u0 + PAIRS - 1 (n8 tiles 2u, 2u + 1) of one

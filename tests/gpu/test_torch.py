@@ -120,9 +120,10 @@ def test_matches_sdpa_values_and_gradients(gqa):
 
 
 def _drawn_seed(torch_seed):
-    """The dropout seed cuflash.torch draws first after torch.manual_seed(torch_seed)."""
+    """The dropout rng state (seed, offset) cuflash.torch draws first after torch.manual_seed(torch_seed)."""
     torch.manual_seed(torch_seed)
-    return int(torch.empty((), dtype=torch.int64).random_())
+    seed, offset = ct._draw_rng(torch.device("cuda")).tolist()
+    return seed, offset
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -138,7 +139,7 @@ def test_dropout_matches_the_reference_mask_and_its_gradients(compiled):
     out = fn(q, k, v, dropout_p=p, causal=True)
     out.backward(dout)
     hq, hk, hv, hdo = (host(t) for t in (q, k, v, dout))
-    keep = reference.dropout_keep_mask(seed, 0, 2, 4, 96, 160, p)
+    keep = reference.dropout_keep_mask(*seed, 2, 4, 96, 160, p)
     ro = dict(causal=True, dropout_p=p, dropout_mask=keep)
     f64 = reference.attention_forward(hq, hk, hv, precision="float64", **ro)
     flp = reference.attention_forward(hq, hk, hv, precision="lowp", **ro)
@@ -407,7 +408,8 @@ def test_opcheck_forward_and_backward_ops():
         if not dropout_p:  # opcheck repeats the call and compares: a fresh dropout seed each time differs
             torch.library.opcheck(torch.ops.cuflash.fwd.default, args)
         out, lse, rng = torch.ops.cuflash.fwd(*args)
-        assert rng.numel() == (2 if dropout_p else 0) and rng.device.type == "cpu"
+        assert rng.numel() == (2 if dropout_p else 0)
+        assert rng.device == (q.device if dropout_p else torch.device("cpu"))  # the kernels read the seed there
         dout = torch.randn_like(out)
         bargs = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None, None,
                  None if args[4] is None else sink.detach(), rng, *args[5:12])
@@ -486,6 +488,48 @@ def test_cuda_graph_replays_forward_and_backward():
         assert torch.equal(out, ref)
         for a, b in zip((q.grad, k.grad, v.grad), (q2.grad, k2.grad, v2.grad)):
             assert torch.allclose(a, b, atol=1e-2, rtol=0)
+
+
+def test_cuda_graph_with_dropout_draws_a_fresh_mask_each_replay():
+    """A captured forward and backward with dropout draw their rng state inside the graph (on the GPU,
+    from torch's CUDA generator): each replay drops other entries and is exactly cuflash.attention /
+    attention_backward with the (seed, offset) it drew, out and the deterministic gradients bit for bit."""
+    import cupy as cp
+
+    import cuflash
+
+    q, k, v = rand(2, 96, 4, 64), rand(2, 160, 2, 64), rand(2, 160, 2, 64)
+    dout = rand(2, 96, 4, 64)
+    fwd_args = (q, k, v, None, None, 0.125, True, -1, 0, 0.0, True, 0.2)  # causal, deterministic, dropout 0.2
+
+    def step():
+        out, lse, rng = torch.ops.cuflash.fwd(*fwd_args)
+        grads = torch.ops.cuflash.bwd(dout, q, k, v, out, lse, None, None, None, rng, *fwd_args[5:12])
+        return out, rng, grads[:3]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles, caches) outside the capture
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, rng, grads = step()
+    states = []
+    cq, ck, cv, cdo = (cp.from_dlpack(t) for t in (q, k, v, dout))
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        seed = tuple(rng.tolist())
+        states.append(seed)
+        opts = dict(softmax_scale=0.125, causal=True, dropout_p=0.2, seed=seed)
+        want, lse = cuflash.attention(cq, ck, cv, return_lse=True, **opts)
+        wgrads = cuflash.attention_backward(cdo, cq, ck, cv, want, lse, deterministic=True, **opts)
+        assert torch.equal(out, torch.from_dlpack(want))
+        for name, got, w in zip(("dq", "dk", "dv"), grads, wgrads):
+            assert torch.equal(got, torch.from_dlpack(w)), name
+    assert states[0] != states[1], "a replay drew the same rng state"
 
 
 def test_non_default_stream_orders_with_work_before_and_after():
