@@ -29,10 +29,12 @@
 // layout, fragment.cuh: rows g and g + 8, keys 2t and 2t + 1 of each n8 tile)
 // are exactly the registers of ldmatrix's 8x8 matrices of 16-bit pairs: one
 // ldmatrix.x4 per two n8 tiles, the swizzle putting the 8 rows each matrix
-// reads on 8 distinct bank groups (a one-row tile: 8 lanes at one address, a
-// broadcast). S += B / scale, one FFMA per score. The backward's S^T (add_t:
-// keys as rows g and g + 8, queries 2t and 2t + 1 as columns) is the same with
-// ldmatrix.trans, whose 8x8 matrices of 8 queries x 8 keys arrive transposed.
+// reads on 8 distinct bank groups. S += B / scale, one FFMA per score. The
+// backward's S^T (add_t: keys as rows g and g + 8, queries 2t and 2t + 1 as
+// columns) is the same with ldmatrix.trans, whose 8x8 matrices of 8 queries x 8
+// keys arrive transposed. A one-row tile (a per-key bias) has rows g and g + 8
+// add the same keys: add_row loads them with one ldmatrix.x4 per four n8 tiles, 8
+// lanes at one address, and widens each key pair once for both rows.
 #pragma once
 #include "platform.cuh"
 #include "numeric.cuh"    // unpack_float2
@@ -110,7 +112,11 @@ struct BiasTile {
     // 2i + 1) for n8 tiles 2i and 2i + 1. Rows are 128 bytes, so bits 4-6 hold chunk
     // (l / 16) ^ (r % 8), and chunk 2i + (l / 16) of the row (2i % 8 < 7) is at offset ^
     // ((2i % 8) << 4) in column block 2i / 8.
+    // ROW_ADD: a one-row tile is read by add_row, whose matrix l / 8 is chunk l / 8 of row 0
+    // (unswizzled), four n8 tiles at a time.
+    template <bool ROW_ADD = false>
     static CUFLASH_DEVICE u32 lane_offset(int warp_row0, int lane, bool one_row) {
+        if (ROW_ADD && one_row) return (u32)(((lane >> 3) & 3) << 4);
         const int r = one_row ? 0 : warp_row0 + ((lane >> 3) & 1) * 8 + (lane & 7);
         return (u32)(r * ROW_BYTES + ((((lane >> 4) ^ r) & 7) << 4));
     }
@@ -139,6 +145,28 @@ struct BiasTile {
                 float* x = &s[nt + m / 2][2 * (m % 2)];
                 x[0] = fmaf(f.x, inv_scale, x[0]);
                 x[1] = fmaf(f.y, inv_scale, x[1]);
+            }
+        }
+    }
+
+    // s += B / scale for the warp's 16 rows of a one-row tile (a per-key bias: rows g and g + 8 add
+    // the same keys): one ldmatrix.x4 per four n8 tiles, each pair of keys widened once for both
+    // rows (add's form would load and widen every pair twice, as if the rows differed).
+    template <int NT>
+    static CUFLASH_DEVICE void add_row(float (&s)[NT][4], u32 smem, u32 lane_off, float inv_scale) {
+        static_assert(NT == CHUNKS && NT % 4 == 0, "S spans the tile's keys, four n8 tiles at a time");
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 4) {
+            u32 b[4];
+            ldmatrix_x4(b, smem + (u32)((nt / 8) * BLOCK_BYTES + ((nt % 8) << 4)) + lane_off);
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {  // matrix m: n8 tile nt + m, keys 2t and 2t + 1 of row 0
+                const float2 f = unpack_float2(b[m]);
+                float* x = s[nt + m];
+                x[0] = fmaf(f.x, inv_scale, x[0]);
+                x[1] = fmaf(f.y, inv_scale, x[1]);
+                x[2] = fmaf(f.x, inv_scale, x[2]);
+                x[3] = fmaf(f.y, inv_scale, x[3]);
             }
         }
     }
