@@ -532,6 +532,33 @@ def test_cuda_graph_with_dropout_draws_a_fresh_mask_each_replay():
     assert states[0] != states[1], "a replay drew the same rng state"
 
 
+def test_torch_compile_reduce_overhead_with_dropout_draws_fresh_masks():
+    """torch.compile(mode="reduce-overhead") runs a dropout step, forward and backward, from CUDA graphs
+    (the rng state is a GPU tensor, so no host value keeps it out): every call draws another mask,
+    torch.manual_seed repeats the sequence, and the gradients flow."""
+    q, k, v = (rand(2, 128, 4, 64, grad=True) for _ in range(3))
+    compiled = torch.compile(lambda q, k, v: ct.flash_attn_func(q, k, v, dropout_p=0.3, causal=True),
+                             mode="reduce-overhead")
+
+    def call():
+        for t in (q, k, v):
+            t.grad = None
+        out = compiled(q, k, v)
+        out.float().square().sum().backward()
+        return [out.detach().clone()] + [t.grad.clone() for t in (q, k, v)]
+
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append([call() for _ in range(4)])
+    first, second = runs
+    for a, b in zip(first, second):  # the same torch seed: the same masks (dq adds by atomics: close)
+        assert torch.equal(a[0], b[0])
+        assert all(torch.allclose(x, y, atol=1e-2, rtol=0) for x, y in zip(a[1:], b[1:]))
+    assert not torch.equal(first[2][0], first[3][0]), "two calls drew the same mask"
+    assert all(torch.isfinite(t).all() for t in first[3])
+
+
 def test_non_default_stream_orders_with_work_before_and_after():
     q, k, v = rand(4, 512, 8, 128), rand(4, 512, 8, 128), rand(4, 512, 8, 128)
     with torch.no_grad():
