@@ -154,7 +154,7 @@ struct BiasTile {
     // rows (add's form would load and widen every pair twice, as if the rows differed).
     template <int NT>
     static CUFLASH_DEVICE void add_row(float (&s)[NT][4], u32 smem, u32 lane_off, float inv_scale) {
-        static_assert(NT == CHUNKS && NT % 4 == 0, "S spans the tile's keys, four n8 tiles at a time");
+        static_assert(!BIAS || (NT == CHUNKS && NT % 4 == 0), "S spans the tile's keys, four n8 tiles at a time");
 #pragma unroll
         for (int nt = 0; nt < NT; nt += 4) {
             u32 b[4];
