@@ -151,6 +151,22 @@ struct Dropout {
         if (DROPOUT_SEED_IN_MEMORY && read_at_use) k = PhiloxKey{__ldg(rng), __ldg(rng + 1)}, off = __ldg(rng + 2);
     }
 
+    // dropout_keep_words of the group this lane draws for n8 pairs u0 .. u0 + PAIRS - 1 of an
+    // m16 tile whose rows start at row0 and columns at col0 (keep_bits): the group of rows
+    // g & ~1 of pair u0 + (g & 1) (PAIRS = 2: the lane pair (g, g ^ 1) draws two groups) or
+    // of pair u0 (PAIRS = 1), at column 2t.
+    template <bool KEYS_AS_ROWS, int PAIRS>
+    CUFLASH_DEVICE uint4 group_words(int row0, int col0, int u0, int lane) const {
+        static_assert(PAIRS == 1 || PAIRS == 2, "one or two n8 pairs");
+        const int g = lane / 4, t = lane % 4;
+        const int row = row0 + (g & ~1), col = col0 + (u0 + (PAIRS == 2 ? g & 1 : 0)) * 16 + 2 * t;
+        PhiloxKey k;
+        u32 off;
+        load_key(k, off);
+        return KEYS_AS_ROWS ? dropout_keep_words(k, off, threshold, bh, col, row)
+                            : dropout_keep_words(k, off, threshold, bh, row, col);
+    }
+
     // The keep bits of n8 pairs u0 .. u0 + PAIRS - 1 (n8 tiles 2u, 2u + 1) of one
     // m16 tile of an accumulator (fragment.cuh) whose rows start at row0 (queries,
     // or keys when KEYS_AS_ROWS: S^T) and columns at col0, both multiples of 16:
@@ -159,14 +175,8 @@ struct Dropout {
     // PAIRS = 1: both lanes compute the group of pair u0.
     template <bool KEYS_AS_ROWS, int PAIRS>
     CUFLASH_DEVICE void keep_bits(int row0, int col0, int u0, int lane, u32 (&x)[PAIRS]) const {
-        static_assert(PAIRS == 1 || PAIRS == 2, "one or two n8 pairs");
-        const int g = lane / 4, t = lane % 4, h0 = g & 1;
-        const int row = row0 + (g & ~1), col = col0 + (u0 + (PAIRS == 2 ? h0 : 0)) * 16 + 2 * t;
-        PhiloxKey k;
-        u32 off;
-        load_key(k, off);
-        const uint4 r = KEYS_AS_ROWS ? dropout_keep_words(k, off, threshold, bh, col, row)
-                                     : dropout_keep_words(k, off, threshold, bh, row, col);
+        const int h0 = (lane / 4) & 1;
+        const uint4 r = group_words<KEYS_AS_ROWS, PAIRS>(row0, col0, u0, lane);
         // Pack the bits of lane g's half (own) and of lane g ^ 1's half (other), so that
         // element (2u + a, 2h + j) of the tile, row g + 8h and column 2t + 8a + j, is
         //   queries as rows: word h0 + 2h, byte j + 2a: bit 8 (j + 2a) + 7 - h;
@@ -295,15 +305,11 @@ struct Dropout {
             }
             return;
         }
-        const int g = lane / 4, t = lane % 4, h0 = g & 1;
-        PhiloxKey k;
-        u32 off;
+        const int h0 = (lane / 4) & 1;
 #pragma unroll
         for (int u0 = 0; u0 < NK; u0 += PAIRS) {
             // PAIRS = 2: lane pair (g, g ^ 1) draws the groups of pairs u0 + h0 (as keep_bits).
-            const int row = row0 + (g & ~1), col = col0 + (u0 + (PAIRS == 2 ? h0 : 0)) * 16 + 2 * t;
-            load_key(k, off);
-            const uint4 r = dropout_keep_words(k, off, threshold, bh, row, col);
+            const uint4 r = group_words<false, PAIRS>(row0, col0, u0, lane);
             const u32 w[4] = {r.x, r.y, r.z, r.w};
             // Row half h of pair u0 + kp reads its word from two sources: src0, drawn by this lane
             // (selector bytes 0-3), or src1 (bytes 4-7). The halves one at a time (fewer words live).
