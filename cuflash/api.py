@@ -542,9 +542,9 @@ def options(q: Ref, softmax_scale=None, causal=False, window_size=(-1, -1), soft
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, device: int, band: int = 0, seqlen_q: int = 0,
-             softcap: float = 0.0):
+             softcap: float = 0.0, bias_per_key: bool = False):
     return support.fwd_spec(dtype, head_dim, features, _compute_capability(device), env.sm90_enabled(),
-                            _smem_limit(device), band, seqlen_q, softcap)
+                            _smem_limit(device), band, seqlen_q, softcap, bias_per_key)
 
 
 def bwd_spec(dtype: str, head_dim: int, features: Features, deterministic: bool, device: int):
@@ -567,8 +567,9 @@ def run_forward(q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref | None, opts: Options
     """The forward for validated Refs on `stream` (q's device current); no-op for an empty output."""
     batch, seqlen_q, nheads, head_dim = q.shape
     if batch and seqlen_q and nheads:
+        per_key = opts.bias is not None and opts.bias.strides[2] == 0  # one row per (batch, head)
         spec = fwd_spec(KERNEL_DTYPES[q.dtype], head_dim, opts.features, q.device, opts.band, seqlen_q,
-                        opts.softcap)
+                        opts.softcap, per_key)
         launch.forward(spec, q, k, v, out, lse, opts.fields, stream)
 
 

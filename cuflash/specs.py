@@ -425,6 +425,12 @@ FWD_SM90_NARROW_TILES = {
 # round-robin: H200 bf16 16k, one CTA per tile against persistent (ms): (1024, 0) d64 0.448 / 0.419, d128
 # 0.318 / 0.309; (4096, 0) d64 1.103 / 1.128, d128 0.857 / 0.962 (bench/NOTES.md v13).
 FWD_SM90_PERSISTENT_BAND = 1025
+
+#: Head dims (buckets) above which a per-key bias (row stride 0) takes a warp-specialised forward of its
+#: own (FwdSm90Spec.bias_per_key). At d <= 64 the bias's one kernel chooses between the two adds at run
+#: time: a kernel per add measured 2-5% slower there, per-key and full bias alike (H100, bf16 8k), and at
+#: d128 the per-key kernel +1-4% (bench/NOTES.md v30, v31).
+FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM = 64
 # A causal forward of at most FWD_SM90_SHORT_CAUSAL[head dim] query rows takes FWD_SM90_SHORT_CAUSAL_TILES:
 # at d64 the 192-row tiles cross the diagonal in three key blocks of 128, which at short lengths is much
 # of the work. H200 bf16 16k tokens, TFLOP/s 192 x 128 / 128 x 128 (bench/tune_fwd.py, two runs): 512
@@ -485,6 +491,9 @@ class FwdSm90Spec(AttentionSpec):
     #: bf16 scores bounded by a softcap alone (for_problem, fixed_offset()): the softmax at one
     #: constant offset, no running max and no rescale of O (bench/NOTES.md s4).
     fixed_offset: bool = False
+    #: A staged 16-bit bias of one row per (batch, head) (row stride 0: a per-key bias; for_problem),
+    #: above FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM: the kernel adds it with bias_tile.cuh add_row alone.
+    bias_per_key: bool = False
 
     @property
     def softcap_folded(self) -> bool:
@@ -522,6 +531,14 @@ class FwdSm90Spec(AttentionSpec):
             raise ValueError("short_causal is a property of a causal call of few rows")
         if self.fixed_offset and not fixed_offset(self.dtype, self.features, 1.0):
             raise ValueError("fixed_offset needs bf16 scores bounded by a softcap alone, without dropout")
+        if self.bias_per_key and not (self.stages_bias and self.head_dim > FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM):
+            raise ValueError("bias_per_key is a property of a bias the warp-specialised kernel stages, "
+                             f"above d = {FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM}")
+
+    @property
+    def stages_bias(self) -> bool:
+        """The warp-specialised kernel stages this spec's bias in shared memory (bias_tile.cuh)."""
+        return bool(self.features.bias and self.tiles.stages)
 
     @property
     def source(self) -> str:
@@ -529,13 +546,15 @@ class FwdSm90Spec(AttentionSpec):
 
     @classmethod
     def for_problem(cls, dtype: str, head_dim: int, features: Features = PLAIN, band: int = 0,
-                    short: bool = False, long: bool = False, fixed: bool = False) -> "FwdSm90Spec":
+                    short: bool = False, long: bool = False, fixed: bool = False,
+                    per_key: bool = False) -> "FwdSm90Spec":
         """band: keys per query of a local mask bounded on both sides (left + right + 1; 0 when a
         side is unbounded): up to FWD_SM90_NARROW_BAND[head dim] the narrow tiles, else up to
         FWD_SM90_PERSISTENT_BAND the persistent grid where the tiles have one. short: the call's
         query rows are few enough for FWD_SM90_SHORT_CAUSAL_TILES (short_causal()). long: many
         enough for one CTA per tile (long_rows()). fixed: the softmax at a fixed offset
-        (fixed_offset())."""
+        (fixed_offset()). per_key: the bias has one row per (batch, head) (bias_per_key, where
+        the kernel stages it and the head dim is above FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM)."""
         d = head_dim_bucket(head_dim)
         band = band if features.mask == "local" else 0
         tiles = FWD_SM90_TILES[d]
@@ -544,6 +563,8 @@ class FwdSm90Spec(AttentionSpec):
         if short:
             tiles = FWD_SM90_SHORT_CAUSAL_TILES[d]
         spec = cls(dtype, d, features, tiles.with_features(features, d), fixed_offset=fixed)
+        if per_key and spec.stages_bias and d > FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM:
+            spec = replace(spec, bias_per_key=True)
         if 0 < band <= FWD_SM90_PERSISTENT_BAND and replace(spec, short_band=True).persistent:
             spec = replace(spec, short_band=True)
             if spec.tiles.warpgroups == 3:
@@ -555,7 +576,7 @@ class FwdSm90Spec(AttentionSpec):
             # a feature keeps the kernel off it (ALiBi, dropout), the call keeps the head dim's tiles.
             spec = replace(spec, short_causal=True)
             if not spec.persistent:
-                return cls.for_problem(dtype, d, features, band, long=long, fixed=fixed)
+                return cls.for_problem(dtype, d, features, band, long=long, fixed=fixed, per_key=per_key)
         if long and spec.persistent:
             spec = replace(spec, long_rows=True)
         return spec
@@ -637,8 +658,9 @@ class FwdSm90Spec(AttentionSpec):
         band = "p" if self.short_band or self.short_causal else ""  # persistent where the mask or head dim is not
         rows = "l" if self.long_rows else ""  # a long call, one CTA per tile
         fixed = "f" if self.fixed_offset else ""  # the softmax at a fixed offset
+        key = "k" if self.bias_per_key else ""  # a per-key bias
         return (f"fwd90_{self.dtype}_d{self.head_dim}_{self.features.tag}_m{t.block_m}n{t.block_n}"
-                f"{occupancy}{ws}{band}{rows}{fixed}")
+                f"{occupancy}{ws}{band}{rows}{fixed}{key}")
 
     def defines(self) -> dict[str, int]:
         t = self.tiles
@@ -648,6 +670,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_BLOCK_N": t.block_n,
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
             "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
+            "CUFLASH_BIAS_PER_KEY": int(self.bias_per_key),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
                 "CUFLASH_PERSISTENT": int(self.persistent), **({"CUFLASH_KV_ROLLED": 1} if self.kv_rolled else {}),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}

@@ -113,6 +113,7 @@ class Problem:
     short_causal: bool = False  # a causal forward of few query rows (specs.short_causal)
     long_rows: bool = False  # a dense forward of many query rows (specs.long_rows)
     fixed_offset: bool = False  # bf16 scores bounded by a softcap alone (specs.fixed_offset)
+    bias_per_key: bool = False  # a bias of one row per (batch, head): row stride 0 (FwdSm90Spec.bias_per_key)
     deterministic: bool = False
     sm90: bool = True  # False: CUFLASH_DISABLE_SM90=1
     smem_limit: int = SMEM_LIMITS[(9, 0)]  # shared memory per block the GPU allows (or the device's own)
@@ -172,7 +173,7 @@ def _spec_for(family: Family, problem: Problem):
     f = problem.features
     if family.spec is FwdSm90Spec:
         return FwdSm90Spec.for_problem(problem.dtype, d, f, problem.band, problem.short_causal, problem.long_rows,
-                                       problem.fixed_offset)
+                                       problem.fixed_offset, problem.bias_per_key)
     if family.spec is BwdSm90Spec:
         return BwdSm90Spec(problem.dtype, d, f, bool(problem.deterministic))
     fitting = [s for s in portable_candidates(family, problem.dtype, d, f, problem.deterministic, problem.many_units,
@@ -231,24 +232,28 @@ def supported_head_dims() -> list[int]:
 
 
 def fwd_spec(dtype: str, head_dim: int, features: Features, compute_capability, sm90: bool = True,
-             smem_limit: int | None = None, band: int = 0, seqlen_q: int = 0, softcap: float = 0.0):
+             smem_limit: int | None = None, band: int = 0, seqlen_q: int = 0, softcap: float = 0.0,
+             bias_per_key: bool = False):
     """The forward kernel for a problem on a GPU (select() for direction "fwd").
     band: keys per query of a sliding window bounded on both sides (api.Options.band), else 0.
     seqlen_q: query rows (varlen: max_seqlen_q), 0 when unknown; only whether a causal call's rows
     are few enough for FwdSm90Spec's short tiles, or many enough for its long_rows, reaches the
     (memoised) selection. softcap: its value (0: none); only whether it bounds the scores enough for
-    FwdSm90Spec.fixed_offset reaches the selection."""
+    FwdSm90Spec.fixed_offset reaches the selection. bias_per_key: the bias has one row per (batch,
+    head) (its row stride is 0)."""
     cc = tuple(compute_capability)
     limit = smem_limit if smem_limit is not None else SMEM_LIMITS.get(cc, SMEM_LIMIT_MIN)
     short = short_causal(features, head_dim, seqlen_q)
     return _fwd_spec(dtype, head_dim, features, cc, sm90, limit, int(band), short,
-                     long_rows(features, head_dim, seqlen_q), fixed_offset(dtype, features, softcap))
+                     long_rows(features, head_dim, seqlen_q), fixed_offset(dtype, features, softcap),
+                     bool(bias_per_key and features.bias))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short, long, fixed):
+def _fwd_spec(dtype, head_dim, features, compute_capability, sm90, smem_limit, band, short, long, fixed, per_key):
     return select(Problem("fwd", dtype, head_dim, features, compute_capability, sm90=sm90,
-                          smem_limit=smem_limit, band=band, short_causal=short, long_rows=long, fixed_offset=fixed))
+                          smem_limit=smem_limit, band=band, short_causal=short, long_rows=long, fixed_offset=fixed,
+                          bias_per_key=per_key))
 
 
 @functools.lru_cache(maxsize=None)
@@ -301,9 +306,11 @@ def family_specs(family: Family, features: Features, dtypes=SUPPORTED_DTYPES) ->
                 longs = {False, long_rows(features, d, FWD_SM90_PERSISTENT_ROWS + 1)}
                 # a softcap's two softmaxes: at a fixed offset (bf16, a softcap of at most ~51) or not
                 fixeds = {False, fixed_offset(dtype, features, 1.0)}
-                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short, long, fixed)
+                # a staged bias's two adds: per key (one row) or not
+                per_keys = {False, bool(features.bias)}
+                for spec in (FwdSm90Spec.for_problem(dtype, d, features, band, short, long, fixed, per_key)
                              for band in bands for short in sorted(shorts) for long in sorted(longs)
-                             for fixed in sorted(fixeds) if not (short and long)):
+                             for fixed in sorted(fixeds) for per_key in sorted(per_keys) if not (short and long)):
                     if spec not in out:
                         out.append(spec)
             elif family.spec is BwdSpec:

@@ -112,11 +112,14 @@ using Bias = BiasTile<BM, BN>;
 #endif
 constexpr bool KV_ROLLED = CUFLASH_KV_ROLLED;
 constexpr u32 BIAS_BYTES = BIAS ? Bias::BYTES : 0;
-// A per-key bias (one staged row) added by Bias::add_row, each key pair widened once for a warp's
-// two rows, where it measured faster: d64's three consumer warpgroups +12-15% (H100, bf16 8k); at
-// d128 the branch between the two adds cost about what it saved (-2% non-causal, +3% causal), so
-// there every bias keeps add (bench/NOTES.md v30).
-constexpr bool BIAS_ROW_ADD = BIAS && D <= 64;
+// A per-key bias (one staged row per (batch, head): row stride 0) is added by Bias::add_row, each
+// key pair widened once for a warp's two rows; any other bias by Bias::add. Above d = 64 a per-key
+// bias has a kernel of its own (CUFLASH_BIAS_PER_KEY: FwdSm90Spec.bias_per_key) holding add_row
+// alone; at d <= 64 one kernel takes either add by a run-time branch on the row stride (measured
+// 2-5% faster there than a kernel per add; at d128 the kernel of its own +1-4%: bench/NOTES.md v31).
+constexpr bool BIAS_PER_KEY = BIAS && CUFLASH_BIAS_PER_KEY;
+constexpr bool BIAS_ROW_BRANCH = BIAS && !BIAS_PER_KEY && D <= 64;
+constexpr bool BIAS_ROW_ADD = BIAS_PER_KEY || BIAS_ROW_BRANCH;
 // The epilogue of a tile waits until the next tile's first product is issued, so that the
 // tensor cores work through it. Measured (bench/NOTES.md v20): +4-7% at d64 causal 512-2k,
 // -2-3% at d128 causal 512-1k; it needs a free Q buffer for the next tile.
@@ -462,7 +465,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     const int c = wg - 1;                            // consumer index
     const int warp_row0 = c * 64 + warp_in_wg * 16;  // first row of this warp within the block
     // BIAS: this lane's ldmatrix address in a staged bias tile (a per-key bias stages one row).
-    const u32 bias_lane = BIAS ? Bias::lane_offset<BIAS_ROW_ADD>(warp_row0, lane, p.bias_row_stride == 0) : 0u;
+    const bool one_row = BIAS_PER_KEY || p.bias_row_stride == 0;
+    const u32 bias_lane = BIAS ? Bias::lane_offset<BIAS_ROW_ADD>(warp_row0, lane, one_row) : 0u;
 
     // Turns: consumer c issues its products after consumer c - 1 issued its own
     // (the ring wraps), so their softmaxes fall between each other's products.
@@ -605,7 +609,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             if (BIAS) {  // after softcap and ALiBi, before the mask (a masked score stays -inf)
                 const int s = g % STAGES;
                 mbar_wait(b_full(s), (g / STAGES) & 1);
-                if (BIAS_ROW_ADD && p.bias_row_stride == 0) Bias::add_row(acc_s[0], sB(s), bias_lane, mod.inv_scale);
+                if (BIAS_PER_KEY || (BIAS_ROW_BRANCH && p.bias_row_stride == 0))
+                    Bias::add_row(acc_s[0], sB(s), bias_lane, mod.inv_scale);
                 else Bias::add(acc_s[0], sB(s), bias_lane, mod.inv_scale);
                 mbar_arrive(b_empty(s));  // the tile is in registers (the arrival orders the reads before it)
             }

@@ -332,6 +332,32 @@ def test_hopper_forward_stages_a_bias_in_whole_swizzle_atoms_within_shared_memor
         FwdSm90Spec("bf16", 128, Features(bias=32), FwdSm90Tiles(128, 128, stages=2))
 
 
+def test_a_per_key_bias_takes_its_own_hopper_forward_where_the_kernel_stages_it():
+    # FwdSm90Spec.bias_per_key: a bias of one row per (batch, head) (row stride 0) on a kernel of its own above
+    # d = 64, which adds it with bias_tile.cuh add_row alone; selected from the call (api.run_forward). At d <= 64
+    # the bias's one kernel branches between the adds at run time.
+    for d in (32, 64):
+        f = Features("causal", bias=16)
+        assert support.fwd_spec("bf16", d, f, (9, 0), bias_per_key=True) == support.fwd_spec("bf16", d, f, (9, 0))
+    for d in (96, 128, 256):
+        for mask in ("none", "causal"):
+            f = Features(mask, bias=16)
+            key = support.fwd_spec("bf16", d, f, (9, 0), bias_per_key=True)
+            dense = support.fwd_spec("bf16", d, f, (9, 0))
+            assert key.bias_per_key and not dense.bias_per_key, key.name
+            assert key == replace(dense, bias_per_key=True) and key.name == dense.name + "k"
+            assert key.defines()["CUFLASH_BIAS_PER_KEY"] == 1 and dense.defines()["CUFLASH_BIAS_PER_KEY"] == 0
+            assert key in support.declared_specs([f]) and dense in support.declared_specs([f])
+    # a bias the kernel does not stage (float32), no bias, or the portable kernels: no per-key kernel
+    assert not support.fwd_spec("bf16", 128, Features(bias=32), (9, 0), bias_per_key=True).bias_per_key
+    assert not support.fwd_spec("bf16", 128, PLAIN, (9, 0), bias_per_key=True).bias_per_key
+    assert not hasattr(support.fwd_spec("bf16", 128, Features(bias=16), (8, 0), bias_per_key=True), "bias_per_key")
+    with pytest.raises(ValueError, match="bias_per_key"):
+        FwdSm90Spec("bf16", 128, Features(bias=32), FwdSm90Tiles(128, 128), bias_per_key=True)
+    with pytest.raises(ValueError, match="bias_per_key"):
+        FwdSm90Spec("bf16", 64, Features(bias=16), FwdSm90Tiles(192, 128, stages=2), bias_per_key=True)
+
+
 def test_hopper_backward_stages_a_bias_at_d64_only():
     # bwd_sm90_ws.cu stages a 16-bit dense bias without softcap at d = 64 (BwdSm90Spec.bias_stages); at d = 128
     # dbias's writes spill its lockstep consumers, and softcap's derivative reads the bias again: bwd_sm90.cu
