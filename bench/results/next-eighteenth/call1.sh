@@ -1,14 +1,14 @@
 # Written 2026-12-06 (eighteenth session) for the next one: its device time went to failed starts before
 # this could run. bench/NOTES.md v32: the rows' sums of P from the P V product in the warp-specialised
-# Hopper forward at d128 (kernels_cu/dev/fwd90_sums_by_mma.patch: FwdSm90Spec.sums_by_mma; each V slot
+# Hopper forward at d128 and d64's fixed-offset softcap (kernels_cu/dev/fwd90_sums_by_mma.patch: FwdSm90Spec.sums_by_mma; each V slot
 # followed by a column block of ones, P V with N = 136, softmax.cuh SUMS_FROM_PV: no per-score add to l).
 # The patch changes cuflash/ too, so the A/B runs two copies of the tree.
-# Compile-only so far: the 66 d128 forward kernels of 19 feature sets (bf16, fp16) spill-free under NVRTC
-# 12.9 and 13.0, the default set (346) under 12.9; CPU tests pass with it; the main loop of the plain
+# Compile-only so far: the d64 / d128 forwards of 21 feature sets spill-free under NVRTC 12.9, 13.0 and
+# 13.5, the default set (346) under 12.9; CPU tests pass with it; the main loop of the plain
 # kernel 592 -> 530 instructions, of the softcap-30 fixed-offset one 634 -> 504 (NVRTC 12.9).
 # Prediction: plain d128 forward within +-3% (the product grows 3%, the softmax loses an FADD per
 # score), softcap 30 +5-10% (the fixed offset's rounded sum goes too: two integer operations and an add).
-# (a) A/B, bf16 d128 2k / 8k, causal both, plain and softcap 30, two alternated rounds, the patched
+# (a) A/B, bf16 d64 / d128 2k / 8k (d64: only its softcap kernels change), causal both, plain and softcap 30, two alternated rounds, the patched
 #     tree's first round with cuflash bench's float64 check; (b) in the patched tree: Hopper forward and
 #     variant tests, memcheck and racecheck of sanitize_case.py's forward section.
 # From the repo root: bash bench/results/next-eighteenth/call1.sh. Logs under /tmp/r, packed into $OUT/r.tgz.
@@ -18,7 +18,7 @@ pack() { tar -czf $OUT/r.tgz -C $R . ; }
 nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 rm -rf /tmp/pk && mkdir /tmp/pk && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/pk/ \
   && (cd /tmp/pk && patch -p1 -s < kernels_cu/dev/fwd90_sums_by_mma.patch) || exit 1
-args="--mode fwd --headdim 128 --seqlen 2k,8k --causal both --peers none --no-progress"
+args="--mode fwd --headdim 64,128 --seqlen 2k,8k --causal both --peers none --no-progress"
 for r in 1 2; do
   for tree in new:/tmp/pk old:$PWD; do
     tag=${tree%%:*}; dir=${tree#*:}
