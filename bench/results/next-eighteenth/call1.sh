@@ -33,6 +33,11 @@ done
 pack
 grep -h " fwd " $R/ab/*.log | sort
 cd /tmp/pk && export PYTHONPATH=/tmp/pk OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4
+# the tests' Hopper forward kernels compiled ahead in parallel (on first use they compile one at a time)
+sets=(); for f in "" causal window softcap alibi sink window,softcap causal,softcap causal,sink window,sink softcap,alibi \
+  alibi,sink softcap,sink window,alibi causal,softcap,alibi,sink window,softcap,alibi,sink; do sets+=(--features "$f"); done
+CUFLASH_CACHE_DIR=/tmp/cc-t timeout 120 python3 -m cuflash compile --arch sm_90a "${sets[@]}" --only fwd90 -j 16 \
+  > $R/t/compile.log 2>&1
 CUFLASH_CACHE_DIR=/tmp/cc-t timeout 300 python3 -m pytest tests/gpu/test_forward.py tests/gpu/test_variants.py -k "not portable" \
   -q -rfE -p no:cacheprovider > $R/t/fwd-variants.log 2>&1 &
 ( CUFLASH_CACHE_DIR=/tmp/cc-t2 SANITIZE_SECTIONS=forward timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
