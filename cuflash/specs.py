@@ -428,8 +428,8 @@ FWD_SM90_PERSISTENT_BAND = 1025
 
 #: Head dims (buckets) above which a per-key bias (row stride 0) takes a warp-specialised forward of its
 #: own (FwdSm90Spec.bias_per_key). At d <= 64 the bias's one kernel chooses between the two adds at run
-#: time: a kernel per add measured 2-5% slower there, per-key and full bias alike (H100, bf16 8k), and at
-#: d128 the per-key kernel +1-4% (bench/NOTES.md v30, v31).
+#: time (FwdSm90Spec.bias_row_branch): a kernel per add measured 2-6% slower there, per-key and full bias
+#: alike (H100, bf16 8k), and at d128 the per-key kernel +1-9% (bench/NOTES.md v30, v31).
 FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM = 64
 # A causal forward of at most FWD_SM90_SHORT_CAUSAL[head dim] query rows takes FWD_SM90_SHORT_CAUSAL_TILES:
 # at d64 the 192-row tiles cross the diagonal in three key blocks of 128, which at short lengths is much
@@ -539,6 +539,13 @@ class FwdSm90Spec(AttentionSpec):
     def stages_bias(self) -> bool:
         """The warp-specialised kernel stages this spec's bias in shared memory (bias_tile.cuh)."""
         return bool(self.features.bias and self.tiles.stages)
+
+    @property
+    def bias_row_branch(self) -> bool:
+        """The kernel's staged bias is added by add_row where its row stride is 0 (a per-key bias) and
+        by add otherwise, a run-time branch: at head dims up to FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM, where
+        no per-key kernel of its own (bias_per_key) is declared."""
+        return self.stages_bias and not self.bias_per_key and self.head_dim <= FWD_SM90_BIAS_ROW_BRANCH_HEAD_DIM
 
     @property
     def source(self) -> str:
@@ -671,6 +678,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_CTAS_PER_SM": t.ctas_per_sm,
             "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
             "CUFLASH_BIAS_PER_KEY": int(self.bias_per_key),
+            "CUFLASH_BIAS_ROW_BRANCH": int(self.bias_row_branch),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
                 "CUFLASH_PERSISTENT": int(self.persistent), **({"CUFLASH_KV_ROLLED": 1} if self.kv_rolled else {}),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}

@@ -115,10 +115,12 @@ constexpr u32 BIAS_BYTES = BIAS ? Bias::BYTES : 0;
 // A per-key bias (one staged row per (batch, head): row stride 0) is added by Bias::add_row, each
 // key pair widened once for a warp's two rows; any other bias by Bias::add. Above d = 64 a per-key
 // bias has a kernel of its own (CUFLASH_BIAS_PER_KEY: FwdSm90Spec.bias_per_key) holding add_row
-// alone; at d <= 64 one kernel takes either add by a run-time branch on the row stride (measured
-// 2-5% faster there than a kernel per add; at d128 the kernel of its own +1-4%: bench/NOTES.md v31).
+// alone; at d <= 64 one kernel takes either add by a run-time branch on the row stride
+// (CUFLASH_BIAS_ROW_BRANCH: FwdSm90Spec.bias_row_branch; measured 2-6% faster there than a kernel
+// per add; at d128 the kernel of its own +1-9%: bench/NOTES.md v31).
 constexpr bool BIAS_PER_KEY = BIAS && CUFLASH_BIAS_PER_KEY;
-constexpr bool BIAS_ROW_BRANCH = BIAS && !BIAS_PER_KEY && D <= 64;
+constexpr bool BIAS_ROW_BRANCH = BIAS && CUFLASH_BIAS_ROW_BRANCH;
+static_assert(!(BIAS_PER_KEY && BIAS_ROW_BRANCH), "a per-key kernel has no branch between the adds");
 constexpr bool BIAS_ROW_ADD = BIAS_PER_KEY || BIAS_ROW_BRANCH;
 // The epilogue of a tile waits until the next tile's first product is issued, so that the
 // tensor cores work through it. Measured (bench/NOTES.md v20): +4-7% at d64 causal 512-2k,
