@@ -426,6 +426,13 @@ FWD_SM90_NARROW_TILES = {
 # 0.318 / 0.309; (4096, 0) d64 1.103 / 1.128, d128 0.857 / 0.962 (bench/NOTES.md v13).
 FWD_SM90_PERSISTENT_BAND = 1025
 
+#: Head dims (buckets) whose warp-specialised forward takes the rows' sums of P from its P V product
+#: (FwdSm90Spec.sums_by_mma: V followed by a column block of ones, N = D + 8), where it has no dropout,
+#: no bias and no varlen tile list (bench/NOTES.md v32: softcap 30 +2-7.5%, plain even to +1%, H100). Not
+#: d64: its kernels of three consumer warpgroups spilled 8-16 bytes with the sums' registers, and its
+#: fixed-offset softcap kernels, which did not, measured 0-1% slower.
+FWD_SM90_SUMS_BY_MMA_HEAD_DIMS = (128,)
+
 #: Head dims (buckets) above which a per-key bias (row stride 0) takes a warp-specialised forward of its
 #: own (FwdSm90Spec.bias_per_key). At d <= 64 the bias's one kernel chooses between the two adds at run
 #: time (FwdSm90Spec.bias_row_branch): a kernel per add measured 2-6% slower there, per-key and full bias
@@ -607,10 +614,22 @@ class FwdSm90Spec(AttentionSpec):
         grid its tile list (listed_seqs)."""
         t = self.tiles
         bias = self.features.bias == 16  # a ring of 16-bit bias tiles (block_m, block_n) and its 2 barriers a slot
-        return ((q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024
+        ones = t.stages * t.block_n * 128 if self.sums_by_mma else 0  # a column block of ones after each V slot
+        return ((q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + ones
                 + 8 * (2 * q_buffers + (6 if bias else 4) * t.stages)
                 + (t.stages * t.block_m * t.block_n * 2 if bias else 0)
                 + 8 * (self.listed_seqs + 1 if self.listed_seqs else 0))
+
+    @property
+    def sums_by_mma(self) -> bool:
+        """The warp-specialised kernel takes each row's sum of P from its P V product, whose B
+        operand is V followed by 8 columns of ones (N = D + 8), instead of adding P per score:
+        at FWD_SM90_SUMS_BY_MMA_HEAD_DIMS, without dropout (l sums P before the drop), a bias or a
+        varlen tile list (the ones would leave room for one Q buffer only: the bias tiles' and the
+        list's shared memory)."""
+        return (bool(self.tiles.stages) and self.head_dim in FWD_SM90_SUMS_BY_MMA_HEAD_DIMS
+                and not self.features.dropout and not self.features.bias
+                and not self.listed_seqs)
 
     @property
     def listed_seqs(self) -> int:
@@ -679,6 +698,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_SOFTMAX_FIXED": int(self.fixed_offset),
             "CUFLASH_BIAS_PER_KEY": int(self.bias_per_key),
             "CUFLASH_BIAS_ROW_BRANCH": int(self.bias_row_branch),
+            "CUFLASH_SUMS_BY_MMA": int(self.sums_by_mma),
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
                 "CUFLASH_PERSISTENT": int(self.persistent), **({"CUFLASH_KV_ROLLED": 1} if self.kv_rolled else {}),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}

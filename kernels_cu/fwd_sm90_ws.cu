@@ -37,7 +37,8 @@
 //     S[last] = Q K[last]^T and its softmax; then per step n = last .. first+1
 //     (in three loops: the blocks that need the element mask, those that do not,
 //     and under a left window the masked ones again):
-//       issue S[n-1] = Q K[n-1]^T and O += P[n] V[n]; wait for S[n-1], free
+//       issue S[n-1] = Q K[n-1]^T and O += P[n] V[n] (SUMS_BY_MMA: and l += P[n] 1 in
+//       the same product); wait for S[n-1], free
 //       K[n-1]'s slot; modifier (the bias from its staged tile, then freeing
 //       that slot), mask, online softmax -> P[n-1], while P[n] V[n]
 //       runs (intra-warpgroup overlap); wait for it, free V[n]'s slot; rescale
@@ -66,7 +67,8 @@
 // Constraints: as fwd.cu (d % 8 == 0, 16-byte aligned rows, softmax_scale > 0); the
 // parameter is __grid_constant__, as TMA reads its tensor maps in place.
 // Shared memory: (Q_BUFFERS Br + 2 STAGES Bc) * D * 2 bytes, with a bias STAGES Br * Bc * 2
-// more, 8 bytes per mbarrier (2 Q_BUFFERS + 4 STAGES, with a bias 2 STAGES more), a varlen
+// more, with the rows' sums from P V (SUMS_BY_MMA) STAGES Bc * 128 more (the ones after each V
+// slot), 8 bytes per mbarrier (2 Q_BUFFERS + 4 STAGES, with a bias 2 STAGES more), a varlen
 // persistent grid's tile list (8 (LISTED_SEQS + 1) bytes), plus 1 KB of alignment slack
 // (cuflash/specs.py FwdSm90Spec.ws_smem_bytes).
 #include "common/platform.cuh"
@@ -122,6 +124,17 @@ constexpr bool BIAS_PER_KEY = BIAS && CUFLASH_BIAS_PER_KEY;
 constexpr bool BIAS_ROW_BRANCH = BIAS && CUFLASH_BIAS_ROW_BRANCH;
 static_assert(!(BIAS_PER_KEY && BIAS_ROW_BRANCH), "a per-key kernel has no branch between the adds");
 constexpr bool BIAS_ROW_ADD = BIAS_PER_KEY || BIAS_ROW_BRANCH;
+// The rows' sums of P from the P V product (CUFLASH_SUMS_BY_MMA, FwdSm90Spec.sums_by_mma): each V
+// slot is followed in shared memory by a column block of ones (BN rows of 128 bytes, written once),
+// and P V runs with N = D + 8, so that its last n8 tile (acc_l) sums P as packed, rescaled with O;
+// the softmax adds no sums per score (softmax.cuh SUMS_FROM_PV). Not with dropout (l is the sum of P
+// before the drop) or a bias (its staged tiles leave no room for the ones at d128).
+#ifndef CUFLASH_SUMS_BY_MMA
+#define CUFLASH_SUMS_BY_MMA 0
+#endif
+constexpr bool SUMS_BY_MMA = CUFLASH_SUMS_BY_MMA;
+static_assert(!SUMS_BY_MMA || (D == 128 && !DROPOUT && !BIAS), "sums by the P V product");
+constexpr u32 ONES_BYTES = SUMS_BY_MMA ? BN * 128 : 0;  // after each V slot (KV_BYTES below)
 // The epilogue of a tile waits until the next tile's first product is issued, so that the
 // tensor cores work through it. Measured (bench/NOTES.md v20): +4-7% at d64 causal 512-2k,
 // -2-3% at d128 causal 512-1k; it needs a free Q buffer for the next tile.
@@ -292,7 +305,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
     const u32 sK0 = smem_base + Q_BUFFERS * Q_BYTES;  // Q_BUFFERS buffers of Q (BM, D), then
     const u32 sV0 = sK0 + STAGES * KV_BYTES;          // STAGES slots of K (BN, D), of V (BN, D)
-    const u32 sB0 = sV0 + STAGES * KV_BYTES;          // BIAS: STAGES slots of the bias (BM, BN)
+    constexpr u32 V_SLOT = KV_BYTES + ONES_BYTES;     // (SUMS_BY_MMA: each V followed by its ones)
+    const u32 sB0 = sV0 + STAGES * V_SLOT;            // BIAS: STAGES slots of the bias (BM, BN)
     const u32 bars = sB0 + STAGES * BIAS_BYTES;       // mbarriers, 8 bytes each, then (LISTED) the tile list
     auto sQ = [&](int qb) { return smem_base + (u32)qb * Q_BYTES; };
     auto q_full = [&](int qb) { return bars + 8u * qb; };
@@ -302,7 +316,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     auto k_empty = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 2 * STAGES + s); };
     auto v_empty = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 3 * STAGES + s); };
     auto sK = [&](int s) { return sK0 + (u32)s * KV_BYTES; };
-    auto sV = [&](int s) { return sV0 + (u32)s * KV_BYTES; };
+    auto sV = [&](int s) { return sV0 + (u32)s * V_SLOT; };
     // BIAS: the bias slots' barriers, as K's (the bias of K[j]'s block shares its slot index).
     auto b_full = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 4 * STAGES + s); };
     auto b_empty = [&](int s) { return bars + 8u * (2 * Q_BUFFERS + 5 * STAGES + s); };
@@ -345,8 +359,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         mbar_init_fence();
     }
     if (LISTED && list.listed && wg == 0 && warp_in_wg == 0) build_tile_list(p, list, lane);
-    // The barriers are initialised before any thread arrives on or waits for one, and the
-    // tile list is written before any thread reads it.
+    if (SUMS_BY_MMA) {
+        // The ones after each V slot (16-bit 1.0 pairs), read by every P V product; generic-proxy
+        // writes that wgmma reads through the async proxy: each thread fences its own.
+        const u32 ones = CUFLASH_DTYPE == CUFLASH_BF16 ? 0x3F803F80u : 0x3C003C00u;
+        for (int s = 0; s < STAGES; ++s)
+            for (u32 off = 16u * tid; off < ONES_BYTES; off += 16u * THREADS)
+                st_shared_16(sV(s) + KV_BYTES + off, ones, ones, ones, ones);
+        fence_proxy_async();
+    }
+    // The barriers are initialised before any thread arrives on or waits for one, the tile
+    // list is written before any thread reads it, and the ones before any product reads them.
     __syncthreads();
 
     // Producer and consumers walk the same tiles and skip the same ones (a varlen block
@@ -591,9 +614,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         const Dropout drop(p, si.b, si.h, SeedReadOnce{});  // used under CUFLASH_DROPOUT only
         const int2 masked = vis.masked_key_blocks<BN>(row0, BM);  // blocks that need the element mask
 
-        OnlineSoftmax<1> softmax;
+        OnlineSoftmax<1, SUMS_BY_MMA> softmax;
         softmax.init();
         float acc_s[1][NT][4];
+        float acc_l[1][4];  // SUMS_BY_MMA: the rows' sums of P (every column of the n8 tile)
         u32 pa[BN / 16][4];  // P of the block whose P V is issued next, as A fragments
 
         // S = Q K^T (64 x BN per warpgroup) into acc_s, K from slot s; the first k-step
@@ -601,7 +625,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // across the loop (wgmma.cuh opaque).
         auto issue_s = [&](int s) { issue_qk<BM, BN, D, false>(acc_s[0], opaque(sQt), c * 64, opaque(sK(s))); };
         // O += P V (16 keys per k-step), V from slot s.
-        auto issue_o = [&](int s) { issue_pv<BN, D>(acc_o, pa, opaque(sV(s))); };
+        auto issue_o = [&](int s) {
+            if constexpr (SUMS_BY_MMA) issue_pv_sums<BN, D>(acc_o, acc_l, pa, opaque(sV(s)));
+            else issue_pv<BN, D>(acc_o, pa, opaque(sV(s)));
+        };
         // Mask and fold S of block j (ring position g) into the softmax state: acc_s becomes P (fp32)
         // and corr the factor that rescales O; returns false when O needs no rescale
         // (the lazy update, LAZY_RESCALE: no row of the warp raised its max by more
@@ -637,6 +664,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             if (DEFER_EPILOGUE) epilogue();  // the previous tile's O, while S runs
             release_q();                     // the previous tile's Q buffer
             zero_acc(as_tile(acc_o));
+            if (SUMS_BY_MMA) zero_acc(as_tile(acc_l));
             wgmma_wait<0>();
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(g0 % STAGES));
@@ -662,9 +690,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             wgmma_wait<0>();
             // pa was an operand of the product that just completed: only now may it change.
             fence_regs(acc_o);
+            if (SUMS_BY_MMA) fence_regs(acc_l);
             fence_regs(pa);
             mbar_arrive(v_empty(s_v));  // V[n] read
-            if (rescale) scale_rows(acc_o, corr[0][0], corr[0][1]);  // a constant unless LAZY_RESCALE
+            if (rescale) {  // a constant unless LAZY_RESCALE
+                scale_rows(acc_o, corr[0][0], corr[0][1]);
+                if (SUMS_BY_MMA) scale_rows(acc_l, corr[0][0], corr[0][1]);
+            }
             pack_block(n - 1);
         };
         // The blocks that need the element mask are visited first (j >= masked.y: the
@@ -689,12 +721,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             pass_turn();
             wgmma_wait<0>();
             fence_regs(acc_o);
+            if (SUMS_BY_MMA) fence_regs(acc_l);
             mbar_arrive(v_empty(g % STAGES));
         }
 
         // O waits for the epilogue (above). The sink's logit is found again from t,
         // laundered (as the epilogue's rows).
         const Tile at = tile_at((int)opaque((u32)t), m_blocks, p.nheads);
+        if constexpr (SUMS_BY_MMA) softmax.take_sums(acc_l);
         softmax.finalize<SINK>(p.scale_log2, done_inv_l, done_lse, sink_logit(p, SeqInfo(p, at.b, at.h)));
         drop.scale_rows(done_inv_l);  // O / (1 - p) under dropout
         done_t = t;

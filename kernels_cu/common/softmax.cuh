@@ -65,7 +65,11 @@ CUFLASH_DEVICE float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-template <int MT>
+// SUMS_FROM_PV (fwd_sm90_ws.cu SUMS_BY_MMA): the kernel takes each row's sum of P from its P V
+// product, which multiplies P by a column of ones beside V (the sum of P as rounded to 16 bits,
+// in fp32, rescaled with O), and hands it over with take_sums before finalize: update() and
+// pack_p() then add nothing to l, and l holds whole rows, not a lane's share.
+template <int MT, bool SUMS_FROM_PV = false>
 struct OnlineSoftmax {
     float m[MT][2];
     float l[MT][2];
@@ -139,7 +143,7 @@ struct OnlineSoftmax {
                     corr[mt][h] = fast_exp2(offset_of(m[mt][h], c) - offset);
                     m[mt][h] = mx;
                     const float sum = exponentiate(s, mt, h, c, offset);
-                    l[mt][h] = l[mt][h] * corr[mt][h] + sum;
+                    if (!SUMS_FROM_PV) l[mt][h] = l[mt][h] * corr[mt][h] + sum;
                 }
             return true;
         }
@@ -182,7 +186,7 @@ struct OnlineSoftmax {
     template <int NT, class PackedA>
     CUFLASH_DEVICE void pack_p(const float (&p)[MT][NT][4], PackedA& pa) {
         pa.set(p);
-        if constexpr (SOFTMAX_FIXED) {
+        if constexpr (SOFTMAX_FIXED && !SUMS_FROM_PV) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) add_rounded(mt, pa.r[mt]);
         }
@@ -193,7 +197,7 @@ struct OnlineSoftmax {
     // a_from_c). No-op under a running max.
     template <int KS>
     CUFLASH_DEVICE void add_rounded(int mt, const u32 (&a)[KS][4]) {
-        if constexpr (SOFTMAX_FIXED) {
+        if constexpr (SOFTMAX_FIXED && !SUMS_FROM_PV) {
             float sum[2] = {0.f, 0.f};
 #pragma unroll
             for (int kk = 0; kk < KS; ++kk)
@@ -230,9 +234,17 @@ struct OnlineSoftmax {
                 corr[mt][h] = rescale ? fast_exp2(offset_of(m[mt][h], c) - offset) : 1.f;
                 m[mt][h] = m_new;
                 const float sum = exponentiate(s, mt, h, c, offset);
-                l[mt][h] = rescale ? l[mt][h] * corr[mt][h] + sum : l[mt][h] + sum;
+                if (!SUMS_FROM_PV) l[mt][h] = rescale ? l[mt][h] * corr[mt][h] + sum : l[mt][h] + sum;
             }
         return rescale;
+    }
+
+    // SUMS_FROM_PV: the rows' sums from the extra n8 tile of the P V accumulator x (every column
+    // of it holds the row's sum: lane 4g+t has row g in x[0][0], row g + 8 in x[0][2]).
+    CUFLASH_DEVICE void take_sums(const float (&x)[1][4]) {
+        static_assert(SUMS_FROM_PV && MT == 1, "the sums of one m-tile from P V");
+        l[0][0] = x[0][0];
+        l[0][1] = x[0][2];
     }
 
     // Row sums across the quad; inv_l = 1/l and lse = ln(sum_j exp(s_j*scale)).
@@ -251,7 +263,7 @@ struct OnlineSoftmax {
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                float total = quad_sum(l[mt][h]);
+                float total = SUMS_FROM_PV ? l[mt][h] : quad_sum(l[mt][h]);
                 bool empty = total == 0.f;
                 if constexpr (SINK) {
                     // m = -inf only when empty: use sink2 as the offset then (no -inf - -inf).

@@ -162,6 +162,11 @@ CUFLASH_DEVICE void fence_regs(u32 (&a)[KT][4]) {
         : CUFLASH_WG_OPS_##N(d)                                                                            \
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B))
 
+// N = D + 8 for O += P V with P's row sums beside O (wgmma_rs_sums): O's operands, then those of
+// the n8 tile l[0] of the caller's array l.
+#define CUFLASH_WG_REGS_136 CUFLASH_WG_REGS_128 ", %64, %65, %66, %67"
+#define CUFLASH_WG_OPS_136(d) CUFLASH_WG_OPS_128(d), CUFLASH_WG_T(l, 0)
+
 #define CUFLASH_WGMMA_SS_BY_N                                                      \
     if constexpr (N == 32) CUFLASH_WGMMA_SS(32, "16", "17", "18", "19", "20");                \
     else if constexpr (N == 64) CUFLASH_WGMMA_SS(64, "32", "33", "34", "35", "36");           \
@@ -222,6 +227,19 @@ CUFLASH_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b
     }
 }
 
+// d (64 x D) += A B and l (64 x 8) += A 1 in one product of N = D + 8 (D = 128): B is the
+// MN-major D columns of desc_b, followed in shared memory (at desc_b's start + D / AW column
+// blocks) by a column block of ones, of which the product reads the first 8 columns.
+template <int D>
+CUFLASH_DEVICE void wgmma_rs_sums(float (&d)[D / 8][4], float (&l)[1][4], const u32 (&a)[4], u64 desc_b) {
+    static_assert(D == 128, "N = D + 8 = 136 (d64's kernels spilled with l: bench/NOTES.md v32)");
+    const int scale_d = 1;
+    constexpr int TRANS_B = 1;
+#define CUFLASH_WG_C CUFLASH_WG_INOUT
+    CUFLASH_WGMMA_RS(136, "68", "69", "70", "71", "72", "73", "74");
+#undef CUFLASH_WG_C
+}
+
 // The attention products of one warpgroup (64 query rows), each issued as one
 // committed group (wait with wgmma_wait).
 // S = Q K^T (64 x BN): rows wg_row.. of the swizzled BM x D Q tile times the
@@ -245,6 +263,18 @@ CUFLASH_DEVICE void issue_pv(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], 
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, 1, true>(o, pa[kk], desc_mn_major<BN, D>(v_tile, kk * 16));
+    wgmma_commit();
+}
+
+// As issue_pv, and l += P 1 (every column of l: the rows' sums of P as packed) from the column
+// block of ones that follows the V tile in shared memory (wgmma_rs_sums).
+template <int BN, int D>
+CUFLASH_DEVICE void issue_pv_sums(float (&o)[D / 8][4], float (&l)[1][4], const u32 (&pa)[BN / 16][4], u32 v_tile) {
+    fence_regs(o);
+    fence_regs(l);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs_sums<D>(o, l, pa[kk], desc_mn_major<BN, D>(v_tile, kk * 16));
     wgmma_commit();
 }
 

@@ -228,10 +228,13 @@ def test_hopper_forward_is_warp_specialised_with_its_producer_and_ring():
     assert spec.tiles.stages == 2 and spec.source == "fwd_sm90_ws.cu"
     assert spec.threads == 128 * (spec.tiles.block_m // 64 + 1)  # the consumers and one producer warpgroup
     assert spec.defines()["CUFLASH_STAGES"] == 2 and spec.name.endswith("s2")
-    # Q, then `stages` slots of K and V, the 1 KB alignment slack and 2 + 4 stages mbarriers
+    # Q, then `stages` slots of K and V, each V followed by a column block of ones (block_n rows of 128
+    # bytes: the rows' sums from P V, sums_by_mma), the 1 KB alignment slack and 2 + 4 stages mbarriers
     t = spec.tiles
     assert not spec.persistent and spec.q_buffers == 1 and spec.defines()["CUFLASH_PERSISTENT"] == 0
-    assert launch.fwd_smem_bytes(spec) == (t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 10
+    assert spec.sums_by_mma and spec.defines()["CUFLASH_SUMS_BY_MMA"] == 1
+    ones = 2 * t.block_n * 128
+    assert launch.fwd_smem_bytes(spec) == (t.block_m + 4 * t.block_n) * 128 * 2 + ones + 1024 + 8 * 10
     for spec in support.declared_specs():
         if isinstance(spec, FwdSm90Spec):
             assert launch.fwd_smem_bytes(spec) <= 227 * 1024, spec.name
@@ -242,8 +245,10 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     plain = support.select(Problem("fwd", "bf16", 128, PLAIN, compute_capability=(9, 0)))
     assert plain.persistent and plain.q_buffers == 2 and plain.defines()["CUFLASH_PERSISTENT"] == 1
     t = plain.tiles
-    # two Q buffers, so the next tile's Q loads while this one's last products run
-    assert launch.fwd_smem_bytes(plain) == (2 * t.block_m + 4 * t.block_n) * 128 * 2 + 1024 + 8 * 12
+    # two Q buffers, so the next tile's Q loads while this one's last products run (and the ones after
+    # each V slot: sums_by_mma)
+    ones = 2 * t.block_n * 128
+    assert launch.fwd_smem_bytes(plain) == (2 * t.block_m + 4 * t.block_n) * 128 * 2 + ones + 1024 + 8 * 12
     assert launch.fwd_grid(plain, 2, 16, 8192, 0) == (132, 1, 1)          # one CTA per SM
     assert launch.fwd_grid(plain, 1, 1, 256, 0) == (2, 1, 1)              # fewer tiles than SMs
     # causal: a head's tiles in pairs of equal work, one unit each
@@ -279,7 +284,10 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
         spec = support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0)))
         seqs = spec.listed_seqs
         assert spec.persistent and seqs == specs.FWD_SM90_LISTED_SEQS and spec.defines()["CUFLASH_LISTED_SEQS"] == seqs
-        assert launch.fwd_smem_bytes(spec) == launch.fwd_smem_bytes(causal) + 8 * (seqs + 1)
+        # (without the ones after each V slot, sums_by_mma: the list keeps the room for two Q buffers)
+        assert causal.sums_by_mma and not spec.sums_by_mma and spec.q_buffers == 2
+        ones = 2 * causal.tiles.block_n * 128
+        assert launch.fwd_smem_bytes(spec) == launch.fwd_smem_bytes(causal) - ones + 8 * (seqs + 1)
         rows = specs.FWD_SM90_LISTED_ROWS
         assert spec.defines()["CUFLASH_LISTED_ROWS"] == rows and spec.lists_tiles(seqs, rows)
         assert launch.fwd_grid(spec, seqs, 16, rows, 0) == (132, 1, 1)
@@ -324,12 +332,31 @@ def test_hopper_forward_stages_a_bias_in_whole_swizzle_atoms_within_shared_memor
             assert t.stages and t.block_n % 64 == 0 and t.block_m == 128, spec.name
             assert launch.fwd_smem_bytes(spec) <= specs.SM90_SMEM_PER_BLOCK, spec.name
             plain = replace(spec, features=Features(mask))
-            assert spec.ws_smem_bytes(1) == plain.ws_smem_bytes(1) + t.stages * (t.block_m * t.block_n * 2 + 16)
+            ones = t.stages * t.block_n * 128 if plain.sums_by_mma else 0  # the plain kernel's, not a bias's
+            assert spec.ws_smem_bytes(1) == plain.ws_smem_bytes(1) - ones + t.stages * (t.block_m * t.block_n * 2 + 16)
             assert spec.persistent == (plain.persistent and spec.kv_rolled), spec.name
     with pytest.raises(ValueError, match="stages a dense 16-bit bias"):
         FwdSm90Spec("bf16", 128, Features(bias=16), FwdSm90Tiles(128, 80, stages=2))
     with pytest.raises(ValueError, match="stages a dense 16-bit bias"):
         FwdSm90Spec("bf16", 128, Features(bias=32), FwdSm90Tiles(128, 128, stages=2))
+
+
+def test_the_hopper_forward_takes_the_row_sums_from_p_v_where_they_fit():
+    # FwdSm90Spec.sums_by_mma: V followed by a column block of ones, P V with N = D + 8 (bench/NOTES.md v32)
+    def fwd(d, features, **kw):
+        return support.fwd_spec("bf16", d, features, (9, 0), **kw)
+    for f in (PLAIN, CAUSAL, Features("local"), Features(softcap=True), Features("causal", sink=True, alibi=True)):
+        spec = fwd(128, f)
+        assert spec.sums_by_mma and spec.defines()["CUFLASH_SUMS_BY_MMA"] == 1, spec.name
+        assert spec.ws_smem_bytes(1) == replace(spec, features=replace(f, dropout=True)).ws_smem_bytes(1) \
+            + spec.tiles.stages * spec.tiles.block_n * 128
+    # not with dropout (l sums P before the drop), a bias (no room at d128) or a varlen tile list
+    for f in (Features(dropout=True), Features(bias=16), Features(varlen=True)):
+        assert not fwd(128, f).sums_by_mma and fwd(128, f).defines()["CUFLASH_SUMS_BY_MMA"] == 0
+    # not d64 (spills; where it fit, no gain) nor d256
+    assert not fwd(64, Features(softcap=True), softcap=30.0).sums_by_mma
+    assert not fwd(64, PLAIN).sums_by_mma and not fwd(256, PLAIN).sums_by_mma
+    assert not support.fwd_spec("bf16", 128, PLAIN, (8, 0)).__dict__.get("sums_by_mma", False)  # portable
 
 
 def test_a_per_key_bias_takes_its_own_hopper_forward_where_the_kernel_stages_it():
