@@ -1,6 +1,6 @@
 # Written 2026-12-06 (eighteenth session) for the next one: its device time went to failed starts before
 # this could run. bench/NOTES.md v32: the rows' sums of P from the P V product in the warp-specialised
-# Hopper forward at d128 and d64's fixed-offset softcap (kernels_cu/dev/fwd90_sums_by_mma.patch: FwdSm90Spec.sums_by_mma; each V slot
+# Hopper forward at d128 and d64's fixed-offset softcap (kernels_cu/dev/fwd90_sums_by_mma.patch (landed in 367f151; run by the nineteenth session as call 1): FwdSm90Spec.sums_by_mma; each V slot
 # followed by a column block of ones, P V with N = 136, softmax.cuh SUMS_FROM_PV: no per-score add to l).
 # The patch changes cuflash/ too, so the A/B runs two copies of the tree.
 # Compile-only so far: the d64 / d128 forwards of 21 feature sets spill-free under NVRTC 12.9, 13.0 and
@@ -17,7 +17,7 @@ R=/tmp/r; rm -rf $R; mkdir -p $R/ab $R/t
 pack() { tar -czf $OUT/r.tgz -C $R . ; }
 nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 rm -rf /tmp/pk && mkdir /tmp/pk && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/pk/ \
-  && (cd /tmp/pk && patch -p1 -s < kernels_cu/dev/fwd90_sums_by_mma.patch) || exit 1
+  && (cd /tmp/pk && patch -p1 -s < kernels_cu/dev/fwd90_sums_by_mma.patch (landed in 367f151; run by the nineteenth session as call 1)) || exit 1
 args="--mode fwd --headdim 64,128 --seqlen 2k,8k --causal both --peers none --no-progress"
 for r in 1 2; do
   for tree in new:/tmp/pk old:$PWD; do

@@ -1,0 +1,44 @@
+# Nineteenth session, call 2 (2026-12-06): after landing the rows' sums from P V at d128 (367f151,
+# NOTES v32). (a) A/B of the d128 forward, this tree against one with sums.patch reversed (the
+# kernels and specs before it): plain 2k / 8k, causal both, three alternated rounds (call 1's plain
+# 8k non-causal varied 1.56-1.75 ms in both trees), softcap 30 one more round. (b) tests of this
+# tree that run the d128 forward beside the forward / variant tests of call 1: the four variant tests
+# call 1's limit cut, varlen and packed (Hopper), the Hopper backward's default-dim tests, the torch
+# adapter's values, SDPA and transformers tests.
+# From the repo root: bash bench/results/2026-12-06-nineteenth/call2.sh. Logs under /tmp/r -> $OUT/r.tgz.
+export PYTHONUNBUFFERED=1
+R=/tmp/r; rm -rf $R; mkdir -p $R/ab $R/t
+pack() { tar -czf $OUT/r.tgz -C $R . ; }
+nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
+rm -rf /tmp/old && mkdir /tmp/old && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/old/ \
+  && (cd /tmp/old && patch -R -p1 -s < bench/results/2026-12-06-nineteenth/sums.patch) || exit 1
+(CUFLASH_CACHE_DIR=/tmp/cc-new PYTHONPATH=$PWD timeout 120 python3 -m cuflash compile --arch sm_90a -j 16 > $R/t/compile.log 2>&1) &
+(cd /tmp/old && CUFLASH_CACHE_DIR=/tmp/cc-old PYTHONPATH=/tmp/old timeout 120 python3 -m cuflash compile --arch sm_90a \
+   --features "" --features causal --features softcap --features causal,softcap --dtypes bf16 --only fwd90_bf16_d128 -j 8 > $R/t/compile-old.log 2>&1) &
+wait
+args="--mode fwd --headdim 128 --seqlen 2k,8k --causal both --peers none --no-check --no-progress"
+for r in 1 2 3; do
+  for tree in new:$PWD old:/tmp/old; do
+    tag=${tree%%:*}; dir=${tree#*:}
+    vs="plain"; [ $r = 1 ] && vs="plain softcap"
+    for v in $vs; do
+      extra=""; [ $v = softcap ] && extra="--softcap 30"
+      (cd $dir && PYTHONPATH=$dir CUFLASH_CACHE_DIR=/tmp/cc-$tag timeout 90 python3 -m cuflash bench $args $extra \
+         > $R/ab/$tag-$v-$r.log 2>&1)
+    done
+  done
+done
+pack
+grep -H " fwd " $R/ab/*.log | sed 's#.*/ab/##' | sort -k1,1
+export PYTHONPATH=$PWD OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 CUFLASH_CACHE_DIR=/tmp/cc-new
+py="python3 -m pytest -q -rfE -p no:cacheprovider"
+timeout 240 $py "tests/gpu/test_variants.py::test_short_causal_d256_on_the_persistent_grid" \
+  "tests/gpu/test_variants.py::test_unseen_keys_are_never_read" tests/gpu/test_varlen.py tests/gpu/test_packed.py \
+  -k "not portable" > $R/t/varlen-packed.log 2>&1 &
+timeout 240 $py tests/gpu/test_backward.py -k "sm90 and (gqa or batch or strided or softmax_scale or large or fully_masked or deterministic or empty or 64bit or reversed)" \
+  > $R/t/backward.log 2>&1 &
+timeout 240 $py tests/gpu/test_torch.py -k "values_and_gradients or matches_sdpa or transformers or fullgraph_matches or sdpa_flash or packed_forms" \
+  > $R/t/torch.log 2>&1 &
+wait
+pack
+for f in $R/t/*.log; do echo "$f: $(grep -E '^FAILED|^ERROR' $f | head -n 5) $(tail -n 1 $f)"; done
