@@ -1,7 +1,8 @@
 # Nineteenth session, call 2 (2026-12-06): after landing the rows' sums from P V at d128 (367f151,
-# NOTES v32). (a) A/B of the d128 forward, this tree against one with sums.patch reversed (the
+# NOTES v32). (a) A/B of the d128 forward, this tree against one with since-5f453be.patch reversed (the
 # kernels and specs before it): plain 2k / 8k, causal both, two alternated rounds (call 1's plain
-# 8k non-causal varied 1.56-1.75 ms in both trees), softcap 30 one more round. (b) tests of this
+# 8k non-causal varied 1.56-1.75 ms in both trees) and softcap 30; beside them softcap 30 with exp2 on
+# the FMA pipe for 2 or 4 of every 8 exponentials (the e trees; their first round with the float64 check). (b) tests of this
 # tree that run the d128 forward beside the forward / variant tests of call 1: the four variant tests
 # call 1's limit cut, varlen and packed (Hopper), the Hopper backward's default-dim tests, the torch
 # adapter's values, SDPA and transformers tests.
@@ -11,19 +12,28 @@ R=/tmp/r; rm -rf $R; mkdir -p $R/ab $R/t
 pack() { tar -czf $OUT/r.tgz -C $R . ; }
 nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 rm -rf /tmp/old && mkdir /tmp/old && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/old/ \
-  && (cd /tmp/old && patch -R -p1 -s < bench/results/2026-12-06-nineteenth/sums.patch) || exit 1
+  && (cd /tmp/old && patch -R -p1 -s < bench/results/2026-12-06-nineteenth/since-5f453be.patch) || exit 1
+# exp2 on the FMA pipe for 2 or 4 of every 8 of a row's exponentials (softmax.cuh CUFLASH_EXP2_FMA_OF_8,
+# NOTES v33): copies of this tree with that default
+for n in 2 4; do rm -rf /tmp/e$n && mkdir /tmp/e$n && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/e$n/ \
+  && sed -i "s/^#define CUFLASH_EXP2_FMA_OF_8 0$/#define CUFLASH_EXP2_FMA_OF_8 $n/" /tmp/e$n/kernels_cu/common/softmax.cuh
+  grep -c "EXP2_FMA_OF_8 $n" /tmp/e$n/kernels_cu/common/softmax.cuh > $R/t/e$n-define.txt
+  (cd /tmp/e$n && CUFLASH_CACHE_DIR=/tmp/cc-e$n PYTHONPATH=/tmp/e$n timeout 120 python3 -m cuflash compile --arch sm_90a \
+     --features softcap --features causal,softcap --dtypes bf16 --only fwd90_bf16_d128 -j 4 > $R/t/compile-e$n.log 2>&1) &
+done
 (CUFLASH_CACHE_DIR=/tmp/cc-new PYTHONPATH=$PWD timeout 120 python3 -m cuflash compile --arch sm_90a -j 16 > $R/t/compile.log 2>&1) &
 (cd /tmp/old && CUFLASH_CACHE_DIR=/tmp/cc-old PYTHONPATH=/tmp/old timeout 120 python3 -m cuflash compile --arch sm_90a \
    --features "" --features causal --features softcap --features causal,softcap --dtypes bf16 --only fwd90_bf16_d128 -j 8 > $R/t/compile-old.log 2>&1) &
 wait
-args="--mode fwd --headdim 128 --seqlen 2k,8k --causal both --peers none --no-check --no-progress"
+args="--mode fwd --headdim 128 --seqlen 2k,8k --causal both --peers none --no-progress"
 for r in 1 2; do
-  for tree in new:$PWD old:/tmp/old; do
+  for tree in new:$PWD old:/tmp/old e2:/tmp/e2 e4:/tmp/e4; do
     tag=${tree%%:*}; dir=${tree#*:}
-    vs="plain"; [ $r = 1 ] && vs="plain softcap"
+    vs="plain softcap"; [ ${tag:0:1} = e ] && vs="softcap"
     for v in $vs; do
+      check="--no-check"; [ $r = 1 ] && [ ${tag:0:1} = e ] && check=""
       extra=""; [ $v = softcap ] && extra="--softcap 30"
-      (cd $dir && PYTHONPATH=$dir CUFLASH_CACHE_DIR=/tmp/cc-$tag timeout 90 python3 -m cuflash bench $args $extra \
+      (cd $dir && PYTHONPATH=$dir CUFLASH_CACHE_DIR=/tmp/cc-$tag timeout 90 python3 -m cuflash bench $args $check $extra \
          > $R/ab/$tag-$v-$r.log 2>&1)
     done
   done
