@@ -9,7 +9,7 @@
 # From the repo root: bash bench/results/2026-12-06-nineteenth/call2.sh. Logs under /tmp/r -> $OUT/r.tgz.
 export PYTHONUNBUFFERED=1
 R=/tmp/r; rm -rf $R; mkdir -p $R/ab $R/t
-pack() { tar -czf $OUT/r.tgz -C $R . ; }
+pack() { tar -czf $OUT/r.tmp.tgz -C $R . && mv $OUT/r.tmp.tgz $OUT/r.tgz ; }
 nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 # exp2 on the FMA pipe for 2 or 4 of every 8 of a row's exponentials (softmax.cuh CUFLASH_EXP2_FMA_OF_8,
 # NOTES v33): copies of this tree with that default
