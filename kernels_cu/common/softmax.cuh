@@ -69,14 +69,8 @@ CUFLASH_DEVICE float quad_sum(float x) {
 // product, which multiplies P by a column of ones beside V (the sum of P as rounded to 16 bits,
 // in fp32, rescaled with O), and hands it over with take_sums before finalize: update() and
 // pack_p() then add nothing to l, and l holds whole rows, not a lane's share.
-// CUFLASH_EXP2_FMA_OF_8 (experiment, bench/NOTES.md v33): that many of every 8 exponentials of a row
-// run on the FMA pipe (numeric.cuh exp2_fma) instead of the SFU, which a softcap's tanh shares.
-#ifndef CUFLASH_EXP2_FMA_OF_8
-#define CUFLASH_EXP2_FMA_OF_8 0
-#endif
 template <int MT, bool SUMS_FROM_PV = false>
 struct OnlineSoftmax {
-    static constexpr bool EXP2_ON_FMA = CUFLASH_EXP2_FMA_OF_8 > 0;
     float m[MT][2];
     float l[MT][2];
 
@@ -172,8 +166,7 @@ struct OnlineSoftmax {
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
-                const float x = fmaf(s[mt][nt][2 * h + j], c, -offset);
-                float p = EXP2_ON_FMA && (2 * nt + j) % 8 < CUFLASH_EXP2_FMA_OF_8 ? exp2_fma(x) : fast_exp2(x);
+                float p = fast_exp2(fmaf(s[mt][nt][2 * h + j], c, -offset));
                 s[mt][nt][2 * h + j] = p;
                 sum += p;
             }

@@ -15,9 +15,11 @@ pack() { tar -czf $OUT/r.tmp.tgz -C $R . && mv $OUT/r.tmp.tgz $OUT/r.tgz ; }
 nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 # exp2 on the FMA pipe for 2 or 4 of every 8 of a row's exponentials (softmax.cuh CUFLASH_EXP2_FMA_OF_8,
 # NOTES v33): copies of this tree with that default
+# (kernels_cu/dev/fwd_exp2_fma.patch; e0 is this tree's kernels, with a cache of its own)
 for n in 0 2 4; do rm -rf /tmp/e$n && mkdir /tmp/e$n && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/e$n/ \
+  && { [ $n = 0 ] || (cd /tmp/e$n && patch -p1 -s < kernels_cu/dev/fwd_exp2_fma.patch); } \
   && sed -i "s/^#define CUFLASH_EXP2_FMA_OF_8 0$/#define CUFLASH_EXP2_FMA_OF_8 $n/" /tmp/e$n/kernels_cu/common/softmax.cuh
-  grep -c "EXP2_FMA_OF_8 $n" /tmp/e$n/kernels_cu/common/softmax.cuh > $R/t/e$n-define.txt
+  grep -c "EXP2_FMA_OF_8 $n" /tmp/e$n/kernels_cu/common/softmax.cuh > $R/t/e$n-define.txt  # 0 for e0
   (cd /tmp/e$n && CUFLASH_CACHE_DIR=/tmp/cc-e$n PYTHONPATH=/tmp/e$n timeout 120 python3 -m cuflash compile --arch sm_90a \
      --features "" --features causal --features softcap --features causal,softcap --dtypes bf16 \
      --only fwd90_bf16_d64 --only fwd90_bf16_d128 -j 4 > $R/t/compile-e$n.log 2>&1) &
