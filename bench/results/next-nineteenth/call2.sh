@@ -1,12 +1,14 @@
-# Nineteenth session, call 2 (2026-12-06): after landing the rows' sums from P V at d128 (367f151,
+# Written 2026-12-06 (nineteenth session) for the next one: its device time went to failed starts before
+# this could run. From the repo root: bash bench/results/next-nineteenth/call2.sh.
+# After landing the rows' sums from P V at d128 (367f151,
 # NOTES v32). (a) d64 / d128 forward, plain and softcap 30, 8k, causal both, two alternated rounds: this
 # tree against exp2 on the FMA pipe for 2 or 4 of every 8 exponentials in every forward (NOTES v33; the e
-# trees, their first round with the float64 check). (The A/B against the kernels before the sums, planned here too, was cut
-# for the device time left; since-5f453be.patch reversed gives that tree.) (b) tests of this
+# trees, their first round with the float64 check). (An A/B against the kernels before the sums, 5f453be, was planned
+# here too and cut for the device time left.) (b) tests of this
 # tree that run the d128 forward beside the forward / variant tests of call 1: the four variant tests
 # call 1's limit cut, varlen and packed (Hopper), the Hopper backward's default-dim tests, the torch
 # adapter's values, SDPA and transformers tests.
-# From the repo root: bash bench/results/2026-12-06-nineteenth/call2.sh. Logs under /tmp/r -> $OUT/r.tgz.
+# Logs under /tmp/r -> $OUT/r.tgz.
 # ROUNDS (default 2) alternated rounds; TESTS=0 skips (b) (the device time left).
 export PYTHONUNBUFFERED=1
 ROUNDS=${ROUNDS:-2}; TESTS=${TESTS:-1}
