@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 # exp2 on the FMA pipe for 2 or 4 of every 8 of a row's exponentials in the softmax at a fixed offset
 # (kernels_cu/dev/fwd_exp2_fma.patch: specs.FWD_SM90_EXP2_FMA_OF_8, 4 in the patch; NOTES v33); e0 is
 # this tree's kernels with a cache of its own. The plain kernels are the same in every tree.
-for n in 0 2 4; do rm -rf /tmp/e$n && mkdir /tmp/e$n && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/e$n/ \
+for n in 0 2 4 6; do rm -rf /tmp/e$n && mkdir /tmp/e$n && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/e$n/ \
   && { [ $n = 0 ] || (cd /tmp/e$n && patch -p1 -s < kernels_cu/dev/fwd_exp2_fma.patch); } \
   && { [ $n = 0 ] || sed -i "s/^FWD_SM90_EXP2_FMA_OF_8 = 4$/FWD_SM90_EXP2_FMA_OF_8 = $n/" /tmp/e$n/cuflash/specs.py; }
   grep -c "^FWD_SM90_EXP2_FMA_OF_8 = $n$" /tmp/e$n/cuflash/specs.py > $R/t/e$n-define.txt  # 0 for e0
@@ -27,15 +27,17 @@ for n in 0 2 4; do rm -rf /tmp/e$n && mkdir /tmp/e$n && cp -r cuflash kernels_cu
 done
 [ $TESTS = 1 ] && (CUFLASH_CACHE_DIR=/tmp/cc-new PYTHONPATH=$PWD timeout 120 python3 -m cuflash compile --arch sm_90a -j 16 > $R/t/compile.log 2>&1) &
 wait
-args="--mode fwd --headdim 64,128 --seqlen 8k --causal both --peers none --no-progress"
+args="--mode fwd --headdim 64,128 --seqlen 8k --causal both --no-progress"
 for r in $(seq $ROUNDS); do
-  for tree in e0:/tmp/e0 e2:/tmp/e2 e4:/tmp/e4; do
+  for tree in e0:/tmp/e0 e2:/tmp/e2 e4:/tmp/e4 e6:/tmp/e6; do
     tag=${tree%%:*}; dir=${tree#*:}
     vs="softcap"; [ $tag = e0 ] && vs="plain softcap"
     for v in $vs; do
       check="--no-check"; [ $r = 1 ] && [ $tag != e0 ] && check=""
       extra=""; [ $v = softcap ] && extra="--softcap 30"
-      (cd $dir && PYTHONPATH=$dir CUFLASH_CACHE_DIR=/tmp/cc-$tag timeout 90 python3 -m cuflash bench $args $check $extra \
+      # the peers in the same run, once: cuDNN beside the plain forward, FlexAttention beside softcap
+      peers="--peers none"; [ $r = 1 ] && [ $tag = e0 ] && { [ $v = plain ] && peers="--peers sdpa-cudnn" || peers="--peers flex"; }
+      (cd $dir && PYTHONPATH=$dir CUFLASH_CACHE_DIR=/tmp/cc-$tag timeout 150 python3 -m cuflash bench $args $check $extra $peers \
          > $R/ab/$tag-$v-$r.log 2>&1)
     done
   done
