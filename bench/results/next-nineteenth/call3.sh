@@ -31,7 +31,8 @@ ab() {  # ab ROUND TAG VARIANT CHECK PEERS
   grep -H " fwd " $R/ab/$2-$3-$1.log | sed 's#.*/ab/##'
 }
 ab 1 e0 plain --no-check "--peers sdpa-cudnn"
-ab 1 e0 softcap --no-check "--peers flex"
+flex="--peers none"; [ $(left) -gt 280 ] && flex="--peers flex"  # FlexAttention compiles for a minute
+ab 1 e0 softcap --no-check "$flex"
 for n in $ks; do [ $n = 0 ] || ab 1 e$n softcap "" "--peers none"; done
 if [ $(left) -gt 60 ]; then
   (cd /tmp/e4 && PYTHONPATH=/tmp/e4 CUFLASH_CACHE_DIR=/tmp/cc-e4 OMP_NUM_THREADS=4 timeout $(( $(left) > 130 ? 100 : $(left) - 30 )) \
