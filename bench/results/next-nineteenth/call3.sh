@@ -1,9 +1,13 @@
-# call2.sh reordered for a call cut short (2026-12-06, twentieth session: most of the device time went to
-# failed starts). Steps in order of need, each only while DEADLINE seconds (default 440) leave room for it:
-# (1) compile e0 (this tree) and e4 (kernels_cu/dev/fwd_exp2_fma.patch, k = 4), e2 and e6 when there is time;
-# (2) round 1: d64 / d128 8k forward, causal both, plain (beside cuDNN) and softcap 30 (beside FlexAttention)
-# in e0, softcap 30 in each e tree with the float64 check; (3) e4's Hopper softcap forward / variant tests;
-# (4) round 2, e0 and e4 without peers; (5) this tree's d128 sums tests (varlen, packed, backward, torch).
+# Written 2026-12-06 (nineteenth and twentieth sessions) for the next one: neither got a machine to run it.
+# From the repo root: DEADLINE=<the call's limit less 30 s> bash bench/results/next-nineteenth/call3.sh.
+# Steps in order of need, each only while DEADLINE seconds (default 440) leave room for it:
+# (1) compile e0 (this tree) and e4 (kernels_cu/dev/fwd_exp2_fma.patch, k = 4 of every 8 exponentials on the
+# FMA pipe at the softmax's fixed offset; NOTES v33), e2 and e6 when there is time;
+# (2) round 1: d64 / d128 8k forward, causal both, plain (beside cuDNN) and softcap 30 (beside FlexAttention
+# when there is time) in e0, softcap 30 in each e tree with the float64 check; (3) e4's Hopper softcap
+# forward / variant tests; (4) round 2, e0 and e4 without peers; (5) tests of this tree that run the d128
+# forward with the rows' sums from P V (367f151, NOTES v32): varlen and packed on Hopper, the Hopper
+# backward's default-dim tests, the torch adapter's values, SDPA and transformers tests.
 # Logs under /tmp/r -> $OUT/r.tgz, packed every 15 s.
 export PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-440}
@@ -49,7 +53,9 @@ if [ $(left) -gt 90 ]; then
   py="python3 -m pytest -q -rfE -p no:cacheprovider"; t=$(( $(left) - 20 ))
   timeout $t $py tests/gpu/test_varlen.py tests/gpu/test_packed.py -k "not portable" > $R/t/varlen-packed.log 2>&1 &
   timeout $t $py tests/gpu/test_torch.py -k "values_and_gradients or matches_sdpa or transformers" > $R/t/torch.log 2>&1 &
+  timeout $t $py tests/gpu/test_backward.py -k "sm90 and (gqa or batch or strided or softmax_scale or large or empty or 64bit)" \
+    > $R/t/backward.log 2>&1 &
   wait $(jobs -p | grep -v "^$packer$")
-  for f in $R/t/varlen-packed.log $R/t/torch.log; do echo "$f: $(grep -E '^FAILED|^ERROR' $f | head -n 5) $(tail -n 1 $f)"; done
+  for f in $R/t/varlen-packed.log $R/t/torch.log $R/t/backward.log; do echo "$f: $(grep -E '^FAILED|^ERROR' $f | head -n 5) $(tail -n 1 $f)"; done
 fi
 kill $packer; pack
