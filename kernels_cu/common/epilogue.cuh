@@ -8,6 +8,7 @@
 #include "platform.cuh"
 #include "numeric.cuh"
 #include "atomic.cuh"
+#include "fragment.cuh"  // for_each_pair
 
 // Rows [row0, row0 + ROWS) of a query block that sees no key at all:
 // out = 0 and lse = empty_lse (-inf, or the sink's logit; DESIGN 3).
@@ -47,17 +48,10 @@ CUFLASH_DEVICE void store_lse(float* lse, const float (&val)[MT][2], int row0, i
 template <int MT, int NT, class Offset>
 CUFLASH_DEVICE void stage_tile(unsigned char* smem, Offset offset, const float (&x)[MT][NT][4],
                                const float (&row_scale)[MT][2], int row0, int col0, int lane) {
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = row0 + mt * 16 + h * 8 + g;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-                store_pair(smem + offset(row, col0 + nt * 8 + 2 * t), x[mt][nt][2 * h] * row_scale[mt][h],
-                           x[mt][nt][2 * h + 1] * row_scale[mt][h]);
-        }
+    for_each_pair<MT, NT>(row0, col0, lane, [&](int mt, int nt, int h, int row, int col) {
+        const float c = row_scale[mt][h];
+        store_pair(smem + offset(row, col), x[mt][nt][2 * h] * c, x[mt][nt][2 * h + 1] * c);
+    });
 }
 
 // ROWS staged rows (elements, read at smem + offset(r, col)) -> global rows

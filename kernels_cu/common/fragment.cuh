@@ -20,9 +20,12 @@ CUFLASH_DEVICE void zero_acc(float (&acc)[MT][NT][4]) {
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 }
 
-// f(x, row, col) for every element x of the tile (x by reference).
+// f(mt, nt, h, row, col) for every pair of adjacent elements of a tile: elements
+// 2h and 2h + 1 of x[mt][nt] at (row, col) and (row, col + 1), the unit a lane
+// stores as one u32 of 16-bit values or one float2. Indices rather than
+// elements, so one traversal can take several tiles of one shape (dS^T and P^T).
 template <int MT, int NT, class F>
-CUFLASH_DEVICE void for_each_element(float (&x)[MT][NT][4], int row0, int col0, int lane, F&& f) {
+CUFLASH_DEVICE void for_each_pair(int row0, int col0, int lane, F&& f) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -30,10 +33,17 @@ CUFLASH_DEVICE void for_each_element(float (&x)[MT][NT][4], int row0, int col0, 
         for (int h = 0; h < 2; ++h) {
             const int row = row0 + mt * 16 + h * 8 + g;
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) f(x[mt][nt][2 * h + j], row, col0 + nt * 8 + 2 * t + j);
+            for (int nt = 0; nt < NT; ++nt) f(mt, nt, h, row, col0 + nt * 8 + 2 * t);
         }
+}
+
+// f(x, row, col) for every element x of the tile (x by reference).
+template <int MT, int NT, class F>
+CUFLASH_DEVICE void for_each_element(float (&x)[MT][NT][4], int row0, int col0, int lane, F&& f) {
+    for_each_pair<MT, NT>(row0, col0, lane, [&](int mt, int nt, int h, int row, int col) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) f(x[mt][nt][2 * h + j], row, col + j);
+    });
 }
 
 // The same over a score tile in (query, key) terms: f(x, i, j) with i the query

@@ -7,7 +7,8 @@
 # when there is time) in e0, softcap 30 in each e tree with the float64 check; (3) e4's Hopper softcap
 # forward / variant tests; (4) round 2, e0 and e4 without peers; (5) tests of this tree that run the d128
 # forward with the rows' sums from P V (367f151, NOTES v32): varlen and packed on Hopper, the Hopper
-# backward's default-dim tests, the torch adapter's values, SDPA and transformers tests.
+# backward's default-dim tests, the portable backward's (for_each_pair's dS^T store), the torch adapter's
+# values, SDPA and transformers tests.
 # Logs under /tmp/r -> $OUT/r.tgz, packed every 15 s.
 export PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-440}
@@ -55,7 +56,9 @@ if [ $(left) -gt 90 ]; then
   timeout $t $py tests/gpu/test_torch.py -k "values_and_gradients or matches_sdpa or transformers" > $R/t/torch.log 2>&1 &
   timeout $t $py tests/gpu/test_backward.py -k "sm90 and (gqa or batch or strided or softmax_scale or large or empty or 64bit)" \
     > $R/t/backward.log 2>&1 &
+  timeout $t $py tests/gpu/test_backward.py -k "portable and (gqa or batch or strided or shapes or deterministic)" \
+    > $R/t/backward-portable.log 2>&1 &
   wait $(jobs -p | grep -v "^$packer$")
-  for f in $R/t/varlen-packed.log $R/t/torch.log $R/t/backward.log; do echo "$f: $(grep -E '^FAILED|^ERROR' $f | head -n 5) $(tail -n 1 $f)"; done
+  for f in $R/t/varlen-packed.log $R/t/torch.log $R/t/backward.log $R/t/backward-portable.log; do echo "$f: $(grep -E '^FAILED|^ERROR' $f | head -n 5) $(tail -n 1 $f)"; done
 fi
 kill $packer; pack
