@@ -154,12 +154,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
     const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
 
-    const elem_t *q, *k, *v;
-    si.qkv_rows(p, q, k, v);
-    const elem_t* dout = si.dout_rows<elem_t>(p);
-    const float* lse2 = p.lse_log2 + si.bwd_stat_row0(p);
-    const float* delta = p.delta + si.bwd_stat_row0(p);
-    float* dq_accum = si.dq_accum_rows(p);
+    const BwdRows rows(p, si);
 
     // Query blocks [m_begin, m_end) hold every query that sees a key of this block.
     const int2 query_blocks = vis.query_blocks<BM>(key0, BN);
@@ -198,14 +193,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // Q_i, dO_i, L_i, D_i of query block m into buffer `buf` (rows >= seqlen_q
     // zero-filled; L and D are padded by bwd_prepare, so they are read whole).
     auto load_query_block = [&](int m, int buf) {
-        load_tile_async<BM, D, THREADS, Q_SWIZZLE>(sQ_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES), q,
+        load_tile_async<BM, D, THREADS, Q_SWIZZLE>(sQ_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES), rows.q,
                                                    p.q_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
-        load_tile_async<BM, D, THREADS, Q_SWIZZLE>(sdO_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES), dout,
+        load_tile_async<BM, D, THREADS, Q_SWIZZLE>(sdO_addr + (u32)(buf * BM * Q_PITCH * ELEM_BYTES), rows.dout,
                                                    p.do_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
         // Br floats each = Br / 4 16-byte chunks (Br <= 4 * THREADS).
         if (tid < BM / 4) {
-            cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
-            cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), delta + (i64)m * BM + tid * 4, true);
+            cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), rows.lse2 + (i64)m * BM + tid * 4, true);
+            cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), rows.delta + (i64)m * BM + tid * 4, true);
         }
     };
 
@@ -218,8 +213,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     // misses it) the loop is empty and dK = dV = 0 are written.
     if (m_begin < m_end) {
         // 1. K_j, V_j and the first query block, one cp.async group.
-        load_tile_async<BN, D, THREADS>(sK_addr, k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
-        load_tile_async<BN, D, THREADS>(sV_addr, v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS>(sK_addr, rows.k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
+        load_tile_async<BN, D, THREADS>(sV_addr, rows.v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
         load_query_block(m_begin, 0);
         cp_async_commit();
     }
@@ -303,7 +298,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
             mma_ss<DQ_MT, DQ_PASS_NT, BN, PITCH_T, true, PITCH, true, K_UNROLL, ROUND_NONE, K_AHEAD>(
                 acc_dq, dq_a, dq_b + (u32)(pass * DQ_PASS_NT * 8 * ELEM_BYTES));
             if (DETERMINISTIC && pass == 0) turn_wait(turn, vis.dq_turn<BN>(row0, BM, n_block));
-            write_f32_tile<true, DQ_TESTED ? 0 : D>(dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
+            write_f32_tile<true, DQ_TESTED ? 0 : D>(rows.dq_accum, p.dqa_row_stride, acc_dq, p.scale, row0 + dq_q0,
                                                     dq_d0 + pass * DQ_PASS_NT * 8, si.seqlen_q, p.head_dim, lane);
         }
         if (DETERMINISTIC) turn_pass(turn);

@@ -149,12 +149,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const Dropout drop(p, si.b, si.h);  // used under CUFLASH_DROPOUT only
     const BiasGrad dbias(p, si);        // used under CUFLASH_BIAS only
 
-    const u16 *q, *k, *v;
-    si.qkv_rows(p, q, k, v);
-    const u16* dout = si.dout_rows<u16>(p);
-    const float* lse2 = p.lse_log2 + si.bwd_stat_row0(p);
-    const float* delta = p.delta + si.bwd_stat_row0(p);
-    float* dq_accum = si.dq_accum_rows(p);
+    const BwdRows rows(p, si);
 
     // Query blocks [m_begin, m_end) hold every query that sees a key of this block.
     const int2 query_blocks = vis.query_blocks<BM>(key0, BN);
@@ -178,20 +173,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         mbar_arrive_expect_tx(full(buf), 2 * QD_BYTES + 2 * BM * 4 + extra);
         tma_load_tile<BM, D, AW>(sQ(buf), p.tma_q, m * BM, si.h, si.b, full(buf));
         tma_load_tile<BM, D, AW>(sdO(buf), p.tma_do, m * BM, si.h, si.b, full(buf));
-        bulk_load(sLse2_addr + (u32)(buf * BM * 4), lse2 + (i64)m * BM, BM * 4, full(buf));
-        bulk_load(sDelta_addr + (u32)(buf * BM * 4), delta + (i64)m * BM, BM * 4, full(buf));
+        bulk_load(sLse2_addr + (u32)(buf * BM * 4), rows.lse2 + (i64)m * BM, BM * 4, full(buf));
+        bulk_load(sDelta_addr + (u32)(buf * BM * 4), rows.delta + (i64)m * BM, BM * 4, full(buf));
     };
     auto load_query_block = [&](int m, int buf) {
         if (tma) {
             if (tid == 0) tma_query_block(m, buf, 0);
             return;
         }
-        load_tile_swizzled<BM, D, THREADS, AW>(sQ(buf), q, p.q_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
-        load_tile_swizzled<BM, D, THREADS, AW>(sdO(buf), dout, p.do_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
+        load_tile_swizzled<BM, D, THREADS, AW>(sQ(buf), rows.q, p.q_row_stride, m * BM, si.seqlen_q, p.head_dim, tid);
+        load_tile_swizzled<BM, D, THREADS, AW>(sdO(buf), rows.dout, p.do_row_stride, m * BM, si.seqlen_q, p.head_dim,
+                                               tid);
         // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
         if (tid < BM / 4) {
-            cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), lse2 + (i64)m * BM + tid * 4, true);
-            cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), delta + (i64)m * BM + tid * 4, true);
+            cp_async_16(sLse2_addr + (u32)((buf * BM + tid * 4) * 4), rows.lse2 + (i64)m * BM + tid * 4, true);
+            cp_async_16(sDelta_addr + (u32)((buf * BM + tid * 4) * 4), rows.delta + (i64)m * BM + tid * 4, true);
         }
     };
 
@@ -203,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     auto add_dq = [&](int m, int buf) {
         if (DETERMINISTIC) warp_turn_wait(p.dq_semaphore + si.row_stat(p.nheads, p.m_blocks) + m,
                                           vis.dq_turn<BN>(m * BM, BM, n_block));
-        if (lane == 0) bulk_reduce_add_f32(dq_accum + (i64)(m * BM) * p.dqa_row_stride, sQ(buf), DQ_BYTES);
+        if (lane == 0) bulk_reduce_add_f32(rows.dq_accum + (i64)(m * BM) * p.dqa_row_stride, sQ(buf), DQ_BYTES);
         bulk_commit();
     };
     // Warp 0: the reduction of block m has read its buffer (deterministic: has
@@ -233,8 +229,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             tma_load_tile<BN, D, AW>(sV, p.tma_v, key0, si.h_kv, si.b, full(0));
         }
     } else if (m_begin < m_end) {
-        load_tile_swizzled<BN, D, THREADS, AW>(sK, k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
-        load_tile_swizzled<BN, D, THREADS, AW>(sV, v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS, AW>(sK, rows.k, p.k_row_stride, key0, si.seqlen_k, p.head_dim, tid);
+        load_tile_swizzled<BN, D, THREADS, AW>(sV, rows.v, p.v_row_stride, key0, si.seqlen_k, p.head_dim, tid);
         load_query_block(m_begin, 0);
         cp_async_commit();
     }

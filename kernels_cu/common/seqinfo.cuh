@@ -133,3 +133,21 @@ struct SeqInfo {
     // The same for a key block (the backward's grid covers the longest key sequence).
     CUFLASH_DEVICE bool past_end_of_keys(int key0) const { return CUFLASH_VARLEN && key0 >= seqlen_k; }
 };
+
+// The backward's operands of one (b, h) (bwd.cu, bwd_sm90.cu): row 0 of q, dout (head h)
+// and k, v (head h_kv), index 0 of this head's lse_log2 and delta rows (seqlen_q_rounded
+// floats each: padded to whole query blocks by bwd_prepare.cu) and row 0 of dq_accum
+// (fp32, head h).
+struct BwdRows {
+    const elem_t *q, *k, *v, *dout;
+    const float *lse2, *delta;
+    float* dq_accum;
+    template <class Params>
+    CUFLASH_DEVICE BwdRows(const Params& p, const SeqInfo& si) {
+        si.qkv_rows(p, q, k, v);
+        dout = si.dout_rows<elem_t>(p);
+        lse2 = p.lse_log2 + si.bwd_stat_row0(p);
+        delta = p.delta + si.bwd_stat_row0(p);
+        dq_accum = si.dq_accum_rows(p);
+    }
+};
