@@ -159,9 +159,8 @@ constexpr int BAR_TURN = 3;      // ping-pong: consumer c's turn to issue is bar
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const __grid_constant__ BwdTmaParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
-    const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-    unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
+    u32 base;  // shared-window address of smem
+    unsigned char* smem = smem_aligned_1024(smem_raw, base);
     const u32 sK = base;                        // (BN, D)
     const u32 sV = sK + KV_BYTES;               // (BN, D)
     const u32 sQ0 = sV + KV_BYTES;              // STAGES slots of Q (BM, D)

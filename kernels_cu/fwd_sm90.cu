@@ -68,9 +68,8 @@ static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "swizzled tiles start
 
 extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM) cuflash_fwd_sm90(const FwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
-    const u32 smem_base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-    unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
+    u32 smem_base;  // shared-window address of smem
+    unsigned char* smem = smem_aligned_1024(smem_raw, smem_base);
     const u32 sQ = smem_base;               // (BM, D)
     const u32 sK0 = sQ + Q_BYTES;           // two slots of (K (BN, D), V (BN, D))
 

@@ -300,9 +300,8 @@ CUFLASH_DEVICE void for_each_tile(int m_blocks, int nheads, int batch, const Til
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const __grid_constant__ FwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    // Swizzled tiles need 1024-byte aligned addresses (launch.py adds the slack).
-    const u32 smem_base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-    unsigned char* smem = smem_raw + (smem_base - smem_addr(smem_raw));
+    u32 smem_base;  // shared-window address of smem
+    unsigned char* smem = smem_aligned_1024(smem_raw, smem_base);
     const u32 sK0 = smem_base + Q_BUFFERS * Q_BYTES;  // Q_BUFFERS buffers of Q (BM, D), then
     const u32 sV0 = sK0 + STAGES * KV_BYTES;          // STAGES slots of K (BN, D), of V (BN, D)
     constexpr u32 V_SLOT = KV_BYTES + ONES_BYTES;     // (SUMS_BY_MMA: each V followed by its ones)

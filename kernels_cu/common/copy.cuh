@@ -15,6 +15,14 @@ CUFLASH_DEVICE u32 smem_addr(const void* p) {
     return static_cast<u32>(__cvta_generic_to_shared(p));
 }
 
+// The dynamic shared memory from its first 1024-byte aligned byte on (swizzled
+// TMA / wgmma tiles need that alignment; launch.py adds 1024 bytes of slack for
+// it): the generic pointer, and its shared-window address in `addr`.
+CUFLASH_DEVICE unsigned char* smem_aligned_1024(unsigned char* raw, u32& addr) {
+    addr = (smem_addr(raw) + 1023u) & ~1023u;
+    return raw + (addr - smem_addr(raw));
+}
+
 // Copy 16 bytes global -> shared asynchronously. When `pred` is false no
 // global byte is read and the 16 shared bytes are zero-filled (src-size 0):
 // out-of-range rows and head-dim padding columns become exact zeros, so they
