@@ -145,6 +145,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
     float* sSinkPart = reinterpret_cast<float*>(sdSt + BN * PITCH_T);  // [THREADS] (SINK) softmax.cuh sink_log2
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
     const int n_block = dq_key_block<DETERMINISTIC>();  // mask.cuh
     const int key0 = n_block * BN;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);
@@ -258,12 +259,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // dS^T (and P^T) -> shared memory as elements [key][query]; a lane's two
         // adjacent queries make one store (16-bit: one u32, rows (Br+8)*2 bytes
         // apart put the 8 rows g of a store on distinct banks; float32: one float2).
-        for_each_pair<S_MT, S_NT>(s_key0, s_q0, lane, [&](int mt, int nt, int h, int row, int col) {
-            store_pair(sdSt + row * PITCH_T + col, acc_dp[mt][nt][2 * h], acc_dp[mt][nt][2 * h + 1]);
+#pragma unroll
+        for (int mt = 0; mt < S_MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int row = s_key0 + mt * 16 + hh * 8 + g;
+#pragma unroll
+                for (int nt = 0; nt < S_NT; ++nt) {
+                    const int col = s_q0 + nt * 8 + 2 * t;
+                    store_pair(sdSt + row * PITCH_T + col, acc_dp[mt][nt][2 * hh], acc_dp[mt][nt][2 * hh + 1]);
 #if !CUFLASH_P_IN_REGS
-            store_pair(sPt + row * PITCH_T + col, acc_s[mt][nt][2 * h], acc_s[mt][nt][2 * h + 1]);
+                    store_pair(sPt + row * PITCH_T + col, acc_s[mt][nt][2 * hh], acc_s[mt][nt][2 * hh + 1]);
 #endif
-        });
+                }
+            }
 
         // dV += P^T dO_i and dK += dS^T Q_i: (KV_KEYS x KV_DIMS) per warp, reduced over Br.
 #if CUFLASH_P_IN_REGS

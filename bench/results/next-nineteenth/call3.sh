@@ -7,8 +7,8 @@
 # when there is time) in e0, softcap 30 in each e tree with the float64 check; (3) e4's Hopper softcap
 # forward / variant tests; (4) round 2, e0 and e4 without peers; (5) tests of this tree that run the d128
 # forward with the rows' sums from P V (367f151, NOTES v32): varlen and packed on Hopper, the Hopper
-# backward's default-dim tests, the portable backward's (for_each_pair's dS^T store), the torch adapter's
-# values, SDPA and transformers tests.
+# backward's default-dim tests, some of the portable backward's (BwdRows, twenty-first session), the torch
+# adapter's values, SDPA and transformers tests.
 # Logs under /tmp/r -> $OUT/r.tgz, packed every 15 s.
 export PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-440}
