@@ -259,6 +259,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd(const BwdPa
         // dS^T (and P^T) -> shared memory as elements [key][query]; a lane's two
         // adjacent queries make one store (16-bit: one u32, rows (Br+8)*2 bytes
         // apart put the 8 rows g of a store on distinct banks; float32: one float2).
+        // Its own loop rather than fragment.cuh for_each_pair, which recomputes g and t
+        // here: that spilled the d160 causal m32n64 kernels for sm_120 (bench/NOTES.md pb4).
 #pragma unroll
         for (int mt = 0; mt < S_MT; ++mt)
 #pragma unroll

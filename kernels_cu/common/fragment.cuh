@@ -23,7 +23,8 @@ CUFLASH_DEVICE void zero_acc(float (&acc)[MT][NT][4]) {
 // f(mt, nt, h, row, col) for every pair of adjacent elements of a tile: elements
 // 2h and 2h + 1 of x[mt][nt] at (row, col) and (row, col + 1), the unit a lane
 // stores as one u32 of 16-bit values or one float2. Indices rather than
-// elements, so one traversal can take several tiles of one shape (dS^T and P^T).
+// elements, so a caller can read other arrays at the pair too (stage_tile's row
+// factors).
 template <int MT, int NT, class F>
 CUFLASH_DEVICE void for_each_pair(int row0, int col0, int lane, F&& f) {
     const int g = lane / 4, t = lane % 4;
