@@ -104,8 +104,11 @@ def forward_cases():
                           learnable_sink=opts["learnable_sink"])
     lengths_q, lengths_k = [37, 0, 1, 200, 129], [64, 5, 1, 150, 300]
     cu_q, cu_k = (cp.asarray([0, *cp.cumsum(cp.asarray(n)).tolist()], dtype=cp.int32) for n in (lengths_q, lengths_k))
-    q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, 64, "bf16", xp=cp))
-    cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), return_lse=True, causal=True)
+    for d in (64, 128):  # d128: the rows' sums from P V beside the tile list (specs.FwdSm90Spec.listed_seqs)
+        q, k, v = (x[0] for x in testing.random_qkv(1, sum(lengths_q), sum(lengths_k), 4, 2, d, "bf16", xp=cp))
+        for causal in (False, True):
+            cuflash.attention_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), return_lse=True,
+                                     causal=causal)
     # More tiles than SMs without a mask: on Hopper a persistent grid, each CTA walking several
     # ragged tiles through both Q buffers and the K/V ring (fwd_sm90_ws.cu), a sink on one of them.
     for d in (64, 128):

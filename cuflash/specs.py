@@ -367,7 +367,8 @@ FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 #: tile of the grid's numbering (FwdSm90Spec.lists_tiles). Against one CTA per tile (H200 bf16
 #: d128, 16k tokens of equal lengths, TFLOP/s, same session): 512 rows 433 / 393, causal 275 /
 #: 244; 1k 542 / 514, 398 / 362; 4k 657 / 656, 597 / 569; but 16k 612 / 623, causal 636 / 689
-#: (bench/NOTES.md v19).
+#: (bench/NOTES.md v19). Where the kernel takes the rows' sums from P V (sums_by_mma), its list holds
+#: only as many sequences as fit beside two Q buffers and the ones (d128: 240; FwdSm90Spec.listed_seqs).
 FWD_SM90_LISTED_SEQS = 512
 FWD_SM90_LISTED_ROWS = 4096
 
@@ -606,36 +607,44 @@ class FwdSm90Spec(AttentionSpec):
         this one), else one."""
         return 2 if self.persistent and self.ws_smem_bytes(2) <= SM90_SMEM_PER_BLOCK else 1
 
-    def ws_smem_bytes(self, q_buffers: int) -> int:
+    def ws_smem_bytes(self, q_buffers: int, listed_seqs: int | None = None) -> int:
         """Dynamic shared memory of kernels_cu/fwd_sm90_ws.cu with `q_buffers` Q buffers: those and
         t.stages stages of K and V (swizzled rows of D), 1 KB so the kernel can align the tiles to
         1024 bytes, its mbarriers (2 per Q buffer + 4 per stage, 8 bytes each), with a bias t.stages
-        bias tiles (block_m x block_n, 16-bit) and 2 mbarriers per stage, and on a varlen persistent
-        grid its tile list (listed_seqs)."""
+        bias tiles (block_m x block_n, 16-bit) and 2 mbarriers per stage, with sums_by_mma the ones
+        after each V slot, and on a varlen persistent grid its tile list (`listed_seqs`, by default
+        the spec's)."""
         t = self.tiles
+        if listed_seqs is None:
+            listed_seqs = self.listed_seqs
         bias = self.features.bias == 16  # a ring of 16-bit bias tiles (block_m, block_n) and its 2 barriers a slot
         ones = t.stages * t.block_n * 128 if self.sums_by_mma else 0  # a column block of ones after each V slot
         return ((q_buffers * t.block_m + 2 * t.stages * t.block_n) * self.head_dim * 2 + 1024 + ones
                 + 8 * (2 * q_buffers + (6 if bias else 4) * t.stages)
                 + (t.stages * t.block_m * t.block_n * 2 if bias else 0)
-                + 8 * (self.listed_seqs + 1 if self.listed_seqs else 0))
+                + 8 * (listed_seqs + 1 if listed_seqs else 0))
 
     @property
     def sums_by_mma(self) -> bool:
         """The warp-specialised kernel takes each row's sum of P from its P V product, whose B
         operand is V followed by 8 columns of ones (N = D + 8), instead of adding P per score:
-        at FWD_SM90_SUMS_BY_MMA_HEAD_DIMS, without dropout (l sums P before the drop), a bias or a
-        varlen tile list (the ones would leave room for one Q buffer only: the bias tiles' and the
-        list's shared memory)."""
+        at FWD_SM90_SUMS_BY_MMA_HEAD_DIMS, without dropout (l sums P before the drop) or a bias
+        (its staged tiles leave no room for the ones). Varlen too, with a shorter tile list
+        (listed_seqs), so that a batch of equal lengths gives the dense call's bits."""
         return (bool(self.tiles.stages) and self.head_dim in FWD_SM90_SUMS_BY_MMA_HEAD_DIMS
-                and not self.features.dropout and not self.features.bias
-                and not self.listed_seqs)
+                and not self.features.dropout and not self.features.bias)
 
     @property
     def listed_seqs(self) -> int:
-        """The most sequences of a varlen batch whose tiles the persistent grid walks from a list
-        (FWD_SM90_LISTED_SEQS); 0 off the varlen persistent grid."""
-        return FWD_SM90_LISTED_SEQS if self.persistent and self.features.varlen else 0
+        """The most sequences of a varlen batch whose tiles the persistent grid walks from a list:
+        FWD_SM90_LISTED_SEQS, or with the ones of sums_by_mma as many as fit beside two Q buffers
+        (a multiple of 16; d128: 240); 0 off the varlen persistent grid."""
+        if not (self.persistent and self.features.varlen):
+            return 0
+        if not self.sums_by_mma:
+            return FWD_SM90_LISTED_SEQS
+        room = (SM90_SMEM_PER_BLOCK - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
+        return min(FWD_SM90_LISTED_SEQS, room // 16 * 16)
 
     def lists_tiles(self, batch: int, seqlen_q: int) -> bool:
         """Whether a varlen batch of `batch` sequences, the longest seqlen_q rows, walks the tile

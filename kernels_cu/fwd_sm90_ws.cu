@@ -128,7 +128,8 @@ constexpr bool BIAS_ROW_ADD = BIAS_PER_KEY || BIAS_ROW_BRANCH;
 // slot is followed in shared memory by a column block of ones (BN rows of 128 bytes, written once),
 // and P V runs with N = D + 8, so that its last n8 tile (acc_l) sums P as packed, rescaled with O;
 // the softmax adds no sums per score (softmax.cuh SUMS_FROM_PV). Not with dropout (l is the sum of P
-// before the drop) or a bias (its staged tiles leave no room for the ones at d128).
+// before the drop) or a bias (its staged tiles leave no room for the ones at d128); varlen with a tile
+// list of as many sequences as fit beside the ones (LISTED_SEQS, FwdSm90Spec.listed_seqs).
 #ifndef CUFLASH_SUMS_BY_MMA
 #define CUFLASH_SUMS_BY_MMA 0
 #endif

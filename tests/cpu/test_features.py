@@ -283,11 +283,15 @@ def test_hopper_forward_walks_its_tiles_on_a_persistent_grid(monkeypatch):
     for features in (Features(varlen=True), Features("causal", varlen=True)):
         spec = support.select(Problem("fwd", "bf16", 128, features, compute_capability=(9, 0)))
         seqs = spec.listed_seqs
-        assert spec.persistent and seqs == specs.FWD_SM90_LISTED_SEQS and spec.defines()["CUFLASH_LISTED_SEQS"] == seqs
-        # (without the ones after each V slot, sums_by_mma: the list keeps the room for two Q buffers)
-        assert causal.sums_by_mma and not spec.sums_by_mma and spec.q_buffers == 2
-        ones = 2 * causal.tiles.block_n * 128
-        assert launch.fwd_smem_bytes(spec) == launch.fwd_smem_bytes(causal) - ones + 8 * (seqs + 1)
+        # the rows' sums from P V as the dense kernel takes them (the same bits for equal lengths), the
+        # list as long as fits beside two Q buffers and the ones after each V slot
+        assert spec.persistent and spec.sums_by_mma and causal.sums_by_mma and spec.q_buffers == 2
+        assert seqs == 240 and spec.defines()["CUFLASH_LISTED_SEQS"] == seqs
+        assert launch.fwd_smem_bytes(spec) == launch.fwd_smem_bytes(causal) + 8 * (seqs + 1) <= specs.SM90_SMEM_PER_BLOCK
+        assert launch.fwd_smem_bytes(causal) + 8 * (seqs + 16 + 1) > specs.SM90_SMEM_PER_BLOCK
+        # without the ones (d160), the whole list
+        assert support.select(Problem("fwd", "bf16", 160, features, compute_capability=(9, 0))).listed_seqs \
+            == specs.FWD_SM90_LISTED_SEQS
         rows = specs.FWD_SM90_LISTED_ROWS
         assert spec.defines()["CUFLASH_LISTED_ROWS"] == rows and spec.lists_tiles(seqs, rows)
         assert launch.fwd_grid(spec, seqs, 16, rows, 0) == (132, 1, 1)
@@ -345,13 +349,15 @@ def test_the_hopper_forward_takes_the_row_sums_from_p_v_where_they_fit():
     # FwdSm90Spec.sums_by_mma: V followed by a column block of ones, P V with N = D + 8 (bench/NOTES.md v32)
     def fwd(d, features, **kw):
         return support.fwd_spec("bf16", d, features, (9, 0), **kw)
-    for f in (PLAIN, CAUSAL, Features("local"), Features(softcap=True), Features("causal", sink=True, alibi=True)):
+    for f in (PLAIN, CAUSAL, Features("local"), Features(softcap=True), Features("causal", sink=True, alibi=True),
+              Features(varlen=True), Features("causal", varlen=True)):
         spec = fwd(128, f)
         assert spec.sums_by_mma and spec.defines()["CUFLASH_SUMS_BY_MMA"] == 1, spec.name
-        assert spec.ws_smem_bytes(1) == replace(spec, features=replace(f, dropout=True)).ws_smem_bytes(1) \
+        dropped = replace(spec, features=replace(f, dropout=True))  # (varlen: the lists left out)
+        assert spec.ws_smem_bytes(1, listed_seqs=0) == dropped.ws_smem_bytes(1, listed_seqs=0) \
             + spec.tiles.stages * spec.tiles.block_n * 128
-    # not with dropout (l sums P before the drop), a bias (no room at d128) or a varlen tile list
-    for f in (Features(dropout=True), Features(bias=16), Features(varlen=True)):
+    # not with dropout (l sums P before the drop) or a bias (no room at d128)
+    for f in (Features(dropout=True), Features(bias=16), Features(dropout=True, varlen=True)):
         assert not fwd(128, f).sums_by_mma and fwd(128, f).defines()["CUFLASH_SUMS_BY_MMA"] == 0
     # not d64 (spills; where it fit, no gain) nor d256
     assert not fwd(64, Features(softcap=True), softcap=30.0).sums_by_mma

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cuflash
-from cuflash import reference, specs, testing
+from cuflash import reference, specs, support, testing
 
 cp = pytest.importorskip("cupy")
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("kernel_path")]
@@ -60,18 +60,21 @@ def test_varlen_head_dims_alibi_and_sink(head_dim):
     check(q, k, v, cu_q, cu_k, "bf16", causal=True, alibi_slopes=slopes, learnable_sink=sink)
 
 
-@pytest.mark.parametrize("case", ["rounds", "past_the_list", "longer_than_listed"])
+@pytest.mark.parametrize("case", ["rounds", "full_list", "past_the_list", "longer_than_listed"])
 @pytest.mark.parametrize("opts", [dict(), dict(causal=True)], ids=["full", "causal"])
 def test_many_sequences(case, opts):
     # rounds: 48 sequences of up to 700 rows, more work units than SMs, so the Hopper forward's
     # persistent grid walks its tile list for many rounds (causal: pairs, and odd block counts'
-    # middle block alone). past_the_list: more sequences than specs.FWD_SM90_LISTED_SEQS, and
+    # middle block alone). full_list: as many sequences as the d128 kernel's list holds (its
+    # listed_seqs, shortened by the ones of sums_by_mma); past_the_list: one more, and
     # longer_than_listed: a sequence longer than FWD_SM90_LISTED_ROWS, both one CTA per tile instead.
     rng = np.random.default_rng()
+    features = specs.Features("causal" if opts else "none", varlen=True)
+    listed = support.select(support.Problem("fwd", "bf16", 128, features, compute_capability=(9, 0))).listed_seqs
     if case == "longer_than_listed":
         lengths_q = np.asarray([specs.FWD_SM90_LISTED_ROWS + 100, 300, 0, 129])
     else:
-        count = 48 if case == "rounds" else specs.FWD_SM90_LISTED_SEQS + 88
+        count = {"rounds": 48, "full_list": listed, "past_the_list": listed + 1}[case]
         lengths_q = rng.integers(0, 700 if case == "rounds" else 90, count)
     lengths_k = lengths_q + rng.integers(0, 50, len(lengths_q))
     q, k, v, cu_q, cu_k = packed(lengths_q, lengths_k, 4, 2, 128, "bf16")
