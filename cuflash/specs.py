@@ -638,13 +638,18 @@ class FwdSm90Spec(AttentionSpec):
     def listed_seqs(self) -> int:
         """The most sequences of a varlen batch whose tiles the persistent grid walks from a list:
         FWD_SM90_LISTED_SEQS, or with the ones of sums_by_mma as many as fit beside two Q buffers
-        (a multiple of 16; d128: 240); 0 off the varlen persistent grid."""
-        if not (self.persistent and self.features.varlen):
-            return 0
-        if not self.sums_by_mma:
-            return FWD_SM90_LISTED_SEQS
-        room = (SM90_SMEM_PER_BLOCK - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
-        return min(FWD_SM90_LISTED_SEQS, room // 16 * 16)
+        (a multiple of 16; d128: 240); 0 off the varlen persistent grid. Computed once per spec
+        (kept in the instance's __dict__: each launch asks for it, fwd_grid)."""
+        n = self.__dict__.get("_listed_seqs")
+        if n is None:
+            n = 0
+            if self.persistent and self.features.varlen:
+                n = FWD_SM90_LISTED_SEQS
+                if self.sums_by_mma:
+                    room = (SM90_SMEM_PER_BLOCK - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
+                    n = min(n, room // 16 * 16)
+            self.__dict__["_listed_seqs"] = n
+        return n
 
     def lists_tiles(self, batch: int, seqlen_q: int) -> bool:
         """Whether a varlen batch of `batch` sequences, the longest seqlen_q rows, walks the tile
