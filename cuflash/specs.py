@@ -434,6 +434,15 @@ FWD_SM90_PERSISTENT_BAND = 1025
 #: fixed-offset softcap kernels, which did not, measured 0-1% slower.
 FWD_SM90_SUMS_BY_MMA_HEAD_DIMS = (128,)
 
+#: Of every 8 exponentials of a row, how many the warp-specialised Hopper forward takes on the FMA pipe
+#: (kernels_cu/common/numeric.cuh exp2_fma) in its softmax at a fixed offset (FwdSm90Spec.exp2_fma_of_8),
+#: where a softcap's tanh and the exp2 share the SFU (bench/NOTES.md v33, H100s, bf16, softcap 30, k = 2
+#: against none over five alternated rounds in two sessions: d64 8k -3.3 to -3.9% non-causal, -6.3 to -6.4%
+#: causal; d128 2k -1.6% / even, 8k -0.5% / -0.4% on the medians; k = 4 and 6 slower), up to
+#: FWD_SM90_EXP2_FMA_HEAD_DIM: above it each score's tensor work hides the SFU's (d256's softcap costs 2-3%).
+FWD_SM90_EXP2_FMA_OF_8 = 2
+FWD_SM90_EXP2_FMA_HEAD_DIM = 128
+
 #: Head dims (buckets) above which a per-key bias (row stride 0) takes a warp-specialised forward of its
 #: own (FwdSm90Spec.bias_per_key). At d <= 64 the bias's one kernel chooses between the two adds at run
 #: time (FwdSm90Spec.bias_row_branch): a kernel per add measured 2-6% slower there, per-key and full bias
@@ -635,6 +644,15 @@ class FwdSm90Spec(AttentionSpec):
                 and not self.features.dropout and not self.features.bias)
 
     @property
+    def exp2_fma_of_8(self) -> int:
+        """How many of every 8 exponentials of a row the warp-specialised kernel takes on the FMA pipe
+        instead of the SFU: FWD_SM90_EXP2_FMA_OF_8 in the softmax at a fixed offset (a softcap's tanh
+        beside every exp2 on the SFU) up to FWD_SM90_EXP2_FMA_HEAD_DIM, else 0 (elsewhere the step is
+        issue-bound as much as SFU-bound, or the products hide the SFU)."""
+        shared_sfu = self.fixed_offset and self.head_dim <= FWD_SM90_EXP2_FMA_HEAD_DIM
+        return FWD_SM90_EXP2_FMA_OF_8 if shared_sfu and self.tiles.stages else 0
+
+    @property
     def listed_seqs(self) -> int:
         """The most sequences of a varlen batch whose tiles the persistent grid walks from a list:
         FWD_SM90_LISTED_SEQS, or with the ones of sums_by_mma as many as fit beside two Q buffers
@@ -713,6 +731,7 @@ class FwdSm90Spec(AttentionSpec):
             "CUFLASH_BIAS_PER_KEY": int(self.bias_per_key),
             "CUFLASH_BIAS_ROW_BRANCH": int(self.bias_row_branch),
             "CUFLASH_SUMS_BY_MMA": int(self.sums_by_mma),
+            "CUFLASH_EXP2_FMA_OF_8": self.exp2_fma_of_8,
             **({"CUFLASH_STAGES": t.stages, "CUFLASH_Q_BUFFERS": self.q_buffers,
                 "CUFLASH_PERSISTENT": int(self.persistent), **({"CUFLASH_KV_ROLLED": 1} if self.kv_rolled else {}),
                 **({"CUFLASH_LISTED_SEQS": self.listed_seqs, "CUFLASH_LISTED_ROWS": FWD_SM90_LISTED_ROWS}

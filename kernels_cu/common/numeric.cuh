@@ -42,6 +42,19 @@ CUFLASH_DEVICE float fast_exp2(float x) {
     return y;
 }
 
+// 2^x on the FMA pipe instead of the SFU (x < 128): x = j + f with j = round(x) (adding
+// 1.5 * 2^23 leaves j in the low bits of r), 2^f on [-1/2, 1/2] by a degree-3 polynomial (relative
+// error 1.0e-4, fitted for the relative error; a bf16 P is rounded by up to 2^-9), and j added into
+// the exponent field. x is clamped at -127, where f = 0 and p = 1 exactly, so the result is +0
+// there: a masked score (-inf) gives +0, as ex2.approx.ftz does; (-127, -126) gives a denormal.
+CUFLASH_DEVICE float exp2_fma(float x) {
+    const float xc = fmaxf(x, -127.f);
+    const float r = xc + 12582912.f;
+    const float f = xc - (r - 12582912.f);
+    const float p = fmaf(fmaf(fmaf(0.05500893f, f, 0.24221098f), f, 0.6932829f), f, 1.f);
+    return __uint_as_float(__float_as_uint(p) + (__float_as_uint(r) << 23));
+}
+
 CUFLASH_DEVICE float fast_log2(float x) {
     float y;
     asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

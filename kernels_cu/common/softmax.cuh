@@ -65,12 +65,20 @@ CUFLASH_DEVICE float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// CUFLASH_EXP2_FMA_OF_8 (FwdSm90Spec.exp2_fma_of_8, bench/NOTES.md v33): that many of every 8
+// exponentials of a row run on the FMA pipe (numeric.cuh exp2_fma) instead of the SFU, which a
+// softcap's tanh shares.
+#ifndef CUFLASH_EXP2_FMA_OF_8
+#define CUFLASH_EXP2_FMA_OF_8 0
+#endif
+
 // SUMS_FROM_PV (fwd_sm90_ws.cu SUMS_BY_MMA): the kernel takes each row's sum of P from its P V
 // product, which multiplies P by a column of ones beside V (the sum of P as rounded to 16 bits,
 // in fp32, rescaled with O), and hands it over with take_sums before finalize: update() and
 // pack_p() then add nothing to l, and l holds whole rows, not a lane's share.
 template <int MT, bool SUMS_FROM_PV = false>
 struct OnlineSoftmax {
+    static constexpr bool EXP2_ON_FMA = CUFLASH_EXP2_FMA_OF_8 > 0;
     float m[MT][2];
     float l[MT][2];
 
@@ -166,7 +174,9 @@ struct OnlineSoftmax {
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
-                float p = fast_exp2(fmaf(s[mt][nt][2 * h + j], c, -offset));
+                const float x = fmaf(s[mt][nt][2 * h + j], c, -offset);
+                const bool on_fma = EXP2_ON_FMA && (2 * nt + j) % 8 < CUFLASH_EXP2_FMA_OF_8;
+                const float p = on_fma ? exp2_fma(x) : fast_exp2(x);
                 s[mt][nt][2 * h + j] = p;
                 sum += p;
             }

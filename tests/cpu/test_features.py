@@ -365,6 +365,24 @@ def test_the_hopper_forward_takes_the_row_sums_from_p_v_where_they_fit():
     assert not getattr(support.fwd_spec("bf16", 128, PLAIN, (8, 0)), "sums_by_mma", False)  # portable
 
 
+def test_the_hopper_forward_takes_a_share_of_its_exponentials_on_the_fma_pipe_at_a_fixed_offset():
+    # FwdSm90Spec.exp2_fma_of_8 (bench/NOTES.md v33): a softcap's tanh and the exp2 share the SFU there
+    def fwd(d, features, **kw):
+        return support.fwd_spec("bf16", d, features, (9, 0), **kw)
+    for d in (64, 128):
+        for mask in ("none", "causal"):
+            spec = fwd(d, Features(mask, softcap=True), softcap=30.0)
+            assert spec.fixed_offset and spec.exp2_fma_of_8 == specs.FWD_SM90_EXP2_FMA_OF_8 > 0, spec.name
+            assert spec.defines()["CUFLASH_EXP2_FMA_OF_8"] == spec.exp2_fma_of_8
+            # not with a running max: a larger softcap, ALiBi beside it, or no softcap
+            for other in (fwd(d, Features(mask, softcap=True), softcap=100.0),
+                          fwd(d, Features(mask, softcap=True, alibi=True), softcap=30.0), fwd(d, Features(mask))):
+                assert not other.fixed_offset and other.defines()["CUFLASH_EXP2_FMA_OF_8"] == 0, other.name
+    # above FWD_SM90_EXP2_FMA_HEAD_DIM the products hide the SFU
+    spec = fwd(256, Features(softcap=True), softcap=30.0)
+    assert spec.fixed_offset and spec.defines()["CUFLASH_EXP2_FMA_OF_8"] == 0
+
+
 def test_a_per_key_bias_takes_its_own_hopper_forward_where_the_kernel_stages_it():
     # FwdSm90Spec.bias_per_key: a bias of one row per (batch, head) (row stride 0) on a kernel of its own above
     # d = 64, which adds it with bias_tile.cuh add_row alone; selected from the call (api.run_forward). At d <= 64
