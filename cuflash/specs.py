@@ -11,6 +11,7 @@ struct instead (DESIGN 4b).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from . import tma
 
@@ -652,22 +653,18 @@ class FwdSm90Spec(AttentionSpec):
         shared_sfu = self.fixed_offset and self.head_dim <= FWD_SM90_EXP2_FMA_HEAD_DIM
         return FWD_SM90_EXP2_FMA_OF_8 if shared_sfu and self.tiles.stages else 0
 
-    @property
+    @cached_property
     def listed_seqs(self) -> int:
         """The most sequences of a varlen batch whose tiles the persistent grid walks from a list:
         FWD_SM90_LISTED_SEQS, or with the ones of sums_by_mma as many as fit beside two Q buffers
         (a multiple of 16; d128: 240); 0 off the varlen persistent grid. Computed once per spec
-        (kept in the instance's __dict__: each launch asks for it, fwd_grid)."""
-        n = self.__dict__.get("_listed_seqs")
-        if n is None:
-            n = 0
-            if self.persistent and self.features.varlen:
-                n = FWD_SM90_LISTED_SEQS
-                if self.sums_by_mma:
-                    room = (SM90_SMEM_PER_BLOCK - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
-                    n = min(n, room // 16 * 16)
-            self.__dict__["_listed_seqs"] = n
-        return n
+        (each launch asks for it, fwd_grid)."""
+        if not (self.persistent and self.features.varlen):
+            return 0
+        if not self.sums_by_mma:
+            return FWD_SM90_LISTED_SEQS
+        room = (SM90_SMEM_PER_BLOCK - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
+        return min(FWD_SM90_LISTED_SEQS, room // 16 * 16)
 
     def lists_tiles(self, batch: int, seqlen_q: int) -> bool:
         """Whether a varlen batch of `batch` sequences, the longest seqlen_q rows, walks the tile

@@ -78,7 +78,6 @@ CUFLASH_DEVICE float quad_sum(float x) {
 // pack_p() then add nothing to l, and l holds whole rows, not a lane's share.
 template <int MT, bool SUMS_FROM_PV = false>
 struct OnlineSoftmax {
-    static constexpr bool EXP2_ON_FMA = CUFLASH_EXP2_FMA_OF_8 > 0;
     float m[MT][2];
     float l[MT][2];
 
@@ -175,7 +174,7 @@ struct OnlineSoftmax {
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 const float x = fmaf(s[mt][nt][2 * h + j], c, -offset);
-                const bool on_fma = EXP2_ON_FMA && (2 * nt + j) % 8 < CUFLASH_EXP2_FMA_OF_8;
+                const bool on_fma = (2 * nt + j) % 8 < CUFLASH_EXP2_FMA_OF_8;
                 const float p = on_fma ? exp2_fma(x) : fast_exp2(x);
                 s[mt][nt][2 * h + j] = p;
                 sum += p;
