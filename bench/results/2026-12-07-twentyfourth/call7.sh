@@ -6,7 +6,8 @@
 #     test_backward_tma_loads_keep_each_sequence_to_its_own_rows), then memcheck and racecheck of san_varlen_bwd.py.
 # (2) Issue 11, backward, alone on the GPU: varlen equal d128 1k / 4k / 8k causal and not, b and bt alternated,
 #     two rounds (bt's first with the float64 check), then the dense call on the same tokens; d64 4k once each.
-# (3) bt's `--varlen mix` backward beside FlexAttention and cuflash-padded (d128, 8k).
+# (3) kernels_cu/dev/bwd_steps.py in both trees: each kernel of the dense and the varlen backward, d128 causal 8k / 4k.
+# (4) bt's `--varlen mix` backward beside FlexAttention and cuflash-padded (d128, 8k), with what time is left.
 # Logs under /tmp/r -> $OUT/r.tgz, packed every 15 s.
 export PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-540}
@@ -47,6 +48,11 @@ done
 [ $(left) -gt 50 ] && b b dense bwd --no-check $v
 [ $(left) -gt 60 ] && { b b d64 bwd --no-check --headdim 64 --seqlen 4k --causal both --varlen equal;
                         b bt d64 bwd --no-check --headdim 64 --seqlen 4k --causal both --varlen equal; }
+# (3) Where the backward's time goes, kernel by kernel, dense and varlen on the same tokens (kernels_cu/dev/bwd_steps.py).
+for t in b bt; do for n in 8192 4096; do [ $(left) -gt 25 ] || break
+  (cd /tmp/$t && PYTHONPATH=/tmp/$t CUFLASH_CACHE_DIR=/tmp/cc-$t timeout 30 python3 kernels_cu/dev/bwd_steps.py 128 $n 1 \
+     2>&1 | sed "s/^/$t /" | tee -a $R/bwd-steps.txt)
+done; done
 [ $(left) -gt 60 ] && (cd /tmp/bt && PYTHONPATH=/tmp/bt CUFLASH_CACHE_DIR=/tmp/cc-bt timeout $(( $(left) - 10 )) \
   python3 -m cuflash bench --mode bwd --no-progress --peers flex,cuflash-padded --headdim 128 --seqlen 8k \
   --causal both --varlen mix 2>&1 | tee $R/bt-mix.txt | grep -E " bwd ")
