@@ -133,6 +133,17 @@ def _same_lengths_for_causal(p):
 # torch
 # --------------------------------------------------------------------------
 
+def _torch_unavailable():
+    """Why torch cannot run a peer here (not installed, or no CUDA device), or None."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    return None
+
+
 class _TorchPeer(Peer):
     """Inputs, mode callables and timing shared by the torch peers."""
 
@@ -142,13 +153,7 @@ class _TorchPeer(Peer):
         self._timers = timers
 
     def unavailable(self):
-        try:
-            import torch
-        except ImportError:
-            return "torch is not installed"
-        if not torch.cuda.is_available():
-            return "torch sees no CUDA device"
-        return self._unavailable_extra()
+        return _torch_unavailable() or self._unavailable_extra()
 
     def _unavailable_extra(self):
         return None
@@ -482,16 +487,13 @@ class FlashInferPeer(Peer):
         self._timers = timers
 
     def unavailable(self):
-        try:
-            import torch
-        except ImportError:
-            return "torch is not installed"
+        reason = _torch_unavailable()
+        if reason:
+            return reason
         try:
             import flashinfer
         except ImportError:
             return "flashinfer is not installed"
-        if not torch.cuda.is_available():
-            return "torch sees no CUDA device"
         wrapper = getattr(flashinfer, "BatchDecodeWithPagedKVCacheWrapper", None)
         if wrapper is None or not hasattr(wrapper, "plan"):
             return "this flashinfer has no BatchDecodeWithPagedKVCacheWrapper.plan (needs flashinfer >= 0.2)"
