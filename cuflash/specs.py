@@ -370,8 +370,9 @@ FWD_SM90_PERSISTENT_HEAD_DIMS = (32, 64, 128, 160, 192)
 #: 244; 1k 542 / 514, 398 / 362; 4k 657 / 656, 597 / 569; but 16k 612 / 623, causal 636 / 689
 #: (bench/NOTES.md v19). 8k walks the list as the dense call's persistent grid does up to
 #: FWD_SM90_PERSISTENT_ROWS (H100, d128 ms, 4096 / 8192 rows: 1.670-1.709 / 1.624-1.681, causal
-#: 0.885-0.886 / 0.854-0.857; v35). Where the kernel takes the rows' sums from P V (sums_by_mma), its list holds
-#: only as many sequences as fit beside two Q buffers and the ones (d128: 240; FwdSm90Spec.listed_seqs).
+#: 0.885-0.886 / 0.854-0.857; v35). Where the kernel takes the rows' sums from P V (sums_by_mma),
+#: its list holds only as many sequences as fit beside two Q buffers and the ones (d128: 240;
+#: FwdSm90Spec.listed_seqs).
 FWD_SM90_LISTED_SEQS = 512
 FWD_SM90_LISTED_ROWS = 8192
 
