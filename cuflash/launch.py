@@ -371,8 +371,7 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict)
     if spec.features.varlen:  # rows of all sequences, one batch (the kernel starts at each sequence's first)
         total_q, total_k = option_fields["total_q"], option_fields["total_k"]
         pairs = total_q * total_k // max(batch, 1)  # (query, key) pairs, exact for equal lengths
-        q = q._replace(shape=(1, total_q, *q.shape[2:]))
-        k, v = (x._replace(shape=(1, total_k, *x.shape[2:])) for x in (k, v))
+        q, k, v = _one_batch(q, total_q), _one_batch(k, total_k), _one_batch(v, total_k)
     else:
         pairs = batch * seqlen_q * k.shape[1]
     if 4 * nheads * pairs * head_dim < tma.MIN_FLOP:
@@ -391,6 +390,11 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict)
     return maps
 
 
+def _one_batch(x: Ref, rows: int) -> Ref:
+    """A varlen array (batch stride 0) seen as one batch of all `rows` rows: what its tensor map spans."""
+    return x._replace(shape=(1, rows, *x.shape[2:]))
+
+
 def _bias_map(option_fields: dict, batch: int, nheads: int, seqlen_q: int, seqlen_k: int, rows: int):
     """(map, address) of a dense 16-bit bias for the forward's tiles of `rows` queries x 64 keys
     (kernels_cu/common/bias_tile.cuh load), the bias seen as a (batch, seqlen_q, heads, seqlen_k)
@@ -402,14 +406,22 @@ def _bias_map(option_fields: dict, batch: int, nheads: int, seqlen_q: int, seqle
     return None if m is None else (m, option_fields["bias"])
 
 
-def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref) -> dict:
+def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref, totals: tuple | None = None) -> dict:
     """{tma_q, tma_k, tma_v, tma_do: (map, address)} for the Hopper backwards' TMA loads
     (kernels_cu/bwd_sm90_ws.cu, bwd_sm90.cu), or {} where they copy with cp.async, for the reasons
-    of fwd_tensor_maps."""
-    if not _takes_tensor_maps(spec) or spec.features.varlen:
+    of fwd_tensor_maps. Varlen (q, k, v, dout with batch stride 0; totals = (total_q, total_k)):
+    bwd_sm90_ws.cu only, the maps spanning every sequence's rows as one batch, as the forward's."""
+    if not _takes_tensor_maps(spec) or (spec.features.varlen and not spec.tiles.stages):
         return {}
     batch, seqlen_q, nheads, head_dim = q.shape
-    if 4 * batch * nheads * seqlen_q * k.shape[1] * head_dim < tma.MIN_FLOP:
+    if spec.features.varlen:  # rows of all sequences, one batch, as fwd_tensor_maps
+        total_q, total_k = totals
+        pairs = total_q * total_k // max(batch, 1)  # (query, key) pairs, exact for equal lengths
+        q, dout = _one_batch(q, total_q), _one_batch(dout, total_q)
+        k, v = _one_batch(k, total_k), _one_batch(v, total_k)
+    else:
+        pairs = batch * seqlen_q * k.shape[1]
+    if 4 * nheads * pairs * head_dim < tma.MIN_FLOP:
         return {}
     if not env.tma_enabled() or not tma.available():
         return {}
@@ -580,7 +592,7 @@ def backward(spec, dout: Ref, q: Ref, k: Ref, v: Ref, out: Ref, lse: Ref, dq: Re
                            **strides_named("dka", _batchless(dk_accum) if varlen else dk_accum)})
         packer, maps = params.BWD, {}
         if _takes_tensor_maps(spec):
-            packer, maps = params.BWD_TMA, bwd_tensor_maps(spec, q, k, v, dout)
+            packer, maps = params.BWD_TMA, bwd_tensor_maps(spec, q, k, v, dout, (acc_q, acc_k) if varlen else None)
             fields["tma"] = int(bool(maps))
         run(spec, device, grid, (spec.threads, 1, 1), bwd_smem_bytes(spec), packer, fields, stream, maps)
         if group > 1:

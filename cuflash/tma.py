@@ -17,8 +17,8 @@ swizzle atom of copy.cuh SwizzleFor (64 columns, 128-byte rows: SWIZZLE_128B; el
 columns >= d and rows >= seqlen arrive as zeros. TMA needs a 16-byte aligned address
 and strides that are positive multiples of 16 bytes below 2^40; arrays it cannot map
 (a reversed view, odd strides) take the kernel's cp.async path, as do calls of little work
-(MIN_FLOP), a varlen sequence's last partial K/V block, and everything when CUFLASH_TMA=0 or the
-driver has no encoder.
+(MIN_FLOP), a varlen sequence's last partial block, the varlen backward's K and V (one block per CTA)
+and its bwd_sm90.cu kernels, and everything when CUFLASH_TMA=0 or the driver has no encoder.
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@
 //       freed it; each copy signals the slot's full barrier when it lands. Or
 //       (p.tma: tensor maps of q, k, v, dout, cuflash/tma.py; dense batches) thread
 //       0 alone issues TMA copies of the tiles and bulk copies of L2_i and D_i.
+//       Varlen with maps: the loaders copy all but Q_i, dO_i of a block inside its
+//       sequence, which warp 3 loads by TMA.
 //     warp 2 (dQ writer): per query block, once the consumers have put
 //       scale * dS_i K_j (Br x D, fp32) into the dQ buffer, adds it to
 //       dq_accum with a bulk reduction (cp.reduce.async.bulk .add.f32, performed
@@ -36,7 +38,9 @@
 //       alone, so the consumers never wait for other CTAs).
 //     warp 3: with an additive bias, per query block its Br x Bc tile (queries x
 //       this CTA's keys) into a ring of BIAS_STAGES tiles (bias_tile.cuh), as soon
-//       as the consumers freed the stage; otherwise nothing.
+//       as the consumers freed the stage; varlen with maps, its lane 0 loads Q_i and
+//       dO_i of each block inside the sequence by TMA (a box past the end would read
+//       the next sequence's rows); otherwise nothing.
 //   Consumers (setmaxnreg up to CONSUMER_REGS), per query block i:
 //     S^T = K Q^T, dP^T = V dO^T (64 keys x Br per consumer); modifier (a bias
 //     from its staged tile by ldmatrix.trans, then freeing the stage), mask;
@@ -122,6 +126,7 @@ static_assert(!BIAS || BIAS_STAGES >= 1, "a bias needs its ring");
 using Bias = BiasTile<BM, BN>;
 constexpr u32 BIAS_BYTES = BIAS ? Bias::BYTES : 0;
 constexpr int BIAS_WARP = 3;  // the producer's warp that copies the bias
+constexpr int VARLEN_TMA_WARP = 3;  // varlen (which has no bias here): the warp that loads Q, dO by TMA
 
 // Register split (from 168 each at launch): the consumers hold dK and dV of 64
 // keys x D (2 D fp32 per thread) beside S^T, dP^T and dQ; 40 is what the
@@ -204,9 +209,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
         m_begin = query_blocks.x, count = query_blocks.y - query_blocks.x;
     }
 
-    // TMA loads (never varlen: past a sequence's end a box would read the next one's rows, where cp.async reads zeros).
+    // TMA loads. Dense: thread 0 alone issues them. Varlen: a box past a sequence's end would read
+    // the next one's rows where cp.async reads zeros (which keep P and dS exactly 0 there; a
+    // non-finite value in the next sequence would reach dV and dK through 0 * inf). So the loaders
+    // copy K, V, the statistics and a sequence's last, partial block with cp.async, and with tensor
+    // maps (p.tma) the TMA warp (VARLEN_TMA_WARP) loads Q and dO of each block inside the sequence,
+    // one more arrival on every full phase of a slot.
     const bool tma = !CUFLASH_VARLEN && p.tma;
-    const u32 loaders = tma ? 1 : LOADERS;  // arrivals that a full barrier's phase needs
+    const bool varlen_tma = CUFLASH_VARLEN && p.tma;
+    // Arrivals that a full barrier's phase needs.
+    const u32 loaders = tma ? 1 : LOADERS, slot_loaders = loaders + (varlen_tma ? 1 : 0);
 
     if (tid == 0) {
         mbar_init(kv_full, loaders);
@@ -215,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             mbar_init(dq_empty(b), 32);
         }
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(qdo_full(s), loaders);
+            mbar_init(qdo_full(s), slot_loaders);
             mbar_init(qdo_empty(s), CONSUMERS);
         }
         for (int s = 0; s < (BIAS ? BIAS_STAGES : 0); ++s) {
@@ -272,8 +284,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             for (int u = 0; u < count; ++u) {
                 const int s = u % STAGES, row0 = (m_begin + u) * BM;
                 mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
-                load_tile_swizzled<BM, D, 32, AW, true>(s_rows + (u32)s * QD_BYTES, rows, row_stride, row0,
-                                                         si.seqlen_q, p.head_dim, lane);
+                if (!(varlen_tma && row0 + BM <= si.seqlen_q))  // else VARLEN_TMA_WARP loads the block
+                    load_tile_swizzled<BM, D, 32, AW, true>(s_rows + (u32)s * QD_BYTES, rows, row_stride, row0,
+                                                             si.seqlen_q, p.head_dim, lane);
                 // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
                 if (lane < BM / 4) cp_async_16(s_stat + (u32)((s * BM + lane * 4) * 4), stat + row0 + lane * 4, true);
                 cp_async_arrive(qdo_full(s));
@@ -308,6 +321,24 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             }
             // The reductions complete before the kernel does.
             bulk_wait_all<false>();
+        } else if (CUFLASH_VARLEN && warp == VARLEN_TMA_WARP) {
+            // Varlen with tensor maps (their rows every sequence's, as one batch): Q and dO of each
+            // block inside the sequence by TMA, the loaders' cp.async for the last, partial one.
+            if (varlen_tma && lane == 0) {
+#pragma unroll 1
+                for (int u = 0; u < count; ++u) {
+                    const int s = u % STAGES, row0 = (m_begin + u) * BM;
+                    const u32 full = qdo_full(s);
+                    mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
+                    if (row0 + BM <= si.seqlen_q) {
+                        mbar_arrive_expect_tx(full, 2 * QD_BYTES);
+                        tma_load_tile<BM, D, AW>(sQ(s), p.tma_q, si.q_start + row0, si.h, 0, full);
+                        tma_load_tile<BM, D, AW>(sdO(s), p.tma_do, si.q_start + row0, si.h, 0, full);
+                    } else {
+                        mbar_arrive(full);
+                    }
+                }
+            }
         } else if (BIAS && warp == BIAS_WARP) {
             // Block u's bias tile (its queries x this CTA's keys) once the consumers freed the stage.
 #pragma unroll 1

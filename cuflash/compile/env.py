@@ -66,8 +66,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "CUFLASH_TMA",
         "`1`",
         "`0` = the Hopper forward (q, k, v) and backward (q, k, v, dout) load with "
-        "cp.async instead of TMA tensor maps (for comparison; calls TMA cannot address, calls of little work "
-        "and the varlen backward use cp.async anyway: cuflash/tma.py).",
+        "cp.async instead of TMA tensor maps (for comparison; calls TMA cannot address, calls of little work, "
+        "a varlen sequence's last partial block, the varlen backward's K and V, and the varlen backward of "
+        "bwd_sm90.cu (d256, bias, dropout) use cp.async anyway: cuflash/tma.py).",
     ),
 )
 

@@ -113,7 +113,26 @@ def test_the_hopper_backwards_get_maps_of_q_k_v_dout(encoder):
         x = [r._replace(shape=(*r.shape[:3], d)) for r in (q, k, v, dout)]
         maps = launch.bwd_tensor_maps(spec, *x)
         assert {m.box for m, _ in maps.values()} == {(64, 64, 1, 1), (64, key_rows, 1, 1)}
-    assert not launch.bwd_tensor_maps(BwdSm90Spec("bf16", 128, Features.parse("varlen"), False), q, k, v, dout)
+
+
+def test_a_varlen_backward_maps_every_sequence_as_one_batch(encoder):
+    # bwd_sm90_ws.cu loads a block inside its sequence by TMA, its rows counted over the whole batch;
+    # bwd_sm90.cu (d256) copies varlen blocks with cp.async and gets no maps.
+    from cuflash.specs import BwdSm90Spec
+
+    total_q, total_k = 20000, 30000
+    # as api.run_varlen_backward passes them: (batch, the longest sequence, heads, d), batch stride 0
+    q = launch.Ref(1 << 30, (4, 8000, 8, 128), (0, 8 * 128, 128, 1), "bfloat16", 0)
+    k = launch.Ref(1 << 31, (4, 9000, 2, 128), (0, 2 * 128, 128, 1), "bfloat16", 0)
+    spec = BwdSm90Spec("bf16", 128, Features.parse("varlen"), False)
+    assert spec.tiles.stages
+    maps = launch.bwd_tensor_maps(spec, q, k, k, q, (total_q, total_k))
+    assert set(maps) == {"tma_q", "tma_k", "tma_v", "tma_do"}
+    assert maps["tma_q"][0].dims == (128, total_q, 8, 1) and maps["tma_k"][0].dims == (128, total_k, 2, 1)
+    assert {m.box for m, _ in maps.values()} == {(64, 64, 1, 1), (64, 128, 1, 1)}
+    d256 = [r._replace(shape=(*r.shape[:3], 256), strides=(0, r.shape[2] * 256, 256, 1)) for r in (q, k)]
+    assert not launch.bwd_tensor_maps(BwdSm90Spec("bf16", 256, Features.parse("varlen"), False), *d256, *d256[::-1],
+                                      (total_q, total_k))
 
 
 def test_a_varlen_forward_maps_every_sequence_as_one_batch(encoder):

@@ -112,6 +112,38 @@ def test_tma_loads_keep_each_sequence_to_its_own_rows(monkeypatch):
         assert bool(cp.isfinite(others).all()), opts
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_backward_tma_loads_keep_each_sequence_to_its_own_rows(head_dim, monkeypatch):
+    # The Hopper backward (bwd_sm90_ws.cu) loads Q and dO of a varlen block inside its sequence with
+    # TMA (maps over every sequence's rows) and a sequence's last, partial block with cp.async: the
+    # deterministic gradients equal the all-cp.async run's bits (CUFLASH_TMA=0), and infinities in
+    # one sequence's rows of dO reach no other sequence's gradients.
+    from cuflash import tma
+
+    if not tma.available():
+        pytest.skip("the driver has no tensor-map encoder")
+    lengths_q, lengths_k = [37, 0, 300, 1, 200, 129], [64, 5, 400, 1, 150, 300]
+    q, k, v, cu_q, cu_k = packed(lengths_q, lengths_k, 8, 2, head_dim, "bf16")
+    dout = testing.random_like(q)
+    rows_q, rows_k = slice(int(cu_q[2]), int(cu_q[3])), slice(int(cu_k[2]), int(cu_k[3]))
+    dout[rows_q] = cp.inf  # sequence 2's output gradient: infinite
+    cu = cp.asarray(cu_q), cp.asarray(cu_k)
+    max_q, max_k = max(lengths_q), max(lengths_k)
+    for opts in ({}, {"causal": True}):
+        out, lse = cuflash.attention_varlen(q, k, v, *cu, max_q, max_k, return_lse=True, **opts)
+        results = []
+        for flag in ("1", "0"):
+            monkeypatch.setenv("CUFLASH_TMA", flag)
+            results.append(cuflash.attention_varlen_backward(dout, q, k, v, out, lse, *cu, max_q, max_k,
+                                                             deterministic=True, **opts))
+        # (sequence 2's own gradients hold inf and NaN)
+        assert all(bool(cp.array_equal(a, b, equal_nan=True)) for a, b in zip(*results)), opts
+        dq, dk, dv = results[0]
+        for grad, rows in ((dq, rows_q), (dk, rows_k), (dv, rows_k)):
+            others = cp.concatenate([grad[:rows.start], grad[rows.stop:]])
+            assert bool(cp.isfinite(others).all()), opts
+
+
 def test_equal_lengths_give_the_dense_bits():
     lengths = [256] * 3
     q, k, v, cu_q, cu_k = packed(lengths, lengths, 8, 4, 128, "bf16")
