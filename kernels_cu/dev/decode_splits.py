@@ -1,5 +1,5 @@
 """Dev probe: the split count of the split-KV decode over caches of few rows (CUDA events, median;
-GQA 32/8, d128, bf16, one query, full contiguous caches), per tile, beside SDPA cuDNN in the same run:
+GQA 32/8, d128, fp16, one query, full contiguous caches), per tile (the peers: `cuflash bench --mode decode`):
 
     PYTHONPATH=$PWD python3 kernels_cu/dev/decode_splits.py [16,12,2 16,4,3 ...]
 
@@ -37,24 +37,6 @@ shapes = [(1, 131072, (16, 17, 22, 32, 33, 44, 48, 64, 66)),
           (4, 32768, (4, 5, 8, 9, 16, 17))]
 
 
-def cudnn_seconds(q, kc, vc):
-    """SDPA's cuDNN backend with enable_gqa on the same arrays (torch views through DLPack), or None."""
-    try:
-        import torch
-        import torch.nn.functional as F
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:
-        return None
-    tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2) for x in (q, kc, vc))
-    stream = torch.cuda.ExternalStream(cp.cuda.get_current_stream().ptr)
-    with torch.cuda.stream(stream), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        try:
-            return timeit(lambda: F.scaled_dot_product_attention(tq, tk, tv, enable_gqa=True))
-        except RuntimeError as e:
-            print(f"cudnn: {str(e)[:160]}", file=sys.stderr)
-            return None
-
-
 print("shape        tile        splits   CTAs   TB/s")
 for batch, keys, counts in shapes:
     q = cp.random.standard_normal((batch, 1, H, D), dtype=cp.float32).astype(cp.float16)
@@ -62,8 +44,6 @@ for batch, keys, counts in shapes:
     vc = cp.random.standard_normal((batch, keys, HK, D), dtype=cp.float32).astype(cp.float16)
     nbytes = 2 * batch * keys * HK * D * 2
     name = f"{batch}x{keys // 1024}k".ljust(12)
-    t = cudnn_seconds(q, kc, vc)
-    print(f"{name} cudnn              -      -  {'-' if t is None else f'{nbytes / t / 1e12:.3f}'}", flush=True)
     ref = None
     for tile in tiles:
         specs.DECODE_TILES[128] = [tile]
