@@ -367,17 +367,12 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict)
     per-key one) adds tma_bias where TMA can address it (_bias_map); else the kernel copies it."""
     if not (isinstance(spec, FwdSm90Spec) and spec.tiles.stages):
         return {}
-    batch, seqlen_q, nheads, head_dim = q.shape
-    if spec.features.varlen:  # rows of all sequences, one batch (the kernel starts at each sequence's first)
-        total_q, total_k = option_fields["total_q"], option_fields["total_k"]
-        pairs = total_q * total_k // max(batch, 1)  # (query, key) pairs, exact for equal lengths
-        q, k, v = _one_batch(q, total_q), _one_batch(k, total_k), _one_batch(v, total_k)
-    else:
-        pairs = batch * seqlen_q * k.shape[1]
-    if 4 * nheads * pairs * head_dim < tma.MIN_FLOP:
+    batch, seqlen_q, nheads, _ = q.shape
+    totals = (option_fields["total_q"], option_fields["total_k"]) if spec.features.varlen else None
+    if not _tma_pays(q, k, totals):
         return {}
-    if not env.tma_enabled() or not tma.available():
-        return {}
+    if totals:  # rows of all sequences, one batch (the kernel starts at each sequence's first)
+        q, k, v = _one_batch(q, totals[0]), _one_batch(k, totals[1]), _one_batch(v, totals[1])
     t = spec.tiles
     arrays = [("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n)]
     if not spec.features.varlen:  # O leaves in boxes of one consumer warpgroup's 64 rows (dense only)
@@ -388,6 +383,14 @@ def fwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, out: Ref, option_fields: dict)
         if bias is not None:
             maps["tma_bias"] = bias
     return maps
+
+
+def _tma_pays(q: Ref, k: Ref, totals: tuple | None) -> bool:
+    """Whether a call has the work for TMA (tma.MIN_FLOP; varlen: totals = (total_q, total_k), the
+    (query, key) pairs exact for equal lengths) and TMA is on and encodable here."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    pairs = totals[0] * totals[1] // max(batch, 1) if totals else batch * seqlen_q * k.shape[1]
+    return 4 * nheads * pairs * head_dim >= tma.MIN_FLOP and env.tma_enabled() and tma.available()
 
 
 def _one_batch(x: Ref, rows: int) -> Ref:
@@ -413,18 +416,12 @@ def bwd_tensor_maps(spec, q: Ref, k: Ref, v: Ref, dout: Ref, totals: tuple | Non
     bwd_sm90_ws.cu only, the maps spanning every sequence's rows as one batch, as the forward's."""
     if not _takes_tensor_maps(spec) or (spec.features.varlen and not spec.tiles.stages):
         return {}
-    batch, seqlen_q, nheads, head_dim = q.shape
+    if not _tma_pays(q, k, totals if spec.features.varlen else None):
+        return {}
     if spec.features.varlen:  # rows of all sequences, one batch, as fwd_tensor_maps
         total_q, total_k = totals
-        pairs = total_q * total_k // max(batch, 1)  # (query, key) pairs, exact for equal lengths
         q, dout = _one_batch(q, total_q), _one_batch(dout, total_q)
         k, v = _one_batch(k, total_k), _one_batch(v, total_k)
-    else:
-        pairs = batch * seqlen_q * k.shape[1]
-    if 4 * nheads * pairs * head_dim < tma.MIN_FLOP:
-        return {}
-    if not env.tma_enabled() or not tma.available():
-        return {}
     t = spec.tiles
     return _tensor_maps((("tma_q", q, t.block_m), ("tma_k", k, t.block_n), ("tma_v", v, t.block_n),
                          ("tma_do", dout, t.block_m)), spec.swizzle_atom)

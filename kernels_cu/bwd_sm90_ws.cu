@@ -219,6 +219,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     const bool varlen_tma = CUFLASH_VARLEN && p.tma;
     // Arrivals that a full barrier's phase needs.
     const u32 loaders = tma ? 1 : LOADERS, slot_loaders = loaders + (varlen_tma ? 1 : 0);
+    // Varlen with maps: Q and dO of the block at row0 by TMA (VARLEN_TMA_WARP), not by the loaders.
+    auto qdo_by_tma = [&](int row0) { return varlen_tma && row0 + BM <= si.seqlen_q; };
 
     if (tid == 0) {
         mbar_init(kv_full, loaders);
@@ -284,7 +286,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
             for (int u = 0; u < count; ++u) {
                 const int s = u % STAGES, row0 = (m_begin + u) * BM;
                 mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
-                if (!(varlen_tma && row0 + BM <= si.seqlen_q))  // else VARLEN_TMA_WARP loads the block
+                if (!qdo_by_tma(row0))
                     load_tile_swizzled<BM, D, 32, AW, true>(s_rows + (u32)s * QD_BYTES, rows, row_stride, row0,
                                                              si.seqlen_q, p.head_dim, lane);
                 // L2 and D are padded to m_blocks * Br rows by bwd_prepare: read whole.
@@ -330,7 +332,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
                     const int s = u % STAGES, row0 = (m_begin + u) * BM;
                     const u32 full = qdo_full(s);
                     mbar_wait(qdo_empty(s), ((u / STAGES) & 1) ^ 1);
-                    if (row0 + BM <= si.seqlen_q) {
+                    if (qdo_by_tma(row0)) {
                         mbar_arrive_expect_tx(full, 2 * QD_BYTES);
                         tma_load_tile<BM, D, AW>(sQ(s), p.tma_q, si.q_start + row0, si.h, 0, full);
                         tma_load_tile<BM, D, AW>(sdO(s), p.tma_do, si.q_start + row0, si.h, 0, full);
