@@ -3,7 +3,7 @@
 forward's grid as cuflash picks it, or:
   PERSIST=0  every kernel built and launched one CTA per tile (FwdSm90Spec.persistent forced off);
   QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
-  TILES=64:128x128,...  other tiles (Br x Bc, two stages; 128x128s3: three) for those head dims
+  TILES=64:128x128,...  other tiles (Br x Bc, two stages; 128x128s3: three; 64x64c2: two CTAs per SM) for those head dims
              (d64 causal on two consumer warpgroups: bench/NOTES.md v12);
   SHORT_TILES=64:128x64,...  other tiles for the short causal calls (specs.FWD_SM90_SHORT_CAUSAL_TILES);
   SHORT_ROWS=64:2048,...  the short causal calls' row limits instead (specs.FWD_SM90_SHORT_CAUSAL;
@@ -17,6 +17,7 @@ forward's grid as cuflash picks it, or:
   NARROW=0   no narrow tiles for short bands (specs.FWD_SM90_NARROW_BAND emptied);
   WINDOWS=128:0,256:0,...  time these windows (left:right) at 16k, batch 1, instead of the grid above,
              beside a copy of as many bytes as Q, K, V and O (the DRAM floor of a narrow band).
+  PEER=cudnn  each dense point also timed on torch SDPA's cuDNN backend (same inputs, by DLPack);
   SOFTCAP=30  every call with this softcap; FIXED=0 keeps its softmax off the fixed offset
              (specs.fixed_offset), FOLD=1 folds it at every head dim (FwdSm90Spec.softcap_folded).
     python kernels_cu/dev/fwd_grid_ab.py LABEL [HEAD_DIMS, default 64,128]
@@ -51,10 +52,11 @@ if os.environ.get("QBUF") == "1":
 
 
 def tiles(shape):
-    """FwdSm90Tiles of "BRxBC" (two stages) or "BRxBCsS"."""
+    """FwdSm90Tiles of "BRxBC" (two stages), "BRxBCsS", and either with "cN" (N CTAs per SM) after BC."""
     shape, _, stages = shape.partition("s")
+    shape, _, ctas = shape.partition("c")
     block_m, block_n = (int(x) for x in shape.split("x"))
-    return specs.FwdSm90Tiles(block_m, block_n, stages=int(stages or 2))
+    return specs.FwdSm90Tiles(block_m, block_n, ctas_per_sm=int(ctas or 1), stages=int(stages or 2))
 
 
 for name, table in (("TILES", specs.FWD_SM90_TILES), ("SHORT_TILES", specs.FWD_SM90_SHORT_CAUSAL_TILES)):
@@ -115,4 +117,13 @@ for d in dims:
                 out = cuflash.attention(q, k, v, causal=causal, softcap=softcap)
                 ms = median_ms(lambda: cuflash.attention(q, k, v, causal=causal, softcap=softcap, out=out))
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
-            print(f"{label:8s} d{d} s{s} causal={int(causal)}: {ms:.4f} ms {flops / ms / 1e9:.1f} TFLOP/s", flush=True)
+            peer = ""
+            if os.environ.get("PEER") == "cudnn" and not varlen:
+                import torch
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+                tq, tk, tv = (torch.from_dlpack(x).transpose(1, 2) for x in (q, k, v))
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    peer_ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
+                        tq, tk, tv, is_causal=causal))
+                peer = f" cudnn {peer_ms:.4f} ms x{peer_ms / ms:.3f}"
+            print(f"{label:8s} d{d} s{s} causal={int(causal)}: {ms:.4f} ms {flops / ms / 1e9:.1f} TFLOP/s{peer}", flush=True)
