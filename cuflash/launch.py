@@ -94,7 +94,7 @@ def dynamic_smem_bytes(spec) -> int:
 def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int, device: int) -> tuple[int, int, int]:
     """One CTA per (query block, head, batch); blockIdx.x fastest so CTAs of one head share K/V in L2.
     The warp-specialised Hopper kernel numbers the same tiles along x alone (fwd_sm90_ws.cu tile_at):
-    one CTA per tile, or on a persistent grid (spec.persistent) tiles.ctas_per_sm per SM, each walking every
+    one CTA per tile, or on a persistent grid (spec.persistent) one per SM, each walking every
     gridDim.x-th work unit (a tile, or under spec.paired a pair of tiles). Varlen (seqlen_q the
     longest sequence): the persistent grid walks a list of the sequences' own tiles, at most as
     many units as a dense batch of the longest, where spec.lists_tiles; other batches take one CTA
@@ -106,7 +106,7 @@ def fwd_grid(spec: FwdSpec | FwdSm90Spec, batch: int, nheads: int, seqlen_q: int
     if not spec.persistent or (spec.features.varlen and not spec.lists_tiles(batch, seqlen_q)):
         return (tiles, 1, 1)
     units = (m_blocks + 1) // 2 * nheads * batch if spec.paired else tiles  # fwd_sm90_ws.cu grid_units
-    return (min(units, sm_resources(device)[0] * spec.tiles.ctas_per_sm), 1, 1)
+    return (min(units, sm_resources(device)[0]), 1, 1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -392,8 +392,6 @@ WGMMA_EXTRA_N = (80, 112, 144, 176)
 
 #: Shared memory one block may opt in to on compute capability 9.0 (227 KB; support.SMEM_LIMITS).
 SM90_SMEM_PER_BLOCK = 232448
-#: Shared memory of one SM of compute capability 9.0 (228 KB), of which each resident CTA reserves 1 KB.
-SM90_SMEM_PER_SM = 233472
 
 # Tile shape per compile-time head dim D of the Hopper forward (bench/NOTES.md v8, v14):
 # the warp-specialised kernel (kernels_cu/fwd_sm90_ws.cu, two K/V stages)
@@ -540,11 +538,9 @@ class FwdSm90Spec(AttentionSpec):
                              f"{WGMMA_EXTRA_N}), got {t}")
         if t.ctas_per_sm not in (1, 2, 3, 4):
             raise ValueError(f"ctas_per_sm must be 1 to 4, got {t}")
-        if t.stages and (t.stages < 2 or t.block_m > 192 or (t.ctas_per_sm != 1 and t.block_m != 64)):
-            raise ValueError(f"a warp-specialised tile has 2 or more stages, at most three consumer warpgroups, "
-                             f"and one CTA per SM unless it has one consumer warpgroup, got {t}")
-        if t.stages and t.ctas_per_sm > 2:
-            raise ValueError(f"a warp-specialised tile runs one or two CTAs per SM, got {t}")
+        if t.stages and (t.stages < 2 or t.ctas_per_sm != 1 or t.block_m > 192):
+            raise ValueError(f"a warp-specialised tile has 2 or more stages, one CTA per SM and at most "
+                             f"three consumer warpgroups, got {t}")
         if t.stages and self.features.bias and (self.features.bias != 16 or self.features.varlen or t.block_n % 64):
             raise ValueError(f"the warp-specialised kernel stages a dense 16-bit bias in key blocks of a multiple "
                              f"of 64 (kernels_cu/common/bias_tile.cuh), got {t} with {self.features}")
@@ -622,14 +618,7 @@ class FwdSm90Spec(AttentionSpec):
         """Q buffers of the warp-specialised kernel: on a persistent grid two where they fit Hopper's
         227 KB beside the K/V ring (the producer loads the next tile's Q while the consumers finish
         this one), else one."""
-        return 2 if self.persistent and self.ws_smem_bytes(2) <= self.ws_smem_limit else 1
-
-    @property
-    def ws_smem_limit(self) -> int:
-        """Shared memory one CTA of the warp-specialised kernel may take: the 227 KB of a block, or
-        with ctas_per_sm CTAs an equal share of the SM's 228 KB less the 1 KB each CTA reserves."""
-        ctas = self.tiles.ctas_per_sm
-        return SM90_SMEM_PER_BLOCK if ctas == 1 else SM90_SMEM_PER_SM // ctas - 1024
+        return 2 if self.persistent and self.ws_smem_bytes(2) <= SM90_SMEM_PER_BLOCK else 1
 
     def ws_smem_bytes(self, q_buffers: int, listed_seqs: int | None = None) -> int:
         """Dynamic shared memory of kernels_cu/fwd_sm90_ws.cu with `q_buffers` Q buffers: those and
@@ -653,11 +642,10 @@ class FwdSm90Spec(AttentionSpec):
         """The warp-specialised kernel takes each row's sum of P from its P V product, whose B
         operand is V followed by 8 columns of ones (N = D + 8), instead of adding P per score:
         at FWD_SM90_SUMS_BY_MMA_HEAD_DIMS, without dropout (l sums P before the drop) or a bias
-        (its staged tiles leave no room for the ones), on one CTA per SM (at d128 two CTAs of 64 x 64
-        tiles have no room for the ones beside two Q buffers each). Varlen too, with a shorter tile list
+        (its staged tiles leave no room for the ones). Varlen too, with a shorter tile list
         (listed_seqs), so that a batch of equal lengths gives the dense call's bits."""
         return (bool(self.tiles.stages) and self.head_dim in FWD_SM90_SUMS_BY_MMA_HEAD_DIMS
-                and not self.features.dropout and not self.features.bias and self.tiles.ctas_per_sm == 1)
+                and not self.features.dropout and not self.features.bias)
 
     @property
     def exp2_fma_of_8(self) -> int:
@@ -678,7 +666,7 @@ class FwdSm90Spec(AttentionSpec):
             return 0
         if not self.sums_by_mma:
             return FWD_SM90_LISTED_SEQS
-        room = (self.ws_smem_limit - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
+        room = (SM90_SMEM_PER_BLOCK - self.ws_smem_bytes(2, listed_seqs=0)) // 8 - 1  # 8 (seqs + 1) bytes
         return min(FWD_SM90_LISTED_SEQS, room // 16 * 16)
 
     def lists_tiles(self, batch: int, seqlen_q: int) -> bool:

@@ -12,7 +12,7 @@
 //
 // Tiles: numbered along gridDim.x alone (tile_at: query blocks fastest, the last
 // first, then heads, then batches); CTA x works on tiles x, x + gridDim.x, ...: one
-// tile per CTA, or on a persistent grid (CTAS per SM; cuflash/launch.py fwd_grid)
+// tile per CTA, or on a persistent grid (one CTA per SM; cuflash/launch.py fwd_grid)
 // many, so that a tile's Q and first K/V blocks load while the consumers finish the
 // previous tile (Q_BUFFERS Q buffers; the K/V ring runs on across tiles). A causal
 // persistent grid deals a head's tiles in pairs of equal work (for_each_tile); a
@@ -57,8 +57,7 @@
 // CUFLASH_DTYPE, CUFLASH_HEAD_DIM D (multiple of 32; columns >= the run-time d
 // are zero-filled and never stored), CUFLASH_BLOCK_M Br (64 per consumer
 // warpgroup), CUFLASH_BLOCK_N Bc (a multiple of 32, or 80, 112, 144, 176: wgmma.cuh),
-// CUFLASH_STAGES, CUFLASH_CTAS_PER_SM (CTAS: 2 for tiles of one consumer warpgroup that
-// fit twice in an SM's registers and shared memory), CUFLASH_PERSISTENT (the grid: FwdSm90Spec.persistent), CUFLASH_LISTED_SEQS and
+// CUFLASH_STAGES, CUFLASH_PERSISTENT (the grid: FwdSm90Spec.persistent), CUFLASH_LISTED_SEQS and
 // CUFLASH_LISTED_ROWS (varlen on the persistent grid: the most sequences its tile list holds, the
 // longest sequence that walks it), CUFLASH_Q_BUFFERS
 // (1 or 2: FwdSm90Spec.q_buffers), and the features CUFLASH_MASK, CUFLASH_SOFTCAP,
@@ -142,14 +141,10 @@ constexpr u32 ONES_BYTES = SUMS_BY_MMA ? BN * 128 : 0;  // after each V slot (KV
 // -2-3% at d128 causal 512-1k; it needs a free Q buffer for the next tile.
 constexpr bool DEFER_EPILOGUE = Q_BUFFERS == 2 && D <= 64;
 
-// CTAS CTAs per SM (CUFLASH_CTAS_PER_SM: 1, or 2 of one consumer warpgroup each, so that one CTA's
-// tile start and epilogue run while the other's products do; no bias or dropout there).
-constexpr int CTAS = CUFLASH_CTAS_PER_SM;
-static_assert(CTAS == 1 || (CTAS == 2 && WGS == 1 && !BIAS && !DROPOUT), "two CTAs per SM of one consumer warpgroup");
-// Register split (65536 per SM): the producer needs few, the consumers' accumulators many.
-constexpr int PRODUCER_REGS = WGS == 3 || CTAS > 1 ? 32 : 56;
-constexpr int CONSUMER_REGS = CTAS > 1 ? 224 : WGS == 3 ? 160 : WGS == 2 ? 224 : 240;
-static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS, CTAS>(), "register split");
+// Register split (65536 per SM, one CTA): the producer needs few, the consumers' accumulators many.
+constexpr int PRODUCER_REGS = WGS == 3 ? 32 : 56;
+constexpr int CONSUMER_REGS = WGS == 3 ? 160 : WGS == 2 ? 224 : 240;
+static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
 
 constexpr u32 Q_BYTES = BM * D * 2;
 constexpr u32 KV_BYTES = BN * D * 2;
@@ -304,7 +299,7 @@ CUFLASH_DEVICE void for_each_tile(int m_blocks, int nheads, int batch, const Til
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, CTAS) cuflash_fwd_sm90(const __grid_constant__ FwdParams p) {
+extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const __grid_constant__ FwdParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     u32 smem_base;  // shared-window address of smem
     unsigned char* smem = smem_aligned_1024(smem_raw, smem_base);

@@ -82,11 +82,11 @@ CUFLASH_DEVICE void named_arrive(int id, int threads) {
 // gives back cover those the consumers ask for: setmaxnreg.inc waits until the
 // CTA's released registers suffice (not the SM's unallocated ones), so a split
 // that needs more hangs the consumers for ever (measured: 48/232 with 384
-// threads). THREADS threads of one of CTAS CTAs per SM start with
-// 65536 / (CTAS THREADS) registers, rounded down to the allocation unit of 8.
-template <int THREADS, int PRODUCER_REGS, int CONSUMER_REGS, int CTAS = 1>
+// threads). THREADS threads start with 65536 / THREADS registers, rounded down
+// to the allocation unit of 8.
+template <int THREADS, int PRODUCER_REGS, int CONSUMER_REGS>
 __host__ __device__ constexpr bool register_split_fits() {
-    constexpr int launch = (65536 / (CTAS * THREADS)) / 8 * 8;
+    constexpr int launch = (65536 / THREADS) / 8 * 8;
     return PRODUCER_REGS <= launch && CONSUMER_REGS >= launch &&
            128 * (launch - PRODUCER_REGS) >= (THREADS - 128) * (CONSUMER_REGS - launch);
 }

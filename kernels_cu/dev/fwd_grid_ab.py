@@ -3,7 +3,8 @@
 forward's grid as cuflash picks it, or:
   PERSIST=0  every kernel built and launched one CTA per tile (FwdSm90Spec.persistent forced off);
   QBUF=1     one Q buffer on the persistent grid (FwdSm90Spec.q_buffers forced to 1);
-  TILES=64:128x128,...  other tiles (Br x Bc, two stages; 128x128s3: three; 64x64c2: two CTAs per SM) for those head dims
+  TILES=64:128x128,...  other tiles (Br x Bc, two stages; 128x128s3: three; 64x64c2: two CTAs per SM, with
+             kernels_cu/dev/fwd90_ws_two_ctas.patch applied) for those head dims
              (d64 causal on two consumer warpgroups: bench/NOTES.md v12);
   SHORT_TILES=64:128x64,...  other tiles for the short causal calls (specs.FWD_SM90_SHORT_CAUSAL_TILES);
   SHORT_ROWS=64:2048,...  the short causal calls' row limits instead (specs.FWD_SM90_SHORT_CAUSAL;

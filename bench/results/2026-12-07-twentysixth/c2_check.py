@@ -1,4 +1,5 @@
-"""Float64 check of the warp-specialised forward on two CTAs per SM (one consumer warpgroup each):
+"""Float64 check of the warp-specialised forward on two CTAs per SM (one consumer warpgroup each; needs
+kernels_cu/dev/fwd90_ws_two_ctas.patch applied):
 the head dims' tiles replaced by 64-row ones with ctas_per_sm=2, every selected kernel's name printed."""
 import cupy as cp
 import numpy as np
