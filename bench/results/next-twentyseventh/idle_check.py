@@ -1,5 +1,5 @@
 """Float64 check of the warp-specialised forward where a tile's last consumer warpgroups lie past the
-sequence's end (fwd_sm90_ws.cu idle_step): query lengths that end 1-63 rows into a 128- or 192-row
+sequence's end (fwd_sm90_ws.cu idle_step, kernels_cu/dev/fwd90_idle_walk.patch): query lengths that end 1-63 rows into a 128- or 192-row
 tile, with every feature the kernel takes, dense and varlen; every selected kernel's name printed."""
 import os
 
