@@ -1,4 +1,4 @@
-"""Small forwards whose tiles end with idle consumer warpgroups (fwd_sm90_ws.cu idle_step), for
+"""Small forwards whose tiles end with idle consumer warpgroups (fwd_sm90_ws.cu idle_step, kernels_cu/dev/fwd90_idle_walk.patch), for
 compute-sanitizer memcheck and racecheck: dense (TMA and cp.async), varlen, a 16-bit bias, dropout."""
 import cupy as cp
 
