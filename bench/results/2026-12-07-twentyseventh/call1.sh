@@ -1,7 +1,7 @@
-# Written in the twenty-sixth session for the next (no device time was left to run it): consumer warpgroups
+# Written in the twenty-sixth session, run in the twenty-seventh (results in call1/; bench/NOTES.md v38): consumer warpgroups
 # whose 64 rows all lie past the sequence's end walk the tile without computing (kernels_cu/dev/
 # fwd90_idle_walk.patch on fwd_sm90_ws.cu; bench/NOTES.md v38). From the repo root:
-#   DEADLINE=<the call's limit less 30 s> bash bench/results/next-twentyseventh/call1.sh
+#   DEADLINE=<the call's limit less 30 s> bash bench/results/2026-12-07-twentyseventh/call1.sh
 # (1) idle_check.py on the patched tree: float64 rule, query lengths that end inside a tile, d32-d256,
 #     every feature the kernel takes, varlen with sequences of 0, 1, 37, 64, 65 ... rows.
 # (2) A/B HEAD against HEAD + patch, two alternated rounds: kernels_cu/dev/fwd_grid_ab.py d64 / d128 at 512,
@@ -17,7 +17,7 @@ R=/tmp/r; rm -rf $R; mkdir -p $R
 pack() { tar -czf $OUT/r.tmp.tgz -C $R . && mv $OUT/r.tmp.tgz $OUT/r.tgz ; }
 ( while sleep 15; do pack; done ) &
 packer=$!
-N=bench/results/next-twentyseventh
+N=bench/results/2026-12-07-twentyseventh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > $R/gpu.txt
 rm -rf /tmp/new && mkdir /tmp/new && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/new/
 (cd /tmp/new && patch -p1 -s < kernels_cu/dev/fwd90_idle_walk.patch) && echo "patched" | tee $R/patched.txt
