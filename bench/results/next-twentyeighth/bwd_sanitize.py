@@ -1,0 +1,23 @@
+"""Small backwards on the warp-specialised Hopper kernel (bwd_sm90_ws.cu, d64 and d128), for compute-sanitizer
+memcheck and racecheck of kernels_cu/dev/sm90_ws_uniform_warpgroup.patch: dense, causal, a window, GQA,
+deterministic, varlen with sequences of 0, 1 and 65 rows."""
+import cupy as cp
+
+import cuflash
+from cuflash import testing
+
+for d in (64, 128):
+    q, k, v = testing.random_qkv(2, 100, 77, 4, 2, d, "bf16", xp=cp, seed=1)
+    for kw in ({}, {"causal": True}, {"causal": True, "window_size": (30, 0)}, {"deterministic": True}):
+        fwd = {key: val for key, val in kw.items() if key != "deterministic"}
+        out, lse = cuflash.attention(q, k, v, return_lse=True, **fwd)
+        dout = testing.random_like(out)
+        cuflash.attention_backward(dout, q, k, v, out, lse, **kw)
+    cu = cp.asarray([0, 0, 1, 66, 166, 169], dtype=cp.int32)
+    qv, kv, vv = (x[0] for x in testing.random_qkv(1, 169, 169, 4, 2, d, "bf16", xp=cp, seed=2))
+    for causal in (False, True):
+        out, lse = cuflash.attention_varlen(qv, kv, vv, cu, cu, 100, 100, causal=causal, return_lse=True)
+        cuflash.attention_varlen_backward(testing.random_like(out), qv, kv, vv, out, lse, cu, cu, 100, 100,
+                                          causal=causal)
+cp.cuda.runtime.deviceSynchronize()
+print("done")
