@@ -1,5 +1,5 @@
 """Small backwards on the warp-specialised Hopper kernel (bwd_sm90_ws.cu, d64 and d128), for compute-sanitizer
-memcheck and racecheck of kernels_cu/dev/sm90_ws_uniform_warpgroup.patch: dense, causal, a window, GQA,
+memcheck and racecheck of kernels_cu/dev/sm90_uniform_warpgroup.patch: dense, causal, a window, GQA,
 deterministic, varlen with sequences of 0, 1 and 65 rows."""
 import cupy as cp
 

@@ -1,11 +1,13 @@
 # Written in the twenty-seventh session for the next (bench/NOTES.md v39): the warp-specialised forward's
-# warpgroup index made warp-uniform (kernels_cu/dev/sm90_ws_uniform_warpgroup.patch), alone ("u") and with
+# warpgroup index made warp-uniform (kernels_cu/dev/sm90_uniform_warpgroup.patch), alone ("u") and with
 # v38's idle walk on top (kernels_cu/dev/fwd90_idle_walk_uniform.patch, "ui"), against HEAD ("old"). From the repo root:
 #   DEADLINE=<the call's limit less 30 s> bash bench/results/next-twentyeighth/call1.sh
+# One call of 570 s holds the check, about two A/B rounds and a little of (3); with two calls, run the first
+# with ROUNDS=2 DEADLINE=...: the tests and sanitizers then get what is left, or a second call with ROUNDS=0.
 # (1) the float64 check (2026-12-07-twentyseventh/idle_check.py) on the ui tree (it holds both changes);
 # (2) A/B/C, alternated rounds while time is left: kernels_cu/dev/fwd_grid_ab.py d64 / d128 at 512, 1050,
 #     4096 rows (16k tokens) beside SDPA cuDNN; round 1 also cuflash bench --varlen mix d64 / d128, causal both;
-#     old and u also cuflash bench --mode bwd d64 / d128 at 1k and 4k beside SDPA cuDNN (the backward's change);
+#     old and u also cuflash bench --mode bwd d64 / d128 / d256 at 2k beside SDPA cuDNN (the backward's change);
 # (3) what time is left, on the ui tree: the forward and sm90 backward GPU tests, compute-sanitizer memcheck and
 #     racecheck of idle_sanitize.py (forward) and bwd_sanitize.py (backward).
 # Logs under /tmp/r -> $OUT/r.tgz, packed every 15 s.
@@ -21,7 +23,7 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > $R/gpu.txt
 tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
 for lab in u ui; do
   rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/
-  (cd /tmp/$lab && patch -p1 -s < kernels_cu/dev/sm90_ws_uniform_warpgroup.patch && echo "$lab: uniform" >> $R/patched.txt)
+  (cd /tmp/$lab && patch -p1 -s < kernels_cu/dev/sm90_uniform_warpgroup.patch && echo "$lab: uniform" >> $R/patched.txt)
   [ $lab = ui ] && (cd /tmp/ui && patch -p1 -s < kernels_cu/dev/fwd90_idle_walk_uniform.patch && echo "ui: idle walk" >> $R/patched.txt)
 done
 for lab in old u ui; do t=$(tree $lab)
@@ -32,16 +34,16 @@ wait $(jobs -p | grep -v "^$packer$")
 (cd /tmp/ui && PYTHONPATH=/tmp/ui CUFLASH_CACHE_DIR=/tmp/cc-ui timeout 150 python3 $C/idle_check.py 2>&1 \
    | tee $R/check.txt | grep -E "FAIL|failures")
 AB=kernels_cu/dev/fwd_grid_ab.py
-for r in 1 2 3; do for lab in old u ui; do [ $(left) -gt 150 ] || break 2
+for r in $(seq 1 ${ROUNDS:-3}); do for lab in old u ui; do [ $(left) -gt 150 ] || break 2
   t=$(tree $lab)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab SEQLENS=512,1050,4096 PEER=cudnn timeout 60 python3 \
      $AB $lab 64,128 2>&1 | tee -a $R/dense.txt)
   [ $r = 1 ] && (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 60 python3 -m cuflash bench --mode fwd \
      --varlen mix --seqlen 8k --headdim 64,128 --causal both --peers none --no-check --no-progress 2>&1 \
      | sed "s/^/$lab r$r /" | tee -a $R/varlen.txt | grep -E " fwd ")
-  # the backward (bwd_sm90_ws.cu takes the same change; ui's backward is u's)
+  # the backward (bwd_sm90_ws.cu and bwd_sm90.cu take the same change; ui's backward is u's)
   [ $lab != ui ] && (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 90 python3 -m cuflash bench --mode bwd \
-     --seqlen 1k,4k --headdim 64,128 --causal both --peers sdpa-cudnn --no-check --no-progress 2>&1 \
+     --seqlen 2k --headdim 64,128,256 --causal both --peers sdpa-cudnn --no-check --no-progress 2>&1 \
      | sed "s/^/$lab r$r /" | tee -a $R/bwd.txt | grep -E " bwd ")
 done; done
 L=$(( $(left) - 15 ))
