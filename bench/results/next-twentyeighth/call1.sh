@@ -9,17 +9,12 @@
 #     4096 rows (16k tokens) beside SDPA cuDNN; round 1 also cuflash bench --varlen mix d64 / d128, causal both;
 #     old and u also cuflash bench --mode bwd d64 / d128 / d256 at 2k beside SDPA cuDNN (the backward's change);
 # (3) what time is left, on the ui tree: the forward and sm90 backward GPU tests, compute-sanitizer memcheck and
-#     racecheck of idle_sanitize.py (forward) and bwd_sanitize.py (backward).
-# Logs under /tmp/r -> $OUT/r.tgz, packed every 15 s.
-export PYTHONUNBUFFERED=1
-DEADLINE=${DEADLINE:-540}
-left() { echo $((DEADLINE - SECONDS)); }
-R=/tmp/r; rm -rf $R; mkdir -p $R
-pack() { tar -czf $OUT/r.tmp.tgz -C $R . && mv $OUT/r.tmp.tgz $OUT/r.tgz ; }
-( while sleep 15; do pack; done ) &
-packer=$!
+#     racecheck of idle_sanitize.py (the warp-specialised forward) and uniform_sanitize.py (the backwards, and
+#     fwd_sm90.cu through a float32 bias); test_bias.py for fwd_sm90.cu.
+# Logs under /tmp/r -> $OUT/r.tgz (bench/call_lib.sh).
+. bench/call_lib.sh
 C=bench/results/2026-12-07-twentyseventh
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > $R/gpu.txt
+N=bench/results/next-twentyeighth
 tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
 for lab in u ui; do
   rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/
@@ -30,7 +25,7 @@ for lab in old u ui; do t=$(tree $lab)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 120 python3 -m cuflash compile --features "" \
      --features causal --features varlen --features varlen,causal --dtypes bf16 --only fwd90_bf16 --only bwd90_bf16 -j 5 > $R/compile-$lab.log 2>&1) &
 done
-wait $(jobs -p | grep -v "^$packer$")
+wait $(others)
 (cd /tmp/ui && PYTHONPATH=/tmp/ui CUFLASH_CACHE_DIR=/tmp/cc-ui timeout 150 python3 $C/idle_check.py 2>&1 \
    | tee $R/check.txt | grep -E "FAIL|failures")
 AB=kernels_cu/dev/fwd_grid_ab.py
@@ -53,12 +48,12 @@ if [ $L -gt 60 ]; then
   timeout $L python3 -m pytest tests/gpu/test_forward.py -q -x -p no:cacheprovider > $R/t-forward.log 2>&1 &
   timeout $L python3 -m pytest tests/gpu/test_varlen.py tests/gpu/test_packed.py -q -x -p no:cacheprovider > $R/t-varlen.log 2>&1 &
   timeout $L python3 -m pytest tests/gpu/test_variants.py -k sm90 -q -x -p no:cacheprovider > $R/t-variants.log 2>&1 &
+  timeout $L python3 -m pytest tests/gpu/test_bias.py -q -x -p no:cacheprovider > $R/t-bias.log 2>&1 &
   timeout $L python3 -m pytest tests/gpu/test_backward.py -k sm90 -q -x -p no:cacheprovider > $R/t-backward.log 2>&1 &
-  N=bench/results/next-twentyeighth
-  (for tool in memcheck racecheck; do for s in $C/idle_sanitize.py $N/bwd_sanitize.py; do
+  (for tool in memcheck racecheck; do for s in $C/idle_sanitize.py $N/uniform_sanitize.py; do
      timeout $(( L / 4 )) compute-sanitizer --tool $tool --error-exitcode 9 python3 $s > $R/$tool-$(basename $s .py).log 2>&1
      echo "rc=$?" >> $R/$tool-$(basename $s .py).log; done; done) &
-  wait $(jobs -p | grep -v "^$packer$")
+  wait $(others)
 fi
 for f in $R/t-*.log $R/memcheck-*.log $R/racecheck-*.log; do echo "== $f"; tail -n 2 $f; done
-kill $packer; pack
+finish
