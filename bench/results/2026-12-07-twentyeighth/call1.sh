@@ -1,7 +1,7 @@
 # Written in the twenty-seventh session for the next (bench/NOTES.md v39): the warp-specialised forward's
 # warpgroup index made warp-uniform (kernels_cu/dev/sm90_uniform_warpgroup.patch), alone ("u") and with
 # v38's idle walk on top (kernels_cu/dev/fwd90_idle_walk_uniform.patch, "ui"), against HEAD ("old"). From the repo root:
-#   DEADLINE=<the call's limit less 30 s> bash bench/results/next-twentyeighth/call1.sh
+#   DEADLINE=<the call's limit less 30 s> bash bench/results/2026-12-07-twentyeighth/call1.sh
 # One call of 570 s holds the check, about two A/B rounds and a little of (3); with two calls, run the first
 # with ROUNDS=2 DEADLINE=...: the tests and sanitizers then get what is left, or a second call with ROUNDS=0.
 # (1) the float64 check (2026-12-07-twentyseventh/idle_check.py) on the ui tree (it holds both changes);
@@ -14,7 +14,7 @@
 # Logs under /tmp/r -> $OUT/r.tgz (bench/call_lib.sh).
 . bench/call_lib.sh
 C=bench/results/2026-12-07-twentyseventh
-N=bench/results/next-twentyeighth
+N=bench/results/2026-12-07-twentyeighth
 tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
 for lab in u ui; do
   rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/

@@ -1,6 +1,6 @@
 # call1.sh reordered for a short call (the twenty-eighth session had ~450 s of device time left after failed
 # starts): the A/B first, then the float64 check and the tests. From the repo root:
-#   DEADLINE=<the call's limit less 30 s> bash bench/results/next-twentyeighth/call2.sh
+#   DEADLINE=<the call's limit less 30 s> bash bench/results/2026-12-07-twentyeighth/call2.sh
 # (1) compile old / u / ui (bf16 fwd90 + bwd90, plain, causal, varlen, varlen causal);
 # (2) round 1: fwd_grid_ab.py d64 / d128 at 512, 1050, 4096 rows (16k tokens) beside SDPA cuDNN for old, u,
 #     ui; cuflash bench --varlen mix for old and ui; the backward d64 / d128 / d256 2k beside SDPA cuDNN for
@@ -10,7 +10,7 @@
 # (5) what is left: call1.sh's tests and sanitizers on ui.
 . bench/call_lib.sh
 C=bench/results/2026-12-07-twentyseventh
-N=bench/results/next-twentyeighth
+N=bench/results/2026-12-07-twentyeighth
 tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
 for lab in u ui; do
   rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/
