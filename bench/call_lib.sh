@@ -15,3 +15,13 @@ packer=$!
 others() { jobs -p | grep -v "^$packer$"; }
 finish() { kill $packer; pack; }
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > $R/gpu.txt 2>&1
+# tree LAB: the source tree of label LAB, the repo ("old") or /tmp/LAB; make_tree LAB PATCH...: /tmp/LAB as a
+# copy of the repo with the patches applied in order (each named in $R/patched.txt); compile_tree LAB
+# ARGS...: `cuflash compile ARGS` in LAB's tree into /tmp/cc-LAB, its log $R/compile-LAB.log (run them with
+# & and wait $(others) to compile the trees side by side).
+tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
+make_tree() { local lab=$1 p; shift
+  rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/
+  for p in "$@"; do (cd /tmp/$lab && patch -p1 -s < $p && echo "$lab: $p" >> $R/patched.txt); done; }
+compile_tree() { local lab=$1 t; shift; t=$(tree $lab)
+  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 120 python3 -m cuflash compile "$@" > $R/compile-$lab.log 2>&1); }

@@ -15,15 +15,11 @@
 . bench/call_lib.sh
 C=bench/results/2026-12-07-twentyseventh
 N=bench/results/2026-12-07-twentyeighth
-tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
-for lab in b ib; do
-  rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/
-  (cd /tmp/$lab && patch -p1 -s < kernels_cu/dev/sm90_uniform_warpgroup_b.patch && echo "$lab: uniform b" >> $R/patched.txt)
-  [ $lab = ib ] && (cd /tmp/ib && patch -p1 -s < kernels_cu/dev/fwd90_idle_walk_uniform_b.patch && echo "ib: idle walk" >> $R/patched.txt)
-done
-for lab in old b ib; do t=$(tree $lab)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 120 python3 -m cuflash compile --features "" \
-     --features causal --features varlen --features varlen,causal --dtypes bf16 --only fwd90_bf16 --only bwd90_bf16 -j 5 > $R/compile-$lab.log 2>&1) &
+make_tree b kernels_cu/dev/sm90_uniform_warpgroup_b.patch
+make_tree ib kernels_cu/dev/sm90_uniform_warpgroup_b.patch kernels_cu/dev/fwd90_idle_walk_uniform_b.patch
+for lab in old b ib; do
+  compile_tree $lab --features "" --features causal --features varlen --features varlen,causal --dtypes bf16 \
+    --only fwd90_bf16 --only bwd90_bf16 -j 5 &
 done
 wait $(others)
 echo "compiled at $SECONDS s" >> $R/times.txt
