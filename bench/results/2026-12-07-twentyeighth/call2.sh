@@ -1,5 +1,7 @@
-# call1.sh reordered for a short call (the twenty-eighth session had ~450 s of device time left after failed
-# starts): the A/B first, then the float64 check and the tests. From the repo root:
+# The twenty-eighth session's call (bench/NOTES.md v39): HEAD ("old"), the warpgroup index made warp-uniform
+# (kernels_cu/dev/sm90_uniform_warpgroup.patch, "u") and that with the idle walk on top
+# (kernels_cu/dev/fwd90_idle_walk_uniform.patch, "ui"). Written for a short call (~450 s of device time were
+# left after failed starts): the A/B first, then the float64 check and the tests. From the repo root:
 #   DEADLINE=<the call's limit less 30 s> bash bench/results/2026-12-07-twentyeighth/call2.sh
 # (1) compile old / u / ui (bf16 fwd90 + bwd90, plain, causal, varlen, varlen causal);
 # (2) round 1: fwd_grid_ab.py d64 / d128 at 512, 1050, 4096 rows (16k tokens) beside SDPA cuDNN for old, u,
@@ -7,19 +9,16 @@
 #     old and u (ui's backward is u's);
 # (3) the float64 check (idle_check.py) on ui;
 # (4) more rounds of the dense A/B in reverse order (ui, u, old) while time is left;
-# (5) what is left: call1.sh's tests and sanitizers on ui.
+# (5) what is left, on ui: the forward, varlen and sm90 backward GPU tests, compute-sanitizer memcheck and
+#     racecheck of idle_sanitize.py and uniform_sanitize.py.
 . bench/call_lib.sh
 C=bench/results/2026-12-07-twentyseventh
 N=bench/results/2026-12-07-twentyeighth
-tree() { case $1 in old) echo $PWD ;; *) echo /tmp/$1 ;; esac; }
-for lab in u ui; do
-  rm -rf /tmp/$lab && mkdir /tmp/$lab && cp -r cuflash kernels_cu tests bench pyproject.toml /tmp/$lab/
-  (cd /tmp/$lab && patch -p1 -s < kernels_cu/dev/sm90_uniform_warpgroup.patch && echo "$lab: uniform" >> $R/patched.txt)
-  [ $lab = ui ] && (cd /tmp/ui && patch -p1 -s < kernels_cu/dev/fwd90_idle_walk_uniform.patch && echo "ui: idle walk" >> $R/patched.txt)
-done
-for lab in old u ui; do t=$(tree $lab)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 120 python3 -m cuflash compile --features "" \
-     --features causal --features varlen --features varlen,causal --dtypes bf16 --only fwd90_bf16 --only bwd90_bf16 -j 5 > $R/compile-$lab.log 2>&1) &
+make_tree u kernels_cu/dev/sm90_uniform_warpgroup.patch
+make_tree ui kernels_cu/dev/sm90_uniform_warpgroup.patch kernels_cu/dev/fwd90_idle_walk_uniform.patch
+for lab in old u ui; do
+  compile_tree $lab --features "" --features causal --features varlen --features varlen,causal --dtypes bf16 \
+    --only fwd90_bf16 --only bwd90_bf16 -j 5 &
 done
 wait $(others)
 echo "compiled at $SECONDS s" >> $R/times.txt
