@@ -134,6 +134,10 @@ constexpr int VARLEN_TMA_WARP = 3;  // varlen (which has no bias here): the warp
 constexpr int PRODUCER_REGS = 40;
 constexpr int CONSUMER_REGS = 232;
 static_assert(register_split_fits<THREADS, PRODUCER_REGS, CONSUMER_REGS>(), "register split");
+// The warpgroup index made warp-uniform (platform.cuh warp_uniform) at d64 only. Measured (H100,
+// bench/NOTES.md v39): d64 1.6-2.7% faster at 2k; d128 even (its step loop 782 -> 734 instructions), and
+// there its causal varlen kernels spill 16 bytes with it.
+constexpr bool UNIFORM_WG = D <= 64;
 // Dropout's keep words drawn by the ping-pong consumers while S^T and dP^T run
 // (Dropout::draw_t, softmax_backward_t's `drawn`; bench/NOTES.md dr3): not beside softcap
 // and the sink, where the words held through the products spilled (4-8 bytes, NVRTC 13.5).
@@ -194,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_bwd_sm90(const 
     auto sdQ = [&](int u) { return sdQ0 + (u32)(u % DQ_BUFFERS) * DQ_BYTES; };
 
     const int tid = threadIdx.x, lane = tid % 32;
-    const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
+    const int wg = warp_uniform<UNIFORM_WG>(tid / 128), warp_in_wg = warp_uniform<UNIFORM_WG>((tid / 32) % 4);
     const int n_block = dq_key_block<DETERMINISTIC>();  // mask.cuh
     const int key0 = n_block * BN;
     const SeqInfo si(p, blockIdx.z, blockIdx.y);

@@ -141,6 +141,20 @@ constexpr u32 ONES_BYTES = SUMS_BY_MMA ? BN * 128 : 0;  // after each V slot (KV
 // -2-3% at d128 causal 512-1k; it needs a free Q buffer for the next tile.
 constexpr bool DEFER_EPILOGUE = Q_BUFFERS == 2 && D <= 64;
 
+// The warpgroup index made warp-uniform (platform.cuh warp_uniform). Measured (H100, bench/NOTES.md
+// v39): 1-4% faster at d64 on three consumers and at d128, but 2-6% slower on d <= 64's two-consumer
+// tiles (the short causal calls, 512-1k rows), which keep the index from threadIdx.
+constexpr bool UNIFORM_WG = !(D <= 64 && WGS == 2);
+
+// Consumer warpgroups whose rows all lie past the sequence's end walk the tile without computing
+// (consume's idle). Not where the walk spilled the consumers or serialised their products (NVRTC
+// 12.9, with the warpgroup index warp-uniform): three consumer warpgroups (d32, d64, 160 registers)
+// with varlen or a softcap, dense masked kernels at d <= 64 (causal, window: SERIAL or 20-28
+// bytes), and d256 with dropout (bench/NOTES.md v38, v39); and only where the warpgroup index is
+// warp-uniform (v38: the idle test on a per-thread index cost every step 20 instructions).
+constexpr bool IDLE_WALK = UNIFORM_WG && !(WGS == 3 && (CUFLASH_VARLEN || SOFTCAP)) && !(DROPOUT && D >= 256) &&
+                           !(D <= 64 && CUFLASH_MASK != CUFLASH_MASK_NONE && !CUFLASH_VARLEN);
+
 // Register split (65536 per SM, one CTA): the producer needs few, the consumers' accumulators many.
 constexpr int PRODUCER_REGS = WGS == 3 ? 32 : 56;
 constexpr int CONSUMER_REGS = WGS == 3 ? 160 : WGS == 2 ? 224 : 240;
@@ -326,7 +340,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
     const TileList list{list_words, list_words + LISTED_SEQS + 1, LISTED && p.batch <= LISTED_SEQS && p.seqlen_q <= LISTED_ROWS};
 
     const int tid = threadIdx.x, lane = tid % 32;
-    const int wg = tid / 128, warp_in_wg = (tid / 32) % 4;
+    const int wg = warp_uniform<UNIFORM_WG>(tid / 128), warp_in_wg = warp_uniform<UNIFORM_WG>((tid / 32) % 4);
     // A varlen grid covers the longest sequence (p.seqlen_q).
     const int m_blocks = (p.seqlen_q + BM - 1) / BM;
     // TMA loads. Dense: thread 0 alone issues them (one arrival per full phase). Varlen: a box
@@ -654,7 +668,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             if (DROPOUT) drop.drop_packed<false>(pa, row0 + warp_row0, j * BN, lane);
         };
 
+        // A warpgroup whose 64 rows all lie past the sequence's end (the last block of a
+        // sequence that ends inside the tile; IDLE_WALK) computes no softmax and issues no
+        // product but the first block's S: it walks the blocks for the barriers alone
+        // (idle_step), so the tensor cores serve the other warpgroups. Its O stays 0 and its
+        // rows are never stored. (That first S stays unconditional: issued under the test, its
+        // accumulators spilled the consumers, 700-1452 bytes at d64 / d128 causal, NVRTC 12.9.)
+        const bool idle = IDLE_WALK && row0 + c * 64 >= si.seqlen_q;
+
         // S[last] (the tile's first block, ring position g0) and its softmax (O is still 0: no rescale).
+        // (The Q buffer is waited for by an idle warpgroup too: its epilogue stages into it.)
         mbar_wait(q_full(qb), (kq / Q_BUFFERS) & 1);
         wait_full(k_full(g0 % STAGES), g0);
         {
@@ -668,9 +691,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             wgmma_wait<0>();
             fence_regs(acc_s[0]);
             mbar_arrive(k_empty(g0 % STAGES));
-            float corr[1][2];
-            softmax_s(last, g0, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
-            pack_block(last);
+            if (!idle) {
+                float corr[1][2];
+                softmax_s(last, g0, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
+                pack_block(last);
+            } else if (BIAS) {
+                mbar_wait(b_full(g0 % STAGES), (g0 / STAGES) & 1);
+                mbar_arrive(b_empty(g0 % STAGES));
+            }
         }
 
         // Step n (block n is ring position g = g0 + last - n, block n - 1 position g + 1).
@@ -699,12 +727,30 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             }
             pack_block(n - 1);
         };
+        // An idle warpgroup's step: step()'s waits, turn and arrivals (in its order), no work.
+        auto idle_step = [&](int n) {
+            const int g = g0 + last - n, s_v = g % STAGES, s_k = (g + 1) % STAGES;
+            wait_full(k_full(s_k), g + 1);
+            wait_full(v_full(s_v), g);
+            take_turn();
+            pass_turn();
+            mbar_arrive(k_empty(s_k));
+            if (BIAS) {
+                mbar_wait(b_full(s_k), ((g + 1) / STAGES) & 1);
+                mbar_arrive(b_empty(s_k));
+            }
+            mbar_arrive(v_empty(s_v));
+        };
         // The blocks that need the element mask are visited first (j >= masked.y: the
         // causal diagonal, seqlen_k's edge) and, under a left window, last (j <= masked.x):
         // three loops, each step inlined with the mask or without, so that the middle
         // loop (most of a long row's blocks) tests nothing per block and holds no mask
         // state (measured 1-2% faster than one loop testing j, d64-d128, bench/NOTES.md v12).
         int n = last;
+        if (idle) {
+#pragma unroll 1
+            for (; n > first; --n) idle_step(n);
+        }
 #pragma unroll 1
         for (; n > first && n - 1 >= masked.y; --n) step(n, true);
 #pragma unroll 1
@@ -717,7 +763,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             const int g = g0 + count - 1;  // V[first]
             wait_full(v_full(g % STAGES), g);
             take_turn();
-            issue_o(g % STAGES);
+            if (!idle) issue_o(g % STAGES);
             pass_turn();
             wgmma_wait<0>();
             fence_regs(acc_o);

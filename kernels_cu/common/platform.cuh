@@ -31,3 +31,12 @@ CUFLASH_DEVICE u32 opaque(u32 x) {
     asm volatile("" : "+r"(x));
     return x;
 }
+
+// x as lane 0 of the warp holds it, when ON: for a value that is equal across the warp (a warp or
+// warpgroup index from threadIdx) but that ptxas cannot prove so. Then branches on it stay uniform
+// and the addresses built from it (barriers, ring slots, descriptors) live in uniform registers;
+// from threadIdx directly ptxas treats them as per-thread (vector address arithmetic and R2UR in
+// every step, bench/NOTES.md v39). Every lane of the warp must call it. A kernel passes ON = false
+// where it measured slower.
+template <bool ON = true>
+CUFLASH_DEVICE int warp_uniform(int x) { return ON ? __shfl_sync(0xffffffffu, x, 0) : x; }
