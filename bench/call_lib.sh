@@ -25,3 +25,30 @@ make_tree() { local lab=$1 p; shift
   for p in "$@"; do (cd /tmp/$lab && patch -p1 -s < $p && echo "$lab: $p" >> $R/patched.txt); done; }
 compile_tree() { local lab=$1 t; shift; t=$(tree $lab)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 120 python3 -m cuflash compile "$@" > $R/compile-$lab.log 2>&1); }
+# sharded_tests SECONDS PYTEST_ARGS...: the tests that PYTEST_ARGS collect, in their order, dealt round-robin to
+# ${SHARDS:-12} pytest processes run for at most SECONDS in the current directory's tree (its CUFLASH_CACHE_DIR
+# as set by the caller), so that a cut call still covers every file; logs $R/t-shardK.log. Ids with spaces (which
+# the command line would split) run as their test functions, every parameter, in $R/t-spaced.log. The float64
+# reference is CPU-bound: one OpenMP thread per process. Returns when all have ended.
+sharded_tests() { local L=$1 k n=${SHARDS:-12} ids; shift
+  export PYTHONPATH=$PWD OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+  python3 -m pytest "$@" --collect-only -q -p no:cacheprovider 2>/dev/null | grep :: > $R/ids-all.txt
+  grep -v " " $R/ids-all.txt > /tmp/ids.txt
+  echo "$(wc -l < $R/ids-all.txt) tests collected at $SECONDS s" >> $R/times.txt
+  local pids=()
+  for k in $(seq 0 $((n - 1))); do
+    awk -v k=$k -v s=$n 'NR % s == k' /tmp/ids.txt > /tmp/shard$k
+    mapfile -t ids < /tmp/shard$k
+    [ ${#ids[@]} -gt 0 ] && { timeout $L python3 -m pytest "${ids[@]}" -q -rfE -p no:cacheprovider > $R/t-shard$k.log 2>&1 & pids+=($!); }
+  done
+  mapfile -t ids < <(grep " " $R/ids-all.txt | cut -d[ -f1 | sort -u)
+  [ ${#ids[@]} -gt 0 ] && { timeout $L python3 -m pytest "${ids[@]}" -q -rfE -p no:cacheprovider > $R/t-spaced.log 2>&1 & pids+=($!); }
+  wait "${pids[@]}"
+  echo "tests done at $SECONDS s" >> $R/times.txt
+  for k in $R/t-shard*.log $R/t-spaced.log; do [ -f $k ] && echo "== $k: $(tail -n 1 $k)"; done
+  grep -h -E "^(FAILED|ERROR)" $R/t-shard*.log $R/t-spaced.log 2>/dev/null | head -40; }
+# sm90_tests SECONDS: the sm90 GPU tests of the files that a Hopper kernel change touches (the least reached by
+# earlier calls first), and test_packed.py, through sharded_tests.
+sm90_tests() { sharded_tests $1 tests/gpu/test_bias.py tests/gpu/test_dropout.py tests/gpu/test_variants.py \
+  tests/gpu/test_varlen.py tests/gpu/test_forward.py tests/gpu/test_backward.py tests/gpu/test_packed.py \
+  -k "sm90 or test_packed"; }
