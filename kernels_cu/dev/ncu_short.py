@@ -3,6 +3,7 @@
     ncu --profile-from-start off --section SpeedOfLight --section ComputeWorkloadAnalysis \
         --section WarpStateStats --section Occupancy python kernels_cu/dev/ncu_short.py
 Each case is called twice first (compile, cache, plan), then once between profiler start and stop.
+CASES=64:512:1,... (head dim:seqlen:causal) profiles those cases instead.
 WINDOW=256:0 profiles cuflash alone on that sliding window instead (d128, 16k, batch 1, 16 heads;
 bench/NOTES.md w1-w2), with a copy of as many bytes (Q, K, V read, O written) beside it.
 """
@@ -15,6 +16,9 @@ import cuflash
 from cuflash import testing
 
 CASES = [(64, 512, True), (256, 512, True), (256, 512, False)]  # (head dim, seqlen, causal)
+if "CASES" in os.environ:  # CASES=64:512:1,128:512:0 (head dim:seqlen:causal)
+    CASES = [tuple(int(x) for x in c.split(":")) for c in os.environ["CASES"].split(",")]
+    CASES = [(d, s, bool(c)) for d, s, c in CASES]
 
 if "WINDOW" in os.environ:
     window = tuple(int(x) for x in os.environ["WINDOW"].split(":"))
