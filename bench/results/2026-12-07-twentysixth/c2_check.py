@@ -1,26 +1,21 @@
 """Float64 check of the warp-specialised forward on two CTAs per SM (one consumer warpgroup each; needs
 kernels_cu/dev/fwd90_ws_two_ctas.patch applied):
 the head dims' tiles replaced by 64-row ones with ctas_per_sm=2, every selected kernel's name printed."""
+import sys
+
 import cupy as cp
 import numpy as np
 
 import cuflash
-from cuflash import launch, reference, specs, testing
+from cuflash import reference, specs, testing
+
+sys.path.insert(0, "bench")
+import float64_cases  # noqa: E402 (records the kernels launched)
 
 specs.FWD_SM90_TILES[128] = specs.FwdSm90Tiles(64, 64, ctas_per_sm=2, stages=2)
 specs.FWD_SM90_TILES[64] = specs.FwdSm90Tiles(64, 128, ctas_per_sm=2, stages=2)
 specs.FWD_SM90_SHORT_CAUSAL_TILES[64] = specs.FwdSm90Tiles(64, 128, ctas_per_sm=2, stages=2)
 specs.FWD_SM90_NARROW_BAND.clear()
-names = set()
-run = launch.run
-
-
-def recording_run(spec, *args, **kwargs):
-    names.add(spec.name)
-    return run(spec, *args, **kwargs)
-
-
-launch.run = recording_run
 failures = 0
 for d in (64, 128):
     for dtype in ("bf16", "fp16"):
@@ -64,5 +59,5 @@ for d in (64, 128):
         except AssertionError as err:
             failures += 1
             print(f"FAIL d{d} varlen {kw}: {err}", flush=True)
-print("kernels:", sorted(names))
+print("kernels:", sorted(float64_cases.kernel_names))
 print("failures:", failures)

@@ -5,36 +5,19 @@ to, above and below seqlen_k, lengths that end inside a tile, every feature the 
 d32-d128 (d256's 64- and 80-key blocks never take it), both dtypes; every selected kernel's name printed.
     DIMS=64,128 python3 half_check.py   (default 64,128,32,96)"""
 import os
+import sys
 
 import cupy as cp
 import numpy as np
 
 import cuflash
-from cuflash import launch, reference, testing, tma
+from cuflash import reference, testing, tma
+
+sys.path.insert(0, "bench")
+import float64_cases  # noqa: E402 (records the kernels launched)
+from float64_cases import check, dense_case  # noqa: E402
 
 tma.MIN_FLOP = 0  # small calls take the TMA loads too
-names = set()
-run = launch.run
-
-
-def recording_run(spec, *args, **kwargs):
-    names.add(spec.name)
-    return run(spec, *args, **kwargs)
-
-
-launch.run = recording_run
-failures = 0
-
-
-def check(label, got, refs, dtype):
-    global failures
-    try:
-        errs = [testing.check_accuracy(n, g, r64, rl, dtype)["err"] for n, g, (r64, rl) in zip(("out", "lse"), got, refs)]
-        print(f"ok   {label}: out err {errs[0]:.2e}", flush=True)
-    except AssertionError as err:
-        failures += 1
-        print(f"FAIL {label}: {err}", flush=True)
-
 
 # (seqlen_q, seqlen_k): equal (128-row tiles up to 2048 rows at d64, 192-row ones past it), ending inside a
 # tile, the diagonal shifted right (sk > sq) and left (sq > sk: leading rows that see no key)
@@ -48,25 +31,7 @@ for d in [int(x) for x in os.environ.get("DIMS", "64,128,32,96").split(",")]:
             feat = FEATURES[(i + j) % len(FEATURES)] if j < 2 else {}
             kw = dict(mask, **feat)
             dtype = "bf16" if (i + j) % 2 == 0 else "fp16"
-            q, k, v = testing.random_qkv(2, sq, sk, 4, 2, d, dtype, xp=cp, seed=10 * i + j)
-            extra, ref_extra = {}, {}
-            if kw.pop("sink", False):
-                extra["learnable_sink"] = cp.asarray(np.linspace(-1, 2, 4), dtype=cp.float32)
-            if kw.pop("alibi", False):
-                extra["alibi_slopes"] = cp.asarray(np.linspace(0.01, 0.2, 4), dtype=cp.float32)
-            if kw.pop("bias", False):
-                extra["bias"] = testing.random_like(cp.empty((2, 4, sq, sk), cp.uint16).view(q.dtype))
-            if kw.pop("dropout", False):
-                extra.update(dropout_p=0.2, seed=5)
-                ref_extra["dropout_p"] = 0.2
-                ref_extra["dropout_mask"] = reference.dropout_keep_mask(5, 0, 2, 4, sq, sk, 0.2)
-            out = testing.poison(cp.empty_like(q))
-            out, lse = cuflash.attention(q, k, v, out=out, return_lse=True, **kw, **extra)
-            qh, kh, vh = (testing.to_numpy(x) for x in (q, k, v))
-            ex = {n: testing.to_numpy(x) for n, x in extra.items() if n not in ("dropout_p", "seed")}
-            refs = [reference.attention_forward(qh, kh, vh, **kw, **ex, **ref_extra, precision=p)
-                    for p in ("float64", "lowp")]
-            check(f"d{d} {dtype} {sq}x{sk} {kw} {list(extra)}", (out, lse), list(zip(*refs)), dtype)
+            dense_case(d, sq, sk, kw, dtype, seed=10 * i + j)
     lens_q = [0, 1, 37, 64, 65, 129, 200, 500, 1000, 3]
     lens_k = [5, 1, 37, 100, 65, 128, 150, 500, 1200, 0]
     cq = np.concatenate([[0], np.cumsum(lens_q)]).astype(np.int32)
@@ -80,5 +45,4 @@ for d in [int(x) for x in os.environ.get("DIMS", "64,128,32,96").split(",")]:
             qh, kh, vh = (testing.to_numpy(x) for x in (q, k, v))
             refs = [reference.attention_forward_varlen(qh, kh, vh, cu_q, cu_k, **kw, precision=p) for p in ("float64", "lowp")]
             check(f"d{d} varlen {'equal' if cu_q is cu_k else 'unequal'} lengths {kw}", (out, lse), list(zip(*refs)), "bf16")
-print("kernels:", sorted(n for n in names if n.startswith("fwd90")))
-print("failures:", failures)
+float64_cases.summary("fwd90")
