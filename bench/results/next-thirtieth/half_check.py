@@ -1,9 +1,9 @@
 """Float64 check of the warp-specialised forward's half diagonal (kernels_cu/dev/fwd90_half_diagonal.patch,
 bench/NOTES.md v40): a warpgroup whose rows see none of its tile's first key block's second half issues P V over
-the first 64 keys only (and S too in the plain dense causal and local kernels on two consumer warpgroups).
-Causal and right-bounded windows with seqlen_q equal
-to, above and below seqlen_k, lengths that end inside a tile, every feature the kernel takes, dense and varlen,
-d32-d128 (d256's 64- and 80-key blocks never take it), both dtypes; every selected kernel's name printed.
+the first 64 keys only (and S too in the plain dense causal and local kernels on two consumer warpgroups). Causal
+and right-bounded windows with seqlen_q equal to, above and below seqlen_k, lengths that end inside a tile, every
+feature the kernel takes, dense and varlen, d32-d128 (d256's 64- and 80-key blocks never take it), both dtypes;
+every selected kernel's name printed.
     DIMS=64,128 python3 half_check.py   (default 64,128,32,96)"""
 import os
 import sys
