@@ -45,7 +45,9 @@
 //       O; pack P[n-1] to 16 bits. Last: O += P[first] V[first].
 //     Ping-pong: the consumers take turns (named barriers, in ring order) to
 //     issue their products, so one warpgroup's softmax runs while the tensor
-//     cores work on the next one's products.
+//     cores work on the next one's products. A consumer whose 64 rows all lie
+//     past the sequence's end (IDLE_WALK) issues only S[last], then walks the
+//     steps' waits, turns and slot releases without computing.
 //   Epilogue per consumer: O /= l (l with the sink), staged through its rows of
 //     the tile's Q buffer; dense with TMA one thread stores them as a box of 64 rows
 //     (p.tma_o) and frees the buffer once the store has read it; otherwise 16-byte
