@@ -677,6 +677,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
         // rows are never stored. (That first S stays unconditional: issued under the test, its
         // accumulators spilled the consumers, 700-1452 bytes at d64 / d128 causal, NVRTC 12.9.)
         const bool idle = IDLE_WALK && row0 + c * 64 >= si.seqlen_q;
+        // An idle warpgroup's turn at ring position g's bias slot: waited for and freed unread.
+        auto pass_bias = [&](int g) {
+            if (BIAS) {
+                mbar_wait(b_full(g % STAGES), (g / STAGES) & 1);
+                mbar_arrive(b_empty(g % STAGES));
+            }
+        };
 
         // S[last] (the tile's first block, ring position g0) and its softmax (O is still 0: no rescale).
         // (The Q buffer is waited for by an idle warpgroup too: its epilogue stages into it.)
@@ -697,9 +704,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
                 float corr[1][2];
                 softmax_s(last, g0, corr, last <= masked.x || last >= masked.y);  // O is 0: nothing to rescale
                 pack_block(last);
-            } else if (BIAS) {
-                mbar_wait(b_full(g0 % STAGES), (g0 / STAGES) & 1);
-                mbar_arrive(b_empty(g0 % STAGES));
+            } else {
+                pass_bias(g0);
             }
         }
 
@@ -737,10 +743,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) cuflash_fwd_sm90(const 
             take_turn();
             pass_turn();
             mbar_arrive(k_empty(s_k));
-            if (BIAS) {
-                mbar_wait(b_full(s_k), ((g + 1) / STAGES) & 1);
-                mbar_arrive(b_empty(s_k));
-            }
+            pass_bias(g + 1);
             mbar_arrive(v_empty(s_v));
         };
         // The blocks that need the element mask are visited first (j >= masked.y: the
