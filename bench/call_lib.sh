@@ -25,6 +25,11 @@ make_tree() { local lab=$1 p; shift
   for p in "$@"; do (cd /tmp/$lab && patch -p1 -s < $p && echo "$lab: $p" >> $R/patched.txt); done; }
 compile_tree() { local lab=$1 t; shift; t=$(tree $lab)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab timeout 120 python3 -m cuflash compile "$@" > $R/compile-$lab.log 2>&1); }
+# dense LAB [SEQLENS] [SECONDS]: kernels_cu/dev/fwd_grid_ab.py in LAB's tree, d64 and d128 at SEQLENS query rows
+# (default 512,1050,4096; 16k tokens) beside SDPA cuDNN, for at most SECONDS (60), appended to $R/dense.txt.
+dense() { local t; t=$(tree $1)
+  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 SEQLENS=${2:-512,1050,4096} PEER=cudnn timeout ${3:-60} python3 \
+     kernels_cu/dev/fwd_grid_ab.py $1 64,128 2>&1 | tee -a $R/dense.txt); }
 # sharded_tests SECONDS PYTEST_ARGS...: the tests that PYTEST_ARGS collect, in their order, dealt round-robin to
 # ${SHARDS:-12} pytest processes run for at most SECONDS in the current directory's tree (its CUFLASH_CACHE_DIR
 # as set by the caller), so that a cut call still covers every file; logs $R/t-shardK.log. Ids with spaces (which

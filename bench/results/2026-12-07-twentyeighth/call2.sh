@@ -22,10 +22,6 @@ for lab in old u ui; do
 done
 wait $(others)
 echo "compiled at $SECONDS s" >> $R/times.txt
-AB=kernels_cu/dev/fwd_grid_ab.py
-dense() { t=$(tree $1)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 SEQLENS=512,1050,4096 PEER=cudnn timeout 60 python3 \
-     $AB $1 64,128 2>&1 | tee -a $R/dense.txt); }
 for lab in old u ui; do [ $(left) -gt 60 ] || break
   t=$(tree $lab)
   dense $lab

@@ -25,15 +25,11 @@ done
 compile_tree u --features causal --dtypes bf16 --only fwd90_bf16_d64 -j 4 &
 wait $(others)
 echo "compiled at $SECONDS s" >> $R/times.txt
-AB=kernels_cu/dev/fwd_grid_ab.py
-dense() { t=$(tree $1)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 SEQLENS=512,1050,2048,4096 PEER=cudnn timeout 75 python3 \
-     $AB $1 64,128 2>&1 | tee -a $R/dense.txt); }
 varlen() { t=$(tree $1)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 timeout 45 python3 -m cuflash bench --mode fwd --varlen mix \
      --seqlen 2k,8k --headdim 64,128 --causal yes --peers none --no-check --no-progress 2>&1 | sed "s/^/$1 /" \
      | tee -a $R/varlen.txt | grep -E " fwd ") }
-for lab in old h; do [ $(left) -gt 60 ] || break; dense $lab; [ $(left) -gt 60 ] && varlen $lab; done
+for lab in old h; do [ $(left) -gt 60 ] || break; dense $lab 512,1050,2048,4096 75; [ $(left) -gt 60 ] && varlen $lab; done
 echo "round 1 done at $SECONDS s" >> $R/times.txt
 L=$(( $(left) - 10 )); [ $L -gt 120 ] && L=120
 [ $L -gt 20 ] && (cd /tmp/h && PYTHONPATH=/tmp/h CUFLASH_CACHE_DIR=/tmp/cc-h timeout $L python3 $H/half_check.py 2>&1 \
@@ -47,7 +43,7 @@ if [ $L -gt 60 ]; then
   (cd /tmp/h && CUFLASH_CACHE_DIR=/tmp/cc-h sm90_tests $(( L - 5 )))
   wait $(others)
 fi
-for lab in h old; do [ $(left) -gt 80 ] || break; dense $lab; done
+for lab in h old; do [ $(left) -gt 80 ] || break; dense $lab 512,1050,2048,4096 75; done
 echo "round 2 done at $SECONDS s" >> $R/times.txt
 for lab in old u; do [ $(left) -gt 70 ] || break; t=$(tree $lab)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab CASES=64:512:1 timeout 60 ncu --profile-from-start off \

@@ -23,10 +23,6 @@ for lab in old b ib; do
 done
 wait $(others)
 echo "compiled at $SECONDS s" >> $R/times.txt
-AB=kernels_cu/dev/fwd_grid_ab.py
-dense() { t=$(tree $1)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 SEQLENS=512,1050,4096 PEER=cudnn timeout 60 python3 \
-     $AB $1 64,128 2>&1 | tee -a $R/dense.txt); }
 bwd() { t=$(tree $1)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 timeout 45 python3 -m cuflash bench --mode bwd --seqlen 2k \
      --headdim 64 --causal both --peers sdpa-cudnn --no-check --no-progress 2>&1 | sed "s/^/$1 /" | tee -a $R/bwd.txt | grep -E " bwd "); }
