@@ -17,7 +17,8 @@ R=/tmp/r; rm -rf $R; mkdir -p $R/ab $R/t
 pack() { tar -czf $OUT/r.tgz -C $R . ; }
 nvidia-smi --query-gpu=name --format=csv,noheader > $R/gpu.txt
 rm -rf /tmp/pk && mkdir /tmp/pk && cp -r cuflash kernels_cu bench tests pyproject.toml /tmp/pk/ \
-  && (cd /tmp/pk && patch -p1 -s < kernels_cu/dev/fwd90_sums_by_mma.patch (landed in 367f151; run by the nineteenth session as call 1)) || exit 1
+  && (cd /tmp/pk && patch -p1 -s < kernels_cu/dev/fwd90_sums_by_mma.patch) || exit 1
+# (the patch landed in 367f151; this script ran as the nineteenth session's call 1)
 args="--mode fwd --headdim 64,128 --seqlen 2k,8k --causal both --peers none --no-progress"
 for r in 1 2; do
   for tree in new:/tmp/pk old:$PWD; do
