@@ -2,15 +2,15 @@
 # (0.279 ms at d64 512 against 0.185 in the twenty-ninth session), while NVRTC 13.0.88 here compiles it clean.
 # (1) the machine's NVRTC and CUDA packages; (2) `cuflash compile` of the d64 plain kernels on HEAD and on "rv" (HEAD
 # with f574948's pass_bias fold reverted, unfold.patch); (3) the same kernel compiled on first use in a process that
-# imported torch first; (4) fwd_grid_ab d64 on both trees; (5) call 1's one failure (test_alibi 1x239 on the half
+# imported torch first, or started torch's CUDA first; (4) fwd_grid_ab d64 on both trees; (5) call 1's one failure (test_alibi 1x239 on the half
 # diagonal tree) run on HEAD.
 . bench/call_lib.sh
 S=bench/results/2026-12-08-thirtieth
-python3 -m pip list 2>/dev/null | grep -i -E "nvrtc|cupy|cuda-toolkit|torch " > $R/packages.txt
+python3 -m pip list 2>/dev/null | grep -i -E "nvidia|cupy|cuda|torch |jax" > $R/packages.txt
 python3 -c "from cuflash.compile import nvrtc; print(nvrtc.nvrtc_version())" >> $R/packages.txt 2>&1
 make_tree rv $S/unfold.patch
 for lab in old rv; do compile_tree $lab --dtypes bf16 --only fwd90_bf16_d64_full -j 4; grep -E "^fwd90" $R/compile-$lab.log | sed "s/^/$lab /"; done
-for m in plain torch; do PYTHONPATH=$PWD CUFLASH_DISABLE_DISK_CACHE=1 python3 $S/first_use.py $m 2>&1 | sort -u | tee $R/first-$m.txt; done
+for m in plain torch cuda; do PYTHONPATH=$PWD CUFLASH_DISABLE_DISK_CACHE=1 python3 $S/first_use.py $m 2>&1 | sort -u | tee $R/first-$m.txt; done
 for lab in old rv; do t=$(tree $lab)
   (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab SEQLENS=512,1050,4096 PEER=cudnn timeout 40 python3 \
      kernels_cu/dev/fwd_grid_ab.py $lab 64 2>&1 | grep -v "causal=1" | tee -a $R/dense.txt); done
