@@ -8,6 +8,7 @@
 S=bench/results/2026-12-08-thirtieth
 python3 -m pip list 2>/dev/null | grep -i -E "nvidia|cupy|cuda|torch |jax" > $R/packages.txt
 python3 -c "from cuflash.compile import nvrtc; print(nvrtc.nvrtc_version())" >> $R/packages.txt 2>&1
+find / -xdev \( -name "libnvrtc*.so*" -o -name "cuda_bf16.h" \) 2>/dev/null >> $R/packages.txt
 make_tree rv $S/unfold.patch
 for lab in old rv; do compile_tree $lab --dtypes bf16 --only fwd90_bf16_d64_full -j 4; grep -E "^fwd90" $R/compile-$lab.log | sed "s/^/$lab /"; done
 for m in plain torch cuda; do PYTHONPATH=$PWD CUFLASH_DISABLE_DISK_CACHE=1 python3 $S/first_use.py $m 2>&1 | sort -u | tee $R/first-$m.txt; done
