@@ -12,9 +12,10 @@ find / -xdev \( -name "libnvrtc*.so*" -o -name "cuda_bf16.h" \) 2>/dev/null >> $
 make_tree rv $S/unfold.patch
 for lab in old rv; do compile_tree $lab --dtypes bf16 --only fwd90_bf16_d64_full -j 4; grep -E "^fwd90" $R/compile-$lab.log | sed "s/^/$lab /"; done
 for m in plain torch cuda; do PYTHONPATH=$PWD CUFLASH_DISABLE_DISK_CACHE=1 python3 $S/first_use.py $m 2>&1 | sort -u | tee $R/first-$m.txt; done
-for lab in old rv; do t=$(tree $lab)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$lab SEQLENS=512,1050,4096 PEER=cudnn timeout 40 python3 \
-     kernels_cu/dev/fwd_grid_ab.py $lab 64 2>&1 | grep -v "causal=1" | tee -a $R/dense.txt); done
+ab64() { (cd $(tree $1) && PYTHONPATH=$(tree $1) CUFLASH_CACHE_DIR=$2 SEQLENS=512,1050,4096 PEER=cudnn timeout 40 \
+  python3 kernels_cu/dev/fwd_grid_ab.py $3 64 2>&1 | grep -v "causal=1" | tee -a $R/dense.txt); }
+ab64 old /tmp/cc-first old-first-use; ab64 old /tmp/cc-old old-cli; ab64 rv /tmp/cc-rv rv-cli
 CUFLASH_CACHE_DIR=/tmp/cc-old timeout 60 python3 -m pytest tests/gpu/test_variants.py -q -rfE -p no:cacheprovider \
   -k "test_alibi and sm90" 2>&1 | tail -15 > $R/alibi.txt; tail -3 $R/alibi.txt
+L=$(( $(left) - 15 )); [ $L -gt 60 ] && CUFLASH_CACHE_DIR=/tmp/cc-old sm90_tests $L
 finish
