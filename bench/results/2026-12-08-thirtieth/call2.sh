@@ -1,9 +1,13 @@
 # Thirtieth session, call 2: why fwd90_bf16_d64_full_m192n128s2 spilled 40 bytes when call 1 compiled it on first use
 # (0.279 ms at d64 512 against 0.185 in the twenty-ninth session), while NVRTC 13.0.88 here compiles it clean.
-# (1) the machine's NVRTC and CUDA packages; (2) `cuflash compile` of the d64 plain kernels on HEAD and on "rv" (HEAD
-# with f574948's pass_bias fold reverted, unfold.patch); (3) the same kernel compiled on first use in a process that
-# imported torch first, or started torch's CUDA first; (4) fwd_grid_ab d64 on both trees; (5) call 1's one failure (test_alibi 1x239 on the half
-# diagonal tree) run on HEAD.
+# (1) the machine's NVRTC and CUDA packages, every libnvrtc and cuda_bf16.h on it; (2) `cuflash compile` of the d64
+# plain kernels on HEAD and on "rv" (HEAD with f574948's pass_bias fold reverted, unfold.patch); (3) the same kernel
+# compiled on first use in a process that imported torch first, or started torch's CUDA first (first_use.py);
+# (4) fwd_grid_ab d64 on HEAD compiled on first use (after torch) and by `cuflash compile`, and on rv; (5) call 1's
+# one failure (test_alibi 1x239 on the half diagonal tree) run on HEAD; (6) with the time left, the sm90 GPU tests
+# on HEAD (v39's coverage: the twenty-ninth and thirtieth sessions ran them only in part).
+# From the repo root: DEADLINE=<the call's limit less 30 s> bash bench/results/2026-12-08-thirtieth/call2.sh
+# (400 s or more leaves the tests room).
 . bench/call_lib.sh
 S=bench/results/2026-12-08-thirtieth
 python3 -m pip list 2>/dev/null | grep -i -E "nvidia|cupy|cuda|torch |jax" > $R/packages.txt
