@@ -197,6 +197,8 @@ def cmd_compile(args) -> int:
     outcomes.sort(key=lambda o: order[(o.spec.name, o.arch)])
     print(_table(outcomes))
     failed = [o for o in outcomes if not o.ok]
+    version = nvrtc.nvrtc_version()
+    old_nvrtc = version < cache.NVRTC_FOR_WGMMA  # then a serialised kernel is the compiler's, not the kernel's
     for o in failed:
         if o.error:
             print(f"\nERROR {o.spec.name} for {o.arch}:\n{o.error}", file=sys.stderr)
@@ -204,6 +206,8 @@ def cmd_compile(args) -> int:
             r = o.result
             print(f"\nSPILLS {o.spec.name} for {r.arch}: {r.spill_stores} bytes stored, {r.spill_loads} loaded; "
                   "the spec forbids spills (allow_spills=False): shrink its tiles or registers", file=sys.stderr)
+        elif old_nvrtc:
+            print(f"\nSERIAL {o.spec.name} for {o.result.arch}: {cache.serialized_advice(version)}", file=sys.stderr)
         else:
             print(f"\nSERIAL {o.spec.name} for {o.result.arch}: ptxas serialised its wgmma products (a register "
                   "operand of a product defined while it may run; bench/NOTES.md b5, s5): it runs, about a third "
@@ -329,7 +333,7 @@ def cmd_info(args) -> int:
         rows.append(("GPU", why_no_gpu() or "no GPU visible"))
     rows.append(("CUDA driver", _try(lambda: _cuda_version(_cupy().cuda.runtime.driverGetVersion()))))
     rows.append(("CUDA runtime", _try(lambda: _cuda_version(_cupy().cuda.runtime.runtimeGetVersion()))))
-    rows.append(("NVRTC", _try(lambda: "%d.%d" % nvrtc_version())))
+    rows.append(("NVRTC", _try(lambda: _nvrtc_summary(nvrtc_version()))))
     rows.append(("CuPy", _try(lambda: _cupy().__version__)))
     rows.append(("TMA tensor maps", _tma_summary()))
     rows.append(("cuflash", cuflash_version()))
@@ -398,6 +402,17 @@ def nvrtc_version() -> tuple[int, int]:
     from .compile.nvrtc import nvrtc_version
 
     return nvrtc_version()
+
+
+def _nvrtc_summary(version) -> str:
+    """The NVRTC version, and what to install where it serialises Hopper kernels (compile.cache.NVRTC_FOR_WGMMA)."""
+    from .compile.cache import NVRTC_FOR_WGMMA
+
+    text = "%d.%d" % tuple(version)
+    if tuple(version) < NVRTC_FOR_WGMMA:
+        text += (" (older than %d.%d: some Hopper kernels compile with serialised wgmma and run slowly; "
+                 "pip install -U 'nvidia-cuda-nvrtc-cu12>=12.9')" % NVRTC_FOR_WGMMA)
+    return text
 
 
 def _try(fn) -> str:

@@ -135,7 +135,25 @@ def _compile(prepared: Prepared) -> nvrtc.CompileResult:
             "%s for %s spills registers (%d bytes stored, %d loaded); it will run slowly",
             spec.name, prepared.arch, result.spill_stores, result.spill_loads,
         )
+    if result.wgmma_serialized:
+        logger.warning("%s for %s: %s", spec.name, prepared.arch, serialized_advice(nvrtc.nvrtc_version()))
     return result
+
+
+#: The oldest NVRTC whose ptxas keeps the Hopper kernels' wgmma products in flight together:
+#: 12.4 to 12.8 serialise some of them (fwd90_bf16_d64_full_m192n128s2, the d64 forward, among
+#: others: bench/NOTES.md "NVRTC 12.8"), which ran ~30% slower where measured (b5).
+NVRTC_FOR_WGMMA = (12, 9)
+
+
+def serialized_advice(version: tuple[int, int]) -> str:
+    """What to say of a kernel whose wgmma products ptxas serialised, under NVRTC `version`."""
+    text = "ptxas serialised its wgmma products (NVRTC %d.%d), so it will run slowly" % tuple(version)
+    if tuple(version) < NVRTC_FOR_WGMMA:
+        text += ("; NVRTC %d.%d or newer does not: pip install -U 'nvidia-cuda-nvrtc-cu12>=12.9' (the cuda12 "
+                 "extra), or the cuda13 extra, then the kernel recompiles (the NVRTC version is part of the cache key)"
+                 % NVRTC_FOR_WGMMA)
+    return text
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
