@@ -57,3 +57,18 @@ sharded_tests() { local L=$1 k n=${SHARDS:-12} ids; shift
 sm90_tests() { sharded_tests $1 tests/gpu/test_bias.py tests/gpu/test_dropout.py tests/gpu/test_variants.py \
   tests/gpu/test_varlen.py tests/gpu/test_forward.py tests/gpu/test_backward.py tests/gpu/test_packed.py \
   -k "sm90 or test_packed"; }
+# varlen_mix LAB CAUSAL: cuflash bench --varlen mix (2k and 8k, d64 and d128, --causal CAUSAL: true | false | both)
+# in LAB's tree, at most 45 s, appended to $R/varlen.txt with the label; the fwd rows echoed.
+varlen_mix() { local t; t=$(tree $1)
+  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 timeout 45 python3 -m cuflash bench --mode fwd --varlen mix \
+     --seqlen 2k,8k --headdim 64,128 --causal $2 --peers none --no-check --no-progress 2>&1 | sed "s/^/$1 /" \
+     | tee -a $R/varlen.txt | grep -E " fwd "); }
+# tests_and_sanitize LAB SCRIPT SECONDS: in LAB's tree, sm90_tests for SECONDS beside compute-sanitizer memcheck,
+# then racecheck, of python3 SCRIPT (a third of SECONDS each; logs $R/memcheck-NAME.log, $R/racecheck-NAME.log
+# with SCRIPT's base name, "rc=" last). Returns when both have ended.
+tests_and_sanitize() { local t name; t=$(tree $1); name=$(basename $2 .py)
+  (cd $t && for tool in memcheck racecheck; do
+     PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 timeout $(( $3 / 3 )) compute-sanitizer --tool $tool --error-exitcode 9 \
+       python3 $2 > $R/$tool-$name.log 2>&1; echo "rc=$?" >> $R/$tool-$name.log; done) &
+  (cd $t && CUFLASH_CACHE_DIR=/tmp/cc-$1 sm90_tests $(( $3 - 5 )))
+  wait $(others); }

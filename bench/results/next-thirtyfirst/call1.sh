@@ -10,7 +10,7 @@
 # (2) round 1: fwd_grid_ab.py d64 / d128 at 512, 1050, 2048, 4096 rows (16k tokens) beside SDPA cuDNN, then
 #     cuflash bench --varlen mix, causal and not;
 # (3) lean_check.py's float64 cases on lb (many tiles per persistent CTA; d64, 128, 256, 96, 192);
-# (4) on lb: the sm90 GPU tests (call_lib.sh sm90_tests) with memcheck and racecheck of lean_sanitize.py beside;
+# (4) on lb: the sm90 GPU tests (call_lib.sh sm90_tests) with memcheck and racecheck of lean_sanitize.py beside (call_lib.sh tests_and_sanitize);
 # (5) round 2 of the dense A/B in reverse order.
 # Logs under /tmp/r -> $OUT/r.tgz (bench/call_lib.sh). If lb wins: apply the patch in kernels_cu (and its test),
 # delete it from kernels_cu/dev, NOTES v41's outcome, README's speed rows, CI.
@@ -29,25 +29,15 @@ done
 wait $(others)
 grep -h -E "spills|SERIAL| ok in" $R/compile-*.log
 echo "compiled at $SECONDS s" >> $R/times.txt
-varlen() { t=$(tree $1)
-  (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 timeout 45 python3 -m cuflash bench --mode fwd --varlen mix \
-     --seqlen 2k,8k --headdim 64,128 --causal both --peers none --no-check --no-progress 2>&1 | sed "s/^/$1 /" \
-     | tee -a $R/varlen.txt | grep -E " fwd ") }
-for lab in old lb; do [ $(left) -gt 60 ] || break; dense $lab 512,1050,2048,4096 75; [ $(left) -gt 60 ] && varlen $lab; done
+for lab in old lb; do [ $(left) -gt 60 ] || break; dense $lab 512,1050,2048,4096 75; [ $(left) -gt 60 ] && varlen_mix $lab both; done
 echo "round 1 done at $SECONDS s" >> $R/times.txt
 L=$(( $(left) - 10 )); [ $L -gt 150 ] && L=150
 [ $L -gt 20 ] && (cd /tmp/lb && PYTHONPATH=/tmp/lb CUFLASH_CACHE_DIR=/tmp/cc-lb timeout $L python3 $H/lean_check.py 2>&1 \
    | tee $R/check.txt | grep -E "FAIL|failures")
 echo "check done at $SECONDS s" >> $R/times.txt
 L=$(( $(left) - 150 )); [ $L -gt 240 ] && L=240
-if [ $L -gt 60 ]; then
-  (cd /tmp/lb && for tool in memcheck racecheck; do
-     PYTHONPATH=/tmp/lb CUFLASH_CACHE_DIR=/tmp/cc-lb timeout $(( L / 3 )) compute-sanitizer --tool $tool --error-exitcode 9 \
-       python3 $H/lean_sanitize.py > $R/$tool-lean.log 2>&1; echo "rc=$?" >> $R/$tool-lean.log; done) &
-  (cd /tmp/lb && CUFLASH_CACHE_DIR=/tmp/cc-lb sm90_tests $(( L - 5 )))
-  wait $(others)
-fi
+[ $L -gt 60 ] && tests_and_sanitize lb $H/lean_sanitize.py $L
 for lab in lb old; do [ $(left) -gt 80 ] || break; dense $lab 512,1050,2048,4096 75; done
 echo "round 2 done at $SECONDS s" >> $R/times.txt
-for f in $R/*-lean.log; do [ -f $f ] && { echo "== $f"; tail -n 2 $f; }; done
+for f in $R/*-lean_sanitize.log; do [ -f $f ] && { echo "== $f"; tail -n 2 $f; }; done
 finish
