@@ -72,3 +72,10 @@ tests_and_sanitize() { local t name; t=$(tree $1); name=$(basename $2 .py)
        python3 $2 > $R/$tool-$name.log 2>&1; echo "rc=$?" >> $R/$tool-$name.log; done) &
   (cd $t && CUFLASH_CACHE_DIR=/tmp/cc-$1 sm90_tests $(( $3 - 5 )))
   wait $(others); }
+# float64_check LAB SCRIPT [SECONDS]: python3 SCRIPT (a float64 check, bench/float64_cases.py) in LAB's tree for at
+# most SECONDS (150; less when the call's time runs short, none under 20 s), log $R/check.txt, its FAIL lines and
+# failure count echoed.
+float64_check() { local t L; t=$(tree $1); L=$(( $(left) - 10 )); [ $L -gt ${3:-150} ] && L=${3:-150}
+  [ $L -gt 20 ] && (cd $t && PYTHONPATH=$t CUFLASH_CACHE_DIR=/tmp/cc-$1 timeout $L python3 $2 2>&1 | tee $R/check.txt \
+     | grep -E "FAIL|failures")
+  echo "check done at $SECONDS s" >> $R/times.txt; }

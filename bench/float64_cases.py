@@ -1,7 +1,8 @@
 """Shared pieces of the float64 check scripts that device calls run (bench/results/*/*_check.py): importing this
 records the name of every kernel cuflash launches, check() applies the accuracy rule to one case's out and lse
 against the float64 and the plain low-precision references (cuflash.testing.check_accuracy) and prints a line,
-dense_case() runs and checks one dense forward with its features drawn, and summary() prints the kernels whose
+dense_case() runs and checks one dense forward with its features drawn, varlen_case() one varlen forward,
+and summary() prints the kernels whose
 names start with a prefix and the count of failed cases. A script runs
 from the repo root, with sys.path.insert(0, "bench") before `import float64_cases`."""
 import cupy as cp
@@ -57,6 +58,20 @@ def dense_case(d, sq, sk, kw, dtype, seed, batch=2, nheads=4, nheads_kv=2):
     ex = {n: testing.to_numpy(x) for n, x in extra.items() if n not in ("dropout_p", "seed")}
     refs = [reference.attention_forward(qh, kh, vh, **kw, **ex, **ref_extra, precision=p) for p in ("float64", "lowp")]
     check(f"d{d} {dtype} {sq}x{sk} {kw} {list(extra)}", (out, lse), list(zip(*refs)), dtype)
+
+
+def varlen_case(d, lens_q, lens_k, kw, dtype="bf16", seed=7, nheads=8, nheads_kv=2):
+    """cuflash.attention_varlen of sequences of lengths lens_q / lens_k (lists) on fresh inputs against the
+    references, kw as its options; the label says whether the two length lists are the same."""
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(lens)]).astype(np.int32) for lens in (lens_q, lens_k))
+    q = testing.random_qkv(1, int(cu_q[-1]), 1, nheads, nheads_kv, d, dtype, xp=cp, seed=seed)[0][0]
+    _, k, v = (x[0] for x in testing.random_qkv(1, 1, int(cu_k[-1]), nheads, nheads_kv, d, dtype, xp=cp, seed=seed + 1))
+    out, lse = cuflash.attention_varlen(q, k, v, cp.asarray(cu_q), cp.asarray(cu_k), max(lens_q), max(lens_k),
+                                        return_lse=True, **kw)
+    qh, kh, vh = (testing.to_numpy(x) for x in (q, k, v))
+    refs = [reference.attention_forward_varlen(qh, kh, vh, cu_q, cu_k, **kw, precision=p) for p in ("float64", "lowp")]
+    same = "equal" if list(lens_q) == list(lens_k) else "unequal"
+    check(f"d{d} varlen {same} lengths {nheads} heads {kw}", (out, lse), list(zip(*refs)), dtype)
 
 
 def summary(prefix):

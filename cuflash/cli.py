@@ -198,7 +198,7 @@ def cmd_compile(args) -> int:
     print(_table(outcomes))
     failed = [o for o in outcomes if not o.ok]
     version = nvrtc.nvrtc_version()
-    old_nvrtc = version < cache.NVRTC_FOR_WGMMA  # then a serialised kernel is the compiler's, not the kernel's
+    old_nvrtc = bool(cache.nvrtc_upgrade(version))  # then a serialised kernel is the compiler's, not the kernel's
     for o in failed:
         if o.error:
             print(f"\nERROR {o.spec.name} for {o.arch}:\n{o.error}", file=sys.stderr)
@@ -405,13 +405,14 @@ def nvrtc_version() -> tuple[int, int]:
 
 
 def _nvrtc_summary(version) -> str:
-    """The NVRTC version, and what to install where it serialises Hopper kernels (compile.cache.NVRTC_FOR_WGMMA)."""
-    from .compile.cache import NVRTC_FOR_WGMMA
+    """The NVRTC version, and what to install where it serialises Hopper kernels (compile.cache.nvrtc_upgrade)."""
+    from .compile.cache import NVRTC_FOR_WGMMA, nvrtc_upgrade
 
+    upgrade = nvrtc_upgrade(version)
     text = "%d.%d" % tuple(version)
-    if tuple(version) < NVRTC_FOR_WGMMA:
-        text += (" (older than %d.%d: some Hopper kernels compile with serialised wgmma and run slowly; "
-                 "pip install -U 'nvidia-cuda-nvrtc-cu12>=12.9')" % NVRTC_FOR_WGMMA)
+    if upgrade:
+        text += " (older than %d.%d: some Hopper kernels compile with serialised wgmma and run slowly; %s)" % (
+            *NVRTC_FOR_WGMMA, upgrade)
     return text
 
 

@@ -146,13 +146,20 @@ def _compile(prepared: Prepared) -> nvrtc.CompileResult:
 NVRTC_FOR_WGMMA = (12, 9)
 
 
+def nvrtc_upgrade(version: tuple[int, int]) -> str:
+    """What to install where NVRTC `version` serialises Hopper kernels (older than NVRTC_FOR_WGMMA), else ""."""
+    if tuple(version) >= NVRTC_FOR_WGMMA:
+        return ""
+    return "pip install -U 'nvidia-cuda-nvrtc-cu12>=%d.%d' (the cuda12 extra), or the cuda13 extra" % NVRTC_FOR_WGMMA
+
+
 def serialized_advice(version: tuple[int, int]) -> str:
     """What to say of a kernel whose wgmma products ptxas serialised, under NVRTC `version`."""
     text = "ptxas serialised its wgmma products (NVRTC %d.%d), so it will run slowly" % tuple(version)
-    if tuple(version) < NVRTC_FOR_WGMMA:
-        text += ("; NVRTC %d.%d or newer does not: pip install -U 'nvidia-cuda-nvrtc-cu12>=12.9' (the cuda12 "
-                 "extra), or the cuda13 extra, then the kernel recompiles (the NVRTC version is part of the cache key)"
-                 % NVRTC_FOR_WGMMA)
+    upgrade = nvrtc_upgrade(version)
+    if upgrade:
+        text += ("; NVRTC %d.%d or newer does not: %s, then the kernel recompiles (the NVRTC version is part of the "
+                 "cache key)" % (*NVRTC_FOR_WGMMA, upgrade))
     return text
 
 

@@ -9,7 +9,7 @@
 #     `cuflash compile`'s cubins in both trees);
 # (2) round 1: fwd_grid_ab.py d64 / d128 at 512, 1050, 2048, 4096 rows (16k tokens) beside SDPA cuDNN, then
 #     cuflash bench --varlen mix, causal and not;
-# (3) lean_check.py's float64 cases on lb (many tiles per persistent CTA; d64, 128, 256, 96, 192);
+# (3) lean_check.py's float64 cases on lb (call_lib.sh float64_check) (many tiles per persistent CTA; d64, 128, 256, 96, 192);
 # (4) on lb: the sm90 GPU tests (call_lib.sh sm90_tests) with memcheck and racecheck of lean_sanitize.py beside (call_lib.sh tests_and_sanitize);
 # (5) round 2 of the dense A/B in reverse order.
 # Logs under /tmp/r -> $OUT/r.tgz (bench/call_lib.sh). If lb wins: apply the patch in kernels_cu (and its test),
@@ -31,10 +31,7 @@ grep -h -E "spills|SERIAL| ok in" $R/compile-*.log
 echo "compiled at $SECONDS s" >> $R/times.txt
 for lab in old lb; do [ $(left) -gt 60 ] || break; dense $lab 512,1050,2048,4096 75; [ $(left) -gt 60 ] && varlen_mix $lab both; done
 echo "round 1 done at $SECONDS s" >> $R/times.txt
-L=$(( $(left) - 10 )); [ $L -gt 150 ] && L=150
-[ $L -gt 20 ] && (cd /tmp/lb && PYTHONPATH=/tmp/lb CUFLASH_CACHE_DIR=/tmp/cc-lb timeout $L python3 $H/lean_check.py 2>&1 \
-   | tee $R/check.txt | grep -E "FAIL|failures")
-echo "check done at $SECONDS s" >> $R/times.txt
+float64_check lb $H/lean_check.py 150
 L=$(( $(left) - 150 )); [ $L -gt 240 ] && L=240
 [ $L -gt 60 ] && tests_and_sanitize lb $H/lean_sanitize.py $L
 for lab in lb old; do [ $(left) -gt 80 ] || break; dense $lab 512,1050,2048,4096 75; done

@@ -8,15 +8,11 @@ selected kernel's name printed.
 import os
 import sys
 
-import cupy as cp
-import numpy as np
-
-import cuflash
-from cuflash import reference, testing, tma
+from cuflash import tma
 
 sys.path.insert(0, "bench")
 import float64_cases  # noqa: E402 (records the kernels launched)
-from float64_cases import check, dense_case  # noqa: E402
+from float64_cases import dense_case, varlen_case  # noqa: E402
 
 tma.MIN_FLOP = 0  # small calls take the TMA loads (and O's TMA store) too
 
@@ -31,12 +27,6 @@ for d in [int(x) for x in os.environ.get("DIMS", "64,128,256,96,192").split(",")
     for j, mask in enumerate(MASKS[:2]):  # 3 x 37 heads of 640 rows: many tiles per persistent CTA
         dense_case(d, 640, 640, mask, "bf16", seed=90 + j, batch=3, nheads=37, nheads_kv=37)
     lens = [0, 1, 37, 64, 65, 129, 200, 500, 1000, 3]
-    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
     for kw in (dict(), dict(causal=True)):
-        q, k, v = (x[0] for x in testing.random_qkv(1, int(cu[-1]), int(cu[-1]), 37, 37, d, "bf16", xp=cp, seed=7))
-        out, lse = cuflash.attention_varlen(q, k, v, cp.asarray(cu), cp.asarray(cu), max(lens), max(lens),
-                                            return_lse=True, **kw)
-        qh, kh, vh = (testing.to_numpy(x) for x in (q, k, v))
-        refs = [reference.attention_forward_varlen(qh, kh, vh, cu, cu, **kw, precision=p) for p in ("float64", "lowp")]
-        check(f"d{d} varlen 37 heads {kw}", (out, lse), list(zip(*refs)), "bf16")
+        varlen_case(d, lens, lens, kw, nheads=37, nheads_kv=37)
 float64_cases.summary("fwd90")
